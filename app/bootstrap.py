@@ -1,0 +1,88 @@
+"""First start: migrate, load the demo catalog drawn from the brief, make an operator key."""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from app.account_kits.repository import AccountKitRepository
+from app.account_kits.service import KitInput, KitLimit, upsert_account_kit
+from app.core.clock import Clock
+from app.core.db import make_engine, unit_of_work
+from app.core.migrate import upgrade
+from app.core.money import MICRO
+from app.plans.repository import PlanRepository
+from app.plans.service import PlanInput, upsert_plan
+from app.settings import Settings
+from app.tenants.service import ensure_operator_key
+
+DEMO_KITS = [
+    KitInput(
+        key="kit_free",
+        name="Free",
+        allowed_primitives=["email.send", "search.web", "url.read", "research.quick", "stock_photo.search"],
+        limits=[KitLimit("email.send", max_quantity_per_call=10, calls_per_minute=30)],
+    ),
+    KitInput(
+        key="kit_pro",
+        name="Pro",
+        allowed_primitives=[
+            "email.*",
+            "search.*",
+            "url.*",
+            "research.*",
+            "ceo.*",
+            "stock_photo.*",
+            "browser.*",
+            "llm.*",
+            "image.*",
+            "video.*",
+        ],
+        limits=[KitLimit("email.send", max_quantity_per_call=100, calls_per_minute=600)],
+        allowed_connections=["gmail", "slack", "github"],
+    ),
+]
+
+DEMO_PLANS = [
+    PlanInput(
+        key="free",
+        name="Free",
+        account_kit_id="kit_free",
+        period="month",
+        quotas={"email.send": 100, "search.web": 500},
+    ),
+    # The brief's example plan: Pro, 1000 emails and 5000 searches a month, 200 credits a month.
+    PlanInput(
+        key="pro",
+        name="Pro",
+        account_kit_id="kit_pro",
+        period="month",
+        stripe_price_id="price_pro_monthly",
+        quotas={"email.send": 1000, "search.web": 5000},
+        included_credits=200 * MICRO,
+    ),
+]
+
+
+def load_demo_catalog(session: Session, clock: Clock) -> None:
+    """Adds what is missing; never overwrites an operator's edits."""
+    kits = AccountKitRepository(session)
+    for kit in DEMO_KITS:
+        if kits.get(kit.key) is None:
+            upsert_account_kit(session, clock, kit)
+    plans = PlanRepository(session)
+    for plan in DEMO_PLANS:
+        if plans.get(plan.key) is None:
+            upsert_plan(session, clock, plan)
+
+
+def prepare(settings: Settings, *, demo: bool = True) -> str | None:
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    clock = Clock()
+    try:
+        with unit_of_work(engine) as s:
+            if demo:
+                load_demo_catalog(s, clock)
+            return ensure_operator_key(s, clock, settings.operator_key)
+    finally:
+        engine.dispose()

@@ -1,0 +1,87 @@
+"""meterkit command line: serve, migrate, export-schema, and operator commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from app.settings import get_settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="meterkit: meter and monetize your tenants.")
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema.graphql"
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending migrations to METERKIT_DATABASE_URL (default ./meterkit.db)."""
+    from app.core.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    typer.echo(f"migrated {safe_url(settings.database_url)}")
+
+
+def safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from app.core.db import normalize_url
+
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default METERKIT_HOST or 127.0.0.1)"),
+    port: int = typer.Option(None, help="Port (default METERKIT_PORT or 8000)"),
+    demo: bool = typer.Option(True, help="Load the demo catalog (kits, plans) if it is missing"),
+    workers: int = typer.Option(1, help="uvicorn worker processes"),
+) -> None:
+    """Migrate, then serve /graphql (with GraphiQL outside production) and /healthz."""
+    import uvicorn
+
+    from app.bootstrap import prepare
+
+    settings = get_settings()
+    new_key = prepare(settings, demo=demo)
+    if new_key:
+        typer.echo("=" * 72)
+        typer.echo("Operator key (shown once; store it now):")
+        typer.echo(f"  {new_key}")
+        typer.echo("Use it as 'Authorization: Bearer <key>' (GraphiQL: the Headers tab).")
+        typer.echo("=" * 72)
+    h = host or settings.host
+    p = port or settings.port
+    typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=h, port=p, workers=workers, log_level="warning", access_log=False
+    )
+
+
+@cli.command("export-schema")
+def export_schema(
+    check: bool = typer.Option(False, "--check", help="Exit 1 if schema.graphql differs from the code"),
+    path: Path = typer.Option(SCHEMA_FILE, help="Where the SDL lives"),
+) -> None:
+    """Write the GraphQL SDL to schema.graphql (or check it)."""
+    from app.graphql.schema import export_sdl
+
+    sdl = export_sdl()
+    if check:
+        current = path.read_text() if path.exists() else ""
+        if current != sdl:
+            typer.echo(f"{path} differs from the schema the code builds: run 'meterkit export-schema'", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{path} is up to date")
+        return
+    path.write_text(sdl)
+    typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    cli(prog_name="meterkit")
+
+
+if __name__ == "__main__":
+    main()

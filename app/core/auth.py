@@ -1,0 +1,57 @@
+"""API keys, the Principal behind a request, and TenantScope.
+
+TenantScope is only minted here, from a verified credential, so a repository that
+takes one can never be handed a tenant id a caller typed in."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+OPERATOR_PREFIX = "mk_op_"
+TENANT_PREFIX = "mk_tn_"
+
+Role = Literal["operator", "tenant"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    tenant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    role: Role
+    key_id: str
+    tenant_id: str | None  # set for tenant keys
+
+
+def generate_key(role: Role) -> str:
+    return (OPERATOR_PREFIX if role == "operator" else TENANT_PREFIX) + secrets.token_urlsafe(32)
+
+
+def hash_key(raw: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough (no password stretching needed).
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def mint_scope(principal: Principal, requested_tenant_id: str | None) -> TenantScope | None:
+    """A tenant key is always scoped to its own tenant; an operator picks one with X-Tenant-Id.
+
+    The caller must have checked that the requested tenant exists."""
+    if principal.role == "tenant":
+        assert principal.tenant_id is not None
+        return TenantScope(principal.tenant_id)
+    return TenantScope(requested_tenant_id) if requested_tenant_id else None
+
+
+def scope_for(principal: Principal, tenant_id: str) -> TenantScope:
+    """Scope for an explicit tenant id argument. A tenant key naming any tenant but its own
+    gets exactly the answer a missing tenant gets."""
+    from app.core.errors import NotFound
+
+    if principal.role == "tenant" and tenant_id != principal.tenant_id:
+        raise NotFound("Tenant", tenant_id)
+    return TenantScope(tenant_id)

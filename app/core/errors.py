@@ -1,0 +1,38 @@
+"""Domain exceptions. Services raise them; the GraphQL layer turns each into a typed
+result with a `code`, so a client branches on `__typename` instead of parsing text."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    code = "DOMAIN_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(DomainError):
+    code = "NOT_FOUND"
+
+    def __init__(self, entity: str, ident: str) -> None:
+        # The same text for "does not exist" and "belongs to another tenant": no oracle.
+        super().__init__(f"{entity} {ident!r} not found")
+        self.entity = entity
+        self.ident = ident
+
+
+class ValidationFailed(DomainError):
+    code = "VALIDATION_FAILED"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Forbidden(DomainError):
+    code = "FORBIDDEN"
+
+
+class Conflict(DomainError):
+    code = "CONFLICT"

@@ -1,0 +1,232 @@
+"""Ledger writes: every one locks the tenant's account row first, so all money
+movements of one tenant are serialized (SELECT ... FOR UPDATE on PostgreSQL,
+BEGIN IMMEDIATE on SQLite) while different tenants proceed in parallel.
+
+Invariants kept here, in the same transaction as each entry:
+  account.balance == sum(ledger_entry.amount)
+  account.balance == sum(live bucket.remaining) - debt, debt > 0 only when every bucket is empty.
+Burn order: soonest expiry first (buckets without expiry last), then oldest first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
+
+from app.core.auth import TenantScope
+from app.core.clock import Clock
+from app.core.errors import DomainError, ValidationFailed
+from app.core.ids import new_id
+from app.credits.models import CreditAccount, CreditBucket, LedgerEntry
+
+ACCOUNT: Any = CreditAccount.__table__  # type: ignore[attr-defined]
+BUCKET: Any = CreditBucket.__table__  # type: ignore[attr-defined]
+ENTRY: Any = LedgerEntry.__table__  # type: ignore[attr-defined]
+SOURCES = ("signup", "plan", "purchase", "adjustment", "reversal")
+
+
+class InsufficientFunds(DomainError):
+    code = "INSUFFICIENT_CREDITS"
+
+    def __init__(self, required: int, available: int) -> None:
+        super().__init__("insufficient credits")
+        self.required = required
+        self.available = available
+
+
+@dataclass(frozen=True)
+class AccountState:
+    balance: int
+    reserved: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+def _conn(session: Session) -> Connection:
+    return session.connection()
+
+
+def open_account(session: Session, scope: TenantScope, clock: Clock) -> None:
+    _conn(session).execute(
+        insert(ACCOUNT).values(tenant_id=scope.tenant_id, balance=0, reserved=0, updated_at=clock.now())
+    )
+
+
+def lock_account(conn: Connection, scope: TenantScope) -> AccountState:
+    row = conn.execute(
+        select(ACCOUNT.c.balance, ACCOUNT.c.reserved).where(ACCOUNT.c.tenant_id == scope.tenant_id).with_for_update()
+    ).first()
+    if row is None:
+        raise ValidationFailed("tenant has no credit account", field="tenant")
+    return AccountState(row.balance, row.reserved)
+
+
+def _sweep(conn: Connection, scope: TenantScope, now: datetime, balance: int) -> tuple[int, list[Any]]:
+    """Expire what has run out (an expiry entry each) and return the live buckets in burn order."""
+    rows = conn.execute(
+        select(BUCKET.c.id, BUCKET.c.remaining, BUCKET.c.expires_at)
+        .where(and_(BUCKET.c.tenant_id == scope.tenant_id, BUCKET.c.remaining > 0))
+        .order_by(BUCKET.c.expires_at.is_(None), BUCKET.c.expires_at, BUCKET.c.created_at, BUCKET.c.id)
+    ).all()
+    live = []
+    for r in rows:
+        exp = r.expires_at
+        if exp is not None and _utc(exp) <= now:
+            balance -= r.remaining
+            conn.execute(update(BUCKET).where(BUCKET.c.id == r.id).values(remaining=0))
+            _entry(
+                conn,
+                scope,
+                now,
+                kind="expiry",
+                action="expiry",
+                amount=-r.remaining,
+                balance_after=balance,
+                bucket_id=r.id,
+            )
+        else:
+            live.append(r)
+    return balance, live
+
+
+def _utc(value: datetime) -> datetime:
+    from app.core.clock import as_utc
+
+    return as_utc(value)
+
+
+def _entry(conn: Connection, scope: TenantScope, now: datetime, **values: Any) -> None:
+    conn.execute(insert(ENTRY).values(tenant_id=scope.tenant_id, created_at=now, **values))
+
+
+def _set_balance(
+    conn: Connection, scope: TenantScope, now: datetime, balance: int, reserved: int | None = None
+) -> None:
+    values: dict[str, Any] = {"balance": balance, "updated_at": now}
+    if reserved is not None:
+        values["reserved"] = reserved
+    conn.execute(update(ACCOUNT).where(ACCOUNT.c.tenant_id == scope.tenant_id).values(**values))
+
+
+def grant(
+    session: Session,
+    scope: TenantScope,
+    clock: Clock,
+    *,
+    amount: int,
+    source: str,
+    grant_key: str,
+    expires_at: datetime | None = None,
+    reference: str | None = None,
+) -> tuple[str, bool]:
+    """Add a bucket. Idempotent by grant_key: returns (bucket id, created)."""
+    if amount <= 0:
+        raise ValidationFailed("amount must be positive", field="amount")
+    if source not in SOURCES:
+        raise ValidationFailed(f"unknown grant source {source!r}", field="source")
+    if not grant_key or len(grant_key) > 200:
+        raise ValidationFailed("idempotency key must be 1-200 characters", field="idempotencyKey")
+    conn = _conn(session)
+    state = lock_account(conn, scope)
+    existing = conn.execute(
+        select(BUCKET.c.id).where(and_(BUCKET.c.tenant_id == scope.tenant_id, BUCKET.c.grant_key == grant_key))
+    ).first()
+    if existing is not None:
+        return existing.id, False
+    now = clock.now()
+    balance, live = _sweep(conn, scope, now, state.balance)
+    debt = sum(r.remaining for r in live) - balance
+    bucket_id = new_id("bkt")
+    conn.execute(
+        insert(BUCKET).values(
+            id=bucket_id,
+            tenant_id=scope.tenant_id,
+            source=source,
+            granted=amount,
+            remaining=amount - min(max(debt, 0), amount),
+            expires_at=expires_at,
+            grant_key=grant_key,
+            reference=reference,
+            created_at=now,
+        )
+    )
+    balance += amount
+    _entry(
+        conn,
+        scope,
+        now,
+        kind="grant",
+        action=source,
+        amount=amount,
+        balance_after=balance,
+        bucket_id=bucket_id,
+        reference=reference,
+    )
+    _set_balance(conn, scope, now, balance)
+    return bucket_id, True
+
+
+def debit(
+    session: Session,
+    scope: TenantScope,
+    clock: Clock,
+    *,
+    amount: int,
+    action: str,
+    floor: int,
+    reference: str | None = None,
+    release_reserved: int = 0,
+    state: AccountState | None = None,
+) -> int:
+    """Take `amount` (>= 0) from the buckets in burn order; the balance may not end below `floor`
+    (after releasing `release_reserved` of held credits). Returns the balance after."""
+    conn = _conn(session)
+    if state is None:
+        state = lock_account(conn, scope)
+    now = clock.now()
+    balance, live = _sweep(conn, scope, now, state.balance)
+    reserved = state.reserved - release_reserved
+    if balance - reserved - amount < floor:
+        raise InsufficientFunds(amount, balance - reserved)
+    left = amount
+    for r in live:
+        if left == 0:
+            break
+        take = min(left, r.remaining)
+        conn.execute(update(BUCKET).where(BUCKET.c.id == r.id).values(remaining=r.remaining - take))
+        left -= take
+    balance -= amount
+    if amount:
+        _entry(
+            conn, scope, now, kind="debit", action=action, amount=-amount, balance_after=balance, reference=reference
+        )
+    _set_balance(conn, scope, now, balance, reserved if release_reserved else None)
+    return balance
+
+
+def available_now(session: Session, scopes: list[TenantScope], now: datetime) -> dict[str, AccountState]:
+    """Exact at read time: buckets past expiry count as gone even before a write sweeps them."""
+    ids = [s.tenant_id for s in scopes]
+    expired = (
+        select(BUCKET.c.tenant_id, func.coalesce(func.sum(BUCKET.c.remaining), 0).label("gone"))
+        .where(and_(BUCKET.c.tenant_id.in_(ids), BUCKET.c.remaining > 0, BUCKET.c.expires_at <= now))
+        .group_by(BUCKET.c.tenant_id)
+        .subquery()
+    )
+    rows = (
+        _conn(session)
+        .execute(
+            select(ACCOUNT.c.tenant_id, ACCOUNT.c.balance, ACCOUNT.c.reserved, func.coalesce(expired.c.gone, 0))
+            .select_from(ACCOUNT.outerjoin(expired, expired.c.tenant_id == ACCOUNT.c.tenant_id))
+            .where(ACCOUNT.c.tenant_id.in_(ids))
+        )
+        .all()
+    )
+    return {r[0]: AccountState(r[1] - r[3], r[2]) for r in rows}

@@ -1,0 +1,56 @@
+"""The credit ledger. Entries are append-only; the account row caches their sum
+(updated in the same transaction), and buckets track what each grant has left."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Identity, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from app.core.types import micro_column, ts_column
+
+
+class CreditAccount(SQLModel, table=True):
+    __tablename__ = "credit_account"
+
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
+    balance: int = Field(default=0, sa_column=micro_column())  # sum of ledger amounts
+    reserved: int = Field(default=0, sa_column=micro_column())  # open holds
+    updated_at: datetime = Field(sa_column=ts_column())
+
+
+class CreditBucket(SQLModel, table=True):
+    """One grant. Debits draw down buckets: soonest expiry first, then oldest."""
+
+    __tablename__ = "credit_bucket"
+    __table_args__ = (UniqueConstraint("tenant_id", "grant_key", name="uq_credit_bucket_grant_key"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=40, index=True)
+    source: str = Field(max_length=16)  # signup | plan | purchase | adjustment | reversal
+    granted: int = Field(sa_column=micro_column(default=None))
+    remaining: int = Field(sa_column=micro_column(default=None))
+    expires_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    grant_key: str = Field(max_length=200)
+    reference: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(sa_column=ts_column())
+
+
+class LedgerEntry(SQLModel, table=True):
+    __tablename__ = "ledger_entry"
+    __table_args__ = (Index("ix_ledger_entry_tenant_id_id", "tenant_id", "id"),)
+
+    # An integer identity keeps inserts append-only in index order and gives a total order.
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    )
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    kind: str = Field(max_length=16)  # grant | debit | reversal | expiry
+    action: str = Field(max_length=64)  # signup, purchase, email.send, ...
+    amount: int = Field(sa_column=micro_column(default=None))  # signed micro-credits
+    balance_after: int = Field(sa_column=micro_column(default=None))
+    bucket_id: str | None = Field(default=None, max_length=40)
+    reference: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(sa_column=ts_column())

@@ -1,0 +1,60 @@
+"""The typed per-request context: who is calling, which tenant is in scope, and the
+request's DataLoaders (made per request, never shared across requests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from strawberry.types import Info as _Info
+
+from app.core.auth import Principal, TenantScope
+from app.core.clock import Clock
+from app.core.db import unit_of_work
+from app.core.errors import ValidationFailed
+from app.graphql.loaders import Loaders
+from app.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    engine: Engine
+    settings: Settings
+    clock: Clock
+    principal: Principal | None
+    scope: TenantScope | None
+    loaders: Loaders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loaders = Loaders(self)
+
+    def require_scope(self) -> TenantScope:
+        if self.scope is None:
+            raise ValidationFailed(
+                "no tenant in scope: use a tenant key, or an operator key with X-Tenant-Id", field="X-Tenant-Id"
+            )
+        return self.scope
+
+    @property
+    def is_operator(self) -> bool:
+        return self.principal is not None and self.principal.role == "operator"
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        return await run_in_threadpool(self._run, fn, False)
+
+    async def write(self, fn: Callable[[Session], T]) -> T:
+        # The whole transaction runs in one thread hop: no await between BEGIN and COMMIT.
+        return await run_in_threadpool(self._run, fn, True)
+
+    def _run(self, fn: Callable[[Session], T], write: bool) -> T:
+        with unit_of_work(self.engine, write=write) as session:
+            return fn(session)
+
+
+Info = _Info[Context, None]

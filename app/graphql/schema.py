@@ -1,0 +1,70 @@
+"""One schema for dashboards, operator tooling and GraphiQL, assembled from the slices."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
+from strawberry.tools import merge_types
+
+from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
+from app.core.errors import DomainError
+from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from app.graphql.permissions import PermissionGuard
+from app.plans.graphql import PlanMutation, PlanQuery
+from app.settings import Settings
+from app.subscriptions.graphql import SubscriptionMutation
+from app.tenants.graphql import TenantMutation, TenantQuery
+
+log = logging.getLogger("meterkit.graphql")
+
+QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery)
+MUTATIONS: tuple[type, ...] = (TenantMutation, PlanMutation, AccountKitMutation, SubscriptionMutation)
+
+Query = merge_types("Query", QUERIES)
+Mutation = merge_types("Mutation", MUTATIONS)
+
+
+def should_mask(error: GraphQLError) -> bool:
+    """Typed domain errors and request errors (syntax, validation, permission) stay readable;
+    anything unexpected becomes "Unexpected error." and is logged."""
+    original = error.original_error
+    if original is None or isinstance(original, DomainError | GraphQLError):
+        return False
+    log.error("unexpected error in %s", error.path, exc_info=original)
+    return True
+
+
+def build_schema(settings: Settings) -> strawberry.Schema:
+    extensions: list[Any] = [
+        lambda: ParserCache(maxsize=512),
+        lambda: ValidationCache(maxsize=512),
+        QueryDepthLimiter(max_depth=settings.max_query_depth),
+        MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+        MaxTokensLimiter(max_token_count=settings.max_tokens),
+        PermissionGuard,
+        MaskErrors(should_mask_error=should_mask),
+    ]
+    if not settings.graphiql_enabled:
+        extensions.append(DisableIntrospection)
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
+    )
+
+
+def export_sdl() -> str:
+    return build_schema(Settings()).as_str() + "\n"

@@ -1,0 +1,267 @@
+"""Object types shared by the slices. Fields that need other rows use the request's
+DataLoaders, so a list of N objects costs a constant number of statements."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import cast
+
+import strawberry
+from strawberry.scalars import JSON
+
+from app.account_kits.models import AccountKit as KitRow
+from app.graphql.context import Info
+from app.graphql.scalars import Credits, MicroCredits
+from app.plans.models import Plan as PlanRow
+from app.subscriptions.models import Subscription as SubscriptionRow
+from app.tenants.models import ApiKey as ApiKeyRow
+from app.tenants.models import Tenant as TenantRow
+
+
+@strawberry.enum
+class Period(Enum):
+    day = "day"
+    week = "week"
+    month = "month"
+    year = "year"
+
+
+@strawberry.enum
+class OveragePolicy(Enum):
+    refuse = "refuse"
+    allow = "allow"
+
+
+@strawberry.enum
+class SubscriptionStatus(Enum):
+    active = "active"
+    trialing = "trialing"
+    past_due = "past_due"
+    unpaid = "unpaid"
+    canceled = "canceled"
+    incomplete = "incomplete"
+    incomplete_expired = "incomplete_expired"
+    paused = "paused"
+
+
+@strawberry.type
+class PrimitiveLimit:
+    primitive: str
+    max_quantity_per_call: int | None
+    calls_per_minute: int | None
+
+
+@strawberry.type
+class AccountKit:
+    row: strawberry.Private[KitRow]
+
+    @strawberry.field
+    def id(self) -> str:
+        return self.row.key
+
+    @strawberry.field
+    def key(self) -> str:
+        return self.row.key
+
+    @strawberry.field
+    def name(self) -> str:
+        return self.row.name
+
+    @strawberry.field(description="Exact primitive names or `prefix.*` patterns.")
+    def allowed_primitives(self) -> list[str]:
+        return list(self.row.allowed_primitives)
+
+    @strawberry.field
+    def limits(self) -> list[PrimitiveLimit]:
+        return [
+            PrimitiveLimit(
+                primitive=p,
+                max_quantity_per_call=v.get("max_quantity_per_call"),
+                calls_per_minute=v.get("calls_per_minute"),
+            )
+            for p, v in sorted(self.row.limits.items())
+        ]
+
+    @strawberry.field
+    def allowed_connections(self) -> list[str]:
+        return list(self.row.allowed_connections)
+
+    @strawberry.field
+    def updated_at(self) -> datetime:
+        return self.row.updated_at
+
+
+@strawberry.type
+class Plan:
+    row: strawberry.Private[PlanRow]
+
+    @strawberry.field
+    def key(self) -> str:
+        return self.row.key
+
+    @strawberry.field
+    def name(self) -> str:
+        return self.row.name
+
+    @strawberry.field
+    def stripe_price_id(self) -> str | None:
+        return self.row.stripe_price_id
+
+    @strawberry.field
+    def period(self) -> Period:
+        return Period(self.row.period)
+
+    @strawberry.field
+    def overage(self) -> OveragePolicy:
+        return OveragePolicy(self.row.overage)
+
+    @strawberry.field(description="Credits granted once per period to a subscriber.")
+    def included_credits(self) -> Credits:  # type: ignore[valid-type]
+        return MicroCredits(self.row.included_credits)
+
+    @strawberry.field
+    def archived(self) -> bool:
+        return self.row.archived
+
+    @strawberry.field
+    async def account_kit(self, info: Info) -> AccountKit | None:
+        row = await info.context.loaders.kit.load(self.row.account_kit_key)
+        return AccountKit(row=row) if row else None
+
+    @strawberry.field
+    def account_kit_id(self) -> str:
+        return self.row.account_kit_key
+
+    @strawberry.field
+    async def quotas(self, info: Info) -> list[PlanQuotaType]:
+        rows = await info.context.loaders.quotas.load(self.row.key)
+        return [PlanQuotaType(primitive=r.primitive, quota=r.quota) for r in rows]
+
+
+@strawberry.type(name="PlanQuota")
+class PlanQuotaType:
+    primitive: str
+    quota: int
+
+
+@strawberry.type
+class Subscription:
+    row: strawberry.Private[SubscriptionRow]
+
+    @strawberry.field
+    def status(self) -> SubscriptionStatus:
+        return SubscriptionStatus(self.row.status)
+
+    @strawberry.field
+    def plan_key(self) -> str:
+        return self.row.plan_key
+
+    @strawberry.field
+    def stripe_customer_id(self) -> str | None:
+        return self.row.stripe_customer_id
+
+    @strawberry.field
+    def stripe_subscription_id(self) -> str | None:
+        return self.row.stripe_subscription_id
+
+    @strawberry.field
+    def current_period_start(self) -> datetime | None:
+        return self.row.current_period_start
+
+    @strawberry.field
+    def current_period_end(self) -> datetime | None:
+        return self.row.current_period_end
+
+    @strawberry.field
+    def updated_at(self) -> datetime:
+        return self.row.updated_at
+
+
+@strawberry.type
+class Tenant:
+    row: strawberry.Private[TenantRow]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(self.row.id)
+
+    @strawberry.field
+    def name(self) -> str:
+        return self.row.name
+
+    @strawberry.field
+    def external_id(self) -> str | None:
+        return self.row.external_id
+
+    @strawberry.field
+    def metadata(self) -> JSON:
+        return cast(JSON, self.row.meta)
+
+    @strawberry.field
+    def created_at(self) -> datetime:
+        return self.row.created_at
+
+    @strawberry.field
+    def stripe_customer_id(self) -> str | None:
+        return self.row.stripe_customer_id
+
+    @strawberry.field
+    async def plan(self, info: Info) -> Plan | None:
+        if self.row.plan_key is None:
+            return None
+        row = await info.context.loaders.plan.load(self.row.plan_key)
+        return Plan(row=row) if row else None
+
+    @strawberry.field(description="The kit in force: the plan's kit, unless the tenant is pinned to another.")
+    async def account_kit(self, info: Info) -> AccountKit | None:
+        key = self.row.account_kit_key
+        if key is None and self.row.plan_key is not None:
+            plan = await info.context.loaders.plan.load(self.row.plan_key)
+            key = plan.account_kit_key if plan else None
+        if key is None:
+            return None
+        row = await info.context.loaders.kit.load(key)
+        return AccountKit(row=row) if row else None
+
+    @strawberry.field(description="True when entitlements follow the plan's kit (assignKit).")
+    def kit_follows_plan(self) -> bool:
+        return self.row.account_kit_key is None
+
+    @strawberry.field
+    async def subscription(self, info: Info) -> Subscription | None:
+        row = await info.context.loaders.subscription.load(self.row.id)
+        return Subscription(row=row) if row else None
+
+
+@strawberry.type
+class ApiKey:
+    row: strawberry.Private[ApiKeyRow]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(self.row.id)
+
+    @strawberry.field
+    def kind(self) -> str:
+        return self.row.kind
+
+    @strawberry.field
+    def tenant_id(self) -> str | None:
+        return self.row.tenant_id
+
+    @strawberry.field
+    def name(self) -> str:
+        return self.row.name
+
+    @strawberry.field
+    def prefix(self) -> str:
+        return self.row.prefix
+
+    @strawberry.field
+    def created_at(self) -> datetime:
+        return self.row.created_at
+
+    @strawberry.field
+    def revoked_at(self) -> datetime | None:
+        return self.row.revoked_at

@@ -1,0 +1,208 @@
+"""The Starlette app: /graphql (Strawberry), /healthz, and the slices' HTTP routes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.asgi import GraphQL
+
+from app.core.auth import Principal, mint_scope
+from app.core.clock import Clock
+from app.core.db import make_engine, unit_of_work
+from app.core.ids import _ID
+from app.graphql.context import Context
+from app.graphql.schema import build_schema
+from app.settings import Settings, get_settings
+from app.tenants.repository import TenantRepository
+from app.tenants.service import authenticate
+
+log = logging.getLogger("meterkit")
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _resolve_principal(engine: Engine, raw_key: str | None, tenant_header: str | None) -> tuple[Principal | None, Any]:
+    """One read transaction: the key, and for an operator the tenant named by X-Tenant-Id."""
+    if raw_key is None:
+        if tenant_header:
+            raise AuthError(401, "UNAUTHENTICATED", "X-Tenant-Id needs an operator key")
+        return None, None
+    with unit_of_work(engine, write=False) as s:
+        principal = authenticate(s, raw_key)
+        if principal is None:
+            raise AuthError(401, "UNAUTHENTICATED", "invalid or revoked API key")
+        requested = None
+        if tenant_header:
+            if principal.role == "tenant":
+                # A tenant key is always its own tenant: naming another gets the missing-tenant answer.
+                if tenant_header != principal.tenant_id:
+                    raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
+            elif not _ID.match(tenant_header) or not tenant_header.startswith("ten_"):
+                raise AuthError(400, "VALIDATION_FAILED", "X-Tenant-Id is not a valid ten_ id")
+            elif not TenantRepository(s).exists(tenant_header):
+                raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
+            requested = tenant_header
+        return principal, mint_scope(principal, requested)
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthError(401, "UNAUTHENTICATED", "Authorization must be 'Bearer <key>'")
+    return value.strip()
+
+
+class MeterkitGraphQL(GraphQL[Context, None]):
+    def __init__(self, app_state: AppState, **kw: Any) -> None:
+        super().__init__(app_state.schema, **kw)
+        self.state = app_state
+
+    async def get_context(self, request: Any, response: Any) -> Context:
+        st = self.state
+        return Context(
+            engine=st.engine,
+            settings=st.settings,
+            clock=st.clock,
+            principal=request.state.principal,
+            scope=request.state.scope,
+        )
+
+
+class AppState:
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.schema = build_schema(settings)
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413 before any parsing (also for chunked bodies)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self.max_bytes)(scope, receive, send)
+
+
+class _Asgi:
+    """Lets a plain ASGI callable serve a Starlette Route."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.fn(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> Response:
+    return error_response(413, "PAYLOAD_TOO_LARGE", f"request body is larger than {limit} bytes")
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status)
+
+
+def create_app(
+    settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock | None = None
+) -> Starlette:
+    settings = settings or get_settings()
+    engine = engine or make_engine(settings.database_url)
+    state = AppState(settings, engine, clock or Clock())
+    graphql_app = MeterkitGraphQL(
+        state,
+        graphql_ide="graphiql" if settings.graphiql_enabled else None,
+        allow_queries_via_get=False,
+    )
+
+    async def graphql_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        if request.method == "GET" and not settings.graphiql_enabled:
+            await error_response(405, "METHOD_NOT_ALLOWED", "queries over GET are off: POST JSON")(scope, receive, send)
+            return
+        try:
+            principal, tenant_scope = await run_in_threadpool(
+                _resolve_principal, engine, bearer(request), request.headers.get("x-tenant-id")
+            )
+        except AuthError as exc:
+            await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+        scope["state"]["principal"] = principal
+        scope["state"]["scope"] = tenant_scope
+        await graphql_app(scope, receive, send)
+
+    async def healthz(_: Request) -> Response:
+        def ping() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(ping)
+        except Exception:
+            log.exception("health check failed")
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    routes: list[Any] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/graphql", _Asgi(graphql_endpoint), methods=["GET", "POST"]),
+    ]
+    for extra in _slice_routes(state):
+        routes.append(extra)
+    app = Starlette(routes=routes)
+    app.state.meterkit = state
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def _slice_routes(state: AppState) -> list[Any]:
+    """HTTP routes owned by slices (the Stripe webhook, the plain metering route)."""
+    return []
+
+
+__all__ = ["create_app", "json"]

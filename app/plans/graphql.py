@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+
+from app.core.errors import ValidationFailed
+from app.graphql.context import Info
+from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.scalars import Credits
+from app.graphql.types import OveragePolicy, Period, Plan
+from app.graphql.util import attempt
+from app.plans import service
+from app.plans.repository import PlanRepository
+
+
+@strawberry.input
+class QuotaInput:
+    primitive: str
+    quota: int = strawberry.field(description="Non-negative units per period.")
+
+
+@strawberry.input
+class PlanInput:
+    key: str
+    name: str
+    account_kit_id: str = strawberry.field(description="The kit's key, e.g. kit_pro.")
+    period: str = "month"
+    stripe_price_id: str | None = None
+    quotas: list[QuotaInput] = strawberry.field(default_factory=list)
+    overage: OveragePolicy = OveragePolicy.refuse
+    included_credits: Credits | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Credits granted each period (the brief's pro: 200/month)."
+    )
+
+
+PlanResult = Annotated[Plan | ValidationError | NotFoundError, strawberry.union("PlanResult")]
+
+
+@strawberry.type
+class PlanQuery:
+    @strawberry.field
+    async def plans(self, info: Info, include_archived: bool = False) -> list[Plan]:
+        rows = await info.context.read(lambda s: PlanRepository(s).all(include_archived=include_archived))
+        return [Plan(row=r) for r in rows]
+
+    @strawberry.field
+    async def plan(self, info: Info, key: str) -> Plan | None:
+        row = await info.context.read(lambda s: PlanRepository(s).get(key))
+        return Plan(row=row) if row else None
+
+
+@strawberry.type
+class PlanMutation:
+    @strawberry.mutation(description="The brief's plans.upsert: idempotent by key.")
+    async def upsert_plan(self, info: Info, input: PlanInput) -> PlanResult:
+        ctx = info.context
+
+        async def run() -> Plan:
+            quotas: dict[str, int] = {}
+            for q in input.quotas:
+                if q.primitive in quotas:
+                    raise ValidationFailed(f"duplicate quota for {q.primitive}", field="quotas")
+                quotas[q.primitive] = q.quota
+            data = service.PlanInput(
+                key=input.key,
+                name=input.name,
+                account_kit_id=input.account_kit_id,
+                period=input.period,
+                stripe_price_id=input.stripe_price_id,
+                quotas=quotas,
+                overage=input.overage.value,
+                included_credits=int(input.included_credits or 0),
+            )
+            return Plan(row=await ctx.write(lambda s: service.upsert_plan(s, ctx.clock, data)))
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Archived plans take no new subscribers; current ones keep them.")
+    async def archive_plan(self, info: Info, key: str) -> PlanResult:
+        ctx = info.context
+
+        async def run() -> Plan:
+            return Plan(row=await ctx.write(lambda s: service.archive_plan(s, ctx.clock, key)))
+
+        return await attempt(run)
+
+
+__all__ = ["Period", "PlanMutation", "PlanQuery"]

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlmodel import Session
+
+from app.account_kits.repository import AccountKitRepository
+from app.core.clock import Clock
+from app.core.errors import NotFound, ValidationFailed
+from app.core.money import MICRO
+from app.core.primitives import validate_primitive
+from app.core.validation import check_key, check_name, check_optional
+from app.plans.models import Plan
+from app.plans.repository import PlanRepository
+
+PERIODS = ("day", "week", "month", "year")
+OVERAGE = ("refuse", "allow")
+MAX_QUOTA = 2**62
+
+
+@dataclass
+class PlanInput:
+    key: str
+    name: str
+    account_kit_id: str
+    period: str = "month"
+    stripe_price_id: str | None = None
+    quotas: dict[str, int] = field(default_factory=dict)
+    overage: str = "refuse"
+    included_credits: int = 0  # micro-credits
+
+
+def upsert_plan(session: Session, clock: Clock, data: PlanInput) -> Plan:
+    """Idempotent by key: the same input twice leaves one identical plan."""
+    check_key(data.key)
+    check_name(data.name)
+    price = check_optional(data.stripe_price_id, field="stripePriceId")
+    if data.period not in PERIODS:
+        raise ValidationFailed(f"period must be one of {', '.join(PERIODS)}", field="period")
+    if data.overage not in OVERAGE:
+        raise ValidationFailed("overage must be refuse or allow", field="overage")
+    for primitive, quota in data.quotas.items():
+        validate_primitive(primitive, field="quotas.primitive")
+        if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0 or quota > MAX_QUOTA:
+            raise ValidationFailed(f"quota for {primitive} must be a non-negative integer", field="quotas")
+    if data.included_credits < 0 or data.included_credits > 10**12 * MICRO:
+        raise ValidationFailed("includedCredits must be non-negative", field="includedCredits")
+    if AccountKitRepository(session).get(data.account_kit_id) is None:
+        raise NotFound("AccountKit", data.account_kit_id)
+    repo = PlanRepository(session)
+    if price is not None:
+        other = repo.by_price(price)
+        if other is not None and other.key != data.key:
+            raise ValidationFailed(f"stripePriceId is already used by plan {other.key!r}", field="stripePriceId")
+    now = clock.now()
+    plan = repo.get(data.key)
+    if plan is None:
+        plan = Plan(
+            key=data.key,
+            name=data.name,
+            account_kit_key=data.account_kit_id,
+            period=data.period,
+            created_at=now,
+            updated_at=now,
+        )
+    plan.name = data.name.strip()
+    plan.stripe_price_id = price
+    plan.account_kit_key = data.account_kit_id
+    plan.period = data.period
+    plan.overage = data.overage
+    plan.included_credits = data.included_credits
+    plan.archived = False
+    plan.updated_at = now
+    repo.save(plan)
+    repo.replace_quotas(plan.key, data.quotas)
+    return plan
+
+
+def archive_plan(session: Session, clock: Clock, key: str) -> Plan:
+    """Archived plans can't be newly subscribed to; current subscribers keep them."""
+    repo = PlanRepository(session)
+    plan = repo.get(key)
+    if plan is None:
+        raise NotFound("Plan", key)
+    plan.archived = True
+    plan.updated_at = clock.now()
+    return repo.save(plan)

@@ -1,0 +1,46 @@
+"""One Settings object; every knob is an environment variable prefixed METERKIT_."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERKIT_", extra="ignore")
+
+    env: Literal["development", "production", "test"] = "development"
+    database_url: str = "sqlite:///./meterkit.db"
+    operator_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # GraphQL guards
+    max_body_bytes: int = 256 * 1024
+    max_query_depth: int = 12
+    max_aliases: int = 30
+    max_tokens: int = 4000
+
+    # Credits (values in whole credits; stored as micro-credits)
+    signup_grant_credits: int = 20
+    negative_buffer_credits: int = 10
+    hold_ttl_seconds: int = 3600
+    credit_value_usd: str = "0.50"
+
+    # Stripe
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    default_plan_key: str = "free"
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return self.env != "production"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

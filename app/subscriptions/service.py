@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session
+
+from app.core.auth import TenantScope
+from app.core.clock import Clock, as_utc
+from app.core.errors import NotFound, ValidationFailed
+from app.core.validation import check_optional
+from app.plans.models import Plan
+from app.plans.repository import PlanRepository
+from app.subscriptions.models import STATUSES, Subscription
+from app.tenants.models import Tenant
+from app.tenants.repository import TenantRepository
+
+_PERIOD_LENGTH = {"day": timedelta(days=1), "week": timedelta(weeks=1)}
+
+
+@dataclass
+class SubscriptionInput:
+    plan_key: str
+    status: str = "active"
+    stripe_customer_id: str | None = None
+    stripe_subscription_id: str | None = None
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    assign_kit: bool = True
+
+
+def period_start_before(end: datetime, period: str) -> datetime:
+    """A subscription period ends at `end`; its start is one plan period earlier."""
+    if period in _PERIOD_LENGTH:
+        return end - _PERIOD_LENGTH[period]
+    months = 1 if period == "month" else 12
+    y, m = divmod(end.month - 1 - months, 12)
+    year, month = end.year + y, m + 1
+    import calendar
+
+    day = min(end.day, calendar.monthrange(year, month)[1])
+    return end.replace(year=year, month=month, day=day)
+
+
+def set_subscription(
+    session: Session,
+    clock: Clock,
+    scope: TenantScope,
+    data: SubscriptionInput,
+    *,
+    source_event_created: int | None = None,
+) -> tuple[Tenant, Subscription, Plan]:
+    """Reflect a subscription onto the tenant. With assign_kit (the default) the tenant's
+    entitlements follow the plan's kit from this same transaction on."""
+    if data.status not in STATUSES:
+        raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}", field="status")
+    customer = check_optional(data.stripe_customer_id, field="stripeCustomerId")
+    sub_id = check_optional(data.stripe_subscription_id, field="stripeSubscriptionId")
+    tenants = TenantRepository(session)
+    tenant = tenants.lock(scope)
+    if tenant is None:
+        raise NotFound("Tenant", scope.tenant_id)
+    plans = PlanRepository(session)
+    plan = plans.get(data.plan_key)
+    if plan is None:
+        raise NotFound("Plan", data.plan_key)
+    if plan.archived and tenant.plan_key != plan.key:
+        raise ValidationFailed(f"plan {plan.key!r} is archived", field="planKey")
+    end = as_utc(data.current_period_end) if data.current_period_end else None
+    start = as_utc(data.current_period_start) if data.current_period_start else None
+    if end is not None and start is None:
+        start = period_start_before(end, plan.period)
+    if start is not None and end is not None and start >= end:
+        raise ValidationFailed("currentPeriodStart must be before currentPeriodEnd", field="currentPeriodStart")
+    if customer is not None and customer != tenant.stripe_customer_id:
+        owner = tenants.by_stripe_customer(customer)
+        if owner is not None and owner.id != tenant.id:
+            raise ValidationFailed("stripeCustomerId belongs to another tenant", field="stripeCustomerId")
+        tenant.stripe_customer_id = customer
+
+    if not data.assign_kit and tenant.account_kit_key is None and tenant.plan_key is not None:
+        # Pin the kit the tenant has now, so the plan change leaves entitlements alone.
+        old = plans.get(tenant.plan_key)
+        tenant.account_kit_key = old.account_kit_key if old else None
+    elif data.assign_kit:
+        tenant.account_kit_key = None  # follow the plan's kit
+    tenant.plan_key = plan.key
+    session.add(tenant)
+
+    sub = session.get(Subscription, tenant.id)
+    now = clock.now()
+    if sub is None:
+        sub = Subscription(tenant_id=tenant.id, plan_key=plan.key, status=data.status, updated_at=now)
+    sub.plan_key = plan.key
+    sub.status = data.status
+    sub.stripe_customer_id = customer or sub.stripe_customer_id
+    sub.stripe_subscription_id = sub_id or sub.stripe_subscription_id
+    sub.current_period_start = start
+    sub.current_period_end = end
+    sub.updated_at = now
+    if source_event_created is not None:
+        sub.source_event_created = source_event_created
+    session.add(sub)
+    session.flush()
+    return tenant, sub, plan

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+from strawberry.scalars import JSON
+
+from app.core.ids import parse_id
+from app.graphql.context import Info
+from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.types import ApiKey, Tenant
+from app.graphql.util import attempt, target_scope
+from app.tenants import service
+from app.tenants.repository import TenantRepository
+
+
+@strawberry.input
+class CreateTenantInput:
+    name: str
+    external_id: str | None = None
+    metadata: JSON | None = None
+
+
+@strawberry.type
+class TenantEdge:
+    cursor: str
+    node: Tenant
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class TenantConnection:
+    edges: list[TenantEdge]
+    page_info: PageInfo
+
+    @strawberry.field
+    def nodes(self) -> list[Tenant]:
+        return [e.node for e in self.edges]
+
+
+@strawberry.type
+class CreatedApiKey:
+    api_key: ApiKey
+    secret: str = strawberry.field(description="The key itself. Shown once: only its hash is stored.")
+
+
+CreateTenantResult = Annotated[Tenant | ValidationError, strawberry.union("CreateTenantResult")]
+CreateApiKeyResult = Annotated[CreatedApiKey | ValidationError | NotFoundError, strawberry.union("CreateApiKeyResult")]
+RevokeApiKeyResult = Annotated[ApiKey | ValidationError | NotFoundError, strawberry.union("RevokeApiKeyResult")]
+
+
+@strawberry.type
+class TenantQuery:
+    @strawberry.field(description="Operator: every tenant, oldest first, cursor-paginated.")
+    async def tenants(self, info: Info, first: int = 50, after: str | None = None) -> TenantConnection:
+        rows, more = await info.context.read(lambda s: service.list_tenants(s, first, after))
+        edges = [TenantEdge(cursor=service.encode_cursor(r), node=Tenant(row=r)) for r in rows]
+        return TenantConnection(
+            edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None)
+        )
+
+    @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
+    async def tenant(self, info: Info, id: strawberry.ID) -> Tenant | None:
+        scope = target_scope(info.context, str(id))
+        row = await info.context.read(lambda s: TenantRepository(s).get(scope))
+        return Tenant(row=row) if row else None
+
+    @strawberry.field(description="The tenant in scope: a tenant key's own, or X-Tenant-Id for an operator.")
+    async def viewer(self, info: Info) -> Tenant | None:
+        scope = info.context.require_scope()
+        row = await info.context.read(lambda s: TenantRepository(s).get(scope))
+        return Tenant(row=row) if row else None
+
+
+@strawberry.type
+class TenantMutation:
+    @strawberry.mutation(description="The brief's users.create: a tenant on the default plan with signup credits.")
+    async def create_tenant(self, info: Info, input: CreateTenantInput) -> CreateTenantResult:
+        ctx = info.context
+        data = service.TenantInput(name=input.name, external_id=input.external_id, metadata=input.metadata)  # type: ignore[arg-type]
+
+        async def run() -> Tenant:
+            row = await ctx.write(
+                lambda s: service.create_tenant(
+                    s,
+                    ctx.clock,
+                    data,
+                    default_plan_key=ctx.settings.default_plan_key,
+                    signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
+                )
+            )
+            return Tenant(row=row)
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="A key for a tenant (tenantId, or the tenant in scope); the secret is shown once.")
+    async def create_api_key(
+        self, info: Info, tenant_id: strawberry.ID | None = None, name: str = ""
+    ) -> CreateApiKeyResult:
+        ctx = info.context
+
+        async def run() -> CreatedApiKey:
+            scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
+            row, raw = await ctx.write(
+                lambda s: service.create_api_key(s, ctx.clock, role="tenant", scope=scope, name=name)
+            )
+            return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Operator: another operator key; the secret is shown once.")
+    async def create_operator_key(self, info: Info, name: str = "") -> CreateApiKeyResult:
+        ctx = info.context
+
+        async def run() -> CreatedApiKey:
+            row, raw = await ctx.write(
+                lambda s: service.create_api_key(s, ctx.clock, role="operator", scope=None, name=name)
+            )
+            return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Revoke a key at once. A tenant may revoke only its own keys.")
+    async def revoke_api_key(self, info: Info, id: strawberry.ID) -> RevokeApiKeyResult:
+        ctx = info.context
+        principal = ctx.principal
+        assert principal is not None
+
+        async def run() -> ApiKey:
+            key_id = parse_id(str(id), "key")
+            return ApiKey(row=await ctx.write(lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id)))
+
+        return await attempt(run)

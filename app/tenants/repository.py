@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, or_
+from sqlmodel import Session, col, select
+
+from app.core.auth import TenantScope
+from app.tenants.models import ApiKey, Tenant
+
+
+class TenantRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def get(self, scope: TenantScope) -> Tenant | None:
+        return self.s.get(Tenant, scope.tenant_id)
+
+    def exists(self, tenant_id: str) -> bool:
+        """Only the auth layer asks this, before it mints a scope."""
+        return self.s.get(Tenant, tenant_id) is not None
+
+    def lock(self, scope: TenantScope) -> Tenant | None:
+        return self.s.exec(select(Tenant).where(Tenant.id == scope.tenant_id).with_for_update()).first()
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, Tenant]:
+        rows = self.s.exec(select(Tenant).where(col(Tenant.id).in_(list(ids)))).all()
+        return {r.id: r for r in rows}
+
+    def by_external_id(self, external_id: str) -> Tenant | None:
+        return self.s.exec(select(Tenant).where(Tenant.external_id == external_id)).first()
+
+    def by_stripe_customer(self, customer_id: str) -> Tenant | None:
+        return self.s.exec(select(Tenant).where(Tenant.stripe_customer_id == customer_id)).first()
+
+    def page(self, first: int, after: tuple[datetime, str] | None) -> list[Tenant]:
+        q = select(Tenant).order_by(col(Tenant.created_at), col(Tenant.id)).limit(first)
+        if after is not None:
+            at, tid = after
+            q = q.where(or_(col(Tenant.created_at) > at, and_(col(Tenant.created_at) == at, col(Tenant.id) > tid)))
+        return list(self.s.exec(q).all())
+
+    def add(self, tenant: Tenant) -> Tenant:
+        self.s.add(tenant)
+        self.s.flush()
+        return tenant
+
+
+class ApiKeyRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def by_hash(self, key_hash: str) -> ApiKey | None:
+        return self.s.exec(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+
+    def get(self, key_id: str) -> ApiKey | None:
+        return self.s.get(ApiKey, key_id)
+
+    def any_operator(self) -> bool:
+        return self.s.exec(select(ApiKey.id).where(ApiKey.kind == "operator").limit(1)).first() is not None
+
+    def add(self, key: ApiKey) -> ApiKey:
+        self.s.add(key)
+        self.s.flush()
+        return key

@@ -1,0 +1,191 @@
+"""Test fixtures. Every database test runs on a real SQLite file and, when
+METERKIT_TEST_POSTGRES_URL is set, on a real PostgreSQL server too, each test in a
+throwaway database cloned from a migrated template and dropped afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from starlette.testclient import TestClient
+
+from app.core.clock import FrozenClock
+from app.core.db import make_engine, normalize_url, unit_of_work
+from app.core.migrate import upgrade
+from app.main import create_app
+from app.settings import Settings
+from app.tenants.service import create_api_key
+
+PG_URL = os.environ.get("METERKIT_TEST_POSTGRES_URL")
+REQUIRE_PG = os.environ.get("METERKIT_REQUIRE_POSTGRES") == "1"
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _pg_admin() -> Engine:
+    assert PG_URL
+    return create_engine(normalize_url(PG_URL), isolation_level="AUTOCOMMIT", pool_size=1)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str | None]:
+    if not PG_URL:
+        yield None
+        return
+    try:
+        admin = _pg_admin()
+        with admin.connect() as c:
+            c.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL required but unreachable: {exc}")
+        yield None
+        return
+    name = f"mk_tpl_{RUN_ID}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(normalize_url(PG_URL)).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield name
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tpl") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+def _backends() -> list[Any]:
+    params: list[Any] = ["sqlite"]
+    if PG_URL or REQUIRE_PG:
+        params.append(pytest.param("postgres", marks=pytest.mark.postgres))
+    return params
+
+
+@dataclass
+class Database:
+    backend: str
+    url: str
+    engine: Engine
+
+
+@pytest.fixture(params=_backends())
+def db(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        path = tmp_path / "meterkit.db"
+        shutil.copy(sqlite_template, path)
+        url = f"sqlite:///{path}"
+        engine = make_engine(url)
+        yield Database("sqlite", url, engine)
+        engine.dispose()
+        return
+    template = request.getfixturevalue("pg_template")
+    if template is None:
+        if REQUIRE_PG:
+            pytest.fail("METERKIT_REQUIRE_POSTGRES=1 but METERKIT_TEST_POSTGRES_URL is unset or unreachable")
+        pytest.skip("PostgreSQL not configured")
+    name = f"mk_t_{RUN_ID}_{uuid.uuid4().hex[:10]}"
+    admin = _pg_admin()
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    url = make_url(normalize_url(PG_URL or "")).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=30, max_overflow=30)
+    yield Database("postgres", url, engine)
+    engine.dispose()
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(env="test", database_url="sqlite://unused")
+
+
+class Api:
+    """A GraphQL caller over the ASGI app; `key` and `tenant` pick the credential."""
+
+    def __init__(self, client: TestClient, db: Database) -> None:
+        self.client = client
+        self.db = db
+        self.operator_key = ""
+
+    def __call__(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        tenant: str | None = None,
+        expect_errors: bool = False,
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {key or self.operator_key}"}
+        if tenant:
+            headers["X-Tenant-Id"] = tenant
+        r = self.client.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+        body = r.json()
+        if not expect_errors:
+            assert r.status_code == 200, body
+            assert not body.get("errors"), body["errors"]
+            return body["data"]
+        return body
+
+    def create_tenant(self, name: str = "Acme", **extra: Any) -> str:
+        data = self(
+            "mutation($i: CreateTenantInput!) { createTenant(input: $i) { __typename ... on Tenant { id } } }",
+            {"i": {"name": name, **extra}},
+        )
+        assert data["createTenant"]["__typename"] == "Tenant", data
+        return str(data["createTenant"]["id"])
+
+    def tenant_key(self, tenant_id: str) -> str:
+        data = self(
+            "mutation($t: ID!) { createApiKey(tenantId: $t) { ... on CreatedApiKey { secret } } }", {"t": tenant_id}
+        )
+        return str(data["createApiKey"]["secret"])
+
+
+@pytest.fixture
+def api(db: Database, settings: Settings, clock: FrozenClock) -> Iterator[Api]:
+    app = create_app(settings, engine=db.engine, clock=clock)
+    with TestClient(app) as client:
+        a = Api(client, db)
+        with unit_of_work(db.engine) as s:
+            _, raw = create_api_key(s, clock, role="operator", scope=None, name="tests")
+        a.operator_key = raw
+        yield a
+
+
+def count_rows(engine: Engine, *tables: str) -> dict[str, int]:
+    with engine.connect() as c:
+        return {t: int(c.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in tables}
+
+
+ALL_TABLES = (
+    "account_kit",
+    "plan",
+    "plan_quota",
+    "tenant",
+    "api_key",
+    "subscription",
+    "credit_account",
+    "credit_bucket",
+    "ledger_entry",
+)
