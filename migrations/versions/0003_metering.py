@@ -1,0 +1,24 @@
+"""metering (placeholder: the metering slice fills it in)
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-23
+"""
+from alembic import op
+import sqlalchemy as sa
+import sqlmodel
+
+import app.core.types  # noqa: F401
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
