@@ -1,8 +1,9 @@
 """Imports every table so SQLModel.metadata (and Alembic) see the whole schema."""
 
 from app.account_kits.models import AccountKit
-from app.credits.models import CreditAccount, CreditBucket, LedgerEntry
+from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
 from app.plans.models import Plan, PlanQuota
+from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.subscriptions.models import Subscription
 from app.tenants.models import ApiKey, Tenant
 
@@ -11,9 +12,15 @@ __all__ = [
     "ApiKey",
     "CreditAccount",
     "CreditBucket",
+    "CreditPack",
+    "CreditReversal",
     "LedgerEntry",
+    "LlmRate",
+    "MediaPrice",
     "Plan",
     "PlanQuota",
+    "Price",
+    "PricingSetting",
     "Subscription",
     "Tenant",
 ]

@@ -230,3 +230,132 @@ def available_now(session: Session, scopes: list[TenantScope], now: datetime) ->
         .all()
     )
     return {r[0]: AccountState(r[1] - r[3], r[2]) for r in rows}
+
+
+@dataclass(frozen=True)
+class Reversal:
+    entry_id: int  # the entry reversed
+    amount: int  # signed amount of the reversal entry
+    balance_after: int
+    created: bool
+
+
+def reverse(
+    session: Session, scope: TenantScope, clock: Clock, entry_id: int, reason: str, idempotency_key: str
+) -> Reversal:
+    """Correct an entry by appending its opposite; nothing is ever updated or deleted.
+
+    Each entry is reversed at most once (unique in credit_reversal). Same key + same entry
+    returns the stored result; the key on another entry, or a second reversal, is a Conflict.
+    A reversed debit comes back as a non-expiring "reversal" bucket. A reversed grant takes
+    back what did not expire of it: first what is left of its bucket, then (for what was
+    already spent) other buckets in burn order, the rest as debt."""
+    from app.core.errors import Conflict, NotFound
+    from app.credits.models import CreditReversal
+
+    REV: Any = CreditReversal.__table__  # type: ignore[attr-defined]
+    if isinstance(entry_id, bool) or not isinstance(entry_id, int) or entry_id < 1 or entry_id > 2**63 - 1:
+        raise ValidationFailed("entryId must be a positive 64-bit integer", field="entryId")
+    if not idempotency_key or len(idempotency_key) > 200:
+        raise ValidationFailed("idempotency key must be 1-200 characters", field="idempotencyKey")
+    if not reason or not reason.strip() or len(reason) > 255:
+        raise ValidationFailed("reason must be 1-255 characters", field="reason")
+    conn = _conn(session)
+    state = lock_account(conn, scope)
+    done = conn.execute(
+        select(REV.c.entry_id, REV.c.amount, REV.c.idempotency_key).where(
+            and_(
+                REV.c.tenant_id == scope.tenant_id,
+                (REV.c.idempotency_key == idempotency_key) | (REV.c.entry_id == entry_id),
+            )
+        )
+    ).all()
+    for r in done:
+        if r.idempotency_key == idempotency_key and r.entry_id == entry_id:
+            return Reversal(entry_id, r.amount, state.balance, False)
+    if done:
+        raise Conflict("this entry is already reversed, or the idempotency key was used for another entry")
+    entry = conn.execute(
+        select(ENTRY).where(and_(ENTRY.c.tenant_id == scope.tenant_id, ENTRY.c.id == entry_id))
+    ).first()
+    if entry is None:
+        raise NotFound("LedgerEntry", str(entry_id))
+    if entry.kind not in ("debit", "grant") or entry.amount == 0:
+        raise ValidationFailed(f"{entry.kind} entries cannot be reversed", field="entryId")
+    now = clock.now()
+    balance, live = _sweep(conn, scope, now, state.balance)
+    reference = f"{entry_id}: {reason.strip()}"[:255]
+    if entry.kind == "debit":
+        amount = -entry.amount
+        debt = sum(r.remaining for r in live) - balance
+        bucket_id = new_id("bkt")
+        conn.execute(
+            insert(BUCKET).values(
+                id=bucket_id,
+                tenant_id=scope.tenant_id,
+                source="reversal",
+                granted=amount,
+                remaining=amount - min(max(debt, 0), amount),
+                expires_at=None,
+                grant_key=f"reversal:{entry_id}",
+                reference=reference,
+                created_at=now,
+            )
+        )
+        balance += amount
+        _entry(
+            conn,
+            scope,
+            now,
+            kind="reversal",
+            action=entry.action,
+            amount=amount,
+            balance_after=balance,
+            bucket_id=bucket_id,
+            reference=reference,
+        )
+    else:
+        expired = conn.execute(
+            select(func.coalesce(func.sum(ENTRY.c.amount), 0)).where(
+                and_(
+                    ENTRY.c.tenant_id == scope.tenant_id, ENTRY.c.kind == "expiry", ENTRY.c.bucket_id == entry.bucket_id
+                )
+            )
+        ).scalar_one()
+        take = entry.amount + int(expired)  # expired amounts are negative: they are gone already
+        if take <= 0:
+            raise ValidationFailed("nothing of this grant is left to reverse: it expired", field="entryId")
+        left = take
+        own = [r for r in live if r.id == entry.bucket_id]
+        for r in own + [r for r in live if r.id != entry.bucket_id]:
+            if left == 0:
+                break
+            step = min(left, r.remaining)
+            conn.execute(update(BUCKET).where(BUCKET.c.id == r.id).values(remaining=r.remaining - step))
+            left -= step
+        amount = -take
+        balance += amount
+        _entry(
+            conn,
+            scope,
+            now,
+            kind="reversal",
+            action=entry.action,
+            amount=amount,
+            balance_after=balance,
+            bucket_id=entry.bucket_id,
+            reference=reference,
+        )
+    conn.execute(
+        insert(REV).values(
+            id=new_id("rev"),
+            tenant_id=scope.tenant_id,
+            entry_id=entry_id,
+            idempotency_key=idempotency_key,
+            reason=reason.strip(),
+            amount=amount,
+            created_at=now,
+        )
+    )
+    _set_balance(conn, scope, now, balance)
+    return Reversal(entry_id, amount, balance, True)

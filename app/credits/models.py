@@ -54,3 +54,38 @@ class LedgerEntry(SQLModel, table=True):
     bucket_id: str | None = Field(default=None, max_length=40)
     reference: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(sa_column=ts_column())
+
+
+class CreditPack(SQLModel, table=True):
+    """A prepaid top-up a tenant can buy (Stripe Checkout sells it by stripe_price_id)."""
+
+    __tablename__ = "credit_pack"
+
+    key: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    credits: int = Field(sa_column=micro_column(default=None))
+    price_usd_cents: int = Field(sa_column=Column(BigInteger, nullable=False))
+    stripe_price_id: str | None = Field(default=None, max_length=255, unique=True)
+    # Purchased credits never expire unless the pack says after how many days they do.
+    expires_after_days: int | None = Field(default=None)
+    active: bool = Field(default=True)
+    created_at: datetime = Field(sa_column=ts_column())
+    updated_at: datetime = Field(sa_column=ts_column())
+
+
+class CreditReversal(SQLModel, table=True):
+    """Each ledger entry is reversed at most once; the unique keys make that a database fact."""
+
+    __tablename__ = "credit_reversal"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "entry_id", name="uq_credit_reversal_entry"),
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_credit_reversal_key"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    entry_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    idempotency_key: str = Field(max_length=200)
+    reason: str = Field(max_length=255)
+    amount: int = Field(sa_column=micro_column(default=None))  # signed amount of the reversal entry
+    created_at: datetime = Field(sa_column=ts_column())

@@ -102,4 +102,10 @@ def set_subscription(
         sub.source_event_created = source_event_created
     session.add(sub)
     session.flush()
+    if data.status in ("active", "trialing"):
+        # The plan's included credits, once per period (idempotent by plan and period start).
+        from app.credits.service import calendar_period, grant_plan_allowance
+
+        p_start, p_end = (start, end) if start and end else calendar_period(now, plan.period)
+        grant_plan_allowance(session, scope, clock, plan_key=plan.key, period_start=p_start, period_end=p_end)
     return tenant, sub, plan

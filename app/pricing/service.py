@@ -1,0 +1,327 @@
+"""Prices. `quote` turns one metered request into micro-credits; the hot path calls it on
+every charge, so a fixed-price primitive costs one primary-key SELECT.
+
+Rules (all Decimal, rounded once at the end to a micro-credit, ROUND_HALF_UP):
+  fixed price          credits x quantity
+  browser.session.time the first tier whose limit >= elapsed seconds (1 / 2 / 3 credits up to
+                       5 / 15 / 30 min); beyond the last tier, its price per started block of its
+                       length (31 min -> 2 x 3 = 6 credits). Zero seconds bills the first floor.
+  llm.tokens           (in x input + out x output + cache_read x read_rate + cache_creation x
+                       creation_rate) / 1M, where read/creation rates default to input x
+                       llm.cache_read_multiplier (0.1) / llm.cache_creation_multiplier (1.25)
+  llm.passthrough      cost_usd x llm.passthrough_markup / credit_value_usd
+  image.generate       unit_usd x num_images x markup / credit_value_usd
+  video.generate       unit_usd x duration_seconds x markup / credit_value_usd
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from sqlmodel import Session
+
+from app.core.clock import Clock
+from app.core.errors import NotFound, ValidationFailed
+from app.core.money import MAX_CREDITS, MICRO
+from app.core.primitives import validate_primitive
+from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
+from app.pricing.repository import PricingRepository
+from app.pricing.seed import SETTINGS as DEFAULT_SETTINGS
+
+DYNAMIC = frozenset({"llm.tokens", "llm.passthrough", "image.generate", "video.generate"})
+TIMED = "browser.session.time"
+MEDIA_KINDS = ("image", "video")
+
+MAX_QUANTITY = 10**9
+MAX_TOKENS = 10**12
+MAX_USD = Decimal(10**6)
+MAX_ELAPSED = 366 * 86400
+MAX_IMAGES = 10_000
+MAX_DURATION = Decimal(86400)
+MAX_MICRO = int(MAX_CREDITS) * MICRO
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class PriceRequest:
+    primitive: str
+    quantity: int = 1  # units for fixed-price primitives (e.g. 3 emails)
+    model: str | None = None  # llm.tokens / image.generate / video.generate
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: Decimal | None = None  # llm.passthrough
+    elapsed_seconds: int | None = None  # browser.session.time
+    num_images: int | None = None  # image.generate
+    duration_seconds: Decimal | None = None  # video.generate
+
+
+@dataclass(frozen=True)
+class MediaQuote:
+    model: str
+    micro: int
+    unit_price_usd: Decimal
+    credit_value_usd: Decimal
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed(f"{field} must be an integer", field=field)
+    if value < lo or value > hi:
+        raise ValidationFailed(f"{field} must be between {lo} and {hi}", field=field)
+    return value
+
+
+def parse_decimal(value: Any, field: str, *, lo: Decimal, hi: Decimal, positive: bool = False) -> Decimal:
+    """A caller's decimal (string, int or Decimal; never a float) within [lo, hi]."""
+    if isinstance(value, bool | float) or value is None:
+        raise ValidationFailed(f"{field} must be a decimal number", field=field)
+    try:
+        d = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise ValidationFailed(f"{field} is not a decimal number", field=field) from None
+    if not d.is_finite():
+        raise ValidationFailed(f"{field} must be finite", field=field)
+    if d < lo or d > hi or (positive and d <= 0):
+        raise ValidationFailed(f"{field} must be {'>' if positive else '>='} {lo} and <= {hi}", field=field)
+    if d.as_tuple().exponent < -12:  # type: ignore[operator]
+        raise ValidationFailed(f"{field} has more than 12 decimal places", field=field)
+    return d
+
+
+def check_model(model: Any, field: str = "model") -> str:
+    if not isinstance(model, str) or not _MODEL.match(model):
+        raise ValidationFailed(f"{field} must be 1-200 characters of letters, digits and ._/:@+-", field=field)
+    return model
+
+
+def _round(credits: Decimal) -> int:
+    """The one rounding of a price: to a whole micro-credit, half up."""
+    micro = int((credits * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    if micro > MAX_MICRO:
+        raise ValidationFailed("the price is out of range", field="quantity")
+    return micro
+
+
+def _setting(values: dict[str, str], key: str) -> Decimal:
+    return Decimal(values.get(key) or DEFAULT_SETTINGS[key])
+
+
+# ---------------------------------------------------------------- quoting
+
+
+def quote(session: Session, req: PriceRequest) -> int:
+    """Micro-credits for one request. ValidationFailed / NotFound on bad input; reads only."""
+    primitive = validate_primitive(req.primitive)
+    repo = PricingRepository(session)
+    if primitive == "llm.tokens":
+        return _llm_tokens(repo, req)
+    if primitive == "llm.passthrough":
+        return _passthrough(repo, req)
+    if primitive == "image.generate":
+        count = req.num_images if req.num_images is not None else req.quantity
+        return media_quote(session, "image", req.model, count).micro
+    if primitive == "video.generate":
+        return media_quote(session, "video", req.model, req.duration_seconds).micro
+    qty = _int(req.quantity, "quantity", 1, MAX_QUANTITY)
+    row = repo.price_row(primitive)
+    if row is None:
+        raise NotFound("Price", primitive)
+    if primitive == TIMED:
+        if req.elapsed_seconds is None:
+            raise ValidationFailed("elapsedSeconds is required for browser.session.time", field="elapsedSeconds")
+        elapsed = _int(req.elapsed_seconds, "elapsedSeconds", 0, MAX_ELAPSED)
+        return session_time_price(row.credits, row.tiers, elapsed)
+    total = row.credits * qty
+    if total > MAX_MICRO:
+        raise ValidationFailed("the price is out of range", field="quantity")
+    return int(total)
+
+
+def session_time_price(block_micro: int, tiers: Any, elapsed: int) -> int:
+    """Floors by elapsed time; past the last tier, block_micro per started block of its length."""
+    steps = sorted((int(t[0]), int(t[1])) for t in (tiers or []))
+    for up_to, micro in steps:
+        if elapsed <= up_to:
+            return micro
+    if not steps:
+        return block_micro
+    length = steps[-1][0]
+    blocks = -(-elapsed // length)  # ceiling division: a started block counts
+    return blocks * block_micro
+
+
+def _llm_tokens(repo: PricingRepository, req: PriceRequest) -> int:
+    model = check_model(req.model) if req.model is not None else None
+    if model is None:
+        raise ValidationFailed("model is required for llm.tokens", field="model")
+    tin = _int(req.input_tokens, "inputTokens", 0, MAX_TOKENS)
+    tout = _int(req.output_tokens, "outputTokens", 0, MAX_TOKENS)
+    tread = _int(req.cache_read_tokens, "cacheReadTokens", 0, MAX_TOKENS)
+    tcreate = _int(req.cache_creation_tokens, "cacheCreationTokens", 0, MAX_TOKENS)
+    rate = repo.rate_row(model)
+    if rate is None:
+        raise NotFound("LlmRate", model)
+    read_rate: Decimal = Decimal(rate.cache_read_per_m) if rate.cache_read_per_m is not None else Decimal(0)
+    create_rate: Decimal = Decimal(rate.cache_creation_per_m) if rate.cache_creation_per_m is not None else Decimal(0)
+    if (tread and rate.cache_read_per_m is None) or (tcreate and rate.cache_creation_per_m is None):
+        values = repo.settings()
+        if rate.cache_read_per_m is None:
+            read_rate = rate.input_per_m * _setting(values, "llm.cache_read_multiplier")
+        if rate.cache_creation_per_m is None:
+            create_rate = rate.input_per_m * _setting(values, "llm.cache_creation_multiplier")
+    # Rates are micro-credits per 1M tokens: the sum is micro-credits x 1M.
+    total = Decimal(tin * rate.input_per_m + tout * rate.output_per_m) + tread * read_rate + tcreate * create_rate
+    return _round(total / MICRO / MICRO)
+
+
+def _passthrough(repo: PricingRepository, req: PriceRequest) -> int:
+    if req.cost_usd is None:
+        raise ValidationFailed("costUsd is required for llm.passthrough", field="costUsd")
+    cost = parse_decimal(req.cost_usd, "costUsd", lo=Decimal(0), hi=MAX_USD)
+    values = repo.settings()
+    markup = _setting(values, "llm.passthrough_markup")
+    return _round(cost * markup / _setting(values, "credit_value_usd"))
+
+
+def media_quote(session: Session, kind: str, model: str | None, amount: Any) -> MediaQuote:
+    """image: amount = number of images; video: amount = duration in seconds."""
+    if model is None:
+        raise ValidationFailed(f"model is required for {kind}.generate", field="model")
+    check_model(model)
+    if kind == "image":
+        units = Decimal(_int(amount, "numImages", 1, MAX_IMAGES))
+    else:
+        if amount is None:
+            raise ValidationFailed("duration is required for video.generate", field="duration")
+        units = parse_decimal(amount, "duration", lo=Decimal(0), hi=MAX_DURATION, positive=True)
+    repo = PricingRepository(session)
+    row = repo.media_row(model)
+    if row is None or row.kind != kind:
+        raise NotFound("MediaPrice", model)
+    values = repo.settings()
+    unit = Decimal(row.unit_price_usd)
+    markup = Decimal(row.markup) if row.markup else _setting(values, "media.markup")
+    credit_value = _setting(values, "credit_value_usd")
+    micro = _round(unit * units * markup / credit_value)
+    return MediaQuote(model=model, micro=micro, unit_price_usd=unit, credit_value_usd=credit_value)
+
+
+# ---------------------------------------------------------------- operator edits
+
+
+def set_price(
+    session: Session, clock: Clock, *, primitive: str, credits: int, tiers: list[tuple[int, int]] | None = None
+) -> Price:
+    validate_primitive(primitive)
+    if primitive in DYNAMIC:
+        raise ValidationFailed(f"{primitive} is priced by its model catalog, not a fixed price", field="primitive")
+    _int(credits, "credits", 0, MAX_MICRO)
+    stored: list[list[int]] | None = None
+    if tiers:
+        if primitive != TIMED:
+            raise ValidationFailed(f"tiers apply only to {TIMED}", field="tiers")
+        stored = []
+        last = 0
+        for up_to, micro in sorted(tiers):
+            _int(up_to, "tiers.upToSeconds", 1, MAX_ELAPSED)
+            _int(micro, "tiers.credits", 0, MAX_MICRO)
+            if up_to == last:
+                raise ValidationFailed("tiers must have distinct upToSeconds", field="tiers")
+            stored.append([up_to, micro])
+            last = up_to
+    repo = PricingRepository(session)
+    row = repo.get_price(primitive) or Price(primitive=primitive, credits=credits, updated_at=clock.now())
+    row.credits = credits
+    row.tiers = stored
+    row.updated_at = clock.now()
+    return repo.save(row)
+
+
+def set_llm_rate(
+    session: Session,
+    clock: Clock,
+    *,
+    model: str,
+    input_per_m: int,
+    output_per_m: int,
+    cache_read_per_m: int | None = None,
+    cache_creation_per_m: int | None = None,
+) -> LlmRate:
+    check_model(model)
+    _int(input_per_m, "inputPerMillion", 0, MAX_MICRO)
+    _int(output_per_m, "outputPerMillion", 0, MAX_MICRO)
+    if cache_read_per_m is not None:
+        _int(cache_read_per_m, "cacheReadPerMillion", 0, MAX_MICRO)
+    if cache_creation_per_m is not None:
+        _int(cache_creation_per_m, "cacheCreationPerMillion", 0, MAX_MICRO)
+    repo = PricingRepository(session)
+    now = clock.now()
+    row = repo.get_rate(model) or LlmRate(
+        model=model, input_per_m=input_per_m, output_per_m=output_per_m, updated_at=now
+    )
+    row.input_per_m = input_per_m
+    row.output_per_m = output_per_m
+    row.cache_read_per_m = cache_read_per_m
+    row.cache_creation_per_m = cache_creation_per_m
+    row.updated_at = now
+    return repo.save(row)
+
+
+def set_media_price(
+    session: Session, clock: Clock, *, model: str, kind: str, unit_price_usd: Any, markup: Any = None
+) -> MediaPrice:
+    check_model(model)
+    if kind not in MEDIA_KINDS:
+        raise ValidationFailed("kind must be image or video", field="kind")
+    unit = parse_decimal(unit_price_usd, "unitPriceUsd", lo=Decimal(0), hi=Decimal(10_000))
+    mk = parse_decimal(markup, "markup", lo=Decimal(0), hi=Decimal(1000)) if markup is not None else None
+    repo = PricingRepository(session)
+    now = clock.now()
+    row = repo.get_media(model) or MediaPrice(model=model, kind=kind, unit_price_usd=str(unit), updated_at=now)
+    row.kind = kind
+    row.unit_price_usd = _text(unit)
+    row.markup = _text(mk) if mk is not None else None
+    row.updated_at = now
+    return repo.save(row)
+
+
+SETTING_BOUNDS: dict[str, tuple[Decimal, Decimal, bool]] = {
+    "credit_value_usd": (Decimal("0"), Decimal(10_000), True),
+    "media.markup": (Decimal(0), Decimal(1000), False),
+    "llm.passthrough_markup": (Decimal(0), Decimal(1000), False),
+    "llm.cache_read_multiplier": (Decimal(0), Decimal(100), False),
+    "llm.cache_creation_multiplier": (Decimal(0), Decimal(100), False),
+}
+
+
+def set_setting(session: Session, clock: Clock, *, key: str, value: Any) -> PricingSetting:
+    if key not in SETTING_BOUNDS:
+        raise ValidationFailed(f"unknown pricing setting {key!r}; one of {', '.join(SETTING_BOUNDS)}", field="key")
+    lo, hi, positive = SETTING_BOUNDS[key]
+    d = parse_decimal(value, "value", lo=lo, hi=hi, positive=positive)
+    repo = PricingRepository(session)
+    now = clock.now()
+    row = repo.get_setting(key) or PricingSetting(key=key, value=_text(d), updated_at=now)
+    row.value = _text(d)
+    row.updated_at = now
+    return repo.save(row)
+
+
+def settings(session: Session) -> dict[str, Decimal]:
+    values = PricingRepository(session).settings()
+    return {k: _setting(values, k) for k in DEFAULT_SETTINGS}
+
+
+def _text(d: Decimal) -> str:
+    text = format(d, "f")
+    if len(text) > 32:
+        raise ValidationFailed("decimal value is too long", field="value")
+    return text
