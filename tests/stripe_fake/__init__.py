@@ -1,0 +1,37 @@
+"""Fake Stripe HTTP server for tests, used through the real ``stripe`` library.
+
+In a conftest, ``from tests.stripe_fake import fake_stripe, fake_stripe_server`` makes
+``fake_stripe`` available: one server per test session, state reset for every test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .server import BackgroundServer, Delivery, FakeStripe, RecordedRequest, StripeApiError, decode_form
+
+__all__ = [
+    "BackgroundServer",
+    "Delivery",
+    "FakeStripe",
+    "RecordedRequest",
+    "StripeApiError",
+    "decode_form",
+    "fake_stripe",
+    "fake_stripe_server",
+]
+
+
+@pytest.fixture(scope="session")
+def fake_stripe_server() -> Iterator[FakeStripe]:
+    # Starting uvicorn costs ~0.2 s; one server per session keeps the suite fast.
+    with FakeStripe() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_stripe(fake_stripe_server: FakeStripe) -> FakeStripe:
+    fake_stripe_server.reset()
+    return fake_stripe_server
