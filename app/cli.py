@@ -79,6 +79,33 @@ def export_schema(
     typer.echo(f"wrote {path}")
 
 
+@cli.command()
+def reconcile(
+    database_url: str = typer.Option(None, help="Default METERKIT_DATABASE_URL"),
+    show_all: bool = typer.Option(False, "--all", help="List every tenant, not only those that drift"),
+) -> None:
+    """Recompute every credit balance from the ledger and check the buckets; exit 1 on drift."""
+    from app.core.db import make_engine, unit_of_work
+    from app.core.money import format_credits
+    from app.credits.service import reconcile as run
+
+    engine = make_engine(database_url or get_settings().database_url)
+    try:
+        with unit_of_work(engine, write=False) as s:
+            report = run(s)
+    finally:
+        engine.dispose()
+    for d in report.all if show_all else report.drifted:
+        state = "; ".join(d.problems) or "ok"
+        typer.echo(
+            f"{d.tenant_id}  balance={format_credits(d.balance)} ledger={format_credits(d.ledger_sum)} "
+            f"buckets={format_credits(d.bucket_sum)} drift={format_credits(d.drift)}  {state}"
+        )
+    typer.echo(f"checked {report.checked} tenant(s), {len(report.drifted)} with drift")
+    if report.drifted:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     cli(prog_name="meterkit")
 

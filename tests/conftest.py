@@ -188,4 +188,10 @@ ALL_TABLES = (
     "credit_account",
     "credit_bucket",
     "ledger_entry",
+    "credit_pack",
+    "credit_reversal",
+    "price",
+    "llm_rate",
+    "media_price",
+    "pricing_setting",
 )

@@ -33,6 +33,25 @@ CATALOG: dict[str, frozenset[Role]] = {
     "Mutation.createOperatorKey": OP,
     "Mutation.revokeApiKey": BOTH,
     "Mutation.setSubscription": OP,
+    # Credits and pricing: balances and history of the tenant in scope; the catalog is public to keys
+    "Query.status": BOTH,
+    "Query.creditHistory": BOTH,
+    "Query.creditPacks": BOTH,
+    "Query.prices": BOTH,
+    "Query.llmRates": BOTH,
+    "Query.mediaPrices": BOTH,
+    "Query.pricingSettings": BOTH,
+    "Query.imagePricing": BOTH,
+    "Query.videoPricing": BOTH,
+    "Query.priceQuote": BOTH,
+    "Query.reconcile": OP,
+    "Mutation.grantCredits": OP,
+    "Mutation.reverseCreditEntry": OP,
+    "Mutation.upsertCreditPack": OP,
+    "Mutation.setPrice": OP,
+    "Mutation.setLlmRate": OP,
+    "Mutation.setMediaPrice": OP,
+    "Mutation.setPricingSetting": OP,
 }
 
 # Introspection needs no principal; everything else does.

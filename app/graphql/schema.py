@@ -20,17 +20,26 @@ from strawberry.tools import merge_types
 
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
 from app.core.errors import DomainError
+from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
 from app.plans.graphql import PlanMutation, PlanQuery
+from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
 from app.subscriptions.graphql import SubscriptionMutation
 from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
-QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery)
-MUTATIONS: tuple[type, ...] = (TenantMutation, PlanMutation, AccountKitMutation, SubscriptionMutation)
+QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, CreditsQuery, PricingQuery)
+MUTATIONS: tuple[type, ...] = (
+    TenantMutation,
+    PlanMutation,
+    AccountKitMutation,
+    SubscriptionMutation,
+    CreditsMutation,
+    PricingMutation,
+)
 
 Query = merge_types("Query", QUERIES)
 Mutation = merge_types("Mutation", MUTATIONS)

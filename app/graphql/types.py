@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -17,6 +17,9 @@ from app.plans.models import Plan as PlanRow
 from app.subscriptions.models import Subscription as SubscriptionRow
 from app.tenants.models import ApiKey as ApiKeyRow
 from app.tenants.models import Tenant as TenantRow
+
+if TYPE_CHECKING:
+    from app.credits.graphql import CreditBalance
 
 
 @strawberry.enum
@@ -232,6 +235,12 @@ class Tenant:
     async def subscription(self, info: Info) -> Subscription | None:
         row = await info.context.loaders.subscription.load(self.row.id)
         return Subscription(row=row) if row else None
+
+    @strawberry.field(description="Credit balance (exact at read time), holds and live buckets in burn order.")
+    async def credits(self, info: Info) -> Annotated[CreditBalance, strawberry.lazy("app.credits.graphql")]:
+        from app.credits.graphql import resolve_credits
+
+        return await resolve_credits(info.context, self.row.id)
 
 
 @strawberry.type

@@ -1,0 +1,335 @@
+"""Credits over GraphQL: balances (Tenant.credits, status), history, packs, operator grants,
+reversals and reconciliation. Tenant-scoped reads take the tenant from the scope."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+
+from app.core.errors import ValidationFailed
+from app.credits import packs as pack_service
+from app.credits import service
+from app.graphql.context import Context, Info
+from app.graphql.errors import ConflictError, NotFoundError, ValidationError
+from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.types import Plan, Tenant
+from app.graphql.util import attempt, target_scope
+from app.tenants.graphql import PageInfo
+
+
+@strawberry.type
+class CreditBucket:
+    id: strawberry.ID
+    source: str = strawberry.field(description="signup | plan | purchase | adjustment | reversal")
+    granted: Credits  # type: ignore[valid-type]
+    remaining: Credits  # type: ignore[valid-type]
+    expires_at: datetime | None
+    created_at: datetime
+
+
+@strawberry.type
+class CreditBalance:
+    balance: Credits = strawberry.field(  # type: ignore[valid-type]
+        description="Sum of the ledger, less credits expired by now (exact at read time)."
+    )
+    reserved: Credits = strawberry.field(description="Held by open reservations.")  # type: ignore[valid-type]
+    available: Credits = strawberry.field(description="balance - reserved")  # type: ignore[valid-type]
+    buckets: list[CreditBucket] = strawberry.field(description="Grants with credits left, in burn order.")
+
+
+def _bucket(r: Any) -> CreditBucket:
+    return CreditBucket(
+        id=strawberry.ID(r.id),
+        source=r.source,
+        granted=MicroCredits(r.granted),
+        remaining=MicroCredits(r.remaining),
+        expires_at=r.expires_at,
+        created_at=r.created_at,
+    )
+
+
+def _balance(s: service.CreditSummary) -> CreditBalance:
+    return CreditBalance(
+        balance=MicroCredits(s.balance),
+        reserved=MicroCredits(s.reserved),
+        available=MicroCredits(s.available),
+        buckets=[_bucket(b) for b in s.buckets],
+    )
+
+
+async def resolve_credits(ctx: Context, tenant_id: str) -> CreditBalance:
+    """Tenant.credits through a per-request DataLoader: a page of tenants costs two statements."""
+    now = ctx.clock.now()
+
+    def fetch(session: Any, keys: list[str]) -> dict[str, service.CreditSummary]:
+        return service.summaries(session, keys, now)
+
+    summary = await ctx.loaders.custom("credits", fetch).load(tenant_id)
+    return _balance(summary or service.CreditSummary(0, 0))
+
+
+@strawberry.type
+class CreditEntry:
+    id: strawberry.ID
+    kind: str = strawberry.field(description="grant | debit | reversal | expiry")
+    action: str = strawberry.field(description="signup, plan, purchase, adjustment, a primitive name, expiry...")
+    amount: Credits  # type: ignore[valid-type]
+    balance_after: Credits  # type: ignore[valid-type]
+    reference: str | None
+    created_at: datetime
+
+
+@strawberry.type
+class CreditHistory:
+    entries: list[CreditEntry]
+    page_info: PageInfo
+
+
+@strawberry.type
+class StatusResources:
+    api_keys: int
+    active_credit_buckets: int
+    ledger_entries: int
+
+
+@strawberry.type
+class TenantStatus:
+    tenant: Tenant
+    plan: Plan | None = strawberry.field(description="The tier.")
+    subscription_status: str | None
+    credits: CreditBalance
+    resources: StatusResources
+
+
+@strawberry.type
+class CreditPack:
+    key: str
+    name: str
+    credits: Credits  # type: ignore[valid-type]
+    price_usd_cents: int
+    price_usd: str
+    stripe_price_id: str | None
+    expires_after_days: int | None = strawberry.field(description="NULL: purchased credits never expire.")
+    active: bool
+
+
+def _pack(p: Any) -> CreditPack:
+    return CreditPack(
+        key=p.key,
+        name=p.name,
+        credits=MicroCredits(p.credits),
+        price_usd_cents=p.price_usd_cents,
+        price_usd=f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}",
+        stripe_price_id=p.stripe_price_id,
+        expires_after_days=p.expires_after_days,
+        active=p.active,
+    )
+
+
+@strawberry.type
+class TenantDrift:
+    tenant_id: strawberry.ID
+    balance: Credits  # type: ignore[valid-type]
+    ledger_sum: Credits  # type: ignore[valid-type]
+    bucket_sum: Credits  # type: ignore[valid-type]
+    drift: Credits = strawberry.field(description="balance - ledgerSum")  # type: ignore[valid-type]
+    problems: list[str]
+
+
+@strawberry.type
+class ReconcileReport:
+    checked_tenants: int
+    drifted_tenants: int
+    tenants: list[TenantDrift]
+
+
+def _drift(d: service.TenantDrift) -> TenantDrift:
+    return TenantDrift(
+        tenant_id=strawberry.ID(d.tenant_id),
+        balance=MicroCredits(d.balance),
+        ledger_sum=MicroCredits(d.ledger_sum),
+        bucket_sum=MicroCredits(d.bucket_sum),
+        drift=MicroCredits(d.drift),
+        problems=list(d.problems),
+    )
+
+
+@strawberry.type
+class CreditGrant:
+    created: bool = strawberry.field(description="False when the idempotency key had already granted.")
+    bucket_id: strawberry.ID
+    tenant: Tenant
+
+
+@strawberry.type
+class CreditReversal:
+    entry_id: strawberry.ID
+    amount: Credits  # type: ignore[valid-type]
+    created: bool
+    tenant: Tenant
+
+
+@strawberry.input
+class CreditPackInput:
+    key: str
+    name: str
+    credits: Credits  # type: ignore[valid-type]
+    price_usd_cents: int
+    stripe_price_id: str | None = None
+    expires_after_days: int | None = None
+    active: bool = True
+
+
+GrantCreditsResult = Annotated[
+    CreditGrant | ValidationError | NotFoundError | ConflictError, strawberry.union("GrantCreditsResult")
+]
+ReverseCreditEntryResult = Annotated[
+    CreditReversal | ValidationError | NotFoundError | ConflictError, strawberry.union("ReverseCreditEntryResult")
+]
+UpsertCreditPackResult = Annotated[CreditPack | ValidationError, strawberry.union("UpsertCreditPackResult")]
+
+
+def _entry_id(value: str) -> int:
+    if not value.isdigit() or len(value) > 19 or int(value) < 1 or int(value) > 2**63 - 1:
+        raise ValidationFailed("entryId is not a ledger entry id", field="entryId")
+    return int(value)
+
+
+@strawberry.type
+class CreditsQuery:
+    @strawberry.field(description="The brief's GET /v1/status for the tenant in scope: balance, tier, resource counts.")
+    async def status(self, info: Info) -> TenantStatus:
+        ctx = info.context
+        scope = ctx.require_scope()
+        st = await ctx.read(lambda s: service.status(s, scope, ctx.clock.now()))
+        plan = await ctx.loaders.plan.load(st.tenant.plan_key) if st.tenant.plan_key else None
+        return TenantStatus(
+            tenant=Tenant(row=st.tenant),
+            plan=Plan(row=plan) if plan else None,
+            subscription_status=st.subscription_status,
+            credits=_balance(st.credits),
+            resources=StatusResources(
+                api_keys=st.api_keys, active_credit_buckets=len(st.credits.buckets), ledger_entries=st.ledger_entries
+            ),
+        )
+
+    @strawberry.field(description="The brief's GET /v1/usage: ledger entries of the last `days`, newest first.")
+    async def credit_history(
+        self, info: Info, days: int = 30, limit: int = 50, after: str | None = None
+    ) -> CreditHistory:
+        ctx = info.context
+        scope = ctx.require_scope()
+        rows, more = await ctx.read(
+            lambda s: service.history(s, scope, ctx.clock.now(), days=days, limit=limit, after=after)
+        )
+        entries = [
+            CreditEntry(
+                id=strawberry.ID(str(r.id)),
+                kind=r.kind,
+                action=r.action,
+                amount=MicroCredits(r.amount),
+                balance_after=MicroCredits(r.balance_after),
+                reference=r.reference,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+        end = service.encode_cursor(rows[-1].id) if rows else None
+        return CreditHistory(entries=entries, page_info=PageInfo(has_next_page=more, end_cursor=end))
+
+    @strawberry.field(description="Credit packs for sale, cheapest first (includeInactive: operators only).")
+    async def credit_packs(self, info: Info, include_inactive: bool = False) -> list[CreditPack]:
+        everything = include_inactive and info.context.is_operator
+        rows = await info.context.read(lambda s: pack_service.list_packs(s, include_inactive=everything))
+        return [_pack(p) for p in rows]
+
+    @strawberry.field(description="Operator: recompute every balance from the ledger and report drift per tenant.")
+    async def reconcile(self, info: Info, only_drift: bool = True) -> ReconcileReport:
+        report = await info.context.read(service.reconcile)
+        rows = report.drifted if only_drift else report.all
+        return ReconcileReport(
+            checked_tenants=report.checked, drifted_tenants=len(report.drifted), tenants=[_drift(d) for d in rows]
+        )
+
+
+@strawberry.type
+class CreditsMutation:
+    @strawberry.mutation(description="Operator: grant credits (an adjustment bucket). Idempotent by idempotencyKey.")
+    async def grant_credits(
+        self,
+        info: Info,
+        tenant_id: strawberry.ID,
+        amount: Credits,  # type: ignore[valid-type]
+        idempotency_key: str,
+        expires_at: datetime | None = None,
+        reason: str | None = None,
+    ) -> GrantCreditsResult:
+        ctx = info.context
+
+        async def run() -> CreditGrant:
+            scope = target_scope(ctx, str(tenant_id))
+
+            def write(s: Any) -> tuple[str, bool, Any]:
+                bucket_id, created = service.grant_credits(
+                    s,
+                    scope,
+                    ctx.clock,
+                    amount=int(amount),
+                    idempotency_key=idempotency_key,
+                    expires_at=expires_at,
+                    reason=reason,
+                )
+                from app.tenants.repository import TenantRepository
+
+                return bucket_id, created, TenantRepository(s).get(scope)
+
+            bucket_id, created, tenant = await ctx.write(write)
+            return CreditGrant(created=created, bucket_id=strawberry.ID(bucket_id), tenant=Tenant(row=tenant))
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Operator: correct a ledger entry by appending its reversal (at most once).")
+    async def reverse_credit_entry(
+        self, info: Info, tenant_id: strawberry.ID, entry_id: strawberry.ID, reason: str, idempotency_key: str
+    ) -> ReverseCreditEntryResult:
+        ctx = info.context
+
+        async def run() -> CreditReversal:
+            scope = target_scope(ctx, str(tenant_id))
+            eid = _entry_id(str(entry_id))
+
+            def write(s: Any) -> tuple[Any, Any]:
+                from app.tenants.repository import TenantRepository
+
+                rev = service.reverse(s, scope, ctx.clock, entry_id=eid, reason=reason, idempotency_key=idempotency_key)
+                return rev, TenantRepository(s).get(scope)
+
+            rev, tenant = await ctx.write(write)
+            return CreditReversal(
+                entry_id=strawberry.ID(str(rev.entry_id)),
+                amount=MicroCredits(rev.amount),
+                created=rev.created,
+                tenant=Tenant(row=tenant),
+            )
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Operator: create or update a credit pack (idempotent by key).")
+    async def upsert_credit_pack(self, info: Info, input: CreditPackInput) -> UpsertCreditPackResult:
+        ctx = info.context
+        data = pack_service.PackInput(
+            key=input.key,
+            name=input.name,
+            credits=int(input.credits),
+            price_usd_cents=input.price_usd_cents,
+            stripe_price_id=input.stripe_price_id,
+            expires_after_days=input.expires_after_days,
+            active=input.active,
+        )
+
+        async def run() -> CreditPack:
+            return _pack(await ctx.write(lambda s: pack_service.upsert_pack(s, ctx.clock, data)))
+
+        return await attempt(run)

@@ -1,0 +1,341 @@
+"""Pricing catalog over GraphQL: reads for everyone, edits for operators, and previews
+(the brief's GET /v1/images/pricing and /v1/video/pricing) as typed results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import strawberry
+
+from app.core.money import MICRO
+from app.graphql.context import Info
+from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.util import attempt
+from app.pricing import service
+from app.pricing.repository import PricingRepository
+
+
+def _dec(d: Decimal) -> str:
+    return format(d, "f")
+
+
+@strawberry.type
+class SessionTimeTier:
+    up_to_seconds: int
+    credits: Credits  # type: ignore[valid-type]
+
+
+@strawberry.type
+class FixedPrice:
+    primitive: str
+    credits: Credits = strawberry.field(  # type: ignore[valid-type]
+        description="Per unit; for browser.session.time, per started block beyond the last tier."
+    )
+    tiers: list[SessionTimeTier]
+    updated_at: datetime
+
+
+@strawberry.type(name="LlmRate")
+class LlmRateType:
+    model: str
+    input_per_million: Credits  # type: ignore[valid-type]
+    output_per_million: Credits  # type: ignore[valid-type]
+    cache_read_per_million: Credits = strawberry.field(  # type: ignore[valid-type]
+        description="Effective rate: the model's own, or input x llm.cache_read_multiplier."
+    )
+    cache_creation_per_million: Credits = strawberry.field(  # type: ignore[valid-type]
+        description="Effective rate: the model's own, or input x llm.cache_creation_multiplier."
+    )
+    cache_rates_derived: bool
+    updated_at: datetime
+
+
+@strawberry.type(name="MediaPrice")
+class MediaPriceType:
+    model: str
+    kind: str
+    unit: str = strawberry.field(description="image, or second (of video)")
+    unit_price_usd: str
+    markup: str = strawberry.field(description="Effective markup: the model's own, or media.markup.")
+    updated_at: datetime
+
+
+@strawberry.type
+class PricingSettings:
+    credit_value_usd: str
+    media_markup: str
+    passthrough_markup: str
+    cache_read_multiplier: str
+    cache_creation_multiplier: str
+
+
+@strawberry.type
+class MediaPricing:
+    model: str
+    estimated_credits: Credits  # type: ignore[valid-type]
+    unit_price_usd: str
+    credit_value_usd: str
+
+
+@strawberry.type
+class PriceQuote:
+    primitive: str
+    credits: Credits  # type: ignore[valid-type]
+
+
+@strawberry.input
+class PriceQuoteInput:
+    primitive: str
+    quantity: int = 1
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: str | None = strawberry.field(default=None, description='llm.passthrough: upstream USD, e.g. "0.0123"')
+    elapsed_seconds: int | None = None
+    num_images: int | None = None
+    duration_seconds: str | None = strawberry.field(default=None, description='video.generate, e.g. "5"')
+
+
+@strawberry.input
+class SessionTimeTierInput:
+    up_to_seconds: int
+    credits: Credits  # type: ignore[valid-type]
+
+
+@strawberry.input
+class LlmRateInput:
+    model: str
+    input_per_million: Credits  # type: ignore[valid-type]
+    output_per_million: Credits  # type: ignore[valid-type]
+    cache_read_per_million: Credits | None = None  # type: ignore[valid-type]
+    cache_creation_per_million: Credits | None = None  # type: ignore[valid-type]
+
+
+@strawberry.input
+class MediaPriceInput:
+    model: str
+    kind: str = strawberry.field(description="image or video")
+    unit_price_usd: str = strawberry.field(description="USD per image, or per second of video")
+    markup: str | None = strawberry.field(default=None, description="NULL: the catalog's media.markup")
+
+
+MediaPricingResult = Annotated[MediaPricing | ValidationError | NotFoundError, strawberry.union("MediaPricingResult")]
+PriceQuoteResult = Annotated[PriceQuote | ValidationError | NotFoundError, strawberry.union("PriceQuoteResult")]
+SetPriceResult = Annotated[FixedPrice | ValidationError | NotFoundError, strawberry.union("SetPriceResult")]
+SetLlmRateResult = Annotated[LlmRateType | ValidationError, strawberry.union("SetLlmRateResult")]
+SetMediaPriceResult = Annotated[MediaPriceType | ValidationError, strawberry.union("SetMediaPriceResult")]
+SetPricingSettingResult = Annotated[PricingSettings | ValidationError, strawberry.union("SetPricingSettingResult")]
+
+
+def _fixed(row: Any) -> FixedPrice:
+    return FixedPrice(
+        primitive=row.primitive,
+        credits=MicroCredits(row.credits),
+        tiers=[SessionTimeTier(up_to_seconds=int(t[0]), credits=MicroCredits(int(t[1]))) for t in (row.tiers or [])],
+        updated_at=row.updated_at,
+    )
+
+
+def _rate(row: Any, settings: dict[str, Decimal]) -> LlmRateType:
+    def eff(own: int | None, key: str) -> MicroCredits:
+        if own is not None:
+            return MicroCredits(own)
+        return MicroCredits(int(Decimal(row.input_per_m) * settings[key]))
+
+    return LlmRateType(
+        model=row.model,
+        input_per_million=MicroCredits(row.input_per_m),
+        output_per_million=MicroCredits(row.output_per_m),
+        cache_read_per_million=eff(row.cache_read_per_m, "llm.cache_read_multiplier"),
+        cache_creation_per_million=eff(row.cache_creation_per_m, "llm.cache_creation_multiplier"),
+        cache_rates_derived=row.cache_read_per_m is None or row.cache_creation_per_m is None,
+        updated_at=row.updated_at,
+    )
+
+
+def _media(row: Any, settings: dict[str, Decimal]) -> MediaPriceType:
+    return MediaPriceType(
+        model=row.model,
+        kind=row.kind,
+        unit="image" if row.kind == "image" else "second",
+        unit_price_usd=row.unit_price_usd,
+        markup=row.markup or _dec(settings["media.markup"]),
+        updated_at=row.updated_at,
+    )
+
+
+def _settings(values: dict[str, Decimal]) -> PricingSettings:
+    return PricingSettings(
+        credit_value_usd=_dec(values["credit_value_usd"]),
+        media_markup=_dec(values["media.markup"]),
+        passthrough_markup=_dec(values["llm.passthrough_markup"]),
+        cache_read_multiplier=_dec(values["llm.cache_read_multiplier"]),
+        cache_creation_multiplier=_dec(values["llm.cache_creation_multiplier"]),
+    )
+
+
+def _media_pricing(q: service.MediaQuote) -> MediaPricing:
+    return MediaPricing(
+        model=q.model,
+        estimated_credits=MicroCredits(q.micro),
+        unit_price_usd=_dec(q.unit_price_usd),
+        credit_value_usd=_dec(q.credit_value_usd),
+    )
+
+
+@strawberry.type
+class PricingQuery:
+    @strawberry.field(description="Fixed prices per primitive (credits per unit).")
+    async def prices(self, info: Info) -> list[FixedPrice]:
+        rows = await info.context.read(lambda s: PricingRepository(s).prices())
+        return [_fixed(r) for r in rows]
+
+    @strawberry.field(description="Per-token LLM rates (credits per 1M tokens) for orchestration calls.")
+    async def llm_rates(self, info: Info) -> list[LlmRateType]:
+        rows, values = await info.context.read(lambda s: (PricingRepository(s).rates(), service.settings(s)))
+        return [_rate(r, values) for r in rows]
+
+    @strawberry.field(description="Image and video models: upstream USD per unit.")
+    async def media_prices(self, info: Info) -> list[MediaPriceType]:
+        rows, values = await info.context.read(lambda s: (PricingRepository(s).media(), service.settings(s)))
+        return [_media(r, values) for r in rows]
+
+    @strawberry.field(description="Catalog-wide values: credit value, markups, cache multipliers.")
+    async def pricing_settings(self, info: Info) -> PricingSettings:
+        return _settings(await info.context.read(service.settings))
+
+    @strawberry.field(description="The brief's GET /v1/images/pricing: cost preview for numImages images.")
+    async def image_pricing(self, info: Info, model: str, num_images: int = 1) -> MediaPricingResult:
+        async def run() -> MediaPricing:
+            q = await info.context.read(lambda s: service.media_quote(s, "image", model, num_images))
+            return _media_pricing(q)
+
+        return await attempt(run)
+
+    @strawberry.field(description="The brief's GET /v1/video/pricing: cost preview for `duration` seconds.")
+    async def video_pricing(self, info: Info, model: str, duration: int) -> MediaPricingResult:
+        async def run() -> MediaPricing:
+            q = await info.context.read(lambda s: service.media_quote(s, "video", model, duration))
+            return _media_pricing(q)
+
+        return await attempt(run)
+
+    @strawberry.field(description="What one metered call would cost, by the same rule the charge uses.")
+    async def price_quote(self, info: Info, input: PriceQuoteInput) -> PriceQuoteResult:
+        async def run() -> PriceQuote:
+            req = service.PriceRequest(
+                primitive=input.primitive,
+                quantity=input.quantity,
+                model=input.model,
+                input_tokens=input.input_tokens,
+                output_tokens=input.output_tokens,
+                cache_read_tokens=input.cache_read_tokens,
+                cache_creation_tokens=input.cache_creation_tokens,
+                cost_usd=service.parse_decimal(input.cost_usd, "costUsd", lo=Decimal(0), hi=service.MAX_USD)
+                if input.cost_usd is not None
+                else None,
+                elapsed_seconds=input.elapsed_seconds,
+                num_images=input.num_images,
+                duration_seconds=service.parse_decimal(
+                    input.duration_seconds, "durationSeconds", lo=Decimal(0), hi=service.MAX_DURATION
+                )
+                if input.duration_seconds is not None
+                else None,
+            )
+            micro = await info.context.read(lambda s: service.quote(s, req))
+            return PriceQuote(primitive=input.primitive, credits=MicroCredits(micro))
+
+        return await attempt(run)
+
+
+@strawberry.type
+class PricingMutation:
+    @strawberry.mutation(description="Operator: the fixed price of a primitive (tiers: browser.session.time only).")
+    async def set_price(
+        self,
+        info: Info,
+        primitive: str,
+        credits: Credits,  # type: ignore[valid-type]
+        tiers: list[SessionTimeTierInput] | None = None,
+    ) -> SetPriceResult:
+        ctx = info.context
+
+        async def run() -> FixedPrice:
+            steps = [(t.up_to_seconds, int(t.credits)) for t in tiers] if tiers else None
+            row = await ctx.write(
+                lambda s: service.set_price(s, ctx.clock, primitive=primitive, credits=int(credits), tiers=steps)
+            )
+            return _fixed(row)
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Operator: per-token rates of a model (credits per 1M tokens).")
+    async def set_llm_rate(self, info: Info, input: LlmRateInput) -> SetLlmRateResult:
+        ctx = info.context
+
+        async def run() -> LlmRateType:
+            def write(s: Any) -> tuple[Any, dict[str, Decimal]]:
+                row = service.set_llm_rate(
+                    s,
+                    ctx.clock,
+                    model=input.model,
+                    input_per_m=int(input.input_per_million),
+                    output_per_m=int(input.output_per_million),
+                    cache_read_per_m=None
+                    if input.cache_read_per_million is None
+                    else int(input.cache_read_per_million),
+                    cache_creation_per_m=None
+                    if input.cache_creation_per_million is None
+                    else int(input.cache_creation_per_million),
+                )
+                return row, service.settings(s)
+
+            row, values = await ctx.write(write)
+            return _rate(row, values)
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Operator: an image or video model's upstream USD price per unit.")
+    async def set_media_price(self, info: Info, input: MediaPriceInput) -> SetMediaPriceResult:
+        ctx = info.context
+
+        async def run() -> MediaPriceType:
+            def write(s: Any) -> tuple[Any, dict[str, Decimal]]:
+                row = service.set_media_price(
+                    s,
+                    ctx.clock,
+                    model=input.model,
+                    kind=input.kind,
+                    unit_price_usd=input.unit_price_usd,
+                    markup=input.markup,
+                )
+                return row, service.settings(s)
+
+            row, values = await ctx.write(write)
+            return _media(row, values)
+
+        return await attempt(run)
+
+    @strawberry.mutation(
+        description="Operator: one catalog value (credit_value_usd, media.markup, llm.passthrough_markup, "
+        "llm.cache_read_multiplier, llm.cache_creation_multiplier)."
+    )
+    async def set_pricing_setting(self, info: Info, key: str, value: str) -> SetPricingSettingResult:
+        ctx = info.context
+
+        async def run() -> PricingSettings:
+            def write(s: Any) -> dict[str, Decimal]:
+                service.set_setting(s, ctx.clock, key=key, value=value)
+                return service.settings(s)
+
+            return _settings(await ctx.write(write))
+
+        return await attempt(run)
+
+
+__all__ = ["MICRO", "PricingMutation", "PricingQuery"]
