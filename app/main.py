@@ -47,6 +47,9 @@ def _resolve_principal(engine: Engine, raw_key: str | None, tenant_header: str |
             raise AuthError(401, "UNAUTHENTICATED", "invalid or revoked API key")
         requested = None
         if tenant_header:
+            # The format first, for every kind of key: a malformed id is a 400, never a lookup.
+            if not _ID.match(tenant_header) or not tenant_header.startswith("ten_"):
+                raise AuthError(400, "VALIDATION_FAILED", "X-Tenant-Id is not a valid ten_ id")
             if principal.role == "tenant":
                 # A tenant key is always its own tenant: naming another gets the missing-tenant answer.
                 if tenant_header != principal.tenant_id:

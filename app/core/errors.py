@@ -11,6 +11,12 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def extensions(self) -> dict[str, object]:
+        # graphql-core copies an original error's `extensions` onto the GraphQLError, so a
+        # domain error raised by a query resolver (not a typed union result) still carries its code.
+        return {"code": self.code}
+
 
 class NotFound(DomainError):
     code = "NOT_FOUND"
@@ -28,6 +34,10 @@ class ValidationFailed(DomainError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"code": self.code, "field": self.field}
 
 
 class Forbidden(DomainError):

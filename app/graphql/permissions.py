@@ -58,10 +58,10 @@ CATALOG: dict[str, frozenset[Role]] = {
 _PUBLIC = {"__typename", "__schema", "__type"}
 
 
-def _forbidden(message: str) -> ExecutionResult:
+def _forbidden(message: str, code: str = "FORBIDDEN") -> ExecutionResult:
     from graphql import GraphQLError
 
-    return ExecutionResult(data=None, errors=[GraphQLError(message, extensions={"code": "FORBIDDEN"})])
+    return ExecutionResult(data=None, errors=[GraphQLError(message, extensions={"code": code})])
 
 
 class PermissionGuard(SchemaExtension):
@@ -74,7 +74,8 @@ class PermissionGuard(SchemaExtension):
         if doc is not None:
             denied = self._denied(doc, ec.operation_name, ctx)
             if denied:
-                ec.result = _forbidden(denied)  # type: ignore[assignment]
+                code = "UNAUTHENTICATED" if getattr(ctx, "principal", None) is None else "FORBIDDEN"
+                ec.result = _forbidden(denied, code)  # type: ignore[assignment]
         yield
 
     def _denied(self, doc: Any, operation_name: str | None, ctx: Any) -> str | None:

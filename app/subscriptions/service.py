@@ -78,10 +78,17 @@ def set_subscription(
             raise ValidationFailed("stripeCustomerId belongs to another tenant", field="stripeCustomerId")
         tenant.stripe_customer_id = customer
 
-    if not data.assign_kit and tenant.account_kit_key is None and tenant.plan_key is not None:
-        # Pin the kit the tenant has now, so the plan change leaves entitlements alone.
-        old = plans.get(tenant.plan_key)
-        tenant.account_kit_key = old.account_kit_key if old else None
+    if not data.assign_kit and tenant.account_kit_key is None:
+        # Pin the kit the tenant has now, so the plan change leaves entitlements alone. A tenant
+        # with no kit at all has nothing to pin, and NULL already means "follow the plan": refuse
+        # rather than silently hand it the new plan's kit.
+        old = plans.get(tenant.plan_key) if tenant.plan_key is not None else None
+        if old is None:
+            raise ValidationFailed(
+                "assignKit: false keeps the tenant's current kit, but it has none; use assignKit: true",
+                field="assignKit",
+            )
+        tenant.account_kit_key = old.account_kit_key
     elif data.assign_kit:
         tenant.account_kit_key = None  # follow the plan's kit
     tenant.plan_key = plan.key

@@ -5,6 +5,7 @@ from typing import Annotated
 import strawberry
 from strawberry.scalars import JSON
 
+from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
@@ -66,7 +67,10 @@ class TenantQuery:
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
     async def tenant(self, info: Info, id: strawberry.ID) -> Tenant | None:
-        scope = target_scope(info.context, str(id))
+        try:
+            scope = target_scope(info.context, str(id))
+        except NotFound:
+            return None  # a tenant key naming another tenant: the answer a missing tenant gets
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
         return Tenant(row=row) if row else None
 

@@ -75,7 +75,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def list_tenants(session: Session, first: int, after: str | None) -> tuple[list[Tenant], bool]:
     if first < 1 or first > MAX_PAGE:
         raise ValidationFailed(f"first must be between 1 and {MAX_PAGE}", field="first")
-    rows = TenantRepository(session).page(first + 1, decode_cursor(after) if after else None)
+    rows = TenantRepository(session).page(first + 1, decode_cursor(after) if after is not None else None)
     return rows[:first], len(rows) > first
 
 
