@@ -2,12 +2,18 @@
 
 from app.account_kits.models import AccountKit
 from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
+from app.integrations.stripe.models import StripeEvent, StripeOperation
+from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent
 from app.plans.models import Plan, PlanQuota
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.subscriptions.models import Subscription
 from app.tenants.models import ApiKey, Tenant
 
 __all__ = [
+    "CreditHold",
+    "RateWindow",
+    "UsageCounter",
+    "UsageEvent",
     "AccountKit",
     "ApiKey",
     "CreditAccount",
@@ -21,6 +27,8 @@ __all__ = [
     "PlanQuota",
     "Price",
     "PricingSetting",
+    "StripeEvent",
+    "StripeOperation",
     "Subscription",
     "Tenant",
 ]

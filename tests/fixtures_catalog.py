@@ -22,7 +22,7 @@ def seed_catalog(api) -> None:  # type: ignore[no-untyped-def]
             "i": {
                 "key": "kit_pro",
                 "name": "Pro",
-                "allowedPrimitives": ["email.*", "search.*", "browser.*"],
+                "allowedPrimitives": ["email.*", "search.*", "browser.*", "research.*"],
                 "limits": [{"primitive": "email.send", "maxQuantityPerCall": 100, "callsPerMinute": 600}],
             }
         },

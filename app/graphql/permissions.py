@@ -33,6 +33,14 @@ CATALOG: dict[str, frozenset[Role]] = {
     "Mutation.createOperatorKey": OP,
     "Mutation.revokeApiKey": BOTH,
     "Mutation.setSubscription": OP,
+    # Metering: the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
+    "Query.check": BOTH,
+    "Query.usageHistory": BOTH,
+    "Mutation.charge": BOTH,
+    "Mutation.chargeBatch": BOTH,
+    "Mutation.reserve": BOTH,
+    "Mutation.settle": BOTH,
+    "Mutation.release": BOTH,
     # Credits and pricing: balances and history of the tenant in scope; the catalog is public to keys
     "Query.status": BOTH,
     "Query.creditHistory": BOTH,
@@ -52,6 +60,9 @@ CATALOG: dict[str, frozenset[Role]] = {
     "Mutation.setLlmRate": OP,
     "Mutation.setMediaPrice": OP,
     "Mutation.setPricingSetting": OP,
+    # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
+    "Mutation.purchaseCreditPack": BOTH,
+    "Mutation.changePlan": BOTH,
 }
 
 # Introspection needs no principal; everything else does.

@@ -23,6 +23,8 @@ from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
+from app.integrations.stripe.graphql import StripeMutation
+from app.metering.graphql import MeteringMutation, MeteringQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
@@ -31,14 +33,16 @@ from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
-QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, CreditsQuery, PricingQuery)
+QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, MeteringQuery, CreditsQuery, PricingQuery)
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
     PlanMutation,
     AccountKitMutation,
     SubscriptionMutation,
+    MeteringMutation,
     CreditsMutation,
     PricingMutation,
+    StripeMutation,
 )
 
 Query = merge_types("Query", QUERIES)

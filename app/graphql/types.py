@@ -20,6 +20,7 @@ from app.tenants.models import Tenant as TenantRow
 
 if TYPE_CHECKING:
     from app.credits.graphql import CreditBalance
+    from app.metering.graphql import UsageReport
 
 
 @strawberry.enum
@@ -241,6 +242,14 @@ class Tenant:
         from app.credits.graphql import resolve_credits
 
         return await resolve_credits(info.context, self.row.id)
+
+    @strawberry.field(description="Usage against quotas for the current period (or the period containing `at`).")
+    async def usage(
+        self, info: Info, at: datetime | None = None
+    ) -> Annotated[UsageReport, strawberry.lazy("app.metering.graphql")] | None:
+        from app.metering.graphql import resolve_usage
+
+        return await resolve_usage(info.context, self.row.id, at)
 
 
 @strawberry.type

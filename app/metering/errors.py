@@ -1,0 +1,70 @@
+"""Refusals of the metered call. Each maps onto a typed GraphQL result; raising them
+inside the unit of work rolls back, so a refused call writes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from app.core.errors import DomainError
+
+
+class NotEntitled(DomainError):
+    code = "NOT_ENTITLED"
+
+    def __init__(self, primitive: str, kit: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.primitive, self.kit = primitive, kit
+
+
+class LimitExceeded(DomainError):
+    code = "LIMIT_EXCEEDED"
+
+    def __init__(self, primitive: str, limit: str, allowed: int, requested: int, retry_after: int | None) -> None:
+        super().__init__(f"{primitive}: {limit} limit is {allowed}")
+        self.primitive, self.limit, self.allowed, self.requested = primitive, limit, allowed, requested
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(DomainError):
+    code = "QUOTA_EXCEEDED"
+
+    def __init__(self, primitive: str, quota: int, used: int, period_end: datetime) -> None:
+        super().__init__(f"{primitive}: quota of {quota} for this period is spent")
+        self.primitive, self.quota, self.used, self.period_end = primitive, quota, used, period_end
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    key: str
+    name: str
+    credits: int
+    price_usd_cents: int
+
+
+class InsufficientCredits(DomainError):
+    code = "INSUFFICIENT_CREDITS"
+
+    def __init__(self, required: int, available: int, packs: list[PackInfo]) -> None:
+        super().__init__("insufficient credits")
+        self.required, self.available, self.packs = required, available, packs
+
+    @property
+    def shortfall(self) -> int:
+        return max(self.required - self.available, 0)
+
+
+class IdempotencyConflict(DomainError):
+    code = "IDEMPOTENCY_CONFLICT"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key!r} was used with different parameters")
+        self.key = key
+
+
+class HoldClosed(DomainError):
+    code = "HOLD_CLOSED"
+
+    def __init__(self, hold_id: str, status: str) -> None:
+        super().__init__(f"hold {hold_id} is {status}")
+        self.hold_id, self.status = hold_id, status

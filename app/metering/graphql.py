@@ -1,0 +1,514 @@
+"""GraphQL for the metered call. Resolvers translate inputs and results; the rules live in
+app/metering/service.py and the whole transaction runs in one thread hop."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+import strawberry
+
+from app.core.errors import DomainError, ValidationFailed
+from app.core.ids import parse_id
+from app.graphql.context import Context, Info
+from app.graphql.errors import NotFoundError, ValidationError, to_user_error
+from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.util import target_scope
+from app.metering import errors as merr
+from app.metering import repository, service
+
+
+@strawberry.input(description="A metered call. Give what the primitive's price needs (quantity, tokens, cost...).")
+class MeterInput:
+    primitive: str
+    idempotency_key: str
+    quantity: int = 1
+    reference: str | None = None
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: str | None = strawberry.field(default=None, description="llm.passthrough: upstream USD cost")
+    elapsed_seconds: int | None = None
+    num_images: int | None = None
+    duration_seconds: str | None = None
+
+
+@strawberry.input
+class BatchItemInput:
+    tenant_id: strawberry.ID | None = strawberry.field(default=None, description="Operator only; default: scope")
+    item: MeterInput
+
+
+def _decimal(value: str | None, field: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        raise ValidationFailed(f"{field} is not a decimal number", field=field) from None
+    if not d.is_finite() or d < 0 or d > Decimal(10) ** 9:
+        raise ValidationFailed(f"{field} is out of range", field=field)
+    return d
+
+
+def to_request(i: MeterInput) -> service.MeterRequest:
+    return service.MeterRequest(
+        primitive=i.primitive,
+        idempotency_key=i.idempotency_key,
+        quantity=i.quantity,
+        reference=i.reference,
+        model=i.model,
+        input_tokens=i.input_tokens,
+        output_tokens=i.output_tokens,
+        cache_read_tokens=i.cache_read_tokens,
+        cache_creation_tokens=i.cache_creation_tokens,
+        cost_usd=_decimal(i.cost_usd, "costUsd"),
+        elapsed_seconds=i.elapsed_seconds,
+        num_images=i.num_images,
+        duration_seconds=_decimal(i.duration_seconds, "durationSeconds"),
+    )
+
+
+@strawberry.type
+class PrimitiveUsage:
+    primitive: str
+    used: int
+    quota: int | None
+    remaining: int | None
+    overage: int
+
+
+@strawberry.type(description="The charge is recorded (the brief's credits_used / credits_remaining).")
+class Charged:
+    event_id: strawberry.ID
+    credits_used: Credits  # type: ignore[valid-type]
+    credits_remaining: Credits  # type: ignore[valid-type]
+    usage: PrimitiveUsage
+    replayed: bool = strawberry.field(description="True when this is the stored result of an earlier call")
+
+
+@strawberry.type
+class PackOffer:
+    key: str
+    name: str
+    credits: Credits  # type: ignore[valid-type]
+    price_usd: str
+    purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
+
+
+@strawberry.interface
+class MeterError:
+    code: str
+    message: str
+
+
+@strawberry.type(description="The brief's 402 insufficient_credits, with the packs that would cover it.")
+class InsufficientCredits(MeterError):
+    required: Credits  # type: ignore[valid-type]
+    available: Credits  # type: ignore[valid-type]
+    shortfall: Credits  # type: ignore[valid-type]
+    packs: list[PackOffer]
+
+
+@strawberry.type
+class QuotaExceeded(MeterError):
+    primitive: str
+    quota: int
+    used: int
+    period_end: datetime
+
+
+@strawberry.type
+class NotEntitled(MeterError):
+    primitive: str
+    kit: str | None
+
+
+@strawberry.type
+class LimitExceeded(MeterError):
+    primitive: str
+    limit: str
+    allowed: int
+    requested: int
+    retry_after_seconds: int | None
+
+
+@strawberry.type
+class IdempotencyConflict(MeterError):
+    idempotency_key: str
+
+
+@strawberry.type
+class HoldClosed(MeterError):
+    hold_id: str
+    status: str
+
+
+@strawberry.type
+class Hold:
+    id: strawberry.ID
+    primitive: str
+    quantity: int
+    amount: Credits  # type: ignore[valid-type]
+    status: str
+    expires_at: datetime
+    settled_amount: Credits | None  # type: ignore[valid-type]
+    available_after: Credits | None  # type: ignore[valid-type]
+    replayed: bool
+
+
+ChargeResult = Annotated[
+    Charged
+    | InsufficientCredits
+    | QuotaExceeded
+    | NotEntitled
+    | LimitExceeded
+    | IdempotencyConflict
+    | ValidationError
+    | NotFoundError,
+    strawberry.union("ChargeResult"),
+]
+ReserveResult = Annotated[
+    Hold
+    | InsufficientCredits
+    | QuotaExceeded
+    | NotEntitled
+    | LimitExceeded
+    | IdempotencyConflict
+    | ValidationError
+    | NotFoundError,
+    strawberry.union("ReserveResult"),
+]
+SettleResult = Annotated[
+    Charged | HoldClosed | InsufficientCredits | ValidationError | NotFoundError, strawberry.union("SettleResult")
+]
+ReleaseResult = Annotated[Hold | HoldClosed | ValidationError | NotFoundError, strawberry.union("ReleaseResult")]
+
+
+def pack_offer(p: Any) -> PackOffer:
+    cents = int(p.price_usd_cents)
+    return PackOffer(
+        key=p.key,
+        name=p.name,
+        credits=MicroCredits(int(p.credits)),
+        price_usd=f"{cents // 100}.{cents % 100:02d}",
+        purchase_path=f'mutation {{ purchaseCreditPack(pack: "{p.key}") {{ __typename }} }}',
+    )
+
+
+def to_result(exc: DomainError) -> Any:
+    """Refusals of the metered call as typed results; other domain errors as the shared ones."""
+    if isinstance(exc, merr.InsufficientCredits):
+        return InsufficientCredits(
+            code=exc.code,
+            message=exc.message,
+            required=MicroCredits(exc.required),
+            available=MicroCredits(exc.available),
+            shortfall=MicroCredits(exc.shortfall),
+            packs=[pack_offer(p) for p in exc.packs],
+        )
+    if isinstance(exc, merr.QuotaExceeded):
+        return QuotaExceeded(
+            code=exc.code,
+            message=exc.message,
+            primitive=exc.primitive,
+            quota=exc.quota,
+            used=exc.used,
+            period_end=exc.period_end,
+        )
+    if isinstance(exc, merr.NotEntitled):
+        return NotEntitled(code=exc.code, message=exc.message, primitive=exc.primitive, kit=exc.kit)
+    if isinstance(exc, merr.LimitExceeded):
+        return LimitExceeded(
+            code=exc.code,
+            message=exc.message,
+            primitive=exc.primitive,
+            limit=exc.limit,
+            allowed=exc.allowed,
+            requested=exc.requested,
+            retry_after_seconds=exc.retry_after,
+        )
+    if isinstance(exc, merr.IdempotencyConflict):
+        return IdempotencyConflict(code=exc.code, message=exc.message, idempotency_key=exc.key)
+    if isinstance(exc, merr.HoldClosed):
+        return HoldClosed(code=exc.code, message=exc.message, hold_id=exc.hold_id, status=exc.status)
+    return to_user_error(exc)
+
+
+def to_charged(c: service.Charged) -> Charged:
+    u = c.usage
+    return Charged(
+        event_id=strawberry.ID(str(c.event_id)),
+        credits_used=MicroCredits(c.credits_used),
+        credits_remaining=MicroCredits(c.credits_remaining),
+        replayed=c.replayed,
+        usage=PrimitiveUsage(
+            primitive=u.primitive, used=u.used, quota=u.quota, remaining=u.remaining, overage=u.overage
+        ),
+    )
+
+
+def to_hold(h: service.HoldView) -> Hold:
+    return Hold(
+        id=strawberry.ID(h.id),
+        primitive=h.primitive,
+        quantity=h.quantity,
+        amount=MicroCredits(h.amount),
+        status=h.status,
+        expires_at=h.expires_at,
+        replayed=h.replayed,
+        settled_amount=MicroCredits(h.settled_amount) if h.settled_amount is not None else None,
+        available_after=MicroCredits(h.available_after) if h.available_after is not None else None,
+    )
+
+
+def _buffer(ctx: Context) -> int:
+    return ctx.settings.negative_buffer_credits * 1_000_000
+
+
+@strawberry.type
+class CheckResult:
+    allowed: bool
+    reason: str | None = strawberry.field(
+        description="NOT_ENTITLED, LIMIT_EXCEEDED, QUOTA_EXCEEDED, INSUFFICIENT_CREDITS, or null when allowed"
+    )
+    message: str | None
+    primitive: str | None
+    connection: str | None
+    quota: int | None
+    used: int
+    remaining: int | None
+    available_credits: Credits  # type: ignore[valid-type]
+    price: Credits | None  # type: ignore[valid-type]
+
+
+CheckOutcome = Annotated[CheckResult | ValidationError, strawberry.union("CheckOutcome")]
+
+
+@strawberry.type
+class UsagePeriod:
+    start: datetime
+    end: datetime
+
+
+@strawberry.type
+class UsageLine:
+    primitive: str
+    quota: int | None
+    used: int
+    remaining: int | None
+    overage: int
+
+
+@strawberry.type(description="The brief's billing.usage(): {plan, status, period, quotas, usage}.")
+class UsageReport:
+    plan: str | None
+    status: str | None
+    period: UsagePeriod
+    quotas: list[UsageLine] = strawberry.field(description="Primitives with a quota in the plan")
+    usage: list[UsageLine] = strawberry.field(description="Primitives used this period")
+
+
+def to_report(r: repository.UsageReport) -> UsageReport:
+    lines = [
+        UsageLine(primitive=x.primitive, quota=x.quota, used=x.used, remaining=x.remaining, overage=x.overage)
+        for x in r.lines
+    ]
+    return UsageReport(
+        plan=r.plan,
+        status=r.status,
+        period=UsagePeriod(start=r.period.start, end=r.period.end),
+        quotas=[x for x in lines if x.quota is not None],
+        usage=[x for x in lines if x.used],
+    )
+
+
+async def resolve_usage(ctx: Context, tenant_id: str, at: datetime | None) -> UsageReport | None:
+    """Tenant.usage: batched across a page of tenants by a DataLoader (constant statements)."""
+    if at is not None:
+        rows = await ctx.read(lambda s: repository.usage_reports(s.connection(), [tenant_id], ctx.clock.now(), at))
+        return to_report(rows[tenant_id]) if tenant_id in rows else None
+    now = ctx.clock.now()
+    loader = ctx.loaders.custom("usage", lambda s, ids: repository.usage_reports(s.connection(), ids, now))
+    report = await loader.load(tenant_id)
+    return to_report(report) if report else None
+
+
+@strawberry.type
+class UsageEventNode:
+    id: strawberry.ID
+    kind: str
+    primitive: str
+    quantity: int
+    credits_used: Credits  # type: ignore[valid-type]
+    reference: str | None
+    idempotency_key: str
+    created_at: datetime
+
+
+@strawberry.type
+class UsageEventPage:
+    nodes: list[UsageEventNode]
+    end_cursor: str | None
+    has_next_page: bool
+
+
+def _cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"use:{event_id}".encode()).decode()
+
+
+def _parse_cursor(value: str) -> int:
+    try:
+        kind, _, n = base64.urlsafe_b64decode(value.encode()).decode().partition(":")
+        if kind != "use":
+            raise ValueError
+        return int(n)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("after is not a valid cursor", field="after") from None
+
+
+UsageHistoryResult = Annotated[UsageEventPage | ValidationError, strawberry.union("UsageHistoryResult")]
+
+
+@strawberry.type
+class MeteringQuery:
+    @strawberry.field(description="May the tenant in scope call this primitive or use this connection now? No charge.")
+    async def check(
+        self, info: Info, primitive: str | None = None, connection: str | None = None, quantity: int = 1
+    ) -> CheckOutcome:
+        ctx = info.context
+        try:
+            scope = ctx.require_scope()
+            r = await ctx.read(
+                lambda s: service.check(
+                    s, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity
+                )
+            )
+        except DomainError as exc:
+            return to_user_error(exc)  # type: ignore[return-value]
+        return CheckResult(
+            allowed=r.allowed,
+            reason=r.reason,
+            message=r.message,
+            primitive=r.primitive,
+            connection=r.connection,
+            quota=r.quota,
+            used=r.used,
+            remaining=r.remaining,
+            available_credits=MicroCredits(r.available),
+            price=MicroCredits(r.price) if r.price is not None else None,
+        )
+
+    @strawberry.field(description="Metered calls of the tenant in scope, newest first (the brief's /v1/usage).")
+    async def usage_history(
+        self, info: Info, days: int = 30, limit: int = 50, after: str | None = None
+    ) -> UsageHistoryResult:
+        ctx = info.context
+        try:
+            scope = ctx.require_scope()
+            if not 1 <= days <= 3660:
+                raise ValidationFailed("days must be between 1 and 3660", field="days")
+            if not 1 <= limit <= 500:
+                raise ValidationFailed("limit must be between 1 and 500", field="limit")
+            before = _parse_cursor(after) if after else None
+            since = ctx.clock.now() - timedelta(days=days)
+            rows = await ctx.read(
+                lambda s: repository.usage_history(s.connection(), scope.tenant_id, since, limit + 1, before)
+            )
+        except DomainError as exc:
+            return to_user_error(exc)  # type: ignore[return-value]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nodes = [
+            UsageEventNode(
+                id=strawberry.ID(str(r.id)),
+                kind=r.kind,
+                primitive=r.primitive,
+                quantity=r.quantity,
+                credits_used=MicroCredits(r.credits),
+                reference=r.reference,
+                idempotency_key=r.idempotency_key,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+        return UsageEventPage(nodes=nodes, end_cursor=_cursor(rows[-1].id) if rows else None, has_next_page=more)
+
+
+@strawberry.type
+class MeteringMutation:
+    @strawberry.mutation(description="Charge a synchronous operation that succeeded, exactly once per key.")
+    async def charge(self, info: Info, input: MeterInput) -> ChargeResult:
+        ctx = info.context
+        try:
+            scope = ctx.require_scope()
+            req = to_request(input)
+            res = await ctx.write(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
+        except DomainError as exc:
+            return to_result(exc)  # type: ignore[no-any-return]
+        return to_charged(res)
+
+    @strawberry.mutation(description="Many charges in one transaction; each item has its own key and result.")
+    async def charge_batch(self, info: Info, items: list[BatchItemInput]) -> list[ChargeResult]:
+        ctx = info.context
+        if len(items) > 1000:
+            return [to_user_error(ValidationFailed("at most 1000 items per batch", field="items"))]  # type: ignore[list-item]
+        prepared: list[Any] = []
+        for it in items:
+            try:
+                scope = target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
+                prepared.append((scope, to_request(it.item)))
+            except DomainError as exc:
+                prepared.append(exc)
+        good = [p for p in prepared if not isinstance(p, DomainError)]
+        outcomes = iter(
+            await ctx.write(lambda s: service.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx)))
+        )
+        out: list[Any] = []
+        for p in prepared:
+            r = p if isinstance(p, DomainError) else next(outcomes)
+            out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
+        return out
+
+    @strawberry.mutation(description="Hold credits for an async job (the brief's pre-check); lowers available.")
+    async def reserve(self, info: Info, input: MeterInput, ttl_seconds: int | None = None) -> ReserveResult:
+        ctx = info.context
+        try:
+            scope = ctx.require_scope()
+            req = to_request(input)
+            ttl = ttl_seconds or ctx.settings.hold_ttl_seconds
+            res = await ctx.write(
+                lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
+            )
+        except DomainError as exc:
+            return to_result(exc)  # type: ignore[no-any-return]
+        return to_hold(res)
+
+    @strawberry.mutation(
+        description="The job succeeded: charge the actual cost (default: the estimate), free the rest."
+    )
+    async def settle(self, info: Info, hold_id: strawberry.ID, actual: MeterInput | None = None) -> SettleResult:
+        ctx = info.context
+        try:
+            scope = ctx.require_scope()
+            hid = parse_id(str(hold_id), "hold", field="holdId")
+            req = to_request(actual) if actual is not None else None
+            res = await ctx.write(lambda s: service.settle(s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx)))
+        except DomainError as exc:
+            return to_result(exc)  # type: ignore[no-any-return]
+        return to_charged(res)
+
+    @strawberry.mutation(description="The job failed: free the hold, charge nothing.")
+    async def release(self, info: Info, hold_id: strawberry.ID) -> ReleaseResult:
+        ctx = info.context
+        try:
+            scope = ctx.require_scope()
+            hid = parse_id(str(hold_id), "hold", field="holdId")
+            res = await ctx.write(lambda s: service.release(s, ctx.clock, scope, hid))
+        except DomainError as exc:
+            return to_result(exc)  # type: ignore[no-any-return]
+        return to_hold(res)

@@ -1,0 +1,85 @@
+"""Metering tables. A usage event is also the idempotency record: its (tenant, key) is
+unique and it stores the request hash and the result, in the same transaction as the debit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Identity, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from app.core.types import UTCDateTime, micro_column, ts_column
+
+
+class UsageEvent(SQLModel, table=True):
+    __tablename__ = "usage_event"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_usage_event_key"),
+        Index("ix_usage_event_tenant_id_id", "tenant_id", "id"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
+    )
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    idempotency_key: str = Field(max_length=200)
+    request_hash: str = Field(max_length=64)
+    kind: str = Field(max_length=8)  # charge | settle
+    primitive: str = Field(max_length=64)
+    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    credits: int = Field(sa_column=micro_column(default=None))
+    period_start: datetime = Field(sa_column=ts_column())
+    reference: str | None = Field(default=None, max_length=255)
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=ts_column())
+
+
+class UsageCounter(SQLModel, table=True):
+    """Per (tenant, period, primitive) rollup, bumped with each event: usage reads never scan events."""
+
+    __tablename__ = "usage_counter"
+
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
+    period_start: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    primitive: str = Field(primary_key=True, max_length=64)
+    period_end: datetime = Field(sa_column=ts_column())
+    used: int = Field(sa_column=Column(BigInteger, nullable=False))
+    overage: int = Field(sa_column=Column(BigInteger, nullable=False, server_default="0"))
+
+
+class RateWindow(SQLModel, table=True):
+    """Calls in one UTC minute, for kits with a calls-per-minute limit."""
+
+    __tablename__ = "rate_window"
+
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
+    primitive: str = Field(primary_key=True, max_length=64)
+    window_start: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    calls: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class CreditHold(SQLModel, table=True):
+    """A reservation for an async job: lowers available credits until settled, released or expired."""
+
+    __tablename__ = "credit_hold"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_credit_hold_key"),
+        Index("ix_credit_hold_open", "tenant_id", "status", "expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    idempotency_key: str = Field(max_length=200)
+    request_hash: str = Field(max_length=64)
+    primitive: str = Field(max_length=64)
+    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    amount: int = Field(sa_column=micro_column(default=None))
+    status: str = Field(max_length=12)  # open | settled | released | expired
+    settled_amount: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    settle_result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    reference: str | None = Field(default=None, max_length=255)
+    expires_at: datetime = Field(sa_column=ts_column())
+    created_at: datetime = Field(sa_column=ts_column())
+    closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))

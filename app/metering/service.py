@@ -1,0 +1,734 @@
+"""The metered call: authorize against the kit, the period quota and the credit balance,
+then count and charge, in ONE transaction, exactly once per idempotency key.
+
+Order inside the transaction matters:
+1. lock the tenant's credit account (FOR UPDATE / BEGIN IMMEDIATE): every later read of
+   this tenant's money, counters and keys is serialized behind it, so checks cannot race;
+2. look up the idempotency key (a replay returns the stored result and writes nothing);
+3. kit, per-call and per-minute limits, quota, price, balance floor;
+4. write: debit (ledger entry + buckets + cached balance), usage event with its stored
+   result, period counter bump.
+Refusals raise, so the unit of work rolls back and nothing is written.
+
+Balance floor: a charge is for work already done (the brief charges sync operations on
+success and LLM streams after the final event), so it may take the available balance down
+to -negative_buffer and never below. New work (reserve, the CEO pre-check) is refused once
+the available balance is at or below zero, or below the estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
+
+from app.account_kits.models import AccountKit
+from app.core.auth import TenantScope
+from app.core.clock import Clock, as_utc
+from app.core.errors import DomainError, NotFound, ValidationFailed
+from app.core.ids import new_id
+from app.core.primitives import allowed, validate_connection, validate_primitive
+from app.credits import ledger
+from app.metering.errors import (
+    HoldClosed,
+    IdempotencyConflict,
+    InsufficientCredits,
+    LimitExceeded,
+    NotEntitled,
+    PackInfo,
+    QuotaExceeded,
+)
+from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent
+from app.metering.periods import Period, current_period, minute_window
+from app.plans.models import Plan, PlanQuota
+from app.pricing.service import PriceRequest, quote
+from app.subscriptions.models import Subscription
+from app.tenants.models import Tenant
+
+EVENT: Any = UsageEvent.__table__  # type: ignore[attr-defined]
+COUNTER: Any = UsageCounter.__table__  # type: ignore[attr-defined]
+RATE: Any = RateWindow.__table__  # type: ignore[attr-defined]
+HOLD: Any = CreditHold.__table__  # type: ignore[attr-defined]
+TENANT: Any = Tenant.__table__  # type: ignore[attr-defined]
+PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
+KIT: Any = AccountKit.__table__  # type: ignore[attr-defined]
+SUB: Any = Subscription.__table__  # type: ignore[attr-defined]
+QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
+
+MAX_QUANTITY = 1_000_000_000
+MAX_KEY = 200
+MAX_TOKENS = 10**12
+
+
+@dataclass(frozen=True)
+class MeterRequest:
+    """One metered call: what was done, how much, and the key that makes it happen once."""
+
+    primitive: str
+    idempotency_key: str
+    quantity: int = 1
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: Decimal | None = None
+    elapsed_seconds: int | None = None
+    num_images: int | None = None
+    duration_seconds: Decimal | None = None
+    reference: str | None = None
+
+    def validate(self) -> MeterRequest:
+        validate_primitive(self.primitive)
+        if not self.idempotency_key or len(self.idempotency_key) > MAX_KEY:
+            raise ValidationFailed(f"idempotencyKey must be 1-{MAX_KEY} characters", field="idempotencyKey")
+        if not 1 <= self.quantity <= MAX_QUANTITY:
+            raise ValidationFailed(f"quantity must be between 1 and {MAX_QUANTITY}", field="quantity")
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_TOKENS:
+                raise ValidationFailed(f"{name} must be between 0 and {MAX_TOKENS}", field=name)
+        if self.elapsed_seconds is not None and not 0 <= self.elapsed_seconds <= 10**9:
+            raise ValidationFailed("elapsedSeconds is out of range", field="elapsedSeconds")
+        if self.reference is not None and len(self.reference) > 255:
+            raise ValidationFailed("reference is longer than 255 characters", field="reference")
+        return self
+
+    def price_request(self) -> PriceRequest:
+        return PriceRequest(
+            primitive=self.primitive,
+            quantity=self.quantity,
+            model=self.model,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_creation_tokens=self.cache_creation_tokens,
+            cost_usd=self.cost_usd,
+            elapsed_seconds=self.elapsed_seconds,
+            num_images=self.num_images,
+            duration_seconds=self.duration_seconds,
+        )
+
+    def fingerprint(self) -> str:
+        """What "the same parameters" means for an idempotency key: everything but the key."""
+        body = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(self).items()}
+        body.pop("idempotency_key")
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class Usage:
+    primitive: str
+    used: int
+    quota: int | None
+    overage: int
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.quota is None else max(self.quota - self.used, 0)
+
+
+@dataclass
+class Charged:
+    event_id: int
+    credits_used: int
+    credits_remaining: int
+    usage: Usage
+    replayed: bool = False
+
+    def stored(self) -> dict[str, Any]:
+        return {
+            "creditsUsed": self.credits_used,
+            "creditsRemaining": self.credits_remaining,
+            "usage": asdict(self.usage),
+        }
+
+    @classmethod
+    def from_stored(cls, event_id: int, data: dict[str, Any]) -> Charged:
+        return cls(
+            event_id=event_id,
+            credits_used=data["creditsUsed"],
+            credits_remaining=data["creditsRemaining"],
+            usage=Usage(**data["usage"]),
+            replayed=True,
+        )
+
+
+@dataclass
+class HoldView:
+    id: str
+    primitive: str
+    quantity: int
+    amount: int
+    status: str
+    expires_at: datetime
+    settled_amount: int | None = None
+    available_after: int | None = None
+    replayed: bool = False
+
+
+@dataclass
+class TenantTerms:
+    """Everything the checks need about a tenant, read with one statement."""
+
+    plan_key: str | None
+    plan_period: str | None
+    overage: str
+    kit_key: str | None
+    kit_allowed: list[str]
+    kit_limits: dict[str, Any]
+    kit_connections: list[str]
+    sub_start: datetime | None
+    sub_end: datetime | None
+
+
+@dataclass
+class Decision:
+    period: Period
+    quota: int | None
+    used: int
+    overage_after: int
+    amount: int
+    rate_window: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _upsert(conn: Connection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+class Meter:
+    """One transaction's worth of metering for one tenant. The account is locked on entry."""
+
+    def __init__(self, session: Session, clock: Clock, scope: TenantScope, *, negative_buffer: int) -> None:
+        self.session = session
+        self.conn = session.connection()
+        self.scope = scope
+        self.now = clock.now()
+        self.clock = clock
+        self.floor = -negative_buffer
+        self.state = ledger.lock_account(self.conn, scope)
+        if self.state.reserved:
+            self._expire_holds()
+        self._terms: TenantTerms | None = None
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    @property
+    def terms(self) -> TenantTerms:
+        if self._terms is None:
+            self._terms = load_terms(self.conn, self.scope)
+        return self._terms
+
+    def _expire_holds(self) -> None:
+        """Free holds past their expiry, exactly once (the status flip is the guard)."""
+        rows = self.conn.execute(
+            update(HOLD)
+            .where(
+                and_(HOLD.c.tenant_id == self.scope.tenant_id, HOLD.c.status == "open", HOLD.c.expires_at <= self.now)
+            )
+            .values(status="expired", closed_at=self.now)
+            .returning(HOLD.c.amount)
+        ).all()
+        freed = sum(r.amount for r in rows)
+        if freed:
+            self.state = ledger.AccountState(self.state.balance, self.state.reserved - freed)
+            self.conn.execute(
+                update(ledger.ACCOUNT)
+                .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
+                .values(reserved=self.state.reserved)
+            )
+
+    def _stored_event(self, key: str) -> Any:
+        return self.conn.execute(
+            select(EVENT.c.id, EVENT.c.request_hash, EVENT.c.result).where(
+                and_(EVENT.c.tenant_id == self.scope.tenant_id, EVENT.c.idempotency_key == key)
+            )
+        ).first()
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def entitle(self, req: MeterRequest) -> None:
+        t = self.terms
+        if t.kit_key is None or not allowed(t.kit_allowed, req.primitive):
+            raise NotEntitled(req.primitive, t.kit_key, f"{req.primitive} is not in the tenant's Account Kit")
+        lim = t.kit_limits.get(req.primitive) or {}
+        per_call = lim.get("max_quantity_per_call")
+        if per_call is not None and req.quantity > per_call:
+            raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, req.quantity, None)
+
+    def decide(self, req: MeterRequest, *, count: bool = True, amount: int | None = None) -> Decision:
+        """Quota and per-minute checks and the price; raises a refusal, writes nothing."""
+        t = self.terms
+        period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
+        quota, used = self._quota_and_used(req.primitive, period)
+        overage_after = 0
+        if count and quota is not None and used + req.quantity > quota:
+            if t.overage != "allow":
+                raise QuotaExceeded(req.primitive, quota, used, period.end)
+            overage_after = used + req.quantity - quota
+        window = None
+        per_minute = (t.kit_limits.get(req.primitive) or {}).get("calls_per_minute")
+        if count and per_minute is not None:
+            window = minute_window(self.now)
+            calls = self.conn.execute(
+                select(RATE.c.calls).where(
+                    and_(
+                        RATE.c.tenant_id == self.scope.tenant_id,
+                        RATE.c.primitive == req.primitive,
+                        RATE.c.window_start == window,
+                    )
+                )
+            ).scalar()
+            if (calls or 0) + 1 > per_minute:
+                retry = 60 - self.now.second
+                raise LimitExceeded(req.primitive, "callsPerMinute", per_minute, (calls or 0) + 1, retry)
+        if amount is None:
+            amount = quote(self.session, req.price_request())
+        return Decision(
+            period=period, quota=quota, used=used, overage_after=overage_after, amount=amount, rate_window=window
+        )
+
+    def _quota_and_used(self, primitive: str, period: Period) -> tuple[int | None, int]:
+        quota_q = (
+            select(QUOTA.c.quota)
+            .where(and_(QUOTA.c.plan_key == self.terms.plan_key, QUOTA.c.primitive == primitive))
+            .scalar_subquery()
+        )
+        used_q = (
+            select(COUNTER.c.used)
+            .where(
+                and_(
+                    COUNTER.c.tenant_id == self.scope.tenant_id,
+                    COUNTER.c.period_start == period.start,
+                    COUNTER.c.primitive == primitive,
+                )
+            )
+            .scalar_subquery()
+        )
+        row = self.conn.execute(select(quota_q.label("quota"), used_q.label("used"))).one()
+        return row.quota, row.used or 0
+
+    def insufficient(self, required: int) -> InsufficientCredits:
+        from app.credits.packs import packs_covering
+
+        shortfall = max(required - self.state.available, 0)
+        # Plain values: the transaction rolls back after this, which would expire ORM rows.
+        packs = [
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
+            for p in packs_covering(self.session, shortfall or required)
+        ]
+        return InsufficientCredits(required, self.state.available, packs)
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def record(self, req: MeterRequest, d: Decision, *, kind: str, key: str, release_reserved: int = 0) -> Charged:
+        """Debit, event, counters. The caller has checked the floor."""
+        balance = ledger.debit(
+            self.session,
+            self.scope,
+            self.clock,
+            amount=d.amount,
+            action=req.primitive,
+            floor=self.floor,
+            reference=req.reference,
+            release_reserved=release_reserved,
+            state=self.state,
+        )
+        self.state = ledger.AccountState(balance, self.state.reserved - release_reserved)
+        used = d.used + req.quantity
+        usage = Usage(
+            primitive=req.primitive,
+            used=used,
+            quota=d.quota,
+            overage=max(used - d.quota, 0) if d.quota is not None else 0,
+        )
+        result = Charged(event_id=0, credits_used=d.amount, credits_remaining=self.state.available, usage=usage)
+        event_id = self.conn.execute(
+            insert(EVENT)
+            .values(
+                tenant_id=self.scope.tenant_id,
+                idempotency_key=key,
+                request_hash=req.fingerprint(),
+                kind=kind,
+                primitive=req.primitive,
+                quantity=req.quantity,
+                credits=d.amount,
+                period_start=d.period.start,
+                reference=req.reference,
+                result=result.stored(),
+                created_at=self.now,
+            )
+            .returning(EVENT.c.id)
+        ).scalar_one()
+        result.event_id = int(event_id)
+        ins = _upsert(self.conn, COUNTER).values(
+            tenant_id=self.scope.tenant_id,
+            period_start=d.period.start,
+            primitive=req.primitive,
+            period_end=d.period.end,
+            used=req.quantity,
+            overage=usage.overage,
+        )
+        self.conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=["tenant_id", "period_start", "primitive"],
+                set_={"used": COUNTER.c.used + req.quantity, "overage": usage.overage},
+            )
+        )
+        if d.rate_window is not None:
+            rate = _upsert(self.conn, RATE).values(
+                tenant_id=self.scope.tenant_id, primitive=req.primitive, window_start=d.rate_window, calls=1
+            )
+            self.conn.execute(
+                rate.on_conflict_do_update(
+                    index_elements=["tenant_id", "primitive", "window_start"], set_={"calls": RATE.c.calls + 1}
+                )
+            )
+        return result
+
+    # ---- operations ----------------------------------------------------------------------
+
+    def charge(self, req: MeterRequest) -> Charged:
+        stored = self._stored_event(req.idempotency_key)
+        if stored is not None:
+            if stored.request_hash != req.fingerprint():
+                raise IdempotencyConflict(req.idempotency_key)
+            return Charged.from_stored(stored.id, stored.result)
+        self.entitle(req)
+        d = self.decide(req)
+        if self.state.available - d.amount < self.floor:
+            raise self.insufficient(d.amount)
+        return self.record(req, d, kind="charge", key=req.idempotency_key)
+
+    def reserve(self, req: MeterRequest, ttl: timedelta) -> HoldView:
+        fp = req.fingerprint()
+        existing = self.conn.execute(
+            select(HOLD).where(
+                and_(HOLD.c.tenant_id == self.scope.tenant_id, HOLD.c.idempotency_key == req.idempotency_key)
+            )
+        ).first()
+        if existing is not None:
+            if existing.request_hash != fp:
+                raise IdempotencyConflict(req.idempotency_key)
+            return _hold_view(existing, replayed=True)
+        self.entitle(req)
+        d = self.decide(req, count=True)
+        # New work: refused at or below zero, or when the estimate does not fit.
+        if self.state.available <= 0 or self.state.available < d.amount:
+            raise self.insufficient(d.amount)
+        hold_id = new_id("hold")
+        expires = self.now + ttl
+        self.conn.execute(
+            insert(HOLD).values(
+                id=hold_id,
+                tenant_id=self.scope.tenant_id,
+                idempotency_key=req.idempotency_key,
+                request_hash=fp,
+                primitive=req.primitive,
+                quantity=req.quantity,
+                amount=d.amount,
+                status="open",
+                reference=req.reference,
+                expires_at=expires,
+                created_at=self.now,
+            )
+        )
+        self.state = ledger.AccountState(self.state.balance, self.state.reserved + d.amount)
+        self.conn.execute(
+            update(ledger.ACCOUNT)
+            .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
+            .values(reserved=self.state.reserved)
+        )
+        return HoldView(
+            id=hold_id,
+            primitive=req.primitive,
+            quantity=req.quantity,
+            amount=d.amount,
+            status="open",
+            expires_at=expires,
+            available_after=self.state.available,
+        )
+
+    def _hold(self, hold_id: str) -> Any:
+        row = self.conn.execute(
+            select(HOLD).where(and_(HOLD.c.id == hold_id, HOLD.c.tenant_id == self.scope.tenant_id))
+        ).first()
+        if row is None:
+            raise NotFound("Hold", hold_id)
+        return row
+
+    def settle(self, hold_id: str, actual: MeterRequest | None) -> Charged:
+        hold = self._hold(hold_id)
+        if hold.status == "settled":
+            return Charged.from_stored(int(hold.settle_result["eventId"]), hold.settle_result)
+        if hold.status != "open":
+            raise HoldClosed(hold_id, hold.status)
+        req = actual or MeterRequest(
+            primitive=hold.primitive,
+            idempotency_key=f"hold:{hold_id}",
+            quantity=hold.quantity,
+            reference=hold.reference,
+        )
+        if req.primitive != hold.primitive:
+            raise ValidationFailed("actual.primitive must match the hold's primitive", field="primitive")
+        req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}"})
+        # Work already done: counted even past the quota (as overage) and charged down to the buffer.
+        d = self.decide(req, count=False, amount=None if actual else hold.amount)
+        if d.quota is not None and d.used + req.quantity > d.quota:
+            d.overage_after = d.used + req.quantity - d.quota
+        if self.state.available + hold.amount - d.amount < self.floor:
+            # Never below the buffer: charge what the floor allows and record the cut.
+            d.amount = max(self.state.available + hold.amount - self.floor, 0)
+        result = self.record(req, d, kind="settle", key=f"hold:{hold_id}", release_reserved=hold.amount)
+        stored = {**result.stored(), "eventId": result.event_id}
+        self.conn.execute(
+            update(HOLD)
+            .where(HOLD.c.id == hold_id)
+            .values(status="settled", settled_amount=d.amount, settle_result=stored, closed_at=self.now)
+        )
+        return result
+
+    def release(self, hold_id: str) -> HoldView:
+        hold = self._hold(hold_id)
+        if hold.status == "released":
+            return _hold_view(hold, replayed=True)
+        if hold.status != "open":
+            raise HoldClosed(hold_id, hold.status)
+        self.conn.execute(update(HOLD).where(HOLD.c.id == hold_id).values(status="released", closed_at=self.now))
+        self.state = ledger.AccountState(self.state.balance, self.state.reserved - hold.amount)
+        self.conn.execute(
+            update(ledger.ACCOUNT)
+            .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
+            .values(reserved=self.state.reserved)
+        )
+        view = _hold_view(hold)
+        view.status = "released"
+        view.available_after = self.state.available
+        return view
+
+
+def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
+    return HoldView(
+        id=row.id,
+        primitive=row.primitive,
+        quantity=row.quantity,
+        amount=row.amount,
+        status=row.status,
+        expires_at=as_utc(row.expires_at),
+        settled_amount=row.settled_amount,
+        replayed=replayed,
+    )
+
+
+def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
+    kit_key = func.coalesce(TENANT.c.account_kit_key, PLAN.c.account_kit_key)
+    row = conn.execute(
+        select(
+            TENANT.c.plan_key,
+            PLAN.c.period,
+            PLAN.c.overage,
+            KIT.c.key,
+            KIT.c.allowed_primitives,
+            KIT.c.limits,
+            KIT.c.allowed_connections,
+            SUB.c.current_period_start,
+            SUB.c.current_period_end,
+        )
+        .select_from(
+            TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
+            .outerjoin(KIT, KIT.c.key == kit_key)
+            .outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
+        )
+        .where(TENANT.c.id == scope.tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound("Tenant", scope.tenant_id)
+    return TenantTerms(
+        plan_key=row[0],
+        plan_period=row[1],
+        overage=row[2] or "refuse",
+        kit_key=row[3],
+        kit_allowed=list(row[4] or []),
+        kit_limits=dict(row[5] or {}),
+        kit_connections=list(row[6] or []),
+        sub_start=as_utc(row[7]) if row[7] else None,
+        sub_end=as_utc(row[8]) if row[8] else None,
+    )
+
+
+# ---- read-only check ------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    allowed: bool
+    reason: str | None
+    message: str | None
+    primitive: str | None
+    connection: str | None
+    quota: int | None
+    used: int
+    remaining: int | None
+    available: int
+    price: int | None
+
+
+def check(
+    session: Session,
+    clock: Clock,
+    scope: TenantScope,
+    *,
+    primitive: str | None,
+    connection: str | None,
+    quantity: int = 1,
+    negative_buffer: int = 0,
+) -> CheckResult:
+    """May the tenant call this primitive (or use this connection) right now? Writes nothing."""
+    if (primitive is None) == (connection is None):
+        raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
+    conn = session.connection()
+    now = clock.now()
+    terms = load_terms(conn, scope)
+    state = ledger.available_now(session, [scope], now)[scope.tenant_id]
+    available = state.available + _expired_holds(conn, scope, now)
+    if connection is not None:
+        validate_connection(connection)
+        ok = terms.kit_key is not None and connection in terms.kit_connections
+        return CheckResult(
+            ok,
+            None if ok else "NOT_ENTITLED",
+            None if ok else f"connection {connection} is not in the tenant's Account Kit",
+            None,
+            connection,
+            None,
+            0,
+            None,
+            available,
+            None,
+        )
+    assert primitive is not None
+    req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity).validate()
+    period = current_period(now, terms.plan_period, terms.sub_start, terms.sub_end)
+    quota_row = conn.execute(
+        select(
+            select(QUOTA.c.quota)
+            .where(and_(QUOTA.c.plan_key == terms.plan_key, QUOTA.c.primitive == primitive))
+            .scalar_subquery(),
+            select(COUNTER.c.used)
+            .where(
+                and_(
+                    COUNTER.c.tenant_id == scope.tenant_id,
+                    COUNTER.c.period_start == period.start,
+                    COUNTER.c.primitive == primitive,
+                )
+            )
+            .scalar_subquery(),
+        )
+    ).one()
+    quota, used = quota_row[0], quota_row[1] or 0
+    remaining = None if quota is None else max(quota - used, 0)
+
+    def answer(reason: str | None, message: str | None, price: int | None) -> CheckResult:
+        return CheckResult(reason is None, reason, message, primitive, None, quota, used, remaining, available, price)
+
+    if terms.kit_key is None or not allowed(terms.kit_allowed, primitive):
+        return answer("NOT_ENTITLED", f"{primitive} is not in the tenant's Account Kit", None)
+    per_call = (terms.kit_limits.get(primitive) or {}).get("max_quantity_per_call")
+    if per_call is not None and quantity > per_call:
+        return answer("LIMIT_EXCEEDED", f"at most {per_call} per call", None)
+    if quota is not None and used + quantity > quota and terms.overage != "allow":
+        return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
+    try:
+        price = quote(session, req.price_request())
+    except ValidationFailed:
+        price = None  # dynamic prices need parameters a plain check does not carry
+    if available <= 0 or (price is not None and available < price):
+        return answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+    return answer(None, None, price)
+
+
+def _expired_holds(conn: Connection, scope: TenantScope, now: datetime) -> int:
+    """Holds past expiry count as freed at read time, before a write sweeps them."""
+    value = conn.execute(
+        select(func.coalesce(func.sum(HOLD.c.amount), literal(0))).where(
+            and_(HOLD.c.tenant_id == scope.tenant_id, HOLD.c.status == "open", HOLD.c.expires_at <= now)
+        )
+    ).scalar()
+    return int(value or 0)
+
+
+# ---- entry points used by the GraphQL and plain HTTP layers --------------------------------
+
+
+def charge(session: Session, clock: Clock, scope: TenantScope, req: MeterRequest, *, negative_buffer: int) -> Charged:
+    req.validate()
+    return Meter(session, clock, scope, negative_buffer=negative_buffer).charge(req)
+
+
+def reserve(
+    session: Session, clock: Clock, scope: TenantScope, req: MeterRequest, *, negative_buffer: int, ttl_seconds: int
+) -> HoldView:
+    req.validate()
+    if not 1 <= ttl_seconds <= 7 * 86400:
+        raise ValidationFailed("ttlSeconds must be between 1 and 604800", field="ttlSeconds")
+    return Meter(session, clock, scope, negative_buffer=negative_buffer).reserve(req, timedelta(seconds=ttl_seconds))
+
+
+def settle(
+    session: Session,
+    clock: Clock,
+    scope: TenantScope,
+    hold_id: str,
+    actual: MeterRequest | None,
+    *,
+    negative_buffer: int,
+) -> Charged:
+    if actual is not None:
+        actual.validate()
+    return Meter(session, clock, scope, negative_buffer=negative_buffer).settle(hold_id, actual)
+
+
+def release(session: Session, clock: Clock, scope: TenantScope, hold_id: str) -> HoldView:
+    return Meter(session, clock, scope, negative_buffer=0).release(hold_id)
+
+
+BatchOutcome = Charged | DomainError
+
+
+def charge_batch(
+    session: Session, clock: Clock, items: list[tuple[TenantScope, MeterRequest]], *, negative_buffer: int
+) -> list[BatchOutcome]:
+    """Many charges in one transaction, each with its own key and result. Tenants' accounts are
+    locked in sorted order, so two batches touching the same tenants cannot deadlock."""
+    results: list[BatchOutcome | None] = [None] * len(items)
+    by_tenant: dict[str, list[int]] = {}
+    for i, (scope, req) in enumerate(items):
+        try:
+            req.validate()
+        except DomainError as exc:
+            results[i] = exc
+            continue
+        by_tenant.setdefault(scope.tenant_id, []).append(i)
+    for tenant_id in sorted(by_tenant):
+        scope = items[by_tenant[tenant_id][0]][0]
+        try:
+            meter = Meter(session, clock, scope, negative_buffer=negative_buffer)
+        except DomainError as exc:
+            for i in by_tenant[tenant_id]:
+                results[i] = exc
+            continue
+        for i in by_tenant[tenant_id]:
+            try:
+                results[i] = meter.charge(items[i][1])
+            except DomainError as exc:  # refusals happen before any write of that item
+                results[i] = exc
+    return [r for r in results if r is not None]

@@ -1,0 +1,108 @@
+"""The metered call through GraphQL: charge, replay, conflict, refusals, holds, usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Api, count_rows
+from tests.fixtures_catalog import SET_SUB, seed_catalog
+
+CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename
+  ... on Charged { eventId creditsUsed creditsRemaining replayed usage { primitive used quota remaining overage } }
+  ... on InsufficientCredits { required available shortfall packs { key credits priceUsd purchasePath } }
+  ... on QuotaExceeded { primitive quota used periodEnd }
+  ... on NotEntitled { primitive kit }
+  ... on LimitExceeded { limit allowed }
+  ... on IdempotencyConflict { idempotencyKey }
+  ... on ValidationError { field message } } }"""
+
+RESERVE = """mutation($i: MeterInput!) { reserve(input: $i) { __typename
+  ... on Hold { id amount status availableAfter }
+  ... on InsufficientCredits { required available } } }"""
+
+SETTLE = """mutation($h: ID!, $a: MeterInput) { settle(holdId: $h, actual: $a) { __typename
+  ... on Charged { creditsUsed creditsRemaining replayed eventId }
+  ... on HoldClosed { status } ... on NotFoundError { entity } } }"""
+
+RELEASE = (
+    """mutation($h: ID!) { release(holdId: $h) { __typename ... on Hold { status } ... on HoldClosed { status } } }"""
+)
+
+CREDITS = "{ viewer { credits { balance available reserved } } }"
+MONEY = ("ledger_entry", "usage_event", "usage_counter", "credit_hold", "credit_bucket")
+
+
+def setup_tenant(api: Api, plan: str = "pro") -> tuple[str, str]:
+    seed_catalog(api)
+    tid = api.create_tenant("Acme")
+    api(SET_SUB, {"t": tid, "i": {"planKey": plan}})
+    return tid, api.tenant_key(tid)
+
+
+def charge(api: Api, key: str, **item: Any) -> dict[str, Any]:
+    body = {"primitive": "email.send", "idempotencyKey": "k1", **item}
+    return api(CHARGE, {"i": body}, key=key)["charge"]
+
+
+def test_charge_replay_and_conflict(api: Api) -> None:
+    tid, key = setup_tenant(api)
+    first = charge(api, key, idempotencyKey="a")
+    assert first["__typename"] == "Charged", first
+    assert first["creditsUsed"] == "1"
+    assert first["usage"] == {"primitive": "email.send", "used": 1, "quota": 1000, "remaining": 999, "overage": 0}
+    before = count_rows(api.db.engine, *MONEY)
+    again = charge(api, key, idempotencyKey="a")
+    assert again["replayed"] is True and again["eventId"] == first["eventId"]
+    assert again["creditsRemaining"] == first["creditsRemaining"]
+    other = charge(api, key, idempotencyKey="a", quantity=2)
+    assert other["__typename"] == "IdempotencyConflict"
+    assert count_rows(api.db.engine, *MONEY) == before
+
+
+def test_not_entitled_writes_nothing(api: Api) -> None:
+    tid, key = setup_tenant(api, plan="free")
+    before = count_rows(api.db.engine, *MONEY)
+    res = charge(api, key, primitive="browser.act")
+    assert res == {"__typename": "NotEntitled", "primitive": "browser.act", "kit": "kit_basic"}
+    assert count_rows(api.db.engine, *MONEY) == before
+
+
+def test_insufficient_credits_lists_packs(api: Api) -> None:
+    tid, key = setup_tenant(api, plan="free")
+    # 20 signup credits and a 10 credit buffer: 30 single-credit emails succeed, the 31st is refused.
+    for i in range(30):
+        assert charge(api, key, idempotencyKey=f"e{i}")["__typename"] == "Charged"
+    res = charge(api, key, idempotencyKey="e30")
+    assert res["__typename"] == "InsufficientCredits", res
+    assert res["available"] == "-10" and res["required"] == "1"
+    assert res["packs"] and res["packs"][0]["purchasePath"]
+
+
+def test_reserve_settle_release(api: Api) -> None:
+    tid, key = setup_tenant(api)
+    hold = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "r1"}}, key=key)["reserve"]
+    assert hold["__typename"] == "Hold" and hold["amount"] == "5", hold
+    assert api(CREDITS, key=key)["viewer"]["credits"]["reserved"] == "5"
+    s1 = api(SETTLE, {"h": hold["id"]}, key=key)["settle"]
+    s2 = api(SETTLE, {"h": hold["id"]}, key=key)["settle"]
+    assert s1["__typename"] == "Charged" and s2["replayed"] is True and s1["eventId"] == s2["eventId"]
+    credits = api(CREDITS, key=key)["viewer"]["credits"]
+    assert credits["reserved"] == "0" and credits["balance"] == "15"
+    h2 = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "r2"}}, key=key)["reserve"]
+    assert api(RELEASE, {"h": h2["id"]}, key=key)["release"]["status"] == "released"
+    assert api(SETTLE, {"h": h2["id"]}, key=key)["settle"] == {"__typename": "HoldClosed", "status": "released"}
+    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == "15"
+
+
+def test_usage_report(api: Api) -> None:
+    tid, key = setup_tenant(api)
+    charge(api, key, idempotencyKey="u1", quantity=3)
+    data = api(
+        "{ viewer { usage { plan period { start end } quotas { primitive quota used remaining } "
+        "usage { primitive used } } } }",
+        key=key,
+    )
+    u = data["viewer"]["usage"]
+    assert u["plan"] == "pro"
+    assert {"primitive": "email.send", "quota": 1000, "used": 3, "remaining": 997} in u["quotas"]
+    assert u["usage"] == [{"primitive": "email.send", "used": 3}]
