@@ -79,6 +79,11 @@ def export_schema(
     typer.echo(f"wrote {path}")
 
 
+from app.integrations.stripe.cli import stripe_cli  # noqa: E402
+
+cli.add_typer(stripe_cli, name="stripe")
+
+
 @cli.command()
 def reconcile(
     database_url: str = typer.Option(None, help="Default METERKIT_DATABASE_URL"),

@@ -1,0 +1,33 @@
+"""`meterkit stripe ...`: operator commands for the Stripe integration."""
+
+from __future__ import annotations
+
+import typer
+
+stripe_cli = typer.Typer(no_args_is_help=True, help="Stripe integration: reconcile local state with Stripe.")
+
+
+@stripe_cli.command()
+def reconcile() -> None:
+    """Repair subscriptions, pack credits and monthly credits after missed webhooks.
+
+    Reads every subscription (all statuses), completed Checkout Session and paid invoice
+    from Stripe. Safe to run any time and repeatedly: a second run changes nothing."""
+    from app.core.clock import Clock
+    from app.core.db import make_engine
+    from app.integrations.stripe.client import StripeGateway
+    from app.integrations.stripe.service import reconcile as run
+    from app.settings import get_settings
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        report = run(engine, StripeGateway.from_settings(settings), settings, Clock())
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"subscriptions seen: {report.subscriptions_seen}, repaired: {report.subscriptions_repaired}; "
+        f"pack grants: {report.packs_granted}; monthly credit grants: {report.allowances_granted}"
+    )
+    for reason, n in sorted(report.skipped.items()):
+        typer.echo(f"skipped ({reason}): {n}")

@@ -1,0 +1,355 @@
+"""Money in through Stripe: pack Checkout, plan changes, reconciliation.
+
+These functions span a network call, so unlike the other slices' services they take the
+engine and run their own short transactions: a database transaction is never held open
+across a Stripe request, and the operation row that names the idempotency key is
+committed BEFORE the request. If we crash after Stripe answered but before we stored the
+answer, the retry finds the pending row, sends the same key, and Stripe replays the same
+object instead of creating a second one (Stripe keeps keys for at least 24 hours, so a
+pending row older than REUSE_WINDOW is not reused)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+import stripe
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.core.auth import TenantScope
+from app.core.clock import Clock
+from app.core.db import unit_of_work
+from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.ids import new_id
+from app.credits.packs import pack_by_key
+from app.integrations.stripe import handlers
+from app.integrations.stripe.client import JSON, StripeGateway, StripeUnavailable
+from app.integrations.stripe.models import StripeOperation
+from app.integrations.stripe.repository import StripeRepository
+from app.plans.repository import PlanRepository
+from app.settings import Settings
+from app.subscriptions.models import Subscription
+from app.tenants.models import Tenant
+
+log = logging.getLogger("meterkit.stripe")
+
+REUSE_WINDOW = timedelta(hours=23)
+T = TypeVar("T")
+
+
+def purchase_path(pack_key: str) -> str:
+    """How a tenant buys `pack_key`: the GraphQL mutation to send (with its tenant key).
+
+    InsufficientCredits answers carry one per pack; the mutation answers with a Stripe
+    Checkout URL to open. Kept a plain string so any client (CLI, dashboard) can use it."""
+    return f'mutation {{ purchaseCreditPack(pack: "{pack_key}") {{ ... on CheckoutSession {{ url }} }} }}'
+
+
+def idempotency_key(op_id: str) -> str:
+    return f"meterkit-{op_id}"
+
+
+def customer_idempotency_key(tenant_id: str) -> str:
+    return f"meterkit-customer-{tenant_id}"
+
+
+@dataclass
+class CheckoutStarted:
+    session_id: str
+    url: str
+    mode: str
+    target: str
+
+
+@dataclass
+class PlanChangeSubmitted:
+    plan_key: str
+    stripe_subscription_id: str
+
+
+def _tx(engine: Engine, fn: Callable[[Session], T]) -> T:
+    with unit_of_work(engine) as s:
+        return fn(s)
+
+
+def _stripe(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except stripe.StripeError as exc:
+        log.warning("stripe call failed: %s", exc)
+        message = getattr(exc, "user_message", None) or "Stripe could not complete the request; try again"
+        raise StripeUnavailable(str(message)) from None
+
+
+def _begin(s: Session, clock: Clock, scope: TenantScope, kind: str, target: str) -> StripeOperation:
+    """The pending operation to (re)use: its id is the idempotency key of the Stripe call."""
+    repo = StripeRepository(s)
+    now = clock.now()
+    op = repo.pending_operation(scope, kind, target, now - REUSE_WINDOW)
+    if op is None:
+        op = repo.save(
+            StripeOperation(
+                id=new_id("sop"),
+                tenant_id=scope.tenant_id,
+                kind=kind,
+                target=target,
+                status="pending",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    return op
+
+
+def _finish(engine: Engine, clock: Clock, op_id: str, *, status: str, object_id: str | None, url: str | None) -> None:
+    def run(s: Session) -> None:
+        repo = StripeRepository(s)
+        op = repo.operation(op_id)
+        assert op is not None
+        if op.status != "completed":  # the webhook may already have completed it
+            op.status = status
+        op.stripe_object_id = object_id
+        op.url = url
+        op.updated_at = clock.now()
+        repo.save(op)
+
+    _tx(engine, run)
+
+
+def ensure_customer(engine: Engine, gateway: StripeGateway, scope: TenantScope) -> str:
+    """The tenant's Stripe customer, created (and the mapping stored) if it has none yet."""
+
+    def read(s: Session) -> tuple[str | None, str]:
+        tenant = s.get(Tenant, scope.tenant_id)
+        if tenant is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        return tenant.stripe_customer_id, tenant.name
+
+    existing, name = _tx(engine, read)
+    if existing:
+        return existing
+    # Keyed by our tenant id: a retry after a crash gets the same customer back from Stripe.
+    customer = _stripe(
+        lambda: gateway.create_customer(
+            name=name, tenant_id=scope.tenant_id, idempotency_key=customer_idempotency_key(scope.tenant_id)
+        )
+    )
+    return _tx(engine, lambda s: StripeRepository(s).store_customer(scope, customer["id"]))
+
+
+def _urls(settings: Settings, what: str) -> tuple[str, str]:
+    base = settings.public_url.rstrip("/")
+    return (
+        f"{base}/billing/{what}/success?session_id={{CHECKOUT_SESSION_ID}}",
+        f"{base}/billing/{what}/canceled",
+    )
+
+
+def _checkout(
+    engine: Engine,
+    gateway: StripeGateway,
+    settings: Settings,
+    clock: Clock,
+    scope: TenantScope,
+    *,
+    kind: str,
+    target: str,
+    mode: str,
+    price_id: str,
+) -> CheckoutStarted:
+    op = _tx(engine, lambda s: _begin(s, clock, scope, kind, target))
+    customer = ensure_customer(engine, gateway, scope)
+    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan")
+    cs = _stripe(
+        lambda: gateway.create_checkout_session(
+            mode=mode,
+            price_id=price_id,
+            customer=customer,
+            success_url=success,
+            cancel_url=cancel,
+            client_reference_id=op.id,
+            idempotency_key=idempotency_key(op.id),
+        )
+    )
+    _finish(engine, clock, op.id, status="open", object_id=cs["id"], url=cs.get("url"))
+    return CheckoutStarted(session_id=cs["id"], url=cs.get("url") or "", mode=mode, target=target)
+
+
+def purchase_credit_pack(
+    engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock, scope: TenantScope, pack_key: str
+) -> CheckoutStarted:
+    """A Checkout Session (mode payment) for the pack's Stripe price; credits come with the webhook."""
+
+    def check(s: Session) -> str:
+        if not isinstance(pack_key, str) or not pack_key or len(pack_key) > 64:
+            raise ValidationFailed("pack must be 1-64 characters", field="pack")
+        pack = pack_by_key(s, pack_key)
+        if pack is None or not pack.active:
+            raise NotFound("CreditPack", pack_key)
+        if not pack.stripe_price_id:
+            raise ValidationFailed(f"pack {pack_key!r} has no Stripe price", field="pack")
+        if s.get(Tenant, scope.tenant_id) is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        return pack.stripe_price_id
+
+    price = _tx(engine, check)
+    return _checkout(
+        engine, gateway, settings, clock, scope, kind="pack_checkout", target=pack_key, mode="payment", price_id=price
+    )
+
+
+def change_plan(
+    engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock, scope: TenantScope, plan_key: str
+) -> CheckoutStarted | PlanChangeSubmitted:
+    """The brief's `billing upgrade`: through Stripe, reflected back by the webhook.
+
+    With a live Stripe subscription its item moves to the plan's price (Stripe prorates);
+    without one the tenant gets a Checkout Session in subscription mode."""
+
+    def check(s: Session) -> tuple[str, str | None, str | None]:
+        if not isinstance(plan_key, str) or not plan_key or len(plan_key) > 64:
+            raise ValidationFailed("planKey must be 1-64 characters", field="planKey")
+        plan = PlanRepository(s).get(plan_key)
+        if plan is None:
+            raise NotFound("Plan", plan_key)
+        if plan.archived:
+            raise ValidationFailed(f"plan {plan_key!r} is archived", field="planKey")
+        if not plan.stripe_price_id:
+            raise ValidationFailed(f"plan {plan_key!r} has no Stripe price to subscribe to", field="planKey")
+        tenant = s.get(Tenant, scope.tenant_id)
+        if tenant is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        sub = s.get(Subscription, tenant.id)
+        live = sub is not None and sub.stripe_subscription_id is not None and sub.status not in handlers.TERMINAL
+        if live and sub is not None and sub.plan_key == plan_key:
+            raise Conflict(f"already subscribed to {plan_key!r}")
+        return plan.stripe_price_id, sub.stripe_subscription_id if live and sub else None, tenant.plan_key
+
+    price, sub_id, _ = _tx(engine, check)
+    if sub_id is None:
+        return _checkout(
+            engine,
+            gateway,
+            settings,
+            clock,
+            scope,
+            kind="plan_checkout",
+            target=plan_key,
+            mode="subscription",
+            price_id=price,
+        )
+    op = _tx(engine, lambda s: _begin(s, clock, scope, "plan_change", plan_key))
+    current = _stripe(lambda: gateway.retrieve_subscription(sub_id))
+    items = handlers.subscription_items(current)
+    if not items:
+        raise StripeUnavailable("the Stripe subscription has no items")
+    if handlers.subscription_price(current) != price:
+        _stripe(
+            lambda: gateway.change_subscription_price(
+                subscription_id=sub_id, item_id=items[0]["id"], price_id=price, idempotency_key=idempotency_key(op.id)
+            )
+        )
+    _finish(engine, clock, op.id, status="completed", object_id=sub_id, url=None)
+    return PlanChangeSubmitted(plan_key=plan_key, stripe_subscription_id=sub_id)
+
+
+# ------------------------------------------------------------------------- reconcile
+
+
+@dataclass
+class ReconcileReport:
+    subscriptions_seen: int = 0
+    subscriptions_repaired: int = 0
+    packs_granted: int = 0
+    allowances_granted: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    @property
+    def changes(self) -> int:
+        return self.subscriptions_repaired + self.packs_granted + self.allowances_granted
+
+
+def _pick(subs: list[JSON]) -> JSON:
+    """A customer's subscription to reflect: the newest live one, else the newest ended one."""
+    live = [s for s in subs if s.get("status") not in handlers.TERMINAL]
+    pool = live or subs
+    return max(pool, key=lambda s: (int(s.get("created") or 0), s.get("id") or ""))
+
+
+def reconcile(engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock) -> ReconcileReport:
+    """Repair local state from what Stripe holds now (after missed webhooks).
+
+    Subscriptions are written only where they differ; pack and plan credits use the same
+    grant keys as the webhooks. So a second run, or a late webhook, changes nothing."""
+    report = ReconcileReport()
+    by_customer: dict[str, list[JSON]] = {}
+    for sub in _stripe(lambda: list(gateway.all_subscriptions())):
+        report.subscriptions_seen += 1
+        customer = handlers._id(sub.get("customer"))
+        if customer:
+            by_customer.setdefault(customer, []).append(sub)
+    for subs in by_customer.values():
+        chosen = _pick(subs)
+        _count(
+            report, "subscriptions_repaired", _tx(engine, partial(_reflect, clock=clock, settings=settings, sub=chosen))
+        )
+
+    for cs in _stripe(lambda: list(gateway.completed_checkout_sessions())):
+        if cs.get("mode") != "payment" or cs.get("payment_status") not in ("paid", "no_payment_required"):
+            continue
+        if _tx(engine, partial(_already_granted, cs=cs)):
+            continue
+        items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
+        _count(
+            report, "packs_granted", _tx(engine, partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items))
+        )
+
+    for inv in _stripe(lambda: list(gateway.paid_invoices())):
+        if inv.get("billing_reason") not in handlers.ALLOWANCE_REASONS:
+            continue
+        lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
+        _count(
+            report,
+            "allowances_granted",
+            _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
+        )
+    return report
+
+
+def _reflect(s: Session, *, clock: Clock, settings: Settings, sub: JSON) -> handlers.Outcome:
+    return handlers.reflect_subscription(s, clock, settings, sub, event_created=None)
+
+
+def _count(report: ReconcileReport, counter: str, out: handlers.Outcome) -> None:
+    if out.outcome == "applied":
+        setattr(report, counter, getattr(report, counter) + 1)
+    elif out.outcome != "unchanged":
+        report.skip(out.outcome)
+
+
+def _already_granted(s: Session, *, cs: JSON) -> bool:
+    from sqlmodel import select
+
+    from app.credits.models import CreditBucket
+
+    q = select(CreditBucket.id).where(CreditBucket.grant_key == handlers.checkout_grant_key(cs["id"])).limit(1)
+    return s.exec(q).first() is not None
+
+
+__all__: list[Any] = [
+    "CheckoutStarted",
+    "PlanChangeSubmitted",
+    "ReconcileReport",
+    "change_plan",
+    "purchase_credit_pack",
+    "purchase_path",
+    "reconcile",
+]
