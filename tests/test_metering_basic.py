@@ -87,11 +87,11 @@ def test_reserve_settle_release(api: Api) -> None:
     s2 = api(SETTLE, {"h": hold["id"]}, key=key)["settle"]
     assert s1["__typename"] == "Charged" and s2["replayed"] is True and s1["eventId"] == s2["eventId"]
     credits = api(CREDITS, key=key)["viewer"]["credits"]
-    assert credits["reserved"] == "0" and credits["balance"] == "15"
+    assert credits["reserved"] == "0" and credits["balance"] == "215"  # 20 signup + 200 plan - 5
     h2 = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "r2"}}, key=key)["reserve"]
     assert api(RELEASE, {"h": h2["id"]}, key=key)["release"]["status"] == "released"
     assert api(SETTLE, {"h": h2["id"]}, key=key)["settle"] == {"__typename": "HoldClosed", "status": "released"}
-    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == "15"
+    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == "215"
 
 
 def test_usage_report(api: Api) -> None:

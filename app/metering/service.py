@@ -215,17 +215,15 @@ class Meter:
         self.now = clock.now()
         self.clock = clock
         self.floor = -negative_buffer
-        self.state = ledger.lock_account(self.conn, scope)
+        # One statement: lock the account row and read the tenant's plan, kit and period with it.
+        self.state, self._terms = lock_with_terms(self.conn, scope)
         if self.state.reserved:
             self._expire_holds()
-        self._terms: TenantTerms | None = None
 
     # ---- reads ---------------------------------------------------------------------------
 
     @property
     def terms(self) -> TenantTerms:
-        if self._terms is None:
-            self._terms = load_terms(self.conn, self.scope)
         return self._terms
 
     def _expire_holds(self) -> None:
@@ -269,41 +267,29 @@ class Meter:
         """Quota and per-minute checks and the price; raises a refusal, writes nothing."""
         t = self.terms
         period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
-        quota, used = self._quota_and_used(req.primitive, period)
+        per_minute = (t.kit_limits.get(req.primitive) or {}).get("calls_per_minute")
+        window = minute_window(self.now) if count and per_minute is not None else None
+        quota, used, calls = self._quota_used_calls(req.primitive, period, window)
         overage_after = 0
         if count and quota is not None and used + req.quantity > quota:
             if t.overage != "allow":
                 raise QuotaExceeded(req.primitive, quota, used, period.end)
             overage_after = used + req.quantity - quota
-        window = None
-        per_minute = (t.kit_limits.get(req.primitive) or {}).get("calls_per_minute")
-        if count and per_minute is not None:
-            window = minute_window(self.now)
-            calls = self.conn.execute(
-                select(RATE.c.calls).where(
-                    and_(
-                        RATE.c.tenant_id == self.scope.tenant_id,
-                        RATE.c.primitive == req.primitive,
-                        RATE.c.window_start == window,
-                    )
-                )
-            ).scalar()
-            if (calls or 0) + 1 > per_minute:
-                retry = 60 - self.now.second
-                raise LimitExceeded(req.primitive, "callsPerMinute", per_minute, (calls or 0) + 1, retry)
+        if window is not None and per_minute is not None and (calls or 0) + 1 > per_minute:
+            retry = 60 - self.now.second
+            raise LimitExceeded(req.primitive, "callsPerMinute", per_minute, (calls or 0) + 1, retry)
         if amount is None:
             amount = quote(self.session, req.price_request())
         return Decision(
             period=period, quota=quota, used=used, overage_after=overage_after, amount=amount, rate_window=window
         )
 
-    def _quota_and_used(self, primitive: str, period: Period) -> tuple[int | None, int]:
-        quota_q = (
+    def _quota_used_calls(self, primitive: str, period: Period, window: datetime | None) -> tuple[Any, int, int]:
+        """The plan's quota, this period's count and this minute's calls, in one statement."""
+        cols = [
             select(QUOTA.c.quota)
             .where(and_(QUOTA.c.plan_key == self.terms.plan_key, QUOTA.c.primitive == primitive))
-            .scalar_subquery()
-        )
-        used_q = (
+            .scalar_subquery(),
             select(COUNTER.c.used)
             .where(
                 and_(
@@ -312,10 +298,22 @@ class Meter:
                     COUNTER.c.primitive == primitive,
                 )
             )
-            .scalar_subquery()
-        )
-        row = self.conn.execute(select(quota_q.label("quota"), used_q.label("used"))).one()
-        return row.quota, row.used or 0
+            .scalar_subquery(),
+        ]
+        if window is not None:
+            cols.append(
+                select(RATE.c.calls)
+                .where(
+                    and_(
+                        RATE.c.tenant_id == self.scope.tenant_id,
+                        RATE.c.primitive == primitive,
+                        RATE.c.window_start == window,
+                    )
+                )
+                .scalar_subquery()
+            )
+        row = self.conn.execute(select(*cols)).one()
+        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0
 
     def insufficient(self, required: int) -> InsufficientCredits:
         from app.credits.packs import packs_covering
@@ -529,29 +527,40 @@ def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
     )
 
 
-def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
+def lock_with_terms(conn: Connection, scope: TenantScope) -> tuple[ledger.AccountState, TenantTerms]:
+    acct = ledger.ACCOUNT
     kit_key = func.coalesce(TENANT.c.account_kit_key, PLAN.c.account_kit_key)
     row = conn.execute(
-        select(
-            TENANT.c.plan_key,
-            PLAN.c.period,
-            PLAN.c.overage,
-            KIT.c.key,
-            KIT.c.allowed_primitives,
-            KIT.c.limits,
-            KIT.c.allowed_connections,
-            SUB.c.current_period_start,
-            SUB.c.current_period_end,
-        )
+        select(acct.c.balance, acct.c.reserved, *_term_columns(kit_key))
         .select_from(
-            TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
+            acct.join(TENANT, TENANT.c.id == acct.c.tenant_id)
+            .outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
             .outerjoin(KIT, KIT.c.key == kit_key)
             .outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
         )
-        .where(TENANT.c.id == scope.tenant_id)
+        .where(acct.c.tenant_id == scope.tenant_id)
+        .with_for_update(of=acct)
     ).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
+    return ledger.AccountState(row[0], row[1]), _terms_from(row[2:])
+
+
+def _term_columns(kit_key: Any) -> list[Any]:
+    return [
+        TENANT.c.plan_key,
+        PLAN.c.period,
+        PLAN.c.overage,
+        KIT.c.key,
+        KIT.c.allowed_primitives,
+        KIT.c.limits,
+        KIT.c.allowed_connections,
+        SUB.c.current_period_start,
+        SUB.c.current_period_end,
+    ]
+
+
+def _terms_from(row: Any) -> TenantTerms:
     return TenantTerms(
         plan_key=row[0],
         plan_period=row[1],
@@ -563,6 +572,22 @@ def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
         sub_start=as_utc(row[7]) if row[7] else None,
         sub_end=as_utc(row[8]) if row[8] else None,
     )
+
+
+def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
+    kit_key = func.coalesce(TENANT.c.account_kit_key, PLAN.c.account_kit_key)
+    row = conn.execute(
+        select(*_term_columns(kit_key))
+        .select_from(
+            TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
+            .outerjoin(KIT, KIT.c.key == kit_key)
+            .outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
+        )
+        .where(TENANT.c.id == scope.tenant_id)
+    ).first()
+    if row is None:
+        raise NotFound("Tenant", scope.tenant_id)
+    return _terms_from(row)
 
 
 # ---- read-only check ------------------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""Reads and counts: constant SQL statements per page, usage from counters, holds expiring,
+chargeBatch, check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import event
+
+from app.core.clock import FrozenClock
+from tests.conftest import Api, count_rows
+from tests.fixtures_catalog import SET_SUB, seed_catalog
+from tests.test_metering_basic import CHARGE, CREDITS, RESERVE, SETTLE
+
+
+@contextmanager
+def counting(engine: Any) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA", "SAVEPOINT", "RELEASE")):
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+PAGE = """query($n: Int!) { tenants(first: $n) { nodes { id plan { key quotas { quota } } accountKit { key }
+  subscription { status } credits { balance available } usage { plan quotas { primitive used remaining } } } } }"""
+
+
+def _tenants(api: Api, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        tid = api.create_tenant(f"T{i}")
+        api(SET_SUB, {"t": tid, "i": {"planKey": "pro" if i % 2 else "free"}})
+        ids.append(tid)
+    return ids
+
+
+def test_tenants_page_constant_statements(api: Api) -> None:
+    seed_catalog(api)
+    ids = _tenants(api, 12)
+    key = api.tenant_key(ids[1])
+    api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "x"}}, key=key)
+    with counting(api.db.engine) as small:
+        page2 = api(PAGE, {"n": 2})
+    with counting(api.db.engine) as large:
+        page12 = api(PAGE, {"n": 12})
+    assert len(page2["tenants"]["nodes"]) == 2 and len(page12["tenants"]["nodes"]) == 12
+    assert len(small) == len(large), (small, large)
+    used = {n["id"]: n["usage"]["quotas"] for n in page12["tenants"]["nodes"]}
+    assert {"primitive": "email.send", "used": 1, "remaining": 999} in used[ids[1]]
+
+
+def test_usage_read_does_not_scan_events(api: Api) -> None:
+    seed_catalog(api)
+    tid = api.create_tenant("U")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    key = api.tenant_key(tid)
+    q = "{ viewer { usage { quotas { primitive used } } } }"
+    api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "u0"}}, key=key)
+    with counting(api.db.engine) as few:
+        api(q, key=key)
+    for i in range(1, 40):
+        api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"u{i}"}}, key=key)
+    with counting(api.db.engine) as many:
+        data = api(q, key=key)
+    assert data["viewer"]["usage"]["quotas"][0] == {"primitive": "email.send", "used": 40}
+    assert len(few) == len(many)
+    assert not any("usage_event" in s for s in many)
+
+
+def test_charge_statement_count(api: Api) -> None:
+    """The hot path's cost in statements: asserted so a regression is seen (counts are not noisy)."""
+    seed_catalog(api)
+    tid = api.create_tenant("S")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    key = api.tenant_key(tid)
+    api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "warm"}}, key=key)
+    with counting(api.db.engine) as seen:
+        api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "s1"}}, key=key)
+    assert len(seen) <= 12, "\n".join(seen)
+
+
+def test_hold_expires_once(api: Api, clock: FrozenClock) -> None:
+    seed_catalog(api)
+    tid = api.create_tenant("H")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    key = api.tenant_key(tid)
+    hold = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "h1"}}, key=key)["reserve"]
+    assert api(CREDITS, key=key)["viewer"]["credits"]["reserved"] == "5"
+    clock.advance(seconds=3600)  # the default TTL: expired exactly at the boundary
+    check = api('{ check(primitive: "research.thorough") { ... on CheckResult { availableCredits } } }', key=key)
+    assert check["check"]["availableCredits"] == "220"  # exact at read time, before any sweep
+    api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "after"}}, key=key)  # a write sweeps it
+    credits = api(CREDITS, key=key)["viewer"]["credits"]
+    assert credits["reserved"] == "0" and credits["balance"] == "219"
+    late = api(SETTLE, {"h": hold["id"]}, key=key)["settle"]
+    assert late == {"__typename": "HoldClosed", "status": "expired"}
+    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == "219"
+
+
+BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
+  ... on Charged { eventId replayed } ... on NotEntitled { primitive } ... on ValidationError { field } } }"""
+
+
+def test_charge_batch_items_have_own_results(api: Api) -> None:
+    seed_catalog(api)
+    a, b = api.create_tenant("A"), api.create_tenant("B")
+    for t in (a, b):
+        api(SET_SUB, {"t": t, "i": {"planKey": "pro"}})
+    items = [
+        {"tenantId": b, "item": {"primitive": "email.send", "idempotencyKey": "1"}},
+        {"tenantId": a, "item": {"primitive": "email.send", "idempotencyKey": "1"}},
+        {"tenantId": a, "item": {"primitive": "video.generate", "idempotencyKey": "2"}},
+        {"tenantId": a, "item": {"primitive": "email.send", "idempotencyKey": "1"}},
+        {"tenantId": a, "item": {"primitive": "nope", "idempotencyKey": "3"}},
+    ]
+    res = api(BATCH, {"items": items})["chargeBatch"]
+    assert [r["__typename"] for r in res] == ["Charged", "Charged", "NotEntitled", "Charged", "ValidationError"]
+    assert res[3]["replayed"] is True and res[3]["eventId"] == res[1]["eventId"]
+    assert count_rows(api.db.engine, "usage_event")["usage_event"] == 2
+    # A tenant key cannot charge another tenant in a batch: the answer is the missing-tenant one.
+    key_a = api.tenant_key(a)
+    other = api(
+        BATCH, {"items": [{"tenantId": b, "item": {"primitive": "email.send", "idempotencyKey": "9"}}]}, key=key_a
+    )["chargeBatch"]
+    assert other[0]["__typename"] == "NotFoundError"
+
+
+def test_check_answers_without_writing(api: Api) -> None:
+    seed_catalog(api)
+    tid = api.create_tenant("C")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "free"}})
+    key = api.tenant_key(tid)
+    before = count_rows(api.db.engine, "ledger_entry", "usage_event", "usage_counter", "credit_hold")
+    q = """query($p: String, $c: String) { check(primitive: $p, connection: $c) { __typename
+      ... on CheckResult { allowed reason quota remaining availableCredits price } } }"""
+    ok = api(q, {"p": "email.send"}, key=key)["check"]
+    assert ok["allowed"] is True and ok["price"] == "1" and ok["remaining"] == 100 and ok["availableCredits"] == "20"
+    no = api(q, {"p": "browser.act"}, key=key)["check"]
+    assert no["allowed"] is False and no["reason"] == "NOT_ENTITLED"
+    conn = api(q, {"c": "slack"}, key=key)["check"]
+    assert conn["allowed"] is False and conn["reason"] == "NOT_ENTITLED"
+    assert count_rows(api.db.engine, "ledger_entry", "usage_event", "usage_counter", "credit_hold") == before
+    _ = timedelta
