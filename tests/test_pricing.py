@@ -21,6 +21,7 @@ IMAGE = """query($m: String!, $n: Int!) { imagePricing(model: $m, numImages: $n)
 VIDEO = """query($m: String!, $d: Int!) { videoPricing(model: $m, duration: $d) { __typename
   ... on MediaPricing { model estimatedCredits unitPriceUsd creditValueUsd } ... on UserError { code message } } }"""
 
+KLING = "fal-ai/kling-video/v3/pro/text-to-video"
 # The brief's "Fixed-Price Operations" table: (primitive, credits per unit).
 BRIEF_FIXED = [
     ("email.send", "1"),
@@ -81,7 +82,8 @@ def test_fixed_prices_of_the_brief(api: Api, primitive: str, credits: str) -> No
 
 
 def test_fixed_price_listing_matches_the_brief(api: Api) -> None:
-    listed = {p["primitive"]: p for p in api("{ prices { primitive credits tiers { upToSeconds credits } } }")["prices"]}
+    rows = api("{ prices { primitive credits tiers { upToSeconds credits } } }")["prices"]
+    listed = {p["primitive"]: p for p in rows}
     for primitive, credits in BRIEF_FIXED:
         assert listed[primitive]["credits"] == credits
     assert listed["browser.session.time"]["tiers"] == [
@@ -215,10 +217,10 @@ def test_quote_for_a_fixed_price_is_one_statement(db: Database) -> None:
         (PriceRequest("image.generate", model="fal-ai/flux/schnell", num_images=0), ValidationFailed, "numImages"),
         (PriceRequest("image.generate", model="fal-ai/nope", num_images=1), NotFound, None),
         # A video model is not an image model.
-        (PriceRequest("image.generate", model="fal-ai/kling-video/v3/pro/text-to-video", num_images=1), NotFound, None),
-        (PriceRequest("video.generate", model="fal-ai/kling-video/v3/pro/text-to-video"), ValidationFailed, "duration"),
+        (PriceRequest("image.generate", model=KLING, num_images=1), NotFound, None),
+        (PriceRequest("video.generate", model=KLING), ValidationFailed, "duration"),
         (
-            PriceRequest("video.generate", model="fal-ai/kling-video/v3/pro/text-to-video", duration_seconds=Decimal(0)),
+            PriceRequest("video.generate", model=KLING, duration_seconds=Decimal(0)),
             ValidationFailed,
             "duration",
         ),
@@ -271,9 +273,10 @@ def test_operators_edit_the_catalog(api: Api) -> None:
         {"i": {"model": "my-model", "inputPerMillion": "1", "outputPerMillion": "4", "cacheReadPerMillion": "0.05"}},
     )["setLlmRate"]
     assert got["cacheReadPerMillion"] == "0.05" and got["cacheRatesDerived"] is True
-    assert _quote(api, primitive="llm.tokens", model="my-model", inputTokens=10**6, cacheReadTokens=10**6)[
-        "credits"
-    ] == "1.05"
+    assert (
+        _quote(api, primitive="llm.tokens", model="my-model", inputTokens=10**6, cacheReadTokens=10**6)["credits"]
+        == "1.05"
+    )
     media = api(SET_MEDIA, {"i": {"model": "acme/img", "kind": "image", "unitPriceUsd": "0.1"}})["setMediaPrice"]
     assert media == {
         "__typename": "MediaPrice",
