@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import text
@@ -24,7 +26,7 @@ from app.graphql.context import Context
 from app.graphql.schema import build_schema
 from app.settings import Settings, get_settings
 from app.tenants.repository import TenantRepository
-from app.tenants.service import authenticate
+from app.tenants.service import authenticate, ensure_operator_key
 
 log = logging.getLogger("meterkit")
 
@@ -195,10 +197,27 @@ def create_app(
     ]
     for extra in _slice_routes(state):
         routes.append(extra)
-    app = Starlette(routes=routes)
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if settings.operator_key:
+            await run_in_threadpool(_store_operator_key, engine, state.clock, settings.operator_key)
+        yield
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
+    """METERKIT_OPERATOR_KEY works however the app is started (`meterkit serve` or plain uvicorn)."""
+    try:
+        with unit_of_work(engine) as s:
+            ensure_operator_key(s, clock, raw)
+    except Exception:
+        # Unmigrated or unreachable database, or another worker stored it first: serve anyway
+        # (/healthz reports the database); the key works once the row exists.
+        log.warning("could not store METERKIT_OPERATOR_KEY at startup", exc_info=True)
 
 
 def _slice_routes(state: AppState) -> list[Any]:

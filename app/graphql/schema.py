@@ -63,11 +63,12 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     extensions: list[Any] = [
         lambda: ParserCache(maxsize=512),
         lambda: ValidationCache(maxsize=512),
-        QueryDepthLimiter(max_depth=settings.max_query_depth),
-        MaxAliasesLimiter(max_alias_count=settings.max_aliases),
-        MaxTokensLimiter(max_token_count=settings.max_tokens),
+        # Factories, not instances: an extension instance shared by concurrent requests shares its state.
+        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+        lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         PermissionGuard,
-        MaskErrors(should_mask_error=should_mask),
+        lambda: MaskErrors(should_mask_error=should_mask),
     ]
     if not settings.graphiql_enabled:
         extensions.append(DisableIntrospection)
