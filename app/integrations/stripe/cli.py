@@ -15,14 +15,22 @@ def reconcile() -> None:
     from Stripe. Safe to run any time and repeatedly: a second run changes nothing."""
     from app.core.clock import Clock
     from app.core.db import make_engine
-    from app.integrations.stripe.client import StripeGateway
+    from app.integrations.stripe.client import StripeGateway, StripeNotConfigured, StripeUnavailable
     from app.integrations.stripe.service import reconcile as run
     from app.settings import get_settings
 
     settings = get_settings()
+    try:
+        gateway = StripeGateway.from_settings(settings)
+    except StripeNotConfigured as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
     engine = make_engine(settings.database_url)
     try:
-        report = run(engine, StripeGateway.from_settings(settings), settings, Clock())
+        report = run(engine, gateway, settings, Clock())
+    except StripeUnavailable as exc:
+        typer.echo(f"Stripe: {exc.message}; nothing more was changed, run it again", err=True)
+        raise typer.Exit(1) from None
     finally:
         engine.dispose()
     typer.echo(
