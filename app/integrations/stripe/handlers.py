@@ -75,8 +75,11 @@ def subscription_items(sub: JSON) -> list[JSON]:
 
 
 def subscription_price(sub: JSON) -> str | None:
+    """The first item's price; API versions before prices (2020) only carry its `plan` (same id space)."""
     items = subscription_items(sub)
-    return _id(items[0].get("price")) if items else None
+    if not items:
+        return None
+    return _id(items[0].get("price")) or _id(items[0].get("plan"))
 
 
 def subscription_period(sub: JSON) -> tuple[datetime | None, datetime | None]:
