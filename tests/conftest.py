@@ -194,4 +194,6 @@ ALL_TABLES = (
     "llm_rate",
     "media_price",
     "pricing_setting",
+    "stripe_event",
+    "stripe_operation",
 )
