@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from strawberry.types import Info as _Info
@@ -50,7 +51,13 @@ class Context:
 
     async def write(self, fn: Callable[[Session], T]) -> T:
         # The whole transaction runs in one thread hop: no await between BEGIN and COMMIT.
-        return await run_in_threadpool(self._run, fn, True)
+        try:
+            return await run_in_threadpool(self._run, fn, True)
+        except IntegrityError:
+            # PostgreSQL READ COMMITTED: a concurrent writer inserted the same unique key between
+            # our read and our insert. Everything rolled back, so run the unit once more: it now
+            # sees that row and answers as if it had come second (the same upsert, a typed error).
+            return await run_in_threadpool(self._run, fn, True)
 
     def _run(self, fn: Callable[[Session], T], write: bool) -> T:
         with unit_of_work(self.engine, write=write) as session:

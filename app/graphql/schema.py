@@ -59,6 +59,19 @@ def should_mask(error: GraphQLError) -> bool:
     return True
 
 
+class MeterkitSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        # Client mistakes (syntax, validation, permission, typed domain errors) are answers, not
+        # server errors: log at ERROR only what should_mask would mask (it logs those already
+        # when masking; this catches any path that skips masking).
+        unexpected = [e for e in errors if e.original_error is not None and _is_unexpected(e)]
+        super().process_errors(unexpected, execution_context)
+
+
+def _is_unexpected(error: GraphQLError) -> bool:
+    return not isinstance(error.original_error, DomainError | GraphQLError)
+
+
 def build_schema(settings: Settings) -> strawberry.Schema:
     extensions: list[Any] = [
         lambda: ParserCache(maxsize=512),
@@ -72,7 +85,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     ]
     if not settings.graphiql_enabled:
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(
+    return MeterkitSchema(
         query=Query,
         mutation=Mutation,
         extensions=extensions,
