@@ -330,3 +330,17 @@ def test_a_change_plan_retry_after_our_crash_does_not_change_the_subscription_tw
     assert len(updates) == 1  # the retry saw the price already moved and sent nothing
     env.deliver_all()
     assert env.state(t)["plan"] == "team"
+
+
+def test_change_plan_when_stripe_already_ended_the_subscription_starts_a_new_checkout(stripe_env: StripeEnv) -> None:
+    env = stripe_env
+    t = env.tenant()
+    key = env.api.tenant_key(t)
+    sub_id = env.subscribe(t)
+    env.deliver_all()
+    env.fake.client().v1.subscriptions.cancel(sub_id)  # its webhook has not arrived
+    assert env.state(t)["status"] == "active"
+    out = change(env, key, "team")
+    assert out["__typename"] == "CheckoutSession" and out["mode"] == "subscription" and out["target"] == "team"
+    assert env.fake.get(sub_id)["status"] == "canceled"  # no update was attempted on it
+    assert not [r for r in env.fake.requests if r.method == "POST" and r.path == f"/v1/subscriptions/{sub_id}"]

@@ -445,3 +445,19 @@ def test_stripe_unreachable_while_handling_answers_503_and_writes_nothing(
     env.fake.webhook_url = env.url + "/webhooks/stripe"
     assert codes(env.fake.deliver(created["id"])) == [200]
     assert env.state(t)["plan"] == "pro"
+
+
+def test_an_event_our_rules_refuse_is_rolled_back_recorded_and_acknowledged(stripe_env: StripeEnv) -> None:
+    env = stripe_env
+    archived = env.api('mutation { archivePlan(key: "team") { __typename } }')
+    assert archived["archivePlan"]["__typename"] == "Plan"
+    t = env.tenant()
+    env.subscribe(t, TEAM_PRICE)  # a subscription to an archived plan's price
+    created = only(env.fake.pending_events(), "customer.subscription.created")
+    env.fake.deliver(only(env.fake.pending_events(), "customer.created")["id"])
+    rows = count_rows(env.engine, *TABLES)
+    state = env.state(t)
+    r = env.fake.deliver(created["id"], times=2)
+    assert codes(r) == [200, 200] and r[0].json()["outcome"] == "rejected" and r[1].json()["duplicate"]
+    assert env.state(t) == state
+    assert count_rows(env.engine, *TABLES) == {**rows, "stripe_event": rows["stripe_event"] + 1}

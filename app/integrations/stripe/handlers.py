@@ -183,9 +183,11 @@ def reflect_subscription(
     )
     if event_created is None and not _differs(tenant.plan_key, tenant.account_kit_key is not None, cur, data):
         return Outcome(tenant.id, "unchanged")
-    newest = event_created
-    if cur is not None and same_sub and cur.source_event_created is not None:
-        newest = max(cur.source_event_created, event_created or 0)
+    if same_sub and cur is not None and cur.source_event_created is not None:
+        newest: int | None = max(cur.source_event_created, event_created or 0)
+    else:
+        # Another subscription's event times say nothing about this one's: start its guard afresh.
+        newest = event_created if event_created is not None else 0
     set_subscription(session, clock, TenantScope(tenant.id), data, source_event_created=newest)
     return Outcome(tenant.id, "applied")
 

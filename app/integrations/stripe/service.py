@@ -243,8 +243,21 @@ def change_plan(
             mode="subscription",
             price_id=price,
         )
-    op = _tx(engine, lambda s: _begin(s, clock, scope, "plan_change", plan_key))
     current = _stripe(lambda: gateway.retrieve_subscription(sub_id))
+    if current.get("status") in handlers.TERMINAL:
+        # It ended on Stripe's side and the webhook has not told us yet: a new subscription it is.
+        return _checkout(
+            engine,
+            gateway,
+            settings,
+            clock,
+            scope,
+            kind="plan_checkout",
+            target=plan_key,
+            mode="subscription",
+            price_id=price,
+        )
+    op = _tx(engine, lambda s: _begin(s, clock, scope, "plan_change", plan_key))
     items = handlers.subscription_items(current)
     if not items:
         raise StripeUnavailable("the Stripe subscription has no items")

@@ -9,7 +9,8 @@
 4. One transaction: claim the event id in the inbox, apply the effect, record the outcome.
    A concurrent copy of the same event loses the claim and answers 200 as a duplicate;
    an exception rolls the claim back with the effect and answers 500, so Stripe redelivers.
-Unknown event types are recorded (outcome "ignored") and acknowledged."""
+Unknown event types are recorded (outcome "ignored") and acknowledged; an event our rules refuse
+(a DomainError) is rolled back whole, recorded as "rejected" and acknowledged."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from starlette.routing import Route
 
 from app.core.clock import Clock
 from app.core.db import unit_of_work
+from app.core.errors import DomainError
 from app.integrations.stripe import inbox
 from app.integrations.stripe.client import JSON, StripeGateway, StripeNotConfigured
 from app.integrations.stripe.handlers import HANDLERS, Outcome
@@ -107,11 +109,22 @@ def process(
             # Nothing written: Stripe redelivers, and the next attempt fetches again.
             log.warning("stripe event %s (%s): could not read from Stripe: %s", event_id, type_, exc)
             return 503, {"received": False, "error": "could not read the object from Stripe"}
-    with unit_of_work(engine) as s:
-        if not inbox.claim(s, clock, event_id=event_id, type_=type_, created=event["created"]):
-            return 200, {"received": True, "duplicate": True}
-        result = handler.apply(s, clock, settings, event, fetched) if handler else Outcome(None, "ignored")
-        inbox.finish(s, event_id, tenant_id=result.tenant_id, outcome=result.outcome)
+    try:
+        with unit_of_work(engine) as s:
+            if not inbox.claim(s, clock, event_id=event_id, type_=type_, created=event["created"]):
+                return 200, {"received": True, "duplicate": True}
+            result = handler.apply(s, clock, settings, event, fetched) if handler else Outcome(None, "ignored")
+            inbox.finish(s, event_id, tenant_id=result.tenant_id, outcome=result.outcome)
+    except DomainError as exc:
+        # A rule refused the change (say, a subscription to an archived plan). The effect was rolled
+        # back whole; redelivering would be refused the same way for days, so record the refusal and
+        # acknowledge. `meterkit stripe reconcile` applies it once the operator fixes the catalog.
+        log.warning("stripe event %s (%s) refused: %s", event_id, type_, exc.message)
+        with unit_of_work(engine) as s:
+            if not inbox.claim(s, clock, event_id=event_id, type_=type_, created=event["created"]):
+                return 200, {"received": True, "duplicate": True}
+            inbox.finish(s, event_id, tenant_id=None, outcome="rejected")
+        return 200, {"received": True, "outcome": "rejected", "reason": exc.message}
     log.info("stripe event %s (%s): %s", event_id, type_, result.outcome)
     return 200, {"received": True, "outcome": result.outcome}
 
