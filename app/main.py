@@ -14,7 +14,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
@@ -23,6 +24,7 @@ from app.core.clock import Clock
 from app.core.db import make_engine, unit_of_work
 from app.core.ids import _ID
 from app.graphql.context import Context
+from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
 from app.settings import Settings, get_settings
 from app.tenants.repository import TenantRepository
@@ -76,6 +78,10 @@ class MeterkitGraphQL(GraphQL[Context, None]):
     def __init__(self, app_state: AppState, **kw: Any) -> None:
         super().__init__(app_state.schema, **kw)
         self.state = app_state
+
+    @property
+    def graphql_ide_html(self) -> str:
+        return local_ide_html(super().graphql_ide_html)
 
     async def get_context(self, request: Any, response: Any) -> Context:
         st = self.state
@@ -195,6 +201,8 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", _Asgi(graphql_endpoint), methods=["GET", "POST"]),
     ]
+    if settings.graphiql_enabled:
+        routes.append(Mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"))
     for extra in _slice_routes(state):
         routes.append(extra)
     @asynccontextmanager

@@ -181,7 +181,26 @@ def test_production_turns_off_graphiql_and_introspection(production: tuple[TestC
     client, h = production
     page = client.get("/graphql", headers={"Accept": "text/html"})
     assert page.status_code == 405 and "graphiql" not in page.text.lower()
+    assert client.get("/graphiql-assets/graphiql@3.8.3/graphiql.min.js").status_code == 404
     body = _post(client, h, "{ __schema { queryType { name } } }").json()
     assert body["data"] is None and "introspection" in body["errors"][0]["message"].lower()
     # Ordinary queries still work.
     assert _post(client, h, "{ plans { key } }").json() == {"data": {"plans": []}}
+
+
+def test_graphiql_assets_are_served_locally(api: Api) -> None:
+    """The IDE works without internet: every script and stylesheet comes from this server, and
+    the files match the integrity hashes the page declares."""
+    import base64
+    import hashlib
+    import re
+
+    page = api.client.get("/graphql", headers={"Accept": "text/html"}).text
+    assert "unpkg.com" not in page
+    assets = re.findall(r'(?:src|href)="(/graphiql-assets/[^"]+)"\s+integrity="sha384-([^"]+)"', page)
+    assert len(assets) == 7, assets
+    for path, digest in assets:
+        r = api.client.get(path)
+        assert r.status_code == 200, path
+        assert base64.b64encode(hashlib.sha384(r.content).digest()).decode() == digest, path
+    assert api.client.get("/graphiql-assets/../settings.py").status_code == 404
