@@ -79,6 +79,13 @@ class MeterkitGraphQL(GraphQL[Context, None]):
         super().__init__(app_state.schema, **kw)
         self.state = app_state
 
+    def decode_json(self, data: str | bytes) -> object:
+        try:
+            return super().decode_json(data)
+        except RecursionError:
+            # JSON nested past the parser's stack: the same 400 as any unparsable body, not a 500.
+            raise json.JSONDecodeError("nested too deeply", "", 0) from None
+
     @property
     def graphql_ide_html(self) -> str:
         return local_ide_html(super().graphql_ide_html)

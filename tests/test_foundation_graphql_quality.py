@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaskErrors,
     MaxAliasesLimiter,
@@ -56,7 +57,10 @@ def _extension_instances(settings: Settings) -> list[Any]:
 
 def test_caches_and_guards_are_configured() -> None:
     kinds = {type(e) for e in _extension_instances(Settings(env="development"))}
-    assert {ParserCache, ValidationCache, QueryDepthLimiter, MaxAliasesLimiter, MaxTokensLimiter} <= kinds
+    assert {ParserCache, ValidationCache, MaxTokensLimiter} <= kinds
+    # The depth and alias limits are validation rules (their own extensions, or rules built once per
+    # schema so the ValidationCache hits); the tests below check that both are enforced.
+    assert {QueryDepthLimiter, MaxAliasesLimiter} <= kinds or AddValidationRules in kinds
     assert {PermissionGuard, MaskErrors} <= kinds
     assert DisableIntrospection not in kinds
     assert DisableIntrospection in {type(e) for e in _extension_instances(Settings(env="production"))}

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import DataError
+
 from app.core.auth import TenantScope, scope_for
-from app.core.errors import DomainError, Forbidden
+from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context
 from app.graphql.errors import to_user_error
 
 T = TypeVar("T")
+log = logging.getLogger("meterkit.graphql")
 
 
 async def attempt(fn: Callable[[], Awaitable[T]]) -> T | Any:
@@ -18,6 +22,11 @@ async def attempt(fn: Callable[[], Awaitable[T]]) -> T | Any:
         return await fn()
     except DomainError as exc:
         return to_user_error(exc)
+    except DataError as exc:
+        # A value the database refuses (too long for its column, out of range, a NUL byte on
+        # PostgreSQL) that validation let through: still the caller's input, so a typed error.
+        log.warning("database refused a value: %s", exc.orig)
+        return to_user_error(ValidationFailed("a value does not fit its column (too long or out of range)"))
 
 
 def target_scope(ctx: Context, tenant_id: str | None) -> TenantScope:

@@ -19,6 +19,7 @@ from app.tenants.models import ApiKey, Tenant
 from app.tenants.repository import ApiKeyRepository, TenantRepository
 
 MAX_METADATA_BYTES = 8 * 1024
+MAX_METADATA_DEPTH = 16
 MAX_PAGE = 200
 
 
@@ -38,6 +39,8 @@ def create_tenant(
     meta = data.metadata or {}
     if not isinstance(meta, dict):
         raise ValidationFailed("metadata must be an object", field="metadata")
+    if _depth(meta) > MAX_METADATA_DEPTH:
+        raise ValidationFailed(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels", field="metadata")
     if len(json.dumps(meta, separators=(",", ":"))) > MAX_METADATA_BYTES:
         raise ValidationFailed(f"metadata is larger than {MAX_METADATA_BYTES} bytes", field="metadata")
     repo = TenantRepository(session)
@@ -58,6 +61,21 @@ def create_tenant(
     if signup_micro > 0:
         ledger.grant(session, scope, clock, amount=signup_micro, source="signup", grant_key="signup")
     return tenant
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (a hostile value must not blow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_METADATA_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
 
 
 def encode_cursor(tenant: Tenant) -> str:
