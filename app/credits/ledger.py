@@ -22,6 +22,7 @@ from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import new_id
+from app.core.sql import Sql, read_ts, run, ts
 from app.credits.models import CreditAccount, CreditBucket, LedgerEntry
 
 ACCOUNT: Any = CreditAccount.__table__  # type: ignore[attr-defined]
@@ -59,60 +60,96 @@ def open_account(session: Session, scope: TenantScope, clock: Clock) -> None:
     )
 
 
+# The statements every money movement runs, written once (see app/core/sql.py for why).
+_LOCK = Sql("SELECT balance, reserved FROM credit_account WHERE tenant_id = :tid", pg_suffix="FOR UPDATE")
+_LIVE_BUCKETS = Sql(
+    "SELECT id, remaining, expires_at FROM credit_bucket WHERE tenant_id = :tid AND remaining > 0 "
+    "ORDER BY expires_at IS NULL, expires_at, created_at, id"
+)
+_SET_REMAINING = Sql("UPDATE credit_bucket SET remaining = :remaining WHERE id = :id")
+_ENTRY = Sql(
+    "INSERT INTO ledger_entry (tenant_id, kind, action, amount, balance_after, bucket_id, reference, created_at) "
+    "VALUES (:tid, :kind, :action, :amount, :balance_after, :bucket_id, :reference, :now)"
+)
+_SET_BALANCE = Sql("UPDATE credit_account SET balance = :balance, updated_at = :now WHERE tenant_id = :tid")
+_SET_BOTH = Sql(
+    "UPDATE credit_account SET balance = :balance, reserved = :reserved, updated_at = :now WHERE tenant_id = :tid"
+)
+
+
+@dataclass(frozen=True)
+class LiveBucket:
+    id: str
+    remaining: int
+    expires_at: datetime | None
+
+
 def lock_account(conn: Connection, scope: TenantScope) -> AccountState:
-    row = conn.execute(
-        select(ACCOUNT.c.balance, ACCOUNT.c.reserved).where(ACCOUNT.c.tenant_id == scope.tenant_id).with_for_update()
-    ).first()
+    row = run(conn, _LOCK, {"tid": scope.tenant_id}).first()
     if row is None:
         raise ValidationFailed("tenant has no credit account", field="tenant")
-    return AccountState(row.balance, row.reserved)
+    return AccountState(row[0], row[1])
 
 
-def _sweep(conn: Connection, scope: TenantScope, now: datetime, balance: int) -> tuple[int, list[Any]]:
+def sweep(conn: Connection, scope: TenantScope, now: datetime, balance: int) -> tuple[int, list[LiveBucket]]:
     """Expire what has run out (an expiry entry each) and return the live buckets in burn order."""
-    rows = conn.execute(
-        select(BUCKET.c.id, BUCKET.c.remaining, BUCKET.c.expires_at)
-        .where(and_(BUCKET.c.tenant_id == scope.tenant_id, BUCKET.c.remaining > 0))
-        .order_by(BUCKET.c.expires_at.is_(None), BUCKET.c.expires_at, BUCKET.c.created_at, BUCKET.c.id)
-    ).all()
     live = []
-    for r in rows:
-        exp = r.expires_at
-        if exp is not None and _utc(exp) <= now:
-            balance -= r.remaining
-            conn.execute(update(BUCKET).where(BUCKET.c.id == r.id).values(remaining=0))
+    for bid, remaining, expires in run(conn, _LIVE_BUCKETS, {"tid": scope.tenant_id}).all():
+        exp = read_ts(expires)
+        if exp is not None and exp <= now:
+            balance -= remaining
+            run(conn, _SET_REMAINING, {"remaining": 0, "id": bid})
             _entry(
                 conn,
                 scope,
                 now,
                 kind="expiry",
                 action="expiry",
-                amount=-r.remaining,
+                amount=-remaining,
                 balance_after=balance,
-                bucket_id=r.id,
+                bucket_id=bid,
             )
         else:
-            live.append(r)
+            live.append(LiveBucket(bid, remaining, exp))
     return balance, live
 
 
-def _utc(value: datetime) -> datetime:
-    from app.core.clock import as_utc
-
-    return as_utc(value)
-
-
-def _entry(conn: Connection, scope: TenantScope, now: datetime, **values: Any) -> None:
-    conn.execute(insert(ENTRY).values(tenant_id=scope.tenant_id, created_at=now, **values))
+def _entry(
+    conn: Connection,
+    scope: TenantScope,
+    now: datetime,
+    *,
+    kind: str,
+    action: str,
+    amount: int,
+    balance_after: int,
+    bucket_id: str | None = None,
+    reference: str | None = None,
+) -> None:
+    run(
+        conn,
+        _ENTRY,
+        {
+            "tid": scope.tenant_id,
+            "kind": kind,
+            "action": action,
+            "amount": amount,
+            "balance_after": balance_after,
+            "bucket_id": bucket_id,
+            "reference": reference,
+            "now": ts(conn, now),
+        },
+    )
 
 
 def _set_balance(
     conn: Connection, scope: TenantScope, now: datetime, balance: int, reserved: int | None = None
 ) -> None:
-    values: dict[str, Any] = {"balance": balance, "updated_at": now}
-    if reserved is not None:
-        values["reserved"] = reserved
-    conn.execute(update(ACCOUNT).where(ACCOUNT.c.tenant_id == scope.tenant_id).values(**values))
+    params = {"tid": scope.tenant_id, "balance": balance, "now": ts(conn, now)}
+    if reserved is None:
+        run(conn, _SET_BALANCE, params)
+    else:
+        run(conn, _SET_BOTH, {**params, "reserved": reserved})
 
 
 def grant(
@@ -141,7 +178,7 @@ def grant(
     if existing is not None:
         return existing.id, False
     now = clock.now()
-    balance, live = _sweep(conn, scope, now, state.balance)
+    balance, live = sweep(conn, scope, now, state.balance)
     debt = sum(r.remaining for r in live) - balance
     bucket_id = new_id("bkt")
     conn.execute(
@@ -184,6 +221,7 @@ def debit(
     reference: str | None = None,
     release_reserved: int = 0,
     state: AccountState | None = None,
+    live: list[LiveBucket] | None = None,
 ) -> int:
     """Take `amount` (>= 0) from the buckets in burn order; the balance may not end below `floor`
     (after releasing `release_reserved` of held credits). Returns the balance after."""
@@ -191,7 +229,10 @@ def debit(
     if state is None:
         state = lock_account(conn, scope)
     now = clock.now()
-    balance, live = _sweep(conn, scope, now, state.balance)
+    if live is None:
+        balance, live = sweep(conn, scope, now, state.balance)
+    else:
+        balance = state.balance  # the caller swept under the same lock
     reserved = state.reserved - release_reserved
     if balance - reserved - amount < floor:
         raise InsufficientFunds(amount, balance - reserved)
@@ -200,7 +241,7 @@ def debit(
         if left == 0:
             break
         take = min(left, r.remaining)
-        conn.execute(update(BUCKET).where(BUCKET.c.id == r.id).values(remaining=r.remaining - take))
+        run(conn, _SET_REMAINING, {"remaining": r.remaining - take, "id": r.id})
         left -= take
     balance -= amount
     if amount:
@@ -283,7 +324,7 @@ def reverse(
     if entry.kind not in ("debit", "grant") or entry.amount == 0:
         raise ValidationFailed(f"{entry.kind} entries cannot be reversed", field="entryId")
     now = clock.now()
-    balance, live = _sweep(conn, scope, now, state.balance)
+    balance, live = sweep(conn, scope, now, state.balance)
     reference = f"{entry_id}: {reason.strip()}"[:255]
     if entry.kind == "debit":
         amount = -entry.amount
@@ -326,12 +367,12 @@ def reverse(
         if take <= 0:
             raise ValidationFailed("nothing of this grant is left to reverse: it expired", field="entryId")
         left = take
-        own = [r for r in live if r.id == entry.bucket_id]
-        for r in own + [r for r in live if r.id != entry.bucket_id]:
+        own = [b for b in live if b.id == entry.bucket_id]
+        for b in own + [b for b in live if b.id != entry.bucket_id]:
             if left == 0:
                 break
-            step = min(left, r.remaining)
-            conn.execute(update(BUCKET).where(BUCKET.c.id == r.id).values(remaining=r.remaining - step))
+            step = min(left, b.remaining)
+            conn.execute(update(BUCKET).where(BUCKET.c.id == b.id).values(remaining=b.remaining - step))
             left -= step
         amount = -take
         balance += amount

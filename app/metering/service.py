@@ -36,6 +36,7 @@ from app.core.clock import Clock, as_utc
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.core.primitives import allowed, validate_connection, validate_primitive
+from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
 from app.metering.errors import (
     HoldClosed,
@@ -49,7 +50,7 @@ from app.metering.errors import (
 from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent
 from app.metering.periods import Period, current_period, minute_window
 from app.plans.models import Plan, PlanQuota
-from app.pricing.service import PriceRequest, quote
+from app.pricing.service import FIXED_PRICE, PriceRequest, fixed_total, quote
 from app.subscriptions.models import Subscription
 from app.tenants.models import Tenant
 
@@ -62,6 +63,40 @@ PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
 KIT: Any = AccountKit.__table__  # type: ignore[attr-defined]
 SUB: Any = Subscription.__table__  # type: ignore[attr-defined]
 QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
+
+# The charge transaction's statements, written once (see app/core/sql.py).
+_LOCK_TERMS = Sql(
+    """SELECT a.balance, a.reserved, t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits,
+              k.allowed_connections, s.current_period_start, s.current_period_end
+       FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
+       LEFT JOIN plan p ON p.key = t.plan_key
+       LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
+       LEFT JOIN subscription s ON s.tenant_id = t.id
+       WHERE a.tenant_id = :tid""",
+    pg_suffix="FOR UPDATE OF a",
+)
+_STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
+_QUOTA_USED_PRICE = Sql(
+    """SELECT (SELECT quota FROM plan_quota WHERE plan_key = :plan AND primitive = :p),
+              (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p),
+              (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
+              (SELECT credits FROM price WHERE primitive = :p)"""
+)
+_INSERT_EVENT = Sql(
+    """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
+                                period_start, reference, result, created_at)
+       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :result, :now) RETURNING id"""
+)
+_BUMP_COUNTER = Sql(
+    """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage)
+       VALUES (:tid, :ps, :p, :pe, :qty, :overage)
+       ON CONFLICT (tenant_id, period_start, primitive)
+       DO UPDATE SET used = usage_counter.used + :qty, overage = :overage"""
+)
+_BUMP_RATE = Sql(
+    """INSERT INTO rate_window (tenant_id, primitive, window_start, calls) VALUES (:tid, :p, :win, 1)
+       ON CONFLICT (tenant_id, primitive, window_start) DO UPDATE SET calls = rate_window.calls + 1"""
+)
 
 MAX_QUANTITY = 1_000_000_000
 MAX_KEY = 200
@@ -217,6 +252,7 @@ class Meter:
         self.floor = -negative_buffer
         # One statement: lock the account row and read the tenant's plan, kit and period with it.
         self.state, self._terms = lock_with_terms(self.conn, scope)
+        self._live: list[ledger.LiveBucket] | None = None
         if self.state.reserved:
             self._expire_holds()
 
@@ -246,11 +282,12 @@ class Meter:
             )
 
     def _stored_event(self, key: str) -> Any:
-        return self.conn.execute(
-            select(EVENT.c.id, EVENT.c.request_hash, EVENT.c.result).where(
-                and_(EVENT.c.tenant_id == self.scope.tenant_id, EVENT.c.idempotency_key == key)
-            )
-        ).first()
+        return run(self.conn, _STORED, {"tid": self.scope.tenant_id, "key": key}).first()
+
+    def _sweep(self) -> None:
+        """Expire run-out buckets now, so the floor check below sees the balance the debit will see."""
+        balance, self._live = ledger.sweep(self.conn, self.scope, self.now, self.state.balance)
+        self.state = ledger.AccountState(balance, self.state.reserved)
 
     # ---- checks --------------------------------------------------------------------------
 
@@ -269,7 +306,7 @@ class Meter:
         period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
         per_minute = (t.kit_limits.get(req.primitive) or {}).get("calls_per_minute")
         window = minute_window(self.now) if count and per_minute is not None else None
-        quota, used, calls = self._quota_used_calls(req.primitive, period, window)
+        quota, used, calls, unit_price = self._quota_used_calls(req.primitive, period, window)
         overage_after = 0
         if count and quota is not None and used + req.quantity > quota:
             if t.overage != "allow":
@@ -279,41 +316,30 @@ class Meter:
             retry = 60 - self.now.second
             raise LimitExceeded(req.primitive, "callsPerMinute", per_minute, (calls or 0) + 1, retry)
         if amount is None:
-            amount = quote(self.session, req.price_request())
+            if unit_price is not None and req.primitive in FIXED_PRICE:
+                amount = fixed_total(unit_price, req.quantity)  # the catalog row came with the checks
+            else:
+                amount = quote(self.session, req.price_request())
         return Decision(
             period=period, quota=quota, used=used, overage_after=overage_after, amount=amount, rate_window=window
         )
 
-    def _quota_used_calls(self, primitive: str, period: Period, window: datetime | None) -> tuple[Any, int, int]:
-        """The plan's quota, this period's count and this minute's calls, in one statement."""
-        cols = [
-            select(QUOTA.c.quota)
-            .where(and_(QUOTA.c.plan_key == self.terms.plan_key, QUOTA.c.primitive == primitive))
-            .scalar_subquery(),
-            select(COUNTER.c.used)
-            .where(
-                and_(
-                    COUNTER.c.tenant_id == self.scope.tenant_id,
-                    COUNTER.c.period_start == period.start,
-                    COUNTER.c.primitive == primitive,
-                )
-            )
-            .scalar_subquery(),
-        ]
-        if window is not None:
-            cols.append(
-                select(RATE.c.calls)
-                .where(
-                    and_(
-                        RATE.c.tenant_id == self.scope.tenant_id,
-                        RATE.c.primitive == primitive,
-                        RATE.c.window_start == window,
-                    )
-                )
-                .scalar_subquery()
-            )
-        row = self.conn.execute(select(*cols)).one()
-        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0
+    def _quota_used_calls(
+        self, primitive: str, period: Period, window: datetime | None
+    ) -> tuple[Any, int, int, int | None]:
+        """The plan's quota, this period's count, this minute's calls and the fixed price: one statement."""
+        row = run(
+            self.conn,
+            _QUOTA_USED_PRICE,
+            {
+                "plan": self.terms.plan_key,
+                "p": primitive,
+                "tid": self.scope.tenant_id,
+                "ps": ts(self.conn, period.start),
+                "win": ts(self.conn, window or period.start),
+            },
+        ).one()
+        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3]
 
     def insufficient(self, required: int) -> InsufficientCredits:
         from app.credits.packs import packs_covering
@@ -340,7 +366,9 @@ class Meter:
             reference=req.reference,
             release_reserved=release_reserved,
             state=self.state,
+            live=self._live,
         )
+        self._live = None  # spent: a second record in this transaction sweeps again
         self.state = ledger.AccountState(balance, self.state.reserved - release_reserved)
         used = d.used + req.quantity
         usage = Usage(
@@ -350,59 +378,50 @@ class Meter:
             overage=max(used - d.quota, 0) if d.quota is not None else 0,
         )
         result = Charged(event_id=0, credits_used=d.amount, credits_remaining=self.state.available, usage=usage)
-        event_id = self.conn.execute(
-            insert(EVENT)
-            .values(
-                tenant_id=self.scope.tenant_id,
-                idempotency_key=key,
-                request_hash=req.fingerprint(),
-                kind=kind,
-                primitive=req.primitive,
-                quantity=req.quantity,
-                credits=d.amount,
-                period_start=d.period.start,
-                reference=req.reference,
-                result=result.stored(),
-                created_at=self.now,
-            )
-            .returning(EVENT.c.id)
+        conn, tid, ps = self.conn, self.scope.tenant_id, ts(self.conn, d.period.start)
+        event_id = run(
+            conn,
+            _INSERT_EVENT,
+            {
+                "tid": tid,
+                "key": key,
+                "hash": req.fingerprint(),
+                "kind": kind,
+                "p": req.primitive,
+                "qty": req.quantity,
+                "credits": d.amount,
+                "ps": ps,
+                "ref": req.reference,
+                "result": to_json(result.stored()),
+                "now": ts(conn, self.now),
+            },
         ).scalar_one()
         result.event_id = int(event_id)
-        ins = _upsert(self.conn, COUNTER).values(
-            tenant_id=self.scope.tenant_id,
-            period_start=d.period.start,
-            primitive=req.primitive,
-            period_end=d.period.end,
-            used=req.quantity,
-            overage=usage.overage,
-        )
-        self.conn.execute(
-            ins.on_conflict_do_update(
-                index_elements=["tenant_id", "period_start", "primitive"],
-                set_={"used": COUNTER.c.used + req.quantity, "overage": usage.overage},
-            )
+        run(
+            conn,
+            _BUMP_COUNTER,
+            {
+                "tid": tid,
+                "ps": ps,
+                "p": req.primitive,
+                "pe": ts(conn, d.period.end),
+                "qty": req.quantity,
+                "overage": usage.overage,
+            },
         )
         if d.rate_window is not None:
-            rate = _upsert(self.conn, RATE).values(
-                tenant_id=self.scope.tenant_id, primitive=req.primitive, window_start=d.rate_window, calls=1
-            )
-            self.conn.execute(
-                rate.on_conflict_do_update(
-                    index_elements=["tenant_id", "primitive", "window_start"], set_={"calls": RATE.c.calls + 1}
-                )
-            )
+            run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
         return result
-
-    # ---- operations ----------------------------------------------------------------------
 
     def charge(self, req: MeterRequest) -> Charged:
         stored = self._stored_event(req.idempotency_key)
         if stored is not None:
             if stored.request_hash != req.fingerprint():
                 raise IdempotencyConflict(req.idempotency_key)
-            return Charged.from_stored(stored.id, stored.result)
+            return Charged.from_stored(stored.id, read_json(stored.result))
         self.entitle(req)
         d = self.decide(req)
+        self._sweep()
         if self.state.available - d.amount < self.floor:
             raise self.insufficient(d.amount)
         return self.record(req, d, kind="charge", key=req.idempotency_key)
@@ -481,6 +500,7 @@ class Meter:
         req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}"})
         # Work already done: counted even past the quota (as overage) and charged down to the buffer.
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
+        self._sweep()
         if d.quota is not None and d.used + req.quantity > d.quota:
             d.overage_after = d.used + req.quantity - d.quota
         if self.state.available + hold.amount - d.amount < self.floor:
@@ -528,19 +548,7 @@ def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
 
 
 def lock_with_terms(conn: Connection, scope: TenantScope) -> tuple[ledger.AccountState, TenantTerms]:
-    acct = ledger.ACCOUNT
-    kit_key = func.coalesce(TENANT.c.account_kit_key, PLAN.c.account_kit_key)
-    row = conn.execute(
-        select(acct.c.balance, acct.c.reserved, *_term_columns(kit_key))
-        .select_from(
-            acct.join(TENANT, TENANT.c.id == acct.c.tenant_id)
-            .outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
-            .outerjoin(KIT, KIT.c.key == kit_key)
-            .outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
-        )
-        .where(acct.c.tenant_id == scope.tenant_id)
-        .with_for_update(of=acct)
-    ).first()
+    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return ledger.AccountState(row[0], row[1]), _terms_from(row[2:])
@@ -561,6 +569,9 @@ def _term_columns(kit_key: Any) -> list[Any]:
 
 
 def _terms_from(row: Any) -> TenantTerms:
+    row = list(row)
+    row[4], row[5], row[6] = read_json(row[4]), read_json(row[5]), read_json(row[6])
+    row[7], row[8] = read_ts(row[7]), read_ts(row[8])
     return TenantTerms(
         plan_key=row[0],
         plan_period=row[1],

@@ -26,13 +26,15 @@ from sqlmodel import Session
 from app.core.clock import Clock
 from app.core.errors import NotFound, ValidationFailed
 from app.core.money import MAX_CREDITS, MICRO
-from app.core.primitives import validate_primitive
+from app.core.primitives import PRIMITIVES, validate_primitive
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.pricing.repository import PricingRepository
 from app.pricing.seed import SETTINGS as DEFAULT_SETTINGS
 
 DYNAMIC = frozenset({"llm.tokens", "llm.passthrough", "image.generate", "video.generate"})
 TIMED = "browser.session.time"
+# Priced as catalog credits x quantity: the hot path reads that row together with its quota checks.
+FIXED_PRICE = frozenset(p for p in PRIMITIVES if p not in DYNAMIC and p != TIMED)
 MEDIA_KINDS = ("image", "video")
 
 MAX_QUANTITY = 10**9
@@ -139,7 +141,11 @@ def quote(session: Session, req: PriceRequest) -> int:
             raise ValidationFailed("elapsedSeconds is required for browser.session.time", field="elapsedSeconds")
         elapsed = _int(req.elapsed_seconds, "elapsedSeconds", 0, MAX_ELAPSED)
         return session_time_price(row.credits, row.tiers, elapsed)
-    total = row.credits * qty
+    return fixed_total(row.credits, qty)
+
+
+def fixed_total(credits_per_unit: int, quantity: int) -> int:
+    total = credits_per_unit * quantity
     if total > MAX_MICRO:
         raise ValidationFailed("the price is out of range", field="quantity")
     return int(total)
