@@ -28,6 +28,7 @@ schema: $(VENV)/.installed
 	$(BIN)/meterkit export-schema
 
 bench: $(VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -1,0 +1,1 @@
+"""`make bench`: load tests of the metered call (see bench/run.py)."""

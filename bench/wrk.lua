@@ -1,0 +1,96 @@
+-- wrk script for `make bench`: one request shape per mode, a unique idempotency key per
+-- request (run nonce + thread id + per-thread counter), and every response checked, since a
+-- benchmark of errors is worthless. Args (after --): mode nonce [expected]
+--   mode: charge | plain | batch | usage;  expected: batch size (batch) or used count (usage)
+
+local threads = {}
+local counter = 0
+local mode, nonce, expected, pattern
+-- Globals on purpose: done() reads them from each thread's Lua state with thread:get(), and
+-- setup() sets `tid` there with thread:set().
+ok, bad_status, bad_body = 0, 0, 0
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function init(args)
+  mode, nonce, expected = args[1], args[2], tonumber(args[3] or "1")
+  if mode == "usage" then
+    -- The usage tenant's counter holds exactly `expected` calls: check the number, not just a 200.
+    pattern = '"used":%s*' .. string.format("%d", expected) .. "[^%d]"
+    wrk.method = "POST"
+    wrk.path = "/graphql"
+    wrk.body = '{"query":"{ viewer { usage { quotas { primitive used } } } }"}'
+  end
+end
+
+local CHARGE_Q = '{"query":"mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged '
+  .. '{ eventId creditsUsed creditsRemaining usage { used remaining } } } }","variables":{"i":'
+  .. '{"primitive":"email.send","idempotencyKey":"'
+local BATCH_Q = '{"query":"mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename '
+  .. '... on Charged { eventId creditsRemaining } } }","variables":{"items":['
+
+local function key()
+  counter = counter + 1
+  return nonce .. "-" .. tid .. "-" .. counter
+end
+
+function request()
+  if mode == "charge" then
+    return wrk.format("POST", "/graphql", nil, CHARGE_Q .. key() .. '"}}}')
+  elseif mode == "plain" then
+    return wrk.format("POST", "/v1/charge", nil, '{"primitive":"email.send","idempotencyKey":"' .. key() .. '","quantity":1}')
+  elseif mode == "batch" then
+    local items = {}
+    for i = 1, expected do
+      items[i] = '{"item":{"primitive":"email.send","idempotencyKey":"' .. key() .. '"}}'
+    end
+    return wrk.format("POST", "/graphql", nil, BATCH_Q .. table.concat(items, ",") .. "]}}")
+  end
+  return wrk.format()
+end
+
+local function count(body, needle)
+  local n, pos = 0, 1
+  while true do
+    local s = string.find(body, needle, pos, true)
+    if not s then return n end
+    n, pos = n + 1, s + #needle
+  end
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    bad_status = bad_status + 1
+    return
+  end
+  local good
+  if mode == "plain" then
+    good = string.find(body, '"credits_used"', 1, true) ~= nil
+  elseif mode == "usage" then
+    good = string.find(body, pattern) ~= nil and string.find(body, '"errors"', 1, true) == nil
+  elseif mode == "batch" then
+    good = count(body, '"Charged"') == expected and string.find(body, '"errors"', 1, true) == nil
+  else
+    good = string.find(body, '"Charged"', 1, true) ~= nil and string.find(body, '"errors"', 1, true) == nil
+  end
+  if good then ok = ok + 1 else bad_body = bad_body + 1 end
+end
+
+function done(summary, latency, requests)
+  local okc, bs, bb = 0, 0, 0
+  for _, t in ipairs(threads) do
+    okc = okc + (t:get("ok") or 0)
+    bs = bs + (t:get("bad_status") or 0)
+    bb = bb + (t:get("bad_body") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"ok":%d,"bad_status":%d,"bad_body":%d,'
+      .. '"connect_errors":%d,"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d,'
+      .. '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, okc, bs, bb, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
