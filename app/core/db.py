@@ -9,6 +9,7 @@ and conditional UPDATEs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -60,12 +61,39 @@ def _setup_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+# SQLite has one writer at a time. Left to itself, a waiting writer polls with sqlite's busy
+# handler, which sleeps up to 100 ms between tries: under 40 concurrent writers that cut
+# throughput twentyfold. Writers of one process queue on this lock instead (handing over in
+# microseconds); writers in other processes still wait in busy_timeout.
+_SQLITE_WRITERS: dict[str, threading.Lock] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.Lock:
+    key = str(engine.url.database)
+    lock = _SQLITE_WRITERS.get(key)
+    if lock is None:
+        with _REGISTRY_LOCK:
+            lock = _SQLITE_WRITERS.setdefault(key, threading.Lock())
+    return lock
+
+
 @contextmanager
 def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
     """One transaction. Commits on normal exit, rolls back on any exception."""
+    if write and is_sqlite(engine):
+        with _writer_lock(engine), _transaction(engine, "IMMEDIATE") as session:
+            yield session
+    else:
+        with _transaction(engine, None) as session:
+            yield session
+
+
+@contextmanager
+def _transaction(engine: Engine, sqlite_begin: str | None) -> Iterator[Session]:
     with engine.connect() as conn:
-        if write and is_sqlite(engine):
-            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        if sqlite_begin:
+            conn = conn.execution_options(sqlite_begin=sqlite_begin)
         with Session(bind=conn, expire_on_commit=False, autoflush=True) as session:
             try:
                 yield session

@@ -36,8 +36,37 @@ class Sql:
         return self._pg
 
 
-def run(conn: Connection, stmt: Sql, params: dict[str, Any]) -> Any:
-    return conn.exec_driver_sql(stmt.render(conn.dialect.name), params)
+class Result:
+    """Rows as plain tuples, straight from the driver's cursor."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    def first(self) -> tuple[Any, ...] | None:
+        row = self._cur.fetchone()
+        return tuple(row) if row is not None else None
+
+    def one(self) -> tuple[Any, ...]:
+        row = self.first()
+        if row is None:
+            raise LookupError("expected one row")
+        return row
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._cur.fetchall()]
+
+
+def run(conn: Connection, stmt: Sql, params: dict[str, Any]) -> Result:
+    """Execute on the DBAPI connection of the current transaction. Even exec_driver_sql costs
+    ~120 us of result bookkeeping per statement; the driver itself takes ~20 us."""
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cur.execute(stmt.render(conn.dialect.name), params)
+    return Result(cur)
 
 
 def is_sqlite(conn: Connection) -> bool:
@@ -50,7 +79,7 @@ def ts(conn: Connection, value: datetime | None) -> Any:
         return None
     value = value.astimezone(UTC)
     if is_sqlite(conn):
-        return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
     return value
 
 

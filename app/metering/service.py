@@ -19,7 +19,6 @@ the available balance is at or below zero, or below the estimate.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -153,10 +152,26 @@ class MeterRequest:
         )
 
     def fingerprint(self) -> str:
-        """What "the same parameters" means for an idempotency key: everything but the key."""
-        body = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(self).items()}
-        body.pop("idempotency_key")
-        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        """What "the same parameters" means for an idempotency key: every field but the key."""
+        fields = (
+            self.primitive,
+            self.quantity,
+            self.model,
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_creation_tokens,
+            _text(self.cost_usd),
+            self.elapsed_seconds,
+            self.num_images,
+            _text(self.duration_seconds),
+            self.reference,
+        )
+        return hashlib.sha256(repr(fields).encode()).hexdigest()
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value.normalize())
 
 
 @dataclass
@@ -416,9 +431,10 @@ class Meter:
     def charge(self, req: MeterRequest) -> Charged:
         stored = self._stored_event(req.idempotency_key)
         if stored is not None:
-            if stored.request_hash != req.fingerprint():
+            event_id, request_hash, result = stored
+            if request_hash != req.fingerprint():
                 raise IdempotencyConflict(req.idempotency_key)
-            return Charged.from_stored(stored.id, read_json(stored.result))
+            return Charged.from_stored(event_id, read_json(result))
         self.entitle(req)
         d = self.decide(req)
         self._sweep()
