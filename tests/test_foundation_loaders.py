@@ -46,7 +46,9 @@ def test_tenant_page_costs_the_same_for_4_and_24_tenants(api: Api) -> None:
         if i % 2:
             api(SET_SUB, {"t": tid, "i": {"planKey": "pro", "assignKit": i % 4 == 1}})
     small, large = _page_cost(api, 4), _page_cost(api, 24)
-    # The first 4 already mix every kind (free, pro following its kit, pro pinned to a kit).
-    assert small == large, (small, large)
+    # The first 4 already mix every kind (free, pro following its kit, pro pinned to a kit). Which
+    # loads land in the same batch depends on when each resolver awaits, so a count may move by a
+    # batch or two between runs; one statement per tenant would add 20 or more.
+    assert large <= small + 2, (small, large)
     # And it is small: auth, the page, then one batch per relation.
     assert large <= 16, large
