@@ -116,7 +116,9 @@ def clock() -> FrozenClock:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(env="test", database_url="sqlite://unused")
+    # Key cache off: statement counts and revocation tests must not depend on timing
+    # (tests/test_auth_cache.py covers the cache itself).
+    return Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0)
 
 
 class Api:

@@ -60,7 +60,9 @@ def routes(state: Any) -> list[Route]:
         buffer = state.settings.negative_buffer_credits * 1_000_000
 
         def run() -> service.Charged:
-            principal, scope = _resolve_principal(state.engine, bearer(request), headers.get("x-tenant-id"))
+            principal, scope = _resolve_principal(
+                state.engine, bearer(request), headers.get("x-tenant-id"), state.settings.auth_cache_seconds
+            )
             if scope is None:
                 raise ValidationFailed("no tenant in scope", field="X-Tenant-Id")
             with unit_of_work(state.engine) as s:

@@ -16,6 +16,7 @@ from app.core.validation import check_name, check_optional
 from app.credits import ledger
 from app.plans.repository import PlanRepository
 from app.tenants.models import ApiKey, Tenant
+from app.tenants.principals import CACHE as PRINCIPALS
 from app.tenants.repository import ApiKeyRepository, TenantRepository
 
 MAX_METADATA_BYTES = 8 * 1024
@@ -127,6 +128,7 @@ def revoke_api_key(session: Session, clock: Clock, principal: Principal, key_id:
     if key.revoked_at is None:
         key.revoked_at = clock.now()
         repo.add(key)
+    PRINCIPALS.forget_key(key.id)
     return key
 
 
