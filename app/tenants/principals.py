@@ -23,6 +23,9 @@ class PrincipalCache:
         self._lock = threading.Lock()
         self._keys: OrderedDict[tuple[str, str], tuple[Principal, float]] = OrderedDict()
         self._tenants: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Revoked key ids, for good (a revoked key never comes back): a request that read the key
+        # just before the revocation committed must not put it back into the cache afterwards.
+        self._revoked: OrderedDict[str, None] = OrderedDict()
 
     def principal(self, db: str, key_hash: str, ttl: float) -> Principal | None:
         hit = self._keys.get((db, key_hash))
@@ -32,12 +35,17 @@ class PrincipalCache:
 
     def remember(self, db: str, key_hash: str, principal: Principal) -> None:
         with self._lock:
+            if principal.key_id in self._revoked:
+                return
             self._keys[(db, key_hash)] = (principal, time.monotonic())
             while len(self._keys) > _MAX:
                 self._keys.popitem(last=False)
 
     def forget_key(self, key_id: str) -> None:
         with self._lock:
+            self._revoked[key_id] = None
+            while len(self._revoked) > _MAX:
+                self._revoked.popitem(last=False)
             for k in [k for k, (p, _) in self._keys.items() if p.key_id == key_id]:
                 del self._keys[k]
 
