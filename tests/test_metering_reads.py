@@ -151,3 +151,75 @@ def test_check_answers_without_writing(api: Api) -> None:
     assert conn["allowed"] is False and conn["reason"] == "NOT_ENTITLED"
     assert count_rows(api.db.engine, "ledger_entry", "usage_event", "usage_counter", "credit_hold") == before
     _ = timedelta
+
+
+def test_batch_equals_one_by_one(api: Api) -> None:
+    """A batch decides exactly as the same charges sent one at a time: refusals, replays,
+    conflicts, quota, floor; and leaves the same balance, ledger and counters."""
+    from sqlalchemy import text
+
+    from tests.fixtures_catalog import KIT, PLAN
+
+    api(KIT, {"i": {"key": "kit_b", "name": "B", "allowedPrimitives": ["email.send", "search.web", "url.read"]}})
+    api(
+        PLAN,
+        {
+            "i": {
+                "key": "plan_b",
+                "name": "B",
+                "accountKitId": "kit_b",
+                "period": "month",
+                "quotas": [{"primitive": "email.send", "quota": 6}],
+            }
+        },
+    )
+    twins = [api.create_tenant("batch"), api.create_tenant("single")]
+    for t in twins:
+        api(SET_SUB, {"t": t, "i": {"planKey": "plan_b"}})
+    items = [{"primitive": "email.send", "idempotencyKey": "pre"}]  # charged before the batch: a replay
+    for i in range(60):
+        items.append(
+            {
+                "primitive": ["email.send", "search.web", "url.read"][i % 3],
+                "idempotencyKey": f"k{i}",
+                "quantity": 1 + i % 2,
+            }
+        )
+    items += [
+        {"primitive": "search.web", "idempotencyKey": "k1", "quantity": 2},  # same key, same params
+        {"primitive": "search.web", "idempotencyKey": "k1", "quantity": 1},  # same key, other params
+        {"primitive": "browser.act", "idempotencyKey": "nope"},
+    ]
+    single_key = api.tenant_key(twins[1])
+    one_by_one = []
+    for t in twins:
+        api(CHARGE, {"i": items[0]}, key=api.tenant_key(t))
+    for it in items:
+        one_by_one.append(api(CHARGE, {"i": it}, key=single_key)["charge"])
+    batch = api(
+        """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
+      ... on Charged { replayed creditsRemaining } } }""",
+        {"items": [{"tenantId": twins[0], "item": it} for it in items]},
+    )["chargeBatch"]
+    assert [b["__typename"] for b in batch] == [s["__typename"] for s in one_by_one]
+    kinds = {b["__typename"] for b in batch}
+    assert {"Charged", "QuotaExceeded", "InsufficientCredits", "IdempotencyConflict", "NotEntitled"} <= kinds
+    assert [b.get("replayed") for b in batch] == [s.get("replayed") for s in one_by_one]
+    assert [b.get("creditsRemaining") for b in batch] == [s.get("creditsRemaining") for s in one_by_one]
+    with api.db.engine.connect() as c:
+        state = []
+        for t in twins:
+            state.append(
+                (
+                    c.execute(text("SELECT balance FROM credit_account WHERE tenant_id = :t"), {"t": t}).scalar_one(),
+                    c.execute(text("SELECT sum(amount) FROM ledger_entry WHERE tenant_id = :t"), {"t": t}).scalar_one(),
+                    sorted(
+                        c.execute(
+                            text("SELECT primitive, used FROM usage_counter WHERE tenant_id = :t"), {"t": t}
+                        ).all()
+                    ),
+                    sorted(c.execute(text("SELECT remaining FROM credit_bucket WHERE tenant_id = :t"), {"t": t}).all()),
+                )
+            )
+    assert state[0] == state[1]
+    assert state[0][0] == state[0][1]

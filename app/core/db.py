@@ -34,6 +34,9 @@ def is_sqlite(engine: Engine) -> bool:
 def make_engine(url: str, **kw: Any) -> Engine:
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
+        # A pool as large as the server's thread pool: under load, connections are reused, not reopened.
+        kw.setdefault("pool_size", 40)
+        kw.setdefault("max_overflow", 20)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kw)
         _setup_sqlite(engine)
         return engine

@@ -22,8 +22,9 @@ _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 class Sql:
     """A statement with :named parameters, rendered once per driver's parameter style."""
 
-    def __init__(self, text: str, *, pg_suffix: str = "") -> None:
+    def __init__(self, text: str, *, pg_suffix: str = "", pg: str | None = None) -> None:
         self.text = " ".join(text.split())
+        self.pg_text = " ".join(pg.split()) if pg else self.text  # where the two dialects differ
         self.pg_suffix = pg_suffix  # e.g. FOR UPDATE OF a: PostgreSQL row locks (SQLite has BEGIN IMMEDIATE)
         self._pg: str | None = None
 
@@ -31,7 +32,7 @@ class Sql:
         if dialect == "sqlite":
             return self.text
         if self._pg is None:
-            body = self.text.replace("%", "%%") + (" " + self.pg_suffix if self.pg_suffix else "")
+            body = self.pg_text.replace("%", "%%") + (" " + self.pg_suffix if self.pg_suffix else "")
             self._pg = _PARAM.sub(r"%(\1)s", body)
         return self._pg
 

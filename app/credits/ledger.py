@@ -252,6 +252,57 @@ def debit(
     return balance
 
 
+def debit_many(
+    conn: Connection,
+    scope: TenantScope,
+    now: datetime,
+    state: AccountState,
+    live: list[LiveBucket],
+    debits: list[tuple[int, str, str | None]],
+) -> int:
+    """Many debits under one lock, for a batch: the caller swept and checked each against the
+    floor. One entry per debit, in order; each bucket and the account are written once.
+    Returns the balance after."""
+    balance = state.balance
+    left_in = [b.remaining for b in live]
+    touched: set[int] = set()
+    entries = []
+    at = 0
+    for amount, action, reference in debits:
+        left = amount
+        while left and at < len(live):
+            take = min(left, left_in[at])
+            left_in[at] -= take
+            left -= take
+            touched.add(at)
+            if left_in[at] == 0:
+                at += 1
+        balance -= amount
+        if amount:
+            entries.append(
+                {
+                    "tid": scope.tenant_id,
+                    "kind": "debit",
+                    "action": action,
+                    "amount": -amount,
+                    "balance_after": balance,
+                    "bucket_id": None,
+                    "reference": reference,
+                    "now": ts(conn, now),
+                }
+            )
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    dialect = conn.dialect.name
+    if touched:
+        cur.executemany(
+            _SET_REMAINING.render(dialect), [{"remaining": left_in[i], "id": live[i].id} for i in sorted(touched)]
+        )
+    if entries:
+        cur.executemany(_ENTRY.render(dialect), entries)
+    _set_balance(conn, scope, now, balance)
+    return balance
+
+
 def available_now(session: Session, scopes: list[TenantScope], now: datetime) -> dict[str, AccountState]:
     """Exact at read time: buckets past expiry count as gone even before a write sweeps them."""
     ids = [s.tenant_id for s in scopes]

@@ -97,6 +97,48 @@ _BUMP_RATE = Sql(
        ON CONFLICT (tenant_id, primitive, window_start) DO UPDATE SET calls = rate_window.calls + 1"""
 )
 
+_STORED_MANY = Sql(
+    "SELECT idempotency_key, id, request_hash, result FROM usage_event "
+    "WHERE tenant_id = :tid AND idempotency_key IN (SELECT value FROM json_each(:keys))",
+    pg="SELECT idempotency_key, id, request_hash, result FROM usage_event "
+    "WHERE tenant_id = :tid AND idempotency_key = ANY(:keys)",
+)
+_BUMP_COUNTER_BY = _BUMP_COUNTER  # the same upsert adds a batch's total quantity
+_BUMP_RATE_BY = Sql(
+    """INSERT INTO rate_window (tenant_id, primitive, window_start, calls) VALUES (:tid, :p, :win, :n)
+       ON CONFLICT (tenant_id, primitive, window_start) DO UPDATE SET calls = rate_window.calls + :n"""
+)
+
+
+def _key_list(conn: Connection, keys: list[str]) -> Any:
+    # SQLite reads the list through json_each; PostgreSQL takes an array.
+    return to_json(keys) if conn.dialect.name == "sqlite" else keys
+
+
+@dataclass
+class _Running:
+    """A primitive's quota state while a batch is decided."""
+
+    period: Period
+    window: datetime | None
+    per_minute: int | None
+    quota: int | None
+    used: int
+    calls: int
+    unit_price: int | None
+    count: int = 0
+    quantity: int = 0
+
+
+class _Pending:
+    pass
+
+
+@dataclass
+class _Replay:
+    index: int
+
+
 MAX_QUANTITY = 1_000_000_000
 MAX_KEY = 200
 MAX_TOKENS = 10**12
@@ -356,16 +398,17 @@ class Meter:
         ).one()
         return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3]
 
-    def insufficient(self, required: int) -> InsufficientCredits:
+    def insufficient(self, required: int, available: int | None = None) -> InsufficientCredits:
         from app.credits.packs import packs_covering
 
-        shortfall = max(required - self.state.available, 0)
+        available = self.state.available if available is None else available
+        shortfall = max(required - available, 0)
         # Plain values: the transaction rolls back after this, which would expire ORM rows.
         packs = [
             PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
             for p in packs_covering(self.session, shortfall or required)
         ]
-        return InsufficientCredits(required, self.state.available, packs)
+        return InsufficientCredits(required, available, packs)
 
     # ---- writes --------------------------------------------------------------------------
 
@@ -441,6 +484,134 @@ class Meter:
         if self.state.available - d.amount < self.floor:
             raise self.insufficient(d.amount)
         return self.record(req, d, kind="charge", key=req.idempotency_key)
+
+    def charge_many(self, reqs: list[MeterRequest]) -> list[Charged | DomainError]:
+        """Charges of one tenant, set-based: the same rules as charge() item by item, with one
+        key lookup, one quota read per primitive, one sweep, and each bucket, counter and the
+        account written once. A refused item writes nothing of its own."""
+        out: list[Any] = [None] * len(reqs)  # Charged, DomainError, or a placeholder while deciding
+        stored = self._stored_events([r.idempotency_key for r in reqs])
+        first_in_batch: dict[str, int] = {}
+        per_primitive: dict[str, _Running] = {}
+        self._sweep()
+        available = self.state.available
+        accepted: list[tuple[int, MeterRequest, int, _Running, int]] = []
+        for i, req in enumerate(reqs):
+            try:
+                key, fp = req.idempotency_key, req.fingerprint()
+                if key in stored:
+                    event_id, request_hash, result = stored[key]
+                    if request_hash != fp:
+                        raise IdempotencyConflict(key)
+                    out[i] = Charged.from_stored(event_id, read_json(result))
+                    continue
+                if key in first_in_batch and isinstance(out[first_in_batch[key]], _Pending):
+                    if reqs[first_in_batch[key]].fingerprint() != fp:
+                        raise IdempotencyConflict(key)
+                    out[i] = _Replay(first_in_batch[key])
+                    continue
+                self.entitle(req)
+                run_ = per_primitive.get(req.primitive)
+                if run_ is None:
+                    run_ = per_primitive[req.primitive] = self._running(req.primitive)
+                if run_.quota is not None and run_.used + req.quantity > run_.quota and self.terms.overage != "allow":
+                    raise QuotaExceeded(req.primitive, run_.quota, run_.used, run_.period.end)
+                if run_.per_minute is not None and run_.calls + 1 > run_.per_minute:
+                    raise LimitExceeded(
+                        req.primitive, "callsPerMinute", run_.per_minute, run_.calls + 1, 60 - self.now.second
+                    )
+                if run_.unit_price is not None and req.primitive in FIXED_PRICE:
+                    amount = fixed_total(run_.unit_price, req.quantity)
+                else:
+                    amount = quote(self.session, req.price_request())
+                if available - amount < self.floor:
+                    raise self.insufficient(amount, available)
+                available -= amount
+                run_.used += req.quantity
+                run_.calls += 1
+                run_.count += 1
+                run_.quantity += req.quantity
+                accepted.append((i, req, amount, run_, run_.used))
+                first_in_batch.setdefault(key, i)
+                out[i] = _Pending()
+            except DomainError as exc:
+                out[i] = exc
+        if accepted:
+            self._record_many(accepted, out)
+        for i, r in enumerate(out):
+            if isinstance(r, _Replay):
+                first = out[r.index]
+                assert isinstance(first, Charged)
+                out[i] = Charged(first.event_id, first.credits_used, first.credits_remaining, first.usage, True)
+        return out
+
+    def _stored_events(self, keys: list[str]) -> dict[str, tuple[int, str, Any]]:
+        rows = run(self.conn, _STORED_MANY, {"tid": self.scope.tenant_id, "keys": _key_list(self.conn, keys)}).all()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def _running(self, primitive: str) -> _Running:
+        t = self.terms
+        period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
+        per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute")
+        window = minute_window(self.now) if per_minute is not None else None
+        quota, used, calls, unit_price = self._quota_used_calls(primitive, period, window)
+        return _Running(period, window, per_minute, quota, used, calls, unit_price)
+
+    def _record_many(self, accepted: list[tuple[int, MeterRequest, int, _Running, int]], out: list[Any]) -> None:
+        conn, tid, now = self.conn, self.scope.tenant_id, ts(self.conn, self.now)
+        start_available = self.state.available
+        balance = ledger.debit_many(
+            conn,
+            self.scope,
+            self.now,
+            self.state,
+            self._live or [],
+            [(amount, req.primitive, req.reference) for _, req, amount, _, _ in accepted],
+        )
+        self._live = None
+        self.state = ledger.AccountState(balance, self.state.reserved)
+        spent = 0
+        for i, req, amount, run_, used in accepted:
+            spent += amount
+            quota = run_.quota
+            usage = Usage(req.primitive, used, quota, max(used - quota, 0) if quota is not None else 0)
+            result = Charged(0, amount, start_available - spent, usage)
+            result.event_id = int(
+                run(
+                    conn,
+                    _INSERT_EVENT,
+                    {
+                        "tid": tid,
+                        "key": req.idempotency_key,
+                        "hash": req.fingerprint(),
+                        "kind": "charge",
+                        "p": req.primitive,
+                        "qty": req.quantity,
+                        "credits": amount,
+                        "ps": ts(conn, run_.period.start),
+                        "ref": req.reference,
+                        "result": to_json(result.stored()),
+                        "now": now,
+                    },
+                ).scalar_one()
+            )
+            out[i] = result
+        for primitive, run_ in {req.primitive: r for _, req, _, r, _ in accepted}.items():
+            overage = max(run_.used - run_.quota, 0) if run_.quota is not None else 0
+            run(
+                conn,
+                _BUMP_COUNTER_BY,
+                {
+                    "tid": tid,
+                    "ps": ts(conn, run_.period.start),
+                    "p": primitive,
+                    "pe": ts(conn, run_.period.end),
+                    "qty": run_.quantity,
+                    "overage": overage,
+                },
+            )
+            if run_.window is not None:
+                run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
 
     def reserve(self, req: MeterRequest, ttl: timedelta) -> HoldView:
         fp = req.fingerprint()
@@ -778,9 +949,7 @@ def charge_batch(
             for i in by_tenant[tenant_id]:
                 results[i] = exc
             continue
-        for i in by_tenant[tenant_id]:
-            try:
-                results[i] = meter.charge(items[i][1])
-            except DomainError as exc:  # refusals happen before any write of that item
-                results[i] = exc
+        indexes = by_tenant[tenant_id]
+        for i, outcome in zip(indexes, meter.charge_many([items[i][1] for i in indexes]), strict=True):
+            results[i] = outcome
     return [r for r in results if r is not None]

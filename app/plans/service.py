@@ -15,7 +15,8 @@ from app.plans.repository import PlanRepository
 
 PERIODS = ("day", "week", "month", "year")
 OVERAGE = ("refuse", "allow")
-MAX_QUOTA = 2**62
+# Quotas cross the wire as GraphQL Int (32-bit signed), so that is their range too.
+MAX_QUOTA = 2**31 - 1
 
 
 @dataclass
