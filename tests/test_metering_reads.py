@@ -176,7 +176,7 @@ def test_batch_equals_one_by_one(api: Api) -> None:
     twins = [api.create_tenant("batch"), api.create_tenant("single")]
     for t in twins:
         api(SET_SUB, {"t": t, "i": {"planKey": "plan_b"}})
-    items = [{"primitive": "email.send", "idempotencyKey": "pre"}]  # charged before the batch: a replay
+    items: list[dict[str, Any]] = [{"primitive": "email.send", "idempotencyKey": "pre"}]  # charged before: a replay
     for i in range(60):
         items.append(
             {
