@@ -74,6 +74,33 @@ def _backends() -> list[Any]:
     return params
 
 
+def _assert_books_balance(request: pytest.FixtureRequest, engine: Engine) -> None:
+    """After every database test, whatever it did: reconcile finds zero drift, every tenant's
+    reserved credits equal its open holds, and every usage counter equals its events. Tests that
+    break the books on purpose carry @pytest.mark.drift_expected."""
+    if request.node.get_closest_marker("drift_expected"):
+        return
+    from app.credits.service import reconcile
+
+    with unit_of_work(engine, write=False) as s:
+        drifted = reconcile(s).drifted
+        conn = s.connection()
+        holds = conn.execute(text(
+            "SELECT a.tenant_id, a.reserved, coalesce(sum(h.amount), 0) FROM credit_account a "
+            "LEFT JOIN credit_hold h ON h.tenant_id = a.tenant_id AND h.status = 'open' "
+            "GROUP BY a.tenant_id, a.reserved HAVING a.reserved <> coalesce(sum(h.amount), 0)"
+        )).all()
+        counters = conn.execute(text(
+            "SELECT c.tenant_id, c.primitive, c.used, coalesce(sum(e.quantity), 0) FROM usage_counter c "
+            "LEFT JOIN usage_event e ON e.tenant_id = c.tenant_id AND e.primitive = c.primitive "
+            "AND e.period_start = c.period_start "
+            "GROUP BY c.tenant_id, c.primitive, c.period_start, c.used HAVING c.used <> coalesce(sum(e.quantity), 0)"
+        )).all()
+    assert drifted == [], f"ledger drift after {request.node.name}: {drifted}"
+    assert holds == [], f"reserved != open holds after {request.node.name}: {holds}"
+    assert counters == [], f"usage counters != events after {request.node.name}: {counters}"
+
+
 @dataclass
 class Database:
     backend: str
@@ -89,6 +116,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) ->
         url = f"sqlite:///{path}"
         engine = make_engine(url)
         yield Database("sqlite", url, engine)
+        _assert_books_balance(request, engine)
         engine.dispose()
         return
     template = request.getfixturevalue("pg_template")
@@ -103,6 +131,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) ->
     url = make_url(normalize_url(PG_URL or "")).set(database=name).render_as_string(hide_password=False)
     engine = make_engine(url, pool_size=30, max_overflow=30)
     yield Database("postgres", url, engine)
+    _assert_books_balance(request, engine)
     engine.dispose()
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
