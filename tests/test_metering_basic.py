@@ -106,3 +106,51 @@ def test_usage_report(api: Api) -> None:
     assert u["plan"] == "pro"
     assert {"primitive": "email.send", "quota": 1000, "used": 3, "remaining": 997} in u["quotas"]
     assert u["usage"] == [{"primitive": "email.send", "used": 3}]
+
+
+def test_kit_limits_and_overage(api: Api, clock: Any) -> None:
+    from tests.fixtures_catalog import KIT, PLAN
+
+    api(
+        KIT,
+        {
+            "i": {
+                "key": "kit_l",
+                "name": "L",
+                "allowedPrimitives": ["email.send", "search.web"],
+                "limits": [{"primitive": "email.send", "maxQuantityPerCall": 5, "callsPerMinute": 3}],
+            }
+        },
+    )
+    api(
+        PLAN,
+        {
+            "i": {
+                "key": "plan_l",
+                "name": "L",
+                "accountKitId": "kit_l",
+                "period": "day",
+                "overage": "allow",
+                "quotas": [{"primitive": "search.web", "quota": 2}],
+            }
+        },
+    )
+    tid = api.create_tenant("Limits")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "plan_l"}})
+    key = api.tenant_key(tid)
+    before = count_rows(api.db.engine, *MONEY)
+    too_many = charge(api, key, idempotencyKey="big", quantity=6)
+    assert too_many == {"__typename": "LimitExceeded", "limit": "maxQuantityPerCall", "allowed": 5}
+    assert count_rows(api.db.engine, *MONEY) == before
+    assert [charge(api, key, idempotencyKey=f"m{i}")["__typename"] for i in range(4)] == [
+        "Charged",
+        "Charged",
+        "Charged",
+        "LimitExceeded",
+    ]
+    clock.advance(seconds=60)  # the next minute has room again
+    assert charge(api, key, idempotencyKey="m4")["__typename"] == "Charged"
+    # overage "allow": past the quota the call goes through and is counted as overage
+    outs = [charge(api, key, primitive="search.web", idempotencyKey=f"s{i}") for i in range(3)]
+    assert [o["usage"]["overage"] for o in outs] == [0, 0, 1]
+    assert outs[2]["usage"]["remaining"] == 0
