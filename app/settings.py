@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     env: Literal["development", "production", "test"] = "development"
     database_url: str = "sqlite:///./meterkit.db"
     operator_key: str | None = None
+    # SQLite: run transactions on the event loop instead of worker threads (see app/core/db.py).
+    sqlite_inline: bool = True
     # Verified API keys are remembered this long in each process (0 = look every key up).
     auth_cache_seconds: float = 2.0
     host: str = "127.0.0.1"

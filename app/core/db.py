@@ -104,3 +104,13 @@ def _transaction(engine: Engine, sqlite_begin: str | None) -> Iterator[Session]:
             except BaseException:
                 session.rollback()
                 raise
+
+
+def inline_sqlite(engine: Engine, settings: Any) -> bool:
+    """Run SQLite units of work on the event loop itself, without a thread hop.
+
+    SQLite admits one writer at a time, so a process's writes are serial anyway; handing each to
+    a worker thread only added hops, GIL hand-offs and lock contention (measured: see README,
+    Benchmarks). The price: while another *process* holds SQLite's write lock, this process's
+    loop waits (up to busy_timeout). PostgreSQL always runs in worker threads."""
+    return bool(getattr(settings, "sqlite_inline", False)) and is_sqlite(engine)

@@ -15,7 +15,7 @@ from strawberry.types import Info as _Info
 
 from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
-from app.core.db import unit_of_work
+from app.core.db import inline_sqlite, unit_of_work
 from app.core.errors import ValidationFailed
 from app.graphql.loaders import Loaders
 from app.settings import Settings
@@ -47,10 +47,14 @@ class Context:
         return self.principal is not None and self.principal.role == "operator"
 
     async def read(self, fn: Callable[[Session], T]) -> T:
+        if self._inline:
+            return self._run(fn, False)
         return await run_in_threadpool(self._run, fn, False)
 
     async def write(self, fn: Callable[[Session], T]) -> T:
         # The whole transaction runs in one thread hop: no await between BEGIN and COMMIT.
+        if self._inline:
+            return self._run(fn, True)
         try:
             return await run_in_threadpool(self._run, fn, True)
         except IntegrityError:
@@ -58,6 +62,10 @@ class Context:
             # our read and our insert. Everything rolled back, so run the unit once more: it now
             # sees that row and answers as if it had come second (the same upsert, a typed error).
             return await run_in_threadpool(self._run, fn, True)
+
+    @property
+    def _inline(self) -> bool:
+        return inline_sqlite(self.engine, self.settings)
 
     def _run(self, fn: Callable[[Session], T], write: bool) -> T:
         with unit_of_work(self.engine, write=write) as session:

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from strawberry.dataloader import DataLoader
 
 from app.account_kits.repository import AccountKitRepository
-from app.core.db import unit_of_work
+from app.core.db import inline_sqlite, unit_of_work
 from app.plans.models import Plan, PlanQuota
 from app.plans.repository import PlanRepository
 from app.subscriptions.models import Subscription
@@ -42,8 +42,10 @@ class Loaders:
                 found = fetch(s, keys)
             return [found.get(k, default() if default else None) for k in keys]
 
+        inline = inline_sqlite(engine, self._ctx.settings)
+
         async def load(keys: Sequence[Any]) -> list[Any]:
-            return await run_in_threadpool(run, list(keys))
+            return run(list(keys)) if inline else await run_in_threadpool(run, list(keys))
 
         return DataLoader(load_fn=load)
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.core.db import unit_of_work
+from app.core.db import inline_sqlite, unit_of_work
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.money import format_credits
 from app.metering import errors as merr
@@ -69,7 +69,7 @@ def routes(state: Any) -> list[Route]:
                 return service.charge(s, state.clock, scope, req, negative_buffer=buffer)
 
         try:
-            res = await run_in_threadpool(run)
+            res = run() if inline_sqlite(state.engine, state.settings) else await run_in_threadpool(run)
         except AuthError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except DomainError as exc:
