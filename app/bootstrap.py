@@ -8,7 +8,7 @@ from app.account_kits.repository import AccountKitRepository
 from app.account_kits.service import KitInput, KitLimit, upsert_account_kit
 from app.core.clock import Clock
 from app.core.db import make_engine, unit_of_work
-from app.core.migrate import upgrade
+from app.core.migrate import startup_lock, upgrade
 from app.core.money import MICRO
 from app.plans.repository import PlanRepository
 from app.plans.service import PlanInput, upsert_plan
@@ -76,13 +76,15 @@ def load_demo_catalog(session: Session, clock: Clock) -> None:
 
 
 def prepare(settings: Settings, *, demo: bool = True) -> str | None:
-    upgrade(settings.database_url)
-    engine = make_engine(settings.database_url)
-    clock = Clock()
-    try:
-        with unit_of_work(engine) as s:
-            if demo:
-                load_demo_catalog(s, clock)
-            return ensure_operator_key(s, clock, settings.operator_key)
-    finally:
-        engine.dispose()
+    # One process at a time: of several first starts, exactly one makes (and prints) the key.
+    with startup_lock(settings.database_url):
+        upgrade(settings.database_url, lock=False)
+        engine = make_engine(settings.database_url)
+        clock = Clock()
+        try:
+            with unit_of_work(engine) as s:
+                if demo:
+                    load_demo_catalog(s, clock)
+                return ensure_operator_key(s, clock, settings.operator_key)
+        finally:
+            engine.dispose()
