@@ -17,6 +17,11 @@ end
 
 function init(args)
   mode, nonce, expected = args[1], args[2], tonumber(args[3] or "1")
+  if mode == "floor" then
+    wrk.method = "POST"
+    wrk.path = "/graphql"
+    wrk.body = '{"query":"{ __typename }"}'
+  end
   if mode == "usage" then
     -- The usage tenant's counter holds exactly `expected` calls: check the number, not just a 200.
     pattern = '"used":%s*' .. string.format("%d", expected) .. "[^%d]"
@@ -69,6 +74,8 @@ function response(status, headers, body)
   local good
   if mode == "plain" then
     good = string.find(body, '"credits_used"', 1, true) ~= nil
+  elseif mode == "floor" then
+    good = string.find(body, '"__typename":"Query"', 1, true) ~= nil
   elseif mode == "usage" then
     good = string.find(body, pattern) ~= nil and string.find(body, '"errors"', 1, true) == nil
   elseif mode == "batch" then

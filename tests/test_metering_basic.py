@@ -154,3 +154,24 @@ def test_kit_limits_and_overage(api: Api, clock: Any) -> None:
     outs = [charge(api, key, primitive="search.web", idempotencyKey=f"s{i}") for i in range(3)]
     assert [o["usage"]["overage"] for o in outs] == [0, 0, 1]
     assert outs[2]["usage"]["remaining"] == 0
+
+
+def test_dynamic_prices_through_details(api: Api) -> None:
+    """LLM tokens and pass-through cost charge what the catalog quotes for the same details."""
+    tid, key = setup_tenant(api)
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    from tests.fixtures_catalog import KIT
+
+    api(KIT, {"i": {"key": "kit_pro", "name": "Pro", "allowedPrimitives": ["email.*", "search.*", "llm.*"]}})
+    details = {"model": "claude-sonnet-4.5", "inputTokens": 1_000_000, "outputTokens": 200_000}
+    quote = api(
+        """query($i: PriceQuoteInput!) { priceQuote(input: $i) { ... on PriceQuote { credits } } }""",
+        {"i": {"primitive": "llm.tokens", "details": details}},
+    )["priceQuote"]["credits"]
+    assert quote == "15"  # 7.5 + 0.2 x 37.5, the brief's Sonnet rates
+    res = charge(api, key, primitive="llm.tokens", idempotencyKey="llm1", details=details)
+    assert res["__typename"] == "Charged" and res["creditsUsed"] == quote
+    passthrough = charge(api, key, primitive="llm.passthrough", idempotencyKey="or1", details={"costUsd": "0.01"})
+    assert passthrough["creditsUsed"] == "0.03"  # $0.01 x 1.5 markup / $0.50 per credit
+    bad = charge(api, key, primitive="llm.passthrough", idempotencyKey="or2", details={"costUsd": "-1"})
+    assert bad["__typename"] == "ValidationError"

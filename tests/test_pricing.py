@@ -70,7 +70,9 @@ BRIEF_LLM = [
 
 
 def _quote(api: Api, **i: Any) -> dict[str, Any]:
-    return api(QUOTE, {"i": i})["priceQuote"]  # type: ignore[no-any-return]
+    top: dict[str, Any] = {k: i.pop(k) for k in ("primitive", "quantity") if k in i}
+    body: dict[str, Any] = {**top, "details": i} if i else top  # the rest are price details
+    return api(QUOTE, {"i": body})["priceQuote"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(("primitive", "credits"), BRIEF_FIXED)

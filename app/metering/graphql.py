@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import strawberry
@@ -18,23 +17,19 @@ from app.graphql.scalars import Credits, MicroCredits
 from app.graphql.util import target_scope
 from app.metering import errors as merr
 from app.metering import repository, service
+from app.pricing.graphql import PriceDetailsInput, price_request
 
 
-@strawberry.input(description="A metered call. Give what the primitive's price needs (quantity, tokens, cost...).")
+@strawberry.input(
+    description="A metered call: the primitive, how much, and the key that makes it count once. "
+    "Dynamic prices (LLM tokens, pass-through cost, session time, images, video) read `details`."
+)
 class MeterInput:
     primitive: str
     idempotency_key: str
     quantity: int = 1
     reference: str | None = None
-    model: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_creation_tokens: int = 0
-    cost_usd: str | None = strawberry.field(default=None, description="llm.passthrough: upstream USD cost")
-    elapsed_seconds: int | None = None
-    num_images: int | None = None
-    duration_seconds: str | None = None
+    details: PriceDetailsInput | None = None
 
 
 @strawberry.input
@@ -43,33 +38,22 @@ class BatchItemInput:
     item: MeterInput
 
 
-def _decimal(value: str | None, field: str) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        d = Decimal(value)
-    except InvalidOperation:
-        raise ValidationFailed(f"{field} is not a decimal number", field=field) from None
-    if not d.is_finite() or d < 0 or d > Decimal(10) ** 9:
-        raise ValidationFailed(f"{field} is out of range", field=field)
-    return d
-
-
 def to_request(i: MeterInput) -> service.MeterRequest:
+    p = price_request(i.primitive, i.quantity, i.details)
     return service.MeterRequest(
         primitive=i.primitive,
         idempotency_key=i.idempotency_key,
         quantity=i.quantity,
         reference=i.reference,
-        model=i.model,
-        input_tokens=i.input_tokens,
-        output_tokens=i.output_tokens,
-        cache_read_tokens=i.cache_read_tokens,
-        cache_creation_tokens=i.cache_creation_tokens,
-        cost_usd=_decimal(i.cost_usd, "costUsd"),
-        elapsed_seconds=i.elapsed_seconds,
-        num_images=i.num_images,
-        duration_seconds=_decimal(i.duration_seconds, "durationSeconds"),
+        model=p.model,
+        input_tokens=p.input_tokens,
+        output_tokens=p.output_tokens,
+        cache_read_tokens=p.cache_read_tokens,
+        cache_creation_tokens=p.cache_creation_tokens,
+        cost_usd=p.cost_usd,
+        elapsed_seconds=p.elapsed_seconds,
+        num_images=p.num_images,
+        duration_seconds=p.duration_seconds,
     )
 
 

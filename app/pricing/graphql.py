@@ -86,10 +86,11 @@ class PriceQuote:
     credits: Credits  # type: ignore[valid-type]
 
 
-@strawberry.input
-class PriceQuoteInput:
-    primitive: str
-    quantity: int = 1
+@strawberry.input(
+    description="What a dynamic price needs: tokens (llm.tokens), upstream cost (llm.passthrough), "
+    "elapsed time (browser.session.time), images or video seconds. Fixed prices need none of it."
+)
+class PriceDetailsInput:
     model: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
@@ -99,6 +100,39 @@ class PriceQuoteInput:
     elapsed_seconds: int | None = None
     num_images: int | None = None
     duration_seconds: str | None = strawberry.field(default=None, description='video.generate, e.g. "5"')
+
+
+@strawberry.input
+class PriceQuoteInput:
+    primitive: str
+    quantity: int = 1
+    details: PriceDetailsInput | None = None
+
+
+def price_request(primitive: str, quantity: int, details: PriceDetailsInput | None) -> service.PriceRequest:
+    """The one translation of GraphQL price inputs, shared by priceQuote and the metered call."""
+    if details is None:  # the common case: a fixed price, nothing more to read
+        return service.PriceRequest(primitive=primitive, quantity=quantity)
+    d = details
+    return service.PriceRequest(
+        primitive=primitive,
+        quantity=quantity,
+        model=d.model,
+        input_tokens=d.input_tokens,
+        output_tokens=d.output_tokens,
+        cache_read_tokens=d.cache_read_tokens,
+        cache_creation_tokens=d.cache_creation_tokens,
+        cost_usd=service.parse_decimal(d.cost_usd, "costUsd", lo=Decimal(0), hi=service.MAX_USD)
+        if d.cost_usd is not None
+        else None,
+        elapsed_seconds=d.elapsed_seconds,
+        num_images=d.num_images,
+        duration_seconds=service.parse_decimal(
+            d.duration_seconds, "durationSeconds", lo=Decimal(0), hi=service.MAX_DURATION
+        )
+        if d.duration_seconds is not None
+        else None,
+    )
 
 
 @strawberry.input
@@ -228,25 +262,7 @@ class PricingQuery:
     @strawberry.field(description="What one metered call would cost, by the same rule the charge uses.")
     async def price_quote(self, info: Info, input: PriceQuoteInput) -> PriceQuoteResult:
         async def run() -> PriceQuote:
-            req = service.PriceRequest(
-                primitive=input.primitive,
-                quantity=input.quantity,
-                model=input.model,
-                input_tokens=input.input_tokens,
-                output_tokens=input.output_tokens,
-                cache_read_tokens=input.cache_read_tokens,
-                cache_creation_tokens=input.cache_creation_tokens,
-                cost_usd=service.parse_decimal(input.cost_usd, "costUsd", lo=Decimal(0), hi=service.MAX_USD)
-                if input.cost_usd is not None
-                else None,
-                elapsed_seconds=input.elapsed_seconds,
-                num_images=input.num_images,
-                duration_seconds=service.parse_decimal(
-                    input.duration_seconds, "durationSeconds", lo=Decimal(0), hi=service.MAX_DURATION
-                )
-                if input.duration_seconds is not None
-                else None,
-            )
+            req = price_request(input.primitive, input.quantity, input.details)
             micro = await info.context.read(lambda s: service.quote(s, req))
             return PriceQuote(primitive=input.primitive, credits=MicroCredits(micro))
 
