@@ -15,6 +15,7 @@ from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError, to_user_error
 from app.graphql.scalars import Credits, MicroCredits
 from app.graphql.util import target_scope
+from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import repository, service
 from app.pricing.graphql import PriceDetailsInput, price_request
@@ -180,7 +181,7 @@ def pack_offer(p: Any) -> PackOffer:
         name=p.name,
         credits=MicroCredits(int(p.credits)),
         price_usd=f"{cents // 100}.{cents % 100:02d}",
-        purchase_path=f'mutation {{ purchaseCreditPack(pack: "{p.key}") {{ __typename }} }}',
+        purchase_path=purchase_path(p.key),
     )
 
 

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from app.core.db import inline_sqlite, unit_of_work
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.money import format_credits
+from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import service
 
@@ -35,7 +36,10 @@ def _error(exc: DomainError) -> Response:
         body.update(
             required=format_credits(exc.required),
             available=format_credits(exc.available),
-            packs=[{"key": p.key, "credits": format_credits(p.credits)} for p in exc.packs],
+            packs=[
+                {"key": p.key, "credits": format_credits(p.credits), "purchase_path": purchase_path(p.key)}
+                for p in exc.packs
+            ],
         )
     return JSONResponse(body, status_code=next((v for k, v in _STATUS.items() if isinstance(exc, k)), 400))
 
