@@ -50,8 +50,8 @@ class AccountState:
         return self.balance - self.reserved
 
 
-def _conn(session: Session) -> Connection:
-    return session.connection()
+def _conn(db: Session | Connection) -> Connection:
+    return db if isinstance(db, Connection) else db.connection()
 
 
 def open_account(session: Session, scope: TenantScope, clock: Clock) -> None:
@@ -211,7 +211,7 @@ def grant(
 
 
 def debit(
-    session: Session,
+    session: Session | Connection,
     scope: TenantScope,
     clock: Clock,
     *,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +15,7 @@ from strawberry.types import Info as _Info
 
 from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
-from app.core.db import inline_sqlite, unit_of_work
+from app.core.db import connection_of_work, inline_sqlite, unit_of_work
 from app.core.errors import ValidationFailed
 from app.graphql.loaders import Loaders
 from app.settings import Settings
@@ -62,6 +62,19 @@ class Context:
             # our read and our insert. Everything rolled back, so run the unit once more: it now
             # sees that row and answers as if it had come second (the same upsert, a typed error).
             return await run_in_threadpool(self._run, fn, True)
+
+    async def charge(self, fn: Callable[[Connection], T]) -> T:
+        """A metered-call transaction: like write(), on a bare connection (no ORM session)."""
+        if self._inline:
+            return self._run_conn(fn)
+        try:
+            return await run_in_threadpool(self._run_conn, fn)
+        except IntegrityError:  # the same PostgreSQL race as in write(): run once more
+            return await run_in_threadpool(self._run_conn, fn)
+
+    def _run_conn(self, fn: Callable[[Connection], T]) -> T:
+        with connection_of_work(self.engine) as conn:
+            return fn(conn)
 
     @property
     def _inline(self) -> bool:

@@ -432,7 +432,7 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             req = to_request(input)
-            res = await ctx.write(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
+            res = await ctx.charge(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)
@@ -451,7 +451,7 @@ class MeteringMutation:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
         outcomes = iter(
-            await ctx.write(lambda s: service.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx)))
+            await ctx.charge(lambda s: service.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx)))
         )
         out: list[Any] = []
         for p in prepared:

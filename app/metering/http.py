@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.core.db import inline_sqlite, unit_of_work
+from app.core.db import connection_of_work, inline_sqlite
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.money import format_credits
 from app.integrations.stripe.service import purchase_path
@@ -69,8 +69,8 @@ def routes(state: Any) -> list[Route]:
             )
             if scope is None:
                 raise ValidationFailed("no tenant in scope", field="X-Tenant-Id")
-            with unit_of_work(state.engine) as s:
-                return service.charge(s, state.clock, scope, req, negative_buffer=buffer)
+            with connection_of_work(state.engine) as conn:
+                return service.charge(conn, state.clock, scope, req, negative_buffer=buffer)
 
         try:
             res = run() if inline_sqlite(state.engine, state.settings) else await run_in_threadpool(run)

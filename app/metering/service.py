@@ -300,9 +300,11 @@ def _upsert(conn: Connection, table: Any) -> Any:
 class Meter:
     """One transaction's worth of metering for one tenant. The account is locked on entry."""
 
-    def __init__(self, session: Session, clock: Clock, scope: TenantScope, *, negative_buffer: int) -> None:
-        self.session = session
-        self.conn = session.connection()
+    def __init__(self, db: Session | Connection, clock: Clock, scope: TenantScope, *, negative_buffer: int) -> None:
+        # The hot path needs only the connection; an ORM session is made on demand (dynamic prices,
+        # the packs of an InsufficientCredits answer), joined to the same transaction.
+        self._session = db if isinstance(db, Session) else None
+        self.conn = db.connection() if isinstance(db, Session) else db
         self.scope = scope
         self.now = clock.now()
         self.clock = clock
@@ -314,6 +316,12 @@ class Meter:
             self._expire_holds()
 
     # ---- reads ---------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(bind=self.conn)
+        return self._session
 
     @property
     def terms(self) -> TenantTerms:
@@ -415,7 +423,7 @@ class Meter:
     def record(self, req: MeterRequest, d: Decision, *, kind: str, key: str, release_reserved: int = 0) -> Charged:
         """Debit, event, counters. The caller has checked the floor."""
         balance = ledger.debit(
-            self.session,
+            self.conn,
             self.scope,
             self.clock,
             amount=d.amount,
@@ -892,7 +900,9 @@ def _expired_holds(conn: Connection, scope: TenantScope, now: datetime) -> int:
 # ---- entry points used by the GraphQL and plain HTTP layers --------------------------------
 
 
-def charge(session: Session, clock: Clock, scope: TenantScope, req: MeterRequest, *, negative_buffer: int) -> Charged:
+def charge(
+    session: Session | Connection, clock: Clock, scope: TenantScope, req: MeterRequest, *, negative_buffer: int
+) -> Charged:
     req.validate()
     return Meter(session, clock, scope, negative_buffer=negative_buffer).charge(req)
 
@@ -928,7 +938,7 @@ BatchOutcome = Charged | DomainError
 
 
 def charge_batch(
-    session: Session, clock: Clock, items: list[tuple[TenantScope, MeterRequest]], *, negative_buffer: int
+    session: Session | Connection, clock: Clock, items: list[tuple[TenantScope, MeterRequest]], *, negative_buffer: int
 ) -> list[BatchOutcome]:
     """Many charges in one transaction, each with its own key and result. Tenants' accounts are
     locked in sorted order, so two batches touching the same tenants cannot deadlock."""
