@@ -25,7 +25,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, func, insert, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -46,7 +45,7 @@ from app.metering.errors import (
     PackInfo,
     QuotaExceeded,
 )
-from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent
+from app.metering.models import CreditHold, UsageCounter, UsageEvent
 from app.metering.periods import Period, current_period, minute_window
 from app.plans.models import Plan, PlanQuota
 from app.pricing.service import FIXED_PRICE, PriceRequest, fixed_total, quote
@@ -55,7 +54,6 @@ from app.tenants.models import Tenant
 
 EVENT: Any = UsageEvent.__table__  # type: ignore[attr-defined]
 COUNTER: Any = UsageCounter.__table__  # type: ignore[attr-defined]
-RATE: Any = RateWindow.__table__  # type: ignore[attr-defined]
 HOLD: Any = CreditHold.__table__  # type: ignore[attr-defined]
 TENANT: Any = Tenant.__table__  # type: ignore[attr-defined]
 PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
@@ -103,7 +101,6 @@ _STORED_MANY = Sql(
     pg="SELECT idempotency_key, id, request_hash, result FROM usage_event "
     "WHERE tenant_id = :tid AND idempotency_key = ANY(:keys)",
 )
-_BUMP_COUNTER_BY = _BUMP_COUNTER  # the same upsert adds a batch's total quantity
 _BUMP_RATE_BY = Sql(
     """INSERT INTO rate_window (tenant_id, primitive, window_start, calls) VALUES (:tid, :p, :win, :n)
        ON CONFLICT (tenant_id, primitive, window_start) DO UPDATE SET calls = rate_window.calls + :n"""
@@ -291,10 +288,6 @@ class Decision:
     amount: int
     rate_window: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _upsert(conn: Connection, table: Any) -> Any:
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 class Meter:
@@ -608,7 +601,7 @@ class Meter:
             overage = max(run_.used - run_.quota, 0) if run_.quota is not None else 0
             run(
                 conn,
-                _BUMP_COUNTER_BY,
+                _BUMP_COUNTER,  # the same upsert adds a batch's total quantity
                 {
                     "tid": tid,
                     "ps": ts(conn, run_.period.start),
