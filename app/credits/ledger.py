@@ -179,6 +179,41 @@ def grant(
         return existing.id, False
     now = clock.now()
     balance, live = sweep(conn, scope, now, state.balance)
+    bucket_id, balance = _add_bucket(
+        conn,
+        scope,
+        now,
+        balance,
+        live,
+        amount=amount,
+        source=source,
+        grant_key=grant_key,
+        expires_at=expires_at,
+        reference=reference,
+        kind="grant",
+        action=source,
+    )
+    _set_balance(conn, scope, now, balance)
+    return bucket_id, True
+
+
+def _add_bucket(
+    conn: Connection,
+    scope: TenantScope,
+    now: datetime,
+    balance: int,
+    live: list[LiveBucket],
+    *,
+    amount: int,
+    source: str,
+    grant_key: str,
+    expires_at: datetime | None,
+    reference: str | None,
+    kind: str,
+    action: str,
+) -> tuple[str, int]:
+    """New credits: a bucket and its ledger entry. A debt (balance below the buckets) is paid
+    first, so no bucket holds credits while the tenant owes. Returns (bucket id, balance after)."""
     debt = sum(r.remaining for r in live) - balance
     bucket_id = new_id("bkt")
     conn.execute(
@@ -199,15 +234,14 @@ def grant(
         conn,
         scope,
         now,
-        kind="grant",
-        action=source,
+        kind=kind,
+        action=action,
         amount=amount,
         balance_after=balance,
         bucket_id=bucket_id,
         reference=reference,
     )
-    _set_balance(conn, scope, now, balance)
-    return bucket_id, True
+    return bucket_id, balance
 
 
 def debit(
@@ -379,32 +413,19 @@ def reverse(
     reference = f"{entry_id}: {reason.strip()}"[:255]
     if entry.kind == "debit":
         amount = -entry.amount
-        debt = sum(r.remaining for r in live) - balance
-        bucket_id = new_id("bkt")
-        conn.execute(
-            insert(BUCKET).values(
-                id=bucket_id,
-                tenant_id=scope.tenant_id,
-                source="reversal",
-                granted=amount,
-                remaining=amount - min(max(debt, 0), amount),
-                expires_at=None,
-                grant_key=f"reversal:{entry_id}",
-                reference=reference,
-                created_at=now,
-            )
-        )
-        balance += amount
-        _entry(
+        _, balance = _add_bucket(
             conn,
             scope,
             now,
+            balance,
+            live,
+            amount=amount,
+            source="reversal",
+            grant_key=f"reversal:{entry_id}",
+            expires_at=None,
+            reference=reference,
             kind="reversal",
             action=entry.action,
-            amount=amount,
-            balance_after=balance,
-            bucket_id=bucket_id,
-            reference=reference,
         )
     else:
         expired = conn.execute(
