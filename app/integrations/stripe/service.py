@@ -231,7 +231,8 @@ def change_plan(
         return plan.stripe_price_id, sub.stripe_subscription_id if live and sub else None, tenant.plan_key
 
     price, sub_id, _ = _tx(engine, check)
-    if sub_id is None:
+
+    def first_subscription() -> CheckoutStarted:
         return _checkout(
             engine,
             gateway,
@@ -243,20 +244,13 @@ def change_plan(
             mode="subscription",
             price_id=price,
         )
+
+    if sub_id is None:
+        return first_subscription()
     current = _stripe(lambda: gateway.retrieve_subscription(sub_id))
     if current.get("status") in handlers.TERMINAL:
         # It ended on Stripe's side and the webhook has not told us yet: a new subscription it is.
-        return _checkout(
-            engine,
-            gateway,
-            settings,
-            clock,
-            scope,
-            kind="plan_checkout",
-            target=plan_key,
-            mode="subscription",
-            price_id=price,
-        )
+        return first_subscription()
     op = _tx(engine, lambda s: _begin(s, clock, scope, "plan_change", plan_key))
     items = handlers.subscription_items(current)
     if not items:
