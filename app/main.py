@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -248,6 +249,13 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if settings.operator_key:
             await run_in_threadpool(_store_operator_key, engine, state.clock, settings.operator_key)
+        if settings.env != "test":
+            # Everything built at startup (schema, catalogs, modules) lives for good: move it out of
+            # the cyclic GC's view. Full collections had walked it all, and they were the p99: at
+            # 400 charges/s, p99 58 ms before, 6 ms after (make bench, open loop). Tests skip it,
+            # since a test process starts many apps.
+            gc.collect()
+            gc.freeze()
         yield
 
     app = Starlette(routes=routes, lifespan=lifespan)
