@@ -28,7 +28,6 @@ from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from app.account_kits.models import AccountKit
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
 from app.core.errors import DomainError, NotFound, ValidationFailed
@@ -57,21 +56,20 @@ COUNTER: Any = UsageCounter.__table__  # type: ignore[attr-defined]
 HOLD: Any = CreditHold.__table__  # type: ignore[attr-defined]
 TENANT: Any = Tenant.__table__  # type: ignore[attr-defined]
 PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
-KIT: Any = AccountKit.__table__  # type: ignore[attr-defined]
 SUB: Any = Subscription.__table__  # type: ignore[attr-defined]
 QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
 
 # The charge transaction's statements, written once (see app/core/sql.py).
-_LOCK_TERMS = Sql(
-    """SELECT a.balance, a.reserved, t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits,
-              k.allowed_connections, s.current_period_start, s.current_period_end
+# A tenant's terms: plan, period, overage policy, the kit in force and the subscription period.
+_TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
+              s.current_period_start, s.current_period_end
        FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
-       WHERE a.tenant_id = :tid""",
-    pg_suffix="FOR UPDATE OF a",
-)
+       WHERE a.tenant_id = :tid"""
+_LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
+_READ_TERMS = Sql("SELECT " + _TERMS)  # the read-only check: no lock
 _STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
 _QUOTA_USED_PRICE = Sql(
     """SELECT (SELECT quota FROM plan_quota WHERE plan_key = :plan AND primitive = :p),
@@ -742,20 +740,6 @@ def lock_with_terms(conn: Connection, scope: TenantScope) -> tuple[ledger.Accoun
     return ledger.AccountState(row[0], row[1]), _terms_from(row[2:])
 
 
-def _term_columns(kit_key: Any) -> list[Any]:
-    return [
-        TENANT.c.plan_key,
-        PLAN.c.period,
-        PLAN.c.overage,
-        KIT.c.key,
-        KIT.c.allowed_primitives,
-        KIT.c.limits,
-        KIT.c.allowed_connections,
-        SUB.c.current_period_start,
-        SUB.c.current_period_end,
-    ]
-
-
 def _terms_from(row: Any) -> TenantTerms:
     row = list(row)
     row[4], row[5], row[6] = read_json(row[4]), read_json(row[5]), read_json(row[6])
@@ -774,16 +758,7 @@ def _terms_from(row: Any) -> TenantTerms:
 
 
 def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
-    kit_key = func.coalesce(TENANT.c.account_kit_key, PLAN.c.account_kit_key)
-    row = conn.execute(
-        select(*_term_columns(kit_key))
-        .select_from(
-            TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
-            .outerjoin(KIT, KIT.c.key == kit_key)
-            .outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
-        )
-        .where(TENANT.c.id == scope.tenant_id)
-    ).first()
+    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return _terms_from(row)
