@@ -9,34 +9,95 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any
 
 import httpx
 import uvicorn
+from starlette.types import ASGIApp
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn on a daemon thread, on a free 127.0.0.1 port."""
+
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", startup_timeout: float = 10.0) -> None:
+        self.app = app
+        self.host = host
+        self.startup_timeout = startup_timeout
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("server is not running; call start() first")
+        return f"http://{self.host}:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        # Binding the socket here tells us the port before uvicorn runs: no race for a "free" port.
+        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP,
+        # and without it every response waits ~40 ms on Nagle + delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.bind((self.host, 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,  # leave the test process's logging configuration alone
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+            http="h11",
+            timeout_graceful_shutdown=1,
+            # Long keep-alive: a pooled client connection must not be closed under a test mid-run.
+            timeout_keep_alive=120,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
+        thread.start()
+        # `started` flips only once the socket is listening, so connections are accepted from here on.
+        deadline = time.monotonic() + self.startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                thread.join(timeout=2)
+                sock.close()
+                raise RuntimeError(f"uvicorn did not start on {self.host}:{port}")
+            time.sleep(0.002)
+        self._server, self._thread, self._port = server, thread, port
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout=10)
+        self._server = self._thread = None
+        self._port = None
+
+    def __enter__(self) -> BackgroundServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 @contextmanager
 def serve_in_thread(app: Any) -> Iterator[str]:
-    # A long keep-alive: a pooled client connection must not be closed under it mid-test.
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False, timeout_keep_alive=120
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with BackgroundServer(app) as server:
+        yield server.url
 
 
 def free_port() -> int:
@@ -67,14 +128,22 @@ def start_subprocess(database_url: str, port: int, **env: str) -> subprocess.Pop
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    wait_healthy(proc, f"http://127.0.0.1:{port}", 30, lambda: proc.stderr.read().decode() if proc.stderr else "")
+    return proc
+
+
+def wait_healthy(proc: subprocess.Popen[Any], base: str, seconds: float, output: Callable[[], str]) -> None:
+    """Until GET /healthz answers 200; a server that exits or never gets there fails with its output."""
+    deadline = time.monotonic() + seconds
+    while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(f"server exited early:\n{output()}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not become healthy")
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not become healthy:\n{output()}")
+        time.sleep(0.05)

@@ -7,10 +7,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,15 +23,10 @@ from app.core.db import make_engine
 from app.core.migrate import upgrade
 from app.settings import Settings
 from tests.conftest import Database, count_rows
+from tests.live import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(url: str, **extra: str) -> dict[str, str]:
@@ -48,16 +41,7 @@ def _server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterat
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"server exited early:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"server did not become healthy:\n{log.read_text()}"
-            time.sleep(0.1)
+        wait_healthy(proc, base, 60, log.read_text)
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -168,7 +152,7 @@ def _drive(c: Client, op_key: str) -> None:
 def test_uvicorn_end_to_end(db: Database, tmp_path: Path) -> None:
     url = _migrated_url(db, tmp_path)
     op_key = "mk_op_" + secrets.token_urlsafe(32)
-    port = _free_port()
+    port = free_port()
     cmd = [PYTHON, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
     with _server(cmd, _env(url, METERKIT_OPERATOR_KEY=op_key), port, tmp_path / "uvicorn.log") as base:
         c = Client(base)
@@ -190,7 +174,7 @@ def test_uvicorn_end_to_end(db: Database, tmp_path: Path) -> None:
 def test_meterkit_serve_prints_a_key_once_and_serves(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'serve.db'}"  # not migrated: serve migrates
     cmd = [str(Path(PYTHON).with_name("meterkit")), "serve", "--host", "127.0.0.1"]
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with _server([*cmd, "--port", str(port)], _env(url), port, log) as base:
         lines = log.read_text().splitlines()
@@ -200,7 +184,7 @@ def test_meterkit_serve_prints_a_key_once_and_serves(tmp_path: Path) -> None:
         plans = c.gql(keys[0], "{ plans { key accountKitId } }").json()["data"]["plans"]
         assert plans == [{"key": "free", "accountKitId": "kit_free"}, {"key": "pro", "accountKitId": "kit_pro"}]
     # Second start: no new key is printed, and the first one still works.
-    port = _free_port()
+    port = free_port()
     log2 = tmp_path / "serve2.log"
     with _server([*cmd, "--port", str(port)], _env(url), port, log2) as base:
         assert "mk_op_" not in log2.read_text()

@@ -9,7 +9,6 @@ and signs with the event's `created` as the timestamp, so it covers reflection, 
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -32,23 +31,18 @@ from app.settings import Settings
 from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import seed_catalog
+from tests.live import free_port
 from tests.stripe_fake import BackgroundServer
 from tests.stripe_harness import _HttpApiClient
 
 SECRET = "whsec_localstripe"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def localstripe() -> Iterator[str]:
     exe = Path(sys.executable).with_name("localstripe")
     assert exe.exists(), "localstripe is a dev dependency: pip install -e '.[dev]'"
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(exe), "--port", str(port), "--from-scratch"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
