@@ -19,7 +19,7 @@ the available balance is at or below zero, or below the estimate.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -282,10 +282,8 @@ class Decision:
     period: Period
     quota: int | None
     used: int
-    overage_after: int
     amount: int
     rate_window: datetime | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Meter:
@@ -357,28 +355,30 @@ class Meter:
             raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, req.quantity, None)
 
     def decide(self, req: MeterRequest, *, count: bool = True, amount: int | None = None) -> Decision:
-        """Quota and per-minute checks and the price; raises a refusal, writes nothing."""
-        t = self.terms
-        period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
-        per_minute = (t.kit_limits.get(req.primitive) or {}).get("calls_per_minute")
-        window = minute_window(self.now) if count and per_minute is not None else None
-        quota, used, calls, unit_price = self._quota_used_calls(req.primitive, period, window)
-        overage_after = 0
-        if count and quota is not None and used + req.quantity > quota:
-            if t.overage != "allow":
-                raise QuotaExceeded(req.primitive, quota, used, period.end)
-            overage_after = used + req.quantity - quota
-        if window is not None and per_minute is not None and (calls or 0) + 1 > per_minute:
-            retry = 60 - self.now.second
-            raise LimitExceeded(req.primitive, "callsPerMinute", per_minute, (calls or 0) + 1, retry)
-        if amount is None:
-            if unit_price is not None and req.primitive in FIXED_PRICE:
-                amount = fixed_total(unit_price, req.quantity)  # the catalog row came with the checks
-            else:
-                amount = quote(self.session, req.price_request())
+        """Quota and per-minute checks (when the call counts) and the price; raises a refusal, writes nothing."""
+        r = self._running(req.primitive, count=count)
+        price = self._check_and_price(req, r, count=count, price=amount is None)
         return Decision(
-            period=period, quota=quota, used=used, overage_after=overage_after, amount=amount, rate_window=window
+            period=r.period,
+            quota=r.quota,
+            used=r.used,
+            amount=price if amount is None else amount,
+            rate_window=r.window,
         )
+
+    def _check_and_price(self, req: MeterRequest, r: _Running, *, count: bool, price: bool = True) -> int:
+        """The rules of one call against a primitive's current state `r`: quota (refused past it unless
+        the plan allows overage), calls per minute, then the price. Shared by charge, reserve, settle
+        and each item of a batch."""
+        if count and r.quota is not None and r.used + req.quantity > r.quota and self.terms.overage != "allow":
+            raise QuotaExceeded(req.primitive, r.quota, r.used, r.period.end)
+        if count and r.per_minute is not None and r.calls + 1 > r.per_minute:
+            raise LimitExceeded(req.primitive, "callsPerMinute", r.per_minute, r.calls + 1, 60 - self.now.second)
+        if not price:
+            return 0
+        if r.unit_price is not None and req.primitive in FIXED_PRICE:
+            return fixed_total(r.unit_price, req.quantity)  # the catalog row came with the checks
+        return quote(self.session, req.price_request())
 
     def _quota_used_calls(
         self, primitive: str, period: Period, window: datetime | None
@@ -513,16 +513,7 @@ class Meter:
                 run_ = per_primitive.get(req.primitive)
                 if run_ is None:
                     run_ = per_primitive[req.primitive] = self._running(req.primitive)
-                if run_.quota is not None and run_.used + req.quantity > run_.quota and self.terms.overage != "allow":
-                    raise QuotaExceeded(req.primitive, run_.quota, run_.used, run_.period.end)
-                if run_.per_minute is not None and run_.calls + 1 > run_.per_minute:
-                    raise LimitExceeded(
-                        req.primitive, "callsPerMinute", run_.per_minute, run_.calls + 1, 60 - self.now.second
-                    )
-                if run_.unit_price is not None and req.primitive in FIXED_PRICE:
-                    amount = fixed_total(run_.unit_price, req.quantity)
-                else:
-                    amount = quote(self.session, req.price_request())
+                amount = self._check_and_price(req, run_, count=True)
                 if available - amount < self.floor:
                     raise self.insufficient(amount, available)
                 available -= amount
@@ -548,10 +539,10 @@ class Meter:
         rows = run(self.conn, _STORED_MANY, {"tid": self.scope.tenant_id, "keys": _key_list(self.conn, keys)}).all()
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
-    def _running(self, primitive: str) -> _Running:
+    def _running(self, primitive: str, *, count: bool = True) -> _Running:
         t = self.terms
         period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
-        per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute")
+        per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute") if count else None
         window = minute_window(self.now) if per_minute is not None else None
         quota, used, calls, unit_price = self._quota_used_calls(primitive, period, window)
         return _Running(period, window, per_minute, quota, used, calls, unit_price)
@@ -687,8 +678,6 @@ class Meter:
         # Work already done: counted even past the quota (as overage) and charged down to the buffer.
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
         self._sweep()
-        if d.quota is not None and d.used + req.quantity > d.quota:
-            d.overage_after = d.used + req.quantity - d.quota
         if self.state.available + hold.amount - d.amount < self.floor:
             # Never below the buffer: charge what the floor allows and record the cut.
             d.amount = max(self.state.available + hold.amount - self.floor, 0)
