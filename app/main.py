@@ -283,4 +283,4 @@ def _slice_routes(state: AppState) -> list[Any]:
     return [*metering_http.routes(state), webhook_route(state)]
 
 
-__all__ = ["create_app", "json"]
+__all__ = ["create_app"]

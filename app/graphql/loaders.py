@@ -12,7 +12,7 @@ from strawberry.dataloader import DataLoader
 
 from app.account_kits.repository import AccountKitRepository
 from app.core.db import inline_sqlite, unit_of_work
-from app.plans.models import Plan, PlanQuota
+from app.plans.models import PlanQuota
 from app.plans.repository import PlanRepository
 from app.subscriptions.models import Subscription
 
@@ -63,6 +63,3 @@ def _quotas(s: Session, keys: list[str]) -> dict[str, list[PlanQuota]]:
 def _subscriptions(s: Session, tenant_ids: list[str]) -> dict[str, Subscription]:
     rows = s.exec(select(Subscription).where(col(Subscription.tenant_id).in_(tenant_ids))).all()
     return {r.tenant_id: r for r in rows}
-
-
-__all__ = ["Loaders", "Plan"]

@@ -8,7 +8,7 @@ from app.core.errors import ValidationFailed
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits
-from app.graphql.types import OveragePolicy, Period, Plan
+from app.graphql.types import OveragePolicy, Plan
 from app.graphql.util import attempt
 from app.plans import service
 from app.plans.repository import PlanRepository
@@ -84,6 +84,3 @@ class PlanMutation:
             return Plan(row=await ctx.write(lambda s: service.archive_plan(s, ctx.clock, key)))
 
         return await attempt(run)
-
-
-__all__ = ["Period", "PlanMutation", "PlanQuery"]
