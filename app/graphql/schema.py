@@ -101,4 +101,13 @@ def build_schema(settings: Settings) -> strawberry.Schema:
 
 
 def export_sdl() -> str:
-    return build_schema(Settings()).as_str() + "\n"
+    """The SDL with an explicit `schema {}` root block: SDL tools (codegen, graphql-core's
+    build_schema) then never guess the roots from type names."""
+    schema = build_schema(Settings())
+    sdl = schema.as_str()
+    if not sdl.startswith("schema {"):
+        gql = schema._schema
+        roots = [("query", gql.query_type), ("mutation", gql.mutation_type), ("subscription", gql.subscription_type)]
+        block = "\n".join(f"  {op}: {t.name}" for op, t in roots if t is not None)
+        sdl = f"schema {{\n{block}\n}}\n\n{sdl}"
+    return sdl + "\n"
