@@ -195,11 +195,11 @@ def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
 
 
 def _slice_routes(state: AppState) -> list[Any]:
-    """HTTP routes owned by slices (the Stripe webhook, the plain metering route)."""
+    """HTTP routes outside GraphQL: REST /v1 with /openapi.json, and the Stripe webhook."""
+    from app import rest
     from app.integrations.stripe.webhook import webhook_route
-    from app.metering import http as metering_http
 
-    return [*metering_http.routes(state), webhook_route(state)]
+    return [*rest.routes(state), webhook_route(state)]
 
 
 __all__ = ["create_app"]

@@ -46,7 +46,7 @@ function request()
   if mode == "charge" then
     return wrk.format("POST", "/graphql", nil, CHARGE_Q .. key() .. '"}}}')
   elseif mode == "plain" then
-    return wrk.format("POST", "/v1/charge", nil, '{"primitive":"email.send","idempotencyKey":"' .. key() .. '","quantity":1}')
+    return wrk.format("POST", "/v1/charge", nil, '{"primitive":"email.send","idempotency_key":"' .. key() .. '","quantity":1}')
   elseif mode == "batch" then
     local items = {}
     for i = 1, expected do

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, tuple_
+from sqlalchemy import and_, func, select, tuple_
 from sqlalchemy.engine import Connection
 
 from app.core.clock import as_utc
 from app.metering.periods import Period, current_period
-from app.metering.service import COUNTER, EVENT, PLAN, QUOTA, SUB, TENANT
+from app.metering.service import COUNTER, EVENT, HOLD, PLAN, QUOTA, SUB, TENANT
 
 
 @dataclass
@@ -107,3 +107,11 @@ def usage_history(conn: Connection, tenant_id: str, since: datetime, limit: int,
     if before_id is not None:
         q = q.where(EVENT.c.id < before_id)
     return list(conn.execute(q).all())
+
+
+def open_holds(conn: Connection, tenant_id: str, now: datetime) -> int:
+    """Holds still open at `now` (one past its expiry counts as freed, as the reads do)."""
+    q = select(func.count()).where(
+        and_(HOLD.c.tenant_id == tenant_id, HOLD.c.status == "open", HOLD.c.expires_at > now)
+    )
+    return int(conn.execute(q).scalar_one())

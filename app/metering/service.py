@@ -470,7 +470,7 @@ class Meter:
             run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
         return result
 
-    def charge(self, req: MeterRequest) -> Charged:
+    def charge(self, req: MeterRequest, *, precheck: bool = False) -> Charged:
         stored = self._stored_event(req.idempotency_key)
         if stored is not None:
             event_id, request_hash, result = stored
@@ -480,7 +480,9 @@ class Meter:
         self.entitle(req)
         d = self.decide(req)
         self._sweep()
-        if self.state.available - d.amount < self.floor:
+        # precheck: the caller charges BEFORE running the operation (the brief's "check before
+        # executing"), so like new work it is refused once nothing is available; no extra statement.
+        if self.state.available - d.amount < self.floor or (precheck and self.state.available <= 0):
             raise self.insufficient(d.amount)
         return self.record(req, d, kind="charge", key=req.idempotency_key)
 
@@ -858,10 +860,18 @@ def _expired_holds(conn: Connection, scope: TenantScope, now: datetime) -> int:
 
 
 def charge(
-    session: Session | Connection, clock: Clock, scope: TenantScope, req: MeterRequest, *, negative_buffer: int
+    session: Session | Connection,
+    clock: Clock,
+    scope: TenantScope,
+    req: MeterRequest,
+    *,
+    negative_buffer: int,
+    precheck: bool = False,
 ) -> Charged:
+    """precheck=True also refuses when the available balance is already at or below zero before
+    this charge (for callers that charge before they run the operation); a replay still answers."""
     req.validate()
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).charge(req)
+    return Meter(session, clock, scope, negative_buffer=negative_buffer).charge(req, precheck=precheck)
 
 
 def reserve(

@@ -176,17 +176,13 @@ def _fixed(row: Any) -> FixedPrice:
 
 
 def _rate(row: Any, settings: dict[str, Decimal]) -> LlmRateType:
-    def eff(own: int | None, key: str) -> MicroCredits:
-        if own is not None:
-            return MicroCredits(own)
-        return MicroCredits(int(Decimal(row.input_per_m) * settings[key]))
-
+    cache_read, cache_creation = service.effective_cache_rates(row, settings)
     return LlmRateType(
         model=row.model,
         input_per_million=MicroCredits(row.input_per_m),
         output_per_million=MicroCredits(row.output_per_m),
-        cache_read_per_million=eff(row.cache_read_per_m, "llm.cache_read_multiplier"),
-        cache_creation_per_million=eff(row.cache_creation_per_m, "llm.cache_creation_multiplier"),
+        cache_read_per_million=MicroCredits(cache_read),
+        cache_creation_per_million=MicroCredits(cache_creation),
         cache_rates_derived=row.cache_read_per_m is None or row.cache_creation_per_m is None,
         updated_at=row.updated_at,
     )

@@ -326,6 +326,19 @@ def settings(session: Session) -> dict[str, Decimal]:
     return {k: _setting(values, k) for k in DEFAULT_SETTINGS}
 
 
+def effective_cache_rates(row: Any, values: dict[str, Decimal]) -> tuple[int, int]:
+    """A model's cache-read and cache-creation rates (micro-credits per 1M tokens) as listed:
+    its own, or its input rate x the catalog multiplier (`values` is `settings()`)."""
+
+    def eff(own: int | None, key: str) -> int:
+        return own if own is not None else int(Decimal(row.input_per_m) * values[key])
+
+    return (
+        eff(row.cache_read_per_m, "llm.cache_read_multiplier"),
+        eff(row.cache_creation_per_m, "llm.cache_creation_multiplier"),
+    )
+
+
 def _text(d: Decimal) -> str:
     text = format(d, "f")
     if len(text) > 32:

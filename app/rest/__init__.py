@@ -1,0 +1,32 @@
+"""REST /v1: the brief's routes as thin layers over the services GraphQL calls, and
+/openapi.json generated from the same models. Every route declares the key scope it needs
+(`Endpoint.needs`: read, meter or manage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.rest import billing, metering, pricing, status
+from app.rest.base import Endpoint, Rest, handler, json_bytes
+from app.rest.openapi import document
+
+
+def endpoints() -> list[Endpoint]:
+    return [*status.endpoints(), *pricing.endpoints(), *billing.endpoints(), *metering.endpoints()]
+
+
+def routes(state: Any) -> list[Route]:
+    rest = Rest(state.engine, state.settings, state.clock)
+    eps = endpoints()
+    spec = json_bytes(document(eps))
+
+    async def openapi(_: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
+    out = [Route(ep.path, ep.custom(rest) if ep.custom else handler(ep, rest), methods=[ep.method]) for ep in eps]
+    out.append(Route("/openapi.json", openapi, methods=["GET"]))
+    return out

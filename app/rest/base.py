@@ -1,0 +1,346 @@
+"""The REST layer's frame: how a /v1 route is declared (method, path, the key scope it needs,
+its body, query and answer models), how a request becomes a call (auth at the edge, strict
+parsing, the unit of work), and how answers and refusals are written.
+
+Routes stay thin: they translate between JSON and the services the GraphQL resolvers call.
+Every body and query is a pydantic model in strict mode with unknown fields forbidden, so a
+wrong type, a float for an integer, a boolean, an object for a string, an unknown field or a
+body nested past the parser's limit is a 400 naming the field, before anything runs.
+
+Money on the wire: credits and USD are JSON numbers written exactly from integer
+micro-credits or cents (simplejson's Decimal support, never a float on our side), as in the
+brief's examples (`"estimated_credits": 0.12`). A client that needs every digit of a very
+large balance parses them as decimals (e.g. Python's `json.loads(..., parse_float=Decimal)`)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal, TypeVar
+
+import simplejson
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import ValidationError as ModelError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.core.auth import Principal, TenantScope
+from app.core.clock import Clock
+from app.core.db import inline_sqlite, unit_of_work
+from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
+from app.core.money import format_credits
+from app.http.edge import AuthError, authenticate_request
+from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
+from app.metering import errors as merr
+from app.settings import Settings
+
+log = logging.getLogger("meterkit.rest")
+T = TypeVar("T")
+
+# What a route needs from a key. Issue 10 (key scopes) checks it at the one place marked below.
+Needs = Literal["read", "meter", "manage"]
+
+TOPUP_PATH = "/v1/billing/topup"
+
+# ---------------------------------------------------------------- models and money
+
+
+class Strict(BaseModel):
+    """A request body: declared types only (no coercion), unknown fields refused."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class QueryModel(BaseModel):
+    """Query parameters arrive as text: numbers are parsed from it, but "1.5" or "true" is no
+    integer, and an unknown parameter is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    """An answer body (documents the shape in /openapi.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Money = Annotated[
+    Decimal,
+    WithJsonSchema({"type": "number", "description": "Exact decimal (credits: at most 6 decimal places)."}),
+]
+
+
+Number = Annotated[Decimal, WithJsonSchema({"type": "number", "description": "Exact decimal."})]
+
+
+def credits(micro: int) -> Decimal:
+    """Micro-credits as the exact decimal written on the wire ("0.12", "20", "-10")."""
+    return Decimal(format_credits(micro))
+
+
+def usd_cents(cents: int) -> Decimal:
+    return Decimal(f"{'-' if cents < 0 else ''}{abs(cents) // 100}.{abs(cents) % 100:02d}")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def json_bytes(data: Any) -> bytes:
+    return simplejson.dumps(data, use_decimal=True, separators=(",", ":"), default=_default).encode()
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        if isinstance(content, BaseModel):
+            content = content.model_dump()
+        return json_bytes(content)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The one error shape of the HTTP edge, `{"error": {"code", "message", "field"?, ...}}`."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    error.update(extra)
+    return {"error": error}
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def snake(name: str | None) -> str | None:
+    """Services name fields as GraphQL does (idempotencyKey); REST bodies are snake_case."""
+    if name is None or "-" in name:
+        return name
+    return _CAMEL.sub(r"_\1", name).lower()
+
+
+def pack_offers(packs: list[merr.PackInfo]) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": p.key,
+            "name": p.name,
+            "credits": credits(p.credits),
+            "price_usd": usd_cents(p.price_usd_cents),
+            "purchase": purchase(p.key),
+        }
+        for p in packs
+    ]
+
+
+def purchase(pack_key: str) -> dict[str, Any]:
+    """How to buy a pack over REST: the request that answers a Checkout URL."""
+    return {"method": "POST", "path": TOPUP_PATH, "body": {"pack": pack_key}}
+
+
+_STATUS: list[tuple[type[DomainError], int]] = [
+    (merr.InsufficientCredits, 402),
+    (merr.QuotaExceeded, 429),
+    (merr.LimitExceeded, 429),
+    (merr.NotEntitled, 403),
+    (merr.IdempotencyConflict, 409),
+    (merr.HoldClosed, 409),
+    (NotFound, 404),
+    (ValidationFailed, 400),
+    (Forbidden, 403),
+    (Conflict, 409),
+    (StripeNotConfigured, 503),
+    (StripeUnavailable, 502),
+]
+
+
+def domain_error(exc: DomainError, fields: dict[str, str] | None = None) -> Response:
+    """A service's refusal as the error shape, with the details a client acts on."""
+    status = next((s for k, s in _STATUS if isinstance(exc, k)), 409)
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    field: str | None = None
+    if isinstance(exc, ValidationFailed):
+        field = (fields or {}).get(exc.field or "", snake(exc.field))
+    elif isinstance(exc, merr.InsufficientCredits):
+        extra = {
+            "required": credits(exc.required),
+            "available": credits(exc.available),
+            "shortfall": credits(exc.shortfall),
+            "packs": pack_offers(exc.packs),
+        }
+    elif isinstance(exc, merr.QuotaExceeded):
+        extra = {"primitive": exc.primitive, "quota": exc.quota, "used": exc.used, "period_end": exc.period_end}
+    elif isinstance(exc, merr.LimitExceeded):
+        extra = {
+            "primitive": exc.primitive,
+            "limit": snake(exc.limit),
+            "allowed": exc.allowed,
+            "requested": exc.requested,
+            "retry_after_seconds": exc.retry_after,
+        }
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, merr.NotEntitled):
+        extra = {"primitive": exc.primitive, "kit": exc.kit}
+    elif isinstance(exc, merr.IdempotencyConflict):
+        extra = {"idempotency_key": exc.key}
+    elif isinstance(exc, merr.HoldClosed):
+        extra = {"hold_id": exc.hold_id, "status": exc.status}
+    elif isinstance(exc, NotFound):
+        extra = {"entity": exc.entity, "id": exc.ident}
+    return JSON(error_body(exc.code, exc.message, field, **extra), status_code=status, headers=headers)
+
+
+def invalid(exc: ModelError, where: str = "body") -> Response:
+    """The first problem pydantic found, with the field's dotted path (never the input echoed)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid", "type": ""}
+    path = ".".join(str(p) for p in first["loc"])
+    msg = str(first["msg"])
+    if first["type"] == "json_invalid":
+        message = f"{where} is not valid JSON: {msg.removeprefix('Invalid JSON: ')}"
+    elif first["type"] == "model_type":
+        message = f"{where} must be a JSON object"
+    else:
+        message = f"{path or where}: {msg}"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return JSON(error_body("VALIDATION_FAILED", message + more, path or None), status_code=400)
+
+
+UNAUTHENTICATED = AuthError(401, "UNAUTHENTICATED", "authentication required: send Authorization: Bearer <key>")
+NO_TENANT = ValidationFailed(
+    "no tenant in scope: use a tenant key, or an operator key with X-Tenant-Id", field="X-Tenant-Id"
+)
+
+
+# ---------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One /v1 route. `needs` is the key scope it requires: read (status, usage, pricing, packs),
+    meter (charge, reserve, settle, release) or manage (buying: topup, upgrade)."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    needs: Needs
+    summary: str
+    run: Callable[[Call], Awaitable[Any]]
+    ok: type[Out]
+    body: type[Strict] | None = None
+    body_optional: bool = False  # an empty request body means `{}`
+    query: type[QueryModel] | None = None
+    tenant: bool = True  # needs a tenant in scope (tenant key, or operator key + X-Tenant-Id)
+    refusals: tuple[int, ...] = ()  # documented error statuses besides 400, 401 and 404
+    fields: dict[str, str] = field(default_factory=dict)  # service field name -> REST name
+    description: str = ""
+    # A hand-written handler (the charge hot path), made per app; default: `handler(ep, rest)`.
+    custom: Callable[[Rest], Callable[[Request], Awaitable[Response]]] | None = None
+
+
+@dataclass
+class Rest:
+    """What every route gets: the engine, settings and clock of the app."""
+
+    engine: Engine
+    settings: Settings
+    clock: Clock
+
+    @property
+    def inline(self) -> bool:
+        return inline_sqlite(self.engine, self.settings)
+
+    @property
+    def negative_buffer(self) -> int:
+        return self.settings.negative_buffer_credits * 1_000_000
+
+    def _run(self, fn: Callable[[Session], T], write: bool) -> T:
+        with unit_of_work(self.engine, write=write) as session:
+            return fn(session)
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        if self.inline:
+            return self._run(fn, False)
+        return await run_in_threadpool(self._run, fn, False)
+
+    async def write(self, fn: Callable[[Session], T]) -> T:
+        # One unit of work in one thread hop: no await between BEGIN and COMMIT.
+        if self.inline:
+            return self._run(fn, True)
+        try:
+            return await run_in_threadpool(self._run, fn, True)
+        except IntegrityError:
+            # PostgreSQL: a concurrent writer inserted the same unique key first; everything rolled
+            # back, so run once more and answer as the second caller (as GraphQL's ctx.write does).
+            return await run_in_threadpool(self._run, fn, True)
+
+
+@dataclass
+class Call:
+    rest: Rest
+    request: Request
+    principal: Principal
+    scope: TenantScope | None
+    body: Any
+    query: Any
+
+    def tenant(self) -> TenantScope:
+        if self.scope is None:
+            raise NO_TENANT
+        return self.scope
+
+    def param(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+
+def parse_body(model: type[Strict], raw: bytes, optional: bool) -> Any:
+    if optional and not raw.strip():
+        raw = b"{}"
+    return model.model_validate_json(raw)
+
+
+def handler(ep: Endpoint, rest: Rest) -> Callable[[Request], Awaitable[Response]]:
+    """The request cycle of a declared route: key, scope, body and query, then the route."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            principal, scope = await authenticate_request(request, rest.engine, rest.settings.auth_cache_seconds)
+            if principal is None:
+                raise UNAUTHENTICATED
+            # Key scopes (issue 10): refuse here when the principal's key lacks `ep.needs`.
+            if ep.tenant and scope is None:
+                raise NO_TENANT
+            try:
+                body = parse_body(ep.body, await request.body(), ep.body_optional) if ep.body else None
+            except ModelError as exc:
+                return invalid(exc)
+            try:
+                query = ep.query.model_validate(dict(request.query_params)) if ep.query else None
+            except ModelError as exc:
+                return invalid(exc, "query")
+            result = await ep.run(Call(rest, request, principal, scope, body, query))
+        except AuthError as exc:
+            return exc.response()
+        except DomainError as exc:
+            return domain_error(exc, ep.fields)
+        except DataError as exc:
+            # A value the database refuses that validation let through: still the caller's input.
+            log.warning("database refused a value: %s", exc.orig)
+            return JSON(error_body("VALIDATION_FAILED", "a value does not fit its column"), status_code=400)
+        return result if isinstance(result, Response) else JSON(result)
+
+    return endpoint

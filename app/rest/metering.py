@@ -1,0 +1,358 @@
+"""The metered call over REST: POST /v1/charge, /v1/reserve, /v1/holds/{id}/settle and
+/v1/holds/{id}/release, over the same service calls as the GraphQL mutations.
+
+POST /v1/charge is also the floor `make bench` measures GraphQL against, so its handler is
+written out: the key check and the whole charge transaction run in ONE thread hop (none on
+SQLite inline), with no statement beyond the service's own."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import Field
+from pydantic import ValidationError as ModelError
+from sqlalchemy.exc import DataError, IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.core.db import connection_of_work
+from app.core.errors import DomainError
+from app.core.ids import parse_id
+from app.http.edge import AuthError, bearer, resolve_principal
+from app.metering import service
+from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
+from app.rest.base import (
+    JSON,
+    NO_TENANT,
+    UNAUTHENTICATED,
+    Call,
+    Endpoint,
+    Money,
+    Out,
+    Rest,
+    Strict,
+    credits,
+    domain_error,
+    error_body,
+    invalid,
+    log,
+)
+
+HINT = "Credits charged on completion only."
+_DECIMAL = r"^\s*[0-9]{1,7}(\.[0-9]{1,12})?\s*$"
+
+
+class Details(Strict):
+    """What a dynamic price needs; fixed prices need none of it."""
+
+    model: str | None = Field(None, max_length=200, description="llm.tokens, image.generate, video.generate")
+    input_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
+    output_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
+    cache_read_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
+    cache_creation_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
+    cost_usd: str | None = Field(
+        None, pattern=_DECIMAL, description='llm.passthrough: upstream USD as a decimal string, e.g. "0.0123"'
+    )
+    elapsed_seconds: int | None = Field(None, ge=0, le=10**9, description="browser.session.time")
+    num_images: int | None = Field(None, ge=1, le=10_000, description="image.generate")
+    duration_seconds: str | None = Field(
+        None, pattern=_DECIMAL, description='video.generate: seconds as a decimal string, e.g. "5"'
+    )
+
+
+class Usage(Strict):
+    """The metered call's parameters, as the GraphQL MeterInput."""
+
+    primitive: str = Field(min_length=1, max_length=64, examples=["email.send"])
+    quantity: int = Field(1, ge=1, le=service.MAX_QUANTITY)
+    reference: str | None = Field(None, max_length=255)
+    details: Details | None = None
+
+
+class ChargeBody(Usage):
+    idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
+    precheck: bool = Field(
+        False,
+        description="Also refuse (402) when the available balance is already at or below zero before this "
+        "charge: for platforms that charge before running the operation. Default: the operation already "
+        "succeeded, so the charge may take the balance down to the negative buffer.",
+    )
+
+
+class ReserveBody(Usage):
+    idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
+    ttl_seconds: int | None = Field(None, ge=1, le=7 * 86400, description="Default: METERKIT_HOLD_TTL_SECONDS")
+
+
+class SettleBody(Strict):
+    actual: Usage | None = Field(None, description="What the job actually used; default: the reserved estimate")
+
+
+class ReleaseBody(Strict):
+    pass
+
+
+class PrimitiveUsage(Out):
+    primitive: str
+    used: int
+    quota: int | None
+    remaining: int | None
+    overage: int
+
+
+class ChargeOut(Out):
+    """The brief's credit response: credits_used and credits_remaining (the available balance)."""
+
+    event_id: str
+    credits_used: Money
+    credits_remaining: Money
+    replayed: bool = Field(description="True when this is the stored result of an earlier call with the same key")
+    usage: PrimitiveUsage
+
+
+class ReserveOut(Out):
+    """The brief's async submission: the estimate is held, and charged on completion only."""
+
+    job_id: str = Field(description="The hold id (the brief's job_id): settle or release it by this id")
+    hold_id: str
+    estimated_credits: Money
+    hint: str
+    status: str
+    expires_at: datetime
+    replayed: bool
+
+
+class ReleaseOut(Out):
+    hold_id: str
+    status: str
+    amount: Money
+    credits_remaining: Money | None = Field(description="Available after the release; null on a replay")
+    replayed: bool
+
+
+def to_request(body: Usage, key: str) -> service.MeterRequest:
+    d = body.details
+    if d is None:  # the common case: a fixed price
+        return service.MeterRequest(body.primitive, key, body.quantity, reference=body.reference)
+    return service.MeterRequest(
+        primitive=body.primitive,
+        idempotency_key=key,
+        quantity=body.quantity,
+        reference=body.reference,
+        model=d.model,
+        input_tokens=d.input_tokens,
+        output_tokens=d.output_tokens,
+        cache_read_tokens=d.cache_read_tokens,
+        cache_creation_tokens=d.cache_creation_tokens,
+        cost_usd=_decimal(d.cost_usd, "costUsd", MAX_USD),
+        elapsed_seconds=d.elapsed_seconds,
+        num_images=d.num_images,
+        duration_seconds=_decimal(d.duration_seconds, "durationSeconds", MAX_DURATION),
+    )
+
+
+def _decimal(value: str | None, name: str, hi: Decimal) -> Decimal | None:
+    return None if value is None else parse_decimal(value, name, lo=Decimal(0), hi=hi)
+
+
+# Service field names inside `details`, as REST names them.
+DETAIL_FIELDS = {
+    name: f"details.{snake_name}"
+    for name, snake_name in {
+        "model": "model",
+        "inputTokens": "input_tokens",
+        "input_tokens": "input_tokens",
+        "outputTokens": "output_tokens",
+        "output_tokens": "output_tokens",
+        "cacheReadTokens": "cache_read_tokens",
+        "cache_read_tokens": "cache_read_tokens",
+        "cacheCreationTokens": "cache_creation_tokens",
+        "cache_creation_tokens": "cache_creation_tokens",
+        "costUsd": "cost_usd",
+        "elapsedSeconds": "elapsed_seconds",
+        "numImages": "num_images",
+        "durationSeconds": "duration_seconds",
+        "duration": "duration_seconds",
+    }.items()
+}
+
+
+def charged(res: service.Charged) -> dict[str, Any]:
+    u = res.usage
+    return {
+        "event_id": str(res.event_id),
+        "credits_used": credits(res.credits_used),
+        "credits_remaining": credits(res.credits_remaining),
+        "replayed": res.replayed,
+        "usage": {
+            "primitive": u.primitive,
+            "used": u.used,
+            "quota": u.quota,
+            "remaining": u.remaining,
+            "overage": u.overage,
+        },
+    }
+
+
+def charge_handler(rest: Rest) -> Any:
+    """POST /v1/charge, written out for the hot path (see the module docstring)."""
+    engine, settings, clock = rest.engine, rest.settings, rest.clock
+    buffer = rest.negative_buffer
+    ttl = settings.auth_cache_seconds
+
+    def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> service.Charged:
+        principal, scope = resolve_principal(engine, raw_key, tenant, ttl)
+        if principal is None:
+            raise UNAUTHENTICATED
+        # Key scopes (issue 10): a key without "meter" is refused here.
+        if scope is None:
+            raise NO_TENANT
+        req = to_request(body, body.idempotency_key)
+        with connection_of_work(engine) as conn:
+            return service.charge(conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck)
+
+    async def charge(request: Request) -> Response:
+        raw = await request.body()
+        tenant = request.headers.get("x-tenant-id")
+        try:
+            key = bearer(request)
+            try:
+                body = ChargeBody.model_validate_json(raw)
+            except ModelError as exc:
+                # The key first, as everywhere: a missing or bad key is a 401 whatever the body.
+                if key is None:
+                    raise UNAUTHENTICATED from None
+                if rest.inline:
+                    resolve_principal(engine, key, tenant, ttl)
+                else:
+                    await run_in_threadpool(resolve_principal, engine, key, tenant, ttl)
+                return invalid(exc)
+            if rest.inline:
+                res = run(key, tenant, body)
+            else:
+                try:
+                    res = await run_in_threadpool(run, key, tenant, body)
+                except IntegrityError:  # PostgreSQL: the same key raced in; run once more, answer second
+                    res = await run_in_threadpool(run, key, tenant, body)
+        except AuthError as exc:
+            return exc.response()
+        except DomainError as exc:
+            return domain_error(exc, DETAIL_FIELDS)
+        except DataError as exc:
+            log.warning("database refused a value: %s", exc.orig)
+            return JSON(error_body("VALIDATION_FAILED", "a value does not fit its column"), status_code=400)
+        return JSON(charged(res))
+
+    return charge
+
+
+async def reserve(call: Call) -> ReserveOut:
+    body: ReserveBody = call.body
+    scope, rest = call.tenant(), call.rest
+    req = to_request(body, body.idempotency_key)
+    ttl = body.ttl_seconds or rest.settings.hold_ttl_seconds
+    hold = await rest.write(
+        lambda s: service.reserve(
+            s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl
+        )
+    )
+    return ReserveOut(
+        job_id=hold.id,
+        hold_id=hold.id,
+        estimated_credits=credits(hold.amount),
+        hint=HINT,
+        status=hold.status,
+        expires_at=hold.expires_at,
+        replayed=hold.replayed,
+    )
+
+
+async def settle(call: Call) -> dict[str, Any]:
+    body: SettleBody = call.body
+    scope, rest = call.tenant(), call.rest
+    hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
+    actual = to_request(body.actual, f"hold:{hold_id}") if body.actual is not None else None
+    res = await rest.write(
+        lambda s: service.settle(s, rest.clock, scope, hold_id, actual, negative_buffer=rest.negative_buffer)
+    )
+    return charged(res)
+
+
+async def release(call: Call) -> ReleaseOut:
+    scope, rest = call.tenant(), call.rest
+    hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
+    hold = await rest.write(lambda s: service.release(s, rest.clock, scope, hold_id))
+    return ReleaseOut(
+        hold_id=hold.id,
+        status=hold.status,
+        amount=credits(hold.amount),
+        credits_remaining=credits(hold.available_after) if hold.available_after is not None else None,
+        replayed=hold.replayed,
+    )
+
+
+METER_REFUSALS = (402, 403, 409, 429)
+
+
+def endpoints() -> list[Endpoint]:
+    async def unused(call: Call) -> Any:  # POST /v1/charge runs through its own handler
+        raise AssertionError("unreachable")
+
+    return [
+        Endpoint(
+            "POST",
+            "/v1/charge",
+            "meter",
+            "Charge a metered call exactly once per idempotency key",
+            unused,
+            ChargeOut,
+            body=ChargeBody,
+            refusals=METER_REFUSALS,
+            fields=DETAIL_FIELDS,
+            description="For a synchronous operation that succeeded (no charge on failure). The same key with the "
+            "same body answers the stored result (`replayed: true`); with another body, 409 IDEMPOTENCY_CONFLICT. "
+            "402 INSUFFICIENT_CREDITS lists packs that cover the shortfall. Set `precheck` when you charge "
+            "before running the operation.",
+            custom=charge_handler,
+        ),
+        Endpoint(
+            "POST",
+            "/v1/reserve",
+            "meter",
+            "Hold the estimate of an async job (the brief's pre-check)",
+            reserve,
+            ReserveOut,
+            body=ReserveBody,
+            refusals=METER_REFUSALS,
+            fields=DETAIL_FIELDS,
+            description="Refused (402) when the available balance is at or below zero or below the estimate. "
+            "The hold lowers the available balance until it is settled, released or expires.",
+        ),
+        Endpoint(
+            "POST",
+            "/v1/holds/{hold_id}/settle",
+            "meter",
+            "The job succeeded: charge the actual cost (default: the estimate) and free the rest",
+            settle,
+            ChargeOut,
+            body=SettleBody,
+            body_optional=True,
+            refusals=(402, 409),
+            fields={**DETAIL_FIELDS, "holdId": "hold_id"},
+        ),
+        Endpoint(
+            "POST",
+            "/v1/holds/{hold_id}/release",
+            "meter",
+            "The job failed: free the hold, charge nothing",
+            release,
+            ReleaseOut,
+            body=ReleaseBody,
+            body_optional=True,
+            refusals=(409,),
+            fields={"holdId": "hold_id"},
+        ),
+    ]

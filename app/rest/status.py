@@ -1,0 +1,202 @@
+"""The tenant's own numbers over REST: GET /v1/status (the brief's balance, tier and resource
+counts), GET /v1/usage (the brief's transaction history) and GET /v1/usage/summary (the
+brief's billing.usage(): plan, status, period, quotas, usage)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import Field
+
+from app.core.errors import NotFound, ValidationFailed
+from app.credits import service as credit_service
+from app.credits.service import MAX_HISTORY_DAYS, MAX_HISTORY_LIMIT
+from app.metering import repository as usage_repository
+from app.plans.repository import PlanRepository
+from app.rest.base import Call, Endpoint, Money, Out, QueryModel, credits
+
+
+class Period(Out):
+    start: datetime
+    end: datetime
+
+
+class Resources(Out):
+    api_keys: int = Field(description="Live (unrevoked) API keys of the tenant")
+    open_holds: int = Field(description="Reservations of async jobs not yet settled, released or expired")
+    metered_units_this_period: int = Field(
+        description="Units metered this period, all primitives (from the period counters)"
+    )
+    ledger_entries: int
+
+
+class StatusOut(Out):
+    tenant_id: str
+    name: str
+    tier: str | None = Field(description="The plan key (the brief's tier)")
+    plan_name: str | None
+    subscription_status: str | None
+    balance: Money
+    available: Money = Field(description="balance - reserved: what new work may spend")
+    reserved: Money = Field(description="Held by open reservations")
+    period: Period
+    resources: Resources
+
+
+class UsageQuery(QueryModel):
+    days: int = Field(30, ge=1, le=MAX_HISTORY_DAYS)
+    limit: int = Field(50, ge=1, le=MAX_HISTORY_LIMIT)
+    cursor: str | None = Field(None, min_length=1, max_length=64, description="next_cursor of the previous page")
+
+
+class Transaction(Out):
+    id: str
+    kind: str = Field(description="grant | debit | reversal | expiry")
+    action: str = Field(description="The action type: a primitive (email.send), signup, plan, purchase, ...")
+    amount: Money = Field(description="Signed: debits are negative")
+    balance_after: Money
+    reference: str | None = Field(description="The caller's reference id (or the grant's)")
+    created_at: datetime
+
+
+class UsageOut(Out):
+    transactions: list[Transaction]
+    next_cursor: str | None
+    has_more: bool
+
+
+_MONTH = re.compile(r"^(current|[0-9]{4}-(0[1-9]|1[0-2]))$")
+
+
+class SummaryQuery(QueryModel):
+    period: str = Field("current", pattern=_MONTH.pattern, description="current, or a month: YYYY-MM")
+
+
+class SummaryOut(Out):
+    """The brief's `billing.usage()`: quotas and usage as maps of primitive -> units."""
+
+    plan: str | None
+    status: str | None
+    period: Period
+    quotas: dict[str, int]
+    usage: dict[str, int]
+
+
+async def status(call: Call) -> StatusOut:
+    scope, rest = call.tenant(), call.rest
+    now = rest.clock.now()
+
+    def read(s: Any) -> tuple[Any, Any, int, Any]:
+        st = credit_service.status(s, scope, now)
+        report = usage_repository.usage_reports(s.connection(), [scope.tenant_id], now)[scope.tenant_id]
+        holds = usage_repository.open_holds(s.connection(), scope.tenant_id, now)
+        plan = PlanRepository(s).get(st.tenant.plan_key) if st.tenant.plan_key else None
+        return st, report, holds, plan.name if plan else None
+
+    st, report, holds, plan_name = await rest.read(read)
+    return StatusOut(
+        tenant_id=st.tenant.id,
+        name=st.tenant.name,
+        tier=st.tenant.plan_key,
+        plan_name=plan_name,
+        subscription_status=st.subscription_status,
+        balance=credits(st.credits.balance),
+        available=credits(st.credits.available),
+        reserved=credits(st.credits.reserved),
+        period=Period(start=report.period.start, end=report.period.end),
+        resources=Resources(
+            api_keys=st.api_keys,
+            open_holds=holds,
+            metered_units_this_period=sum(line.used for line in report.lines),
+            ledger_entries=st.ledger_entries,
+        ),
+    )
+
+
+async def usage(call: Call) -> UsageOut:
+    scope, rest, q = call.tenant(), call.rest, call.query
+    rows, more = await rest.read(
+        lambda s: credit_service.history(s, scope, rest.clock.now(), days=q.days, limit=q.limit, after=q.cursor)
+    )
+    return UsageOut(
+        transactions=[
+            Transaction(
+                id=str(r.id),
+                kind=r.kind,
+                action=r.action,
+                amount=credits(r.amount),
+                balance_after=credits(r.balance_after),
+                reference=r.reference,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ],
+        next_cursor=credit_service.encode_cursor(rows[-1].id) if rows and more else None,
+        has_more=more,
+    )
+
+
+def month_start(period: str) -> datetime | None:
+    """None for the current period; else the first instant of the month (UTC)."""
+    if period == "current":
+        return None
+    year, month = int(period[:4]), int(period[5:7])
+    if year < 1970:
+        raise ValidationFailed("period is before 1970", field="period")
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+async def summary(call: Call) -> SummaryOut:
+    scope, rest = call.tenant(), call.rest
+    at = month_start(call.query.period)
+    reports = await rest.read(
+        lambda s: usage_repository.usage_reports(s.connection(), [scope.tenant_id], rest.clock.now(), at)
+    )
+    r = reports.get(scope.tenant_id)
+    if r is None:
+        raise NotFound("Tenant", scope.tenant_id)
+    return SummaryOut(
+        plan=r.plan,
+        status=r.status,
+        period=Period(start=r.period.start, end=r.period.end),
+        quotas={x.primitive: x.quota for x in r.lines if x.quota is not None},
+        usage={x.primitive: x.used for x in r.lines if x.used},
+    )
+
+
+def endpoints() -> list[Endpoint]:
+    return [
+        Endpoint(
+            "GET",
+            "/v1/status",
+            "read",
+            "Balance, tier and resource counts of the tenant in scope",
+            status,
+            StatusOut,
+        ),
+        Endpoint(
+            "GET",
+            "/v1/usage",
+            "read",
+            "Transaction history: action type, amount and reference ids, newest first",
+            usage,
+            UsageOut,
+            query=UsageQuery,
+            fields={"after": "cursor"},
+            description="Ledger entries of the last `days` (grants, debits, reversals, expiries). Page on with "
+            "`cursor` = the previous page's `next_cursor`.",
+        ),
+        Endpoint(
+            "GET",
+            "/v1/usage/summary",
+            "read",
+            "The period's usage against the plan's quotas (the brief's billing.usage())",
+            summary,
+            SummaryOut,
+            query=SummaryQuery,
+            description="`period=current` (default) or `YYYY-MM`: the billing period in force at the first "
+            "instant of that month (for a calendar-month plan, that month). Read from the period counters.",
+        ),
+    ]
