@@ -181,24 +181,24 @@ def test_plain_route_speaks_the_briefs_rest_shape(api: Api) -> None:
     tid, key = setup_tenant(api, plan="free")
     post = api.client.post
     auth = {"Authorization": f"Bearer {key}"}
-    ok = post("/v1/charge", json={"primitive": "email.send", "idempotencyKey": "p1"}, headers=auth)
-    assert ok.status_code == 200 and ok.json()["credits_used"] == "1" and ok.json()["credits_remaining"] == "19"
-    again = post("/v1/charge", json={"primitive": "email.send", "idempotencyKey": "p1"}, headers=auth).json()
+    ok = post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "p1"}, headers=auth)
+    assert ok.status_code == 200 and ok.json()["credits_used"] == 1 and ok.json()["credits_remaining"] == 19
+    again = post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "p1"}, headers=auth).json()
     assert again["replayed"] is True and again["event_id"] == ok.json()["event_id"]
     assert post("/v1/charge", content=b"[1]", headers=auth).status_code == 400
-    assert post("/v1/charge", json={"primitive": "nope", "idempotencyKey": "x"}, headers=auth).status_code == 400
+    assert post("/v1/charge", json={"primitive": "nope", "idempotency_key": "x"}, headers=auth).status_code == 400
     assert (
         post(
             "/v1/charge",
-            json={"primitive": "email.send", "idempotencyKey": "x"},
+            json={"primitive": "email.send", "idempotency_key": "x"},
             headers={"Authorization": "Bearer mk_tn_wrong"},
         ).status_code
         == 401
     )
     for i in range(29):  # 19 left + the 10-credit buffer
-        post("/v1/charge", json={"primitive": "email.send", "idempotencyKey": f"q{i}"}, headers=auth)
-    broke = post("/v1/charge", json={"primitive": "email.send", "idempotencyKey": "last"}, headers=auth)
+        post("/v1/charge", json={"primitive": "email.send", "idempotency_key": f"q{i}"}, headers=auth)
+    broke = post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "last"}, headers=auth)
     assert broke.status_code == 402
-    body = broke.json()
-    assert body["error"] == "insufficient_credits" and body["available"] == "-10"
-    assert body["packs"] and "purchaseCreditPack" in body["packs"][0]["purchase_path"]
+    error = broke.json()["error"]
+    assert error["code"] == "INSUFFICIENT_CREDITS" and error["available"] == -10
+    assert error["packs"] and error["packs"][0]["purchase"]["path"] == "/v1/billing/topup"
