@@ -57,8 +57,8 @@ class Rest:
         return tid, self.api.tenant_key(tid)
 
 
-@pytest.fixture
-def rest(api: Api, settings: Settings, clock: FrozenClock) -> Iterator[Rest]:
+@pytest.fixture(name="rest")
+def rest_fixture(api: Api, settings: Settings, clock: FrozenClock) -> Iterator[Rest]:
     seed_catalog(api)
     tid = api.create_tenant("Acme")
     api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})

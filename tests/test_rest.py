@@ -15,7 +15,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import count_rows
 from tests.fixtures_catalog import KIT
-from tests.rest_harness import MONEY, Rest, rest  # noqa: F401  (fixture)
+from tests.rest_harness import MONEY, Rest, rest_fixture  # noqa: F401  (fixture)
 
 FLUX = "fal-ai/flux/schnell"
 KLING = "fal-ai/kling-video/v3/pro/text-to-video"
@@ -81,8 +81,14 @@ def test_reads_answer_tenant_and_operator_keys_alike_and_refuse_wrong_keys(rest:
 def test_writes_refuse_missing_and_bad_keys_before_reading_the_body(rest: Rest) -> None:
     before = count_rows(rest.api.db.engine, *MONEY)
     hold = "hold_" + "0" * 32
-    for path in ("/v1/charge", "/v1/reserve", f"/v1/holds/{hold}/settle", f"/v1/holds/{hold}/release",
-                 "/v1/billing/topup", "/v1/billing/upgrade"):
+    for path in (
+        "/v1/charge",
+        "/v1/reserve",
+        f"/v1/holds/{hold}/settle",
+        f"/v1/holds/{hold}/release",
+        "/v1/billing/topup",
+        "/v1/billing/upgrade",
+    ):
         for body in ({"primitive": "email.send", "idempotency_key": "k"}, {"quantity": 1.5}, None):
             for headers in ({}, {"Authorization": "Bearer mk_tn_nope"}):
                 r = rest.http.post(path, json=body, headers=headers)
@@ -150,8 +156,9 @@ def test_charge_answers_the_briefs_credit_response_and_takes_every_detail(rest: 
     assert op.status_code == 200 and op.json()["credits_remaining"] == 218
 
     # details: llm.tokens (the GraphQL test's Sonnet numbers), pass-through cost, images, session time.
-    rest.api(KIT, {"i": {"key": "kit_pro", "name": "Pro", "allowedPrimitives": ["email.*", "llm.*", "image.*",
-                                                                                "browser.*"]}})
+    rest.api(
+        KIT, {"i": {"key": "kit_pro", "name": "Pro", "allowedPrimitives": ["email.*", "llm.*", "image.*", "browser.*"]}}
+    )
     llm = rest.post(
         "/v1/charge",
         {
@@ -188,8 +195,9 @@ def test_the_402_lists_packs_with_price_and_how_to_buy_them_and_precheck_refuses
     auth = {"Authorization": f"Bearer {key}"}
 
     def charge(k: str, **extra: Any) -> Any:
-        return rest.http.post("/v1/charge", json={"primitive": "email.send", "idempotency_key": k, **extra},
-                              headers=auth)
+        return rest.http.post(
+            "/v1/charge", json={"primitive": "email.send", "idempotency_key": k, **extra}, headers=auth
+        )
 
     for i in range(20):
         assert charge(f"a{i}").status_code == 200
@@ -246,8 +254,15 @@ def test_reserve_answers_the_briefs_async_shape_then_settle_and_release(rest: Re
     closed = rest.post(f"/v1/holds/{hid}/release")
     assert closed.status_code == 409 and error(closed)["status"] == "settled"
 
-    second = rest.post("/v1/reserve", {"primitive": "image.generate", "idempotency_key": "job-2", "ttl_seconds": 60,
-                                       "details": {"model": FLUX, "num_images": 10}})
+    second = rest.post(
+        "/v1/reserve",
+        {
+            "primitive": "image.generate",
+            "idempotency_key": "job-2",
+            "ttl_seconds": 60,
+            "details": {"model": FLUX, "num_images": 10},
+        },
+    )
     assert second.status_code == 403 and error(second)["code"] == "NOT_ENTITLED"  # kit_pro has no image.*
     third = rest.post("/v1/reserve", {"primitive": "research.exhaustive", "idempotency_key": "job-3"}).json()
     released = rest.post(f"/v1/holds/{third['hold_id']}/release", {})
@@ -259,8 +274,9 @@ def test_reserve_answers_the_briefs_async_shape_then_settle_and_release(rest: Re
         "replayed": False,
     }
     actual = rest.post("/v1/reserve", {"primitive": "research.thorough", "idempotency_key": "job-4"}).json()
-    partial = rest.post(f"/v1/holds/{actual['hold_id']}/settle",
-                        {"actual": {"primitive": "research.thorough", "quantity": 2}})
+    partial = rest.post(
+        f"/v1/holds/{actual['hold_id']}/settle", {"actual": {"primitive": "research.thorough", "quantity": 2}}
+    )
     assert partial.status_code == 200 and partial.json()["credits_used"] == 10
     for bad, field in (("hold_xyz", "hold_id"), ("ten_" + "0" * 32, "hold_id")):
         r = rest.post(f"/v1/holds/{bad}/release")
@@ -271,8 +287,12 @@ def test_reserve_answers_the_briefs_async_shape_then_settle_and_release(rest: Re
     wrong = rest.post(f"/v1/holds/{open_['hold_id']}/settle", {"actual": {"primitive": "email.send"}})
     assert wrong.status_code == 400 and error(wrong)["field"] == "primitive"
     assert rest.post(f"/v1/holds/{open_['hold_id']}/release").json()["status"] == "released"
-    assert rest.post("/v1/reserve", {"primitive": "research.thorough", "idempotency_key": "x",
-                                     "ttl_seconds": 0}).status_code == 400
+    assert (
+        rest.post(
+            "/v1/reserve", {"primitive": "research.thorough", "idempotency_key": "x", "ttl_seconds": 0}
+        ).status_code
+        == 400
+    )
 
 
 # ------------------------------------------------------------------ reads
@@ -289,10 +309,19 @@ def test_usage_pages_through_the_transaction_history_with_a_cursor(rest: Rest) -
     second = rest.get(f"/v1/usage?limit=3&cursor={first['next_cursor']}").json()
     assert [t["reference"] for t in second["transactions"]] == ["ref-1", "ref-0", "plan pro 2026-07-01..2026-08-01"]
     third = rest.get(f"/v1/usage?limit=3&cursor={second['next_cursor']}").json()
-    assert [t["action"] for t in third["transactions"]] == ["signup"] and third == {**third, "has_more": False,
-                                                                                    "next_cursor": None}
-    for query, field in (("cursor=bm9wZQ==", "cursor"), ("days=0", "days"), ("limit=1.5", "limit"),
-                         ("limit=501", "limit"), ("days=abc", "days"), ("page=2", "page")):
+    assert [t["action"] for t in third["transactions"]] == ["signup"] and third == {
+        **third,
+        "has_more": False,
+        "next_cursor": None,
+    }
+    for query, field in (
+        ("cursor=bm9wZQ==", "cursor"),
+        ("days=0", "days"),
+        ("limit=1.5", "limit"),
+        ("limit=501", "limit"),
+        ("days=abc", "days"),
+        ("page=2", "page"),
+    ):
         r = rest.get(f"/v1/usage?{query}")
         assert r.status_code == 400 and error(r)["field"] == field, (query, r.text)
 
@@ -346,8 +375,13 @@ def test_pricing_and_packs_list_the_catalog(rest: Rest) -> None:
     assert (sonnet["input_per_million"], sonnet["output_per_million"]) == (Decimal("7.5"), Decimal("37.5"))
     assert sonnet["cache_read_per_million"] == Decimal("0.75")  # 0.1 x input
     flux = next(m for m in body["media"] if m["model"] == FLUX)
-    assert flux == {"model": FLUX, "kind": "image", "unit": "image", "unit_price_usd": Decimal("0.02"),
-                    "markup": Decimal("1.5")}
+    assert flux == {
+        "model": FLUX,
+        "kind": "image",
+        "unit": "image",
+        "unit_price_usd": Decimal("0.02"),
+        "markup": Decimal("1.5"),
+    }
     packs = exact(rest.get("/v1/billing/packs").text)["packs"]
     assert [(p["key"], p["credits"], p["price_usd"]) for p in packs] == [
         ("small", 20, Decimal("10.00")),
@@ -382,10 +416,16 @@ BAD_BODIES: list[tuple[str, bytes | dict[str, Any], str | None]] = [
     ("null primitive", {"primitive": None}, "primitive"),
     ("nesting bomb", b"[" * 100_000 + b"]" * 100_000, None),
     ("nested object bomb", b'{"details":' * 5_000 + b"{}" + b"}" * 5_000, None),
-    ("nested array in a field", b'{"primitive":"email.send","idempotency_key":"k","reference":' + b"[" * 50
-     + b"]" * 50 + b"}", "reference"),
-    ("nesting bomb in a field", b'{"primitive":"email.send","idempotency_key":"k","reference":' + b"[" * 3000
-     + b"]" * 3000 + b"}", None),
+    (
+        "nested array in a field",
+        b'{"primitive":"email.send","idempotency_key":"k","reference":' + b"[" * 50 + b"]" * 50 + b"}",
+        "reference",
+    ),
+    (
+        "nesting bomb in a field",
+        b'{"primitive":"email.send","idempotency_key":"k","reference":' + b"[" * 3000 + b"]" * 3000 + b"}",
+        None,
+    ),
     ("array body", b"[1]", None),
     ("string body", b'"charge"', None),
     ("not JSON", b"primitive=email.send", None),
@@ -425,8 +465,11 @@ def test_other_bodies_are_strict_too(rest: Rest) -> None:
         ("/v1/billing/topup", {}, "pack"),
         ("/v1/billing/upgrade", {"plan": {"key": "pro"}}, "plan"),
         ("/v1/billing/upgrade", {"plan": ""}, "plan"),
-        (f"/v1/holds/{hold}/settle", {"actual": {"primitive": "research.thorough", "quantity": 1.5}},
-         "actual.quantity"),
+        (
+            f"/v1/holds/{hold}/settle",
+            {"actual": {"primitive": "research.thorough", "quantity": 1.5}},
+            "actual.quantity",
+        ),
         (f"/v1/holds/{hold}/settle", {"actual": "all"}, "actual"),
         (f"/v1/holds/{hold}/settle", {"estimate": True}, "estimate"),
         (f"/v1/holds/{hold}/release", {"reason": "failed"}, "reason"),
@@ -466,3 +509,11 @@ def test_openapi_describes_every_v1_route_with_the_scope_it_needs(rest: Rest) ->
     assert needs[("GET", "/v1/status")] == "read"
     charge = doc["components"]["schemas"]["ChargeBody"]
     assert charge["additionalProperties"] is False and "details" in charge["properties"]
+
+
+def test_buying_without_stripe_configured_is_a_503_that_writes_nothing(rest: Rest) -> None:
+    before = count_rows(rest.api.db.engine, *MONEY, "stripe_operation")
+    for path, body in (("/v1/billing/topup", {"pack": "medium"}), ("/v1/billing/upgrade", {"plan": "pro"})):
+        r = rest.post(path, body)
+        assert r.status_code == 503 and error(r)["code"] == "STRIPE_NOT_CONFIGURED"
+    assert count_rows(rest.api.db.engine, *MONEY, "stripe_operation") == before

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.credits import packs as pack_service
@@ -36,6 +36,8 @@ class PacksOut(Out):
 
 
 class TopupBody(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"pack": "medium"}]})
+
     pack: str = Field(min_length=1, max_length=64, examples=["medium"])
 
 
@@ -46,6 +48,8 @@ class TopupOut(Out):
 
 
 class UpgradeBody(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"plan": "pro"}]})
+
     plan: str = Field(min_length=1, max_length=64, examples=["pro"])
 
 

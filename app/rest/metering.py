@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from pydantic import ValidationError as ModelError
 from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -73,6 +73,19 @@ class Usage(Strict):
 
 
 class ChargeBody(Usage):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"primitive": "email.send", "idempotency_key": "msg-42", "reference": "msg-42"},
+                {
+                    "primitive": "llm.tokens",
+                    "idempotency_key": "run-7-step-3",
+                    "details": {"model": "claude-sonnet-4.5", "input_tokens": 1200, "output_tokens": 300},
+                },
+            ]
+        }
+    )
+
     idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
     precheck: bool = Field(
         False,
@@ -83,6 +96,10 @@ class ChargeBody(Usage):
 
 
 class ReserveBody(Usage):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"primitive": "research.thorough", "idempotency_key": "job-1"}]}
+    )
+
     idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
     ttl_seconds: int | None = Field(None, ge=1, le=7 * 86400, description="Default: METERKIT_HOLD_TTL_SECONDS")
 
@@ -255,9 +272,7 @@ async def reserve(call: Call) -> ReserveOut:
     req = to_request(body, body.idempotency_key)
     ttl = body.ttl_seconds or rest.settings.hold_ttl_seconds
     hold = await rest.write(
-        lambda s: service.reserve(
-            s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl
-        )
+        lambda s: service.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
     )
     return ReserveOut(
         job_id=hold.id,
