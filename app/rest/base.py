@@ -36,7 +36,7 @@ from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
 from app.core.db import inline_sqlite, unit_of_work
 from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
-from app.core.money import format_credits
+from app.core.money import MICRO, format_credits
 from app.http.edge import AuthError, authenticate_request
 from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
 from app.metering import errors as merr
@@ -83,7 +83,8 @@ Number = Annotated[Decimal, WithJsonSchema({"type": "number", "description": "Ex
 
 def credits(micro: int) -> Decimal:
     """Micro-credits as the exact decimal written on the wire ("0.12", "20", "-10")."""
-    return Decimal(format_credits(micro))
+    whole, fraction = divmod(micro, MICRO)
+    return Decimal(whole) if not fraction else Decimal(format_credits(micro))
 
 
 def usd_cents(cents: int) -> Decimal:
@@ -98,8 +99,11 @@ def _default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+_ENCODER = simplejson.JSONEncoder(use_decimal=True, separators=(",", ":"), default=_default)
+
+
 def json_bytes(data: Any) -> bytes:
-    return simplejson.dumps(data, use_decimal=True, separators=(",", ":"), default=_default).encode()
+    return _ENCODER.encode(data).encode()
 
 
 class JSON(Response):
