@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from starlette.routing import Route
 
@@ -265,7 +266,7 @@ def test_reserve_answers_the_briefs_async_shape_then_settle_and_release(rest: Re
     )
     assert second.status_code == 403 and error(second)["code"] == "NOT_ENTITLED"  # kit_pro has no image.*
     third = rest.post("/v1/reserve", {"primitive": "research.exhaustive", "idempotency_key": "job-3"}).json()
-    released = rest.post(f"/v1/holds/{third['hold_id']}/release", {})
+    released = rest.post(f"/v1/holds/{third['hold_id']}/release", {}, as_="operator")
     assert released.status_code == 200 and released.json() == {
         "hold_id": third["hold_id"],
         "status": "released",
@@ -285,7 +286,7 @@ def test_reserve_answers_the_briefs_async_shape_then_settle_and_release(rest: Re
     assert again.json() == {**partial.json(), "replayed": True}  # settling twice answers the first result
     open_ = rest.post("/v1/reserve", {"primitive": "research.thorough", "idempotency_key": "job-5"}).json()
     wrong = rest.post(f"/v1/holds/{open_['hold_id']}/settle", {"actual": {"primitive": "email.send"}})
-    assert wrong.status_code == 400 and error(wrong)["field"] == "primitive"
+    assert wrong.status_code == 400 and error(wrong)["field"] == "actual.primitive"
     assert rest.post(f"/v1/holds/{open_['hold_id']}/release").json()["status"] == "released"
     assert (
         rest.post(
@@ -457,6 +458,13 @@ def test_bodies_are_strict_never_a_500_and_nothing_is_written(rest: Rest, path: 
     assert count_rows(engine, *MONEY) == before
 
 
+def test_a_body_over_the_limit_is_a_413_in_the_error_shape(rest: Rest) -> None:
+    big = {"primitive": "email.send", "idempotency_key": "big", "reference": "r" * 300_000}
+    r = rest.post("/v1/charge", big)
+    assert r.status_code == 413 and error(r)["code"] == "PAYLOAD_TOO_LARGE"
+    assert "413" in rest.http.get("/openapi.json").json()["paths"]["/v1/charge"]["post"]["responses"]
+
+
 def test_other_bodies_are_strict_too(rest: Rest) -> None:
     hold = rest.post("/v1/reserve", {"primitive": "research.thorough", "idempotency_key": "h"}).json()["hold_id"]
     cases: list[tuple[str, Any, str | None]] = [
@@ -517,3 +525,20 @@ def test_buying_without_stripe_configured_is_a_503_that_writes_nothing(rest: Res
         r = rest.post(path, body)
         assert r.status_code == 503 and error(r)["code"] == "STRIPE_NOT_CONFIGURED"
     assert count_rows(rest.api.db.engine, *MONEY, "stripe_operation") == before
+
+
+def test_concurrent_copies_of_one_charge_charge_once_and_all_answer_it(rest: Rest) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"primitive": "email.send", "idempotency_key": "storm", "reference": "storm"}
+
+    def send(_: int) -> Any:
+        with httpx.Client(base_url=rest.url, timeout=30, trust_env=False) as http:
+            return http.post("/v1/charge", json=body, headers=rest.headers())
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(send, range(20)))
+    assert [r.status_code for r in answers] == [200] * 20, [r.text for r in answers if r.status_code != 200]
+    assert len({r.json()["event_id"] for r in answers}) == 1
+    assert sum(not r.json()["replayed"] for r in answers) == 1
+    assert rest.get("/v1/status").json()["balance"] == 219

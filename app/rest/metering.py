@@ -197,6 +197,14 @@ DETAIL_FIELDS = {
 }
 
 
+# settle's service fields live under `actual` in its body.
+SETTLE_FIELDS = {
+    **{name: f"actual.{rest_name}" for name, rest_name in DETAIL_FIELDS.items()},
+    **{name: f"actual.{name}" for name in ("primitive", "quantity", "reference")},
+    "holdId": "hold_id",
+}
+
+
 def charged(res: service.Charged) -> dict[str, Any]:
     u = res.usage
     return {
@@ -356,7 +364,7 @@ def endpoints() -> list[Endpoint]:
             body=SettleBody,
             body_optional=True,
             refusals=(402, 409),
-            fields={**DETAIL_FIELDS, "holdId": "hold_id"},
+            fields=SETTLE_FIELDS,
         ),
         Endpoint(
             "POST",

@@ -62,6 +62,7 @@ ERRORS = {
     403: "Not entitled (the tenant's Account Kit) or forbidden",
     404: "Not found (also a tenant or hold of another tenant)",
     409: "Conflict: idempotency key reused with other parameters, hold already closed, ...",
+    413: "The request body is larger than METERKIT_MAX_BODY_BYTES",
     429: "Quota for the period spent, or a per-call or per-minute limit (Retry-After when known)",
     502: "Stripe refused or failed",
     503: "Stripe is not configured",
@@ -91,7 +92,8 @@ def document(endpoints: list[Endpoint], *, title: str = "meterkit REST", version
                 "required": not ep.body_optional,
                 "content": {"application/json": {"schema": keys[(ep.body, "validation")]}},
             }
-        for status in sorted({400, 401, 404, *ep.refusals}):
+        body_limit = {413} if ep.body is not None else set()
+        for status in sorted({400, 401, 404, *body_limit, *ep.refusals}):
             schema = keys[(InsufficientCredits if status == 402 else Error, "serialization")]
             op["responses"][str(status)] = _json(ERRORS[status], schema)
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
