@@ -243,7 +243,7 @@ class Endpoint:
     path: str
     needs: Needs
     summary: str
-    run: Callable[[Call], Awaitable[Any]]
+    run: Callable[[Call], Awaitable[Any]] | None  # None: `custom` handles the request
     ok: type[Out]
     body: type[Strict] | None = None
     body_optional: bool = False  # an empty request body means `{}`
@@ -319,6 +319,8 @@ def parse_body(model: type[Strict], raw: bytes, optional: bool) -> Any:
 
 def handler(ep: Endpoint, rest: Rest) -> Callable[[Request], Awaitable[Response]]:
     """The request cycle of a declared route: key, scope, body and query, then the route."""
+    run = ep.run
+    assert run is not None, f"{ep.path} declares neither run nor custom"
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -336,7 +338,7 @@ def handler(ep: Endpoint, rest: Rest) -> Callable[[Request], Awaitable[Response]
                 query = ep.query.model_validate(dict(request.query_params)) if ep.query else None
             except ModelError as exc:
                 return invalid(exc, "query")
-            result = await ep.run(Call(rest, request, principal, scope, body, query))
+            result = await run(Call(rest, request, principal, scope, body, query))
         except AuthError as exc:
             return exc.response()
         except DomainError as exc:

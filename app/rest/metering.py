@@ -321,16 +321,13 @@ METER_REFUSALS = (402, 403, 409, 429)
 
 
 def endpoints() -> list[Endpoint]:
-    async def unused(call: Call) -> Any:  # POST /v1/charge runs through its own handler
-        raise AssertionError("unreachable")
-
     return [
         Endpoint(
             "POST",
             "/v1/charge",
             "meter",
             "Charge a metered call exactly once per idempotency key",
-            unused,
+            None,
             ChargeOut,
             body=ChargeBody,
             refusals=METER_REFUSALS,
