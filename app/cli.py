@@ -83,6 +83,10 @@ from app.integrations.stripe.cli import stripe_cli  # noqa: E402
 
 cli.add_typer(stripe_cli, name="stripe")
 
+from app.cli_client import mount  # noqa: E402  (commands against a running gateway)
+
+mount(cli, stripe_cli)
+
 
 @cli.command()
 def reconcile(

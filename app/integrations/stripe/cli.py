@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-stripe_cli = typer.Typer(no_args_is_help=True, help="Stripe integration: reconcile local state with Stripe.")
+stripe_cli = typer.Typer(
+    no_args_is_help=True, help="Stripe integration: reconcile local state with Stripe; read the webhook inbox."
+)
 
 
 @stripe_cli.command()
