@@ -79,6 +79,8 @@ class Ctx:
             yield client.for_user(self.tenant) if self.tenant else client
 
     def fail(self, code: int, error: str, message: str, field: str | None = None) -> None:
+        if field == "X-Tenant-Id" and self.tenant is None:
+            message += " (the CLI's --tenant TENANT_ID)"
         if self.json:
             body: dict[str, Any] = {"code": error, "message": message}
             if field:
