@@ -78,15 +78,17 @@ def test_tenant_and_operator_commands(stripe_env: StripeEnv) -> None:
     assert g.json()["created"] is True and Decimal(g.json()["tenant"]["credits"]["balance"]) == 25
     again = op("credits", "grant", tid, "5", "--idempotency-key", "cli-g1")
     assert again.code == 0 and "already granted" in again.out
+    expiring = op("credits", "grant", tid, "1", "--idempotency-key", "cli-g2", "--expires-at", "2099-01-01", "--json")
+    assert expiring.code == 0 and Decimal(expiring.json()["tenant"]["credits"]["balance"]) == 26, expiring.out
 
     # usage: the credit history, newest first, paged by --limit.
     page = me("usage", "--days", "30", "--limit", "1", "--json")
     assert page.code == 0, page.err
     body = page.json()
-    assert [e["action"] for e in body["entries"]] == ["adjustment"] and Decimal(body["entries"][0]["amount"]) == 5
+    assert [e["action"] for e in body["entries"]] == ["adjustment"] and Decimal(body["entries"][0]["amount"]) == 1
     assert body["pageInfo"]["hasNextPage"] is True
     rest = me("usage", "--limit", "10", "--after", body["pageInfo"]["endCursor"], "--json").json()
-    assert [e["action"] for e in rest["entries"]] == ["signup"]
+    assert [e["action"] for e in rest["entries"]] == ["adjustment", "signup"]
     table = me("usage", "--days", "30")
     assert table.code == 0 and "adjustment" in table.out and "signup" in table.out
 
@@ -104,7 +106,7 @@ def test_tenant_and_operator_commands(stripe_env: StripeEnv) -> None:
     assert env.fake.get(session_id)["mode"] == "payment"
     env.fake.complete_checkout(session_id)
     env.deliver_all()
-    assert Decimal(me("status", "--json").json()["credits"]["balance"]) == 75
+    assert Decimal(me("status", "--json").json()["credits"]["balance"]) == 76
 
     # The webhook inbox, for operators.
     events = op("stripe", "events", "--outcome", "applied", "--json")
