@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.live import free_port
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
-from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
+from tests.stripe_harness import PRO_PRICE, StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = Path(sys.executable).with_name("meterkit")
@@ -121,11 +121,24 @@ def test_tenant_and_operator_commands(stripe_env: StripeEnv) -> None:
     assert up.json()["__typename"] == "CheckoutSession" and up.json()["mode"] == "subscription"
     assert up.json()["url"].startswith(env.fake.url + "/checkout/")
     assert me("billing", "usage", "--json").json()["plan"] == "free"
+    # Once subscribed on Stripe, upgrade moves the subscription; the webhook changes the plan.
+    sub_id = env.subscribe(tid, PRO_PRICE)
+    env.deliver_all()
+    assert me("billing", "usage", "--json").json()["plan"] == "pro"
+    moved = me("billing", "upgrade", "--plan", "team")
+    assert moved.code == 0 and f"Subscription {sub_id} moved to plan team" in moved.out, moved.out + moved.err
+    env.deliver_all()
+    report = me("billing", "usage", "--json").json()
+    assert (report["plan"], report["status"], report["quotas"]) == ("team", "active", {"email.send": 5000})
+    assert "email.send" in me("billing", "usage").out
 
     # Pricing: the brief's example, and the catalog.
     img = me("pricing", "images", "--model", "fal-ai/flux/schnell", "--num-images", "2", "--json")
     assert img.code == 0, img.err
     assert img.json()["model"] == "fal-ai/flux/schnell" and Decimal(img.json()["estimatedCredits"]) == Decimal("0.12")
+    vid = me("pricing", "video", "--model", "fal-ai/kling-video/v3/pro/text-to-video", "--duration", "5", "--json")
+    assert vid.code == 0 and Decimal(vid.json()["estimatedCredits"]) > 0, vid.out + vid.err
+    assert "estimated credits" in me("pricing", "images", "--model", "fal-ai/flux/schnell").out
     catalog = me("pricing", "--json")
     assert catalog.code == 0 and any(p["primitive"] == "email.send" for p in catalog.json()["prices"])
     assert "email.send" in me("pricing").out

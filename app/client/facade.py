@@ -259,9 +259,10 @@ class TenantView(_Scope):
         result = self._call(self._gql.reserve, input=data, ttl_seconds=ttl_seconds)
         return _ok(result, "Hold")  # type: ignore[no-any-return]
 
-    def settle(self, hold_id: str) -> gen.SettleSettleCharged:
-        """The job succeeded: charge the held estimate."""
-        return _ok(self._call(self._gql.settle, hold_id=hold_id), "Charged")  # type: ignore[no-any-return]
+    def settle(self, hold_id: str, *, actual: MeterInput | None = None) -> gen.SettleSettleCharged:
+        """The job succeeded: charge the held estimate, or `actual` (e.g. the real video length)."""
+        result = self._call(self._gql.settle, hold_id=hold_id, actual=actual)
+        return _ok(result, "Charged")  # type: ignore[no-any-return]
 
     def release(self, hold_id: str) -> gen.ReleaseReleaseHold:
         """The job failed: free the hold, charge nothing."""
