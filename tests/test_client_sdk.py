@@ -136,8 +136,12 @@ def test_topup_and_the_webhook_inbox(stripe_env: StripeEnv) -> None:
         assert [e.id for e in first.nodes + rest.nodes] == [e.id for e in events.nodes]
         ignored = op.stripe.events(outcome="ignored").nodes
         assert ignored and all(e.outcome == "ignored" for e in ignored)
-        for bad, field in ((dict(outcome="no such outcome!"), "outcome"), (dict(first=0), "first"),
-                           (dict(first=201), "first"), (dict(after="garbage"), "after")):
+        for bad, field in (
+            (dict(outcome="no such outcome!"), "outcome"),
+            (dict(first=0), "first"),
+            (dict(first=201), "first"),
+            (dict(after="garbage"), "after"),
+        ):
             with pytest.raises(Refused) as refused:
                 op.stripe.events(**bad)  # type: ignore[arg-type]
             assert (refused.value.code, refused.value.field) == ("VALIDATION_FAILED", field)

@@ -21,9 +21,7 @@ from app.client import Meterkit, Refused, TenantView, Unreachable, as_json
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-UrlOpt = Annotated[
-    str, typer.Option("--url", envvar="METERKIT_URL", help="The gateway's address.", show_envvar=True)
-]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="METERKIT_URL", help="The gateway's address.", show_envvar=True)]
 KeyOpt = Annotated[
     str | None,
     typer.Option("--key", envvar="METERKIT_API_KEY", help="An API key (tenant or operator).", show_default=False),

@@ -164,11 +164,24 @@ def plans_list(
         rows = client.plans.list(include_archived=include_archived)
 
     def show(out: Console) -> None:
-        out.print(table(None, ["plan", "name", "kit", "period", "stripe price", "credits/period", "quotas"], [
-            (p.key, p.name, p.account_kit_id, p.period, p.stripe_price_id, p.included_credits,
-             ", ".join(f"{q.primitive} {q.quota}" for q in p.quotas))
-            for p in rows
-        ]))
+        out.print(
+            table(
+                None,
+                ["plan", "name", "kit", "period", "stripe price", "credits/period", "quotas"],
+                [
+                    (
+                        p.key,
+                        p.name,
+                        p.account_kit_id,
+                        p.period,
+                        p.stripe_price_id,
+                        p.included_credits,
+                        ", ".join(f"{q.primitive} {q.quota}" for q in p.quotas),
+                    )
+                    for p in rows
+                ],
+            )
+        )
 
     ctx.emit(rows, show)
 
@@ -193,9 +206,16 @@ def kits_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, json: JsonOpt = Fal
     ctx = Ctx(url, key, json)
     with ctx.session() as client:
         rows = client.kits.list()
-    ctx.emit(rows, lambda out: out.print(table(None, ["kit", "name", "primitives", "connections"], [
-        (k.key, k.name, ", ".join(k.allowed_primitives), ", ".join(k.allowed_connections)) for k in rows
-    ])))
+    ctx.emit(
+        rows,
+        lambda out: out.print(
+            table(
+                None,
+                ["kit", "name", "primitives", "connections"],
+                [(k.key, k.name, ", ".join(k.allowed_primitives), ", ".join(k.allowed_connections)) for k in rows],
+            )
+        ),
+    )
 
 
 @kits_cli.command("show")
@@ -211,16 +231,24 @@ def kits_show(
         k = client.kits.get(kit_key)
 
     def show(out: Console) -> None:
-        out.print(fields([
-            ("key", k.key),
-            ("name", k.name),
-            ("primitives", ", ".join(k.allowed_primitives)),
-            ("connections", ", ".join(k.allowed_connections) or None),
-        ]))
+        out.print(
+            fields(
+                [
+                    ("key", k.key),
+                    ("name", k.name),
+                    ("primitives", ", ".join(k.allowed_primitives)),
+                    ("connections", ", ".join(k.allowed_connections) or None),
+                ]
+            )
+        )
         if k.limits:
-            out.print(table("Limits", ["primitive", "max per call", "calls per minute"], [
-                (lim.primitive, lim.max_quantity_per_call, lim.calls_per_minute) for lim in k.limits
-            ]))
+            out.print(
+                table(
+                    "Limits",
+                    ["primitive", "max per call", "calls per minute"],
+                    [(lim.primitive, lim.max_quantity_per_call, lim.calls_per_minute) for lim in k.limits],
+                )
+            )
 
     ctx.emit(k, show)
 

@@ -71,9 +71,13 @@ def packs(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, json: JsonOpt = False) 
         rows = client.billing.packs()
     ctx.emit(
         rows,
-        lambda out: out.print(table(None, ["pack", "name", "credits", "price"], [
-            (p.key, p.name, p.credits, f"${p.price_usd}") for p in rows
-        ])),
+        lambda out: out.print(
+            table(
+                None,
+                ["pack", "name", "credits", "price"],
+                [(p.key, p.name, p.credits, f"${p.price_usd}") for p in rows],
+            )
+        ),
     )
 
 
@@ -131,8 +135,11 @@ def billing_usage(
         report = client.billing.usage()
 
     def show(out: Console) -> None:
-        out.print(f"plan {cell(report.plan)} ({cell(report.status)}), {cell(report.period.start)} .. "
-                  f"{cell(report.period.end)}", markup=False)
+        out.print(
+            f"plan {cell(report.plan)} ({cell(report.status)}), {cell(report.period.start)} .. "
+            f"{cell(report.period.end)}",
+            markup=False,
+        )
         names = sorted(set(report.quotas) | set(report.usage))
         rows = [(n, report.usage.get(n, 0), report.quotas.get(n), report.remaining(n)) for n in names]
         out.print(table(None, ["primitive", "used", "quota", "remaining"], rows))
@@ -141,9 +148,7 @@ def billing_usage(
 
 
 @pricing_cli.callback(invoke_without_command=True)
-def pricing(
-    typer_ctx: typer.Context, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, json: JsonOpt = False
-) -> None:
+def pricing(typer_ctx: typer.Context, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, json: JsonOpt = False) -> None:
     """The catalog: fixed prices, LLM rates per 1M tokens, image and video models."""
     if typer_ctx.invoked_subcommand is not None:
         return
@@ -154,23 +159,38 @@ def pricing(
     def show(out: Console) -> None:
         out.print(f"1 credit = ${cat.pricing_settings.credit_value_usd}", markup=False)
         out.print(table("Fixed prices", ["primitive", "credits"], [(p.primitive, p.credits) for p in cat.prices]))
-        out.print(table("LLM (per 1M tokens)", ["model", "input", "output"], [
-            (r.model, r.input_per_million, r.output_per_million) for r in cat.llm_rates
-        ]))
-        out.print(table("Media", ["model", "kind", "unit", "USD per unit"], [
-            (m.model, m.kind, m.unit, m.unit_price_usd) for m in cat.media_prices
-        ]))
+        out.print(
+            table(
+                "LLM (per 1M tokens)",
+                ["model", "input", "output"],
+                [(r.model, r.input_per_million, r.output_per_million) for r in cat.llm_rates],
+            )
+        )
+        out.print(
+            table(
+                "Media",
+                ["model", "kind", "unit", "USD per unit"],
+                [(m.model, m.kind, m.unit, m.unit_price_usd) for m in cat.media_prices],
+            )
+        )
 
     ctx.emit(cat, show)
 
 
 def _media(ctx: Ctx, result: object) -> None:
-    ctx.emit(result, lambda out: out.print(fields([
-        ("model", getattr(result, "model", None)),
-        ("estimated credits", getattr(result, "estimated_credits", None)),
-        ("unit price (USD)", getattr(result, "unit_price_usd", None)),
-        ("credit value (USD)", getattr(result, "credit_value_usd", None)),
-    ])))
+    ctx.emit(
+        result,
+        lambda out: out.print(
+            fields(
+                [
+                    ("model", getattr(result, "model", None)),
+                    ("estimated credits", getattr(result, "estimated_credits", None)),
+                    ("unit price (USD)", getattr(result, "unit_price_usd", None)),
+                    ("credit value (USD)", getattr(result, "credit_value_usd", None)),
+                ]
+            )
+        ),
+    )
 
 
 @pricing_cli.command("images")

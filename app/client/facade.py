@@ -393,9 +393,7 @@ class Meterkit(TenantView):
         self, url: str, api_key: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
     ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(
-            headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout, transport=transport
-        )
+        self._http = httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout, transport=transport)
         gql = gen.GeneratedClient(url=f"{self.url}/graphql", http_client=cast(Any, self._http))
         super().__init__(gql, None)
         self.plans = Plans(gql, None)
