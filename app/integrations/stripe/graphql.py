@@ -128,9 +128,7 @@ class StripeQuery:
     async def stripe_events(
         self, info: Info, outcome: str | None = None, first: int = 50, after: str | None = None
     ) -> StripeEventConnection:
-        rows, more = await info.context.read(
-            lambda s: events.list_events(s, outcome=outcome, first=first, after=after)
-        )
+        rows, more = await info.context.read(lambda s: events.list_events(s, outcome=outcome, first=first, after=after))
         edges = [StripeEventEdge(cursor=events.encode_cursor(r), node=StripeEvent.from_row(r)) for r in rows]
         end = edges[-1].cursor if edges else None
         return StripeEventConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end))
