@@ -24,7 +24,7 @@ from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
-from app.integrations.stripe.graphql import StripeMutation
+from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.metering.graphql import MeteringMutation, MeteringQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
@@ -34,7 +34,15 @@ from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
-QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, MeteringQuery, CreditsQuery, PricingQuery)
+QUERIES: tuple[type, ...] = (
+    TenantQuery,
+    PlanQuery,
+    AccountKitQuery,
+    MeteringQuery,
+    CreditsQuery,
+    PricingQuery,
+    StripeQuery,
+)
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
     PlanMutation,
