@@ -225,10 +225,14 @@ def invalid(exc: ModelError, where: str = "body") -> Response:
     return JSON(error_body("VALIDATION_FAILED", message + more, path or None), status_code=400)
 
 
-UNAUTHENTICATED = AuthError(401, "UNAUTHENTICATED", "authentication required: send Authorization: Bearer <key>")
-NO_TENANT = ValidationFailed(
-    "no tenant in scope: use a tenant key, or an operator key with X-Tenant-Id", field="X-Tenant-Id"
-)
+def unauthenticated() -> AuthError:
+    return AuthError(401, "UNAUTHENTICATED", "authentication required: send Authorization: Bearer <key>")
+
+
+def no_tenant() -> ValidationFailed:
+    return ValidationFailed(
+        "no tenant in scope: use a tenant key, or an operator key with X-Tenant-Id", field="X-Tenant-Id"
+    )
 
 
 # ---------------------------------------------------------------- routes
@@ -304,7 +308,7 @@ class Call:
 
     def tenant(self) -> TenantScope:
         if self.scope is None:
-            raise NO_TENANT
+            raise no_tenant()
         return self.scope
 
     def param(self, name: str) -> str:
@@ -326,10 +330,10 @@ def handler(ep: Endpoint, rest: Rest) -> Callable[[Request], Awaitable[Response]
         try:
             principal, scope = await authenticate_request(request, rest.engine, rest.settings.auth_cache_seconds)
             if principal is None:
-                raise UNAUTHENTICATED
+                raise unauthenticated()
             # Key scopes (issue 10): refuse here when the principal's key lacks `ep.needs`.
             if ep.tenant and scope is None:
-                raise NO_TENANT
+                raise no_tenant()
             try:
                 body = parse_body(ep.body, await request.body(), ep.body_optional) if ep.body else None
             except ModelError as exc:

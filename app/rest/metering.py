@@ -26,8 +26,6 @@ from app.metering import service
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
     JSON,
-    NO_TENANT,
-    UNAUTHENTICATED,
     Call,
     Endpoint,
     Money,
@@ -39,6 +37,8 @@ from app.rest.base import (
     error_body,
     invalid,
     log,
+    no_tenant,
+    unauthenticated,
 )
 
 HINT = "Credits charged on completion only."
@@ -231,10 +231,10 @@ def charge_handler(rest: Rest) -> Any:
     def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> service.Charged:
         principal, scope = resolve_principal(engine, raw_key, tenant, ttl)
         if principal is None:
-            raise UNAUTHENTICATED
+            raise unauthenticated()
         # Key scopes (issue 10): a key without "meter" is refused here.
         if scope is None:
-            raise NO_TENANT
+            raise no_tenant()
         req = to_request(body, body.idempotency_key)
         with connection_of_work(engine) as conn:
             return service.charge(conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck)
@@ -249,7 +249,7 @@ def charge_handler(rest: Rest) -> Any:
             except ModelError as exc:
                 # The key first, as everywhere: a missing or bad key is a 401 whatever the body.
                 if key is None:
-                    raise UNAUTHENTICATED from None
+                    raise unauthenticated() from None
                 if rest.inline:
                     resolve_principal(engine, key, tenant, ttl)
                 else:
