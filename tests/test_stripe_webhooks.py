@@ -434,8 +434,8 @@ def test_stripe_unreachable_while_handling_answers_503_and_writes_nothing(
     real = env.fake.url
     env.settings.stripe_api_base = "http://127.0.0.1:9"  # nothing listens there
     # The webhook route caches its gateway; a fresh app sees the broken address.
+    from app.devtools.stripe_fake import BackgroundServer
     from app.main import create_app
-    from tests.stripe_fake import BackgroundServer
 
     with BackgroundServer(create_app(env.settings, engine=env.engine, clock=env.clock)) as broken:
         env.fake.webhook_url = broken.url + "/webhooks/stripe"

@@ -1,4 +1,4 @@
-"""A local, stateful fake of the Stripe HTTP API, for the test suite.
+"""A local, stateful fake of the Stripe HTTP API: the test suite's Stripe, and `meterkit dev stripe`.
 
 Tests drive it through the real ``stripe`` library over plain HTTP, so request
 encoding, idempotency headers, error mapping and object parsing are the
@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from tests.live import BackgroundServer
+from app.devtools.serving import BackgroundServer
 
 JSON = dict[str, Any]
 
@@ -45,7 +45,7 @@ __all__ = ["BackgroundServer", "Delivery", "FakeStripe", "RecordedRequest", "Str
 
 # --------------------------------------------------------------------------- serving
 
-# BackgroundServer lives in tests/live.py, shared by every test that serves an ASGI app.
+# BackgroundServer lives in app/devtools/serving.py, shared with the end-to-end tests.
 
 
 # --------------------------------------------------------------------------- errors and params
