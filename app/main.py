@@ -276,11 +276,12 @@ def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
 
 
 def _slice_routes(state: AppState) -> list[Any]:
-    """HTTP routes owned by slices (the Stripe webhook, the plain metering route)."""
+    """HTTP routes owned by slices (the Stripe webhook and Checkout return pages, the plain metering route)."""
+    from app.integrations.stripe import pages as checkout_pages
     from app.integrations.stripe.webhook import webhook_route
     from app.metering import http as metering_http
 
-    return [*metering_http.routes(state), webhook_route(state)]
+    return [*metering_http.routes(state), webhook_route(state), *checkout_pages.routes(state)]
 
 
 __all__ = ["create_app"]

@@ -262,6 +262,33 @@ def grant_checkout(session: Session, clock: Clock, cs: JSON, line_items: list[JS
     return Outcome(tenant.id, "applied" if created else "unchanged")
 
 
+def expire_checkout(session: Session, clock: Clock, cs: JSON) -> Outcome:
+    """checkout.session.expired: the buyer never paid; close our pending operation (the return
+    page then says so). A session Stripe expired can never complete, so nothing else to undo."""
+    repo = StripeRepository(session)
+    op = repo.operation_for_object(cs["id"])
+    if op is None and isinstance(cs.get("client_reference_id"), str):
+        op = repo.operation(cs["client_reference_id"])
+    if op is None:
+        return Outcome(None, "ignored")  # not a Checkout we opened
+    if op.status in ("completed", "expired"):
+        return Outcome(op.tenant_id, "unchanged")
+    op.status = "expired"
+    op.stripe_object_id = op.stripe_object_id or cs["id"]
+    op.url = None
+    op.updated_at = clock.now()
+    repo.save(op)
+    return Outcome(op.tenant_id, "applied")
+
+
+def _fetch_nothing(gateway: StripeGateway, event: JSON) -> JSON:
+    return {}  # an expired session is final on Stripe's side: the signed payload is authoritative
+
+
+def _apply_expired(session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON) -> Outcome:
+    return expire_checkout(session, clock, event["data"]["object"])
+
+
 def _fetch_checkout(gateway: StripeGateway, event: JSON) -> JSON:
     session_id = event["data"]["object"]["id"]
     return {
@@ -339,4 +366,5 @@ HANDLERS: dict[str, Handler] = {
     **{t: Handler(_wrap_subscription_fetch, _apply_subscription) for t in SUBSCRIPTION_EVENTS},
     **{t: Handler(_fetch_checkout, _apply_checkout) for t in CHECKOUT_EVENTS},
     "invoice.paid": Handler(_fetch_invoice, _apply_invoice),
+    "checkout.session.expired": Handler(_fetch_nothing, _apply_expired),
 }

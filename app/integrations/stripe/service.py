@@ -111,7 +111,7 @@ def _finish(engine: Engine, clock: Clock, op_id: str, *, status: str, object_id:
         repo = StripeRepository(s)
         op = repo.operation(op_id)
         assert op is not None
-        if op.status != "completed":  # the webhook may already have completed it
+        if op.status not in ("completed", "expired"):  # the webhook may already have closed it
             op.status = status
         op.stripe_object_id = object_id
         op.url = url
@@ -142,11 +142,13 @@ def ensure_customer(engine: Engine, gateway: StripeGateway, scope: TenantScope) 
     return _tx(engine, lambda s: StripeRepository(s).store_customer(scope, customer["id"]))
 
 
-def _urls(settings: Settings, what: str) -> tuple[str, str]:
+def _urls(settings: Settings, what: str, op_id: str) -> tuple[str, str]:
+    """Checkout's return pages (served by pages.py). Stripe fills {CHECKOUT_SESSION_ID} in the
+    success URL only, so the cancel URL names our operation instead."""
     base = settings.public_url.rstrip("/")
     return (
         f"{base}/billing/{what}/success?session_id={{CHECKOUT_SESSION_ID}}",
-        f"{base}/billing/{what}/canceled",
+        f"{base}/billing/{what}/canceled?op={op_id}",
     )
 
 
@@ -164,7 +166,7 @@ def _checkout(
 ) -> CheckoutStarted:
     op = _tx(engine, lambda s: _begin(s, clock, scope, kind, target))
     customer = ensure_customer(engine, gateway, scope)
-    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan")
+    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan", op.id)
     cs = _stripe(
         lambda: gateway.create_checkout_session(
             mode=mode,
