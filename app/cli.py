@@ -96,6 +96,10 @@ from app.integrations.stripe.cli import stripe_cli  # noqa: E402
 
 cli.add_typer(stripe_cli, name="stripe")
 
+from app.devtools.cli import dev_cli  # noqa: E402
+
+cli.add_typer(dev_cli, name="dev")
+
 
 @cli.command()
 def reconcile(

@@ -14,9 +14,10 @@ from starlette.types import ASGIApp
 class BackgroundServer:
     """Serve an ASGI app with uvicorn on a daemon thread, on a free 127.0.0.1 port."""
 
-    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", startup_timeout: float = 10.0) -> None:
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0) -> None:
         self.app = app
         self.host = host
+        self.port = port  # 0: any free port
         self.startup_timeout = startup_timeout
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -39,7 +40,9 @@ class BackgroundServer:
         # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP,
         # and without it every response waits ~40 ms on Nagle + delayed ACK.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind((self.host, 0))
+        if self.port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
         port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
