@@ -217,3 +217,46 @@ def test_demo_packs_have_stripe_prices(api: Api) -> None:
     with unit_of_work(api.db.engine, write=False) as s:
         prices = {p.key: p.stripe_price_id for p in list_packs(s)}
     assert prices == DEMO_PACK_PRICES
+
+
+def test_plan_checkout_pages_show_pending_then_active(stripe_env: StripeEnv) -> None:
+    env = stripe_env
+    t = env.tenant()
+    key = env.api.tenant_key(t)
+    out = change(env, key, "pro")  # no subscription yet: a subscription-mode Checkout
+    assert out["__typename"] == "CheckoutSession" and out["mode"] == "subscription", out
+    cs = env.fake.get(out["sessionId"])
+    success = cs["success_url"].replace("{CHECKOUT_SESSION_ID}", out["sessionId"])
+    assert urlsplit(success).path == "/billing/plan/success"
+    pending = _page(env, success)
+    assert _state(pending) == "pending" and "the pro plan" in pending.text
+    # A plan checkout's id is not a pack checkout's: the pack page does not know it.
+    assert _page(env, success.replace("/plan/", "/pack/")).status_code == 404
+    env.fake.complete_checkout(out["sessionId"])
+    env.deliver_all()
+    active = _page(env, success)
+    assert _state(active) == "active" and "You are on the pro plan now." in active.text
+    assert _state(_page(env, cs["cancel_url"])) == "active"
+
+
+def test_the_fakes_checkout_page_pays_or_cancels_and_returns(stripe_env: StripeEnv) -> None:
+    """The stand-in's hosted page (what a developer clicks in `meterkit dev stripe`)."""
+    env = stripe_env
+    t = env.tenant()
+    key = env.api.tenant_key(t)
+    first, second = buy(env, key, "small"), buy(env, key, "medium")
+    page = httpx.get(first["url"], timeout=10, trust_env=False)
+    assert "price_pack_small" in page.text and f'action="/checkout/{first["sessionId"]}/pay"' in page.text
+    cancel = httpx.post(f"{first['url']}/cancel", timeout=10, trust_env=False)
+    assert cancel.status_code == 303 and urlsplit(cancel.headers["location"]).path == "/billing/pack/canceled"
+    assert _state(_page(env, cancel.headers["location"])) == "canceled"
+    assert env.fake.get(first["sessionId"])["status"] == "open"  # going back leaves the session payable
+    paid = httpx.post(f"{second['url']}/pay", timeout=10, trust_env=False)
+    assert paid.status_code == 303
+    assert paid.headers["location"].endswith(f"/billing/pack/success?session_id={second['sessionId']}")
+    env.deliver_all()
+    assert _state(_page(env, paid.headers["location"])) == "credited"
+    assert env.state(t)["balance"] == 20 * MICRO + 50 * MICRO
+    again = httpx.post(f"{second['url']}/pay", timeout=10, trust_env=False)
+    assert again.status_code == 409  # a completed session cannot be paid twice
+    assert "Pay" not in httpx.get(second["url"], timeout=10, trust_env=False).text.split("</p>", 1)[1]
