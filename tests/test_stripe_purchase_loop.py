@@ -260,3 +260,18 @@ def test_the_fakes_checkout_page_pays_or_cancels_and_returns(stripe_env: StripeE
     again = httpx.post(f"{second['url']}/pay", timeout=10, trust_env=False)
     assert again.status_code == 409  # a completed session cannot be paid twice
     assert "Pay" not in httpx.get(second["url"], timeout=10, trust_env=False).text.split("</p>", 1)[1]
+
+
+def test_reconcile_closes_a_checkout_whose_expiry_we_missed(stripe_env: StripeEnv) -> None:
+    from app.integrations.stripe import service
+
+    env = stripe_env
+    t = env.tenant()
+    out = buy(env, env.api.tenant_key(t), "small")
+    env.fake.expire_checkout(out["sessionId"])  # its webhook is not delivered (yet)
+    assert _op(env, out["sessionId"]).status == "open"
+    report = service.reconcile(env.engine, env.gateway(), env.settings, env.clock)
+    assert report.checkouts_closed == 1 and _op(env, out["sessionId"]).status == "expired"
+    assert service.reconcile(env.engine, env.gateway(), env.settings, env.clock).changes == 0
+    env.deliver_all()  # the late webhook changes nothing
+    assert [row[3] for row in env.inbox() if row[1] == "checkout.session.expired"] == ["unchanged"]

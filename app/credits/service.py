@@ -187,15 +187,17 @@ def grant_purchase(
     pack: CreditPack,
     grant_key: str,
     reference: str | None = None,
+    quantity: int = 1,
 ) -> tuple[str, bool]:
     """A bought pack as a "purchase" bucket; it never expires unless the pack sets
-    expires_after_days. Idempotent by grant_key (use e.g. the Checkout Session id)."""
+    expires_after_days (counted from the grant). Idempotent by grant_key (use e.g. the Checkout
+    Session id). The one place a purchase is granted: Checkout's webhook and reconcile use it."""
     expires = clock.now() + timedelta(days=pack.expires_after_days) if pack.expires_after_days else None
     return ledger.grant(
         session,
         scope,
         clock,
-        amount=pack.credits,
+        amount=pack.credits * quantity,
         source="purchase",
         grant_key=grant_key,
         expires_at=expires,

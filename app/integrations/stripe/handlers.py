@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -25,8 +25,8 @@ from sqlmodel import Session
 
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
-from app.credits import ledger
 from app.credits.packs import pack_by_price
+from app.credits.service import grant_purchase
 from app.integrations.stripe.client import JSON, StripeGateway, is_missing
 from app.integrations.stripe.repository import StripeRepository
 from app.plans.repository import PlanRepository
@@ -244,17 +244,14 @@ def grant_checkout(session: Session, clock: Clock, cs: JSON, line_items: list[JS
             log.warning("checkout %s line with price %r matches no pack", cs["id"], price)
             continue
         matched = True
-        quantity = int(item.get("quantity") or 1)
-        expires = clock.now() + timedelta(days=pack.expires_after_days) if pack.expires_after_days else None
-        _, new = ledger.grant(
+        _, new = grant_purchase(
             session,
             scope,
             clock,
-            amount=pack.credits * quantity,
-            source="purchase",
+            pack=pack,
             grant_key=checkout_grant_key(cs["id"], index),
-            expires_at=expires,
             reference=cs["id"],
+            quantity=int(item.get("quantity") or 1),
         )
         created = created or new
     if not matched:

@@ -276,6 +276,7 @@ class ReconcileReport:
     subscriptions_repaired: int = 0
     packs_granted: int = 0
     allowances_granted: int = 0
+    checkouts_closed: int = 0  # expired sessions whose checkout.session.expired we missed
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
@@ -283,7 +284,7 @@ class ReconcileReport:
 
     @property
     def changes(self) -> int:
-        return self.subscriptions_repaired + self.packs_granted + self.allowances_granted
+        return self.subscriptions_repaired + self.packs_granted + self.allowances_granted + self.checkouts_closed
 
 
 def _pick(subs: list[JSON]) -> JSON:
@@ -320,6 +321,11 @@ def reconcile(engine: Engine, gateway: StripeGateway, settings: Settings, clock:
         _count(
             report, "packs_granted", _tx(engine, partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items))
         )
+
+    for cs in _stripe(lambda: list(gateway.expired_checkout_sessions())):
+        # Sessions we did not open answer "ignored", ours already closed "unchanged": neither counts.
+        if _tx(engine, partial(handlers.expire_checkout, clock=clock, cs=cs)).outcome == "applied":
+            report.checkouts_closed += 1
 
     for inv in _stripe(lambda: list(gateway.paid_invoices())):
         if inv.get("billing_reason") not in handlers.ALLOWANCE_REASONS:
