@@ -394,7 +394,9 @@ def test_a_database_failure_mid_handling_leaves_nothing_and_the_redelivery_appli
     rows = count_rows(env.engine, *TABLES)
     state = env.state(t)
 
-    real_set, real_grant = handlers.set_subscription, handlers.ledger.grant
+    from app.credits import ledger
+
+    real_set, real_grant = handlers.set_subscription, ledger.grant
 
     def set_then_fail(*a: Any, **kw: Any) -> Any:
         real_set(*a, **kw)  # the tenant row and the subscription row are written...
