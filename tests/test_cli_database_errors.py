@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.core.db import normalize_url
-from tests.conftest import PG_URL, REQUIRE_PG
+from tests.conftest import Database
 from tests.live import free_port
 
 COMMANDS = [["migrate"], ["serve", "--no-demo"]]
@@ -35,19 +34,21 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def _pg_params() -> list[object]:
-    return [pytest.param(PG_URL, marks=pytest.mark.postgres)] if PG_URL or REQUIRE_PG else []
-
-
-@pytest.mark.parametrize("pg_url", _pg_params())
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
-def test_missing_postgres_database_says_createdb(args: list[str], pg_url: str) -> None:
-    assert pg_url, "METERKIT_REQUIRE_POSTGRES=1 needs METERKIT_TEST_POSTGRES_URL"
-    name = f"mk_missing_{uuid.uuid4().hex[:10]}"
-    url = make_url(normalize_url(pg_url)).set(database=name).render_as_string(hide_password=False)
-    line = _one_line(_run(args, url))
-    assert f'database "{name}" does not exist' in line, line
-    assert "createdb" in line and name in line, line
+def test_missing_database_says_how_to_create_it(args: list[str], db: Database, tmp_path: Path) -> None:
+    """On the backend of `db`: a PostgreSQL database name that does not exist on that server
+    (createdb), or a SQLite file in a folder that does not exist (mkdir)."""
+    if db.backend == "postgres":
+        name = f"mk_missing_{uuid.uuid4().hex[:10]}"
+        url = make_url(db.url).set(database=name).render_as_string(hide_password=False)
+        line = _one_line(_run(args, url))
+        assert f'database "{name}" does not exist' in line, line
+        assert "createdb" in line and name in line, line
+        return
+    folder = tmp_path / "no" / "such"
+    line = _one_line(_run(args, f"sqlite:///{folder}/meterkit.db"))
+    assert "mkdir -p" in line and str(folder) in line, line
+    assert not folder.exists()
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
@@ -56,14 +57,6 @@ def test_unreachable_postgres_says_start_it(args: list[str]) -> None:
     line = _one_line(_run(args, f"postgresql://postgres@127.0.0.1:{port}/meterkit"))
     assert f"cannot reach PostgreSQL at 127.0.0.1:{port}" in line, line
     assert "METERKIT_DATABASE_URL" in line, line
-
-
-@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
-def test_sqlite_in_a_missing_folder_says_mkdir(args: list[str], tmp_path: Path) -> None:
-    folder = tmp_path / "no" / "such"
-    line = _one_line(_run(args, f"sqlite:///{folder}/meterkit.db"))
-    assert "mkdir -p" in line and str(folder) in line, line
-    assert not folder.exists()
 
 
 def test_not_a_database_url() -> None:
