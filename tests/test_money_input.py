@@ -140,3 +140,23 @@ def test_every_field_taking_credits_is_guarded() -> None:
             assert guards and guards[0].typed, name
             guarded.append(name)
     assert {"grantCredits", "upsertPlan", "upsertCreditPack", "setPrice", "setLlmRate"} <= set(guarded)
+
+
+QUOTE = """query($i: PriceQuoteInput!) { priceQuote(input: $i) { __typename
+  ... on PriceQuote { credits } ... on ValidationError { field } } }"""
+SET_MEDIA = """mutation($i: MediaPriceInput!) { setMediaPrice(input: $i) { __typename ... on ValidationError { field } } }"""
+
+
+@pytest.mark.parametrize("usd", ["1_0", "\u0660.5", "1e-2", " 0.5", "0.5 ", "+0.5", ".5"], ids=repr)
+def test_usd_amounts_are_strict_too(api: Api, usd: str) -> None:
+    """USD inputs (pass-through cost, media unit prices) take the same plain ASCII spelling."""
+    before = count_rows(api.db.engine, *ALL_TABLES)
+    quote = api(QUOTE, {"i": {"primitive": "llm.passthrough", "details": {"costUsd": usd}}})["priceQuote"]
+    assert quote == {"__typename": "ValidationError", "field": "costUsd"}, quote
+    media = api(SET_MEDIA, {"i": {"model": "acme/img", "kind": "image", "unitPriceUsd": usd}})["setMediaPrice"]
+    assert media == {"__typename": "ValidationError", "field": "unitPriceUsd"}, media
+    assert count_rows(api.db.engine, *ALL_TABLES) == before
+    assert api(QUOTE, {"i": {"primitive": "llm.passthrough", "details": {"costUsd": "0.01"}}})["priceQuote"] == {
+        "__typename": "PriceQuote",
+        "credits": "0.03",
+    }
