@@ -144,7 +144,8 @@ def test_every_field_taking_credits_is_guarded() -> None:
 
 QUOTE = """query($i: PriceQuoteInput!) { priceQuote(input: $i) { __typename
   ... on PriceQuote { credits } ... on ValidationError { field } } }"""
-SET_MEDIA = """mutation($i: MediaPriceInput!) { setMediaPrice(input: $i) { __typename ... on ValidationError { field } } }"""
+SET_MEDIA = """mutation($i: MediaPriceInput!) { setMediaPrice(input: $i) { __typename
+  ... on ValidationError { field } } }"""
 
 
 @pytest.mark.parametrize("usd", ["1_0", "\u0660.5", "1e-2", " 0.5", "0.5 ", "+0.5", ".5"], ids=repr)
