@@ -93,3 +93,20 @@ def test_find_breaking_changes_would_notice_a_removed_field() -> None:
     checked_in = build_sdl_schema(SCHEMA_FILE.read_text())
     shrunk = build_sdl_schema(SCHEMA_FILE.read_text().replace("  viewer: Tenant\n", "", 1))
     assert any("viewer" in c.description for c in find_breaking_changes(checked_in, shrunk))
+
+
+def test_sdl_builds_back_to_the_served_schema() -> None:
+    """schema.graphql names its roots (`schema {}`), so SDL tools (codegen, build_schema) rebuild
+    exactly the served schema: same roots, and no change either way."""
+    from graphql import find_dangerous_changes
+
+    served = build_schema(Settings())._schema
+    rebuilt = build_sdl_schema(SCHEMA_FILE.read_text())
+    assert SCHEMA_FILE.read_text().startswith("schema {")
+    for op in ("query_type", "mutation_type", "subscription_type"):
+        a, b = getattr(served, op), getattr(rebuilt, op)
+        assert (a and a.name) == (b and b.name), op
+    assert find_breaking_changes(served, rebuilt) == [] and find_breaking_changes(rebuilt, served) == []
+    assert find_dangerous_changes(served, rebuilt) == []
+    assert find_dangerous_changes(rebuilt, served) == []
+    assert set(served.type_map) == set(rebuilt.type_map)

@@ -25,7 +25,7 @@ from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
 from app.graphql.scalars import guard_credits_inputs
-from app.integrations.stripe.graphql import StripeMutation
+from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.metering.graphql import MeteringMutation, MeteringQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
@@ -35,7 +35,15 @@ from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
-QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, MeteringQuery, CreditsQuery, PricingQuery)
+QUERIES: tuple[type, ...] = (
+    TenantQuery,
+    PlanQuery,
+    AccountKitQuery,
+    MeteringQuery,
+    CreditsQuery,
+    PricingQuery,
+    StripeQuery,
+)
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
     PlanMutation,
@@ -104,4 +112,13 @@ def build_schema(settings: Settings) -> strawberry.Schema:
 
 
 def export_sdl() -> str:
-    return build_schema(Settings()).as_str() + "\n"
+    """The SDL with an explicit `schema {}` root block: SDL tools (codegen, graphql-core's
+    build_schema) then never guess the roots from type names."""
+    schema = build_schema(Settings())
+    sdl = schema.as_str()
+    if not sdl.startswith("schema {"):
+        gql = schema._schema
+        roots = [("query", gql.query_type), ("mutation", gql.mutation_type), ("subscription", gql.subscription_type)]
+        block = "\n".join(f"  {op}: {t.name}" for op, t in roots if t is not None)
+        sdl = f"schema {{\n{block}\n}}\n\n{sdl}"
+    return sdl + "\n"

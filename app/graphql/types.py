@@ -149,8 +149,8 @@ class PlanQuotaType:
     quota: int
 
 
-@strawberry.type
-class Subscription:
+@strawberry.type(description="A tenant's billing subscription (not a GraphQL subscription root).")
+class BillingSubscription:
     row: strawberry.Private[SubscriptionRow]
 
     @strawberry.field
@@ -233,9 +233,9 @@ class Tenant:
         return self.row.account_kit_key is None
 
     @strawberry.field
-    async def subscription(self, info: Info) -> Subscription | None:
+    async def subscription(self, info: Info) -> BillingSubscription | None:
         row = await info.context.loaders.subscription.load(self.row.id)
-        return Subscription(row=row) if row else None
+        return BillingSubscription(row=row) if row else None
 
     @strawberry.field(description="Credit balance (exact at read time), holds and live buckets in burn order.")
     async def credits(self, info: Info) -> Annotated[CreditBalance, strawberry.lazy("app.credits.graphql")]:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from app.core.db import connection_of_work, inline_sqlite
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.money import format_credits
+from app.http.edge import AuthError, bearer, resolve_principal
 from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import service
@@ -45,8 +46,6 @@ def _error(exc: DomainError) -> Response:
 
 
 def routes(state: Any) -> list[Route]:
-    from app.main import AuthError, _resolve_principal, bearer, error_response
-
     async def charge(request: Request) -> Response:
         try:
             raw = json.loads(await request.body())
@@ -64,7 +63,7 @@ def routes(state: Any) -> list[Route]:
         buffer = state.settings.negative_buffer_credits * 1_000_000
 
         def run() -> service.Charged:
-            principal, scope = _resolve_principal(
+            principal, scope = resolve_principal(
                 state.engine, bearer(request), headers.get("x-tenant-id"), state.settings.auth_cache_seconds
             )
             if scope is None:
@@ -75,7 +74,7 @@ def routes(state: Any) -> list[Route]:
         try:
             res = run() if inline_sqlite(state.engine, state.settings) else await run_in_threadpool(run)
         except AuthError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            return exc.response()
         except DomainError as exc:
             return _error(exc)
         return JSONResponse(

@@ -7,7 +7,7 @@ import strawberry
 
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.types import Plan, Subscription, SubscriptionStatus, Tenant
+from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus, Tenant
 from app.graphql.util import attempt, target_scope
 from app.subscriptions import service
 
@@ -26,7 +26,7 @@ class SetSubscriptionInput:
 @strawberry.type
 class SubscriptionChanged:
     tenant: Tenant
-    subscription: Subscription
+    subscription: BillingSubscription
     plan: Plan
 
 
@@ -58,7 +58,7 @@ class SubscriptionMutation:
             scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
             tenant, sub, plan = await ctx.write(lambda s: service.set_subscription(s, ctx.clock, scope, data))
             return SubscriptionChanged(
-                tenant=Tenant(row=tenant), subscription=Subscription(row=sub), plan=Plan(row=plan)
+                tenant=Tenant(row=tenant), subscription=BillingSubscription(row=sub), plan=Plan(row=plan)
             )
 
         return await attempt(run)
