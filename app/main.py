@@ -195,11 +195,12 @@ def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
 
 
 def _slice_routes(state: AppState) -> list[Any]:
-    """HTTP routes outside GraphQL: REST /v1 with /openapi.json, and the Stripe webhook."""
+    """HTTP routes outside GraphQL: REST /v1 with /openapi.json, the Stripe webhook and Checkout return pages."""
     from app import rest
+    from app.integrations.stripe import pages as checkout_pages
     from app.integrations.stripe.webhook import webhook_route
 
-    return [*rest.routes(state), webhook_route(state)]
+    return [*rest.routes(state), webhook_route(state), *checkout_pages.routes(state)]
 
 
 __all__ = ["create_app"]

@@ -121,9 +121,14 @@ def grant_plan_allowance(
     period_start: datetime,
     period_end: datetime,
 ) -> bool:
-    """Grant the plan's included credits as a "plan" bucket expiring at period_end, at most once
-    per tenant, plan and period start. False when nothing was granted (already granted, the plan
-    includes no credits, or the period is already over)."""
+    """Top the period's plan credits up to this plan's allowance: a "plan" bucket expiring at
+    period_end, at most once per tenant, plan and period start.
+
+    The upgrade rule: a plan change inside a period (same period start) grants the new plan's
+    allowance MINUS what this period already granted under any plan, never the full allowance on
+    top (pro 200 -> team 500 mid-period: +300, 500 in all); a change to a smaller allowance grants
+    nothing and takes nothing back. A new period starts from zero. False when nothing was granted
+    (already granted, nothing left to top up, the plan includes no credits, or the period is over)."""
     plan = PlanRepository(session).get(plan_key)
     if plan is None:
         raise NotFound("Plan", plan_key)
@@ -132,17 +137,46 @@ def grant_plan_allowance(
         raise ValidationFailed("period_start must be before period_end", field="currentPeriodStart")
     if plan.included_credits <= 0 or end <= clock.now():
         return False
+    key = plan_grant_key(plan.key, start)
+    # Lock the account before reading what the period holds: two plan changes applied at once
+    # must not both top up from the same starting point.
+    ledger.lock_account(session.connection(), scope)
+    already = period_plan_grants(session, scope, start)
+    if key in already:
+        return False  # this plan's grant for this period exists: a replay
+    top_up = plan.included_credits - sum(already.values())
+    if top_up <= 0:
+        return False
     _, created = ledger.grant(
         session,
         scope,
         clock,
-        amount=plan.included_credits,
+        amount=top_up,
         source="plan",
-        grant_key=plan_grant_key(plan.key, start),
+        grant_key=key,
         expires_at=end,
         reference=f"plan {plan.key} {start.date().isoformat()}..{end.date().isoformat()}",
     )
     return created
+
+
+def period_plan_grants(session: Session, scope: TenantScope, period_start: datetime) -> dict[str, int]:
+    """grant key -> credits granted, of every plan grant for the period starting at period_start."""
+    stamp = plan_grant_key("", period_start).removeprefix("plan:")  # ":<start>"
+    rows = (
+        session.connection()
+        .execute(
+            select(BUCKET.c.grant_key, BUCKET.c.granted).where(
+                and_(
+                    BUCKET.c.tenant_id == scope.tenant_id,
+                    BUCKET.c.source == "plan",
+                    BUCKET.c.grant_key.endswith(stamp, autoescape=True),
+                )
+            )
+        )
+        .all()
+    )
+    return {k: int(g) for k, g in rows}
 
 
 def grant_purchase(
@@ -153,15 +187,17 @@ def grant_purchase(
     pack: CreditPack,
     grant_key: str,
     reference: str | None = None,
+    quantity: int = 1,
 ) -> tuple[str, bool]:
     """A bought pack as a "purchase" bucket; it never expires unless the pack sets
-    expires_after_days. Idempotent by grant_key (use e.g. the Checkout Session id)."""
+    expires_after_days (counted from the grant). Idempotent by grant_key (use e.g. the Checkout
+    Session id). The one place a purchase is granted: Checkout's webhook and reconcile use it."""
     expires = clock.now() + timedelta(days=pack.expires_after_days) if pack.expires_after_days else None
     return ledger.grant(
         session,
         scope,
         clock,
-        amount=pack.credits,
+        amount=pack.credits * quantity,
         source="purchase",
         grant_key=grant_key,
         expires_at=expires,

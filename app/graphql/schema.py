@@ -24,6 +24,7 @@ from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
+from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.metering.graphql import MeteringMutation, MeteringQuery
 from app.plans.graphql import PlanMutation, PlanQuery
@@ -56,6 +57,8 @@ MUTATIONS: tuple[type, ...] = (
 
 Query = merge_types("Query", QUERIES)
 Mutation = merge_types("Mutation", MUTATIONS)
+# Refused Credits inputs become ValidationError answers before any resolver runs (scalars.py).
+guard_credits_inputs(Query.__strawberry_definition__.fields + Mutation.__strawberry_definition__.fields)  # type: ignore[attr-defined]
 
 
 def should_mask(error: GraphQLError) -> bool:

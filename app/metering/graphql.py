@@ -269,6 +269,12 @@ class CheckResult:
     remaining: int | None
     available_credits: Credits  # type: ignore[valid-type]
     price: Credits | None  # type: ignore[valid-type]
+    shortfall: Credits | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="INSUFFICIENT_CREDITS: the credits missing for this work"
+    )
+    packs: list[PackOffer] = strawberry.field(
+        default_factory=list, description="INSUFFICIENT_CREDITS: the packs that cover it, as charge's answer lists"
+    )
 
 
 CheckOutcome = Annotated[CheckResult | ValidationError, strawberry.union("CheckOutcome")]
@@ -386,6 +392,8 @@ class MeteringQuery:
             remaining=r.remaining,
             available_credits=MicroCredits(r.available),
             price=MicroCredits(r.price) if r.price is not None else None,
+            shortfall=MicroCredits(r.shortfall) if r.shortfall is not None else None,
+            packs=[pack_offer(p) for p in r.packs],
         )
 
     @strawberry.field(description="Metered calls of the tenant in scope, newest first (the brief's /v1/usage).")

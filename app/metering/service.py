@@ -19,7 +19,7 @@ the available balance is at or below zero, or below the estimate.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -770,6 +770,9 @@ class CheckResult:
     remaining: int | None
     available: int
     price: int | None
+    # INSUFFICIENT_CREDITS only, as charge's InsufficientCredits: what is missing and the packs that cover it.
+    shortfall: int | None = None
+    packs: list[PackInfo] = field(default_factory=list)
 
 
 def check(
@@ -842,7 +845,16 @@ def check(
     except ValidationFailed:
         price = None  # dynamic prices need parameters a plain check does not carry
     if available <= 0 or (price is not None and available < price):
-        return answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+        from app.credits.packs import packs_covering
+
+        # New work needs a positive balance that covers the price: at least one micro-credit.
+        shortfall = max(price or 0, 1) - available
+        refused = answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+        refused.shortfall = shortfall
+        refused.packs = [
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents)) for p in packs_covering(session, shortfall)
+        ]
+        return refused
     return answer(None, None, price)
 
 
