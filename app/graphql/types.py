@@ -11,6 +11,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.account_kits.models import AccountKit as KitRow
+from app.core.auth import SCOPES, parse_scopes
 from app.graphql.context import Info
 from app.graphql.scalars import Credits, MicroCredits
 from app.plans.models import Plan as PlanRow
@@ -29,6 +30,16 @@ class Period(Enum):
     week = "week"
     month = "month"
     year = "year"
+
+
+@strawberry.enum(
+    description="What a key may do: READ (queries), METER (charge, reserve, settle, release, check), "
+    "MANAGE (keys, purchases, plan changes, the control plane)."
+)
+class ApiKeyScope(Enum):
+    READ = "read"
+    METER = "meter"
+    MANAGE = "manage"
 
 
 @strawberry.enum
@@ -283,3 +294,12 @@ class ApiKey:
     @strawberry.field
     def revoked_at(self) -> datetime | None:
         return self.row.revoked_at
+
+    @strawberry.field
+    def scopes(self) -> list[ApiKeyScope]:
+        granted = parse_scopes(self.row.scopes)
+        return [ApiKeyScope(s) for s in SCOPES if s in granted]
+
+    @strawberry.field(description="Null: the key never expires (it can still be revoked).")
+    def expires_at(self) -> datetime | None:
+        return self.row.expires_at

@@ -39,9 +39,11 @@ class BatchItemInput:
     item: MeterInput
 
 
-def to_request(i: MeterInput) -> service.MeterRequest:
+def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterRequest:
+    """`ctx`: the request's principal, recorded as the key that made the call."""
     p = price_request(i.primitive, i.quantity, i.details)
     return service.MeterRequest(
+        api_key_id=_key_id(ctx),
         primitive=i.primitive,
         idempotency_key=i.idempotency_key,
         quantity=i.quantity,
@@ -251,6 +253,10 @@ def to_hold(h: service.HoldView) -> Hold:
     )
 
 
+def _key_id(ctx: Context | None) -> str | None:
+    return ctx.principal.key_id if ctx is not None and ctx.principal is not None else None
+
+
 def _buffer(ctx: Context) -> int:
     return ctx.settings.negative_buffer_credits * 1_000_000
 
@@ -431,7 +437,7 @@ class MeteringMutation:
         ctx = info.context
         try:
             scope = ctx.require_scope()
-            req = to_request(input)
+            req = to_request(input, ctx)
             res = await ctx.charge(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
@@ -446,7 +452,7 @@ class MeteringMutation:
         for it in items:
             try:
                 scope = target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
-                prepared.append((scope, to_request(it.item)))
+                prepared.append((scope, to_request(it.item, ctx)))
             except DomainError as exc:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
@@ -481,8 +487,12 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
-            req = to_request(actual) if actual is not None else None
-            res = await ctx.write(lambda s: service.settle(s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx)))
+            req = to_request(actual, ctx) if actual is not None else None
+            res = await ctx.write(
+                lambda s: service.settle(
+                    s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx), api_key_id=_key_id(ctx)
+                )
+            )
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)

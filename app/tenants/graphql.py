@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import strawberry
@@ -9,7 +10,7 @@ from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.types import ApiKey, Tenant
+from app.graphql.types import ApiKey, ApiKeyScope, Tenant
 from app.graphql.util import attempt, target_scope
 from app.tenants import service
 from app.tenants.repository import TenantRepository
@@ -102,28 +103,61 @@ class TenantMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="A key for a tenant (tenantId, or the tenant in scope); the secret is shown once.")
+    @strawberry.mutation(
+        description="A key for a tenant (tenantId, or the tenant in scope); the secret is shown once. "
+        "scopes default to the minting key's own (all three for a tenant's first key): [READ] makes a "
+        "read-only key to ship to a browser. expiresAt is optional; a key never outranks or outlives its maker."
+    )
     async def create_api_key(
-        self, info: Info, tenant_id: strawberry.ID | None = None, name: str = ""
+        self,
+        info: Info,
+        tenant_id: strawberry.ID | None = None,
+        name: str = "",
+        scopes: list[ApiKeyScope] | None = None,
+        expires_at: datetime | None = None,
     ) -> CreateApiKeyResult:
         ctx = info.context
 
         async def run() -> CreatedApiKey:
             scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
             row, raw = await ctx.write(
-                lambda s: service.create_api_key(s, ctx.clock, role="tenant", scope=scope, name=name)
+                lambda s: service.create_api_key(
+                    s,
+                    ctx.clock,
+                    role="tenant",
+                    scope=scope,
+                    name=name,
+                    scopes=[x.value for x in scopes] if scopes is not None else None,
+                    expires_at=expires_at,
+                    caller=ctx.principal,
+                )
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: another operator key; the secret is shown once.")
-    async def create_operator_key(self, info: Info, name: str = "") -> CreateApiKeyResult:
+    @strawberry.mutation(description="Operator: another operator key (scopes and expiresAt as for createApiKey).")
+    async def create_operator_key(
+        self,
+        info: Info,
+        name: str = "",
+        scopes: list[ApiKeyScope] | None = None,
+        expires_at: datetime | None = None,
+    ) -> CreateApiKeyResult:
         ctx = info.context
 
         async def run() -> CreatedApiKey:
             row, raw = await ctx.write(
-                lambda s: service.create_api_key(s, ctx.clock, role="operator", scope=None, name=name)
+                lambda s: service.create_api_key(
+                    s,
+                    ctx.clock,
+                    role="operator",
+                    scope=None,
+                    name=name,
+                    scopes=[x.value for x in scopes] if scopes is not None else None,
+                    expires_at=expires_at,
+                    caller=ctx.principal,
+                )
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 
