@@ -35,6 +35,7 @@ CATALOG: dict[str, Rule] = {
     "Query.plan": Rule(BOTH, READ),
     "Query.tenants": Rule(OP, READ),
     "Query.tenant": Rule(BOTH, READ),
+    "Query.tenantByExternalId": Rule(OP, READ),
     "Query.viewer": Rule(BOTH, READ),
     # Control plane: writes
     "Mutation.upsertAccountKit": Rule(OP, MANAGE),
@@ -48,6 +49,7 @@ CATALOG: dict[str, Rule] = {
     # Metering: the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Query.check": Rule(BOTH, METER),
     "Query.usageHistory": Rule(BOTH, READ),
+    "Query.usageSeries": Rule(BOTH, READ),
     "Mutation.charge": Rule(BOTH, METER),
     "Mutation.chargeBatch": Rule(BOTH, METER),
     "Mutation.reserve": Rule(BOTH, METER),

@@ -26,6 +26,7 @@ from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, Val
 from app.graphql.permissions import PermissionGuard
 from app.integrations.stripe.graphql import StripeMutation
 from app.metering.graphql import MeteringMutation, MeteringQuery
+from app.metering.usage_graphql import UsageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
@@ -34,7 +35,15 @@ from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
-QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, MeteringQuery, CreditsQuery, PricingQuery)
+QUERIES: tuple[type, ...] = (
+    TenantQuery,
+    PlanQuery,
+    AccountKitQuery,
+    MeteringQuery,
+    UsageQuery,
+    CreditsQuery,
+    PricingQuery,
+)
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
     PlanMutation,

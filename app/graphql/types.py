@@ -20,8 +20,9 @@ from app.tenants.models import ApiKey as ApiKeyRow
 from app.tenants.models import Tenant as TenantRow
 
 if TYPE_CHECKING:
-    from app.credits.graphql import CreditBalance
+    from app.credits.graphql import CreditBalance, CreditEntryConnection
     from app.metering.graphql import UsageReport
+    from app.metering.usage_graphql import UsageEventConnection, UsageGroupBy, UsageInterval, UsagePoint
 
 
 @strawberry.enum
@@ -261,6 +262,56 @@ class Tenant:
         from app.metering.graphql import resolve_usage
 
         return await resolve_usage(info.context, self.row.id, at)
+
+    # History and series of this tenant (operators read any tenant's): each goes through a
+    # DataLoader, so a page of tenants costs one statement per field, whatever its size.
+    @strawberry.field(description="Metered calls, newest first (as Query.usageHistory, for this tenant).")
+    async def usage_history(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        days: int | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        primitive: str | None = None,
+        api_key_id: strawberry.ID | None = None,
+    ) -> Annotated[UsageEventConnection, strawberry.lazy("app.metering.usage_graphql")]:
+        from app.metering.usage_graphql import resolve_usage_history
+
+        key = str(api_key_id) if api_key_id is not None else None
+        return await resolve_usage_history(info.context, self.row.id, first, after, days, from_, to, primitive, key)
+
+    @strawberry.field(description="Ledger entries, newest first (as Query.creditHistory, for this tenant).")
+    async def credit_history(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        days: int | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        primitive: str | None = None,
+    ) -> Annotated[CreditEntryConnection, strawberry.lazy("app.credits.graphql")]:
+        from app.credits.graphql import resolve_credit_history
+
+        return await resolve_credit_history(info.context, self.row.id, first, after, days, from_, to, primitive)
+
+    @strawberry.field(description="Usage over time (as Query.usageSeries, for this tenant).")
+    async def usage_series(
+        self,
+        info: Info,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        interval: Annotated[UsageInterval, strawberry.lazy("app.metering.usage_graphql")] | None = None,
+        primitive: str | None = None,
+        group_by: Annotated[UsageGroupBy, strawberry.lazy("app.metering.usage_graphql")] | None = None,
+    ) -> list[Annotated[UsagePoint, strawberry.lazy("app.metering.usage_graphql")]]:
+        from app.metering.usage_graphql import UsageInterval, resolve_usage_series
+
+        return await resolve_usage_series(
+            info.context, self.row.id, from_, to, interval or UsageInterval.DAY, primitive, group_by
+        )
 
 
 @strawberry.type

@@ -10,6 +10,7 @@ from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.pagination import After, Connection, First, connection
 from app.graphql.types import ApiKey, ApiKeyScope, Tenant
 from app.graphql.util import attempt, target_scope
 from app.tenants import service
@@ -21,28 +22,6 @@ class CreateTenantInput:
     name: str
     external_id: str | None = None
     metadata: JSON | None = None
-
-
-@strawberry.type
-class TenantEdge:
-    cursor: str
-    node: Tenant
-
-
-@strawberry.type
-class PageInfo:
-    has_next_page: bool
-    end_cursor: str | None
-
-
-@strawberry.type
-class TenantConnection:
-    edges: list[TenantEdge]
-    page_info: PageInfo
-
-    @strawberry.field
-    def nodes(self) -> list[Tenant]:
-        return [e.node for e in self.edges]
 
 
 @strawberry.type
@@ -58,13 +37,21 @@ RevokeApiKeyResult = Annotated[ApiKey | ValidationError | NotFoundError, strawbe
 
 @strawberry.type
 class TenantQuery:
-    @strawberry.field(description="Operator: every tenant, oldest first, cursor-paginated.")
-    async def tenants(self, info: Info, first: int = 50, after: str | None = None) -> TenantConnection:
-        rows, more = await info.context.read(lambda s: service.list_tenants(s, first, after))
-        edges = [TenantEdge(cursor=service.encode_cursor(r), node=Tenant(row=r)) for r in rows]
-        return TenantConnection(
-            edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None)
-        )
+    @strawberry.field(
+        description="Operator: every tenant, oldest first; `search` matches part of the name, external id or plan."
+    )
+    async def tenants(
+        self, info: Info, first: First = 50, after: After = None, search: str | None = None
+    ) -> Connection[Tenant]:
+        rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search))
+        return connection(Connection[Tenant], rows, first, service.encode_cursor, lambda r: Tenant(row=r))
+
+    @strawberry.field(description="Operator: the tenant with this external id (your platform's user id), or null.")
+    async def tenant_by_external_id(self, info: Info, external_id: str) -> Tenant | None:
+        if not external_id or len(external_id) > 255:
+            return None  # no tenant can have it
+        row = await info.context.read(lambda s: TenantRepository(s).by_external_id(external_id))
+        return Tenant(row=row) if row else None
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
     async def tenant(self, info: Info, id: strawberry.ID) -> Tenant | None:

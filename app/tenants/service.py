@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +21,9 @@ from app.core.auth import (
 from app.core.clock import Clock, as_utc
 from app.core.errors import NotFound, ValidationFailed
 from app.core.ids import new_id
+from app.core.paging import check_first
+from app.core.paging import decode_cursor as decode_cursor_of
+from app.core.paging import encode_cursor as encode_cursor_of
 from app.core.validation import check_name, check_optional
 from app.credits import ledger
 from app.plans.repository import PlanRepository
@@ -31,7 +33,6 @@ from app.tenants.repository import ApiKeyRepository, TenantRepository
 
 MAX_METADATA_BYTES = 8 * 1024
 MAX_METADATA_DEPTH = 16
-MAX_PAGE = 200
 
 
 @dataclass
@@ -90,22 +91,28 @@ def _depth(value: Any) -> int:
 
 
 def encode_cursor(tenant: Tenant) -> str:
-    return base64.urlsafe_b64encode(f"{tenant.created_at.isoformat()}|{tenant.id}".encode()).decode()
+    return encode_cursor_of("ten", f"{tenant.created_at.isoformat()}|{tenant.id}")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    at, _, tid = decode_cursor_of("ten", cursor).partition("|")
     try:
-        at, tid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(at), tid
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         raise ValidationFailed("after is not a valid cursor", field="after") from None
 
 
-def list_tenants(session: Session, first: int, after: str | None) -> tuple[list[Tenant], bool]:
-    if first < 1 or first > MAX_PAGE:
-        raise ValidationFailed(f"first must be between 1 and {MAX_PAGE}", field="first")
-    rows = TenantRepository(session).page(first + 1, decode_cursor(after) if after is not None else None)
-    return rows[:first], len(rows) > first
+MAX_SEARCH = 200
+
+
+def list_tenants(session: Session, first: int, after: str | None, search: str | None = None) -> list[Tenant]:
+    """A page of tenants, oldest first, with one row more than asked (it says a next page exists).
+    `search` matches part of the name, external id or plan key, case-insensitively."""
+    check_first(first)
+    if search is not None and len(search) > MAX_SEARCH:
+        raise ValidationFailed(f"search is longer than {MAX_SEARCH} characters", field="search")
+    cursor = decode_cursor(after) if after is not None else None
+    return TenantRepository(session).page(first + 1, cursor, (search or "").strip() or None)
 
 
 def create_api_key(
