@@ -15,18 +15,17 @@ from sqlalchemy.engine import make_url
 
 from app.core.db import normalize_url
 from app.core.migrate import alembic_config, upgrade
-from tests.conftest import PG_URL, _pg_admin
+from tests.conftest import PG_URL, _backends, _pg_admin
 
 BEFORE = "0004"  # the revision this migration follows
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=_backends())
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
         return
-    if not PG_URL:
-        pytest.skip("PostgreSQL not configured")
+    assert PG_URL
     name = f"mk_mig_{uuid.uuid4().hex[:12]}"
     admin = _pg_admin()
     with admin.connect() as c:
