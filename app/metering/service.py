@@ -640,9 +640,10 @@ class Meter:
             )
             if run_.window is not None:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
-        rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in sorted(rollups.items(), key=_rollup_order)]
+        # The tenant's account lock already serializes writers of these rows; one statement, many rows.
+        rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rows)  # one statement, many rows
+        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rows)
 
     def reserve(self, req: MeterRequest, ttl: timedelta) -> HoldView:
         fp = req.fingerprint()
@@ -715,7 +716,8 @@ class Meter:
         )
         if req.primitive != hold.primitive:
             raise ValidationFailed("actual.primitive must match the hold's primitive", field="primitive")
-        req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}", "api_key_id": api_key_id})
+        key_id = api_key_id if api_key_id is not None else req.api_key_id  # the settling key
+        req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}", "api_key_id": key_id})
         # Work already done: counted even past the quota (as overage) and charged down to the buffer.
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
         self._sweep()
@@ -748,11 +750,6 @@ class Meter:
         view.status = "released"
         view.available_after = self.state.available
         return view
-
-
-def _rollup_order(item: tuple[tuple[str, str | None], list[int]]) -> tuple[str, str]:
-    # Rows upserted in a fixed order, so two batches never wait on each other's rows crosswise.
-    return item[0][0], item[0][1] or ""
 
 
 def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
