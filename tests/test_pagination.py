@@ -8,9 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from app.core.clock import FrozenClock
-from tests.conftest import Api
+from app.core.clock import Clock, FrozenClock
+from app.core.db import unit_of_work
+from app.main import create_app
+from app.settings import Settings
+from app.tenants.service import create_api_key
+from tests.conftest import Api, Database
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.test_metering_basic import CHARGE
 from tests.test_metering_reads import counting
@@ -77,7 +82,8 @@ def test_tenant_search_and_external_id(api: Api, acme: dict[str, str]) -> None:
     q = """query($s: String) { tenants(search: $s) { nodes { name } pageInfo { hasNextPage } } }"""
 
     def names(search: str | None) -> list[str]:
-        return [n["name"] for n in api(q, {"s": search})["tenants"]["nodes"]]
+        # Sorted: tenants made at the same (frozen) instant are ordered by their random ids.
+        return sorted(n["name"] for n in api(q, {"s": search})["tenants"]["nodes"])
 
     assert names(None) == ["Acme Robotics", "Globex", "Initech"]
     assert names("robot") == ["Acme Robotics"]  # part of the name, any case
@@ -213,3 +219,24 @@ def test_bad_series_arguments_are_the_same_validation_error(
     api: Api, acme: dict[str, str], variables: dict[str, Any], field: str
 ) -> None:
     assert _error(api, SERIES, variables, acme["id"]) == {"code": "VALIDATION_FAILED", "field": field}
+
+
+def test_history_batches_with_a_real_clock_too(db: Database, settings: Settings) -> None:
+    """`days` windows are read against one `now` per batch: with a clock that moves between the
+    resolvers of a page, the tenants still share one statement per field."""
+    app = create_app(settings, engine=db.engine)  # the real clock
+    with TestClient(app) as client:
+        api = Api(client, db)
+        with unit_of_work(db.engine) as s:
+            _, api.operator_key = create_api_key(s, Clock(), role="operator", scope=None, name="t")
+        for i in range(6):
+            api.create_tenant(f"R{i}")
+        q = """query($n: Int!) { tenants(first: $n) { nodes { id
+          usageHistory(days: 7) { nodes { id } } creditHistory { nodes { amount } } } } }"""
+        with counting(db.engine) as small:
+            two = api(q, {"n": 2})["tenants"]["nodes"]
+        with counting(db.engine) as large:
+            six = api(q, {"n": 6})["tenants"]["nodes"]
+    assert len(two) == 2 and len(six) == 6
+    assert all(n["creditHistory"]["nodes"] == [{"amount": "20"}] for n in six)  # the signup grant
+    assert len(small) == len(large), "\n".join(large)

@@ -52,16 +52,23 @@ def decode_id_cursor(kind: str, cursor: str) -> int:
 @dataclass(frozen=True)
 class HistoryFilter:
     """Which rows of a tenant's history: a time window, and optionally one primitive or one key.
-    Hashable, so it keys a DataLoader together with the tenant id."""
+    Hashable, so it keys a DataLoader together with the tenant id. A window of the last `days`
+    stays relative until it is read (`window(now)`): every tenant of a page then shares one key,
+    and so one statement, whatever the clock did between their resolvers."""
 
-    since: datetime
-    until: datetime | None
+    start: datetime | None
+    end: datetime | None
+    days: int
     primitive: str | None = None
     api_key_id: str | None = None
 
+    def window(self, now: datetime) -> tuple[datetime, datetime | None]:
+        if self.start is not None:
+            return self.start, self.end
+        return (self.end or now) - timedelta(days=self.days), self.end
+
 
 def history_filter(
-    now: datetime,
     *,
     days: int | None,
     start: datetime | None,
@@ -74,12 +81,12 @@ def history_filter(
         raise ValidationFailed("give days or from/to, not both", field="days")
     if days is not None and (isinstance(days, bool) or not 1 <= days <= MAX_DAYS):
         raise ValidationFailed(f"days must be between 1 and {MAX_DAYS}", field="days")
-    until = as_utc(end) if end is not None else None
-    since = as_utc(start) if start is not None else (until or now) - timedelta(days=days or DEFAULT_DAYS)
-    if until is not None and until <= since:
+    start = as_utc(start) if start is not None else None
+    end = as_utc(end) if end is not None else None
+    if start is not None and end is not None and end <= start:
         raise ValidationFailed("to must be later than from", field="to")
     if primitive is not None:
         validate_primitive(primitive)
     if api_key_id is not None:
         parse_id(api_key_id, "key", field="apiKeyId")
-    return HistoryFilter(since, until, primitive, api_key_id)
+    return HistoryFilter(start, end, days or DEFAULT_DAYS, primitive, api_key_id)

@@ -113,13 +113,15 @@ async def resolve_credit_history(
     primitive: str | None,
 ) -> CreditEntryConnection:
     """creditHistory and Tenant.creditHistory: a DataLoader, so a page of tenants costs one statement."""
-    first, filt = history_args(ctx, first, days, start, end, primitive)
+    first, filt = history_args(first, days, start, end, primitive)
     before = decode_id_cursor(_CURSOR, after) if after is not None else None
+
+    now = ctx.clock.now()
 
     def fetch(s: Any, keys: list[tuple[str, HistoryFilter, int, int | None]]) -> dict[Any, list[Any]]:
         out: dict[Any, list[Any]] = {}
         for args in {k[1:] for k in keys}:
-            for tid, rows in service.history(s, [k[0] for k in keys if k[1:] == args], *args).items():
+            for tid, rows in service.history(s, [k[0] for k in keys if k[1:] == args], now, *args).items():
                 out[(tid, *args)] = rows
         return out
 

@@ -228,13 +228,19 @@ def summaries(session: Session, tenant_ids: list[str], now: datetime) -> dict[st
 
 
 def history(
-    session: Session, tenant_ids: Sequence[str], filt: HistoryFilter, limit: int, before_id: int | None
+    session: Session,
+    tenant_ids: Sequence[str],
+    now: datetime,
+    filt: HistoryFilter,
+    limit: int,
+    before_id: int | None,
 ) -> dict[str, list[Any]]:
     """Each tenant's ledger entries, newest first, at most `limit` each (keyset on the entry id):
     one statement for any number of tenants. `primitive` filters debits by their action."""
-    cond = [ENTRY.c.tenant_id.in_(list(tenant_ids)), ENTRY.c.created_at >= filt.since]
-    if filt.until is not None:
-        cond.append(ENTRY.c.created_at < filt.until)
+    since, until = filt.window(now)
+    cond = [ENTRY.c.tenant_id.in_(list(tenant_ids)), ENTRY.c.created_at >= since]
+    if until is not None:
+        cond.append(ENTRY.c.created_at < until)
     if filt.primitive is not None:
         cond.append(ENTRY.c.action == filt.primitive)
     if before_id is not None:

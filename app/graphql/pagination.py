@@ -15,7 +15,6 @@ from typing import Annotated, Any, Generic, TypeVar
 import strawberry
 
 from app.core.paging import DEFAULT_FIRST, HistoryFilter, check_first, history_filter
-from app.graphql.context import Context
 
 N = TypeVar("N")
 R = TypeVar("R")
@@ -66,7 +65,6 @@ To = Annotated[datetime | None, strawberry.argument(name="to", description="Excl
 
 
 def history_args(
-    ctx: Context,
     first: int,
     days: int | None,
     start: datetime | None,
@@ -75,5 +73,5 @@ def history_args(
     api_key_id: str | None = None,
 ) -> tuple[int, HistoryFilter]:
     check_first(first)
-    filt = history_filter(ctx.clock.now(), days=days, start=start, end=end, primitive=primitive, api_key_id=api_key_id)
+    filt = history_filter(days=days, start=start, end=end, primitive=primitive, api_key_id=api_key_id)
     return first, filt

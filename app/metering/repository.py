@@ -91,13 +91,14 @@ def usage_reports(
 
 
 def usage_history(
-    conn: Connection, tenant_ids: Sequence[str], filt: HistoryFilter, limit: int, before_id: int | None
+    conn: Connection, tenant_ids: Sequence[str], now: datetime, filt: HistoryFilter, limit: int, before_id: int | None
 ) -> dict[str, list[Any]]:
     """Each tenant's events, newest first, at most `limit` each: one statement for any number of
     tenants (a window over the (tenant_id, id) index), so a page of tenants costs what one does."""
-    cond = [EVENT.c.tenant_id.in_(list(tenant_ids)), EVENT.c.created_at >= filt.since]
-    if filt.until is not None:
-        cond.append(EVENT.c.created_at < filt.until)
+    since, until = filt.window(now)
+    cond = [EVENT.c.tenant_id.in_(list(tenant_ids)), EVENT.c.created_at >= since]
+    if until is not None:
+        cond.append(EVENT.c.created_at < until)
     if filt.primitive is not None:
         cond.append(EVENT.c.primitive == filt.primitive)
     if filt.api_key_id is not None:

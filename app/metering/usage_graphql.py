@@ -131,14 +131,16 @@ async def resolve_usage_history(
     primitive: str | None,
     api_key_id: str | None,
 ) -> UsageEventConnection:
-    first, filt = history_args(ctx, first, days, start, end, primitive, api_key_id)
+    first, filt = history_args(first, days, start, end, primitive, api_key_id)
     before = decode_id_cursor(_CURSOR, after) if after is not None else None
+
+    now = ctx.clock.now()
 
     def fetch(s: Any, keys: list[tuple[str, HistoryFilter, int, int | None]]) -> dict[Any, list[Any]]:
         out: dict[Any, list[Any]] = {}
         for args in {k[1:] for k in keys}:  # one statement per distinct arguments (one, on a page)
             ids = [k[0] for k in keys if k[1:] == args]
-            for tid, rows in repository.usage_history(s.connection(), ids, *args).items():
+            for tid, rows in repository.usage_history(s.connection(), ids, now, *args).items():
                 out[(tid, *args)] = rows
         return out
 
