@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -135,7 +136,9 @@ def create_app(
             await error_response(405, "METHOD_NOT_ALLOWED", "queries over GET are off: POST JSON")(scope, receive, send)
             return
         try:
-            principal, tenant_scope = await authenticate_request(request, engine, settings.auth_cache_seconds)
+            principal, tenant_scope = await authenticate_request(
+                request, engine, settings.auth_cache_seconds, state.clock
+            )
         except AuthError as exc:
             await exc.response()(scope, receive, send)
             return
@@ -180,6 +183,15 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Added last, so outermost: a preflight is answered before auth or the body limit.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Tenant-Id"],
+            max_age=600,
+        )
     return app
 
 

@@ -348,6 +348,7 @@ def test_usage_summary_is_the_briefs_billing_usage(rest: Rest) -> None:
         assert r.status_code == 400 and error(r)["field"] == "period", (bad, r.text)
     status = rest.get("/v1/status").json()
     assert status["resources"]["metered_units_this_period"] == 4 and status["tier"] == "pro"
+    assert status["resources"]["credits_used_this_period"] == 4
 
 
 def test_status_balance_tier_and_resource_counts(rest: Rest) -> None:
@@ -362,7 +363,13 @@ def test_status_balance_tier_and_resource_counts(rest: Rest) -> None:
         "available": 220,
         "reserved": 0,
         "period": {"start": "2026-07-01T00:00:00+00:00", "end": "2026-08-01T00:00:00+00:00"},
-        "resources": {"api_keys": 1, "open_holds": 0, "metered_units_this_period": 0, "ledger_entries": 2},
+        "resources": {
+            "api_keys": 1,
+            "open_holds": 0,
+            "metered_units_this_period": 0,
+            "credits_used_this_period": 0,
+            "ledger_entries": 2,
+        },
     }
 
 
@@ -542,3 +549,44 @@ def test_concurrent_copies_of_one_charge_charge_once_and_all_answer_it(rest: Res
     assert len({r.json()["event_id"] for r in answers}) == 1
     assert sum(not r.json()["replayed"] for r in answers) == 1
     assert rest.get("/v1/status").json()["balance"] == 219
+
+
+SCOPED_KEY = """mutation($t: ID!, $s: [ApiKeyScope!]) { createApiKey(tenantId: $t, scopes: $s) {
+  ... on CreatedApiKey { secret } } }"""
+
+
+def test_each_route_takes_only_keys_with_the_scope_it_declares(rest: Rest) -> None:
+    doc = rest.http.get("/openapi.json").json()
+    hold = "hold_" + "0" * 32
+    calls = {
+        ("GET", "/v1/status"): None,
+        ("GET", "/v1/usage"): None,
+        ("GET", "/v1/usage/summary"): None,
+        ("GET", "/v1/pricing"): None,
+        ("GET", "/v1/images/pricing"): None,
+        ("GET", "/v1/video/pricing"): None,
+        ("GET", "/v1/billing/packs"): None,
+        ("POST", "/v1/billing/topup"): {"pack": "medium"},
+        ("POST", "/v1/billing/upgrade"): {"plan": "pro"},
+        ("POST", "/v1/charge"): {"primitive": "email.send", "idempotency_key": "scoped"},
+        ("POST", "/v1/reserve"): {"primitive": "research.thorough", "idempotency_key": "scoped"},
+        ("POST", "/v1/holds/{hold_id}/settle"): None,
+        ("POST", "/v1/holds/{hold_id}/release"): None,
+    }
+    queries = {"/v1/images/pricing": "?model=fal-ai/flux/schnell", "/v1/video/pricing": "?model=x&duration=5"}
+    assert set(calls) == {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    for scope in ("READ", "METER", "MANAGE"):
+        key = rest.api(SCOPED_KEY, {"t": rest.tenant_id, "s": [scope]})["createApiKey"]["secret"]
+        for (method, path), body in calls.items():
+            url = path.replace("{hold_id}", hold) + queries.get(path, "")
+            r = rest.http.request(method, url, json=body, headers={"Authorization": f"Bearer {key}"})
+            needs = doc["paths"][path][method.lower()]["x-meterkit-needs"]
+            if needs == scope.lower():
+                assert r.status_code != 403 or error(r)["code"] != "FORBIDDEN", (scope, path, r.text)
+            else:
+                assert r.status_code == 403 and error(r)["code"] == "FORBIDDEN", (scope, path, r.text)
+                assert error(r)["needed"] == needs and repr(needs) in error(r)["message"]
+    # A body the route would refuse is still a 403 first for a key without the scope (nothing parsed).
+    reader = rest.api(SCOPED_KEY, {"t": rest.tenant_id, "s": ["READ"]})["createApiKey"]["secret"]
+    r = rest.http.post("/v1/charge", json={"quantity": 1.5}, headers={"Authorization": f"Bearer {reader}"})
+    assert r.status_code == 403 and error(r)["needed"] == "meter"

@@ -27,6 +27,7 @@ from app.graphql.permissions import PermissionGuard
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.metering.graphql import MeteringMutation, MeteringQuery
+from app.metering.usage_graphql import UsageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
@@ -40,6 +41,7 @@ QUERIES: tuple[type, ...] = (
     PlanQuery,
     AccountKitQuery,
     MeteringQuery,
+    UsageQuery,
     CreditsQuery,
     PricingQuery,
     StripeQuery,

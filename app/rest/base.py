@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.core.auth import Principal, TenantScope
+from app.core.auth import Principal, Scope, ScopeDenied, TenantScope, require_scope
 from app.core.clock import Clock
 from app.core.db import inline_sqlite, unit_of_work
 from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
@@ -45,8 +45,8 @@ from app.settings import Settings
 log = logging.getLogger("meterkit.rest")
 T = TypeVar("T")
 
-# What a route needs from a key. Issue 10 (key scopes) checks it at the one place marked below.
-Needs = Literal["read", "meter", "manage"]
+# What a route needs from a key (app.core.auth's scopes), checked before anything runs.
+Needs = Scope
 
 TOPUP_PATH = "/v1/billing/topup"
 
@@ -225,6 +225,11 @@ def invalid(exc: ModelError, where: str = "body") -> Response:
     return JSON(error_body("VALIDATION_FAILED", message + more, path or None), status_code=400)
 
 
+def scope_denied(exc: ScopeDenied) -> Response:
+    """The key lacks the scope the route needs (`x-meterkit-needs` in /openapi.json)."""
+    return JSON(error_body("FORBIDDEN", str(exc), needed=exc.needed), status_code=403)
+
+
 def unauthenticated() -> AuthError:
     return AuthError(401, "UNAUTHENTICATED", "authentication required: send Authorization: Bearer <key>")
 
@@ -328,10 +333,12 @@ def handler(ep: Endpoint, rest: Rest) -> Callable[[Request], Awaitable[Response]
 
     async def endpoint(request: Request) -> Response:
         try:
-            principal, scope = await authenticate_request(request, rest.engine, rest.settings.auth_cache_seconds)
+            principal, scope = await authenticate_request(
+                request, rest.engine, rest.settings.auth_cache_seconds, rest.clock
+            )
             if principal is None:
                 raise unauthenticated()
-            # Key scopes (issue 10): refuse here when the principal's key lacks `ep.needs`.
+            require_scope(principal, ep.needs)
             if ep.tenant and scope is None:
                 raise no_tenant()
             try:
@@ -345,6 +352,8 @@ def handler(ep: Endpoint, rest: Rest) -> Callable[[Request], Awaitable[Response]
             result = await run(Call(rest, request, principal, scope, body, query))
         except AuthError as exc:
             return exc.response()
+        except ScopeDenied as exc:
+            return scope_denied(exc)
         except DomainError as exc:
             return domain_error(exc, ep.fields)
         except DataError as exc:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.core.auth import ScopeDenied, require_scope
 from app.core.db import connection_of_work
 from app.core.errors import DomainError
 from app.core.ids import parse_id
@@ -38,6 +39,7 @@ from app.rest.base import (
     invalid,
     log,
     no_tenant,
+    scope_denied,
     unauthenticated,
 )
 
@@ -150,11 +152,13 @@ class ReleaseOut(Out):
     replayed: bool
 
 
-def to_request(body: Usage, key: str) -> service.MeterRequest:
+def to_request(body: Usage, key: str, api_key_id: str | None) -> service.MeterRequest:
+    """`api_key_id`: the key that made the call, recorded with the event."""
     d = body.details
     if d is None:  # the common case: a fixed price
-        return service.MeterRequest(body.primitive, key, body.quantity, reference=body.reference)
+        return service.MeterRequest(body.primitive, key, body.quantity, reference=body.reference, api_key_id=api_key_id)
     return service.MeterRequest(
+        api_key_id=api_key_id,
         primitive=body.primitive,
         idempotency_key=key,
         quantity=body.quantity,
@@ -229,13 +233,13 @@ def charge_handler(rest: Rest) -> Any:
     ttl = settings.auth_cache_seconds
 
     def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> service.Charged:
-        principal, scope = resolve_principal(engine, raw_key, tenant, ttl)
+        principal, scope = resolve_principal(engine, raw_key, tenant, ttl, clock)
         if principal is None:
             raise unauthenticated()
-        # Key scopes (issue 10): a key without "meter" is refused here.
+        require_scope(principal, "meter")
         if scope is None:
             raise no_tenant()
-        req = to_request(body, body.idempotency_key)
+        req = to_request(body, body.idempotency_key, principal.key_id)
         with connection_of_work(engine) as conn:
             return service.charge(conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck)
 
@@ -251,9 +255,11 @@ def charge_handler(rest: Rest) -> Any:
                 if key is None:
                     raise unauthenticated() from None
                 if rest.inline:
-                    resolve_principal(engine, key, tenant, ttl)
+                    principal, _ = resolve_principal(engine, key, tenant, ttl, clock)
                 else:
-                    await run_in_threadpool(resolve_principal, engine, key, tenant, ttl)
+                    principal, _ = await run_in_threadpool(resolve_principal, engine, key, tenant, ttl, clock)
+                if principal is not None:
+                    require_scope(principal, "meter")
                 return invalid(exc)
             if rest.inline:
                 res = run(key, tenant, body)
@@ -264,6 +270,8 @@ def charge_handler(rest: Rest) -> Any:
                     res = await run_in_threadpool(run, key, tenant, body)
         except AuthError as exc:
             return exc.response()
+        except ScopeDenied as exc:
+            return scope_denied(exc)
         except DomainError as exc:
             return domain_error(exc, DETAIL_FIELDS)
         except DataError as exc:
@@ -277,7 +285,7 @@ def charge_handler(rest: Rest) -> Any:
 async def reserve(call: Call) -> ReserveOut:
     body: ReserveBody = call.body
     scope, rest = call.tenant(), call.rest
-    req = to_request(body, body.idempotency_key)
+    req = to_request(body, body.idempotency_key, call.principal.key_id)
     ttl = body.ttl_seconds or rest.settings.hold_ttl_seconds
     hold = await rest.write(
         lambda s: service.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
@@ -297,9 +305,12 @@ async def settle(call: Call) -> dict[str, Any]:
     body: SettleBody = call.body
     scope, rest = call.tenant(), call.rest
     hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
-    actual = to_request(body.actual, f"hold:{hold_id}") if body.actual is not None else None
+    key_id = call.principal.key_id
+    actual = to_request(body.actual, f"hold:{hold_id}", key_id) if body.actual is not None else None
     res = await rest.write(
-        lambda s: service.settle(s, rest.clock, scope, hold_id, actual, negative_buffer=rest.negative_buffer)
+        lambda s: service.settle(
+            s, rest.clock, scope, hold_id, actual, negative_buffer=rest.negative_buffer, api_key_id=key_id
+        )
     )
     return charged(res)
 

@@ -59,7 +59,7 @@ ERRORS = {
     400: "Invalid request: a field has the wrong type or value (named in `field`), or the body is not JSON",
     401: "Missing, malformed, revoked or unknown key",
     402: "Insufficient credits",
-    403: "Not entitled (the tenant's Account Kit) or forbidden",
+    403: "Not entitled (the tenant's Account Kit), or the key lacks the scope the route needs",
     404: "Not found (also a tenant or hold of another tenant)",
     409: "Conflict: idempotency key reused with other parameters, hold already closed, ...",
     413: "The request body is larger than METERKIT_MAX_BODY_BYTES",
@@ -93,7 +93,7 @@ def document(endpoints: list[Endpoint], *, title: str = "meterkit REST", version
                 "content": {"application/json": {"schema": keys[(ep.body, "validation")]}},
             }
         body_limit = {413} if ep.body is not None else set()
-        for status in sorted({400, 401, 404, *body_limit, *ep.refusals}):
+        for status in sorted({400, 401, 403, 404, *body_limit, *ep.refusals}):
             schema = keys[(InsufficientCredits if status == 402 else Error, "serialization")]
             op["responses"][str(status)] = _json(ERRORS[status], schema)
         paths.setdefault(ep.path, {})[ep.method.lower()] = op

@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import Field
 
 from app.core.errors import NotFound, ValidationFailed
+from app.core.paging import MAX_DAYS, MAX_FIRST, decode_id_cursor, encode_cursor, history_filter
 from app.credits import service as credit_service
-from app.credits.service import MAX_HISTORY_DAYS, MAX_HISTORY_LIMIT
 from app.metering import repository as usage_repository
 from app.plans.repository import PlanRepository
 from app.rest.base import Call, Endpoint, Money, Out, QueryModel, credits
@@ -29,6 +29,7 @@ class Resources(Out):
     metered_units_this_period: int = Field(
         description="Units metered this period, all primitives (from the period counters)"
     )
+    credits_used_this_period: Money = Field(description="Credits charged for metered calls this period")
     ledger_entries: int
 
 
@@ -46,8 +47,8 @@ class StatusOut(Out):
 
 
 class UsageQuery(QueryModel):
-    days: int = Field(30, ge=1, le=MAX_HISTORY_DAYS)
-    limit: int = Field(50, ge=1, le=MAX_HISTORY_LIMIT)
+    days: int = Field(30, ge=1, le=MAX_DAYS)
+    limit: int = Field(50, ge=1, le=MAX_FIRST)
     cursor: str | None = Field(None, min_length=1, max_length=64, description="next_cursor of the previous page")
 
 
@@ -67,6 +68,7 @@ class UsageOut(Out):
     has_more: bool
 
 
+CURSOR = "le"  # a ledger entry id, as GraphQL's creditHistory cursors
 _MONTH = re.compile(r"^(current|[0-9]{4}-(0[1-9]|1[0-2]))$")
 
 
@@ -110,6 +112,7 @@ async def status(call: Call) -> StatusOut:
             api_keys=st.api_keys,
             open_holds=holds,
             metered_units_this_period=sum(line.used for line in report.lines),
+            credits_used_this_period=credits(sum(line.credits for line in report.lines)),
             ledger_entries=st.ledger_entries,
         ),
     )
@@ -117,9 +120,11 @@ async def status(call: Call) -> StatusOut:
 
 async def usage(call: Call) -> UsageOut:
     scope, rest, q = call.tenant(), call.rest, call.query
-    rows, more = await rest.read(
-        lambda s: credit_service.history(s, scope, rest.clock.now(), days=q.days, limit=q.limit, after=q.cursor)
-    )
+    filt = history_filter(days=q.days, start=None, end=None)
+    before = decode_id_cursor(CURSOR, q.cursor) if q.cursor is not None else None
+    tid = scope.tenant_id
+    pages = await rest.read(lambda s: credit_service.history(s, [tid], rest.clock.now(), filt, q.limit + 1, before))
+    rows, more = pages[tid][: q.limit], len(pages[tid]) > q.limit
     return UsageOut(
         transactions=[
             Transaction(
@@ -133,7 +138,7 @@ async def usage(call: Call) -> UsageOut:
             )
             for r in rows
         ],
-        next_cursor=credit_service.encode_cursor(rows[-1].id) if rows and more else None,
+        next_cursor=encode_cursor(CURSOR, str(rows[-1].id)) if rows and more else None,
         has_more=more,
     )
 

@@ -49,11 +49,18 @@ from .create_tenant import (
 from .credit_history import (
     CreditHistory,
     CreditHistoryCreditHistory,
-    CreditHistoryCreditHistoryEntries,
+    CreditHistoryCreditHistoryNodes,
     CreditHistoryCreditHistoryPageInfo,
 )
 from .credit_packs import CreditPacks, CreditPacksCreditPacks
-from .enums import OveragePolicy, Period, SubscriptionStatus
+from .enums import (
+    ApiKeyScope,
+    OveragePolicy,
+    Period,
+    SubscriptionStatus,
+    UsageGroupBy,
+    UsageInterval,
+)
 from .exceptions import (
     GraphQLClientError,
     GraphQLClientGraphQLError,
@@ -203,6 +210,7 @@ __all__ = [
     "AccountKitInput",
     "AccountKits",
     "AccountKitsAccountKits",
+    "ApiKeyScope",
     "BaseClient",
     "BaseModel",
     "BatchItemInput",
@@ -240,7 +248,7 @@ __all__ = [
     "CreateTenantInput",
     "CreditHistory",
     "CreditHistoryCreditHistory",
-    "CreditHistoryCreditHistoryEntries",
+    "CreditHistoryCreditHistoryNodes",
     "CreditHistoryCreditHistoryPageInfo",
     "CreditPackInput",
     "CreditPacks",
@@ -353,6 +361,8 @@ __all__ = [
     "UpsertPlanUpsertPlanNotFoundError",
     "UpsertPlanUpsertPlanPlan",
     "UpsertPlanUpsertPlanValidationError",
+    "UsageGroupBy",
+    "UsageInterval",
     "VideoPricing",
     "VideoPricingVideoPricingMediaPricing",
     "VideoPricingVideoPricingNotFoundError",

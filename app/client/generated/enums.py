@@ -4,6 +4,12 @@
 from enum import Enum
 
 
+class ApiKeyScope(str, Enum):
+    READ = "READ"
+    METER = "METER"
+    MANAGE = "MANAGE"
+
+
 class OveragePolicy(str, Enum):
     refuse = "refuse"
     allow = "allow"
@@ -25,3 +31,13 @@ class SubscriptionStatus(str, Enum):
     incomplete = "incomplete"
     incomplete_expired = "incomplete_expired"
     paused = "paused"
+
+
+class UsageGroupBy(str, Enum):
+    PRIMITIVE = "PRIMITIVE"
+    KEY = "KEY"
+
+
+class UsageInterval(str, Enum):
+    HOUR = "HOUR"
+    DAY = "DAY"
