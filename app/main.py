@@ -15,10 +15,11 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.core.clock import Clock
 from app.core.db import make_engine, unit_of_work
@@ -26,6 +27,8 @@ from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
 from app.http.edge import AuthError, authenticate_request, error_response
+from app.live.hub import LiveHub
+from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key
 
@@ -33,8 +36,11 @@ log = logging.getLogger("meterkit")
 
 
 class MeterkitGraphQL(GraphQL[Context, None]):
+    # Subscriptions: graphql-transport-ws only, the key checked in connection_init (app/live/ws.py).
+    graphql_transport_ws_handler_class = LiveWSHandler
+
     def __init__(self, app_state: AppState, **kw: Any) -> None:
-        super().__init__(app_state.schema, **kw)
+        super().__init__(app_state.schema, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,), **kw)
         self.state = app_state
 
     def decode_json(self, data: str | bytes) -> object:
@@ -50,12 +56,14 @@ class MeterkitGraphQL(GraphQL[Context, None]):
 
     async def get_context(self, request: Any, response: Any) -> Context:
         st = self.state
+        websocket = request.scope["type"] == "websocket"  # its key arrives later, in connection_init
         return Context(
             engine=st.engine,
             settings=st.settings,
             clock=st.clock,
-            principal=request.state.principal,
-            scope=request.state.scope,
+            principal=None if websocket else request.state.principal,
+            scope=None if websocket else request.state.scope,
+            live=st.live,
         )
 
 
@@ -65,6 +73,7 @@ class AppState:
         self.engine = engine
         self.clock = clock
         self.schema = build_schema(settings)
+        self.live = LiveHub(engine)
 
 
 class BodyLimit:
@@ -159,6 +168,7 @@ def create_app(
     routes: list[Any] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", _Asgi(graphql_endpoint), methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql_app),
     ]
     if settings.graphiql_enabled:
         routes.append(Mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"))
@@ -176,6 +186,7 @@ def create_app(
             gc.collect()
             gc.freeze()
         yield
+        await state.live.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app.core.auth import Role
 
@@ -63,6 +64,10 @@ CATALOG: dict[str, frozenset[Role]] = {
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": BOTH,
     "Mutation.changePlan": BOTH,
+    # Live updates (graphql-transport-ws): the tenant in scope; every tenant for operators
+    "Subscription.balanceChanged": BOTH,
+    "Subscription.usageChanged": BOTH,
+    "Subscription.tenantActivity": OP,
 }
 
 # Introspection needs no principal; everything else does.
@@ -70,8 +75,6 @@ _PUBLIC = {"__typename", "__schema", "__type"}
 
 
 def _forbidden(message: str, code: str = "FORBIDDEN") -> ExecutionResult:
-    from graphql import GraphQLError
-
     return ExecutionResult(data=None, errors=[GraphQLError(message, extensions={"code": code})])
 
 
@@ -86,6 +89,9 @@ class PermissionGuard(SchemaExtension):
             denied = self._denied(doc, ec.operation_name, ctx)
             if denied:
                 code = "UNAUTHENTICATED" if getattr(ctx, "principal", None) is None else "FORBIDDEN"
+                if ec.operation_type is OperationType.SUBSCRIPTION:
+                    # A subscription starts whatever the result says: refuse it by raising.
+                    raise GraphQLError(denied, extensions={"code": code})
                 ec.result = _forbidden(denied, code)  # type: ignore[assignment]
         yield
 
