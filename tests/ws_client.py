@@ -10,6 +10,7 @@ from typing import Any
 from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 PROTOCOL = "graphql-transport-ws"
 
@@ -28,7 +29,10 @@ class GraphQLWS:
 
     def __init__(self, base_url: str, key: str | None, tenant: str | None = None, *, init: bool = True) -> None:
         self.ws: ClientConnection = connect(
-            base_url.replace("http://", "ws://", 1) + "/graphql", subprotocols=[PROTOCOL], open_timeout=5, legacy=True
+            base_url.replace("http://", "ws://", 1) + "/graphql",
+            subprotocols=[Subprotocol(PROTOCOL)],
+            open_timeout=5,
+            legacy=True,
         )
         self._kept: dict[str, list[dict[str, Any]]] = {}
         if init:
