@@ -206,11 +206,12 @@ def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
 
 
 def _slice_routes(state: AppState) -> list[Any]:
-    """HTTP routes owned by slices (the Stripe webhook, the plain metering route)."""
+    """HTTP routes owned by slices (the Stripe webhook, the plain metering route, the dashboard page)."""
+    from app.dashboard.routes import routes as dashboard_routes
     from app.integrations.stripe.webhook import webhook_route
     from app.metering import http as metering_http
 
-    return [*metering_http.routes(state), webhook_route(state)]
+    return [*metering_http.routes(state), webhook_route(state), *dashboard_routes()]
 
 
 __all__ = ["create_app"]
