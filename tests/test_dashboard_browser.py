@@ -139,6 +139,14 @@ def test_tenant_view_shows_the_api_numbers_and_follows_a_charge_live(stripe_env:
     # The chart is drawn (uPlot's canvas) with a bar for today's spending.
     expect(page.locator("#chart canvas")).to_have_count(1)
     expect(page.locator("#chart .u-legend")).to_contain_text("Spent")
+    x, spent, granted = page.evaluate("meterkitDashboard.chartData()")
+    assert len(x) == len(spent) == len(granted) == 30
+    entries = env.api("{ creditHistory(days: 30, limit: 200) { entries { kind amount } } }", key=key)
+    entries = entries["creditHistory"]["entries"]
+    # Everything happened today (the last day of the chart); the other 29 days are empty.
+    assert spent[-1] == sum(-float(e["amount"]) for e in entries if e["kind"] == "debit") == 4
+    assert granted[-1] == sum(float(e["amount"]) for e in entries if e["kind"] == "grant") > 0
+    assert not any(spent[:-1]) and not any(granted[:-1])
     expect(page.locator('#packs .pack[data-pack="small"]')).to_contain_text("$10")
     watched.shot("tenant-before-charge")
 

@@ -373,6 +373,7 @@
     const events = await loadRecentEvents(tenantId);
     if (view !== state.view) return;
     $("#events-empty").hidden = events.length > 0;
+    $("#events").hidden = events.length === 0;
     $("#events tbody").replaceChildren(
       ...events.map((e) => {
         const tr = element("tr", { "data-event": e.id });
@@ -428,23 +429,40 @@
     }
     const el = $("#chart");
     el.replaceChildren();
+    const half = DAY_MS / 2000; // half a day in seconds: the first and last bars fit whole
     state.chart = new uPlot(
       {
         width: Math.max(el.clientWidth, 300),
         height: 240,
-        scales: { x: { time: true } },
+        scales: {
+          x: { time: true, range: (u, min, max) => [min - half, max + half] },
+          spent: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
+          granted: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
+        },
         series: [
-          {},
+          { label: "Day", value: (u, ts) => (ts == null ? "–" : new Date(ts * 1000).toISOString().slice(0, 10)) },
           {
             label: "Spent",
+            scale: "spent",
             stroke: "#2f6fed",
-            fill: "rgba(47, 111, 237, 0.35)",
-            paths: uPlot.paths.bars({ size: [0.6, 24] }),
+            fill: "rgba(47, 111, 237, 0.55)",
+            paths: uPlot.paths.bars({ size: [0.4, 18], align: -1 }),
             points: { show: false },
           },
-          { label: "Granted", stroke: "#1f9d55", width: 2, points: { show: true, size: 5 } },
+          {
+            label: "Granted",
+            scale: "granted",
+            stroke: "#1f9d55",
+            fill: "rgba(31, 157, 85, 0.45)",
+            paths: uPlot.paths.bars({ size: [0.4, 18], align: 1 }),
+            points: { show: false },
+          },
         ],
-        axes: [{}, { label: "credits", size: 60 }],
+        axes: [
+          {},
+          { scale: "spent", label: "spent", size: 60, stroke: "#2f6fed" },
+          { scale: "granted", label: "granted", side: 1, size: 60, stroke: "#1f9d55", grid: { show: false } },
+        ],
       },
       data,
       el,
@@ -573,6 +591,9 @@
   function when(iso) {
     return new Date(parseTime(iso)).toISOString().slice(0, 16).replace("T", " ") + " UTC";
   }
+
+  // What the chart draws, for a look from the browser's console (and the browser tests).
+  window.meterkitDashboard = Object.freeze({ chartData: () => (state.chart ? state.chart.data.map((s) => [...s]) : null) });
 
   // ---- start -----------------------------------------------------------------------------------
 
