@@ -195,7 +195,7 @@ def grant(
         action=source,
     )
     _set_balance(conn, scope, now, balance)
-    live_events.notify(conn, live_events.balance_moved(scope.tenant_id))
+    live_events.publish(conn, live_events.balance_moved(scope.tenant_id))
     return bucket_id, True
 
 
@@ -473,5 +473,5 @@ def reverse(
         )
     )
     _set_balance(conn, scope, now, balance)
-    live_events.notify(conn, live_events.balance_moved(scope.tenant_id))
+    live_events.publish(conn, live_events.balance_moved(scope.tenant_id))
     return Reversal(entry_id, amount, balance, True)

@@ -31,6 +31,9 @@ from app.tenants.repository import TenantRepository
 
 # Under a burst of charges a subscriber answers at most this often (the last state wins).
 MIN_INTERVAL_SECONDS = 0.1
+# A subscriber also looks again this often without an event: an event lost on the way (a writer
+# that died between its commit and the NOTIFY) delays an answer, never loses it.
+RESYNC_SECONDS = 30.0
 
 _MONEY = frozenset({notify.CHARGE, notify.BALANCE})
 _USAGE = frozenset({notify.CHARGE})
@@ -91,7 +94,7 @@ class LiveSubscription:
                 if seen != last:
                     last = seen
                     yield _balance(summary)
-                await box.wait(_MONEY)
+                await box.wait(_MONEY, RESYNC_SECONDS)
                 sent = await _paced(sent)
 
     @strawberry.subscription(
@@ -114,7 +117,7 @@ class LiveSubscription:
                     if seen != last:
                         last = seen
                         yield to_report(report)
-                await box.wait(_USAGE)
+                await box.wait(_USAGE, RESYNC_SECONDS)
                 sent = await _paced(sent)
 
     @strawberry.subscription(description="Operator: each tenant's charges and credit changes, as they commit.")

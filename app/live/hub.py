@@ -33,10 +33,14 @@ class Mailbox:
         self._changed.setdefault(tenant_id, set()).add(kind)
         self._wake.set()
 
-    async def wait(self, kinds: frozenset[str] | None = None) -> dict[str, set[str]]:
-        """Until something of `kinds` (any kind: None) changed; returns it and forgets it."""
+    async def wait(self, kinds: frozenset[str] | None = None, timeout: float | None = None) -> dict[str, set[str]]:
+        """Until something of `kinds` (any kind: None) changed, or `timeout` passed (then {});
+        returns what changed and forgets it."""
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return {}
             self._wake.clear()
             changed, self._changed = self._changed, {}
             if kinds is not None:
@@ -88,7 +92,11 @@ class LiveHub:
 
     # ---- events ----------------------------------------------------------------------------
 
-    def dispatch(self, event: str) -> None:
+    def dispatch(self, payload: str) -> None:
+        for event in payload.split(notify.SEPARATOR):
+            self._dispatch_one(event)
+
+    def _dispatch_one(self, event: str) -> None:
         kind, _, ident = event.partition(":")
         if kind == notify.KEY:
             for callback in list(self._keys.get(ident, ())):
@@ -145,7 +153,9 @@ class LiveHub:
         delay, connected_before = 0.1, False
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    dsn, autocommit=True, application_name="meterkit-live-listen"
+                ) as conn:
                     await conn.execute(f"LISTEN {notify.CHANNEL}")
                     if connected_before:
                         self._wake_everyone()  # events sent while we were away are lost: look again

@@ -78,12 +78,11 @@ _QUOTA_USED_PRICE = Sql(
               (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
               (SELECT credits FROM price WHERE primitive = :p)"""
 )
-_EVENT_COLUMNS = """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity,
-                                credits, period_start, reference, result, created_at)
+_INSERT_EVENT = Sql(
+    """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
+                                period_start, reference, result, created_at)
        VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :result, :now) RETURNING id"""
-# PostgreSQL: the live event (app/live) rides on this statement, delivered at COMMIT, dropped on
-# ROLLBACK; no extra round trip. SQLite ignores :live here and hears of the commit in-process.
-_INSERT_EVENT = Sql(_EVENT_COLUMNS, pg=_EVENT_COLUMNS + ", " + live.PG_NOTIFY_EXPR)
+)
 _BUMP_COUNTER = Sql(
     """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage)
        VALUES (:tid, :ps, :p, :pe, :qty, :overage)
@@ -438,9 +437,7 @@ class Meter:
         )
         result = Charged(event_id=0, credits_used=d.amount, credits_remaining=self.state.available, usage=usage)
         conn, tid, ps = self.conn, self.scope.tenant_id, ts(self.conn, d.period.start)
-        event = live.charged(tid)
-        if conn.dialect.name == "sqlite":
-            live.local_after_commit(conn, event)
+        live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
         event_id = run(
             conn,
             _INSERT_EVENT,
@@ -456,7 +453,6 @@ class Meter:
                 "ref": req.reference,
                 "result": to_json(result.stored()),
                 "now": ts(conn, self.now),
-                "live": event,
             },
         ).scalar_one()
         result.event_id = int(event_id)
@@ -555,9 +551,7 @@ class Meter:
 
     def _record_many(self, accepted: list[tuple[int, MeterRequest, int, _Running, int]], out: list[Any]) -> None:
         conn, tid, now = self.conn, self.scope.tenant_id, ts(self.conn, self.now)
-        event = live.charged(tid)  # one per tenant: PostgreSQL folds a transaction's identical events
-        if conn.dialect.name == "sqlite":
-            live.local_after_commit(conn, event)
+        live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
         start_available = self.state.available
         balance = ledger.debit_many(
             conn,
@@ -591,7 +585,6 @@ class Meter:
                         "ref": req.reference,
                         "result": to_json(result.stored()),
                         "now": now,
-                        "live": event,
                     },
                 ).scalar_one()
             )
@@ -652,7 +645,7 @@ class Meter:
             .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
             .values(reserved=self.state.reserved)
         )
-        live.notify(self.conn, live.balance_moved(self.scope.tenant_id))  # available moved
+        live.publish(self.conn, live.balance_moved(self.scope.tenant_id))  # available moved
         return HoldView(
             id=hold_id,
             primitive=req.primitive,
@@ -714,7 +707,7 @@ class Meter:
             .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
             .values(reserved=self.state.reserved)
         )
-        live.notify(self.conn, live.balance_moved(self.scope.tenant_id))  # available moved
+        live.publish(self.conn, live.balance_moved(self.scope.tenant_id))  # available moved
         view = _hold_view(hold)
         view.status = "released"
         view.available_after = self.state.available

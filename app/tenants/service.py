@@ -130,7 +130,7 @@ def revoke_api_key(session: Session, clock: Clock, principal: Principal, key_id:
         key.revoked_at = clock.now()
         repo.add(key)
         # Live connections opened with this key close at commit, in every process (app/live).
-        live.notify(session.connection(), live.key_revoked(key.id))
+        live.publish(session.connection(), live.key_revoked(key.id))
     PRINCIPALS.forget_key(key.id)
     return key
 
