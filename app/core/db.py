@@ -115,12 +115,16 @@ _AFTER_COMMIT = "meterkit.after_commit"
 
 
 def after_commit(conn: Connection, fn: Callable[[], None]) -> None:
-    conn.info.setdefault(_AFTER_COMMIT, []).append(fn)
+    commit_hooks(conn).append(fn)
 
 
-def after_commit_hooks(conn: Connection) -> list[Callable[[], None]]:
-    """The hooks registered so far in this transaction (to add to one instead of adding another)."""
-    return conn.info.get(_AFTER_COMMIT) or []
+def commit_hooks(conn: Connection) -> list[Callable[[], None]]:
+    """This transaction's after-commit work so far (to add to a hook instead of adding another)."""
+    info = conn.info
+    hooks: list[Callable[[], None]] | None = info.get(_AFTER_COMMIT)
+    if hooks is None:
+        hooks = info[_AFTER_COMMIT] = []
+    return hooks
 
 
 def _run_after_commit(conn: Connection) -> None:

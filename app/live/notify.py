@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from app.core.db import after_commit, after_commit_hooks
+from app.core.db import commit_hooks
 
 log = logging.getLogger("meterkit.live")
 
@@ -52,11 +52,14 @@ def key_revoked(key_id: str) -> str:
 def publish(conn: Connection, event: str) -> None:
     """Publish `event` when (and only if) the transaction of `conn` commits. One hook per
     transaction however many events (a batch charges many times); costs no statement."""
-    for hook in after_commit_hooks(conn):
+    if not _SINKS and conn.dialect.name == "sqlite":
+        return  # SQLite events stay in this process, and nothing in it listens
+    hooks = commit_hooks(conn)
+    for hook in hooks:
         if isinstance(hook, _Flush):
             hook.events.add(event)
             return
-    after_commit(conn, _Flush(conn.engine, {event}))
+    hooks.append(_Flush(conn.engine, {event}))
 
 
 class _Flush:
