@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -40,7 +41,13 @@ class MeterkitGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = LiveWSHandler
 
     def __init__(self, app_state: AppState, **kw: Any) -> None:
-        super().__init__(app_state.schema, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,), **kw)
+        super().__init__(
+            app_state.schema,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            # A socket that never says who it is goes after 10 s (Strawberry's default: a minute).
+            connection_init_wait_timeout=timedelta(seconds=10),
+            **kw,
+        )
         self.state = app_state
 
     def decode_json(self, data: str | bytes) -> object:
