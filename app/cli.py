@@ -83,6 +83,10 @@ from app.integrations.stripe.cli import stripe_cli  # noqa: E402
 
 cli.add_typer(stripe_cli, name="stripe")
 
+from app.cli_client import mount  # noqa: E402  (commands against a running gateway)
+
+mount(cli, stripe_cli)
+
 
 @cli.command()
 def reconcile(
@@ -90,13 +94,15 @@ def reconcile(
     show_all: bool = typer.Option(False, "--all", help="List every tenant, not only those that drift"),
 ) -> None:
     """Recompute every credit balance from the ledger and check the buckets; exit 1 on drift."""
+    from app.cli_client.progress import working
     from app.core.db import make_engine, unit_of_work
     from app.core.money import format_credits
     from app.credits.service import reconcile as run
 
     engine = make_engine(database_url or get_settings().database_url)
     try:
-        with unit_of_work(engine, write=False) as s:
+        # A spinner on a terminal: reconcile is four grouped statements, so there is no count to show.
+        with working("recomputing every balance from the ledger"), unit_of_work(engine, write=False) as s:
             report = run(s)
     finally:
         engine.dispose()

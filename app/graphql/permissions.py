@@ -64,6 +64,8 @@ CATALOG: dict[str, frozenset[Role]] = {
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": BOTH,
     "Mutation.changePlan": BOTH,
+    # Stripe: the webhook inbox (what each event did), operators only
+    "Query.stripeEvents": OP,
     # Live updates (graphql-transport-ws): the tenant in scope; every tenant for operators
     "Subscription.balanceChanged": BOTH,
     "Subscription.usageChanged": BOTH,

@@ -27,7 +27,7 @@ from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
-from app.integrations.stripe.graphql import StripeMutation
+from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.live.graphql import LiveSubscription
 from app.metering.graphql import MeteringMutation, MeteringQuery
 from app.plans.graphql import PlanMutation, PlanQuery
@@ -38,7 +38,15 @@ from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
-QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, MeteringQuery, CreditsQuery, PricingQuery)
+QUERIES: tuple[type, ...] = (
+    TenantQuery,
+    PlanQuery,
+    AccountKitQuery,
+    MeteringQuery,
+    CreditsQuery,
+    PricingQuery,
+    StripeQuery,
+)
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
     PlanMutation,

@@ -291,11 +291,18 @@ def _pick(subs: list[JSON]) -> JSON:
     return max(pool, key=lambda s: (int(s.get("created") or 0), s.get("id") or ""))
 
 
-def reconcile(engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock) -> ReconcileReport:
+# (phase, done, total): called as each phase's work is known and as each item is done.
+Progress = Callable[[str, int, int], None]
+
+
+def reconcile(
+    engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock, progress: Progress | None = None
+) -> ReconcileReport:
     """Repair local state from what Stripe holds now (after missed webhooks).
 
     Subscriptions are written only where they differ; pack and plan credits use the same
     grant keys as the webhooks. So a second run, or a late webhook, changes nothing."""
+    tick: Progress = progress or (lambda phase, done, total: None)
     report = ReconcileReport()
     by_customer: dict[str, list[JSON]] = {}
     for sub in _stripe(lambda: list(gateway.all_subscriptions())):
@@ -303,31 +310,35 @@ def reconcile(engine: Engine, gateway: StripeGateway, settings: Settings, clock:
         customer = handlers._id(sub.get("customer"))
         if customer:
             by_customer.setdefault(customer, []).append(sub)
-    for subs in by_customer.values():
+    tick("subscriptions", 0, len(by_customer))
+    for done, subs in enumerate(by_customer.values(), 1):
         chosen = _pick(subs)
         _count(
             report, "subscriptions_repaired", _tx(engine, partial(_reflect, clock=clock, settings=settings, sub=chosen))
         )
+        tick("subscriptions", done, len(by_customer))
 
-    for cs in _stripe(lambda: list(gateway.completed_checkout_sessions())):
-        if cs.get("mode") != "payment" or cs.get("payment_status") not in ("paid", "no_payment_required"):
-            continue
-        if _tx(engine, partial(_already_granted, cs=cs)):
-            continue
-        items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
-        _count(
-            report, "packs_granted", _tx(engine, partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items))
-        )
+    sessions = _stripe(lambda: list(gateway.completed_checkout_sessions()))
+    tick("checkout sessions", 0, len(sessions))
+    for done, cs in enumerate(sessions, 1):
+        paid = cs.get("mode") == "payment" and cs.get("payment_status") in ("paid", "no_payment_required")
+        if paid and not _tx(engine, partial(_already_granted, cs=cs)):
+            items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
+            grant = partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items)
+            _count(report, "packs_granted", _tx(engine, grant))
+        tick("checkout sessions", done, len(sessions))
 
-    for inv in _stripe(lambda: list(gateway.paid_invoices())):
-        if inv.get("billing_reason") not in handlers.ALLOWANCE_REASONS:
-            continue
-        lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
-        _count(
-            report,
-            "allowances_granted",
-            _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
-        )
+    invoices = _stripe(lambda: list(gateway.paid_invoices()))
+    tick("invoices", 0, len(invoices))
+    for done, inv in enumerate(invoices, 1):
+        if inv.get("billing_reason") in handlers.ALLOWANCE_REASONS:
+            lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
+            _count(
+                report,
+                "allowances_granted",
+                _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
+            )
+        tick("invoices", done, len(invoices))
     return report
 
 
