@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -252,3 +253,41 @@ def test_subscriptions_are_not_served_over_http(live: Live) -> None:
     r = httpx.post(f"{live.url}/graphql", json={"query": BALANCE}, headers={"Authorization": f"Bearer {live.key}"})
     assert r.status_code == 400 and "subscriptions are not allowed" in r.text
 
+
+
+GRANT = """mutation($t: ID!, $k: String!) { grantCredits(tenantId: $t, amount: "7", idempotencyKey: $k) {
+  __typename } }"""
+RESERVE = """mutation($i: MeterInput!) { reserve(input: $i) { __typename ... on Hold { id availableAfter } } }"""
+RELEASE = "mutation($h: ID!) { release(holdId: $h) { __typename } }"
+BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
+  ... on Charged { creditsRemaining } } }"""
+
+
+def test_grants_holds_and_batches_are_live_too(live: Live) -> None:
+    with GraphQLWS(live.url, live.key) as ws:
+        ws.ack()
+        ws.subscribe("b", BALANCE)
+        ws.subscribe("u", USAGE)
+        first = ws.next("b")["balanceChanged"]
+        ws.next("u")
+        # An operator's grant moves the balance, not the usage.
+        assert live.api(GRANT, {"t": live.tenant, "k": "gift"})["grantCredits"]["__typename"] == "CreditGrant"
+        granted = ws.next("b", timeout=1.0)["balanceChanged"]
+        assert Decimal(granted["balance"]) == Decimal(first["balance"]) + 7
+        # A hold moves what is available (and reserved); releasing it moves it back.
+        hold = live.api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "h"}}, key=live.key)
+        held = ws.next("b", timeout=1.0)["balanceChanged"]
+        assert held["available"] == hold["reserve"]["availableAfter"] and held["reserved"] != "0"
+        live.api(RELEASE, {"h": hold["reserve"]["id"]}, key=live.key)
+        assert ws.next("b", timeout=1.0)["balanceChanged"] == granted
+        # The usage stream said nothing meanwhile: none of that was a charge.
+        ws.nothing_for(0.3)
+        # A batch of three charges: one answer per stream with all three counted (a burst folds).
+        items = [{"item": {"primitive": "email.send", "idempotencyKey": f"batch-{i}"}} for i in range(3)]
+        results = live.api(BATCH, {"items": items}, key=live.key)["chargeBatch"]
+        assert [r["__typename"] for r in results] == ["Charged"] * 3
+        usage = ws.next("u", timeout=1.0)["usageChanged"]
+        assert {"primitive": "email.send", "used": 3, "quota": 1000} in usage["quotas"]
+        after = ws.next("b", timeout=1.0)["balanceChanged"]
+        assert after["available"] == results[-1]["creditsRemaining"] != granted["available"]
+        ws.nothing_for(0.4)
