@@ -266,7 +266,7 @@ def test_the_page_and_its_assets_are_served_offline(stripe_env: StripeEnv) -> No
     assert "default-src 'self'" in page.headers["content-security-policy"]
     # Every script and stylesheet the page names is one of ours, and is served.
     assets = re.findall(r'(?:src|href)="(/dashboard/assets/[^"]+)"', page.text)
-    assert len(assets) == 4, assets
+    assert len(assets) == 5, assets
     for path in assets:
         r = httpx.get(f"{stripe_env.url}{path}")
         assert r.status_code == 200 and len(r.content) > 500, path

@@ -1,6 +1,6 @@
 // meterkit dashboard: plain JavaScript over the public GraphQL API (/graphql) and its
-// subscriptions (graphql-transport-ws on the same path). No build step, no framework; the one
-// library is uPlot (vendor/), for the 30-day chart. Credits are decimal strings on the wire and
+// subscriptions (graphql-transport-ws on the same path, live.js). No build step, no framework;
+// the one library is uPlot (vendor/), for the 30-day chart. Credits are decimal strings on the wire and
 // are shown exactly as the API sends them; only the chart turns them into numbers, to draw.
 "use strict";
 
@@ -56,84 +56,6 @@
     return body.data;
   }
 
-  // ---- live updates: graphql-transport-ws by hand ---------------------------------------------
-
-  class Live {
-    constructor(tenantId, onStatus) {
-      this.payload = { Authorization: `Bearer ${state.key}` };
-      if (tenantId) this.payload["X-Tenant-Id"] = tenantId;
-      this.onStatus = onStatus;
-      this.subs = new Map();
-      this.nextId = 1;
-      this.retry = 0;
-      this.acked = false;
-      this.closed = false;
-      this.open();
-    }
-
-    open() {
-      const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      const ws = (this.ws = new WebSocket(scheme + location.host + "/graphql", "graphql-transport-ws"));
-      ws.onopen = () => ws.send(JSON.stringify({ type: "connection_init", payload: this.payload }));
-      ws.onmessage = (event) => this.receive(JSON.parse(event.data));
-      ws.onclose = (event) => {
-        this.acked = false;
-        if (this.closed) return;
-        if (event.code >= 4400 && event.code < 4500) {
-          // Refused (bad or revoked key, unknown tenant): retrying would be refused again.
-          this.onStatus("failed", event.reason || `closed (${event.code})`);
-          return;
-        }
-        this.onStatus("off");
-        const delay = Math.min(1000 * 2 ** this.retry++, 15000);
-        this.timer = setTimeout(() => this.open(), delay);
-      };
-    }
-
-    receive(message) {
-      switch (message.type) {
-        case "connection_ack":
-          this.acked = true;
-          this.retry = 0;
-          this.onStatus("on");
-          for (const [id, sub] of this.subs) this.send(id, sub);
-          break;
-        case "next": {
-          const sub = this.subs.get(message.id);
-          const payload = message.payload || {};
-          if (payload.errors && payload.errors.length) this.onStatus("failed", payload.errors[0].message);
-          else if (sub) sub.onData(payload.data);
-          break;
-        }
-        case "error":
-          this.onStatus("failed", (message.payload && message.payload[0] && message.payload[0].message) || "error");
-          break;
-        case "ping":
-          this.ws.send(JSON.stringify({ type: "pong" }));
-          break;
-        default:
-          break;
-      }
-    }
-
-    subscribe(query, onData) {
-      const id = String(this.nextId++);
-      const sub = { query, onData };
-      this.subs.set(id, sub);
-      if (this.acked) this.send(id, sub);
-    }
-
-    send(id, sub) {
-      this.ws.send(JSON.stringify({ id, type: "subscribe", payload: { query: sub.query } }));
-    }
-
-    close() {
-      this.closed = true;
-      clearTimeout(this.timer);
-      if (this.ws.readyState <= 1) this.ws.close(1000);
-    }
-  }
-
   function setLiveStatus(status, reason) {
     const el = $("#live-status");
     el.classList.remove("on", "off", "failed");
@@ -146,7 +68,9 @@
   function goLive(tenantId, subscriptions) {
     if (state.live) state.live.close();
     setLiveStatus("off");
-    state.live = new Live(tenantId, setLiveStatus);
+    const payload = { Authorization: `Bearer ${state.key}` };
+    if (tenantId) payload["X-Tenant-Id"] = tenantId;
+    state.live = new MeterkitLive(payload, setLiveStatus);
     for (const [query, onData] of subscriptions) state.live.subscribe(query, onData);
   }
 
