@@ -13,11 +13,13 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work, make_engine, unit_of_work
 from app.live.hub import LiveHub
+from app.live.ws import LiveWSHandler
 from app.main import create_app
 from app.metering.service import MeterRequest, charge
 from app.settings import Settings
@@ -297,3 +299,22 @@ def test_grants_holds_and_batches_are_live_too(live: Live) -> None:
         after = ws.next("b", timeout=1.0)["balanceChanged"]
         assert after["available"] == results[-1]["creditsRemaining"] != granted["available"]
         ws.nothing_for(0.4)
+
+
+def test_a_key_revoked_where_no_event_tells_closes_at_the_next_check(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revocation written by another process on SQLite (here: straight into the table) sends no
+    event; the connection's own check of its key closes it anyway."""
+    monkeypatch.setattr(LiveWSHandler, "KEY_RECHECK_SECONDS", 0.2)
+    doomed = live.api(KEY_ID, {"t": live.tenant})["createApiKey"]
+    with GraphQLWS(live.url, doomed["secret"]) as ws:
+        ws.ack()
+        ws.subscribe("b", BALANCE)
+        ws.next("b")
+        ws.nothing_for(0.5)  # checked, still good: nothing happens
+        with live.api.db.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE api_key SET revoked_at = created_at WHERE id = :id"), {"id": doomed["apiKey"]["id"]}
+            )
+        assert ws.close_code(timeout=3.0) == 4401

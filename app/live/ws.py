@@ -3,7 +3,8 @@
 The browser's WebSocket API cannot set headers, so the key travels in `connection_init`'s payload:
 {"Authorization": "Bearer <key>", "X-Tenant-Id": "ten_..."} (X-Tenant-Id: operators only, as over
 HTTP). A missing or bad key closes the socket with 4401 (4400/4404 for a malformed or unknown
-X-Tenant-Id); a key revoked while connected closes it with 4401 at once, in every process."""
+X-Tenant-Id); a key revoked while connected closes it with 4401 at once, in every process (and in
+any case at the next check of the key, every KEY_RECHECK_SECONDS)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,12 @@ def close_code(exc: AuthError) -> int:
 
 
 class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    # Revocation closes a socket at once through the live events; the key is also checked again
+    # this often, for what no event tells (a revocation by another process on SQLite).
+    KEY_RECHECK_SECONDS = 60.0
     _exits: ExitStack | None = None
     _closing: asyncio.Task[None] | None = None
+    _recheck: asyncio.Task[None] | None = None
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         payload = message.get("payload") or {}
@@ -66,7 +71,20 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             ctx.principal, ctx.scope = principal, scope
             self._exits = ExitStack()
             self._exits.enter_context(ctx.live.watch_key(principal.key_id, self._on_revoked))
+            self._recheck = asyncio.get_running_loop().create_task(self._recheck_key(raw))
         await super().handle_connection_init(message)
+
+    async def _recheck_key(self, raw: str) -> None:
+        engine = self.context.engine
+        while True:
+            await asyncio.sleep(self.KEY_RECHECK_SECONDS)
+            try:
+                await run_in_threadpool(resolve_principal, engine, raw, None, 0.0)
+            except AuthError:
+                self._on_revoked()
+                return
+            except Exception:  # the database is away: keep the socket, look again later
+                continue
 
     def _on_revoked(self) -> None:
         if self._closing is None:
@@ -82,4 +100,6 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     async def shutdown(self) -> None:
         if self._exits is not None:
             self._exits.close()
+        if self._recheck is not None:
+            self._recheck.cancel()
         await super().shutdown()
