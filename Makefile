@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench schema client client-check clean
+.PHONY: run dev-stripe test lint bench schema client client-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# `make run STRIPE=dev` points the gateway at `make dev-stripe` (the local Stripe stand-in).
+DEV_STRIPE_PORT ?= 12111
+ifeq ($(STRIPE),dev)
+run: export METERKIT_STRIPE_API_BASE = http://127.0.0.1:$(DEV_STRIPE_PORT)
+run: export METERKIT_STRIPE_API_KEY = sk_test_meterkit_dev
+run: export METERKIT_STRIPE_WEBHOOK_SECRET = whsec_meterkit_dev
+endif
 run: $(VENV)/.installed
 	$(BIN)/meterkit serve
+
+dev-stripe: $(VENV)/.installed
+	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT)
 
 test: $(VENV)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -151,7 +152,9 @@ def create_app(
             await error_response(405, "METHOD_NOT_ALLOWED", "queries over GET are off: POST JSON")(scope, receive, send)
             return
         try:
-            principal, tenant_scope = await authenticate_request(request, engine, settings.auth_cache_seconds)
+            principal, tenant_scope = await authenticate_request(
+                request, engine, settings.auth_cache_seconds, state.clock
+            )
         except AuthError as exc:
             await exc.response()(scope, receive, send)
             return
@@ -198,6 +201,15 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Added last, so outermost: a preflight is answered before auth or the body limit.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Tenant-Id"],
+            max_age=600,
+        )
     return app
 
 
@@ -213,12 +225,14 @@ def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
 
 
 def _slice_routes(state: AppState) -> list[Any]:
-    """HTTP routes owned by slices (the Stripe webhook, the plain metering route, the dashboard page)."""
+    """HTTP routes owned by slices (the Stripe webhook and Checkout return pages, the plain metering
+    route, the dashboard page)."""
     from app.dashboard.routes import routes as dashboard_routes
+    from app.integrations.stripe import pages as checkout_pages
     from app.integrations.stripe.webhook import webhook_route
     from app.metering import http as metering_http
 
-    return [*metering_http.routes(state), webhook_route(state), *dashboard_routes()]
+    return [*metering_http.routes(state), webhook_route(state), *checkout_pages.routes(state), *dashboard_routes()]
 
 
 __all__ = ["create_app"]

@@ -85,10 +85,10 @@ def test_tenant_and_operator_commands(stripe_env: StripeEnv) -> None:
     page = me("usage", "--days", "30", "--limit", "1", "--json")
     assert page.code == 0, page.err
     body = page.json()
-    assert [e["action"] for e in body["entries"]] == ["adjustment"] and Decimal(body["entries"][0]["amount"]) == 1
+    assert [e["action"] for e in body["nodes"]] == ["adjustment"] and Decimal(body["nodes"][0]["amount"]) == 1
     assert body["pageInfo"]["hasNextPage"] is True
     rest = me("usage", "--limit", "10", "--after", body["pageInfo"]["endCursor"], "--json").json()
-    assert [e["action"] for e in rest["entries"]] == ["adjustment", "signup"]
+    assert [e["action"] for e in rest["nodes"]] == ["adjustment", "signup"]
     table = me("usage", "--days", "30")
     assert table.code == 0 and "adjustment" in table.out and "signup" in table.out
 

@@ -26,8 +26,9 @@ def test_stripe_reconcile_reports_every_phase(stripe_env: StripeEnv) -> None:
     report = service.reconcile(env.engine, env.gateway(), env.settings, env.clock, progress=lambda *t: ticks.append(t))
     assert (report.subscriptions_repaired, report.packs_granted) == (2, 1)
     phases_seen = [p for p, _, _ in ticks]
-    assert list(dict.fromkeys(phases_seen)) == ["subscriptions", "checkout sessions", "invoices"]
-    for phase in ("subscriptions", "checkout sessions", "invoices"):
+    phases = ["subscriptions", "checkout sessions", "expired checkout sessions", "invoices"]
+    assert list(dict.fromkeys(phases_seen)) == phases
+    for phase in phases:
         mine = [(done, total) for p, done, total in ticks if p == phase]
         total = mine[0][1]
         assert [d for d, _ in mine] == list(range(total + 1))  # 0, then one tick per item

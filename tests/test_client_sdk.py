@@ -76,7 +76,7 @@ def test_the_briefs_sdk_calls(stripe_env: StripeEnv) -> None:
         assert status.credits.available == status.credits.balance
         assert tenant.billing.usage().usage == {"email.send": 1, "research.thorough": 1}
         history = tenant.billing.history(days=30, limit=10)
-        assert [e.action for e in history.entries][:2] == ["research.thorough", "email.send"]
+        assert [e.action for e in history.nodes][:2] == ["research.thorough", "email.send"]
         assert tenant.charge("search.web", idempotency_key="sdk-2").credits_used == Decimal("1")
 
 

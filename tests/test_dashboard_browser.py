@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "dashboard"
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { creditsRemaining } } }"""
 VIEWER = """{ viewer { name plan { name } credits { balance available reserved }
   usage { quotas { primitive used quota } } }
-  usageHistory(days: 30, limit: 15) { ... on UsageEventPage { nodes { primitive creditsUsed } } }
+  usageHistory(first: 15, days: 30) { nodes { primitive quantity creditsUsed } }
   creditPacks { key } }"""
+READ_ONLY_KEY = """mutation { createApiKey(name: "browser", scopes: [READ]) {
+  ... on CreatedApiKey { secret apiKey { scopes } } } }"""
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,7 @@ def assert_tenant_view_matches_api(page: Page, api: Api, key: str | None, tenant
         expect(first.locator("td").nth(3)).to_have_text(events[0]["creditsUsed"])
     packs = [p["key"] for p in data["creditPacks"]]
     assert page.locator("#packs .pack").evaluate_all("els => els.map(e => e.dataset.pack)") == packs
-    return viewer
+    return {**viewer, "events": events}
 
 
 def test_tenant_view_shows_the_api_numbers_and_follows_a_charge_live(stripe_env: StripeEnv, watched: Watched) -> None:
@@ -133,28 +136,30 @@ def test_tenant_view_shows_the_api_numbers_and_follows_a_charge_live(stripe_env:
     for i in range(3):
         charge(env.api, key, f"mail-{i}")
     charge(env.api, key, "search-0", primitive="search.web")
+    # The browser gets a read-only key, minted by the tenant's own: enough for the whole view.
+    made = env.api(READ_ONLY_KEY, key=key)["createApiKey"]
+    assert made["apiKey"]["scopes"] == ["READ"]
+    browser_key = made["secret"]
 
-    sign_in(watched, env.url, key)
+    sign_in(watched, env.url, browser_key)
     expect(page.locator("#tenant-view")).to_be_visible()
     expect(page.locator("#live-status")).to_have_text("live")
-    before = assert_tenant_view_matches_api(page, env.api, key)
-    # The chart is drawn (uPlot's canvas) with a bar for today's spending.
+    before = assert_tenant_view_matches_api(page, env.api, browser_key)
+    # The chart is drawn (uPlot's canvas) from the usage series: today's bar holds every charge.
     expect(page.locator("#chart canvas")).to_have_count(1)
-    expect(page.locator("#chart .u-legend")).to_contain_text("Spent")
-    x, spent, granted = page.evaluate("meterkitDashboard.chartData()")
-    assert len(x) == len(spent) == len(granted) == 30
-    entries = env.api("{ creditHistory(days: 30, limit: 200) { entries { kind amount } } }", key=key)
-    entries = entries["creditHistory"]["entries"]
-    # Everything happened today (the last day of the chart); the other 29 days are empty.
-    assert spent[-1] == sum(-float(e["amount"]) for e in entries if e["kind"] == "debit") == 4
-    assert granted[-1] == sum(float(e["amount"]) for e in entries if e["kind"] == "grant") > 0
-    assert not any(spent[:-1]) and not any(granted[:-1])
+    expect(page.locator("#chart .u-legend")).to_contain_text("Credits")
+    x, credits, calls = page.evaluate("meterkitDashboard.chartData()")
+    assert len(x) == len(credits) == len(calls) == 30
+    events = before["events"]
+    assert credits[-1] == sum(Decimal(e["creditsUsed"]) for e in events) > 0
+    assert calls[-1] == sum(e["quantity"] for e in events) == 4
+    assert not any(credits[:-1]) and not any(calls[:-1])  # everything happened today
     expect(page.locator('#packs .pack[data-pack="small"]')).to_contain_text("$10")
     watched.shot("tenant-before-charge")
 
     # A charge made through the API moves the balance and the bar, without a reload.
     page.evaluate("window.__sameDocument = true")
-    remaining = charge(env.api, key, "live-1")
+    remaining = charge(env.api, key, "live-1")  # with the tenant's full key, elsewhere
     expect(page.locator("#available")).to_have_text(remaining, timeout=3000)
     mail = page.locator('#quotas .quota[data-primitive="email.send"]')
     expect(mail.locator(".used")).to_have_text("4", timeout=3000)
@@ -165,17 +170,24 @@ def test_tenant_view_shows_the_api_numbers_and_follows_a_charge_live(stripe_env:
     assert before["credits"]["available"] != remaining
     # The recent events follow too (refreshed after the burst settles).
     expect(page.locator("#events tbody tr")).to_have_count(5, timeout=5000)
-    assert_tenant_view_matches_api(page, env.api, key)
+    assert_tenant_view_matches_api(page, env.api, browser_key)
     watched.shot("tenant-after-charge")
 
     # The key stays in this tab: a reload opens the dashboard again without asking.
     page.reload()
     expect(page.locator("#tenant-view")).to_be_visible()
     expect(page.locator("#available")).to_have_text(remaining)
-    assert page.evaluate("sessionStorage.getItem('meterkit.key')") == key
+    assert page.evaluate("sessionStorage.getItem('meterkit.key')") == browser_key
+
+    # A read-only key cannot buy: the page says so, and nothing is started.
+    page.locator('#packs .pack[data-pack="small"] button').click()
+    expect(page.locator("#error")).to_contain_text("manage")
     assert watched.errors == [], watched.errors
 
-    # The buy button starts a Stripe Checkout for the pack (the fake Stripe's hosted page).
+    # With the tenant's full key, the buy button starts a Stripe Checkout (the fake's hosted page).
+    page.click("#sign-out")
+    sign_in(watched, env.url, key)
+    expect(page.locator("#tenant-view")).to_be_visible()
     page.locator('#packs .pack[data-pack="small"] button').click()
     page.wait_for_url(re.compile(re.escape(env.fake.url) + r"/checkout/cs_"))
     expect(page.locator("h1")).to_have_text("Fake Stripe Checkout")  # (its own console is not ours to judge)

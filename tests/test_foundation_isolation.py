@@ -184,7 +184,7 @@ def test_malformed_ids_are_validation_errors(api: Api, two_tenants: dict[str, st
     a, key_a = two_tenants["a"], two_tenants["key_a"]
     before = _table_counts(api)
     for call in ID_CALLS:
-        roles = CATALOG.get(call.coordinate, frozenset())
+        roles = CATALOG[call.coordinate].roles if call.coordinate in CATALOG else frozenset()
         keys = [api.operator_key] + ([key_a] if "tenant" in roles else [])
         for arg in call.id_args:
             for key in keys:
@@ -205,7 +205,7 @@ def test_malformed_ids_are_validation_errors(api: Api, two_tenants: dict[str, st
             }
 
 
-OPERATOR_ONLY = [c for c in CALLS if CATALOG.get(c.coordinate) == OP]
+OPERATOR_ONLY = [c for c in CALLS if c.coordinate in CATALOG and CATALOG[c.coordinate].roles == OP]
 
 
 def test_catalog_has_operator_only_fields_to_check() -> None:

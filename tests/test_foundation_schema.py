@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import app.models  # noqa: F401  (every table in the metadata)
 from app.cli import SCHEMA_FILE, cli
+from app.core.auth import SCOPES
 from app.graphql.permissions import CATALOG
 from app.graphql.schema import build_schema, export_sdl
 from app.settings import Settings
@@ -40,8 +41,12 @@ def test_every_root_field_is_in_the_permission_catalog() -> None:
     assert not missing, f"root fields missing from app/graphql/permissions.py CATALOG: {missing}"
     stale = sorted(CATALOG.keys() - fields)
     assert not stale, f"CATALOG entries naming fields that do not exist: {stale}"
-    for coordinate, roles in CATALOG.items():
-        assert roles and roles <= {"operator", "tenant"}, coordinate
+    for coordinate, rule in CATALOG.items():
+        assert rule.roles and rule.roles <= {"operator", "tenant"}, coordinate
+        # Every root field names the key scope it needs; a write never needs only `read`.
+        assert rule.scope in SCOPES, coordinate
+        if coordinate.startswith("Mutation."):
+            assert rule.scope != "read", coordinate
 
 
 def test_catalog_is_checked_against_the_production_schema_too() -> None:

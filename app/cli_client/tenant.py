@@ -29,7 +29,7 @@ def usage(
         page = client.billing.history(days=days, limit=limit, after=after)
 
     def show(out: Console) -> None:
-        rows = [(e.created_at, e.action, e.kind, e.amount, e.balance_after, e.reference) for e in page.entries]
+        rows = [(e.created_at, e.action, e.kind, e.amount, e.balance_after, e.reference) for e in page.nodes]
         out.print(table(None, ["when", "action", "kind", "credits", "balance after", "reference"], rows))
         if page.page_info.has_next_page:
             out.print(f"more: --after {page.page_info.end_cursor}")

@@ -203,7 +203,7 @@ class Billing(_Scope):
 
     def history(self, *, days: int = 30, limit: int = 50, after: str | None = None) -> gen.CreditHistoryCreditHistory:
         """The brief's usage history: ledger entries (action, amount, reference) newest first."""
-        return self._call(self._gql.credit_history, days=days, limit=limit, after=after)
+        return self._call(self._gql.credit_history, days=days, first=limit, after=after)
 
     def packs(self) -> list[gen.CreditPacksCreditPacks]:
         return self._call(self._gql.credit_packs)

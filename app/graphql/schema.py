@@ -27,9 +27,11 @@ from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
+from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.live.graphql import LiveSubscription
 from app.metering.graphql import MeteringMutation, MeteringQuery
+from app.metering.usage_graphql import UsageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
@@ -43,6 +45,7 @@ QUERIES: tuple[type, ...] = (
     PlanQuery,
     AccountKitQuery,
     MeteringQuery,
+    UsageQuery,
     CreditsQuery,
     PricingQuery,
     StripeQuery,
@@ -60,6 +63,8 @@ MUTATIONS: tuple[type, ...] = (
 
 Query = merge_types("Query", QUERIES)
 Mutation = merge_types("Mutation", MUTATIONS)
+# Refused Credits inputs become ValidationError answers before any resolver runs (scalars.py).
+guard_credits_inputs(Query.__strawberry_definition__.fields + Mutation.__strawberry_definition__.fields)  # type: ignore[attr-defined]
 
 
 def should_mask(error: GraphQLError) -> bool:

@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
 from app.core.auth import Principal, TenantScope, hash_key, mint_scope
+from app.core.clock import Clock
 from app.core.db import unit_of_work
 from app.core.ids import _ID
 from app.tenants.principals import CACHE as PRINCIPALS
@@ -38,12 +39,16 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 Resolved = tuple[Principal | None, TenantScope | None]
 
 
+_CLOCK = Clock()
+
+
 def resolve_principal(
-    engine: Engine, raw_key: str | None, tenant_header: str | None, cache_ttl: float = 0.0
+    engine: Engine, raw_key: str | None, tenant_header: str | None, cache_ttl: float = 0.0, clock: Clock = _CLOCK
 ) -> Resolved:
     """The key, and for an operator the tenant named by X-Tenant-Id: from the cache of verified
-    keys, or one read transaction. No key answers (None, None); callers decide if that is allowed."""
-    cached = from_cache(engine, raw_key, tenant_header, cache_ttl)
+    keys, or one read transaction. No key answers (None, None); callers decide if that is allowed.
+    An expired key is refused like a revoked one (the clock decides, so tests can move it)."""
+    cached = from_cache(engine, raw_key, tenant_header, cache_ttl, clock)
     if cached is not None:
         return cached
     if raw_key is None:
@@ -52,9 +57,9 @@ def resolve_principal(
         return None, None
     db = str(engine.url)
     with unit_of_work(engine, write=False) as s:
-        principal = authenticate(s, raw_key)
+        principal = authenticate(s, raw_key, clock.now())
         if principal is None:
-            raise AuthError(401, "UNAUTHENTICATED", "invalid or revoked API key")
+            raise AuthError(401, "UNAUTHENTICATED", "invalid, revoked or expired API key")
         PRINCIPALS.remember(db, hash_key(raw_key), principal)
         if tenant_header:
             _check_tenant_header(principal, tenant_header)
@@ -74,7 +79,9 @@ def _check_tenant_header(principal: Principal, tenant_header: str) -> None:
         raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
 
 
-def from_cache(engine: Engine, raw_key: str | None, tenant_header: str | None, ttl: float) -> Resolved | None:
+def from_cache(
+    engine: Engine, raw_key: str | None, tenant_header: str | None, ttl: float, clock: Clock = _CLOCK
+) -> Resolved | None:
     """Answer without the database when the key (and the operator's tenant) are known; None if not."""
     if raw_key is None or ttl <= 0:
         return None
@@ -82,6 +89,8 @@ def from_cache(engine: Engine, raw_key: str | None, tenant_header: str | None, t
     principal = PRINCIPALS.principal(db, hash_key(raw_key), ttl)
     if principal is None:
         return None
+    if principal.expired(clock.now()):
+        return None  # looked up again, and refused there
     if tenant_header:
         _check_tenant_header(principal, tenant_header)
         if principal.role == "operator" and not PRINCIPALS.tenant_exists(db, tenant_header):
@@ -99,10 +108,12 @@ def bearer(conn: HTTPConnection) -> str | None:
     return value.strip()
 
 
-async def authenticate_request(conn: HTTPConnection, engine: Engine, cache_ttl: float) -> Resolved:
+async def authenticate_request(
+    conn: HTTPConnection, engine: Engine, cache_ttl: float, clock: Clock = _CLOCK
+) -> Resolved:
     """The principal and scope of a request; a cached key costs no thread hop and no transaction."""
     raw, header = bearer(conn), conn.headers.get("x-tenant-id")
-    resolved = from_cache(engine, raw, header, cache_ttl)
+    resolved = from_cache(engine, raw, header, cache_ttl, clock)
     if resolved is None:
-        resolved = await run_in_threadpool(resolve_principal, engine, raw, header, cache_ttl)
+        resolved = await run_in_threadpool(resolve_principal, engine, raw, header, cache_ttl, clock)
     return resolved

@@ -5,6 +5,7 @@ and is the floor the GraphQL layer is measured against in `make bench`."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.core.auth import ScopeDenied, require_scope
 from app.core.db import connection_of_work, inline_sqlite
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.money import format_credits
@@ -64,17 +66,26 @@ def routes(state: Any) -> list[Route]:
 
         def run() -> service.Charged:
             principal, scope = resolve_principal(
-                state.engine, bearer(request), headers.get("x-tenant-id"), state.settings.auth_cache_seconds
+                state.engine,
+                bearer(request),
+                headers.get("x-tenant-id"),
+                state.settings.auth_cache_seconds,
+                state.clock,
             )
+            if principal is not None:
+                require_scope(principal, "meter")
             if scope is None:
                 raise ValidationFailed("no tenant in scope", field="X-Tenant-Id")
+            keyed = replace(req, api_key_id=principal.key_id if principal else None)
             with connection_of_work(state.engine) as conn:
-                return service.charge(conn, state.clock, scope, req, negative_buffer=buffer)
+                return service.charge(conn, state.clock, scope, keyed, negative_buffer=buffer)
 
         try:
             res = run() if inline_sqlite(state.engine, state.settings) else await run_in_threadpool(run)
         except AuthError as exc:
             return exc.response()
+        except ScopeDenied as exc:
+            return JSONResponse({"error": "forbidden", "message": str(exc)}, 403)
         except DomainError as exc:
             return _error(exc)
         return JSONResponse(

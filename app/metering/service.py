@@ -19,7 +19,7 @@ the available balance is at or below zero, or below the estimate.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -80,14 +80,23 @@ _QUOTA_USED_PRICE = Sql(
 )
 _INSERT_EVENT = Sql(
     """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
-                                period_start, reference, result, created_at)
-       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :result, :now) RETURNING id"""
+                                period_start, reference, result, created_at, api_key_id)
+       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :result, :now, :key_id) RETURNING id"""
 )
 _BUMP_COUNTER = Sql(
-    """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage)
-       VALUES (:tid, :ps, :p, :pe, :qty, :overage)
+    """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits)
+       VALUES (:tid, :ps, :p, :pe, :qty, :overage, :credits)
        ON CONFLICT (tenant_id, period_start, primitive)
-       DO UPDATE SET used = usage_counter.used + :qty, overage = :overage"""
+       DO UPDATE SET used = usage_counter.used + :qty, overage = :overage,
+                     credits = usage_counter.credits + :credits"""
+)
+# The hourly rollup that usage series read (app/metering/series.py): one upsert per charge.
+_BUMP_ROLLUP = Sql(
+    """INSERT INTO usage_rollup (tenant_id, hour_start, primitive, api_key_id, quantity, credits, events)
+       VALUES (:tid, :hour, :p, :key_id, :qty, :credits, :n)
+       ON CONFLICT (tenant_id, hour_start, primitive, api_key_id)
+       DO UPDATE SET quantity = usage_rollup.quantity + :qty, credits = usage_rollup.credits + :credits,
+                     events = usage_rollup.events + :n"""
 )
 _BUMP_RATE = Sql(
     """INSERT INTO rate_window (tenant_id, primitive, window_start, calls) VALUES (:tid, :p, :win, 1)
@@ -157,6 +166,9 @@ class MeterRequest:
     num_images: int | None = None
     duration_seconds: Decimal | None = None
     reference: str | None = None
+    # The key that made the call (the principal's key_id): recorded on the event and its rollup.
+    # Not part of the fingerprint: the same call retried with another key of the tenant is a replay.
+    api_key_id: str | None = None
 
     def validate(self) -> MeterRequest:
         validate_primitive(self.primitive)
@@ -453,6 +465,7 @@ class Meter:
                 "ref": req.reference,
                 "result": to_json(result.stored()),
                 "now": ts(conn, self.now),
+                "key_id": req.api_key_id,
             },
         ).scalar_one()
         result.event_id = int(event_id)
@@ -466,11 +479,25 @@ class Meter:
                 "pe": ts(conn, d.period.end),
                 "qty": req.quantity,
                 "overage": usage.overage,
+                "credits": d.amount,
             },
         )
+        run(conn, _BUMP_ROLLUP, self._rollup_row(req.primitive, req.api_key_id, req.quantity, d.amount, 1))
         if d.rate_window is not None:
             run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
         return result
+
+    def _rollup_row(self, primitive: str, key_id: str | None, qty: int, credits: int, n: int) -> dict[str, Any]:
+        hour = self.now.replace(minute=0, second=0, microsecond=0)
+        return {
+            "tid": self.scope.tenant_id,
+            "hour": ts(self.conn, hour),
+            "p": primitive,
+            "key_id": key_id or "",
+            "qty": qty,
+            "credits": credits,
+            "n": n,
+        }
 
     def charge(self, req: MeterRequest) -> Charged:
         stored = self._stored_event(req.idempotency_key)
@@ -585,10 +612,20 @@ class Meter:
                         "ref": req.reference,
                         "result": to_json(result.stored()),
                         "now": now,
+                        "key_id": req.api_key_id,
                     },
                 ).scalar_one()
             )
             out[i] = result
+        # Totals per primitive (counters) and per (primitive, key) (rollups): each row written once.
+        credits_of: dict[str, int] = {}
+        rollups: dict[tuple[str, str | None], list[int]] = {}
+        for _, req, amount, _, _ in accepted:
+            credits_of[req.primitive] = credits_of.get(req.primitive, 0) + amount
+            total = rollups.setdefault((req.primitive, req.api_key_id), [0, 0, 0])
+            total[0] += req.quantity
+            total[1] += amount
+            total[2] += 1
         for primitive, run_ in {req.primitive: r for _, req, _, r, _ in accepted}.items():
             overage = max(run_.used - run_.quota, 0) if run_.quota is not None else 0
             run(
@@ -601,10 +638,15 @@ class Meter:
                     "pe": ts(conn, run_.period.end),
                     "qty": run_.quantity,
                     "overage": overage,
+                    "credits": credits_of[primitive],
                 },
             )
             if run_.window is not None:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
+        # The tenant's account lock already serializes writers of these rows; one statement, many rows.
+        rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rows)
 
     def reserve(self, req: MeterRequest, ttl: timedelta) -> HoldView:
         fp = req.fingerprint()
@@ -664,7 +706,7 @@ class Meter:
             raise NotFound("Hold", hold_id)
         return row
 
-    def settle(self, hold_id: str, actual: MeterRequest | None) -> Charged:
+    def settle(self, hold_id: str, actual: MeterRequest | None, api_key_id: str | None = None) -> Charged:
         hold = self._hold(hold_id)
         if hold.status == "settled":
             return Charged.from_stored(int(hold.settle_result["eventId"]), hold.settle_result)
@@ -678,7 +720,8 @@ class Meter:
         )
         if req.primitive != hold.primitive:
             raise ValidationFailed("actual.primitive must match the hold's primitive", field="primitive")
-        req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}"})
+        key_id = api_key_id if api_key_id is not None else req.api_key_id  # the settling key
+        req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}", "api_key_id": key_id})
         # Work already done: counted even past the quota (as overage) and charged down to the buffer.
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
         self._sweep()
@@ -773,6 +816,9 @@ class CheckResult:
     remaining: int | None
     available: int
     price: int | None
+    # INSUFFICIENT_CREDITS only, as charge's InsufficientCredits: what is missing and the packs that cover it.
+    shortfall: int | None = None
+    packs: list[PackInfo] = field(default_factory=list)
 
 
 def check(
@@ -845,7 +891,16 @@ def check(
     except ValidationFailed:
         price = None  # dynamic prices need parameters a plain check does not carry
     if available <= 0 or (price is not None and available < price):
-        return answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+        from app.credits.packs import packs_covering
+
+        # New work needs a positive balance that covers the price: at least one micro-credit.
+        shortfall = max(price or 0, 1) - available
+        refused = answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+        refused.shortfall = shortfall
+        refused.packs = [
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents)) for p in packs_covering(session, shortfall)
+        ]
+        return refused
     return answer(None, None, price)
 
 
@@ -886,10 +941,12 @@ def settle(
     actual: MeterRequest | None,
     *,
     negative_buffer: int,
+    api_key_id: str | None = None,
 ) -> Charged:
+    """`api_key_id`: the key that settles (the event's key), as MeterRequest.api_key_id for a charge."""
     if actual is not None:
         actual.validate()
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).settle(hold_id, actual)
+    return Meter(session, clock, scope, negative_buffer=negative_buffer).settle(hold_id, actual, api_key_id)
 
 
 def release(session: Session, clock: Clock, scope: TenantScope, hold_id: str) -> HoldView:

@@ -49,11 +49,19 @@ from .create_tenant import (
 from .credit_history import (
     CreditHistory,
     CreditHistoryCreditHistory,
-    CreditHistoryCreditHistoryEntries,
+    CreditHistoryCreditHistoryNodes,
     CreditHistoryCreditHistoryPageInfo,
 )
 from .credit_packs import CreditPacks, CreditPacksCreditPacks
-from .enums import ActivityKind, OveragePolicy, Period, SubscriptionStatus
+from .enums import (
+    ActivityKind,
+    ApiKeyScope,
+    OveragePolicy,
+    Period,
+    SubscriptionStatus,
+    UsageGroupBy,
+    UsageInterval,
+)
 from .exceptions import (
     GraphQLClientError,
     GraphQLClientGraphQLError,
@@ -204,6 +212,7 @@ __all__ = [
     "AccountKits",
     "AccountKitsAccountKits",
     "ActivityKind",
+    "ApiKeyScope",
     "BaseClient",
     "BaseModel",
     "BatchItemInput",
@@ -241,7 +250,7 @@ __all__ = [
     "CreateTenantInput",
     "CreditHistory",
     "CreditHistoryCreditHistory",
-    "CreditHistoryCreditHistoryEntries",
+    "CreditHistoryCreditHistoryNodes",
     "CreditHistoryCreditHistoryPageInfo",
     "CreditPackInput",
     "CreditPacks",
@@ -354,6 +363,8 @@ __all__ = [
     "UpsertPlanUpsertPlanNotFoundError",
     "UpsertPlanUpsertPlanPlan",
     "UpsertPlanUpsertPlanValidationError",
+    "UsageGroupBy",
+    "UsageInterval",
     "VideoPricing",
     "VideoPricingVideoPricingMediaPricing",
     "VideoPricingVideoPricingNotFoundError",

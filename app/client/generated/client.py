@@ -251,14 +251,14 @@ class GeneratedClient(BaseClient):
     def credit_history(
         self,
         days: int,
-        limit: int,
+        first: int,
         after: Union[Optional[str], UnsetType] = UNSET,
         **kwargs: Any,
     ) -> CreditHistoryCreditHistory:
         query = gql("""
-            query CreditHistory($days: Int! = 30, $limit: Int! = 50, $after: String = null) {
-              creditHistory(days: $days, limit: $limit, after: $after) {
-                entries {
+            query CreditHistory($days: Int! = 30, $first: Int! = 50, $after: String = null) {
+              creditHistory(days: $days, first: $first, after: $after) {
+                nodes {
                   id
                   kind
                   action
@@ -274,7 +274,7 @@ class GeneratedClient(BaseClient):
               }
             }
             """)
-        variables: dict[str, object] = {"days": days, "limit": limit, "after": after}
+        variables: dict[str, object] = {"days": days, "first": first, "after": after}
         response = self.execute(
             query=query, operation_name="CreditHistory", variables=variables, **kwargs
         )

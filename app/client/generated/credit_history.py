@@ -15,11 +15,11 @@ class CreditHistory(BaseModel):
 
 
 class CreditHistoryCreditHistory(BaseModel):
-    entries: list["CreditHistoryCreditHistoryEntries"]
+    nodes: list["CreditHistoryCreditHistoryNodes"]
     page_info: "CreditHistoryCreditHistoryPageInfo" = Field(alias="pageInfo")
 
 
-class CreditHistoryCreditHistoryEntries(BaseModel):
+class CreditHistoryCreditHistoryNodes(BaseModel):
     id: str
     kind: str
     action: str

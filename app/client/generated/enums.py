@@ -9,6 +9,12 @@ class ActivityKind(str, Enum):
     BALANCE = "BALANCE"
 
 
+class ApiKeyScope(str, Enum):
+    READ = "READ"
+    METER = "METER"
+    MANAGE = "MANAGE"
+
+
 class OveragePolicy(str, Enum):
     refuse = "refuse"
     allow = "allow"
@@ -30,3 +36,13 @@ class SubscriptionStatus(str, Enum):
     incomplete = "incomplete"
     incomplete_expired = "incomplete_expired"
     paused = "paused"
+
+
+class UsageGroupBy(str, Enum):
+    PRIMITIVE = "PRIMITIVE"
+    KEY = "KEY"
+
+
+class UsageInterval(str, Enum):
+    HOUR = "HOUR"
+    DAY = "DAY"

@@ -279,18 +279,14 @@
     }, 1500);
   }
 
-  // The recent metered calls. Reads usageHistory; the one place to change if its shape does.
+  // The recent metered calls (a Relay connection: the first page is enough here).
   async function loadRecentEvents(tenantId) {
     const data = await gql(
-      `query Events { usageHistory(days: 30, limit: 15) { __typename
-        ... on UsageEventPage { nodes { id kind primitive quantity creditsUsed createdAt } }
-        ... on ValidationError { message } } }`,
+      "query Events { usageHistory(first: 15, days: 30) { nodes { id kind primitive quantity creditsUsed createdAt } } }",
       {},
       tenantId,
     );
-    const page = data.usageHistory;
-    if (page.__typename !== "UsageEventPage") throw new ApiError(page.message, "VALIDATION_FAILED");
-    return page.nodes;
+    return data.usageHistory.nodes;
   }
 
   async function refreshEvents(tenantId, view) {
@@ -312,41 +308,31 @@
     );
   }
 
-  // The data of the 30-day credits chart, and the only place that fetches it: credits spent and
-  // granted per UTC day, {x: [day start, seconds], spent: [...], granted: [...]}. Today it sums the
-  // tenant's ledger entries of the last 30 days (creditHistory, paged); a series query read from
-  // rollups (usageSeries) can replace the body of this function without touching the chart.
-  async function loadCreditSeries(tenantId, days = 30) {
+  // The data of the 30-day chart, and the only place that fetches it: credits spent and calls
+  // made per UTC day, {x: [day start, seconds], credits: [...], calls: [...]}, from usageSeries
+  // (hourly rollups kept with each charge: one query whatever the number of events).
+  async function loadUsageSeries(tenantId, days = 30) {
     const end = Math.floor(Date.now() / DAY_MS) * DAY_MS + DAY_MS;
-    const start = end - days * DAY_MS;
-    const x = Array.from({ length: days }, (_, i) => (start + i * DAY_MS) / 1000);
-    const spent = new Array(days).fill(0);
-    const granted = new Array(days).fill(0);
-    let after = null;
-    for (let page = 0; page < 25; page++) {
-      const data = await gql(
-        `query Credits($after: String) { creditHistory(days: ${days}, limit: 200, after: $after) {
-          entries { kind amount createdAt } pageInfo { hasNextPage endCursor } } }`,
-        { after },
-        tenantId,
-      );
-      for (const entry of data.creditHistory.entries) {
-        const i = Math.floor((parseTime(entry.createdAt) - start) / DAY_MS);
-        if (i < 0 || i >= days) continue;
-        const amount = Number(entry.amount);
-        if (entry.kind === "debit") spent[i] += Math.abs(amount);
-        else if (amount > 0) granted[i] += amount;
-      }
-      if (!data.creditHistory.pageInfo.hasNextPage) break;
-      after = data.creditHistory.pageInfo.endCursor;
-    }
-    return { x, spent, granted };
+    const from = new Date(end - days * DAY_MS).toISOString();
+    const to = new Date(end).toISOString();
+    const data = await gql(
+      `query Series($from: DateTime!, $to: DateTime!) {
+        usageSeries(from: $from, to: $to, interval: DAY) { start quantity credits } }`,
+      { from, to },
+      tenantId,
+    );
+    const points = data.usageSeries;
+    return {
+      x: points.map((p) => parseTime(p.start) / 1000),
+      credits: points.map((p) => Number(p.credits)), // to draw only; the page shows credits as sent
+      calls: points.map((p) => p.quantity),
+    };
   }
 
   async function refreshChart(tenantId, view) {
-    const series = await loadCreditSeries(tenantId);
+    const series = await loadUsageSeries(tenantId);
     if (view !== state.view) return;
-    const data = [series.x, series.spent, series.granted];
+    const data = [series.x, series.credits, series.calls];
     if (state.chart) {
       state.chart.setData(data);
       return;
@@ -360,32 +346,25 @@
         height: 240,
         scales: {
           x: { time: true, range: (u, min, max) => [min - half, max + half] },
-          spent: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
-          granted: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
+          credits: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
+          calls: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
         },
         series: [
           { label: "Day", value: (u, ts) => (ts == null ? "–" : new Date(ts * 1000).toISOString().slice(0, 10)) },
           {
-            label: "Spent",
-            scale: "spent",
+            label: "Credits",
+            scale: "credits",
             stroke: "#2f6fed",
             fill: "rgba(47, 111, 237, 0.55)",
-            paths: uPlot.paths.bars({ size: [0.4, 18], align: -1 }),
+            paths: uPlot.paths.bars({ size: [0.6, 24] }),
             points: { show: false },
           },
-          {
-            label: "Granted",
-            scale: "granted",
-            stroke: "#1f9d55",
-            fill: "rgba(31, 157, 85, 0.45)",
-            paths: uPlot.paths.bars({ size: [0.4, 18], align: 1 }),
-            points: { show: false },
-          },
+          { label: "Calls", scale: "calls", stroke: "#1f9d55", width: 2, points: { show: true, size: 4 } },
         ],
         axes: [
           {},
-          { scale: "spent", label: "spent", size: 60, stroke: "#2f6fed" },
-          { scale: "granted", label: "granted", side: 1, size: 60, stroke: "#1f9d55", grid: { show: false } },
+          { scale: "credits", label: "credits", size: 60, stroke: "#2f6fed" },
+          { scale: "calls", label: "calls", side: 1, size: 60, stroke: "#1f9d55", grid: { show: false } },
         ],
       },
       data,

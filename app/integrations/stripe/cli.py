@@ -39,7 +39,8 @@ def reconcile() -> None:
         engine.dispose()
     typer.echo(
         f"subscriptions seen: {report.subscriptions_seen}, repaired: {report.subscriptions_repaired}; "
-        f"pack grants: {report.packs_granted}; monthly credit grants: {report.allowances_granted}"
+        f"pack grants: {report.packs_granted}; monthly credit grants: {report.allowances_granted}; "
+        f"expired checkouts closed: {report.checkouts_closed}"
     )
     for reason, n in sorted(report.skipped.items()):
         typer.echo(f"skipped ({reason}): {n}")

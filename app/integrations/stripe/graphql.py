@@ -11,11 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.graphql.context import Info
 from app.graphql.errors import ConflictError, NotFoundError, ValidationError
+from app.graphql.pagination import Connection, Edge, PageInfo
 from app.graphql.util import attempt
 from app.integrations.stripe import events, service
 from app.integrations.stripe.client import StripeGateway
 from app.integrations.stripe.models import StripeEvent as StripeEventRow
-from app.tenants.graphql import PageInfo
 
 
 @strawberry.type(description="A Stripe Checkout Session to send the buyer to; the effect arrives by webhook.")
@@ -105,19 +105,8 @@ class StripeEvent:
 
 
 @strawberry.type
-class StripeEventEdge:
-    cursor: str
-    node: StripeEvent
-
-
-@strawberry.type
-class StripeEventConnection:
-    edges: list[StripeEventEdge]
-    page_info: PageInfo
-
-    @strawberry.field
-    def nodes(self) -> list[StripeEvent]:
-        return [e.node for e in self.edges]
+class StripeEventConnection(Connection[StripeEvent]):
+    """The webhook inbox in the one list shape (app/graphql/pagination.py)."""
 
 
 @strawberry.type
@@ -129,6 +118,6 @@ class StripeQuery:
         self, info: Info, outcome: str | None = None, first: int = 50, after: str | None = None
     ) -> StripeEventConnection:
         rows, more = await info.context.read(lambda s: events.list_events(s, outcome=outcome, first=first, after=after))
-        edges = [StripeEventEdge(cursor=events.encode_cursor(r), node=StripeEvent.from_row(r)) for r in rows]
+        edges = [Edge(cursor=events.encode_cursor(r), node=StripeEvent.from_row(r)) for r in rows]
         end = edges[-1].cursor if edges else None
         return StripeEventConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end))

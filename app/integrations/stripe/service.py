@@ -111,7 +111,7 @@ def _finish(engine: Engine, clock: Clock, op_id: str, *, status: str, object_id:
         repo = StripeRepository(s)
         op = repo.operation(op_id)
         assert op is not None
-        if op.status != "completed":  # the webhook may already have completed it
+        if op.status not in ("completed", "expired"):  # the webhook may already have closed it
             op.status = status
         op.stripe_object_id = object_id
         op.url = url
@@ -142,11 +142,13 @@ def ensure_customer(engine: Engine, gateway: StripeGateway, scope: TenantScope) 
     return _tx(engine, lambda s: StripeRepository(s).store_customer(scope, customer["id"]))
 
 
-def _urls(settings: Settings, what: str) -> tuple[str, str]:
+def _urls(settings: Settings, what: str, op_id: str) -> tuple[str, str]:
+    """Checkout's return pages (served by pages.py). Stripe fills {CHECKOUT_SESSION_ID} in the
+    success URL only, so the cancel URL names our operation instead."""
     base = settings.public_url.rstrip("/")
     return (
         f"{base}/billing/{what}/success?session_id={{CHECKOUT_SESSION_ID}}",
-        f"{base}/billing/{what}/canceled",
+        f"{base}/billing/{what}/canceled?op={op_id}",
     )
 
 
@@ -164,7 +166,7 @@ def _checkout(
 ) -> CheckoutStarted:
     op = _tx(engine, lambda s: _begin(s, clock, scope, kind, target))
     customer = ensure_customer(engine, gateway, scope)
-    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan")
+    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan", op.id)
     cs = _stripe(
         lambda: gateway.create_checkout_session(
             mode=mode,
@@ -274,6 +276,7 @@ class ReconcileReport:
     subscriptions_repaired: int = 0
     packs_granted: int = 0
     allowances_granted: int = 0
+    checkouts_closed: int = 0  # expired sessions whose checkout.session.expired we missed
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
@@ -281,7 +284,7 @@ class ReconcileReport:
 
     @property
     def changes(self) -> int:
-        return self.subscriptions_repaired + self.packs_granted + self.allowances_granted
+        return self.subscriptions_repaired + self.packs_granted + self.allowances_granted + self.checkouts_closed
 
 
 def _pick(subs: list[JSON]) -> JSON:
@@ -327,6 +330,14 @@ def reconcile(
             grant = partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items)
             _count(report, "packs_granted", _tx(engine, grant))
         tick("checkout sessions", done, len(sessions))
+
+    expired = _stripe(lambda: list(gateway.expired_checkout_sessions()))
+    tick("expired checkout sessions", 0, len(expired))
+    for done, cs in enumerate(expired, 1):
+        # Sessions we did not open answer "ignored", ours already closed "unchanged": neither counts.
+        if _tx(engine, partial(handlers.expire_checkout, clock=clock, cs=cs)).outcome == "applied":
+            report.checkouts_closed += 1
+        tick("expired checkout sessions", done, len(expired))
 
     invoices = _stripe(lambda: list(gateway.paid_invoices()))
     tick("invoices", 0, len(invoices))
