@@ -144,6 +144,9 @@ def create_app(
         state,
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         allow_queries_via_get=False,
+        # A page on another origin may open the subscriptions' WebSocket as it may call /graphql
+        # (METERKIT_CORS_ORIGINS); other cross-origin handshakes are refused with 403.
+        allowed_origins=settings.cors_origins,
     )
 
     async def graphql_endpoint(scope: Scope, receive: Receive, send: Send) -> None:

@@ -14,6 +14,9 @@ from decimal import Decimal
 import httpx
 import pytest
 from sqlalchemy import text
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Origin, Subprotocol
 
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
@@ -318,3 +321,21 @@ def test_a_key_revoked_where_no_event_tells_closes_at_the_next_check(
                 text("UPDATE api_key SET revoked_at = created_at WHERE id = :id"), {"id": doomed["apiKey"]["id"]}
             )
         assert ws.close_code(timeout=3.0) == 4401
+
+
+def test_websocket_origins_follow_the_cors_setting(db: Database, clock: FrozenClock) -> None:
+    """A browser page on another origin may subscribe only when METERKIT_CORS_ORIGINS lists it,
+    as it may call /graphql; pages of the gateway's own origin always may."""
+    settings = Settings(
+        env="test", database_url="sqlite://unused", auth_cache_seconds=0, cors_origins=["http://dash.example"]
+    )
+    with BackgroundServer(create_app(settings, engine=db.engine, clock=clock)) as server:
+        ws_url = server.url.replace("http://", "ws://") + "/graphql"
+        for origin, allowed in (("http://dash.example", True), ("http://evil.example", False), (server.url, True)):
+            try:
+                with connect(ws_url, subprotocols=[Subprotocol("graphql-transport-ws")], origin=Origin(origin)):
+                    opened = True
+            except InvalidStatus as exc:
+                assert exc.response.status_code == 403
+                opened = False
+            assert opened is allowed, origin
