@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -16,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.core.clock import Clock
 from app.core.db import make_engine, unit_of_work
@@ -27,6 +29,8 @@ from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
 from app.http.edge import AuthError, authenticate_request, error_response
+from app.live.hub import LiveHub
+from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key
 
@@ -34,8 +38,17 @@ log = logging.getLogger("meterkit")
 
 
 class MeterkitGraphQL(GraphQL[Context, None]):
+    # Subscriptions: graphql-transport-ws only, the key checked in connection_init (app/live/ws.py).
+    graphql_transport_ws_handler_class = LiveWSHandler
+
     def __init__(self, app_state: AppState, **kw: Any) -> None:
-        super().__init__(app_state.schema, **kw)
+        super().__init__(
+            app_state.schema,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            # A socket that never says who it is goes after 10 s (Strawberry's default: a minute).
+            connection_init_wait_timeout=timedelta(seconds=10),
+            **kw,
+        )
         self.state = app_state
 
     def decode_json(self, data: str | bytes) -> object:
@@ -51,12 +64,14 @@ class MeterkitGraphQL(GraphQL[Context, None]):
 
     async def get_context(self, request: Any, response: Any) -> Context:
         st = self.state
+        websocket = request.scope["type"] == "websocket"  # its key arrives later, in connection_init
         return Context(
             engine=st.engine,
             settings=st.settings,
             clock=st.clock,
-            principal=request.state.principal,
-            scope=request.state.scope,
+            principal=None if websocket else request.state.principal,
+            scope=None if websocket else request.state.scope,
+            live=st.live,
         )
 
 
@@ -66,6 +81,7 @@ class AppState:
         self.engine = engine
         self.clock = clock
         self.schema = build_schema(settings)
+        self.live = LiveHub(engine)
 
 
 class BodyLimit:
@@ -128,6 +144,9 @@ def create_app(
         state,
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         allow_queries_via_get=False,
+        # A page on another origin may open the subscriptions' WebSocket as it may call /graphql
+        # (METERKIT_CORS_ORIGINS); other cross-origin handshakes are refused with 403.
+        allowed_origins=settings.cors_origins,
     )
 
     async def graphql_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -162,6 +181,7 @@ def create_app(
     routes: list[Any] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", _Asgi(graphql_endpoint), methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql_app),
     ]
     if settings.graphiql_enabled:
         routes.append(Mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"))
@@ -179,6 +199,7 @@ def create_app(
             gc.collect()
             gc.freeze()
         yield
+        await state.live.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state
@@ -207,12 +228,14 @@ def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
 
 
 def _slice_routes(state: AppState) -> list[Any]:
-    """HTTP routes outside GraphQL: REST /v1 with /openapi.json, the Stripe webhook and Checkout return pages."""
+    """HTTP routes outside GraphQL: REST /v1 with /openapi.json, the Stripe webhook, Checkout return
+    pages and the dashboard page."""
     from app import rest
+    from app.dashboard.routes import routes as dashboard_routes
     from app.integrations.stripe import pages as checkout_pages
     from app.integrations.stripe.webhook import webhook_route
 
-    return [*rest.routes(state), webhook_route(state), *checkout_pages.routes(state)]
+    return [*rest.routes(state), webhook_route(state), *checkout_pages.routes(state), *dashboard_routes()]
 
 
 __all__ = ["create_app"]

@@ -24,6 +24,7 @@ from app.graphql.permissions import CATALOG, OP
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.schema_walk import FieldCall, field_call, graphql_schema, root_fields
+from tests.ws_client import first_result
 
 SCHEMA = graphql_schema()
 CALLS = [field_call(SCHEMA, op, name) for op, name in root_fields(SCHEMA)]
@@ -38,6 +39,11 @@ FOUNDATION_ID_ARGS = {
 
 
 def _post(api: Api, call: FieldCall, variables: dict[str, Any], key: str, tenant: str | None = None) -> httpx.Response:
+    if call.operation == "Subscription":
+        # Subscriptions run over graphql-transport-ws: the first result, as the HTTP answer would be.
+        code, payload = first_result(api.client, call.document, variables, key, tenant)
+        assert code is None, f"{call.coordinate}: connection closed with {code}"
+        return httpx.Response(200, json=payload)
     headers = {"Authorization": f"Bearer {key}"}
     if tenant is not None:
         headers["X-Tenant-Id"] = tenant
@@ -259,6 +265,10 @@ def test_permission_guard_cannot_be_sidestepped(api: Api, two_tenants: dict[str,
 def test_missing_or_bad_credentials_are_refused(api: Api, two_tenants: dict[str, str]) -> None:
     before = _table_counts(api)
     for call in CALLS:
+        if call.operation == "Subscription":
+            # No key in connection_init: the socket closes 4401 before any subscription starts.
+            assert first_result(api.client, call.document, call.variables, None)[0] == 4401, call.coordinate
+            continue
         r = api.client.post("/graphql", json={"query": call.document, "variables": call.variables})
         body = r.json()
         assert body["data"] is None and body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED", (

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from graphql import GraphQLInputObjectType, GraphQLList, GraphQLNonNull, get_named_type
+from graphql import GraphQLInputObjectType, GraphQLList, GraphQLNonNull, GraphQLObjectType, get_named_type
 
 from app.core.money import INT64_MAX, CreditsFormatError, micro_from_text
 from app.graphql.scalars import CreditsGuard
@@ -132,8 +132,8 @@ def test_every_field_taking_credits_is_guarded() -> None:
     by_graphql = {to_camel_case(k): v for k, v in strawberry_fields.items()}
     guarded = []
     for root, name in root_fields(schema):
-        gql_type = schema.query_type if root == "Query" else schema.mutation_type
-        assert gql_type is not None
+        gql_type = schema.get_type(root)  # Query, Mutation or Subscription
+        assert isinstance(gql_type, GraphQLObjectType)
         field = gql_type.fields[name]
         if any(_takes_credits(a.type, set()) for a in field.args.values()):
             guards = [e for e in by_graphql[name].extensions if isinstance(e, CreditsGuard)]

@@ -10,7 +10,7 @@ and conditional UPDATEs.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -103,7 +103,35 @@ def _transaction(engine: Engine, sqlite_begin: str | None) -> Iterator[Session]:
                 session.commit()
             except BaseException:
                 session.rollback()
+                conn.info.pop(_AFTER_COMMIT, None)
                 raise
+        _run_after_commit(conn)
+
+
+# Work to do once a transaction has committed, never if it rolls back (the in-process live
+# events of SQLite: app/live). Kept in the DBAPI connection's info dict, so a unit of work's
+# ORM session and its bare connection share one list.
+_AFTER_COMMIT = "meterkit.after_commit"
+
+
+def after_commit(conn: Connection, fn: Callable[[], None]) -> None:
+    commit_hooks(conn).append(fn)
+
+
+def commit_hooks(conn: Connection) -> list[Callable[[], None]]:
+    """This transaction's after-commit work so far (to add to a hook instead of adding another)."""
+    info = conn.info
+    hooks: list[Callable[[], None]] | None = info.get(_AFTER_COMMIT)
+    if hooks is None:
+        hooks = info[_AFTER_COMMIT] = []
+    return hooks
+
+
+def _run_after_commit(conn: Connection) -> None:
+    hooks = conn.info.pop(_AFTER_COMMIT, None)
+    if hooks:
+        for fn in hooks:
+            fn()
 
 
 def inline_sqlite(engine: Engine, settings: Any) -> bool:
@@ -121,8 +149,20 @@ def connection_of_work(engine: Engine, *, write: bool = True) -> Iterator[Connec
     """One transaction on a bare connection, for the metered hot path: the same BEGIN, lock and
     commit-or-rollback as unit_of_work, without the ORM session's bookkeeping (~0.2 ms a charge)."""
     if write and is_sqlite(engine):
-        with _writer_lock(engine), engine.connect() as conn, conn.execution_options(sqlite_begin="IMMEDIATE").begin():
-            yield conn
+        with _writer_lock(engine), engine.connect() as conn:
+            try:
+                with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+                    yield conn
+            except BaseException:
+                conn.info.pop(_AFTER_COMMIT, None)
+                raise
+            _run_after_commit(conn)
         return
-    with engine.connect() as conn, conn.begin():
-        yield conn
+    with engine.connect() as conn:
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            conn.info.pop(_AFTER_COMMIT, None)
+            raise
+        _run_after_commit(conn)

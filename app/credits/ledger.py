@@ -24,6 +24,7 @@ from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import new_id
 from app.core.sql import Sql, read_ts, run, ts
 from app.credits.models import CreditAccount, CreditBucket, LedgerEntry
+from app.live import notify as live_events
 
 ACCOUNT: Any = CreditAccount.__table__  # type: ignore[attr-defined]
 BUCKET: Any = CreditBucket.__table__  # type: ignore[attr-defined]
@@ -194,6 +195,7 @@ def grant(
         action=source,
     )
     _set_balance(conn, scope, now, balance)
+    live_events.publish(conn, live_events.balance_moved(scope.tenant_id))
     return bucket_id, True
 
 
@@ -471,4 +473,5 @@ def reverse(
         )
     )
     _set_balance(conn, scope, now, balance)
+    live_events.publish(conn, live_events.balance_moved(scope.tenant_id))
     return Reversal(entry_id, amount, balance, True)

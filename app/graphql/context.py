@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +20,9 @@ from app.core.errors import ValidationFailed
 from app.graphql.loaders import Loaders
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from app.live.hub import LiveHub
+
 T = TypeVar("T")
 
 
@@ -30,6 +33,7 @@ class Context:
     clock: Clock
     principal: Principal | None
     scope: TenantScope | None
+    live: LiveHub | None = None  # subscriptions wait on it (app/live)
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:

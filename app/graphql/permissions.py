@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app.core.auth import Role, Scope, ScopeDenied, require_scope
 
@@ -79,6 +80,10 @@ CATALOG: dict[str, Rule] = {
     "Mutation.changePlan": Rule(BOTH, MANAGE),
     # Stripe: the webhook inbox (what each event did), operators only
     "Query.stripeEvents": Rule(OP, READ),
+    # Live updates (graphql-transport-ws): the tenant in scope; every tenant for operators
+    "Subscription.balanceChanged": Rule(BOTH, READ),
+    "Subscription.usageChanged": Rule(BOTH, READ),
+    "Subscription.tenantActivity": Rule(OP, READ),
 }
 
 # Introspection needs no principal; everything else does.
@@ -86,8 +91,6 @@ _PUBLIC = {"__typename", "__schema", "__type"}
 
 
 def _forbidden(message: str, code: str = "FORBIDDEN") -> ExecutionResult:
-    from graphql import GraphQLError
-
     return ExecutionResult(data=None, errors=[GraphQLError(message, extensions={"code": code})])
 
 
@@ -102,6 +105,9 @@ class PermissionGuard(SchemaExtension):
             denied = self._denied(doc, ec.operation_name, ctx)
             if denied:
                 code = "UNAUTHENTICATED" if getattr(ctx, "principal", None) is None else "FORBIDDEN"
+                if ec.operation_type is OperationType.SUBSCRIPTION:
+                    # A subscription starts whatever the result says: refuse it by raising.
+                    raise GraphQLError(denied, extensions={"code": code})
                 ec.result = _forbidden(denied, code)  # type: ignore[assignment]
         yield
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import strawberry
@@ -18,6 +19,8 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.tools import merge_types
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
 from app.core.errors import DomainError
@@ -26,6 +29,7 @@ from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, Val
 from app.graphql.permissions import PermissionGuard
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
+from app.live.graphql import LiveSubscription
 from app.metering.graphql import MeteringMutation, MeteringQuery
 from app.metering.usage_graphql import UsageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
@@ -74,6 +78,29 @@ def should_mask(error: GraphQLError) -> bool:
 
 
 class MeterkitSchema(strawberry.Schema):
+    async def execute(  # type: ignore[override]
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        # One answer per request (HTTP): a subscription would resolve once as a plain field and
+        # fail. Subscriptions are served over graphql-transport-ws (Schema.stream), never here.
+        allowed = set(allowed_operation_types or (OperationType.QUERY, OperationType.MUTATION))
+        return await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed - {OperationType.SUBSCRIPTION},
+            operation_extensions,
+        )
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Client mistakes (syntax, validation, permission, typed domain errors) are answers, not
         # server errors: log at ERROR only what should_mask would mask (it logs those already
@@ -108,6 +135,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     return MeterkitSchema(
         query=Query,
         mutation=Mutation,
+        subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
     )

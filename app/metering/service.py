@@ -35,6 +35,7 @@ from app.core.ids import new_id
 from app.core.primitives import allowed, validate_connection, validate_primitive
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
+from app.live import notify as live
 from app.metering.errors import (
     HoldClosed,
     IdempotencyConflict,
@@ -448,6 +449,7 @@ class Meter:
         )
         result = Charged(event_id=0, credits_used=d.amount, credits_remaining=self.state.available, usage=usage)
         conn, tid, ps = self.conn, self.scope.tenant_id, ts(self.conn, d.period.start)
+        live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
         event_id = run(
             conn,
             _INSERT_EVENT,
@@ -578,6 +580,7 @@ class Meter:
 
     def _record_many(self, accepted: list[tuple[int, MeterRequest, int, _Running, int]], out: list[Any]) -> None:
         conn, tid, now = self.conn, self.scope.tenant_id, ts(self.conn, self.now)
+        live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
         start_available = self.state.available
         balance = ledger.debit_many(
             conn,
@@ -686,6 +689,7 @@ class Meter:
             .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
             .values(reserved=self.state.reserved)
         )
+        live.publish(self.conn, live.balance_moved(self.scope.tenant_id))  # available moved
         return HoldView(
             id=hold_id,
             primitive=req.primitive,
@@ -748,6 +752,7 @@ class Meter:
             .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
             .values(reserved=self.state.reserved)
         )
+        live.publish(self.conn, live.balance_moved(self.scope.tenant_id))  # available moved
         view = _hold_view(hold)
         view.status = "released"
         view.available_after = self.state.available

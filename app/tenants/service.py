@@ -26,6 +26,7 @@ from app.core.paging import decode_cursor as decode_cursor_of
 from app.core.paging import encode_cursor as encode_cursor_of
 from app.core.validation import check_name, check_optional
 from app.credits import ledger
+from app.live import notify as live
 from app.plans.repository import PlanRepository
 from app.tenants.models import ApiKey, Tenant
 from app.tenants.principals import CACHE as PRINCIPALS
@@ -187,6 +188,8 @@ def revoke_api_key(session: Session, clock: Clock, principal: Principal, key_id:
     if key.revoked_at is None:
         key.revoked_at = clock.now()
         repo.add(key)
+        # Live connections opened with this key close at commit, in every process (app/live).
+        live.publish(session.connection(), live.key_revoked(key.id))
     PRINCIPALS.forget_key(key.id)
     return key
 

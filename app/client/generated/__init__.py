@@ -54,6 +54,7 @@ from .credit_history import (
 )
 from .credit_packs import CreditPacks, CreditPacksCreditPacks
 from .enums import (
+    ActivityKind,
     ApiKeyScope,
     OveragePolicy,
     Period,
@@ -210,6 +211,7 @@ __all__ = [
     "AccountKitInput",
     "AccountKits",
     "AccountKitsAccountKits",
+    "ActivityKind",
     "ApiKeyScope",
     "BaseClient",
     "BaseModel",

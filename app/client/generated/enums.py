@@ -4,6 +4,11 @@
 from enum import Enum
 
 
+class ActivityKind(str, Enum):
+    USAGE = "USAGE"
+    BALANCE = "BALANCE"
+
+
 class ApiKeyScope(str, Enum):
     READ = "READ"
     METER = "METER"

@@ -1,0 +1,2 @@
+"""Live updates: what changed for which tenant, from the transaction that changed it to the
+GraphQL subscriptions that watch it (notify.py publishes, hub.py delivers, graphql.py serves)."""

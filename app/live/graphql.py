@@ -1,0 +1,139 @@
+"""GraphQL subscriptions (graphql-transport-ws at /graphql): the balance and the usage of the
+tenant in scope, and for operators every tenant's activity.
+
+balanceChanged and usageChanged answer the state at once, then again each time it changes: a
+dashboard needs no separate first query and misses nothing between the two. A change is read
+from the database, never carried by the event, and sent only if it differs from the last
+answer (a refused or rolled-back charge writes nothing, so it sends nothing)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import strawberry
+
+from app.core.auth import TenantScope
+from app.core.errors import ValidationFailed
+from app.credits import service as credit_service
+from app.credits.graphql import CreditBalance, _balance
+from app.graphql.context import Context, Info
+from app.graphql.loaders import Loaders
+from app.graphql.types import Tenant
+from app.live import notify
+from app.live.hub import ANY, LiveHub
+from app.metering import repository as usage_repository
+from app.metering.graphql import UsageReport, to_report
+from app.tenants.repository import TenantRepository
+
+# Under a burst of charges a subscriber answers at most this often (the last state wins).
+MIN_INTERVAL_SECONDS = 0.1
+# A subscriber also looks again this often without an event: an event lost on the way (a writer
+# that died between its commit and the NOTIFY) delays an answer, never loses it.
+RESYNC_SECONDS = 30.0
+
+_MONEY = frozenset({notify.CHARGE, notify.BALANCE})
+_USAGE = frozenset({notify.CHARGE})
+
+
+@strawberry.enum
+class ActivityKind(Enum):
+    USAGE = "usage"
+    BALANCE = "balance"
+
+
+@strawberry.type(description="Something changed for a tenant: a charge (USAGE) or only its credits (BALANCE).")
+class TenantActivity:
+    tenant_id: strawberry.ID
+    kind: ActivityKind
+    at: datetime
+
+    @strawberry.field(description="The tenant as it is now.")
+    async def tenant(self, info: Info) -> Tenant | None:
+        tid = str(self.tenant_id)
+        row = await info.context.read(lambda s: TenantRepository(s).get(TenantScope(tid)))
+        return Tenant(row=row) if row else None
+
+
+def _hub(ctx: Context) -> LiveHub:
+    if ctx.live is None:
+        raise ValidationFailed("live updates are not served here")
+    return ctx.live
+
+
+async def _paced(last_sent: float) -> float:
+    import asyncio
+
+    wait = MIN_INTERVAL_SECONDS - (time.monotonic() - last_sent)
+    if wait > 0:
+        await asyncio.sleep(wait)
+    return time.monotonic()
+
+
+@strawberry.type(name="Subscription")
+class LiveSubscription:
+    @strawberry.subscription(
+        description="Credits of the tenant in scope: now, then after every change (charges, grants, holds)."
+    )
+    async def balance_changed(self, info: Info) -> AsyncGenerator[CreditBalance, None]:
+        ctx = info.context
+        tid = ctx.require_scope().tenant_id
+
+        def read(s: Any) -> credit_service.CreditSummary:
+            return credit_service.summaries(s, [tid], ctx.clock.now()).get(tid) or credit_service.CreditSummary(0, 0)
+
+        async with _hub(ctx).listen(tid) as box:
+            last: Any = None
+            sent = 0.0
+            while True:
+                summary = await ctx.read(read)
+                seen = (summary.balance, summary.reserved, [(b.id, b.remaining) for b in summary.buckets])
+                if seen != last:
+                    last = seen
+                    yield _balance(summary)
+                await box.wait(_MONEY, RESYNC_SECONDS)
+                sent = await _paced(sent)
+
+    @strawberry.subscription(
+        description="Usage against quotas of the tenant in scope: now, then after every charge that counts."
+    )
+    async def usage_changed(self, info: Info) -> AsyncGenerator[UsageReport, None]:
+        ctx = info.context
+        tid = ctx.require_scope().tenant_id
+
+        def read(s: Any) -> usage_repository.UsageReport | None:
+            return usage_repository.usage_reports(s.connection(), [tid], ctx.clock.now()).get(tid)
+
+        async with _hub(ctx).listen(tid) as box:
+            last: Any = None
+            sent = 0.0
+            while True:
+                report = await ctx.read(read)
+                if report is not None:
+                    seen = (report.plan, report.status, report.period, report.lines)
+                    if seen != last:
+                        last = seen
+                        yield to_report(report)
+                await box.wait(_USAGE, RESYNC_SECONDS)
+                sent = await _paced(sent)
+
+    @strawberry.subscription(description="Operator: each tenant's charges and credit changes, as they commit.")
+    async def tenant_activity(self, info: Info) -> AsyncGenerator[TenantActivity, None]:
+        ctx = info.context
+        async with _hub(ctx).listen(None) as box:
+            sent = 0.0
+            while True:
+                changed = await box.wait()
+                sent = await _paced(sent)
+                # The connection's context outlives one event: fresh loaders, so Tenant's fields
+                # (credits, usage) are read again instead of answered from the last event's cache.
+                ctx.loaders = Loaders(ctx)
+                now = ctx.clock.now()
+                for tenant_id, kinds in sorted(changed.items()):
+                    if tenant_id == ANY:
+                        continue
+                    kind = ActivityKind.USAGE if kinds & {notify.CHARGE, ANY} else ActivityKind.BALANCE
+                    yield TenantActivity(tenant_id=strawberry.ID(tenant_id), kind=kind, at=now)

@@ -1,0 +1,285 @@
+"""/dashboard in a real browser: Debian's chromium driven by Playwright (never a downloaded
+browser; .ci/run installs chromium), against the app served by uvicorn, on SQLite and PostgreSQL.
+
+The page must show the numbers the API answers, follow a charge made elsewhere without a reload
+(the subscriptions), find a tenant in the operator's table, start a Checkout from the buy button,
+and log no console error. Screenshots land in tests/artifacts/dashboard/ (gitignored)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from tests.conftest import Api
+from tests.fixtures_catalog import SET_SUB
+from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
+from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "dashboard"
+
+CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { creditsRemaining } } }"""
+VIEWER = """{ viewer { name plan { name } credits { balance available reserved }
+  usage { quotas { primitive used quota } } }
+  usageHistory(first: 15, days: 30) { nodes { primitive quantity creditsUsed } }
+  creditPacks { key } }"""
+READ_ONLY_KEY = """mutation { createApiKey(name: "browser", scopes: [READ]) {
+  ... on CreatedApiKey { secret apiKey { scopes } } } }"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does); never `playwright install`")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+class Watched:
+    """A page whose console errors and uncaught exceptions are collected."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def shot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 10_000, "an empty-looking screenshot"
+        return path
+
+
+@pytest.fixture
+def watched(browser: Browser) -> Iterator[Watched]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    yield Watched(page)
+    context.close()
+
+
+def sign_in(w: Watched, base: str, key: str) -> None:
+    w.page.goto(f"{base}/dashboard")
+    w.page.fill("#key-input", key)
+    w.page.click("#connect")
+
+
+def charge(api: Api, key: str, idem: str, primitive: str = "email.send", tenant: str | None = None) -> str:
+    data = api(CHARGE, {"i": {"primitive": primitive, "idempotencyKey": idem}}, key=key, tenant=tenant)
+    assert data["charge"]["__typename"] == "Charged", data
+    return str(data["charge"]["creditsRemaining"])
+
+
+def tenant_with_usage(env: StripeEnv, name: str, external_id: str | None = None) -> tuple[str, str]:
+    api = env.api
+    extra = {"externalId": external_id} if external_id else {}
+    tid = api.create_tenant(name, **extra)
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    key = api.tenant_key(tid)
+    return tid, key
+
+
+def assert_tenant_view_matches_api(page: Page, api: Api, key: str | None, tenant: str | None = None) -> dict[str, Any]:
+    data = api(VIEWER, key=key, tenant=tenant)
+    viewer = data["viewer"]
+    expect(page.locator("#tenant-name")).to_have_text(viewer["name"])
+    expect(page.locator("#plan")).to_have_text(viewer["plan"]["name"])
+    for field in ("balance", "available", "reserved"):
+        expect(page.locator(f"#{field}")).to_have_text(viewer["credits"][field])
+    quotas = viewer["usage"]["quotas"]
+    expect(page.locator("#quotas .quota")).to_have_count(len(quotas))
+    for q in quotas:
+        row = page.locator(f'#quotas .quota[data-primitive="{q["primitive"]}"]')
+        expect(row.locator(".used")).to_have_text(str(q["used"]))
+        expect(row.locator(".limit")).to_have_text(str(q["quota"]))
+        expect(row.locator(".bar")).to_have_attribute("aria-valuenow", str(q["used"]))
+    events = data["usageHistory"]["nodes"]
+    expect(page.locator("#events tbody tr")).to_have_count(len(events))
+    if events:
+        first = page.locator("#events tbody tr").first
+        expect(first.locator("td").nth(1)).to_have_text(events[0]["primitive"])
+        expect(first.locator("td").nth(3)).to_have_text(events[0]["creditsUsed"])
+    packs = [p["key"] for p in data["creditPacks"]]
+    assert page.locator("#packs .pack").evaluate_all("els => els.map(e => e.dataset.pack)") == packs
+    return {**viewer, "events": events}
+
+
+def test_tenant_view_shows_the_api_numbers_and_follows_a_charge_live(stripe_env: StripeEnv, watched: Watched) -> None:
+    env, page = stripe_env, watched.page
+    tid, key = tenant_with_usage(env, "Acme Robotics", "acme-42")
+    for i in range(3):
+        charge(env.api, key, f"mail-{i}")
+    charge(env.api, key, "search-0", primitive="search.web")
+    # The browser gets a read-only key, minted by the tenant's own: enough for the whole view.
+    made = env.api(READ_ONLY_KEY, key=key)["createApiKey"]
+    assert made["apiKey"]["scopes"] == ["READ"]
+    browser_key = made["secret"]
+
+    sign_in(watched, env.url, browser_key)
+    expect(page.locator("#tenant-view")).to_be_visible()
+    expect(page.locator("#live-status")).to_have_text("live")
+    before = assert_tenant_view_matches_api(page, env.api, browser_key)
+    # The chart is drawn (uPlot's canvas) from the usage series: today's bar holds every charge.
+    expect(page.locator("#chart canvas")).to_have_count(1)
+    expect(page.locator("#chart .u-legend")).to_contain_text("Credits")
+    x, credits, calls = page.evaluate("meterkitDashboard.chartData()")
+    assert len(x) == len(credits) == len(calls) == 30
+    events = before["events"]
+    assert credits[-1] == sum(Decimal(e["creditsUsed"]) for e in events) > 0
+    assert calls[-1] == sum(e["quantity"] for e in events) == 4
+    assert not any(credits[:-1]) and not any(calls[:-1])  # everything happened today
+    expect(page.locator('#packs .pack[data-pack="small"]')).to_contain_text("$10")
+    watched.shot("tenant-before-charge")
+
+    # A charge made through the API moves the balance and the bar, without a reload.
+    page.evaluate("window.__sameDocument = true")
+    remaining = charge(env.api, key, "live-1")  # with the tenant's full key, elsewhere
+    expect(page.locator("#available")).to_have_text(remaining, timeout=3000)
+    mail = page.locator('#quotas .quota[data-primitive="email.send"]')
+    expect(mail.locator(".used")).to_have_text("4", timeout=3000)
+    expect(mail.locator(".bar")).to_have_attribute("aria-valuenow", "4")
+    width = mail.locator(".fill").evaluate("el => el.style.width")
+    assert width == "0.4%", width  # 4 of 1000
+    assert page.evaluate("window.__sameDocument") is True
+    assert before["credits"]["available"] != remaining
+    # The recent events follow too (refreshed after the burst settles).
+    expect(page.locator("#events tbody tr")).to_have_count(5, timeout=5000)
+    assert_tenant_view_matches_api(page, env.api, browser_key)
+    watched.shot("tenant-after-charge")
+
+    # The key stays in this tab: a reload opens the dashboard again without asking.
+    page.reload()
+    expect(page.locator("#tenant-view")).to_be_visible()
+    expect(page.locator("#available")).to_have_text(remaining)
+    assert page.evaluate("sessionStorage.getItem('meterkit.key')") == browser_key
+
+    # A read-only key cannot buy: the page says so, and nothing is started.
+    page.locator('#packs .pack[data-pack="small"] button').click()
+    expect(page.locator("#error")).to_contain_text("manage")
+    assert watched.errors == [], watched.errors
+
+    # With the tenant's full key, the buy button starts a Stripe Checkout (the fake's hosted page).
+    page.click("#sign-out")
+    sign_in(watched, env.url, key)
+    expect(page.locator("#tenant-view")).to_be_visible()
+    page.locator('#packs .pack[data-pack="small"] button').click()
+    page.wait_for_url(re.compile(re.escape(env.fake.url) + r"/checkout/cs_"))
+    expect(page.locator("h1")).to_have_text("Fake Stripe Checkout")  # (its own console is not ours to judge)
+
+
+def test_operator_search_finds_a_tenant_and_opens_its_view(stripe_env: StripeEnv, watched: Watched) -> None:
+    env, page = stripe_env, watched.page
+    ids = {}
+    for name, ext in (("Acme Robotics", "acme-42"), ("Globex Shipping", "globex-7"), ("Initech Labs", None)):
+        tid, key = tenant_with_usage(env, name, ext)
+        ids[name] = (tid, key)
+    globex, globex_key = ids["Globex Shipping"]
+    for i in range(5):
+        charge(env.api, globex_key, f"g-{i}")
+
+    sign_in(watched, env.url, env.api.operator_key)
+    expect(page.locator("#operator-view")).to_be_visible()
+    rows = page.locator("#tenants tbody tr")
+    expect(rows).to_have_count(3)
+    expect(page.locator("#live-status")).to_have_text("live")
+    row = page.locator(f'#tenants tbody tr[data-tenant="{globex}"]')
+    credits = env.api("{ viewer { credits { balance available } } }", tenant=globex)["viewer"]["credits"]
+    expect(row.locator(".balance")).to_have_text(credits["balance"])
+    expect(row.locator(".plan")).to_have_text("Pro")
+    expect(row.locator(".pct")).to_have_text("1%")  # 5 of 1000 email.send, rounded
+    watched.shot("operator-table")
+
+    page.fill("#search", "glob")
+    expect(page.locator("#tenants tbody tr:visible")).to_have_count(1)
+    expect(page.locator("#tenants tbody tr:visible .name")).to_have_text("Globex Shipping")
+    page.fill("#search", "initech")
+    expect(page.locator("#tenants tbody tr:visible .name")).to_have_text("Initech Labs")
+    page.fill("#search", "acme-42")  # the external id
+    expect(page.locator("#tenants tbody tr:visible .name")).to_have_text("Acme Robotics")
+    page.fill("#search", "nobody")
+    expect(page.locator("#tenants tbody tr:visible")).to_have_count(0)
+    expect(page.locator("#tenants-empty")).to_be_visible()
+    page.fill("#search", "globex")
+    watched.shot("operator-search")
+
+    # The table is live too: a charge moves the tenant's row.
+    remaining = charge(env.api, globex_key, "g-live")
+    expect(row.locator(".available")).to_have_text(remaining, timeout=3000)
+
+    page.locator("#tenants tbody tr:visible").click()
+    expect(page.locator("#tenant-view")).to_be_visible()
+    assert page.url.endswith(f"#/tenant/{globex}")
+    expect(page.locator("#back")).to_be_visible()
+    assert_tenant_view_matches_api(page, env.api, None, tenant=globex)
+    expect(page.locator("#live-status")).to_have_text("live")
+    remaining = charge(env.api, globex_key, "g-live-2")
+    expect(page.locator("#available")).to_have_text(remaining, timeout=3000)
+    watched.shot("operator-tenant-view")
+
+    page.click("#back")
+    expect(page.locator("#operator-view")).to_be_visible()
+    assert watched.errors == [], watched.errors
+
+
+def test_a_refused_key_and_a_revoked_key_are_told(stripe_env: StripeEnv, watched: Watched) -> None:
+    env, page = stripe_env, watched.page
+    page.goto(f"{env.url}/dashboard")
+    expect(page.locator("#sign-in")).to_be_visible()
+    page.fill("#key-input", "mk_tn_not-a-key")
+    page.click("#connect")
+    expect(page.locator("#error")).to_contain_text("refused")
+    expect(page.locator("#sign-in")).to_be_visible()
+    # The browser itself logs the 401 of that request: the only console error of this test.
+    assert len(watched.errors) == 1 and "401" in watched.errors[0], watched.errors
+
+    tid, key = tenant_with_usage(env, "Umbrella")
+    key_id = env.api(
+        "mutation($t: ID!) { createApiKey(tenantId: $t) { ... on CreatedApiKey { secret apiKey { id } } } }",
+        {"t": tid},
+    )["createApiKey"]
+    page.fill("#key-input", key_id["secret"])
+    page.click("#connect")
+    expect(page.locator("#live-status")).to_have_text("live")
+    env.api("mutation($id: ID!) { revokeApiKey(id: $id) { __typename } }", {"id": key_id["apiKey"]["id"]})
+    expect(page.locator("#live-status")).to_have_text("live updates stopped", timeout=3000)
+    expect(page.locator("#error")).to_contain_text("API key revoked")
+    watched.shot("revoked-key")
+
+
+def test_the_page_and_its_assets_are_served_offline(stripe_env: StripeEnv) -> None:
+    page = httpx.get(f"{stripe_env.url}/dashboard")
+    assert page.status_code == 200 and "meterkit dashboard" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    # Every script and stylesheet the page names is one of ours, and is served.
+    assets = re.findall(r'(?:src|href)="(/dashboard/assets/[^"]+)"', page.text)
+    assert len(assets) == 5, assets
+    for path in assets:
+        r = httpx.get(f"{stripe_env.url}{path}")
+        assert r.status_code == 200 and len(r.content) > 500, path
+    assert not re.search(r'(?:src|href)="https?://', page.text)
