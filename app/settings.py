@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +27,18 @@ class Settings(BaseSettings):
     max_query_depth: int = 12
     max_aliases: int = 30
     max_tokens: int = 4000
+    # Cost after fragment expansion, measured before validation (app/graphql/cost.py; README "Security").
+    max_fields: int = Field(2000, ge=1)
+    max_fragment_spreads: int = Field(200, ge=1)
+    max_duplicate_fields: int = Field(30, ge=1)
+    max_nesting: int = Field(30, ge=1)
+    max_directives: int = Field(50, ge=1)
+    max_variables: int = Field(100, ge=1)
+    max_list_items: int = Field(1000, ge=1)
+    # CPU time one request may spend parsing and validating its document.
+    graphql_cpu_budget_ms: float = Field(250.0, gt=0)
+    # `meterkit serve`: on SIGTERM, in-flight requests get this long before they are dropped.
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
 
     # Credits (values in whole credits; stored as micro-credits)
     signup_grant_credits: int = 20

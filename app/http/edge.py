@@ -89,8 +89,9 @@ def from_cache(engine: Engine, raw_key: str | None, tenant_header: str | None, t
     return principal, mint_scope(principal, tenant_header or None)
 
 
-def bearer(conn: HTTPConnection) -> str | None:
-    header = conn.headers.get("authorization")
+def parse_authorization(header: str | None) -> str | None:
+    """The key in an `Authorization: Bearer <key>` value (an HTTP header, or a websocket's
+    connection_init param of that name); None when there is none; 401 when it is malformed."""
     if not header:
         return None
     scheme, _, value = header.partition(" ")
@@ -99,10 +100,29 @@ def bearer(conn: HTTPConnection) -> str | None:
     return value.strip()
 
 
-async def authenticate_request(conn: HTTPConnection, engine: Engine, cache_ttl: float) -> Resolved:
-    """The principal and scope of a request; a cached key costs no thread hop and no transaction."""
-    raw, header = bearer(conn), conn.headers.get("x-tenant-id")
-    resolved = from_cache(engine, raw, header, cache_ttl)
+def bearer(conn: HTTPConnection) -> str | None:
+    return parse_authorization(conn.headers.get("authorization"))
+
+
+Authenticated = tuple[Principal, TenantScope | None]
+
+NO_KEY = "authentication required: send Authorization: Bearer <key>"
+
+
+async def require_key(
+    engine: Engine, authorization: str | None, tenant_header: str | None, cache_ttl: float
+) -> Authenticated:
+    """Auth before parse, for every GraphQL transport: nothing of a GraphQL request is parsed or
+    validated until its key is known good. An HTTP POST passes its Authorization and X-Tenant-Id
+    headers; a websocket passes the same two values from its `connection_init` payload and closes
+    with 4401 on AuthError. No key, a malformed one, or a wrong one: AuthError 401, in every
+    environment (an anonymous document could cost the parser and validator anything)."""
+    raw = parse_authorization(authorization)
+    if raw is None:
+        raise AuthError(401, "UNAUTHENTICATED", NO_KEY)
+    resolved = from_cache(engine, raw, tenant_header, cache_ttl)
     if resolved is None:
-        resolved = await run_in_threadpool(resolve_principal, engine, raw, header, cache_ttl)
-    return resolved
+        resolved = await run_in_threadpool(resolve_principal, engine, raw, tenant_header, cache_ttl)
+    principal, scope = resolved
+    assert principal is not None  # resolve_principal raises for a key it does not accept
+    return principal, scope
