@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,17 +28,17 @@ class Settings(BaseSettings):
     max_aliases: int = 30
     max_tokens: int = 4000
     # Cost after fragment expansion, measured before validation (app/graphql/cost.py; README "Security").
-    max_fields: int = Field(2000, ge=1)
-    max_fragment_spreads: int = Field(200, ge=1)
-    max_duplicate_fields: int = Field(30, ge=1)
-    max_nesting: int = Field(30, ge=1)
-    max_directives: int = Field(50, ge=1)
-    max_variables: int = Field(100, ge=1)
-    max_list_items: int = Field(1000, ge=1)
+    max_fields: Annotated[int, Field(ge=1)] = 2000
+    max_fragment_spreads: Annotated[int, Field(ge=1)] = 200
+    max_duplicate_fields: Annotated[int, Field(ge=1)] = 30
+    max_nesting: Annotated[int, Field(ge=1)] = 30
+    max_directives: Annotated[int, Field(ge=1)] = 50
+    max_variables: Annotated[int, Field(ge=1)] = 100
+    max_list_items: Annotated[int, Field(ge=1)] = 1000
     # CPU time one request may spend parsing and validating its document.
-    graphql_cpu_budget_ms: float = Field(250.0, gt=0)
+    graphql_cpu_budget_ms: Annotated[float, Field(gt=0)] = 250.0
     # `meterkit serve`: on SIGTERM, in-flight requests get this long before they are dropped.
-    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
 
     # Credits (values in whole credits; stored as micro-credits)
     signup_grant_credits: int = 20

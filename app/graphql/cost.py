@@ -8,7 +8,8 @@ MaxAliasesLimiter and MaxTokensLimiter, graphql-query-complexity-style rules) al
 as validation rules after the same expansion or walk expanded fragments themselves. So this
 walk visits each node of the document once: every fragment's cost is computed once and
 reused at each spread (memoized), and every counter saturates at its limit, so the work is
-linear in the document's size whatever its fragments expand to.
+linear in the document's size (plus at most twice max_fields, for merging a fragment's response
+names into each selection set that spreads it) whatever its fragments expand to.
 
 Counted after expansion: field selections, fragment spreads, directives, the fields that share
 one response name in one selection set (what graphql-core's overlap check compares pairwise),
@@ -58,6 +59,7 @@ class CostExceeded(Exception):
     def __init__(self, limit: str, maximum: int, message: str) -> None:
         super().__init__(message)
         self.limit, self.maximum, self.message = limit, maximum, message
+        self.visited = 0  # the walk's work when it stopped (set by measure)
 
 
 @dataclass
@@ -139,10 +141,11 @@ class _Walk:
         return cost
 
     def add(self, out: _Cost, child: _Cost, *, same_level: bool) -> None:
-        cap = self._cap
-        out.fields = min(out.fields + child.fields, cap)
-        out.spreads = min(out.spreads + child.spreads, cap)
-        out.directives = min(out.directives + child.directives, cap)
+        # Saturating sums: a counter stops one past its limit, however often a fragment is spread.
+        lim = self.limits
+        out.fields = min(out.fields + child.fields, lim.max_fields + 1)
+        out.spreads = min(out.spreads + child.spreads, lim.max_fragment_spreads + 1)
+        out.directives = min(out.directives + child.directives, lim.max_directives + 1)
         # Heights are relative to the selection set, so a memoized fragment serves every spread.
         out.height = max(out.height, child.height + 1)
         if same_level:
@@ -201,17 +204,20 @@ class _Walk:
         if level is not None and level - 1 + c.height > lim.max_nesting:
             raise CostExceeded("max_nesting", lim.max_nesting, f"selections nest deeper than {lim.max_nesting}")
 
-    @property
-    def _cap(self) -> int:
-        # Saturating sums: a counter never grows past this, however often a fragment is spread.
-        lim = self.limits
-        return max(lim.max_fields, lim.max_fragment_spreads, lim.max_directives) + 1
-
 
 def measure(doc: DocumentNode, limits: CostLimits, tick: Callable[[], None] | None = None) -> CostReport:
     """The document's cost; raises CostExceeded at the first limit passed. `tick` is called every
     few hundred steps (the request's CPU budget check)."""
     walk = _Walk(doc, limits, tick)
+    try:
+        return _measure(doc, walk)
+    except CostExceeded as exc:
+        exc.visited = walk.visited
+        raise
+
+
+def _measure(doc: DocumentNode, walk: _Walk) -> CostReport:
+    limits = walk.limits
     total = _Cost()
     nesting = variables = 0
     parts: list[_Cost] = []

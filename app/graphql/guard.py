@@ -96,7 +96,12 @@ def _validate(
     schema: GraphQLSchema, doc: DocumentNode, rules: tuple[type[ASTValidationRule], ...], hide: bool
 ) -> list[GraphQLError]:
     # Strawberry's own validate_document adds these two rules; keep them.
-    all_rules = (_BudgetRule, *rules, MaybeNullValidationRule, OneOfInputValidationRule)
+    all_rules: tuple[type[ASTValidationRule], ...] = (
+        _BudgetRule,
+        *rules,
+        MaybeNullValidationRule,
+        OneOfInputValidationRule,
+    )
     return validate(schema, doc, all_rules, hide_suggestions=hide)
 
 
