@@ -55,7 +55,16 @@ def serve(
     p = port or settings.port
     typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
     uvicorn.run(
-        "app.main:create_app", factory=True, host=h, port=p, workers=workers, log_level="warning", access_log=False
+        "app.main:create_app",
+        factory=True,
+        host=h,
+        port=p,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        # SIGTERM: stop accepting, let in-flight requests finish for this long, then drop them
+        # and exit (without it, one stalled client keeps the process alive for good).
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

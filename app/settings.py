@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     max_list_items: Annotated[int, Field(ge=1)] = 1000
     # CPU time one request may spend parsing and validating its document.
     graphql_cpu_budget_ms: Annotated[float, Field(gt=0)] = 250.0
-    # `meterkit serve`: on SIGTERM, in-flight requests get this long before they are dropped.
-    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # `meterkit serve`: on SIGTERM, in-flight requests get this many seconds, then are dropped
+    # (0: dropped at once).
+    shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 10
 
     # Credits (values in whole credits; stored as micro-credits)
     signup_grant_credits: int = 20
