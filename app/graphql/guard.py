@@ -11,6 +11,7 @@ hit for its validation.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -120,6 +121,14 @@ class RequestGuard(SchemaExtension):
         self.verdicts = verdicts
         self._tick: Callable[[], None] | None = None
 
+    def on_operation(self) -> Iterator[None]:
+        yield
+        # Production: graphql-core's hide_suggestions covers validation and coercion; this net
+        # takes any "Did you mean ...?" that another path adds (e.g. "Did you mean 'plans { ... }'?").
+        result = self.execution_context.result
+        if self.hide_suggestions and result is not None and result.errors:
+            result.errors = [_without_suggestion(e) for e in result.errors]
+
     def on_parse(self) -> Iterator[None]:
         self._tick = cpu_deadline(self.budget_ms)
         yield
@@ -163,6 +172,23 @@ class RequestGuard(SchemaExtension):
             _TICK.reset(token)
         ec.pre_execution_errors = errors
         yield
+
+
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+def _without_suggestion(error: GraphQLError) -> GraphQLError:
+    if "Did you mean" not in error.message:
+        return error
+    return GraphQLError(
+        _SUGGESTION.sub("", error.message),
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=error.original_error,
+        extensions=error.extensions,
+    )
 
 
 def _budget_refusal(exc: BudgetExceeded) -> Refusal:
