@@ -34,7 +34,7 @@ def safe_url(url: str) -> str:
 @cli.command()
 def serve(
     host: str = typer.Option(None, help="Bind address (default METERKIT_HOST or 127.0.0.1)"),
-    port: int = typer.Option(None, help="Port (default METERKIT_PORT or 8000)"),
+    port: int = typer.Option(None, min=1, max=65535, help="Port (default METERKIT_PORT or 8000)"),
     demo: bool = typer.Option(True, help="Load the demo catalog (kits, plans) if it is missing"),
     workers: int = typer.Option(1, help="uvicorn worker processes"),
 ) -> None:
@@ -52,7 +52,7 @@ def serve(
         typer.echo("Use it as 'Authorization: Bearer <key>' (GraphiQL: the Headers tab).")
         typer.echo("=" * 72)
     h = host or settings.host
-    p = port or settings.port
+    p = settings.port if port is None else port
     typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
     uvicorn.run(
         "app.main:create_app",

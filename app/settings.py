@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     # Verified API keys are remembered this long in each process (0 = look every key up).
     auth_cache_seconds: float = 2.0
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
     # GraphQL guards
     max_body_bytes: int = 256 * 1024
@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     # Credits (values in whole credits; stored as micro-credits)
     signup_grant_credits: int = 20
     negative_buffer_credits: int = 10
-    hold_ttl_seconds: int = 3600
+    # The hold TTL when reserve omits ttlSeconds; the same bounds as ttlSeconds (1 s to 7 days).
+    hold_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
     credit_value_usd: str = "0.50"
 
     # Stripe
