@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     max_aliases: int = 30
     max_tokens: int = 4000
     # Cost after fragment expansion, measured before validation (app/graphql/cost.py; README "Security").
+    # Spreads: graphql-core's overlap check compares the spread fragments pairwise (100: ~25 ms).
     max_fields: Annotated[int, Field(ge=1)] = 2000
-    max_fragment_spreads: Annotated[int, Field(ge=1)] = 200
+    max_fragment_spreads: Annotated[int, Field(ge=1)] = 100
     max_duplicate_fields: Annotated[int, Field(ge=1)] = 30
     max_nesting: Annotated[int, Field(ge=1)] = 30
     max_directives: Annotated[int, Field(ge=1)] = 50

@@ -35,8 +35,8 @@ SHAPES: dict[str, tuple[str, dict[str, Any] | None, str]] = {
     "fan-out chain, 21 levels": (fan_out_chain(21), None, "max_duplicate_fields"),
     "fan-out chain, 40 levels": (fan_out_chain(40), None, "max_nesting"),
     "wide fan-out": (
-        "{ " + " ".join(f"...F{i}" for i in range(201)) + " } "
-        + " ".join(f"fragment F{i} on Query {{ f{i}: __typename }}" for i in range(201)),
+        "{ " + " ".join(f"...F{i}" for i in range(101)) + " } "
+        + " ".join(f"fragment F{i} on Query {{ f{i}: __typename }}" for i in range(101)),
         None,
         "max_fragment_spreads",
     ),

@@ -45,7 +45,7 @@ class CostLimits:
     """Each limit is the most accepted; one more is refused."""
 
     max_fields: int = 2000
-    max_fragment_spreads: int = 200
+    max_fragment_spreads: int = 100
     max_duplicate_fields: int = 30
     max_nesting: int = 30
     max_directives: int = 50

@@ -54,10 +54,9 @@ Mutation = merge_types("Mutation", MUTATIONS)
 def should_mask(error: GraphQLError) -> bool:
     """Typed domain errors and request errors (syntax, validation, permission) stay readable;
     anything unexpected becomes "Unexpected error." and is logged."""
-    original = error.original_error
-    if original is None or isinstance(original, DomainError | GraphQLError):
+    if not _is_unexpected(error):
         return False
-    log.error("unexpected error in %s", error.path, exc_info=original)
+    log.error("unexpected error in %s", error.path, exc_info=error.original_error)
     return True
 
 
@@ -82,7 +81,13 @@ class MeterkitSchema(strawberry.Schema):
 
 
 def _is_unexpected(error: GraphQLError) -> bool:
-    return not isinstance(error.original_error, DomainError | GraphQLError)
+    original = error.original_error
+    if original is None or isinstance(original, DomainError | GraphQLError):
+        return False
+    # A scalar refusing a value (Credits "x", a bad DateTime) raises ValueError/TypeError while
+    # graphql-core checks a literal or a variable: a client mistake tied to a document node,
+    # before anything runs (no path). Found by the abuse suite: it was "Unexpected error.".
+    return not (isinstance(original, ValueError | TypeError) and error.path is None and error.nodes)
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
