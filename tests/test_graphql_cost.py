@@ -195,3 +195,29 @@ def test_cpu_budget_refuses_past_it(db: Any, clock: Any) -> None:
         assert r.status_code == 200
         (err,) = r.json()["errors"]
         assert err["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": "graphql_cpu_budget_ms", "max": 0.001}
+
+
+def test_cpu_budget_sets_garbage_collection_aside() -> None:
+    """A full collection of a big heap in the middle of a request is not that request's cost:
+    it once got a query at a limit refused (a flaky suite, and in production the refusal is
+    remembered for the document). Busy work of the request's own still counts."""
+    import gc
+
+    from app.graphql.cost import BudgetExceeded, cpu_deadline
+
+    junk: list[list[Any]] = []
+    for _ in range(500_000):
+        cell: list[Any] = []
+        cell.append(cell)
+        junk.append(cell)
+    tick = cpu_deadline(20)
+    started = time.thread_time()
+    gc.collect()
+    assert time.thread_time() - started > 0.02  # the collection alone is past the budget
+    tick()  # not refused
+    del junk
+    busy_until = time.thread_time() + 0.03
+    while time.thread_time() < busy_until:
+        pass
+    with pytest.raises(BudgetExceeded):
+        tick()
