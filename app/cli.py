@@ -46,7 +46,7 @@ def safe_url(url: str) -> str:
 @cli.command()
 def serve(
     host: str = typer.Option(None, help="Bind address (default METERKIT_HOST or 127.0.0.1)"),
-    port: int = typer.Option(None, help="Port (default METERKIT_PORT or 8000)"),
+    port: int = typer.Option(None, min=1, max=65535, help="Port (default METERKIT_PORT or 8000)"),
     demo: bool = typer.Option(True, help="Load the demo catalog (kits, plans) if it is missing"),
     workers: int = typer.Option(1, help="uvicorn worker processes"),
 ) -> None:
@@ -65,10 +65,19 @@ def serve(
         typer.echo("Use it as 'Authorization: Bearer <key>' (GraphiQL: the Headers tab).")
         typer.echo("=" * 72)
     h = host or settings.host
-    p = port or settings.port
+    p = settings.port if port is None else port
     typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
     uvicorn.run(
-        "app.main:create_app", factory=True, host=h, port=p, workers=workers, log_level="warning", access_log=False
+        "app.main:create_app",
+        factory=True,
+        host=h,
+        port=p,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        # SIGTERM: stop accepting, let in-flight requests finish for this long, then drop them
+        # and exit (without it, one stalled client keeps the process alive for good).
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

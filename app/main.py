@@ -23,12 +23,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
 from app.core.db import make_engine, unit_of_work
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
-from app.http.edge import AuthError, authenticate_request, error_response
+from app.http.edge import AuthError, error_response, require_key
 from app.live.hub import LiveHub
 from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
@@ -130,6 +131,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _wants_ide(request: Request) -> bool:
+    # What Strawberry serves GraphiQL's page for: a GET asking for HTML, with no query.
+    accept = request.headers.get("accept", "")
+    return "query" not in request.query_params and ("text/html" in accept or "*/*" in accept)
+
+
 def _too_large(limit: int) -> Response:
     return error_response(413, "PAYLOAD_TOO_LARGE", f"request body is larger than {limit} bytes")
 
@@ -151,16 +158,28 @@ def create_app(
 
     async def graphql_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        if request.method == "GET" and not settings.graphiql_enabled:
-            await error_response(405, "METHOD_NOT_ALLOWED", "queries over GET are off: POST JSON")(scope, receive, send)
-            return
-        try:
-            principal, tenant_scope = await authenticate_request(
-                request, engine, settings.auth_cache_seconds, state.clock
-            )
-        except AuthError as exc:
-            await exc.response()(scope, receive, send)
-            return
+        principal: Principal | None = None
+        tenant_scope: TenantScope | None = None
+        if request.method == "GET":
+            # GET serves only GraphiQL's page (development): no document is parsed on GET.
+            if not (settings.graphiql_enabled and _wants_ide(request)):
+                await error_response(405, "METHOD_NOT_ALLOWED", "queries over GET are off: POST JSON")(
+                    scope, receive, send
+                )
+                return
+        else:
+            try:
+                headers = request.headers
+                principal, tenant_scope = await require_key(
+                    engine,
+                    headers.get("authorization"),
+                    headers.get("x-tenant-id"),
+                    settings.auth_cache_seconds,
+                    state.clock,
+                )
+            except AuthError as exc:
+                await exc.response()(scope, receive, send)
+                return
         scope.setdefault("state", {})
         scope["state"]["principal"] = principal
         scope["state"]["scope"] = tenant_scope

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     # Verified API keys are remembered this long in each process (0 = look every key up).
     auth_cache_seconds: float = 2.0
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
     # Browser origins allowed to call the API (CORS), comma-separated, e.g.
     # "https://dash.example.com,http://localhost:5173"; none by default ("*": any origin, fine
@@ -32,11 +32,26 @@ class Settings(BaseSettings):
     max_query_depth: int = 12
     max_aliases: int = 30
     max_tokens: int = 4000
+    # Cost after fragment expansion, measured before validation (app/graphql/cost.py; README "Security").
+    # Spreads: graphql-core's overlap check compares the spread fragments pairwise (100: ~25 ms).
+    max_fields: Annotated[int, Field(ge=1)] = 2000
+    max_fragment_spreads: Annotated[int, Field(ge=1)] = 100
+    max_duplicate_fields: Annotated[int, Field(ge=1)] = 30
+    max_nesting: Annotated[int, Field(ge=1)] = 30
+    max_directives: Annotated[int, Field(ge=1)] = 50
+    max_variables: Annotated[int, Field(ge=1)] = 100
+    max_list_items: Annotated[int, Field(ge=1)] = 1000
+    # CPU time one request may spend parsing and validating its document.
+    graphql_cpu_budget_ms: Annotated[float, Field(gt=0)] = 250.0
+    # `meterkit serve`: on SIGTERM, in-flight requests get this many seconds, then are dropped
+    # (0: dropped at once).
+    shutdown_grace_seconds: Annotated[int, Field(ge=0)] = 10
 
     # Credits (values in whole credits; stored as micro-credits)
     signup_grant_credits: int = 20
     negative_buffer_credits: int = 10
-    hold_ttl_seconds: int = 3600
+    # The hold TTL when reserve omits ttlSeconds; the same bounds as ttlSeconds (1 s to 7 days).
+    hold_ttl_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600
     credit_value_usd: str = "0.50"
 
     # Stripe

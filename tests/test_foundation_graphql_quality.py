@@ -17,11 +17,11 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
-    ValidationCache,
 )
 
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
+from app.graphql.guard import RequestGuard
 from app.graphql.permissions import PermissionGuard
 from app.graphql.schema import build_schema
 from app.main import create_app
@@ -57,7 +57,9 @@ def _extension_instances(settings: Settings) -> list[Any]:
 
 def test_caches_and_guards_are_configured() -> None:
     kinds = {type(e) for e in _extension_instances(Settings(env="development"))}
-    assert {ParserCache, ValidationCache, MaxTokensLimiter} <= kinds
+    # RequestGuard validates through its own LRU (ValidationCache cannot pass hide_suggestions);
+    # tests/test_graphql_cost.py checks that it hits.
+    assert {ParserCache, RequestGuard, MaxTokensLimiter} <= kinds
     # The depth and alias limits are validation rules (their own extensions, or rules built once per
     # schema so the ValidationCache hits); the tests below check that both are enforced.
     assert {QueryDepthLimiter, MaxAliasesLimiter} <= kinds or AddValidationRules in kinds

@@ -16,7 +16,6 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
-    ValidationCache,
 )
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
@@ -25,7 +24,9 @@ from strawberry.types.graphql import OperationType
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
 from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
+from app.graphql.cost import CostLimits
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from app.graphql.guard import RequestGuard, VerdictCache
 from app.graphql.permissions import PermissionGuard
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
@@ -70,10 +71,9 @@ guard_credits_inputs(Query.__strawberry_definition__.fields + Mutation.__strawbe
 def should_mask(error: GraphQLError) -> bool:
     """Typed domain errors and request errors (syntax, validation, permission) stay readable;
     anything unexpected becomes "Unexpected error." and is logged."""
-    original = error.original_error
-    if original is None or isinstance(original, DomainError | GraphQLError):
+    if not _is_unexpected(error):
         return False
-    log.error("unexpected error in %s", error.path, exc_info=original)
+    log.error("unexpected error in %s", error.path, exc_info=error.original_error)
     return True
 
 
@@ -101,6 +101,17 @@ class MeterkitSchema(strawberry.Schema):
             operation_extensions,
         )
 
+    # Production: graphql-core leaves "Did you mean ...?" out of validation and coercion errors.
+    hide_suggestions = False
+
+    def _get_custom_context_kwargs(self, operation_extensions: Any = None, *, sync: bool = False) -> dict[str, Any]:
+        # Strawberry passes these on to graphql-core's execute/subscribe: the one place to ask
+        # for suggestion-free variable coercion errors.
+        kwargs = super()._get_custom_context_kwargs(operation_extensions, sync=sync)
+        if self.hide_suggestions:
+            kwargs["hide_suggestions"] = True
+        return kwargs
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Client mistakes (syntax, validation, permission, typed domain errors) are answers, not
         # server errors: log at ERROR only what should_mask would mask (it logs those already
@@ -110,7 +121,13 @@ class MeterkitSchema(strawberry.Schema):
 
 
 def _is_unexpected(error: GraphQLError) -> bool:
-    return not isinstance(error.original_error, DomainError | GraphQLError)
+    original = error.original_error
+    if original is None or isinstance(original, DomainError | GraphQLError):
+        return False
+    # A scalar refusing a value (Credits "x", a bad DateTime) raises ValueError/TypeError while
+    # graphql-core checks a literal or a variable: a client mistake tied to a document node,
+    # before anything runs (no path). Found by the abuse suite: it was "Unexpected error.".
+    return not (isinstance(original, ValueError | TypeError) and error.path is None and error.nodes)
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
@@ -121,24 +138,38 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules
         + MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules
     )
+    limits = CostLimits(
+        max_fields=settings.max_fields,
+        max_fragment_spreads=settings.max_fragment_spreads,
+        max_duplicate_fields=settings.max_duplicate_fields,
+        max_nesting=settings.max_nesting,
+        max_directives=settings.max_directives,
+        max_variables=settings.max_variables,
+        max_list_items=settings.max_list_items,
+    )
+    hide = settings.env == "production"
+    verdicts = VerdictCache(maxsize=512)
     extensions: list[Any] = [
+        # First, so its CPU budget wraps parsing too; it validates (cached) after the cost rule.
+        lambda: RequestGuard(limits, settings.graphql_cpu_budget_ms, hide, verdicts),
         lambda: ParserCache(maxsize=512),
         # Factories, not instances: an extension instance shared by concurrent requests shares its state.
         lambda: AddValidationRules(limit_rules),
-        lambda: ValidationCache(maxsize=512),
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         PermissionGuard,
         lambda: MaskErrors(should_mask_error=should_mask),
     ]
     if not settings.graphiql_enabled:
         extensions.append(DisableIntrospection)
-    return MeterkitSchema(
+    schema = MeterkitSchema(
         query=Query,
         mutation=Mutation,
         subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
     )
+    schema.hide_suggestions = hide
+    return schema
 
 
 def export_sdl() -> str:

@@ -17,7 +17,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Bas
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
 from app.graphql.context import Context
-from app.http.edge import AuthError, resolve_principal
+from app.http.edge import AuthError, parse_authorization, require_key, resolve_principal
 
 
 def _param(payload: dict[str, Any], name: str) -> str | None:
@@ -25,16 +25,6 @@ def _param(payload: dict[str, Any], name: str) -> str | None:
         if isinstance(key, str) and key.lower() == name:
             return value if isinstance(value, str) else None
     return None
-
-
-def bearer_of(payload: dict[str, Any]) -> str | None:
-    header = _param(payload, "authorization")
-    if header is None:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise AuthError(401, "UNAUTHENTICATED", "Authorization must be 'Bearer <key>'")
-    return value.strip()
 
 
 def close_code(exc: AuthError) -> int:
@@ -54,20 +44,20 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         payload = message.get("payload") or {}
         if isinstance(payload, dict) and not self.connection_init_received and not self.connection_timed_out:
             ctx = self.context
+            authorization = _param(payload, "authorization")
             try:
-                raw, tenant = bearer_of(payload), _param(payload, "x-tenant-id")
-                if raw is None:
-                    raise AuthError(401, "UNAUTHENTICATED", "connection_init needs Authorization: Bearer <key>")
-                principal, scope = await run_in_threadpool(
-                    resolve_principal, ctx.engine, raw, tenant, ctx.settings.auth_cache_seconds
-                )
+                # The same auth-before-parse rule as an HTTP POST (app/http/edge.py).
+                tenant, ttl = _param(payload, "x-tenant-id"), ctx.settings.auth_cache_seconds
+                principal, scope = await require_key(ctx.engine, authorization, tenant, ttl, ctx.clock)
             except AuthError as exc:
                 self.connection_init_received = True
                 if self.connection_init_timeout_task:
                     self.connection_init_timeout_task.cancel()
                 await self.websocket.close(code=close_code(exc), reason=exc.message[:120])
                 return
-            assert principal is not None and ctx.live is not None
+            assert ctx.live is not None
+            raw = parse_authorization(authorization)
+            assert raw is not None  # require_key refused a missing key
             ctx.principal, ctx.scope = principal, scope
             self._exits = ExitStack()
             self._exits.enter_context(ctx.live.watch_key(principal.key_id, self._on_revoked))
@@ -79,7 +69,7 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         while True:
             await asyncio.sleep(self.KEY_RECHECK_SECONDS)
             try:
-                await run_in_threadpool(resolve_principal, engine, raw, None, 0.0)
+                await run_in_threadpool(resolve_principal, engine, raw, None, 0.0, self.context.clock)
             except AuthError:
                 self._on_revoked()
                 return

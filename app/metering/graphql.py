@@ -410,12 +410,21 @@ class MeteringMutation:
         return out
 
     @strawberry.mutation(description="Hold credits for an async job (the brief's pre-check); lowers available.")
-    async def reserve(self, info: Info, input: MeterInput, ttl_seconds: int | None = None) -> ReserveResult:
+    async def reserve(
+        self,
+        info: Info,
+        input: MeterInput,
+        ttl_seconds: Annotated[
+            int | None,
+            strawberry.argument(description="1-604800; omitted: METERKIT_HOLD_TTL_SECONDS. 0 is a ValidationError."),
+        ] = None,
+    ) -> ReserveResult:
         ctx = info.context
         try:
             scope = ctx.require_scope()
             req = to_request(input)
-            ttl = ttl_seconds or ctx.settings.hold_ttl_seconds
+            # Omitted means the default; any value given (0 too) goes to the service's bounds check.
+            ttl = ctx.settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
             res = await ctx.write(
                 lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
             )
