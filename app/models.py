@@ -1,6 +1,7 @@
 """Imports every table so SQLModel.metadata (and Alembic) see the whole schema."""
 
 from app.account_kits.models import AccountKit
+from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
 from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent
@@ -27,6 +28,7 @@ __all__ = [
     "PlanQuota",
     "Price",
     "PricingSetting",
+    "Primitive",
     "StripeEvent",
     "StripeOperation",
     "Subscription",

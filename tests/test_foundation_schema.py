@@ -30,6 +30,7 @@ NOT_TENANT_OWNED = {
     "media_price",
     "pricing_setting",
     "credit_pack",
+    "primitive",  # the operator's primitive catalog
 }
 FOUNDATION_CATALOG = {"tenant", "account_kit", "plan", "plan_quota"}
 

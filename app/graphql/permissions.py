@@ -60,6 +60,9 @@ CATALOG: dict[str, frozenset[Role]] = {
     "Mutation.setLlmRate": OP,
     "Mutation.setMediaPrice": OP,
     "Mutation.setPricingSetting": OP,
+    # The primitive catalog (issue 11): readable by every key, edited by operators
+    "Query.primitives": BOTH,
+    "Mutation.upsertPrimitive": OP,
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": BOTH,
     "Mutation.changePlan": BOTH,

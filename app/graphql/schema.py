@@ -20,6 +20,7 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
+from app.catalog.graphql import CatalogMutation, CatalogQuery
 from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
@@ -34,7 +35,15 @@ from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
-QUERIES: tuple[type, ...] = (TenantQuery, PlanQuery, AccountKitQuery, MeteringQuery, CreditsQuery, PricingQuery)
+QUERIES: tuple[type, ...] = (
+    TenantQuery,
+    PlanQuery,
+    AccountKitQuery,
+    MeteringQuery,
+    CreditsQuery,
+    PricingQuery,
+    CatalogQuery,
+)
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
     PlanMutation,
@@ -44,6 +53,7 @@ MUTATIONS: tuple[type, ...] = (
     CreditsMutation,
     PricingMutation,
     StripeMutation,
+    CatalogMutation,
 )
 
 Query = merge_types("Query", QUERIES)

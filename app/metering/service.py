@@ -28,11 +28,12 @@ from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from app.catalog.models import Primitive
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
-from app.core.errors import DomainError, NotFound, ValidationFailed
+from app.core.errors import DomainError, NotFound, UnknownPrimitive, ValidationFailed
 from app.core.ids import new_id
-from app.core.primitives import allowed, validate_connection, validate_primitive
+from app.core.primitives import allowed, check_key, validate_connection
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
 from app.metering.errors import (
@@ -47,7 +48,7 @@ from app.metering.errors import (
 from app.metering.models import CreditHold, UsageCounter, UsageEvent
 from app.metering.periods import Period, current_period, minute_window
 from app.plans.models import Plan, PlanQuota
-from app.pricing.service import FIXED_PRICE, PriceRequest, fixed_total, quote
+from app.pricing.service import PriceRequest, fixed_total, quote
 from app.subscriptions.models import Subscription
 from app.tenants.models import Tenant
 
@@ -58,6 +59,7 @@ TENANT: Any = Tenant.__table__  # type: ignore[attr-defined]
 PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
 SUB: Any = Subscription.__table__  # type: ignore[attr-defined]
 QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
+PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 
 # The charge transaction's statements, written once (see app/core/sql.py).
 # A tenant's terms: plan, period, overage policy, the kit in force and the subscription period.
@@ -75,7 +77,9 @@ _QUOTA_USED_PRICE = Sql(
     """SELECT (SELECT quota FROM plan_quota WHERE plan_key = :plan AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p),
               (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
-              (SELECT credits FROM price WHERE primitive = :p)"""
+              (SELECT credits FROM price WHERE primitive = :p),
+              (SELECT pricing_rule FROM primitive WHERE key = :p),
+              (SELECT active FROM primitive WHERE key = :p)"""
 )
 _INSERT_EVENT = Sql(
     """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
@@ -121,6 +125,7 @@ class _Running:
     used: int
     calls: int
     unit_price: int | None
+    rule: str  # the catalog's pricing rule
     count: int = 0
     quantity: int = 0
 
@@ -158,7 +163,7 @@ class MeterRequest:
     reference: str | None = None
 
     def validate(self) -> MeterRequest:
-        validate_primitive(self.primitive)
+        check_key(self.primitive)  # whether the catalog has it is read inside the transaction
         if not self.idempotency_key or len(self.idempotency_key) > MAX_KEY:
             raise ValidationFailed(f"idempotencyKey must be 1-{MAX_KEY} characters", field="idempotencyKey")
         if not 1 <= self.quantity <= MAX_QUANTITY:
@@ -355,8 +360,11 @@ class Meter:
             raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, req.quantity, None)
 
     def decide(self, req: MeterRequest, *, count: bool = True, amount: int | None = None) -> Decision:
-        """Quota and per-minute checks (when the call counts) and the price; raises a refusal, writes nothing."""
+        """Catalog, kit (when the call counts), quota and per-minute checks, and the price; raises a
+        refusal, writes nothing."""
         r = self._running(req.primitive, count=count)
+        if count:
+            self.entitle(req)
         price = self._check_and_price(req, r, count=count, price=amount is None)
         return Decision(
             period=r.period,
@@ -376,14 +384,15 @@ class Meter:
             raise LimitExceeded(req.primitive, "callsPerMinute", r.per_minute, r.calls + 1, 60 - self.now.second)
         if not price:
             return 0
-        if r.unit_price is not None and req.primitive in FIXED_PRICE:
+        if r.unit_price is not None and r.rule == "fixed":
             return fixed_total(r.unit_price, req.quantity)  # the catalog row came with the checks
         return quote(self.session, req.price_request())
 
     def _quota_used_calls(
         self, primitive: str, period: Period, window: datetime | None
-    ) -> tuple[Any, int, int, int | None]:
-        """The plan's quota, this period's count, this minute's calls and the fixed price: one statement."""
+    ) -> tuple[Any, int, int, int | None, str]:
+        """The plan's quota, this period's count, this minute's calls, the fixed price and the catalog
+        entry: one statement. An unknown or retired primitive is refused here."""
         row = run(
             self.conn,
             _QUOTA_USED_PRICE,
@@ -395,7 +404,11 @@ class Meter:
                 "win": ts(self.conn, window or period.start),
             },
         ).one()
-        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3]
+        if row[4] is None:
+            raise UnknownPrimitive(primitive)
+        if not row[5]:
+            raise UnknownPrimitive(primitive, retired=True)
+        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3], row[4]
 
     def insufficient(self, required: int, available: int | None = None) -> InsufficientCredits:
         from app.credits.packs import packs_covering
@@ -477,7 +490,6 @@ class Meter:
             if request_hash != req.fingerprint():
                 raise IdempotencyConflict(req.idempotency_key)
             return Charged.from_stored(event_id, read_json(result))
-        self.entitle(req)
         d = self.decide(req)
         self._sweep()
         if self.state.available - d.amount < self.floor:
@@ -509,10 +521,10 @@ class Meter:
                         raise IdempotencyConflict(key)
                     out[i] = _Replay(first_in_batch[key])
                     continue
-                self.entitle(req)
                 run_ = per_primitive.get(req.primitive)
                 if run_ is None:
                     run_ = per_primitive[req.primitive] = self._running(req.primitive)
+                self.entitle(req)
                 amount = self._check_and_price(req, run_, count=True)
                 if available - amount < self.floor:
                     raise self.insufficient(amount, available)
@@ -544,8 +556,8 @@ class Meter:
         period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
         per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute") if count else None
         window = minute_window(self.now) if per_minute is not None else None
-        quota, used, calls, unit_price = self._quota_used_calls(primitive, period, window)
-        return _Running(period, window, per_minute, quota, used, calls, unit_price)
+        quota, used, calls, unit_price, rule = self._quota_used_calls(primitive, period, window)
+        return _Running(period, window, per_minute, quota, used, calls, unit_price, rule)
 
     def _record_many(self, accepted: list[tuple[int, MeterRequest, int, _Running, int]], out: list[Any]) -> None:
         conn, tid, now = self.conn, self.scope.tenant_id, ts(self.conn, self.now)
@@ -614,7 +626,6 @@ class Meter:
             if existing.request_hash != fp:
                 raise IdempotencyConflict(req.idempotency_key)
             return _hold_view(existing, replayed=True)
-        self.entitle(req)
         d = self.decide(req, count=True)
         # New work: refused at or below zero, or when the estimate does not fit.
         if self.state.available <= 0 or self.state.available < d.amount:
@@ -820,8 +831,13 @@ def check(
                 )
             )
             .scalar_subquery(),
+            select(PRIMITIVE.c.active).where(PRIMITIVE.c.key == primitive).scalar_subquery(),
         )
     ).one()
+    if quota_row[2] is None:
+        raise UnknownPrimitive(primitive)
+    if not quota_row[2]:
+        raise UnknownPrimitive(primitive, retired=True)
     quota, used = quota_row[0], quota_row[1] or 0
     remaining = None if quota is None else max(quota - used, 0)
 

@@ -1,0 +1,67 @@
+"""catalog and controls: the primitive catalog (seeded with the 21 built-ins)
+
+Revision ID: 0008_catalog
+Revises: 0004
+Create Date: 2026-11-28
+"""
+from datetime import UTC, datetime
+
+from alembic import op
+import sqlalchemy as sa
+import sqlmodel
+
+import app.core.types  # noqa: F401
+
+revision = '0008_catalog'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+# The built-in set as it stood at this revision (kept here, not imported: a migration is history).
+BUILTIN = (
+    ("email.send", "Email send", "email", "email", "fixed"),
+    ("search.web", "Web search", "search", "search", "fixed"),
+    ("url.read", "URL read", "read", "search", "fixed"),
+    ("research.quick", "Research (quick)", "job", "research", "fixed"),
+    ("research.thorough", "Research (thorough)", "job", "research", "fixed"),
+    ("research.exhaustive", "Research (exhaustive)", "job", "research", "fixed"),
+    ("ceo.run", "CEO run (pre-check)", "run", "agents", "fixed"),
+    ("stock_photo.search", "Stock photo search", "search", "media", "fixed"),
+    ("browser.session.open", "Browser session open", "session", "browser", "fixed"),
+    ("browser.session.time", "Browser session time floor", "session", "browser", "session_tiers"),
+    ("browser.navigate", "Browser navigate", "action", "browser", "fixed"),
+    ("browser.act", "Browser act", "action", "browser", "fixed"),
+    ("browser.extract", "Browser extract", "action", "browser", "fixed"),
+    ("browser.observe", "Browser observe", "action", "browser", "fixed"),
+    ("browser.screenshot", "Browser screenshot", "action", "browser", "fixed"),
+    ("browser.signup", "Browser autonomous signup", "action", "browser", "fixed"),
+    ("browser.login", "Browser autonomous login", "action", "browser", "fixed"),
+    ("llm.tokens", "LLM tokens (orchestration)", "token", "llm", "llm_tokens"),
+    ("llm.passthrough", "LLM pass-through (OpenRouter)", "usd", "llm", "usd_markup"),
+    ("image.generate", "Image generation", "image", "media", "media_image"),
+    ("video.generate", "Video generation", "second", "media", "media_video"),
+)
+
+
+def upgrade() -> None:
+    primitive = op.create_table('primitive',
+    sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('unit', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('category', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('pricing_rule', sqlmodel.sql.sqltypes.AutoString(length=24), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('created_at', app.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', app.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('key')
+    )
+    now = datetime.now(UTC)
+    op.bulk_insert(primitive, [
+        {"key": k, "name": n, "unit": u, "category": c, "pricing_rule": r, "active": True,
+         "created_at": now, "updated_at": now}
+        for k, n, u, c, r in BUILTIN
+    ])
+
+
+def downgrade() -> None:
+    op.drop_table('primitive')
