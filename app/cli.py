@@ -83,6 +83,10 @@ from app.integrations.stripe.cli import stripe_cli  # noqa: E402
 
 cli.add_typer(stripe_cli, name="stripe")
 
+from app.catalog.cli import primitive_cli  # noqa: E402
+
+cli.add_typer(primitive_cli, name="primitive")
+
 
 @cli.command()
 def reconcile(
