@@ -12,9 +12,9 @@ from app.core.errors import DomainError
 class NotEntitled(DomainError):
     code = "NOT_ENTITLED"
 
-    def __init__(self, primitive: str, kit: str | None, reason: str) -> None:
+    def __init__(self, primitive: str, kit: str | None, reason: str, *, connection: str | None = None) -> None:
         super().__init__(reason)
-        self.primitive, self.kit = primitive, kit
+        self.primitive, self.kit, self.connection = primitive, kit, connection
 
 
 class LimitExceeded(DomainError):

@@ -31,6 +31,9 @@ class MeterInput:
     quantity: int = 1
     reference: str | None = None
     details: PriceDetailsInput | None = None
+    connection: str | None = strawberry.field(
+        default=None, description='The connection the call used, e.g. "gmail": refused unless the kit allows it'
+    )
 
 
 @strawberry.input
@@ -46,6 +49,7 @@ def to_request(i: MeterInput) -> service.MeterRequest:
         idempotency_key=i.idempotency_key,
         quantity=i.quantity,
         reference=i.reference,
+        connection=i.connection,
         model=p.model,
         input_tokens=p.input_tokens,
         output_tokens=p.output_tokens,
@@ -111,6 +115,7 @@ class QuotaExceeded(MeterError):
 class NotEntitled(MeterError):
     primitive: str
     kit: str | None
+    connection: str | None = strawberry.field(default=None, description="Set when the connection was refused")
 
 
 @strawberry.type
@@ -206,7 +211,9 @@ def to_result(exc: DomainError) -> Any:
             period_end=exc.period_end,
         )
     if isinstance(exc, merr.NotEntitled):
-        return NotEntitled(code=exc.code, message=exc.message, primitive=exc.primitive, kit=exc.kit)
+        return NotEntitled(
+            code=exc.code, message=exc.message, primitive=exc.primitive, kit=exc.kit, connection=exc.connection
+        )
     if isinstance(exc, merr.LimitExceeded):
         return LimitExceeded(
             code=exc.code,
@@ -331,6 +338,7 @@ class UsageEventNode:
     quantity: int
     credits_used: Credits  # type: ignore[valid-type]
     reference: str | None
+    connection: str | None
     idempotency_key: str
     created_at: datetime
 
@@ -416,6 +424,7 @@ class MeteringQuery:
                 quantity=r.quantity,
                 credits_used=MicroCredits(r.credits),
                 reference=r.reference,
+                connection=r.connection,
                 idempotency_key=r.idempotency_key,
                 created_at=r.created_at,
             )

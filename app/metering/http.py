@@ -57,6 +57,7 @@ def routes(state: Any) -> list[Route]:
                 idempotency_key=str(raw.get("idempotencyKey", "")),
                 quantity=int(raw.get("quantity", 1)),
                 reference=raw.get("reference"),
+                connection=raw.get("connection"),
             )
         except (ValueError, TypeError):
             return JSONResponse({"error": "validation_failed", "message": "body must be a JSON object"}, 400)

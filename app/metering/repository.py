@@ -97,6 +97,7 @@ def usage_history(conn: Connection, tenant_id: str, since: datetime, limit: int,
             EVENT.c.quantity,
             EVENT.c.credits,
             EVENT.c.reference,
+            EVENT.c.connection,
             EVENT.c.idempotency_key,
             EVENT.c.created_at,
         )

@@ -83,8 +83,8 @@ _QUOTA_USED_PRICE = Sql(
 )
 _INSERT_EVENT = Sql(
     """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
-                                period_start, reference, result, created_at)
-       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :result, :now) RETURNING id"""
+                                period_start, reference, connection, result, created_at)
+       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :conn, :result, :now) RETURNING id"""
 )
 _BUMP_COUNTER = Sql(
     """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage)
@@ -161,6 +161,8 @@ class MeterRequest:
     num_images: int | None = None
     duration_seconds: Decimal | None = None
     reference: str | None = None
+    connection: str | None = None  # the connection the call used (e.g. "gmail"): the kit must allow it
+    api_key_id: str | None = None  # who made the call: per-key budgets (not part of the fingerprint)
 
     def validate(self) -> MeterRequest:
         check_key(self.primitive)  # whether the catalog has it is read inside the transaction
@@ -176,6 +178,8 @@ class MeterRequest:
             raise ValidationFailed("elapsedSeconds is out of range", field="elapsedSeconds")
         if self.reference is not None and len(self.reference) > 255:
             raise ValidationFailed("reference is longer than 255 characters", field="reference")
+        if self.connection is not None:
+            validate_connection(self.connection, field="connection")
         return self
 
     def price_request(self) -> PriceRequest:
@@ -194,7 +198,8 @@ class MeterRequest:
         )
 
     def fingerprint(self) -> str:
-        """What "the same parameters" means for an idempotency key: every field but the key."""
+        """What "the same parameters" means for an idempotency key: every field but the key (and
+        the API key that sent it: a retry from another of the tenant's keys is the same call)."""
         fields = (
             self.primitive,
             self.quantity,
@@ -208,7 +213,7 @@ class MeterRequest:
             self.num_images,
             _text(self.duration_seconds),
             self.reference,
-        )
+        ) + ((self.connection,) if self.connection is not None else ())  # keys stored before keep their hash
         return hashlib.sha256(repr(fields).encode()).hexdigest()
 
 
@@ -358,6 +363,13 @@ class Meter:
         per_call = lim.get("max_quantity_per_call")
         if per_call is not None and req.quantity > per_call:
             raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, req.quantity, None)
+        if req.connection is not None and req.connection not in t.kit_connections:
+            raise NotEntitled(
+                req.primitive,
+                t.kit_key,
+                f"connection {req.connection} is not in the tenant's Account Kit",
+                connection=req.connection,
+            )
 
     def decide(self, req: MeterRequest, *, count: bool = True, amount: int | None = None) -> Decision:
         """Catalog, kit (when the call counts), quota and per-minute checks, and the price; raises a
@@ -462,6 +474,7 @@ class Meter:
                 "credits": d.amount,
                 "ps": ps,
                 "ref": req.reference,
+                "conn": req.connection,
                 "result": to_json(result.stored()),
                 "now": ts(conn, self.now),
             },
@@ -592,6 +605,7 @@ class Meter:
                         "credits": amount,
                         "ps": ts(conn, run_.period.start),
                         "ref": req.reference,
+                        "conn": req.connection,
                         "result": to_json(result.stored()),
                         "now": now,
                     },
@@ -643,6 +657,7 @@ class Meter:
                 amount=d.amount,
                 status="open",
                 reference=req.reference,
+                connection=req.connection,
                 expires_at=expires,
                 created_at=self.now,
             )
@@ -682,10 +697,13 @@ class Meter:
             idempotency_key=f"hold:{hold_id}",
             quantity=hold.quantity,
             reference=hold.reference,
+            connection=hold.connection,
         )
         if req.primitive != hold.primitive:
             raise ValidationFailed("actual.primitive must match the hold's primitive", field="primitive")
-        req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}"})
+        req = MeterRequest(
+            **{**asdict(req), "idempotency_key": f"hold:{hold_id}", "connection": req.connection or hold.connection}
+        )
         # Work already done: counted even past the quota (as overage) and charged down to the buffer.
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
         self._sweep()

@@ -1,4 +1,4 @@
-"""catalog and controls: the primitive catalog (seeded with the 21 built-ins)
+"""catalog and controls: the primitive catalog (seeded with the 21 built-ins), connections on usage
 
 Revision ID: 0008_catalog
 Revises: 0004
@@ -63,5 +63,14 @@ def upgrade() -> None:
     ])
 
 
+    # Connections enforced: the connection a metered call (or a hold) named.
+    op.add_column('usage_event', sa.Column('connection', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
+    op.add_column('credit_hold', sa.Column('connection', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
+
+
 def downgrade() -> None:
+    with op.batch_alter_table('credit_hold') as batch_op:
+        batch_op.drop_column('connection')
+    with op.batch_alter_table('usage_event') as batch_op:
+        batch_op.drop_column('connection')
     op.drop_table('primitive')
