@@ -1,6 +1,7 @@
 """Imports every table so SQLModel.metadata (and Alembic) see the whole schema."""
 
 from app.account_kits.models import AccountKit
+from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
@@ -28,6 +29,8 @@ __all__ = [
     "PlanQuota",
     "Price",
     "PricingSetting",
+    "KeyBudget",
+    "KeyBudgetUsage",
     "Primitive",
     "StripeEvent",
     "StripeOperation",

@@ -63,6 +63,10 @@ CATALOG: dict[str, frozenset[Role]] = {
     # The primitive catalog (issue 11): readable by every key, edited by operators
     "Query.primitives": BOTH,
     "Mutation.upsertPrimitive": OP,
+    # Per-key budgets (issue 11): a tenant budgets its own keys, an operator any tenant key
+    "Query.keyBudget": BOTH,
+    "Mutation.setKeyBudget": BOTH,
+    "Mutation.clearKeyBudget": BOTH,
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": BOTH,
     "Mutation.changePlan": BOTH,

@@ -20,6 +20,7 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
+from app.budgets.graphql import BudgetMutation, BudgetQuery
 from app.catalog.graphql import CatalogMutation, CatalogQuery
 from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
@@ -43,6 +44,7 @@ QUERIES: tuple[type, ...] = (
     CreditsQuery,
     PricingQuery,
     CatalogQuery,
+    BudgetQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
@@ -54,6 +56,7 @@ MUTATIONS: tuple[type, ...] = (
     PricingMutation,
     StripeMutation,
     CatalogMutation,
+    BudgetMutation,
 )
 
 Query = merge_types("Query", QUERIES)

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import strawberry
 
+from app.budgets.errors import BudgetExceeded as BudgetExceededError
+from app.budgets.graphql import BudgetExceeded
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
@@ -42,9 +44,10 @@ class BatchItemInput:
     item: MeterInput
 
 
-def to_request(i: MeterInput) -> service.MeterRequest:
+def to_request(i: MeterInput, api_key_id: str | None = None) -> service.MeterRequest:
     p = price_request(i.primitive, i.quantity, i.details)
     return service.MeterRequest(
+        api_key_id=api_key_id,
         primitive=i.primitive,
         idempotency_key=i.idempotency_key,
         quantity=i.quantity,
@@ -158,6 +161,7 @@ ChargeResult = Annotated[
     | NotEntitled
     | LimitExceeded
     | IdempotencyConflict
+    | BudgetExceeded
     | ValidationError
     | NotFoundError,
     strawberry.union("ChargeResult"),
@@ -169,6 +173,7 @@ ReserveResult = Annotated[
     | NotEntitled
     | LimitExceeded
     | IdempotencyConflict
+    | BudgetExceeded
     | ValidationError
     | NotFoundError,
     strawberry.union("ReserveResult"),
@@ -226,6 +231,8 @@ def to_result(exc: DomainError) -> Any:
         )
     if isinstance(exc, merr.IdempotencyConflict):
         return IdempotencyConflict(code=exc.code, message=exc.message, idempotency_key=exc.key)
+    if isinstance(exc, BudgetExceededError):
+        return BudgetExceeded.from_error(exc)
     if isinstance(exc, merr.HoldClosed):
         return HoldClosed(code=exc.code, message=exc.message, hold_id=exc.hold_id, status=exc.status)
     return to_user_error(exc)
@@ -256,6 +263,11 @@ def to_hold(h: service.HoldView) -> Hold:
         settled_amount=MicroCredits(h.settled_amount) if h.settled_amount is not None else None,
         available_after=MicroCredits(h.available_after) if h.available_after is not None else None,
     )
+
+
+def _key_id(ctx: Context) -> str | None:
+    """The calling key: its own budget, if it has one, applies to the call."""
+    return ctx.principal.key_id if ctx.principal is not None else None
 
 
 def _buffer(ctx: Context) -> int:
@@ -440,7 +452,7 @@ class MeteringMutation:
         ctx = info.context
         try:
             scope = ctx.require_scope()
-            req = to_request(input)
+            req = to_request(input, _key_id(ctx))
             res = await ctx.charge(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
@@ -455,7 +467,7 @@ class MeteringMutation:
         for it in items:
             try:
                 scope = target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
-                prepared.append((scope, to_request(it.item)))
+                prepared.append((scope, to_request(it.item, _key_id(ctx))))
             except DomainError as exc:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
@@ -473,7 +485,7 @@ class MeteringMutation:
         ctx = info.context
         try:
             scope = ctx.require_scope()
-            req = to_request(input)
+            req = to_request(input, _key_id(ctx))
             ttl = ttl_seconds or ctx.settings.hold_ttl_seconds
             res = await ctx.write(
                 lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
@@ -491,7 +503,11 @@ class MeteringMutation:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
             req = to_request(actual) if actual is not None else None
-            res = await ctx.write(lambda s: service.settle(s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx)))
+            res = await ctx.write(
+                lambda s: service.settle(
+                    s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx), api_key_id=_key_id(ctx)
+                )
+            )
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)

@@ -5,6 +5,7 @@ and is the floor the GraphQL layer is measured against in `make bench`."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.budgets.errors import BudgetExceeded
 from app.core.db import connection_of_work, inline_sqlite
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.money import format_credits
@@ -22,6 +24,7 @@ from app.metering import service
 _STATUS = {
     merr.InsufficientCredits: 402,
     merr.QuotaExceeded: 429,
+    BudgetExceeded: 429,
     merr.LimitExceeded: 429,
     merr.NotEntitled: 403,
     merr.IdempotencyConflict: 409,
@@ -71,7 +74,9 @@ def routes(state: Any) -> list[Route]:
             if scope is None:
                 raise ValidationFailed("no tenant in scope", field="X-Tenant-Id")
             with connection_of_work(state.engine) as conn:
-                return service.charge(conn, state.clock, scope, req, negative_buffer=buffer)
+                # The key's own budget applies (scope is minted only for a principal).
+                keyed = replace(req, api_key_id=principal.key_id if principal is not None else None)
+                return service.charge(conn, state.clock, scope, keyed, negative_buffer=buffer)
 
         try:
             res = run() if inline_sqlite(state.engine, state.settings) else await run_in_threadpool(run)

@@ -28,6 +28,7 @@ from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from app.budgets.enforce import BudgetTerms, KeySpend
 from app.catalog.models import Primitive
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
@@ -63,12 +64,14 @@ PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 
 # The charge transaction's statements, written once (see app/core/sql.py).
 # A tenant's terms: plan, period, overage policy, the kit in force and the subscription period.
+# The calling key's budget comes in the same statement (NULL columns when it has none).
 _TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
-              s.current_period_start, s.current_period_end
+              s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits
        FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
+       LEFT JOIN key_budget b ON b.api_key_id = :kid AND b.tenant_id = a.tenant_id
        WHERE a.tenant_id = :tid"""
 _LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
 _READ_TERMS = Sql("SELECT " + _TERMS)  # the read-only check: no lock
@@ -285,6 +288,7 @@ class TenantTerms:
     kit_connections: list[str]
     sub_start: datetime | None
     sub_end: datetime | None
+    budget: BudgetTerms | None = None  # the calling key's own budget
 
 
 @dataclass
@@ -299,7 +303,15 @@ class Decision:
 class Meter:
     """One transaction's worth of metering for one tenant. The account is locked on entry."""
 
-    def __init__(self, db: Session | Connection, clock: Clock, scope: TenantScope, *, negative_buffer: int) -> None:
+    def __init__(
+        self,
+        db: Session | Connection,
+        clock: Clock,
+        scope: TenantScope,
+        *,
+        negative_buffer: int,
+        api_key_id: str | None = None,
+    ) -> None:
         # The hot path needs only the connection; an ORM session is made on demand (dynamic prices,
         # the packs of an InsufficientCredits answer), joined to the same transaction.
         self._session = db if isinstance(db, Session) else None
@@ -309,8 +321,9 @@ class Meter:
         self.clock = clock
         self.floor = -negative_buffer
         # One statement: lock the account row and read the tenant's plan, kit and period with it.
-        self.state, self._terms = lock_with_terms(self.conn, scope)
+        self.state, self._terms = lock_with_terms(self.conn, scope, api_key_id)
         self._live: list[ledger.LiveBucket] | None = None
+        self._spend: KeySpend | None = None
         if self.state.reserved:
             self._expire_holds()
 
@@ -325,6 +338,14 @@ class Meter:
     @property
     def terms(self) -> TenantTerms:
         return self._terms
+
+    def key_spend(self) -> KeySpend | None:
+        """The calling key's spend this period: read once, only for a key with a budget."""
+        if self._terms.budget is None:
+            return None
+        if self._spend is None:
+            self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
+        return self._spend
 
     def _expire_holds(self) -> None:
         """Free holds past their expiry, exactly once (the status flip is the guard)."""
@@ -494,6 +515,10 @@ class Meter:
         )
         if d.rate_window is not None:
             run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
+        spend = self.key_spend()
+        if spend is not None:
+            spend.add(req.primitive, req.quantity, d.amount)
+            spend.flush()
         return result
 
     def charge(self, req: MeterRequest) -> Charged:
@@ -507,6 +532,9 @@ class Meter:
         self._sweep()
         if self.state.available - d.amount < self.floor:
             raise self.insufficient(d.amount)
+        spend = self.key_spend()
+        if spend is not None:
+            spend.check(req.primitive, req.quantity, d.amount)
         return self.record(req, d, kind="charge", key=req.idempotency_key)
 
     def charge_many(self, reqs: list[MeterRequest]) -> list[Charged | DomainError]:
@@ -519,6 +547,7 @@ class Meter:
         per_primitive: dict[str, _Running] = {}
         self._sweep()
         available = self.state.available
+        spend = self.key_spend()
         accepted: list[tuple[int, MeterRequest, int, _Running, int]] = []
         for i, req in enumerate(reqs):
             try:
@@ -541,6 +570,9 @@ class Meter:
                 amount = self._check_and_price(req, run_, count=True)
                 if available - amount < self.floor:
                     raise self.insufficient(amount, available)
+                if spend is not None:
+                    spend.check(req.primitive, req.quantity, amount)
+                    spend.add(req.primitive, req.quantity, amount)  # written once, with the batch
                 available -= amount
                 run_.used += req.quantity
                 run_.calls += 1
@@ -628,6 +660,8 @@ class Meter:
             )
             if run_.window is not None:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
+        if self._spend is not None:
+            self._spend.flush()
 
     def reserve(self, req: MeterRequest, ttl: timedelta) -> HoldView:
         fp = req.fingerprint()
@@ -644,6 +678,9 @@ class Meter:
         # New work: refused at or below zero, or when the estimate does not fit.
         if self.state.available <= 0 or self.state.available < d.amount:
             raise self.insufficient(d.amount)
+        spend = self.key_spend()
+        if spend is not None:  # the estimate must fit the key's budget; the spend counts at settle
+            spend.check(req.primitive, req.quantity, d.amount)
         hold_id = new_id("hold")
         expires = self.now + ttl
         self.conn.execute(
@@ -751,14 +788,16 @@ def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
     )
 
 
-def lock_with_terms(conn: Connection, scope: TenantScope) -> tuple[ledger.AccountState, TenantTerms]:
-    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id}).first()
+def lock_with_terms(
+    conn: Connection, scope: TenantScope, api_key_id: str | None = None
+) -> tuple[ledger.AccountState, TenantTerms]:
+    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id, "kid": api_key_id}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    return ledger.AccountState(row[0], row[1]), _terms_from(row[2:])
+    return ledger.AccountState(row[0], row[1]), _terms_from(row[2:], api_key_id)
 
 
-def _terms_from(row: Any) -> TenantTerms:
+def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
     row = list(row)
     row[4], row[5], row[6] = read_json(row[4]), read_json(row[5]), read_json(row[6])
     row[7], row[8] = read_ts(row[7]), read_ts(row[8])
@@ -772,11 +811,14 @@ def _terms_from(row: Any) -> TenantTerms:
         kit_connections=list(row[6] or []),
         sub_start=as_utc(row[7]) if row[7] else None,
         sub_end=as_utc(row[8]) if row[8] else None,
+        budget=BudgetTerms(api_key_id, row[9], row[10], dict(read_json(row[11]) or {}))
+        if api_key_id is not None and row[9] is not None
+        else None,
     )
 
 
 def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
-    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id}).first()
+    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id, "kid": None}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return _terms_from(row)
@@ -895,7 +937,7 @@ def charge(
     session: Session | Connection, clock: Clock, scope: TenantScope, req: MeterRequest, *, negative_buffer: int
 ) -> Charged:
     req.validate()
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).charge(req)
+    return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id).charge(req)
 
 
 def reserve(
@@ -904,7 +946,8 @@ def reserve(
     req.validate()
     if not 1 <= ttl_seconds <= 7 * 86400:
         raise ValidationFailed("ttlSeconds must be between 1 and 604800", field="ttlSeconds")
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).reserve(req, timedelta(seconds=ttl_seconds))
+    meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id)
+    return meter.reserve(req, timedelta(seconds=ttl_seconds))
 
 
 def settle(
@@ -915,10 +958,12 @@ def settle(
     actual: MeterRequest | None,
     *,
     negative_buffer: int,
+    api_key_id: str | None = None,
 ) -> Charged:
+    """Work done: never refused by a key budget, but counted against the settling key's."""
     if actual is not None:
         actual.validate()
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).settle(hold_id, actual)
+    return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=api_key_id).settle(hold_id, actual)
 
 
 def release(session: Session, clock: Clock, scope: TenantScope, hold_id: str) -> HoldView:
@@ -945,7 +990,9 @@ def charge_batch(
     for tenant_id in sorted(by_tenant):
         scope = items[by_tenant[tenant_id][0]][0]
         try:
-            meter = Meter(session, clock, scope, negative_buffer=negative_buffer)
+            # One request, one caller: the items of a tenant share the key that sent them.
+            key_id = items[by_tenant[tenant_id][0]][1].api_key_id
+            meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=key_id)
         except DomainError as exc:
             for i in by_tenant[tenant_id]:
                 results[i] = exc

@@ -1,4 +1,4 @@
-"""catalog and controls: the primitive catalog (seeded with the 21 built-ins), connections on usage
+"""catalog and controls: the primitive catalog (seeded with the 21 built-ins), connections on usage, per-key budgets
 
 Revision ID: 0008_catalog
 Revises: 0004
@@ -67,8 +67,37 @@ def upgrade() -> None:
     op.add_column('usage_event', sa.Column('connection', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
     op.add_column('credit_hold', sa.Column('connection', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
 
+    # Per-key budgets and the spend counted against them.
+    op.create_table('key_budget',
+    sa.Column('api_key_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('tenant_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('period', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
+    sa.Column('credit_limit', sa.BigInteger(), nullable=True),
+    sa.Column('quantity_limits', sa.JSON(), nullable=False),
+    sa.Column('created_at', app.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', app.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['api_key_id'], ['api_key.id'], ),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], ),
+    sa.PrimaryKeyConstraint('api_key_id')
+    )
+    op.create_index(op.f('ix_key_budget_tenant_id'), 'key_budget', ['tenant_id'], unique=False)
+    op.create_table('key_budget_usage',
+    sa.Column('api_key_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('period_start', app.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('primitive', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('tenant_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('credits', sa.BigInteger(), nullable=False),
+    sa.Column('quantity', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['api_key_id'], ['api_key.id'], ),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], ),
+    sa.PrimaryKeyConstraint('api_key_id', 'period_start', 'primitive')
+    )
+
 
 def downgrade() -> None:
+    op.drop_table('key_budget_usage')
+    op.drop_index(op.f('ix_key_budget_tenant_id'), table_name='key_budget')
+    op.drop_table('key_budget')
     with op.batch_alter_table('credit_hold') as batch_op:
         batch_op.drop_column('connection')
     with op.batch_alter_table('usage_event') as batch_op:
