@@ -50,7 +50,7 @@ class KeySpend:
         if t.credit_limit is not None:
             used = self.credits.get(TOTAL, 0)
             if used + amount > t.credit_limit:
-                raise self._exceeded(None, t.credit_limit, used, amount, credits=True)
+                raise self._exceeded(primitive, t.credit_limit, used, amount, credits=True)
         limit = t.quantity_limits.get(primitive)
         if limit is not None:
             used = self.quantity.get(primitive, 0)
@@ -82,7 +82,7 @@ class KeySpend:
             )
         self._pending.clear()
 
-    def _exceeded(self, primitive: str | None, limit: int, used: int, requested: int, *, credits: bool) -> Exception:
+    def _exceeded(self, primitive: str, limit: int, used: int, requested: int, *, credits: bool) -> Exception:
         return BudgetExceeded(
             self.terms.api_key_id,
             primitive=primitive,

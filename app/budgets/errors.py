@@ -14,7 +14,7 @@ class BudgetExceeded(DomainError):
         self,
         api_key_id: str,
         *,
-        primitive: str | None,
+        primitive: str,
         limit: int,
         used: int,
         requested: int,

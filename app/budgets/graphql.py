@@ -71,11 +71,13 @@ class BudgetExceeded:
     code: str
     message: str
     api_key_id: strawberry.ID
-    primitive: str | None = strawberry.field(description="Set for a quantity budget; null for the credit budget")
+    primitive: str = strawberry.field(description="The refused call's primitive")
+    budget: str = strawberry.field(description="credits (the key's credit budget) or quantity (its limit on primitive)")
+    # Named apart from Charged.creditsUsed: fields of one union must merge in a client's selection.
     credit_limit: Credits | None  # type: ignore[valid-type]
-    credits_used: Credits | None  # type: ignore[valid-type]
+    credits_spent: Credits | None  # type: ignore[valid-type]
     quantity_limit: int | None
-    quantity_used: int | None
+    quantity_spent: int | None
     period_end: datetime
 
     @classmethod
@@ -85,10 +87,11 @@ class BudgetExceeded:
             message=e.message,
             api_key_id=strawberry.ID(e.api_key_id),
             primitive=e.primitive,
+            budget="credits" if e.credits else "quantity",
             credit_limit=MicroCredits(e.limit) if e.credits else None,
-            credits_used=MicroCredits(e.used) if e.credits else None,
+            credits_spent=MicroCredits(e.used) if e.credits else None,
             quantity_limit=None if e.credits else e.limit,
-            quantity_used=None if e.credits else e.used,
+            quantity_spent=None if e.credits else e.used,
             period_end=e.period_end,
         )
 
