@@ -1,6 +1,7 @@
 """Imports every table so SQLModel.metadata (and Alembic) see the whole schema."""
 
 from app.account_kits.models import AccountKit
+from app.audit.models import AuditEntry
 from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
@@ -29,6 +30,7 @@ __all__ = [
     "PlanQuota",
     "Price",
     "PricingSetting",
+    "AuditEntry",
     "KeyBudget",
     "KeyBudgetUsage",
     "Primitive",

@@ -8,6 +8,8 @@ from typing import Annotated
 import strawberry
 from sqlmodel import Session
 
+from app.audit.service import Target
+from app.audit.write import audited_write
 from app.budgets import service
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
 from app.core.auth import Principal
@@ -160,7 +162,7 @@ class BudgetMutation:
                 service.set_key_budget(s, ctx.clock, principal, kid, data)
                 return service.key_budget_view(s, ctx.clock, principal, kid)
 
-            return KeyBudget.from_view(await ctx.write(write))
+            return KeyBudget.from_view(await audited_write(ctx, "setKeyBudget", Target("key_budget", kid), write))
 
         return await attempt(run)
 
@@ -171,7 +173,9 @@ class BudgetMutation:
         async def run() -> KeyBudgetCleared:
             principal = _principal(ctx)
             kid = parse_id(str(api_key_id), "key", field="apiKeyId")
-            await ctx.write(lambda s: service.clear_key_budget(s, principal, kid))
+            await audited_write(
+                ctx, "clearKeyBudget", Target("key_budget", kid), lambda s: service.clear_key_budget(s, principal, kid)
+            )
             return KeyBudgetCleared(api_key_id=strawberry.ID(kid))
 
         return await attempt(run)

@@ -40,6 +40,7 @@ def upsert(
     active: bool = typer.Option(True, help="--no-active retires it"),
 ) -> None:
     """Add or edit a primitive (the GraphQL upsertPrimitive)."""
+    from app.audit.service import Target, audited
     from app.catalog.service import PrimitiveInput, upsert_primitive
     from app.core.clock import Clock
     from app.core.db import make_engine, unit_of_work
@@ -51,8 +52,11 @@ def upsert(
     try:
         micro = to_micro(Decimal(credits)) if credits is not None else None
         data = PrimitiveInput(key, name, unit, category, rule, active, micro)
+        clock = Clock()
         with unit_of_work(engine) as s:
-            row = upsert_primitive(s, Clock(), data)
+            # Audited like the GraphQL write; the actor is the CLI (no API key).
+            target = Target("primitive", key)
+            row = audited(s, None, clock.now(), "primitive upsert", target, lambda: upsert_primitive(s, clock, data))
             typer.echo(f"{row.key}: {row.pricing_rule}, {'active' if row.active else 'retired'}")
     except (DomainError, ArithmeticError, ValueError) as exc:
         typer.echo(f"refused: {getattr(exc, 'message', exc)}", err=True)

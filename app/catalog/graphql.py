@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import strawberry
 
+from app.audit.service import Target
+from app.audit.write import audited_write
 from app.catalog import service
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
@@ -91,7 +93,13 @@ class CatalogMutation:
                 active=input.active,
                 credits=int(input.credits) if input.credits is not None else None,
             )
-            row = await ctx.write(lambda s: PrimitiveType.from_row(service.upsert_primitive(s, ctx.clock, data)))
-            return row
+            target = Target("primitive", data.key)
+            return await audited_write(
+                ctx,
+                "upsertPrimitive",
+                target,
+                lambda s: PrimitiveType.from_row(service.upsert_primitive(s, ctx.clock, data)),
+                detail={"credits": data.credits} if data.credits is not None else None,
+            )
 
         return await attempt(run)

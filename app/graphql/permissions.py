@@ -67,6 +67,8 @@ CATALOG: dict[str, frozenset[Role]] = {
     "Query.keyBudget": BOTH,
     "Mutation.setKeyBudget": BOTH,
     "Mutation.clearKeyBudget": BOTH,
+    # The audit log of control-plane writes (issue 11): operators only
+    "Query.auditLog": OP,
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": BOTH,
     "Mutation.changePlan": BOTH,

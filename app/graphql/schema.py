@@ -20,6 +20,7 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
+from app.audit.graphql import AuditQuery
 from app.budgets.graphql import BudgetMutation, BudgetQuery
 from app.catalog.graphql import CatalogMutation, CatalogQuery
 from app.core.errors import DomainError
@@ -45,6 +46,7 @@ QUERIES: tuple[type, ...] = (
     PricingQuery,
     CatalogQuery,
     BudgetQuery,
+    AuditQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,

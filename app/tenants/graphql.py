@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 
+from app.audit.service import Target
+from app.audit.write import audited_write
 from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
@@ -55,6 +57,10 @@ CreateApiKeyResult = Annotated[CreatedApiKey | ValidationError | NotFoundError, 
 RevokeApiKeyResult = Annotated[ApiKey | ValidationError | NotFoundError, strawberry.union("RevokeApiKeyResult")]
 
 
+def _key_target(made: tuple[Any, str]) -> Target:
+    return Target("api_key", made[0].id, tenant_id=made[0].tenant_id)  # the secret never reaches the log
+
+
 @strawberry.type
 class TenantQuery:
     @strawberry.field(description="Operator: every tenant, oldest first, cursor-paginated.")
@@ -89,7 +95,10 @@ class TenantMutation:
         data = service.TenantInput(name=input.name, external_id=input.external_id, metadata=input.metadata)  # type: ignore[arg-type]
 
         async def run() -> Tenant:
-            row = await ctx.write(
+            row = await audited_write(
+                ctx,
+                "createTenant",
+                lambda t: Target("tenant", t.id, tenant_id=t.id),
                 lambda s: service.create_tenant(
                     s,
                     ctx.clock,
@@ -110,8 +119,11 @@ class TenantMutation:
 
         async def run() -> CreatedApiKey:
             scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
-            row, raw = await ctx.write(
-                lambda s: service.create_api_key(s, ctx.clock, role="tenant", scope=scope, name=name)
+            row, raw = await audited_write(
+                ctx,
+                "createApiKey",
+                _key_target,
+                lambda s: service.create_api_key(s, ctx.clock, role="tenant", scope=scope, name=name),
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 
@@ -122,8 +134,11 @@ class TenantMutation:
         ctx = info.context
 
         async def run() -> CreatedApiKey:
-            row, raw = await ctx.write(
-                lambda s: service.create_api_key(s, ctx.clock, role="operator", scope=None, name=name)
+            row, raw = await audited_write(
+                ctx,
+                "createOperatorKey",
+                _key_target,
+                lambda s: service.create_api_key(s, ctx.clock, role="operator", scope=None, name=name),
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 
@@ -137,6 +152,12 @@ class TenantMutation:
 
         async def run() -> ApiKey:
             key_id = parse_id(str(id), "key")
-            return ApiKey(row=await ctx.write(lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id)))
+            write = await audited_write(
+                ctx,
+                "revokeApiKey",
+                Target("api_key", key_id),
+                lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id),
+            )
+            return ApiKey(row=write)
 
         return await attempt(run)

@@ -1,4 +1,4 @@
-"""catalog and controls: the primitive catalog (seeded with the 21 built-ins), connections on usage, per-key budgets
+"""catalog and controls: the primitive catalog (seeded with the 21 built-ins), connections on usage, per-key budgets, the audit log
 
 Revision ID: 0008_catalog
 Revises: 0004
@@ -93,8 +93,52 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('api_key_id', 'period_start', 'primitive')
     )
 
+    # The audit log of control-plane writes: append-only, like the ledger.
+    op.create_table('audit_log',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), sa.Identity(always=False), nullable=False),
+    sa.Column('at', app.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('actor_key_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('actor_role', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('action', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('entity', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('entity_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('tenant_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('before', sa.JSON(), nullable=True),
+    sa.Column('after', sa.JSON(), nullable=True),
+    sa.Column('detail', sa.JSON(), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index('ix_audit_log_entity', 'audit_log', ['entity', 'entity_id'], unique=False)
+    op.create_index('ix_audit_log_tenant_id', 'audit_log', ['tenant_id'], unique=False)
+    op.create_index('ix_audit_log_actor', 'audit_log', ['actor_key_id'], unique=False)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(PG_AUDIT_GUARD)
+    else:
+        op.execute("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+                   "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused'); END")
+        op.execute("CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+                   "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused'); END")
+
+
+PG_AUDIT_GUARD = """
+CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$
+BEGIN
+  RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log
+  FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+  FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+"""
+
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS audit_log_no_update ON audit_log")
+        op.execute("DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log")
+        op.execute("DROP FUNCTION IF EXISTS audit_log_append_only()")
+    op.drop_table('audit_log')
     op.drop_table('key_budget_usage')
     op.drop_index(op.f('ix_key_budget_tenant_id'), table_name='key_budget')
     op.drop_table('key_budget')

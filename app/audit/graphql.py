@@ -1,0 +1,84 @@
+"""The audit log over GraphQL: operators read it, newest first, with filters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from app.audit import service
+from app.graphql.context import Info
+from app.tenants.graphql import PageInfo
+
+
+@strawberry.type
+class AuditEntry:
+    id: strawberry.ID
+    at: datetime
+    actor_key_id: str | None = strawberry.field(description="The API key that made the change; null: the CLI")
+    actor_role: str
+    action: str
+    entity: str
+    entity_id: str
+    tenant_id: str | None
+    before: JSON | None = strawberry.field(description="The entity before the write; null when it was created")
+    after: JSON | None
+    detail: JSON | None = strawberry.field(description="The request's own parameters, where the entity lacks them")
+
+    @classmethod
+    def from_row(cls, r: Any) -> AuditEntry:
+        return cls(
+            id=strawberry.ID(str(r.id)),
+            at=r.at,
+            actor_key_id=r.actor_key_id,
+            actor_role=r.actor_role,
+            action=r.action,
+            entity=r.entity,
+            entity_id=r.entity_id,
+            tenant_id=r.tenant_id,
+            before=r.before,
+            after=r.after,
+            detail=r.detail,
+        )
+
+
+@strawberry.type
+class AuditEdge:
+    cursor: str
+    node: AuditEntry
+
+
+@strawberry.type
+class AuditEntryConnection:
+    edges: list[AuditEdge]
+    page_info: PageInfo
+
+    @strawberry.field
+    def nodes(self) -> list[AuditEntry]:
+        return [e.node for e in self.edges]
+
+
+@strawberry.type
+class AuditQuery:
+    @strawberry.field(description="Operator: control-plane writes, newest first; every filter is optional.")
+    async def audit_log(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        entity: str | None = None,
+        entity_id: str | None = None,
+        action: str | None = None,
+        actor_key_id: str | None = None,
+        tenant_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AuditEntryConnection:
+        f = service.AuditFilter(entity, entity_id, action, actor_key_id, tenant_id, since, until)
+        rows, more = await info.context.read(lambda s: service.page(s, f, first, after))
+        edges = [AuditEdge(cursor=service.encode_cursor(r.id), node=AuditEntry.from_row(r)) for r in rows]
+        return AuditEntryConnection(
+            edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None)
+        )
