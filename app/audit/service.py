@@ -183,19 +183,20 @@ def page(session: Session, f: AuditFilter, first: int, after: str | None) -> tup
     if not 1 <= first <= MAX_PAGE:
         raise ValidationFailed(f"first must be between 1 and {MAX_PAGE}", field="first")
     c = AUDIT.c
-    conds = [
-        cond
-        for value, cond in (
-            (f.entity, c.entity == f.entity),
-            (f.entity_id, c.entity_id == f.entity_id),
-            (f.action, c.action == f.action),
-            (f.actor_key_id, c.actor_key_id == f.actor_key_id),
-            (f.tenant_id, c.tenant_id == f.tenant_id),
-            (f.since, c.at >= f.since),
-            (f.until, c.at < f.until),
-        )
-        if value is not None
-    ]
+    conds: list[Any] = []
+    for column, value in (
+        (c.entity, f.entity),
+        (c.entity_id, f.entity_id),
+        (c.action, f.action),
+        (c.actor_key_id, f.actor_key_id),
+        (c.tenant_id, f.tenant_id),
+    ):
+        if value is not None:
+            conds.append(column == value)
+    if f.since is not None:
+        conds.append(c.at >= f.since)
+    if f.until is not None:
+        conds.append(c.at < f.until)
     if after is not None:
         conds.append(c.id < decode_cursor(after))
     q = select(AUDIT).order_by(c.id.desc()).limit(first + 1)
