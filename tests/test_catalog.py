@@ -276,3 +276,22 @@ def test_the_cli_lists_and_upserts_primitives(db: Database, monkeypatch: Any) ->
         assert not any(line.startswith("apps.install") for line in lines)
     finally:
         get_settings.cache_clear()
+
+
+def test_the_readme_example_runs_as_written(api: Api) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Primitives as data") :]
+    section = section[: section.index("\n## ", 10)]
+    block = re.findall(r"```graphql\n(.*?)```", section, re.S)[0]
+    data = api(block)
+    assert {v["__typename"] for v in data.values()} == {"Primitive", "AccountKit", "Plan"}, data
+    starter, pro = api.create_tenant("S"), api.create_tenant("P")
+    api(SET_SUB, {"t": starter, "i": {"planKey": "starter"}})
+    api(SET_SUB, {"t": pro, "i": {"planKey": "pro"}})
+    card = {"i": {"primitive": "cards.issue", "idempotencyKey": "card-1"}}
+    refused = api(CHARGE, card, key=api.tenant_key(starter))["charge"]
+    assert refused == {"__typename": "NotEntitled", "primitive": "cards.issue", "kit": "kit_starter"}
+    charged = api(CHARGE, card, key=api.tenant_key(pro))["charge"]
+    assert charged["creditsUsed"] == "2" and charged["usage"]["used"] == 1 and charged["usage"]["quota"] == 10
