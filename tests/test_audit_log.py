@@ -17,7 +17,7 @@ from tests.test_key_budgets import CLEAR, NEW_KEY, SET
 from tests.test_pricing import SET_MEDIA, SET_PRICE, SET_RATE, SET_SETTING
 
 LOG = """query($f: Int, $a: String, $e: String, $id: String, $act: String, $k: String, $t: String) {
-  auditLog(first: $f, after: $a, entity: $e, entityId: $id, action: $act, actorKeyId: $k, tenantId: $t) {
+  auditLog(first: $f, after: $a, entity: $e, entityKey: $id, action: $act, actorKeyId: $k, tenantId: $t) {
   nodes { id actorKeyId actorRole action entity entityId tenantId before after detail }
   pageInfo { hasNextPage endCursor } } }"""
 UPSERT_PRIMITIVE = """mutation($i: PrimitiveInput!) { upsertPrimitive(input: $i) { __typename } }"""
@@ -169,7 +169,7 @@ def test_filters_and_pages(api: Api) -> None:
             break
         after = page["pageInfo"]["endCursor"]
     assert seen == [k["entityId"] for k in kits]
-    assert log(api, k=operator_key_id(api.db), act="upsertPlan", e="plan") and not log(api, k="key_nobody")
+    assert log(api, k=operator_key_id(api.db), act="upsertPlan", e="plan") and not log(api, k="key_" + "0" * 32)
     window = "query($s: DateTime, $u: DateTime) { auditLog(since: $s, until: $u) { nodes { id } } }"
     assert len(api(window, {"s": "2026-07-01T12:00:00Z", "u": "2026-07-01T12:00:01Z"})["auditLog"]["nodes"]) == 9
     assert api(window, {"s": "2026-07-01T12:00:01Z"})["auditLog"]["nodes"] == []  # the frozen clock's second

@@ -9,6 +9,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.audit import service
+from app.core.ids import parse_id
 from app.graphql.context import Info
 from app.tenants.graphql import PageInfo
 
@@ -69,14 +70,17 @@ class AuditQuery:
         first: int = 50,
         after: str | None = None,
         entity: str | None = None,
-        entity_id: str | None = None,
+        entity_key: str | None = None,
         action: str | None = None,
         actor_key_id: str | None = None,
         tenant_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> AuditEntryConnection:
-        f = service.AuditFilter(entity, entity_id, action, actor_key_id, tenant_id, since, until)
+        # entityKey is free-form (a kit's key, a tenant's id...); the two ids are checked as ids.
+        key_id = parse_id(actor_key_id, "key", field="actorKeyId") if actor_key_id is not None else None
+        tid = parse_id(tenant_id, "ten", field="tenantId") if tenant_id is not None else None
+        f = service.AuditFilter(entity, entity_key, action, key_id, tid, since, until)
         rows, more = await info.context.read(lambda s: service.page(s, f, first, after))
         edges = [AuditEdge(cursor=service.encode_cursor(r.id), node=AuditEntry.from_row(r)) for r in rows]
         return AuditEntryConnection(
