@@ -1,6 +1,7 @@
 """Imports every table so SQLModel.metadata (and Alembic) see the whole schema."""
 
 from app.account_kits.models import AccountKit
+from app.alerts.models import AlertEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.audit.models import AuditEntry
 from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
@@ -30,6 +31,10 @@ __all__ = [
     "PlanQuota",
     "Price",
     "PricingSetting",
+    "AlertEvent",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "AuditEntry",
     "KeyBudget",
     "KeyBudgetUsage",

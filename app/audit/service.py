@@ -22,7 +22,7 @@ from app.core.errors import ValidationFailed
 
 T = TypeVar("T")
 AUDIT: Any = AuditEntry.__table__  # type: ignore[attr-defined]
-SECRET_COLUMNS = frozenset({"key_hash"})  # never copied into the log
+SECRET_COLUMNS = frozenset({"key_hash", "secret"})  # never copied into the log
 MAX_PAGE = 200
 
 

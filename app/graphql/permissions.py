@@ -69,6 +69,12 @@ CATALOG: dict[str, frozenset[Role]] = {
     "Mutation.clearKeyBudget": BOTH,
     # The audit log of control-plane writes (issue 11): operators only
     "Query.auditLog": OP,
+    # Alerts as signed webhooks (issue 11): endpoints for operators and tenants; the log and replay for operators
+    "Query.webhookEndpoints": BOTH,
+    "Query.webhookDeliveries": OP,
+    "Mutation.createWebhookEndpoint": BOTH,
+    "Mutation.setWebhookEndpointActive": BOTH,
+    "Mutation.replayWebhookDelivery": OP,
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": BOTH,
     "Mutation.changePlan": BOTH,

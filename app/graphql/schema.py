@@ -20,6 +20,7 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
+from app.alerts.graphql import AlertsMutation, AlertsQuery
 from app.audit.graphql import AuditQuery
 from app.budgets.graphql import BudgetMutation, BudgetQuery
 from app.catalog.graphql import CatalogMutation, CatalogQuery
@@ -47,6 +48,7 @@ QUERIES: tuple[type, ...] = (
     CatalogQuery,
     BudgetQuery,
     AuditQuery,
+    AlertsQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
@@ -59,6 +61,7 @@ MUTATIONS: tuple[type, ...] = (
     StripeMutation,
     CatalogMutation,
     BudgetMutation,
+    AlertsMutation,
 )
 
 Query = merge_types("Query", QUERIES)

@@ -28,6 +28,7 @@ from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from app.alerts.emit import crossed, quota_crossings
 from app.budgets.enforce import BudgetTerms, KeySpend
 from app.catalog.models import Primitive
 from app.core.auth import TenantScope
@@ -515,6 +516,8 @@ class Meter:
         )
         if d.rate_window is not None:
             run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
+        if crossed(d.quota, d.used, used):  # an alert's outbox row commits or rolls back with the charge
+            quota_crossings(conn, tid, req.primitive, d.quota, d.used, used, d.period.start, d.period.end, self.now)
         spend = self.key_spend()
         if spend is not None:
             spend.add(req.primitive, req.quantity, d.amount)
@@ -660,6 +663,10 @@ class Meter:
             )
             if run_.window is not None:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
+            start = run_.used - run_.quantity
+            if crossed(run_.quota, start, run_.used):
+                p = run_.period
+                quota_crossings(conn, tid, primitive, run_.quota, start, run_.used, p.start, p.end, self.now)
         if self._spend is not None:
             self._spend.flush()
 
