@@ -1,7 +1,7 @@
 """Imports every table so SQLModel.metadata (and Alembic) see the whole schema."""
 
 from app.account_kits.models import AccountKit
-from app.alerts.models import AlertEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.alerts.models import AlertEvent, AlertPolicy, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.audit.models import AuditEntry
 from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
@@ -32,6 +32,7 @@ __all__ = [
     "Price",
     "PricingSetting",
     "AlertEvent",
+    "AlertPolicy",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -105,7 +105,10 @@ def quota_tenant(api: Api, quota: int = 100) -> tuple[str, str]:
 
 def events(db: Database, tid: str) -> list[int]:
     with db.engine.connect() as c:
-        rows = c.execute(text("SELECT payload FROM alert_event WHERE tenant_id = :t ORDER BY id"), {"t": tid}).all()
+        rows = c.execute(
+            text("SELECT payload FROM alert_event WHERE tenant_id = :t AND type = 'quota.threshold' ORDER BY id"),
+            {"t": tid},
+        ).all()
     return [(json.loads(r[0]) if isinstance(r[0], str) else r[0])["threshold"] for r in rows]
 
 

@@ -15,6 +15,7 @@ from app.core.errors import Forbidden, NotFound, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.scalars import Credits, MicroCredits
 from app.graphql.util import attempt
 
 
@@ -80,6 +81,17 @@ CreateWebhookEndpointResult = Annotated[
 WebhookEndpointResult = Annotated[
     WebhookEndpoint | ValidationError | NotFoundError, strawberry.union("WebhookEndpointResult")
 ]
+
+
+@strawberry.type
+class AlertPolicy:
+    plan_key: str | None
+    tenant_id: str | None
+    quota_percents: list[int] | None = strawberry.field(description="null: 50, 75, 90, 100 (or the plan's)")
+    low_balance_credits: Credits | None  # type: ignore[valid-type]
+
+
+AlertPolicyResult = Annotated[AlertPolicy | ValidationError | NotFoundError, strawberry.union("AlertPolicyResult")]
 ReplayResult = Annotated[WebhookDelivery | ValidationError | NotFoundError, strawberry.union("ReplayWebhookResult")]
 
 
@@ -177,3 +189,49 @@ class AlertsMutation:
             return await ctx.write(write)
 
         return await attempt(run)
+
+    @strawberry.mutation(
+        description="Operator: alert thresholds of a plan, or of one tenant (overrides its plan's, field by field)."
+    )
+    async def set_alert_policy(
+        self,
+        info: Info,
+        plan_key: str | None = None,
+        tenant_id: strawberry.ID | None = None,
+        quota_percents: list[int] | None = None,
+        low_balance_credits: Credits | None = None,  # type: ignore[valid-type]
+    ) -> AlertPolicyResult:
+        ctx = info.context
+
+        async def run() -> AlertPolicy:
+            tid = parse_id(str(tenant_id), "ten", field="tenantId") if tenant_id is not None else None
+            low = int(low_balance_credits) if low_balance_credits is not None else None
+            key = f"plan:{plan_key}" if plan_key is not None else f"tenant:{tid}"
+
+            def write(s: Any) -> AlertPolicy:
+                row = service.set_policy(
+                    s, ctx.clock, plan_key=plan_key, tenant_id=tid, quota_percents=quota_percents, low_balance=low
+                )
+                return AlertPolicy(
+                    plan_key=row.plan_key,
+                    tenant_id=row.tenant_id,
+                    quota_percents=list(row.quota_percents) if row.quota_percents is not None else None,
+                    low_balance_credits=MicroCredits(row.low_balance) if row.low_balance is not None else None,
+                )
+
+            return await audited_write(
+                ctx,
+                "setAlertPolicy",
+                Target("alert_policy", key, tenant_id=tid, snap=_policy_snap(plan_key, tid)),
+                write,
+            )
+
+        return await attempt(run)
+
+
+def _policy_snap(plan_key: str | None, tenant_id: str | None) -> Any:
+    from app.audit.service import row_snapshot
+
+    if plan_key is not None:
+        return lambda conn: row_snapshot(conn, "alert_policy", "plan_key", plan_key)
+    return lambda conn: row_snapshot(conn, "alert_policy", "tenant_id", tenant_id or "")

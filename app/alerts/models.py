@@ -80,3 +80,17 @@ class WebhookAttempt(SQLModel, table=True):
     status_code: int | None = Field(default=None)
     error: str | None = Field(default=None, max_length=500)
     duration_ms: int = Field(default=0)
+
+
+class AlertPolicy(SQLModel, table=True):
+    """Alert thresholds of a plan, or of one tenant (a tenant's own policy overrides its plan's,
+    field by field). Without any: quota at 50/75/90/100% and no low-balance alert."""
+
+    __tablename__ = "alert_policy"
+
+    id: int | None = Field(default=None, sa_column=Column(_SERIAL, Identity(), primary_key=True))
+    plan_key: str | None = Field(default=None, foreign_key="plan.key", max_length=64, unique=True)
+    tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, unique=True)
+    quota_percents: list[int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    low_balance: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))  # micro-credits
+    updated_at: datetime = Field(sa_column=ts_column())

@@ -9,15 +9,15 @@ from urllib.parse import urlparse
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
-from app.alerts.emit import QUOTA_EVENT
-from app.alerts.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.alerts.emit import EVENT_TYPES
+from app.alerts.models import AlertPolicy, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.core.auth import Principal
 from app.core.clock import Clock
 from app.core.errors import NotFound, ValidationFailed
 from app.core.ids import new_id
+from app.plans.repository import PlanRepository
 from app.tenants.repository import TenantRepository
 
-EVENT_TYPES = (QUOTA_EVENT,)
 MAX_URL = 2048
 
 
@@ -119,3 +119,37 @@ def delivery_by_id(session: Session, delivery_id: int) -> tuple[WebhookDelivery,
         sm_select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id).order_by(col(WebhookAttempt.id))
     ).all()
     return row, list(attempts)
+
+
+def set_policy(
+    session: Session,
+    clock: Clock,
+    *,
+    plan_key: str | None,
+    tenant_id: str | None,
+    quota_percents: list[int] | None,
+    low_balance: int | None,
+) -> AlertPolicy:
+    """A plan's alert thresholds, or one tenant's (overriding its plan's, field by field)."""
+    if (plan_key is None) == (tenant_id is None):
+        raise ValidationFailed("give exactly one of planKey or tenantId", field="planKey")
+    if quota_percents is not None:
+        if not quota_percents or len(quota_percents) > 10 or any(not 1 <= p <= 1000 for p in quota_percents):
+            raise ValidationFailed("quotaPercents: 1 to 10 values between 1 and 1000", field="quotaPercents")
+        quota_percents = sorted(set(quota_percents))
+    if low_balance is not None and low_balance < 0:
+        raise ValidationFailed("lowBalanceCredits must not be negative", field="lowBalanceCredits")
+    if plan_key is not None and PlanRepository(session).get(plan_key) is None:
+        raise NotFound("Plan", plan_key)
+    if tenant_id is not None and not TenantRepository(session).exists(tenant_id):
+        raise NotFound("Tenant", tenant_id)
+    q = sm_select(AlertPolicy).where(
+        AlertPolicy.plan_key == plan_key if plan_key is not None else AlertPolicy.tenant_id == tenant_id
+    )
+    row = session.exec(q).first() or AlertPolicy(plan_key=plan_key, tenant_id=tenant_id, updated_at=clock.now())
+    row.quota_percents = quota_percents
+    row.low_balance = low_balance
+    row.updated_at = clock.now()
+    session.add(row)
+    session.flush()
+    return row

@@ -75,6 +75,7 @@ CATALOG: dict[str, frozenset[Role]] = {
     "Mutation.createWebhookEndpoint": BOTH,
     "Mutation.setWebhookEndpointActive": BOTH,
     "Mutation.replayWebhookDelivery": OP,
+    "Mutation.setAlertPolicy": OP,
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": BOTH,
     "Mutation.changePlan": BOTH,

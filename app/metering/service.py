@@ -28,7 +28,7 @@ from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from app.alerts.emit import crossed, quota_crossings
+from app.alerts.emit import HOLD_EXPIRED, QUOTA_THRESHOLDS, balance_low, crossed, emit, quota_crossings
 from app.budgets.enforce import BudgetTerms, KeySpend
 from app.catalog.models import Primitive
 from app.core.auth import TenantScope
@@ -65,14 +65,18 @@ PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 
 # The charge transaction's statements, written once (see app/core/sql.py).
 # A tenant's terms: plan, period, overage policy, the kit in force and the subscription period.
-# The calling key's budget comes in the same statement (NULL columns when it has none).
+# The calling key's budget and the alert policy (the tenant's over its plan's) come in the same
+# statement (NULL columns when there is none).
 _TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
-              s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits
+              s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits,
+              COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance)
        FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
        LEFT JOIN key_budget b ON b.api_key_id = :kid AND b.tenant_id = a.tenant_id
+       LEFT JOIN alert_policy pp ON pp.plan_key = t.plan_key
+       LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
        WHERE a.tenant_id = :tid"""
 _LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
 _READ_TERMS = Sql("SELECT " + _TERMS)  # the read-only check: no lock
@@ -290,6 +294,8 @@ class TenantTerms:
     sub_start: datetime | None
     sub_end: datetime | None
     budget: BudgetTerms | None = None  # the calling key's own budget
+    quota_percents: tuple[int, ...] = QUOTA_THRESHOLDS  # alert when a quota's use crosses these
+    low_balance: int | None = None  # alert when available credits go below this
 
 
 @dataclass
@@ -356,9 +362,18 @@ class Meter:
                 and_(HOLD.c.tenant_id == self.scope.tenant_id, HOLD.c.status == "open", HOLD.c.expires_at <= self.now)
             )
             .values(status="expired", closed_at=self.now)
-            .returning(HOLD.c.amount)
+            .returning(HOLD.c.id, HOLD.c.amount, HOLD.c.primitive)
         ).all()
         freed = sum(r.amount for r in rows)
+        for r in rows:  # exactly once: the status flip above is the guard
+            emit(
+                self.conn,
+                self.scope.tenant_id,
+                HOLD_EXPIRED,
+                f"hold:{r.id}",
+                {"holdId": r.id, "primitive": r.primitive, "amount": r.amount},
+                self.now,
+            )
         if freed:
             self.state = ledger.AccountState(self.state.balance, self.state.reserved - freed)
             self.conn.execute(
@@ -460,6 +475,7 @@ class Meter:
 
     def record(self, req: MeterRequest, d: Decision, *, kind: str, key: str, release_reserved: int = 0) -> Charged:
         """Debit, event, counters. The caller has checked the floor."""
+        available_before = self.state.available
         balance = ledger.debit(
             self.conn,
             self.scope,
@@ -516,8 +532,7 @@ class Meter:
         )
         if d.rate_window is not None:
             run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
-        if crossed(d.quota, d.used, used):  # an alert's outbox row commits or rolls back with the charge
-            quota_crossings(conn, tid, req.primitive, d.quota, d.used, used, d.period.start, d.period.end, self.now)
+        self._alerts(req.primitive, d.quota, d.used, used, d.period, available_before)
         spend = self.key_spend()
         if spend is not None:
             spend.add(req.primitive, req.quantity, d.amount)
@@ -663,12 +678,24 @@ class Meter:
             )
             if run_.window is not None:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
-            start = run_.used - run_.quantity
-            if crossed(run_.quota, start, run_.used):
-                p = run_.period
-                quota_crossings(conn, tid, primitive, run_.quota, start, run_.used, p.start, p.end, self.now)
+            self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
+        if accepted:
+            self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
         if self._spend is not None:
             self._spend.flush()
+
+    def _alerts(
+        self, primitive: str | None, quota: int | None, before: int, after: int, period: Period, available: int | None
+    ) -> None:
+        """Threshold crossings of this write: arithmetic on numbers at hand; a statement only when one
+        is crossed, and the outbox row commits or rolls back with the charge."""
+        t, conn, tid = self._terms, self.conn, self.scope.tenant_id
+        if primitive is not None and crossed(quota, before, after, t.quota_percents):
+            quota_crossings(
+                conn, tid, primitive, quota, before, after, period.start, period.end, self.now, t.quota_percents
+            )
+        if available is not None and t.low_balance is not None:
+            balance_low(conn, tid, t.low_balance, available, self.state.available, period.start, self.now)
 
     def reserve(self, req: MeterRequest, ttl: timedelta) -> HoldView:
         fp = req.fingerprint()
@@ -821,6 +848,8 @@ def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
         budget=BudgetTerms(api_key_id, row[9], row[10], dict(read_json(row[11]) or {}))
         if api_key_id is not None and row[9] is not None
         else None,
+        quota_percents=tuple(read_json(row[12])) if row[12] is not None else QUOTA_THRESHOLDS,
+        low_balance=row[13],
     )
 
 

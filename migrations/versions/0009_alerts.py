@@ -1,4 +1,4 @@
-"""alerts: webhook endpoints, the alert outbox, deliveries and their attempts
+"""alerts: webhook endpoints, the alert outbox, deliveries and their attempts, alert policies
 
 Revision ID: 0009_alerts
 Revises: 0008_catalog
@@ -80,9 +80,23 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_webhook_attempt_delivery_id'), 'webhook_attempt', ['delivery_id'], unique=False)
+    op.create_table('alert_policy',
+    sa.Column('id', SERIAL, sa.Identity(always=False), nullable=False),
+    sa.Column('plan_key', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+    sa.Column('tenant_id', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=True),
+    sa.Column('quota_percents', sa.JSON(), nullable=True),
+    sa.Column('low_balance', sa.BigInteger(), nullable=True),
+    sa.Column('updated_at', app.core.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['plan_key'], ['plan.key'], ),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('plan_key'),
+    sa.UniqueConstraint('tenant_id')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('alert_policy')
     op.drop_table('webhook_attempt')
     op.drop_table('webhook_delivery')
     op.drop_table('alert_event')
