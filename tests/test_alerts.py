@@ -302,3 +302,108 @@ def test_replay_and_endpoint_rules(api: Api, db: Database) -> None:
     assert "secret" not in json.dumps(api(ENDPOINTS)) and "whsec_" not in json.dumps(
         api('{ auditLog(entity: "webhook_endpoint") { nodes { after } } }')
     )
+
+
+POLICY = """mutation($p: String, $t: ID, $q: [Int!], $l: Credits) {
+  setAlertPolicy(planKey: $p, tenantId: $t, quotaPercents: $q, lowBalanceCredits: $l) { __typename
+  ... on AlertPolicy { planKey tenantId quotaPercents lowBalanceCredits } ... on ValidationError { field } } }"""
+
+
+def typed_events(db: Database, tid: str, type_: str) -> list[dict[str, Any]]:
+    with db.engine.connect() as c:
+        rows = c.execute(
+            text("SELECT payload FROM alert_event WHERE tenant_id = :t AND type = :y ORDER BY id"),
+            {"t": tid, "y": type_},
+        ).all()
+    return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
+
+
+def test_policies_per_plan_and_tenant_and_low_balance(api: Api, db: Database) -> None:
+    tid, key = quota_tenant(api, quota=10)
+    other, okey = quota_tenant(api, quota=10)
+    res = api(POLICY, {"p": "plan_c", "q": [20, 60], "l": "495"})["setAlertPolicy"]
+    assert res == {
+        "__typename": "AlertPolicy",
+        "planKey": "plan_c",
+        "tenantId": None,
+        "quotaPercents": [20, 60],
+        "lowBalanceCredits": "495",
+    }
+    api(POLICY, {"t": other, "q": [100]})  # this tenant only cares about the full quota
+    for i in range(6):
+        api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"a{i}"}}, key=key)
+        api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"a{i}"}}, key=okey)
+    assert [e["threshold"] for e in typed_events(db, tid, "quota.threshold")] == [20, 60]
+    assert typed_events(db, other, "quota.threshold") == []
+    low = typed_events(db, tid, "balance.low")  # 500 credits, floor 495: the 6th credit crosses it
+    assert len(low) == 1 and low[0]["available"] == 494_000_000
+    assert len(typed_events(db, other, "balance.low")) == 1  # the plan's floor: the tenant kept it
+    bad = api(POLICY, {"p": "plan_c", "t": tid})["setAlertPolicy"]
+    assert bad == {"__typename": "ValidationError", "field": "planKey"}
+    assert api(POLICY, {"p": "plan_c", "q": [0]})["setAlertPolicy"]["field"] == "quotaPercents"
+
+
+def test_holds_subscriptions_and_grants_raise_their_events(api: Api, db: Database, clock: FrozenClock) -> None:
+    from tests.fixtures_catalog import SET_SUB
+    from tests.test_credits_graphql import GRANT
+
+    tid, key = quota_tenant(api, quota=10)
+    hold = api(
+        """mutation { reserve(input: {primitive: "research.thorough", idempotencyKey: "h"}) {
+      ... on Hold { id } } }""",
+        key=key,
+    )["reserve"]["id"]
+    clock.advance(seconds=7200)
+    api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "later"}}, key=key)  # the write that expires it
+    api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "later2"}}, key=key)
+    assert [e["holdId"] for e in typed_events(db, tid, "hold.expired")] == [hold]  # once
+    api(SET_SUB, {"t": tid, "i": {"planKey": "plan_c", "status": "past_due"}})
+    api(SET_SUB, {"t": tid, "i": {"planKey": "plan_c", "status": "past_due"}})  # no change: no event
+    changes = [(e["from"], e["to"]) for e in typed_events(db, tid, "subscription.status_changed")]
+    assert changes == [(None, "active"), ("active", "past_due")]
+    api(GRANT, {"t": tid, "a": "7", "k": "g1"})
+    api(GRANT, {"t": tid, "a": "7", "k": "g1"})  # replay: one grant, one event
+    assert [e["amount"] for e in typed_events(db, tid, "credits.granted") if e["source"] == "adjustment"][-1:] == [
+        7_000_000
+    ]
+    assert sum(1 for e in typed_events(db, tid, "credits.granted") if e["amount"] == 7_000_000) == 1
+
+
+def test_two_workers_deliver_each_event_exactly_once(api: Api, db: Database) -> None:
+    """Several processes share delivery on PostgreSQL (claims skip rows another worker holds);
+    on SQLite the one writer serializes them. Either way: each event reaches the receiver once."""
+    tids = [quota_tenant(api, quota=2) for _ in range(12)]
+    wclock = FrozenClock(datetime.now(UTC))
+    with receiver() as r:
+        _endpoint(api, r.url)
+        for i, (_, key) in enumerate(tids):
+            _cross(api, key, start=i * 10)
+        worker.fan_out(db.engine, wclock)
+
+        def work() -> None:
+            with httpx.Client(timeout=5) as client:
+                while worker.deliver_due(db.engine, wclock, client, limit=2):
+                    pass
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(r.seen) == 12 and len(r.unique_ids()) == 12
+
+
+def test_the_worker_thread_delivers_on_its_own(api: Api, db: Database) -> None:
+    tid, key = quota_tenant(api, quota=2)
+    with receiver() as r:
+        _endpoint(api, r.url)
+        _cross(api, key)
+        w = worker.DeliveryWorker(db.engine, FrozenClock(datetime.now(UTC)), interval=0.05)
+        w.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not r.seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            w.stop()
+        assert len(r.seen) == 1
