@@ -439,3 +439,22 @@ def test_the_cli_reads_the_attempt_log_and_replays(api: Api, db: Database, monke
             assert runner.invoke(cli, ["webhooks", "replay", "999999"]).exit_code == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_the_first_refusal_for_credits_fires_balance_exhausted_once(api: Api, db: Database) -> None:
+    from tests.fixtures_catalog import SET_SUB
+
+    kit = '{key: "kit_e", name: "E", allowedPrimitives: ["email.send"]}'
+    api(f"mutation {{ upsertAccountKit(input: {kit}) {{ __typename }} }}")
+    api('mutation { upsertPlan(input: {key: "plan_e", name: "E", accountKitId: "kit_e"}) { __typename } }')
+    tid = api.create_tenant("Broke")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "plan_e"}})
+    key = api.tenant_key(tid)
+    kinds = [
+        api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"e{i}"}}, key=key)["charge"]["__typename"]
+        for i in range(33)
+    ]
+    assert kinds.count("Charged") == 30 and kinds[30:] == ["InsufficientCredits"] * 3  # 20 credits + 10 buffer
+    exhausted = typed_events(db, tid, "balance.exhausted")
+    assert len(exhausted) == 1 and exhausted[0]["required"] == 1_000_000
+    assert count_rows(db.engine, "usage_event")["usage_event"] == 30  # the refusals themselves wrote nothing

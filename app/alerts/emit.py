@@ -15,10 +15,11 @@ from app.core.sql import Sql, run, to_json, ts
 QUOTA_THRESHOLDS = (50, 75, 90, 100)  # percent of a period's quota, unless a policy says otherwise
 QUOTA_EVENT = "quota.threshold"
 BALANCE_LOW = "balance.low"
+BALANCE_EXHAUSTED = "balance.exhausted"
 HOLD_EXPIRED = "hold.expired"
 SUBSCRIPTION_CHANGED = "subscription.status_changed"
 CREDITS_GRANTED = "credits.granted"
-EVENT_TYPES = (QUOTA_EVENT, BALANCE_LOW, HOLD_EXPIRED, SUBSCRIPTION_CHANGED, CREDITS_GRANTED)
+EVENT_TYPES = (QUOTA_EVENT, BALANCE_LOW, BALANCE_EXHAUSTED, HOLD_EXPIRED, SUBSCRIPTION_CHANGED, CREDITS_GRANTED)
 
 _EMIT = Sql(
     """INSERT INTO alert_event (tenant_id, type, dedupe_key, payload, fanned_out, created_at)

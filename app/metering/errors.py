@@ -48,6 +48,8 @@ class InsufficientCredits(DomainError):
     def __init__(self, required: int, available: int, packs: list[PackInfo]) -> None:
         super().__init__("insufficient credits")
         self.required, self.available, self.packs = required, available, packs
+        self.tenant_id: str | None = None
+        self.period_start: datetime | None = None
 
     @property
     def shortfall(self) -> int:

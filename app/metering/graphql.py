@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import strawberry
 
+from app.alerts.refusals import record_exhausted
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
 from app.budgets.graphql import BudgetExceeded
 from app.core.errors import DomainError, ValidationFailed
@@ -455,6 +456,8 @@ class MeteringMutation:
             req = to_request(input, _key_id(ctx))
             res = await ctx.charge(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
         except DomainError as exc:
+            if isinstance(exc, merr.InsufficientCredits):
+                await record_exhausted(ctx, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)
 
@@ -477,6 +480,8 @@ class MeteringMutation:
         out: list[Any] = []
         for p in prepared:
             r = p if isinstance(p, DomainError) else next(outcomes)
+            if isinstance(r, merr.InsufficientCredits):
+                await record_exhausted(ctx, r)
             out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
         return out
 
@@ -491,6 +496,8 @@ class MeteringMutation:
                 lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
             )
         except DomainError as exc:
+            if isinstance(exc, merr.InsufficientCredits):
+                await record_exhausted(ctx, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)
 

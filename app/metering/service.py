@@ -469,7 +469,12 @@ class Meter:
             PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
             for p in packs_covering(self.session, shortfall or required)
         ]
-        return InsufficientCredits(required, available, packs)
+        exc = InsufficientCredits(required, available, packs)
+        # For the balance.exhausted alert, which the edge records after this transaction rolls back.
+        t = self._terms
+        exc.tenant_id = self.scope.tenant_id
+        exc.period_start = current_period(self.now, t.plan_period, t.sub_start, t.sub_end).start
+        return exc
 
     # ---- writes --------------------------------------------------------------------------
 
