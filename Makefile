@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench schema clean
+.PHONY: run dev-stripe test lint bench schema client client-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# `make run STRIPE=dev` points the gateway at `make dev-stripe` (the local Stripe stand-in).
+DEV_STRIPE_PORT ?= 12111
+ifeq ($(STRIPE),dev)
+run: export METERKIT_STRIPE_API_BASE = http://127.0.0.1:$(DEV_STRIPE_PORT)
+run: export METERKIT_STRIPE_API_KEY = sk_test_meterkit_dev
+run: export METERKIT_STRIPE_WEBHOOK_SECRET = whsec_meterkit_dev
+endif
 run: $(VENV)/.installed
 	$(BIN)/meterkit serve
+
+dev-stripe: $(VENV)/.installed
+	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT)
 
 test: $(VENV)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -23,13 +33,39 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check app tests
 	$(BIN)/mypy app tests
 	$(BIN)/meterkit export-schema --check
+	$(MAKE) --no-print-directory client-check
 
 schema: $(VENV)/.installed
 	$(BIN)/meterkit export-schema
+
+# The typed Python client (app/client/generated) from schema.graphql + app/client/queries/*.graphql.
+# ariadne-codegen runs in its own venv: it pins graphql-core < 3.3, strawberry needs >= 3.3.
+CODEGEN_VENV ?= .venv-codegen
+CODEGEN_REQS := app/client/codegen-requirements.txt
+CODEGEN_INPUTS := schema.graphql app/client/codegen.toml app/client/queries
+
+$(CODEGEN_VENV)/.installed: $(CODEGEN_REQS)
+	$(PYTHON) -m venv $(CODEGEN_VENV)
+	$(CODEGEN_VENV)/bin/pip install -q -r $(CODEGEN_REQS)
+	touch $@
+
+client: $(CODEGEN_VENV)/.installed
+	rm -rf app/client/generated
+	$(CODEGEN_VENV)/bin/ariadne-codegen client --config app/client/codegen.toml
+
+# Generate into a scratch copy of the inputs and diff: CI fails when the checked-in client is stale.
+client-check: $(CODEGEN_VENV)/.installed
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	mkdir -p "$$tmp/app/client" && cp schema.graphql "$$tmp/" && \
+	cp -r app/client/codegen.toml app/client/queries "$$tmp/app/client/" && \
+	(cd "$$tmp" && $(abspath $(CODEGEN_VENV))/bin/ariadne-codegen client --config app/client/codegen.toml >/dev/null) && \
+	if diff -r -x __pycache__ "$$tmp/app/client/generated" app/client/generated; then \
+	  echo "app/client/generated is up to date"; \
+	else echo "app/client/generated is stale: run 'make client' and commit it" >&2; exit 1; fi
 
 bench: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) meterkit.db meterkit.db-wal meterkit.db-shm
+	rm -rf $(VENV) $(CODEGEN_VENV) meterkit.db meterkit.db-wal meterkit.db-shm

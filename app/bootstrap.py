@@ -10,6 +10,7 @@ from app.core.clock import Clock
 from app.core.db import make_engine, unit_of_work
 from app.core.migrate import startup_lock, upgrade
 from app.core.money import MICRO
+from app.credits.packs import pack_by_key, pack_by_price
 from app.plans.repository import PlanRepository
 from app.plans.service import PlanInput, upsert_plan
 from app.settings import Settings
@@ -63,6 +64,12 @@ DEMO_PLANS = [
 ]
 
 
+# Stripe prices of the packs the pricing migration seeds (small, medium, large), so that
+# purchaseCreditPack works out of the box against `meterkit dev stripe`, which creates these
+# prices. Against a real Stripe account, point each pack at a real price (upsertCreditPack).
+DEMO_PACK_PRICES = {"small": "price_pack_small", "medium": "price_pack_medium", "large": "price_pack_large"}
+
+
 def load_demo_catalog(session: Session, clock: Clock) -> None:
     """Adds what is missing; never overwrites an operator's edits."""
     kits = AccountKitRepository(session)
@@ -73,6 +80,13 @@ def load_demo_catalog(session: Session, clock: Clock) -> None:
     for plan in DEMO_PLANS:
         if plans.get(plan.key) is None:
             upsert_plan(session, clock, plan)
+    for key, price_id in DEMO_PACK_PRICES.items():
+        pack = pack_by_key(session, key)
+        if pack is not None and pack.stripe_price_id is None and pack_by_price(session, price_id) is None:
+            pack.stripe_price_id = price_id
+            pack.updated_at = clock.now()
+            session.add(pack)
+    session.flush()
 
 
 def prepare(settings: Settings, *, demo: bool = True) -> str | None:

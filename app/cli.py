@@ -13,12 +13,24 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help="meterkit: me
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema.graphql"
 
 
+def require_database(url: str) -> None:
+    """Unreachable or missing database: one line with the cause and the fix, exit 1 (no traceback)."""
+    from app.core.dbcheck import DatabaseUnavailable, probe
+
+    try:
+        probe(url)
+    except DatabaseUnavailable as exc:
+        typer.echo(f"meterkit: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
 @cli.command()
 def migrate() -> None:
     """Apply pending migrations to METERKIT_DATABASE_URL (default ./meterkit.db)."""
     from app.core.migrate import upgrade
 
     settings = get_settings()
+    require_database(settings.database_url)
     upgrade(settings.database_url)
     typer.echo(f"migrated {safe_url(settings.database_url)}")
 
@@ -44,6 +56,7 @@ def serve(
     from app.bootstrap import prepare
 
     settings = get_settings()
+    require_database(settings.database_url)
     new_key = prepare(settings, demo=demo)
     if new_key:
         typer.echo("=" * 72)
@@ -83,6 +96,14 @@ from app.integrations.stripe.cli import stripe_cli  # noqa: E402
 
 cli.add_typer(stripe_cli, name="stripe")
 
+from app.cli_client import mount  # noqa: E402  (commands against a running gateway)
+
+mount(cli, stripe_cli)
+
+from app.devtools.cli import dev_cli  # noqa: E402
+
+cli.add_typer(dev_cli, name="dev")
+
 from app.catalog.cli import primitive_cli  # noqa: E402
 
 cli.add_typer(primitive_cli, name="primitive")
@@ -98,13 +119,15 @@ def reconcile(
     show_all: bool = typer.Option(False, "--all", help="List every tenant, not only those that drift"),
 ) -> None:
     """Recompute every credit balance from the ledger and check the buckets; exit 1 on drift."""
+    from app.cli_client.progress import working
     from app.core.db import make_engine, unit_of_work
     from app.core.money import format_credits
     from app.credits.service import reconcile as run
 
     engine = make_engine(database_url or get_settings().database_url)
     try:
-        with unit_of_work(engine, write=False) as s:
+        # A spinner on a terminal: reconcile is four grouped statements, so there is no count to show.
+        with working("recomputing every balance from the ledger"), unit_of_work(engine, write=False) as s:
             report = run(s)
     finally:
         engine.dispose()

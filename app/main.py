@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -20,88 +21,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
-from app.core.auth import Principal, hash_key, mint_scope
 from app.core.clock import Clock
 from app.core.db import make_engine, unit_of_work
-from app.core.ids import _ID
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
+from app.http.edge import AuthError, authenticate_request, error_response
 from app.settings import Settings, get_settings
-from app.tenants.principals import CACHE as PRINCIPALS
-from app.tenants.repository import TenantRepository
-from app.tenants.service import authenticate, ensure_operator_key
+from app.tenants.service import ensure_operator_key
 
 log = logging.getLogger("meterkit")
-
-
-class AuthError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _resolve_principal(
-    engine: Engine, raw_key: str | None, tenant_header: str | None, cache_ttl: float = 0.0
-) -> tuple[Principal | None, Any]:
-    """The key, and for an operator the tenant named by X-Tenant-Id: from the cache of verified
-    keys, or one read transaction."""
-    cached = _from_cache(engine, raw_key, tenant_header, cache_ttl)
-    if cached is not None:
-        return cached
-    if raw_key is None:
-        if tenant_header:
-            raise AuthError(401, "UNAUTHENTICATED", "X-Tenant-Id needs an operator key")
-        return None, None
-    db = str(engine.url)
-    with unit_of_work(engine, write=False) as s:
-        principal = authenticate(s, raw_key)
-        if principal is None:
-            raise AuthError(401, "UNAUTHENTICATED", "invalid or revoked API key")
-        PRINCIPALS.remember(db, hash_key(raw_key), principal)
-        if tenant_header:
-            _check_tenant_header(principal, tenant_header)
-            if principal.role == "operator":
-                if not TenantRepository(s).exists(tenant_header):
-                    raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
-                PRINCIPALS.remember_tenant(db, tenant_header)
-        return principal, mint_scope(principal, tenant_header or None)
-
-
-def _check_tenant_header(principal: Principal, tenant_header: str) -> None:
-    # The format first, for every kind of key: a malformed id is a 400, never a lookup.
-    if not _ID.match(tenant_header) or not tenant_header.startswith("ten_"):
-        raise AuthError(400, "VALIDATION_FAILED", "X-Tenant-Id is not a valid ten_ id")
-    # A tenant key is always its own tenant: naming another gets the missing-tenant answer.
-    if principal.role == "tenant" and tenant_header != principal.tenant_id:
-        raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
-
-
-def _from_cache(
-    engine: Engine, raw_key: str | None, tenant_header: str | None, ttl: float
-) -> tuple[Principal, Any] | None:
-    """Answer without the database when the key (and the operator's tenant) are known; None if not."""
-    if raw_key is None or ttl <= 0:
-        return None
-    db = str(engine.url)
-    principal = PRINCIPALS.principal(db, hash_key(raw_key), ttl)
-    if principal is None:
-        return None
-    if tenant_header:
-        _check_tenant_header(principal, tenant_header)
-        if principal.role == "operator" and not PRINCIPALS.tenant_exists(db, tenant_header):
-            return None
-    return principal, mint_scope(principal, tenant_header or None)
-
-
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise AuthError(401, "UNAUTHENTICATED", "Authorization must be 'Bearer <key>'")
-    return value.strip()
 
 
 class MeterkitGraphQL(GraphQL[Context, None]):
@@ -189,10 +118,6 @@ def _too_large(limit: int) -> Response:
     return error_response(413, "PAYLOAD_TOO_LARGE", f"request body is larger than {limit} bytes")
 
 
-def error_response(status: int, code: str, message: str) -> Response:
-    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status)
-
-
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock | None = None
 ) -> Starlette:
@@ -211,14 +136,11 @@ def create_app(
             await error_response(405, "METHOD_NOT_ALLOWED", "queries over GET are off: POST JSON")(scope, receive, send)
             return
         try:
-            raw, header, ttl = bearer(request), request.headers.get("x-tenant-id"), settings.auth_cache_seconds
-            # A cached key costs no thread hop and no transaction.
-            resolved: tuple[Principal | None, Any] | None = _from_cache(engine, raw, header, ttl)
-            if resolved is None:
-                resolved = await run_in_threadpool(_resolve_principal, engine, raw, header, ttl)
-            principal, tenant_scope = resolved
+            principal, tenant_scope = await authenticate_request(
+                request, engine, settings.auth_cache_seconds, state.clock
+            )
         except AuthError as exc:
-            await error_response(exc.status, exc.code, exc.message)(scope, receive, send)
+            await exc.response()(scope, receive, send)
             return
         scope.setdefault("state", {})
         scope["state"]["principal"] = principal
@@ -272,6 +194,15 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Added last, so outermost: a preflight is answered before auth or the body limit.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Tenant-Id"],
+            max_age=600,
+        )
     return app
 
 
@@ -287,11 +218,12 @@ def _store_operator_key(engine: Engine, clock: Clock, raw: str) -> None:
 
 
 def _slice_routes(state: AppState) -> list[Any]:
-    """HTTP routes owned by slices (the Stripe webhook, the plain metering route)."""
+    """HTTP routes owned by slices (the Stripe webhook and Checkout return pages, the plain metering route)."""
+    from app.integrations.stripe import pages as checkout_pages
     from app.integrations.stripe.webhook import webhook_route
     from app.metering import http as metering_http
 
-    return [*metering_http.routes(state), webhook_route(state)]
+    return [*metering_http.routes(state), webhook_route(state), *checkout_pages.routes(state)]
 
 
 __all__ = ["create_app"]

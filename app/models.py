@@ -7,7 +7,7 @@ from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
-from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent
+from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent, UsageRollup
 from app.plans.models import Plan, PlanQuota
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.subscriptions.models import Subscription
@@ -18,6 +18,7 @@ __all__ = [
     "RateWindow",
     "UsageCounter",
     "UsageEvent",
+    "UsageRollup",
     "AccountKit",
     "ApiKey",
     "CreditAccount",

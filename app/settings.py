@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -20,6 +21,11 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = 2.0
     host: str = "127.0.0.1"
     port: int = 8000
+
+    # Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    # "https://dash.example.com,http://localhost:5173"; none by default ("*": any origin, fine
+    # since keys travel in the Authorization header, never in cookies).
+    cors_origins: Annotated[list[str], NoDecode] = []
 
     # GraphQL guards
     max_body_bytes: int = 256 * 1024
@@ -42,6 +48,13 @@ class Settings(BaseSettings):
 
     # Alerts: how often the in-process webhook worker looks for due deliveries (0: no worker here)
     webhook_worker_seconds: float = 1.0
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
 
     @property
     def graphiql_enabled(self) -> bool:

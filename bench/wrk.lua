@@ -1,7 +1,7 @@
 -- wrk script for `make bench`: one request shape per mode, a unique idempotency key per
 -- request (run nonce + thread id + per-thread counter), and every response checked, since a
 -- benchmark of errors is worthless. Args (after --): mode nonce [expected]
---   mode: charge | plain | batch | usage;  expected: batch size (batch) or used count (usage)
+--   mode: charge | plain | batch | usage | floor | check;  expected: batch size (batch) or used count (usage)
 
 local threads = {}
 local counter = 0
@@ -21,6 +21,12 @@ function init(args)
     wrk.method = "POST"
     wrk.path = "/graphql"
     wrk.body = '{"query":"{ __typename }"}'
+  end
+  if mode == "check" then
+    -- The read-only pre-check of the same primitive the charges use: it must answer allowed.
+    wrk.method = "POST"
+    wrk.path = "/graphql"
+    wrk.body = '{"query":"{ check(primitive: \\"email.send\\") { __typename ... on CheckResult { allowed remaining availableCredits } } }"}'
   end
   if mode == "usage" then
     -- The usage tenant's counter holds exactly `expected` calls: check the number, not just a 200.
@@ -76,6 +82,8 @@ function response(status, headers, body)
     good = string.find(body, '"credits_used"', 1, true) ~= nil
   elseif mode == "floor" then
     good = string.find(body, '"__typename":"Query"', 1, true) ~= nil
+  elseif mode == "check" then
+    good = string.find(body, '"allowed":true', 1, true) ~= nil and string.find(body, '"errors"', 1, true) == nil
   elseif mode == "usage" then
     good = string.find(body, pattern) ~= nil and string.find(body, '"errors"', 1, true) == nil
   elseif mode == "batch" then

@@ -76,8 +76,8 @@ def _backends() -> list[Any]:
 
 def _assert_books_balance(request: pytest.FixtureRequest, engine: Engine) -> None:
     """After every database test, whatever it did: reconcile finds zero drift, every tenant's
-    reserved credits equal its open holds, and every usage counter equals its events. Tests that
-    break the books on purpose carry @pytest.mark.drift_expected."""
+    reserved credits equal its open holds, and every usage counter and hourly rollup equals its
+    events. Tests that break the books on purpose carry @pytest.mark.drift_expected."""
     if request.node.get_closest_marker("drift_expected"):
         return
     from app.credits.service import reconcile
@@ -94,11 +94,23 @@ def _assert_books_balance(request: pytest.FixtureRequest, engine: Engine) -> Non
             "SELECT c.tenant_id, c.primitive, c.used, coalesce(sum(e.quantity), 0) FROM usage_counter c "
             "LEFT JOIN usage_event e ON e.tenant_id = c.tenant_id AND e.primitive = c.primitive "
             "AND e.period_start = c.period_start "
-            "GROUP BY c.tenant_id, c.primitive, c.period_start, c.used HAVING c.used <> coalesce(sum(e.quantity), 0)"
+            "GROUP BY c.tenant_id, c.primitive, c.period_start, c.used, c.credits "
+            "HAVING c.used <> coalesce(sum(e.quantity), 0) OR c.credits <> coalesce(sum(e.credits), 0)"
         )).all()
+        # The hourly rollups hold every event exactly once: totals per tenant, primitive and key.
+        rolled = {tuple(r[:3]): tuple(int(x) for x in r[3:]) for r in conn.execute(text(
+            "SELECT tenant_id, primitive, api_key_id, sum(quantity), sum(credits), sum(events) "
+            "FROM usage_rollup GROUP BY tenant_id, primitive, api_key_id"
+        ))}
+        recorded = {tuple(r[:3]): tuple(int(x) for x in r[3:]) for r in conn.execute(text(
+            "SELECT tenant_id, primitive, coalesce(api_key_id, ''), sum(quantity), sum(credits), count(*) "
+            "FROM usage_event GROUP BY tenant_id, primitive, coalesce(api_key_id, '')"
+        ))}
+        rollups = sorted(set(rolled.items()) ^ set(recorded.items()))
     assert drifted == [], f"ledger drift after {request.node.name}: {drifted}"
     assert holds == [], f"reserved != open holds after {request.node.name}: {holds}"
     assert counters == [], f"usage counters != events after {request.node.name}: {counters}"
+    assert rollups == [], f"usage rollups != events after {request.node.name}: {rollups}"
 
 
 @dataclass

@@ -51,9 +51,13 @@ def root_fields(schema: GraphQLSchema) -> list[tuple[str, str]]:
     return out
 
 
+# Ids the caller chose (a tenant's external id), not ours: any string is valid, none is "another tenant's".
+NOT_OUR_IDS = {"externalId"}
+
+
 def is_id_arg(name: str, type_: GraphQLInputType) -> bool:
     named = get_named_type(type_)
-    return (name == "id" or name.endswith("Id")) and named.name in ("ID", "String")
+    return (name == "id" or name.endswith("Id")) and named.name in ("ID", "String") and name not in NOT_OUR_IDS
 
 
 def sample_value(type_: GraphQLInputType, depth: int = 0) -> Any:

@@ -21,6 +21,7 @@ from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
 from app.core.money import MICRO
 from app.credits.packs import PackInput, upsert_pack
+from app.devtools.stripe_fake import BackgroundServer, FakeStripe
 from app.integrations.stripe.client import StripeGateway
 from app.integrations.stripe.service import ensure_customer
 from app.main import create_app
@@ -30,7 +31,6 @@ from app.tenants.models import Tenant
 from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import PLAN, seed_catalog
-from tests.stripe_fake import BackgroundServer, FakeStripe
 
 PRO_PRICE, TEAM_PRICE, MEDIUM_PRICE, SMALL_PRICE = "price_pro", "price_team", "price_pack_medium", "price_pack_small"
 

@@ -105,7 +105,7 @@ def test_every_kind_of_control_plane_write_is_logged(api: Api) -> None:
     api(PACK, {"i": {"key": "xl", "name": "XL", "credits": "500", "priceUsdCents": 19900}})
     api('mutation { archivePlan(key: "free") { __typename } }')
     api(GRANT, {"t": tid, "a": "3", "k": "g"})
-    entry = api(HISTORY, {"d": 30, "l": 1}, tenant=tid)["creditHistory"]["entries"][0]["id"]
+    entry = api(HISTORY, {"d": 30, "l": 1}, tenant=tid)["creditHistory"]["nodes"][0]["id"]
     assert api(REVERSE, {"t": tid, "e": entry, "k": "r"})["reverseCreditEntry"]["__typename"] == "CreditReversal"
     api('mutation { createOperatorKey(name: "ops") { __typename } }')
     seen = {(e["action"], e["entity"]) for e in log(api)}

@@ -23,7 +23,7 @@ RESERVE = """mutation($i: MeterInput!) { reserve(input: $i) { __typename ... on 
 SETTLE = "mutation($h: ID!) { settle(holdId: $h) { __typename ... on Charged { eventId } } }"
 BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
   ... on NotEntitled { connection } } }"""
-HISTORY = "{ usageHistory { ... on UsageEventPage { nodes { primitive connection idempotencyKey } } } }"
+HISTORY = "{ usageHistory { nodes { primitive connection idempotencyKey } } }"
 
 
 def _tenant(api: Api) -> tuple[str, str]:

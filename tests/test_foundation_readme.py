@@ -4,7 +4,10 @@ names every setting."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from app.bootstrap import load_demo_catalog
 from app.core.clock import FrozenClock
@@ -22,14 +25,23 @@ def _walkthrough() -> list[str]:
     return re.findall(r"```graphql\n(.*?)```", m.group(1), re.S)
 
 
+@pytest.fixture
+def clock() -> FrozenClock:
+    # The walkthrough runs today, as a reader would: its dates are computed from today, never fixed.
+    return FrozenClock(datetime.now(UTC).replace(microsecond=0))
+
+
 def test_readme_walkthrough_runs_as_written(api: Api, clock: FrozenClock) -> None:
     with unit_of_work(api.db.engine) as s:
         load_demo_catalog(s, clock)  # what `make run` loads
     blocks = _walkthrough()
     assert len(blocks) >= 6
+    assert not re.search(r"\b20\d\d-\d\d-\d\d", "".join(blocks)), "the walkthrough has a fixed date"
+    period_end = (clock.now() + timedelta(days=30)).replace(hour=0, minute=0, second=0)
     tenant_id = tenant_key = None
     for block in blocks:
         doc = block.replace("TENANT_ID", tenant_id or "TENANT_ID")
+        doc = doc.replace("PERIOD_END", period_end.isoformat().replace("+00:00", "Z"))
         as_tenant = "<tenant key>" in block
         key = tenant_key if as_tenant else api.operator_key
         assert key, "a tenant-key step comes before the key is created"
@@ -46,6 +58,8 @@ def test_readme_walkthrough_runs_as_written(api: Api, clock: FrozenClock) -> Non
             assert result["plan"] == {"key": "free"}
         if "createApiKey" in block:
             tenant_key = result["secret"]
+        if "setSubscription" in block:
+            assert datetime.fromisoformat(result["subscription"]["currentPeriodEnd"]) == period_end
         if "viewer" in block:
             assert result["id"] == tenant_id
             assert result["plan"]["key"] == "team" and result["accountKit"]["key"] == "kit_team"

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import app.models  # noqa: F401  (every table in the metadata)
 from app.cli import SCHEMA_FILE, cli
+from app.core.auth import SCOPES
 from app.graphql.permissions import CATALOG
 from app.graphql.schema import build_schema, export_sdl
 from app.settings import Settings
@@ -42,8 +43,12 @@ def test_every_root_field_is_in_the_permission_catalog() -> None:
     assert not missing, f"root fields missing from app/graphql/permissions.py CATALOG: {missing}"
     stale = sorted(CATALOG.keys() - fields)
     assert not stale, f"CATALOG entries naming fields that do not exist: {stale}"
-    for coordinate, roles in CATALOG.items():
-        assert roles and roles <= {"operator", "tenant"}, coordinate
+    for coordinate, rule in CATALOG.items():
+        assert rule.roles and rule.roles <= {"operator", "tenant"}, coordinate
+        # Every root field names the key scope it needs; a write never needs only `read`.
+        assert rule.scope in SCOPES, coordinate
+        if coordinate.startswith("Mutation."):
+            assert rule.scope != "read", coordinate
 
 
 def test_catalog_is_checked_against_the_production_schema_too() -> None:
@@ -95,3 +100,20 @@ def test_find_breaking_changes_would_notice_a_removed_field() -> None:
     checked_in = build_sdl_schema(SCHEMA_FILE.read_text())
     shrunk = build_sdl_schema(SCHEMA_FILE.read_text().replace("  viewer: Tenant\n", "", 1))
     assert any("viewer" in c.description for c in find_breaking_changes(checked_in, shrunk))
+
+
+def test_sdl_builds_back_to_the_served_schema() -> None:
+    """schema.graphql names its roots (`schema {}`), so SDL tools (codegen, build_schema) rebuild
+    exactly the served schema: same roots, and no change either way."""
+    from graphql import find_dangerous_changes
+
+    served = build_schema(Settings())._schema
+    rebuilt = build_sdl_schema(SCHEMA_FILE.read_text())
+    assert SCHEMA_FILE.read_text().startswith("schema {")
+    for op in ("query_type", "mutation_type", "subscription_type"):
+        a, b = getattr(served, op), getattr(rebuilt, op)
+        assert (a and a.name) == (b and b.name), op
+    assert find_breaking_changes(served, rebuilt) == [] and find_breaking_changes(rebuilt, served) == []
+    assert find_dangerous_changes(served, rebuilt) == []
+    assert find_dangerous_changes(rebuilt, served) == []
+    assert set(served.type_map) == set(rebuilt.type_map)

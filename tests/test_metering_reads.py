@@ -223,3 +223,36 @@ def test_batch_equals_one_by_one(api: Api) -> None:
             )
     assert state[0] == state[1]
     assert state[0][0] == state[0][1]
+
+
+def test_check_lists_the_packs_when_credits_are_insufficient(api: Api) -> None:
+    """As charge's InsufficientCredits does: the shortfall and the packs that cover it, each with
+    its purchasePath (issue 8, point 5)."""
+    seed_catalog(api)
+    tid = api.create_tenant("Poor")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "free"}})  # no monthly credits: only the 20 signup credits
+    key = api.tenant_key(tid)
+    q = """query($p: String!, $n: Int! = 1) { check(primitive: $p, quantity: $n) { __typename ... on CheckResult {
+      allowed reason price availableCredits shortfall packs { key credits priceUsd purchasePath } } } }"""
+    ok = api(q, {"p": "search.web", "n": 3}, key=key)["check"]
+    assert ok["allowed"] is True and ok["shortfall"] is None and ok["packs"] == []
+    # Spend the 20 signup credits down to 2: a 3-credit job is refused, 1 credit short.
+    for i in range(18):
+        api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"e{i}"}}, key=key)
+    before = count_rows(api.db.engine, "ledger_entry", "usage_event", "usage_counter", "credit_hold")
+    no = api(q, {"p": "search.web", "n": 3}, key=key)["check"]
+    assert no["allowed"] is False and no["reason"] == "INSUFFICIENT_CREDITS", no
+    assert no["availableCredits"] == "2" and no["price"] == "3" and no["shortfall"] == "1", no
+    packs = api("{ creditPacks { key } }", key=key)["creditPacks"]
+    assert [p["key"] for p in no["packs"]] == [p["key"] for p in packs], no  # every pack covers 1 credit
+    assert no["packs"] and all(f'purchaseCreditPack(pack: "{p["key"]}")' in p["purchasePath"] for p in no["packs"])
+    assert count_rows(api.db.engine, "ledger_entry", "usage_event", "usage_counter", "credit_hold") == before
+    charged = api(
+        """mutation { charge(input: {primitive: "search.web", quantity: 3, idempotencyKey: "big"}) { __typename
+          ... on Charged { creditsUsed } } }""",
+        key=key,
+    )["charge"]
+    assert charged["__typename"] == "Charged"  # charge is for work done: it may dip into the buffer
+    # At -1, any new work is refused, and the shortfall counts the debt.
+    broke = api(q, {"p": "email.send"}, key=key)["check"]
+    assert broke["reason"] == "INSUFFICIENT_CREDITS" and broke["shortfall"] == "2" and broke["packs"], broke

@@ -331,6 +331,6 @@ def test_bad_catalog_edits_are_typed_and_write_nothing(api: Api, query: str, var
 
 def test_non_numeric_credits_are_refused_before_anything_runs(api: Api) -> None:
     before = count_rows(api.db.engine, *ALL_TABLES)
-    body = api(SET_PRICE, {"p": "email.send", "c": "one"}, expect_errors=True)
-    assert body["errors"] and body.get("data") is None
+    got = api(SET_PRICE, {"p": "email.send", "c": "one"})["setPrice"]
+    assert got["__typename"] == "ValidationError" and got["field"] == "credits", got
     assert count_rows(api.db.engine, *ALL_TABLES) == before

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from stripe.params.checkout import SessionCreateParams
 
-from tests.stripe_fake import BackgroundServer, FakeStripe, decode_form
+from app.devtools.stripe_fake import BackgroundServer, FakeStripe, decode_form
 
 WEBHOOK_SECRET = "whsec_test_receiver"
 

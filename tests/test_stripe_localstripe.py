@@ -24,6 +24,7 @@ import stripe
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
+from app.devtools.stripe_fake import BackgroundServer
 from app.integrations.stripe.client import StripeGateway
 from app.integrations.stripe.service import ensure_customer
 from app.main import create_app
@@ -32,7 +33,6 @@ from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import seed_catalog
 from tests.live import free_port
-from tests.stripe_fake import BackgroundServer
 from tests.stripe_harness import _HttpApiClient
 
 SECRET = "whsec_localstripe"

@@ -242,8 +242,8 @@ def test_lifecycle_created_renewed_upgraded_canceled(stripe_env: StripeEnv) -> N
     env.deliver_all()
     s3 = env.state(t)
     assert (s3["plan"], s3["status"], s3["period_end"]) == ("team", "active", s2["period_end"])
-    # The credits slice grants the new plan's allowance for the current period on the switch (once).
-    assert sorted(g[1] for g in s3["grants"] if g[0] == "plan") == [200_000_000, 200_000_000, 500_000_000]
+    # The switch tops this period's plan credits up to team's 500: +300 on pro's 200 (once).
+    assert sorted(g[1] for g in s3["grants"] if g[0] == "plan") == [200_000_000, 200_000_000, 300_000_000]
 
     # Canceled: the tenant falls back to the default plan and its kit; credits granted stay.
     env.fake.advance(3600)

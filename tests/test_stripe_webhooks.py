@@ -394,7 +394,9 @@ def test_a_database_failure_mid_handling_leaves_nothing_and_the_redelivery_appli
     rows = count_rows(env.engine, *TABLES)
     state = env.state(t)
 
-    real_set, real_grant = handlers.set_subscription, handlers.ledger.grant
+    from app.credits import ledger
+
+    real_set, real_grant = handlers.set_subscription, ledger.grant
 
     def set_then_fail(*a: Any, **kw: Any) -> Any:
         real_set(*a, **kw)  # the tenant row and the subscription row are written...
@@ -434,8 +436,8 @@ def test_stripe_unreachable_while_handling_answers_503_and_writes_nothing(
     real = env.fake.url
     env.settings.stripe_api_base = "http://127.0.0.1:9"  # nothing listens there
     # The webhook route caches its gateway; a fresh app sees the broken address.
+    from app.devtools.stripe_fake import BackgroundServer
     from app.main import create_app
-    from tests.stripe_fake import BackgroundServer
 
     with BackgroundServer(create_app(env.settings, engine=env.engine, clock=env.clock)) as broken:
         env.fake.webhook_url = broken.url + "/webhooks/stripe"

@@ -11,7 +11,7 @@ from strawberry.scalars import JSON
 from app.audit import service
 from app.core.ids import parse_id
 from app.graphql.context import Info
-from app.tenants.graphql import PageInfo
+from app.graphql.pagination import Connection, connection
 
 
 @strawberry.type
@@ -46,19 +46,8 @@ class AuditEntry:
 
 
 @strawberry.type
-class AuditEdge:
-    cursor: str
-    node: AuditEntry
-
-
-@strawberry.type
-class AuditEntryConnection:
-    edges: list[AuditEdge]
-    page_info: PageInfo
-
-    @strawberry.field
-    def nodes(self) -> list[AuditEntry]:
-        return [e.node for e in self.edges]
+class AuditEntryConnection(Connection[AuditEntry]):
+    pass
 
 
 @strawberry.type
@@ -81,8 +70,5 @@ class AuditQuery:
         key_id = parse_id(actor_key_id, "key", field="actorKeyId") if actor_key_id is not None else None
         tid = parse_id(tenant_id, "ten", field="tenantId") if tenant_id is not None else None
         f = service.AuditFilter(entity, entity_key, action, key_id, tid, since, until)
-        rows, more = await info.context.read(lambda s: service.page(s, f, first, after))
-        edges = [AuditEdge(cursor=service.encode_cursor(r.id), node=AuditEntry.from_row(r)) for r in rows]
-        return AuditEntryConnection(
-            edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None)
-        )
+        rows = await info.context.read(lambda s: service.page(s, f, first, after))
+        return connection(AuditEntryConnection, rows, first, lambda r: service.encode_cursor(r.id), AuditEntry.from_row)

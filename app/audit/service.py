@@ -178,7 +178,7 @@ def decode_cursor(value: str) -> int:
         raise ValidationFailed("after is not a valid cursor", field="after") from None
 
 
-def page(session: Session, f: AuditFilter, first: int, after: str | None) -> tuple[list[Any], bool]:
+def page(session: Session, f: AuditFilter, first: int, after: str | None) -> list[Any]:
     """Newest first; one statement whatever the filters."""
     if not 1 <= first <= MAX_PAGE:
         raise ValidationFailed(f"first must be between 1 and {MAX_PAGE}", field="first")
@@ -202,5 +202,4 @@ def page(session: Session, f: AuditFilter, first: int, after: str | None) -> tup
     q = select(AUDIT).order_by(c.id.desc()).limit(first + 1)
     if conds:
         q = q.where(and_(*conds))
-    rows = list(session.connection().execute(q).all())
-    return rows[:first], len(rows) > first
+    return list(session.connection().execute(q).all())  # first + 1: the extra row says a next page exists

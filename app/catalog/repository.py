@@ -10,6 +10,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
 from app.catalog.models import Primitive
+from app.core.errors import ValidationFailed
 
 PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 
@@ -17,6 +18,13 @@ PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 def known_keys(conn: Connection) -> set[str]:
     """Every key in the catalog, active or retired: what kits, quotas and prices may name."""
     return set(conn.execute(select(PRIMITIVE.c.key)).scalars())
+
+
+def require_known(conn: Connection, primitive: str) -> None:
+    """A history or series filter naming a primitive the catalog lacks: the lists' one
+    VALIDATION_FAILED answer (field primitive), read only when a filter names one."""
+    if conn.execute(select(PRIMITIVE.c.key).where(PRIMITIVE.c.key == primitive)).first() is None:
+        raise ValidationFailed(f"unknown primitive {primitive!r}", field="primitive")
 
 
 class PrimitiveRepository:

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 OPERATOR_PREFIX = "mk_op_"
 TENANT_PREFIX = "mk_tn_"
 
 Role = Literal["operator", "tenant"]
+
+# What a key may do, whatever its role: `read` (queries), `meter` (charge, reserve, settle,
+# release, check), `manage` (keys, purchases, plan changes, the operator's control plane).
+Scope = Literal["read", "meter", "manage"]
+SCOPES: tuple[Scope, ...] = ("read", "meter", "manage")
+ALL_SCOPES: frozenset[Scope] = frozenset(SCOPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +34,38 @@ class Principal:
     role: Role
     key_id: str
     tenant_id: str | None  # set for tenant keys
+    scopes: frozenset[Scope] = ALL_SCOPES
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+class ScopeDenied(Exception):
+    """The key lacks the scope a call needs. Each edge (GraphQL guard, REST route) answers it
+    in its own shape: FORBIDDEN, with the missing scope named."""
+
+    def __init__(self, needed: Scope, principal: Principal) -> None:
+        super().__init__(
+            f"this key lacks the {needed!r} scope (it has: {', '.join(sorted(principal.scopes)) or 'none'})"
+        )
+        self.needed = needed
+
+
+def require_scope(principal: Principal, needed: Scope) -> None:
+    """The one scope check, shared by the GraphQL permission catalog and the REST routes."""
+    if needed not in principal.scopes:
+        raise ScopeDenied(needed, principal)
+
+
+def parse_scopes(stored: str | Iterable[str]) -> frozenset[Scope]:
+    """Scopes as stored on a key row (space-separated); unknown words are dropped, never granted."""
+    words = stored.split() if isinstance(stored, str) else stored
+    return frozenset(s for s in SCOPES if s in set(words))
+
+
+def format_scopes(scopes: Iterable[str]) -> str:
+    return " ".join(s for s in SCOPES if s in set(scopes))
 
 
 def generate_key(role: Role) -> str:

@@ -3,8 +3,8 @@ reversals, history, status and reconciliation. Services never commit."""
 
 from __future__ import annotations
 
-import base64
 import calendar
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,10 +12,12 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlmodel import Session
 
+from app.catalog.repository import require_known
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.money import MAX_CREDITS, MICRO
+from app.core.paging import HistoryFilter
 from app.credits import ledger
 from app.credits.ledger import ACCOUNT, BUCKET, ENTRY
 from app.credits.models import CreditPack
@@ -25,8 +27,6 @@ from app.tenants.repository import TenantRepository
 
 MAX_GRANT = int(MAX_CREDITS) * MICRO
 OPERATOR_KEY_PREFIX = "op:"  # keeps operator keys apart from "signup", "plan:..." and purchase keys
-MAX_HISTORY_DAYS = 3660
-MAX_HISTORY_LIMIT = 200
 
 
 def _tenant_or_404(session: Session, scope: TenantScope) -> None:
@@ -121,9 +121,14 @@ def grant_plan_allowance(
     period_start: datetime,
     period_end: datetime,
 ) -> bool:
-    """Grant the plan's included credits as a "plan" bucket expiring at period_end, at most once
-    per tenant, plan and period start. False when nothing was granted (already granted, the plan
-    includes no credits, or the period is already over)."""
+    """Top the period's plan credits up to this plan's allowance: a "plan" bucket expiring at
+    period_end, at most once per tenant, plan and period start.
+
+    The upgrade rule: a plan change inside a period (same period start) grants the new plan's
+    allowance MINUS what this period already granted under any plan, never the full allowance on
+    top (pro 200 -> team 500 mid-period: +300, 500 in all); a change to a smaller allowance grants
+    nothing and takes nothing back. A new period starts from zero. False when nothing was granted
+    (already granted, nothing left to top up, the plan includes no credits, or the period is over)."""
     plan = PlanRepository(session).get(plan_key)
     if plan is None:
         raise NotFound("Plan", plan_key)
@@ -132,17 +137,46 @@ def grant_plan_allowance(
         raise ValidationFailed("period_start must be before period_end", field="currentPeriodStart")
     if plan.included_credits <= 0 or end <= clock.now():
         return False
+    key = plan_grant_key(plan.key, start)
+    # Lock the account before reading what the period holds: two plan changes applied at once
+    # must not both top up from the same starting point.
+    ledger.lock_account(session.connection(), scope)
+    already = period_plan_grants(session, scope, start)
+    if key in already:
+        return False  # this plan's grant for this period exists: a replay
+    top_up = plan.included_credits - sum(already.values())
+    if top_up <= 0:
+        return False
     _, created = ledger.grant(
         session,
         scope,
         clock,
-        amount=plan.included_credits,
+        amount=top_up,
         source="plan",
-        grant_key=plan_grant_key(plan.key, start),
+        grant_key=key,
         expires_at=end,
         reference=f"plan {plan.key} {start.date().isoformat()}..{end.date().isoformat()}",
     )
     return created
+
+
+def period_plan_grants(session: Session, scope: TenantScope, period_start: datetime) -> dict[str, int]:
+    """grant key -> credits granted, of every plan grant for the period starting at period_start."""
+    stamp = plan_grant_key("", period_start).removeprefix("plan:")  # ":<start>"
+    rows = (
+        session.connection()
+        .execute(
+            select(BUCKET.c.grant_key, BUCKET.c.granted).where(
+                and_(
+                    BUCKET.c.tenant_id == scope.tenant_id,
+                    BUCKET.c.source == "plan",
+                    BUCKET.c.grant_key.endswith(stamp, autoescape=True),
+                )
+            )
+        )
+        .all()
+    )
+    return {k: int(g) for k, g in rows}
 
 
 def grant_purchase(
@@ -153,15 +187,17 @@ def grant_purchase(
     pack: CreditPack,
     grant_key: str,
     reference: str | None = None,
+    quantity: int = 1,
 ) -> tuple[str, bool]:
     """A bought pack as a "purchase" bucket; it never expires unless the pack sets
-    expires_after_days. Idempotent by grant_key (use e.g. the Checkout Session id)."""
+    expires_after_days (counted from the grant). Idempotent by grant_key (use e.g. the Checkout
+    Session id). The one place a purchase is granted: Checkout's webhook and reconcile use it."""
     expires = clock.now() + timedelta(days=pack.expires_after_days) if pack.expires_after_days else None
     return ledger.grant(
         session,
         scope,
         clock,
-        amount=pack.credits,
+        amount=pack.credits * quantity,
         source="purchase",
         grant_key=grant_key,
         expires_at=expires,
@@ -228,41 +264,38 @@ def summaries(session: Session, tenant_ids: list[str], now: datetime) -> dict[st
     return {t: CreditSummary(s.balance, s.reserved, buckets.get(t, [])) for t, s in states.items()}
 
 
-def encode_cursor(entry_id: int) -> str:
-    return base64.urlsafe_b64encode(f"le:{entry_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor.encode()).decode()
-        if not text.startswith("le:"):
-            raise ValueError
-        value = int(text[3:])
-        if value < 1 or value > 2**63 - 1:
-            raise ValueError
-        return value
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed("after is not a valid cursor", field="after") from None
-
-
 def history(
-    session: Session, scope: TenantScope, now: datetime, *, days: int, limit: int, after: str | None
-) -> tuple[list[Any], bool]:
-    """Ledger entries of the last `days`, newest first; keyset pagination on the entry id."""
-    if isinstance(days, bool) or days < 1 or days > MAX_HISTORY_DAYS:
-        raise ValidationFailed(f"days must be between 1 and {MAX_HISTORY_DAYS}", field="days")
-    if isinstance(limit, bool) or limit < 1 or limit > MAX_HISTORY_LIMIT:
-        raise ValidationFailed(f"limit must be between 1 and {MAX_HISTORY_LIMIT}", field="limit")
-    q = (
-        select(ENTRY)
-        .where(and_(ENTRY.c.tenant_id == scope.tenant_id, ENTRY.c.created_at >= now - timedelta(days=days)))
-        .order_by(ENTRY.c.id.desc())
-        .limit(limit + 1)
-    )
-    if after is not None:
-        q = q.where(ENTRY.c.id < decode_cursor(after))
-    rows = session.connection().execute(q).all()
-    return list(rows[:limit]), len(rows) > limit
+    session: Session,
+    tenant_ids: Sequence[str],
+    now: datetime,
+    filt: HistoryFilter,
+    limit: int,
+    before_id: int | None,
+) -> dict[str, list[Any]]:
+    """Each tenant's ledger entries, newest first, at most `limit` each (keyset on the entry id):
+    one statement for any number of tenants. `primitive` filters debits by their action."""
+    since, until = filt.window(now)
+    cond = [ENTRY.c.tenant_id.in_(list(tenant_ids)), ENTRY.c.created_at >= since]
+    if until is not None:
+        cond.append(ENTRY.c.created_at < until)
+    if filt.primitive is not None:
+        require_known(session.connection(), filt.primitive)
+        cond.append(ENTRY.c.action == filt.primitive)
+    if before_id is not None:
+        cond.append(ENTRY.c.id < before_id)
+    out: dict[str, list[Any]] = {t: [] for t in tenant_ids}
+    conn = session.connection()
+    if len(out) == 1:
+        rows = conn.execute(select(ENTRY).where(and_(*cond)).order_by(ENTRY.c.id.desc()).limit(limit)).all()
+    else:
+        rank = func.row_number().over(partition_by=ENTRY.c.tenant_id, order_by=ENTRY.c.id.desc()).label("rn")
+        inner = select(ENTRY, rank).where(and_(*cond)).subquery()
+        rows = conn.execute(
+            select(*[inner.c[c.name] for c in ENTRY.c]).where(inner.c.rn <= limit).order_by(inner.c.id.desc())
+        ).all()
+    for r in rows:
+        out[r.tenant_id].append(r)
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,84 +1,100 @@
-"""Deny by default: every root field says who may call it, here and only here.
-A field missing from this catalog is refused at run time and fails a test."""
+"""Deny by default: every root field says who may call it (operator and/or tenant keys) and
+which key scope it needs (read, meter, manage), here and only here. A field missing from this
+catalog is refused at run time and fails a test; the scope check itself is app/core/auth.py's
+`require_scope`, shared with the REST routes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from graphql import FieldNode, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionResult
 
-from app.core.auth import Role
+from app.core.auth import Role, Scope, ScopeDenied, require_scope
 
 OP: frozenset[Role] = frozenset({"operator"})
 TENANT: frozenset[Role] = frozenset({"tenant"})
 BOTH: frozenset[Role] = frozenset({"operator", "tenant"})
 
-CATALOG: dict[str, frozenset[Role]] = {
+
+class Rule(NamedTuple):
+    roles: frozenset[Role]
+    scope: Scope
+
+
+READ: Scope = "read"
+METER: Scope = "meter"
+MANAGE: Scope = "manage"
+
+CATALOG: dict[str, Rule] = {
     # Control plane: reads
-    "Query.accountKits": OP,
-    "Query.accountKit": OP,
-    "Query.plans": BOTH,
-    "Query.plan": BOTH,
-    "Query.tenants": OP,
-    "Query.tenant": BOTH,
-    "Query.viewer": BOTH,
+    "Query.accountKits": Rule(OP, READ),
+    "Query.accountKit": Rule(OP, READ),
+    "Query.plans": Rule(BOTH, READ),
+    "Query.plan": Rule(BOTH, READ),
+    "Query.tenants": Rule(OP, READ),
+    "Query.tenant": Rule(BOTH, READ),
+    "Query.tenantByExternalId": Rule(OP, READ),
+    "Query.viewer": Rule(BOTH, READ),
     # Control plane: writes
-    "Mutation.upsertAccountKit": OP,
-    "Mutation.upsertPlan": OP,
-    "Mutation.archivePlan": OP,
-    "Mutation.createTenant": OP,
-    "Mutation.createApiKey": BOTH,
-    "Mutation.createOperatorKey": OP,
-    "Mutation.revokeApiKey": BOTH,
-    "Mutation.setSubscription": OP,
+    "Mutation.upsertAccountKit": Rule(OP, MANAGE),
+    "Mutation.upsertPlan": Rule(OP, MANAGE),
+    "Mutation.archivePlan": Rule(OP, MANAGE),
+    "Mutation.createTenant": Rule(OP, MANAGE),
+    "Mutation.createApiKey": Rule(BOTH, MANAGE),
+    "Mutation.createOperatorKey": Rule(OP, MANAGE),
+    "Mutation.revokeApiKey": Rule(BOTH, MANAGE),
+    "Mutation.setSubscription": Rule(OP, MANAGE),
     # Metering: the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
-    "Query.check": BOTH,
-    "Query.usageHistory": BOTH,
-    "Mutation.charge": BOTH,
-    "Mutation.chargeBatch": BOTH,
-    "Mutation.reserve": BOTH,
-    "Mutation.settle": BOTH,
-    "Mutation.release": BOTH,
+    "Query.check": Rule(BOTH, METER),
+    "Query.usageHistory": Rule(BOTH, READ),
+    "Query.usageSeries": Rule(BOTH, READ),
+    "Mutation.charge": Rule(BOTH, METER),
+    "Mutation.chargeBatch": Rule(BOTH, METER),
+    "Mutation.reserve": Rule(BOTH, METER),
+    "Mutation.settle": Rule(BOTH, METER),
+    "Mutation.release": Rule(BOTH, METER),
     # Credits and pricing: balances and history of the tenant in scope; the catalog is public to keys
-    "Query.status": BOTH,
-    "Query.creditHistory": BOTH,
-    "Query.creditPacks": BOTH,
-    "Query.prices": BOTH,
-    "Query.llmRates": BOTH,
-    "Query.mediaPrices": BOTH,
-    "Query.pricingSettings": BOTH,
-    "Query.imagePricing": BOTH,
-    "Query.videoPricing": BOTH,
-    "Query.priceQuote": BOTH,
-    "Query.reconcile": OP,
-    "Mutation.grantCredits": OP,
-    "Mutation.reverseCreditEntry": OP,
-    "Mutation.upsertCreditPack": OP,
-    "Mutation.setPrice": OP,
-    "Mutation.setLlmRate": OP,
-    "Mutation.setMediaPrice": OP,
-    "Mutation.setPricingSetting": OP,
+    "Query.status": Rule(BOTH, READ),
+    "Query.creditHistory": Rule(BOTH, READ),
+    "Query.creditPacks": Rule(BOTH, READ),
+    "Query.prices": Rule(BOTH, READ),
+    "Query.llmRates": Rule(BOTH, READ),
+    "Query.mediaPrices": Rule(BOTH, READ),
+    "Query.pricingSettings": Rule(BOTH, READ),
+    "Query.imagePricing": Rule(BOTH, READ),
+    "Query.videoPricing": Rule(BOTH, READ),
+    "Query.priceQuote": Rule(BOTH, READ),
+    "Query.reconcile": Rule(OP, READ),
+    "Mutation.grantCredits": Rule(OP, MANAGE),
+    "Mutation.reverseCreditEntry": Rule(OP, MANAGE),
+    "Mutation.upsertCreditPack": Rule(OP, MANAGE),
+    "Mutation.setPrice": Rule(OP, MANAGE),
+    "Mutation.setLlmRate": Rule(OP, MANAGE),
+    "Mutation.setMediaPrice": Rule(OP, MANAGE),
+    "Mutation.setPricingSetting": Rule(OP, MANAGE),
     # The primitive catalog (issue 11): readable by every key, edited by operators
-    "Query.primitives": BOTH,
-    "Mutation.upsertPrimitive": OP,
+    "Query.primitives": Rule(BOTH, READ),
+    "Mutation.upsertPrimitive": Rule(OP, MANAGE),
     # Per-key budgets (issue 11): a tenant budgets its own keys, an operator any tenant key
-    "Query.keyBudget": BOTH,
-    "Mutation.setKeyBudget": BOTH,
-    "Mutation.clearKeyBudget": BOTH,
+    "Query.keyBudget": Rule(BOTH, READ),
+    "Mutation.setKeyBudget": Rule(BOTH, MANAGE),
+    "Mutation.clearKeyBudget": Rule(BOTH, MANAGE),
     # The audit log of control-plane writes (issue 11): operators only
-    "Query.auditLog": OP,
+    "Query.auditLog": Rule(OP, READ),
     # Alerts as signed webhooks (issue 11): endpoints for operators and tenants; the log and replay for operators
-    "Query.webhookEndpoints": BOTH,
-    "Query.webhookDeliveries": OP,
-    "Mutation.createWebhookEndpoint": BOTH,
-    "Mutation.setWebhookEndpointActive": BOTH,
-    "Mutation.replayWebhookDelivery": OP,
-    "Mutation.setAlertPolicy": OP,
+    "Query.webhookEndpoints": Rule(BOTH, READ),
+    "Query.webhookDeliveries": Rule(OP, READ),
+    "Mutation.createWebhookEndpoint": Rule(BOTH, MANAGE),
+    "Mutation.setWebhookEndpointActive": Rule(BOTH, MANAGE),
+    "Mutation.replayWebhookDelivery": Rule(OP, MANAGE),
+    "Mutation.setAlertPolicy": Rule(OP, MANAGE),
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
-    "Mutation.purchaseCreditPack": BOTH,
-    "Mutation.changePlan": BOTH,
+    "Mutation.purchaseCreditPack": Rule(BOTH, MANAGE),
+    "Mutation.changePlan": Rule(BOTH, MANAGE),
+    # Stripe: the webhook inbox (what each event did), operators only
+    "Query.stripeEvents": Rule(OP, READ),
 }
 
 # Introspection needs no principal; everything else does.
@@ -123,7 +139,11 @@ class PermissionGuard(SchemaExtension):
                 continue
             if principal is None:
                 return "authentication required: send Authorization: Bearer <key>"
-            allowed = CATALOG.get(f"{type_name}.{name}")
-            if allowed is None or principal.role not in allowed:
+            rule = CATALOG.get(f"{type_name}.{name}")
+            if rule is None or principal.role not in rule.roles:
                 return f"not allowed: {type_name}.{name} for a {principal.role} key"
+            try:
+                require_scope(principal, rule.scope)
+            except ScopeDenied as exc:
+                return f"not allowed: {type_name}.{name}: {exc}"
         return None

@@ -28,8 +28,10 @@ from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.permissions import PermissionGuard
-from app.integrations.stripe.graphql import StripeMutation
+from app.graphql.scalars import guard_credits_inputs
+from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.metering.graphql import MeteringMutation, MeteringQuery
+from app.metering.usage_graphql import UsageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
@@ -43,8 +45,10 @@ QUERIES: tuple[type, ...] = (
     PlanQuery,
     AccountKitQuery,
     MeteringQuery,
+    UsageQuery,
     CreditsQuery,
     PricingQuery,
+    StripeQuery,
     CatalogQuery,
     BudgetQuery,
     AuditQuery,
@@ -66,6 +70,8 @@ MUTATIONS: tuple[type, ...] = (
 
 Query = merge_types("Query", QUERIES)
 Mutation = merge_types("Mutation", MUTATIONS)
+# Refused Credits inputs become ValidationError answers before any resolver runs (scalars.py).
+guard_credits_inputs(Query.__strawberry_definition__.fields + Mutation.__strawberry_definition__.fields)  # type: ignore[attr-defined]
 
 
 def should_mask(error: GraphQLError) -> bool:
@@ -119,4 +125,13 @@ def build_schema(settings: Settings) -> strawberry.Schema:
 
 
 def export_sdl() -> str:
-    return build_schema(Settings()).as_str() + "\n"
+    """The SDL with an explicit `schema {}` root block: SDL tools (codegen, graphql-core's
+    build_schema) then never guess the roots from type names."""
+    schema = build_schema(Settings())
+    sdl = schema.as_str()
+    if not sdl.startswith("schema {"):
+        gql = schema._schema
+        roots = [("query", gql.query_type), ("mutation", gql.mutation_type), ("subscription", gql.subscription_type)]
+        block = "\n".join(f"  {op}: {t.name}" for op, t in roots if t is not None)
+        sdl = f"schema {{\n{block}\n}}\n\n{sdl}"
+    return sdl + "\n"

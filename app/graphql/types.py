@@ -11,6 +11,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.account_kits.models import AccountKit as KitRow
+from app.core.auth import SCOPES, parse_scopes
 from app.graphql.context import Info
 from app.graphql.scalars import Credits, MicroCredits
 from app.plans.models import Plan as PlanRow
@@ -19,8 +20,9 @@ from app.tenants.models import ApiKey as ApiKeyRow
 from app.tenants.models import Tenant as TenantRow
 
 if TYPE_CHECKING:
-    from app.credits.graphql import CreditBalance
+    from app.credits.graphql import CreditBalance, CreditEntryConnection
     from app.metering.graphql import UsageReport
+    from app.metering.usage_graphql import UsageEventConnection, UsageGroupBy, UsageInterval, UsagePoint
 
 
 @strawberry.enum
@@ -29,6 +31,16 @@ class Period(Enum):
     week = "week"
     month = "month"
     year = "year"
+
+
+@strawberry.enum(
+    description="What a key may do: READ (queries), METER (charge, reserve, settle, release, check), "
+    "MANAGE (keys, purchases, plan changes, the control plane)."
+)
+class ApiKeyScope(Enum):
+    READ = "read"
+    METER = "meter"
+    MANAGE = "manage"
 
 
 @strawberry.enum
@@ -149,8 +161,8 @@ class PlanQuotaType:
     quota: int
 
 
-@strawberry.type
-class Subscription:
+@strawberry.type(description="A tenant's billing subscription (not a GraphQL subscription root).")
+class BillingSubscription:
     row: strawberry.Private[SubscriptionRow]
 
     @strawberry.field
@@ -233,9 +245,9 @@ class Tenant:
         return self.row.account_kit_key is None
 
     @strawberry.field
-    async def subscription(self, info: Info) -> Subscription | None:
+    async def subscription(self, info: Info) -> BillingSubscription | None:
         row = await info.context.loaders.subscription.load(self.row.id)
-        return Subscription(row=row) if row else None
+        return BillingSubscription(row=row) if row else None
 
     @strawberry.field(description="Credit balance (exact at read time), holds and live buckets in burn order.")
     async def credits(self, info: Info) -> Annotated[CreditBalance, strawberry.lazy("app.credits.graphql")]:
@@ -250,6 +262,56 @@ class Tenant:
         from app.metering.graphql import resolve_usage
 
         return await resolve_usage(info.context, self.row.id, at)
+
+    # History and series of this tenant (operators read any tenant's): each goes through a
+    # DataLoader, so a page of tenants costs one statement per field, whatever its size.
+    @strawberry.field(description="Metered calls, newest first (as Query.usageHistory, for this tenant).")
+    async def usage_history(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        days: int | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        primitive: str | None = None,
+        api_key_id: strawberry.ID | None = None,
+    ) -> Annotated[UsageEventConnection, strawberry.lazy("app.metering.usage_graphql")]:
+        from app.metering.usage_graphql import resolve_usage_history
+
+        key = str(api_key_id) if api_key_id is not None else None
+        return await resolve_usage_history(info.context, self.row.id, first, after, days, from_, to, primitive, key)
+
+    @strawberry.field(description="Ledger entries, newest first (as Query.creditHistory, for this tenant).")
+    async def credit_history(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        days: int | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        primitive: str | None = None,
+    ) -> Annotated[CreditEntryConnection, strawberry.lazy("app.credits.graphql")]:
+        from app.credits.graphql import resolve_credit_history
+
+        return await resolve_credit_history(info.context, self.row.id, first, after, days, from_, to, primitive)
+
+    @strawberry.field(description="Usage over time (as Query.usageSeries, for this tenant).")
+    async def usage_series(
+        self,
+        info: Info,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        interval: Annotated[UsageInterval, strawberry.lazy("app.metering.usage_graphql")] | None = None,
+        primitive: str | None = None,
+        group_by: Annotated[UsageGroupBy, strawberry.lazy("app.metering.usage_graphql")] | None = None,
+    ) -> list[Annotated[UsagePoint, strawberry.lazy("app.metering.usage_graphql")]]:
+        from app.metering.usage_graphql import UsageInterval, resolve_usage_series
+
+        return await resolve_usage_series(
+            info.context, self.row.id, from_, to, interval or UsageInterval.DAY, primitive, group_by
+        )
 
 
 @strawberry.type
@@ -283,3 +345,12 @@ class ApiKey:
     @strawberry.field
     def revoked_at(self) -> datetime | None:
         return self.row.revoked_at
+
+    @strawberry.field
+    def scopes(self) -> list[ApiKeyScope]:
+        granted = parse_scopes(self.row.scopes)
+        return [ApiKeyScope(s) for s in SCOPES if s in granted]
+
+    @strawberry.field(description="Null: the key never expires (it can still be revoked).")
+    def expires_at(self) -> datetime | None:
+        return self.row.expires_at

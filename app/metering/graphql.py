@@ -3,8 +3,7 @@ app/metering/service.py and the whole transaction runs in one thread hop."""
 
 from __future__ import annotations
 
-import base64
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
@@ -45,10 +44,11 @@ class BatchItemInput:
     item: MeterInput
 
 
-def to_request(i: MeterInput, api_key_id: str | None = None) -> service.MeterRequest:
+def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterRequest:
+    """`ctx`: the request's principal, recorded as the key that made the call."""
     p = price_request(i.primitive, i.quantity, i.details)
     return service.MeterRequest(
-        api_key_id=api_key_id,
+        api_key_id=_key_id(ctx),
         primitive=i.primitive,
         idempotency_key=i.idempotency_key,
         quantity=i.quantity,
@@ -266,9 +266,8 @@ def to_hold(h: service.HoldView) -> Hold:
     )
 
 
-def _key_id(ctx: Context) -> str | None:
-    """The calling key: its own budget, if it has one, applies to the call."""
-    return ctx.principal.key_id if ctx.principal is not None else None
+def _key_id(ctx: Context | None) -> str | None:
+    return ctx.principal.key_id if ctx is not None and ctx.principal is not None else None
 
 
 def _buffer(ctx: Context) -> int:
@@ -289,6 +288,12 @@ class CheckResult:
     remaining: int | None
     available_credits: Credits  # type: ignore[valid-type]
     price: Credits | None  # type: ignore[valid-type]
+    shortfall: Credits | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="INSUFFICIENT_CREDITS: the credits missing for this work"
+    )
+    packs: list[PackOffer] = strawberry.field(
+        default_factory=list, description="INSUFFICIENT_CREDITS: the packs that cover it, as charge's answer lists"
+    )
 
 
 CheckOutcome = Annotated[CheckResult | ValidationError, strawberry.union("CheckOutcome")]
@@ -307,6 +312,7 @@ class UsageLine:
     used: int
     remaining: int | None
     overage: int
+    credits: Credits = strawberry.field(description="Credits spent on this primitive in the period.")  # type: ignore[valid-type]
 
 
 @strawberry.type(description="The brief's billing.usage(): {plan, status, period, quotas, usage}.")
@@ -320,7 +326,14 @@ class UsageReport:
 
 def to_report(r: repository.UsageReport) -> UsageReport:
     lines = [
-        UsageLine(primitive=x.primitive, quota=x.quota, used=x.used, remaining=x.remaining, overage=x.overage)
+        UsageLine(
+            primitive=x.primitive,
+            quota=x.quota,
+            used=x.used,
+            remaining=x.remaining,
+            overage=x.overage,
+            credits=MicroCredits(x.credits),
+        )
         for x in r.lines
     ]
     return UsageReport(
@@ -341,43 +354,6 @@ async def resolve_usage(ctx: Context, tenant_id: str, at: datetime | None) -> Us
     loader = ctx.loaders.custom("usage", lambda s, ids: repository.usage_reports(s.connection(), ids, now))
     report = await loader.load(tenant_id)
     return to_report(report) if report else None
-
-
-@strawberry.type
-class UsageEventNode:
-    id: strawberry.ID
-    kind: str
-    primitive: str
-    quantity: int
-    credits_used: Credits  # type: ignore[valid-type]
-    reference: str | None
-    connection: str | None
-    idempotency_key: str
-    created_at: datetime
-
-
-@strawberry.type
-class UsageEventPage:
-    nodes: list[UsageEventNode]
-    end_cursor: str | None
-    has_next_page: bool
-
-
-def _cursor(event_id: int) -> str:
-    return base64.urlsafe_b64encode(f"use:{event_id}".encode()).decode()
-
-
-def _parse_cursor(value: str) -> int:
-    try:
-        kind, _, n = base64.urlsafe_b64decode(value.encode()).decode().partition(":")
-        if kind != "use":
-            raise ValueError
-        return int(n)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed("after is not a valid cursor", field="after") from None
-
-
-UsageHistoryResult = Annotated[UsageEventPage | ValidationError, strawberry.union("UsageHistoryResult")]
 
 
 @strawberry.type
@@ -407,43 +383,9 @@ class MeteringQuery:
             remaining=r.remaining,
             available_credits=MicroCredits(r.available),
             price=MicroCredits(r.price) if r.price is not None else None,
+            shortfall=MicroCredits(r.shortfall) if r.shortfall is not None else None,
+            packs=[pack_offer(p) for p in r.packs],
         )
-
-    @strawberry.field(description="Metered calls of the tenant in scope, newest first (the brief's /v1/usage).")
-    async def usage_history(
-        self, info: Info, days: int = 30, limit: int = 50, after: str | None = None
-    ) -> UsageHistoryResult:
-        ctx = info.context
-        try:
-            scope = ctx.require_scope()
-            if not 1 <= days <= 3660:
-                raise ValidationFailed("days must be between 1 and 3660", field="days")
-            if not 1 <= limit <= 500:
-                raise ValidationFailed("limit must be between 1 and 500", field="limit")
-            before = _parse_cursor(after) if after else None
-            since = ctx.clock.now() - timedelta(days=days)
-            rows = await ctx.read(
-                lambda s: repository.usage_history(s.connection(), scope.tenant_id, since, limit + 1, before)
-            )
-        except DomainError as exc:
-            return to_user_error(exc)  # type: ignore[return-value]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        nodes = [
-            UsageEventNode(
-                id=strawberry.ID(str(r.id)),
-                kind=r.kind,
-                primitive=r.primitive,
-                quantity=r.quantity,
-                credits_used=MicroCredits(r.credits),
-                reference=r.reference,
-                connection=r.connection,
-                idempotency_key=r.idempotency_key,
-                created_at=r.created_at,
-            )
-            for r in rows
-        ]
-        return UsageEventPage(nodes=nodes, end_cursor=_cursor(rows[-1].id) if rows else None, has_next_page=more)
 
 
 @strawberry.type
@@ -453,7 +395,7 @@ class MeteringMutation:
         ctx = info.context
         try:
             scope = ctx.require_scope()
-            req = to_request(input, _key_id(ctx))
+            req = to_request(input, ctx)
             res = await ctx.charge(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
@@ -470,7 +412,7 @@ class MeteringMutation:
         for it in items:
             try:
                 scope = target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
-                prepared.append((scope, to_request(it.item, _key_id(ctx))))
+                prepared.append((scope, to_request(it.item, ctx)))
             except DomainError as exc:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
@@ -490,7 +432,7 @@ class MeteringMutation:
         ctx = info.context
         try:
             scope = ctx.require_scope()
-            req = to_request(input, _key_id(ctx))
+            req = to_request(input, ctx)
             ttl = ttl_seconds or ctx.settings.hold_ttl_seconds
             res = await ctx.write(
                 lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
@@ -509,7 +451,7 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
-            req = to_request(actual) if actual is not None else None
+            req = to_request(actual, ctx) if actual is not None else None
             res = await ctx.write(
                 lambda s: service.settle(
                     s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx), api_key_id=_key_id(ctx)

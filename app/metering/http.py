@@ -14,9 +14,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.budgets.errors import BudgetExceeded
+from app.core.auth import ScopeDenied, require_scope
 from app.core.db import connection_of_work, inline_sqlite
 from app.core.errors import DomainError, NotFound, ValidationFailed
 from app.core.money import format_credits
+from app.http.edge import AuthError, bearer, resolve_principal
 from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import service
@@ -48,8 +50,6 @@ def _error(exc: DomainError) -> Response:
 
 
 def routes(state: Any) -> list[Route]:
-    from app.main import AuthError, _resolve_principal, bearer, error_response
-
     async def charge(request: Request) -> Response:
         try:
             raw = json.loads(await request.body())
@@ -68,20 +68,27 @@ def routes(state: Any) -> list[Route]:
         buffer = state.settings.negative_buffer_credits * 1_000_000
 
         def run() -> service.Charged:
-            principal, scope = _resolve_principal(
-                state.engine, bearer(request), headers.get("x-tenant-id"), state.settings.auth_cache_seconds
+            principal, scope = resolve_principal(
+                state.engine,
+                bearer(request),
+                headers.get("x-tenant-id"),
+                state.settings.auth_cache_seconds,
+                state.clock,
             )
+            if principal is not None:
+                require_scope(principal, "meter")
             if scope is None:
                 raise ValidationFailed("no tenant in scope", field="X-Tenant-Id")
+            keyed = replace(req, api_key_id=principal.key_id if principal else None)
             with connection_of_work(state.engine) as conn:
-                # The key's own budget applies (scope is minted only for a principal).
-                keyed = replace(req, api_key_id=principal.key_id if principal is not None else None)
                 return service.charge(conn, state.clock, scope, keyed, negative_buffer=buffer)
 
         try:
             res = run() if inline_sqlite(state.engine, state.settings) else await run_in_threadpool(run)
         except AuthError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            return exc.response()
+        except ScopeDenied as exc:
+            return JSONResponse({"error": "forbidden", "message": str(exc)}, 403)
         except DomainError as exc:
             return _error(exc)
         return JSONResponse(

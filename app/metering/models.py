@@ -35,6 +35,9 @@ class UsageEvent(SQLModel, table=True):
     connection: str | None = Field(default=None, max_length=64)  # the connection the call named
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(sa_column=ts_column())
+    # The key that made the call (NULL: no key, e.g. an internal caller). No foreign key: keys are
+    # never deleted, and the check would cost the hot insert an index probe.
+    api_key_id: str | None = Field(default=None, max_length=40)
 
 
 class UsageCounter(SQLModel, table=True):
@@ -48,6 +51,24 @@ class UsageCounter(SQLModel, table=True):
     period_end: datetime = Field(sa_column=ts_column())
     used: int = Field(sa_column=Column(BigInteger, nullable=False))
     overage: int = Field(sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    credits: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+
+
+class UsageRollup(SQLModel, table=True):
+    """Usage per (tenant, UTC hour, primitive, key), upserted in the charge's own transaction:
+    series read these rows, never the event log. Days are sums of 24 hours (one upsert per charge
+    instead of two; a 30-day daily chart reads at most 720 rows per primitive and key).
+    api_key_id is '' for calls made without a key (a primary key column cannot be NULL)."""
+
+    __tablename__ = "usage_rollup"
+
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
+    hour_start: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    primitive: str = Field(primary_key=True, max_length=64)
+    api_key_id: str = Field(primary_key=True, max_length=40)
+    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    credits: int = Field(sa_column=Column(BigInteger, nullable=False))
+    events: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class RateWindow(SQLModel, table=True):

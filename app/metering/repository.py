@@ -3,14 +3,17 @@ page of tenants costs the same three statements as one tenant."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, tuple_
+from sqlalchemy import and_, func, select, tuple_
 from sqlalchemy.engine import Connection
 
+from app.catalog.repository import require_known
 from app.core.clock import as_utc
+from app.core.paging import HistoryFilter
 from app.metering.periods import Period, current_period
 from app.metering.service import COUNTER, EVENT, PLAN, QUOTA, SUB, TENANT
 
@@ -21,6 +24,7 @@ class UsageLine:
     quota: int | None
     used: int
     overage: int
+    credits: int = 0  # spent on this primitive in the period
 
     @property
     def remaining(self) -> int | None:
@@ -69,42 +73,63 @@ def usage_reports(
         ):
             quotas.setdefault(q.plan_key, {})[q.primitive] = q.quota
     pairs = [(tid, per.start) for tid, (_, per, _) in periods.items()]
-    counters: dict[str, dict[str, tuple[int, int]]] = {}
+    counters: dict[str, dict[str, tuple[int, int, int]]] = {}
     for c in conn.execute(
-        select(COUNTER.c.tenant_id, COUNTER.c.primitive, COUNTER.c.used, COUNTER.c.overage).where(
+        select(COUNTER.c.tenant_id, COUNTER.c.primitive, COUNTER.c.used, COUNTER.c.overage, COUNTER.c.credits).where(
             tuple_(COUNTER.c.tenant_id, COUNTER.c.period_start).in_(pairs)
         )
     ):
-        counters.setdefault(c.tenant_id, {})[c.primitive] = (c.used, c.overage)
+        counters.setdefault(c.tenant_id, {})[c.primitive] = (c.used, c.overage, c.credits)
     out = {}
     for tid, (plan_key, per, status) in periods.items():
         plan_quotas = quotas.get(plan_key or "", {})
         used = counters.get(tid, {})
         lines = [
-            UsageLine(p, plan_quotas.get(p), used.get(p, (0, 0))[0], used.get(p, (0, 0))[1])
-            for p in sorted(set(plan_quotas) | set(used))
+            UsageLine(p, plan_quotas.get(p), *used.get(p, (0, 0, 0))) for p in sorted(set(plan_quotas) | set(used))
         ]
         out[tid] = UsageReport(tid, plan_key, status, per, lines)
     return out
 
 
-def usage_history(conn: Connection, tenant_id: str, since: datetime, limit: int, before_id: int | None) -> list[Any]:
-    q = (
-        select(
-            EVENT.c.id,
-            EVENT.c.kind,
-            EVENT.c.primitive,
-            EVENT.c.quantity,
-            EVENT.c.credits,
-            EVENT.c.reference,
-            EVENT.c.connection,
-            EVENT.c.idempotency_key,
-            EVENT.c.created_at,
-        )
-        .where(and_(EVENT.c.tenant_id == tenant_id, EVENT.c.created_at >= since))
-        .order_by(EVENT.c.id.desc())
-        .limit(limit)
-    )
+def usage_history(
+    conn: Connection, tenant_ids: Sequence[str], now: datetime, filt: HistoryFilter, limit: int, before_id: int | None
+) -> dict[str, list[Any]]:
+    """Each tenant's events, newest first, at most `limit` each: one statement for any number of
+    tenants (a window over the (tenant_id, id) index), so a page of tenants costs what one does."""
+    since, until = filt.window(now)
+    cond = [EVENT.c.tenant_id.in_(list(tenant_ids)), EVENT.c.created_at >= since]
+    if until is not None:
+        cond.append(EVENT.c.created_at < until)
+    if filt.primitive is not None:
+        require_known(conn, filt.primitive)
+        cond.append(EVENT.c.primitive == filt.primitive)
+    if filt.api_key_id is not None:
+        cond.append(EVENT.c.api_key_id == filt.api_key_id)
     if before_id is not None:
-        q = q.where(EVENT.c.id < before_id)
-    return list(conn.execute(q).all())
+        cond.append(EVENT.c.id < before_id)
+    cols = [
+        EVENT.c.id,
+        EVENT.c.tenant_id,
+        EVENT.c.kind,
+        EVENT.c.primitive,
+        EVENT.c.quantity,
+        EVENT.c.credits,
+        EVENT.c.reference,
+        EVENT.c.connection,
+        EVENT.c.idempotency_key,
+        EVENT.c.api_key_id,
+        EVENT.c.created_at,
+    ]
+    out: dict[str, list[Any]] = {t: [] for t in tenant_ids}
+    if len(out) == 1:
+        q = select(*cols).where(and_(*cond)).order_by(EVENT.c.id.desc()).limit(limit)
+        rows = conn.execute(q).all()
+    else:
+        rank = func.row_number().over(partition_by=EVENT.c.tenant_id, order_by=EVENT.c.id.desc()).label("rn")
+        inner = select(*cols, rank).where(and_(*cond)).subquery()
+        rows = conn.execute(
+            select(*[inner.c[c.name] for c in cols]).where(inner.c.rn <= limit).order_by(inner.c.id.desc())
+        ).all()
+    for r in rows:
+        out[r.tenant_id].append(r)
+    return out

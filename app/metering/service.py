@@ -19,7 +19,7 @@ the available balance is at or below zero, or below the estimate.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -91,14 +91,23 @@ _QUOTA_USED_PRICE = Sql(
 )
 _INSERT_EVENT = Sql(
     """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
-                                period_start, reference, connection, result, created_at)
-       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :conn, :result, :now) RETURNING id"""
+                                period_start, reference, connection, result, created_at, api_key_id)
+       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :conn, :result, :now, :key_id) RETURNING id"""
 )
 _BUMP_COUNTER = Sql(
-    """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage)
-       VALUES (:tid, :ps, :p, :pe, :qty, :overage)
+    """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits)
+       VALUES (:tid, :ps, :p, :pe, :qty, :overage, :credits)
        ON CONFLICT (tenant_id, period_start, primitive)
-       DO UPDATE SET used = usage_counter.used + :qty, overage = :overage"""
+       DO UPDATE SET used = usage_counter.used + :qty, overage = :overage,
+                     credits = usage_counter.credits + :credits"""
+)
+# The hourly rollup that usage series read (app/metering/series.py): one upsert per charge.
+_BUMP_ROLLUP = Sql(
+    """INSERT INTO usage_rollup (tenant_id, hour_start, primitive, api_key_id, quantity, credits, events)
+       VALUES (:tid, :hour, :p, :key_id, :qty, :credits, :n)
+       ON CONFLICT (tenant_id, hour_start, primitive, api_key_id)
+       DO UPDATE SET quantity = usage_rollup.quantity + :qty, credits = usage_rollup.credits + :credits,
+                     events = usage_rollup.events + :n"""
 )
 _BUMP_RATE = Sql(
     """INSERT INTO rate_window (tenant_id, primitive, window_start, calls) VALUES (:tid, :p, :win, 1)
@@ -170,7 +179,10 @@ class MeterRequest:
     duration_seconds: Decimal | None = None
     reference: str | None = None
     connection: str | None = None  # the connection the call used (e.g. "gmail"): the kit must allow it
-    api_key_id: str | None = None  # who made the call: per-key budgets (not part of the fingerprint)
+    # The key that made the call (the principal's key_id): recorded on the event and its rollup, and
+    # its own budget applies. Not part of the fingerprint: the same call retried with another key of
+    # the tenant is a replay.
+    api_key_id: str | None = None
 
     def validate(self) -> MeterRequest:
         check_key(self.primitive)  # whether the catalog has it is read inside the transaction
@@ -520,6 +532,7 @@ class Meter:
                 "conn": req.connection,
                 "result": to_json(result.stored()),
                 "now": ts(conn, self.now),
+                "key_id": req.api_key_id,
             },
         ).scalar_one()
         result.event_id = int(event_id)
@@ -533,8 +546,10 @@ class Meter:
                 "pe": ts(conn, d.period.end),
                 "qty": req.quantity,
                 "overage": usage.overage,
+                "credits": d.amount,
             },
         )
+        run(conn, _BUMP_ROLLUP, self._rollup_row(req.primitive, req.api_key_id, req.quantity, d.amount, 1))
         if d.rate_window is not None:
             run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
         self._alerts(req.primitive, d.quota, d.used, used, d.period, available_before)
@@ -543,6 +558,18 @@ class Meter:
             spend.add(req.primitive, req.quantity, d.amount)
             spend.flush()
         return result
+
+    def _rollup_row(self, primitive: str, key_id: str | None, qty: int, credits: int, n: int) -> dict[str, Any]:
+        hour = self.now.replace(minute=0, second=0, microsecond=0)
+        return {
+            "tid": self.scope.tenant_id,
+            "hour": ts(self.conn, hour),
+            "p": primitive,
+            "key_id": key_id or "",
+            "qty": qty,
+            "credits": credits,
+            "n": n,
+        }
 
     def charge(self, req: MeterRequest) -> Charged:
         stored = self._stored_event(req.idempotency_key)
@@ -663,10 +690,20 @@ class Meter:
                         "conn": req.connection,
                         "result": to_json(result.stored()),
                         "now": now,
+                        "key_id": req.api_key_id,
                     },
                 ).scalar_one()
             )
             out[i] = result
+        # Totals per primitive (counters) and per (primitive, key) (rollups): each row written once.
+        credits_of: dict[str, int] = {}
+        rollups: dict[tuple[str, str | None], list[int]] = {}
+        for _, req, amount, _, _ in accepted:
+            credits_of[req.primitive] = credits_of.get(req.primitive, 0) + amount
+            total = rollups.setdefault((req.primitive, req.api_key_id), [0, 0, 0])
+            total[0] += req.quantity
+            total[1] += amount
+            total[2] += 1
         for primitive, run_ in {req.primitive: r for _, req, _, r, _ in accepted}.items():
             overage = max(run_.used - run_.quota, 0) if run_.quota is not None else 0
             run(
@@ -679,11 +716,16 @@ class Meter:
                     "pe": ts(conn, run_.period.end),
                     "qty": run_.quantity,
                     "overage": overage,
+                    "credits": credits_of[primitive],
                 },
             )
             if run_.window is not None:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
             self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
+        # The tenant's account lock already serializes writers of these rows; one statement, many rows.
+        rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rows)
         if accepted:
             self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
         if self._spend is not None:
@@ -762,7 +804,7 @@ class Meter:
             raise NotFound("Hold", hold_id)
         return row
 
-    def settle(self, hold_id: str, actual: MeterRequest | None) -> Charged:
+    def settle(self, hold_id: str, actual: MeterRequest | None, api_key_id: str | None = None) -> Charged:
         hold = self._hold(hold_id)
         if hold.status == "settled":
             return Charged.from_stored(int(hold.settle_result["eventId"]), hold.settle_result)
@@ -777,8 +819,14 @@ class Meter:
         )
         if req.primitive != hold.primitive:
             raise ValidationFailed("actual.primitive must match the hold's primitive", field="primitive")
+        key_id = api_key_id if api_key_id is not None else req.api_key_id  # the settling key
         req = MeterRequest(
-            **{**asdict(req), "idempotency_key": f"hold:{hold_id}", "connection": req.connection or hold.connection}
+            **{
+                **asdict(req),
+                "idempotency_key": f"hold:{hold_id}",
+                "api_key_id": key_id,
+                "connection": req.connection or hold.connection,
+            }
         )
         # Work already done: counted even past the quota (as overage) and charged down to the buffer.
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
@@ -880,6 +928,9 @@ class CheckResult:
     remaining: int | None
     available: int
     price: int | None
+    # INSUFFICIENT_CREDITS only, as charge's InsufficientCredits: what is missing and the packs that cover it.
+    shortfall: int | None = None
+    packs: list[PackInfo] = field(default_factory=list)
 
 
 def check(
@@ -957,7 +1008,16 @@ def check(
     except ValidationFailed:
         price = None  # dynamic prices need parameters a plain check does not carry
     if available <= 0 or (price is not None and available < price):
-        return answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+        from app.credits.packs import packs_covering
+
+        # New work needs a positive balance that covers the price: at least one micro-credit.
+        shortfall = max(price or 0, 1) - available
+        refused = answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+        refused.shortfall = shortfall
+        refused.packs = [
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents)) for p in packs_covering(session, shortfall)
+        ]
+        return refused
     return answer(None, None, price)
 
 
@@ -1001,10 +1061,12 @@ def settle(
     negative_buffer: int,
     api_key_id: str | None = None,
 ) -> Charged:
-    """Work done: never refused by a key budget, but counted against the settling key's."""
+    """`api_key_id`: the key that settles (the event's key), as MeterRequest.api_key_id for a charge.
+    Work done: never refused by a key budget, but counted against the settling key's."""
     if actual is not None:
         actual.validate()
-    return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=api_key_id).settle(hold_id, actual)
+    meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=api_key_id)
+    return meter.settle(hold_id, actual, api_key_id)
 
 
 def release(session: Session, clock: Clock, scope: TenantScope, hold_id: str) -> HoldView:

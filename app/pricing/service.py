@@ -78,12 +78,19 @@ def _int(value: Any, field: str, lo: int, hi: int) -> int:
     return value
 
 
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+
+
 def parse_decimal(value: Any, field: str, *, lo: Decimal, hi: Decimal, positive: bool = False) -> Decimal:
     """A caller's decimal (string, int or Decimal; never a float) within [lo, hi]."""
     if isinstance(value, bool | float) or value is None:
         raise ValidationFailed(f"{field} must be a decimal number", field=field)
+    # Strings in one plain ASCII spelling, as Credits: Decimal() alone would also take "1_000",
+    # non-ASCII digits, exponents and surrounding spaces.
+    if isinstance(value, str) and (len(value) > 40 or not _PLAIN_DECIMAL.fullmatch(value)):
+        raise ValidationFailed(f'{field} must be an ASCII decimal such as "0.02"', field=field)
     try:
-        d = Decimal(str(value).strip())
+        d = Decimal(str(value))
     except (InvalidOperation, ValueError):
         raise ValidationFailed(f"{field} is not a decimal number", field=field) from None
     if not d.is_finite():

@@ -9,7 +9,7 @@ from app.audit.service import subscription_target
 from app.audit.write import audited_write
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.types import Plan, Subscription, SubscriptionStatus, Tenant
+from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus, Tenant
 from app.graphql.util import attempt, target_scope
 from app.subscriptions import service
 
@@ -28,7 +28,7 @@ class SetSubscriptionInput:
 @strawberry.type
 class SubscriptionChanged:
     tenant: Tenant
-    subscription: Subscription
+    subscription: BillingSubscription
     plan: Plan
 
 
@@ -65,7 +65,7 @@ class SubscriptionMutation:
                 lambda s: service.set_subscription(s, ctx.clock, scope, data),
             )
             return SubscriptionChanged(
-                tenant=Tenant(row=tenant), subscription=Subscription(row=sub), plan=Plan(row=plan)
+                tenant=Tenant(row=tenant), subscription=BillingSubscription(row=sub), plan=Plan(row=plan)
             )
 
         return await attempt(run)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
@@ -11,7 +12,8 @@ from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.types import ApiKey, Tenant
+from app.graphql.pagination import After, Connection, First, connection
+from app.graphql.types import ApiKey, ApiKeyScope, Tenant
 from app.graphql.util import attempt, target_scope
 from app.tenants import service
 from app.tenants.repository import TenantRepository
@@ -22,28 +24,6 @@ class CreateTenantInput:
     name: str
     external_id: str | None = None
     metadata: JSON | None = None
-
-
-@strawberry.type
-class TenantEdge:
-    cursor: str
-    node: Tenant
-
-
-@strawberry.type
-class PageInfo:
-    has_next_page: bool
-    end_cursor: str | None
-
-
-@strawberry.type
-class TenantConnection:
-    edges: list[TenantEdge]
-    page_info: PageInfo
-
-    @strawberry.field
-    def nodes(self) -> list[Tenant]:
-        return [e.node for e in self.edges]
 
 
 @strawberry.type
@@ -63,13 +43,21 @@ def _key_target(made: tuple[Any, str]) -> Target:
 
 @strawberry.type
 class TenantQuery:
-    @strawberry.field(description="Operator: every tenant, oldest first, cursor-paginated.")
-    async def tenants(self, info: Info, first: int = 50, after: str | None = None) -> TenantConnection:
-        rows, more = await info.context.read(lambda s: service.list_tenants(s, first, after))
-        edges = [TenantEdge(cursor=service.encode_cursor(r), node=Tenant(row=r)) for r in rows]
-        return TenantConnection(
-            edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None)
-        )
+    @strawberry.field(
+        description="Operator: every tenant, oldest first; `search` matches part of the name, external id or plan."
+    )
+    async def tenants(
+        self, info: Info, first: First = 50, after: After = None, search: str | None = None
+    ) -> Connection[Tenant]:
+        rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search))
+        return connection(Connection[Tenant], rows, first, service.encode_cursor, lambda r: Tenant(row=r))
+
+    @strawberry.field(description="Operator: the tenant with this external id (your platform's user id), or null.")
+    async def tenant_by_external_id(self, info: Info, external_id: str) -> Tenant | None:
+        if not external_id or len(external_id) > 255:
+            return None  # no tenant can have it
+        row = await info.context.read(lambda s: TenantRepository(s).by_external_id(external_id))
+        return Tenant(row=row) if row else None
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
     async def tenant(self, info: Info, id: strawberry.ID) -> Tenant | None:
@@ -111,9 +99,18 @@ class TenantMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="A key for a tenant (tenantId, or the tenant in scope); the secret is shown once.")
+    @strawberry.mutation(
+        description="A key for a tenant (tenantId, or the tenant in scope); the secret is shown once. "
+        "scopes default to the minting key's own (all three for a tenant's first key): [READ] makes a "
+        "read-only key to ship to a browser. expiresAt is optional; a key never outranks or outlives its maker."
+    )
     async def create_api_key(
-        self, info: Info, tenant_id: strawberry.ID | None = None, name: str = ""
+        self,
+        info: Info,
+        tenant_id: strawberry.ID | None = None,
+        name: str = "",
+        scopes: list[ApiKeyScope] | None = None,
+        expires_at: datetime | None = None,
     ) -> CreateApiKeyResult:
         ctx = info.context
 
@@ -123,14 +120,29 @@ class TenantMutation:
                 ctx,
                 "createApiKey",
                 _key_target,
-                lambda s: service.create_api_key(s, ctx.clock, role="tenant", scope=scope, name=name),
+                lambda s: service.create_api_key(
+                    s,
+                    ctx.clock,
+                    role="tenant",
+                    scope=scope,
+                    name=name,
+                    scopes=[x.value for x in scopes] if scopes is not None else None,
+                    expires_at=expires_at,
+                    caller=ctx.principal,
+                ),
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: another operator key; the secret is shown once.")
-    async def create_operator_key(self, info: Info, name: str = "") -> CreateApiKeyResult:
+    @strawberry.mutation(description="Operator: another operator key (scopes and expiresAt as for createApiKey).")
+    async def create_operator_key(
+        self,
+        info: Info,
+        name: str = "",
+        scopes: list[ApiKeyScope] | None = None,
+        expires_at: datetime | None = None,
+    ) -> CreateApiKeyResult:
         ctx = info.context
 
         async def run() -> CreatedApiKey:
@@ -138,7 +150,16 @@ class TenantMutation:
                 ctx,
                 "createOperatorKey",
                 _key_target,
-                lambda s: service.create_api_key(s, ctx.clock, role="operator", scope=None, name=name),
+                lambda s: service.create_api_key(
+                    s,
+                    ctx.clock,
+                    role="operator",
+                    scope=None,
+                    name=name,
+                    scopes=[x.value for x in scopes] if scopes is not None else None,
+                    expires_at=expires_at,
+                    caller=ctx.principal,
+                ),
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 

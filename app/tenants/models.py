@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, String
 from sqlmodel import Field, SQLModel
 
 from app.core.types import ts_column
@@ -34,3 +34,8 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(sa_column=ts_column())
     revoked_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    # Space-separated: read, meter, manage (app/core/auth.py). Keys made before scopes had all three.
+    scopes: str = Field(
+        default="read meter manage", sa_column=Column(String(32), nullable=False, server_default="read meter manage")
+    )
+    expires_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))

@@ -34,8 +34,16 @@ class TenantRepository:
     def by_stripe_customer(self, customer_id: str) -> Tenant | None:
         return self.s.exec(select(Tenant).where(Tenant.stripe_customer_id == customer_id)).first()
 
-    def page(self, first: int, after: tuple[datetime, str] | None) -> list[Tenant]:
+    def page(self, first: int, after: tuple[datetime, str] | None, search: str | None = None) -> list[Tenant]:
         q = select(Tenant).order_by(col(Tenant.created_at), col(Tenant.id)).limit(first)
+        if search is not None:
+            q = q.where(
+                or_(
+                    col(Tenant.name).icontains(search, autoescape=True),
+                    col(Tenant.external_id).icontains(search, autoescape=True),
+                    col(Tenant.plan_key).icontains(search, autoescape=True),
+                )
+            )
         if after is not None:
             at, tid = after
             q = q.where(or_(col(Tenant.created_at) > at, and_(col(Tenant.created_at) == at, col(Tenant.id) > tid)))
@@ -56,6 +64,10 @@ class ApiKeyRepository:
 
     def get(self, key_id: str) -> ApiKey | None:
         return self.s.get(ApiKey, key_id)
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, ApiKey]:
+        rows = self.s.exec(select(ApiKey).where(col(ApiKey.id).in_(list(ids)))).all()
+        return {r.id: r for r in rows}
 
     def any_operator(self) -> bool:
         return self.s.exec(select(ApiKey.id).where(ApiKey.kind == "operator").limit(1)).first() is not None

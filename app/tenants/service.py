@@ -1,17 +1,29 @@
 from __future__ import annotations
 
-import base64
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
 
-from app.core.auth import Principal, TenantScope, generate_key, hash_key
-from app.core.clock import Clock
+from app.core.auth import (
+    ALL_SCOPES,
+    Principal,
+    Scope,
+    TenantScope,
+    format_scopes,
+    generate_key,
+    hash_key,
+    parse_scopes,
+)
+from app.core.clock import Clock, as_utc
 from app.core.errors import NotFound, ValidationFailed
 from app.core.ids import new_id
+from app.core.paging import check_first
+from app.core.paging import decode_cursor as decode_cursor_of
+from app.core.paging import encode_cursor as encode_cursor_of
 from app.core.validation import check_name, check_optional
 from app.credits import ledger
 from app.plans.repository import PlanRepository
@@ -21,7 +33,6 @@ from app.tenants.repository import ApiKeyRepository, TenantRepository
 
 MAX_METADATA_BYTES = 8 * 1024
 MAX_METADATA_DEPTH = 16
-MAX_PAGE = 200
 
 
 @dataclass
@@ -80,29 +91,47 @@ def _depth(value: Any) -> int:
 
 
 def encode_cursor(tenant: Tenant) -> str:
-    return base64.urlsafe_b64encode(f"{tenant.created_at.isoformat()}|{tenant.id}".encode()).decode()
+    return encode_cursor_of("ten", f"{tenant.created_at.isoformat()}|{tenant.id}")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    at, _, tid = decode_cursor_of("ten", cursor).partition("|")
     try:
-        at, tid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(at), tid
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         raise ValidationFailed("after is not a valid cursor", field="after") from None
 
 
-def list_tenants(session: Session, first: int, after: str | None) -> tuple[list[Tenant], bool]:
-    if first < 1 or first > MAX_PAGE:
-        raise ValidationFailed(f"first must be between 1 and {MAX_PAGE}", field="first")
-    rows = TenantRepository(session).page(first + 1, decode_cursor(after) if after is not None else None)
-    return rows[:first], len(rows) > first
+MAX_SEARCH = 200
+
+
+def list_tenants(session: Session, first: int, after: str | None, search: str | None = None) -> list[Tenant]:
+    """A page of tenants, oldest first, with one row more than asked (it says a next page exists).
+    `search` matches part of the name, external id or plan key, case-insensitively."""
+    check_first(first)
+    if search is not None and len(search) > MAX_SEARCH:
+        raise ValidationFailed(f"search is longer than {MAX_SEARCH} characters", field="search")
+    cursor = decode_cursor(after) if after is not None else None
+    return TenantRepository(session).page(first + 1, cursor, (search or "").strip() or None)
 
 
 def create_api_key(
-    session: Session, clock: Clock, *, role: str, scope: TenantScope | None, name: str
+    session: Session,
+    clock: Clock,
+    *,
+    role: str,
+    scope: TenantScope | None,
+    name: str,
+    scopes: Iterable[str] | None = None,
+    expires_at: datetime | None = None,
+    caller: Principal | None = None,
 ) -> tuple[ApiKey, str]:
-    """Returns the stored key and the raw secret, which is shown this once and never again."""
+    """Returns the stored key and the raw secret, which is shown this once and never again.
+    A key minted by another key gets no scope and no lifetime its maker lacks: a read-only or
+    expiring key cannot mint a key that outlives or outranks it."""
     name = check_optional(name or None, field="name", max_len=200) or ""
+    granted = _check_scopes(scopes, caller)
+    expires_at = _check_expiry(expires_at, clock, caller)
     if role == "tenant" and (scope is None or not TenantRepository(session).exists(scope.tenant_id)):
         raise NotFound("Tenant", scope.tenant_id if scope else "")
     raw = generate_key("operator" if role == "operator" else "tenant")
@@ -114,9 +143,39 @@ def create_api_key(
         key_hash=hash_key(raw),
         prefix=raw[:10],
         created_at=clock.now(),
+        scopes=format_scopes(granted),
+        expires_at=expires_at,
     )
     ApiKeyRepository(session).add(key)
     return key, raw
+
+
+def _check_scopes(scopes: Iterable[str] | None, caller: Principal | None) -> frozenset[Scope]:
+    if scopes is None:
+        return caller.scopes if caller is not None else ALL_SCOPES
+    wanted = list(scopes)
+    granted = parse_scopes(wanted)
+    if not wanted or len(granted) != len(set(wanted)):
+        raise ValidationFailed("scopes must be one or more of read, meter, manage", field="scopes")
+    if caller is not None and not granted <= caller.scopes:
+        extra = ", ".join(sorted(granted - caller.scopes))
+        raise ValidationFailed(f"a key cannot grant scopes it lacks ({extra})", field="scopes")
+    return granted
+
+
+def _check_expiry(expires_at: datetime | None, clock: Clock, caller: Principal | None) -> datetime | None:
+    now = clock.now()
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            raise ValidationFailed("expiresAt needs a time zone (e.g. 2026-12-31T00:00:00Z)", field="expiresAt")
+        if expires_at <= now:
+            raise ValidationFailed("expiresAt must be in the future", field="expiresAt")
+    if caller is not None and caller.expires_at is not None:
+        if expires_at is None:
+            return caller.expires_at  # an expiring key mints keys that expire with it
+        if expires_at > caller.expires_at:
+            raise ValidationFailed("expiresAt cannot be later than the expiry of the key minting it", field="expiresAt")
+    return expires_at
 
 
 def revoke_api_key(session: Session, clock: Clock, principal: Principal, key_id: str) -> ApiKey:
@@ -132,11 +191,21 @@ def revoke_api_key(session: Session, clock: Clock, principal: Principal, key_id:
     return key
 
 
-def authenticate(session: Session, raw: str) -> Principal | None:
+def authenticate(session: Session, raw: str, now: datetime | None = None) -> Principal | None:
+    """The principal behind a raw key; None for an unknown, revoked or (at `now`) expired key."""
     key = ApiKeyRepository(session).by_hash(hash_key(raw))
     if key is None or key.revoked_at is not None:
         return None
-    return Principal(role="operator" if key.kind == "operator" else "tenant", key_id=key.id, tenant_id=key.tenant_id)
+    principal = Principal(
+        role="operator" if key.kind == "operator" else "tenant",
+        key_id=key.id,
+        tenant_id=key.tenant_id,
+        scopes=parse_scopes(key.scopes),
+        expires_at=as_utc(key.expires_at) if key.expires_at is not None else None,
+    )
+    if now is not None and principal.expired(now):
+        return None
+    return principal
 
 
 def ensure_operator_key(session: Session, clock: Clock, configured: str | None) -> str | None:

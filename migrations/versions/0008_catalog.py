@@ -1,7 +1,7 @@
 """catalog and controls: the primitive catalog (seeded with the 21 built-ins), connections on usage, per-key budgets, the audit log
 
 Revision ID: 0008_catalog
-Revises: 0004
+Revises: 0007_scopes_rollups
 Create Date: 2026-11-28
 """
 from datetime import UTC, datetime
@@ -13,7 +13,7 @@ import sqlmodel
 import app.core.types  # noqa: F401
 
 revision = '0008_catalog'
-down_revision = '0004'
+down_revision = '0007_scopes_rollups'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,8 @@
-"""Fake Stripe HTTP server for tests, used through the real ``stripe`` library.
+"""pytest fixtures for the local Stripe fake, which lives in app/devtools/stripe_fake.
 
-In a conftest, ``from tests.stripe_fake import fake_stripe, fake_stripe_server`` makes
+In a test module, ``from tests.stripe_fake import fake_stripe, fake_stripe_server`` makes
 ``fake_stripe`` available: one server per test session, state reset for every test.
+(The classes are re-exported for older imports; new code imports app.devtools.stripe_fake.)
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from .server import BackgroundServer, Delivery, FakeStripe, RecordedRequest, StripeApiError, decode_form
+from app.devtools.stripe_fake import (
+    BackgroundServer,
+    Delivery,
+    FakeStripe,
+    RecordedRequest,
+    StripeApiError,
+    decode_form,
+)
 
 __all__ = [
     "BackgroundServer",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-stripe_cli = typer.Typer(no_args_is_help=True, help="Stripe integration: reconcile local state with Stripe.")
+stripe_cli = typer.Typer(
+    no_args_is_help=True, help="Stripe integration: reconcile local state with Stripe; read the webhook inbox."
+)
 
 
 @stripe_cli.command()
@@ -13,6 +15,7 @@ def reconcile() -> None:
 
     Reads every subscription (all statuses), completed Checkout Session and paid invoice
     from Stripe. Safe to run any time and repeatedly: a second run changes nothing."""
+    from app.cli_client.progress import phases
     from app.core.clock import Clock
     from app.core.db import make_engine
     from app.integrations.stripe.client import StripeGateway, StripeNotConfigured, StripeUnavailable
@@ -27,7 +30,8 @@ def reconcile() -> None:
         raise typer.Exit(2) from None
     engine = make_engine(settings.database_url)
     try:
-        report = run(engine, gateway, settings, Clock())
+        with phases() as tick:  # a bar per phase on a terminal; nothing in a pipe
+            report = run(engine, gateway, settings, Clock(), progress=tick)
     except StripeUnavailable as exc:
         typer.echo(f"Stripe: {exc.message}; nothing more was changed, run it again", err=True)
         raise typer.Exit(1) from None
@@ -35,7 +39,8 @@ def reconcile() -> None:
         engine.dispose()
     typer.echo(
         f"subscriptions seen: {report.subscriptions_seen}, repaired: {report.subscriptions_repaired}; "
-        f"pack grants: {report.packs_granted}; monthly credit grants: {report.allowances_granted}"
+        f"pack grants: {report.packs_granted}; monthly credit grants: {report.allowances_granted}; "
+        f"expired checkouts closed: {report.checkouts_closed}"
     )
     for reason, n in sorted(report.skipped.items()):
         typer.echo(f"skipped ({reason}): {n}")

@@ -114,6 +114,11 @@ class StripeGateway:
         for cs in page.auto_paging_iter():
             yield cs.to_dict()
 
+    def expired_checkout_sessions(self) -> Iterator[JSON]:
+        page = self.client.v1.checkout.sessions.list({"status": "expired", "limit": 100})
+        for cs in page.auto_paging_iter():
+            yield cs.to_dict()
+
     def paid_invoices(self) -> Iterator[JSON]:
         page = self.client.v1.invoices.list({"status": "paid", "limit": 100})
         for inv in page.auto_paging_iter():

@@ -1,7 +1,9 @@
-"""Money in through Stripe, for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)."""
+"""Money in through Stripe, for the tenant in scope (a tenant key, or an operator with X-Tenant-Id);
+and, for operators, the webhook inbox."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import strawberry
@@ -9,9 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.graphql.context import Info
 from app.graphql.errors import ConflictError, NotFoundError, ValidationError
+from app.graphql.pagination import Connection, Edge, PageInfo
 from app.graphql.util import attempt
-from app.integrations.stripe import service
+from app.integrations.stripe import events, service
 from app.integrations.stripe.client import StripeGateway
+from app.integrations.stripe.models import StripeEvent as StripeEventRow
 
 
 @strawberry.type(description="A Stripe Checkout Session to send the buyer to; the effect arrives by webhook.")
@@ -75,3 +79,45 @@ class StripeMutation:
             return PlanChangeSubmitted(plan_key=result.plan_key, stripe_subscription_id=result.stripe_subscription_id)
 
         return await attempt(run)
+
+
+@strawberry.type(description="One Stripe event the webhook recorded, and what it did.")
+class StripeEvent:
+    id: str = strawberry.field(description="Stripe's evt_ id.")
+    type: str
+    created: datetime = strawberry.field(description="When Stripe created the event.")
+    tenant_id: str | None
+    outcome: str = strawberry.field(
+        description="applied, unchanged, stale, ignored, unpaid, rejected, unknown_customer, unknown_price..."
+    )
+    processed_at: datetime
+
+    @classmethod
+    def from_row(cls, row: StripeEventRow) -> StripeEvent:
+        return cls(
+            id=row.id,
+            type=row.type,
+            created=datetime.fromtimestamp(row.created, tz=UTC),
+            tenant_id=row.tenant_id,
+            outcome=row.outcome,
+            processed_at=row.processed_at,
+        )
+
+
+@strawberry.type
+class StripeEventConnection(Connection[StripeEvent]):
+    """The webhook inbox in the one list shape (app/graphql/pagination.py)."""
+
+
+@strawberry.type
+class StripeQuery:
+    @strawberry.field(
+        description="Operator: the Stripe webhook inbox, newest first; `outcome` filters (e.g. rejected)."
+    )
+    async def stripe_events(
+        self, info: Info, outcome: str | None = None, first: int = 50, after: str | None = None
+    ) -> StripeEventConnection:
+        rows, more = await info.context.read(lambda s: events.list_events(s, outcome=outcome, first=first, after=after))
+        edges = [Edge(cursor=events.encode_cursor(r), node=StripeEvent.from_row(r)) for r in rows]
+        end = edges[-1].cursor if edges else None
+        return StripeEventConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end))

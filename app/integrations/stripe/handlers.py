@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -25,8 +25,8 @@ from sqlmodel import Session
 
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
-from app.credits import ledger
 from app.credits.packs import pack_by_price
+from app.credits.service import grant_purchase
 from app.integrations.stripe.client import JSON, StripeGateway, is_missing
 from app.integrations.stripe.repository import StripeRepository
 from app.plans.repository import PlanRepository
@@ -244,22 +244,46 @@ def grant_checkout(session: Session, clock: Clock, cs: JSON, line_items: list[JS
             log.warning("checkout %s line with price %r matches no pack", cs["id"], price)
             continue
         matched = True
-        quantity = int(item.get("quantity") or 1)
-        expires = clock.now() + timedelta(days=pack.expires_after_days) if pack.expires_after_days else None
-        _, new = ledger.grant(
+        _, new = grant_purchase(
             session,
             scope,
             clock,
-            amount=pack.credits * quantity,
-            source="purchase",
+            pack=pack,
             grant_key=checkout_grant_key(cs["id"], index),
-            expires_at=expires,
             reference=cs["id"],
+            quantity=int(item.get("quantity") or 1),
         )
         created = created or new
     if not matched:
         return Outcome(tenant.id, "unknown_price")
     return Outcome(tenant.id, "applied" if created else "unchanged")
+
+
+def expire_checkout(session: Session, clock: Clock, cs: JSON) -> Outcome:
+    """checkout.session.expired: the buyer never paid; close our pending operation (the return
+    page then says so). A session Stripe expired can never complete, so nothing else to undo."""
+    repo = StripeRepository(session)
+    op = repo.operation_for_object(cs["id"])
+    if op is None and isinstance(cs.get("client_reference_id"), str):
+        op = repo.operation(cs["client_reference_id"])
+    if op is None:
+        return Outcome(None, "ignored")  # not a Checkout we opened
+    if op.status in ("completed", "expired"):
+        return Outcome(op.tenant_id, "unchanged")
+    op.status = "expired"
+    op.stripe_object_id = op.stripe_object_id or cs["id"]
+    op.url = None
+    op.updated_at = clock.now()
+    repo.save(op)
+    return Outcome(op.tenant_id, "applied")
+
+
+def _fetch_nothing(gateway: StripeGateway, event: JSON) -> JSON:
+    return {}  # an expired session is final on Stripe's side: the signed payload is authoritative
+
+
+def _apply_expired(session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON) -> Outcome:
+    return expire_checkout(session, clock, event["data"]["object"])
 
 
 def _fetch_checkout(gateway: StripeGateway, event: JSON) -> JSON:
@@ -339,4 +363,5 @@ HANDLERS: dict[str, Handler] = {
     **{t: Handler(_wrap_subscription_fetch, _apply_subscription) for t in SUBSCRIPTION_EVENTS},
     **{t: Handler(_fetch_checkout, _apply_checkout) for t in CHECKOUT_EVENTS},
     "invoice.paid": Handler(_fetch_invoice, _apply_invoice),
+    "checkout.session.expired": Handler(_fetch_nothing, _apply_expired),
 }

@@ -7,11 +7,12 @@ If the owning transaction rolls back, its claim goes with it and a redelivery ca
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from app.core.clock import Clock
 from app.integrations.stripe.models import StripeEvent
@@ -41,3 +42,21 @@ def finish(session: Session, event_id: str, *, tenant_id: str | None, outcome: s
     session.connection().execute(
         update(EVENT).where(EVENT.c.id == event_id).values(tenant_id=tenant_id, outcome=outcome)
     )
+
+
+def page(
+    session: Session, *, outcome: str | None, limit: int, before: tuple[datetime, str] | None
+) -> list[StripeEvent]:
+    """Recorded events, newest first (processed_at, then id), optionally of one outcome."""
+    q = select(StripeEvent).order_by(col(StripeEvent.processed_at).desc(), col(StripeEvent.id).desc()).limit(limit)
+    if outcome is not None:
+        q = q.where(col(StripeEvent.outcome) == outcome)
+    if before is not None:
+        at, event_id = before
+        q = q.where(
+            or_(
+                col(StripeEvent.processed_at) < at,
+                and_(col(StripeEvent.processed_at) == at, col(StripeEvent.id) < event_id),
+            )
+        )
+    return list(session.exec(q).all())

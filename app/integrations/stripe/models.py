@@ -37,7 +37,8 @@ class StripeOperation(SQLModel, table=True):
     tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
     kind: str = Field(max_length=24)  # pack_checkout | plan_checkout | plan_change
     target: str = Field(max_length=64)  # pack key or plan key
-    status: str = Field(max_length=16)  # pending (Stripe not yet answered) | open | completed
+    # pending (Stripe not yet answered) | open | completed | expired (checkout.session.expired)
+    status: str = Field(max_length=16)
     stripe_object_id: str | None = Field(default=None, max_length=255, index=True)  # cs_ or sub_ id
     url: str | None = Field(default=None, max_length=2048)
     created_at: datetime = Field(sa_column=ts_column())

@@ -111,7 +111,7 @@ def _finish(engine: Engine, clock: Clock, op_id: str, *, status: str, object_id:
         repo = StripeRepository(s)
         op = repo.operation(op_id)
         assert op is not None
-        if op.status != "completed":  # the webhook may already have completed it
+        if op.status not in ("completed", "expired"):  # the webhook may already have closed it
             op.status = status
         op.stripe_object_id = object_id
         op.url = url
@@ -142,11 +142,13 @@ def ensure_customer(engine: Engine, gateway: StripeGateway, scope: TenantScope) 
     return _tx(engine, lambda s: StripeRepository(s).store_customer(scope, customer["id"]))
 
 
-def _urls(settings: Settings, what: str) -> tuple[str, str]:
+def _urls(settings: Settings, what: str, op_id: str) -> tuple[str, str]:
+    """Checkout's return pages (served by pages.py). Stripe fills {CHECKOUT_SESSION_ID} in the
+    success URL only, so the cancel URL names our operation instead."""
     base = settings.public_url.rstrip("/")
     return (
         f"{base}/billing/{what}/success?session_id={{CHECKOUT_SESSION_ID}}",
-        f"{base}/billing/{what}/canceled",
+        f"{base}/billing/{what}/canceled?op={op_id}",
     )
 
 
@@ -164,7 +166,7 @@ def _checkout(
 ) -> CheckoutStarted:
     op = _tx(engine, lambda s: _begin(s, clock, scope, kind, target))
     customer = ensure_customer(engine, gateway, scope)
-    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan")
+    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan", op.id)
     cs = _stripe(
         lambda: gateway.create_checkout_session(
             mode=mode,
@@ -274,6 +276,7 @@ class ReconcileReport:
     subscriptions_repaired: int = 0
     packs_granted: int = 0
     allowances_granted: int = 0
+    checkouts_closed: int = 0  # expired sessions whose checkout.session.expired we missed
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
@@ -281,7 +284,7 @@ class ReconcileReport:
 
     @property
     def changes(self) -> int:
-        return self.subscriptions_repaired + self.packs_granted + self.allowances_granted
+        return self.subscriptions_repaired + self.packs_granted + self.allowances_granted + self.checkouts_closed
 
 
 def _pick(subs: list[JSON]) -> JSON:
@@ -291,11 +294,18 @@ def _pick(subs: list[JSON]) -> JSON:
     return max(pool, key=lambda s: (int(s.get("created") or 0), s.get("id") or ""))
 
 
-def reconcile(engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock) -> ReconcileReport:
+# (phase, done, total): called as each phase's work is known and as each item is done.
+Progress = Callable[[str, int, int], None]
+
+
+def reconcile(
+    engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock, progress: Progress | None = None
+) -> ReconcileReport:
     """Repair local state from what Stripe holds now (after missed webhooks).
 
     Subscriptions are written only where they differ; pack and plan credits use the same
     grant keys as the webhooks. So a second run, or a late webhook, changes nothing."""
+    tick: Progress = progress or (lambda phase, done, total: None)
     report = ReconcileReport()
     by_customer: dict[str, list[JSON]] = {}
     for sub in _stripe(lambda: list(gateway.all_subscriptions())):
@@ -303,31 +313,43 @@ def reconcile(engine: Engine, gateway: StripeGateway, settings: Settings, clock:
         customer = handlers._id(sub.get("customer"))
         if customer:
             by_customer.setdefault(customer, []).append(sub)
-    for subs in by_customer.values():
+    tick("subscriptions", 0, len(by_customer))
+    for done, subs in enumerate(by_customer.values(), 1):
         chosen = _pick(subs)
         _count(
             report, "subscriptions_repaired", _tx(engine, partial(_reflect, clock=clock, settings=settings, sub=chosen))
         )
+        tick("subscriptions", done, len(by_customer))
 
-    for cs in _stripe(lambda: list(gateway.completed_checkout_sessions())):
-        if cs.get("mode") != "payment" or cs.get("payment_status") not in ("paid", "no_payment_required"):
-            continue
-        if _tx(engine, partial(_already_granted, cs=cs)):
-            continue
-        items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
-        _count(
-            report, "packs_granted", _tx(engine, partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items))
-        )
+    sessions = _stripe(lambda: list(gateway.completed_checkout_sessions()))
+    tick("checkout sessions", 0, len(sessions))
+    for done, cs in enumerate(sessions, 1):
+        paid = cs.get("mode") == "payment" and cs.get("payment_status") in ("paid", "no_payment_required")
+        if paid and not _tx(engine, partial(_already_granted, cs=cs)):
+            items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
+            grant = partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items)
+            _count(report, "packs_granted", _tx(engine, grant))
+        tick("checkout sessions", done, len(sessions))
 
-    for inv in _stripe(lambda: list(gateway.paid_invoices())):
-        if inv.get("billing_reason") not in handlers.ALLOWANCE_REASONS:
-            continue
-        lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
-        _count(
-            report,
-            "allowances_granted",
-            _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
-        )
+    expired = _stripe(lambda: list(gateway.expired_checkout_sessions()))
+    tick("expired checkout sessions", 0, len(expired))
+    for done, cs in enumerate(expired, 1):
+        # Sessions we did not open answer "ignored", ours already closed "unchanged": neither counts.
+        if _tx(engine, partial(handlers.expire_checkout, clock=clock, cs=cs)).outcome == "applied":
+            report.checkouts_closed += 1
+        tick("expired checkout sessions", done, len(expired))
+
+    invoices = _stripe(lambda: list(gateway.paid_invoices()))
+    tick("invoices", 0, len(invoices))
+    for done, inv in enumerate(invoices, 1):
+        if inv.get("billing_reason") in handlers.ALLOWANCE_REASONS:
+            lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
+            _count(
+                report,
+                "allowances_granted",
+                _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
+            )
+        tick("invoices", done, len(invoices))
     return report
 
 

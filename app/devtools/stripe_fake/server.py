@@ -1,4 +1,4 @@
-"""A local, stateful fake of the Stripe HTTP API, for the test suite.
+"""A local, stateful fake of the Stripe HTTP API: the test suite's Stripe, and `meterkit dev stripe`.
 
 Tests drive it through the real ``stripe`` library over plain HTTP, so request
 encoding, idempotency headers, error mapping and object parsing are the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import calendar
 import copy
 import fnmatch
+import html
 import json
 import re
 import secrets
@@ -33,10 +34,10 @@ import requests
 import stripe
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.live import BackgroundServer
+from app.devtools.serving import BackgroundServer
 
 JSON = dict[str, Any]
 
@@ -45,7 +46,7 @@ __all__ = ["BackgroundServer", "Delivery", "FakeStripe", "RecordedRequest", "Str
 
 # --------------------------------------------------------------------------- serving
 
-# BackgroundServer lives in tests/live.py, shared by every test that serves an ASGI app.
+# BackgroundServer lives in app/devtools/serving.py, shared with the end-to-end tests.
 
 
 # --------------------------------------------------------------------------- errors and params
@@ -298,6 +299,8 @@ class FakeStripe:
         webhook_secret: str = DEFAULT_WEBHOOK_SECRET,
         clock: int | None = None,
         api_version: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         # One lock serialises API requests (uvicorn thread) and test controls (test thread).
         self._lock = threading.RLock()
@@ -308,9 +311,12 @@ class FakeStripe:
             Starlette(
                 routes=[
                     Route("/checkout/{session_id}", self._hosted_checkout_page, methods=["GET"]),
+                    Route("/checkout/{session_id}/{action}", self._hosted_checkout_action, methods=["POST"]),
                     Route("/{path:path}", self._endpoint, methods=["GET", "POST", "DELETE"]),
                 ]
-            )
+            ),
+            host=host,
+            port=port,
         )
         self._initial = (webhook_url, webhook_secret, clock, api_version)
         self.reset()
@@ -733,12 +739,46 @@ class FakeStripe:
         return Response(text, status_code=status, headers=headers, media_type="application/json")
 
     async def _hosted_checkout_page(self, request: Request) -> Response:
-        # Stands in for checkout.stripe.com so the session `url` leads somewhere real.
+        # Stands in for checkout.stripe.com so the session `url` leads somewhere real: while the
+        # session is open, "Pay" completes it (as complete_checkout) and "Cancel" goes back.
         with self._lock:
             session = self._objects.get(request.path_params["session_id"])
+            lines = self._checkout_line_items.get(request.path_params["session_id"], [])
         if session is None or session.get("object") != "checkout.session":
             return HTMLResponse("<h1>No such checkout session</h1>", status_code=404)
-        return HTMLResponse(f"<h1>Fake Stripe Checkout</h1><p>{session['id']}: {session['status']}</p>")
+        sid = html.escape(session["id"])
+        items = "".join(
+            f"<li>{int(li['quantity'])} x {html.escape(str(li['price']['id']))}: "
+            f"{int(li['price']['unit_amount'] or 0) / 100:.2f} {html.escape(str(li['price']['currency']))}</li>"
+            for li in lines
+        )
+        actions = ""
+        if session["status"] == "open":
+            actions = (
+                f'<form method="post" action="/checkout/{sid}/pay"><button type="submit">Pay</button></form>'
+                f'<form method="post" action="/checkout/{sid}/cancel"><button type="submit">Cancel</button></form>'
+            )
+        return HTMLResponse(
+            f"<h1>Fake Stripe Checkout</h1><p>{sid}: {html.escape(session['status'])}</p><ul>{items}</ul>{actions}"
+        )
+
+    async def _hosted_checkout_action(self, request: Request) -> Response:
+        """Pay (the session completes, its events queue for the webhook) or cancel, then back to the
+        session's success or cancel URL, with {CHECKOUT_SESSION_ID} filled in as Stripe does."""
+        session_id, action = request.path_params["session_id"], request.path_params["action"]
+        with self._lock:
+            session = self._objects.get(session_id)
+            if session is None or session.get("object") != "checkout.session" or action not in ("pay", "cancel"):
+                return HTMLResponse("<h1>No such checkout session</h1>", status_code=404)
+            if action == "pay":
+                try:
+                    self.complete_checkout(session_id)
+                except ValueError as exc:
+                    return HTMLResponse(f"<h1>Cannot pay</h1><p>{html.escape(str(exc))}</p>", status_code=409)
+            target = session["success_url"] if action == "pay" else session["cancel_url"]
+        if not target:
+            return HTMLResponse(f"<h1>Checkout {action} done</h1>")
+        return RedirectResponse(target.replace("{CHECKOUT_SESSION_ID}", session_id), status_code=303)
 
     def _handle(
         self, method: str, path: str, query: str, body: str, headers: Mapping[str, str]

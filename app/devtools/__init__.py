@@ -1,0 +1,1 @@
+"""Supported development tools (not used by the gateway itself): a local Stripe stand-in, servers."""

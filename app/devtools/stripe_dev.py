@@ -1,0 +1,117 @@
+"""`meterkit dev stripe`: the test suite's Stripe fake as a local Stripe for development.
+
+What it adds to the fake the tests drive by hand:
+  * the demo catalog's prices exist (the pro plan's and the packs', from app.bootstrap), so
+    `purchaseCreditPack` and `changePlan` work against `make run` out of the box;
+  * events are delivered to the webhook URL by themselves, in order, and retried until the
+    gateway answers 2xx (as Stripe retries), so the credits arrive without a test pushing them;
+  * its clock follows the wall clock (tests move it by hand instead);
+  * the hosted checkout page has Pay and Cancel buttons (in the fake itself).
+State lives in memory: a restart forgets customers and sessions (meterkit keeps its own rows)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from app.devtools.stripe_fake import FakeStripe
+
+log = logging.getLogger("meterkit.dev.stripe")
+
+DEV_API_KEY = "sk_test_meterkit_dev"
+DEV_WEBHOOK_SECRET = "whsec_meterkit_dev"
+DEFAULT_PORT = 12111
+# The demo pro plan has no USD amount of its own in meterkit (Stripe holds it): $20 a month here.
+DEMO_PLAN_CENTS = 2000
+
+
+@dataclass(frozen=True)
+class DemoPrice:
+    price_id: str
+    unit_amount: int  # cents
+    interval: str | None  # "month" for a plan, None for a one-time pack price
+    name: str
+
+
+def demo_prices() -> list[DemoPrice]:
+    """The Stripe prices `make run`'s demo catalog refers to (plans by price id, packs by DEMO_PACK_PRICES)."""
+    from app.bootstrap import DEMO_PACK_PRICES, DEMO_PLANS
+    from app.pricing.seed import PACKS
+
+    out = [
+        DemoPrice(p.stripe_price_id, DEMO_PLAN_CENTS, p.period, f"meterkit plan {p.key}")
+        for p in DEMO_PLANS
+        if p.stripe_price_id
+    ]
+    cents = {key: price for key, _name, _credits, price in PACKS}
+    out += [
+        DemoPrice(price_id, cents[key], None, f"meterkit pack {key}")
+        for key, price_id in DEMO_PACK_PRICES.items()
+        if key in cents
+    ]
+    return out
+
+
+class DevStripe:
+    """A FakeStripe with the demo prices, a wall clock and automatic webhook delivery."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        webhook_url: str | None = None,
+        webhook_secret: str = DEV_WEBHOOK_SECRET,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self.fake = FakeStripe(webhook_url=webhook_url, webhook_secret=webhook_secret, host=host, port=port)
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.fake.url
+
+    def start(self) -> DevStripe:
+        self.fake.start()
+        for p in demo_prices():
+            self.fake.add_price(p.price_id, p.unit_amount, p.interval, product_name=p.name)
+        self._thread = threading.Thread(target=self._run, name="dev-stripe-webhooks", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.fake.stop()
+
+    def __enter__(self) -> DevStripe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        backoff = self.poll_seconds
+        while not self._stop.wait(backoff):
+            self.fake.clock = max(self.fake.clock, int(time.time()))
+            backoff = self.poll_seconds
+            if self.fake.webhook_url is None or not self.fake.pending_events():
+                continue
+            try:
+                for event in self.fake.pending_events():
+                    (response,) = self.fake.deliver(event["id"])
+                    if not response.is_success:
+                        # Stripe retries later; so do we, keeping the order.
+                        log.warning("webhook %s answered %s; retrying", event["type"], response.status_code)
+                        backoff = 2.0
+                        break
+            except httpx.HTTPError as exc:
+                log.warning("webhook endpoint %s unreachable (%s); retrying", self.fake.webhook_url, exc)
+                backoff = 2.0

@@ -1,0 +1,119 @@
+"""One HTTP edge for every route: the bearer key, the principal behind it, the tenant scope of
+the request (tenant key, or operator key + X-Tenant-Id), and one JSON error shape:
+`{"error": {"code", "message", "field"?}}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse, Response
+
+from app.core.auth import Principal, TenantScope, hash_key, mint_scope
+from app.core.clock import Clock
+from app.core.db import unit_of_work
+from app.core.ids import _ID
+from app.tenants.principals import CACHE as PRINCIPALS
+from app.tenants.repository import TenantRepository
+from app.tenants.service import authenticate
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def response(self) -> Response:
+        return error_response(self.status, self.code, self.message, self.field)
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return JSONResponse({"error": error}, status_code=status)
+
+
+Resolved = tuple[Principal | None, TenantScope | None]
+
+
+_CLOCK = Clock()
+
+
+def resolve_principal(
+    engine: Engine, raw_key: str | None, tenant_header: str | None, cache_ttl: float = 0.0, clock: Clock = _CLOCK
+) -> Resolved:
+    """The key, and for an operator the tenant named by X-Tenant-Id: from the cache of verified
+    keys, or one read transaction. No key answers (None, None); callers decide if that is allowed.
+    An expired key is refused like a revoked one (the clock decides, so tests can move it)."""
+    cached = from_cache(engine, raw_key, tenant_header, cache_ttl, clock)
+    if cached is not None:
+        return cached
+    if raw_key is None:
+        if tenant_header:
+            raise AuthError(401, "UNAUTHENTICATED", "X-Tenant-Id needs an operator key")
+        return None, None
+    db = str(engine.url)
+    with unit_of_work(engine, write=False) as s:
+        principal = authenticate(s, raw_key, clock.now())
+        if principal is None:
+            raise AuthError(401, "UNAUTHENTICATED", "invalid, revoked or expired API key")
+        PRINCIPALS.remember(db, hash_key(raw_key), principal)
+        if tenant_header:
+            _check_tenant_header(principal, tenant_header)
+            if principal.role == "operator":
+                if not TenantRepository(s).exists(tenant_header):
+                    raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
+                PRINCIPALS.remember_tenant(db, tenant_header)
+        return principal, mint_scope(principal, tenant_header or None)
+
+
+def _check_tenant_header(principal: Principal, tenant_header: str) -> None:
+    # The format first, for every kind of key: a malformed id is a 400, never a lookup.
+    if not _ID.match(tenant_header) or not tenant_header.startswith("ten_"):
+        raise AuthError(400, "VALIDATION_FAILED", "X-Tenant-Id is not a valid ten_ id", "X-Tenant-Id")
+    # A tenant key is always its own tenant: naming another gets the missing-tenant answer.
+    if principal.role == "tenant" and tenant_header != principal.tenant_id:
+        raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
+
+
+def from_cache(
+    engine: Engine, raw_key: str | None, tenant_header: str | None, ttl: float, clock: Clock = _CLOCK
+) -> Resolved | None:
+    """Answer without the database when the key (and the operator's tenant) are known; None if not."""
+    if raw_key is None or ttl <= 0:
+        return None
+    db = str(engine.url)
+    principal = PRINCIPALS.principal(db, hash_key(raw_key), ttl)
+    if principal is None:
+        return None
+    if principal.expired(clock.now()):
+        return None  # looked up again, and refused there
+    if tenant_header:
+        _check_tenant_header(principal, tenant_header)
+        if principal.role == "operator" and not PRINCIPALS.tenant_exists(db, tenant_header):
+            return None
+    return principal, mint_scope(principal, tenant_header or None)
+
+
+def bearer(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthError(401, "UNAUTHENTICATED", "Authorization must be 'Bearer <key>'")
+    return value.strip()
+
+
+async def authenticate_request(
+    conn: HTTPConnection, engine: Engine, cache_ttl: float, clock: Clock = _CLOCK
+) -> Resolved:
+    """The principal and scope of a request; a cached key costs no thread hop and no transaction."""
+    raw, header = bearer(conn), conn.headers.get("x-tenant-id")
+    resolved = from_cache(engine, raw, header, cache_ttl, clock)
+    if resolved is None:
+        resolved = await run_in_threadpool(resolve_principal, engine, raw, header, cache_ttl, clock)
+    return resolved
