@@ -22,6 +22,7 @@ from .change_plan import (
 )
 from .charge import (
     Charge,
+    ChargeChargeBudgetExceeded,
     ChargeChargeCharged,
     ChargeChargeChargedUsage,
     ChargeChargeIdempotencyConflict,
@@ -57,6 +58,7 @@ from .enums import (
     ApiKeyScope,
     OveragePolicy,
     Period,
+    PricingRule,
     SubscriptionStatus,
     UsageGroupBy,
     UsageInterval,
@@ -99,16 +101,20 @@ from .input_types import (
     BatchItemInput,
     CreateTenantInput,
     CreditPackInput,
+    KeyBudgetInput,
+    KeyQuantityLimitInput,
     LlmRateInput,
     MediaPriceInput,
     MeterInput,
     PlanInput,
     PriceDetailsInput,
     PriceQuoteInput,
+    PrimitiveInput,
     PrimitiveLimitInput,
     QuotaInput,
     SessionTimeTierInput,
     SetSubscriptionInput,
+    WebhookEndpointInput,
 )
 from .plan import Plan, PlanPlan
 from .plans import Plans, PlansPlans
@@ -136,6 +142,7 @@ from .release import (
 )
 from .reserve import (
     Reserve,
+    ReserveReserveBudgetExceeded,
     ReserveReserveHold,
     ReserveReserveIdempotencyConflict,
     ReserveReserveInsufficientCredits,
@@ -227,6 +234,7 @@ __all__ = [
     "ChangePlanChangePlanPlanChangeSubmitted",
     "ChangePlanChangePlanValidationError",
     "Charge",
+    "ChargeChargeBudgetExceeded",
     "ChargeChargeCharged",
     "ChargeChargeChargedUsage",
     "ChargeChargeIdempotencyConflict",
@@ -270,6 +278,8 @@ __all__ = [
     "ImagePricingImagePricingMediaPricing",
     "ImagePricingImagePricingNotFoundError",
     "ImagePricingImagePricingValidationError",
+    "KeyBudgetInput",
+    "KeyQuantityLimitInput",
     "KitFields",
     "KitFieldsLimits",
     "LlmRateInput",
@@ -292,6 +302,8 @@ __all__ = [
     "PricingPrices",
     "PricingPricesTiers",
     "PricingPricingSettings",
+    "PricingRule",
+    "PrimitiveInput",
     "PrimitiveLimitInput",
     "PurchaseCreditPack",
     "PurchaseCreditPackPurchaseCreditPackCheckoutSession",
@@ -305,6 +317,7 @@ __all__ = [
     "ReleaseReleaseNotFoundError",
     "ReleaseReleaseValidationError",
     "Reserve",
+    "ReserveReserveBudgetExceeded",
     "ReserveReserveHold",
     "ReserveReserveIdempotencyConflict",
     "ReserveReserveInsufficientCredits",
@@ -367,4 +380,5 @@ __all__ = [
     "VideoPricingVideoPricingMediaPricing",
     "VideoPricingVideoPricingNotFoundError",
     "VideoPricingVideoPricingValidationError",
+    "WebhookEndpointInput",
 ]
