@@ -113,6 +113,14 @@ from app.devtools.cli import dev_cli  # noqa: E402
 
 cli.add_typer(dev_cli, name="dev")
 
+from app.catalog.cli import primitive_cli  # noqa: E402
+
+cli.add_typer(primitive_cli, name="primitive")
+
+from app.alerts.cli import webhooks_cli  # noqa: E402
+
+cli.add_typer(webhooks_cli, name="webhooks")
+
 
 @cli.command()
 def reconcile(

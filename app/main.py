@@ -217,8 +217,19 @@ def create_app(
             # since a test process starts many apps.
             gc.collect()
             gc.freeze()
-        yield
-        await state.live.stop()
+        worker = None
+        if settings.webhook_worker_seconds > 0 and settings.env != "test":
+            # Alert webhooks go out from the server process (tests drive the worker themselves).
+            from app.alerts.worker import DeliveryWorker
+
+            worker = DeliveryWorker(engine, state.clock, interval=settings.webhook_worker_seconds)
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await run_in_threadpool(worker.stop)
+            await state.live.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state

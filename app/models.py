@@ -1,6 +1,10 @@
 """Imports every table so SQLModel.metadata (and Alembic) see the whole schema."""
 
 from app.account_kits.models import AccountKit
+from app.alerts.models import AlertEvent, AlertPolicy, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.audit.models import AuditEntry
+from app.budgets.models import KeyBudget, KeyBudgetUsage
+from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
 from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent, UsageRollup
@@ -28,6 +32,15 @@ __all__ = [
     "PlanQuota",
     "Price",
     "PricingSetting",
+    "AlertEvent",
+    "AlertPolicy",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "AuditEntry",
+    "KeyBudget",
+    "KeyBudgetUsage",
+    "Primitive",
     "StripeEvent",
     "StripeOperation",
     "Subscription",

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     default_plan_key: str = "free"
 
+    # Alerts: how often the in-process webhook worker looks for due deliveries (0: no worker here)
+    webhook_worker_seconds: float = 1.0
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

@@ -31,6 +31,8 @@ NOT_TENANT_OWNED = {
     "media_price",
     "pricing_setting",
     "credit_pack",
+    "primitive",  # the operator's primitive catalog
+    "audit_log",  # operator-wide history; tenant_id is a filter, not ownership (and outlives nothing)
 }
 FOUNDATION_CATALOG = {"tenant", "account_kit", "plan", "plan_quota"}
 

@@ -6,6 +6,8 @@ import strawberry
 
 from app.account_kits import service
 from app.account_kits.repository import AccountKitRepository
+from app.audit.service import Target
+from app.audit.write import audited_write
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
 from app.graphql.types import AccountKit
@@ -58,6 +60,10 @@ class AccountKitMutation:
         )
 
         async def run() -> AccountKit:
-            return AccountKit(row=await ctx.write(lambda s: service.upsert_account_kit(s, ctx.clock, data)))
+            target = Target("account_kit", data.key)
+            write = await audited_write(
+                ctx, "upsertAccountKit", target, lambda s: service.upsert_account_kit(s, ctx.clock, data)
+            )
+            return AccountKit(row=write)
 
         return await attempt(run)

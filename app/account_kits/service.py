@@ -6,6 +6,7 @@ from sqlmodel import Session
 
 from app.account_kits.models import AccountKit
 from app.account_kits.repository import AccountKitRepository
+from app.catalog.repository import known_keys
 from app.core.clock import Clock
 from app.core.errors import ValidationFailed
 from app.core.primitives import validate_connection, validate_pattern, validate_primitive
@@ -36,11 +37,12 @@ def upsert_account_kit(session: Session, clock: Clock, data: KitInput) -> Accoun
     check_name(data.name)
     if len(data.allowed_primitives) > MAX_LIST or len(data.allowed_connections) > MAX_LIST:
         raise ValidationFailed("too many entries", field="allowedPrimitives")
-    patterns = sorted({validate_pattern(p) for p in data.allowed_primitives})
+    known = known_keys(session.connection())  # kits match against the operator's catalog
+    patterns = sorted({validate_pattern(p, known) for p in data.allowed_primitives})
     connections = sorted({validate_connection(c) for c in data.allowed_connections})
     limits: dict[str, dict[str, int | None]] = {}
     for lim in data.limits:
-        validate_primitive(lim.primitive, field="limits.primitive")
+        validate_primitive(lim.primitive, known, field="limits.primitive")
         for name, value in (
             ("maxQuantityPerCall", lim.max_quantity_per_call),
             ("callsPerMinute", lim.calls_per_minute),

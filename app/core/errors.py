@@ -46,3 +46,18 @@ class Forbidden(DomainError):
 
 class Conflict(DomainError):
     code = "CONFLICT"
+
+
+class UnknownPrimitive(ValidationFailed):
+    """A primitive the operator's catalog does not have (or has retired)."""
+
+    code = "UNKNOWN_PRIMITIVE"
+
+    def __init__(self, primitive: str, *, field: str | None = "primitive", retired: bool = False) -> None:
+        message = (
+            f"primitive {primitive!r} is retired (inactive in the catalog)"
+            if retired
+            else f"unknown primitive {primitive!r}: not in the operator's primitive catalog"
+        )
+        super().__init__(message, field=field)
+        self.primitive = primitive

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from app.core.clock import as_utc
 from app.core.errors import ValidationFailed
 from app.core.ids import parse_id
-from app.core.primitives import validate_primitive
+from app.core.primitives import check_key
 
 DEFAULT_FIRST = 50
 MAX_FIRST = 200
@@ -86,7 +86,7 @@ def history_filter(
     if start is not None and end is not None and end <= start:
         raise ValidationFailed("to must be later than from", field="to")
     if primitive is not None:
-        validate_primitive(primitive)
+        check_key(primitive)  # well-formed; a key the catalog lacks simply matches nothing
     if api_key_id is not None:
         parse_id(api_key_id, "key", field="apiKeyId")
     return HistoryFilter(start, end, days or DEFAULT_DAYS, primitive, api_key_id)

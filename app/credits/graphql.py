@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import strawberry
 
+from app.audit.service import Target
+from app.audit.write import audited_write
 from app.core.errors import ValidationFailed
 from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.credits import packs as pack_service
@@ -323,7 +325,14 @@ class CreditsMutation:
 
                 return bucket_id, created, TenantRepository(s).get(scope)
 
-            bucket_id, created, tenant = await ctx.write(write)
+            target = Target("credit_account", scope.tenant_id, tenant_id=scope.tenant_id)
+            detail = {
+                "amount": int(amount),
+                "idempotencyKey": idempotency_key,
+                "reason": reason,
+                "expiresAt": expires_at,
+            }
+            bucket_id, created, tenant = await audited_write(ctx, "grantCredits", target, write, detail=detail)
             return CreditGrant(created=created, bucket_id=strawberry.ID(bucket_id), tenant=Tenant(row=tenant))
 
         return await attempt(run)
@@ -344,7 +353,9 @@ class CreditsMutation:
                 rev = service.reverse(s, scope, ctx.clock, entry_id=eid, reason=reason, idempotency_key=idempotency_key)
                 return rev, TenantRepository(s).get(scope)
 
-            rev, tenant = await ctx.write(write)
+            target = Target("credit_account", scope.tenant_id, tenant_id=scope.tenant_id)
+            detail = {"entryId": eid, "reason": reason, "idempotencyKey": idempotency_key}
+            rev, tenant = await audited_write(ctx, "reverseCreditEntry", target, write, detail=detail)
             return CreditReversal(
                 entry_id=strawberry.ID(str(rev.entry_id)),
                 amount=MicroCredits(rev.amount),
@@ -368,6 +379,10 @@ class CreditsMutation:
         )
 
         async def run() -> CreditPack:
-            return _pack(await ctx.write(lambda s: pack_service.upsert_pack(s, ctx.clock, data)))
+            target = Target("credit_pack", data.key)
+            row = await audited_write(
+                ctx, "upsertCreditPack", target, lambda s: pack_service.upsert_pack(s, ctx.clock, data)
+            )
+            return _pack(row)
 
         return await attempt(run)

@@ -18,6 +18,7 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from app.alerts.emit import CREDITS_GRANTED, emit
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import DomainError, ValidationFailed
@@ -196,6 +197,8 @@ def grant(
     )
     _set_balance(conn, scope, now, balance)
     live_events.publish(conn, live_events.balance_moved(scope.tenant_id))
+    payload = {"bucketId": bucket_id, "amount": amount, "source": source, "balance": balance}
+    emit(conn, scope.tenant_id, CREDITS_GRANTED, f"grant:{bucket_id}", payload, now)
     return bucket_id, True
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, select
 from sqlmodel import Session
 
+from app.catalog.repository import require_known
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
 from app.core.errors import Conflict, NotFound, ValidationFailed
@@ -278,6 +279,7 @@ def history(
     if until is not None:
         cond.append(ENTRY.c.created_at < until)
     if filt.primitive is not None:
+        require_known(session.connection(), filt.primitive)
         cond.append(ENTRY.c.action == filt.primitive)
     if before_id is not None:
         cond.append(ENTRY.c.id < before_id)

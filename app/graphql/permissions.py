@@ -75,6 +75,22 @@ CATALOG: dict[str, Rule] = {
     "Mutation.setLlmRate": Rule(OP, MANAGE),
     "Mutation.setMediaPrice": Rule(OP, MANAGE),
     "Mutation.setPricingSetting": Rule(OP, MANAGE),
+    # The primitive catalog (issue 11): readable by every key, edited by operators
+    "Query.primitives": Rule(BOTH, READ),
+    "Mutation.upsertPrimitive": Rule(OP, MANAGE),
+    # Per-key budgets (issue 11): a tenant budgets its own keys, an operator any tenant key
+    "Query.keyBudget": Rule(BOTH, READ),
+    "Mutation.setKeyBudget": Rule(BOTH, MANAGE),
+    "Mutation.clearKeyBudget": Rule(BOTH, MANAGE),
+    # The audit log of control-plane writes (issue 11): operators only
+    "Query.auditLog": Rule(OP, READ),
+    # Alerts as signed webhooks (issue 11): endpoints for operators and tenants; the log and replay for operators
+    "Query.webhookEndpoints": Rule(BOTH, READ),
+    "Query.webhookDeliveries": Rule(OP, READ),
+    "Mutation.createWebhookEndpoint": Rule(BOTH, MANAGE),
+    "Mutation.setWebhookEndpointActive": Rule(BOTH, MANAGE),
+    "Mutation.replayWebhookDelivery": Rule(OP, MANAGE),
+    "Mutation.setAlertPolicy": Rule(OP, MANAGE),
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": Rule(BOTH, MANAGE),
     "Mutation.changePlan": Rule(BOTH, MANAGE),

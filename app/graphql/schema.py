@@ -22,6 +22,10 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
+from app.alerts.graphql import AlertsMutation, AlertsQuery
+from app.audit.graphql import AuditQuery
+from app.budgets.graphql import BudgetMutation, BudgetQuery
+from app.catalog.graphql import CatalogMutation, CatalogQuery
 from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.cost import CostLimits
@@ -50,6 +54,10 @@ QUERIES: tuple[type, ...] = (
     CreditsQuery,
     PricingQuery,
     StripeQuery,
+    CatalogQuery,
+    BudgetQuery,
+    AuditQuery,
+    AlertsQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
@@ -60,6 +68,9 @@ MUTATIONS: tuple[type, ...] = (
     CreditsMutation,
     PricingMutation,
     StripeMutation,
+    CatalogMutation,
+    BudgetMutation,
+    AlertsMutation,
 )
 
 Query = merge_types("Query", QUERIES)

@@ -12,9 +12,9 @@ from app.core.errors import DomainError
 class NotEntitled(DomainError):
     code = "NOT_ENTITLED"
 
-    def __init__(self, primitive: str, kit: str | None, reason: str) -> None:
+    def __init__(self, primitive: str, kit: str | None, reason: str, *, connection: str | None = None) -> None:
         super().__init__(reason)
-        self.primitive, self.kit = primitive, kit
+        self.primitive, self.kit, self.connection = primitive, kit, connection
 
 
 class LimitExceeded(DomainError):
@@ -48,6 +48,8 @@ class InsufficientCredits(DomainError):
     def __init__(self, required: int, available: int, packs: list[PackInfo]) -> None:
         super().__init__("insufficient credits")
         self.required, self.available, self.packs = required, available, packs
+        self.tenant_id: str | None = None
+        self.period_start: datetime | None = None
 
     @property
     def shortfall(self) -> int:

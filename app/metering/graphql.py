@@ -8,6 +8,9 @@ from typing import Annotated, Any
 
 import strawberry
 
+from app.alerts.refusals import record_exhausted
+from app.budgets.errors import BudgetExceeded as BudgetExceededError
+from app.budgets.graphql import BudgetExceeded
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
@@ -30,6 +33,9 @@ class MeterInput:
     quantity: int = 1
     reference: str | None = None
     details: PriceDetailsInput | None = None
+    connection: str | None = strawberry.field(
+        default=None, description='The connection the call used, e.g. "gmail": refused unless the kit allows it'
+    )
 
 
 @strawberry.input
@@ -47,6 +53,7 @@ def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterReques
         idempotency_key=i.idempotency_key,
         quantity=i.quantity,
         reference=i.reference,
+        connection=i.connection,
         model=p.model,
         input_tokens=p.input_tokens,
         output_tokens=p.output_tokens,
@@ -112,6 +119,7 @@ class QuotaExceeded(MeterError):
 class NotEntitled(MeterError):
     primitive: str
     kit: str | None
+    connection: str | None = strawberry.field(default=None, description="Set when the connection was refused")
 
 
 @strawberry.type
@@ -154,6 +162,7 @@ ChargeResult = Annotated[
     | NotEntitled
     | LimitExceeded
     | IdempotencyConflict
+    | BudgetExceeded
     | ValidationError
     | NotFoundError,
     strawberry.union("ChargeResult"),
@@ -165,6 +174,7 @@ ReserveResult = Annotated[
     | NotEntitled
     | LimitExceeded
     | IdempotencyConflict
+    | BudgetExceeded
     | ValidationError
     | NotFoundError,
     strawberry.union("ReserveResult"),
@@ -207,7 +217,9 @@ def to_result(exc: DomainError) -> Any:
             period_end=exc.period_end,
         )
     if isinstance(exc, merr.NotEntitled):
-        return NotEntitled(code=exc.code, message=exc.message, primitive=exc.primitive, kit=exc.kit)
+        return NotEntitled(
+            code=exc.code, message=exc.message, primitive=exc.primitive, kit=exc.kit, connection=exc.connection
+        )
     if isinstance(exc, merr.LimitExceeded):
         return LimitExceeded(
             code=exc.code,
@@ -220,6 +232,8 @@ def to_result(exc: DomainError) -> Any:
         )
     if isinstance(exc, merr.IdempotencyConflict):
         return IdempotencyConflict(code=exc.code, message=exc.message, idempotency_key=exc.key)
+    if isinstance(exc, BudgetExceededError):
+        return BudgetExceeded.from_error(exc)
     if isinstance(exc, merr.HoldClosed):
         return HoldClosed(code=exc.code, message=exc.message, hold_id=exc.hold_id, status=exc.status)
     return to_user_error(exc)
@@ -384,6 +398,8 @@ class MeteringMutation:
             req = to_request(input, ctx)
             res = await ctx.charge(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
         except DomainError as exc:
+            if isinstance(exc, merr.InsufficientCredits):
+                await record_exhausted(ctx, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)
 
@@ -406,6 +422,8 @@ class MeteringMutation:
         out: list[Any] = []
         for p in prepared:
             r = p if isinstance(p, DomainError) else next(outcomes)
+            if isinstance(r, merr.InsufficientCredits):
+                await record_exhausted(ctx, r)
             out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
         return out
 
@@ -422,13 +440,15 @@ class MeteringMutation:
         ctx = info.context
         try:
             scope = ctx.require_scope()
-            req = to_request(input)
+            req = to_request(input, ctx)
             # Omitted means the default; any value given (0 too) goes to the service's bounds check.
             ttl = ctx.settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
             res = await ctx.write(
                 lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
             )
         except DomainError as exc:
+            if isinstance(exc, merr.InsufficientCredits):
+                await record_exhausted(ctx, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)
 

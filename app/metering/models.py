@@ -32,6 +32,7 @@ class UsageEvent(SQLModel, table=True):
     credits: int = Field(sa_column=micro_column(default=None))
     period_start: datetime = Field(sa_column=ts_column())
     reference: str | None = Field(default=None, max_length=255)
+    connection: str | None = Field(default=None, max_length=64)  # the connection the call named
     result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(sa_column=ts_column())
     # The key that made the call (NULL: no key, e.g. an internal caller). No foreign key: keys are
@@ -101,6 +102,7 @@ class CreditHold(SQLModel, table=True):
     settled_amount: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     settle_result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     reference: str | None = Field(default=None, max_length=255)
+    connection: str | None = Field(default=None, max_length=64)
     expires_at: datetime = Field(sa_column=ts_column())
     created_at: datetime = Field(sa_column=ts_column())
     closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, func, select, tuple_
 from sqlalchemy.engine import Connection
 
+from app.catalog.repository import require_known
 from app.core.clock import as_utc
 from app.core.paging import HistoryFilter
 from app.metering.periods import Period, current_period
@@ -100,6 +101,7 @@ def usage_history(
     if until is not None:
         cond.append(EVENT.c.created_at < until)
     if filt.primitive is not None:
+        require_known(conn, filt.primitive)
         cond.append(EVENT.c.primitive == filt.primitive)
     if filt.api_key_id is not None:
         cond.append(EVENT.c.api_key_id == filt.api_key_id)
@@ -113,6 +115,7 @@ def usage_history(
         EVENT.c.quantity,
         EVENT.c.credits,
         EVENT.c.reference,
+        EVENT.c.connection,
         EVENT.c.idempotency_key,
         EVENT.c.api_key_id,
         EVENT.c.created_at,

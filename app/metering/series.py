@@ -12,9 +12,10 @@ from typing import Any, Literal
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
+from app.catalog.repository import require_known
 from app.core.clock import as_utc
 from app.core.errors import ValidationFailed
-from app.core.primitives import validate_primitive
+from app.core.primitives import check_key
 from app.metering.models import UsageRollup
 
 ROLLUP: Any = UsageRollup.__table__  # type: ignore[attr-defined]
@@ -60,7 +61,7 @@ def series_args(
     if end <= start:
         raise ValidationFailed("to must be later than from", field="to")
     if primitive is not None:
-        validate_primitive(primitive)
+        check_key(primitive)  # well-formed; a key the catalog lacks simply matches nothing
     lo, hi = floor(start, interval), floor(end, interval)
     if hi < end:
         hi += STEP[interval]
@@ -99,6 +100,7 @@ def usage_series(conn: Connection, tenant_ids: Sequence[str], args: SeriesArgs) 
         ROLLUP.c.hour_start < args.end,
     ]
     if args.primitive is not None:
+        require_known(conn, args.primitive)
         cond.append(ROLLUP.c.primitive == args.primitive)
     q = select(*cols, func.sum(ROLLUP.c.quantity), func.sum(ROLLUP.c.credits)).where(and_(*cond)).group_by(*cols)
     found: dict[str, dict[tuple[datetime, str | None], tuple[int, int]]] = {t: {} for t in tenant_ids}

@@ -28,11 +28,14 @@ from sqlalchemy import and_, func, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from app.alerts.emit import HOLD_EXPIRED, QUOTA_THRESHOLDS, balance_low, crossed, emit, quota_crossings
+from app.budgets.enforce import BudgetTerms, KeySpend
+from app.catalog.models import Primitive
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
-from app.core.errors import DomainError, NotFound, ValidationFailed
+from app.core.errors import DomainError, NotFound, UnknownPrimitive, ValidationFailed
 from app.core.ids import new_id
-from app.core.primitives import allowed, validate_connection, validate_primitive
+from app.core.primitives import allowed, check_key, validate_connection
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
@@ -48,7 +51,7 @@ from app.metering.errors import (
 from app.metering.models import CreditHold, UsageCounter, UsageEvent
 from app.metering.periods import Period, current_period, minute_window
 from app.plans.models import Plan, PlanQuota
-from app.pricing.service import FIXED_PRICE, PriceRequest, fixed_total, quote
+from app.pricing.service import PriceRequest, fixed_total, quote
 from app.subscriptions.models import Subscription
 from app.tenants.models import Tenant
 
@@ -59,15 +62,22 @@ TENANT: Any = Tenant.__table__  # type: ignore[attr-defined]
 PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
 SUB: Any = Subscription.__table__  # type: ignore[attr-defined]
 QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
+PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 
 # The charge transaction's statements, written once (see app/core/sql.py).
 # A tenant's terms: plan, period, overage policy, the kit in force and the subscription period.
+# The calling key's budget and the alert policy (the tenant's over its plan's) come in the same
+# statement (NULL columns when there is none).
 _TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
-              s.current_period_start, s.current_period_end
+              s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits,
+              COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance)
        FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
+       LEFT JOIN key_budget b ON b.api_key_id = :kid AND b.tenant_id = a.tenant_id
+       LEFT JOIN alert_policy pp ON pp.plan_key = t.plan_key
+       LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
        WHERE a.tenant_id = :tid"""
 _LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
 _READ_TERMS = Sql("SELECT " + _TERMS)  # the read-only check: no lock
@@ -76,12 +86,14 @@ _QUOTA_USED_PRICE = Sql(
     """SELECT (SELECT quota FROM plan_quota WHERE plan_key = :plan AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p),
               (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
-              (SELECT credits FROM price WHERE primitive = :p)"""
+              (SELECT credits FROM price WHERE primitive = :p),
+              (SELECT pricing_rule FROM primitive WHERE key = :p),
+              (SELECT active FROM primitive WHERE key = :p)"""
 )
 _INSERT_EVENT = Sql(
     """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
-                                period_start, reference, result, created_at, api_key_id)
-       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :result, :now, :key_id) RETURNING id"""
+                                period_start, reference, connection, result, created_at, api_key_id)
+       VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :conn, :result, :now, :key_id) RETURNING id"""
 )
 _BUMP_COUNTER = Sql(
     """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits)
@@ -131,6 +143,7 @@ class _Running:
     used: int
     calls: int
     unit_price: int | None
+    rule: str  # the catalog's pricing rule
     count: int = 0
     quantity: int = 0
 
@@ -166,12 +179,14 @@ class MeterRequest:
     num_images: int | None = None
     duration_seconds: Decimal | None = None
     reference: str | None = None
-    # The key that made the call (the principal's key_id): recorded on the event and its rollup.
-    # Not part of the fingerprint: the same call retried with another key of the tenant is a replay.
+    connection: str | None = None  # the connection the call used (e.g. "gmail"): the kit must allow it
+    # The key that made the call (the principal's key_id): recorded on the event and its rollup, and
+    # its own budget applies. Not part of the fingerprint: the same call retried with another key of
+    # the tenant is a replay.
     api_key_id: str | None = None
 
     def validate(self) -> MeterRequest:
-        validate_primitive(self.primitive)
+        check_key(self.primitive)  # whether the catalog has it is read inside the transaction
         if not self.idempotency_key or len(self.idempotency_key) > MAX_KEY:
             raise ValidationFailed(f"idempotencyKey must be 1-{MAX_KEY} characters", field="idempotencyKey")
         if not 1 <= self.quantity <= MAX_QUANTITY:
@@ -184,6 +199,8 @@ class MeterRequest:
             raise ValidationFailed("elapsedSeconds is out of range", field="elapsedSeconds")
         if self.reference is not None and len(self.reference) > 255:
             raise ValidationFailed("reference is longer than 255 characters", field="reference")
+        if self.connection is not None:
+            validate_connection(self.connection, field="connection")
         return self
 
     def price_request(self) -> PriceRequest:
@@ -202,7 +219,8 @@ class MeterRequest:
         )
 
     def fingerprint(self) -> str:
-        """What "the same parameters" means for an idempotency key: every field but the key."""
+        """What "the same parameters" means for an idempotency key: every field but the key (and
+        the API key that sent it: a retry from another of the tenant's keys is the same call)."""
         fields = (
             self.primitive,
             self.quantity,
@@ -216,7 +234,7 @@ class MeterRequest:
             self.num_images,
             _text(self.duration_seconds),
             self.reference,
-        )
+        ) + ((self.connection,) if self.connection is not None else ())  # keys stored before keep their hash
         return hashlib.sha256(repr(fields).encode()).hexdigest()
 
 
@@ -288,6 +306,9 @@ class TenantTerms:
     kit_connections: list[str]
     sub_start: datetime | None
     sub_end: datetime | None
+    budget: BudgetTerms | None = None  # the calling key's own budget
+    quota_percents: tuple[int, ...] = QUOTA_THRESHOLDS  # alert when a quota's use crosses these
+    low_balance: int | None = None  # alert when available credits go below this
 
 
 @dataclass
@@ -302,7 +323,15 @@ class Decision:
 class Meter:
     """One transaction's worth of metering for one tenant. The account is locked on entry."""
 
-    def __init__(self, db: Session | Connection, clock: Clock, scope: TenantScope, *, negative_buffer: int) -> None:
+    def __init__(
+        self,
+        db: Session | Connection,
+        clock: Clock,
+        scope: TenantScope,
+        *,
+        negative_buffer: int,
+        api_key_id: str | None = None,
+    ) -> None:
         # The hot path needs only the connection; an ORM session is made on demand (dynamic prices,
         # the packs of an InsufficientCredits answer), joined to the same transaction.
         self._session = db if isinstance(db, Session) else None
@@ -312,8 +341,9 @@ class Meter:
         self.clock = clock
         self.floor = -negative_buffer
         # One statement: lock the account row and read the tenant's plan, kit and period with it.
-        self.state, self._terms = lock_with_terms(self.conn, scope)
+        self.state, self._terms = lock_with_terms(self.conn, scope, api_key_id)
         self._live: list[ledger.LiveBucket] | None = None
+        self._spend: KeySpend | None = None
         if self.state.reserved:
             self._expire_holds()
 
@@ -329,6 +359,14 @@ class Meter:
     def terms(self) -> TenantTerms:
         return self._terms
 
+    def key_spend(self) -> KeySpend | None:
+        """The calling key's spend this period: read once, only for a key with a budget."""
+        if self._terms.budget is None:
+            return None
+        if self._spend is None:
+            self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
+        return self._spend
+
     def _expire_holds(self) -> None:
         """Free holds past their expiry, exactly once (the status flip is the guard)."""
         rows = self.conn.execute(
@@ -337,9 +375,18 @@ class Meter:
                 and_(HOLD.c.tenant_id == self.scope.tenant_id, HOLD.c.status == "open", HOLD.c.expires_at <= self.now)
             )
             .values(status="expired", closed_at=self.now)
-            .returning(HOLD.c.amount)
+            .returning(HOLD.c.id, HOLD.c.amount, HOLD.c.primitive)
         ).all()
         freed = sum(r.amount for r in rows)
+        for r in rows:  # exactly once: the status flip above is the guard
+            emit(
+                self.conn,
+                self.scope.tenant_id,
+                HOLD_EXPIRED,
+                f"hold:{r.id}",
+                {"holdId": r.id, "primitive": r.primitive, "amount": r.amount},
+                self.now,
+            )
         if freed:
             self.state = ledger.AccountState(self.state.balance, self.state.reserved - freed)
             self.conn.execute(
@@ -366,10 +413,20 @@ class Meter:
         per_call = lim.get("max_quantity_per_call")
         if per_call is not None and req.quantity > per_call:
             raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, req.quantity, None)
+        if req.connection is not None and req.connection not in t.kit_connections:
+            raise NotEntitled(
+                req.primitive,
+                t.kit_key,
+                f"connection {req.connection} is not in the tenant's Account Kit",
+                connection=req.connection,
+            )
 
     def decide(self, req: MeterRequest, *, count: bool = True, amount: int | None = None) -> Decision:
-        """Quota and per-minute checks (when the call counts) and the price; raises a refusal, writes nothing."""
+        """Catalog, kit (when the call counts), quota and per-minute checks, and the price; raises a
+        refusal, writes nothing."""
         r = self._running(req.primitive, count=count)
+        if count:
+            self.entitle(req)
         price = self._check_and_price(req, r, count=count, price=amount is None)
         return Decision(
             period=r.period,
@@ -389,14 +446,15 @@ class Meter:
             raise LimitExceeded(req.primitive, "callsPerMinute", r.per_minute, r.calls + 1, 60 - self.now.second)
         if not price:
             return 0
-        if r.unit_price is not None and req.primitive in FIXED_PRICE:
+        if r.unit_price is not None and r.rule == "fixed":
             return fixed_total(r.unit_price, req.quantity)  # the catalog row came with the checks
         return quote(self.session, req.price_request())
 
     def _quota_used_calls(
         self, primitive: str, period: Period, window: datetime | None
-    ) -> tuple[Any, int, int, int | None]:
-        """The plan's quota, this period's count, this minute's calls and the fixed price: one statement."""
+    ) -> tuple[Any, int, int, int | None, str]:
+        """The plan's quota, this period's count, this minute's calls, the fixed price and the catalog
+        entry: one statement. An unknown or retired primitive is refused here."""
         row = run(
             self.conn,
             _QUOTA_USED_PRICE,
@@ -408,7 +466,11 @@ class Meter:
                 "win": ts(self.conn, window or period.start),
             },
         ).one()
-        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3]
+        if row[4] is None:
+            raise UnknownPrimitive(primitive)
+        if not row[5]:
+            raise UnknownPrimitive(primitive, retired=True)
+        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3], row[4]
 
     def insufficient(self, required: int, available: int | None = None) -> InsufficientCredits:
         from app.credits.packs import packs_covering
@@ -420,12 +482,18 @@ class Meter:
             PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
             for p in packs_covering(self.session, shortfall or required)
         ]
-        return InsufficientCredits(required, available, packs)
+        exc = InsufficientCredits(required, available, packs)
+        # For the balance.exhausted alert, which the edge records after this transaction rolls back.
+        t = self._terms
+        exc.tenant_id = self.scope.tenant_id
+        exc.period_start = current_period(self.now, t.plan_period, t.sub_start, t.sub_end).start
+        return exc
 
     # ---- writes --------------------------------------------------------------------------
 
     def record(self, req: MeterRequest, d: Decision, *, kind: str, key: str, release_reserved: int = 0) -> Charged:
         """Debit, event, counters. The caller has checked the floor."""
+        available_before = self.state.available
         balance = ledger.debit(
             self.conn,
             self.scope,
@@ -463,6 +531,7 @@ class Meter:
                 "credits": d.amount,
                 "ps": ps,
                 "ref": req.reference,
+                "conn": req.connection,
                 "result": to_json(result.stored()),
                 "now": ts(conn, self.now),
                 "key_id": req.api_key_id,
@@ -485,6 +554,11 @@ class Meter:
         run(conn, _BUMP_ROLLUP, self._rollup_row(req.primitive, req.api_key_id, req.quantity, d.amount, 1))
         if d.rate_window is not None:
             run(conn, _BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
+        self._alerts(req.primitive, d.quota, d.used, used, d.period, available_before)
+        spend = self.key_spend()
+        if spend is not None:
+            spend.add(req.primitive, req.quantity, d.amount)
+            spend.flush()
         return result
 
     def _rollup_row(self, primitive: str, key_id: str | None, qty: int, credits: int, n: int) -> dict[str, Any]:
@@ -506,13 +580,15 @@ class Meter:
             if request_hash != req.fingerprint():
                 raise IdempotencyConflict(req.idempotency_key)
             return Charged.from_stored(event_id, read_json(result))
-        self.entitle(req)
         d = self.decide(req)
         self._sweep()
         # precheck: the caller charges BEFORE running the operation (the brief's "check before
         # executing"), so like new work it is refused once nothing is available; no extra statement.
         if self.state.available - d.amount < self.floor or (precheck and self.state.available <= 0):
             raise self.insufficient(d.amount)
+        spend = self.key_spend()
+        if spend is not None:
+            spend.check(req.primitive, req.quantity, d.amount)
         return self.record(req, d, kind="charge", key=req.idempotency_key)
 
     def charge_many(self, reqs: list[MeterRequest]) -> list[Charged | DomainError]:
@@ -525,6 +601,7 @@ class Meter:
         per_primitive: dict[str, _Running] = {}
         self._sweep()
         available = self.state.available
+        spend = self.key_spend()
         accepted: list[tuple[int, MeterRequest, int, _Running, int]] = []
         for i, req in enumerate(reqs):
             try:
@@ -540,13 +617,16 @@ class Meter:
                         raise IdempotencyConflict(key)
                     out[i] = _Replay(first_in_batch[key])
                     continue
-                self.entitle(req)
                 run_ = per_primitive.get(req.primitive)
                 if run_ is None:
                     run_ = per_primitive[req.primitive] = self._running(req.primitive)
+                self.entitle(req)
                 amount = self._check_and_price(req, run_, count=True)
                 if available - amount < self.floor:
                     raise self.insufficient(amount, available)
+                if spend is not None:
+                    spend.check(req.primitive, req.quantity, amount)
+                    spend.add(req.primitive, req.quantity, amount)  # written once, with the batch
                 available -= amount
                 run_.used += req.quantity
                 run_.calls += 1
@@ -575,8 +655,8 @@ class Meter:
         period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
         per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute") if count else None
         window = minute_window(self.now) if per_minute is not None else None
-        quota, used, calls, unit_price = self._quota_used_calls(primitive, period, window)
-        return _Running(period, window, per_minute, quota, used, calls, unit_price)
+        quota, used, calls, unit_price, rule = self._quota_used_calls(primitive, period, window)
+        return _Running(period, window, per_minute, quota, used, calls, unit_price, rule)
 
     def _record_many(self, accepted: list[tuple[int, MeterRequest, int, _Running, int]], out: list[Any]) -> None:
         conn, tid, now = self.conn, self.scope.tenant_id, ts(self.conn, self.now)
@@ -612,6 +692,7 @@ class Meter:
                         "credits": amount,
                         "ps": ts(conn, run_.period.start),
                         "ref": req.reference,
+                        "conn": req.connection,
                         "result": to_json(result.stored()),
                         "now": now,
                         "key_id": req.api_key_id,
@@ -645,10 +726,28 @@ class Meter:
             )
             if run_.window is not None:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
+            self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
         # The tenant's account lock already serializes writers of these rows; one statement, many rows.
         rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rows)
+        if accepted:
+            self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
+        if self._spend is not None:
+            self._spend.flush()
+
+    def _alerts(
+        self, primitive: str | None, quota: int | None, before: int, after: int, period: Period, available: int | None
+    ) -> None:
+        """Threshold crossings of this write: arithmetic on numbers at hand; a statement only when one
+        is crossed, and the outbox row commits or rolls back with the charge."""
+        t, conn, tid = self._terms, self.conn, self.scope.tenant_id
+        if primitive is not None and crossed(quota, before, after, t.quota_percents):
+            quota_crossings(
+                conn, tid, primitive, quota, before, after, period.start, period.end, self.now, t.quota_percents
+            )
+        if available is not None and t.low_balance is not None:
+            balance_low(conn, tid, t.low_balance, available, self.state.available, period.start, self.now)
 
     def reserve(self, req: MeterRequest, ttl: timedelta) -> HoldView:
         fp = req.fingerprint()
@@ -661,11 +760,13 @@ class Meter:
             if existing.request_hash != fp:
                 raise IdempotencyConflict(req.idempotency_key)
             return _hold_view(existing, replayed=True)
-        self.entitle(req)
         d = self.decide(req, count=True)
         # New work: refused at or below zero, or when the estimate does not fit.
         if self.state.available <= 0 or self.state.available < d.amount:
             raise self.insufficient(d.amount)
+        spend = self.key_spend()
+        if spend is not None:  # the estimate must fit the key's budget; the spend counts at settle
+            spend.check(req.primitive, req.quantity, d.amount)
         hold_id = new_id("hold")
         expires = self.now + ttl
         self.conn.execute(
@@ -679,6 +780,7 @@ class Meter:
                 amount=d.amount,
                 status="open",
                 reference=req.reference,
+                connection=req.connection,
                 expires_at=expires,
                 created_at=self.now,
             )
@@ -719,11 +821,19 @@ class Meter:
             idempotency_key=f"hold:{hold_id}",
             quantity=hold.quantity,
             reference=hold.reference,
+            connection=hold.connection,
         )
         if req.primitive != hold.primitive:
             raise ValidationFailed("actual.primitive must match the hold's primitive", field="primitive")
         key_id = api_key_id if api_key_id is not None else req.api_key_id  # the settling key
-        req = MeterRequest(**{**asdict(req), "idempotency_key": f"hold:{hold_id}", "api_key_id": key_id})
+        req = MeterRequest(
+            **{
+                **asdict(req),
+                "idempotency_key": f"hold:{hold_id}",
+                "api_key_id": key_id,
+                "connection": req.connection or hold.connection,
+            }
+        )
         # Work already done: counted even past the quota (as overage) and charged down to the buffer.
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
         self._sweep()
@@ -772,14 +882,16 @@ def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
     )
 
 
-def lock_with_terms(conn: Connection, scope: TenantScope) -> tuple[ledger.AccountState, TenantTerms]:
-    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id}).first()
+def lock_with_terms(
+    conn: Connection, scope: TenantScope, api_key_id: str | None = None
+) -> tuple[ledger.AccountState, TenantTerms]:
+    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id, "kid": api_key_id}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    return ledger.AccountState(row[0], row[1]), _terms_from(row[2:])
+    return ledger.AccountState(row[0], row[1]), _terms_from(row[2:], api_key_id)
 
 
-def _terms_from(row: Any) -> TenantTerms:
+def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
     row = list(row)
     row[4], row[5], row[6] = read_json(row[4]), read_json(row[5]), read_json(row[6])
     row[7], row[8] = read_ts(row[7]), read_ts(row[8])
@@ -793,11 +905,16 @@ def _terms_from(row: Any) -> TenantTerms:
         kit_connections=list(row[6] or []),
         sub_start=as_utc(row[7]) if row[7] else None,
         sub_end=as_utc(row[8]) if row[8] else None,
+        budget=BudgetTerms(api_key_id, row[9], row[10], dict(read_json(row[11]) or {}))
+        if api_key_id is not None and row[9] is not None
+        else None,
+        quota_percents=tuple(read_json(row[12])) if row[12] is not None else QUOTA_THRESHOLDS,
+        low_balance=row[13],
     )
 
 
 def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
-    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id}).first()
+    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id, "kid": None}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return _terms_from(row)
@@ -873,8 +990,13 @@ def check(
                 )
             )
             .scalar_subquery(),
+            select(PRIMITIVE.c.active).where(PRIMITIVE.c.key == primitive).scalar_subquery(),
         )
     ).one()
+    if quota_row[2] is None:
+        raise UnknownPrimitive(primitive)
+    if not quota_row[2]:
+        raise UnknownPrimitive(primitive, retired=True)
     quota, used = quota_row[0], quota_row[1] or 0
     remaining = None if quota is None else max(quota - used, 0)
 
@@ -931,7 +1053,9 @@ def charge(
     """precheck=True also refuses when the available balance is already at or below zero before
     this charge (for callers that charge before they run the operation); a replay still answers."""
     req.validate()
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).charge(req, precheck=precheck)
+    return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id).charge(
+        req, precheck=precheck
+    )
 
 
 def reserve(
@@ -940,7 +1064,8 @@ def reserve(
     req.validate()
     if not 1 <= ttl_seconds <= 7 * 86400:
         raise ValidationFailed("ttlSeconds must be between 1 and 604800", field="ttlSeconds")
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).reserve(req, timedelta(seconds=ttl_seconds))
+    meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id)
+    return meter.reserve(req, timedelta(seconds=ttl_seconds))
 
 
 def settle(
@@ -953,10 +1078,12 @@ def settle(
     negative_buffer: int,
     api_key_id: str | None = None,
 ) -> Charged:
-    """`api_key_id`: the key that settles (the event's key), as MeterRequest.api_key_id for a charge."""
+    """`api_key_id`: the key that settles (the event's key), as MeterRequest.api_key_id for a charge.
+    Work done: never refused by a key budget, but counted against the settling key's."""
     if actual is not None:
         actual.validate()
-    return Meter(session, clock, scope, negative_buffer=negative_buffer).settle(hold_id, actual, api_key_id)
+    meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=api_key_id)
+    return meter.settle(hold_id, actual, api_key_id)
 
 
 def release(session: Session, clock: Clock, scope: TenantScope, hold_id: str) -> HoldView:
@@ -983,7 +1110,9 @@ def charge_batch(
     for tenant_id in sorted(by_tenant):
         scope = items[by_tenant[tenant_id][0]][0]
         try:
-            meter = Meter(session, clock, scope, negative_buffer=negative_buffer)
+            # One request, one caller: the items of a tenant share the key that sent them.
+            key_id = items[by_tenant[tenant_id][0]][1].api_key_id
+            meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=key_id)
         except DomainError as exc:
             for i in by_tenant[tenant_id]:
                 results[i] = exc

@@ -51,6 +51,7 @@ class UsageEvent:
     quantity: int
     credits_used: Credits  # type: ignore[valid-type]
     reference: str | None
+    connection: str | None = strawberry.field(description="The connection the call named, if any")
     idempotency_key: str
     created_at: datetime
     tenant_id: strawberry.Private[str]
@@ -74,6 +75,7 @@ class UsageEvent:
             quantity=r.quantity,
             credits_used=MicroCredits(r.credits),
             reference=r.reference,
+            connection=r.connection,
             idempotency_key=r.idempotency_key,
             created_at=r.created_at,
             tenant_id=r.tenant_id,

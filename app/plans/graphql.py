@@ -4,6 +4,8 @@ from typing import Annotated
 
 import strawberry
 
+from app.audit.service import plan_target
+from app.audit.write import audited_write
 from app.core.errors import ValidationFailed
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
@@ -72,7 +74,10 @@ class PlanMutation:
                 overage=input.overage.value,
                 included_credits=int(input.included_credits or 0),
             )
-            return Plan(row=await ctx.write(lambda s: service.upsert_plan(s, ctx.clock, data)))
+            target = plan_target(data.key)
+            return Plan(
+                row=await audited_write(ctx, "upsertPlan", target, lambda s: service.upsert_plan(s, ctx.clock, data))
+            )
 
         return await attempt(run)
 
@@ -81,6 +86,10 @@ class PlanMutation:
         ctx = info.context
 
         async def run() -> Plan:
-            return Plan(row=await ctx.write(lambda s: service.archive_plan(s, ctx.clock, key)))
+            return Plan(
+                row=await audited_write(
+                    ctx, "archivePlan", plan_target(key), lambda s: service.archive_plan(s, ctx.clock, key)
+                )
+            )
 
         return await attempt(run)

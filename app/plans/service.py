@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from sqlmodel import Session
 
 from app.account_kits.repository import AccountKitRepository
+from app.catalog.repository import known_keys
 from app.core.clock import Clock
 from app.core.errors import NotFound, ValidationFailed
 from app.core.money import MICRO
@@ -40,8 +41,9 @@ def upsert_plan(session: Session, clock: Clock, data: PlanInput) -> Plan:
         raise ValidationFailed(f"period must be one of {', '.join(PERIODS)}", field="period")
     if data.overage not in OVERAGE:
         raise ValidationFailed("overage must be refuse or allow", field="overage")
+    known = known_keys(session.connection()) if data.quotas else set()
     for primitive, quota in data.quotas.items():
-        validate_primitive(primitive, field="quotas.primitive")
+        validate_primitive(primitive, known, field="quotas.primitive")
         if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0 or quota > MAX_QUOTA:
             raise ValidationFailed(f"quota for {primitive} must be a non-negative integer", field="quotas")
     if data.included_credits < 0 or data.included_credits > 10**12 * MICRO:

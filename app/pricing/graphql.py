@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import strawberry
 
+from app.audit.service import Target
+from app.audit.write import audited_write
 from app.core.money import MICRO
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
@@ -279,8 +281,11 @@ class PricingMutation:
 
         async def run() -> FixedPrice:
             steps = [(t.up_to_seconds, int(t.credits)) for t in tiers] if tiers else None
-            row = await ctx.write(
-                lambda s: service.set_price(s, ctx.clock, primitive=primitive, credits=int(credits), tiers=steps)
+            row = await audited_write(
+                ctx,
+                "setPrice",
+                Target("price", primitive),
+                lambda s: service.set_price(s, ctx.clock, primitive=primitive, credits=int(credits), tiers=steps),
             )
             return _fixed(row)
 
@@ -307,7 +312,7 @@ class PricingMutation:
                 )
                 return row, service.settings(s)
 
-            row, values = await ctx.write(write)
+            row, values = await audited_write(ctx, "setLlmRate", Target("llm_rate", input.model), write)
             return _rate(row, values)
 
         return await attempt(run)
@@ -328,7 +333,7 @@ class PricingMutation:
                 )
                 return row, service.settings(s)
 
-            row, values = await ctx.write(write)
+            row, values = await audited_write(ctx, "setMediaPrice", Target("media_price", input.model), write)
             return _media(row, values)
 
         return await attempt(run)
@@ -345,7 +350,7 @@ class PricingMutation:
                 service.set_setting(s, ctx.clock, key=key, value=value)
                 return service.settings(s)
 
-            return _settings(await ctx.write(write))
+            return _settings(await audited_write(ctx, "setPricingSetting", Target("pricing_setting", key), write))
 
         return await attempt(run)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, bindparam, select
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
@@ -16,6 +17,33 @@ MEDIA: Any = MediaPrice.__table__  # type: ignore[attr-defined]
 SETTING: Any = PricingSetting.__table__  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
+class RateRow:
+    input_per_m: int
+    output_per_m: int
+    cache_read_per_m: int | None
+    cache_creation_per_m: int | None
+
+
+@dataclass(frozen=True)
+class MediaRow:
+    kind: str
+    unit_price_usd: str
+    markup: str | None
+
+
+@dataclass(frozen=True)
+class QuoteRow:
+    """A primitive's catalog entry and everything its rule may price from, read at once."""
+
+    rule: str
+    active: bool
+    credits: int | None  # the price table (fixed, session_tiers)
+    tiers: Any
+    rate: RateRow | None  # the request's model, per token
+    media: MediaRow | None  # the request's model, per image / second
+
+
 class PricingRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -24,6 +52,45 @@ class PricingRepository:
     def price_row(self, primitive: str) -> Any:
         q = select(PRICE.c.credits, PRICE.c.tiers).where(PRICE.c.primitive == primitive)
         return self.s.connection().execute(q).first()
+
+    def quote_row(self, primitive: str, model: str | None) -> QuoteRow | None:
+        from app.catalog.repository import PRIMITIVE as P
+
+        m = bindparam("model", model, type_=String)  # NULL (no model) joins nothing
+        joined = (
+            P.outerjoin(PRICE, PRICE.c.primitive == P.c.key)
+            .outerjoin(RATE, RATE.c.model == m)
+            .outerjoin(MEDIA, MEDIA.c.model == m)
+        )
+        q = (
+            select(
+                P.c.pricing_rule,
+                P.c.active,
+                PRICE.c.credits,
+                PRICE.c.tiers,
+                RATE.c.model,
+                RATE.c.input_per_m,
+                RATE.c.output_per_m,
+                RATE.c.cache_read_per_m,
+                RATE.c.cache_creation_per_m,
+                MEDIA.c.kind,
+                MEDIA.c.unit_price_usd,
+                MEDIA.c.markup,
+            )
+            .select_from(joined)
+            .where(P.c.key == primitive)
+        )
+        r = self.s.connection().execute(q).first()
+        if r is None:
+            return None
+        return QuoteRow(
+            rule=r[0],
+            active=bool(r[1]),
+            credits=r[2],
+            tiers=r[3],
+            rate=RateRow(r[5], r[6], r[7], r[8]) if r[4] is not None else None,
+            media=MediaRow(r[9], r[10], r[11]) if r[9] is not None else None,
+        )
 
     def rate_row(self, model: str) -> Any:
         return self.s.connection().execute(select(RATE).where(RATE.c.model == model)).first()

@@ -1,17 +1,18 @@
-"""Prices. `quote` turns one metered request into micro-credits; the hot path calls it on
-every charge, so a fixed-price primitive costs one primary-key SELECT.
+"""Prices. `quote` turns one metered request into micro-credits with ONE read: the primitive's
+catalog row joined with whatever its rule prices from (price row, model rate, media row).
 
-Rules (all Decimal, rounded once at the end to a micro-credit, ROUND_HALF_UP):
-  fixed price          credits x quantity
-  browser.session.time the first tier whose limit >= elapsed seconds (1 / 2 / 3 credits up to
+Each primitive names its pricing rule in the catalog (app/catalog); the rules, all Decimal,
+rounded once at the end to a micro-credit, ROUND_HALF_UP:
+  fixed                credits x quantity
+  session_tiers        (browser.session.time) the first tier whose limit >= elapsed seconds (1 / 2 / 3 credits up to
                        5 / 15 / 30 min); beyond the last tier, its price per started block of its
                        length (31 min -> 2 x 3 = 6 credits). Zero seconds bills the first floor.
-  llm.tokens           (in x input + out x output + cache_read x read_rate + cache_creation x
+  llm_tokens           (llm.tokens) (in x input + out x output + cache_read x read_rate + cache_creation x
                        creation_rate) / 1M, where read/creation rates default to input x
                        llm.cache_read_multiplier (0.1) / llm.cache_creation_multiplier (1.25)
-  llm.passthrough      cost_usd x llm.passthrough_markup / credit_value_usd
-  image.generate       unit_usd x num_images x markup / credit_value_usd
-  video.generate       unit_usd x duration_seconds x markup / credit_value_usd
+  usd_markup           (llm.passthrough) cost_usd x llm.passthrough_markup / credit_value_usd
+  media_image          (image.generate) unit_usd x num_images x markup / credit_value_usd
+  media_video          (video.generate) unit_usd x duration_seconds x markup / credit_value_usd
 """
 
 from __future__ import annotations
@@ -24,17 +25,13 @@ from typing import Any
 from sqlmodel import Session
 
 from app.core.clock import Clock
-from app.core.errors import NotFound, ValidationFailed
+from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
 from app.core.money import MAX_CREDITS, MICRO
-from app.core.primitives import PRIMITIVES, validate_primitive
+from app.core.primitives import PRICE_TABLE_RULES, check_key
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
-from app.pricing.repository import PricingRepository
+from app.pricing.repository import PricingRepository, QuoteRow
 from app.pricing.seed import SETTINGS as DEFAULT_SETTINGS
 
-DYNAMIC = frozenset({"llm.tokens", "llm.passthrough", "image.generate", "video.generate"})
-TIMED = "browser.session.time"
-# Priced as catalog credits x quantity: the hot path reads that row together with its quota checks.
-FIXED_PRICE = frozenset(p for p in PRIMITIVES if p not in DYNAMIC and p != TIMED)
 MEDIA_KINDS = ("image", "video")
 
 MAX_QUANTITY = 10**9
@@ -127,25 +124,37 @@ def _setting(values: dict[str, str], key: str) -> Decimal:
 
 
 def quote(session: Session, req: PriceRequest) -> int:
-    """Micro-credits for one request. ValidationFailed / NotFound on bad input; reads only."""
-    primitive = validate_primitive(req.primitive)
+    """Micro-credits for one request, by the rule its catalog row names. UnknownPrimitive,
+    ValidationFailed or NotFound on bad input; reads only (the settings only when a rule needs them)."""
+    check_key(req.primitive)
     repo = PricingRepository(session)
-    if primitive == "llm.tokens":
-        return _llm_tokens(repo, req)
-    if primitive == "llm.passthrough":
-        return _passthrough(repo, req)
-    if primitive == "image.generate":
-        count = req.num_images if req.num_images is not None else req.quantity
-        return media_quote(session, "image", req.model, count).micro
-    if primitive == "video.generate":
-        return media_quote(session, "video", req.model, req.duration_seconds).micro
-    qty = _int(req.quantity, "quantity", 1, MAX_QUANTITY)
-    row = repo.price_row(primitive)
+    row = repo.quote_row(req.primitive, req.model)
     if row is None:
-        raise NotFound("Price", primitive)
-    if primitive == TIMED:
+        raise UnknownPrimitive(req.primitive)
+    if not row.active:
+        raise UnknownPrimitive(req.primitive, retired=True)
+    return price_by_rule(repo, row, req)
+
+
+def price_by_rule(repo: PricingRepository, row: QuoteRow, req: PriceRequest) -> int:
+    rule = row.rule
+    if rule == "llm_tokens":
+        return _llm_tokens(repo, row, req)
+    if rule == "usd_markup":
+        return _passthrough(repo, req)
+    if rule in ("media_image", "media_video"):
+        kind = "image" if rule == "media_image" else "video"
+        if kind == "image":
+            amount: Any = req.num_images if req.num_images is not None else req.quantity
+        else:
+            amount = req.duration_seconds
+        return _media_quote(repo, kind, req.primitive, req.model, amount, row.media).micro
+    qty = _int(req.quantity, "quantity", 1, MAX_QUANTITY)
+    if row.credits is None:
+        raise NotFound("Price", req.primitive)
+    if rule == "session_tiers":
         if req.elapsed_seconds is None:
-            raise ValidationFailed("elapsedSeconds is required for browser.session.time", field="elapsedSeconds")
+            raise ValidationFailed(f"elapsedSeconds is required for {req.primitive}", field="elapsedSeconds")
         elapsed = _int(req.elapsed_seconds, "elapsedSeconds", 0, MAX_ELAPSED)
         return session_time_price(row.credits, row.tiers, elapsed)
     return fixed_total(row.credits, qty)
@@ -171,15 +180,15 @@ def session_time_price(block_micro: int, tiers: Any, elapsed: int) -> int:
     return blocks * block_micro
 
 
-def _llm_tokens(repo: PricingRepository, req: PriceRequest) -> int:
+def _llm_tokens(repo: PricingRepository, row: QuoteRow, req: PriceRequest) -> int:
     model = check_model(req.model) if req.model is not None else None
     if model is None:
-        raise ValidationFailed("model is required for llm.tokens", field="model")
+        raise ValidationFailed(f"model is required for {req.primitive}", field="model")
     tin = _int(req.input_tokens, "inputTokens", 0, MAX_TOKENS)
     tout = _int(req.output_tokens, "outputTokens", 0, MAX_TOKENS)
     tread = _int(req.cache_read_tokens, "cacheReadTokens", 0, MAX_TOKENS)
     tcreate = _int(req.cache_creation_tokens, "cacheCreationTokens", 0, MAX_TOKENS)
-    rate = repo.rate_row(model)
+    rate = row.rate  # read with the catalog row
     if rate is None:
         raise NotFound("LlmRate", model)
     read_rate: Decimal = Decimal(rate.cache_read_per_m) if rate.cache_read_per_m is not None else Decimal(0)
@@ -197,7 +206,7 @@ def _llm_tokens(repo: PricingRepository, req: PriceRequest) -> int:
 
 def _passthrough(repo: PricingRepository, req: PriceRequest) -> int:
     if req.cost_usd is None:
-        raise ValidationFailed("costUsd is required for llm.passthrough", field="costUsd")
+        raise ValidationFailed(f"costUsd is required for {req.primitive}", field="costUsd")
     cost = parse_decimal(req.cost_usd, "costUsd", lo=Decimal(0), hi=MAX_USD)
     values = repo.settings()
     markup = _setting(values, "llm.passthrough_markup")
@@ -205,18 +214,26 @@ def _passthrough(repo: PricingRepository, req: PriceRequest) -> int:
 
 
 def media_quote(session: Session, kind: str, model: str | None, amount: Any) -> MediaQuote:
-    """image: amount = number of images; video: amount = duration in seconds."""
+    """The pricing previews: image: amount = number of images; video: amount = duration in seconds."""
     if model is None:
         raise ValidationFailed(f"model is required for {kind}.generate", field="model")
+    check_model(model)
+    repo = PricingRepository(session)
+    return _media_quote(repo, kind, f"{kind}.generate", model, amount, repo.media_row(model))
+
+
+def _media_quote(
+    repo: PricingRepository, kind: str, primitive: str, model: str | None, amount: Any, row: Any
+) -> MediaQuote:
+    if model is None:
+        raise ValidationFailed(f"model is required for {primitive}", field="model")
     check_model(model)
     if kind == "image":
         units = Decimal(_int(amount, "numImages", 1, MAX_IMAGES))
     else:
         if amount is None:
-            raise ValidationFailed("duration is required for video.generate", field="duration")
+            raise ValidationFailed(f"duration is required for {primitive}", field="duration")
         units = parse_decimal(amount, "duration", lo=Decimal(0), hi=MAX_DURATION, positive=True)
-    repo = PricingRepository(session)
-    row = repo.media_row(model)
     if row is None or row.kind != kind:
         raise NotFound("MediaPrice", model)
     values = repo.settings()
@@ -233,14 +250,21 @@ def media_quote(session: Session, kind: str, model: str | None, amount: Any) -> 
 def set_price(
     session: Session, clock: Clock, *, primitive: str, credits: int, tiers: list[tuple[int, int]] | None = None
 ) -> Price:
-    validate_primitive(primitive)
-    if primitive in DYNAMIC:
-        raise ValidationFailed(f"{primitive} is priced by its model catalog, not a fixed price", field="primitive")
+    from app.catalog.repository import PrimitiveRepository
+
+    check_key(primitive)
+    entry = PrimitiveRepository(session).get(primitive)
+    if entry is None:
+        raise UnknownPrimitive(primitive)
+    if entry.pricing_rule not in PRICE_TABLE_RULES:
+        raise ValidationFailed(
+            f"{primitive} is priced by its {entry.pricing_rule} rule, not a fixed price", field="primitive"
+        )
     _int(credits, "credits", 0, MAX_MICRO)
     stored: list[list[int]] | None = None
     if tiers:
-        if primitive != TIMED:
-            raise ValidationFailed(f"tiers apply only to {TIMED}", field="tiers")
+        if entry.pricing_rule != "session_tiers":
+            raise ValidationFailed("tiers apply only to primitives priced by session_tiers", field="tiers")
         stored = []
         last = 0
         for up_to, micro in sorted(tiers):

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.budgets.errors import BudgetExceeded
 from app.core.auth import Principal, Scope, ScopeDenied, TenantScope, require_scope
 from app.core.clock import Clock
 from app.core.db import inline_sqlite, unit_of_work
@@ -158,6 +159,7 @@ def purchase(pack_key: str) -> dict[str, Any]:
 _STATUS: list[tuple[type[DomainError], int]] = [
     (merr.InsufficientCredits, 402),
     (merr.QuotaExceeded, 429),
+    (BudgetExceeded, 429),
     (merr.LimitExceeded, 429),
     (merr.NotEntitled, 403),
     (merr.IdempotencyConflict, 409),
@@ -198,8 +200,18 @@ def domain_error(exc: DomainError, fields: dict[str, str] | None = None) -> Resp
         }
         if exc.retry_after is not None:
             headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, BudgetExceeded):
+        extra = {
+            "api_key_id": exc.api_key_id,
+            "primitive": exc.primitive,
+            "limit": exc.limit,
+            "used": exc.used,
+            "requested": exc.requested,
+            "credits": exc.credits,
+            "period_end": exc.period_end,
+        }
     elif isinstance(exc, merr.NotEntitled):
-        extra = {"primitive": exc.primitive, "kit": exc.kit}
+        extra = {"primitive": exc.primitive, "kit": exc.kit, "connection": exc.connection}
     elif isinstance(exc, merr.IdempotencyConflict):
         extra = {"idempotency_key": exc.key}
     elif isinstance(exc, merr.HoldClosed):

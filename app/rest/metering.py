@@ -71,6 +71,9 @@ class Usage(Strict):
     primitive: str = Field(min_length=1, max_length=64, examples=["email.send"])
     quantity: int = Field(1, ge=1, le=service.MAX_QUANTITY)
     reference: str | None = Field(None, max_length=255)
+    connection: str | None = Field(
+        None, min_length=1, max_length=64, description="The connection used (e.g. gmail); the kit must allow it"
+    )
     details: Details | None = None
 
 
@@ -156,13 +159,21 @@ def to_request(body: Usage, key: str, api_key_id: str | None) -> service.MeterRe
     """`api_key_id`: the key that made the call, recorded with the event."""
     d = body.details
     if d is None:  # the common case: a fixed price
-        return service.MeterRequest(body.primitive, key, body.quantity, reference=body.reference, api_key_id=api_key_id)
+        return service.MeterRequest(
+            body.primitive,
+            key,
+            body.quantity,
+            reference=body.reference,
+            api_key_id=api_key_id,
+            connection=body.connection,
+        )
     return service.MeterRequest(
         api_key_id=api_key_id,
         primitive=body.primitive,
         idempotency_key=key,
         quantity=body.quantity,
         reference=body.reference,
+        connection=body.connection,
         model=d.model,
         input_tokens=d.input_tokens,
         output_tokens=d.output_tokens,

@@ -5,6 +5,8 @@ from typing import Annotated
 
 import strawberry
 
+from app.audit.service import subscription_target
+from app.audit.write import audited_write
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus, Tenant
@@ -56,7 +58,12 @@ class SubscriptionMutation:
 
         async def run() -> SubscriptionChanged:
             scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
-            tenant, sub, plan = await ctx.write(lambda s: service.set_subscription(s, ctx.clock, scope, data))
+            tenant, sub, plan = await audited_write(
+                ctx,
+                "setSubscription",
+                subscription_target(scope.tenant_id),
+                lambda s: service.set_subscription(s, ctx.clock, scope, data),
+            )
             return SubscriptionChanged(
                 tenant=Tenant(row=tenant), subscription=BillingSubscription(row=sub), plan=Plan(row=plan)
             )

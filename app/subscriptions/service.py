@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
+from app.alerts.emit import SUBSCRIPTION_CHANGED, emit
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
 from app.core.errors import NotFound, ValidationFailed
@@ -96,6 +97,7 @@ def set_subscription(
 
     sub = session.get(Subscription, tenant.id)
     now = clock.now()
+    was = sub.status if sub is not None else None
     if sub is None:
         sub = Subscription(tenant_id=tenant.id, plan_key=plan.key, status=data.status, updated_at=now)
     sub.plan_key = plan.key
@@ -109,6 +111,16 @@ def set_subscription(
         sub.source_event_created = source_event_created
     session.add(sub)
     session.flush()
+    if was != data.status:
+        payload = {"from": was, "to": data.status, "plan": plan.key}
+        emit(
+            session.connection(),
+            tenant.id,
+            SUBSCRIPTION_CHANGED,
+            f"subscription:{now.isoformat()}:{data.status}",
+            payload,
+            now,
+        )
     if data.status in ("active", "trialing"):
         # The plan's included credits, once per period (idempotent by plan and period start).
         from app.credits.service import calendar_period, grant_plan_allowance

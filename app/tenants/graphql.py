@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 
+from app.audit.service import Target
+from app.audit.write import audited_write
 from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
@@ -33,6 +35,10 @@ class CreatedApiKey:
 CreateTenantResult = Annotated[Tenant | ValidationError, strawberry.union("CreateTenantResult")]
 CreateApiKeyResult = Annotated[CreatedApiKey | ValidationError | NotFoundError, strawberry.union("CreateApiKeyResult")]
 RevokeApiKeyResult = Annotated[ApiKey | ValidationError | NotFoundError, strawberry.union("RevokeApiKeyResult")]
+
+
+def _key_target(made: tuple[Any, str]) -> Target:
+    return Target("api_key", made[0].id, tenant_id=made[0].tenant_id)  # the secret never reaches the log
 
 
 @strawberry.type
@@ -77,7 +83,10 @@ class TenantMutation:
         data = service.TenantInput(name=input.name, external_id=input.external_id, metadata=input.metadata)  # type: ignore[arg-type]
 
         async def run() -> Tenant:
-            row = await ctx.write(
+            row = await audited_write(
+                ctx,
+                "createTenant",
+                lambda t: Target("tenant", t.id, tenant_id=t.id),
                 lambda s: service.create_tenant(
                     s,
                     ctx.clock,
@@ -107,7 +116,10 @@ class TenantMutation:
 
         async def run() -> CreatedApiKey:
             scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
-            row, raw = await ctx.write(
+            row, raw = await audited_write(
+                ctx,
+                "createApiKey",
+                _key_target,
                 lambda s: service.create_api_key(
                     s,
                     ctx.clock,
@@ -117,7 +129,7 @@ class TenantMutation:
                     scopes=[x.value for x in scopes] if scopes is not None else None,
                     expires_at=expires_at,
                     caller=ctx.principal,
-                )
+                ),
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 
@@ -134,7 +146,10 @@ class TenantMutation:
         ctx = info.context
 
         async def run() -> CreatedApiKey:
-            row, raw = await ctx.write(
+            row, raw = await audited_write(
+                ctx,
+                "createOperatorKey",
+                _key_target,
                 lambda s: service.create_api_key(
                     s,
                     ctx.clock,
@@ -144,7 +159,7 @@ class TenantMutation:
                     scopes=[x.value for x in scopes] if scopes is not None else None,
                     expires_at=expires_at,
                     caller=ctx.principal,
-                )
+                ),
             )
             return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
 
@@ -158,6 +173,12 @@ class TenantMutation:
 
         async def run() -> ApiKey:
             key_id = parse_id(str(id), "key")
-            return ApiKey(row=await ctx.write(lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id)))
+            write = await audited_write(
+                ctx,
+                "revokeApiKey",
+                Target("api_key", key_id),
+                lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id),
+            )
+            return ApiKey(row=write)
 
         return await attempt(run)

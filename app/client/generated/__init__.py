@@ -22,6 +22,7 @@ from .change_plan import (
 )
 from .charge import (
     Charge,
+    ChargeChargeBudgetExceeded,
     ChargeChargeCharged,
     ChargeChargeChargedUsage,
     ChargeChargeIdempotencyConflict,
@@ -58,6 +59,7 @@ from .enums import (
     ApiKeyScope,
     OveragePolicy,
     Period,
+    PricingRule,
     SubscriptionStatus,
     UsageGroupBy,
     UsageInterval,
@@ -100,16 +102,20 @@ from .input_types import (
     BatchItemInput,
     CreateTenantInput,
     CreditPackInput,
+    KeyBudgetInput,
+    KeyQuantityLimitInput,
     LlmRateInput,
     MediaPriceInput,
     MeterInput,
     PlanInput,
     PriceDetailsInput,
     PriceQuoteInput,
+    PrimitiveInput,
     PrimitiveLimitInput,
     QuotaInput,
     SessionTimeTierInput,
     SetSubscriptionInput,
+    WebhookEndpointInput,
 )
 from .plan import Plan, PlanPlan
 from .plans import Plans, PlansPlans
@@ -137,6 +143,7 @@ from .release import (
 )
 from .reserve import (
     Reserve,
+    ReserveReserveBudgetExceeded,
     ReserveReserveHold,
     ReserveReserveIdempotencyConflict,
     ReserveReserveInsufficientCredits,
@@ -229,6 +236,7 @@ __all__ = [
     "ChangePlanChangePlanPlanChangeSubmitted",
     "ChangePlanChangePlanValidationError",
     "Charge",
+    "ChargeChargeBudgetExceeded",
     "ChargeChargeCharged",
     "ChargeChargeChargedUsage",
     "ChargeChargeIdempotencyConflict",
@@ -272,6 +280,8 @@ __all__ = [
     "ImagePricingImagePricingMediaPricing",
     "ImagePricingImagePricingNotFoundError",
     "ImagePricingImagePricingValidationError",
+    "KeyBudgetInput",
+    "KeyQuantityLimitInput",
     "KitFields",
     "KitFieldsLimits",
     "LlmRateInput",
@@ -294,6 +304,8 @@ __all__ = [
     "PricingPrices",
     "PricingPricesTiers",
     "PricingPricingSettings",
+    "PricingRule",
+    "PrimitiveInput",
     "PrimitiveLimitInput",
     "PurchaseCreditPack",
     "PurchaseCreditPackPurchaseCreditPackCheckoutSession",
@@ -307,6 +319,7 @@ __all__ = [
     "ReleaseReleaseNotFoundError",
     "ReleaseReleaseValidationError",
     "Reserve",
+    "ReserveReserveBudgetExceeded",
     "ReserveReserveHold",
     "ReserveReserveIdempotencyConflict",
     "ReserveReserveInsufficientCredits",
@@ -369,4 +382,5 @@ __all__ = [
     "VideoPricingVideoPricingMediaPricing",
     "VideoPricingVideoPricingNotFoundError",
     "VideoPricingVideoPricingValidationError",
+    "WebhookEndpointInput",
 ]

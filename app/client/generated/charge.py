@@ -17,6 +17,7 @@ class Charge(BaseModel):
         "ChargeChargeNotEntitled",
         "ChargeChargeLimitExceeded",
         "ChargeChargeIdempotencyConflict",
+        "ChargeChargeBudgetExceeded",
         "ChargeChargeValidationError",
         "ChargeChargeNotFoundError",
     ] = Field(discriminator="typename__")
@@ -78,6 +79,10 @@ class ChargeChargeIdempotencyConflict(BaseModel):
     typename__: Literal["IdempotencyConflict"] = Field(alias="__typename")
     code: str
     message: str
+
+
+class ChargeChargeBudgetExceeded(BaseModel):
+    typename__: Literal["BudgetExceeded"] = Field(alias="__typename")
 
 
 class ChargeChargeValidationError(BaseModel):

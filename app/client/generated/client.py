@@ -20,6 +20,7 @@ from .change_plan import (
 )
 from .charge import (
     Charge,
+    ChargeChargeBudgetExceeded,
     ChargeChargeCharged,
     ChargeChargeIdempotencyConflict,
     ChargeChargeInsufficientCredits,
@@ -75,6 +76,7 @@ from .release import (
 )
 from .reserve import (
     Reserve,
+    ReserveReserveBudgetExceeded,
     ReserveReserveHold,
     ReserveReserveIdempotencyConflict,
     ReserveReserveInsufficientCredits,
@@ -386,6 +388,7 @@ class GeneratedClient(BaseClient):
         ChargeChargeNotEntitled,
         ChargeChargeLimitExceeded,
         ChargeChargeIdempotencyConflict,
+        ChargeChargeBudgetExceeded,
         ChargeChargeValidationError,
         ChargeChargeNotFoundError,
     ]:
@@ -452,6 +455,7 @@ class GeneratedClient(BaseClient):
         ReserveReserveNotEntitled,
         ReserveReserveLimitExceeded,
         ReserveReserveIdempotencyConflict,
+        ReserveReserveBudgetExceeded,
         ReserveReserveValidationError,
         ReserveReserveNotFoundError,
     ]:

@@ -27,6 +27,15 @@ class Period(str, Enum):
     year = "year"
 
 
+class PricingRule(str, Enum):
+    fixed = "fixed"
+    llm_tokens = "llm_tokens"
+    usd_markup = "usd_markup"
+    session_tiers = "session_tiers"
+    media_image = "media_image"
+    media_video = "media_video"
+
+
 class SubscriptionStatus(str, Enum):
     active = "active"
     trialing = "trialing"

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from pydantic import Field
 
 from .base_model import BaseModel
-from .enums import OveragePolicy, SubscriptionStatus
+from .enums import OveragePolicy, PricingRule, SubscriptionStatus
 
 
 class AccountKitInput(BaseModel):
@@ -44,6 +44,21 @@ class CreditPackInput(BaseModel):
     active: bool = True
 
 
+class KeyBudgetInput(BaseModel):
+    period: str = "month"
+    "day or month"
+    credit_limit: Optional[Decimal] = Field(alias="creditLimit", default=None)
+    quantity_limits: list["KeyQuantityLimitInput"] = Field(
+        alias="quantityLimits", default_factory=lambda: []
+    )
+
+
+class KeyQuantityLimitInput(BaseModel):
+    primitive: str
+    limit: int
+    "Units per period"
+
+
 class LlmRateInput(BaseModel):
     model: str
     input_per_million: Decimal = Field(alias="inputPerMillion")
@@ -74,6 +89,8 @@ class MeterInput(BaseModel):
     quantity: int = 1
     reference: Optional[str] = None
     details: Optional["PriceDetailsInput"] = None
+    connection: Optional[str] = None
+    'The connection the call used, e.g. "gmail": refused unless the kit allows it'
 
 
 class PlanInput(BaseModel):
@@ -109,6 +126,19 @@ class PriceQuoteInput(BaseModel):
     primitive: str
     quantity: int = 1
     details: Optional["PriceDetailsInput"] = None
+
+
+class PrimitiveInput(BaseModel):
+    key: str
+    'Dotted lowercase words, e.g. "cards.issue"'
+    name: str
+    unit: str
+    "What one unit of quantity is, e.g. card, email, action"
+    category: str
+    pricing_rule: PricingRule = Field(alias="pricingRule")
+    active: bool = True
+    credits: Optional[Decimal] = None
+    "Price per unit (fixed) or per block (session_tiers); required when such a primitive is new"
 
 
 class PrimitiveLimitInput(BaseModel):
@@ -147,8 +177,17 @@ class SetSubscriptionInput(BaseModel):
     "Assign the plan's kit in the same transaction."
 
 
+class WebhookEndpointInput(BaseModel):
+    url: str
+    event_types: list[str] = Field(alias="eventTypes")
+    'e.g. ["quota.threshold"], or ["*"]'
+    tenant_id: Optional[str] = Field(alias="tenantId", default=None)
+    "Operator: one tenant's events only"
+
+
 AccountKitInput.model_rebuild()
 BatchItemInput.model_rebuild()
+KeyBudgetInput.model_rebuild()
 MeterInput.model_rebuild()
 PlanInput.model_rebuild()
 PriceQuoteInput.model_rebuild()

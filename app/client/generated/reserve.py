@@ -18,6 +18,7 @@ class Reserve(BaseModel):
         "ReserveReserveNotEntitled",
         "ReserveReserveLimitExceeded",
         "ReserveReserveIdempotencyConflict",
+        "ReserveReserveBudgetExceeded",
         "ReserveReserveValidationError",
         "ReserveReserveNotFoundError",
     ] = Field(discriminator="typename__")
@@ -75,6 +76,10 @@ class ReserveReserveIdempotencyConflict(BaseModel):
     typename__: Literal["IdempotencyConflict"] = Field(alias="__typename")
     code: str
     message: str
+
+
+class ReserveReserveBudgetExceeded(BaseModel):
+    typename__: Literal["BudgetExceeded"] = Field(alias="__typename")
 
 
 class ReserveReserveValidationError(BaseModel):

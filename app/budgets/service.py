@@ -1,0 +1,118 @@
+"""Setting and reading per-key budgets. A tenant budgets its own keys (its agents); an operator
+may budget any tenant key. Operator keys carry no budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import and_, select
+from sqlmodel import Session
+
+from app.budgets.enforce import TOTAL
+from app.budgets.models import KeyBudget, KeyBudgetUsage
+from app.catalog.repository import known_keys
+from app.core.auth import Principal
+from app.core.clock import Clock
+from app.core.errors import NotFound, ValidationFailed
+from app.core.money import MAX_CREDITS, MICRO
+from app.core.primitives import validate_primitive
+from app.metering.periods import Period, calendar_period
+from app.tenants.models import ApiKey
+from app.tenants.repository import ApiKeyRepository
+
+PERIODS = ("day", "month")
+MAX_UNITS = 2**31 - 1
+
+
+@dataclass
+class BudgetInput:
+    period: str = "month"
+    credit_limit: int | None = None  # micro-credits per period
+    quantity_limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class UsageLine:
+    primitive: str
+    quantity: int
+    credits: int
+
+
+@dataclass
+class BudgetView:
+    budget: KeyBudget
+    period: Period
+    credits_used: int
+    usage: list[UsageLine]
+
+
+def budgetable_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
+    """A tenant key the caller may budget; anything else answers like a missing key (no oracle)."""
+    key = ApiKeyRepository(session).get(key_id)
+    if key is None or key.kind != "tenant" or key.tenant_id is None:
+        raise NotFound("ApiKey", key_id)
+    if principal.role == "tenant" and key.tenant_id != principal.tenant_id:
+        raise NotFound("ApiKey", key_id)
+    return key
+
+
+def set_key_budget(session: Session, clock: Clock, principal: Principal, key_id: str, data: BudgetInput) -> KeyBudget:
+    if data.period not in PERIODS:
+        raise ValidationFailed("period must be day or month", field="period")
+    if data.credit_limit is not None and not 0 <= data.credit_limit <= int(MAX_CREDITS) * MICRO:
+        raise ValidationFailed("creditLimit must be between 0 and the largest credit amount", field="creditLimit")
+    if data.credit_limit is None and not data.quantity_limits:
+        raise ValidationFailed("give a creditLimit, quantityLimits, or both", field="creditLimit")
+    known = known_keys(session.connection()) if data.quantity_limits else set()
+    for primitive, limit in data.quantity_limits.items():
+        validate_primitive(primitive, known, field="quantityLimits.primitive")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_UNITS:
+            raise ValidationFailed(f"the limit for {primitive} must be 0 to {MAX_UNITS}", field="quantityLimits")
+    key = budgetable_key(session, principal, key_id)
+    now = clock.now()
+    row = session.get(KeyBudget, key.id)
+    if row is None:
+        assert key.tenant_id is not None
+        row = KeyBudget(api_key_id=key.id, tenant_id=key.tenant_id, period=data.period, created_at=now, updated_at=now)
+    row.period = data.period
+    row.credit_limit = data.credit_limit
+    row.quantity_limits = dict(sorted(data.quantity_limits.items()))
+    row.updated_at = now
+    session.add(row)
+    session.flush()
+    return row
+
+
+def clear_key_budget(session: Session, principal: Principal, key_id: str) -> KeyBudget:
+    key = budgetable_key(session, principal, key_id)
+    row = session.get(KeyBudget, key.id)
+    if row is None:
+        raise NotFound("KeyBudget", key_id)
+    session.delete(row)
+    session.flush()
+    return row
+
+
+def key_budget_view(session: Session, clock: Clock, principal: Principal, key_id: str) -> BudgetView:
+    key = budgetable_key(session, principal, key_id)
+    row = session.get(KeyBudget, key.id)
+    if row is None:
+        raise NotFound("KeyBudget", key_id)
+    period = calendar_period(clock.now(), row.period)
+    return BudgetView(row, period, *_usage(session, key.id, period.start))
+
+
+def _usage(session: Session, key_id: str, start: datetime) -> tuple[int, list[UsageLine]]:
+    t = KeyBudgetUsage.__table__  # type: ignore[attr-defined]
+    rows = (
+        session.connection()
+        .execute(
+            select(t.c.primitive, t.c.quantity, t.c.credits)
+            .where(and_(t.c.api_key_id == key_id, t.c.period_start == start))
+            .order_by(t.c.primitive)
+        )
+        .all()
+    )
+    total = next((int(r.credits) for r in rows if r.primitive == TOTAL), 0)
+    return total, [UsageLine(r.primitive, int(r.quantity), int(r.credits)) for r in rows if r.primitive != TOTAL]

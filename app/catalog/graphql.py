@@ -1,0 +1,105 @@
+"""The primitive catalog over GraphQL: everyone with a key reads it; operators edit it."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+
+from app.audit.service import Target
+from app.audit.write import audited_write
+from app.catalog import service
+from app.graphql.context import Info
+from app.graphql.errors import ValidationError
+from app.graphql.scalars import Credits
+from app.graphql.util import attempt
+
+
+@strawberry.enum(description="How a primitive is priced (the rules of app/pricing/service.py).")
+class PricingRule(enum.Enum):
+    fixed = "fixed"
+    llm_tokens = "llm_tokens"
+    usd_markup = "usd_markup"
+    session_tiers = "session_tiers"
+    media_image = "media_image"
+    media_video = "media_video"
+
+
+@strawberry.type(name="Primitive", description="A metered primitive in the operator's catalog.")
+class PrimitiveType:
+    key: str
+    name: str
+    unit: str
+    category: str
+    pricing_rule: PricingRule
+    active: bool = strawberry.field(description="Retired primitives are refused by every metered call")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> PrimitiveType:
+        return cls(
+            key=row.key,
+            name=row.name,
+            unit=row.unit,
+            category=row.category,
+            pricing_rule=PricingRule(row.pricing_rule),
+            active=row.active,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+@strawberry.input
+class PrimitiveInput:
+    key: str = strawberry.field(description='Dotted lowercase words, e.g. "cards.issue"')
+    name: str
+    unit: str = strawberry.field(description="What one unit of quantity is, e.g. card, email, action")
+    category: str
+    pricing_rule: PricingRule
+    active: bool = True
+    credits: Credits | None = strawberry.field(  # type: ignore[valid-type]
+        default=None,
+        description="Price per unit (fixed) or per block (session_tiers); required when such a primitive is new",
+    )
+
+
+UpsertPrimitiveResult = Annotated[PrimitiveType | ValidationError, strawberry.union("UpsertPrimitiveResult")]
+
+
+@strawberry.type
+class CatalogQuery:
+    @strawberry.field(description="The primitive catalog: what kits, quotas, prices and metered calls may name.")
+    async def primitives(self, info: Info, include_retired: bool = True) -> list[PrimitiveType]:
+        rows = await info.context.read(lambda s: service.list_primitives(s, include_retired=include_retired))
+        return [PrimitiveType.from_row(r) for r in rows]
+
+
+@strawberry.type
+class CatalogMutation:
+    @strawberry.mutation(description="Operator: add or edit a primitive (idempotent by key).")
+    async def upsert_primitive(self, info: Info, input: PrimitiveInput) -> UpsertPrimitiveResult:
+        ctx = info.context
+
+        async def run() -> PrimitiveType:
+            data = service.PrimitiveInput(
+                key=input.key,
+                name=input.name,
+                unit=input.unit,
+                category=input.category,
+                pricing_rule=input.pricing_rule.value,
+                active=input.active,
+                credits=int(input.credits) if input.credits is not None else None,
+            )
+            target = Target("primitive", data.key)
+            return await audited_write(
+                ctx,
+                "upsertPrimitive",
+                target,
+                lambda s: PrimitiveType.from_row(service.upsert_primitive(s, ctx.clock, data)),
+                detail={"credits": data.credits} if data.credits is not None else None,
+            )
+
+        return await attempt(run)

@@ -1,0 +1,173 @@
+"""Per-key budgets (issue 11, point 3): a key carries a credit budget per day or month and a
+quantity budget per primitive; its charges, reserves and batch items are refused with a typed
+BudgetExceeded once it is used up, in the same transaction as the tenant's own checks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import text
+
+from app.core.clock import FrozenClock
+from tests.conftest import Api, Database, count_rows
+from tests.live import serve_in_thread
+from tests.test_metering_basic import MONEY, setup_tenant
+from tests.test_metering_concurrency import balance, fire, live_app, make_tenant
+
+NEW_KEY = """mutation($t: ID!) { createApiKey(tenantId: $t) { ... on CreatedApiKey { secret apiKey { id } } } }"""
+SET = """mutation($k: ID!, $i: KeyBudgetInput!) { setKeyBudget(apiKeyId: $k, input: $i) { __typename
+  ... on KeyBudget { apiKeyId period creditLimit quantityLimits { primitive limit } creditsUsed }
+  ... on ValidationError { code field } ... on NotFoundError { entity } } }"""
+READ = """query($k: ID!) { keyBudget(apiKeyId: $k) { __typename
+  ... on KeyBudget { creditLimit creditsUsed periodEnd usage { primitive quantity credits } }
+  ... on NotFoundError { entity } } }"""
+CLEAR = """mutation($k: ID!) { clearKeyBudget(apiKeyId: $k) { __typename ... on KeyBudgetCleared { apiKeyId }
+  ... on NotFoundError { entity } } }"""
+CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { creditsUsed }
+  ... on BudgetExceeded { code apiKeyId primitive budget creditLimit creditsSpent quantityLimit quantitySpent
+  periodEnd } } }"""
+RESERVE = """mutation($i: MeterInput!) { reserve(input: $i) { __typename ... on Hold { id }
+  ... on BudgetExceeded { creditLimit } } }"""
+BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
+  ... on BudgetExceeded { creditsSpent } } }"""
+
+
+def agent_key(api: Api, tid: str, *, by: str | None = None) -> tuple[str, str]:
+    made = api(NEW_KEY, {"t": tid}, key=by)["createApiKey"]
+    return made["apiKey"]["id"], made["secret"]
+
+
+def charge(api: Api, key: str, ik: str, primitive: str = "email.send", **extra: Any) -> dict[str, Any]:
+    return dict(api(CHARGE, {"i": {"primitive": primitive, "idempotencyKey": ik, **extra}}, key=key)["charge"])
+
+
+def test_a_key_is_capped_by_its_credit_budget_and_others_are_not(api: Api) -> None:
+    tid, tenant_key = setup_tenant(api)
+    kid, agent = agent_key(api, tid, by=tenant_key)  # the tenant makes a key for one of its agents
+    res = api(SET, {"k": kid, "i": {"period": "day", "creditLimit": "3"}}, key=tenant_key)["setKeyBudget"]
+    assert res == {
+        "__typename": "KeyBudget",
+        "apiKeyId": kid,
+        "period": "day",
+        "creditLimit": "3",
+        "quantityLimits": [],
+        "creditsUsed": "0",
+    }
+    assert [charge(api, agent, f"a{i}")["__typename"] for i in range(3)] == ["Charged"] * 3
+    before = count_rows(api.db.engine, *MONEY, "key_budget_usage")
+    refused = charge(api, agent, "a3")
+    assert refused["__typename"] == "BudgetExceeded" and refused["code"] == "BUDGET_EXCEEDED"
+    assert refused["apiKeyId"] == kid and refused["creditLimit"] == "3" and refused["creditsSpent"] == "3"
+    assert (
+        refused["primitive"] == "email.send"
+        and refused["budget"] == "credits"
+        and refused["periodEnd"].startswith("2026-07-02")
+    )
+    assert count_rows(api.db.engine, *MONEY, "key_budget_usage") == before  # nothing written
+    assert charge(api, tenant_key, "t1")["__typename"] == "Charged"  # the tenant's other key is not capped
+    read = api(READ, {"k": kid}, key=tenant_key)["keyBudget"]
+    assert read["creditsUsed"] == "3" and read["usage"] == [{"primitive": "email.send", "quantity": 3, "credits": "3"}]
+
+
+def test_quantity_budget_per_primitive(api: Api) -> None:
+    tid, tenant_key = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"quantityLimits": [{"primitive": "search.web", "limit": 2}]}})
+    assert charge(api, agent, "s1", "search.web", quantity=2)["__typename"] == "Charged"
+    refused = charge(api, agent, "s2", "search.web")
+    assert refused["__typename"] == "BudgetExceeded"
+    assert refused["primitive"] == "search.web" and refused["quantityLimit"] == 2 and refused["quantitySpent"] == 2
+    assert refused["creditLimit"] is None and refused["budget"] == "quantity"
+    assert charge(api, agent, "e1")["__typename"] == "Charged"  # another primitive: no limit
+
+
+def test_reserve_and_batch_respect_the_budget(api: Api) -> None:
+    tid, _ = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"creditLimit": "6"}})
+    hold = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "r1"}}, key=agent)["reserve"]
+    assert hold["__typename"] == "Hold"  # 5 credits estimated: fits 6
+    assert api(RESERVE, {"i": {"primitive": "research.exhaustive", "idempotencyKey": "r2"}}, key=agent)["reserve"] == {
+        "__typename": "BudgetExceeded",
+        "creditLimit": "6",
+    }  # 8 does not
+    items = [{"item": {"primitive": "email.send", "idempotencyKey": f"b{i}"}} for i in range(8)]
+    out = [r["__typename"] for r in api(BATCH, {"items": items}, key=agent)["chargeBatch"]]
+    assert out == ["Charged"] * 6 + ["BudgetExceeded"] * 2
+    assert api(READ, {"k": kid})["keyBudget"]["creditsUsed"] == "6"
+
+
+def test_the_budget_period_rolls_over_and_clearing_lifts_it(api: Api, clock: FrozenClock) -> None:
+    tid, _ = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"period": "day", "creditLimit": "1"}})
+    assert charge(api, agent, "d1")["__typename"] == "Charged"
+    assert charge(api, agent, "d2")["__typename"] == "BudgetExceeded"
+    clock.advance(seconds=86400)
+    assert charge(api, agent, "d2")["__typename"] == "Charged"  # a new day
+    assert charge(api, agent, "d3")["__typename"] == "BudgetExceeded"
+    assert api(CLEAR, {"k": kid})["clearKeyBudget"] == {"__typename": "KeyBudgetCleared", "apiKeyId": kid}
+    assert charge(api, agent, "d3")["__typename"] == "Charged"
+    assert api(READ, {"k": kid})["keyBudget"] == {"__typename": "NotFoundError", "entity": "KeyBudget"}
+
+
+def test_budget_input_and_ownership_are_checked(api: Api) -> None:
+    tid, tenant_key = setup_tenant(api)
+    other = api.create_tenant("Other")
+    other_kid, _ = agent_key(api, other)
+    kid, _ = agent_key(api, tid)
+    before = count_rows(api.db.engine, "key_budget")
+    bad = [
+        ({"period": "week", "creditLimit": "1"}, "period"),
+        ({}, "creditLimit"),
+        ({"creditLimit": "-1"}, "creditLimit"),
+        ({"quantityLimits": [{"primitive": "cards.issue", "limit": 1}]}, "quantityLimits.primitive"),
+        ({"quantityLimits": [{"primitive": "email.send", "limit": -1}]}, "quantityLimits"),
+    ]
+    for body, field in bad:
+        res = api(SET, {"k": kid, "i": body}, key=tenant_key)["setKeyBudget"]
+        assert res["__typename"] == "ValidationError" and res["field"] == field, (body, res)
+    # Another tenant's key, or an operator key, looks like a missing key.
+    assert api(SET, {"k": other_kid, "i": {"creditLimit": "1"}}, key=tenant_key)["setKeyBudget"]["entity"] == "ApiKey"
+    assert api(READ, {"k": other_kid}, key=tenant_key)["keyBudget"]["entity"] == "ApiKey"
+    assert api(CLEAR, {"k": other_kid}, key=tenant_key)["clearKeyBudget"]["entity"] == "ApiKey"
+    with api.db.engine.connect() as c:
+        op_kid = c.execute(text("SELECT id FROM api_key WHERE kind = 'operator'")).scalar_one()
+    assert api(SET, {"k": op_kid, "i": {"creditLimit": "1"}})["setKeyBudget"]["entity"] == "ApiKey"
+    assert count_rows(api.db.engine, "key_budget") == before
+
+
+def test_rest_charge_answers_429_budget_exceeded(api: Api) -> None:
+    tid, _ = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"creditLimit": "1"}})
+    h = {"Authorization": f"Bearer {agent}"}
+    assert (
+        api.client.post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "x1"}, headers=h).status_code
+        == 200
+    )
+    r = api.client.post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "x2"}, headers=h)
+    err = r.json()["error"]
+    assert r.status_code == 429 and err["code"] == "BUDGET_EXCEEDED" and err["api_key_id"] == kid, err
+
+
+def test_thousand_concurrent_charges_against_a_key_budget_of_100(api: Api, db: Database) -> None:
+    """Exactly 100 get through, over real HTTP, on SQLite and PostgreSQL: the key's spend is read
+    and written behind the tenant's account lock, in the charge's own transaction."""
+    tid, _ = make_tenant(api, credits=2000, quota=100_000)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"creditLimit": "100"}})
+    bodies = [
+        {"query": CHARGE, "variables": {"i": {"primitive": "email.send", "idempotencyKey": f"c{i}"}}}
+        for i in range(1000)
+    ]
+    with serve_in_thread(live_app(db)) as base:
+        results = asyncio.run(fire(base, agent, bodies))
+        # Read on the live server: its clock (not the fixture's frozen one) placed the spend in a period.
+        read = asyncio.run(fire(base, agent, [{"query": READ, "variables": {"k": kid}}]))[0]["keyBudget"]
+    kinds = [r["charge"]["__typename"] for r in results]
+    assert kinds.count("Charged") == 100 and kinds.count("BudgetExceeded") == 900
+    bal, _, total = balance(db, tid)
+    assert bal == 1_900_000_000 == total
+    assert read["creditsUsed"] == "100" and read["usage"][0]["quantity"] == 100
