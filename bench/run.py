@@ -56,6 +56,7 @@ TARGETS = {
     "open_loop_p99_ms": 10.0,  # at 80% of the closed-loop maximum, at most
     "open_loop_p999_ms": 25.0,  # at most
     "rss_200k_vs_20k": 1.1,  # at most: no growth under load
+    "alerts_vs_plain_charge": 0.9,  # charge with alerts configured / without, at least (issue 11)
 }
 OPEN_LOOP_SHARE = 0.8
 
@@ -120,16 +121,27 @@ def seed(url: str) -> dict[str, str]:
                 quotas={PRIMITIVE: 2**31 - 1},  # GraphQL Int is 32-bit: quota and remaining must fit
             ),
         )
-        for role in ("load", "usage"):
+        # "alerts": a tenant like "load" with alerts configured (an endpoint for every event type, its
+        # own quota thresholds and a low-balance line it never crosses): the charge's cost with alerts.
+        for role in ("load", "usage", "alerts"):
             tenant = create_tenant(
                 s, clock, TenantInput(name=f"bench-{role}"), default_plan_key="bench_plan", signup_micro=0
             )
             scope = TenantScope(tenant.id)
             set_subscription(s, clock, scope, SubscriptionInput(plan_key="bench_plan"))
             ledger.grant(s, scope, clock, amount=10**9 * 1_000_000, source="adjustment", grant_key="bench")
-            _, raw = create_api_key(s, clock, role="tenant", scope=scope, name="bench")
+            key_row, raw = create_api_key(s, clock, role="tenant", scope=scope, name="bench")
             out[f"{role}_tenant"] = tenant.id
             out[f"{role}_key"] = raw
+            if role == "alerts":
+                from app.alerts.service import create_endpoint, set_policy
+                from app.core.auth import Principal
+
+                owner = Principal(role="tenant", key_id=key_row.id, tenant_id=tenant.id)
+                create_endpoint(s, clock, owner, None, "http://127.0.0.1:9/meterkit-bench", ["*"])
+                set_policy(
+                    s, clock, plan_key=None, tenant_id=tenant.id, quota_percents=[50, 75, 90, 100], low_balance=1
+                )
     # One real charge for the usage tenant: the template the bulk events are cloned from.
     with unit_of_work(engine) as s:
         service.charge(
@@ -542,6 +554,7 @@ def targets(by: dict[str, dict[str, Any]], ol: dict[str, Any], rss: dict[str, An
     # The open-loop figures only count if the generator held the rate and nothing failed.
     held = ol["errors"] == 0 and ol["unfinished"] == 0 and ol["achieved"] >= 0.97 * ol["rate"]
     rss_ratio = rss["after_200k_mb"] / rss["after_20k_mb"]
+    alerts = by["graphql_charge_alerts"]["rps"] / by["graphql_charge"]["rps"]
     return [
         _target(
             "GraphQL { __typename } with auth / bare", floor, f">= {t['floor_vs_bare']}x", floor >= t["floor_vs_bare"]
@@ -561,6 +574,12 @@ def targets(by: dict[str, dict[str, Any]], ol: dict[str, Any], rss: dict[str, An
         _target("check / charge, 1 connection", check1, f">= {t['check_vs_charge']}x", check1 >= t["check_vs_charge"]),
         _target(
             "check / charge, 16 connections", check16, f">= {t['check_vs_charge']}x", check16 >= t["check_vs_charge"]
+        ),
+        _target(
+            "charge with alerts configured / without",
+            alerts,
+            f">= {t['alerts_vs_plain_charge']}x",
+            alerts >= t["alerts_vs_plain_charge"],
         ),
         _target(
             "usage p50 at 1M events / at 10k events",
@@ -756,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         # that touches no table. A charge cannot be faster than this.
         run("graphql_floor", "GraphQL { __typename } (floor)", mode="floor")
         run("graphql_charge", "GraphQL charge", mode="charge", charges=True)
+        run("graphql_charge_alerts", "GraphQL charge, alerts configured", mode="charge", key=ids["alerts_key"])
         run("graphql_charge_1", "GraphQL charge", mode="charge", connections=1, charges=True)
         run("plain_charge", "plain POST /v1/charge", path="/v1/charge", mode="plain", charges=True)
         run(
