@@ -45,7 +45,8 @@ from app.metering.errors import (
     QuotaExceeded,
 )
 from app.metering.models import CreditHold, UsageCounter, UsageEvent
-from app.metering.periods import Period, current_period, minute_window
+from app.metering import period_record
+from app.metering.periods import Period, minute_window
 from app.plans.models import Plan, PlanQuota
 from app.pricing.service import FIXED_PRICE, PriceRequest, fixed_total, quote
 from app.subscriptions.models import Subscription
@@ -60,13 +61,15 @@ SUB: Any = Subscription.__table__  # type: ignore[attr-defined]
 QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
 
 # The charge transaction's statements, written once (see app/core/sql.py).
-# A tenant's terms: plan, period, overage policy, the kit in force and the subscription period.
+# A tenant's terms: plan, period, overage policy, the kit in force, the subscription period and the
+# recorded period that holds now (app/metering/period_record.py): the period costs no statement of its own.
 _TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
-              s.current_period_start, s.current_period_end
+              s.current_period_start, s.current_period_end, s.status, bp.start_at, bp.end_at
        FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
+       LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= :now AND bp.end_at > :now
        WHERE a.tenant_id = :tid"""
 _LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
 _READ_TERMS = Sql("SELECT " + _TERMS)  # the read-only check: no lock
@@ -287,6 +290,8 @@ class TenantTerms:
     kit_connections: list[str]
     sub_start: datetime | None
     sub_end: datetime | None
+    sub_status: str | None = None
+    recorded: Period | None = None  # the recorded period that holds now, if any
 
 
 @dataclass
@@ -311,7 +316,7 @@ class Meter:
         self.clock = clock
         self.floor = -negative_buffer
         # One statement: lock the account row and read the tenant's plan, kit and period with it.
-        self.state, self._terms = lock_with_terms(self.conn, scope)
+        self.state, self._terms = lock_with_terms(self.conn, scope, self.now)
         self._live: list[ledger.LiveBucket] | None = None
         if self.state.reserved:
             self._expire_holds()
@@ -566,9 +571,20 @@ class Meter:
         rows = run(self.conn, _STORED_MANY, {"tid": self.scope.tenant_id, "keys": _key_list(self.conn, keys)}).all()
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
+    def period(self) -> Period:
+        """The recorded period that holds now; on the rare roll (none does yet) it is decided and
+        recorded here, under the account lock: two statements once per tenant and period."""
+        t = self.terms
+        if t.recorded is None:
+            t.recorded = period_record.roll(
+                self.conn, self.scope.tenant_id, self.now, t.plan_key, t.plan_period, t.sub_status, t.sub_start,
+                t.sub_end,
+            )
+        return t.recorded
+
     def _running(self, primitive: str, *, count: bool = True) -> _Running:
         t = self.terms
-        period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
+        period = self.period()
         per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute") if count else None
         window = minute_window(self.now) if per_minute is not None else None
         quota, used, calls, unit_price = self._quota_used_calls(primitive, period, window)
@@ -765,8 +781,8 @@ def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
     )
 
 
-def lock_with_terms(conn: Connection, scope: TenantScope) -> tuple[ledger.AccountState, TenantTerms]:
-    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id}).first()
+def lock_with_terms(conn: Connection, scope: TenantScope, now: datetime) -> tuple[ledger.AccountState, TenantTerms]:
+    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id, "now": ts(conn, now)}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return ledger.AccountState(row[0], row[1]), _terms_from(row[2:])
@@ -786,11 +802,13 @@ def _terms_from(row: Any) -> TenantTerms:
         kit_connections=list(row[6] or []),
         sub_start=as_utc(row[7]) if row[7] else None,
         sub_end=as_utc(row[8]) if row[8] else None,
+        sub_status=row[9],
+        recorded=Period(as_utc(read_ts(row[10])), as_utc(read_ts(row[11]))) if row[10] is not None else None,  # type: ignore[arg-type]
     )
 
 
-def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
-    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id}).first()
+def load_terms(conn: Connection, scope: TenantScope, now: datetime) -> TenantTerms:
+    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id, "now": ts(conn, now)}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return _terms_from(row)
@@ -831,7 +849,7 @@ def check(
         raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
     conn = session.connection()
     now = clock.now()
-    terms = load_terms(conn, scope)
+    terms = load_terms(conn, scope, now)
     state = ledger.available_now(session, [scope], now)[scope.tenant_id]
     available = state.available + _expired_holds(conn, scope, now)
     if connection is not None:
@@ -851,7 +869,9 @@ def check(
         )
     assert primitive is not None
     req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity).validate()
-    period = current_period(now, terms.plan_period, terms.sub_start, terms.sub_end)
+    period = terms.recorded or period_record.predict(
+        conn, scope.tenant_id, now, terms.plan_period, terms.sub_status, terms.sub_start, terms.sub_end
+    )
     quota_row = conn.execute(
         select(
             select(QUOTA.c.quota)
