@@ -50,6 +50,7 @@ CATALOG: dict[str, Rule] = {
     "Query.check": Rule(BOTH, METER),
     "Query.usageHistory": Rule(BOTH, READ),
     "Query.usageSeries": Rule(BOTH, READ),
+    "Query.periods": Rule(BOTH, READ),
     "Mutation.charge": Rule(BOTH, METER),
     "Mutation.chargeBatch": Rule(BOTH, METER),
     "Mutation.reserve": Rule(BOTH, METER),

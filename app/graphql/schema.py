@@ -27,6 +27,7 @@ from app.graphql.permissions import PermissionGuard
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.metering.graphql import MeteringMutation, MeteringQuery
+from app.metering.periods_graphql import PeriodsQuery
 from app.metering.usage_graphql import UsageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
@@ -42,6 +43,7 @@ QUERIES: tuple[type, ...] = (
     AccountKitQuery,
     MeteringQuery,
     UsageQuery,
+    PeriodsQuery,
     CreditsQuery,
     PricingQuery,
     StripeQuery,

@@ -114,7 +114,7 @@ def roll(
 ) -> Period:
     """Record the period that holds `now` (the caller holds the tenant's account lock and found none)."""
     last = run(conn, _LAST_END, {"tid": tenant_id, "now": ts(conn, now)}).scalar_one()
-    last_end = as_utc(read_ts(last)) if last is not None else None
+    last_end = read_ts(last)
     period, source, provisional = decide(now, unit, sub_status, sub_start, sub_end, last_end)
     _insert(conn, tenant_id, period, plan_key, source, provisional, now)
     return period
@@ -131,7 +131,7 @@ def predict(
 ) -> Period:
     """The period a charge at `now` would record, without recording it (read-only callers)."""
     last = run(conn, _LAST_END, {"tid": tenant_id, "now": ts(conn, now)}).scalar_one()
-    last_end = as_utc(read_ts(last)) if last is not None else None
+    last_end = read_ts(last)
     return decide(now, unit, sub_status, sub_start, sub_end, last_end)[0]
 
 
@@ -164,13 +164,31 @@ def containing(conn: Connection, tenant_id: str, at: datetime) -> Recorded | Non
     return _recorded(row) if row is not None else None
 
 
+def _texts(start: str, end: str) -> Period:
+    # SQLite hands the times back as the text they are stored as.
+    return Period(as_utc(datetime.fromisoformat(start)), as_utc(datetime.fromisoformat(end)))
+
+
 def _recorded(row: Any) -> Recorded:
     start, end, plan, source, prov = row
-    return Recorded(Period(as_utc(read_ts(start)), as_utc(read_ts(end))), plan, source, bool(prov))
+    return Recorded(
+        Period(as_utc(start), as_utc(end)) if isinstance(start, datetime) else _texts(start, end),
+        plan,
+        source,
+        bool(prov),
+    )
 
 
-def _update(conn: Connection, tenant_id: str, start: datetime, end: datetime, plan: str | None, source: str,
-            provisional: bool, now: datetime) -> None:
+def _update(
+    conn: Connection,
+    tenant_id: str,
+    start: datetime,
+    end: datetime,
+    plan: str | None,
+    source: str,
+    provisional: bool,
+    now: datetime,
+) -> None:
     run(
         conn,
         _UPDATE,
@@ -212,8 +230,11 @@ def record_subscription(
         same = cur.source == "subscription" and cur.plan_key == plan_key and cur.period.end == sub_end
         if same:
             return
-        if cur.source == "subscription" and not cur.provisional and cur.plan_key == plan_key and (
-            cur.period.start == sub_start
+        if (
+            cur.source == "subscription"
+            and not cur.provisional
+            and cur.plan_key == plan_key
+            and (cur.period.start == sub_start)
         ):
             # The same period, its end moved (Stripe extended or shortened it): not a new period.
             _update(conn, tenant_id, cur.period.start, sub_end, plan_key, "subscription", False, now)

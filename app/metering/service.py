@@ -35,6 +35,7 @@ from app.core.ids import new_id
 from app.core.primitives import allowed, validate_connection, validate_primitive
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
+from app.metering import period_record
 from app.metering.errors import (
     HoldClosed,
     IdempotencyConflict,
@@ -45,7 +46,6 @@ from app.metering.errors import (
     QuotaExceeded,
 )
 from app.metering.models import CreditHold, UsageCounter, UsageEvent
-from app.metering import period_record
 from app.metering.periods import Period, minute_window
 from app.plans.models import Plan, PlanQuota
 from app.pricing.service import FIXED_PRICE, PriceRequest, fixed_total, quote

@@ -22,6 +22,11 @@ class Period(str, Enum):
     year = "year"
 
 
+class PeriodSource(str, Enum):
+    SUBSCRIPTION = "SUBSCRIPTION"
+    CALENDAR = "CALENDAR"
+
+
 class SubscriptionStatus(str, Enum):
     active = "active"
     trialing = "trialing"
