@@ -51,6 +51,7 @@ CATALOG: dict[str, Rule] = {
     "Query.usageHistory": Rule(BOTH, READ),
     "Query.usageSeries": Rule(BOTH, READ),
     "Query.periods": Rule(BOTH, READ),
+    "Query.overageReports": Rule(OP, READ),
     "Mutation.charge": Rule(BOTH, METER),
     "Mutation.chargeBatch": Rule(BOTH, METER),
     "Mutation.reserve": Rule(BOTH, METER),

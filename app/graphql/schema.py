@@ -29,6 +29,7 @@ from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.metering.graphql import MeteringMutation, MeteringQuery
 from app.metering.periods_graphql import PeriodsQuery
 from app.metering.usage_graphql import UsageQuery
+from app.overage.graphql import OverageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
@@ -44,6 +45,7 @@ QUERIES: tuple[type, ...] = (
     MeteringQuery,
     UsageQuery,
     PeriodsQuery,
+    OverageQuery,
     CreditsQuery,
     PricingQuery,
     StripeQuery,

@@ -22,5 +22,7 @@ class BillingPeriod(SQLModel, table=True):
     source: str = Field(max_length=16)  # subscription | calendar
     # A subscription period we expect Stripe to report (its renewal has not arrived yet).
     provisional: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    # Set once the period's overage has been turned into reports for Stripe (app/overage).
+    closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
     created_at: datetime = Field(sa_column=ts_column())
     updated_at: datetime = Field(sa_column=ts_column())
