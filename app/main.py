@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -178,7 +179,17 @@ def create_app(
             # since a test process starts many apps.
             gc.collect()
             gc.freeze()
+        overage = None
+        if settings.env != "test" and settings.stripe_api_key:
+            # Overage owed to Stripe is sent at period close and retried until acknowledged.
+            from app.integrations.stripe.client import StripeGateway
+            from app.overage.loop import overage_loop
+
+            gateway = StripeGateway.from_settings(settings)
+            overage = asyncio.get_running_loop().create_task(overage_loop(engine, gateway, state.clock))
         yield
+        if overage is not None:
+            overage.cancel()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state

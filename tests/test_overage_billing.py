@@ -155,3 +155,25 @@ def test_an_overage_price_needs_overage_allowed(stripe_env: StripeEnv) -> None:
     plan = {"key": "bad", "name": "Bad", "accountKitId": "kit_basic", "quotas": quotas}
     out = stripe_env.api(PLAN, {"i": plan})["upsertPlan"]
     assert out["__typename"] == "ValidationError" and out["field"] == "quotas.overagePriceId"
+
+
+def test_the_server_loop_reports_without_an_operator(stripe_env: StripeEnv) -> None:
+    import asyncio
+
+    from app.overage.loop import overage_loop
+
+    env = stripe_env
+    _setup(env)
+    env.clock.advance(hours=2)
+
+    async def one_round() -> None:
+        task = asyncio.create_task(overage_loop(env.engine, env.gateway(), env.clock, every=0.05))
+        for _ in range(200):
+            if env.fake.meter_events and _reports(env, "pending") == []:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(one_round())
+    assert len(env.fake.meter_events) == 1
+    assert [r["status"] for r in _reports(env)] == ["reported"]
