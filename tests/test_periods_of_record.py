@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core.clock import FrozenClock
+from app.metering.periods import Period
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import PLAN, SET_SUB, seed_catalog
 from tests.test_credits_graphql import GRANT
@@ -122,14 +123,14 @@ def test_renewal_days_late_still_one_period_per_interval(api: Api, clock: Frozen
     clock.at = at("2026-01-31T10:00:00")
     t.subscribe("std", "2026-01-31T00:00:00", "2026-02-28T00:00:00")  # anchored on the 31st (clamped)
     t.charge(10)
-    clock.at = at("2026-03-30T09:00:00")  # two periods later, no renewal seen
+    clock.at = at("2026-04-02T09:00:00")  # two periods later, no renewal seen
     assert t.charge(4)["usage"]["used"] == 4
-    # Anchored on the end (the 28th), months later.
-    assert t.usage()["period"] == {"start": iso("2026-03-28T00:00:00"), "end": iso("2026-04-28T00:00:00")}
-    t.subscribe("std", "2026-03-28T00:00:00", "2026-04-28T00:00:00")
+    # Anchored like Stripe's billing cycle: the 31st survives February (Feb 28, then Mar 31).
+    assert t.usage()["period"] == {"start": iso("2026-03-31T00:00:00"), "end": iso("2026-04-30T00:00:00")}
+    t.subscribe("std", "2026-03-31T00:00:00", "2026-04-30T00:00:00")
     assert used(t.usage()) == 4
     assert [p["period"]["start"] for p in t.periods()["nodes"]] == [
-        iso("2026-03-28T00:00:00"),
+        iso("2026-03-31T00:00:00"),
         iso("2026-01-31T00:00:00"),
     ]
 
@@ -230,3 +231,27 @@ def test_charge_statement_count_unchanged_and_roll_costs_two_more(api: Api, cloc
     assert len(steady) == 10, "\n".join(steady)  # this kit has no per-minute limit: no rate window
     assert len(rolled) == len(steady) + 2, "\n".join(rolled)
     assert [s for s in steady if "billing_period" in s and "JOIN billing_period" not in s] == []
+
+
+def test_the_predicted_period_follows_stripes_anchor() -> None:
+    from app.metering.period_record import decide
+
+    start, end = at("2026-01-31T10:00:00"), at("2026-02-28T10:00:00")
+    expected = [
+        ("2026-03-01T00:00:00", "2026-02-28T10:00:00", "2026-03-31T10:00:00"),
+        ("2026-04-15T00:00:00", "2026-03-31T10:00:00", "2026-04-30T10:00:00"),
+        ("2026-05-30T23:00:00", "2026-04-30T10:00:00", "2026-05-31T10:00:00"),
+    ]
+    for now, s, e in expected:
+        assert decide(at(now), "month", "active", start, end, None) == (
+            Period(at(s), at(e)),
+            "subscription",
+            True,
+        ), now
+    weekly = decide(
+        at("2026-03-20T00:00:00"), "week", "past_due", at("2026-03-01T00:00:00"), at("2026-03-08T00:00:00"), None
+    )
+    assert weekly[0] == Period(at("2026-03-15T00:00:00"), at("2026-03-22T00:00:00"))
+    # Not live: the calendar, never before the last recorded end.
+    ended = decide(at("2026-03-20T00:00:00"), "month", "canceled", start, end, at("2026-03-05T00:00:00"))
+    assert ended == (Period(at("2026-03-05T00:00:00"), at("2026-04-01T00:00:00")), "calendar", False)

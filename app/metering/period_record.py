@@ -63,15 +63,15 @@ def lock(conn: Connection, tenant_id: str) -> None:
     run(conn, _LOCK, {"tid": tenant_id}).first()
 
 
-def add_units(anchor: datetime, n: int, unit: str) -> datetime:
-    """`anchor` moved by n plan periods; months keep the anchor's day (clamped to the month's
-    length, as Stripe's billing cycle anchor does)."""
+def add_units(anchor: datetime, n: int, unit: str, day: int | None = None) -> datetime:
+    """`anchor` moved by n plan periods; months land on `day` (default the anchor's), clamped to
+    the month's length, as Stripe's billing cycle anchor does (Jan 31, Feb 28, Mar 31)."""
     if unit in _FIXED:
         return anchor + n * _FIXED[unit]
     months = n * (12 if unit == "year" else 1)
     y, m = divmod(anchor.month - 1 + months, 12)
     year, month = anchor.year + y, m + 1
-    return anchor.replace(year=year, month=month, day=min(anchor.day, _calendar.monthrange(year, month)[1]))
+    return anchor.replace(year=year, month=month, day=min(day or anchor.day, _calendar.monthrange(year, month)[1]))
 
 
 def decide(
@@ -92,12 +92,16 @@ def decide(
     if sub_start is not None and sub_end is not None and sub_start <= now < sub_end:
         return Period(after_floor(sub_start), sub_end), "subscription", False
     if sub_end is not None and sub_status in LIVE and sub_end <= now:
+        # Stripe's anchor day survives short months: a period Jan 31 - Feb 28 renews to Mar 31.
+        # One of the period's two ends carries it unclamped.
+        day = max(sub_end.day, sub_start.day) if sub_start is not None else sub_end.day
         n = 0
         if unit in _FIXED:  # jump straight to the interval that holds now
             n = int((now - sub_end) / _FIXED[unit])
-        while add_units(sub_end, n + 1, unit) <= now:
+        while add_units(sub_end, n + 1, unit, day) <= now:
             n += 1
-        return Period(after_floor(add_units(sub_end, n, unit)), add_units(sub_end, n + 1, unit)), "subscription", True
+        start, end = add_units(sub_end, n, unit, day), add_units(sub_end, n + 1, unit, day)
+        return Period(after_floor(start), end), "subscription", True
     cal = calendar_period(now, unit)
     return Period(after_floor(cal.start), cal.end), "calendar", False
 
