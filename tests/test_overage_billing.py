@@ -177,3 +177,17 @@ def test_the_server_loop_reports_without_an_operator(stripe_env: StripeEnv) -> N
     asyncio.run(one_round())
     assert len(env.fake.meter_events) == 1
     assert [r["status"] for r in _reports(env)] == ["reported"]
+
+
+def test_the_overage_price_reads_back_on_the_plan(stripe_env: StripeEnv) -> None:
+    quotas = [
+        {"primitive": "email.send", "quota": 10, "overagePriceId": OVERAGE_PRICE},
+        {"primitive": "search.web", "quota": 5},
+    ]
+    plan = {"key": "m2", "name": "M2", "accountKitId": "kit_basic", "overage": "allow", "quotas": quotas}
+    assert stripe_env.api(PLAN, {"i": plan})["upsertPlan"]["__typename"] == "Plan"
+    read = stripe_env.api('{ plan(key: "m2") { quotas { primitive quota overagePriceId } } }')["plan"]["quotas"]
+    assert read == [
+        {"primitive": "email.send", "quota": 10, "overagePriceId": OVERAGE_PRICE},
+        {"primitive": "search.web", "quota": 5, "overagePriceId": None},
+    ]
