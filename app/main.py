@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -224,9 +225,19 @@ def create_app(
 
             worker = DeliveryWorker(engine, state.clock, interval=settings.webhook_worker_seconds)
             worker.start()
+        overage = None
+        if settings.env != "test" and settings.stripe_api_key:
+            # Overage owed to Stripe is sent at period close and retried until acknowledged.
+            from app.integrations.stripe.client import StripeGateway
+            from app.overage.loop import overage_loop
+
+            gateway = StripeGateway.from_settings(settings)
+            overage = asyncio.get_running_loop().create_task(overage_loop(engine, gateway, state.clock))
         try:
             yield
         finally:
+            if overage is not None:
+                overage.cancel()
             if worker is not None:
                 await run_in_threadpool(worker.stop)
             await state.live.stop()

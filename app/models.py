@@ -8,12 +8,16 @@ from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
 from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent, UsageRollup
+from app.metering.period_models import BillingPeriod
+from app.overage.models import OverageReport
 from app.plans.models import Plan, PlanQuota
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.subscriptions.models import Subscription
 from app.tenants.models import ApiKey, Tenant
 
 __all__ = [
+    "BillingPeriod",
+    "OverageReport",
     "CreditHold",
     "RateWindow",
     "UsageCounter",

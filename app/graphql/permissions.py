@@ -51,6 +51,8 @@ CATALOG: dict[str, Rule] = {
     "Query.check": Rule(BOTH, METER),
     "Query.usageHistory": Rule(BOTH, READ),
     "Query.usageSeries": Rule(BOTH, READ),
+    "Query.periods": Rule(BOTH, READ),
+    "Query.overageReports": Rule(OP, READ),
     "Mutation.charge": Rule(BOTH, METER),
     "Mutation.chargeBatch": Rule(BOTH, METER),
     "Mutation.reserve": Rule(BOTH, METER),

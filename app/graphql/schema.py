@@ -36,7 +36,9 @@ from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.live.graphql import LiveSubscription
 from app.metering.graphql import MeteringMutation, MeteringQuery
+from app.metering.periods_graphql import PeriodsQuery
 from app.metering.usage_graphql import UsageQuery
+from app.overage.graphql import OverageQuery
 from app.plans.graphql import PlanMutation, PlanQuery
 from app.pricing.graphql import PricingMutation, PricingQuery
 from app.settings import Settings
@@ -51,6 +53,8 @@ QUERIES: tuple[type, ...] = (
     AccountKitQuery,
     MeteringQuery,
     UsageQuery,
+    PeriodsQuery,
+    OverageQuery,
     CreditsQuery,
     PricingQuery,
     StripeQuery,

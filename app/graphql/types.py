@@ -152,13 +152,14 @@ class Plan:
     @strawberry.field
     async def quotas(self, info: Info) -> list[PlanQuotaType]:
         rows = await info.context.loaders.quotas.load(self.row.key)
-        return [PlanQuotaType(primitive=r.primitive, quota=r.quota) for r in rows]
+        return [PlanQuotaType(primitive=r.primitive, quota=r.quota, overage_price_id=r.overage_price_id) for r in rows]
 
 
 @strawberry.type(name="PlanQuota")
 class PlanQuotaType:
     primitive: str
     quota: int
+    overage_price_id: str | None = None
 
 
 @strawberry.type(description="A tenant's billing subscription (not a GraphQL subscription root).")

@@ -14,8 +14,12 @@ from sqlalchemy.engine import Connection
 from app.catalog.repository import require_known
 from app.core.clock import as_utc
 from app.core.paging import HistoryFilter
-from app.metering.periods import Period, current_period
+from app.metering import period_record
+from app.metering.period_models import BillingPeriod
+from app.metering.periods import Period
 from app.metering.service import COUNTER, EVENT, HOLD, PLAN, QUOTA, SUB, TENANT
+
+BP: Any = BillingPeriod.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -43,7 +47,18 @@ class UsageReport:
 def usage_reports(
     conn: Connection, tenant_ids: list[str], now: datetime, at: datetime | None = None
 ) -> dict[str, UsageReport]:
+    """Usage in the period that holds `at` (default now), from the period of record: its plan's
+    quotas and its counters, whatever the subscription says today. Where no recorded period holds
+    it (nothing charged yet), the period the next charge would record. Three statements."""
     when = at or now
+    holds = and_(BP.c.tenant_id == TENANT.c.id, BP.c.start_at <= when, BP.c.end_at > when)
+    past = BP.alias("past")
+    last_end = (
+        select(func.max(past.c.end_at))
+        .where(and_(past.c.tenant_id == TENANT.c.id, past.c.end_at <= when))
+        .scalar_subquery()
+        .label("last_end")
+    )
     terms = conn.execute(
         select(
             TENANT.c.id,
@@ -52,17 +67,27 @@ def usage_reports(
             SUB.c.status,
             SUB.c.current_period_start,
             SUB.c.current_period_end,
+            BP.c.start_at,
+            BP.c.end_at,
+            BP.c.plan_key.label("period_plan"),
+            last_end,
         )
         .select_from(
-            TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key).outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
+            TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
+            .outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
+            .outerjoin(BP, holds)
         )
         .where(TENANT.c.id.in_(tenant_ids))
     ).all()
     periods: dict[str, tuple[Any, Period, Any]] = {}
     for r in terms:
+        if r.start_at is not None:
+            periods[r.id] = (r.period_plan, Period(as_utc(r.start_at), as_utc(r.end_at)), r.status)
+            continue
         start = as_utc(r.current_period_start) if r.current_period_start else None
         end = as_utc(r.current_period_end) if r.current_period_end else None
-        periods[r.id] = (r.plan_key, current_period(when, r.period, start, end), r.status)
+        last = as_utc(r.last_end) if r.last_end is not None else None
+        periods[r.id] = (r.plan_key, period_record.decide(when, r.period, r.status, start, end, last)[0], r.status)
     if not periods:
         return {}
     plan_keys = sorted({p for p, _, _ in periods.values() if p})

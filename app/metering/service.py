@@ -39,6 +39,7 @@ from app.core.primitives import allowed, check_key, validate_connection
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
+from app.metering import period_record
 from app.metering.errors import (
     HoldClosed,
     IdempotencyConflict,
@@ -65,12 +66,14 @@ QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
 PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 
 # The charge transaction's statements, written once (see app/core/sql.py).
-# A tenant's terms: plan, period, overage policy, the kit in force and the subscription period.
+# A tenant's terms: plan, period, overage policy, the kit in force, the subscription period and the
+# recorded period that holds now (app/metering/period_record.py): the period costs no statement of its own.
 # The calling key's budget and the alert policy (the tenant's over its plan's) come in the same
 # statement (NULL columns when there is none).
 _TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
               s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits,
-              COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance)
+              COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
+              s.status, bp.start_at, bp.end_at
        FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
@@ -78,6 +81,7 @@ _TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limi
        LEFT JOIN key_budget b ON b.api_key_id = :kid AND b.tenant_id = a.tenant_id
        LEFT JOIN alert_policy pp ON pp.plan_key = t.plan_key
        LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
+       LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= :now AND bp.end_at > :now
        WHERE a.tenant_id = :tid"""
 _LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
 _READ_TERMS = Sql("SELECT " + _TERMS)  # the read-only check: no lock
@@ -309,6 +313,8 @@ class TenantTerms:
     budget: BudgetTerms | None = None  # the calling key's own budget
     quota_percents: tuple[int, ...] = QUOTA_THRESHOLDS  # alert when a quota's use crosses these
     low_balance: int | None = None  # alert when available credits go below this
+    sub_status: str | None = None
+    recorded: Period | None = None  # the recorded period that holds now, if any
 
 
 @dataclass
@@ -341,7 +347,7 @@ class Meter:
         self.clock = clock
         self.floor = -negative_buffer
         # One statement: lock the account row and read the tenant's plan, kit and period with it.
-        self.state, self._terms = lock_with_terms(self.conn, scope, api_key_id)
+        self.state, self._terms = lock_with_terms(self.conn, scope, self.now, api_key_id)
         self._live: list[ledger.LiveBucket] | None = None
         self._spend: KeySpend | None = None
         if self.state.reserved:
@@ -486,7 +492,8 @@ class Meter:
         # For the balance.exhausted alert, which the edge records after this transaction rolls back.
         t = self._terms
         exc.tenant_id = self.scope.tenant_id
-        exc.period_start = current_period(self.now, t.plan_period, t.sub_start, t.sub_end).start
+        # The recorded period if there is one; this transaction rolls back, so nothing is recorded here.
+        exc.period_start = (t.recorded or current_period(self.now, t.plan_period, t.sub_start, t.sub_end)).start
         return exc
 
     # ---- writes --------------------------------------------------------------------------
@@ -650,9 +657,20 @@ class Meter:
         rows = run(self.conn, _STORED_MANY, {"tid": self.scope.tenant_id, "keys": _key_list(self.conn, keys)}).all()
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
+    def period(self) -> Period:
+        """The recorded period that holds now; on the rare roll (none does yet) it is decided and
+        recorded here, under the account lock: two statements once per tenant and period."""
+        t = self.terms
+        if t.recorded is None:
+            t.recorded = period_record.roll(
+                self.conn, self.scope.tenant_id, self.now, t.plan_key, t.plan_period, t.sub_status, t.sub_start,
+                t.sub_end,
+            )
+        return t.recorded
+
     def _running(self, primitive: str, *, count: bool = True) -> _Running:
         t = self.terms
-        period = current_period(self.now, t.plan_period, t.sub_start, t.sub_end)
+        period = self.period()
         per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute") if count else None
         window = minute_window(self.now) if per_minute is not None else None
         quota, used, calls, unit_price, rule = self._quota_used_calls(primitive, period, window)
@@ -883,9 +901,9 @@ def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
 
 
 def lock_with_terms(
-    conn: Connection, scope: TenantScope, api_key_id: str | None = None
+    conn: Connection, scope: TenantScope, now: datetime, api_key_id: str | None = None
 ) -> tuple[ledger.AccountState, TenantTerms]:
-    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id, "kid": api_key_id}).first()
+    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now)}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return ledger.AccountState(row[0], row[1]), _terms_from(row[2:], api_key_id)
@@ -910,11 +928,13 @@ def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
         else None,
         quota_percents=tuple(read_json(row[12])) if row[12] is not None else QUOTA_THRESHOLDS,
         low_balance=row[13],
+        sub_status=row[14],
+        recorded=Period(as_utc(read_ts(row[15])), as_utc(read_ts(row[16]))) if row[15] is not None else None,  # type: ignore[arg-type]
     )
 
 
-def load_terms(conn: Connection, scope: TenantScope) -> TenantTerms:
-    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id, "kid": None}).first()
+def load_terms(conn: Connection, scope: TenantScope, now: datetime) -> TenantTerms:
+    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id, "kid": None, "now": ts(conn, now)}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     return _terms_from(row)
@@ -955,7 +975,7 @@ def check(
         raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
     conn = session.connection()
     now = clock.now()
-    terms = load_terms(conn, scope)
+    terms = load_terms(conn, scope, now)
     state = ledger.available_now(session, [scope], now)[scope.tenant_id]
     available = state.available + _expired_holds(conn, scope, now)
     if connection is not None:
@@ -975,7 +995,9 @@ def check(
         )
     assert primitive is not None
     req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity).validate()
-    period = current_period(now, terms.plan_period, terms.sub_start, terms.sub_end)
+    period = terms.recorded or period_record.predict(
+        conn, scope.tenant_id, now, terms.plan_period, terms.sub_status, terms.sub_start, terms.sub_end
+    )
     quota_row = conn.execute(
         select(
             select(QUOTA.c.quota)

@@ -20,6 +20,9 @@ from app.plans.repository import PlanRepository
 class QuotaInput:
     primitive: str
     quota: int = strawberry.field(description="Non-negative units per period.")
+    overage_price_id: str | None = strawberry.field(
+        default=None, description="A metered Stripe price (on a Billing Meter) billing the overage past this quota."
+    )
 
 
 @strawberry.input
@@ -60,10 +63,13 @@ class PlanMutation:
 
         async def run() -> Plan:
             quotas: dict[str, int] = {}
+            overage_prices: dict[str, str] = {}
             for q in input.quotas:
                 if q.primitive in quotas:
                     raise ValidationFailed(f"duplicate quota for {q.primitive}", field="quotas")
                 quotas[q.primitive] = q.quota
+                if q.overage_price_id is not None:
+                    overage_prices[q.primitive] = q.overage_price_id
             data = service.PlanInput(
                 key=input.key,
                 name=input.name,
@@ -71,6 +77,7 @@ class PlanMutation:
                 period=input.period,
                 stripe_price_id=input.stripe_price_id,
                 quotas=quotas,
+                overage_prices=overage_prices,
                 overage=input.overage.value,
                 included_credits=int(input.included_credits or 0),
             )

@@ -33,3 +33,6 @@ class PlanQuota(SQLModel, table=True):
     plan_key: str = Field(foreign_key="plan.key", primary_key=True, max_length=64)
     primitive: str = Field(primary_key=True, max_length=64)
     quota: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # A metered Stripe price billing the overage past this quota, reported at period close
+    # (app/overage). Only meaningful with overage "allow".
+    overage_price_id: str | None = Field(default=None, max_length=255)

@@ -33,10 +33,13 @@ class PlanRepository:
         self.s.flush()
         return plan
 
-    def replace_quotas(self, plan_key: str, quotas: dict[str, int]) -> None:
+    def replace_quotas(
+        self, plan_key: str, quotas: dict[str, int], overage_prices: dict[str, str] | None = None
+    ) -> None:
         self.s.execute(delete(PlanQuota).where(col(PlanQuota.plan_key) == plan_key))
         for primitive, quota in sorted(quotas.items()):
-            self.s.add(PlanQuota(plan_key=plan_key, primitive=primitive, quota=quota))
+            price = (overage_prices or {}).get(primitive)
+            self.s.add(PlanQuota(plan_key=plan_key, primitive=primitive, quota=quota, overage_price_id=price))
         self.s.flush()
 
     def quotas_for(self, plan_keys: Sequence[str]) -> dict[str, list[PlanQuota]]:

@@ -28,6 +28,7 @@ class PlanInput:
     period: str = "month"
     stripe_price_id: str | None = None
     quotas: dict[str, int] = field(default_factory=dict)
+    overage_prices: dict[str, str] = field(default_factory=dict)  # primitive -> metered Stripe price
     overage: str = "refuse"
     included_credits: int = 0  # micro-credits
 
@@ -46,6 +47,10 @@ def upsert_plan(session: Session, clock: Clock, data: PlanInput) -> Plan:
         validate_primitive(primitive, known, field="quotas.primitive")
         if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0 or quota > MAX_QUOTA:
             raise ValidationFailed(f"quota for {primitive} must be a non-negative integer", field="quotas")
+    for overage_price in data.overage_prices.values():
+        check_optional(overage_price, field="quotas.overagePriceId")
+        if data.overage != "allow":
+            raise ValidationFailed("an overage price needs overage: allow", field="quotas.overagePriceId")
     if data.included_credits < 0 or data.included_credits > 10**12 * MICRO:
         raise ValidationFailed("includedCredits must be non-negative", field="includedCredits")
     if AccountKitRepository(session).get(data.account_kit_id) is None:
@@ -75,7 +80,7 @@ def upsert_plan(session: Session, clock: Clock, data: PlanInput) -> Plan:
     plan.archived = False
     plan.updated_at = now
     repo.save(plan)
-    repo.replace_quotas(plan.key, data.quotas)
+    repo.replace_quotas(plan.key, data.quotas, data.overage_prices)
     return plan
 
 

@@ -121,6 +121,7 @@ def set_subscription(
             payload,
             now,
         )
+    _record_period(session, scope, now, plan, data.status, start, end)
     if data.status in ("active", "trialing"):
         # The plan's included credits, once per period (idempotent by plan and period start).
         from app.credits.service import calendar_period, grant_plan_allowance
@@ -128,3 +129,21 @@ def set_subscription(
         p_start, p_end = (start, end) if start and end else calendar_period(now, plan.period)
         grant_plan_allowance(session, scope, clock, plan_key=plan.key, period_start=p_start, period_end=p_end)
     return tenant, sub, plan
+
+
+def _record_period(
+    session: Session,
+    scope: TenantScope,
+    now: datetime,
+    plan: Plan,
+    status: str,
+    start: datetime | None,
+    end: datetime | None,
+) -> None:
+    """The period of record follows the subscription (app/metering/period_record.py). The account
+    lock serializes this with the tenant's charges, which decide periods under the same lock."""
+    from app.metering import period_record
+
+    conn = session.connection()
+    period_record.lock(conn, scope.tenant_id)
+    period_record.record_subscription(conn, scope.tenant_id, now, plan.key, plan.period, status, start, end)

@@ -27,6 +27,11 @@ class Period(str, Enum):
     year = "year"
 
 
+class PeriodSource(str, Enum):
+    SUBSCRIPTION = "SUBSCRIPTION"
+    CALENDAR = "CALENDAR"
+
+
 class PricingRule(str, Enum):
     fixed = "fixed"
     llm_tokens = "llm_tokens"

@@ -153,6 +153,8 @@ class QuotaInput(BaseModel):
     primitive: str
     quota: int
     "Non-negative units per period."
+    overage_price_id: Optional[str] = Field(alias="overagePriceId", default=None)
+    "A metered Stripe price (on a Billing Meter) billing the overage past this quota."
 
 
 class SessionTimeTierInput(BaseModel):

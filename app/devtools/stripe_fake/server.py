@@ -38,6 +38,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from app.devtools.serving import BackgroundServer
+from app.devtools.stripe_fake.meters import MetersMixin
 
 JSON = dict[str, Any]
 
@@ -281,7 +282,7 @@ Handler = Callable[..., JSON]
 # --------------------------------------------------------------------------- the fake
 
 
-class FakeStripe:
+class FakeStripe(MetersMixin):
     """A stateful fake Stripe API on 127.0.0.1, plus plain-Python controls for tests.
 
     Use ``with FakeStripe() as fake:`` or ``start()``/``stop()``; talk to it with
@@ -352,6 +353,7 @@ class FakeStripe:
             self.requests: list[RecordedRequest] = []
             self.deliveries: list[Delivery] = []
             self.errors: list[str] = []
+            self.meter_events: list[JSON] = []
 
     def start(self) -> FakeStripe:
         self._server.start()
@@ -400,6 +402,11 @@ class FakeStripe:
         )
 
     # ----------------------------------------------------------------- time
+
+    def forget_idempotency_keys(self) -> None:
+        """What Stripe does to keys older than 24 hours: a replay becomes a new request."""
+        with self._lock:
+            self._idempotency.clear()
 
     @property
     def clock(self) -> int:
@@ -453,8 +460,10 @@ class FakeStripe:
         product_name: str | None = None,
         lookup_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        meter: str | None = None,
     ) -> JSON:
-        """Create a price with a chosen id (real Stripe picks ids itself), creating its product if needed."""
+        """Create a price with a chosen id (real Stripe picks ids itself), creating its product if needed.
+        With `meter` (a Billing Meter's id) the price is metered: usage comes from the meter's events."""
         if interval is not None and interval not in _INTERVALS:
             raise ValueError(f"interval must be one of {_INTERVALS}")
         with self._lock:
@@ -466,6 +475,8 @@ class FakeStripe:
             recurring = None
             if interval is not None:
                 recurring = {"interval": interval, "interval_count": interval_count, "usage_type": "licensed"}
+                if meter is not None:
+                    recurring.update(usage_type="metered", meter=meter)
             price = self._create_price(
                 product_id=product_id,
                 currency=currency,
@@ -727,6 +738,10 @@ class FakeStripe:
             ("GET", "/v1/invoices/{id}/lines", self._invoice_lines_list),
             ("GET", "/v1/events", self._events_list),
             ("GET", "/v1/events/{id}", self._events_retrieve),
+            ("POST", "/v1/billing/meters", self._meters_create),
+            ("GET", "/v1/billing/meters/{id}", self._meters_retrieve),
+            ("GET", "/v1/billing/meters/{id}/event_summaries", self._meter_event_summaries),
+            ("POST", "/v1/billing/meter_events", self._meter_events_create),
         ]
         return [
             (method, re.compile("^" + template.replace("{id}", "(?P<id>[^/]+)") + "$"), handler)

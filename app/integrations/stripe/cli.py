@@ -40,7 +40,8 @@ def reconcile() -> None:
     typer.echo(
         f"subscriptions seen: {report.subscriptions_seen}, repaired: {report.subscriptions_repaired}; "
         f"pack grants: {report.packs_granted}; monthly credit grants: {report.allowances_granted}; "
-        f"expired checkouts closed: {report.checkouts_closed}"
+        f"expired checkouts closed: {report.checkouts_closed}; "
+        f"overage reported: {report.overage_reported}, still pending: {report.overage_pending}"
     )
     for reason, n in sorted(report.skipped.items()):
         typer.echo(f"skipped ({reason}): {n}")

@@ -277,6 +277,8 @@ class ReconcileReport:
     packs_granted: int = 0
     allowances_granted: int = 0
     checkouts_closed: int = 0  # expired sessions whose checkout.session.expired we missed
+    overage_reported: int = 0  # overage reports sent to Stripe (app/overage)
+    overage_pending: int = 0  # still refused by Stripe: see Query.overageReports
     skipped: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
@@ -350,6 +352,11 @@ def reconcile(
                 _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
             )
         tick("invoices", done, len(invoices))
+
+    from app.overage.service import report_overage
+
+    overage = report_overage(engine, gateway, clock)  # closes ended periods, retries what is pending
+    report.overage_reported, report.overage_pending = overage.reported, overage.failed
     return report
 
 

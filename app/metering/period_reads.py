@@ -1,0 +1,66 @@
+"""A tenant's recorded periods, newest first, each with its plan's quotas and its counters:
+three statements whatever the page size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, select
+from sqlalchemy.engine import Connection
+
+from app.core.clock import as_utc
+from app.metering.period_models import BillingPeriod
+from app.metering.periods import Period
+from app.metering.repository import UsageLine
+from app.metering.service import COUNTER, QUOTA
+
+BP: Any = BillingPeriod.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class PeriodReport:
+    period: Period
+    plan: str | None
+    source: str
+    provisional: bool
+    lines: list[UsageLine]
+
+
+def period_page(conn: Connection, tenant_id: str, limit: int, before: datetime | None) -> list[PeriodReport]:
+    cond = [BP.c.tenant_id == tenant_id]
+    if before is not None:
+        cond.append(BP.c.start_at < before)
+    rows = conn.execute(
+        select(BP.c.start_at, BP.c.end_at, BP.c.plan_key, BP.c.source, BP.c.provisional)
+        .where(and_(*cond))
+        .order_by(BP.c.start_at.desc())
+        .limit(limit)
+    ).all()
+    if not rows:
+        return []
+    plans = sorted({r.plan_key for r in rows if r.plan_key})
+    quotas: dict[str, dict[str, int]] = {}
+    for q in conn.execute(
+        select(QUOTA.c.plan_key, QUOTA.c.primitive, QUOTA.c.quota).where(QUOTA.c.plan_key.in_(plans))
+    ):
+        quotas.setdefault(q.plan_key, {})[q.primitive] = q.quota
+    used: dict[datetime, dict[str, tuple[int, int, int]]] = {}
+    for c in conn.execute(
+        select(COUNTER.c.period_start, COUNTER.c.primitive, COUNTER.c.used, COUNTER.c.overage, COUNTER.c.credits).where(
+            and_(COUNTER.c.tenant_id == tenant_id, COUNTER.c.period_start.in_([r.start_at for r in rows]))
+        )
+    ):
+        used.setdefault(as_utc(c.period_start), {})[c.primitive] = (c.used, c.overage, c.credits)
+    out = []
+    for r in rows:
+        start = as_utc(r.start_at)
+        plan_quotas = quotas.get(r.plan_key or "", {})
+        counted = used.get(start, {})
+        lines = [
+            UsageLine(p, plan_quotas.get(p), *counted.get(p, (0, 0, 0)))
+            for p in sorted(set(plan_quotas) | set(counted))
+        ]
+        out.append(PeriodReport(Period(start, as_utc(r.end_at)), r.plan_key, r.source, bool(r.provisional), lines))
+    return out
