@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +184,15 @@ def grow_event_log(path: Path, tenant_id: str, target: int) -> float:
             "UPDATE usage_counter SET used = used + :add WHERE tenant_id = :t AND primitive = :p",
             {"add": add, "t": tenant_id, "p": PRIMITIVE},
         ).rowcount
-        if changed != 1:
+        # The clones share the template's hour: its one rollup row counts them too (usageSeries reads it).
+        changed += db.execute(
+            "UPDATE usage_rollup SET quantity = quantity + :add, events = events + :add "
+            "WHERE tenant_id = :t AND primitive = :p",
+            {"add": add, "t": tenant_id, "p": PRIMITIVE},
+        ).rowcount
+        if changed != 2:
             db.execute("ROLLBACK")
-            raise SystemExit(f"expected one usage counter for the usage tenant, found {changed}")
+            raise SystemExit(f"expected one usage counter and one rollup row for the usage tenant, found {changed}")
         db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -276,6 +282,7 @@ def wrk(
     threads: int,
     connections: int,
     expected: int = 1,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     cmd = [
         "wrk",
@@ -295,6 +302,7 @@ def wrk(
         mode,
         nonce,
         str(expected),
+        *extra,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     m = re.search(r"^BENCH_JSON (\{.*\})$", out.stdout, re.M)
@@ -319,13 +327,14 @@ def scenario(
     connections: int,
     expected: int = 1,
     items: int = 1,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     nonce = secrets.token_hex(4)
-    common = dict(mode=mode, key=key, threads=args.threads, connections=connections, expected=expected)
+    common = dict(mode=mode, key=key, threads=args.threads, connections=connections, expected=expected, extra=extra)
     if args.warmup > 0:
         wrk(base, path, nonce=nonce + "w", seconds=args.warmup, **common)  # type: ignore[arg-type]
     r = wrk(base, path, nonce=nonce, seconds=args.duration, **common)  # type: ignore[arg-type]
-    charges = r["rps"] * items if mode not in ("usage", "floor", "check") else None
+    charges = r["rps"] * items if mode not in ("usage", "series", "floor", "check") else None
     r.update(scenario=name, items_per_request=items, charges_per_s=charges)
     r["connections"] = connections
     log(
@@ -551,6 +560,7 @@ def targets(by: dict[str, dict[str, Any]], ol: dict[str, Any], rss: dict[str, An
     check1 = by["check_1"]["rps"] / by["graphql_charge_1"]["rps"]
     check16 = by["check_16"]["rps"] / by["graphql_charge"]["rps"]
     usage_ratio = by["usage_1m"]["p50_us"] / by["usage_10k"]["p50_us"]
+    series_ratio = by["series_1m"]["p50_us"] / by["series_10k"]["p50_us"]
     # The open-loop figures only count if the generator held the rate and nothing failed.
     held = ol["errors"] == 0 and ol["unfinished"] == 0 and ol["achieved"] >= 0.97 * ol["rate"]
     rss_ratio = rss["after_200k_mb"] / rss["after_20k_mb"]
@@ -580,6 +590,12 @@ def targets(by: dict[str, dict[str, Any]], ol: dict[str, Any], rss: dict[str, An
             alerts,
             f">= {t['alerts_vs_plain_charge']}x",
             alerts >= t["alerts_vs_plain_charge"],
+        ),
+        _target(
+            "usageSeries p50 at 1M events / at 10k events",
+            series_ratio,
+            f"<= {t['usage_1m_vs_10k']}x",
+            series_ratio <= t["usage_1m_vs_10k"],
         ),
         _target(
             "usage p50 at 1M events / at 10k events",
@@ -749,11 +765,21 @@ def main(argv: list[str] | None = None) -> int:
         items: int = 1,
         at: str = base,
         charges: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         nonlocal events_ok
         before = load_events() if charges else 0
         r = scenario(
-            name, at, path, mode=mode, key=key, args=args, connections=connections, expected=expected, items=items
+            name,
+            at,
+            path,
+            mode=mode,
+            key=key,
+            args=args,
+            connections=connections,
+            expected=expected,
+            items=items,
+            extra=extra,
         )
         if charges:
             # Events include the warmup and requests in flight when wrk stopped, never fewer than acknowledged.
@@ -761,6 +787,21 @@ def main(argv: list[str] | None = None) -> int:
             events_ok = events_ok and written >= r["ok"] * items
         r["slug"] = slug
         by[slug] = r
+
+    # usageSeries over the last 30 days by day: the usage tenant's events all sit in one day.
+    now = datetime.now(UTC)
+    window = ((now - timedelta(days=30)).isoformat(), (now + timedelta(hours=2)).isoformat())
+
+    def series(slug: str, events: int) -> None:
+        run(
+            slug,
+            f"usageSeries 30 days, {events:,} events",
+            mode="series",
+            key=usage_key,
+            connections=args.usage_connections,
+            expected=events,
+            extra=window,
+        )
 
     try:
         run(
@@ -771,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
             connections=args.usage_connections,
             expected=args.small_events,
         )
+        series("series_10k", args.small_events)
         # The floor under every GraphQL request: auth, parse, validate, execute, serialize a query
         # that touches no table. A charge cannot be faster than this.
         run("graphql_floor", "GraphQL { __typename } (floor)", mode="floor")
@@ -804,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
             connections=args.usage_connections,
             expected=args.large_events,
         )
+        series("series_1m", args.large_events)
 
         if args.profile:
             RESULTS.mkdir(exist_ok=True)

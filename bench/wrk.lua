@@ -1,7 +1,7 @@
 -- wrk script for `make bench`: one request shape per mode, a unique idempotency key per
 -- request (run nonce + thread id + per-thread counter), and every response checked, since a
 -- benchmark of errors is worthless. Args (after --): mode nonce [expected]
---   mode: charge | plain | batch | usage | floor | check;  expected: batch size (batch) or used count (usage)
+--   mode: charge | plain | batch | usage | series | floor | check; series also takes from and to (ISO)  expected: batch size (batch) or used count (usage)
 
 local threads = {}
 local counter = 0
@@ -27,6 +27,15 @@ function init(args)
     wrk.method = "POST"
     wrk.path = "/graphql"
     wrk.body = '{"query":"{ check(primitive: \\"email.send\\") { __typename ... on CheckResult { allowed remaining availableCredits } } }"}'
+  end
+  if mode == "series" then
+    -- Daily credits and calls over the window, from the hourly rollups: the day holding the usage
+    -- tenant's events must show all `expected` of them.
+    pattern = '"quantity":%s*' .. string.format("%d", expected) .. "[^%d]"
+    wrk.method = "POST"
+    wrk.path = "/graphql"
+    wrk.body = '{"query":"{ usageSeries(from: \\"' .. args[4] .. '\\", to: \\"' .. args[5]
+      .. '\\", interval: DAY) { start quantity credits } }"}'
   end
   if mode == "usage" then
     -- The usage tenant's counter holds exactly `expected` calls: check the number, not just a 200.
@@ -84,7 +93,7 @@ function response(status, headers, body)
     good = string.find(body, '"__typename":"Query"', 1, true) ~= nil
   elseif mode == "check" then
     good = string.find(body, '"allowed":true', 1, true) ~= nil and string.find(body, '"errors"', 1, true) == nil
-  elseif mode == "usage" then
+  elseif mode == "usage" or mode == "series" then
     good = string.find(body, pattern) ~= nil and string.find(body, '"errors"', 1, true) == nil
   elseif mode == "batch" then
     good = count(body, '"Charged"') == expected and string.find(body, '"errors"', 1, true) == nil
