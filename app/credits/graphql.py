@@ -53,7 +53,7 @@ def _bucket(r: Any) -> CreditBucket:
     )
 
 
-def _balance(s: service.CreditSummary) -> CreditBalance:
+def balance_view(s: service.CreditSummary) -> CreditBalance:
     return CreditBalance(
         balance=MicroCredits(s.balance),
         reserved=MicroCredits(s.reserved),
@@ -70,7 +70,7 @@ async def resolve_credits(ctx: Context, tenant_id: str) -> CreditBalance:
         return service.summaries(session, keys, now)
 
     summary = await ctx.loaders.custom("credits", fetch).load(tenant_id)
-    return _balance(summary or service.CreditSummary(0, 0))
+    return balance_view(summary or service.CreditSummary(0, 0))
 
 
 @strawberry.type
@@ -255,7 +255,7 @@ class CreditsQuery:
             tenant=Tenant(row=st.tenant),
             plan=Plan(row=plan) if plan else None,
             subscription_status=st.subscription_status,
-            credits=_balance(st.credits),
+            credits=balance_view(st.credits),
             resources=StatusResources(
                 api_keys=st.api_keys, active_credit_buckets=len(st.credits.buckets), ledger_entries=st.ledger_entries
             ),

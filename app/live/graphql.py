@@ -19,7 +19,7 @@ import strawberry
 from app.core.auth import TenantScope
 from app.core.errors import ValidationFailed
 from app.credits import service as credit_service
-from app.credits.graphql import CreditBalance, _balance
+from app.credits.graphql import CreditBalance, balance_view
 from app.graphql.context import Context, Info
 from app.graphql.loaders import Loaders
 from app.graphql.types import Tenant
@@ -93,7 +93,7 @@ class LiveSubscription:
                 seen = (summary.balance, summary.reserved, [(b.id, b.remaining) for b in summary.buckets])
                 if seen != last:
                     last = seen
-                    yield _balance(summary)
+                    yield balance_view(summary)
                 await box.wait(_MONEY, RESYNC_SECONDS)
                 sent = await _paced(sent)
 
