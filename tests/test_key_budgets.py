@@ -274,3 +274,16 @@ def test_a_budget_set_mid_period_counts_the_spend_so_far(api: Api, clock: Frozen
     assert api(SET, {"k": kid, "i": {"period": "day", "creditLimit": "11"}})["setKeyBudget"]["creditsUsed"] == "10"
     read = api(READ, {"k": kid})["keyBudget"]
     assert read["usage"] == [{"primitive": "email.send", "quantity": 10, "credits": "10"}]
+
+
+def test_an_expired_hold_of_a_free_primitive_stops_counting(api: Api, clock: FrozenClock) -> None:
+    """A free hold reserves no credits, so nothing else sweeps it: the key's budget check does."""
+    tid, _ = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    price = 'mutation { setPrice(primitive: "email.send", credits: "0") { __typename } }'
+    assert api(price)["setPrice"]["__typename"] == "FixedPrice"
+    api(SET, {"k": kid, "i": {"quantityLimits": [{"primitive": "email.send", "limit": 1}]}})
+    assert reserve(api, agent, "f1", ttl=60)["__typename"] == "Hold"
+    assert charge(api, agent, "f2")["budget"] == "quantity"
+    clock.advance(seconds=61)
+    assert charge(api, agent, "f2")["__typename"] == "Charged"

@@ -371,6 +371,11 @@ class Meter:
             return None
         if self._spend is None:
             self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
+            if not self.state.reserved and any(self._spend.held_quantity.values()):
+                # Holds of free primitives reserve no credits, so __init__ swept none: the expired
+                # ones must stop counting before this check (rare: a statement or two, then re-read).
+                self._expire_holds()
+                self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
         return self._spend
 
     def _expire_holds(self) -> None:
