@@ -371,15 +371,14 @@ class Meter:
             return None
         if self._spend is None:
             self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
-            if not self.state.reserved and any(self._spend.held_quantity.values()):
-                # Holds of free primitives reserve no credits, so __init__ swept none: the expired
-                # ones must stop counting before this check (rare: a statement or two, then re-read).
-                self._expire_holds()
+            # Holds of free primitives reserve no credits, so __init__ swept none: the expired ones
+            # must stop counting before this check (a statement only while such holds are open).
+            if not self.state.reserved and any(self._spend.held_quantity.values()) and self._expire_holds():
                 self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
         return self._spend
 
-    def _expire_holds(self) -> None:
-        """Free holds past their expiry, exactly once (the status flip is the guard)."""
+    def _expire_holds(self) -> int:
+        """Free holds past their expiry, exactly once (the status flip is the guard); how many."""
         rows = self.conn.execute(
             update(HOLD)
             .where(
@@ -409,6 +408,7 @@ class Meter:
                 .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
                 .values(reserved=self.state.reserved)
             )
+        return len(rows)
 
     def _stored_event(self, key: str) -> Any:
         return run(self.conn, _STORED, {"tid": self.scope.tenant_id, "key": key}).first()
