@@ -107,10 +107,20 @@ def _assert_books_balance(request: pytest.FixtureRequest, engine: Engine) -> Non
             "FROM usage_event GROUP BY tenant_id, primitive, coalesce(api_key_id, '')"
         ))}
         rollups = sorted(set(rolled.items()) ^ set(recorded.items()))
+        # What a budgeted key has held in a period is exactly its open holds pointing there.
+        held = conn.execute(text(
+            "SELECT u.api_key_id, u.primitive, u.held_credits, u.held_quantity, "
+            "coalesce(sum(h.amount), 0), coalesce(sum(h.quantity), 0) FROM key_budget_usage u "
+            "LEFT JOIN credit_hold h ON h.api_key_id = u.api_key_id AND h.budget_period_start = u.period_start "
+            "AND h.status = 'open' AND (u.primitive = '*' OR h.primitive = u.primitive) "
+            "GROUP BY u.api_key_id, u.period_start, u.primitive, u.held_credits, u.held_quantity "
+            "HAVING u.held_credits <> coalesce(sum(h.amount), 0) OR u.held_quantity <> coalesce(sum(h.quantity), 0)"
+        )).all()
     assert drifted == [], f"ledger drift after {request.node.name}: {drifted}"
     assert holds == [], f"reserved != open holds after {request.node.name}: {holds}"
     assert counters == [], f"usage counters != events after {request.node.name}: {counters}"
     assert rollups == [], f"usage rollups != events after {request.node.name}: {rollups}"
+    assert held == [], f"key budget held != open holds after {request.node.name}: {held}"
 
 
 @dataclass

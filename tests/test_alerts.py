@@ -458,3 +458,81 @@ def test_the_first_refusal_for_credits_fires_balance_exhausted_once(api: Api, db
     exhausted = typed_events(db, tid, "balance.exhausted")
     assert len(exhausted) == 1 and exhausted[0]["required"] == 1_000_000
     assert count_rows(db.engine, "usage_event")["usage_event"] == 30  # the refusals themselves wrote nothing
+
+
+NOTICE = "webhook.endpoint_disabled"
+
+
+def _types(r: Receiver) -> list[str]:
+    return [json.loads(body)["type"] for _, body in r.seen]
+
+
+def _audited_disables(db: Database, eid: str) -> list[tuple[str, Any, Any]]:
+    with db.engine.connect() as c:
+        rows = c.execute(
+            text(
+                "SELECT actor_role, before, after FROM audit_log WHERE action = 'disableWebhookEndpoint' "
+                "AND entity = 'webhook_endpoint' AND entity_id = :e ORDER BY id"
+            ),
+            {"e": eid},
+        ).all()
+    return [(r[0], *(json.loads(v) if isinstance(v, str) else v for v in r[1:])) for r in rows]
+
+
+def test_a_disabled_operator_endpoint_is_told_to_the_others_once_per_disable(
+    api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "DISABLE_AFTER", 3)
+    tid, key = quota_tenant(api, quota=4)
+    wclock = FrozenClock(datetime.now(UTC))
+    with receiver() as bad, receiver() as watch, receiver() as theirs:
+        bad_id, _ = _endpoint(api, bad.url)
+        watch_id, watch_secret = _endpoint(api, watch.url, eventTypes=[NOTICE])
+        _endpoint(api, theirs.url, tenantId=tid, eventTypes=["*"])  # a tenant's: not told of the operator's
+        _cross(api, key, n=3)  # 50% and 75%: two deliveries each round for the failing endpoint
+        bad.fail_next = 1000
+        _round(db, wclock)  # bad fails twice
+        wclock.advance(seconds=3600)
+        _round(db, wclock)  # twice more: disabled at the 3rd; the 4th, claimed with it, adds no notice
+        assert [e["active"] for e in api(ENDPOINTS)["webhookEndpoints"] if e["id"] == bad_id] == [False]
+        assert _round(db, wclock) == 1 and _round(db, wclock) == 0  # the notice, to watch only
+        assert len(bad.seen) == 4 and len(watch.seen) == 1 and NOTICE not in _types(theirs)
+        notice = Webhook(watch_secret).verify(watch.seen[0][1], watch.seen[0][0])  # signed as any other
+        assert notice["type"] == NOTICE and notice["endpointId"] == bad_id and notice["tenantId"] is None
+        assert notice["consecutiveFailures"] == 3 and "3 consecutive failed" in notice["reason"]
+        [(role, before, after)] = _audited_disables(db, bad_id)
+        assert role == "server" and before["active"] is True and after["active"] is False
+        assert "secret" not in after
+        # Enabled again and failing again: a second disable, a second notice.
+        api(ACTIVE, {"id": bad_id, "a": True})
+        wclock.advance(seconds=7200)
+        _round(db, wclock)  # two more failures
+        wclock.advance(seconds=7200)
+        _round(db, wclock)  # the 3rd disables it again
+        assert _round(db, wclock) == 1 and len(watch.seen) == 2 and len(watch.unique_ids()) == 2
+        assert len(bad.seen) == 8 and len(_audited_disables(db, bad_id)) == 2
+    log = api(DELIVERIES, {"e": watch_id})["webhookDeliveries"]
+    assert [d["status"] for d in log] == ["delivered", "delivered"]
+
+
+def test_a_disabled_tenant_endpoint_is_told_to_the_operator_and_the_tenant(
+    api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "DISABLE_AFTER", 1)
+    tid, key = quota_tenant(api, quota=2)
+    other = api.create_tenant("Other")
+    wclock = FrozenClock(datetime.now(UTC))
+    with receiver() as bad, receiver() as ops, receiver() as mine, receiver() as theirs:
+        bad_id, _ = _endpoint(api, bad.url, tenantId=tid)
+        _endpoint(api, ops.url, eventTypes=[NOTICE])
+        _, mine_secret = _endpoint(api, mine.url, tenantId=tid, eventTypes=[NOTICE])
+        _endpoint(api, theirs.url, tenantId=other, eventTypes=["*"])
+        _cross(api, key)
+        bad.fail_next = 1
+        _round(db, wclock)  # fails once: disabled
+        _round(db, wclock)
+        assert _round(db, wclock) == 0 and len(bad.seen) == 1
+        assert _types(ops) == _types(mine) == [NOTICE] and NOTICE not in _types(theirs)
+        notice = Webhook(mine_secret).verify(mine.seen[0][1], mine.seen[0][0])
+        assert notice["endpointId"] == bad_id and notice["tenantId"] == tid
+    assert len(_audited_disables(db, bad_id)) == 1

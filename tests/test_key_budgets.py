@@ -20,15 +20,17 @@ SET = """mutation($k: ID!, $i: KeyBudgetInput!) { setKeyBudget(apiKeyId: $k, inp
   ... on KeyBudget { apiKeyId period creditLimit quantityLimits { primitive limit } creditsUsed }
   ... on ValidationError { code field } ... on NotFoundError { entity } } }"""
 READ = """query($k: ID!) { keyBudget(apiKeyId: $k) { __typename
-  ... on KeyBudget { creditLimit creditsUsed periodEnd usage { primitive quantity credits } }
+  ... on KeyBudget { creditLimit creditsUsed creditsHeld periodEnd usage { primitive quantity credits } }
   ... on NotFoundError { entity } } }"""
 CLEAR = """mutation($k: ID!) { clearKeyBudget(apiKeyId: $k) { __typename ... on KeyBudgetCleared { apiKeyId }
   ... on NotFoundError { entity } } }"""
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { creditsUsed }
   ... on BudgetExceeded { code apiKeyId primitive budget creditLimit creditsSpent quantityLimit quantitySpent
   periodEnd } } }"""
-RESERVE = """mutation($i: MeterInput!) { reserve(input: $i) { __typename ... on Hold { id }
-  ... on BudgetExceeded { creditLimit } } }"""
+RESERVE = """mutation($i: MeterInput!, $ttl: Int) { reserve(input: $i, ttlSeconds: $ttl) { __typename
+  ... on Hold { id } ... on BudgetExceeded { creditLimit } } }"""
+SETTLE = """mutation($h: ID!) { settle(holdId: $h) { __typename ... on Charged { creditsUsed } } }"""
+RELEASE = """mutation($h: ID!) { release(holdId: $h) { __typename ... on Hold { status } } }"""
 BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
   ... on BudgetExceeded { creditsSpent } } }"""
 
@@ -94,8 +96,14 @@ def test_reserve_and_batch_respect_the_budget(api: Api) -> None:
     }  # 8 does not
     items = [{"item": {"primitive": "email.send", "idempotencyKey": f"b{i}"}} for i in range(8)]
     out = [r["__typename"] for r in api(BATCH, {"items": items}, key=agent)["chargeBatch"]]
-    assert out == ["Charged"] * 6 + ["BudgetExceeded"] * 2
-    assert api(READ, {"k": kid})["keyBudget"]["creditsUsed"] == "6"
+    assert out == ["Charged"] + ["BudgetExceeded"] * 7  # the open hold keeps 5 of the 6 back
+    read = api(READ, {"k": kid})["keyBudget"]
+    assert (read["creditsUsed"], read["creditsHeld"]) == ("1", "5")
+    assert api(RELEASE, {"h": hold["id"]}, key=agent)["release"] == {"__typename": "Hold", "status": "released"}
+    out = [r["__typename"] for r in api(BATCH, {"items": items}, key=agent)["chargeBatch"]]
+    assert out == ["Charged"] * 6 + ["BudgetExceeded"] * 2  # b0 replays; b1..b5 fit the 5 given back
+    read = api(READ, {"k": kid})["keyBudget"]
+    assert (read["creditsUsed"], read["creditsHeld"]) == ("6", "0")
 
 
 def test_the_budget_period_rolls_over_and_clearing_lifts_it(api: Api, clock: FrozenClock) -> None:
@@ -171,3 +179,111 @@ def test_thousand_concurrent_charges_against_a_key_budget_of_100(api: Api, db: D
     bal, _, total = balance(db, tid)
     assert bal == 1_900_000_000 == total
     assert read["creditsUsed"] == "100" and read["usage"][0]["quantity"] == 100
+
+
+def reserve(api: Api, key: str, ik: str, primitive: str = "email.send", ttl: int | None = None, **extra: Any) -> Any:
+    i = {"primitive": primitive, "idempotencyKey": ik, **extra}
+    return api(RESERVE, {"i": i, "ttl": ttl}, key=key)["reserve"]
+
+
+def used_held(api: Api, kid: str) -> tuple[str, str]:
+    read = api(READ, {"k": kid})["keyBudget"]
+    return read["creditsUsed"], read["creditsHeld"]
+
+
+def test_open_holds_count_against_the_key_budget_until_they_close(api: Api, clock: FrozenClock) -> None:
+    """A hold keeps its estimate back from the key's budget while open; settling turns it into the
+    settling key's spend, releasing or expiring gives it back."""
+    tid, tenant_key = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"creditLimit": "10"}})
+    r1 = reserve(api, agent, "r1", "research.thorough")  # 5 credits each
+    r2 = reserve(api, agent, "r2", "research.thorough")
+    assert r1["__typename"] == r2["__typename"] == "Hold" and used_held(api, kid) == ("0", "10")
+    refused = charge(api, agent, "e0")
+    assert refused["__typename"] == "BudgetExceeded" and refused["creditsSpent"] == "10"
+    assert reserve(api, agent, "r3")["__typename"] == "BudgetExceeded"
+    assert api(RELEASE, {"h": r1["id"]}, key=agent)["release"]["status"] == "released"
+    assert charge(api, agent, "e1")["__typename"] == "Charged" and used_held(api, kid) == ("1", "5")
+    assert api(SETTLE, {"h": r2["id"]}, key=agent)["settle"] == {"__typename": "Charged", "creditsUsed": "5"}
+    assert used_held(api, kid) == ("6", "0")
+    # Settled by another of the tenant's keys: its spend, and the agent's hold is given back.
+    r4 = reserve(api, agent, "r4")
+    assert used_held(api, kid) == ("6", "1")
+    assert api(SETTLE, {"h": r4["id"]}, key=tenant_key)["settle"]["__typename"] == "Charged"
+    assert used_held(api, kid) == ("6", "0")
+    # An expired hold gives it back too (swept by the next write of the tenant).
+    assert reserve(api, agent, "r5", ttl=60)["__typename"] == "Hold"
+    assert charge(api, agent, "e2", quantity=4)["__typename"] == "BudgetExceeded"  # 6 + 1 held + 4 > 10
+    clock.advance(seconds=61)
+    assert charge(api, agent, "e2", quantity=4)["__typename"] == "Charged"
+    assert used_held(api, kid) == ("10", "0")
+
+
+def test_open_holds_count_against_a_quantity_budget(api: Api) -> None:
+    tid, _ = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"quantityLimits": [{"primitive": "email.send", "limit": 3}]}})
+    hold = reserve(api, agent, "q1", quantity=2)
+    assert hold["__typename"] == "Hold"
+    assert charge(api, agent, "q2")["__typename"] == "Charged"
+    refused = charge(api, agent, "q3")
+    assert refused["budget"] == "quantity" and refused["quantitySpent"] == 3  # 1 used, 2 held
+    api(RELEASE, {"h": hold["id"]}, key=agent)
+    assert charge(api, agent, "q3", quantity=2)["__typename"] == "Charged"
+
+
+def test_fifty_concurrent_reserves_against_a_key_budget_of_ten_holds(api: Api, db: Database) -> None:
+    """Exactly 10 holds of 1 credit get through a budget of 10, over real HTTP, on SQLite and
+    PostgreSQL: each hold is added to the key's held spend behind the tenant's account lock."""
+    tid, _ = make_tenant(api, credits=2000)
+    kid, agent = agent_key(api, tid)
+    api(SET, {"k": kid, "i": {"creditLimit": "10"}})
+    bodies = [
+        {"query": RESERVE, "variables": {"i": {"primitive": "email.send", "idempotencyKey": f"h{i}"}}}
+        for i in range(50)
+    ]
+    with serve_in_thread(live_app(db)) as base:
+        results = asyncio.run(fire(base, agent, bodies, concurrency=50))
+        read = asyncio.run(fire(base, agent, [{"query": READ, "variables": {"k": kid}}]))[0]["keyBudget"]
+    kinds = [r["reserve"]["__typename"] for r in results]
+    assert kinds.count("Hold") == 10 and kinds.count("BudgetExceeded") == 40
+    assert balance(db, tid)[1] == 10_000_000  # reserved: the 10 holds
+    assert (read["creditsUsed"], read["creditsHeld"]) == ("0", "10")
+
+
+def test_a_budget_set_mid_period_counts_the_spend_so_far(api: Api, clock: FrozenClock) -> None:
+    """The key spent 8 this month before it got a budget of 10: the 3rd charge of 1 is refused.
+    Changing the period recounts from the key's spend in the new one."""
+    tid, _ = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    for i in range(3):
+        assert charge(api, agent, f"m{i}")["__typename"] == "Charged"
+    clock.advance(seconds=86400)  # the next day, the same month
+    for i in range(3, 8):
+        assert charge(api, agent, f"m{i}")["__typename"] == "Charged"
+    hold = reserve(api, agent, "h1")  # open when the budget is set: held against it from then on
+    set_ = api(SET, {"k": kid, "i": {"creditLimit": "10"}})["setKeyBudget"]
+    assert set_["creditsUsed"] == "8" and used_held(api, kid) == ("8", "1")
+    api(RELEASE, {"h": hold["id"]}, key=agent)
+    assert [charge(api, agent, f"n{i}")["__typename"] for i in range(3)] == ["Charged"] * 2 + ["BudgetExceeded"]
+    # Per day from now: today's spend is 5 + 2.
+    assert api(SET, {"k": kid, "i": {"period": "day", "creditLimit": "10"}})["setKeyBudget"]["creditsUsed"] == "7"
+    assert [charge(api, agent, f"d{i}")["__typename"] for i in range(4)] == ["Charged"] * 3 + ["BudgetExceeded"]
+    # A new limit over the same period keeps the count.
+    assert api(SET, {"k": kid, "i": {"period": "day", "creditLimit": "11"}})["setKeyBudget"]["creditsUsed"] == "10"
+    read = api(READ, {"k": kid})["keyBudget"]
+    assert read["usage"] == [{"primitive": "email.send", "quantity": 10, "credits": "10"}]
+
+
+def test_an_expired_hold_of_a_free_primitive_stops_counting(api: Api, clock: FrozenClock) -> None:
+    """A free hold reserves no credits, so nothing else sweeps it: the key's budget check does."""
+    tid, _ = setup_tenant(api)
+    kid, agent = agent_key(api, tid)
+    price = 'mutation { setPrice(primitive: "email.send", credits: "0") { __typename } }'
+    assert api(price)["setPrice"]["__typename"] == "FixedPrice"
+    api(SET, {"k": kid, "i": {"quantityLimits": [{"primitive": "email.send", "limit": 1}]}})
+    assert reserve(api, agent, "f1", ttl=60)["__typename"] == "Hold"
+    assert charge(api, agent, "f2")["budget"] == "quantity"
+    clock.advance(seconds=61)
+    assert charge(api, agent, "f2")["__typename"] == "Charged"

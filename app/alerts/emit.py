@@ -19,7 +19,16 @@ BALANCE_EXHAUSTED = "balance.exhausted"
 HOLD_EXPIRED = "hold.expired"
 SUBSCRIPTION_CHANGED = "subscription.status_changed"
 CREDITS_GRANTED = "credits.granted"
-EVENT_TYPES = (QUOTA_EVENT, BALANCE_LOW, BALANCE_EXHAUSTED, HOLD_EXPIRED, SUBSCRIPTION_CHANGED, CREDITS_GRANTED)
+ENDPOINT_DISABLED = "webhook.endpoint_disabled"  # an endpoint failed too long: told to the others
+EVENT_TYPES = (
+    QUOTA_EVENT,
+    BALANCE_LOW,
+    BALANCE_EXHAUSTED,
+    HOLD_EXPIRED,
+    SUBSCRIPTION_CHANGED,
+    CREDITS_GRANTED,
+    ENDPOINT_DISABLED,
+)
 
 _EMIT = Sql(
     """INSERT INTO alert_event (tenant_id, type, dedupe_key, payload, fanned_out, created_at)
@@ -35,8 +44,11 @@ def crossed(quota: int | None, before: int, after: int, percents: tuple[int, ...
     return [t for t in percents if before * 100 < t * quota <= after * 100]
 
 
-def emit(conn: Connection, tenant_id: str, type_: str, dedupe_key: str, payload: dict[str, Any], now: datetime) -> None:
-    """One outbox row, in the caller's transaction; a second with the same key is a no-op."""
+def emit(
+    conn: Connection, tenant_id: str | None, type_: str, dedupe_key: str, payload: dict[str, Any], now: datetime
+) -> None:
+    """One outbox row, in the caller's transaction; a second with the same key is a no-op (for a
+    tenant's events: NULLs never conflict, so an event of no tenant relies on its caller's guard)."""
     body = {"type": type_, "tenantId": tenant_id, **payload, "at": now.isoformat()}
     run(
         conn,

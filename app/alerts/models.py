@@ -40,7 +40,8 @@ class AlertEvent(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, sa_column=Column(_SERIAL, Identity(), primary_key=True))
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    # NULL: concerns no tenant (an operator endpoint disabled); only operator endpoints see it.
+    tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40)
     type: str = Field(max_length=64)
     dedupe_key: str = Field(max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -58,7 +59,7 @@ class WebhookDelivery(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(_SERIAL, Identity(), primary_key=True))
     event_id: int = Field(sa_column=Column(_SERIAL, ForeignKey("alert_event.id"), nullable=False))
     endpoint_id: str = Field(foreign_key="webhook_endpoint.id", max_length=40, index=True)
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40)
     status: str = Field(max_length=12)  # pending | delivered | dead
     attempts: int = Field(default=0)
     next_attempt_at: datetime = Field(sa_column=ts_column())
@@ -75,7 +76,7 @@ class WebhookAttempt(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=Column(_SERIAL, Identity(), primary_key=True))
     delivery_id: int = Field(sa_column=Column(_SERIAL, ForeignKey("webhook_delivery.id"), nullable=False, index=True))
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40)
     at: datetime = Field(sa_column=ts_column())
     status_code: int | None = Field(default=None)
     error: str | None = Field(default=None, max_length=500)

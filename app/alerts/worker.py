@@ -7,7 +7,8 @@ stable `webhook-id` per event so receivers drop duplicates.
 
 Retries back off exponentially with jitter for at least 24 hours (MAX_ATTEMPTS); an endpoint
 whose deliveries keep failing (DISABLE_AFTER consecutive failed attempts) is disabled with a
-reason, and its pending deliveries wait until it is enabled again."""
+reason, and its pending deliveries wait until it is enabled again; the disable is told to the other
+endpoints (a `webhook.endpoint_disabled` event) and recorded in the audit log."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from standardwebhooks import Webhook
 
+from app.alerts.emit import ENDPOINT_DISABLED, emit
 from app.alerts.models import AlertEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.audit.service import Target, append, row_snapshot
 from app.core.clock import Clock
 from app.core.db import connection_of_work
 from app.core.sql import is_sqlite
@@ -200,12 +203,37 @@ def _endpoint_failed(conn: Connection, endpoint_id: str, now: datetime) -> None:
     ).scalar_one()
     if failures >= DISABLE_AFTER:
         reason = f"disabled after {failures} consecutive failed deliveries"
-        conn.execute(
+        before = row_snapshot(conn, "webhook_endpoint", "id", endpoint_id)
+        disabled = conn.execute(
             update(ENDPOINT)
             .where(and_(ENDPOINT.c.id == endpoint_id, ENDPOINT.c.active.is_(True)))
             .values(active=False, disabled_reason=reason)
-        )
+            .returning(ENDPOINT.c.tenant_id, ENDPOINT.c.url)
+        ).first()
+        if disabled is None:
+            return  # already disabled (by another worker's attempt, or by hand): noticed then, or not due
         log.warning("webhook endpoint %s %s", endpoint_id, reason)
+        _notice_disabled(conn, endpoint_id, disabled.tenant_id, disabled.url, reason, failures, before, now)
+
+
+def _notice_disabled(
+    conn: Connection,
+    endpoint_id: str,
+    tenant_id: str | None,
+    url: str,
+    reason: str,
+    failures: int,
+    before: dict[str, Any] | None,
+    now: datetime,
+) -> None:
+    """Exactly once per disable (the active flip above is the guard), in the same transaction: an
+    outbox event for the endpoints that subscribe to it (the operator's, and the tenant's own for a
+    tenant's endpoint; this one is inactive now), and an audit entry written by the server itself."""
+    payload = {"endpointId": endpoint_id, "url": url, "reason": reason, "consecutiveFailures": failures}
+    emit(conn, tenant_id, ENDPOINT_DISABLED, f"endpoint_disabled:{endpoint_id}:{now.isoformat()}", payload, now)
+    target = Target("webhook_endpoint", endpoint_id, tenant_id=tenant_id)
+    after = row_snapshot(conn, "webhook_endpoint", "id", endpoint_id)
+    append(conn, None, now, "disableWebhookEndpoint", target, before, after, {"reason": reason}, role="server")
 
 
 def replay(conn: Connection, delivery_id: int, now: datetime) -> bool:

@@ -26,7 +26,7 @@ class AuditEntry(SQLModel, table=True):
     )
     at: datetime = Field(sa_column=ts_column())
     actor_key_id: str | None = Field(default=None, max_length=40)  # NULL: the CLI or the server itself
-    actor_role: str = Field(max_length=16)  # operator | tenant | cli
+    actor_role: str = Field(max_length=16)  # operator | tenant | cli | server (a write it decided itself)
     action: str = Field(max_length=64)  # the mutation or command, e.g. upsertPlan
     entity: str = Field(max_length=32)  # the table written, e.g. plan
     entity_id: str = Field(max_length=200)

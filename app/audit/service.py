@@ -136,12 +136,14 @@ def append(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
     detail: dict[str, Any] | None = None,
+    *,
+    role: str = "cli",  # without an actor: the CLI, or "server" for a write the server decided itself
 ) -> None:
     conn.execute(
         insert(AUDIT).values(
             at=now,
             actor_key_id=actor.key_id if actor is not None else None,
-            actor_role=actor.role if actor is not None else "cli",
+            actor_role=actor.role if actor is not None else role,
             action=action,
             entity=target.entity,
             entity_id=target.entity_id,

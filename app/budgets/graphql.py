@@ -43,6 +43,9 @@ class KeyBudget:
     period_start: datetime
     period_end: datetime
     credits_used: Credits  # type: ignore[valid-type]
+    credits_held: Credits = strawberry.field(  # type: ignore[valid-type]
+        description="Kept back by the key's open holds reserved this period: counts against creditLimit"
+    )
     usage: list[KeyUsageLine] = strawberry.field(description="Spend of this key per primitive this period")
 
     @classmethod
@@ -56,6 +59,7 @@ class KeyBudget:
             period_start=v.period.start,
             period_end=v.period.end,
             credits_used=MicroCredits(v.credits_used),
+            credits_held=MicroCredits(v.credits_held),
             usage=[
                 KeyUsageLine(primitive=u.primitive, quantity=u.quantity, credits=MicroCredits(u.credits))
                 for u in v.usage
@@ -77,9 +81,11 @@ class BudgetExceeded:
     budget: str = strawberry.field(description="credits (the key's credit budget) or quantity (its limit on primitive)")
     # Named apart from Charged.creditsUsed: fields of one union must merge in a client's selection.
     credit_limit: Credits | None  # type: ignore[valid-type]
-    credits_spent: Credits | None  # type: ignore[valid-type]
+    credits_spent: Credits | None = strawberry.field(  # type: ignore[valid-type]
+        description="Spent this period, with what the key's open holds keep back"
+    )
     quantity_limit: int | None
-    quantity_spent: int | None
+    quantity_spent: int | None = strawberry.field(description="Used this period, with what open holds keep back")
     period_end: datetime
 
     @classmethod

@@ -26,7 +26,7 @@ class KeyBudget(SQLModel, table=True):
 
 
 class KeyBudgetUsage(SQLModel, table=True):
-    """Spend of a budgeted key per period and primitive; the row for primitive '*' is its total."""
+    """Spend (and holds) of a budgeted key per period and primitive; the row for primitive '*' is its total."""
 
     __tablename__ = "key_budget_usage"
 
@@ -36,3 +36,7 @@ class KeyBudgetUsage(SQLModel, table=True):
     tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
     credits: int = Field(sa_column=Column(BigInteger, nullable=False))
     quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # Open holds of the key reserved in this period: they count against the budget until settled
+    # (then spent, above), released or expired.
+    held_credits: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    held_quantity: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))

@@ -9,14 +9,15 @@ from datetime import datetime
 from sqlalchemy import and_, select
 from sqlmodel import Session
 
-from app.budgets.enforce import TOTAL
+from app.budgets.enforce import TOTAL, seed
 from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.repository import known_keys
-from app.core.auth import Principal
+from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
 from app.core.errors import NotFound, ValidationFailed
 from app.core.money import MAX_CREDITS, MICRO
 from app.core.primitives import validate_primitive
+from app.credits import ledger
 from app.metering.periods import Period, calendar_period
 from app.tenants.models import ApiKey
 from app.tenants.repository import ApiKeyRepository
@@ -45,6 +46,7 @@ class BudgetView:
     period: Period
     credits_used: int
     usage: list[UsageLine]
+    credits_held: int = 0  # by the key's open holds reserved this period
 
 
 def budgetable_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
@@ -70,10 +72,16 @@ def set_key_budget(session: Session, clock: Clock, principal: Principal, key_id:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_UNITS:
             raise ValidationFailed(f"the limit for {primitive} must be 0 to {MAX_UNITS}", field="quantityLimits")
     key = budgetable_key(session, principal, key_id)
+    assert key.tenant_id is not None
     now = clock.now()
+    # Behind the tenant's account lock, as every charge is: none of the key's can commit between
+    # the read of its spend below and this budget taking effect.
+    ledger.lock_account(session.connection(), TenantScope(key.tenant_id))
     row = session.get(KeyBudget, key.id)
+    if row is None or row.period != data.period:
+        # New, or counted over another period: start from the key's spend so far in this one.
+        seed(session.connection(), key.tenant_id, key.id, calendar_period(now, data.period))
     if row is None:
-        assert key.tenant_id is not None
         row = KeyBudget(api_key_id=key.id, tenant_id=key.tenant_id, period=data.period, created_at=now, updated_at=now)
     row.period = data.period
     row.credit_limit = data.credit_limit
@@ -103,16 +111,21 @@ def key_budget_view(session: Session, clock: Clock, principal: Principal, key_id
     return BudgetView(row, period, *_usage(session, key.id, period.start))
 
 
-def _usage(session: Session, key_id: str, start: datetime) -> tuple[int, list[UsageLine]]:
+def _usage(session: Session, key_id: str, start: datetime) -> tuple[int, list[UsageLine], int]:
     t = KeyBudgetUsage.__table__  # type: ignore[attr-defined]
     rows = (
         session.connection()
         .execute(
-            select(t.c.primitive, t.c.quantity, t.c.credits)
+            select(t.c.primitive, t.c.quantity, t.c.credits, t.c.held_credits)
             .where(and_(t.c.api_key_id == key_id, t.c.period_start == start))
             .order_by(t.c.primitive)
         )
         .all()
     )
-    total = next((int(r.credits) for r in rows if r.primitive == TOTAL), 0)
-    return total, [UsageLine(r.primitive, int(r.quantity), int(r.credits)) for r in rows if r.primitive != TOTAL]
+    total = next((r for r in rows if r.primitive == TOTAL), None)
+    lines = [
+        UsageLine(r.primitive, int(r.quantity), int(r.credits))
+        for r in rows
+        if r.primitive != TOTAL and (r.quantity or r.credits)  # a row only ever held for shows no spend
+    ]
+    return (int(total.credits), lines, int(total.held_credits)) if total is not None else (0, lines, 0)

@@ -106,3 +106,6 @@ class CreditHold(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=ts_column())
     created_at: datetime = Field(sa_column=ts_column())
     closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    api_key_id: str | None = Field(default=None, max_length=40)  # the key that reserved it
+    # The budget period of that key the hold is held in (key_budget_usage.held_*); NULL: counted in none.
+    budget_period_start: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from app.alerts.emit import HOLD_EXPIRED, QUOTA_THRESHOLDS, balance_low, crossed, emit, quota_crossings
-from app.budgets.enforce import BudgetTerms, KeySpend
+from app.budgets.enforce import BudgetTerms, KeySpend, release_held
 from app.catalog.models import Primitive
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
@@ -371,20 +371,28 @@ class Meter:
             return None
         if self._spend is None:
             self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
+            # Holds of free primitives reserve no credits, so __init__ swept none: the expired ones
+            # must stop counting before this check (a statement only while such holds are open).
+            if not self.state.reserved and any(self._spend.held_quantity.values()) and self._expire_holds():
+                self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
         return self._spend
 
-    def _expire_holds(self) -> None:
-        """Free holds past their expiry, exactly once (the status flip is the guard)."""
+    def _expire_holds(self) -> int:
+        """Free holds past their expiry, exactly once (the status flip is the guard); how many."""
         rows = self.conn.execute(
             update(HOLD)
             .where(
                 and_(HOLD.c.tenant_id == self.scope.tenant_id, HOLD.c.status == "open", HOLD.c.expires_at <= self.now)
             )
             .values(status="expired", closed_at=self.now)
-            .returning(HOLD.c.id, HOLD.c.amount, HOLD.c.primitive)
+            .returning(
+                HOLD.c.id, HOLD.c.amount, HOLD.c.primitive, HOLD.c.quantity, HOLD.c.api_key_id,
+                HOLD.c.budget_period_start,
+            )
         ).all()
         freed = sum(r.amount for r in rows)
         for r in rows:  # exactly once: the status flip above is the guard
+            _unhold(self.conn, r)
             emit(
                 self.conn,
                 self.scope.tenant_id,
@@ -400,6 +408,7 @@ class Meter:
                 .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
                 .values(reserved=self.state.reserved)
             )
+        return len(rows)
 
     def _stored_event(self, key: str) -> Any:
         return run(self.conn, _STORED, {"tid": self.scope.tenant_id, "key": key}).first()
@@ -783,8 +792,9 @@ class Meter:
         if self.state.available <= 0 or self.state.available < d.amount:
             raise self.insufficient(d.amount)
         spend = self.key_spend()
-        if spend is not None:  # the estimate must fit the key's budget; the spend counts at settle
+        if spend is not None:  # the estimate must fit the key's budget, and is held against it while open
             spend.check(req.primitive, req.quantity, d.amount)
+            spend.hold(req.primitive, req.quantity, d.amount)
         hold_id = new_id("hold")
         expires = self.now + ttl
         self.conn.execute(
@@ -801,6 +811,8 @@ class Meter:
                 connection=req.connection,
                 expires_at=expires,
                 created_at=self.now,
+                api_key_id=req.api_key_id,
+                budget_period_start=spend.period.start if spend is not None else None,
             )
         )
         self.state = ledger.AccountState(self.state.balance, self.state.reserved + d.amount)
@@ -858,6 +870,7 @@ class Meter:
         if self.state.available + hold.amount - d.amount < self.floor:
             # Never below the buffer: charge what the floor allows and record the cut.
             d.amount = max(self.state.available + hold.amount - self.floor, 0)
+        _unhold(self.conn, hold)  # held no more: record() counts the actual spend against the settling key
         result = self.record(req, d, kind="settle", key=f"hold:{hold_id}", release_reserved=hold.amount)
         stored = {**result.stored(), "eventId": result.event_id}
         self.conn.execute(
@@ -874,6 +887,7 @@ class Meter:
         if hold.status != "open":
             raise HoldClosed(hold_id, hold.status)
         self.conn.execute(update(HOLD).where(HOLD.c.id == hold_id).values(status="released", closed_at=self.now))
+        _unhold(self.conn, hold)
         self.state = ledger.AccountState(self.state.balance, self.state.reserved - hold.amount)
         self.conn.execute(
             update(ledger.ACCOUNT)
@@ -885,6 +899,12 @@ class Meter:
         view.status = "released"
         view.available_after = self.state.available
         return view
+
+
+def _unhold(conn: Connection, hold: Any) -> None:
+    """A closing hold gives back what it held against its key's budget (if it was held in one)."""
+    if hold.budget_period_start is not None:
+        release_held(conn, hold.api_key_id, hold.budget_period_start, hold.primitive, hold.quantity, hold.amount)
 
 
 def _hold_view(row: Any, *, replayed: bool = False) -> HoldView:
