@@ -101,7 +101,8 @@ def rows(db: Database, tid: str) -> dict[str, list[tuple[Any, ...]]]:
         "ORDER BY created_at, granted",
         "account": "SELECT balance, reserved, updated_at FROM credit_account WHERE tenant_id = :t",
         "periods": "SELECT start_at, end_at, plan_key, source FROM billing_period WHERE tenant_id = :t",
-        "alerts": "SELECT type, CASE WHEN type IN ('credits.granted', 'hold.expired') THEN '' ELSE dedupe_key END, CAST(payload AS TEXT) "
+        "alerts": "SELECT type, CASE WHEN type IN ('credits.granted', 'hold.expired') THEN '' ELSE dedupe_key END, "
+        "CAST(payload AS TEXT) "
         "LIKE '%bkt_%' FROM alert_event WHERE tenant_id = :t ORDER BY 1, 2",
         "holds": "SELECT idempotency_key, status, amount FROM credit_hold WHERE tenant_id = :t ORDER BY 1",
     }
@@ -191,7 +192,7 @@ def service_charge(
     req = service.MeterRequest(primitive=extra.pop("primitive", "email.send"), idempotency_key=ik, **extra)
     with tempfile.TemporaryFile("w+") as f:
         with connection_of_work(db.engine) as conn:
-            raw = conn.connection.driver_connection
+            raw: Any = conn.connection.driver_connection
             if db.backend == "postgres":
                 raw.pgconn.trace(f.fileno())
                 raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
@@ -288,7 +289,7 @@ def test_each_uncommon_case_falls_back_with_the_same_answer(
         if db.backend == "postgres" and on:
             # The function alone: it answers 'fallback' and writes nothing.
             with db.engine.connect() as c:
-                raw = c.connection.driver_connection
+                raw: Any = c.connection.driver_connection
                 raw.autocommit = True
                 req = service.MeterRequest(
                     primitive=body.get("primitive", "email.send"),
@@ -301,8 +302,19 @@ def test_each_uncommon_case_falls_back_with_the_same_answer(
                 floor = -10_000_000  # the GraphQL edge's negative buffer (settings: 10 credits)
                 out = raw.execute(
                     pg_charge._CALL,
-                    (tid, "probe", req.fingerprint(), req.primitive, req.quantity, req.reference, None,
-                     req.api_key_id, clock.now(), floor, case == "precheck at zero"),
+                    (
+                        tid,
+                        "probe",
+                        req.fingerprint(),
+                        req.primitive,
+                        req.quantity,
+                        req.reference,
+                        None,
+                        req.api_key_id,
+                        clock.now(),
+                        floor,
+                        case == "precheck at zero",
+                    ),
                 ).fetchone()
                 raw.autocommit = False
             assert out[0] == "fallback", (case, out)

@@ -120,7 +120,10 @@ def _answer(engine: Engine, scope: TenantScope, req: MeterRequest, now: Any, row
         raise NotEntitled(p, detail["kit"], f"{p} is not in the tenant's Account Kit")
     if outcome == "not_entitled_connection":
         raise NotEntitled(
-            p, detail["kit"], f"connection {req.connection} is not in the tenant's Account Kit", connection=req.connection
+            p,
+            detail["kit"],
+            f"connection {req.connection} is not in the tenant's Account Kit",
+            connection=req.connection,
         )
     if outcome == "per_call":
         raise LimitExceeded(p, "maxQuantityPerCall", int(quota), req.quantity, None)

@@ -9,10 +9,11 @@ Revision ID: 0012_pg_charge
 Revises: 0010_periods
 Create Date: 2026-11-28
 """
+
 from alembic import op
 
-revision = '0012_pg_charge'
-down_revision = '0010_periods'
+revision = "0012_pg_charge"
+down_revision = "0010_periods"
 branch_labels = None
 depends_on = None
 
@@ -203,5 +204,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP FUNCTION IF EXISTS meterkit_charge(text, text, text, text, bigint, text, text, text, "
-                   "timestamptz, bigint, boolean)")
+        op.execute(
+            "DROP FUNCTION IF EXISTS meterkit_charge(text, text, text, text, bigint, text, text, text, "
+            "timestamptz, bigint, boolean)"
+        )
