@@ -227,7 +227,8 @@ def test_a_warm_common_charge_is_one_round_trip(api: Api, db: Database, clock: F
         _, full = service_charge(db, clock, tid, "warm-2")
     assert full >= 10, full  # today's path, for contrast
     with db.engine.connect() as c:  # the connection handed back is idle, nothing left open
-        assert c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in%'")).scalar() == 0
+        open_ = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in%'"
+        assert c.execute(text(open_)).scalar() == 0
 
 
 def _expired_hold(api: Api, clock: FrozenClock, tid: str, key: str) -> None:
