@@ -659,6 +659,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="also py-spy the server under GraphQL charge load")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir with the database and server log")
     ap.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    # PostgreSQL mode (bench/pg.py): its own scenarios on a throwaway database.
+    ap.add_argument("--postgres", action="store_true", help="run the PostgreSQL scenarios (bench/pg.py) instead")
+    ap.add_argument("--pg-rounds", type=int, default=4, help="--postgres: A/B rounds on one connection")
+    ap.add_argument("--pg-round-seconds", type=float, default=2, help="--postgres: seconds per round and path")
     return ap.parse_args(argv)
 
 
@@ -735,6 +739,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ensure_wrk()
+    if args.postgres:
+        from bench.pg import main as postgres
+
+        return postgres(args)
     tmp = Path(tempfile.mkdtemp(prefix="meterkit-bench-"))
     db_path = tmp / "bench.db"
     url = f"sqlite:///{db_path}"

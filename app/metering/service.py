@@ -39,7 +39,7 @@ from app.core.primitives import allowed, check_key, validate_connection
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
-from app.metering import period_record
+from app.metering import period_record, pg_charge
 from app.metering.errors import (
     HoldClosed,
     IdempotencyConflict,
@@ -1095,6 +1095,10 @@ def charge(
     """precheck=True also refuses when the available balance is already at or below zero before
     this charge (for callers that charge before they run the operation); a replay still answers."""
     req.validate()
+    # PostgreSQL: the common case in one round trip (app/metering/pg_charge.py); None: the full path.
+    done = pg_charge.try_charge(session, clock, scope, req, negative_buffer=negative_buffer, precheck=precheck)
+    if done is not None:
+        return done
     return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id).charge(
         req, precheck=precheck
     )

@@ -1,0 +1,138 @@
+"""PostgreSQL: the common charge in one round trip.
+
+The charge transaction in Python (app/metering/service.py) is ~11 statements plus BEGIN and
+COMMIT, each a round trip. On PostgreSQL the common case runs instead as one call of the
+server-side function meterkit_charge (migration 0012_pg_charge), sent with the connection in
+autocommit: one statement is its own transaction in PostgreSQL, so the lock, the checks and the
+writes commit together, and BEGIN and COMMIT cost nothing on the wire (psycopg sends neither
+while the connection is idle). The function answers with a typed outcome, turned here into the
+same Charged or the same refusal Python would give.
+
+Fallback rule: whenever the case is not the common one the function answers 'fallback' having
+written nothing, and Python runs the full path in a fresh transaction on the same connection:
+no tenant; an open hold past its expiry; a key with a budget; no recorded billing period yet
+(the roll); a price that is not the catalog's fixed price (or out of range); a credit bucket
+that ran out; a charge below the balance floor or refused by precheck (the answer lists packs);
+an alert threshold crossed (quota percent or low balance). Replays, idempotency conflicts and
+the refusals for an unknown or retired primitive, the kit, the connection, the per-call and
+per-minute limits and the quota are answered by the function.
+
+Only a bare connection whose transaction has not started takes this path (the metered edge's
+connection_of_work): a caller that charges inside a larger unit of work keeps its atomicity.
+METERKIT_PG_FAST_CHARGE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from app.core.auth import TenantScope
+from app.core.clock import Clock, as_utc
+from app.core.errors import UnknownPrimitive
+from app.live import notify as live
+from app.metering.errors import IdempotencyConflict, LimitExceeded, NotEntitled, QuotaExceeded
+
+if TYPE_CHECKING:
+    from app.metering.service import Charged, MeterRequest
+
+log = logging.getLogger("meterkit.metering")
+
+ENABLED = os.environ.get("METERKIT_PG_FAST_CHARGE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+_CALL = "SELECT * FROM meterkit_charge(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# Databases without the function (not migrated to 0012): the full path, without asking again.
+_MISSING: weakref.WeakSet[Engine] = weakref.WeakSet()
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
+
+# What the function answered, for tests and the bench: outcome -> count in this process.
+stats: dict[str, int] = {}
+
+
+def try_charge(
+    db: Any, clock: Clock, scope: TenantScope, req: MeterRequest, *, negative_buffer: int, precheck: bool
+) -> Charged | None:
+    """The charge answered by meterkit_charge, or None: take the full path (not PostgreSQL, not an
+    idle bare connection, turned off, or the function said 'fallback'). Refusals raise."""
+    if not ENABLED or not isinstance(db, Connection) or db.dialect.name != "postgresql":
+        return None
+    engine = db.engine
+    if engine in _MISSING:
+        return None
+    raw = db.connection.driver_connection
+    if raw is None or raw.info.transaction_status != _IDLE:
+        return None
+    import psycopg
+
+    now = clock.now()
+    params = (
+        scope.tenant_id,
+        req.idempotency_key,
+        req.fingerprint(),
+        req.primitive,
+        req.quantity,
+        req.reference,
+        req.connection,
+        req.api_key_id,
+        now,
+        -negative_buffer,
+        precheck,
+    )
+    autocommit = raw.autocommit
+    raw.autocommit = True  # one statement, its own transaction: no BEGIN, no COMMIT round trip
+    try:
+        row = raw.execute(_CALL, params).fetchone()
+    except psycopg.errors.UndefinedFunction:
+        _MISSING.add(engine)
+        log.warning("meterkit_charge is missing (migrate to 0012_pg_charge): charges take the full path")
+        return None
+    finally:
+        raw.autocommit = autocommit
+    outcome = row[0]
+    stats[outcome] = stats.get(outcome, 0) + 1
+    if outcome == "fallback":
+        return None
+    return _answer(engine, scope, req, now, row)
+
+
+def _answer(engine: Engine, scope: TenantScope, req: MeterRequest, now: Any, row: Any) -> Charged:
+    from app.metering.service import Charged, Usage
+
+    outcome, event_id, credits, remaining, used, quota, overage, detail = row
+    p = req.primitive
+    if outcome == "charged":
+        # Committed: its live event goes out as app/live sends any committed charge's.
+        live.PgBatcher.of(engine).add((live.charged(scope.tenant_id),))
+        return Charged(int(event_id), int(credits), int(remaining), Usage(p, int(used), quota, int(overage)))
+    if outcome == "replay":
+        return Charged.from_stored(int(event_id), detail)
+    if outcome == "conflict":
+        raise IdempotencyConflict(req.idempotency_key)
+    if outcome == "unknown":
+        raise UnknownPrimitive(p)
+    if outcome == "retired":
+        raise UnknownPrimitive(p, retired=True)
+    if outcome == "not_entitled":
+        raise NotEntitled(p, detail["kit"], f"{p} is not in the tenant's Account Kit")
+    if outcome == "not_entitled_connection":
+        raise NotEntitled(
+            p,
+            detail["kit"],
+            f"connection {req.connection} is not in the tenant's Account Kit",
+            connection=req.connection,
+        )
+    if outcome == "per_call":
+        raise LimitExceeded(p, "maxQuantityPerCall", int(quota), req.quantity, None)
+    if outcome == "quota":
+        from app.core.sql import read_ts
+
+        end = read_ts(detail["periodEnd"])
+        assert end is not None
+        raise QuotaExceeded(p, int(quota), int(used), as_utc(end))
+    if outcome == "per_minute":
+        raise LimitExceeded(p, "callsPerMinute", int(quota), int(used), 60 - now.second)
+    raise RuntimeError(f"meterkit_charge answered {outcome!r}")
