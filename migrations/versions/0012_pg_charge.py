@@ -6,14 +6,14 @@ with a typed outcome; whenever the case is not the common one it answers 'fallba
 written nothing, and Python runs the full path (app/metering/pg_charge.py). SQLite: nothing.
 
 Revision ID: 0012_pg_charge
-Revises: 0010_periods
+Revises: 0011_hold_budget
 Create Date: 2026-11-28
 """
 
 from alembic import op
 
 revision = "0012_pg_charge"
-down_revision = "0010_periods"
+down_revision = "0011_hold_budget"
 branch_labels = None
 depends_on = None
 
