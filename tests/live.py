@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ import httpx
 
 from app.devtools.serving import BackgroundServer
 
-__all__ = ["BackgroundServer", "free_port", "serve_in_thread", "start_subprocess", "wait_healthy"]
+__all__ = ["BackgroundServer", "free_port", "serve_in_thread", "server_output", "start_subprocess", "wait_healthy"]
 
 
 @contextmanager
@@ -32,6 +33,9 @@ def free_port() -> int:
 
 
 def start_subprocess(database_url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """The server's stderr goes to a file (a pipe nobody reads would stall a chatty server once
+    full); `server_output(proc)` reads it, so a failing test can show what the server said."""
+    log = tempfile.NamedTemporaryFile(prefix="meterkit-server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -51,10 +55,21 @@ def start_subprocess(database_url: str, port: int, **env: str) -> subprocess.Pop
         ],
         env={**os.environ, "METERKIT_DATABASE_URL": database_url, "METERKIT_ENV": "test", **env},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
-    wait_healthy(proc, f"http://127.0.0.1:{port}", 30, lambda: proc.stderr.read().decode() if proc.stderr else "")
+    log.close()
+    proc.log_path = log.name  # type: ignore[attr-defined]
+    wait_healthy(proc, f"http://127.0.0.1:{port}", 30, lambda: server_output(proc))
     return proc
+
+
+def server_output(proc: subprocess.Popen[Any]) -> str:
+    """What a server started by start_subprocess wrote to stderr so far (its tail)."""
+    path = getattr(proc, "log_path", None)
+    if path is None:
+        return ""
+    with open(path, errors="replace") as f:
+        return f.read()[-20_000:]
 
 
 def wait_healthy(proc: subprocess.Popen[Any], base: str, seconds: float, output: Callable[[], str]) -> None:

@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy import text
 
 from tests.conftest import Api, Database, count_rows
-from tests.live import free_port, start_subprocess
+from tests.live import free_port, server_output, start_subprocess
 from tests.test_metering_concurrency import CHARGE, RELEASE, RESERVE, SETTLE, balance, make_tenant
 
 
@@ -27,6 +27,9 @@ def two_servers(db: Database) -> Iterator[list[str]]:
             procs.append(start_subprocess(db.url, port))
             procs[-1].base = f"http://127.0.0.1:{port}"
         yield [p.base for p in procs]
+    except AssertionError as exc:  # an unexpected answer: show what the servers logged
+        logs = "\n".join(f"--- server {i} stderr ---\n{server_output(p)}" for i, p in enumerate(procs))
+        raise AssertionError(f"{exc}\n{logs}") from exc
     finally:
         for p in procs:
             p.terminate()
