@@ -536,3 +536,22 @@ def test_a_disabled_tenant_endpoint_is_told_to_the_operator_and_the_tenant(
         notice = Webhook(mine_secret).verify(mine.seen[0][1], mine.seen[0][0])
         assert notice["endpointId"] == bad_id and notice["tenantId"] == tid
     assert len(_audited_disables(db, bad_id)) == 1
+
+
+def test_a_policy_with_only_a_low_balance_line_keeps_the_plans_thresholds(api: Api, db: Database) -> None:
+    """No quotaPercents of its own is SQL NULL: the tenant's low-balance line overrides, the plan's
+    quota thresholds still hold, and every charge answers (it once failed on a stored JSON 'null')."""
+    tid, key = quota_tenant(api, quota=10)
+    api(POLICY, {"p": "plan_c", "q": [20, 60]})
+    res = api(POLICY, {"t": tid, "l": "498"})["setAlertPolicy"]
+    assert res["quotaPercents"] is None and res["lowBalanceCredits"] == "498", res
+    with db.engine.connect() as c:
+        stored = c.execute(text("SELECT quota_percents FROM alert_policy WHERE tenant_id = :t"), {"t": tid}).one()
+    assert stored[0] is None
+    kinds = [
+        api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"n{i}"}}, key=key)["charge"]["__typename"]
+        for i in range(6)
+    ]
+    assert kinds == ["Charged"] * 6
+    assert [e["threshold"] for e in typed_events(db, tid, "quota.threshold")] == [20, 60]
+    assert len(typed_events(db, tid, "balance.low")) == 1

@@ -69,3 +69,21 @@ def test_hold_budget_migration_up_and_down_keeps_the_alert_rows(empty_url: str) 
     with engine.connect() as c:
         assert "held_credits" not in set(c.execute(text("SELECT * FROM key_budget_usage")).keys())
     engine.dispose()
+
+
+def test_policy_nulls_migration_turns_a_stored_json_null_into_sql_null(empty_url: str) -> None:  # noqa: F811
+    upgrade(empty_url, "0012_pg_charge", lock=False)
+    engine = create_engine(normalize_url(empty_url))
+    with engine.begin() as c:
+        c.execute(text(ROWS[0]))
+        c.execute(
+            text(
+                "INSERT INTO alert_policy (tenant_id, quota_percents, low_balance, updated_at) "
+                f"VALUES ('{T}', 'null', 5, {AT})"
+            )
+        )
+    upgrade(empty_url, "head", lock=False)
+    with engine.connect() as c:
+        row = c.execute(text("SELECT quota_percents IS NULL, low_balance FROM alert_policy")).one()
+    assert tuple(row) == (True, 5)
+    engine.dispose()

@@ -92,6 +92,7 @@ class AlertPolicy(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(_SERIAL, Identity(), primary_key=True))
     plan_key: str | None = Field(default=None, foreign_key="plan.key", max_length=64, unique=True)
     tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, unique=True)
-    quota_percents: list[int] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # none_as_null: "no thresholds of its own" is SQL NULL, so COALESCE falls back to the plan's
+    quota_percents: list[int] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))
     low_balance: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))  # micro-credits
     updated_at: datetime = Field(sa_column=ts_column())
