@@ -55,6 +55,12 @@ class Context:
             return self._run(fn, False)
         return await run_in_threadpool(self._run, fn, False)
 
+    async def read_conn(self, fn: Callable[[Connection], T]) -> T:
+        """A read on a bare connection (no ORM session): for hot reads written as plain SQL."""
+        if self._inline:
+            return self._run_conn(fn, False)
+        return await run_in_threadpool(self._run_conn, fn, False)
+
     async def write(self, fn: Callable[[Session], T]) -> T:
         # The whole transaction runs in one thread hop: no await between BEGIN and COMMIT.
         if self._inline:
@@ -76,8 +82,8 @@ class Context:
         except IntegrityError:  # the same PostgreSQL race as in write(): run once more
             return await run_in_threadpool(self._run_conn, fn)
 
-    def _run_conn(self, fn: Callable[[Connection], T]) -> T:
-        with connection_of_work(self.engine) as conn:
+    def _run_conn(self, fn: Callable[[Connection], T], write: bool = True) -> T:
+        with connection_of_work(self.engine, write=write) as conn:
             return fn(conn)
 
     @property
