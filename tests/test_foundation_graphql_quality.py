@@ -9,20 +9,11 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaskErrors,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-)
+from graphql.validation import NoSchemaIntrospectionCustomRule
 
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
-from app.graphql.guard import RequestGuard
-from app.graphql.permissions import PermissionGuard
+from app.graphql.guard import Gateway, GatewayRunner
 from app.graphql.schema import build_schema
 from app.main import create_app
 from app.settings import Settings
@@ -56,22 +47,25 @@ def _extension_instances(settings: Settings) -> list[Any]:
 
 
 def test_caches_and_guards_are_configured() -> None:
-    kinds = {type(e) for e in _extension_instances(Settings(env="development"))}
-    # RequestGuard validates through its own LRU (ValidationCache cannot pass hide_suggestions);
-    # tests/test_graphql_cost.py checks that it hits.
-    assert {ParserCache, RequestGuard, MaxTokensLimiter} <= kinds
-    # The depth and alias limits are validation rules (their own extensions, or rules built once per
-    # schema so the ValidationCache hits); the tests below check that both are enforced.
-    assert {QueryDepthLimiter, MaxAliasesLimiter} <= kinds or AddValidationRules in kinds
-    assert {PermissionGuard, MaskErrors} <= kinds
-    assert DisableIntrospection not in kinds
-    assert DisableIntrospection in {type(e) for e in _extension_instances(Settings(env="production"))}
+    # Every guard lives in one per-request extension, the Gateway (app/graphql/guard.py): parse
+    # cache, token limit, cost verdict, cached validation, permissions, masking. The tests below
+    # and tests/test_graphql_cost.py check that each is enforced and that the caches hit.
+    (dev,) = _extension_instances(Settings(env="development"))
+    (prod,) = _extension_instances(Settings(env="production"))
+    assert isinstance(dev, Gateway) and isinstance(prod, Gateway)
+    assert dev.config.max_tokens == 4000 and dev.config.limits.max_fields == 2000
+    # The depth and alias limits are rules built once per schema, so the validation cache hits.
+    assert len(dev.config.rules) == 2
+    assert NoSchemaIntrospectionCustomRule not in dev.config.rules
+    assert prod.config.rules[-1] is NoSchemaIntrospectionCustomRule and prod.config.hide_suggestions
     # A fresh extension per request: no instance is shared between two requests.
     schema = build_schema(Settings())
     assert all(callable(e) for e in schema.extensions)
     first = [e() for e in schema.extensions]
     second = [e() for e in schema.extensions]
     assert all(a is not b for a, b in zip(first, second, strict=True))
+    # The schema runs it with plain calls, not Strawberry's per-hook context managers.
+    assert isinstance(schema.create_extensions_runner(None, first), GatewayRunner)  # type: ignore[arg-type]
 
 
 def _post(client: TestClient, headers: dict[str, str], query: str, **kw: Any) -> Any:

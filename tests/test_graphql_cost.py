@@ -149,22 +149,29 @@ def test_limits_follow_settings(db: Any, clock: Any) -> None:
 
 
 def test_a_repeated_document_hits_both_caches(api: Api) -> None:
-    """The charge hot path: the second identical query costs a verdict lookup and a validation
-    cache hit, not a walk and a validation."""
-    from app.graphql.guard import VerdictCache
+    """The charge hot path: the second identical query costs a parse cache hit, a verdict lookup
+    and a validation cache hit, not a parse, a walk and a validation."""
+    from app.graphql.guard import Gateway, parse_cache_info
 
     query = "{ plans { key } __typename }"
     api(query)
-    verdicts: list[VerdictCache] = []
+    verdicts = []
     for ext in api.client.app.state.meterkit.schema.extensions:  # type: ignore[attr-defined]
         instance = ext()
-        if hasattr(instance, "verdicts"):
-            verdicts.append(instance.verdicts)
+        if isinstance(instance, Gateway):
+            verdicts.append(instance.config.verdicts)
     (cache,) = verdicts
-    hits, validated = cache.hits, validation_cache_info().hits
+    hits, validated = cache.hits, validation_cache_info()
+    parsed = parse_cache_info()
     api(query)
     assert cache.hits == hits + 1
-    assert validation_cache_info().hits == validated + 1
+    assert validation_cache_info().hits == validated.hits + 1 and validation_cache_info().misses == validated.misses
+    assert parse_cache_info().hits == parsed.hits + 1 and parse_cache_info().misses == parsed.misses
+    # Another document text is parsed and validated once, then hits too.
+    api("{ __typename plans { key } }")
+    api("{ __typename plans { key } }")
+    assert parse_cache_info().misses == parsed.misses + 1 and parse_cache_info().hits == parsed.hits + 2
+    assert validation_cache_info().misses == validated.misses + 1
 
 
 def test_refused_documents_are_remembered(api: Api) -> None:
