@@ -34,10 +34,14 @@ class Context:
     principal: Principal | None
     scope: TenantScope | None
     live: LiveHub | None = None  # subscriptions wait on it (app/live)
-    loaders: Loaders = field(init=False)
+    _loaders: Loaders | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.loaders = Loaders(self)
+    @property
+    def loaders(self) -> Loaders:
+        """Made on first use: most requests (a charge, a check) never batch a read."""
+        if self._loaders is None:
+            self._loaders = Loaders(self)
+        return self._loaders
 
     def require_scope(self) -> TenantScope:
         if self.scope is None:
