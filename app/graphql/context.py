@@ -43,6 +43,11 @@ class Context:
             self._loaders = Loaders(self)
         return self._loaders
 
+    @loaders.setter
+    def loaders(self, value: Loaders) -> None:
+        # A long-lived context (a subscription) starts over with fresh loaders (app/live/graphql.py).
+        self._loaders = value
+
     def require_scope(self) -> TenantScope:
         if self.scope is None:
             raise ValidationFailed(
