@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from starlette.testclient import TestClient
 from graphql.validation import NoSchemaIntrospectionCustomRule
+from starlette.testclient import TestClient
 
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
