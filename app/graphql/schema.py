@@ -24,6 +24,7 @@ from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.cost import CostLimits
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache
+from app.graphql.inputs import install as install_input_plans
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.live.graphql import LiveSubscription
@@ -183,6 +184,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
     )
     schema.hide_suggestions = hide
+    # Input objects from a plan made once per type (app/graphql/inputs.py).
+    install_input_plans(t.definition for t in schema.schema_converter.type_map.values())
     return schema
 
 
