@@ -19,7 +19,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -99,7 +98,43 @@ class _BudgetRule(ASTValidationRule):
             self.tick()
 
 
-@lru_cache(maxsize=512)
+class _Lru:
+    """A bounded LRU of the last documents seen, with hit and miss counts (for tests)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+
+# Query text (and parse options) -> DocumentNode: the same text gives the same node, so the
+# verdict and validation caches below key on the node's identity.
+_PARSED = _Lru(512)
+# (schema, document, rules, hide) by identity -> validation errors. graphql-core's nodes hash by
+# content (a walk of the whole document per lookup); identity is enough, as the parse cache hands
+# the same node back, and each entry holds its schema and document so their ids stay theirs.
+_VALIDATED = _Lru(512)
+
+
 def _validate(
     schema: GraphQLSchema, doc: DocumentNode, rules: tuple[type[ASTValidationRule], ...], hide: bool
 ) -> list[GraphQLError]:
@@ -110,21 +145,26 @@ def _validate(
         MaybeNullValidationRule,
         OneOfInputValidationRule,
     )
-    return validate(schema, doc, all_rules, hide_suggestions=hide)
+    errors = validate(schema, doc, all_rules, hide_suggestions=hide)
+    _VALIDATED.put((id(schema), id(doc), rules, hide), (schema, doc, errors))
+    return errors
 
 
-def validation_cache_info() -> Any:
-    return _validate.cache_info()
+def _cached_validation(
+    schema: GraphQLSchema, doc: DocumentNode, rules: tuple[type[ASTValidationRule], ...], hide: bool
+) -> list[GraphQLError] | None:
+    hit = _VALIDATED.get((id(schema), id(doc), rules, hide))
+    if hit is not None and hit[0] is schema and hit[1] is doc:
+        return hit[2]  # type: ignore[no-any-return]
+    return None
 
 
-@lru_cache(maxsize=512)
-def _parse(query: str, **options: Any) -> DocumentNode:
-    # The same query text gives the same DocumentNode: the verdict and validation caches key on it.
-    return parse(query, **options)
+def validation_cache_info() -> _Lru:
+    return _VALIDATED
 
 
-def parse_cache_info() -> Any:
-    return _parse.cache_info()
+def parse_cache_info() -> _Lru:
+    return _PARSED
 
 
 @dataclass(frozen=True)
@@ -190,12 +230,21 @@ class Gateway(SchemaExtension):
     # ---- parse ---------------------------------------------------------------------------------
 
     def begin_parse(self) -> None:
-        self._tick = cpu_deadline(self.config.budget_ms)
         ec = self.execution_context
-        ec.graphql_document = _parse(ec.query, **ec.parse_options)
+        assert ec.query is not None  # Strawberry refuses a request without one before parsing
+        key = (ec.query, *ec.parse_options.items())
+        doc = _PARSED.get(key)
+        if doc is None:
+            # The CPU budget runs from here. A document from the cache cost nothing to parse: its
+            # budget, if it needs one, starts when validation does (no clock read on the hot path).
+            self._tick = cpu_deadline(self.config.budget_ms)
+            doc = parse(ec.query, **ec.parse_options)
+            _PARSED.put(key, doc)
+        ec.graphql_document = doc
 
     def end_parse(self) -> None:
-        assert self._tick is not None
+        if self._tick is None:
+            return
         try:
             self._tick()
         except BudgetExceeded as exc:
@@ -208,12 +257,12 @@ class Gateway(SchemaExtension):
         ec = self.execution_context
         doc = ec.graphql_document
         assert doc is not None
-        tick = self._tick or cpu_deadline(cfg.budget_ms)
         verdict = cfg.verdicts.get(doc)
         if verdict is None:
             verdict = _ACCEPTED
+            self._tick = self._tick or cpu_deadline(cfg.budget_ms)
             try:
-                measure(doc, cfg.limits, tick)
+                measure(doc, cfg.limits, self._tick)
             except CostExceeded as exc:
                 verdict = Refusal(exc.limit, exc.maximum, exc.message)
             except BudgetExceeded as exc:
@@ -227,15 +276,18 @@ class Gateway(SchemaExtension):
         if verdict is not _ACCEPTED:
             ec.pre_execution_errors = [verdict.error()]
             return
-        token = _TICK.set(tick)
-        try:
-            errors = _validate(ec.schema._schema, doc, tuple(ec.validation_rules), cfg.hide_suggestions)
-        except BudgetExceeded as exc:
-            refusal = _budget_refusal(exc)
-            cfg.verdicts.put(doc, refusal)
-            errors = [refusal.error()]
-        finally:
-            _TICK.reset(token)
+        schema, rules = ec.schema._schema, tuple(ec.validation_rules)
+        errors = _cached_validation(schema, doc, rules, cfg.hide_suggestions)
+        if errors is None:
+            token = _TICK.set(self._tick or cpu_deadline(cfg.budget_ms))
+            try:
+                errors = _validate(schema, doc, rules, cfg.hide_suggestions)
+            except BudgetExceeded as exc:
+                refusal = _budget_refusal(exc)
+                cfg.verdicts.put(doc, refusal)
+                errors = [refusal.error()]
+            finally:
+                _TICK.reset(token)
         ec.pre_execution_errors = errors
 
     # ---- execute: who may call which root field ------------------------------------------------
