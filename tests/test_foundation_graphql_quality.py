@@ -204,3 +204,28 @@ def test_graphiql_assets_are_served_locally(api: Api) -> None:
         assert r.status_code == 200, path
         assert base64.b64encode(hashlib.sha384(r.content).digest()).decode() == digest, path
     assert api.client.get("/graphiql-assets/../settings.py").status_code == 404
+
+
+def test_response_bodies_encode_what_orjson_refuses(api: Api) -> None:
+    """GraphQL answers are written with orjson; what it refuses (a lone surrogate echoed from the
+    client's own document, an integer past 64 bits) is written by json as before: never a 500."""
+    import orjson
+
+    from app.main import _encode
+
+    assert _encode({"a": "\ud800"}) == '{"a":"\\ud800"}'
+    assert _encode({"n": 2**70}) == '{"n":1180591620717411303424}'
+    assert _encode({"data": {"x": "é"}}) == orjson.dumps({"data": {"x": "é"}})
+    # A lone surrogate sent in a variable comes back escaped, from the orjson path.
+    r = api.client.post(
+        "/graphql",
+        content=json.dumps(
+            {
+                "query": "query($p: String!) { priceQuote(input: {primitive: $p}) { __typename } }",
+                "variables": {"p": "\\ud800x"},
+            }
+        ),
+        headers={"Authorization": f"Bearer {api.operator_key}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"data": {"priceQuote": {"__typename": "ValidationError"}}}
