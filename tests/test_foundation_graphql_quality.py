@@ -216,7 +216,7 @@ def test_response_bodies_encode_what_orjson_refuses(api: Api) -> None:
     assert _encode({"a": "\ud800"}) == '{"a":"\\ud800"}'
     assert _encode({"n": 2**70}) == '{"n":1180591620717411303424}'
     assert _encode({"data": {"x": "é"}}) == orjson.dumps({"data": {"x": "é"}})
-    # A lone surrogate sent in a variable comes back escaped, from the orjson path.
+    # A client's odd input (a backslash-u text) answers as before, from the orjson path.
     r = api.client.post(
         "/graphql",
         content=json.dumps(

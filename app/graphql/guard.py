@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -126,9 +126,6 @@ class _Lru:
                 self._items.popitem(last=False)
 
 
-# Query text (and parse options) -> DocumentNode: the same text gives the same node, so the
-# verdict and validation caches below key on the node's identity.
-_PARSED = _Lru(512)
 # (schema, document, rules, hide) by identity -> validation errors. graphql-core's nodes hash by
 # content (a walk of the whole document per lookup); identity is enough, as the parse cache hands
 # the same node back, and each entry holds its schema and document so their ids stay theirs.
@@ -163,10 +160,6 @@ def validation_cache_info() -> _Lru:
     return _VALIDATED
 
 
-def parse_cache_info() -> _Lru:
-    return _PARSED
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     """A schema's request guards, built once per schema (app/graphql/schema.py)."""
@@ -180,6 +173,10 @@ class GatewayConfig:
     # Built once, so the validation cache key stays the same from request to request.
     rules: tuple[type[ASTValidationRule], ...]
     should_mask: Callable[[GraphQLError], bool]
+    # Query text (and parse options) -> DocumentNode, one per schema: the same text gives the same
+    # node, so the verdict and validation caches key on the node's identity. Only documents parsed
+    # within the CPU budget are kept.
+    parsed: _Lru = field(default_factory=lambda: _Lru(512))
 
 
 class Gateway(SchemaExtension):
@@ -198,6 +195,7 @@ class Gateway(SchemaExtension):
         super().__init__()
         self.config = config
         self._tick: Callable[[], None] | None = None
+        self._parsed: tuple[Any, DocumentNode] | None = None
         self._stream_result_processed = False
 
     # ---- operation: limits in, errors out ----------------------------------------------------
@@ -233,13 +231,13 @@ class Gateway(SchemaExtension):
         ec = self.execution_context
         assert ec.query is not None  # Strawberry refuses a request without one before parsing
         key = (ec.query, *ec.parse_options.items())
-        doc = _PARSED.get(key)
+        doc = self.config.parsed.get(key)
         if doc is None:
             # The CPU budget runs from here. A document from the cache cost nothing to parse: its
             # budget, if it needs one, starts when validation does (no clock read on the hot path).
             self._tick = cpu_deadline(self.config.budget_ms)
             doc = parse(ec.query, **ec.parse_options)
-            _PARSED.put(key, doc)
+            self._parsed = (key, doc)
         ec.graphql_document = doc
 
     def end_parse(self) -> None:
@@ -249,6 +247,8 @@ class Gateway(SchemaExtension):
             self._tick()
         except BudgetExceeded as exc:
             raise _budget_refusal(exc).error() from None
+        if self._parsed is not None:
+            self.config.parsed.put(*self._parsed)  # parsed within the budget: next time, a lookup
 
     # ---- validate: cost verdict, variables, then cached validation ------------------------------
 
