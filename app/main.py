@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
@@ -60,6 +61,17 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             # JSON nested past the parser's stack: the same 400 as any unparsable body, not a 500.
             raise json.JSONDecodeError("nested too deeply", "", 0) from None
 
+    def create_response(self, response_data: Any, sub_response: Response) -> Response:
+        # As Strawberry's, with the body encoded by orjson (a charge's answer: ~9 us with json, under
+        # 1 us). Only here: websocket messages stay text frames (encode_json).
+        response = Response(_encode(response_data), status_code=200, media_type="application/json")
+        response.headers.raw.extend(sub_response.headers.raw)
+        if sub_response.background:
+            response.background = sub_response.background
+        if sub_response.status_code:
+            response.status_code = sub_response.status_code
+        return response
+
     @property
     def graphql_ide_html(self) -> str:
         return local_ide_html(super().graphql_ide_html)
@@ -75,6 +87,15 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             scope=None if websocket else request.state.scope,
             live=st.live,
         )
+
+
+def _encode(data: Any) -> bytes | str:
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        # What orjson refuses and json writes: an integer past 64 bits, a string with a lone
+        # surrogate (echoed from a client's document in an error message).
+        return json.dumps(data, separators=(",", ":"))
 
 
 class AppState:

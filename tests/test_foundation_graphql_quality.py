@@ -8,21 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from graphql.validation import NoSchemaIntrospectionCustomRule
 from starlette.testclient import TestClient
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaskErrors,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-)
 
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
-from app.graphql.guard import RequestGuard
-from app.graphql.permissions import PermissionGuard
+from app.graphql.guard import Gateway, GatewayRunner
 from app.graphql.schema import build_schema
 from app.main import create_app
 from app.settings import Settings
@@ -56,22 +47,25 @@ def _extension_instances(settings: Settings) -> list[Any]:
 
 
 def test_caches_and_guards_are_configured() -> None:
-    kinds = {type(e) for e in _extension_instances(Settings(env="development"))}
-    # RequestGuard validates through its own LRU (ValidationCache cannot pass hide_suggestions);
-    # tests/test_graphql_cost.py checks that it hits.
-    assert {ParserCache, RequestGuard, MaxTokensLimiter} <= kinds
-    # The depth and alias limits are validation rules (their own extensions, or rules built once per
-    # schema so the ValidationCache hits); the tests below check that both are enforced.
-    assert {QueryDepthLimiter, MaxAliasesLimiter} <= kinds or AddValidationRules in kinds
-    assert {PermissionGuard, MaskErrors} <= kinds
-    assert DisableIntrospection not in kinds
-    assert DisableIntrospection in {type(e) for e in _extension_instances(Settings(env="production"))}
+    # Every guard lives in one per-request extension, the Gateway (app/graphql/guard.py): parse
+    # cache, token limit, cost verdict, cached validation, permissions, masking. The tests below
+    # and tests/test_graphql_cost.py check that each is enforced and that the caches hit.
+    (dev,) = _extension_instances(Settings(env="development"))
+    (prod,) = _extension_instances(Settings(env="production"))
+    assert isinstance(dev, Gateway) and isinstance(prod, Gateway)
+    assert dev.config.max_tokens == 4000 and dev.config.limits.max_fields == 2000
+    # The depth and alias limits are rules built once per schema, so the validation cache hits.
+    assert len(dev.config.rules) == 2
+    assert NoSchemaIntrospectionCustomRule not in dev.config.rules
+    assert prod.config.rules[-1] is NoSchemaIntrospectionCustomRule and prod.config.hide_suggestions
     # A fresh extension per request: no instance is shared between two requests.
     schema = build_schema(Settings())
     assert all(callable(e) for e in schema.extensions)
     first = [e() for e in schema.extensions]
     second = [e() for e in schema.extensions]
     assert all(a is not b for a, b in zip(first, second, strict=True))
+    # The schema runs it with plain calls, not Strawberry's per-hook context managers.
+    assert isinstance(schema.create_extensions_runner(None, first), GatewayRunner)  # type: ignore[arg-type]
 
 
 def _post(client: TestClient, headers: dict[str, str], query: str, **kw: Any) -> Any:
@@ -210,3 +204,28 @@ def test_graphiql_assets_are_served_locally(api: Api) -> None:
         assert r.status_code == 200, path
         assert base64.b64encode(hashlib.sha384(r.content).digest()).decode() == digest, path
     assert api.client.get("/graphiql-assets/../settings.py").status_code == 404
+
+
+def test_response_bodies_encode_what_orjson_refuses(api: Api) -> None:
+    """GraphQL answers are written with orjson; what it refuses (a lone surrogate echoed from the
+    client's own document, an integer past 64 bits) is written by json as before: never a 500."""
+    import orjson
+
+    from app.main import _encode
+
+    assert _encode({"a": "\ud800"}) == '{"a":"\\ud800"}'
+    assert _encode({"n": 2**70}) == '{"n":1180591620717411303424}'
+    assert _encode({"data": {"x": "é"}}) == orjson.dumps({"data": {"x": "é"}})
+    # A client's odd input (a backslash-u text) answers as before, from the orjson path.
+    r = api.client.post(
+        "/graphql",
+        content=json.dumps(
+            {
+                "query": "query($p: String!) { priceQuote(input: {primitive: $p}) { __typename } }",
+                "variables": {"p": "\\ud800x"},
+            }
+        ),
+        headers={"Authorization": f"Bearer {api.operator_key}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"data": {"priceQuote": {"__typename": "ValidationError"}}}

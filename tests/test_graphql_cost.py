@@ -5,6 +5,7 @@ on the rule's visited-step counter, not only on the clock); the caches still hit
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -149,22 +150,33 @@ def test_limits_follow_settings(db: Any, clock: Any) -> None:
 
 
 def test_a_repeated_document_hits_both_caches(api: Api) -> None:
-    """The charge hot path: the second identical query costs a verdict lookup and a validation
-    cache hit, not a walk and a validation."""
-    from app.graphql.guard import VerdictCache
+    """The charge hot path: the second identical query costs a parse cache hit, a verdict lookup
+    and a validation cache hit, not a parse, a walk and a validation."""
+    from app.graphql.guard import Gateway
 
     query = "{ plans { key } __typename }"
     api(query)
-    verdicts: list[VerdictCache] = []
+    configs = []
     for ext in api.client.app.state.meterkit.schema.extensions:  # type: ignore[attr-defined]
         instance = ext()
-        if hasattr(instance, "verdicts"):
-            verdicts.append(instance.verdicts)
-    (cache,) = verdicts
-    hits, validated = cache.hits, validation_cache_info().hits
+        if isinstance(instance, Gateway):
+            configs.append(instance.config)
+    (config,) = configs
+    verdicts, parsed_cache = config.verdicts, config.parsed
+
+    def counts() -> tuple[int, int, int, int, int]:
+        v = validation_cache_info()
+        return verdicts.hits, parsed_cache.hits, parsed_cache.misses, v.hits, v.misses
+
+    before = counts()
     api(query)
-    assert cache.hits == hits + 1
-    assert validation_cache_info().hits == validated + 1
+    assert counts() == (before[0] + 1, before[1] + 1, before[2], before[3] + 1, before[4])
+    # Another document text (new: the validation cache outlives a test) is parsed and validated
+    # once, then hits too.
+    other = "{ __typename plans { key } } # " + uuid.uuid4().hex
+    api(other)
+    api(other)
+    assert counts() == (before[0] + 2, before[1] + 2, before[2] + 1, before[3] + 2, before[4] + 1)
 
 
 def test_refused_documents_are_remembered(api: Api) -> None:
@@ -191,10 +203,14 @@ def test_cpu_budget_refuses_past_it(db: Any, clock: Any) -> None:
     with unit_of_work(db.engine) as s:
         _, raw = create_api_key(s, clock, role="operator", scope=None, name="t")
     with TestClient(app) as client:
-        r = client.post("/graphql", json={"query": "{ plans { key } }"}, headers={"Authorization": f"Bearer {raw}"})
-        assert r.status_code == 200
-        (err,) = r.json()["errors"]
-        assert err["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": "graphql_cpu_budget_ms", "max": 0.001}
+        # Twice: a document refused while parsing is not kept by the parse cache, so it is refused again.
+        for _ in range(2):
+            r = client.post(
+                "/graphql", json={"query": "{ plans { key } }"}, headers={"Authorization": f"Bearer {raw}"}
+            )
+            assert r.status_code == 200
+            (err,) = r.json()["errors"]
+            assert err["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": "graphql_cpu_budget_ms", "max": 0.001}
 
 
 def test_cpu_budget_sets_garbage_collection_aside() -> None:

@@ -256,3 +256,107 @@ def test_check_lists_the_packs_when_credits_are_insufficient(api: Api) -> None:
     # At -1, any new work is refused, and the shortfall counts the debt.
     broke = api(q, {"p": "email.send"}, key=key)["check"]
     assert broke["reason"] == "INSUFFICIENT_CREDITS" and broke["shortfall"] == "2" and broke["packs"], broke
+
+
+@contextmanager
+def every_statement(engine: Any) -> Iterator[list[str]]:
+    """Every statement the driver runs, SQLAlchemy's and the hot paths' plain SQL alike (which skips
+    SQLAlchemy's events): SQLite's trace callback, or a counting psycopg cursor on PostgreSQL.
+    Transaction control (BEGIN, COMMIT, ROLLBACK) and PRAGMAs are left out."""
+    seen: list[str] = []
+
+    def keep(statement: str) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA")):
+            seen.append(statement)
+
+    if engine.dialect.name == "sqlite":
+
+        def on_checkout(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.set_trace_callback(keep)
+
+        def on_checkin(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.set_trace_callback(None)
+
+    else:
+        import psycopg
+
+        class Counting(psycopg.Cursor):  # type: ignore[type-arg]
+            def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+                keep(str(query))
+                return super().execute(query, params, **kw)
+
+        def on_checkout(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.cursor_factory = Counting
+
+        def on_checkin(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.cursor_factory = psycopg.Cursor
+
+    event.listen(engine, "checkout", on_checkout)
+    event.listen(engine, "checkin", on_checkin)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "checkout", on_checkout)
+        event.remove(engine, "checkin", on_checkin)
+
+
+CHECK_USED = """query($p: String!) { check(primitive: $p) { __typename ... on CheckResult {
+  allowed reason used quota remaining availableCredits price } } }"""
+
+
+def test_check_is_one_statement_and_reads_the_period_a_charge_would_count(api: Api, clock: FrozenClock) -> None:
+    """The read-only check costs one statement when a recorded period holds now (the common case),
+    three when none does yet (the predicted period, then its count), and answers what the charge
+    answers: the same count, quota and available credits."""
+    seed_catalog(api)
+    tid = api.create_tenant("Checked")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    key = api.tenant_key(tid)
+    charged = {}
+    for i in range(3):
+        charged = api(
+            """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged {
+              creditsRemaining usage { used quota remaining } } } }""",
+            {"i": {"primitive": "email.send", "idempotencyKey": f"c{i}"}},
+            key=key,
+        )["charge"]
+    assert charged["__typename"] == "Charged", charged
+
+    def statements(query: str, variables: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        # The same key's `{ __typename }` is the baseline: what auth costs (its cache is off in tests).
+        with every_statement(api.db.engine) as base:
+            api("{ __typename }", key=key)
+        with every_statement(api.db.engine) as seen:
+            data = api(query, variables, key=key)
+        return len(seen) - len(base), data
+
+    n, data = statements(CHECK_USED, {"p": "email.send"})
+    usage = charged["usage"]
+    assert data["check"] == {
+        "__typename": "CheckResult",
+        "allowed": True,
+        "reason": None,
+        "used": usage["used"],
+        "quota": usage["quota"],
+        "remaining": usage["remaining"],
+        "availableCredits": charged["creditsRemaining"],
+        "price": "1",
+    }
+    assert usage["used"] == 3 and n == 1, n
+    # A connection check reads the same one statement.
+    n, data = statements('{ check(connection: "slack") { ... on CheckResult { allowed reason } } }')
+    assert n == 1 and data["check"] == {"allowed": False, "reason": "NOT_ENTITLED"}
+    # Past the recorded period, before a charge records the next one: nothing counted there yet.
+    clock.advance(days=40)
+    n, data = statements(CHECK_USED, {"p": "email.send"})
+    assert n == 3 and data["check"]["used"] == 0 and data["check"]["remaining"] == 1000, (n, data)
+    after = api(
+        """mutation($i: MeterInput!) { charge(input: $i) { ... on Charged { usage { used remaining } } } }""",
+        {"i": {"primitive": "email.send", "idempotencyKey": "next"}},
+        key=key,
+    )["charge"]
+    n, data = statements(CHECK_USED, {"p": "email.send"})
+    assert n == 1 and (data["check"]["used"], data["check"]["remaining"]) == (1, 999) == tuple(after["usage"].values())
+    # An unknown primitive is the typed error it was, from the same statement.
+    n, data = statements('{ check(primitive: "no.such") { __typename ... on ValidationError { code } } }')
+    assert n == 1 and data["check"] == {"__typename": "ValidationError", "code": "UNKNOWN_PRIMITIVE"}, data

@@ -34,10 +34,19 @@ class Context:
     principal: Principal | None
     scope: TenantScope | None
     live: LiveHub | None = None  # subscriptions wait on it (app/live)
-    loaders: Loaders = field(init=False)
+    _loaders: Loaders | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.loaders = Loaders(self)
+    @property
+    def loaders(self) -> Loaders:
+        """Made on first use: most requests (a charge, a check) never batch a read."""
+        if self._loaders is None:
+            self._loaders = Loaders(self)
+        return self._loaders
+
+    @loaders.setter
+    def loaders(self, value: Loaders) -> None:
+        # A long-lived context (a subscription) starts over with fresh loaders (app/live/graphql.py).
+        self._loaders = value
 
     def require_scope(self) -> TenantScope:
         if self.scope is None:
@@ -54,6 +63,12 @@ class Context:
         if self._inline:
             return self._run(fn, False)
         return await run_in_threadpool(self._run, fn, False)
+
+    async def read_conn(self, fn: Callable[[Connection], T]) -> T:
+        """A read on a bare connection (no ORM session): for hot reads written as plain SQL."""
+        if self._inline:
+            return self._run_conn(fn, False)
+        return await run_in_threadpool(self._run_conn, fn, False)
 
     async def write(self, fn: Callable[[Session], T]) -> T:
         # The whole transaction runs in one thread hop: no await between BEGIN and COMMIT.
@@ -76,8 +91,8 @@ class Context:
         except IntegrityError:  # the same PostgreSQL race as in write(): run once more
             return await run_in_threadpool(self._run_conn, fn)
 
-    def _run_conn(self, fn: Callable[[Connection], T]) -> T:
-        with connection_of_work(self.engine) as conn:
+    def _run_conn(self, fn: Callable[[Connection], T], write: bool = True) -> T:
+        with connection_of_work(self.engine, write=write) as conn:
             return fn(conn)
 
     @property

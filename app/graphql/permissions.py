@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from graphql import FieldNode, GraphQLError, OperationDefinitionNode
-from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
@@ -112,46 +111,44 @@ def _forbidden(message: str, code: str = "FORBIDDEN") -> ExecutionResult:
     return ExecutionResult(data=None, errors=[GraphQLError(message, extensions={"code": code})])
 
 
-class PermissionGuard(SchemaExtension):
-    """Checks each root field of the operation against the catalog before anything runs."""
+def guard_root_fields(ec: Any) -> None:
+    """Checks each root field of the operation against the catalog before anything runs (called by
+    the request's Gateway extension, app/graphql/guard.py, as execution starts)."""
+    doc = ec.graphql_document
+    ctx = ec.context
+    if doc is not None:
+        denied = _denied(doc, ec.operation_name, ctx)
+        if denied:
+            code = "UNAUTHENTICATED" if getattr(ctx, "principal", None) is None else "FORBIDDEN"
+            if ec.operation_type is OperationType.SUBSCRIPTION:
+                # A subscription starts whatever the result says: refuse it by raising.
+                raise GraphQLError(denied, extensions={"code": code})
+            ec.result = _forbidden(denied, code)
 
-    def on_execute(self) -> Any:
-        ec = self.execution_context
-        doc = ec.graphql_document
-        ctx = ec.context
-        if doc is not None:
-            denied = self._denied(doc, ec.operation_name, ctx)
-            if denied:
-                code = "UNAUTHENTICATED" if getattr(ctx, "principal", None) is None else "FORBIDDEN"
-                if ec.operation_type is OperationType.SUBSCRIPTION:
-                    # A subscription starts whatever the result says: refuse it by raising.
-                    raise GraphQLError(denied, extensions={"code": code})
-                ec.result = _forbidden(denied, code)  # type: ignore[assignment]
-        yield
 
-    def _denied(self, doc: Any, operation_name: str | None, ctx: Any) -> str | None:
-        ops = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
-        if operation_name:
-            ops = [o for o in ops if o.name and o.name.value == operation_name]
-        if len(ops) != 1:
-            return None  # graphql-core reports the ambiguity itself
-        op = ops[0]
-        type_name = op.operation.value.capitalize()
-        principal = getattr(ctx, "principal", None)
-        for sel in op.selection_set.selections:
-            if not isinstance(sel, FieldNode):
-                # Fragments on the root type: refuse rather than walk them.
-                return "fragments are not allowed on the root type"
-            name = sel.name.value
-            if name in _PUBLIC:
-                continue
-            if principal is None:
-                return "authentication required: send Authorization: Bearer <key>"
-            rule = CATALOG.get(f"{type_name}.{name}")
-            if rule is None or principal.role not in rule.roles:
-                return f"not allowed: {type_name}.{name} for a {principal.role} key"
-            try:
-                require_scope(principal, rule.scope)
-            except ScopeDenied as exc:
-                return f"not allowed: {type_name}.{name}: {exc}"
-        return None
+def _denied(doc: Any, operation_name: str | None, ctx: Any) -> str | None:
+    ops = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name:
+        ops = [o for o in ops if o.name and o.name.value == operation_name]
+    if len(ops) != 1:
+        return None  # graphql-core reports the ambiguity itself
+    op = ops[0]
+    type_name = op.operation.value.capitalize()
+    principal = getattr(ctx, "principal", None)
+    for sel in op.selection_set.selections:
+        if not isinstance(sel, FieldNode):
+            # Fragments on the root type: refuse rather than walk them.
+            return "fragments are not allowed on the root type"
+        name = sel.name.value
+        if name in _PUBLIC:
+            continue
+        if principal is None:
+            return "authentication required: send Authorization: Bearer <key>"
+        rule = CATALOG.get(f"{type_name}.{name}")
+        if rule is None or principal.role not in rule.roles:
+            return f"not allowed: {type_name}.{name} for a {principal.role} key"
+        try:
+            require_scope(principal, rule.scope)
+        except ScopeDenied as exc:
+            return f"not allowed: {type_name}.{name}: {exc}"
+    return None

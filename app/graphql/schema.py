@@ -8,15 +8,8 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaskErrors,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-)
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -30,8 +23,8 @@ from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.cost import CostLimits
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from app.graphql.guard import RequestGuard, VerdictCache
-from app.graphql.permissions import PermissionGuard
+from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache
+from app.graphql.inputs import install as install_input_plans
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.live.graphql import LiveSubscription
@@ -127,6 +120,12 @@ class MeterkitSchema(strawberry.Schema):
             kwargs["hide_suggestions"] = True
         return kwargs
 
+    def create_extensions_runner(self, execution_context: Any, extensions: list[Any]) -> Any:
+        # The Gateway alone: its phases as plain calls (GatewayRunner), not context managers.
+        if len(extensions) == 1 and isinstance(extensions[0], Gateway):
+            return GatewayRunner(execution_context, extensions[0])
+        return super().create_extensions_runner(execution_context, extensions)
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         # Client mistakes (syntax, validation, permission, typed domain errors) are answers, not
         # server errors: log at ERROR only what should_mask would mask (it logs those already
@@ -148,7 +147,7 @@ def _is_unexpected(error: GraphQLError) -> bool:
 def build_schema(settings: Settings) -> strawberry.Schema:
     # The depth and alias limiters build a new validation rule class each time they are constructed,
     # which made every request miss the ValidationCache (~4 ms of re-validation per request). Build
-    # their rules once per schema; a fresh AddValidationRules per request carries the same classes.
+    # their rules once per schema; every request's Gateway carries the same classes.
     limit_rules = (
         QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules
         + MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules
@@ -163,19 +162,20 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         max_list_items=settings.max_list_items,
     )
     hide = settings.env == "production"
-    verdicts = VerdictCache(maxsize=512)
-    extensions: list[Any] = [
-        # First, so its CPU budget wraps parsing too; it validates (cached) after the cost rule.
-        lambda: RequestGuard(limits, settings.graphql_cpu_budget_ms, hide, verdicts),
-        lambda: ParserCache(maxsize=512),
-        # Factories, not instances: an extension instance shared by concurrent requests shares its state.
-        lambda: AddValidationRules(limit_rules),
-        lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
-        PermissionGuard,
-        lambda: MaskErrors(should_mask_error=should_mask),
-    ]
     if not settings.graphiql_enabled:
-        extensions.append(DisableIntrospection)
+        limit_rules = limit_rules + [NoSchemaIntrospectionCustomRule]
+    config = GatewayConfig(
+        limits=limits,
+        budget_ms=settings.graphql_cpu_budget_ms,
+        hide_suggestions=hide,
+        verdicts=VerdictCache(maxsize=512),
+        max_tokens=settings.max_tokens,
+        rules=tuple(limit_rules),
+        should_mask=should_mask,
+    )
+    # A factory, not an instance: an extension instance shared by concurrent requests shares its
+    # state. One extension for every guard (app/graphql/guard.py, Gateway).
+    extensions: list[Any] = [lambda: Gateway(config)]
     schema = MeterkitSchema(
         query=Query,
         mutation=Mutation,
@@ -184,6 +184,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
     )
     schema.hide_suggestions = hide
+    # Input objects from a plan made once per type (app/graphql/inputs.py).
+    install_input_plans(t.definition for t in schema.schema_converter.type_map.values())
     return schema
 
 

@@ -365,9 +365,9 @@ class MeteringQuery:
         ctx = info.context
         try:
             scope = ctx.require_scope()
-            r = await ctx.read(
-                lambda s: service.check(
-                    s, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity
+            r = await ctx.read_conn(
+                lambda c: service.check(
+                    c, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity
                 )
             )
         except DomainError as exc:

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal, select, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -84,7 +84,23 @@ _TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limi
        LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= :now AND bp.end_at > :now
        WHERE a.tenant_id = :tid"""
 _LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
-_READ_TERMS = Sql("SELECT " + _TERMS)  # the read-only check: no lock
+# The read-only check (check() below): the terms with the balance, what expired of it (buckets
+# and holds past expiry, before a write sweeps them), and the primitive's quota, count in the
+# recorded period, fixed price and catalog entry. No lock.
+_CHECK = Sql(
+    """SELECT a.balance, a.reserved,
+              (SELECT COALESCE(SUM(remaining), 0) FROM credit_bucket
+               WHERE tenant_id = :tid AND remaining > 0 AND expires_at <= :now),
+              (SELECT COALESCE(SUM(amount), 0) FROM credit_hold
+               WHERE tenant_id = :tid AND status = 'open' AND expires_at <= :now),
+              (SELECT quota FROM plan_quota WHERE plan_key = t.plan_key AND primitive = :p),
+              (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = bp.start_at AND primitive = :p),
+              (SELECT credits FROM price WHERE primitive = :p),
+              (SELECT pricing_rule FROM primitive WHERE key = :p),
+              (SELECT active FROM primitive WHERE key = :p), """
+    + _TERMS
+)
+_USED = Sql("SELECT (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p)")
 _STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
 _QUOTA_USED_PRICE = Sql(
     """SELECT (SELECT quota FROM plan_quota WHERE plan_key = :plan AND primitive = :p),
@@ -953,13 +969,6 @@ def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
     )
 
 
-def load_terms(conn: Connection, scope: TenantScope, now: datetime) -> TenantTerms:
-    row = run(conn, _READ_TERMS, {"tid": scope.tenant_id, "kid": None, "now": ts(conn, now)}).first()
-    if row is None:
-        raise NotFound("Tenant", scope.tenant_id)
-    return _terms_from(row)
-
-
 # ---- read-only check ------------------------------------------------------------------------
 
 
@@ -981,7 +990,7 @@ class CheckResult:
 
 
 def check(
-    session: Session,
+    db: Session | Connection,
     clock: Clock,
     scope: TenantScope,
     *,
@@ -990,14 +999,24 @@ def check(
     quantity: int = 1,
     negative_buffer: int = 0,
 ) -> CheckResult:
-    """May the tenant call this primitive (or use this connection) right now? Writes nothing."""
+    """May the tenant call this primitive (or use this connection) right now? Writes nothing.
+
+    One statement in the common case (a recorded period holds now, a fixed price): the terms, the
+    balance with what expired of it, the quota, this period's count and the catalog entry. Without
+    a recorded period, two more (the predicted period, then its count); an ORM session only for a
+    dynamic price or the packs of an INSUFFICIENT_CREDITS answer."""
     if (primitive is None) == (connection is None):
         raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
-    conn = session.connection()
+    session = db if isinstance(db, Session) else None
+    conn = db.connection() if isinstance(db, Session) else db
     now = clock.now()
-    terms = load_terms(conn, scope, now)
-    state = ledger.available_now(session, [scope], now)[scope.tenant_id]
-    available = state.available + _expired_holds(conn, scope, now)
+    row = run(conn, _CHECK, {"tid": scope.tenant_id, "kid": None, "now": ts(conn, now), "p": primitive}).first()
+    if row is None:
+        raise NotFound("Tenant", scope.tenant_id)
+    balance, reserved, gone, freed, quota, used, unit_price, rule, active = row[:9]
+    terms = _terms_from(row[9:])
+    # Buckets past expiry count as gone and holds past expiry as freed, before a write sweeps them.
+    available = int(balance) - int(gone) - int(reserved) + int(freed)
     if connection is not None:
         validate_connection(connection)
         ok = terms.kit_key is not None and connection in terms.kit_connections
@@ -1015,31 +1034,17 @@ def check(
         )
     assert primitive is not None
     req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity).validate()
-    period = terms.recorded or period_record.predict(
-        conn, scope.tenant_id, now, terms.plan_period, terms.sub_status, terms.sub_start, terms.sub_end
-    )
-    quota_row = conn.execute(
-        select(
-            select(QUOTA.c.quota)
-            .where(and_(QUOTA.c.plan_key == terms.plan_key, QUOTA.c.primitive == primitive))
-            .scalar_subquery(),
-            select(COUNTER.c.used)
-            .where(
-                and_(
-                    COUNTER.c.tenant_id == scope.tenant_id,
-                    COUNTER.c.period_start == period.start,
-                    COUNTER.c.primitive == primitive,
-                )
-            )
-            .scalar_subquery(),
-            select(PRIMITIVE.c.active).where(PRIMITIVE.c.key == primitive).scalar_subquery(),
+    if terms.recorded is None:
+        # No recorded period holds now (a charge would record one): this period's count by prediction.
+        period = period_record.predict(
+            conn, scope.tenant_id, now, terms.plan_period, terms.sub_status, terms.sub_start, terms.sub_end
         )
-    ).one()
-    if quota_row[2] is None:
+        used = run(conn, _USED, {"tid": scope.tenant_id, "ps": ts(conn, period.start), "p": primitive}).scalar_one()
+    if active is None:
         raise UnknownPrimitive(primitive)
-    if not quota_row[2]:
+    if not active:
         raise UnknownPrimitive(primitive, retired=True)
-    quota, used = quota_row[0], quota_row[1] or 0
+    used = used or 0
     remaining = None if quota is None else max(quota - used, 0)
 
     def answer(reason: str | None, message: str | None, price: int | None) -> CheckResult:
@@ -1052,8 +1057,13 @@ def check(
         return answer("LIMIT_EXCEEDED", f"at most {per_call} per call", None)
     if quota is not None and used + quantity > quota and terms.overage != "allow":
         return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
+    price: int | None
     try:
-        price = quote(session, req.price_request())
+        if unit_price is not None and rule == "fixed":
+            price = fixed_total(unit_price, req.quantity)  # the catalog row came with the statement
+        else:
+            session = session or Session(bind=conn)
+            price = quote(session, req.price_request())
     except ValidationFailed:
         price = None  # dynamic prices need parameters a plain check does not carry
     if available <= 0 or (price is not None and available < price):
@@ -1064,20 +1074,11 @@ def check(
         refused = answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
         refused.shortfall = shortfall
         refused.packs = [
-            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents)) for p in packs_covering(session, shortfall)
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
+            for p in packs_covering(session or Session(bind=conn), shortfall)
         ]
         return refused
     return answer(None, None, price)
-
-
-def _expired_holds(conn: Connection, scope: TenantScope, now: datetime) -> int:
-    """Holds past expiry count as freed at read time, before a write sweeps them."""
-    value = conn.execute(
-        select(func.coalesce(func.sum(HOLD.c.amount), literal(0))).where(
-            and_(HOLD.c.tenant_id == scope.tenant_id, HOLD.c.status == "open", HOLD.c.expires_at <= now)
-        )
-    ).scalar()
-    return int(value or 0)
 
 
 # ---- entry points used by the GraphQL and plain HTTP layers --------------------------------

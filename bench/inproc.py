@@ -1,0 +1,160 @@
+"""Requests through the ASGI app in-process, for instruction counts (callgrind) and profiles.
+
+No sockets, no HTTP parser, no client library: a hand-made ASGI scope per request, the body
+in one receive message, the response collected from send. What is left is meterkit's own
+path (middleware, auth, the GraphQL view, resolvers, SQL), so a change shows up in the
+instruction count of a run, and the count of a run is stable on a busy machine where
+requests/s are not.
+
+    # per-request instructions = (Ir at N) - (Ir at 0), divided by N
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p .venv/bin/python -m bench.inproc floor 2000
+    .venv/bin/python -m bench.inproc charge 2000 --time   # wall clock, for a rough figure
+
+Scenarios: floor (`{ __typename }` with auth), charge (GraphQL charge), check (GraphQL check),
+all on a SQLite file seeded like `make bench` (bench/run.py seed()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.run import CHARGE_QUERY, PRIMITIVE, seed
+
+CHECK_QUERY = (
+    '{ check(primitive: "email.send") { __typename ... on CheckResult { allowed remaining availableCredits } } }'
+)
+
+
+def body_for(scenario: str, i: int) -> bytes:
+    if scenario == "floor":
+        return b'{"query":"{ __typename }"}'
+    if scenario == "check":
+        return json.dumps({"query": CHECK_QUERY}).encode()
+    if scenario == "charge":
+        variables = {"i": {"primitive": PRIMITIVE, "idempotencyKey": f"inproc-{os.getpid()}-{i}"}}
+        return json.dumps({"query": CHARGE_QUERY, "variables": variables}).encode()
+    raise SystemExit(f"unknown scenario {scenario}")
+
+
+def expect(scenario: str, status: int, body: bytes) -> None:
+    ok = status == 200 and b'"errors"' not in body
+    if scenario == "floor":
+        ok = ok and b'"__typename":"Query"' in body.replace(b" ", b"")
+    elif scenario == "check":
+        ok = ok and b'"allowed":true' in body.replace(b" ", b"")
+    elif scenario == "charge":
+        ok = ok and b'"__typename":"Charged"' in body.replace(b" ", b"")
+    if not ok:
+        raise SystemExit(f"{scenario}: unexpected answer {status}: {body[:400]!r}")
+
+
+async def request(app: Any, key: str, body: bytes) -> tuple[int, bytes]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(3600)  # a disconnect never comes while the app answers
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    status = 0
+    chunks: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+async def drive(app: Any, key: str, scenario: str, n: int, start: int) -> None:
+    for i in range(start, start + n):
+        status, body = await request(app, key, body_for(scenario, i))
+        expect(scenario, status, body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.inproc")
+    ap.add_argument("scenario", choices=["floor", "charge", "check"])
+    ap.add_argument("n", type=int, help="measured requests (after the warmup)")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--time", action="store_true", help="print wall-clock requests/s of the measured part")
+    ap.add_argument(
+        "--seeded",
+        type=Path,
+        help="a directory with a seeded bench.db and ids.json, copied before use (made on first use), so "
+        "runs under callgrind skip the migrations and start from the same data",
+    )
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("METERKIT_ENV", "production")
+    os.environ["METERKIT_WEBHOOK_WORKER_SECONDS"] = "0"
+    tmp = Path(tempfile.mkdtemp(prefix="meterkit-inproc-"))
+    url = f"sqlite:///{tmp / 'bench.db'}"
+    if args.seeded is not None:
+        if not (args.seeded / "ids.json").exists():
+            args.seeded.mkdir(parents=True, exist_ok=True)
+            ids = seed(f"sqlite:///{args.seeded / 'bench.db'}")
+            (args.seeded / "ids.json").write_text(json.dumps(ids))
+        shutil.copy(args.seeded / "bench.db", tmp / "bench.db")
+        ids = json.loads((args.seeded / "ids.json").read_text())
+    else:
+        ids = seed(url)
+    os.environ["METERKIT_DATABASE_URL"] = url
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings())
+    key = ids["load_key"]
+
+    loop = asyncio.new_event_loop()
+    # Charges in the warmup too, so a check sees a tenant with a recorded period and a counter.
+    loop.run_until_complete(drive(app, key, "charge", 20, 10_000_000))
+    loop.run_until_complete(drive(app, key, args.scenario, args.warmup, 20_000_000))
+    gc.collect()
+    gc.freeze()  # as the server does after startup (app/main.py lifespan)
+    t0 = time.perf_counter()
+    loop.run_until_complete(drive(app, key, args.scenario, args.n, 0))
+    took = time.perf_counter() - t0
+    if args.time and args.n:
+        print(f"{args.scenario}: {args.n} requests in {took:.3f} s, {args.n / took:,.0f}/s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
