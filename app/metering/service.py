@@ -1018,9 +1018,25 @@ def lock_for_charge(
     return ledger.AccountState(row[0], row[1]), terms, ChargeFacts(req, facts, terms.recorded is not None)
 
 
+_TERMS_JSON: dict[str, Any] = {}
+
+
+def _terms_json(value: Any) -> Any:
+    """A kit's or budget's JSON text, parsed once per distinct text (SQLite hands back text; every
+    charge of a tenant reads the same). The parsed values are only read: TenantTerms copies the top level."""
+    if not isinstance(value, str):
+        return value
+    parsed = _TERMS_JSON.get(value, _TERMS_JSON)
+    if parsed is _TERMS_JSON:
+        if len(_TERMS_JSON) >= 1024:
+            _TERMS_JSON.clear()
+        parsed = _TERMS_JSON[value] = read_json(value)
+    return parsed
+
+
 def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
     row = list(row)
-    row[4], row[5], row[6] = read_json(row[4]), read_json(row[5]), read_json(row[6])
+    row[4], row[5], row[6] = _terms_json(row[4]), _terms_json(row[5]), _terms_json(row[6])
     row[7], row[8] = read_ts(row[7]), read_ts(row[8])
     return TenantTerms(
         plan_key=row[0],
@@ -1032,10 +1048,10 @@ def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
         kit_connections=list(row[6] or []),
         sub_start=as_utc(row[7]) if row[7] else None,
         sub_end=as_utc(row[8]) if row[8] else None,
-        budget=BudgetTerms(api_key_id, row[9], row[10], dict(read_json(row[11]) or {}))
+        budget=BudgetTerms(api_key_id, row[9], row[10], dict(_terms_json(row[11]) or {}))
         if api_key_id is not None and row[9] is not None
         else None,
-        quota_percents=tuple(read_json(row[12])) if row[12] is not None else QUOTA_THRESHOLDS,
+        quota_percents=tuple(_terms_json(row[12])) if row[12] is not None else QUOTA_THRESHOLDS,
         low_balance=row[13],
         sub_status=row[14],
         recorded=Period(as_utc(read_ts(row[15])), as_utc(read_ts(row[16]))) if row[15] is not None else None,  # type: ignore[arg-type]
