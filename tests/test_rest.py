@@ -592,3 +592,27 @@ def test_each_route_takes_only_keys_with_the_scope_it_declares(rest: Rest) -> No
     reader = rest.api(SCOPED_KEY, {"t": rest.tenant_id, "s": ["READ"]})["createApiKey"]["secret"]
     r = rest.http.post("/v1/charge", json={"quantity": 1.5}, headers={"Authorization": f"Bearer {reader}"})
     assert r.status_code == 403 and error(r)["needed"] == "meter"
+
+
+@pytest.mark.parametrize(
+    ("used", "remaining", "quota", "replayed", "primitive"),
+    [
+        (1_000_000, 999_999_680_000_000, 2_147_483_647, False, "email.send"),
+        (120_000, -10_000_000, None, True, "llm.tokens"),
+        (1, -500_000, 5, False, 'odd"name\\é'),
+        (0, 0, 0, True, "x"),
+        (123_456_789_012, 10**24 + 7, 100, False, "video.generate"),
+    ],
+)
+def test_the_charge_answer_is_written_byte_for_byte_as_the_generic_encoder_writes_it(
+    used: int, remaining: int, quota: int | None, replayed: bool, primitive: str
+) -> None:
+    """POST /v1/charge writes its answer by hand (the hot path): the same bytes as json_bytes(charged())."""
+    from app.metering.service import Charged, Usage
+    from app.rest.base import json_bytes
+    from app.rest.metering import charged, charged_bytes
+
+    u = Usage(primitive, 7, quota, 0 if quota is None else max(7 - quota, 0))
+    res = Charged(event_id=42, credits_used=used, credits_remaining=remaining, usage=u, replayed=replayed)
+    assert charged_bytes(res) == json_bytes(charged(res))
+    assert json.loads(charged_bytes(res), parse_float=Decimal)["credits_used"] == Decimal(used) / 1_000_000
