@@ -265,3 +265,20 @@ def test_check_lists_the_packs_when_credits_are_insufficient(api: Api) -> None:
     # At -1, any new work is refused, and the shortfall counts the debt.
     broke = api(q, {"p": "email.send"}, key=key)["check"]
     assert broke["reason"] == "INSUFFICIENT_CREDITS" and broke["shortfall"] == "2" and broke["packs"], broke
+
+
+def test_sqlite_connections_checkpoint_as_the_bench_floor_does(api: Api) -> None:
+    """Every pooled SQLite connection checkpoints at the interval the charge was measured with, and the
+    bench's bare reference uses the same (its settings must stay meterkit's)."""
+    from pathlib import Path
+
+    from app.core.db import WAL_AUTOCHECKPOINT_PAGES
+
+    if api.db.backend != "sqlite":
+        return  # a SQLite setting
+    with api.db.engine.connect() as c:
+        pages = c.connection.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]  # type: ignore[union-attr]
+        mode = c.connection.driver_connection.execute("PRAGMA journal_mode").fetchone()[0]  # type: ignore[union-attr]
+    assert (pages, mode) == (WAL_AUTOCHECKPOINT_PAGES, "wal")
+    floor = (Path(__file__).parents[1] / "bench" / "floor_app.py").read_text()
+    assert f"wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}" in floor

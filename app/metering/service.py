@@ -589,6 +589,7 @@ class Meter:
             release_reserved=release_reserved,
             state=self.state,
             live=self._live_for(d.amount),
+            now=self.now,  # the entry's time is the charge's: one clock reading per transaction
         )
         self._live = None  # spent: a second record in this transaction sweeps again
         self._live_partial = False
