@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -17,6 +18,12 @@ from app.rest.openapi import document
 
 def endpoints() -> list[Endpoint]:
     return [*status.endpoints(), *pricing.endpoints(), *billing.endpoints(), *metering.endpoints()]
+
+
+def hot_routes(state: Any) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
+    """The hand-written hot handlers by (method, path), for the app's fast lane (app/main.py)."""
+    rest = Rest(state.engine, state.settings, state.clock)
+    return {(ep.method, ep.path): ep.custom(rest) for ep in endpoints() if ep.custom is not None}
 
 
 def routes(state: Any) -> list[Route]:
