@@ -53,7 +53,8 @@ class Store:
 
     def __init__(self, path: str) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+        # meterkit's settings (app/core/db.py), the checkpoint interval included.
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "wal_autocheckpoint=10000"):
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(SCHEMA_SQL)
         self.db.execute("INSERT OR IGNORE INTO account VALUES (?, ?)", (TENANT, 10**18))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core.clock import FrozenClock
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 
@@ -202,3 +203,59 @@ def test_plain_route_speaks_the_briefs_rest_shape(api: Api) -> None:
     error = broke.json()["error"]
     assert error["code"] == "INSUFFICIENT_CREDITS" and error["available"] == -10
     assert error["packs"] and error["packs"][0]["purchase"]["path"] == "/v1/billing/topup"
+
+
+def test_charge_burns_buckets_in_order_and_sweeps_what_expired(api: Api, clock: FrozenClock) -> None:
+    """The charge reads only the first live bucket with its lock: a charge that fits in it touches it
+    alone, one that does not burns on in order, and once the first has expired the sweep runs first."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from app.core.auth import TenantScope
+    from app.core.db import unit_of_work
+    from app.core.money import MICRO
+    from app.credits import ledger
+    from app.credits.service import reconcile
+
+    tid, key = setup_tenant(api, plan="free")  # 20 signup credits that never expire
+    soon, later = clock.now() + timedelta(hours=1), clock.now() + timedelta(hours=2)
+    with unit_of_work(api.db.engine) as s:
+        for name, amount, expires in (("soon", 2, soon), ("later", 3, later)):
+            ledger.grant(
+                s,
+                TenantScope(tid),
+                clock,
+                amount=amount * MICRO,
+                source="adjustment",
+                grant_key=name,
+                expires_at=expires,
+            )
+
+    def remaining() -> dict[str, int]:
+        with api.db.engine.connect() as c:
+            rows = c.execute(text("SELECT grant_key, remaining FROM credit_bucket WHERE tenant_id = :t"), {"t": tid})
+            return {r[0]: int(r[1]) // MICRO for r in rows}
+
+    def consistent() -> None:
+        with unit_of_work(api.db.engine, write=False) as s:
+            assert reconcile(s).drifted == []
+
+    assert charge(api, key, idempotencyKey="fits")["creditsRemaining"] == "24"  # 1 of `soon`
+    assert remaining() == {"signup": 20, "soon": 1, "later": 3}
+    spans = charge(api, key, idempotencyKey="spans", quantity=3)  # 1 of `soon`, then 2 of `later`
+    assert spans["creditsRemaining"] == "21"
+    assert remaining() == {"signup": 20, "soon": 0, "later": 1}
+    consistent()
+    clock.at = later  # `later` (now the first live bucket) runs out: the charge sweeps it first
+    expired = charge(api, key, idempotencyKey="after-expiry", quantity=2)
+    assert expired["creditsRemaining"] == "18"  # 21 - 1 expired - 2 charged
+    assert remaining() == {"signup": 18, "soon": 0, "later": 0}
+    with api.db.engine.connect() as c:
+        kinds = [
+            r[0] for r in c.execute(text("SELECT kind FROM ledger_entry WHERE tenant_id = :t ORDER BY id"), {"t": tid})
+        ]
+    assert kinds[-2:] == ["expiry", "debit"]
+    consistent()
+    replay = charge(api, key, idempotencyKey="spans", quantity=3)
+    assert replay["replayed"] is True and replay["creditsRemaining"] == "21"

@@ -79,14 +79,23 @@ def test_usage_read_does_not_scan_events(api: Api) -> None:
 
 def test_charge_statement_count(api: Api) -> None:
     """The hot path's cost in statements: asserted so a regression is seen (counts are not noisy)."""
+    from tests.test_usage_series import _driver_statements, _transaction  # it imports this module
+
     seed_catalog(api)
     tid = api.create_tenant("S")
     api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
     key = api.tenant_key(tid)
     api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "warm"}}, key=key)
-    with counting(api.db.engine) as seen:
+    if api.db.backend != "sqlite":
+        return  # the driver trace is SQLite's (PostgreSQL reads the facts in a second statement)
+    with _driver_statements(api) as seen:
         api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "s1"}}, key=key)
-    assert len(seen) <= 12, "\n".join(seen)
+    charge = _transaction(seen)
+    # One read (lock, terms, stored key, quota row, first live bucket), then the writes: bucket, ledger
+    # entry, account, event, counter, rollup, rate window (this kit limits calls per minute). No sweep,
+    # no separate key lookup or quota read.
+    assert len(charge) == 8, "\n".join(charge)
+    assert sum(s.startswith("SELECT") for s in charge) == 1, "\n".join(charge)
 
 
 def test_hold_expires_once(api: Api, clock: FrozenClock) -> None:
@@ -360,3 +369,20 @@ def test_check_is_one_statement_and_reads_the_period_a_charge_would_count(api: A
     # An unknown primitive is the typed error it was, from the same statement.
     n, data = statements('{ check(primitive: "no.such") { __typename ... on ValidationError { code } } }')
     assert n == 1 and data["check"] == {"__typename": "ValidationError", "code": "UNKNOWN_PRIMITIVE"}, data
+
+
+def test_sqlite_connections_checkpoint_as_the_bench_floor_does(api: Api) -> None:
+    """Every pooled SQLite connection checkpoints at the interval the charge was measured with, and the
+    bench's bare reference uses the same (its settings must stay meterkit's)."""
+    from pathlib import Path
+
+    from app.core.db import WAL_AUTOCHECKPOINT_PAGES
+
+    if api.db.backend != "sqlite":
+        return  # a SQLite setting
+    with api.db.engine.connect() as c:
+        pages = c.connection.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]  # type: ignore[union-attr]
+        mode = c.connection.driver_connection.execute("PRAGMA journal_mode").fetchone()[0]  # type: ignore[union-attr]
+    assert (pages, mode) == (WAL_AUTOCHECKPOINT_PAGES, "wal")
+    floor = (Path(__file__).parents[1] / "bench" / "floor_app.py").read_text()
+    assert f"wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}" in floor

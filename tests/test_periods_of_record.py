@@ -206,9 +206,9 @@ def test_periods_page_reads_in_constant_statements(api: Api, clock: FrozenClock)
     assert bad["errors"][0]["extensions"]["code"] == "VALIDATION_FAILED"
 
 
-def test_charge_statement_count_unchanged_and_roll_costs_two_more(api: Api, clock: FrozenClock) -> None:
-    """The recorded period comes with the terms statement: the charge keeps its 11 statements; only
-    the roll (no recorded period holds now) adds two, once per tenant and period."""
+def test_charge_statement_count_and_roll_costs_three_more(api: Api, clock: FrozenClock) -> None:
+    """The recorded period comes with the terms statement: the charge runs 7 statements; only the roll
+    (no recorded period holds now) adds three, once per tenant and period."""
     t = Tenant(api, clock)
     clock.at = at("2026-03-10T12:00:00")
     t.subscribe("std", "2026-02-15T00:00:00", "2026-03-15T00:00:00")
@@ -228,8 +228,10 @@ def test_charge_statement_count_unchanged_and_roll_costs_two_more(api: Api, cloc
     steady = _transaction(seen)
     # The subscription's period and the provisional one after it.
     assert count_rows(api.db.engine, "billing_period")["billing_period"] == 2
-    assert len(steady) == 10, "\n".join(steady)  # this kit has no per-minute limit: no rate window
-    assert len(rolled) == len(steady) + 2, "\n".join(rolled)
+    assert len(steady) == 7, "\n".join(steady)  # this kit has no per-minute limit: no rate window
+    # The roll: the last recorded end and the new period (two statements), then the quota row of the
+    # new period, which the locking statement could not know (once per tenant and period).
+    assert len(rolled) == len(steady) + 3, "\n".join(rolled)
     assert [s for s in steady if "billing_period" in s and "JOIN billing_period" not in s] == []
 
 

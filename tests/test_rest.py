@@ -592,3 +592,57 @@ def test_each_route_takes_only_keys_with_the_scope_it_declares(rest: Rest) -> No
     reader = rest.api(SCOPED_KEY, {"t": rest.tenant_id, "s": ["READ"]})["createApiKey"]["secret"]
     r = rest.http.post("/v1/charge", json={"quantity": 1.5}, headers={"Authorization": f"Bearer {reader}"})
     assert r.status_code == 403 and error(r)["needed"] == "meter"
+
+
+@pytest.mark.parametrize(
+    ("used", "remaining", "quota", "replayed", "primitive"),
+    [
+        (1_000_000, 999_999_680_000_000, 2_147_483_647, False, "email.send"),
+        (120_000, -10_000_000, None, True, "llm.tokens"),
+        (1, -500_000, 5, False, 'odd"name\\é'),
+        (0, 0, 0, True, "x"),
+        (123_456_789_012, 10**24 + 7, 100, False, "video.generate"),
+    ],
+)
+def test_the_charge_answer_is_written_byte_for_byte_as_the_generic_encoder_writes_it(
+    used: int, remaining: int, quota: int | None, replayed: bool, primitive: str
+) -> None:
+    """POST /v1/charge writes its answer by hand (the hot path): the same bytes as json_bytes(charged())."""
+    from app.metering.service import Charged, Usage
+    from app.rest.base import json_bytes
+    from app.rest.metering import charged, charged_bytes
+
+    u = Usage(primitive, 7, quota, 0 if quota is None else max(7 - quota, 0))
+    res = Charged(event_id=42, credits_used=used, credits_remaining=remaining, usage=u, replayed=replayed)
+    assert charged_bytes(res) == json_bytes(charged(res))
+    assert json.loads(charged_bytes(res), parse_float=Decimal)["credits_used"] == Decimal(used) / 1_000_000
+
+
+def test_the_charge_takes_the_hot_lane_unless_cors_is_configured(rest: Rest) -> None:
+    """POST /v1/charge skips the middleware and router (app/main.py HotLane); the body limit still
+    applies, other methods still get the router's answer, and with CORS configured it goes the
+    long way so the middleware can add its headers."""
+    from starlette.testclient import TestClient
+
+    from app.main import HotLane
+
+    def lane(settings: Settings) -> list[Any]:
+        app = create_app(settings, engine=rest.api.db.engine, clock=rest.clock)
+        return [m for m in app.user_middleware if m.cls is HotLane]
+
+    base: dict[str, Any] = {"env": "test", "database_url": "sqlite://unused", "auth_cache_seconds": 0}
+    assert len(lane(Settings(**base))) == 1
+    assert lane(Settings(**base, cors_origins=["https://app.example"])) == []
+    ok = rest.post("/v1/charge", {"primitive": "email.send", "idempotency_key": "lane-1"})
+    assert ok.status_code == 200 and ok.json()["credits_used"] == 1
+    assert rest.http.get("/v1/charge", headers=rest.headers()).status_code == 405
+    origin = "https://app.example"
+    app = create_app(Settings(**base, cors_origins=[origin]), engine=rest.api.db.engine, clock=rest.clock)
+    with TestClient(app) as client:
+        r = client.post(
+            "/v1/charge",
+            json={"primitive": "email.send", "idempotency_key": "lane-2"},
+            headers={**rest.headers(), "Origin": origin},
+        )
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+    assert r.json()["usage"]["used"] == 2

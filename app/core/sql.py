@@ -78,23 +78,44 @@ def ts(conn: Connection, value: datetime | None) -> Any:
     """A time as the UTCDateTime column stores it."""
     if value is None:
         return None
-    value = value.astimezone(UTC)
-    if is_sqlite(conn):
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-    return value
+    if conn.dialect.name != "sqlite":
+        return value.astimezone(UTC)
+    # A charge writes the same few times (now, its period, its hour) several times over.
+    text = _TS_TEXT.get(value)
+    if text is None:
+        if len(_TS_TEXT) >= _MEMO_SIZE:
+            _TS_TEXT.clear()
+        text = _TS_TEXT[value] = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return text
 
 
 def read_ts(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+        # SQLite's text: the same period bounds and subscription dates are read by every charge.
+        parsed = _TS_VALUE.get(value)
+        if parsed is None:
+            if len(_TS_VALUE) >= _MEMO_SIZE:
+                _TS_VALUE.clear()
+            parsed = datetime.fromisoformat(value)
+            parsed = _TS_VALUE[value] = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return parsed
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Memos of pure conversions (datetimes are immutable), bounded by clearing.
+_MEMO_SIZE = 4096
+_TS_TEXT: dict[datetime, str] = {}
+_TS_VALUE: dict[str, datetime] = {}
 
 
 def read_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds an encoder per call for these
+
+
 def to_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)

@@ -261,13 +261,16 @@ def debit(
     release_reserved: int = 0,
     state: AccountState | None = None,
     live: list[LiveBucket] | None = None,
+    now: datetime | None = None,
 ) -> int:
     """Take `amount` (>= 0) from the buckets in burn order; the balance may not end below `floor`
-    (after releasing `release_reserved` of held credits). Returns the balance after."""
+    (after releasing `release_reserved` of held credits). Returns the balance after. `now`: the
+    caller's time of the transaction (a charge's), else the clock's."""
     conn = _conn(session)
     if state is None:
         state = lock_account(conn, scope)
-    now = clock.now()
+    if now is None:
+        now = clock.now()
     if live is None:
         balance, live = sweep(conn, scope, now, state.balance)
     else:

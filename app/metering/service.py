@@ -70,19 +70,19 @@ PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 # recorded period that holds now (app/metering/period_record.py): the period costs no statement of its own.
 # The calling key's budget and the alert policy (the tenant's over its plan's) come in the same
 # statement (NULL columns when there is none).
-_TERMS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
+_TERMS_COLUMNS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
               s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits,
               COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
-              s.status, bp.start_at, bp.end_at
-       FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
+              s.status, bp.start_at, bp.end_at"""
+_TERMS_FROM = """FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
        LEFT JOIN key_budget b ON b.api_key_id = :kid AND b.tenant_id = a.tenant_id
        LEFT JOIN alert_policy pp ON pp.plan_key = t.plan_key
        LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
-       LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= :now AND bp.end_at > :now
-       WHERE a.tenant_id = :tid"""
+       LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= :now AND bp.end_at > :now"""
+_TERMS = _TERMS_COLUMNS + "\n       " + _TERMS_FROM + "\n       WHERE a.tenant_id = :tid"
 _LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
 # The read-only check (check() below): the terms with the balance, what expired of it (buckets
 # and holds past expiry, before a write sweeps them), and the primitive's quota, count in the
@@ -101,6 +101,36 @@ _CHECK = Sql(
     + _TERMS
 )
 _USED = Sql("SELECT (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p)")
+
+# What one charge needs besides the terms (see ChargeFacts): the stored event of its key; the plan's quota,
+# this period's count and this minute's calls; the fixed price and the catalog entry; and the first live
+# bucket in burn order. :plan and :ps are the terms' plan and recorded period (NULL when none is recorded).
+_FACT_COLUMNS = """e.id, e.request_hash, e.result,
+              (SELECT quota FROM plan_quota WHERE plan_key = {plan} AND primitive = :p),
+              (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = {ps} AND primitive = :p),
+              (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
+              (SELECT credits FROM price WHERE primitive = :p),
+              (SELECT pricing_rule FROM primitive WHERE key = :p),
+              (SELECT active FROM primitive WHERE key = :p),
+              fb.id, fb.remaining, fb.expires_at"""
+_FACT_JOINS = """LEFT JOIN usage_event e ON e.tenant_id = :tid AND e.idempotency_key = :key
+       LEFT JOIN (SELECT id, remaining, expires_at FROM credit_bucket WHERE tenant_id = :tid AND remaining > 0
+                  ORDER BY expires_at IS NULL, expires_at, created_at, id LIMIT 1) fb ON 1 = 1"""
+# SQLite: BEGIN IMMEDIATE already holds the database's write lock, so everything a single charge reads is
+# one statement with the terms. PostgreSQL: the facts are a second statement after the row lock, because a
+# statement that waits for FOR UPDATE reads the other tables as they were before it waited.
+_LOCK_CHARGE = Sql(
+    "SELECT a.balance, a.reserved, "
+    + _TERMS_COLUMNS
+    + ", "
+    + _FACT_COLUMNS.format(plan="t.plan_key", ps="bp.start_at")
+    + "\n       "
+    + _TERMS_FROM
+    + "\n       "
+    + _FACT_JOINS
+    + "\n       WHERE a.tenant_id = :tid"
+)
+_CHARGE_FACTS = Sql("SELECT " + _FACT_COLUMNS.format(plan=":plan", ps=":ps") + " FROM (SELECT 1) one " + _FACT_JOINS)
 _STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
 _QUOTA_USED_PRICE = Sql(
     """SELECT (SELECT quota FROM plan_quota WHERE plan_key = :plan AND primitive = :p),
@@ -273,6 +303,10 @@ class Usage:
     def remaining(self) -> int | None:
         return None if self.quota is None else max(self.quota - self.used, 0)
 
+    def stored(self) -> dict[str, Any]:
+        # asdict() deep-copies every field: written out, on the hot path.
+        return {"primitive": self.primitive, "used": self.used, "quota": self.quota, "overage": self.overage}
+
 
 @dataclass
 class Charged:
@@ -286,7 +320,7 @@ class Charged:
         return {
             "creditsUsed": self.credits_used,
             "creditsRemaining": self.credits_remaining,
-            "usage": asdict(self.usage),
+            "usage": self.usage.stored(),
         }
 
     @classmethod
@@ -342,6 +376,22 @@ class Decision:
     rate_window: datetime | None = None
 
 
+class ChargeFacts:
+    """What one charge reads with the account lock (_LOCK_CHARGE): the stored event of its key, the
+    quota row (plan quota, period count, minute calls, fixed price, catalog entry: None when no period
+    was recorded yet, so it is read after the roll), and the first live bucket in burn order. The first
+    bucket expires soonest, so when it has not expired nothing has and the sweep has nothing to do; when
+    the charge fits in it, it is the only bucket the debit touches."""
+
+    __slots__ = ("key", "primitive", "stored", "quota_row", "head")
+
+    def __init__(self, req: MeterRequest, row: Any, recorded: bool) -> None:
+        self.key, self.primitive = req.idempotency_key, req.primitive
+        self.stored: tuple[Any, Any, Any] | None = (row[0], row[1], row[2]) if row[0] is not None else None
+        self.quota_row: tuple[Any, ...] | None = tuple(row[3:9]) if recorded else None
+        self.head = ledger.LiveBucket(row[9], row[10], read_ts(row[11])) if row[9] is not None else None
+
+
 class Meter:
     """One transaction's worth of metering for one tenant. The account is locked on entry."""
 
@@ -353,7 +403,9 @@ class Meter:
         *,
         negative_buffer: int,
         api_key_id: str | None = None,
+        charge: MeterRequest | None = None,
     ) -> None:
+        """`charge`: the one request this meter will charge; its facts are read with the lock."""
         # The hot path needs only the connection; an ORM session is made on demand (dynamic prices,
         # the packs of an InsufficientCredits answer), joined to the same transaction.
         self._session = db if isinstance(db, Session) else None
@@ -362,9 +414,14 @@ class Meter:
         self.now = clock.now()
         self.clock = clock
         self.floor = -negative_buffer
-        # One statement: lock the account row and read the tenant's plan, kit and period with it.
-        self.state, self._terms = lock_with_terms(self.conn, scope, self.now, api_key_id)
+        self._facts: ChargeFacts | None = None
+        if charge is None:
+            # One statement: lock the account row and read the tenant's plan, kit and period with it.
+            self.state, self._terms = lock_with_terms(self.conn, scope, self.now, api_key_id)
+        else:
+            self.state, self._terms, self._facts = lock_for_charge(self.conn, scope, self.now, charge)
         self._live: list[ledger.LiveBucket] | None = None
+        self._live_partial = False  # _live is only the first live bucket (see ChargeFacts)
         self._spend: KeySpend | None = None
         if self.state.reserved:
             self._expire_holds()
@@ -431,8 +488,23 @@ class Meter:
 
     def _sweep(self) -> None:
         """Expire run-out buckets now, so the floor check below sees the balance the debit will see."""
+        facts = self._facts
+        if facts is not None:
+            head = facts.head
+            if head is None or head.expires_at is None or head.expires_at > self.now:
+                # Nothing has expired (the first bucket expires soonest): no statement.
+                self._live, self._live_partial = ([head] if head is not None else []), head is not None
+                return
         balance, self._live = ledger.sweep(self.conn, self.scope, self.now, self.state.balance)
+        self._live_partial = False
         self.state = ledger.AccountState(balance, self.state.reserved)
+
+    def _live_for(self, amount: int) -> list[ledger.LiveBucket] | None:
+        """The live buckets a debit of `amount` burns: all of them when it does not fit in the first."""
+        live = self._live
+        if self._live_partial and live and amount > live[0].remaining:
+            _, live = ledger.sweep(self.conn, self.scope, self.now, self.state.balance)  # expires nothing
+        return live
 
     # ---- checks --------------------------------------------------------------------------
 
@@ -485,18 +557,23 @@ class Meter:
         self, primitive: str, period: Period, window: datetime | None
     ) -> tuple[Any, int, int, int | None, str]:
         """The plan's quota, this period's count, this minute's calls, the fixed price and the catalog
-        entry: one statement. An unknown or retired primitive is refused here."""
-        row = run(
-            self.conn,
-            _QUOTA_USED_PRICE,
-            {
-                "plan": self.terms.plan_key,
-                "p": primitive,
-                "tid": self.scope.tenant_id,
-                "ps": ts(self.conn, period.start),
-                "win": ts(self.conn, window or period.start),
-            },
-        ).one()
+        entry: one statement (none for a charge that read them with the lock). An unknown or retired
+        primitive is refused here."""
+        facts = self._facts
+        if facts is not None and facts.quota_row is not None and facts.primitive == primitive:
+            row: tuple[Any, ...] = facts.quota_row  # read with the lock, for the minute of self.now
+        else:
+            row = run(
+                self.conn,
+                _QUOTA_USED_PRICE,
+                {
+                    "plan": self.terms.plan_key,
+                    "p": primitive,
+                    "tid": self.scope.tenant_id,
+                    "ps": ts(self.conn, period.start),
+                    "win": ts(self.conn, window or period.start),
+                },
+            ).one()
         if row[4] is None:
             raise UnknownPrimitive(primitive)
         if not row[5]:
@@ -536,9 +613,11 @@ class Meter:
             reference=req.reference,
             release_reserved=release_reserved,
             state=self.state,
-            live=self._live,
+            live=self._live_for(d.amount),
+            now=self.now,  # the entry's time is the charge's: one clock reading per transaction
         )
         self._live = None  # spent: a second record in this transaction sweeps again
+        self._live_partial = False
         self.state = ledger.AccountState(balance, self.state.reserved - release_reserved)
         used = d.used + req.quantity
         usage = Usage(
@@ -606,7 +685,10 @@ class Meter:
         }
 
     def charge(self, req: MeterRequest, *, precheck: bool = False) -> Charged:
-        stored = self._stored_event(req.idempotency_key)
+        facts = self._facts
+        if facts is not None and (facts.key, facts.primitive) != (req.idempotency_key, req.primitive):
+            facts = self._facts = None  # read for another request: not this one's
+        stored = facts.stored if facts is not None else self._stored_event(req.idempotency_key)
         if stored is not None:
             event_id, request_hash, result = stored
             if request_hash != req.fingerprint():
@@ -621,7 +703,9 @@ class Meter:
         spend = self.key_spend()
         if spend is not None:
             spend.check(req.primitive, req.quantity, d.amount)
-        return self.record(req, d, kind="charge", key=req.idempotency_key)
+        result = self.record(req, d, kind="charge", key=req.idempotency_key)
+        self._facts = None  # spent: the state they describe has moved
+        return result
 
     def charge_many(self, reqs: list[MeterRequest]) -> list[Charged | DomainError]:
         """Charges of one tenant, set-based: the same rules as charge() item by item, with one
@@ -945,9 +1029,51 @@ def lock_with_terms(
     return ledger.AccountState(row[0], row[1]), _terms_from(row[2:], api_key_id)
 
 
+def lock_for_charge(
+    conn: Connection, scope: TenantScope, now: datetime, req: MeterRequest
+) -> tuple[ledger.AccountState, TenantTerms, ChargeFacts]:
+    """lock_with_terms and the facts of one charge: one statement on SQLite, two on PostgreSQL."""
+    params = {
+        "tid": scope.tenant_id,
+        "kid": req.api_key_id,
+        "now": ts(conn, now),
+        "key": req.idempotency_key,
+        "p": req.primitive,
+        "win": ts(conn, minute_window(now)),
+    }
+    sqlite = conn.dialect.name == "sqlite"
+    row = run(conn, _LOCK_CHARGE if sqlite else _LOCK_TERMS, params).first()
+    if row is None:
+        raise NotFound("Tenant", scope.tenant_id)
+    terms = _terms_from(row[2:19], req.api_key_id)
+    if sqlite:
+        facts = row[19:]
+    else:
+        params["plan"] = terms.plan_key
+        params["ps"] = ts(conn, terms.recorded.start) if terms.recorded is not None else None
+        facts = run(conn, _CHARGE_FACTS, params).one()
+    return ledger.AccountState(row[0], row[1]), terms, ChargeFacts(req, facts, terms.recorded is not None)
+
+
+_TERMS_JSON: dict[str, Any] = {}
+
+
+def _terms_json(value: Any) -> Any:
+    """A kit's or budget's JSON text, parsed once per distinct text (SQLite hands back text; every
+    charge of a tenant reads the same). The parsed values are only read: TenantTerms copies the top level."""
+    if not isinstance(value, str):
+        return value
+    parsed = _TERMS_JSON.get(value, _TERMS_JSON)
+    if parsed is _TERMS_JSON:
+        if len(_TERMS_JSON) >= 1024:
+            _TERMS_JSON.clear()
+        parsed = _TERMS_JSON[value] = read_json(value)
+    return parsed
+
+
 def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
     row = list(row)
-    row[4], row[5], row[6] = read_json(row[4]), read_json(row[5]), read_json(row[6])
+    row[4], row[5], row[6] = _terms_json(row[4]), _terms_json(row[5]), _terms_json(row[6])
     row[7], row[8] = read_ts(row[7]), read_ts(row[8])
     return TenantTerms(
         plan_key=row[0],
@@ -959,10 +1085,10 @@ def _terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
         kit_connections=list(row[6] or []),
         sub_start=as_utc(row[7]) if row[7] else None,
         sub_end=as_utc(row[8]) if row[8] else None,
-        budget=BudgetTerms(api_key_id, row[9], row[10], dict(read_json(row[11]) or {}))
+        budget=BudgetTerms(api_key_id, row[9], row[10], dict(_terms_json(row[11]) or {}))
         if api_key_id is not None and row[9] is not None
         else None,
-        quota_percents=tuple(read_json(row[12])) if row[12] is not None else QUOTA_THRESHOLDS,
+        quota_percents=tuple(_terms_json(row[12])) if row[12] is not None else QUOTA_THRESHOLDS,
         low_balance=row[13],
         sub_status=row[14],
         recorded=Period(as_utc(read_ts(row[15])), as_utc(read_ts(row[16]))) if row[15] is not None else None,  # type: ignore[arg-type]
@@ -1100,7 +1226,7 @@ def charge(
     done = pg_charge.try_charge(session, clock, scope, req, negative_buffer=negative_buffer, precheck=precheck)
     if done is not None:
         return done
-    return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id).charge(
+    return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id, charge=req).charge(
         req, precheck=precheck
     )
 

@@ -14,6 +14,7 @@ large balance parses them as decimals (e.g. Python's `json.loads(..., parse_floa
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -86,6 +87,27 @@ def credits(micro: int) -> Decimal:
     """Micro-credits as the exact decimal written on the wire ("0.12", "20", "-10")."""
     whole, fraction = divmod(micro, MICRO)
     return Decimal(whole) if not fraction else Decimal(format_credits(micro))
+
+
+def credits_text(micro: int) -> str:
+    """credits(micro) as json_bytes writes it: the JSON number's text, without the Decimal."""
+    whole, fraction = divmod(micro, MICRO)
+    return str(whole) if not fraction else format_credits(micro)
+
+
+json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # as json_bytes escapes
+
+
+class RawJSON(Response):
+    """A 200 whose JSON body is already encoded (the charge's hot path): no render, two headers."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
 
 
 def usd_cents(cents: int) -> Decimal:
