@@ -81,7 +81,7 @@ def seed(url: str, n: int) -> list[tuple[str, str]]:
     for tid, _ in out:
         with connection_of_work(engine) as conn:
             req = service.MeterRequest(primitive=PRIMITIVE, idempotency_key="warm")
-            service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0)
+            service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0, alone=True)
     engine.dispose()
     return out
 
@@ -162,7 +162,7 @@ def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durabl
                     ik = f"{nonce}-{mode}-{r}-{n}"
                     req = service.MeterRequest(primitive=PRIMITIVE, idempotency_key=ik)
                     with connection_of_work(engine) as conn:
-                        res = service.charge(conn, clock, scope, req, negative_buffer=0)
+                        res = service.charge(conn, clock, scope, req, negative_buffer=0, alone=True)
                     assert res.credits_used > 0 and not res.replayed
                     n += 1
                 spent[mode] += time.perf_counter() - start

@@ -197,7 +197,9 @@ def service_charge(
                 raw.pgconn.trace(f.fileno())
                 raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
             try:
-                res: Any = service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0, precheck=precheck)
+                res: Any = service.charge(
+                    conn, clock, TenantScope(tid), req, negative_buffer=0, precheck=precheck, alone=True
+                )
             except DomainError as exc:
                 res = exc
         if db.backend != "postgres":

@@ -396,7 +396,9 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             req = to_request(input, ctx)
-            res = await ctx.charge(lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx)))
+            res = await ctx.charge(
+                lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), alone=True)
+            )
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
                 await record_exhausted(ctx, exc)

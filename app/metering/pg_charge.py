@@ -17,8 +17,9 @@ an alert threshold crossed (quota percent or low balance). Replays, idempotency 
 the refusals for an unknown or retired primitive, the kit, the connection, the per-call and
 per-minute limits and the quota are answered by the function.
 
-Only a bare connection whose transaction has not started takes this path (the metered edge's
-connection_of_work): a caller that charges inside a larger unit of work keeps its atomicity.
+Only a caller whose whole unit of work is the charge asks for it (service.charge(alone=True): the
+GraphQL and REST edges), on a bare connection whose transaction has not started: a caller that
+charges inside a larger unit of work keeps its atomicity (the charge commits with its work or not).
 METERKIT_PG_FAST_CHARGE=0 turns it off.
 """
 

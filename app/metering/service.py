@@ -1218,14 +1218,18 @@ def charge(
     *,
     negative_buffer: int,
     precheck: bool = False,
+    alone: bool = False,
 ) -> Charged:
     """precheck=True also refuses when the available balance is already at or below zero before
-    this charge (for callers that charge before they run the operation); a replay still answers."""
+    this charge (for callers that charge before they run the operation); a replay still answers.
+    alone=True: the charge is the caller's whole unit of work (the GraphQL and REST edges), so on
+    PostgreSQL it may commit by itself in one round trip; any other caller keeps its atomicity."""
     req.validate()
-    # PostgreSQL: the common case in one round trip (app/metering/pg_charge.py); None: the full path.
-    done = pg_charge.try_charge(session, clock, scope, req, negative_buffer=negative_buffer, precheck=precheck)
-    if done is not None:
-        return done
+    if alone:
+        # PostgreSQL: the common case in one round trip (app/metering/pg_charge.py); None: the full path.
+        done = pg_charge.try_charge(session, clock, scope, req, negative_buffer=negative_buffer, precheck=precheck)
+        if done is not None:
+            return done
     return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id, charge=req).charge(
         req, precheck=precheck
     )

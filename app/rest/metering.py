@@ -269,7 +269,7 @@ def charge_handler(rest: Rest) -> Any:
             raise no_tenant()
         req = to_request(body, body.idempotency_key, principal.key_id)
         with connection_of_work(engine) as conn:
-            return service.charge(conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck)
+            return service.charge(conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck, alone=True)
 
     async def charge(request: Request) -> Response:
         raw = await request.body()
