@@ -341,3 +341,20 @@ def _key_id(db: Database, secret: str) -> str | None:
     with db.engine.connect() as c:
         row = c.execute(text("SELECT id FROM api_key WHERE key_hash = :h"), {"h": hash_key(secret)}).first()
     return row[0] if row else None
+
+
+def test_a_charge_inside_a_larger_unit_of_work_rolls_back_with_it(api: Api, db: Database, clock: FrozenClock) -> None:
+    """Only a caller whose whole unit of work is the charge (alone=True) gets the self-committing
+    function: any other charge commits with the caller's work, or not at all."""
+    seed(api)
+    tid, key = tenant(api, "Atomic")
+    assert charge(api, key, "first")["__typename"] == "Charged"  # warm: the function would take it
+    before = count_rows(db.engine, "usage_event")["usage_event"]
+    with fast(True) as seen, pytest.raises(RuntimeError):
+        with connection_of_work(db.engine) as conn:
+            req = service.MeterRequest(primitive="email.send", idempotency_key="inside")
+            res = service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0)
+            assert isinstance(res, service.Charged)
+            raise RuntimeError("the work after the charge failed")
+    assert seen == {}  # the function was not asked
+    assert count_rows(db.engine, "usage_event")["usage_event"] == before
