@@ -350,11 +350,10 @@ def test_a_charge_inside_a_larger_unit_of_work_rolls_back_with_it(api: Api, db: 
     tid, key = tenant(api, "Atomic")
     assert charge(api, key, "first")["__typename"] == "Charged"  # warm: the function would take it
     before = count_rows(db.engine, "usage_event")["usage_event"]
-    with fast(True) as seen, pytest.raises(RuntimeError):
-        with connection_of_work(db.engine) as conn:
-            req = service.MeterRequest(primitive="email.send", idempotency_key="inside")
-            res = service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0)
-            assert isinstance(res, service.Charged)
-            raise RuntimeError("the work after the charge failed")
+    req = service.MeterRequest(primitive="email.send", idempotency_key="inside")
+    with fast(True) as seen, pytest.raises(RuntimeError), connection_of_work(db.engine) as conn:
+        res = service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0)
+        assert isinstance(res, service.Charged)
+        raise RuntimeError("the work after the charge failed")
     assert seen == {}  # the function was not asked
     assert count_rows(db.engine, "usage_event")["usage_event"] == before
