@@ -23,9 +23,7 @@ def batch(db: Database, clock: FrozenClock, items: list[Item]) -> tuple[list[Any
     """One chargeBatch through the metered edge's transaction, and its round trips on PostgreSQL."""
     import psycopg
 
-    reqs = [
-        (TenantScope(t), service.MeterRequest(primitive=p, idempotency_key=k, **extra)) for t, k, p, extra in items
-    ]
+    reqs = [(TenantScope(t), service.MeterRequest(primitive=p, idempotency_key=k, **extra)) for t, k, p, extra in items]
     with tempfile.TemporaryFile("w+") as f:
         with connection_of_work(db.engine) as conn:
             raw: Any = conn.connection.driver_connection
@@ -46,7 +44,8 @@ def shown(out: list[Any], ids: dict[int, int]) -> list[tuple[Any, ...]]:
     shown_: list[tuple[Any, ...]] = []
     for r in out:
         if isinstance(r, DomainError):
-            shown_.append((type(r).__name__, r.code, str(r), repr(sorted((k, v) for k, v in vars(r).items() if k != "tenant_id"))))
+            fields = sorted((k, v) for k, v in vars(r).items() if k != "tenant_id")
+            shown_.append((type(r).__name__, r.code, str(r), repr(fields)))
         else:
             assert isinstance(r, service.Charged)
             n = ids.setdefault(r.event_id, len(ids))
@@ -148,9 +147,7 @@ def test_a_warm_common_batch_of_50_is_one_round_trip(api: Api, db: Database, clo
     assert full > 3, full  # today's path, for contrast
 
 
-def test_one_uncommon_item_sends_the_whole_batch_down_the_full_path(
-    api: Api, db: Database, clock: FrozenClock
-) -> None:
+def test_one_uncommon_item_sends_the_whole_batch_down_the_full_path(api: Api, db: Database, clock: FrozenClock) -> None:
     (on1, on2), (off1, off2) = prepare(api)
     outs = {}
     for on, (x, y) in ((True, (on1[0], on2[0])), (False, (off1[0], off2[0]))):
