@@ -187,6 +187,53 @@ def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durabl
     return out
 
 
+def batch_one_connection(url: str, tenant: str, rounds: int, seconds: float, size: int = 50) -> dict[str, Any]:
+    """chargeBatch of `size` through service.charge_batch on ONE connection, the function
+    (meterkit_charge_batch) off and on, alternated in rounds; in charges/s."""
+    from app.core.auth import TenantScope
+    from app.core.clock import Clock
+    from app.core.db import connection_of_work, make_engine
+    from app.metering import pg_charge, service
+
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    clock, scope = Clock(), TenantScope(tenant)
+    done = {"full": 0, "function": 0}
+    spent = {"full": 0.0, "function": 0.0}
+    nonce = secrets.token_hex(4)
+    was = pg_charge.ENABLED
+    before = pg_charge.stats.get("batch", 0)
+    try:
+        for r in range(rounds):
+            for mode in ("full", "function") if r % 2 == 0 else ("function", "full"):
+                pg_charge.ENABLED = mode == "function"
+                n, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    items = [
+                        (
+                            scope,
+                            service.MeterRequest(primitive=PRIMITIVE, idempotency_key=f"{nonce}-b{mode}-{r}-{n}-{j}"),
+                        )
+                        for j in range(size)
+                    ]
+                    with connection_of_work(engine) as conn:
+                        res = service.charge_batch(conn, clock, items, negative_buffer=0)
+                    assert all(isinstance(x, service.Charged) and not x.replayed for x in res), res[:1]
+                    n += size
+                spent[mode] += time.perf_counter() - start
+                done[mode] += n
+    finally:
+        pg_charge.ENABLED = was
+        engine.dispose()
+    answered = pg_charge.stats.get("batch", 0) - before
+    out: dict[str, Any] = {mode: done[mode] / spent[mode] for mode in done}
+    out.update(charges=done, function_batches=answered, ratio=out["function"] / out["full"], size=size)
+    log(
+        f"one connection, chargeBatch of {size}: full path {out['full']:,.0f} charges/s, function "
+        f"{out['function']:,.0f} charges/s ({out['ratio']:.2f}x; the function answered {answered:,} batches)"
+    )
+    return out
+
+
 def wal_flush(url: str, seconds: float = 2.0) -> float:
     """Durable commits/s of a one-row INSERT on one connection: the disk's floor under any charge."""
     import psycopg
@@ -316,7 +363,11 @@ def main(args: argparse.Namespace) -> int:
         lazy["events_written"] = events(url, [loop_tenant]) - before
         ok_events = ok_events and lazy["events_written"] == sum(lazy["charges"].values())
         flush = wal_flush(url)
-        results.update(one_connection=one, one_connection_no_flush=lazy, commits_per_s=flush)
+        before = events(url, [loop_tenant])
+        bat = batch_one_connection(url, loop_tenant, args.pg_rounds, args.pg_round_seconds)
+        bat["events_written"] = events(url, [loop_tenant]) - before
+        ok_events = ok_events and bat["events_written"] == sum(bat["charges"].values())
+        results.update(one_connection=one, one_connection_no_flush=lazy, commits_per_s=flush, batch_50=bat)
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -424,6 +475,8 @@ def main(args: argparse.Namespace) -> int:
         ("one connection, service loop, function", one["function"]),
         ("one connection, service loop, full path, synchronous_commit=off", lazy["full"]),
         ("one connection, service loop, function, synchronous_commit=off", lazy["function"]),
+        ("one connection, chargeBatch of 50, full path", results["batch_50"]["full"]),
+        ("one connection, chargeBatch of 50, function", results["batch_50"]["function"]),
     ]
     for label, rate in rows:
         print(f"{label:<66} {rate:>10,.0f} {'':>8} {'':>8} {0:>7}")

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
-from app.core.errors import UnknownPrimitive
+from app.core.errors import DomainError, UnknownPrimitive
 from app.live import notify as live
 from app.metering.errors import IdempotencyConflict, LimitExceeded, NotEntitled, QuotaExceeded
 
@@ -137,3 +137,75 @@ def _answer(engine: Engine, scope: TenantScope, req: MeterRequest, now: Any, row
     if outcome == "per_minute":
         raise LimitExceeded(p, "callsPerMinute", int(quota), int(used), 60 - now.second)
     raise RuntimeError(f"meterkit_charge answered {outcome!r}")
+
+
+_CALL_BATCH = "SELECT * FROM meterkit_charge_batch(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_MISSING_BATCH: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def try_charge_batch(
+    db: Any, clock: Clock, items: list[tuple[TenantScope, MeterRequest]], *, negative_buffer: int
+) -> list[Charged | DomainError] | None:
+    """A whole chargeBatch answered by meterkit_charge_batch (migration 0014) in one statement, or
+    None: take the full path (same conditions as try_charge; any uncommon item, a key that fails
+    validation, or an empty batch). The items go in the lock order of service.charge_batch:
+    sorted by tenant, in request order within a tenant."""
+    if not ENABLED or not items or not isinstance(db, Connection) or db.dialect.name != "postgresql":
+        return None
+    engine = db.engine
+    if engine in _MISSING or engine in _MISSING_BATCH:
+        return None
+    raw = db.connection.driver_connection
+    if raw is None or raw.info.transaction_status != _IDLE:
+        return None
+    import psycopg
+
+    for _, req in items:
+        try:
+            req.validate()
+        except DomainError:
+            return None  # a per-item typed refusal: Python answers it
+    order = sorted(range(len(items)), key=lambda i: items[i][0].tenant_id)
+    now = clock.now()
+    cols: list[list[Any]] = [[] for _ in range(8)]
+    for i in order:
+        scope, req = items[i]
+        for col, v in zip(
+            cols,
+            (
+                scope.tenant_id,
+                req.idempotency_key,
+                req.fingerprint(),
+                req.primitive,
+                req.quantity,
+                req.reference,
+                req.connection,
+                req.api_key_id,
+            ),
+            strict=True,
+        ):
+            col.append(v)
+    autocommit = raw.autocommit
+    raw.autocommit = True  # one statement, its own transaction
+    try:
+        row = raw.execute(_CALL_BATCH, (*cols, now, -negative_buffer)).fetchone()
+    except psycopg.errors.UndefinedFunction:
+        _MISSING_BATCH.add(engine)
+        log.warning("meterkit_charge_batch is missing (migrate to 0014_pg_charge_batch): batches take the full path")
+        return None
+    finally:
+        raw.autocommit = autocommit
+    outcomes = row[0]
+    if outcomes == ["fallback"]:
+        stats["batch_fallback"] = stats.get("batch_fallback", 0) + 1
+        return None
+    stats["batch"] = stats.get("batch", 0) + 1
+    results: list[Any] = [None] * len(items)
+    for n, i in enumerate(order):
+        scope, req = items[i]
+        stats[outcomes[n]] = stats.get(outcomes[n], 0) + 1
+        try:
+            results[i] = _answer(engine, scope, req, now, tuple(col[n] for col in row))
+        except DomainError as exc:
+            results[i] = exc
+    return results
