@@ -30,7 +30,7 @@ def batch(db: Database, clock: FrozenClock, items: list[Item]) -> tuple[list[Any
             if db.backend == "postgres":
                 raw.pgconn.trace(f.fileno())
                 raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
-            out = service.charge_batch(conn, clock, reqs, negative_buffer=0)
+            out = service.charge_batch(conn, clock, reqs, negative_buffer=0, alone=True)
         if db.backend != "postgres":
             return out, -1
         raw.pgconn.untrace()

@@ -419,7 +419,9 @@ class MeteringMutation:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
         outcomes = iter(
-            await ctx.charge(lambda s: service.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx)))
+            await ctx.charge(
+                lambda s: service.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx), alone=True)
+            )
         )
         out: list[Any] = []
         for p in prepared:

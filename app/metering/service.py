@@ -1271,14 +1271,21 @@ BatchOutcome = Charged | DomainError
 
 
 def charge_batch(
-    session: Session | Connection, clock: Clock, items: list[tuple[TenantScope, MeterRequest]], *, negative_buffer: int
+    session: Session | Connection,
+    clock: Clock,
+    items: list[tuple[TenantScope, MeterRequest]],
+    *,
+    negative_buffer: int,
+    alone: bool = False,
 ) -> list[BatchOutcome]:
     """Many charges in one transaction, each with its own key and result. Tenants' accounts are
-    locked in sorted order, so two batches touching the same tenants cannot deadlock."""
-    # PostgreSQL: a common batch in one round trip (app/metering/pg_charge.py); None: the full path.
-    done = pg_charge.try_charge_batch(session, clock, items, negative_buffer=negative_buffer)
-    if done is not None:
-        return done
+    locked in sorted order, so two batches touching the same tenants cannot deadlock.
+    alone=True: the batch is the caller's whole unit of work (as for charge())."""
+    if alone:
+        # PostgreSQL: a common batch in one round trip (app/metering/pg_charge.py); None: the full path.
+        done = pg_charge.try_charge_batch(session, clock, items, negative_buffer=negative_buffer)
+        if done is not None:
+            return done
     results: list[BatchOutcome | None] = [None] * len(items)
     by_tenant: dict[str, list[int]] = {}
     for i, (scope, req) in enumerate(items):
