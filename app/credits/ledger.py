@@ -11,7 +11,6 @@ Burn order: soonest expiry first (buckets without expiry last), then oldest firs
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any

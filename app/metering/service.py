@@ -148,7 +148,7 @@ _INSERT_EVENT = Sql(
 )
 _INSERT_EVENTS_HEAD = """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity,
     credits, period_start, reference, connection, result, created_at, api_key_id) VALUES """
-_EVENT_CHUNK = 400
+_EVENT_CHUNK = 400  # 13 parameters a row: well under SQLite's and PostgreSQL's parameter limits
 
 
 @functools.cache
@@ -159,7 +159,8 @@ def _insert_events(rows: int) -> Sql:
         for n in range(rows)
     )
     return Sql(_INSERT_EVENTS_HEAD + values + " RETURNING idempotency_key, id")
-  # 13 parameters a row: well under SQLite's and PostgreSQL's parameter limits
+
+
 _BUMP_COUNTER = Sql(
     """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits)
        VALUES (:tid, :ps, :p, :pe, :qty, :overage, :credits)
@@ -870,9 +871,9 @@ class Meter:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
             self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
         # The tenant's account lock already serializes writers of these rows; one statement, many rows.
-        rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
+        rollup_rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rows)
+        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rollup_rows)
         if accepted:
             self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
         if self._spend is not None:
