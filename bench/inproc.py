@@ -35,6 +35,11 @@ CHECK_QUERY = (
 )
 
 
+BATCH_QUERY = (
+    "mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename ... on Charged { eventId } } }"
+)
+
+
 def body_for(scenario: str, i: int) -> bytes:
     if scenario == "floor":
         return b'{"query":"{ __typename }"}'
@@ -43,6 +48,9 @@ def body_for(scenario: str, i: int) -> bytes:
     if scenario == "charge":
         variables = {"i": {"primitive": PRIMITIVE, "idempotencyKey": f"inproc-{os.getpid()}-{i}"}}
         return json.dumps({"query": CHARGE_QUERY, "variables": variables}).encode()
+    if scenario == "batch":  # chargeBatch of 50, as bench/wrk.lua's batch mode
+        items = [{"item": {"primitive": PRIMITIVE, "idempotencyKey": f"b{i}-{j}"}} for j in range(50)]
+        return json.dumps({"query": BATCH_QUERY, "variables": {"items": items}}).encode()
     raise SystemExit(f"unknown scenario {scenario}")
 
 
@@ -52,6 +60,9 @@ def expect(scenario: str, status: int, body: bytes) -> None:
         ok = ok and b'"__typename":"Query"' in body.replace(b" ", b"")
     elif scenario == "check":
         ok = ok and b'"allowed":true' in body.replace(b" ", b"")
+    elif scenario == "batch":
+        if status != 200 or body.count(b'"Charged"') != 50:
+            raise SystemExit(f"batch: unexpected answer {status}: {body[:400]!r}")
     elif scenario == "charge":
         ok = ok and b'"__typename":"Charged"' in body.replace(b" ", b"")
     if not ok:
@@ -109,7 +120,7 @@ async def drive(app: Any, key: str, scenario: str, n: int, start: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
-    ap.add_argument("scenario", choices=["floor", "charge", "check"])
+    ap.add_argument("scenario", choices=["floor", "charge", "check", "batch"])
     ap.add_argument("n", type=int, help="measured requests (after the warmup)")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--time", action="store_true", help="print wall-clock requests/s of the measured part")

@@ -218,3 +218,23 @@ def test_the_rollup_is_one_more_statement_in_the_charge_and_in_a_batch(api: Api)
     with _driver_statements(api) as seen:
         api(BATCH, {"items": items}, key=full)
     assert sum("usage_rollup" in s for s in _transaction(seen)) == 1  # set-based: one row per primitive and key
+
+
+def test_a_batch_of_50_is_a_constant_number_of_statements(api: Api) -> None:
+    """Set-based: the batch's statements do not grow with its items (one multi-row event insert)."""
+    if api.db.backend != "sqlite":
+        return  # the driver trace is SQLite's; PostgreSQL runs the same statements
+    tid, full = _tenant(api)
+    _charge(api, full, "email.send", "warm")
+    items = [{"item": {"primitive": "email.send", "idempotencyKey": f"b{i}"}} for i in range(50)]
+    with _driver_statements(api) as seen:
+        res = api(BATCH, {"items": items}, key=full)["chargeBatch"]
+    assert [r["__typename"] for r in res] == ["Charged"] * 50
+    batch = _transaction(seen)
+    assert sum(s.startswith("INSERT INTO usage_event") for s in batch) == 1, "\n".join(batch)
+    ids = [int(r["eventId"]) for r in res]
+    assert len(set(ids)) == 50
+    # Lock and facts, stored keys, sweep, quota; bucket, the 50 ledger entries (one INSERT), account,
+    # the 50 events (one INSERT), counter, rate window, rollup: 11, as for a batch of 5 (was 60).
+    assert len(batch) == 11, "\n".join(s[:120] for s in batch)
+    assert sum(s.startswith("INSERT INTO ledger_entry") for s in batch) == 1

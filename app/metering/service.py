@@ -18,6 +18,7 @@ the available balance is at or below zero, or below the estimate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -145,6 +146,21 @@ _INSERT_EVENT = Sql(
                                 period_start, reference, connection, result, created_at, api_key_id)
        VALUES (:tid, :key, :hash, :kind, :p, :qty, :credits, :ps, :ref, :conn, :result, :now, :key_id) RETURNING id"""
 )
+_INSERT_EVENTS_HEAD = """INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity,
+    credits, period_start, reference, connection, result, created_at, api_key_id) VALUES """
+_EVENT_CHUNK = 400  # 13 parameters a row: well under SQLite's and PostgreSQL's parameter limits
+
+
+@functools.cache
+def _insert_events(rows: int) -> Sql:
+    """The batch's events in one statement of `rows` VALUES rows (built once per size)."""
+    values = ", ".join(
+        f"(:tid, :k{n}, :h{n}, :kind, :p{n}, :q{n}, :c{n}, :ps{n}, :r{n}, :cn{n}, :res{n}, :now, :ki{n})"
+        for n in range(rows)
+    )
+    return Sql(_INSERT_EVENTS_HEAD + values + " RETURNING idempotency_key, id")
+
+
 _BUMP_COUNTER = Sql(
     """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits)
        VALUES (:tid, :ps, :p, :pe, :qty, :overage, :credits)
@@ -800,33 +816,33 @@ class Meter:
         self._live = None
         self.state = ledger.AccountState(balance, self.state.reserved)
         spent = 0
+        rows: list[tuple[int, MeterRequest, int, _Running, Charged]] = []
         for i, req, amount, run_, used in accepted:
             spent += amount
             quota = run_.quota
             usage = Usage(req.primitive, used, quota, max(used - quota, 0) if quota is not None else 0)
             result = Charged(0, amount, start_available - spent, usage)
-            result.event_id = int(
-                run(
-                    conn,
-                    _INSERT_EVENT,
-                    {
-                        "tid": tid,
-                        "key": req.idempotency_key,
-                        "hash": req.fingerprint(),
-                        "kind": "charge",
-                        "p": req.primitive,
-                        "qty": req.quantity,
-                        "credits": amount,
-                        "ps": ts(conn, run_.period.start),
-                        "ref": req.reference,
-                        "conn": req.connection,
-                        "result": to_json(result.stored()),
-                        "now": now,
-                        "key_id": req.api_key_id,
-                    },
-                ).scalar_one()
-            )
+            rows.append((i, req, amount, run_, result))
             out[i] = result
+        # All events in one multi-row INSERT per chunk. Accepted keys are unique within a batch (a
+        # repeat is a replay), so ids are matched by key: RETURNING's row order is not promised.
+        for c in range(0, len(rows), _EVENT_CHUNK):
+            chunk = rows[c : c + _EVENT_CHUNK]
+            params: dict[str, Any] = {"tid": tid, "now": now, "kind": "charge"}
+            for n, (_, req, amount, run_, result) in enumerate(chunk):
+                params[f"k{n}"] = req.idempotency_key
+                params[f"h{n}"] = req.fingerprint()
+                params[f"p{n}"] = req.primitive
+                params[f"q{n}"] = req.quantity
+                params[f"c{n}"] = amount
+                params[f"ps{n}"] = ts(conn, run_.period.start)
+                params[f"r{n}"] = req.reference
+                params[f"cn{n}"] = req.connection
+                params[f"res{n}"] = to_json(result.stored())
+                params[f"ki{n}"] = req.api_key_id
+            ids = dict(run(conn, _insert_events(len(chunk)), params).all())
+            for _, req, _, _, result in chunk:
+                result.event_id = int(ids[req.idempotency_key])
         # Totals per primitive (counters) and per (primitive, key) (rollups): each row written once.
         credits_of: dict[str, int] = {}
         rollups: dict[tuple[str, str | None], list[int]] = {}
@@ -855,9 +871,9 @@ class Meter:
                 run(conn, _BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
             self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
         # The tenant's account lock already serializes writers of these rows; one statement, many rows.
-        rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
+        rollup_rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rows)
+        cur.executemany(_BUMP_ROLLUP.render(conn.dialect.name), rollup_rows)
         if accepted:
             self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
         if self._spend is not None:
