@@ -200,12 +200,12 @@ def batch_one_connection(url: str, tenant: str, rounds: int, seconds: float, siz
     done = {"full": 0, "function": 0}
     spent = {"full": 0.0, "function": 0.0}
     nonce = secrets.token_hex(4)
-    was = pg_charge.ENABLED
+    was, was_batch = pg_charge.ENABLED, pg_charge.BATCH_ENABLED
     before = pg_charge.stats.get("batch", 0)
     try:
         for r in range(rounds):
             for mode in ("full", "function") if r % 2 == 0 else ("function", "full"):
-                pg_charge.ENABLED = mode == "function"
+                pg_charge.ENABLED = pg_charge.BATCH_ENABLED = mode == "function"
                 n, start = 0, time.perf_counter()
                 while time.perf_counter() - start < seconds:
                     items = [
@@ -222,7 +222,7 @@ def batch_one_connection(url: str, tenant: str, rounds: int, seconds: float, siz
                 spent[mode] += time.perf_counter() - start
                 done[mode] += n
     finally:
-        pg_charge.ENABLED = was
+        pg_charge.ENABLED, pg_charge.BATCH_ENABLED = was, was_batch
         engine.dispose()
     answered = pg_charge.stats.get("batch", 0) - before
     out: dict[str, Any] = {mode: done[mode] / spent[mode] for mode in done}

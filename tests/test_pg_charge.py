@@ -72,13 +72,13 @@ def charge(api: Api, key: str, ik: str, primitive: str = "email.send", **extra: 
 @contextmanager
 def fast(on: bool) -> Iterator[dict[str, int]]:
     """The function on or off; yields what it answered meanwhile, outcome -> count."""
-    was, before = pg_charge.ENABLED, dict(pg_charge.stats)
-    pg_charge.ENABLED = on
+    was, was_batch, before = pg_charge.ENABLED, pg_charge.BATCH_ENABLED, dict(pg_charge.stats)
+    pg_charge.ENABLED = pg_charge.BATCH_ENABLED = on
     seen: dict[str, int] = {}
     try:
         yield seen
     finally:
-        pg_charge.ENABLED = was
+        pg_charge.ENABLED, pg_charge.BATCH_ENABLED = was, was_batch
         for k, v in pg_charge.stats.items():
             if v != before.get(k, 0):
                 seen[k] = v - before.get(k, 0)
