@@ -357,3 +357,24 @@ def test_a_charge_inside_a_larger_unit_of_work_rolls_back_with_it(api: Api, db: 
         raise RuntimeError("the work after the charge failed")
     assert seen == {}  # the function was not asked
     assert count_rows(db.engine, "usage_event")["usage_event"] == before
+
+
+def test_a_database_without_the_function_charges_on_the_full_path(api: Api, db: Database, clock: FrozenClock) -> None:
+    """Not migrated to 0012 (the function missing): the charge answers as ever, and the engine is
+    remembered so the function is not asked again."""
+    seed(api)
+    tid, key = tenant(api, "Unmigrated")
+    assert charge(api, key, "first")["__typename"] == "Charged"
+    if db.backend == "postgres":
+        with db.engine.begin() as c:
+            c.execute(text("DROP FUNCTION meterkit_charge_batch"))
+            c.execute(text("DROP FUNCTION meterkit_charge"))
+    try:
+        with fast(True) as seen:
+            first, _ = service_charge(db, clock, tid, "after-drop-1")
+            second, _ = service_charge(db, clock, tid, "after-drop-2")
+        assert isinstance(first, service.Charged) and isinstance(second, service.Charged)
+        assert second.usage.used == 3 and seen == {}
+        assert (db.engine in pg_charge._MISSING) == (db.backend == "postgres")
+    finally:
+        pg_charge._MISSING.discard(db.engine)

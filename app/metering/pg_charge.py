@@ -63,18 +63,38 @@ def try_charge(
 ) -> Charged | None:
     """The charge answered by meterkit_charge, or None: take the full path (not PostgreSQL, not an
     idle bare connection, turned off, or the function said 'fallback'). Refusals raise."""
-    if not ENABLED or not isinstance(db, Connection) or db.dialect.name != "postgresql":
+    raw = _idle(db, _MISSING) if ENABLED else None
+    if raw is None:
         return None
-    engine = db.engine
-    if engine in _MISSING:
+    now = clock.now()
+    row = _call_once(
+        db.engine, raw, _CALL, (*_item(scope, req), now, -negative_buffer, precheck), _MISSING, "0012_pg_charge"
+    )
+    if row is None:
+        return None
+    outcome = row[0]
+    stats[outcome] = stats.get(outcome, 0) + 1
+    if outcome == "fallback":
+        return None
+    return _answer(db.engine, scope, req, now, row)
+
+
+def _idle(db: Any, *missing: weakref.WeakSet[Engine]) -> Any:
+    """The driver connection of a bare PostgreSQL connection with no transaction open (the only
+    place a self-committing statement keeps the caller's meaning), or None."""
+    if not isinstance(db, Connection) or db.dialect.name != "postgresql":
+        return None
+    if any(db.engine in m for m in missing):
         return None
     raw = db.connection.driver_connection
     if raw is None or raw.info.transaction_status != _IDLE:
         return None
-    import psycopg
+    return raw
 
-    now = clock.now()
-    params = (
+
+def _item(scope: TenantScope, req: MeterRequest) -> tuple[Any, ...]:
+    """One charge's arguments, in the order both functions take them."""
+    return (
         scope.tenant_id,
         req.idempotency_key,
         req.fingerprint(),
@@ -83,25 +103,26 @@ def try_charge(
         req.reference,
         req.connection,
         req.api_key_id,
-        now,
-        -negative_buffer,
-        precheck,
     )
+
+
+def _call_once(
+    engine: Engine, raw: Any, sql: str, params: tuple[Any, ...], missing: weakref.WeakSet[Engine], migration: str
+) -> Any:
+    """One statement in autocommit (its own transaction: no BEGIN, no COMMIT round trip); None when
+    the database lacks the function (not migrated): remembered, so it is not asked again."""
+    import psycopg
+
     autocommit = raw.autocommit
-    raw.autocommit = True  # one statement, its own transaction: no BEGIN, no COMMIT round trip
+    raw.autocommit = True
     try:
-        row = raw.execute(_CALL, params).fetchone()
+        return raw.execute(sql, params).fetchone()
     except psycopg.errors.UndefinedFunction:
-        _MISSING.add(engine)
-        log.warning("meterkit_charge is missing (migrate to 0012_pg_charge): charges take the full path")
+        missing.add(engine)
+        log.warning("%s's function is missing (migrate to it): charges take the full path", migration)
         return None
     finally:
         raw.autocommit = autocommit
-    outcome = row[0]
-    stats[outcome] = stats.get(outcome, 0) + 1
-    if outcome == "fallback":
-        return None
-    return _answer(engine, scope, req, now, row)
 
 
 def _answer(engine: Engine, scope: TenantScope, req: MeterRequest, now: Any, row: Any) -> Charged:
@@ -154,18 +175,9 @@ def try_charge_batch(
     None: take the full path (same conditions as try_charge; any uncommon item, a key that fails
     validation, or an empty batch). The items go in the lock order of service.charge_batch:
     sorted by tenant, in request order within a tenant."""
-    if not (ENABLED and BATCH_ENABLED) or not items:
+    raw = _idle(db, _MISSING, _MISSING_BATCH) if ENABLED and BATCH_ENABLED and items else None
+    if raw is None:
         return None
-    if not isinstance(db, Connection) or db.dialect.name != "postgresql":
-        return None
-    engine = db.engine
-    if engine in _MISSING or engine in _MISSING_BATCH:
-        return None
-    raw = db.connection.driver_connection
-    if raw is None or raw.info.transaction_status != _IDLE:
-        return None
-    import psycopg
-
     for _, req in items:
         try:
             req.validate()
@@ -173,34 +185,11 @@ def try_charge_batch(
             return None  # a per-item typed refusal: Python answers it
     order = sorted(range(len(items)), key=lambda i: items[i][0].tenant_id)
     now = clock.now()
-    cols: list[list[Any]] = [[] for _ in range(8)]
-    for i in order:
-        scope, req = items[i]
-        for col, v in zip(
-            cols,
-            (
-                scope.tenant_id,
-                req.idempotency_key,
-                req.fingerprint(),
-                req.primitive,
-                req.quantity,
-                req.reference,
-                req.connection,
-                req.api_key_id,
-            ),
-            strict=True,
-        ):
-            col.append(v)
-    autocommit = raw.autocommit
-    raw.autocommit = True  # one statement, its own transaction
-    try:
-        row = raw.execute(_CALL_BATCH, (*cols, now, -negative_buffer)).fetchone()
-    except psycopg.errors.UndefinedFunction:
-        _MISSING_BATCH.add(engine)
-        log.warning("meterkit_charge_batch is missing (migrate to 0014_pg_charge_batch): batches take the full path")
+    cols = [list(col) for col in zip(*(_item(*items[i]) for i in order), strict=True)]
+    engine = db.engine
+    row = _call_once(engine, raw, _CALL_BATCH, (*cols, now, -negative_buffer), _MISSING_BATCH, "0014_pg_charge_batch")
+    if row is None:
         return None
-    finally:
-        raw.autocommit = autocommit
     outcomes = row[0]
     if outcomes == ["fallback"]:
         stats["batch_fallback"] = stats.get("batch_fallback", 0) + 1
