@@ -79,6 +79,29 @@ def test_a_new_tenant_has_the_signup_grant(db: Database, clock: FrozenClock) -> 
     assert_consistent(db)
 
 
+def test_a_read_sees_one_snapshot_even_when_a_grant_commits_between_its_statements(
+    db: Database, clock: FrozenClock
+) -> None:
+    """A summary is two statements (the balance, then the buckets). A grant committed between
+    them must not show up in the second only: that answered a state that never existed, and a
+    live subscriber sent it (balance unchanged, a new bucket). PostgreSQL reads need REPEATABLE
+    READ for this; SQLite's read transaction is one snapshot already."""
+    scope = new_tenant(db, clock)
+    now = clock.now()
+    with unit_of_work(db.engine, write=False) as s:
+        before = ledger.available_now(s, [scope], now)[scope.tenant_id]
+        with unit_of_work(db.engine) as other:  # another connection, committed before we read on
+            ledger.grant(other, scope, clock, amount=7 * MICRO, source="adjustment", grant_key="between")
+        buckets = service.live_buckets(s, [scope.tenant_id], now)[scope.tenant_id]
+        again = ledger.available_now(s, [scope], now)[scope.tenant_id]
+    assert before.balance == again.balance == 20 * MICRO
+    assert sum(b.remaining for b in buckets) == before.balance
+    assert [b.source for b in buckets] == ["signup"]
+    # The next read sees the grant, whole.
+    assert balance(db, scope, now) == 27 * MICRO
+    assert_consistent(db)
+
+
 @pytest.mark.parametrize("statement", ["UPDATE ledger_entry SET amount = amount + 1", "DELETE FROM ledger_entry"])
 def test_the_database_refuses_to_change_ledger_entries(db: Database, clock: FrozenClock, statement: str) -> None:
     new_tenant(db, clock)

@@ -3,8 +3,8 @@
 Services never commit: the unit of work opened at the edge commits or rolls back.
 SQLite runs in WAL with synchronous=NORMAL, checkpointing every 10,000 pages; a
 writing unit of work starts with BEGIN IMMEDIATE so two writers serialize at BEGIN
-instead of failing at COMMIT with a lock upgrade error. PostgreSQL runs READ COMMITTED and relies on row locks
-and conditional UPDATEs.
+instead of failing at COMMIT with a lock upgrade error. PostgreSQL writes at READ COMMITTED and rely on row locks
+and conditional UPDATEs; its reads see one snapshot (REPEATABLE READ).
 """
 
 from __future__ import annotations
@@ -100,15 +100,27 @@ def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
         with _writer_lock(engine), _transaction(engine, "IMMEDIATE") as session:
             yield session
     else:
-        with _transaction(engine, None) as session:
+        with _transaction(engine, None, snapshot=not write) as session:
             yield session
 
 
+def _snapshot(conn: Connection) -> Connection:
+    """A reading unit of work on PostgreSQL sees one snapshot. Under READ COMMITTED each statement
+    takes its own, so a read of two statements (a balance, then its buckets) could straddle a
+    commit and answer a state that never existed. psycopg says BEGIN ISOLATION LEVEL REPEATABLE
+    READ itself: no extra round trip. SQLite's read transaction is one snapshot already."""
+    if conn.dialect.name == "postgresql":
+        return conn.execution_options(isolation_level="REPEATABLE READ")
+    return conn
+
+
 @contextmanager
-def _transaction(engine: Engine, sqlite_begin: str | None) -> Iterator[Session]:
+def _transaction(engine: Engine, sqlite_begin: str | None, *, snapshot: bool = False) -> Iterator[Session]:
     with engine.connect() as conn:
         if sqlite_begin:
             conn = conn.execution_options(sqlite_begin=sqlite_begin)
+        if snapshot:
+            conn = _snapshot(conn)
         with Session(bind=conn, expire_on_commit=False, autoflush=True) as session:
             try:
                 yield session
@@ -171,6 +183,8 @@ def connection_of_work(engine: Engine, *, write: bool = True) -> Iterator[Connec
             _run_after_commit(conn)
         return
     with engine.connect() as conn:
+        if not write:
+            conn = _snapshot(conn)
         try:
             with conn.begin():
                 yield conn
