@@ -31,6 +31,7 @@ RESERVE = """mutation($i: MeterInput!, $ttl: Int) { reserve(input: $i, ttlSecond
   ... on Hold { id } ... on BudgetExceeded { creditLimit } } }"""
 SETTLE = """mutation($h: ID!) { settle(holdId: $h) { __typename ... on Charged { creditsUsed } } }"""
 RELEASE = """mutation($h: ID!) { release(holdId: $h) { __typename ... on Hold { status } } }"""
+CREDITS = "query($t: ID!) { tenant(id: $t) { credits { balance reserved available } } }"
 BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
   ... on BudgetExceeded { creditsSpent } } }"""
 
@@ -215,7 +216,13 @@ def test_open_holds_count_against_the_key_budget_until_they_close(api: Api, cloc
     # An expired hold gives it back too (swept by the next write of the tenant).
     assert reserve(api, agent, "r5", ttl=60)["__typename"] == "Hold"
     assert charge(api, agent, "e2", quantity=4)["__typename"] == "BudgetExceeded"  # 6 + 1 held + 4 > 10
+    assert used_held(api, kid) == ("6", "1")
     clock.advance(seconds=61)
+    # Past its expiry the hold holds nothing, before any write sweeps it: the key's view and the
+    # tenant's credits say so at once (as check() does).
+    assert used_held(api, kid) == ("6", "0")
+    credits = api(CREDITS, {"t": tid})["tenant"]["credits"]
+    assert credits["reserved"] == "0" and credits["available"] == credits["balance"]
     assert charge(api, agent, "e2", quantity=4)["__typename"] == "Charged"
     assert used_held(api, kid) == ("10", "0")
 

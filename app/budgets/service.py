@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlmodel import Session
 
 from app.budgets.enforce import TOTAL, seed
@@ -18,6 +18,7 @@ from app.core.errors import NotFound, ValidationFailed
 from app.core.money import MAX_CREDITS, MICRO
 from app.core.primitives import validate_primitive
 from app.credits import ledger
+from app.metering.models import CreditHold
 from app.metering.periods import Period, calendar_period
 from app.tenants.models import ApiKey
 from app.tenants.repository import ApiKeyRepository
@@ -108,16 +109,32 @@ def key_budget_view(session: Session, clock: Clock, principal: Principal, key_id
     if row is None:
         raise NotFound("KeyBudget", key_id)
     period = calendar_period(clock.now(), row.period)
-    return BudgetView(row, period, *_usage(session, key.id, period.start))
+    return BudgetView(row, period, *_usage(session, key, period.start, clock.now()))
 
 
-def _usage(session: Session, key_id: str, start: datetime) -> tuple[int, list[UsageLine], int]:
+def _usage(session: Session, key: ApiKey, start: datetime, now: datetime) -> tuple[int, list[UsageLine], int]:
     t = KeyBudgetUsage.__table__  # type: ignore[attr-defined]
+    h = CreditHold.__table__  # type: ignore[attr-defined]
+    # Exact at read time, as the tenant's balance is: a hold past its expiry holds nothing even
+    # before a write sweeps it (and gives it back to the key's budget).
+    expired = (
+        select(func.coalesce(func.sum(h.c.amount), 0))
+        .where(
+            and_(
+                h.c.tenant_id == key.tenant_id,
+                h.c.status == "open",
+                h.c.expires_at <= now,
+                h.c.api_key_id == key.id,
+                h.c.budget_period_start == start,
+            )
+        )
+        .scalar_subquery()
+    )
     rows = (
         session.connection()
         .execute(
-            select(t.c.primitive, t.c.quantity, t.c.credits, t.c.held_credits)
-            .where(and_(t.c.api_key_id == key_id, t.c.period_start == start))
+            select(t.c.primitive, t.c.quantity, t.c.credits, t.c.held_credits - expired)
+            .where(and_(t.c.api_key_id == key.id, t.c.period_start == start))
             .order_by(t.c.primitive)
         )
         .all()
@@ -128,4 +145,4 @@ def _usage(session: Session, key_id: str, start: datetime) -> tuple[int, list[Us
         for r in rows
         if r.primitive != TOTAL and (r.quantity or r.credits)  # a row only ever held for shows no spend
     ]
-    return (int(total.credits), lines, int(total.held_credits)) if total is not None else (0, lines, 0)
+    return (int(total.credits), lines, int(total[3])) if total is not None else (0, lines, 0)

@@ -27,10 +27,12 @@ from app.core.ids import new_id
 from app.core.sql import Sql, read_ts, run, ts
 from app.credits.models import CreditAccount, CreditBucket, LedgerEntry
 from app.live import notify as live_events
+from app.metering.models import CreditHold
 
 ACCOUNT: Any = CreditAccount.__table__  # type: ignore[attr-defined]
 BUCKET: Any = CreditBucket.__table__  # type: ignore[attr-defined]
 ENTRY: Any = LedgerEntry.__table__  # type: ignore[attr-defined]
+HOLD: Any = CreditHold.__table__  # type: ignore[attr-defined]
 SOURCES = ("signup", "plan", "purchase", "adjustment", "reversal")
 
 
@@ -365,16 +367,32 @@ def available_now(session: Session, scopes: list[TenantScope], now: datetime) ->
         .group_by(BUCKET.c.tenant_id)
         .subquery()
     )
+    lapsed = (  # holds past expiry reserve nothing any more, swept or not (as check() counts them)
+        select(HOLD.c.tenant_id, func.coalesce(func.sum(HOLD.c.amount), 0).label("lapsed"))
+        .where(and_(HOLD.c.tenant_id.in_(ids), HOLD.c.status == "open", HOLD.c.expires_at <= now))
+        .group_by(HOLD.c.tenant_id)
+        .subquery()
+    )
     rows = (
         _conn(session)
         .execute(
-            select(ACCOUNT.c.tenant_id, ACCOUNT.c.balance, ACCOUNT.c.reserved, func.coalesce(expired.c.gone, 0))
-            .select_from(ACCOUNT.outerjoin(expired, expired.c.tenant_id == ACCOUNT.c.tenant_id))
+            select(
+                ACCOUNT.c.tenant_id,
+                ACCOUNT.c.balance,
+                ACCOUNT.c.reserved,
+                func.coalesce(expired.c.gone, 0),
+                func.coalesce(lapsed.c.lapsed, 0),
+            )
+            .select_from(
+                ACCOUNT.outerjoin(expired, expired.c.tenant_id == ACCOUNT.c.tenant_id).outerjoin(
+                    lapsed, lapsed.c.tenant_id == ACCOUNT.c.tenant_id
+                )
+            )
             .where(ACCOUNT.c.tenant_id.in_(ids))
         )
         .all()
     )
-    return {r[0]: AccountState(r[1] - r[3], r[2]) for r in rows}
+    return {r[0]: AccountState(r[1] - r[3], r[2] - r[4]) for r in rows}
 
 
 @dataclass(frozen=True)
