@@ -27,7 +27,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
-from app.core.db import make_engine, unit_of_work
+from app.core.db import SqliteCheckpointer, make_engine, sqlite_checkpointer, unit_of_work
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
@@ -105,6 +105,7 @@ class AppState:
         self.clock = clock
         self.schema = build_schema(settings)
         self.live = LiveHub(engine)
+        self.checkpointer: SqliteCheckpointer | None = None  # while serving, on SQLite
 
 
 class BodyLimit:
@@ -258,6 +259,9 @@ def create_app(
             # since a test process starts many apps.
             gc.collect()
             gc.freeze()
+        checkpointer = state.checkpointer = sqlite_checkpointer(engine, settings.sqlite_checkpoint_seconds)
+        if checkpointer is not None:
+            checkpointer.start()
         worker = None
         if settings.webhook_worker_seconds > 0 and settings.env != "test":
             # Alert webhooks go out from the server process (tests drive the worker themselves).
@@ -281,6 +285,9 @@ def create_app(
             if worker is not None:
                 await run_in_threadpool(worker.stop)
             await state.live.stop()
+            if checkpointer is not None:
+                await run_in_threadpool(checkpointer.stop)
+                state.checkpointer = None
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.meterkit = state

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     operator_key: str | None = None
     # SQLite: run transactions on the event loop instead of worker threads (see app/core/db.py).
     sqlite_inline: bool = True
+    # SQLite: copy the WAL into the database file on a background thread this often (seconds);
+    # 0 leaves every checkpoint to the commit that fills the WAL (app/core/db.py SqliteCheckpointer).
+    sqlite_checkpoint_seconds: Annotated[float, Field(ge=0, le=60)] = 0.1
     # Verified API keys are remembered this long in each process (0 = look every key up).
     auth_cache_seconds: float = 2.0
     host: str = "127.0.0.1"
