@@ -207,10 +207,11 @@ BEGIN
             IF m_per_call[v_j] IS NOT NULL AND p_qtys[v_i] > m_per_call[v_j] THEN
                 o_outcome[v_i] := 'per_call'; o_quota[v_i] := m_per_call[v_j]; CONTINUE;
             END IF;
-            IF p_conns[v_i] IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM json_array_elements_text(v_conns) AS cn(x) WHERE x = p_conns[v_i]) THEN
-                o_outcome[v_i] := 'not_entitled_connection'; o_detail[v_i] := json_build_object('kit', v_kit);
-                CONTINUE;
+            IF p_conns[v_i] IS NOT NULL THEN  -- nested: the common item runs no subquery here
+                IF NOT EXISTS (SELECT 1 FROM json_array_elements_text(v_conns) AS cn(x) WHERE x = p_conns[v_i]) THEN
+                    o_outcome[v_i] := 'not_entitled_connection'; o_detail[v_i] := json_build_object('kit', v_kit);
+                    CONTINUE;
+                END IF;
             END IF;
             IF m_quota[v_j] IS NOT NULL AND m_used[v_j] + p_qtys[v_i] > m_quota[v_j] AND v_overage <> 'allow' THEN
                 o_outcome[v_i] := 'quota'; o_quota[v_i] := m_quota[v_j]; o_used[v_i] := m_used[v_j];
@@ -270,12 +271,14 @@ BEGIN
                 RETURN;
             END IF;
             v_any := true;
-            t_tids := t_tids || v_tid; t_totals := t_totals || v_spent; t_balances := t_balances || (v_balance - v_spent);
+            t_tids := t_tids || v_tid; t_totals := t_totals || v_spent;
+            t_balances := t_balances || (v_balance - v_spent);
             FOR v_j IN 1 .. array_length(m_prims, 1) LOOP
                 CONTINUE WHEN m_count[v_j] = 0;
                 c_tids := c_tids || v_tid; c_prims := c_prims || m_prims[v_j];
                 c_ps := c_ps || v_ps; c_pe := c_pe || v_pe;
-                c_qty := c_qty || m_qty[v_j]; c_credits := c_credits || m_credits[v_j]; c_count := c_count || m_count[v_j];
+                c_qty := c_qty || m_qty[v_j]; c_credits := c_credits || m_credits[v_j];
+                c_count := c_count || m_count[v_j];
                 c_over := c_over || CASE WHEN m_quota[v_j] IS NULL THEN 0
                                          ELSE GREATEST(m_used[v_j] - m_quota[v_j], 0) END;
                 c_win := c_win || CASE WHEN m_per_minute[v_j] IS NULL THEN NULL ELSE v_window END;
