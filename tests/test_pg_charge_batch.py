@@ -1,4 +1,4 @@
-"""PostgreSQL's one-round-trip chargeBatch (meterkit_charge_batch, migration 0014_pg_charge_batch):
+"""PostgreSQL's one-round-trip chargeBatch (meterkit_charge_batch, migration 0015_pg_charge_batch_once):
 a warm common batch is one statement on the wire, one uncommon item sends the whole batch down the
 full path with nothing written by the function, and scripted batches answer and write exactly as
 the full Python path does. SQLite: the full path, with the same answers."""
