@@ -1,4 +1,4 @@
-"""PostgreSQL's one-round-trip chargeBatch (meterkit_charge_batch, migration 0014_pg_charge_batch):
+"""PostgreSQL's one-round-trip chargeBatch (meterkit_charge_batch, migration 0015_pg_charge_batch_once):
 a warm common batch is one statement on the wire, one uncommon item sends the whole batch down the
 full path with nothing written by the function, and scripted batches answer and write exactly as
 the full Python path does. SQLite: the full path, with the same answers."""
@@ -6,15 +6,18 @@ the full Python path does. SQLite: the full path, with the same answers."""
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work
 from app.core.errors import DomainError
-from app.metering import service
-from tests.conftest import Api, Database
-from tests.test_pg_charge import POLICY, UPSERT, charge, fast, rows, seed, tenant
+from app.metering import pg_charge, service
+from tests.conftest import Api, Database, count_rows
+from tests.test_pg_charge import POLICY, UPSERT, WRITTEN, charge, fast, rows, seed, tenant
 
 Item = tuple[str, str, str, dict[str, Any]]  # tenant, key, primitive, extra
 
@@ -167,3 +170,132 @@ def test_one_uncommon_item_sends_the_whole_batch_down_the_full_path(api: Api, db
     assert outs[True] == outs[False]
     assert [a[0] for a in outs[True]] == ["Charged", "Charged", "InsufficientCredits", "Charged"], outs[True]
     assert rows(db, on1[0]) == rows(db, off1[0]) and rows(db, on2[0]) == rows(db, off2[0])
+
+
+GRANT_UNTIL = """mutation($t: ID!, $a: Credits!, $k: String!, $e: DateTime) {
+  grantCredits(tenantId: $t, amount: $a, idempotencyKey: $k, expiresAt: $e) { __typename } }"""
+
+
+def test_mixed_outcomes_in_one_batch_answer_and_write_as_python(api: Api, db: Database, clock: FrozenClock) -> None:
+    """One batch, two tenants: a key refused then accepted then replayed then in conflict, the same
+    key for another tenant, a free item (no ledger entry), quota and the per-minute limit running
+    out mid-batch, a refusal between charges, and debits that burn two buckets in expiry order.
+    Migration 0015 decides these by arithmetic on terms read once per tenant."""
+    (on1, on2), (off1, off2) = prepare(api)
+    free = {"key": "email.free", "name": "Free", "unit": "mail", "category": "email", "pricingRule": "fixed"}
+    assert api(UPSERT, {"i": {**free, "credits": "0"}})["upsertPrimitive"]["__typename"] == "Primitive"
+    for tid in (on1[0], off1[0]):  # a second bucket that expires first: burnt before the plan's
+        until = (clock.at + timedelta(hours=6)).isoformat()
+        assert api(GRANT_UNTIL, {"t": tid, "a": "3", "k": "g", "e": until})["grantCredits"]["__typename"]
+    start = clock.at
+    answers: dict[bool, list[tuple[Any, ...]]] = {}
+    seen: dict[bool, dict[str, int]] = {}
+    for on, (x, y) in ((True, (on1[0], on2[0])), (False, (off1[0], off2[0]))):
+        clock.at = start
+        items: list[Item] = [
+            (x, "k1", "email.send", {"quantity": 6}),  # per-call limit: refused, writes nothing
+            (x, "k1", "email.send", {"quantity": 2}),  # the same key, accepted now
+            (y, "k1", "email.send", {"quantity": 1}),  # the same key for another tenant: its own
+            (x, "k1", "email.send", {"quantity": 2}),  # a replay of the accepted one
+            (x, "k1", "email.send", {"quantity": 1}),  # a conflict with it
+            (x, "z", "email.free", {}),  # free: charged, no ledger entry
+            (x, "s1", "search.web", {"quantity": 3}),
+            (x, "bad", "nope.thing", {}),  # a refusal between charges
+            (x, "s2", "search.web", {"quantity": 2}),  # quota runs out mid-batch (3 + 2 > 4)
+            (x, "s3", "search.web", {"quantity": 1}),  # still fits: 4 of 4
+            *[(x, f"m{n}", "email.send", {}) for n in range(5)],  # warm + k1 + 4 = 6 this minute, then the limit
+            (y, "g", "email.bulk", {"quantity": 3}),
+            (x, "c", "email.send", {"connection": "gmail"}),  # the per-minute limit still holds
+        ]
+        with fast(on) as seen[on]:
+            out, trips = batch(db, clock, items)
+        answers[on] = shown(out, {})
+        if on and db.backend == "postgres":
+            assert trips == 1, trips
+    assert answers[True] == answers[False]
+    kinds = [a[0] for a in answers[True]]
+    assert kinds == [
+        "LimitExceeded", "Charged", "Charged", "Charged", "IdempotencyConflict", "Charged", "Charged",
+        "UnknownPrimitive", "QuotaExceeded", "Charged", "Charged", "Charged", "Charged", "Charged",
+        "LimitExceeded", "Charged", "LimitExceeded",
+    ], kinds  # fmt: skip
+    assert [a[5] for a in answers[True] if a[0] == "Charged"] == [False, False, True] + [False] * 8
+    assert answers[True][3][1] == answers[True][1][1]  # the replay answers the accepted item's event
+    assert rows(db, on1[0]) == rows(db, off1[0])
+    assert rows(db, on2[0]) == rows(db, off2[0])
+    buckets = rows(db, on1[0])["buckets"]
+    assert sorted(b[2] for b in buckets)[0] == 0, buckets  # the grant that expires first is spent
+    assert seen[False] == {}
+    if db.backend == "postgres":
+        assert seen[True].get("batch") == 1 and "batch_fallback" not in seen[True], seen[True]
+    else:
+        assert seen[True] == {}
+
+
+def _crossing(api: Api, clock: FrozenClock, tid: str) -> None:
+    assert api(POLICY, {"t": tid, "q": [50]})["setAlertPolicy"]["__typename"] == "AlertPolicy"
+
+
+def _low(api: Api, clock: FrozenClock, tid: str) -> None:
+    assert api(POLICY, {"t": tid, "q": [1000], "l": "67.5"})["setAlertPolicy"]["__typename"] == "AlertPolicy"
+
+
+def _run_out(api: Api, clock: FrozenClock, tid: str) -> None:
+    until = clock.at.replace(second=30).isoformat()
+    assert api(GRANT_UNTIL, {"t": tid, "a": "3", "k": "g", "e": until})["grantCredits"]["__typename"]
+    clock.advance(minutes=1)
+
+
+# name -> (setup of the first tenant, the item put in the middle of the batch)
+FALLBACKS: dict[str, tuple[Any, tuple[str, dict[str, Any]]]] = {
+    "insufficient credits mid-batch": (None, ("cards.big", {})),
+    "a quota threshold crossed mid-batch": (_crossing, ("search.web", {"quantity": 2})),
+    "a low-balance alert mid-batch": (_low, ("email.send", {"quantity": 2})),
+    "a price that is not fixed": (None, ("browser.session.time", {"elapsed_seconds": 30})),
+    "a bucket that ran out": (_run_out, ("email.bulk", {})),
+}
+
+
+@pytest.mark.parametrize("case", list(FALLBACKS))
+def test_a_fallback_batch_writes_nothing_and_python_answers_the_same(
+    api: Api, db: Database, clock: FrozenClock, case: str
+) -> None:
+    setup, (primitive, extra) = FALLBACKS[case]
+    (on1, on2), (off1, off2) = prepare(api)
+    start = clock.at
+    outs = {}
+    for on, (x, y) in ((True, (on1[0], on2[0])), (False, (off1[0], off2[0]))):
+        clock.at = start
+        if setup:
+            setup(api, clock, x)
+        items: list[Item] = [
+            (x, "a", "email.bulk", {}),
+            (y, "b", "email.bulk", {}),
+            (x, "a", "email.bulk", {}),  # a replay inside the batch, before the uncommon item
+            (x, "c", primitive, extra),
+            (x, "d", "email.bulk", {}),
+        ]
+        if on and db.backend == "postgres":
+            # The function alone: it answers 'fallback' and has written nothing for either tenant.
+            before = (rows(db, x), rows(db, y), count_rows(db.engine, *WRITTEN))
+            reqs = [(TenantScope(t), service.MeterRequest(primitive=p, idempotency_key=k, **e)) for t, k, p, e in items]
+            order = sorted(range(len(reqs)), key=lambda i: reqs[i][0].tenant_id)
+            cols = [list(col) for col in zip(*(pg_charge._item(*reqs[i]) for i in order), strict=True)]
+            with db.engine.connect() as c:
+                raw: Any = c.connection.driver_connection
+                raw.autocommit = True
+                got = raw.execute(pg_charge._CALL_BATCH, (*cols, clock.now(), 0)).fetchone()
+                raw.autocommit = False
+            assert list(got) == [["fallback"], None, None, None, None, None, None, None], (case, got)
+            assert (rows(db, x), rows(db, y), count_rows(db.engine, *WRITTEN)) == before, case
+        with fast(on) as seen:
+            out, _ = batch(db, clock, items)
+        outs[on] = shown(out, {})
+        if on and db.backend == "postgres":
+            assert seen == {"batch_fallback": 1}, (case, seen)
+        else:
+            assert seen == {}, (case, seen)
+    assert outs[True] == outs[False], case
+    assert outs[True][2][5] is True, outs[True]  # the in-batch replay
+    assert rows(db, on1[0]) == rows(db, off1[0]), case
+    assert rows(db, on2[0]) == rows(db, off2[0]), case
