@@ -1,7 +1,6 @@
 """Migration 0016_hot_indexes: credit_bucket's tenant_id index (a duplicate of the prefix of
 uq_credit_bucket_grant_key) is dropped on the way up and made again on the way down, on SQLite and
-PostgreSQL; on PostgreSQL usage_event and ledger_entry are keyed by (tenant_id, id) in place of
-(id) plus an index on (tenant_id, id), and back; the paths that reads need stay."""
+PostgreSQL; the (tenant_id, id) paths the history reads need stay."""
 
 from __future__ import annotations
 
@@ -64,10 +63,8 @@ def test_hot_indexes_migration_drops_the_duplicate_and_keeps_what_reads_need(emp
     engine.dispose()
     assert "ix_credit_bucket_tenant_id" not in _indexes(engine, "credit_bucket")
     assert ["tenant_id", "grant_key"] in _unique(engine)  # what serves a read by tenant now
-    pg = engine.dialect.name == "postgresql"
     for table in TENANT_KEYED:
-        # PostgreSQL: the key is the (tenant_id, id) path; SQLite: id is the rowid and the index stays.
-        assert _tenant_id_path(engine, table) == ((["tenant_id", "id"], False) if pg else (["id"], True)), table
+        assert _tenant_id_path(engine, table) == (["id"], True), table
     with engine.begin() as c:
         assert c.execute(text(LIVE), {"t": T}).all() == [("bkt_1", 5)]  # the rows are untouched
         new = c.execute(

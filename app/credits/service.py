@@ -365,7 +365,7 @@ def reconcile(session: Session) -> ReconcileReport:
     newest = select(ENTRY.c.tenant_id, func.max(ENTRY.c.id).label("m")).group_by(ENTRY.c.tenant_id).subquery()
     last = {
         r[0]: int(r[1])
-        # Joined on the tenant too: on PostgreSQL (tenant_id, id) is the key (migration 0016_hot_indexes).
+        # Joined on the tenant too: the (tenant_id, id) index finds each newest entry.
         for r in conn.execute(
             select(ENTRY.c.tenant_id, ENTRY.c.balance_after).join(
                 newest, and_(ENTRY.c.tenant_id == newest.c.tenant_id, ENTRY.c.id == newest.c.m)

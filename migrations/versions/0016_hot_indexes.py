@@ -4,15 +4,6 @@ uq_credit_bucket_grant_key (tenant_id, grant_key), which every query by tenant u
 PL/pgSQL charge of 0012/0014, which names no index). It was pure write cost: one more b-tree
 entry per grant, and on PostgreSQL one more index entry for every bucket update that is not HOT.
 
-PostgreSQL only: usage_event and ledger_entry take (tenant_id, id) as their primary key in place
-of (id) plus the index ix_<table>_tenant_id_id on (tenant_id, id): one b-tree fewer on each of the
-two tables every charge inserts into. id stays unique (an identity column nothing else writes),
-nothing references these ids by foreign key, and every read names the tenant with the id
-(history pages, reconcile's newest entry, a reversal's entry, the idempotency lookup, which keeps
-uq_usage_event_key). It is also the shape a table distributed by tenant_id must have. SQLite keeps
-its tables as they are: there id is the rowid (the table itself, no index to drop) and the
-(tenant_id, id) index is the only path of the newest-first history.
-
 The other indexes on the tables a charge writes were measured and kept: each is the only path
 of a read: usage_event's (tenant_id, idempotency_key) is the idempotency lookup and (tenant_id,
 id) the newest-first history; ledger_entry's (tenant_id, id) is the credit history, its count and
@@ -34,23 +25,11 @@ branch_labels = None
 depends_on = None
 
 
-TENANT_KEYED = ("usage_event", "ledger_entry")
-
 
 def upgrade() -> None:
     # Plain DROP INDEX on both databases: no table rebuild on SQLite, no lock beyond the index.
     op.execute("DROP INDEX IF EXISTS ix_credit_bucket_tenant_id")
-    if op.get_bind().dialect.name == "postgresql":
-        for table in TENANT_KEYED:
-            op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
-            op.execute(f"DROP INDEX ix_{table}_tenant_id_id")
-            op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY (tenant_id, id)")
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for table in TENANT_KEYED:
-            op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
-            op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY (id)")
-            op.execute(f"CREATE INDEX ix_{table}_tenant_id_id ON {table} (tenant_id, id)")
     op.create_index("ix_credit_bucket_tenant_id", "credit_bucket", ["tenant_id"], unique=False)
