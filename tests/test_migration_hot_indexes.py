@@ -15,7 +15,7 @@ from app.core.db import normalize_url
 from app.core.migrate import alembic_config, upgrade
 from tests.test_migration_scopes_rollups import T, empty_url  # noqa: F401  (fixture)
 
-BEFORE = "0014_pg_charge_batch"
+BEFORE = "0015_pg_charge_batch_once"
 AT = "'2026-07-01 00:00:00'"
 # The newest-first history of each (usage history; credit history, its count, reconcile).
 TENANT_KEYED = ("usage_event", "ledger_entry")

@@ -11,16 +11,14 @@ reconcile's newest entry per tenant. The counter, rollup, rate-window and accoun
 their primary key only, and a charge's update of them changes no indexed column.
 
 Revision ID: 0016_hot_indexes
-Revises: 0014_pg_charge_batch
+Revises: 0015_pg_charge_batch_once
 Create Date: 2026-11-28
 """
 
 from alembic import op
 
 revision = "0016_hot_indexes"
-# Written against 0014 while 0015_pg_batch_once was being written elsewhere: the lead re-points
-# this to "0015_pg_batch_once" when both are merged.
-down_revision = "0014_pg_charge_batch"
+down_revision = "0015_pg_charge_batch_once"
 branch_labels = None
 depends_on = None
 
