@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from app.core.clock import FrozenClock
 from tests.conftest import Api, count_rows
@@ -96,6 +96,50 @@ def test_charge_statement_count(api: Api) -> None:
     # no separate key lookup or quota read.
     assert len(charge) == 8, "\n".join(charge)
     assert sum(s.startswith("SELECT") for s in charge) == 1, "\n".join(charge)
+
+
+def test_a_free_charge_writes_no_account_row_and_a_free_charge_after_an_expiry_still_does(
+    api: Api, clock: FrozenClock
+) -> None:
+    """A free call (browser.session.open costs 0) moves no credits: no bucket, no ledger entry and no
+    account UPDATE (it would only touch updated_at). After a bucket expired, the same free call's
+    sweep moves the balance and the account is written, so the stored balance stays exact."""
+    from tests.test_credits_graphql import CREDITS as TENANT_CREDITS
+    from tests.test_credits_graphql import GRANT
+    from tests.test_usage_series import _driver_statements, _transaction
+
+    seed_catalog(api)
+    tid = api.create_tenant("F")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    key = api.tenant_key(tid)
+    free = {"primitive": "browser.session.open", "idempotencyKey": "f0"}
+    first = api(CHARGE, {"i": free}, key=key)["charge"]
+    assert (first["__typename"], first["creditsUsed"]) == ("Charged", "0")
+    before = api(CREDITS, key=key)["viewer"]["credits"]
+    entries = count_rows(api.db.engine, "ledger_entry")["ledger_entry"]
+    if api.db.backend == "sqlite":
+        with _driver_statements(api) as seen:
+            api(CHARGE, {"i": {**free, "idempotencyKey": "f1"}}, key=key)
+        charge = _transaction(seen)
+        assert not any("credit_account" in s and s.startswith("UPDATE") for s in charge), "\n".join(charge)
+        assert not any("credit_bucket" in s and s.startswith("UPDATE") for s in charge), "\n".join(charge)
+        # The read, then event, counter and rollup.
+        assert len(charge) == 4, "\n".join(charge)
+    else:
+        api(CHARGE, {"i": {**free, "idempotencyKey": "f1"}}, key=key)
+    assert api(CREDITS, key=key)["viewer"]["credits"] == before
+    assert count_rows(api.db.engine, "ledger_entry")["ledger_entry"] == entries
+    # A bucket that expires: the next free charge sweeps it (an expiry entry) and writes the balance.
+    soon = (clock.now() + timedelta(seconds=60)).isoformat()
+    api(GRANT, {"t": tid, "a": "7", "k": "soon", "e": soon})
+    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == str(int(before["balance"]) + 7)
+    clock.advance(seconds=61)
+    done = api(CHARGE, {"i": {**free, "idempotencyKey": "f2"}}, key=key)["charge"]
+    assert done["creditsRemaining"] == before["available"]
+    with api.db.engine.connect() as c:
+        stored = c.execute(text("SELECT balance FROM credit_account WHERE tenant_id = :t"), {"t": tid}).scalar_one()
+    assert str(stored // 1_000_000) == before["balance"]  # the sweep is in the account row, not only answered
+    assert api(TENANT_CREDITS, {"id": tid})["tenant"]["credits"]["balance"] == before["balance"]
 
 
 def test_hold_expires_once(api: Api, clock: FrozenClock) -> None:

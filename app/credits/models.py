@@ -27,7 +27,9 @@ class CreditBucket(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("tenant_id", "grant_key", name="uq_credit_bucket_grant_key"),)
 
     id: str = Field(primary_key=True, max_length=40)
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40, index=True)
+    # No index of its own: uq_credit_bucket_grant_key (tenant_id, grant_key) serves every read by
+    # tenant (migration 0016_hot_indexes dropped the duplicate).
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
     source: str = Field(max_length=16)  # signup | plan | purchase | adjustment | reversal
     granted: int = Field(sa_column=micro_column(default=None))
     remaining: int = Field(sa_column=micro_column(default=None))

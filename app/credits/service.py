@@ -365,7 +365,12 @@ def reconcile(session: Session) -> ReconcileReport:
     newest = select(ENTRY.c.tenant_id, func.max(ENTRY.c.id).label("m")).group_by(ENTRY.c.tenant_id).subquery()
     last = {
         r[0]: int(r[1])
-        for r in conn.execute(select(ENTRY.c.tenant_id, ENTRY.c.balance_after).join(newest, ENTRY.c.id == newest.c.m))
+        # Joined on the tenant too: the (tenant_id, id) index finds each newest entry.
+        for r in conn.execute(
+            select(ENTRY.c.tenant_id, ENTRY.c.balance_after).join(
+                newest, and_(ENTRY.c.tenant_id == newest.c.tenant_id, ENTRY.c.id == newest.c.m)
+            )
+        )
     }
     bad_bucket = case(((BUCKET.c.remaining < 0) | (BUCKET.c.remaining > BUCKET.c.granted), 1), else_=0)
     buckets = {

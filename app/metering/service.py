@@ -436,6 +436,9 @@ class Meter:
             self.state, self._terms = lock_with_terms(self.conn, scope, self.now, api_key_id)
         else:
             self.state, self._terms, self._facts = lock_for_charge(self.conn, scope, self.now, charge)
+        # The balance the account row holds in this transaction (a sweep moves self.state first and
+        # the debit writes it): a free charge that moves nothing writes no account row (record()).
+        self._stored_balance = self.state.balance
         self._live: list[ledger.LiveBucket] | None = None
         self._live_partial = False  # _live is only the first live bucket (see ChargeFacts)
         self._spend: KeySpend | None = None
@@ -619,19 +622,26 @@ class Meter:
     def record(self, req: MeterRequest, d: Decision, *, kind: str, key: str, release_reserved: int = 0) -> Charged:
         """Debit, event, counters. The caller has checked the floor."""
         available_before = self.state.available
-        balance = ledger.debit(
-            self.conn,
-            self.scope,
-            self.clock,
-            amount=d.amount,
-            action=req.primitive,
-            floor=self.floor,
-            reference=req.reference,
-            release_reserved=release_reserved,
-            state=self.state,
-            live=self._live_for(d.amount),
-            now=self.now,  # the entry's time is the charge's: one clock reading per transaction
-        )
+        if d.amount == 0 and not release_reserved and self.state.balance == self._stored_balance:
+            # A free call with nothing swept or released: no bucket, no ledger entry (a debit of 0 has
+            # none), and the account's UPDATE would change only its updated_at, which nothing reads.
+            # One statement and one written page fewer; every balance answer is the same.
+            balance = self.state.balance
+        else:
+            balance = ledger.debit(
+                self.conn,
+                self.scope,
+                self.clock,
+                amount=d.amount,
+                action=req.primitive,
+                floor=self.floor,
+                reference=req.reference,
+                release_reserved=release_reserved,
+                state=self.state,
+                live=self._live_for(d.amount),
+                now=self.now,  # the entry's time is the charge's: one clock reading per transaction
+            )
+            self._stored_balance = balance
         self._live = None  # spent: a second record in this transaction sweeps again
         self._live_partial = False
         self.state = ledger.AccountState(balance, self.state.reserved - release_reserved)
