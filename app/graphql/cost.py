@@ -257,21 +257,30 @@ def _measure(doc: DocumentNode, walk: _Walk) -> CostReport:
 def check_variables(variables: Any, limits: CostLimits) -> int:
     """Refuse list values longer than max_list_items (or nested deeper than max_nesting) in the
     request's JSON variables, before graphql-core coerces them. Returns the values visited."""
+    # Only lists and objects go on the stack: a scalar can break no limit, so it is counted
+    # where it is seen (a chargeBatch of 50 has ~4 scalars per item and 2 containers).
+    max_items, max_nesting = limits.max_list_items, limits.max_nesting
     stack: list[tuple[Any, int]] = [(variables, 0)]
     visited = 0
     while stack:
         value, depth = stack.pop()
         visited += 1
+        children: Any
         if isinstance(value, list):
-            if len(value) > limits.max_list_items:
-                raise CostExceeded(
-                    "max_list_items", limits.max_list_items, f"a variable holds more than {limits.max_list_items} items"
-                )
-            if depth >= limits.max_nesting:
+            if len(value) > max_items:
+                raise CostExceeded("max_list_items", max_items, f"a variable holds more than {max_items} items")
+            if depth >= max_nesting:
                 continue  # deep JSON is the metadata validator's to refuse, with its own field
-            stack.extend((v, depth + 1) for v in value)
-        elif isinstance(value, dict) and depth < limits.max_nesting:
-            stack.extend((v, depth + 1) for v in value.values())
+            children = value
+        elif isinstance(value, dict) and depth < max_nesting:
+            children = value.values()
+        else:
+            continue
+        for v in children:
+            if isinstance(v, list | dict):
+                stack.append((v, depth + 1))
+            else:
+                visited += 1
     return visited
 
 

@@ -71,15 +71,64 @@ def _plan(cls: type, ctx: InputContext) -> Plan:
 
 
 def _converter(type_: Any, ctx: InputContext) -> Convert | None:
-    """None: the value as graphql-core coerced it (a scalar or an enum, or null); otherwise
-    Strawberry's own conversion of that field."""
-    base = type_.of_type if isinstance(type_, StrawberryOptional) and not isinstance(type_, StrawberryMaybe) else type_
+    """None: the value as graphql-core coerced it (a scalar or an enum, or null); a nested input
+    type with a plan: that plan, called directly; otherwise Strawberry's own conversion."""
+    optional = isinstance(type_, StrawberryOptional) and not isinstance(type_, StrawberryMaybe)
+    base = type_.of_type if optional else type_
     if base is not GlobalID and (
         is_scalar(base, ctx.scalar_registry) or isinstance(base, StrawberryEnumDefinition) or has_enum_definition(base)
     ):
         return None
+    definition = getattr(base, "__strawberry_definition__", None)
+    if isinstance(definition, StrawberryObjectDefinition) and definition.from_input is _from_input:
+        # What convert_argument would do for this field (None stays None, then the type's
+        # from_input with the field's path), without its dispatch on the type. The path is only
+        # read by Strawberry's own conversion further down and by other from_input hooks, so a
+        # nested value whose conversion never gets there shares its parent's context.
+        cls = base
+        pathless = _pathless(cls, ctx, set())
+
+        def nested(raw: Any, c: InputContext, key: str) -> Any:
+            if raw is None:
+                return None
+            if not pathless:
+                c = InputContext(info=c.info, config=c.config, scalar_registry=c.scalar_registry, path=(*c.path, key))
+            return _from_input(cls, raw, c)
+
+        return nested
 
     def convert(raw: Any, c: InputContext, key: str) -> Any:
         return convert_argument(raw, type_, c.scalar_registry, c.config, c.info, path=(*c.path, key))
 
     return convert
+
+
+def _pathless(cls: type, ctx: InputContext, seen: set[type]) -> bool:
+    """True when converting `cls` never reads the context's path: every field is a leaf or a
+    planned input type that is itself pathless (a cycle counts as reading it, to be safe)."""
+    if cls in seen:
+        return False
+    seen.add(cls)
+    try:
+        return _fields_pathless(cls, ctx, seen)
+    finally:
+        seen.discard(cls)
+
+
+def _fields_pathless(cls: type, ctx: InputContext, seen: set[type]) -> bool:
+    definition: StrawberryObjectDefinition = cls.__strawberry_definition__  # type: ignore[attr-defined]
+    for f in definition.fields:
+        type_: Any = f.resolve_type(type_definition=definition)
+        optional = isinstance(type_, StrawberryOptional) and not isinstance(type_, StrawberryMaybe)
+        base = type_.of_type if optional else type_
+        if base is not GlobalID and (
+            is_scalar(base, ctx.scalar_registry)
+            or isinstance(base, StrawberryEnumDefinition)
+            or has_enum_definition(base)
+        ):
+            continue
+        d = getattr(base, "__strawberry_definition__", None)
+        if isinstance(d, StrawberryObjectDefinition) and d.from_input is _from_input and _pathless(base, ctx, seen):
+            continue
+        return False
+    return True

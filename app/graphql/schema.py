@@ -21,6 +21,7 @@ from app.budgets.graphql import BudgetMutation, BudgetQuery
 from app.catalog.graphql import CatalogMutation, CatalogQuery
 from app.core.errors import DomainError
 from app.credits.graphql import CreditsMutation, CreditsQuery
+from app.graphql.completion import install as install_completion
 from app.graphql.cost import CostLimits
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache
@@ -186,6 +187,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     schema.hide_suggestions = hide
     # Input objects from a plan made once per type (app/graphql/inputs.py).
     install_input_plans(t.definition for t in schema.schema_converter.type_map.values())
+    # Union type resolution by class and one-call attribute fields (app/graphql/completion.py).
+    install_completion(schema)
     return schema
 
 

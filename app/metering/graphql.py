@@ -46,6 +46,18 @@ class BatchItemInput:
 
 def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterRequest:
     """`ctx`: the request's principal, recorded as the key that made the call."""
+    if i.details is None:
+        # The common case (a fixed price): price_request would give PriceRequest(primitive,
+        # quantity) with every other field at the default MeterRequest has too, so the request is
+        # built once, not twice (per item in a chargeBatch).
+        return service.MeterRequest(
+            api_key_id=_key_id(ctx),
+            primitive=i.primitive,
+            idempotency_key=i.idempotency_key,
+            quantity=i.quantity,
+            reference=i.reference,
+            connection=i.connection,
+        )
     p = price_request(i.primitive, i.quantity, i.details)
     return service.MeterRequest(
         api_key_id=_key_id(ctx),
