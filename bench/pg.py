@@ -155,6 +155,7 @@ def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durabl
     before = dict(pg_charge.stats)
     try:
         for r in range(rounds):
+            _analyze(engine)
             for mode in ("full", "function") if r % 2 == 0 else ("function", "full"):
                 pg_charge.ENABLED = mode == "function"
                 n, start = 0, time.perf_counter()
@@ -187,6 +188,15 @@ def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durabl
     return out
 
 
+def _analyze(engine: Any) -> None:
+    """Statistics as a live database's autovacuum keeps them: this throwaway one grows by
+    thousands of events a second, and plans made while it was small (psycopg prepares a
+    statement on its 5th run) read every event of the tenant by key; both modes alike."""
+    with engine.connect() as c:
+        c.exec_driver_sql("ANALYZE")
+        c.commit()
+
+
 def batch_one_connection(url: str, tenant: str, rounds: int, seconds: float, size: int = 50) -> dict[str, Any]:
     """chargeBatch of `size` through service.charge_batch on ONE connection, the function
     (meterkit_charge_batch) off and on, alternated in rounds; in charges/s."""
@@ -204,12 +214,7 @@ def batch_one_connection(url: str, tenant: str, rounds: int, seconds: float, siz
     before = pg_charge.stats.get("batch", 0)
     try:
         for r in range(rounds):
-            # Statistics as a live database's autovacuum keeps them: this throwaway one grows by
-            # thousands of events a second, and plans made while it was small (psycopg prepares a
-            # statement on its 5th run) read every event of the tenant by key; both modes alike.
-            with engine.connect() as c:
-                c.exec_driver_sql("ANALYZE")
-                c.commit()
+            _analyze(engine)
             for mode in ("full", "function") if r % 2 == 0 else ("function", "full"):
                 pg_charge.ENABLED = pg_charge.BATCH_ENABLED = mode == "function"
                 n, start = 0, time.perf_counter()
