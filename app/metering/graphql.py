@@ -21,6 +21,7 @@ from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import repository, service
 from app.pricing.graphql import PriceDetailsInput, price_request
+from app.pricing.service import PriceRequest
 
 
 @strawberry.input(
@@ -46,19 +47,9 @@ class BatchItemInput:
 
 def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterRequest:
     """`ctx`: the request's principal, recorded as the key that made the call."""
-    if i.details is None:
-        # The common case (a fixed price): price_request would give PriceRequest(primitive,
-        # quantity) with every other field at the default MeterRequest has too, so the request is
-        # built once, not twice (per item in a chargeBatch).
-        return service.MeterRequest(
-            api_key_id=_key_id(ctx),
-            primitive=i.primitive,
-            idempotency_key=i.idempotency_key,
-            quantity=i.quantity,
-            reference=i.reference,
-            connection=i.connection,
-        )
-    p = price_request(i.primitive, i.quantity, i.details)
+    # The common case (a fixed price, no details): price_request would give every other field at
+    # the default MeterRequest has too, so none is passed (per item in a chargeBatch).
+    priced: dict[str, Any] = {} if i.details is None else _priced(price_request(i.primitive, i.quantity, i.details))
     return service.MeterRequest(
         api_key_id=_key_id(ctx),
         primitive=i.primitive,
@@ -66,16 +57,22 @@ def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterReques
         quantity=i.quantity,
         reference=i.reference,
         connection=i.connection,
-        model=p.model,
-        input_tokens=p.input_tokens,
-        output_tokens=p.output_tokens,
-        cache_read_tokens=p.cache_read_tokens,
-        cache_creation_tokens=p.cache_creation_tokens,
-        cost_usd=p.cost_usd,
-        elapsed_seconds=p.elapsed_seconds,
-        num_images=p.num_images,
-        duration_seconds=p.duration_seconds,
+        **priced,
     )
+
+
+def _priced(p: PriceRequest) -> dict[str, Any]:
+    return {
+        "model": p.model,
+        "input_tokens": p.input_tokens,
+        "output_tokens": p.output_tokens,
+        "cache_read_tokens": p.cache_read_tokens,
+        "cache_creation_tokens": p.cache_creation_tokens,
+        "cost_usd": p.cost_usd,
+        "elapsed_seconds": p.elapsed_seconds,
+        "num_images": p.num_images,
+        "duration_seconds": p.duration_seconds,
+    }
 
 
 @strawberry.type
