@@ -30,8 +30,8 @@ test: $(VENV)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check app tests
-	$(BIN)/mypy app tests
+	$(BIN)/ruff check app tests bench
+	$(BIN)/mypy app tests bench
 	$(BIN)/meterkit export-schema --check
 	$(MAKE) --no-print-directory client-check
 

@@ -172,7 +172,7 @@ def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durabl
         pg_charge.ENABLED = was
         engine.dispose()
     answered = pg_charge.stats.get("charged", 0) - before.get("charged", 0)
-    out = {mode: done[mode] / spent[mode] for mode in done}
+    out: dict[str, Any] = {mode: done[mode] / spent[mode] for mode in done}
     out.update(
         charges=done,
         function_answered=answered,
