@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from bench.run import PRIMITIVE, RESULTS, ROOT, _commit, free_port, log, verdict, wrk
+from bench.run import PRIMITIVE, RESULTS, ROOT, _commit, free_port, log, seed_plan, seed_tenant, verdict, wrk
 
 ADMIN_URL = os.environ.get("METERKIT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TARGET_ONE_CONN = 4.0  # the function's charges/s on one connection / the full path's, at least
@@ -41,43 +41,21 @@ def seed(url: str, n: int) -> list[tuple[str, str]]:
     """A kit and a plan with huge quotas, `n` tenants with huge grants and a key each, and one
     charge each so the billing period is recorded (the rare roll is not what is measured)."""
     import app.models  # noqa: F401
-    from app.account_kits.service import KitInput, upsert_account_kit
     from app.core.auth import TenantScope
     from app.core.clock import Clock
     from app.core.db import connection_of_work, make_engine, unit_of_work
     from app.core.migrate import upgrade
-    from app.credits import ledger
     from app.metering import service
-    from app.plans.service import PlanInput, upsert_plan
-    from app.subscriptions.service import SubscriptionInput, set_subscription
-    from app.tenants.service import TenantInput, create_api_key, create_tenant
 
     upgrade(url)
     engine = make_engine(url)
     clock = Clock()
     out = []
     with unit_of_work(engine) as s:
-        upsert_account_kit(s, clock, KitInput(key="bench_kit", name="Bench", allowed_primitives=[PRIMITIVE]))
-        upsert_plan(
-            s,
-            clock,
-            PlanInput(
-                key="bench_plan",
-                name="Bench",
-                account_kit_id="bench_kit",
-                period="month",
-                quotas={PRIMITIVE: 2**31 - 1},
-            ),
-        )
+        seed_plan(s, clock)
         for i in range(n):
-            tenant = create_tenant(
-                s, clock, TenantInput(name=f"bench-pg-{i}"), default_plan_key="bench_plan", signup_micro=0
-            )
-            scope = TenantScope(tenant.id)
-            set_subscription(s, clock, scope, SubscriptionInput(plan_key="bench_plan"))
-            ledger.grant(s, scope, clock, amount=10**9 * 1_000_000, source="adjustment", grant_key="bench")
-            _, raw = create_api_key(s, clock, role="tenant", scope=scope, name="bench")
-            out.append((tenant.id, raw))
+            tenant_id, _, raw = seed_tenant(s, clock, f"bench-pg-{i}")
+            out.append((tenant_id, raw))
     for tid, _ in out:
         with connection_of_work(engine) as conn:
             req = service.MeterRequest(primitive=PRIMITIVE, idempotency_key="warm")

@@ -89,58 +89,70 @@ def free_port() -> int:
 # ---- data ----------------------------------------------------------------------------------
 
 
+def seed_plan(s: Any, clock: Any) -> None:
+    """The bench's kit (email.send only) and plan (huge quotas), shared by bench/pg.py."""
+    from app.account_kits.service import KitInput, upsert_account_kit
+    from app.plans.service import PlanInput, upsert_plan
+
+    upsert_account_kit(s, clock, KitInput(key="bench_kit", name="Bench", allowed_primitives=[PRIMITIVE]))
+    upsert_plan(
+        s,
+        clock,
+        PlanInput(
+            key="bench_plan",
+            name="Bench",
+            account_kit_id="bench_kit",
+            period="month",
+            quotas={PRIMITIVE: 2**31 - 1},  # GraphQL Int is 32-bit: quota and remaining must fit
+        ),
+    )
+
+
+def seed_tenant(s: Any, clock: Any, name: str) -> tuple[str, Any, str]:
+    """A tenant on the bench plan with a huge grant and a key: (tenant id, key row, raw key)."""
+    from app.core.auth import TenantScope
+    from app.credits import ledger
+    from app.subscriptions.service import SubscriptionInput, set_subscription
+    from app.tenants.service import TenantInput, create_api_key, create_tenant
+
+    tenant = create_tenant(s, clock, TenantInput(name=name), default_plan_key="bench_plan", signup_micro=0)
+    scope = TenantScope(tenant.id)
+    set_subscription(s, clock, scope, SubscriptionInput(plan_key="bench_plan"))
+    ledger.grant(s, scope, clock, amount=10**9 * 1_000_000, source="adjustment", grant_key="bench")
+    key_row, raw = create_api_key(s, clock, role="tenant", scope=scope, name="bench")
+    return tenant.id, key_row, raw
+
+
 def seed(url: str) -> dict[str, str]:
     """A kit allowing email.send, a plan with huge quotas, two tenants (one charged by the
     load, one whose event log the usage scenarios grow), their keys and huge credit grants."""
     import app.models  # noqa: F401  (every table mapped before the ORM is used)
-    from app.account_kits.service import KitInput, upsert_account_kit
     from app.core.auth import TenantScope
     from app.core.clock import Clock
     from app.core.db import make_engine, unit_of_work
     from app.core.migrate import upgrade
-    from app.credits import ledger
     from app.metering import service
-    from app.plans.service import PlanInput, upsert_plan
-    from app.subscriptions.service import SubscriptionInput, set_subscription
-    from app.tenants.service import TenantInput, create_api_key, create_tenant
 
     upgrade(url)
     engine = make_engine(url)
     clock = Clock()
     out: dict[str, str] = {}
     with unit_of_work(engine) as s:
-        upsert_account_kit(s, clock, KitInput(key="bench_kit", name="Bench", allowed_primitives=[PRIMITIVE]))
-        upsert_plan(
-            s,
-            clock,
-            PlanInput(
-                key="bench_plan",
-                name="Bench",
-                account_kit_id="bench_kit",
-                period="month",
-                quotas={PRIMITIVE: 2**31 - 1},  # GraphQL Int is 32-bit: quota and remaining must fit
-            ),
-        )
+        seed_plan(s, clock)
         # "alerts": a tenant like "load" with alerts configured (an endpoint for every event type, its
         # own quota thresholds and a low-balance line it never crosses): the charge's cost with alerts.
         for role in ("load", "usage", "alerts"):
-            tenant = create_tenant(
-                s, clock, TenantInput(name=f"bench-{role}"), default_plan_key="bench_plan", signup_micro=0
-            )
-            scope = TenantScope(tenant.id)
-            set_subscription(s, clock, scope, SubscriptionInput(plan_key="bench_plan"))
-            ledger.grant(s, scope, clock, amount=10**9 * 1_000_000, source="adjustment", grant_key="bench")
-            key_row, raw = create_api_key(s, clock, role="tenant", scope=scope, name="bench")
-            out[f"{role}_tenant"] = tenant.id
+            tenant_id, key_row, raw = seed_tenant(s, clock, f"bench-{role}")
+            out[f"{role}_tenant"] = tenant_id
             out[f"{role}_key"] = raw
             if role == "alerts":
                 from app.alerts.service import create_endpoint, set_policy
                 from app.core.auth import Principal
 
-                owner = Principal(role="tenant", key_id=key_row.id, tenant_id=tenant.id)
+                owner = Principal(role="tenant", key_id=key_row.id, tenant_id=tenant_id)
                 create_endpoint(s, clock, owner, None, "http://127.0.0.1:9/meterkit-bench", ["*"])
                 set_policy(
-                    s, clock, plan_key=None, tenant_id=tenant.id, quota_percents=[50, 75, 90, 100], low_balance=1
+                    s, clock, plan_key=None, tenant_id=tenant_id, quota_percents=[50, 75, 90, 100], low_balance=1
                 )
     # One real charge for the usage tenant: the template the bulk events are cloned from.
     with unit_of_work(engine) as s:
