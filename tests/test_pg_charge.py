@@ -182,33 +182,41 @@ def test_the_same_script_answers_and_writes_the_same_with_the_function_on_and_of
         assert on_seen == {}  # SQLite: no function, the full path
 
 
-def service_charge(
-    db: Database, clock: FrozenClock, tid: str, ik: str, *, precheck: bool = False, **extra: Any
-) -> tuple[Any, int]:
-    """One charge through the metered edge's transaction (connection_of_work, as REST and GraphQL
-    run it), and its round trips on PostgreSQL, the commit and the pool's reset included."""
+@contextmanager
+def traced_work(db: Database) -> Iterator[tuple[Any, list[int]]]:
+    """A metered edge's transaction (connection_of_work, as REST and GraphQL run it): yields the
+    connection and a one-item list that holds, after the block, its round trips on PostgreSQL
+    (each ReadyForQuery the server sends ends one; the commit and the pool's reset included), or -1
+    on SQLite."""
     import psycopg
 
-    req = service.MeterRequest(primitive=extra.pop("primitive", "email.send"), idempotency_key=ik, **extra)
+    trips = [-1]
     with tempfile.TemporaryFile("w+") as f:
         with connection_of_work(db.engine) as conn:
             raw: Any = conn.connection.driver_connection
             if db.backend == "postgres":
                 raw.pgconn.trace(f.fileno())
                 raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
-            try:
-                res: Any = service.charge(
-                    conn, clock, TenantScope(tid), req, negative_buffer=0, precheck=precheck, alone=True
-                )
-            except DomainError as exc:
-                res = exc
-        if db.backend != "postgres":
-            return res, -1
-        raw.pgconn.untrace()
-        f.seek(0)
-        lines = f.read().splitlines()
-    # Each ReadyForQuery the server sends ends one round trip.
-    return res, sum(1 for line in lines if line.startswith("B") and "ReadyForQuery" in line)
+            yield conn, trips
+        if db.backend == "postgres":
+            raw.pgconn.untrace()
+            f.seek(0)
+            trips[0] = sum(1 for line in f.read().splitlines() if line.startswith("B") and "ReadyForQuery" in line)
+
+
+def service_charge(
+    db: Database, clock: FrozenClock, tid: str, ik: str, *, precheck: bool = False, **extra: Any
+) -> tuple[Any, int]:
+    """One charge through the metered edge's transaction, and its round trips on PostgreSQL."""
+    req = service.MeterRequest(primitive=extra.pop("primitive", "email.send"), idempotency_key=ik, **extra)
+    with traced_work(db) as (conn, trips):
+        try:
+            res: Any = service.charge(
+                conn, clock, TenantScope(tid), req, negative_buffer=0, precheck=precheck, alone=True
+            )
+        except DomainError as exc:
+            res = exc
+    return res, trips[0]
 
 
 def test_a_warm_common_charge_is_one_round_trip(api: Api, db: Database, clock: FrozenClock) -> None:

@@ -5,7 +5,6 @@ the full Python path does. SQLite: the full path, with the same answers."""
 
 from __future__ import annotations
 
-import tempfile
 from datetime import timedelta
 from typing import Any
 
@@ -13,33 +12,20 @@ import pytest
 
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
-from app.core.db import connection_of_work
 from app.core.errors import DomainError
 from app.metering import pg_charge, service
 from tests.conftest import Api, Database, count_rows
-from tests.test_pg_charge import POLICY, UPSERT, WRITTEN, charge, fast, rows, seed, tenant
+from tests.test_pg_charge import POLICY, UPSERT, WRITTEN, charge, fast, rows, seed, tenant, traced_work
 
 Item = tuple[str, str, str, dict[str, Any]]  # tenant, key, primitive, extra
 
 
 def batch(db: Database, clock: FrozenClock, items: list[Item]) -> tuple[list[Any], int]:
     """One chargeBatch through the metered edge's transaction, and its round trips on PostgreSQL."""
-    import psycopg
-
     reqs = [(TenantScope(t), service.MeterRequest(primitive=p, idempotency_key=k, **extra)) for t, k, p, extra in items]
-    with tempfile.TemporaryFile("w+") as f:
-        with connection_of_work(db.engine) as conn:
-            raw: Any = conn.connection.driver_connection
-            if db.backend == "postgres":
-                raw.pgconn.trace(f.fileno())
-                raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
-            out = service.charge_batch(conn, clock, reqs, negative_buffer=0, alone=True)
-        if db.backend != "postgres":
-            return out, -1
-        raw.pgconn.untrace()
-        f.seek(0)
-        lines = f.read().splitlines()
-    return out, sum(1 for line in lines if line.startswith("B") and "ReadyForQuery" in line)
+    with traced_work(db) as (conn, trips):
+        out = service.charge_batch(conn, clock, reqs, negative_buffer=0, alone=True)
+    return out, trips[0]
 
 
 def shown(out: list[Any], ids: dict[int, int]) -> list[tuple[Any, ...]]:
