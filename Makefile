@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev-stripe test lint bench schema client client-check clean
+.PHONY: run dev-stripe test lint bench schema client client-check clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,20 @@ run: $(VENV)/.installed
 dev-stripe: $(VENV)/.installed
 	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT)
 
-test: $(VENV)/.installed
+# The dashboard's browser tests drive Debian's chromium through Playwright (never a downloaded browser).
+# `make test` installs it when it is missing and apt-get can (root); otherwise it says how, and stops.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@command -v $(CHROMIUM) >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser tests (apt-get install chromium)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "the browser tests need Debian's chromium: run 'sudo apt-get install chromium', then 'make test' again" >&2; \
+	  exit 1; \
+	fi
+
+test: $(VENV)/.installed browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
