@@ -5,38 +5,42 @@ does (the first charge, or the recorded period has ended), the next one is decid
 the tenant's account lock, and recorded:
 - the subscription's period, when it contains now;
 - a live subscription whose period has ended and whose renewal has not arrived: the period
-  Stripe will report, the same interval anchored on the subscription's period end
-  (recorded as provisional);
+  Stripe will report, the same interval stepped from the subscription's period end on its
+  anchor day (periods.interval_after; recorded as provisional);
 - otherwise the plan's calendar period in UTC.
-A new period never starts before the previous one ended, so periods never overlap.
+The decided period always holds now: it never starts before the previous recorded period ended
+nor ends after the next one starts, so periods never overlap.
 
 When the subscription changes (set_subscription, a Stripe webhook), `record_subscription`:
 - a renewal replaces a provisional period in place: charges already made in the gap stay
-  counted in it, once, and it takes the renewal's end and plan;
+  counted in it, once, and it takes the renewal's end and plan (`_renew`: also when Stripe
+  renews on another anchor than predicted, the gap's usage is never beside a fresh quota);
 - a change mid-way (another plan, another anchor, a calendar period giving way to a
   subscription) closes the current period at that instant and opens the new one there.
 """
 
 from __future__ import annotations
 
-import calendar as _calendar
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from app.core.clock import as_utc
 from app.core.sql import Sql, read_ts, run, ts
-from app.metering.periods import Period, calendar_period
+from app.metering.periods import Period, calendar_period, interval_after
 
 # Statuses under which Stripe keeps renewing: a period that ended is followed by the next one.
 LIVE = ("active", "trialing", "past_due")
-_FIXED = {"day": timedelta(days=1), "week": timedelta(weeks=1)}
 
 # The tenant's account row is the lock every charge takes first (app/metering/service.py).
 _LOCK = Sql("SELECT 1 FROM credit_account WHERE tenant_id = :tid", pg_suffix="FOR UPDATE")
-_LAST_END = Sql("SELECT MAX(end_at) FROM billing_period WHERE tenant_id = :tid AND end_at <= :now")
+# The recorded neighbours of `now`: the last end before it and the next start after it.
+_BOUNDS = Sql(
+    """SELECT (SELECT MAX(end_at) FROM billing_period WHERE tenant_id = :tid AND end_at <= :now),
+              (SELECT MIN(start_at) FROM billing_period WHERE tenant_id = :tid AND start_at > :now)"""
+)
 _INSERT = Sql(
     """INSERT INTO billing_period (tenant_id, start_at, end_at, plan_key, source, provisional, created_at, updated_at)
        VALUES (:tid, :s, :e, :plan, :source, :prov, :now, :now) ON CONFLICT (tenant_id, start_at) DO NOTHING"""
@@ -44,6 +48,10 @@ _INSERT = Sql(
 _CONTAINING = Sql(
     """SELECT start_at, end_at, plan_key, source, provisional FROM billing_period
        WHERE tenant_id = :tid AND start_at <= :now AND end_at > :now"""
+)
+# Rare (a renewal on another anchor than predicted): did the period count a charge since `at`?
+_COUNTED_SINCE = Sql(
+    """SELECT 1 FROM usage_event WHERE tenant_id = :tid AND period_start = :ps AND created_at >= :at LIMIT 1"""
 )
 _UPDATE = Sql(
     """UPDATE billing_period SET end_at = :e, plan_key = :plan, source = :source, provisional = :prov,
@@ -63,17 +71,6 @@ def lock(conn: Connection, tenant_id: str) -> None:
     run(conn, _LOCK, {"tid": tenant_id}).first()
 
 
-def add_units(anchor: datetime, n: int, unit: str, day: int | None = None) -> datetime:
-    """`anchor` moved by n plan periods; months land on `day` (default the anchor's), clamped to
-    the month's length, as Stripe's billing cycle anchor does (Jan 31, Feb 28, Mar 31)."""
-    if unit in _FIXED:
-        return anchor + n * _FIXED[unit]
-    months = n * (12 if unit == "year" else 1)
-    y, m = divmod(anchor.month - 1 + months, 12)
-    year, month = anchor.year + y, m + 1
-    return anchor.replace(year=year, month=month, day=min(day or anchor.day, _calendar.monthrange(year, month)[1]))
-
-
 def decide(
     now: datetime,
     unit: str | None,
@@ -81,29 +78,29 @@ def decide(
     sub_start: datetime | None,
     sub_end: datetime | None,
     last_end: datetime | None,
+    next_start: datetime | None = None,
 ) -> tuple[Period, str, bool]:
-    """The period to record for `now` when no recorded period contains it: (period, source, provisional)."""
+    """The period to record for `now` when no recorded period contains it: (period, source,
+    provisional). It always holds `now`: it starts no earlier than the last recorded end before
+    now and ends no later than the next recorded start after now, so periods never overlap."""
     unit = unit or "month"
     floor = last_end if last_end is not None and last_end <= now else None
+    ceiling = next_start if next_start is not None and next_start > now else None
 
-    def after_floor(start: datetime) -> datetime:
-        return max(start, floor) if floor is not None else start
+    def fit(p: Period) -> Period:
+        start = max(p.start, floor) if floor is not None else p.start
+        end = min(p.end, ceiling) if ceiling is not None else p.end
+        return Period(start, end)
 
     if sub_start is not None and sub_end is not None and sub_start <= now < sub_end:
-        return Period(after_floor(sub_start), sub_end), "subscription", False
-    if sub_end is not None and sub_status in LIVE and sub_end <= now:
-        # Stripe's anchor day survives short months: a period Jan 31 - Feb 28 renews to Mar 31.
-        # One of the period's two ends carries it unclamped.
-        day = max(sub_end.day, sub_start.day) if sub_start is not None else sub_end.day
-        n = 0
-        if unit in _FIXED:  # jump straight to the interval that holds now
-            n = int((now - sub_end) / _FIXED[unit])
-        while add_units(sub_end, n + 1, unit, day) <= now:
-            n += 1
-        start, end = add_units(sub_end, n, unit, day), add_units(sub_end, n + 1, unit, day)
-        return Period(after_floor(start), end), "subscription", True
-    cal = calendar_period(now, unit)
-    return Period(after_floor(cal.start), cal.end), "calendar", False
+        out, source, provisional = fit(Period(sub_start, sub_end)), "subscription", False
+    elif sub_end is not None and sub_status in LIVE and sub_end <= now:
+        out, source, provisional = fit(interval_after(sub_start, sub_end, unit, now)), "subscription", True
+    else:
+        out, source, provisional = fit(calendar_period(now, unit)), "calendar", False
+    if not out.holds(now):  # a broken invariant must never count a charge outside its period
+        raise AssertionError(f"decided period {out} does not hold {now}")
+    return out, source, provisional
 
 
 def roll(
@@ -117,9 +114,8 @@ def roll(
     sub_end: datetime | None,
 ) -> Period:
     """Record the period that holds `now` (the caller holds the tenant's account lock and found none)."""
-    last = run(conn, _LAST_END, {"tid": tenant_id, "now": ts(conn, now)}).scalar_one()
-    last_end = read_ts(last)
-    period, source, provisional = decide(now, unit, sub_status, sub_start, sub_end, last_end)
+    last_end, next_start = _bounds(conn, tenant_id, now)
+    period, source, provisional = decide(now, unit, sub_status, sub_start, sub_end, last_end, next_start)
     _insert(conn, tenant_id, period, plan_key, source, provisional, now)
     return period
 
@@ -134,9 +130,13 @@ def predict(
     sub_end: datetime | None,
 ) -> Period:
     """The period a charge at `now` would record, without recording it (read-only callers)."""
-    last = run(conn, _LAST_END, {"tid": tenant_id, "now": ts(conn, now)}).scalar_one()
-    last_end = read_ts(last)
-    return decide(now, unit, sub_status, sub_start, sub_end, last_end)[0]
+    last_end, next_start = _bounds(conn, tenant_id, now)
+    return decide(now, unit, sub_status, sub_start, sub_end, last_end, next_start)[0]
+
+
+def _bounds(conn: Connection, tenant_id: str, now: datetime) -> tuple[datetime | None, datetime | None]:
+    last, nxt = run(conn, _BOUNDS, {"tid": tenant_id, "now": ts(conn, now)}).one()
+    return read_ts(last), read_ts(nxt)
 
 
 def _insert(
@@ -228,8 +228,7 @@ def record_subscription(
             roll(conn, tenant_id, now, plan_key, unit, status, sub_start, sub_end)
             return
         if cur.provisional and cur.plan_key == plan_key:
-            # The late renewal: the gap's charges are already counted here, once; keep them.
-            _update(conn, tenant_id, cur.period.start, sub_end, plan_key, "subscription", False, now)
+            _renew(conn, tenant_id, cur, now, plan_key, sub_start, sub_end)
             return
         same = cur.source == "subscription" and cur.plan_key == plan_key and cur.period.end == sub_end
         if same:
@@ -250,6 +249,36 @@ def record_subscription(
     if cur.plan_key != plan_key or (cur.provisional and status not in LIVE):
         # Another plan mid-way, or the awaited renewal will not come: a calendar period from now.
         _close_and_open(conn, tenant_id, cur, now, Period(now, calendar_period(now, unit).end), plan_key, "calendar")
+
+
+def _renew(
+    conn: Connection,
+    tenant_id: str,
+    cur: Recorded,
+    now: datetime,
+    plan_key: str,
+    sub_start: datetime,
+    sub_end: datetime,
+) -> None:
+    """The late renewal of the provisional period that holds now: what the gap counted counts
+    against the renewed period's quota, once, never beside a fresh one.
+    - It starts where the renewed period starts, or later (it began at the previous recorded
+      end): it becomes the renewed period, keeping its start and so its counters.
+    - It started earlier (Stripe renewed on another anchor than predicted): when nothing was
+      counted in it from the renewed period's start on, it is closed there and the renewed period
+      opens there, exactly; otherwise it stretches to the renewal's end, so the charges made in
+      the renewed period's time and those after the renewal share one quota."""
+    if cur.period.start >= sub_start or _counted_since(conn, tenant_id, cur.period.start, sub_start):
+        _update(conn, tenant_id, cur.period.start, sub_end, plan_key, "subscription", False, now)
+        return
+    # Closed where Stripe's renewed period starts: its end is no longer a guess.
+    _update(conn, tenant_id, cur.period.start, sub_start, cur.plan_key, cur.source, False, now)
+    _insert(conn, tenant_id, Period(sub_start, sub_end), plan_key, "subscription", False, now)
+
+
+def _counted_since(conn: Connection, tenant_id: str, period_start: datetime, since: datetime) -> bool:
+    params = {"tid": tenant_id, "ps": ts(conn, period_start), "at": ts(conn, since)}
+    return run(conn, _COUNTED_SINCE, params).first() is not None
 
 
 def _close_and_open(

@@ -59,6 +59,13 @@ def usage_reports(
         .scalar_subquery()
         .label("last_end")
     )
+    # A recorded period after `when` bounds the predicted one too (period_record.decide).
+    next_start = (
+        select(func.min(past.c.start_at))
+        .where(and_(past.c.tenant_id == TENANT.c.id, past.c.start_at > when))
+        .scalar_subquery()
+        .label("next_start")
+    )
     terms = conn.execute(
         select(
             TENANT.c.id,
@@ -71,6 +78,7 @@ def usage_reports(
             BP.c.end_at,
             BP.c.plan_key.label("period_plan"),
             last_end,
+            next_start,
         )
         .select_from(
             TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
@@ -87,7 +95,8 @@ def usage_reports(
         start = as_utc(r.current_period_start) if r.current_period_start else None
         end = as_utc(r.current_period_end) if r.current_period_end else None
         last = as_utc(r.last_end) if r.last_end is not None else None
-        periods[r.id] = (r.plan_key, period_record.decide(when, r.period, r.status, start, end, last)[0], r.status)
+        nxt = as_utc(r.next_start) if r.next_start is not None else None
+        periods[r.id] = (r.plan_key, period_record.decide(when, r.period, r.status, start, end, last, nxt)[0], r.status)
     if not periods:
         return {}
     plan_keys = sorted({p for p, _, _ in periods.values() if p})
