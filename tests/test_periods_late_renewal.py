@@ -63,3 +63,52 @@ def test_trial_renewed_late_gives_its_quota_once(api: Api, clock: FrozenClock) -
     out = t.charge(1)
     assert out["__typename"] == "Charged" and out["usage"]["used"] == 1, out
     assert t.usage()["period"]["start"] == iso("2027-02-03T00:00:00")
+
+
+def test_renewal_on_another_anchor_splits_the_gap_when_nothing_was_counted_in_its_time(
+    api: Api, clock: FrozenClock
+) -> None:
+    """The renewal names a period that starts after the predicted one did (Stripe moved the
+    anchor): the gap's charges all came before the renewed period, so the predicted period is
+    closed where the renewed one starts, and the renewed one starts from zero."""
+    t = three_a_month(api, clock)
+    clock.at = at("2026-03-10T00:00:00")
+    t.subscribe("tiny", "2026-03-10T00:00:00", "2026-04-10T00:00:00")
+    clock.at = at("2026-04-12T00:00:00")
+    assert [t.charge(1)["__typename"] for _ in range(4)] == ["Charged"] * 3 + ["QuotaExceeded"]
+    clock.at = at("2026-04-20T00:00:00")
+    t.subscribe("tiny", "2026-04-15T00:00:00", "2026-05-15T00:00:00")
+    out = t.charge(1)
+    assert out["__typename"] == "Charged" and out["usage"]["used"] == 1, out
+    listed = [(p["period"]["start"], p["period"]["end"], p["provisional"], used(p)) for p in t.periods()["nodes"]]
+    assert listed == [
+        (iso("2026-04-15T00:00:00"), iso("2026-05-15T00:00:00"), False, 1),
+        (iso("2026-04-10T00:00:00"), iso("2026-04-15T00:00:00"), False, 3),
+        (iso("2026-03-10T00:00:00"), iso("2026-04-10T00:00:00"), False, 0),
+    ]
+
+
+def test_renewal_on_another_anchor_keeps_one_quota_when_the_gap_counted_in_its_time(
+    api: Api, clock: FrozenClock
+) -> None:
+    """Same, but one of the gap's charges fell inside the renewed period's time: the predicted
+    period stretches to the renewal's end, so that charge and the ones after the renewal share
+    one quota (the renewed period is never given a fresh one beside it)."""
+    t = three_a_month(api, clock)
+    clock.at = at("2026-03-10T00:00:00")
+    t.subscribe("tiny", "2026-03-10T00:00:00", "2026-04-10T00:00:00")
+    clock.at = at("2026-04-12T00:00:00")
+    assert t.charge(2)["usage"]["used"] == 2
+    clock.at = at("2026-04-16T00:00:00")  # inside Apr 15 -> May 15, before the renewal says so
+    assert t.charge(1)["usage"]["used"] == 3
+    clock.at = at("2026-04-20T00:00:00")
+    t.subscribe("tiny", "2026-04-15T00:00:00", "2026-05-15T00:00:00")
+    refused = t.charge(1)
+    assert refused["__typename"] == "QuotaExceeded" and refused["used"] == 3, refused
+    listed = [(p["period"]["start"], p["period"]["end"], p["provisional"], used(p)) for p in t.periods()["nodes"]]
+    assert listed == [
+        (iso("2026-04-10T00:00:00"), iso("2026-05-15T00:00:00"), False, 3),
+        (iso("2026-03-10T00:00:00"), iso("2026-04-10T00:00:00"), False, 0),
+    ]
+    clock.at = at("2026-05-15T00:00:00")
+    assert t.charge(1)["usage"]["used"] == 1  # the next period has its own quota
