@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.subscriptions.service import period_start_before
+from tests.fixtures_catalog import PLAN
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
-from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
+from tests.stripe_harness import PRO_PRICE, StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 from tests.test_credits_graphql import GRANT
 from tests.test_metering_basic import CHARGE
 
@@ -52,3 +53,57 @@ def test_charges_in_the_gap_count_once_in_the_renewed_period(stripe_env: StripeE
     assert before["period"]["start"] == end.isoformat()  # `at` = the boundary belongs to the new period
     old = env.api(USAGE, {"at": (end - timedelta(seconds=1)).isoformat()}, key=key)
     assert next(q["used"] for q in old["viewer"]["usage"]["quotas"] if q["primitive"] == "email.send") == 50
+
+
+def _trial_days_hiding_the_anchor(end: datetime) -> int:
+    """A trial length (14 days when it does) whose start day is later than its end day: the
+    shape that made main anchor the gap on the start's day (Dec 20 -> Jan 3 gave Jan 20).
+    On the 31st no start day is later; any length then still checks the rule."""
+    for days in (14, *range(15, 63)):
+        if (end - timedelta(days=days)).day > end.day:
+            return days
+    return 14
+
+
+def test_a_trial_renewed_late_counts_its_gap_against_one_quota(stripe_env: StripeEnv) -> None:
+    """Issue 17, item 5, through Stripe: a trial on a monthly price ends, charges arrive before
+    the renewal webhook, then the renewal (trialing -> active, anchored on the trial's end)."""
+    env = stripe_env
+    tiny: dict[str, Any] = {"key": "pro", "name": "Pro", "accountKitId": "kit_basic", "period": "month"}
+    tiny |= {"stripePriceId": PRO_PRICE, "quotas": [{"primitive": "email.send", "quota": 3}]}
+    assert env.api(PLAN, {"i": tiny})["upsertPlan"]["__typename"] == "Plan"
+    wall = env.clock.now()
+    end = wall - timedelta(minutes=5)
+    days = _trial_days_hiding_the_anchor(end)
+    env.fake.clock = int((end - timedelta(days=days)).timestamp())
+    t = env.tenant()
+    assert env.api(GRANT, {"t": t, "a": "1000", "k": "seed"})["grantCredits"]["__typename"] == "CreditGrant"
+    sub = env.fake.client().v1.subscriptions.create(
+        {"customer": env.customer_for(t), "items": [{"price": PRO_PRICE}], "trial_period_days": days}
+    )
+    env.deliver_all()
+    assert env.state(t)["status"] == "trialing"
+    key = env.api.tenant_key(t)
+    n = iter(range(100))
+
+    def charge() -> str:
+        body = {"primitive": "email.send", "idempotencyKey": f"c{next(n)}", "quantity": 1}
+        return str(env.api(CHARGE, {"i": body}, key=key)["charge"]["__typename"])
+
+    # The gap: five minutes after the trial's end, no renewal yet. Three of five accepted.
+    assert [charge() for _ in range(5)] == ["Charged"] * 3 + ["QuotaExceeded"] * 2
+    now = env.api(USAGE, {"at": None}, key=key)["viewer"]["usage"]
+    assert now["period"]["start"] == end.isoformat()  # Stripe's next period starts at the trial's end
+    env.fake.renew(sub.id)
+    env.deliver_all()
+    assert env.state(t)["status"] == "active"
+    renewed = env.fake.get(sub.id)["items"]["data"][0]
+    assert datetime.fromtimestamp(renewed["current_period_start"], UTC) == end
+    # The renewal gives no fresh quota: the gap's three were counted in the period it names.
+    assert [charge() for _ in range(3)] == ["QuotaExceeded"] * 3
+    now = env.api(USAGE, {"at": None}, key=key)["viewer"]["usage"]
+    assert now["period"] == {
+        "start": end.isoformat(),
+        "end": datetime.fromtimestamp(renewed["current_period_end"], UTC).isoformat(),
+    }
+    assert next(q["used"] for q in now["quotas"] if q["primitive"] == "email.send") == 3

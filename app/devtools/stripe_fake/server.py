@@ -587,7 +587,7 @@ class FakeStripe(MetersMixin):
             sub["latest_invoice"] = invoice["id"]
             if not paid:
                 sub["status"] = "past_due"
-            elif sub["status"] in ("past_due", "unpaid"):
+            elif sub["status"] in ("past_due", "unpaid", "trialing"):
                 sub["status"] = "active"
             self._emit_updated(sub, before)
             self._emit("invoice.paid" if paid else "invoice.payment_failed", invoice)
@@ -1335,10 +1335,15 @@ class FakeStripe(MetersMixin):
         *,
         cancel_at_period_end: bool = False,
         one_time_lines: Sequence[tuple[JSON, int]] = (),
+        trial_days: int | None = None,
     ) -> JSON:
         now = self._clock
         interval, count = self._cadence(items[0][0])
         period = (now, _add_interval(now, interval, count))
+        if trial_days:
+            # As on Stripe: the trial is the first period, and the billing cycle is anchored on
+            # its end (a 14-day trial Dec 20 -> Jan 3 renews Jan 3 -> Feb 3).
+            period = (now, now + 86_400 * trial_days)
         sub_id = _new_id("sub")
         sub: JSON = {
             "id": sub_id,
@@ -1346,7 +1351,7 @@ class FakeStripe(MetersMixin):
             "created": now,
             "livemode": False,
             "customer": customer_id,
-            "status": "active",
+            "status": "trialing" if trial_days else "active",
             "items": {
                 "object": "list",
                 "data": [self._new_item(sub_id, price, qty, md, period) for price, qty, md in items],
@@ -1356,7 +1361,7 @@ class FakeStripe(MetersMixin):
             },
             "current_period_start": period[0],
             "current_period_end": period[1],
-            "billing_cycle_anchor": now,
+            "billing_cycle_anchor": period[1] if trial_days else now,
             "start_date": now,
             "metadata": metadata,
             "cancel_at_period_end": cancel_at_period_end,
@@ -1371,12 +1376,16 @@ class FakeStripe(MetersMixin):
             "discounts": [],
             "latest_invoice": None,
             "pause_collection": None,
-            "trial_start": None,
-            "trial_end": None,
+            "trial_start": now if trial_days else None,
+            "trial_end": period[1] if trial_days else None,
         }
         self._store(sub)
-        self._billing_anchor[sub_id] = (now, 0)
-        lines = [self._invoice_line(sub, item, self._amount(item), period) for item in sub["items"]["data"]]
+        # renew() bills anchor + (cycle + 2) intervals: after a trial, one interval past its end.
+        self._billing_anchor[sub_id] = (period[1], -1) if trial_days else (now, 0)
+        lines = [
+            self._invoice_line(sub, item, 0 if trial_days else self._amount(item), period)
+            for item in sub["items"]["data"]
+        ]
         lines += [
             self._invoice_line(
                 sub, {"id": None, "price": price, "quantity": qty}, price["unit_amount"] * qty, (now, now)
@@ -1429,10 +1438,14 @@ class FakeStripe(MetersMixin):
                 "metadata",
                 "cancel_at_period_end",
                 "proration_behavior",
+                "trial_period_days",
                 "expand",
                 *self._IGNORED_SUBSCRIPTION_PARAMS,
             },
         )
+        trial_days = _int(params["trial_period_days"], "trial_period_days") if "trial_period_days" in params else None
+        if trial_days is not None and not 0 <= trial_days <= 730:
+            raise _invalid("trial_period_days", "trial_period_days must be between 0 and 730")
         customer_id = _str(params, "customer", required=True)
         assert customer_id is not None
         self._get("customer", customer_id, "customer", param="customer", status=400)
@@ -1445,7 +1458,9 @@ class FakeStripe(MetersMixin):
         )
         if params.get("proration_behavior") not in (None, *_PRORATION_BEHAVIORS):
             raise _invalid("proration_behavior", f"Invalid proration_behavior: {params['proration_behavior']}")
-        sub = self._create_subscription(customer_id, items, metadata, cancel_at_period_end=cancel)
+        sub = self._create_subscription(
+            customer_id, items, metadata, cancel_at_period_end=cancel, trial_days=trial_days or None
+        )
         return self._respond(sub, params)
 
     def _subscriptions_retrieve(self, params: JSON, id: str) -> JSON:
