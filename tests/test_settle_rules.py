@@ -283,3 +283,11 @@ def test_rest_settle_names_the_cut(api: Api) -> None:
     h2 = hold(api, key, llm("r2"))
     r2 = api.client.post(f"/v1/holds/{h2}/settle", headers={"Authorization": f"Bearer {key}"})
     assert r2.status_code == 200 and "cut" not in r2.json()
+
+
+def test_check_with_details_of_an_unknown_model_answers_without_a_price(api: Api) -> None:
+    tid, key = tenant(api)
+    got = api(CHECK, {"p": "llm.tokens", "q": 1, "d": {"model": "no-such-model", "inputTokens": 5}}, key=key)
+    assert got["check"] == {"__typename": "CheckResult", "allowed": True, "reason": None, "price": None}
+    bad = api(CHECK, {"p": "video.generate", "q": 1, "d": {"model": VIDEO, "durationSeconds": "x"}}, key=key)
+    assert bad["check"]["__typename"] == "ValidationError"

@@ -1250,8 +1250,10 @@ def check(
         else:
             session = session or Session(bind=conn)
             price = quote(session, req.price_request())
-    except ValidationFailed:
-        price = None  # dynamic prices need parameters a plain check does not carry
+    except (ValidationFailed, NotFound):
+        # Dynamic prices need parameters a plain check may not carry (or name a model without a rate):
+        # no price, as before; the charge itself answers the typed refusal.
+        price = None
     if available <= 0 or (price is not None and available < price):
         from app.credits.packs import packs_covering
 
