@@ -9,7 +9,9 @@ maxQuantityPerCall for charge, check, reserve and settle alike."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -18,10 +20,12 @@ from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
 from app.credits import ledger
-from tests.conftest import Api, count_rows
+from tests.conftest import Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB
+from tests.live import serve_in_thread
 from tests.test_key_budgets import SET, agent_key
 from tests.test_metering_basic import MONEY
+from tests.test_metering_concurrency import fire, live_app
 
 MODEL = "claude-haiku-3.5"  # 2 credits per 1M input tokens (the seeded rate)
 IMAGE = "fal-ai/flux/schnell"  # $0.02 x 1.5 / $0.50: 0.06 credits per image
@@ -41,6 +45,8 @@ SETTLE = (
 )
 CHECK = """query($p: String!, $q: Int!, $d: PriceDetailsInput) { check(primitive: $p, quantity: $q, details: $d) {
   __typename ... on CheckResult { allowed reason price } } }"""
+BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
+  ... on LimitExceeded { limit allowed requested } } }"""
 BUDGET = """query($k: ID!) { keyBudget(apiKeyId: $k) { ... on KeyBudget { creditsUsed creditsHeld
   usage { primitive quantity } } } }"""
 
@@ -241,6 +247,8 @@ def test_num_images_and_video_seconds_count_toward_max_quantity_per_call(api: Ap
     # take it: it bounds the quantity alone).
     fixed = {"primitive": "email.send", "idempotencyKey": "e1", "details": {"numImages": 1000}}
     assert api(CHARGE, {"i": fixed}, key=key)["charge"] == refused
+    batch = [{"item": {**fixed, "idempotencyKey": "e2"}}, {"item": {**item, "idempotencyKey": "i5"}}]
+    assert api(BATCH, {"items": batch}, key=key)["chargeBatch"] == [refused, refused]
     seconds = {"model": VIDEO, "durationSeconds": "2.5"}
     video = {"primitive": "video.generate", "idempotencyKey": "v1", "details": seconds}
     assert api(CHARGE, {"i": video}, key=key)["charge"] == {**refused, "requested": 3}  # a started second counts
@@ -291,3 +299,22 @@ def test_check_with_details_of_an_unknown_model_answers_without_a_price(api: Api
     assert got["check"] == {"__typename": "CheckResult", "allowed": True, "reason": None, "price": None}
     bad = api(CHECK, {"p": "video.generate", "q": 1, "d": {"model": VIDEO, "durationSeconds": "x"}}, key=key)
     assert bad["check"]["__typename"] == "ValidationError"
+
+
+def test_concurrent_settles_never_pass_a_key_budget(api: Api, db: Database) -> None:
+    """50 settles of 2 credits each at once, against a key's 10-credit budget: exactly 10 spent."""
+    tid, tenant_key = tenant(api)
+    kid, agent = agent_key(api, tid, by=tenant_key)
+    api(SET, {"k": kid, "i": {"period": "day", "creditLimit": "10"}}, key=tenant_key)
+    with serve_in_thread(live_app(db)) as base:  # real time: the holds are made and settled by the server
+        made = asyncio.run(fire(base, agent, [{"query": RESERVE, "variables": {"i": llm(f"c{i}")}} for i in range(50)]))
+        ids = [m["reserve"]["id"] for m in made]
+        settles = [{"query": SETTLE, "variables": {"h": h, "a": llm(f"c{i}", tokens=10**6)}} for i, h in enumerate(ids)]
+        results = [r["settle"] for r in asyncio.run(fire(base, agent, settles))]
+    assert all(r["__typename"] == "Charged" for r in results)
+    charged = sum(Decimal(r["creditsUsed"]) for r in results)
+    assert charged == 10
+    assert sum(r["cut"] is None for r in results) == 4  # 4 x 2 credits fit while 0.002 x 46 stay held
+    with db.engine.connect() as c:  # (the api fixture's frozen clock reads another day's budget)
+        spent = c.execute(text("SELECT sum(credits) FROM usage_event WHERE tenant_id = :t"), {"t": tid}).scalar_one()
+    assert spent == 10_000_000
