@@ -20,6 +20,7 @@ from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import repository, service
+from app.metering.settle_rules import SettleCut as SettleCutValue
 from app.pricing.graphql import PriceDetailsInput, price_request
 from app.pricing.service import PriceRequest
 
@@ -84,6 +85,38 @@ class PrimitiveUsage:
     overage: int
 
 
+@strawberry.type(
+    description="A settle charged only what the limits admit (work already done is never refused): "
+    "what it did not charge, and the limits that cut it. The hold is settled all the same."
+)
+class SettleCut:
+    code: str = strawberry.field(
+        description="The refusal a charge of the rest would get: LIMIT_EXCEEDED, QUOTA_EXCEEDED, "
+        "BUDGET_EXCEEDED or INSUFFICIENT_CREDITS (of the first limit that cut)"
+    )
+    message: str
+    limits: list[str] = strawberry.field(
+        description="Every limit that cut, in order: maxQuantityPerCall, quota, keyQuantityBudget, "
+        "keyCreditBudget, balanceFloor"
+    )
+    requested_quantity: int
+    charged_quantity: int
+    requested_credits: Credits  # type: ignore[valid-type]
+    charged_credits: Credits  # type: ignore[valid-type]
+
+    @classmethod
+    def from_cut(cls, c: SettleCutValue) -> SettleCut:
+        return cls(
+            code=c.code,
+            message=c.message,
+            limits=list(c.limits),
+            requested_quantity=c.requested_quantity,
+            charged_quantity=c.charged_quantity,
+            requested_credits=MicroCredits(c.requested_credits),
+            charged_credits=MicroCredits(c.charged_credits),
+        )
+
+
 @strawberry.type(description="The charge is recorded (the brief's credits_used / credits_remaining).")
 class Charged:
     event_id: strawberry.ID
@@ -91,6 +124,9 @@ class Charged:
     credits_remaining: Credits  # type: ignore[valid-type]
     usage: PrimitiveUsage
     replayed: bool = strawberry.field(description="True when this is the stored result of an earlier call")
+    cut: SettleCut | None = strawberry.field(
+        default=None, description="settle only: set when the limits admitted less than the actual (null otherwise)"
+    )
 
 
 @strawberry.type
@@ -258,6 +294,7 @@ def to_charged(c: service.Charged) -> Charged:
         usage=PrimitiveUsage(
             primitive=u.primitive, used=u.used, quota=u.quota, remaining=u.remaining, overage=u.overage
         ),
+        cut=SettleCut.from_cut(c.cut) if c.cut is not None else None,
     )
 
 
@@ -369,14 +406,23 @@ async def resolve_usage(ctx: Context, tenant_id: str, at: datetime | None) -> Us
 class MeteringQuery:
     @strawberry.field(description="May the tenant in scope call this primitive or use this connection now? No charge.")
     async def check(
-        self, info: Info, primitive: str | None = None, connection: str | None = None, quantity: int = 1
+        self,
+        info: Info,
+        primitive: str | None = None,
+        connection: str | None = None,
+        quantity: int = 1,
+        details: Annotated[
+            PriceDetailsInput | None,
+            strawberry.argument(description="A dynamic price's parameters, as charge takes them (numImages...)"),
+        ] = None,
     ) -> CheckOutcome:
         ctx = info.context
         try:
             scope = ctx.require_scope()
+            priced = price_request(primitive, quantity, details) if details is not None and primitive else None
             r = await ctx.read_conn(
                 lambda c: service.check(
-                    c, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity
+                    c, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity, details=priced
                 )
             )
         except DomainError as exc:

@@ -15,7 +15,9 @@ no tenant; an open hold past its expiry; a key with a budget; no recorded billin
 that ran out; a charge below the balance floor or refused by precheck (the answer lists packs);
 an alert threshold crossed (quota percent or low balance). Replays, idempotency conflicts and
 the refusals for an unknown or retired primitive, the kit, the connection, the per-call and
-per-minute limits and the quota are answered by the function.
+per-minute limits and the quota are answered by the function. A request carrying numImages or a
+video duration is not sent at all (media_units below): the function bounds the quantity by
+maxQuantityPerCall but knows neither field, which count toward it too (settle_rules.call_units).
 
 Only a caller whose whole unit of work is the charge asks for it (service.charge(alone=True): the
 GraphQL and REST edges), on a bare connection whose transaction has not started: a caller that
@@ -64,7 +66,7 @@ def try_charge(
 ) -> Charged | None:
     """The charge answered by meterkit_charge, or None: take the full path (not PostgreSQL, not an
     idle bare connection, turned off, or the function said 'fallback'). Refusals raise."""
-    raw = _idle(db, _MISSING) if ENABLED else None
+    raw = _idle(db, _MISSING) if ENABLED and not media_units(req) else None
     if raw is None:
         return None
     now = clock.now()
@@ -78,6 +80,14 @@ def try_charge(
     if outcome == "fallback":
         return None
     return _answer(db.engine, scope, req, now, row)
+
+
+def media_units(req: MeterRequest) -> bool:
+    """Does the request carry units besides its quantity (numImages, video seconds)? Those count toward
+    maxQuantityPerCall, which meterkit_charge checks on the quantity alone: such a request takes the
+    full path. Otherwise a fixed-price primitive sent with numImages: 1000 would be charged past a
+    limit of 2; a media price is never the catalog's fixed price, so those fell back anyway."""
+    return req.num_images is not None or req.duration_seconds is not None
 
 
 def _idle(db: Any, *missing: weakref.WeakSet[Engine]) -> Any:
@@ -180,6 +190,8 @@ def try_charge_batch(
     if raw is None:
         return None
     for _, req in items:
+        if media_units(req):
+            return None  # per-call units the function does not see: Python decides the batch
         try:
             req.validate()
         except DomainError:

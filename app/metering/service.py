@@ -13,14 +13,16 @@ Refusals raise, so the unit of work rolls back and nothing is written.
 Balance floor: a charge is for work already done (the brief charges sync operations on
 success and LLM streams after the final event), so it may take the available balance down
 to -negative_buffer and never below. New work (reserve, the CEO pre-check) is refused once
-the available balance is at or below zero, or below the estimate.
+the available balance is at or below zero, or below the estimate. A settle is work already done
+too: it is never refused by a limit, and charges only what the limits admit (per call, quota,
+key budget, balance floor); the rest is cut and named in its answer (app/metering/settle_rules.py).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -40,7 +42,7 @@ from app.core.primitives import allowed, check_key, validate_connection
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
-from app.metering import period_record, pg_charge
+from app.metering import period_record, pg_charge, settle_rules
 from app.metering.errors import (
     HoldClosed,
     IdempotencyConflict,
@@ -52,6 +54,7 @@ from app.metering.errors import (
 )
 from app.metering.models import CreditHold, UsageCounter, UsageEvent
 from app.metering.periods import Period, current_period, minute_window
+from app.metering.settle_rules import SettleCut, call_units
 from app.plans.models import Plan, PlanQuota
 from app.pricing.service import PriceRequest, fixed_total, quote
 from app.subscriptions.models import Subscription
@@ -331,13 +334,17 @@ class Charged:
     credits_remaining: int
     usage: Usage
     replayed: bool = False
+    cut: SettleCut | None = None  # a settle only: what the limits did not admit (app/metering/settle_rules.py)
 
     def stored(self) -> dict[str, Any]:
-        return {
+        stored = {
             "creditsUsed": self.credits_used,
             "creditsRemaining": self.credits_remaining,
             "usage": self.usage.stored(),
         }
+        if self.cut is not None:  # only then: every other stored result keeps its shape
+            stored["cut"] = self.cut.stored()
+        return stored
 
     @classmethod
     def from_stored(cls, event_id: int, data: dict[str, Any]) -> Charged:
@@ -347,6 +354,7 @@ class Charged:
             credits_remaining=data["creditsRemaining"],
             usage=Usage(**data["usage"]),
             replayed=True,
+            cut=SettleCut.from_stored(data.get("cut")),
         )
 
 
@@ -390,6 +398,7 @@ class Decision:
     used: int
     amount: int
     rate_window: datetime | None = None
+    cut: SettleCut | None = None  # a settle cut to what the limits admit
 
 
 class ChargeFacts:
@@ -533,8 +542,10 @@ class Meter:
             raise NotEntitled(req.primitive, t.kit_key, f"{req.primitive} is not in the tenant's Account Kit")
         lim = t.kit_limits.get(req.primitive) or {}
         per_call = lim.get("max_quantity_per_call")
-        if per_call is not None and req.quantity > per_call:
-            raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, req.quantity, None)
+        if per_call is not None:
+            units = call_units(req.quantity, req.num_images, req.duration_seconds)  # images and seconds count
+            if units > per_call:
+                raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, units, None)
         if req.connection is not None and req.connection not in t.kit_connections:
             raise NotEntitled(
                 req.primitive,
@@ -652,7 +663,9 @@ class Meter:
             quota=d.quota,
             overage=max(used - d.quota, 0) if d.quota is not None else 0,
         )
-        result = Charged(event_id=0, credits_used=d.amount, credits_remaining=self.state.available, usage=usage)
+        result = Charged(
+            event_id=0, credits_used=d.amount, credits_remaining=self.state.available, usage=usage, cut=d.cut
+        )
         conn, tid, ps = self.conn, self.scope.tenant_id, ts(self.conn, d.period.start)
         live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
         event_id = run(
@@ -990,13 +1003,28 @@ class Meter:
                 "connection": req.connection or hold.connection,
             }
         )
-        # Work already done: counted even past the quota (as overage) and charged down to the buffer.
+        # Work already done: never refused by a limit, but charged only as far as the limits admit
+        # (per call, quota without overage, the settling key's budget, the balance floor); the rest is
+        # cut and named in the answer, and the hold closes either way (app/metering/settle_rules.py).
         d = self.decide(req, count=False, amount=None if actual else hold.amount)
         self._sweep()
-        if self.state.available + hold.amount - d.amount < self.floor:
-            # Never below the buffer: charge what the floor allows and record the cut.
-            d.amount = max(self.state.available + hold.amount - self.floor, 0)
-        _unhold(self.conn, hold)  # held no more: record() counts the actual spend against the settling key
+        _unhold(self.conn, hold)  # held no more: the key's spend below is read without this hold
+        per_call = (self.terms.kit_limits.get(req.primitive) or {}).get("max_quantity_per_call")
+        got = settle_rules.admit(
+            primitive=req.primitive,
+            quantity=req.quantity,
+            units=call_units(req.quantity, req.num_images, req.duration_seconds),
+            price=d.amount,
+            per_call=per_call,
+            quota=d.quota,
+            used=d.used,
+            overage=self.terms.overage,
+            spend=self.key_spend(),
+            room=self.state.available + hold.amount - self.floor,
+        )
+        d.amount, d.cut = got.credits, got.cut
+        if got.quantity != req.quantity:
+            req = replace(req, quantity=got.quantity)  # what is counted: event, counters, rollup, key spend
         result = self.record(req, d, kind="settle", key=f"hold:{hold_id}", release_reserved=hold.amount)
         stored = {**result.stored(), "eventId": result.event_id}
         self.conn.execute(
@@ -1150,13 +1178,16 @@ def check(
     connection: str | None,
     quantity: int = 1,
     negative_buffer: int = 0,
+    details: PriceRequest | None = None,
 ) -> CheckResult:
     """May the tenant call this primitive (or use this connection) right now? Writes nothing.
 
     One statement in the common case (a recorded period holds now, a fixed price): the terms, the
     balance with what expired of it, the quota, this period's count and the catalog entry. Without
     a recorded period, two more (the predicted period, then its count); an ORM session only for a
-    dynamic price or the packs of an INSUFFICIENT_CREDITS answer."""
+    dynamic price or the packs of an INSUFFICIENT_CREDITS answer. `details`: a dynamic price's
+    parameters (model, tokens, numImages, duration...): priced as charge would, and numImages and
+    video seconds count toward maxQuantityPerCall as they do for charge."""
     if (primitive is None) == (connection is None):
         raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
     session = db if isinstance(db, Session) else None
@@ -1185,7 +1216,10 @@ def check(
             None,
         )
     assert primitive is not None
-    req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity).validate()
+    priced: dict[str, Any] = {}
+    if details is not None:
+        priced = {k: v for k, v in asdict(details).items() if k not in ("primitive", "quantity")}
+    req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity, **priced).validate()
     if terms.recorded is None:
         # No recorded period holds now (a charge would record one): this period's count by prediction.
         period = period_record.predict(
@@ -1205,7 +1239,7 @@ def check(
     if terms.kit_key is None or not allowed(terms.kit_allowed, primitive):
         return answer("NOT_ENTITLED", f"{primitive} is not in the tenant's Account Kit", None)
     per_call = (terms.kit_limits.get(primitive) or {}).get("max_quantity_per_call")
-    if per_call is not None and quantity > per_call:
+    if per_call is not None and call_units(quantity, req.num_images, req.duration_seconds) > per_call:
         return answer("LIMIT_EXCEEDED", f"at most {per_call} per call", None)
     if quota is not None and used + quantity > quota and terms.overage != "allow":
         return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
@@ -1216,8 +1250,10 @@ def check(
         else:
             session = session or Session(bind=conn)
             price = quote(session, req.price_request())
-    except ValidationFailed:
-        price = None  # dynamic prices need parameters a plain check does not carry
+    except (ValidationFailed, NotFound):
+        # Dynamic prices need parameters a plain check may not carry (or name a model without a rate):
+        # no price, as before; the charge itself answers the typed refusal.
+        price = None
     if available <= 0 or (price is not None and available < price):
         from app.credits.packs import packs_covering
 
@@ -1282,7 +1318,8 @@ def settle(
     api_key_id: str | None = None,
 ) -> Charged:
     """`api_key_id`: the key that settles (the event's key), as MeterRequest.api_key_id for a charge.
-    Work done: never refused by a key budget, but counted against the settling key's."""
+    Work done: never refused by a limit, but charged only as far as the limits admit, the settling
+    key's budget included; the rest is cut (app/metering/settle_rules.py)."""
     if actual is not None:
         actual.validate()
     meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=api_key_id)

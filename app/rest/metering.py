@@ -138,6 +138,24 @@ class ChargeOut(Out):
     usage: PrimitiveUsage
 
 
+class SettleCutOut(Out):
+    """A settle charged only what the limits admit; the hold is settled all the same."""
+
+    code: str = Field(description="LIMIT_EXCEEDED, QUOTA_EXCEEDED, BUDGET_EXCEEDED or INSUFFICIENT_CREDITS")
+    message: str
+    limits: list[str] = Field(
+        description="maxQuantityPerCall, quota, keyQuantityBudget, keyCreditBudget, balanceFloor (those that cut)"
+    )
+    requested_quantity: int
+    charged_quantity: int
+    requested_credits: Money
+    charged_credits: Money
+
+
+class SettleOut(ChargeOut):
+    cut: SettleCutOut | None = Field(None, description="Present only when the limits admitted less than the actual")
+
+
 class ReserveOut(Out):
     """The brief's async submission: the estimate is held, and charged on completion only."""
 
@@ -340,7 +358,19 @@ async def settle(call: Call) -> dict[str, Any]:
             s, rest.clock, scope, hold_id, actual, negative_buffer=rest.negative_buffer, api_key_id=key_id
         )
     )
-    return charged(res)
+    out = charged(res)
+    c = res.cut
+    if c is not None:  # only then: an uncut settle answers exactly as a charge does
+        out["cut"] = {
+            "code": c.code,
+            "message": c.message,
+            "limits": list(c.limits),
+            "requested_quantity": c.requested_quantity,
+            "charged_quantity": c.charged_quantity,
+            "requested_credits": credits(c.requested_credits),
+            "charged_credits": credits(c.charged_credits),
+        }
+    return out
 
 
 async def release(call: Call) -> ReleaseOut:
@@ -396,11 +426,14 @@ def endpoints() -> list[Endpoint]:
             "meter",
             "The job succeeded: charge the actual cost (default: the estimate) and free the rest",
             settle,
-            ChargeOut,
+            SettleOut,
             body=SettleBody,
             body_optional=True,
             refusals=(402, 409),
             fields=SETTLE_FIELDS,
+            description="Work already done is never refused by a limit: the settle charges what maxQuantityPerCall, "
+            "the quota (when the plan refuses overage), the key's budget and the balance floor admit, closes the "
+            "hold, and names the rest in `cut`.",
         ),
         Endpoint(
             "POST",
