@@ -1,0 +1,178 @@
+"""The database under pressure (issue 17, item 6): a full pool or a server out of connection
+slots is answered 503 + Retry-After (REST, the JSON error shape) and a typed, retryable GraphQL
+error, never 500 / "Unexpected error.", and writes nothing; the same request succeeds once a
+connection is free. Pool size, overflow and timeout come from the settings."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
+from starlette.testclient import TestClient
+
+from app.core.clock import FrozenClock
+from app.core.db import engine_for, normalize_url
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import PG_URL, Api, Database, _pg_admin, count_rows
+from tests.fixtures_catalog import SET_SUB, seed_catalog
+from tests.live import free_port
+
+CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { eventId replayed } } }"""
+WRITTEN = ("ledger_entry", "usage_event", "usage_counter", "credit_hold")
+TINY = {"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_seconds": 0.2}
+UNAVAILABLE = {"code": "DATABASE_UNAVAILABLE", "retryable": True, "retryAfterSeconds": 1}
+
+
+def tenant_with_key(api: Api) -> tuple[str, str]:
+    seed_catalog(api)
+    tid = api.create_tenant("Pressed")
+    api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
+    return tid, api.tenant_key(tid)
+
+
+def tiny_app(db: Database, clock: FrozenClock, url: str | None = None, **extra: Any) -> tuple[Any, Engine]:
+    settings = Settings(env="test", database_url=url or db.url, **{**TINY, **extra})
+    engine = engine_for(settings)
+    return create_app(settings, engine=engine, clock=clock), engine
+
+
+def assert_503(r: Any) -> dict[str, Any]:
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    error = r.json()["error"]
+    assert error["code"] == "DATABASE_UNAVAILABLE" and error["retryable"] is True, error
+    return dict(error)
+
+
+def test_pool_settings_reach_the_engine(db: Database) -> None:
+    engine = engine_for(Settings(database_url=db.url, db_pool_size=3, db_max_overflow=4, db_pool_timeout_seconds=0.5))
+    try:
+        pool: Any = engine.pool
+        assert (pool.size(), pool._max_overflow, pool._timeout) == (3, 4, 0.5)
+    finally:
+        engine.dispose()
+    plain = engine_for(Settings(database_url=db.url))
+    default: Any = plain.pool
+    assert (default.size(), default._max_overflow, default._timeout) == (
+        (20, 20, 5.0) if db.backend == "postgres" else (40, 20, 5.0)
+    )
+    plain.dispose()
+
+
+def test_a_full_pool_answers_503_with_retry_after_writes_nothing(api: Api, db: Database, clock: FrozenClock) -> None:
+    tid, key = tenant_with_key(api)
+    # Warm: the key is verified and cached, so the resolvers themselves meet the full pool.
+    warm_app, engine = tiny_app(db, clock, auth_cache_seconds=600)
+    cold_app = create_app(Settings(env="test", database_url=db.url, auth_cache_seconds=0), engine=engine, clock=clock)
+    auth = {"Authorization": f"Bearer {key}"}
+    charge = {"primitive": "email.send", "idempotency_key": "full-1"}
+    gql = {"query": CHARGE, "variables": {"i": {"primitive": "email.send", "idempotencyKey": "full-2"}}}
+    try:
+        with TestClient(warm_app) as warm, TestClient(cold_app) as cold:
+            assert warm.get("/v1/status", headers=auth).status_code == 200
+            before = count_rows(db.engine, *WRITTEN)
+            held = engine.connect()  # the pool's only connection: every request now waits 0.2 s and gives up
+            try:
+                assert_503(warm.post("/v1/charge", json=charge, headers=auth))  # the hot lane
+                assert_503(warm.post("/v1/reserve", json={**charge, "idempotency_key": "r"}, headers=auth))
+                assert_503(warm.get("/v1/status", headers=auth))
+                r = warm.post("/graphql", json=gql, headers=auth)
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                (error,) = r.json()["errors"]
+                assert error["extensions"] == UNAVAILABLE and error["message"] != "Unexpected error.", error
+                # The key lookup at the edge (nothing cached) meets the full pool too.
+                assert_503(cold.post("/graphql", json=gql, headers=auth))
+                assert_503(cold.post("/v1/charge", json=charge, headers=auth))
+            finally:
+                held.close()
+            assert count_rows(db.engine, *WRITTEN) == before
+            # A connection is free again: the same requests go through, each applied once.
+            r = warm.post("/v1/charge", json=charge, headers=auth)
+            assert r.status_code == 200 and r.json()["replayed"] is False, r.text
+            data = warm.post("/graphql", json=gql, headers=auth).json()["data"]["charge"]
+            assert data["__typename"] == "Charged" and data["replayed"] is False
+    finally:
+        engine.dispose()
+    after = count_rows(db.engine, "usage_event")
+    assert after["usage_event"] == before["usage_event"] + 2
+
+
+def _postgres_only() -> list[Any]:
+    return [pytest.param("postgres", marks=pytest.mark.postgres)] if PG_URL else []
+
+
+@contextmanager
+def role_with_one_connection(db: Database) -> Iterator[str]:
+    """A throwaway login role allowed one connection (CONNECTION LIMIT 1) with rights on the
+    test's throwaway database; yields that database's URL as the role."""
+    role = f"mk_lim_{uuid.uuid4().hex[:10]}"
+    admin = _pg_admin()
+    with admin.connect() as c:
+        c.execute(text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1'))
+    grants = [
+        f'GRANT USAGE ON SCHEMA public TO "{role}"',
+        f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"',
+        f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{role}"',
+        f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO "{role}"',
+    ]
+    with db.engine.connect() as c:
+        for grant in grants:
+            c.execute(text(grant))
+        c.commit()
+    try:
+        yield make_url(normalize_url(db.url)).set(username=role).render_as_string(hide_password=False)
+    finally:
+        with db.engine.connect() as c:
+            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"))
+            c.execute(text(f'DROP OWNED BY "{role}"'))  # its grants in this database
+            c.commit()
+        with admin.connect() as c:
+            c.execute(text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("db", _postgres_only(), indirect=True)
+def test_a_server_out_of_connection_slots_answers_503(api: Api, db: Database, clock: FrozenClock) -> None:
+    tid, key = tenant_with_key(api)
+    auth = {"Authorization": f"Bearer {key}"}
+    charge = {"primitive": "email.send", "idempotency_key": "slots-1"}
+    gql = {"query": CHARGE, "variables": {"i": {"primitive": "email.send", "idempotencyKey": "slots-2"}}}
+    with role_with_one_connection(db) as url:
+        app, engine = tiny_app(db, clock, url=url, auth_cache_seconds=0)
+        try:
+            with TestClient(app) as client:
+                before = count_rows(db.engine, *WRITTEN)
+                libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+                with psycopg.connect(libpq):  # the role's one slot: the server refuses the gateway's connection
+                    error = assert_503(client.post("/v1/charge", json=charge, headers=auth))
+                    assert "refused" in error["message"]
+                    r = client.post("/graphql", json=gql, headers=auth)
+                    assert_503(r)
+                assert count_rows(db.engine, *WRITTEN) == before
+                r = client.post("/v1/charge", json=charge, headers=auth)
+                assert r.status_code == 200 and r.json()["replayed"] is False, r.text
+                data = client.post("/graphql", json=gql, headers=auth).json()["data"]["charge"]
+                assert data["__typename"] == "Charged"
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("db", _postgres_only(), indirect=True)
+def test_a_server_that_refuses_connections_answers_503(api: Api, db: Database, clock: FrozenClock) -> None:
+    _, key = tenant_with_key(api)
+    nowhere = make_url(normalize_url(db.url)).set(port=free_port()).render_as_string(hide_password=False)
+    app, engine = tiny_app(db, clock, url=nowhere, auth_cache_seconds=0)
+    try:
+        with TestClient(app) as client:
+            auth = {"Authorization": f"Bearer {key}"}
+            assert_503(client.get("/v1/status", headers=auth))
+            assert_503(client.post("/graphql", json={"query": "{ __typename }"}, headers=auth))
+    finally:
+        engine.dispose()
