@@ -5,13 +5,17 @@ connection is free. Pool size, overflow and timeout come from the settings."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
+import stripe
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 from starlette.testclient import TestClient
@@ -43,6 +47,16 @@ def tiny_app(db: Database, clock: FrozenClock, url: str | None = None, **extra: 
     return create_app(settings, engine=engine, clock=clock), engine
 
 
+SECRET = "whsec_pressure"
+
+
+def signed_event() -> tuple[str, dict[str, str]]:
+    """An event we do not act on (recorded as "ignored"), and its Stripe-Signature header."""
+    now = int(time.time())
+    event = json.dumps({"id": "evt_pressure", "type": "customer.created", "created": now, "data": {"object": {}}})
+    return event, {"Stripe-Signature": stripe.WebhookSignature.generate_signature_header(event, SECRET, timestamp=now)}
+
+
 def assert_503(r: Any) -> dict[str, Any]:
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
@@ -71,11 +85,14 @@ def test_a_full_pool_answers_503_with_retry_after_writes_nothing(api: Api, db: D
     # Warm: the key is verified and cached, so the resolvers themselves meet the full pool.
     warm_app, engine = tiny_app(db, clock, auth_cache_seconds=600)
     cold_app = create_app(Settings(env="test", database_url=db.url, auth_cache_seconds=0), engine=engine, clock=clock)
+    # Stripe signs with the wall clock, so the webhook's app reads the wall clock too.
+    hooks = Settings(env="test", database_url=db.url, stripe_webhook_secret=SECRET)
+    hooks_app = create_app(hooks, engine=engine, clock=FrozenClock(datetime.now(UTC)))
     auth = {"Authorization": f"Bearer {key}"}
     charge = {"primitive": "email.send", "idempotency_key": "full-1"}
     gql = {"query": CHARGE, "variables": {"i": {"primitive": "email.send", "idempotencyKey": "full-2"}}}
     try:
-        with TestClient(warm_app) as warm, TestClient(cold_app) as cold:
+        with TestClient(warm_app) as warm, TestClient(cold_app) as cold, TestClient(hooks_app) as stripe_hooks:
             assert warm.get("/v1/status", headers=auth).status_code == 200
             before = count_rows(db.engine, *WRITTEN)
             held = engine.connect()  # the pool's only connection: every request now waits 0.2 s and gives up
@@ -90,6 +107,9 @@ def test_a_full_pool_answers_503_with_retry_after_writes_nothing(api: Api, db: D
                 # The key lookup at the edge (nothing cached) meets the full pool too.
                 assert_503(cold.post("/graphql", json=gql, headers=auth))
                 assert_503(cold.post("/v1/charge", json=charge, headers=auth))
+                # A Stripe event: 503 + Retry-After, not 500 (Stripe redelivers either way; 503 says why).
+                event, signed = signed_event()
+                assert_503(stripe_hooks.post("/webhooks/stripe", content=event, headers=signed))
             finally:
                 held.close()
             assert count_rows(db.engine, *WRITTEN) == before
@@ -98,6 +118,8 @@ def test_a_full_pool_answers_503_with_retry_after_writes_nothing(api: Api, db: D
             assert r.status_code == 200 and r.json()["replayed"] is False, r.text
             data = warm.post("/graphql", json=gql, headers=auth).json()["data"]["charge"]
             assert data["__typename"] == "Charged" and data["replayed"] is False
+            r = stripe_hooks.post("/webhooks/stripe", content=event, headers=signed)
+            assert r.status_code == 200 and r.json()["outcome"] == "ignored", r.text
     finally:
         engine.dispose()
     after = count_rows(db.engine, "usage_event")
