@@ -5,14 +5,17 @@ connection is free. Pool size, overflow and timeout come from the settings."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import stripe
@@ -26,7 +29,8 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import PG_URL, Api, Database, _pg_admin, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
-from tests.live import free_port
+from tests.live import free_port, serve_in_thread
+from tests.test_metering_concurrency import make_tenant
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { eventId replayed } } }"""
 WRITTEN = ("ledger_entry", "usage_event", "usage_counter", "credit_hold")
@@ -131,13 +135,13 @@ def _postgres_only() -> list[Any]:
 
 
 @contextmanager
-def role_with_one_connection(db: Database) -> Iterator[str]:
-    """A throwaway login role allowed one connection (CONNECTION LIMIT 1) with rights on the
+def role_with_connections(db: Database, limit: int = 1) -> Iterator[str]:
+    """A throwaway login role allowed `limit` connections (CONNECTION LIMIT) with rights on the
     test's throwaway database; yields that database's URL as the role."""
     role = f"mk_lim_{uuid.uuid4().hex[:10]}"
     admin = _pg_admin()
     with admin.connect() as c:
-        c.execute(text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1'))
+        c.execute(text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT {int(limit)}'))
     grants = [
         f'GRANT USAGE ON SCHEMA public TO "{role}"',
         f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"',
@@ -166,7 +170,7 @@ def test_a_server_out_of_connection_slots_answers_503(api: Api, db: Database, cl
     auth = {"Authorization": f"Bearer {key}"}
     charge = {"primitive": "email.send", "idempotency_key": "slots-1"}
     gql = {"query": CHARGE, "variables": {"i": {"primitive": "email.send", "idempotencyKey": "slots-2"}}}
-    with role_with_one_connection(db) as url:
+    with role_with_connections(db) as url:
         app, engine = tiny_app(db, clock, url=url, auth_cache_seconds=0)
         try:
             with TestClient(app) as client:
@@ -198,3 +202,50 @@ def test_a_server_that_refuses_connections_answers_503(api: Api, db: Database, c
             assert_503(client.post("/graphql", json={"query": "{ __typename }"}, headers=auth))
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("db", _postgres_only(), indirect=True)
+def test_charges_under_load_with_few_server_slots_are_200_or_503_and_retries_apply_once(
+    api: Api, db: Database, clock: FrozenClock
+) -> None:
+    """The issue's run: 400 concurrent charges while the server has few slots for the gateway
+    (its role may open 4 connections, its pool would open 40). Every answer is 200 or 503 with
+    Retry-After, never 500; each 503 wrote nothing, so resending those keys charges each once."""
+    tid, key = make_tenant(api, credits=10_000, quota=100_000)
+    keys = [f"load-{i}" for i in range(400)]
+    with role_with_connections(db, limit=4) as url:
+        settings = Settings(env="test", database_url=url, db_pool_size=20, db_max_overflow=20,
+                            db_pool_timeout_seconds=0.5)
+        engine = engine_for(settings)
+        try:
+            with serve_in_thread(create_app(settings, engine=engine, clock=clock)) as base:
+                first = asyncio.run(_charge_all(base, key, keys))
+                statuses = Counter(status for status, _ in first.values())
+                assert set(statuses) <= {200, 503}, statuses
+                assert statuses[503] > 0 and statuses[200] > 0, statuses  # the slots did run out
+                assert all(r == "1" for status, r in first.values() if status == 503)
+                charged = count_rows(db.engine, "usage_event")["usage_event"]
+                assert charged == statuses[200]  # a 503 wrote nothing
+                retry = [k for k, (status, _) in first.items() if status == 503]
+                while retry:  # as a client does: after Retry-After, the same keys again
+                    again = asyncio.run(_charge_all(base, key, retry, concurrency=4))
+                    assert {status for status, _ in again.values()} <= {200, 503}
+                    retry = [k for k, (status, _) in again.items() if status == 503]
+        finally:
+            engine.dispose()
+    assert count_rows(db.engine, "usage_event")["usage_event"] == len(keys)
+    with db.engine.connect() as c:
+        used = c.execute(text("SELECT used FROM usage_counter WHERE tenant_id = :t"), {"t": tid}).scalar_one()
+    assert used == len(keys)
+
+
+async def _charge_all(base: str, key: str, keys: list[str], concurrency: int = 100) -> dict[str, tuple[int, str]]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+
+        async def one(k: str) -> tuple[int, str]:
+            body = {"primitive": "email.send", "idempotency_key": k}
+            r = await client.post("/v1/charge", json=body, headers={"Authorization": f"Bearer {key}"})
+            return r.status_code, r.headers.get("retry-after", "")
+
+        return dict(zip(keys, await asyncio.gather(*(one(k) for k in keys)), strict=True))
