@@ -29,8 +29,9 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import PG_URL, Api, Database, _pg_admin, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
-from tests.live import free_port, serve_in_thread
+from tests.live import BackgroundServer, free_port, serve_in_thread
 from tests.test_metering_concurrency import make_tenant
+from tests.ws_client import GraphQLWS
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { eventId replayed } } }"""
 WRITTEN = ("ledger_entry", "usage_event", "usage_counter", "credit_hold")
@@ -249,3 +250,26 @@ async def _charge_all(base: str, key: str, keys: list[str], concurrency: int = 1
             return r.status_code, r.headers.get("retry-after", "")
 
         return dict(zip(keys, await asyncio.gather(*(one(k) for k in keys)), strict=True))
+
+
+def test_a_websocket_meeting_the_full_pool_is_told_to_try_again_later(
+    api: Api, db: Database, clock: FrozenClock
+) -> None:
+    """connection_init checks the key in the database: with no connection to be had, the socket
+    closes with 1013 (Try Again Later), not an internal error; with one free again, it is served."""
+    _, key = tenant_with_key(api)
+    app, engine = tiny_app(db, clock, auth_cache_seconds=0)
+    try:
+        with BackgroundServer(app) as server:
+            held = engine.connect()
+            try:
+                with GraphQLWS(server.url, key) as ws:
+                    assert ws.close_code() == 1013
+            finally:
+                held.close()
+            with GraphQLWS(server.url, key) as ws:
+                ws.ack()
+                ws.subscribe("b", "subscription { balanceChanged { available } }")
+                assert ws.next("b")["balanceChanged"]["available"]
+    finally:
+        engine.dispose()
