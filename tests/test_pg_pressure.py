@@ -99,6 +99,8 @@ def test_a_full_pool_answers_503_with_retry_after_writes_nothing(api: Api, db: D
     try:
         with TestClient(warm_app) as warm, TestClient(cold_app) as cold, TestClient(hooks_app) as stripe_hooks:
             assert warm.get("/v1/status", headers=auth).status_code == 200
+            responses = warm.get("/openapi.json").json()["paths"]["/v1/charge"]["post"]["responses"]
+            assert "DATABASE_UNAVAILABLE" in responses["503"]["description"]  # documented for every route
             before = count_rows(db.engine, *WRITTEN)
             held = engine.connect()  # the pool's only connection: every request now waits 0.2 s and gives up
             try:
