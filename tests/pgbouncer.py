@@ -23,9 +23,12 @@ PGBOUNCER = "/usr/sbin/pgbouncer"
 
 
 @contextmanager
-def pgbouncer(server_url: str, *, pool_mode: str = "transaction", pool_size: int = 10) -> Iterator[int]:
+def pgbouncer(
+    server_url: str, *, pool_mode: str = "transaction", pool_size: int = 10, query_wait_timeout: int = 120
+) -> Iterator[int]:
     """A running pgbouncer forwarding every database of `server_url`'s server; yields its port.
-    Server connections per (database, user): at most `pool_size`."""
+    Server connections per (database, user): at most `pool_size`; a client waits at most
+    `query_wait_timeout` seconds for one (then pgbouncer answers an error and hangs up)."""
     if not os.path.exists(PGBOUNCER):
         raise RuntimeError("Debian's pgbouncer is missing: `make test` installs it (apt-get install pgbouncer)")
     url = make_url(normalize_url(server_url))
@@ -47,6 +50,7 @@ def pgbouncer(server_url: str, *, pool_mode: str = "transaction", pool_size: int
                 f"pool_mode = {pool_mode}",
                 f"default_pool_size = {pool_size}",
                 "max_client_conn = 1000",
+                f"query_wait_timeout = {query_wait_timeout}",
                 "ignore_startup_parameters = extra_float_digits",
                 f"logfile = {work / 'pgbouncer.log'}",
                 "",

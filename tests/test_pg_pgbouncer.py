@@ -35,7 +35,7 @@ from app.settings import Settings
 from app.tenants.service import create_api_key
 from tests import test_foundation_concurrency as foundation
 from tests import test_metering_concurrency as money
-from tests.conftest import PG_URL, Api, Database
+from tests.conftest import PG_URL, Api, Database, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.live import BackgroundServer
 from tests.pgbouncer import pgbouncer, through
@@ -215,3 +215,36 @@ def test_migrate_behind_the_pooler_uses_the_session_url(db: Database, bouncer: i
     assert done.returncode == 0, done.stderr
     port = make_url(db.url).port or 5432
     assert f":{port}/" in done.stdout and f":{bouncer}/" not in done.stdout, done.stdout
+
+
+# ---------------------------------------------------------------- the pooler's own pool full
+
+
+def test_pgbouncers_pool_full_answers_503(api: Api, db: Database, clock: FrozenClock) -> None:
+    """pgbouncer keeps one server connection and a client holds it in a transaction: the
+    gateway's statement waits query_wait_timeout (1 s), pgbouncer answers an error and hangs up;
+    that is a 503 with Retry-After too (the connection lost), nothing written, and then served."""
+    seed_catalog(api)
+    tenant = api.create_tenant("Queued")
+    api(SET_SUB, {"t": tenant, "i": {"planKey": "pro"}})
+    key = api.tenant_key(tenant)
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"primitive": "email.send", "idempotency_key": "queued"}
+    with pgbouncer(db.url, pool_mode="transaction", pool_size=1, query_wait_timeout=1) as port:
+        settings = Settings(env="test", database_url=through(db.url, port), db_pgbouncer=True, auth_cache_seconds=600)
+        engine = engine_for(settings)
+        try:
+            with TestClient(create_app(settings, engine=engine, clock=clock)) as client:
+                assert client.get("/v1/status", headers=auth).status_code == 200  # connected, key cached
+                before = count_rows(db.engine, "usage_event", "ledger_entry")
+                with psycopg.connect(libpq(through(db.url, port)), prepare_threshold=None) as holder:
+                    holder.execute("SELECT 1")  # a transaction left open: pgbouncer's one server connection
+                    r = client.post("/v1/charge", json=body, headers=auth)
+                    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                    assert r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+                    holder.rollback()
+                assert count_rows(db.engine, "usage_event", "ledger_entry") == before
+                r = client.post("/v1/charge", json=body, headers=auth)
+                assert r.status_code == 200 and r.json()["replayed"] is False, r.text
+        finally:
+            engine.dispose()
