@@ -35,14 +35,14 @@ from app.settings import Settings
 from app.tenants.service import create_api_key
 from tests import test_foundation_concurrency as foundation
 from tests import test_metering_concurrency as money
-from tests.conftest import PG_URL, Api, Database, count_rows
+from tests.conftest import PG_URL, REQUIRE_PG, Api, Database, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.live import BackgroundServer
 from tests.pgbouncer import pgbouncer, through
 from tests.ws_client import GraphQLWS
 
 ROOT = Path(__file__).resolve().parents[1]
-POSTGRES_ONLY = [pytest.param("postgres", marks=pytest.mark.postgres)] if PG_URL else []
+POSTGRES_ONLY = [pytest.param("postgres", marks=pytest.mark.postgres)] if PG_URL or REQUIRE_PG else []
 pytestmark = pytest.mark.parametrize("db", POSTGRES_ONLY, indirect=True)
 
 

@@ -27,7 +27,7 @@ from app.core.clock import FrozenClock
 from app.core.db import engine_for, normalize_url
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import PG_URL, Api, Database, _pg_admin, count_rows
+from tests.conftest import PG_URL, REQUIRE_PG, Api, Database, _pg_admin, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.live import BackgroundServer, free_port, serve_in_thread
 from tests.test_metering_concurrency import make_tenant
@@ -134,7 +134,7 @@ def test_a_full_pool_answers_503_with_retry_after_writes_nothing(api: Api, db: D
 
 
 def _postgres_only() -> list[Any]:
-    return [pytest.param("postgres", marks=pytest.mark.postgres)] if PG_URL else []
+    return [pytest.param("postgres", marks=pytest.mark.postgres)] if PG_URL or REQUIRE_PG else []
 
 
 @contextmanager
