@@ -59,6 +59,8 @@ def serve(
 
     settings = get_settings()
     require_database(settings.database_url)
+    if settings.db_session_url:  # migrations and the live updates' LISTEN go there (behind a pooler)
+        require_database(settings.db_session_url)
     new_key = prepare(settings, demo=demo)
     if new_key:
         typer.echo("=" * 72)
