@@ -291,3 +291,28 @@ def test_a_websocket_meeting_the_full_pool_is_told_to_try_again_later(
                 assert ws.next("b")["balanceChanged"]["available"]
     finally:
         engine.dispose()
+
+
+def test_a_subscription_meeting_the_full_pool_gets_the_typed_error(api: Api, db: Database, clock: FrozenClock) -> None:
+    """A subscription re-reads after a change; with no connection to be had then, its error says
+    DATABASE_UNAVAILABLE and retryable (subscribe again), never "Unexpected error."."""
+    tid, key = tenant_with_key(api)
+    app, engine = tiny_app(db, clock, auth_cache_seconds=600)
+    try:
+        with BackgroundServer(app) as server, GraphQLWS(server.url, key) as ws:
+            ws.ack()
+            ws.subscribe("b", "subscription { balanceChanged { available } }")
+            assert ws.next("b")["balanceChanged"]["available"]
+            held = engine.connect()
+            try:
+                # A charge through another engine (the tests' own): the hub hears it, the re-read finds no connection.
+                charged = api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "sub-1"}}, key=key)
+                assert charged["charge"]["__typename"] == "Charged"
+                message = ws.recv(timeout=10)
+            finally:
+                held.close()
+    finally:
+        engine.dispose()
+    errors = message["payload"] if message["type"] == "error" else message["payload"].get("errors")
+    assert errors and errors[0]["extensions"] == UNAVAILABLE, message
+    assert errors[0]["message"] != "Unexpected error."
