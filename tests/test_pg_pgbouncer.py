@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -180,10 +179,9 @@ def test_live_updates_listen_on_the_session_url(
         ws.ack()
         ws.subscribe("b", BALANCE)
         first = ws.next("b")["balanceChanged"]
-        started = time.monotonic()
         charged = bounced_api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "live"}}, key=key)
-        after = ws.next("b", timeout=3.0)["balanceChanged"]  # NOTIFY sent through pgbouncer, heard direct
-        assert time.monotonic() - started < 3.0
+        # NOTIFY sent through pgbouncer, heard on the session URL: long before the 30 s re-read.
+        after = ws.next("b", timeout=5.0)["balanceChanged"]
         assert after["available"] == charged["charge"]["creditsRemaining"] != first["available"]
 
 
