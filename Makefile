@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev-stripe test lint bench schema client client-check clean browser
+.PHONY: run dev-stripe test lint bench schema client client-check clean browser pgbouncer
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,21 @@ browser:
 	  exit 1; \
 	fi
 
-test: $(VENV)/.installed browser
+# The PostgreSQL tests also run the gateway behind PgBouncer in transaction pooling mode
+# (tests/test_pg_pressure.py starts Debian's pgbouncer itself, on a free loopback port with a
+# generated config). `make test` installs it when missing, as it does chromium.
+PGBOUNCER := /usr/sbin/pgbouncer
+pgbouncer:
+	@command -v $(PGBOUNCER) >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's pgbouncer for the PostgreSQL pooling tests (apt-get install pgbouncer)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; \
+	else \
+	  echo "the PgBouncer tests need Debian's pgbouncer: run 'sudo apt-get install pgbouncer', then 'make test' again" >&2; \
+	  exit 1; \
+	fi
+
+test: $(VENV)/.installed browser pgbouncer
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

@@ -7,7 +7,7 @@ from sqlmodel import Session
 from app.account_kits.repository import AccountKitRepository
 from app.account_kits.service import KitInput, KitLimit, upsert_account_kit
 from app.core.clock import Clock
-from app.core.db import make_engine, unit_of_work
+from app.core.db import engine_for, unit_of_work
 from app.core.migrate import startup_lock, upgrade
 from app.core.money import MICRO
 from app.credits.packs import pack_by_key, pack_by_price
@@ -91,9 +91,10 @@ def load_demo_catalog(session: Session, clock: Clock) -> None:
 
 def prepare(settings: Settings, *, demo: bool = True) -> str | None:
     # One process at a time: of several first starts, exactly one makes (and prints) the key.
-    with startup_lock(settings.database_url):
-        upgrade(settings.database_url, lock=False)
-        engine = make_engine(settings.database_url)
+    # The lock and the migrations need a session (METERKIT_DB_SESSION_URL behind a transaction pooler).
+    with startup_lock(settings.session_database_url):
+        upgrade(settings.session_database_url, lock=False)
+        engine = engine_for(settings)
         clock = Clock()
         try:
             with unit_of_work(engine) as s:

@@ -26,13 +26,15 @@ def require_database(url: str) -> None:
 
 @cli.command()
 def migrate() -> None:
-    """Apply pending migrations to METERKIT_DATABASE_URL (default ./meterkit.db)."""
+    """Apply pending migrations to METERKIT_DATABASE_URL (default ./meterkit.db), or to
+    METERKIT_DB_SESSION_URL when set (behind a transaction pooler: the migration lock needs a session)."""
     from app.core.migrate import upgrade
 
     settings = get_settings()
-    require_database(settings.database_url)
-    upgrade(settings.database_url)
-    typer.echo(f"migrated {safe_url(settings.database_url)}")
+    url = settings.session_database_url
+    require_database(url)
+    upgrade(url)
+    typer.echo(f"migrated {safe_url(url)}")
 
 
 def safe_url(url: str) -> str:
@@ -57,6 +59,8 @@ def serve(
 
     settings = get_settings()
     require_database(settings.database_url)
+    if settings.db_session_url:  # migrations and the live updates' LISTEN go there (behind a pooler)
+        require_database(settings.db_session_url)
     new_key = prepare(settings, demo=demo)
     if new_key:
         typer.echo("=" * 72)
@@ -129,11 +133,11 @@ def reconcile(
 ) -> None:
     """Recompute every credit balance from the ledger and check the buckets; exit 1 on drift."""
     from app.cli_client.progress import working
-    from app.core.db import make_engine, unit_of_work
+    from app.core.db import engine_for, unit_of_work
     from app.core.money import format_credits
     from app.credits.service import reconcile as run
 
-    engine = make_engine(database_url or get_settings().database_url)
+    engine = engine_for(get_settings(), database_url)
     try:
         # A spinner on a terminal: reconcile is four grouped statements, so there is no count to show.
         with working("recomputing every balance from the ledger"), unit_of_work(engine, write=False) as s:

@@ -27,11 +27,12 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
-from app.core.db import SqliteCheckpointer, make_engine, sqlite_checkpointer, unit_of_work
+from app.core.db import SqliteCheckpointer, engine_for, sqlite_checkpointer, unit_of_work
+from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
-from app.http.edge import AuthError, error_response, require_key
+from app.http.edge import AuthError, error_response, require_key, unavailable_response
 from app.live.hub import LiveHub
 from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
@@ -72,6 +73,20 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             response.status_code = sub_response.status_code
         return response
 
+    async def execute_operation(self, request: Any, request_adapter: Any, request_data: Any, context: Any,
+                                root_value: Any, sub_response: Any) -> Any:
+        result = await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+        # A resolver found no database connection in time: its error (code DATABASE_UNAVAILABLE,
+        # retryable) is in the answer; the status and Retry-After say the same to HTTP clients.
+        errors = getattr(result, "errors", None) or ()
+        unavailable = next((e.original_error for e in errors if isinstance(e.original_error, Unavailable)), None)
+        if unavailable is not None:
+            sub_response.status_code = 503
+            sub_response.headers["Retry-After"] = str(unavailable.retry_after)
+        return result
+
     @property
     def graphql_ide_html(self) -> str:
         return local_ide_html(super().graphql_ide_html)
@@ -104,7 +119,7 @@ class AppState:
         self.engine = engine
         self.clock = clock
         self.schema = build_schema(settings)
-        self.live = LiveHub(engine)
+        self.live = LiveHub(engine, session_url=settings.db_session_url, pooled=settings.db_pgbouncer)
         self.checkpointer: SqliteCheckpointer | None = None  # while serving, on SQLite
 
 
@@ -153,7 +168,10 @@ class HotLane:
         if scope["type"] == "http" and not scope.get("root_path"):
             handler = self.hot.get((scope["method"], scope["path"]))
             if handler is not None:
-                response = await handler(Request(scope, receive, send))  # the unexpected: ServerErrorMiddleware
+                try:
+                    response = await handler(Request(scope, receive, send))  # the unexpected: ServerErrorMiddleware
+                except Unavailable as exc:  # as the app's exception handler answers every other route
+                    response = unavailable_response(exc)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -187,7 +205,7 @@ def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock | None = None
 ) -> Starlette:
     settings = settings or get_settings()
-    engine = engine or make_engine(settings.database_url)
+    engine = engine or engine_for(settings)
     state = AppState(settings, engine, clock or Clock())
     graphql_app = MeterkitGraphQL(
         state,
@@ -289,7 +307,12 @@ def create_app(
                 await run_in_threadpool(checkpointer.stop)
                 state.checkpointer = None
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def on_unavailable(_: Any, exc: Exception) -> Response:
+        assert isinstance(exc, Unavailable)
+        return unavailable_response(exc)
+
+    # No database connection in time, from any route: 503 + Retry-After, never a 500.
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Unavailable: on_unavailable})
     app.state.meterkit = state
     if not settings.cors_origins:
         from app.rest import hot_routes

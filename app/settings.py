@@ -67,6 +67,25 @@ class Settings(BaseSettings):
     # Alerts: how often the in-process webhook worker looks for due deliveries (0: no worker here)
     webhook_worker_seconds: float = 1.0
 
+    # ---- Database pool under pressure (issue 17, area pg; app/core/db.py engine_for) ----
+    # Connections each process keeps open, and opens beyond them under load; unset: PostgreSQL
+    # 20 + 20, SQLite 40 + 20. Keep (pool + overflow) x processes under the server's max_connections.
+    db_pool_size: Annotated[int, Field(ge=1)] | None = None
+    db_max_overflow: Annotated[int, Field(ge=0)] | None = None
+    # How long a request waits for a free connection; then 503 DATABASE_UNAVAILABLE + Retry-After.
+    db_pool_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # database_url goes through PgBouncer in transaction pooling mode: no server-side prepared
+    # statements; what needs a session of its own (LISTEN for live updates, the migrations'
+    # advisory lock) uses db_session_url instead (PostgreSQL itself, or a session-mode pool):
+    # through transaction pooling a LISTEN hears nothing and a session lock can leak.
+    db_pgbouncer: bool = False
+    db_session_url: str | None = None
+
+    @property
+    def session_database_url(self) -> str:
+        """Where a session-level feature connects: db_session_url, else database_url."""
+        return self.db_session_url or self.database_url
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

@@ -32,16 +32,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_subprocess(database_url: str, port: int, **env: str) -> subprocess.Popen[bytes]:
+def start_subprocess(
+    database_url: str, port: int, *, factory: str = "app.main:create_app", **env: str
+) -> subprocess.Popen[bytes]:
     """The server's stderr goes to a file (a pipe nobody reads would stall a chatty server once
-    full); `server_output(proc)` reads it, so a failing test can show what the server said."""
+    full); `server_output(proc)` reads it, so a failing test can show what the server said.
+    `factory`: the app factory uvicorn calls (a test's crash-point wrapper, tests/crash_points.py)."""
     log = tempfile.NamedTemporaryFile(prefix="meterkit-server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "app.main:create_app",
+            factory,
             "--factory",
             "--host",
             "127.0.0.1",

@@ -13,10 +13,10 @@ def endpoints() -> None:
     from sqlmodel import col, select
 
     from app.alerts.models import WebhookEndpoint
-    from app.core.db import make_engine, unit_of_work
+    from app.core.db import engine_for, unit_of_work
     from app.settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
+    engine = engine_for(get_settings())
     try:
         with unit_of_work(engine, write=False) as s:
             rows = s.exec(select(WebhookEndpoint).order_by(col(WebhookEndpoint.created_at))).all()
@@ -31,11 +31,11 @@ def endpoints() -> None:
 def deliveries(endpoint_id: str, first: int = typer.Option(20, help="Newest first")) -> None:
     """An endpoint's deliveries and every attempt."""
     from app.alerts.service import deliveries as read
-    from app.core.db import make_engine, unit_of_work
+    from app.core.db import engine_for, unit_of_work
     from app.core.errors import DomainError
     from app.settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
+    engine = engine_for(get_settings())
     try:
         with unit_of_work(engine, write=False) as s:
             rows, attempts = read(s, endpoint_id, first)
@@ -55,10 +55,10 @@ def replay(delivery_id: int) -> None:
     """Send a delivery again at the next worker round (its attempts stay in the log)."""
     from app.alerts.worker import replay as run
     from app.core.clock import Clock
-    from app.core.db import connection_of_work, make_engine
+    from app.core.db import connection_of_work, engine_for
     from app.settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
+    engine = engine_for(get_settings())
     try:
         with connection_of_work(engine) as conn:
             done = run(conn, delivery_id, Clock().now())

@@ -13,10 +13,10 @@ primitive_cli = typer.Typer(no_args_is_help=True, help="The primitive catalog: l
 def list_(retired: bool = typer.Option(True, help="Include retired primitives")) -> None:
     """Every primitive: key, pricing rule, unit, category, active."""
     from app.catalog.service import list_primitives
-    from app.core.db import make_engine, unit_of_work
+    from app.core.db import engine_for, unit_of_work
     from app.settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
+    engine = engine_for(get_settings())
     try:
         with unit_of_work(engine, write=False) as s:
             rows = [
@@ -43,12 +43,12 @@ def upsert(
     from app.audit.service import Target, audited
     from app.catalog.service import PrimitiveInput, upsert_primitive
     from app.core.clock import Clock
-    from app.core.db import make_engine, unit_of_work
+    from app.core.db import engine_for, unit_of_work
     from app.core.errors import DomainError
     from app.core.money import to_micro
     from app.settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
+    engine = engine_for(get_settings())
     try:
         micro = to_micro(Decimal(credits)) if credits is not None else None
         data = PrimitiveInput(key, name, unit, category, rule, active, micro)

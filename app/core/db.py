@@ -18,7 +18,11 @@ from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, create_engine
+
+from app.core.errors import Unavailable
 
 log = logging.getLogger("meterkit.db")
 
@@ -35,7 +39,7 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, **kw: Any) -> Engine:
+def make_engine(url: str, *, pgbouncer: bool = False, **kw: Any) -> Engine:
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         # A pool as large as the server's thread pool: under load, connections are reused, not reopened.
@@ -47,7 +51,49 @@ def make_engine(url: str, **kw: Any) -> Engine:
     kw.setdefault("pool_size", 20)
     kw.setdefault("max_overflow", 20)
     kw.setdefault("pool_pre_ping", False)
+    if pgbouncer:
+        # Transaction pooling hands each transaction whichever server connection is free, so a
+        # statement psycopg prepared (its 5th run of the same SQL, by default) is missing on the
+        # next one, or clashes with another client's of the same name: never prepare server-side.
+        kw["connect_args"] = {**kw.get("connect_args", {}), "prepare_threshold": None}
     return create_engine(url, **kw)
+
+
+def engine_for(settings: Any, url: str | None = None) -> Engine:
+    """The engine the settings describe: METERKIT_DATABASE_URL (or `url`), the pool's size,
+    overflow and timeout (METERKIT_DB_POOL_SIZE, _MAX_OVERFLOW, _POOL_TIMEOUT_SECONDS) and
+    METERKIT_DB_PGBOUNCER. Every process that serves or changes data builds its engine here."""
+    kw: dict[str, Any] = {"pool_timeout": settings.db_pool_timeout_seconds}
+    if settings.db_pool_size is not None:
+        kw["pool_size"] = settings.db_pool_size
+    if settings.db_max_overflow is not None:
+        kw["max_overflow"] = settings.db_max_overflow
+    return make_engine(url or settings.database_url, pgbouncer=settings.db_pgbouncer, **kw)
+
+
+@contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection, or Unavailable when none can be had in time: none free within the
+    pool timeout, the server refused a new one (too many clients, a role's CONNECTION LIMIT,
+    connection refused, starting up), or it dropped mid-transaction. This is the one place the
+    units of work learn that, so every edge maps one exception to 503 (app/http/edge.py)."""
+    try:
+        conn = engine.connect()
+    except PoolTimeout as exc:
+        raise Unavailable("no database connection was free in time; retry shortly") from exc
+    except OperationalError as exc:
+        log.warning("database refused a connection: %s", exc.orig)
+        raise Unavailable("the database refused a new connection; retry shortly") from exc
+    with conn:
+        try:
+            yield conn
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("database connection lost mid-transaction: %s", exc.orig)
+            raise Unavailable(
+                "the database connection was lost; retry (a metered call with the same idempotency key)"
+            ) from exc
 
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000  # bench/floor_app.py uses the same, as it does every SQLite setting
@@ -187,7 +233,7 @@ def _snapshot(conn: Connection) -> Connection:
 
 @contextmanager
 def _transaction(engine: Engine, sqlite_begin: str | None, *, snapshot: bool = False) -> Iterator[Session]:
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         if sqlite_begin:
             conn = conn.execution_options(sqlite_begin=sqlite_begin)
         if snapshot:
@@ -244,7 +290,7 @@ def connection_of_work(engine: Engine, *, write: bool = True) -> Iterator[Connec
     """One transaction on a bare connection, for the metered hot path: the same BEGIN, lock and
     commit-or-rollback as unit_of_work, without the ORM session's bookkeeping (~0.2 ms a charge)."""
     if write and is_sqlite(engine):
-        with _writer_lock(engine), engine.connect() as conn:
+        with _writer_lock(engine), connect(engine) as conn:
             try:
                 with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
                     yield conn
@@ -253,7 +299,7 @@ def connection_of_work(engine: Engine, *, write: bool = True) -> Iterator[Connec
                 raise
             _run_after_commit(conn)
         return
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         if not write:
             conn = _snapshot(conn)
         try:

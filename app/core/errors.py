@@ -61,3 +61,23 @@ class UnknownPrimitive(ValidationFailed):
         )
         super().__init__(message, field=field)
         self.primitive = primitive
+
+
+class Unavailable(Exception):
+    """No database connection could be had in time: none free in the pool within its timeout, the
+    server (or a pooler in front of it) refused a new one ("too many clients", connection
+    refused), or the connection dropped mid-transaction. Nothing about the request is wrong and
+    nothing of it was committed, so it is no DomainError (no typed union result, no "rejected"
+    webhook): every edge answers it as retryable, REST and /webhooks with 503 + Retry-After,
+    GraphQL with an error whose extensions carry the code, `retryable` and the delay (HTTP 503)."""
+
+    code = "DATABASE_UNAVAILABLE"
+    retry_after = 1  # seconds: about one pool timeout's worth of other requests finishing
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"code": self.code, "retryable": True, "retryAfterSeconds": self.retry_after}

@@ -19,7 +19,7 @@ from app.alerts.graphql import AlertsMutation, AlertsQuery
 from app.audit.graphql import AuditQuery
 from app.budgets.graphql import BudgetMutation, BudgetQuery
 from app.catalog.graphql import CatalogMutation, CatalogQuery
-from app.core.errors import DomainError
+from app.core.errors import DomainError, Unavailable
 from app.credits.graphql import CreditsMutation, CreditsQuery
 from app.graphql.completion import install as install_completion
 from app.graphql.cost import CostLimits
@@ -137,8 +137,8 @@ class MeterkitSchema(strawberry.Schema):
 
 def _is_unexpected(error: GraphQLError) -> bool:
     original = error.original_error
-    if original is None or isinstance(original, DomainError | GraphQLError):
-        return False
+    if original is None or isinstance(original, DomainError | GraphQLError | Unavailable):
+        return False  # Unavailable: a typed, retryable answer (its extensions), never "Unexpected error."
     # A scalar refusing a value (Credits "x", a bad DateTime) raises ValueError/TypeError while
     # graphql-core checks a literal or a variable: a client mistake tied to a document node,
     # before anything runs (no path). Found by the abuse suite: it was "Unexpected error.".

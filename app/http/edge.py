@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from app.core.auth import Principal, TenantScope, hash_key, mint_scope
 from app.core.clock import Clock
 from app.core.db import unit_of_work
+from app.core.errors import Unavailable
 from app.core.ids import _ID
 from app.tenants.principals import CACHE as PRINCIPALS
 from app.tenants.repository import TenantRepository
@@ -34,6 +35,13 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     if field is not None:
         error["field"] = field
     return JSONResponse({"error": error}, status_code=status)
+
+
+def unavailable_response(exc: Unavailable) -> Response:
+    """No database connection in time (app/core/db.py connect): 503 with Retry-After, the same
+    for every HTTP route (REST, the hot charge, /graphql's key lookup, /webhooks/stripe)."""
+    body = {"code": exc.code, "message": exc.message, "retryable": True, "retry_after_seconds": exc.retry_after}
+    return JSONResponse({"error": body}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
 
 Resolved = tuple[Principal | None, TenantScope | None]

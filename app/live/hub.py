@@ -13,8 +13,9 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
+from app.core.db import normalize_url
 from app.live import notify
 
 log = logging.getLogger("meterkit.live")
@@ -50,9 +51,14 @@ class Mailbox:
 
 
 class LiveHub:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, session_url: str | None = None, pooled: bool = False) -> None:
+        """session_url: where the LISTEN connection goes (default: the engine's database). pooled:
+        the engine's URL is a transaction pooler (PgBouncer), where a LISTEN hears nothing; with
+        no session_url then, no LISTEN: subscribers see changes at their periodic re-read."""
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
+        self._session_url = session_url
+        self._no_listen = self.postgres and pooled and session_url is None
         self._database = notify.database_key(engine)
         self._tenants: dict[str, set[Mailbox]] = {}
         self._everyone: set[Mailbox] = set()
@@ -130,7 +136,13 @@ class LiveHub:
         if self._loop is not loop:
             # First use, or the app now runs on another loop (a test client restarted): begin again.
             self._loop, self._listener, self._ready = loop, None, asyncio.Event()
-            if self.postgres:
+            if self._no_listen:
+                log.warning(
+                    "live updates: METERKIT_DB_PGBOUNCER is set without METERKIT_DB_SESSION_URL; a LISTEN "
+                    "through transaction pooling hears nothing, so subscriptions only re-read periodically"
+                )
+                self._ready.set()
+            elif self.postgres:
                 self._listener = loop.create_task(self._listen_postgres(), name="meterkit-live-listen")
             else:
                 notify.subscribe_local(self._database, self._from_any_thread)
@@ -149,7 +161,7 @@ class LiveHub:
     async def _listen_postgres(self) -> None:
         import psycopg
 
-        dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = listen_dsn(self.engine, self._session_url)
         delay, connected_before = 0.1, False
         while True:
             try:
@@ -170,3 +182,9 @@ class LiveHub:
                 log.warning("live updates: the LISTEN connection failed; retrying in %.1fs", delay, exc_info=True)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def listen_dsn(engine: Engine, session_url: str | None) -> str:
+    """libpq's spelling of the URL the LISTEN connection uses: a session, never a transaction pool."""
+    url = make_url(normalize_url(session_url)) if session_url else engine.url
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)

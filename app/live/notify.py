@@ -187,7 +187,11 @@ class PgBatcher:
             import psycopg
 
             dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._conn = psycopg.connect(dsn, autocommit=True, application_name="meterkit-live-notify")
+            # prepare_threshold=None: never prepared server-side, so it works through PgBouncer's
+            # transaction pooling too (a NOTIFY is transactional; only LISTEN needs a session).
+            self._conn = psycopg.connect(
+                dsn, autocommit=True, application_name="meterkit-live-notify", prepare_threshold=None
+            )
         return self._conn
 
     def _disconnect(self) -> None:

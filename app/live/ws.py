@@ -3,8 +3,9 @@
 The browser's WebSocket API cannot set headers, so the key travels in `connection_init`'s payload:
 {"Authorization": "Bearer <key>", "X-Tenant-Id": "ten_..."} (X-Tenant-Id: operators only, as over
 HTTP). A missing or bad key closes the socket with 4401 (4400/4404 for a malformed or unknown
-X-Tenant-Id); a key revoked while connected closes it with 4401 at once, in every process (and in
-any case at the next check of the key, every KEY_RECHECK_SECONDS)."""
+X-Tenant-Id), no database connection to check it with 1013 (try again later); a key revoked
+while connected closes it with 4401 at once, in every process (and in any case at the next check
+of the key, every KEY_RECHECK_SECONDS)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
+from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.http.edge import AuthError, parse_authorization, require_key, resolve_principal
 
@@ -25,6 +27,9 @@ def _param(payload: dict[str, Any], name: str) -> str | None:
         if isinstance(key, str) and key.lower() == name:
             return value if isinstance(value, str) else None
     return None
+
+
+TRY_AGAIN_LATER = 1013  # the registered WebSocket close code for an overloaded server
 
 
 def close_code(exc: AuthError) -> int:
@@ -49,11 +54,13 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 # The same auth-before-parse rule as an HTTP POST (app/http/edge.py).
                 tenant, ttl = _param(payload, "x-tenant-id"), ctx.settings.auth_cache_seconds
                 principal, scope = await require_key(ctx.engine, authorization, tenant, ttl, ctx.clock)
-            except AuthError as exc:
+            except (AuthError, Unavailable) as exc:
                 self.connection_init_received = True
                 if self.connection_init_timeout_task:
                     self.connection_init_timeout_task.cancel()
-                await self.websocket.close(code=close_code(exc), reason=exc.message[:120])
+                # No database connection to check the key with: 1013 "Try Again Later", not an error.
+                code = close_code(exc) if isinstance(exc, AuthError) else TRY_AGAIN_LATER
+                await self.websocket.close(code=code, reason=exc.message[:120])
                 return
             assert ctx.live is not None
             raw = parse_authorization(authorization)

@@ -65,7 +65,8 @@ ERRORS = {
     413: "The request body is larger than METERKIT_MAX_BODY_BYTES",
     429: "Quota for the period spent, or a per-call or per-minute limit (Retry-After when known)",
     502: "Stripe refused or failed",
-    503: "Stripe is not configured",
+    503: "No database connection in time (DATABASE_UNAVAILABLE, with Retry-After: nothing was written, "
+    "send it again), or Stripe is not configured",
 }
 
 
@@ -93,7 +94,8 @@ def document(endpoints: list[Endpoint], *, title: str = "meterkit REST", version
                 "content": {"application/json": {"schema": keys[(ep.body, "validation")]}},
             }
         body_limit = {413} if ep.body is not None else set()
-        for status in sorted({400, 401, 403, 404, *body_limit, *ep.refusals}):
+        # 503: any route may find no database connection in time (app/core/db.py connect).
+        for status in sorted({400, 401, 403, 404, 503, *body_limit, *ep.refusals}):
             schema = keys[(InsufficientCredits if status == 402 else Error, "serialization")]
             op["responses"][str(status)] = _json(ERRORS[status], schema)
         paths.setdefault(ep.path, {})[ep.method.lower()] = op

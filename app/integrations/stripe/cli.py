@@ -17,7 +17,7 @@ def reconcile() -> None:
     from Stripe. Safe to run any time and repeatedly: a second run changes nothing."""
     from app.cli_client.progress import phases
     from app.core.clock import Clock
-    from app.core.db import make_engine
+    from app.core.db import engine_for
     from app.integrations.stripe.client import StripeGateway, StripeNotConfigured, StripeUnavailable
     from app.integrations.stripe.service import reconcile as run
     from app.settings import get_settings
@@ -28,7 +28,7 @@ def reconcile() -> None:
     except StripeNotConfigured as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from None
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)
     try:
         with phases() as tick:  # a bar per phase on a terminal; nothing in a pipe
             report = run(engine, gateway, settings, Clock(), progress=tick)

@@ -8,7 +8,8 @@
 3. The handler's fetch re-reads the object from Stripe, outside any transaction.
 4. One transaction: claim the event id in the inbox, apply the effect, record the outcome.
    A concurrent copy of the same event loses the claim and answers 200 as a duplicate;
-   an exception rolls the claim back with the effect and answers 500, so Stripe redelivers.
+   an exception rolls the claim back with the effect and answers 500 (503 + Retry-After when no
+   database connection could be had), so Stripe redelivers.
 Unknown event types are recorded (outcome "ignored") and acknowledged; an event our rules refuse
 (a DomainError) is rolled back whole, recorded as "rejected" and acknowledged."""
 
@@ -29,7 +30,7 @@ from starlette.routing import Route
 
 from app.core.clock import Clock
 from app.core.db import unit_of_work
-from app.core.errors import DomainError
+from app.core.errors import DomainError, Unavailable
 from app.integrations.stripe import inbox
 from app.integrations.stripe.client import JSON, StripeGateway, StripeNotConfigured
 from app.integrations.stripe.handlers import HANDLERS, Outcome
@@ -151,6 +152,8 @@ def webhook_route(state: Any) -> Route:
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
             status, body = await run_in_threadpool(process, state.engine, settings, state.clock, gateway, event)
+        except Unavailable:
+            raise  # nothing was written: the app answers 503 + Retry-After, and Stripe redelivers
         except Exception:
             log.exception("stripe event %s (%s) failed; nothing was written", event.get("id"), event.get("type"))
             return JSONResponse({"received": False, "error": "internal error"}, status_code=500)
