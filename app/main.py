@@ -31,7 +31,7 @@ from app.core.db import SqliteCheckpointer, make_engine, sqlite_checkpointer, un
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
-from app.http.edge import AuthError, error_response, require_key
+from app.http.edge import AuthError, InFlightLimit, error_response, require_key
 from app.live.hub import LiveHub
 from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
@@ -295,6 +295,8 @@ def create_app(
         from app.rest import hot_routes
 
         app.add_middleware(HotLane, hot=hot_routes(state))  # inside BodyLimit, added next
+    # Outside the hot lane, so charges count too; inside BodyLimit (an oversized body is a 413 first).
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight_per_key)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         # Added last, so outermost: a preflight is answered before auth or the body limit.

@@ -14,7 +14,16 @@ from graphql import parse
 
 from app.graphql.cost import CostExceeded, CostLimits, measure
 from app.graphql.guard import validation_cache_info
+from app.settings import Settings
 from tests.conftest import ALL_TABLES, Api, count_rows
+
+
+@pytest.fixture
+def settings() -> Settings:
+    # As conftest's, with room for aliases: several shapes here reach the walk's limits through
+    # aliased fields, and the alias count on the text (app/graphql/cost.py prescan, before
+    # parsing) would refuse them first. That prescan has its own tests (tests/test_edge_limits.py).
+    return Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0, max_aliases=100_000)
 
 
 def fan_out_chain(levels: int) -> str:

@@ -30,7 +30,15 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult as StrawberryExecutionResult
 
-from app.graphql.cost import BudgetExceeded, CostExceeded, CostLimits, check_variables, cpu_deadline, measure
+from app.graphql.cost import (
+    BudgetExceeded,
+    CostExceeded,
+    CostLimits,
+    check_variables,
+    cpu_deadline,
+    measure,
+    prescan,
+)
 from app.graphql.permissions import guard_root_fields
 
 TOO_COMPLEX = "QUERY_TOO_COMPLEX"
@@ -233,6 +241,7 @@ class Gateway(SchemaExtension):
         key = (ec.query, *ec.parse_options.items())
         doc = self.config.parsed.get(key)
         if doc is None:
+            _prescan(ec.query, self.config.limits)
             # The CPU budget runs from here. A document from the cache cost nothing to parse: its
             # budget, if it needs one, starts when validation does (no clock read on the hot path).
             self._tick = cpu_deadline(self.config.budget_ms)
@@ -398,6 +407,15 @@ def _without_suggestion(error: GraphQLError) -> GraphQLError:
         original_error=error.original_error,
         extensions=error.extensions,
     )
+
+
+def _prescan(query: str, limits: CostLimits) -> None:
+    """Operations and aliases counted on the text of a document the parse cache does not know,
+    before it is parsed (app/graphql/cost.py prescan): refused with QUERY_TOO_COMPLEX."""
+    try:
+        prescan(query, limits)
+    except CostExceeded as exc:
+        raise Refusal(exc.limit, exc.maximum, exc.message).error() from None
 
 
 def _budget_refusal(exc: BudgetExceeded) -> Refusal:

@@ -161,6 +161,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         max_directives=settings.max_directives,
         max_variables=settings.max_variables,
         max_list_items=settings.max_list_items,
+        max_operations=settings.max_operations,
+        max_aliases=settings.max_aliases,
+        max_tokens=settings.max_tokens,
     )
     hide = settings.env == "production"
     if not settings.graphiql_enabled:

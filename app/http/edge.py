@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.auth import Principal, TenantScope, hash_key, mint_scope
 from app.core.clock import Clock
@@ -146,3 +147,66 @@ async def require_key(
     principal, scope = resolved
     assert principal is not None  # resolve_principal raises for a key it does not accept
     return principal, scope
+
+
+# ---- requests in flight per key --------------------------------------------------------------
+
+TOO_MANY = "TOO_MANY_REQUESTS"
+
+
+class InFlightLimit:
+    """ASGI: at most `limit` HTTP requests per API key in flight in this process; the next is
+    refused at once with 429 TOO_MANY_REQUESTS and `Retry-After: 1` (retryable), before its body
+    is read. One key's requests then hold at most `limit` of what every tenant shares: the event
+    loop's turns, the worker threads (40) and the PostgreSQL pool. The default (32, setting
+    METERKIT_MAX_IN_FLIGHT_PER_KEY) stays below both so other keys always find some free, and
+    at the benchmark's 32 connections on one key.
+
+    Counted by the key as sent (the Authorization value after "Bearer", as parse_authorization
+    reads it), not by key id: the limit is then one dict lookup before any auth, the same for
+    every route, including the charge's hot lane, which learns the key id only inside its
+    thread hop. One secret is one key, so this is per key; casing or spacing of "Bearer" cannot
+    split a key's count. A request without the header is not counted (it is refused 401 later).
+    No lock: the counters live on the event loop and change only between awaits; every slot is
+    given back in `finally`, so a failed or cancelled request frees its slot."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.counts: dict[bytes, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0:
+            await self.app(scope, receive, send)
+            return
+        key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                key = value.partition(b" ")[2].strip()
+                break
+        if not key:
+            await self.app(scope, receive, send)
+            return
+        counts = self.counts
+        n = counts.get(key, 0)
+        if n >= self.limit:
+            await too_many_requests(scope["path"], self.limit)(scope, receive, send)
+            return
+        counts[key] = n + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
+
+
+def too_many_requests(path: str, limit: int) -> Response:
+    """429 in the edge's error shape; on /graphql also as a GraphQL error (`errors[0].extensions.code`),
+    so GraphQL clients branch on it the way they branch on every other GraphQL error."""
+    message = f"more than {limit} requests of this API key in flight: retry after 1 s"
+    body: dict[str, Any] = {"error": {"code": TOO_MANY, "message": message, "retry_after_seconds": 1}}
+    if path == "/graphql":
+        body["errors"] = [{"message": message, "extensions": {"code": TOO_MANY, "retryAfterSeconds": 1}}]
+    return JSONResponse(body, status_code=429, headers={"Retry-After": "1"})
