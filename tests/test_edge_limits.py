@@ -83,8 +83,11 @@ def test_each_count_is_the_most_accepted(api: Api) -> None:
     assert api(aliases(30))["a29"] == "Query"
     assert refusal(api(aliases(31), expect_errors=True))["limit"] == "max_aliases"
     # Fragments are definitions but not operations: one operation and 20 fragments is fine.
-    frags = "{ plans { " + " ".join(f"...F{i}" for i in range(20)) + " } } " + " ".join(
-        f"fragment F{i} on Plan {{ key }}" for i in range(20)
+    frags = (
+        "{ plans { "
+        + " ".join(f"...F{i}" for i in range(20))
+        + " } } "
+        + " ".join(f"fragment F{i} on Plan {{ key }}" for i in range(20))
     )
     assert api(frags) == {"plans": []}
 
@@ -94,7 +97,7 @@ def test_colons_that_are_not_aliases_are_not_counted(api: Api) -> None:
     colons too; the scan counts only a name and `:` in a selection set. 30 aliases plus 40 such
     colons: accepted."""
     doc = (
-        'query Q($b: Boolean = true) {\n'
+        "query Q($b: Boolean = true) {\n"
         "  # c0: x c1: y c2: z (a comment)\n  "
         + " ".join(f"a{i}: __typename" for i in range(29))
         + "\n  p: plans(includeArchived: false) { key }\n  __typename @include(if: $b)\n}\n"

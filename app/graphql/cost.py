@@ -319,9 +319,7 @@ def prescan(query: str, limits: CostLimits) -> tuple[int, int]:
             if tok != "fragment":
                 operations += 1
                 if operations > max_ops:
-                    raise CostExceeded(
-                        "max_operations", max_ops, f"the document has more than {max_ops} operations"
-                    )
+                    raise CostExceeded("max_operations", max_ops, f"the document has more than {max_ops} operations")
         after_name = c not in '{}():"'
     return operations, aliases
 
