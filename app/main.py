@@ -22,6 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
+from cross_web import HTTPException as StrawberryHTTPException
+from starlette.exceptions import HTTPException
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
@@ -31,7 +33,7 @@ from app.core.db import SqliteCheckpointer, make_engine, sqlite_checkpointer, un
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
-from app.http.edge import AuthError, InFlightLimit, error_response, require_key
+from app.http.edge import AuthError, InFlightLimit, error_response, http_error, require_key
 from app.live.hub import LiveHub
 from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
@@ -53,6 +55,19 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             **kw,
         )
         self.state = app_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        # As Strawberry's, with its transport refusals (a body that is not JSON, a batch, a body
+        # without a query, a form) in the edge's error shape instead of plain text.
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except StrawberryHTTPException as exc:
+            status = 415 if exc.reason == "Unsupported content type" else exc.status_code
+            response = http_error(status, exc.reason)
+        await response(scope, receive, send)
 
     def decode_json(self, data: str | bytes) -> object:
         try:
@@ -289,7 +304,12 @@ def create_app(
                 await run_in_threadpool(checkpointer.stop)
                 state.checkpointer = None
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def framework_error(_: Request, exc: Exception) -> Response:
+        # No route (404), a route without this method (405, its Allow header kept): the error shape.
+        assert isinstance(exc, HTTPException)
+        return http_error(exc.status_code, exc.detail, exc.headers)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: framework_error})
     app.state.meterkit = state
     if not settings.cors_origins:
         from app.rest import hot_routes
