@@ -12,18 +12,18 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+from cross_web import HTTPException as StrawberryHTTPException
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
-from cross_web import HTTPException as StrawberryHTTPException
-from starlette.exceptions import HTTPException
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
@@ -263,6 +263,7 @@ def create_app(
         routes.append(Mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"))
     for extra in _slice_routes(state):
         routes.append(extra)
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if settings.operator_key:

@@ -41,8 +41,11 @@ def gql(rest: Rest, query: str, variables: dict[str, Any] | None = None) -> dict
 
 # ---- dates past 9999 and before 1970 ----------------------------------------------------------
 
+
 def _usage_query(rest: Rest) -> str:
-    return f'query($at: DateTime) {{ tenant(id: "{rest.tenant_id}") {{ usage(at: $at) {{ period {{ start end }} }} }} }}'
+    return (
+        f'query($at: DateTime) {{ tenant(id: "{rest.tenant_id}") {{ usage(at: $at) {{ period {{ start end }} }} }} }}'
+    )
 
 
 @pytest.mark.parametrize("period", ["9999-12", "9999-01"])
@@ -145,7 +148,13 @@ CHARGE = b'{"primitive": "email.send", "idempotency_key": "ct", "reference": "ct
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "text/plain", "application/x-www-form-urlencoded", "application/merge-patch+json", "application/json; charset=latin-1"],
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/merge-patch+json",
+        "application/json; charset=latin-1",
+    ],
 )
 def test_rest_bodies_must_be_application_json(rest: Rest, content_type: str | None) -> None:
     before = rows(rest)
@@ -162,7 +171,9 @@ def test_rest_bodies_must_be_application_json(rest: Rest, content_type: str | No
 
 
 def test_json_media_types_accepted(rest: Rest) -> None:
-    for i, content_type in enumerate(("application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8")):
+    for i, content_type in enumerate(
+        ("application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8")
+    ):
         body = CHARGE.replace(b'"ct"', f'"ct{i}"'.encode())
         r = rest.http.post("/v1/charge", content=body, headers={**rest.headers(), "Content-Type": content_type})
         assert r.status_code == 200, r.text

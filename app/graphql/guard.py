@@ -30,6 +30,7 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult as StrawberryExecutionResult
 
+from app.core.text import NUL, NUL_MESSAGE, find_nul
 from app.graphql.cost import (
     BudgetExceeded,
     CostExceeded,
@@ -39,7 +40,6 @@ from app.graphql.cost import (
     measure,
     prescan,
 )
-from app.core.text import NUL, NUL_MESSAGE, find_nul
 from app.graphql.permissions import guard_root_fields
 
 TOO_COMPLEX = "QUERY_TOO_COMPLEX"

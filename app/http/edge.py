@@ -5,6 +5,7 @@ the request (tenant key, or operator key + X-Tenant-Id), and one JSON error shap
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -242,7 +243,9 @@ def check_json_body(content_type: str | None, raw: bytes) -> None:
     `+json` types are refused too: every body here is the route's own JSON object, not another
     format that happens to be JSON. The NUL check costs one substring search on a clean body."""
     if not _is_json(content_type):
-        raise BadInput(415, "UNSUPPORTED_MEDIA_TYPE", "the request body must be JSON: send Content-Type: application/json")
+        raise BadInput(
+            415, "UNSUPPORTED_MEDIA_TYPE", "the request body must be JSON: send Content-Type: application/json"
+        )
     if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):
         raise BadInput(400, "VALIDATION_FAILED", f"body: {NUL_MESSAGE}")
 
@@ -279,7 +282,7 @@ _HTTP_CODES = {
 }
 
 
-def http_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def http_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     """Starlette's own 404 and 405 (no route, wrong method) and Strawberry's transport refusals
     ("Unable to parse request body as JSON", "Batching is not enabled", ...) in the error shape,
     instead of their plain-text bodies."""
