@@ -251,6 +251,8 @@ def check_json_body(content_type: str | None, raw: bytes) -> None:
 
 
 def _is_json(content_type: str | None) -> bool:
+    if content_type == "application/json":
+        return True  # what clients send (httpx, curl -H, the dashboard): no parsing
     if not content_type:
         return False
     media, _, params = content_type.partition(";")
