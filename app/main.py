@@ -12,10 +12,12 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+from cross_web import HTTPException as StrawberryHTTPException
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,7 +34,7 @@ from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
-from app.http.edge import AuthError, error_response, require_key, unavailable_response
+from app.http.edge import AuthError, InFlightLimit, error_response, http_error, require_key, unavailable_response
 from app.live.hub import LiveHub
 from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
@@ -54,6 +56,19 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             **kw,
         )
         self.state = app_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        # As Strawberry's, with its transport refusals (a body that is not JSON, a batch, a body
+        # without a query, a form) in the edge's error shape instead of plain text.
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except StrawberryHTTPException as exc:
+            status = 415 if exc.reason == "Unsupported content type" else exc.status_code
+            response = http_error(status, exc.reason)
+        await response(scope, receive, send)
 
     def decode_json(self, data: str | bytes) -> object:
         try:
@@ -266,6 +281,7 @@ def create_app(
         routes.append(Mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"))
     for extra in _slice_routes(state):
         routes.append(extra)
+
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if settings.operator_key:
@@ -311,13 +327,24 @@ def create_app(
         assert isinstance(exc, Unavailable)
         return unavailable_response(exc)
 
+    async def framework_error(_: Request, exc: Exception) -> Response:
+        # No route (404), a route without this method (405, its Allow header kept): the error shape.
+        assert isinstance(exc, HTTPException)
+        return http_error(exc.status_code, exc.detail, exc.headers)
+
     # No database connection in time, from any route: 503 + Retry-After, never a 500.
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Unavailable: on_unavailable})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Unavailable: on_unavailable, HTTPException: framework_error},
+    )
     app.state.meterkit = state
     if not settings.cors_origins:
         from app.rest import hot_routes
 
         app.add_middleware(HotLane, hot=hot_routes(state))  # inside BodyLimit, added next
+    # Outside the hot lane, so charges count too; inside BodyLimit (an oversized body is a 413 first).
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight_per_key)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         # Added last, so outermost: a preflight is answered before auth or the body limit.

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     # Alerts: how often the in-process webhook worker looks for due deliveries (0: no worker here)
     webhook_worker_seconds: float = 1.0
 
+    # ---- edge (issue 17): limits of the one HTTP edge and the GraphQL document prescan ----
+    # Operation definitions one GraphQL document may hold, counted on its text before parsing
+    # (app/graphql/cost.py prescan; aliases are counted there too, against max_aliases).
+    max_operations: Annotated[int, Field(ge=1)] = 10
+    # Requests one API key may have in flight in this process (app/http/edge.py InFlightLimit);
+    # the next is refused with 429 TOO_MANY_REQUESTS and Retry-After. 0: no limit.
+    max_in_flight_per_key: Annotated[int, Field(ge=0)] = 32
+
     # ---- Database pool under pressure (issue 17, area pg; app/core/db.py engine_for) ----
     # Connections each process keeps open, and opens beyond them under load; unset: PostgreSQL
     # 20 + 20, SQLite 40 + 20. Keep (pool + overflow) x processes under the server's max_connections.

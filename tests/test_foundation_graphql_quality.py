@@ -86,7 +86,9 @@ def test_alias_limit(tight: tuple[TestClient, dict[str, str]]) -> None:
     assert _post(client, h, "{ a: plans { key } b: plans { key } c: plans { key } }").json()["data"]["a"] == []
     body = _post(client, h, "{ a: plans { key } b: plans { key } c: plans { key } d: plans { key } }").json()
     assert body["data"] is None
-    assert body["errors"][0]["message"] == "4 aliases found. Allowed: 3"
+    # Counted on the text before parsing (app/graphql/cost.py prescan), with the cost limits' error.
+    assert body["errors"][0]["message"] == "query refused: the query has more than 3 aliases"
+    assert body["errors"][0]["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": "max_aliases", "max": 3}
 
 
 def test_token_limit(tight: tuple[TestClient, dict[str, str]]) -> None:
@@ -99,7 +101,7 @@ def test_token_limit(tight: tuple[TestClient, dict[str, str]]) -> None:
 def test_default_limits_hold(api: Api) -> None:
     many_aliases = "{ " + " ".join(f"a{i}: __typename" for i in range(31)) + " }"
     body = api(many_aliases, expect_errors=True)
-    assert body["errors"][0]["message"] == "31 aliases found. Allowed: 30"
+    assert body["errors"][0]["message"] == "query refused: the query has more than 30 aliases"
     huge = "{ " + "__typename " * 4001 + "}"
     assert "more than 4000 tokens" in api(huge, expect_errors=True)["errors"][0]["message"]
 

@@ -14,7 +14,16 @@ from graphql import parse
 
 from app.graphql.cost import CostExceeded, CostLimits, measure
 from app.graphql.guard import validation_cache_info
+from app.settings import Settings
 from tests.conftest import ALL_TABLES, Api, count_rows
+
+
+@pytest.fixture
+def settings() -> Settings:
+    # As conftest's, with room for aliases: several shapes here reach the walk's limits through
+    # aliased fields, and the alias count on the text (app/graphql/cost.py prescan, before
+    # parsing) would refuse them first. That prescan has its own tests (tests/test_edge_limits.py).
+    return Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0, max_aliases=100_000)
 
 
 def fan_out_chain(levels: int) -> str:
@@ -36,7 +45,9 @@ SHAPES: dict[str, tuple[str, dict[str, Any] | None, str]] = {
     "fan-out chain, 21 levels": (fan_out_chain(21), None, "max_duplicate_fields"),
     "fan-out chain, 40 levels": (fan_out_chain(40), None, "max_nesting"),
     "wide fan-out": (
-        "{ " + " ".join(f"...F{i}" for i in range(101)) + " } "
+        "{ "
+        + " ".join(f"...F{i}" for i in range(101))
+        + " } "
         + " ".join(f"fragment F{i} on Query {{ f{i}: __typename }}" for i in range(101)),
         None,
         "max_fragment_spreads",
@@ -45,24 +56,32 @@ SHAPES: dict[str, tuple[str, dict[str, Any] | None, str]] = {
     "many directives": ("{ __typename " + "@include(if: true) " * 51 + "}", None, "max_directives"),
     "many duplicate fields": ("{ " + "plans { key } " * 31 + "}", None, "max_duplicate_fields"),
     "duplicates through fragments": (
-        "{ " + " ".join(f"...F{i}" for i in range(31)) + " } "
+        "{ "
+        + " ".join(f"...F{i}" for i in range(31))
+        + " } "
         + " ".join(f"fragment F{i} on Query {{ plans {{ key }} }}" for i in range(31)),
         None,
         "max_duplicate_fields",
     ),
     "many fields": (
-        "{ " + " ".join(f"p{i}: plans {{ ...P }}" for i in range(60)) + " } fragment P on Plan { "
-        + " ".join(f"k{j}: key" for j in range(40)) + " }",
+        "{ "
+        + " ".join(f"p{i}: plans {{ ...P }}" for i in range(60))
+        + " } fragment P on Plan { "
+        + " ".join(f"k{j}: key" for j in range(40))
+        + " }",
         None,
         "max_fields",
     ),
     "huge variable list": (
-        "query(" + " ".join(f"$v{i}: Int" for i in range(101)) + ") { __typename }", None, "max_variables"
+        "query(" + " ".join(f"$v{i}: Int" for i in range(101)) + ") { __typename }",
+        None,
+        "max_variables",
     ),
     # A chargeBatch literal of 1001 items is already past the token limit; a list of strings is not.
     "huge list literal": (
         'mutation { upsertAccountKit(input: {key: "k", name: "k", allowedPrimitives: ['
-        + " ".join(f'"p{i}"' for i in range(1001)) + "]}) { __typename } }",
+        + " ".join(f'"p{i}"' for i in range(1001))
+        + "]}) { __typename } }",
         None,
         "max_list_items",
     ),
@@ -205,9 +224,7 @@ def test_cpu_budget_refuses_past_it(db: Any, clock: Any) -> None:
     with TestClient(app) as client:
         # Twice: a document refused while parsing is not kept by the parse cache, so it is refused again.
         for _ in range(2):
-            r = client.post(
-                "/graphql", json={"query": "{ plans { key } }"}, headers={"Authorization": f"Bearer {raw}"}
-            )
+            r = client.post("/graphql", json={"query": "{ plans { key } }"}, headers={"Authorization": f"Bearer {raw}"})
             assert r.status_code == 200
             (err,) = r.json()["errors"]
             assert err["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": "graphql_cpu_budget_ms", "max": 0.001}

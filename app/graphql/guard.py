@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, parse, validate
+from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, Node, StringValueNode, parse, validate
 from graphql import ExecutionResult as GraphQLExecutionResult
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.runner import SchemaExtensionsRunner
@@ -30,7 +30,16 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult as StrawberryExecutionResult
 
-from app.graphql.cost import BudgetExceeded, CostExceeded, CostLimits, check_variables, cpu_deadline, measure
+from app.core.text import NUL, NUL_MESSAGE, find_nul
+from app.graphql.cost import (
+    BudgetExceeded,
+    CostExceeded,
+    CostLimits,
+    check_variables,
+    cpu_deadline,
+    measure,
+    prescan,
+)
 from app.graphql.permissions import guard_root_fields
 
 TOO_COMPLEX = "QUERY_TOO_COMPLEX"
@@ -233,6 +242,7 @@ class Gateway(SchemaExtension):
         key = (ec.query, *ec.parse_options.items())
         doc = self.config.parsed.get(key)
         if doc is None:
+            _prescan(ec.query, self.config.limits)
             # The CPU budget runs from here. A document from the cache cost nothing to parse: its
             # budget, if it needs one, starts when validation does (no clock read on the hot path).
             self._tick = cpu_deadline(self.config.budget_ms)
@@ -275,6 +285,10 @@ class Gateway(SchemaExtension):
                 verdict = Refusal(exc.limit, exc.maximum, exc.message)
         if verdict is not _ACCEPTED:
             ec.pre_execution_errors = [verdict.error()]
+            return
+        nul = _nul_in_text(ec.query, doc, ec.variables)
+        if nul is not None:
+            ec.pre_execution_errors = [nul]
             return
         schema, rules = ec.schema._schema, tuple(ec.validation_rules)
         errors = _cached_validation(schema, doc, rules, cfg.hide_suggestions)
@@ -398,6 +412,42 @@ def _without_suggestion(error: GraphQLError) -> GraphQLError:
         original_error=error.original_error,
         extensions=error.extensions,
     )
+
+
+def _prescan(query: str, limits: CostLimits) -> None:
+    """Operations and aliases counted on the text of a document the parse cache does not know,
+    before it is parsed (app/graphql/cost.py prescan): refused with QUERY_TOO_COMPLEX."""
+    try:
+        prescan(query, limits)
+    except CostExceeded as exc:
+        raise Refusal(exc.limit, exc.maximum, exc.message).error() from None
+
+
+def _nul_in_text(query: str | None, doc: DocumentNode, variables: dict[str, Any] | None) -> GraphQLError | None:
+    """A NUL in any text input (app/core/text.py), refused before validation and execution: in
+    the variables (one walk of their values) or in a string literal of the document, which can
+    only hold one through a `\\u` escape (the lexer refuses a raw NUL), so documents without
+    one (the hot path's) are not walked."""
+    where = find_nul(variables) if variables else None
+    if where is not None:
+        return GraphQLError(
+            f"variable ${where}: {NUL_MESSAGE}", extensions={"code": "VALIDATION_FAILED", "field": where}
+        )
+    if query is not None and "\\u" in query:
+        stack: list[Any] = [doc]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, StringValueNode):
+                if NUL in node.value:
+                    return GraphQLError(NUL_MESSAGE, nodes=[node], extensions={"code": "VALIDATION_FAILED"})
+                continue
+            for key in node.keys:
+                child = getattr(node, key, None)
+                if isinstance(child, Node):
+                    stack.append(child)
+                elif isinstance(child, tuple | list):
+                    stack.extend(c for c in child if isinstance(c, Node))
+    return None
 
 
 def _budget_refusal(exc: BudgetExceeded) -> Refusal:

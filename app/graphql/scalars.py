@@ -13,17 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NewType
 
+import dateutil.parser
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import FieldExtension
+from strawberry.schema.types.base_scalars import DateTimeDefinition, wrap_parser
 from strawberry.types.base import StrawberryList, StrawberryOptional
 from strawberry.types.field import StrawberryField
+from strawberry.types.scalar import ScalarDefinition
 from strawberry.types.union import StrawberryUnion
 from strawberry.utils.str_converters import to_camel_case
 
 from app.core.errors import ValidationFailed
+from app.core.instants import RANGE, in_range
 from app.core.money import CreditsFormatError, format_credits, micro_from_text
 from app.graphql.errors import ValidationError
 
@@ -127,3 +132,25 @@ def guard_credits_inputs(fields: list[StrawberryField]) -> None:
         typed = isinstance(result, StrawberryUnion) and any(t is ValidationError for t in result.types)
         names = {a.python_name: a.graphql_name or to_camel_case(a.python_name) for a in field.arguments}
         field.extensions.append(CreditsGuard(typed, names))
+
+
+def _instant(value: str) -> datetime:
+    parsed = dateutil.parser.isoparse(value)
+    if not in_range(parsed):
+        raise ValueError(f"must be {RANGE}")
+    return parsed
+
+
+# Strawberry's DateTime (same name, description, ISO 8601 parser and serializer) refusing times
+# outside the range every billing period around them can be computed in (app/core/instants.py):
+# "9999-12-31T23:59:59Z" is a coercion error naming the variable or literal, before any resolver,
+# where it was "Unexpected error." from the period arithmetic.
+DateTime = ScalarDefinition(
+    name="DateTime",
+    description="Date with time (isoformat)",
+    specified_by_url=None,
+    serialize=DateTimeDefinition.serialize,
+    parse_value=wrap_parser(_instant, "DateTime"),
+    parse_literal=None,
+    origin=datetime,
+)

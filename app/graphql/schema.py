@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import strawberry
@@ -26,6 +27,7 @@ from app.graphql.cost import CostLimits
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache
 from app.graphql.inputs import install as install_input_plans
+from app.graphql.scalars import DateTime as DateTimeScalar
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
 from app.live.graphql import LiveSubscription
@@ -161,6 +163,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         max_directives=settings.max_directives,
         max_variables=settings.max_variables,
         max_list_items=settings.max_list_items,
+        max_operations=settings.max_operations,
+        max_aliases=settings.max_aliases,
+        max_tokens=settings.max_tokens,
     )
     hide = settings.env == "production"
     if not settings.graphiql_enabled:
@@ -183,6 +188,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
+        # DateTime refuses times whose billing periods cannot be computed (app/graphql/scalars.py).
+        scalar_overrides={datetime: DateTimeScalar},
     )
     schema.hide_suggestions = hide
     # Input objects from a plan made once per type (app/graphql/inputs.py).

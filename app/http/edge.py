@@ -4,18 +4,22 @@ the request (tenant key, or operator key + X-Tenant-Id), and one JSON error shap
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.auth import Principal, TenantScope, hash_key, mint_scope
 from app.core.clock import Clock
 from app.core.db import unit_of_work
 from app.core.errors import Unavailable
 from app.core.ids import _ID
+from app.core.text import NUL_MESSAGE
 from app.tenants.principals import CACHE as PRINCIPALS
 from app.tenants.repository import TenantRepository
 from app.tenants.service import authenticate
@@ -154,3 +158,145 @@ async def require_key(
     principal, scope = resolved
     assert principal is not None  # resolve_principal raises for a key it does not accept
     return principal, scope
+
+
+# ---- requests in flight per key --------------------------------------------------------------
+
+TOO_MANY = "TOO_MANY_REQUESTS"
+
+
+class InFlightLimit:
+    """ASGI: at most `limit` HTTP requests per API key in flight in this process; the next is
+    refused at once with 429 TOO_MANY_REQUESTS and `Retry-After: 1` (retryable), before its body
+    is read. One key's requests then hold at most `limit` of what every tenant shares: the event
+    loop's turns, the worker threads (40) and the PostgreSQL pool. The default (32, setting
+    METERKIT_MAX_IN_FLIGHT_PER_KEY) stays below both so other keys always find some free, and
+    at the benchmark's 32 connections on one key.
+
+    Counted by the key as sent (the Authorization value after "Bearer", as parse_authorization
+    reads it), not by key id: the limit is then one dict lookup before any auth, the same for
+    every route, including the charge's hot lane, which learns the key id only inside its
+    thread hop. One secret is one key, so this is per key; casing or spacing of "Bearer" cannot
+    split a key's count. A request without the header is not counted (it is refused 401 later).
+    No lock: the counters live on the event loop and change only between awaits; every slot is
+    given back in `finally`, so a failed or cancelled request frees its slot."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+        self.counts: dict[bytes, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0:
+            await self.app(scope, receive, send)
+            return
+        key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                key = value.partition(b" ")[2].strip()
+                break
+        if not key:
+            await self.app(scope, receive, send)
+            return
+        counts = self.counts
+        n = counts.get(key, 0)
+        if n >= self.limit:
+            await too_many_requests(scope["path"], self.limit)(scope, receive, send)
+            return
+        counts[key] = n + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
+
+
+def too_many_requests(path: str, limit: int) -> Response:
+    """429 in the edge's error shape; on /graphql also as a GraphQL error (`errors[0].extensions.code`),
+    so GraphQL clients branch on it the way they branch on every other GraphQL error."""
+    message = f"more than {limit} requests of this API key in flight: retry after 1 s"
+    body: dict[str, Any] = {"error": {"code": TOO_MANY, "message": message, "retry_after_seconds": 1}}
+    if path == "/graphql":
+        body["errors"] = [{"message": message, "extensions": {"code": TOO_MANY, "retryAfterSeconds": 1}}]
+    return JSONResponse(body, status_code=429, headers={"Retry-After": "1"})
+
+
+# ---- what every REST body and query must be --------------------------------------------------
+
+
+class BadInput(Exception):
+    """A request refused by the edge's input rules, before any route logic: `response()` is its
+    answer in the error shape."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def response(self) -> Response:
+        return error_response(self.status, self.code, self.message, self.field)
+
+
+# A JSON `\u0000` escape: an odd run of backslashes before `u0000` (an even run is escaped
+# backslashes followed by the plain text "u0000"). JSON allows no raw NUL in a string, so this
+# is the only way a NUL reaches a decoded body.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_json_body(content_type: str | None, raw: bytes) -> None:
+    """The rules of a REST body, applied before it is parsed: the media type is `application/json`
+    (parameters allowed; a charset, if named, is utf-8, the only one JSON has, RFC 8259), else 415;
+    and no string in it holds a NUL (PostgreSQL's text refuses it, SQLite would store it), else 400.
+    `+json` types are refused too: every body here is the route's own JSON object, not another
+    format that happens to be JSON. The NUL check costs one substring search on a clean body."""
+    if not _is_json(content_type):
+        raise BadInput(
+            415, "UNSUPPORTED_MEDIA_TYPE", "the request body must be JSON: send Content-Type: application/json"
+        )
+    if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):
+        raise BadInput(400, "VALIDATION_FAILED", f"body: {NUL_MESSAGE}")
+
+
+def _is_json(content_type: str | None) -> bool:
+    if content_type == "application/json":
+        return True  # what clients send (httpx, curl -H, the dashboard): no parsing
+    if not content_type:
+        return False
+    media, _, params = content_type.partition(";")
+    if media.strip().lower() != "application/json":
+        return False
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+def check_url_text(path: str, query_string: bytes) -> None:
+    """No NUL in a REST path (a path parameter is an id or key) or query string (`%00`), 400."""
+    if "\x00" in path:
+        raise BadInput(400, "VALIDATION_FAILED", f"path: {NUL_MESSAGE}")
+    if b"%00" in query_string or b"\x00" in query_string:
+        raise BadInput(400, "VALIDATION_FAILED", f"query: {NUL_MESSAGE}", "query")
+
+
+# ---- one error shape for what the framework answers itself ---------------------------------------
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def http_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """Starlette's own 404 and 405 (no route, wrong method) and Strawberry's transport refusals
+    ("Unable to parse request body as JSON", "Batching is not enabled", ...) in the error shape,
+    instead of their plain-text bodies."""
+    response = error_response(status, _HTTP_CODES.get(status, f"HTTP_{status}"), message)
+    if headers:
+        response.headers.update(headers)
+    return response

@@ -39,7 +39,7 @@ from app.core.clock import Clock
 from app.core.db import inline_sqlite, unit_of_work
 from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
 from app.core.money import MICRO, format_credits
-from app.http.edge import AuthError, authenticate_request
+from app.http.edge import AuthError, BadInput, authenticate_request, check_json_body, check_url_text
 from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
 from app.metering import errors as merr
 from app.settings import Settings
@@ -375,16 +375,22 @@ def handler(ep: Endpoint, rest: Rest) -> Callable[[Request], Awaitable[Response]
             require_scope(principal, ep.needs)
             if ep.tenant and scope is None:
                 raise no_tenant()
-            try:
-                body = parse_body(ep.body, await request.body(), ep.body_optional) if ep.body else None
-            except ModelError as exc:
-                return invalid(exc)
+            check_url_text(request.scope["path"], request.scope["query_string"])
+            body = None
+            if ep.body:
+                raw = await request.body()
+                if raw.strip() or not ep.body_optional:
+                    check_json_body(request.headers.get("content-type"), raw)
+                try:
+                    body = parse_body(ep.body, raw, ep.body_optional)
+                except ModelError as exc:
+                    return invalid(exc)
             try:
                 query = ep.query.model_validate(dict(request.query_params)) if ep.query else None
             except ModelError as exc:
                 return invalid(exc, "query")
             result = await run(Call(rest, request, principal, scope, body, query))
-        except AuthError as exc:
+        except (AuthError, BadInput) as exc:
             return exc.response()
         except ScopeDenied as exc:
             return scope_denied(exc)

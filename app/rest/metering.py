@@ -22,7 +22,7 @@ from app.core.auth import ScopeDenied, require_scope
 from app.core.db import connection_of_work
 from app.core.errors import DomainError
 from app.core.ids import parse_id
-from app.http.edge import AuthError, bearer, resolve_principal
+from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal
 from app.metering import service
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
@@ -295,8 +295,9 @@ def charge_handler(rest: Rest) -> Any:
         try:
             key = bearer(request)
             try:
+                check_json_body(request.headers.get("content-type"), raw)
                 body = ChargeBody.model_validate_json(raw)
-            except ModelError as exc:
+            except (ModelError, BadInput) as exc:
                 # The key first, as everywhere: a missing or bad key is a 401 whatever the body.
                 if key is None:
                     raise unauthenticated() from None
@@ -306,7 +307,7 @@ def charge_handler(rest: Rest) -> Any:
                     principal, _ = await run_in_threadpool(resolve_principal, engine, key, tenant, ttl, clock)
                 if principal is not None:
                     require_scope(principal, "meter")
-                return invalid(exc)
+                return exc.response() if isinstance(exc, BadInput) else invalid(exc)
             if inline:
                 res = run(key, tenant, body)
             else:

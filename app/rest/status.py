@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from app.core.errors import NotFound, ValidationFailed
+from app.core.instants import RANGE, in_range
 from app.core.paging import MAX_DAYS, MAX_FIRST, decode_id_cursor, encode_cursor, history_filter
 from app.credits import service as credit_service
 from app.metering import repository as usage_repository
@@ -150,7 +151,10 @@ def month_start(period: str) -> datetime | None:
     year, month = int(period[:4]), int(period[5:7])
     if year < 1970:
         raise ValidationFailed("period is before 1970", field="period")
-    return datetime(year, month, 1, tzinfo=UTC)
+    if not in_range(start := datetime(year, month, 1, tzinfo=UTC)):
+        # 9999: the period around it would end past the last date Python has (app/core/instants.py).
+        raise ValidationFailed(f"period must be a month {RANGE}", field="period")
+    return start
 
 
 async def summary(call: Call) -> SummaryOut:
