@@ -4,18 +4,30 @@ Subscriptions take a Mailbox for one tenant (or for every tenant, operators) and
 hub fills mailboxes from the database's events (app/live/notify.py): on PostgreSQL from one
 LISTEN connection per process, opened with the first subscription; on SQLite from this process's
 commits. A mailbox keeps *which* tenants changed and how, not every event, so a burst of charges
-wakes a subscriber once and it reads the state once."""
+wakes a subscriber once and it reads the state once.
+
+A subscription to a tenant's state (its balance, its usage) does not read it itself: it follows a
+Feed, one per (tenant, kind of read) in the process, which reads the state once per change in a
+worker thread (never on the event loop, SQLite too) and hands the result to every subscriber.
+2,000 subscriptions on one tenant cost one read per change, not 2,000 (issue 17)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
+from app.core.db import unit_of_work
 from app.live import notify
+
+T = TypeVar("T")
 
 log = logging.getLogger("meterkit.live")
 
@@ -49,6 +61,71 @@ class Mailbox:
                 return changed
 
 
+class Feed(Generic[T]):
+    """One tenant's state of one kind, read once per change for all of its subscribers.
+
+    Its task reads at once, then again after each event of `kinds` for the tenant (or after
+    `resync` seconds without one), at most once per `min_interval`: events that arrive while a
+    read runs or while it waits fold into the one read that follows. Each read runs in a worker
+    thread. Subscribers see only the latest state (a slow one skips the states in between)."""
+
+    def __init__(
+        self,
+        hub: LiveHub,
+        tenant_id: str,
+        kinds: frozenset[str],
+        read: Callable[[Session], T],
+        min_interval: float,
+        resync: float,
+    ) -> None:
+        self.hub, self.tenant_id, self.kinds, self._read = hub, tenant_id, kinds, read
+        self.min_interval, self.resync = min_interval, resync
+        self.version = 0  # how many reads have finished
+        self.value: T | None = None
+        self.error: Exception | None = None
+        self.subscribers = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"meterkit-feed-{self.tenant_id}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()  # a read already in its thread finishes there; its answer is dropped
+
+    async def updates(self) -> AsyncIterator[T]:
+        """The state now (once the first read is done), then each newer state."""
+        seen = 0
+        while True:
+            while self.version == seen:
+                await self._changed.wait()
+            seen = self.version
+            if self.error is not None:
+                raise self.error
+            yield self.value  # type: ignore[misc]  # set with version
+
+    def _read_once(self) -> T:
+        with unit_of_work(self.hub.engine, write=False) as session:
+            return self._read(session)
+
+    async def _run(self) -> None:
+        async with self.hub.listen(self.tenant_id) as box:  # listening before the first read: no change is missed
+            while True:
+                started = time.monotonic()
+                try:
+                    self.value, self.error = await run_in_threadpool(self._read_once), None
+                except Exception as exc:  # the subscribers end with it; the next change reads again
+                    self.value, self.error = None, exc
+                self.version += 1
+                changed, self._changed = self._changed, asyncio.Event()
+                changed.set()
+                wait = self.min_interval - (time.monotonic() - started)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await box.wait(self.kinds, self.resync)
+
+
 class LiveHub:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -57,6 +134,7 @@ class LiveHub:
         self._tenants: dict[str, set[Mailbox]] = {}
         self._everyone: set[Mailbox] = set()
         self._keys: dict[str, set[Callable[[], None]]] = {}
+        self._feeds: dict[tuple[str, str], Feed[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
@@ -77,6 +155,38 @@ class LiveHub:
             group.discard(box)
             if tenant_id is not None and not group:
                 self._tenants.pop(tenant_id, None)
+
+    @asynccontextmanager
+    async def feed(
+        self,
+        tenant_id: str,
+        name: str,
+        kinds: frozenset[str],
+        read: Callable[[Session], T],
+        *,
+        min_interval: float,
+        resync: float,
+    ) -> AsyncIterator[Feed[T]]:
+        """The shared Feed of `tenant_id`'s state `name` (one per tenant and name in the process:
+        `read` must depend on nothing else); started by its first subscriber, stopped after its last."""
+        await self.start()
+        key = (tenant_id, name)
+        feed: Feed[Any] | None = self._feeds.get(key)
+        if feed is None:
+            feed = self._feeds[key] = Feed(self, tenant_id, kinds, read, min_interval, resync)
+            feed.start()
+        feed.subscribers += 1
+        try:
+            yield feed
+        finally:
+            feed.subscribers -= 1
+            if feed.subscribers == 0 and self._feeds.get(key) is feed:
+                del self._feeds[key]
+                feed.stop()
+
+    def feeds(self) -> int:
+        """How many feeds run (tests)."""
+        return len(self._feeds)
 
     @contextmanager
     def watch_key(self, key_id: str, on_revoked: Callable[[], None]) -> Iterator[None]:
