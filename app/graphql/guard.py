@@ -31,6 +31,7 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult as StrawberryExecutionResult
 
 from app.graphql.cost import BudgetExceeded, CostExceeded, CostLimits, check_variables, cpu_deadline, measure
+from app.graphql.parse_cache import ParseCache
 from app.graphql.permissions import guard_root_fields
 
 TOO_COMPLEX = "QUERY_TOO_COMPLEX"
@@ -175,8 +176,8 @@ class GatewayConfig:
     should_mask: Callable[[GraphQLError], bool]
     # Query text (and parse options) -> DocumentNode, one per schema: the same text gives the same
     # node, so the verdict and validation caches key on the node's identity. Only documents parsed
-    # within the CPU budget are kept.
-    parsed: _Lru = field(default_factory=lambda: _Lru(512))
+    # within the CPU budget are kept, up to METERKIT_PARSE_CACHE_BYTES in all (parse_cache.py).
+    parsed: ParseCache = field(default_factory=lambda: ParseCache(16 * 1024 * 1024))
 
 
 class Gateway(SchemaExtension):

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core.db import unit_of_work
 from app.live import notify
+from app.live.caps import Caps
 
 T = TypeVar("T")
 
@@ -135,6 +136,7 @@ class LiveHub:
         self._everyone: set[Mailbox] = set()
         self._keys: dict[str, set[Callable[[], None]]] = {}
         self._feeds: dict[tuple[str, str], Feed[Any]] = {}
+        self.caps = Caps()  # sockets and subscriptions per key and per tenant (app/live/ws.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
