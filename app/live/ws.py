@@ -190,6 +190,15 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             else:
                 operation.task.add_done_callback(lambda _: live.caps.unsubscribe(*holder))
 
+    async def _send_result_stream(self, operation: Operation[Context, None], result_source: Any) -> None:
+        try:
+            await super()._send_result_stream(operation, result_source)
+        except GraphQLError as error:
+            # The Gateway refuses a document while it parses it (a syntax error, the token limit,
+            # the CPU budget), outside the part Strawberry turns into an answer: Strawberry would
+            # log a traceback and send a bare `complete`. It is the client's error: say so.
+            await operation.send_initial_errors([error])
+
     async def _handle_pre_execution_error(self, operation: Operation[Context, None], result: PreExecutionError) -> None:
         # Strawberry closes the socket on a syntax error (4400): every failure of a document to
         # parse or validate answers the protocol's `error` message with the errors instead, and
