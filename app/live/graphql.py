@@ -38,7 +38,9 @@ RESYNC_SECONDS = 30.0
 
 # Every subscriber of a tenant's balance (or usage) in the process shares one reader (app/live/hub.py
 # Feed): it reads at most once per MIN_INTERVAL_SECONDS, whatever the number of subscribers.
-_PACE = {"min_interval": MIN_INTERVAL_SECONDS, "resync": RESYNC_SECONDS}
+# A tenant's crowd of subscribers takes at most this share of the event loop's time (hub.py Feed).
+FANOUT_SHARE = 0.1
+_PACE = {"min_interval": MIN_INTERVAL_SECONDS, "resync": RESYNC_SECONDS, "fanout_share": FANOUT_SHARE}
 
 _MONEY = frozenset({notify.CHARGE, notify.BALANCE})
 _USAGE = frozenset({notify.CHARGE})
