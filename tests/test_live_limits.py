@@ -6,6 +6,7 @@ is bounded in bytes. Real uvicorn, real websocket clients, SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from graphql import DocumentNode
 from sqlalchemy import event
 from starlette.testclient import TestClient
 
@@ -299,13 +301,28 @@ def test_the_parse_cache_stays_within_its_bytes(db: Database, clock: FrozenClock
     with TestClient(app) as client:
         parsed = _gateway_config(app).parsed
         h = {"Authorization": f"Bearer {raw}", "Content-Type": "application/json"}
+        run = uuid.uuid4().hex  # this test's documents, not another app's still in memory
         # 60 distinct documents of ~200 KB (a long comment: the token limit does not bound text).
         for n in range(60):
-            query = "{ __typename } # " + uuid.uuid4().hex + "x" * 200_000
+            query = "{ __typename } # " + run + uuid.uuid4().hex + "x" * 200_000
             r = client.post("/graphql", content=json.dumps({"query": query}), headers=h)
             assert r.json() == {"data": {"__typename": "Query"}}
             assert parsed.bytes <= bound, (n, parsed.bytes)
         assert 0 < len(parsed) < 60
+        # Nothing else keeps the documents the cache let go (the verdict and validation caches
+        # hold them weakly): in memory, at most what the cache holds.
+        deadline = time.monotonic() + 5
+        while True:  # the last requests' frames let go of their documents on the app's own thread
+            gc.collect()
+            big = sum(
+                isinstance(o, DocumentNode) and run in o.loc.source.body[:100]
+                for o in gc.get_objects()
+                if o.__class__ is DocumentNode and o.loc
+            )
+            if big <= len(parsed) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert big <= len(parsed), (big, len(parsed))
         # The hot path still hits: a small document used again stays.
         small = "{ __typename }"
         client.post("/graphql", json={"query": small}, headers=h)
