@@ -6,6 +6,7 @@ is bounded in bytes. Real uvicorn, real websocket clients, SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -29,6 +30,7 @@ from app.core.db import connection_of_work, make_engine, unit_of_work
 from app.graphql.guard import Gateway
 from app.graphql.parse_cache import ParseCache, document_bytes
 from app.http.edge import resolve_principal
+from app.live.hub import Feed, LiveHub
 from app.main import MeterkitGraphQL, create_app
 from app.metering.service import MeterRequest, charge
 from app.settings import Settings
@@ -348,3 +350,50 @@ def test_parse_cache_charges_text_and_tree() -> None:
     tiny = ParseCache(max_bytes=100)
     tiny.put((wide,), doc)  # alone over the bound: not kept
     assert len(tiny) == 0 and tiny.bytes == 0
+
+
+def test_a_crowds_fan_out_leaves_the_loop_free_in_between(db: Database) -> None:
+    """100 subscribers of one feed are handed a state CHUNK at a time: other work on the event
+    loop (here a probe counting its turns) runs between the chunks, not after all of them."""
+    hub = LiveHub(db.engine)
+    subscribers = 100
+
+    async def scenario() -> tuple[list[int], int]:
+        turns = 0
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            nonlocal turns
+            while not stop.is_set():
+                turns += 1
+                await asyncio.sleep(0)
+
+        seen: list[int] = []
+        ready = asyncio.Event()
+
+        async def subscriber() -> None:
+            async with hub.feed(
+                "ten_x", "one", frozenset({"c"}), lambda s: 1, min_interval=0.01, resync=30, fanout_share=0.1
+            ) as feed:
+                async for _ in feed.updates():
+                    seen.append(turns)
+                    if len(seen) == subscribers:
+                        ready.set()
+                    return
+
+        await hub.start()
+        prober = asyncio.create_task(probe())
+        tasks = [asyncio.create_task(subscriber()) for _ in range(subscribers)]
+        await asyncio.wait_for(ready.wait(), 10)
+        stop.set()
+        await asyncio.gather(prober, *tasks)
+        feeds = hub.feeds()
+        await hub.stop()
+        return seen, feeds
+
+    seen, feeds = asyncio.run(scenario())
+    assert len(seen) == subscribers
+    # The probe had a turn between chunks (of 20): the subscribers saw its count move at least 4
+    # times. All woken at once, they would all run in one turn of the loop and see one count.
+    assert Feed.CHUNK <= 25 and len(set(seen)) >= 4, sorted(set(seen))
+    assert feeds == 0  # the last subscriber gone, the feed stopped
