@@ -682,7 +682,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pg-rounds", type=int, default=4, help="--postgres: A/B rounds on one connection")
     ap.add_argument("--pg-round-seconds", type=float, default=2, help="--postgres: seconds per round and path")
     # Subscription isolation (bench/subs.py, issue 17).
-    ap.add_argument("--subs-seconds", type=float, default=10, help="subscription isolation: seconds per victim run")
+    ap.add_argument("--subs-seconds", type=float, default=20, help="subscription isolation: seconds per side")
     ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")
     ap.add_argument("--subscriptions-only", action="store_true", help="run only the subscription isolation scenario")
     return ap.parse_args(argv)

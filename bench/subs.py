@@ -8,7 +8,7 @@ noisy tenant's one key (20 websockets x 100, opened and read by a separate proce
 crowd's messages never compete with the load generator for its GIL). Printed: the victim's p99
 both ways and their ratio, p99 without / p99 with (target >= 0.5: the crowd at most doubles it).
 
-    .venv/bin/python -m bench.run --subscriptions-only [--subs-seconds 10]
+    .venv/bin/python -m bench.run --subscriptions-only [--subs-seconds 20]
 """
 
 from __future__ import annotations
