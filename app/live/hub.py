@@ -139,7 +139,6 @@ class Feed(Generic[T]):
                     await asyncio.sleep(wait)
                 await box.wait(self.kinds, self.resync)
 
-
     async def _wake(self) -> float:
         """Hands the new state to every waiting subscriber; the seconds it took (an upper bound:
         other work the loop did meanwhile counts too)."""
