@@ -684,6 +684,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Subscription isolation (bench/subs.py, issue 17).
     ap.add_argument("--subs-seconds", type=float, default=20, help="subscription isolation: seconds per side")
     ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")
+    ap.add_argument("--subs-rounds", type=int, default=2, help="subscription isolation: rounds (default 2)")
     ap.add_argument("--subscriptions-only", action="store_true", help="run only the subscription isolation scenario")
     return ap.parse_args(argv)
 

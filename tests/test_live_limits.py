@@ -279,6 +279,18 @@ def test_a_document_that_fails_answers_an_error_message(
         # The socket goes on: a good subscription after them answers, and the failed ids are free again.
         ws.subscribe("syntax", BALANCE)
         assert ws.next("syntax")["balanceChanged"]["available"]
+        # Malformed protocol messages close the socket with the protocol's 4400 (they raised before).
+        for bad in (
+            {"id": "p", "type": "subscribe", "payload": "not an object"},
+            {"id": "p", "type": "subscribe", "payload": {"query": ["x"]}},
+            {"id": ["p"], "type": "subscribe", "payload": {"query": BALANCE}},
+            {"id": "p", "type": "subscribe", "payload": {"query": BALANCE, "variables": "x"}},
+            ["not", "an", "object"],
+        ):
+            with GraphQLWS(s.url, s.key) as other:
+                other.ack()
+                other.ws.send(json.dumps(bad))
+                assert other.close_code() == 4400, bad
     tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not tracebacks, [r.getMessage() for r in tracebacks]
 

@@ -74,6 +74,17 @@ def utf8_length_over(text: str, limit: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
+def _well_formed(message: Any) -> bool:
+    payload = message.get("payload")
+    return (
+        isinstance(message.get("id"), str)
+        and isinstance(payload, dict)
+        and isinstance(payload.get("query"), str)
+        and isinstance(payload.get("variables") or {}, dict)
+        and isinstance(payload.get("operationName") or "", str)
+    )
+
+
 class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     # Revocation closes a socket at once through the live events; the key is also checked again
     # this often, for what no event tells (a revocation by another process on SQLite).
@@ -169,6 +180,10 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     # ---- subscriptions: the caps, and errors as the protocol's `error` message -------------------
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        if not _well_formed(message):
+            # Strawberry would raise on these (a traceback in the log): the protocol's answer instead.
+            await self.handle_invalid_message("Invalid subscribe message")
+            return
         holder, live = self._holder, self.context.live
         if holder is None or live is None or not self.connection_acknowledged or message.get("id") in self.operations:
             await super().handle_subscribe(message)  # the protocol's own refusals
