@@ -10,12 +10,17 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,7 +42,7 @@ from app.settings import Settings
 from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import SET_SUB, seed_catalog
-from tests.live import BackgroundServer
+from tests.live import BackgroundServer, free_port, wait_healthy
 from tests.ws_client import GraphQLWS
 
 BALANCE = "subscription { balanceChanged { balance available reserved } }"
@@ -409,3 +414,37 @@ def test_a_crowds_fan_out_leaves_the_loop_free_in_between(db: Database) -> None:
     # times. All woken at once, they would all run in one turn of the loop and see one count.
     assert Feed.CHUNK <= 25 and len(set(seen)) >= 4, sorted(set(seen))
     assert feeds == 0  # the last subscriber gone, the feed stopped
+
+
+def test_meterkit_serve_refuses_a_huge_frame_before_buffering_it(tmp_path: Path) -> None:
+    """`meterkit serve` caps uvicorn's websocket frames at twice METERKIT_MAX_BODY_BYTES (its
+    default is 16 MiB, buffered whole before the app sees it): a frame past that is refused by
+    the server (1009), one between the two limits by the app (4413)."""
+    key = "mk_op_" + secrets.token_urlsafe(32)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERKIT_")}
+    env.update(
+        METERKIT_DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}",
+        METERKIT_OPERATOR_KEY=key,
+        METERKIT_MAX_BODY_BYTES="65536",
+        METERKIT_ENV="test",
+    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--no-demo", "--port", str(port)],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}", 60, log.read_text)
+        for size, code in ((100_000, 4413), (300_000, 1009)):
+            with GraphQLWS(f"http://127.0.0.1:{port}", key) as ws:
+                ws.ack()
+                ws.subscribe("big", BALANCE + "\n# " + "x" * size)
+                assert ws.close_code() == code, size
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
