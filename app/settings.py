@@ -105,6 +105,18 @@ class Settings(BaseSettings):
     def graphiql_enabled(self) -> bool:
         return self.env != "production"
 
+    # ---- live updates and the websocket edge (issue 17, area "live"; README "Security") ----
+    # Per gateway process: websockets and subscriptions one key / one tenant may hold at once;
+    # past them a socket is closed with 4429 and a subscribe answers an `error` (TOO_MANY_SUBSCRIPTIONS).
+    max_sockets_per_key: Annotated[int, Field(ge=1)] = 32
+    max_sockets_per_tenant: Annotated[int, Field(ge=1)] = 128
+    max_subscriptions_per_socket: Annotated[int, Field(ge=1)] = 100
+    max_subscriptions_per_key: Annotated[int, Field(ge=1)] = 2000
+    max_subscriptions_per_tenant: Annotated[int, Field(ge=1)] = 4000
+    # The GraphQL parse cache keeps documents up to this many bytes in all (an estimate of the
+    # text and its syntax tree), least recently used out first (app/graphql/parse_cache.py).
+    parse_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -8,7 +8,8 @@ run (bench/openloop.py), and the server's RSS after 20k and 200k charges. Then t
 bare reference (bench/floor_app.py: minimal Strawberry + Starlette, a 3-statement idempotent
 charge) under the same uvicorn flags: every speed target is a ratio to it or within the run,
 so figures compare across noisy machines. Every response is checked; error counts are printed
-and the event log is counted after each charge scenario.
+and the event log is counted after each charge scenario. Last, subscription isolation
+(bench/subs.py): another tenant's charge p99 with 2,000 subscriptions on one key, as a ratio.
 
     .venv/bin/python -m bench.run [--duration 8] [--connections 16] [--profile]
 """
@@ -34,6 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench.subs import errors as subs_errors
+from bench.subs import report as subs_report
+from bench.subs import subscription_isolation
+from bench.subs import target as subs_target
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("wrk.lua")
@@ -675,6 +681,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--postgres", action="store_true", help="run the PostgreSQL scenarios (bench/pg.py) instead")
     ap.add_argument("--pg-rounds", type=int, default=4, help="--postgres: A/B rounds on one connection")
     ap.add_argument("--pg-round-seconds", type=float, default=2, help="--postgres: seconds per round and path")
+    # Subscription isolation (bench/subs.py, issue 17).
+    ap.add_argument("--subs-seconds", type=float, default=20, help="subscription isolation: seconds per side")
+    ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")
+    ap.add_argument("--subs-rounds", type=int, default=2, help="subscription isolation: rounds (default 2)")
+    ap.add_argument("--subscriptions-only", action="store_true", help="run only the subscription isolation scenario")
     return ap.parse_args(argv)
 
 
@@ -756,6 +767,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return postgres(args)
     tmp = Path(tempfile.mkdtemp(prefix="meterkit-bench-"))
+    if args.subscriptions_only:
+        return subscriptions_only(args, tmp)
     db_path = tmp / "bench.db"
     url = f"sqlite:///{db_path}"
     log(f"database {db_path}: migrating and seeding")
@@ -903,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
         stop(server)
     rss = {"charges_small": small[0], "after_20k_mb": small[1], "charges_large": large[0], "after_200k_mb": large[1]}
 
+    subs = subscription_isolation(args, tmp)
+
     # The bare reference, same uvicorn flags, same wrk settings, same machine, same run.
     bare_key = secrets.token_urlsafe(16)
     bare_port = free_port()
@@ -936,12 +951,13 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": list(by.values()),
         "open_loop": ol,
         "rss": rss,
-        "targets": targets(by, ol, rss),
+        "targets": [*targets(by, ol, rss), subs_target(subs)],
+        "subscription_isolation": subs,
         "events_match": events_ok,
         "books": books,
         "profile": prof,
     }
-    lines = report(results)
+    lines = report(results) + ["", *subs_report(subs)]
     print("\n" + "\n".join(lines))
     if prof:
         print(
@@ -960,9 +976,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database and server log kept in {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    errors = sum(r["errors"] for r in by.values()) + ol["errors"] - ol["unfinished"]
+    errors = sum(r["errors"] for r in by.values()) + ol["errors"] - ol["unfinished"] + subs_errors(subs)
     # The bench reports target misses; it fails only when the measurement itself is untrustworthy.
     return 1 if errors or not events_ok or books["balance_drift_accounts"] or books["counter_drift_rows"] else 0
+
+
+def subscriptions_only(args: argparse.Namespace, tmp: Path) -> int:
+    """`--subscriptions-only`: the subscription isolation scenario alone (bench/subs.py)."""
+    subs = subscription_isolation(args, tmp)
+    print("\n" + "\n".join(subs_report(subs)))
+    if args.keep:
+        print(f"database and server log kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if subs_errors(subs) else 0
 
 
 def _commit() -> str:

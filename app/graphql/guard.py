@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -40,6 +41,7 @@ from app.graphql.cost import (
     measure,
     prescan,
 )
+from app.graphql.parse_cache import ParseCache
 from app.graphql.permissions import guard_root_fields
 
 TOO_COMPLEX = "QUERY_TOO_COMPLEX"
@@ -66,18 +68,19 @@ _ACCEPTED = Refusal("", 0, "")
 
 class VerdictCache:
     """Document -> verdict, by identity (the ParserCache's documents), bounded LRU. One per
-    schema, since the verdict depends on that schema's limits."""
+    schema, since the verdict depends on that schema's limits. It holds its documents weakly: the
+    parse cache alone decides which stay in memory (bounded in bytes, parse_cache.py)."""
 
     def __init__(self, maxsize: int = 512) -> None:
         self.maxsize = maxsize
-        self._items: OrderedDict[int, tuple[DocumentNode, Refusal]] = OrderedDict()
+        self._items: OrderedDict[int, tuple[weakref.ref[DocumentNode], Refusal]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
 
     def get(self, doc: DocumentNode) -> Refusal | None:
         with self._lock:
             entry = self._items.get(id(doc))
-            if entry is None or entry[0] is not doc:
+            if entry is None or entry[0]() is not doc:
                 return None
             self._items.move_to_end(id(doc))
             self.hits += 1
@@ -85,8 +88,8 @@ class VerdictCache:
 
     def put(self, doc: DocumentNode, verdict: Refusal) -> None:
         with self._lock:
-            # Holding the document keeps its id from being reused while the entry lives.
-            self._items[id(doc)] = (doc, verdict)
+            # A dead document's id may be reused: get() checks the reference, not only the id.
+            self._items[id(doc)] = (weakref.ref(doc), verdict)
             self._items.move_to_end(id(doc))
             while len(self._items) > self.maxsize:
                 self._items.popitem(last=False)
@@ -137,7 +140,8 @@ class _Lru:
 
 # (schema, document, rules, hide) by identity -> validation errors. graphql-core's nodes hash by
 # content (a walk of the whole document per lookup); identity is enough, as the parse cache hands
-# the same node back, and each entry holds its schema and document so their ids stay theirs.
+# the same node back. Each entry holds its schema, and its document weakly (the parse cache keeps
+# documents, bounded in bytes), checked on lookup since a dead document's id may be reused.
 _VALIDATED = _Lru(512)
 
 
@@ -152,7 +156,7 @@ def _validate(
         OneOfInputValidationRule,
     )
     errors = validate(schema, doc, all_rules, hide_suggestions=hide)
-    _VALIDATED.put((id(schema), id(doc), rules, hide), (schema, doc, errors))
+    _VALIDATED.put((id(schema), id(doc), rules, hide), (schema, weakref.ref(doc), errors))
     return errors
 
 
@@ -160,7 +164,7 @@ def _cached_validation(
     schema: GraphQLSchema, doc: DocumentNode, rules: tuple[type[ASTValidationRule], ...], hide: bool
 ) -> list[GraphQLError] | None:
     hit = _VALIDATED.get((id(schema), id(doc), rules, hide))
-    if hit is not None and hit[0] is schema and hit[1] is doc:
+    if hit is not None and hit[0] is schema and hit[1]() is doc:
         return hit[2]  # type: ignore[no-any-return]
     return None
 
@@ -184,8 +188,8 @@ class GatewayConfig:
     should_mask: Callable[[GraphQLError], bool]
     # Query text (and parse options) -> DocumentNode, one per schema: the same text gives the same
     # node, so the verdict and validation caches key on the node's identity. Only documents parsed
-    # within the CPU budget are kept.
-    parsed: _Lru = field(default_factory=lambda: _Lru(512))
+    # within the CPU budget are kept, up to METERKIT_PARSE_CACHE_BYTES in all (parse_cache.py).
+    parsed: ParseCache = field(default_factory=lambda: ParseCache(16 * 1024 * 1024))
 
 
 class Gateway(SchemaExtension):

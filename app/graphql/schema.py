@@ -27,6 +27,7 @@ from app.graphql.cost import CostLimits
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache
 from app.graphql.inputs import install as install_input_plans
+from app.graphql.parse_cache import ParseCache
 from app.graphql.scalars import DateTime as DateTimeScalar
 from app.graphql.scalars import guard_credits_inputs
 from app.integrations.stripe.graphql import StripeMutation, StripeQuery
@@ -175,6 +176,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         budget_ms=settings.graphql_cpu_budget_ms,
         hide_suggestions=hide,
         verdicts=VerdictCache(maxsize=512),
+        parsed=ParseCache(settings.parse_cache_bytes),
         max_tokens=settings.max_tokens,
         rules=tuple(limit_rules),
         should_mask=should_mask,

@@ -4,7 +4,8 @@ tenant in scope, and for operators every tenant's activity.
 balanceChanged and usageChanged answer the state at once, then again each time it changes: a
 dashboard needs no separate first query and misses nothing between the two. A change is read
 from the database, never carried by the event, and sent only if it differs from the last
-answer (a refused or rolled-back charge writes nothing, so it sends nothing)."""
+answer (a refused or rolled-back charge writes nothing, so it sends nothing). The read is shared:
+one per change per tenant and kind, in a worker thread, whatever the number of subscribers."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ MIN_INTERVAL_SECONDS = 0.1
 # A subscriber also looks again this often without an event: an event lost on the way (a writer
 # that died between its commit and the NOTIFY) delays an answer, never loses it.
 RESYNC_SECONDS = 30.0
+
+# Every subscriber of a tenant's balance (or usage) in the process shares one reader (app/live/hub.py
+# Feed): it reads at most once per MIN_INTERVAL_SECONDS, whatever the number of subscribers.
+# A tenant's crowd of subscribers takes at most this share of the event loop's time (hub.py Feed).
+FANOUT_SHARE = 0.1
+_PACE = {"min_interval": MIN_INTERVAL_SECONDS, "resync": RESYNC_SECONDS, "fanout_share": FANOUT_SHARE}
 
 _MONEY = frozenset({notify.CHARGE, notify.BALANCE})
 _USAGE = frozenset({notify.CHARGE})
@@ -81,21 +88,18 @@ class LiveSubscription:
     async def balance_changed(self, info: Info) -> AsyncGenerator[CreditBalance, None]:
         ctx = info.context
         tid = ctx.require_scope().tenant_id
+        clock = ctx.clock
 
         def read(s: Any) -> credit_service.CreditSummary:
-            return credit_service.summaries(s, [tid], ctx.clock.now()).get(tid) or credit_service.CreditSummary(0, 0)
+            return credit_service.summaries(s, [tid], clock.now()).get(tid) or credit_service.CreditSummary(0, 0)
 
-        async with _hub(ctx).listen(tid) as box:
+        async with _hub(ctx).feed(tid, "balance", _MONEY, read, **_PACE) as feed:
             last: Any = None
-            sent = 0.0
-            while True:
-                summary = await ctx.read(read)
+            async for summary in feed.updates():
                 seen = (summary.balance, summary.reserved, [(b.id, b.remaining) for b in summary.buckets])
                 if seen != last:
                     last = seen
                     yield balance_view(summary)
-                await box.wait(_MONEY, RESYNC_SECONDS)
-                sent = await _paced(sent)
 
     @strawberry.subscription(
         description="Usage against quotas of the tenant in scope: now, then after every charge that counts."
@@ -103,22 +107,19 @@ class LiveSubscription:
     async def usage_changed(self, info: Info) -> AsyncGenerator[UsageReport, None]:
         ctx = info.context
         tid = ctx.require_scope().tenant_id
+        clock = ctx.clock
 
         def read(s: Any) -> usage_repository.UsageReport | None:
-            return usage_repository.usage_reports(s.connection(), [tid], ctx.clock.now()).get(tid)
+            return usage_repository.usage_reports(s.connection(), [tid], clock.now()).get(tid)
 
-        async with _hub(ctx).listen(tid) as box:
+        async with _hub(ctx).feed(tid, "usage", _USAGE, read, **_PACE) as feed:
             last: Any = None
-            sent = 0.0
-            while True:
-                report = await ctx.read(read)
+            async for report in feed.updates():
                 if report is not None:
                     seen = (report.plan, report.status, report.period, report.lines)
                     if seen != last:
                         last = seen
                         yield to_report(report)
-                await box.wait(_USAGE, RESYNC_SECONDS)
-                sent = await _paced(sent)
 
     @strawberry.subscription(description="Operator: each tenant's charges and credit changes, as they commit.")
     async def tenant_activity(self, info: Info) -> AsyncGenerator[TenantActivity, None]:
