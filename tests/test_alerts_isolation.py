@@ -442,3 +442,38 @@ def test_the_worker_expires_holds_past_expiry_without_a_write(api: Api, db: Data
         w.stop()
     assert [e["holdId"] for e in typed_events(db, tid, "hold.expired")] == [hold["id"]]
     assert expire_due_holds(db.engine, clock) == []
+
+
+def test_a_request_is_not_written_once_the_lease_has_run_out() -> None:
+    """The sender checks the lease (less the deadline) at the moment it writes the request, on
+    every connection: a worker that was paused while resolving or connecting past its lease (so
+    another worker may own the delivery by now) sends nothing."""
+    import asyncio
+
+    claimed = worker.Claimed(
+        id=1,
+        event_id=1,
+        attempts=0,
+        tenant_id=None,
+        endpoint_id="whe_x",
+        url="",
+        secret="whsec_" + "A" * 32,
+        payload={"type": "quota.threshold"},
+        leased_until=datetime.now(UTC),
+    )
+
+    async def send_twice(url: str) -> tuple[worker.Outcome, worker.Outcome]:
+        sender = worker.Sender(LOCAL)
+        try:
+            r = worker.Claimed(**{**claimed.__dict__, "url": url})
+            ok = await sender.send(r, send_by=time.monotonic() + 30)
+            late = await sender.send(r, send_by=time.monotonic() - 1)
+            return ok, late
+        finally:
+            await sender.aclose()
+
+    with receiver() as r:
+        ok, late = asyncio.run(send_twice(r.url))
+        assert ok.status == 200 and ok.error is None
+        assert late.status is None and late.error and "lease ran out" in late.error
+        assert len(r.seen) == 1

@@ -13,9 +13,11 @@ environment are ignored (trust_env=False): they would connect somewhere this che
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,6 +84,44 @@ def literal_ip(host: str) -> IP | None:
         return None
 
 
+# The latest time.monotonic() at which the current task's request may still be written: the
+# claim's lease less the deadline (set by the sender around one POST). A worker paused while it
+# resolved or connected (past its lease, so another worker may own the delivery now) sends nothing.
+SEND_BY: contextvars.ContextVar[float | None] = contextvars.ContextVar("meterkit_webhook_send_by", default=None)
+
+
+class LeaseExpired(Exception):
+    def __init__(self) -> None:
+        super().__init__("the claim's lease ran out before the request was written; not sent")
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """A connection that checks SEND_BY before every write (pooled connections included)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        send_by = SEND_BY.get()
+        if send_by is not None and time.monotonic() > send_by:
+            raise LeaseExpired()
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend with the check: resolve, check every address, connect to one."""
 
@@ -109,7 +149,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                return _Stream(await self._inner.connect_tcp(address, port, timeout, local_address, socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None

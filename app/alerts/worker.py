@@ -263,10 +263,12 @@ class Sender:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def send(self, r: Claimed) -> Outcome:
+    async def send(self, r: Claimed, send_by: float | None = None) -> Outcome:
+        """`send_by`: the time.monotonic() after which the request must not be written (the lease)."""
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
+        guard = egress.SEND_BY.set(send_by)
         try:
             payload = json.loads(r.payload) if isinstance(r.payload, str) else r.payload
             body = json.dumps({"id": f"evt_{r.event_id}", **payload}, separators=(",", ":"))
@@ -282,10 +284,14 @@ class Sender:
                 error = f"HTTP {status}"
         except egress.BlockedAddress:
             error = egress.REFUSED
+        except egress.LeaseExpired as exc:
+            error = str(exc)
         except TimeoutError:
             error = f"Timeout: no complete answer within the {self.config.deadline:g} s deadline"
         except Exception as exc:  # noqa: BLE001  (any failure is this delivery's failed attempt)
             error = f"{type(exc).__name__}: {exc}"
+        finally:
+            egress.SEND_BY.reset(guard)
         if status is not None and 200 <= status < 300:
             error = None  # answered 2xx: what went wrong after (closing the unread body) is no failure
         ms = int((time.monotonic() - started) * 1000)
@@ -296,10 +302,11 @@ async def deliver_one(engine: Engine, clock: Clock, sender: Sender, r: Claimed) 
     """Send and record one claimed delivery; never raises. False: nothing was recorded (the lease
     would run out before the deadline, or ran out and another claim owns the delivery now)."""
     try:
-        if clock.now() + timedelta(seconds=sender.config.deadline) > r.leased_until:
+        spare = (r.leased_until - clock.now()).total_seconds() - sender.config.deadline
+        if spare < 0:
             log.warning("webhook delivery %s: its lease would end before the deadline; left for the next claim", r.id)
             return False
-        outcome = await sender.send(r)
+        outcome = await sender.send(r, send_by=time.monotonic() + spare)
         applied = await asyncio.to_thread(record, engine, clock, r, outcome)
         if not applied:
             log.warning("webhook delivery %s: lease lost while sending; its outcome was not recorded", r.id)
