@@ -6,6 +6,7 @@ hold expires exactly once whoever gets there first)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import and_, select
@@ -19,6 +20,7 @@ from app.metering.models import CreditHold
 from app.metering.service import Meter
 
 HOLD: Any = CreditHold.__table__  # type: ignore[attr-defined]
+log = logging.getLogger("meterkit.holds")
 
 
 def expire_due_holds(engine: Engine, clock: Clock, *, limit: int = 100) -> list[str]:
@@ -27,11 +29,17 @@ def expire_due_holds(engine: Engine, clock: Clock, *, limit: int = 100) -> list[
     with connection_of_work(engine, write=False) as conn:
         due = and_(HOLD.c.status == "open", HOLD.c.expires_at <= now)
         tenants = [str(t) for t in conn.execute(select(HOLD.c.tenant_id).where(due).distinct().limit(limit)).scalars()]
+    swept = []
     for tenant_id in tenants:
-        with connection_of_work(engine) as conn:
-            # The account lock is taken here; a tenant with credits held has its expired holds
-            # freed by Meter itself, holds of free primitives (nothing reserved) by the call below.
-            meter = Meter(conn, clock, TenantScope(tenant_id), negative_buffer=0)
-            meter._expire_holds()
-            live.publish(conn, live.balance_moved(tenant_id))  # available moved: subscribers look again
-    return tenants
+        try:
+            with connection_of_work(engine) as conn:
+                # The account lock is taken here; a tenant with credits held has its expired holds
+                # freed by Meter itself, holds of free primitives (nothing reserved) by the call below.
+                meter = Meter(conn, clock, TenantScope(tenant_id), negative_buffer=0)
+                meter._expire_holds()
+                live.publish(conn, live.balance_moved(tenant_id))  # available moved: subscribers look again
+        except Exception:  # noqa: BLE001  (one tenant's failure leaves the others' holds to expire)
+            log.exception("expiring the holds of tenant %s failed", tenant_id)
+            continue
+        swept.append(tenant_id)
+    return swept
