@@ -30,9 +30,11 @@ IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # The fixed reason of a refused delivery: the same whatever is (or is not) listening there, and
 # it names no resolved address, so it tells the tenant nothing about the internal network.
+# A name that does not resolve gets it too: "resolves only inside" and "does not resolve" would
+# otherwise tell apart the names of the internal DNS.
 REFUSED = (
-    "refused: the endpoint's host is not a public internet address "
-    "(private, loopback, link-local, metadata or reserved; METERKIT_WEBHOOK_ALLOW_PRIVATE)"
+    "refused: the endpoint's host does not resolve to a public internet address "
+    "(private, loopback, link-local, metadata, reserved, or none; METERKIT_WEBHOOK_ALLOW_PRIVATE)"
 )
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64: the embedded IPv4 address decides
@@ -139,10 +141,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise httpcore.ConnectError("could not resolve the endpoint's host") from exc
+        except OSError:
+            infos = []
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not addresses:
+            if not self.allow_private:
+                raise BlockedAddress()
             raise httpcore.ConnectError("could not resolve the endpoint's host")
         if not self.allow_private and any(is_blocked(ipaddress.ip_address(a.split("%", 1)[0])) for a in addresses):
             raise BlockedAddress()
