@@ -478,3 +478,19 @@ def test_a_request_is_not_written_once_the_lease_has_run_out() -> None:
         assert ok.status == 200 and ok.error is None
         assert late.status is None and late.error and "lease ran out" in late.error
         assert len(r.seen) == 1
+
+
+BLOCKED = [
+    "127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.100.100.200",
+    "100.64.0.1", "192.0.0.192", "0.0.0.0", "224.0.0.1", "255.255.255.255", "198.18.0.1",
+    "::1", "::", "fe80::1", "fd00:ec2::254", "fec0::1", "ff02::1", "2001:db8::1",
+    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "2002:7f00:1::", "64:ff9b::a00:1",
+]  # fmt: skip
+PUBLIC = ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "2002:808:808::", "64:ff9b::808:808"]
+
+
+def test_which_addresses_are_not_public() -> None:
+    import ipaddress
+
+    assert [a for a in BLOCKED if not egress.is_blocked(ipaddress.ip_address(a))] == []
+    assert [a for a in PUBLIC if egress.is_blocked(ipaddress.ip_address(a))] == []
