@@ -494,3 +494,21 @@ def test_which_addresses_are_not_public() -> None:
 
     assert [a for a in BLOCKED if not egress.is_blocked(ipaddress.ip_address(a))] == []
     assert [a for a in PUBLIC if egress.is_blocked(ipaddress.ip_address(a))] == []
+
+
+def test_a_free_hold_is_expired_by_the_sweep_too(api: Api, db: Database, clock: FrozenClock) -> None:
+    """A hold of a free primitive reserves nothing, so the account's reserved total does not
+    trigger the expiry on a write; the sweep expires it all the same, once."""
+    tid, key = quota_tenant(api, quota=10)
+    assert api('mutation { setPrice(primitive: "email.send", credits: "0") { __typename } }')["setPrice"]
+    hold = api(
+        """mutation { reserve(input: {primitive: "email.send", idempotencyKey: "free"}, ttlSeconds: 60) {
+      __typename ... on Hold { id } } }""",
+        key=key,
+    )["reserve"]
+    assert hold["__typename"] == "Hold" and _hold(db, hold["id"]) == ("open", 0)
+    clock.advance(seconds=61)
+    assert expire_due_holds(db.engine, clock) == [tid]
+    assert _hold(db, hold["id"]) == ("expired", 0)
+    assert expire_due_holds(db.engine, clock) == []
+    assert [e["holdId"] for e in typed_events(db, tid, "hold.expired")] == [hold["id"]]
