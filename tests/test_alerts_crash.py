@@ -193,7 +193,7 @@ def _stop_mid_post(proc: subprocess.Popen[bytes], receiver: Counting, db: Databa
     raise AssertionError(f"never caught the worker mid-POST:\n{output(proc)}")
 
 
-def _assert_exactly_once_recorded(db: Database, receiver: Counting, total: int) -> None:
+def _assert_exactly_once_recorded(db: Database, receiver: Counting, total: int, resumed_at: float) -> None:
     rows = _deliveries(db)
     assert len(rows) == total
     for did, status, attempts, attempt_rows, successes, _ in rows:
@@ -207,7 +207,14 @@ def _assert_exactly_once_recorded(db: Database, receiver: Counting, total: int) 
     assert seen == set(events.values())  # every delivery reached the receiver
     delivered_at = {events[did]: at for did, *_, at in rows}
     late = [(w, t, at) for w, t in arrivals if (at := delivered_at[w]) is not None and t > at]
-    assert late == []  # never sent again once its success was recorded
+    # Never sent again once its success was recorded: no claim takes a delivered row, and a write
+    # that starts past the lease is refused. The one exception is physical: a worker frozen in
+    # the microseconds of writing its request (after the check) completes that write when it
+    # resumes. So an arrival after the recorded success is allowed only from the stopped worker,
+    # right at its resumption (stopping it while it writes its batch makes this happen now and
+    # then here); never from another worker, never later.
+    resumed = [x for x in late if resumed_at <= x[1] <= resumed_at + 2]
+    assert late == resumed and len(resumed) <= 4, (late, resumed_at)
 
 
 @pytest.mark.timeout(240)
@@ -231,10 +238,11 @@ def test_two_workers_a_lease_lost_mid_post_and_a_sigkill_send_nothing_twice(api:
         counts = receiver.counts()
         assert all(counts[w] == 2 for w in flying), (flying, counts)  # A's POST, and B's after the lease
         # A wakes up, reads its answers (or hits its deadline) and tries to record: fenced out.
+        resumed_at = time.time()
         os.kill(a.pid, signal.SIGCONT)
         fenced = _wait(lambda: output(a).count("lease lost while sending") >= len(flying), 10)
         time.sleep(DEADLINE + 0.5)  # whatever A was going to record, it has by now
-        _assert_exactly_once_recorded(db, receiver, 24)
+        _assert_exactly_once_recorded(db, receiver, 24, resumed_at)
         assert fenced, output(a)  # and A did try: its records were refused by the fence
         # The only ids sent twice are A's batch (at most its 4 slots): the at-least-once of a lost
         # lease, with the same webhook-id, and never after a recorded success (checked above).
@@ -254,7 +262,7 @@ def test_two_workers_a_lease_lost_mid_post_and_a_sigkill_send_nothing_twice(api:
         procs.append(c)
         assert _wait(lambda: _all_delivered(db, 40), 90), output(c)
         time.sleep(1)
-        _assert_exactly_once_recorded(db, receiver, 40)
+        _assert_exactly_once_recorded(db, receiver, 40, resumed_at)
         counts = receiver.counts()
         assert all(counts[w] == 2 for w in killed), (killed, counts)  # B's POST, and C's after the lease
         assert all(n <= 2 for n in counts.values())
