@@ -299,9 +299,14 @@ def create_app(
         worker = None
         if settings.webhook_worker_seconds > 0 and settings.env != "test":
             # Alert webhooks go out from the server process (tests drive the worker themselves).
-            from app.alerts.worker import DeliveryWorker
+            from app.alerts.worker import DeliveryConfig, DeliveryWorker
 
-            worker = DeliveryWorker(engine, state.clock, interval=settings.webhook_worker_seconds)
+            worker = DeliveryWorker(
+                engine,
+                state.clock,
+                interval=settings.webhook_worker_seconds,
+                config=DeliveryConfig.from_settings(settings),
+            )
             worker.start()
         overage = None
         if settings.env != "test" and settings.stripe_api_key:

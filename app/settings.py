@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -104,6 +104,27 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return self.env != "production"
+
+    # Alert delivery (issue 17, area alerts; README "Security"). Webhook endpoints on private,
+    # loopback, link-local, unique-local, multicast, reserved or metadata addresses are refused
+    # unless this is set (local development and tests with a local receiver).
+    webhook_allow_private: bool = False
+    # Wall-clock deadline of one delivery (resolve, connect, send, status line and headers).
+    webhook_deadline_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Deliveries in flight at once in one worker, and at most this many to one endpoint.
+    webhook_concurrency: Annotated[int, Field(ge=1, le=1000)] = 16
+    webhook_per_endpoint: Annotated[int, Field(ge=1, le=100)] = 2
+    # A claimed delivery is leased this long; more than the deadline, so a live worker's POST ends
+    # before another worker may claim it again.
+    webhook_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # The worker expires holds past their expiry this often (0: only the tenant's next write does).
+    hold_sweep_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _lease_outlives_deadline(self) -> Settings:
+        if self.webhook_lease_seconds <= self.webhook_deadline_seconds:
+            raise ValueError("METERKIT_WEBHOOK_LEASE_SECONDS must be more than METERKIT_WEBHOOK_DEADLINE_SECONDS")
+        return self
 
     # ---- live updates and the websocket edge (issue 17, area "live"; README "Security") ----
     # Per gateway process: websockets and subscriptions one key / one tenant may hold at once;

@@ -14,17 +14,18 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from app.alerts import worker
 from app.alerts.emit import crossed
+from app.alerts.worker import DeliveryConfig
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work
 from app.metering import service
+from app.settings import Settings
 from tests.conftest import Api, Database, count_rows
 from tests.live import free_port, serve_in_thread
 from tests.test_metering_concurrency import fire, live_app, make_tenant
@@ -40,6 +41,14 @@ ACTIVE = """mutation($id: ID!, $a: Boolean!) { setWebhookEndpointActive(id: $id,
   ... on WebhookEndpoint { active consecutiveFailures } } }"""
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename } }"""
 BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename } }"""
+# The receivers here listen on 127.0.0.1: these tests allow private addresses, as local development
+# does (METERKIT_WEBHOOK_ALLOW_PRIVATE); tests/test_alerts_isolation.py covers the default refusal.
+LOCAL = DeliveryConfig(allow_private=True)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0, webhook_allow_private=True)
 
 
 class Receiver:
@@ -153,9 +162,11 @@ def _endpoint(api: Api, url: str, **extra: Any) -> tuple[str, str]:
 
 
 def _round(db: Database, clock: FrozenClock, timeout: float = 5.0) -> int:
+    """Fan out, and deliver everything due (up to 20): no per-endpoint cap in these rounds (the
+    cap and the fairness it buys are tests/test_alerts_isolation.py's)."""
     worker.fan_out(db.engine, clock)
-    with httpx.Client(timeout=timeout) as client:
-        return worker.deliver_due(db.engine, clock, client)
+    config = DeliveryConfig(allow_private=True, deadline=timeout, per_endpoint=20)
+    return worker.deliver_due(db.engine, clock, config)
 
 
 def _cross(api: Api, key: str, n: int = 1, start: int = 0) -> None:
@@ -381,9 +392,8 @@ def test_two_workers_deliver_each_event_exactly_once(api: Api, db: Database) -> 
         worker.fan_out(db.engine, wclock)
 
         def work() -> None:
-            with httpx.Client(timeout=5) as client:
-                while worker.deliver_due(db.engine, wclock, client, limit=2):
-                    pass
+            while worker.deliver_due(db.engine, wclock, LOCAL, limit=2):
+                pass
 
         threads = [threading.Thread(target=work) for _ in range(3)]
         for t in threads:
@@ -398,7 +408,7 @@ def test_the_worker_thread_delivers_on_its_own(api: Api, db: Database) -> None:
     with receiver() as r:
         _endpoint(api, r.url)
         _cross(api, key)
-        w = worker.DeliveryWorker(db.engine, FrozenClock(datetime.now(UTC)), interval=0.05)
+        w = worker.DeliveryWorker(db.engine, FrozenClock(datetime.now(UTC)), interval=0.05, config=LOCAL)
         w.start()
         try:
             deadline = time.monotonic() + 10

@@ -68,3 +68,34 @@ def replay(delivery_id: int) -> None:
         typer.echo(f"no delivery {delivery_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"delivery {delivery_id} is due now")
+
+
+@webhooks_cli.command("work")
+def work() -> None:
+    """Deliver alerts in the foreground until SIGTERM or Ctrl-C: the worker `meterkit serve` runs
+    in its own process, as a process of its own (several may share one PostgreSQL)."""
+    import signal
+    import threading
+
+    from app.alerts.worker import DeliveryConfig, DeliveryWorker
+    from app.core.clock import Clock
+    from app.core.db import make_engine
+    from app.settings import get_settings
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker = DeliveryWorker(
+        engine, Clock(), interval=settings.webhook_worker_seconds or 1.0, config=DeliveryConfig.from_settings(settings)
+    )
+    worker.start()
+    typer.echo("delivering alerts; SIGTERM or Ctrl-C stops", err=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.stop()
+        engine.dispose()

@@ -147,7 +147,15 @@ class AlertsMutation:
                 ctx,
                 "createWebhookEndpoint",
                 lambda made: Target("webhook_endpoint", made[0].id, tenant_id=made[0].tenant_id),
-                lambda s: service.create_endpoint(s, ctx.clock, principal, tid, input.url, list(input.event_types)),
+                lambda s: service.create_endpoint(
+                    s,
+                    ctx.clock,
+                    principal,
+                    tid,
+                    input.url,
+                    list(input.event_types),
+                    allow_private=ctx.settings.webhook_allow_private,
+                ),
             )
             return CreatedWebhookEndpoint(endpoint=WebhookEndpoint.from_row(row), secret=secret)
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+import re
 import secrets
-from urllib.parse import urlparse
+import socket
+import unicodedata
 
+import httpx
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
+from app.alerts import egress
 from app.alerts.emit import EVENT_TYPES
 from app.alerts.models import AlertPolicy, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.core.auth import Principal
@@ -19,12 +24,54 @@ from app.plans.repository import PlanRepository
 from app.tenants.repository import TenantRepository
 
 MAX_URL = 2048
+_HOST_NAME = re.compile(r"[a-z0-9_.-]+")  # a host name as the sender sends it (IDNA-encoded, lower case)
 
 
-def _check(url: str, event_types: list[str]) -> list[str]:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > MAX_URL:
-        raise ValidationFailed("url must be an http(s) URL of at most 2048 characters", field="url")
+def check_url(url: str, *, allow_private: bool) -> str:
+    """Refuse a URL the sender could not send to, or must not: parsed by httpx, the parser of the
+    client that sends it, so what is stored is what will be sent. No control, format or space
+    characters (a newline or NUL once made the sender raise and stopped every delivery), http(s),
+    a host name or address, a port in range, and, unless private addresses are allowed, no literal
+    non-public address (host names are checked on the address connected to, at each delivery)."""
+    if len(url) > MAX_URL:
+        raise ValidationFailed(f"url must be at most {MAX_URL} characters", field="url")
+    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in url):
+        raise ValidationFailed("url must not contain control, format or space characters", field="url")
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        raise ValidationFailed("url is not a valid URL", field="url") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ValidationFailed("url must be an http or https URL", field="url")
+    host = parsed.raw_host.decode("ascii", "replace")
+    ip = egress.literal_ip(host) or _legacy_ipv4(host)
+    if not host or (ip is None and not _HOST_NAME.fullmatch(host)):
+        raise ValidationFailed("url must name a host", field="url")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValidationFailed("url's port must be between 1 and 65535", field="url")
+    if not allow_private and (
+        (ip is not None and egress.is_blocked(ip)) or host == "localhost" or host.endswith(".localhost")
+    ):
+        raise ValidationFailed(
+            "url's host is not a public internet address (private, loopback, link-local, metadata or reserved)",
+            field="url",
+        )
+    return url
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """An address in a form only the C resolver reads (2130706433, 0x7f.1): what it will connect to."""
+    if not re.fullmatch(r"[0-9a-fx.]+", host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _check(url: str, event_types: list[str], *, allow_private: bool) -> list[str]:
+    check_url(url, allow_private=allow_private)
     types = sorted(set(event_types))
     if not types or any(t != "*" and t not in EVENT_TYPES for t in types):
         raise ValidationFailed(f"eventTypes: one or more of {', '.join(EVENT_TYPES)}, or *", field="eventTypes")
@@ -32,10 +79,17 @@ def _check(url: str, event_types: list[str]) -> list[str]:
 
 
 def create_endpoint(
-    session: Session, clock: Clock, principal: Principal, tenant_id: str | None, url: str, event_types: list[str]
+    session: Session,
+    clock: Clock,
+    principal: Principal,
+    tenant_id: str | None,
+    url: str,
+    event_types: list[str],
+    *,
+    allow_private: bool = False,
 ) -> tuple[WebhookEndpoint, str]:
     """The secret is returned this once; it is kept only to sign deliveries."""
-    types = _check(url, event_types)
+    types = _check(url, event_types, allow_private=allow_private)
     if principal.role == "tenant":
         if tenant_id is not None and tenant_id != principal.tenant_id:
             raise NotFound("Tenant", tenant_id)
