@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev-stripe test lint bench schema client client-check clean browser pgbouncer
+.PHONY: run dev-stripe test lint bench schema client client-check clean test-debs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,34 +26,23 @@ run: $(VENV)/.installed
 dev-stripe: $(VENV)/.installed
 	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT)
 
-# The dashboard's browser tests drive Debian's chromium through Playwright (never a downloaded browser).
-# `make test` installs it when it is missing and apt-get can (root); otherwise it says how, and stops.
-CHROMIUM := /usr/bin/chromium
-browser:
-	@command -v $(CHROMIUM) >/dev/null && exit 0; \
+# Debian packages the tests need, as binary:package: the dashboard's browser tests drive chromium
+# through Playwright (never a downloaded browser); the PostgreSQL pooling tests start pgbouncer
+# themselves. `make test` installs what is missing when it can (root and apt-get), otherwise it says
+# how, and stops.
+TEST_DEBS := /usr/bin/chromium:chromium /usr/sbin/pgbouncer:pgbouncer
+test-debs:
+	@missing=""; for dep in $(TEST_DEBS); do [ -x "$${dep%%:*}" ] || missing="$$missing $${dep##*:}"; done; \
+	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's chromium for the browser tests (apt-get install chromium)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  echo "installing Debian's$$missing for the tests (apt-get install)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-	  echo "the browser tests need Debian's chromium: run 'sudo apt-get install chromium', then 'make test' again" >&2; \
+	  echo "the tests need Debian's$$missing: run 'sudo apt-get install$$missing', then 'make test' again" >&2; \
 	  exit 1; \
 	fi
 
-# The PostgreSQL tests also run the gateway behind PgBouncer in transaction pooling mode
-# (tests/test_pg_pressure.py starts Debian's pgbouncer itself, on a free loopback port with a
-# generated config). `make test` installs it when missing, as it does chromium.
-PGBOUNCER := /usr/sbin/pgbouncer
-pgbouncer:
-	@command -v $(PGBOUNCER) >/dev/null && exit 0; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's pgbouncer for the PostgreSQL pooling tests (apt-get install pgbouncer)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; \
-	else \
-	  echo "the PgBouncer tests need Debian's pgbouncer: run 'sudo apt-get install pgbouncer', then 'make test' again" >&2; \
-	  exit 1; \
-	fi
-
-test: $(VENV)/.installed browser pgbouncer
+test: $(VENV)/.installed test-debs
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
