@@ -470,6 +470,55 @@ def test_the_first_refusal_for_credits_fires_balance_exhausted_once(api: Api, db
     assert count_rows(db.engine, "usage_event")["usage_event"] == 30  # the refusals themselves wrote nothing
 
 
+
+def test_rest_and_graphql_refusals_fire_the_same_alerts(api: Api, db: Database) -> None:
+    """balance.exhausted belongs to the refusal, not to an edge: the same sequence of charges and a
+    reserve, refused for credits, writes the same alert events over REST as over GraphQL (REST
+    wrote none before)."""
+    from tests.fixtures_catalog import SET_SUB
+
+    kit = '{key: "kit_p", name: "P", allowedPrimitives: ["email.send"]}'
+    api(f"mutation {{ upsertAccountKit(input: {kit}) {{ __typename }} }}")
+    api('mutation { upsertPlan(input: {key: "plan_p", name: "P", accountKitId: "kit_p"}) { __typename } }')
+    reserve = """mutation($i: MeterInput!) { reserve(input: $i) { __typename } }"""
+
+    def graphql(key: str, n: int, reserved: bool) -> str:
+        if reserved:
+            return str(api(reserve, {"i": {"primitive": "email.send", "idempotencyKey": f"r{n}"}}, key=key)
+                       ["reserve"]["__typename"])
+        return str(api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"c{n}"}}, key=key)
+                   ["charge"]["__typename"])
+
+    def rest(key: str, n: int, reserved: bool) -> str:
+        path, ikey = ("/v1/reserve", f"r{n}") if reserved else ("/v1/charge", f"c{n}")
+        body = {"primitive": "email.send", "idempotency_key": ikey}
+        r = api.client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code in (200, 402), r.text
+        return "ok" if r.status_code == 200 else str(r.json()["error"]["code"])
+
+    seen: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
+    for edge, send in (("graphql", graphql), ("rest", rest)):
+        tid = api.create_tenant(f"Broke {edge}")
+        api(SET_SUB, {"t": tid, "i": {"planKey": "plan_p"}})
+        key = api.tenant_key(tid)
+        # 30 charges spend 20 credits and the 10-credit buffer; 3 more and a reserve are refused.
+        answers = [send(key, i, False) for i in range(33)] + [send(key, 33, True)]
+        events = [{k: v for k, v in e.items() if k not in ("tenantId", "at", "bucketId")} for e in all_events(db, tid)]
+        seen[edge] = answers, events
+    gql_answers, gql_events = seen["graphql"]
+    rest_answers, rest_events = seen["rest"]
+    assert gql_answers[30:] == ["InsufficientCredits"] * 4
+    assert rest_answers[30:] == ["INSUFFICIENT_CREDITS"] * 4
+    assert [e["type"] for e in rest_events].count("balance.exhausted") == 1
+    assert rest_events == gql_events
+
+
+def all_events(db: Database, tid: str) -> list[dict[str, Any]]:
+    with db.engine.connect() as c:
+        rows = c.execute(text("SELECT payload FROM alert_event WHERE tenant_id = :t ORDER BY id"), {"t": tid}).all()
+    return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
+
+
 NOTICE = "webhook.endpoint_disabled"
 
 

@@ -1,14 +1,21 @@
 """balance.exhausted: the first refusal for credits in a period. A refused call writes nothing,
 by rule, so the alert is its own small transaction after the refusal has rolled back. Each process
 remembers what it has recorded, so a tenant hammering at zero costs one write per period, not one
-per refusal; the unique (tenant, dedupe_key) keeps it once across processes."""
+per refusal; the unique (tenant, dedupe_key) keeps it once across processes.
+
+It belongs to the refusal, not to an edge: every edge that runs a charge, a batch or a reserve
+(GraphQL, REST) calls `record_exhausted` with the refusal it got, on the thread (or the event
+loop, for inline SQLite) that ran the refused transaction."""
 
 from __future__ import annotations
 
 import threading
 
+from sqlalchemy.engine import Engine
+
 from app.alerts.emit import BALANCE_EXHAUSTED, emit
-from app.graphql.context import Context
+from app.core.clock import Clock
+from app.core.db import connection_of_work
 from app.metering.errors import InsufficientCredits
 
 _seen: set[tuple[str, str, str]] = set()
@@ -16,21 +23,18 @@ _lock = threading.Lock()
 MAX_SEEN = 100_000
 
 
-async def record_exhausted(ctx: Context, exc: InsufficientCredits) -> None:
+def record_exhausted(engine: Engine, clock: Clock, exc: InsufficientCredits) -> None:
+    """Writes the tenant's balance.exhausted for the refusal's period, once; its own transaction."""
     if exc.tenant_id is None or exc.period_start is None:
         return
-    key = (exc.tenant_id, exc.period_start.isoformat())
-    memo = (str(ctx.engine.url), *key)
+    tenant_id, period = exc.tenant_id, exc.period_start.isoformat()
+    memo = (str(engine.url), tenant_id, period)
     with _lock:
         if memo in _seen:
             return
-    tenant_id, period = key
     payload = {"required": exc.required, "available": exc.available, "periodStart": period}
-    await ctx.write(
-        lambda s: emit(
-            s.connection(), tenant_id, BALANCE_EXHAUSTED, f"balance_exhausted:{period}", payload, ctx.clock.now()
-        )
-    )
+    with connection_of_work(engine) as conn:
+        emit(conn, tenant_id, BALANCE_EXHAUSTED, f"balance_exhausted:{period}", payload, clock.now())
     with _lock:
         if len(_seen) > MAX_SEEN:
             _seen.clear()

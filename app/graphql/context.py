@@ -91,6 +91,13 @@ class Context:
         except IntegrityError:  # the same PostgreSQL race as in write(): run once more
             return await run_in_threadpool(self._run_conn, fn)
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """A domain function that runs its own unit of work (e.g. an alert recorded after a
+        refusal rolled back): on the event loop for inline SQLite, else on a worker thread."""
+        if self._inline:
+            return fn()
+        return await run_in_threadpool(fn)
+
     def _run_conn(self, fn: Callable[[Connection], T], write: bool = True) -> T:
         with connection_of_work(self.engine, write=write) as conn:
             return fn(conn)

@@ -4,6 +4,7 @@ app/metering/service.py and the whole transaction runs in one thread hop."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 import strawberry
@@ -456,7 +457,7 @@ class MeteringMutation:
             )
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
-                await record_exhausted(ctx, exc)
+                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, exc))
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)
 
@@ -482,7 +483,7 @@ class MeteringMutation:
         for p in prepared:
             r = p if isinstance(p, DomainError) else next(outcomes)
             if isinstance(r, merr.InsufficientCredits):
-                await record_exhausted(ctx, r)
+                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, r))
             out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
         return out
 
@@ -507,7 +508,7 @@ class MeteringMutation:
             )
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
-                await record_exhausted(ctx, exc)
+                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, exc))
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)
 

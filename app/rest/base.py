@@ -324,6 +324,13 @@ class Rest:
             return self._run(fn, False)
         return await run_in_threadpool(self._run, fn, False)
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """A domain function that runs its own unit of work (e.g. an alert recorded after a
+        refusal rolled back): on the event loop for inline SQLite, else on a worker thread."""
+        if self.inline:
+            return fn()
+        return await run_in_threadpool(fn)
+
     async def write(self, fn: Callable[[Session], T]) -> T:
         # One unit of work in one thread hop: no await between BEGIN and COMMIT.
         if self.inline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -18,12 +19,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.alerts.refusals import record_exhausted
 from app.core.auth import ScopeDenied, require_scope
 from app.core.db import connection_of_work
 from app.core.errors import DomainError
 from app.core.ids import parse_id
 from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal
 from app.metering import service
+from app.metering.errors import InsufficientCredits
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
     JSON,
@@ -286,8 +289,14 @@ def charge_handler(rest: Rest) -> Any:
         if scope is None:
             raise no_tenant()
         req = to_request(body, body.idempotency_key, principal.key_id)
-        with connection_of_work(engine) as conn:
-            return service.charge(conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck, alone=True)
+        try:
+            with connection_of_work(engine) as conn:
+                return service.charge(
+                    conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck, alone=True
+                )
+        except InsufficientCredits as exc:
+            record_exhausted(engine, clock, exc)  # after the refused transaction rolled back, as GraphQL
+            raise
 
     async def charge(request: Request) -> Response:
         raw = await request.body()
@@ -334,9 +343,13 @@ async def reserve(call: Call) -> ReserveOut:
     scope, rest = call.tenant(), call.rest
     req = to_request(body, body.idempotency_key, call.principal.key_id)
     ttl = body.ttl_seconds or rest.settings.hold_ttl_seconds
-    hold = await rest.write(
-        lambda s: service.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
-    )
+    try:
+        hold = await rest.write(
+            lambda s: service.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
+        )
+    except InsufficientCredits as exc:
+        await rest.call(partial(record_exhausted, rest.engine, rest.clock, exc))
+        raise
     return ReserveOut(
         job_id=hold.id,
         hold_id=hold.id,
