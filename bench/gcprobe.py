@@ -29,8 +29,10 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     gc.callbacks.append(_on_gc)
-    if os.environ.get("GCPROBE_THRESHOLD"):  # an experiment: "700,10,10"
-        gc.set_threshold(*(int(x) for x in os.environ["GCPROBE_THRESHOLD"].split(",")))
+    if os.environ.get("GCPROBE_THRESHOLD"):  # an experiment: "700,10,10" in place of the server's own
+        import app.main
+
+        app.main.GC_THRESHOLDS = tuple(int(x) for x in os.environ["GCPROBE_THRESHOLD"].split(","))  # type: ignore[assignment]
     from app.cli import cli
 
     cli()
