@@ -590,6 +590,8 @@ def run(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
         for name in attacks:
             results[name]["ratio_pooled"] = results[name]["with"]["p99_ms"] / pooled["p99_ms"]
         results["server_errors_logged"] = server_log_errors(tmp / "server.log")
+        if args.keep_log:
+            args.keep_log.write_bytes((tmp / "server.log").read_bytes())
         if args.gc_log:
             results["gc_log"] = [x for x in (tmp / "server.log").read_text().splitlines() if x.startswith("gcprobe")]
     finally:
@@ -757,6 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-env", action="append", default=[], help="NAME=VALUE for the server, repeatable")
     ap.add_argument("--gc-log", action="store_true", help="print the server's collections of 10 ms or more")
     ap.add_argument("--profile", help="a folder: py-spy's collapsed stacks of the server during each attack")
+    ap.add_argument("--keep-log", type=Path, help="copy the server's log here")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--role", choices=["flood", "documents"], help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
