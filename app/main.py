@@ -42,6 +42,9 @@ from app.tenants.service import ensure_operator_key
 
 log = logging.getLogger("meterkit")
 
+# The cyclic collector's thresholds in a serving process (issue 17, area abuse): see lifespan.
+GC_THRESHOLDS = (10_000, 10, 100)
+
 
 class MeterkitGraphQL(GraphQL[Context, None]):
     # Subscriptions: graphql-transport-ws only, the key checked in connection_init (app/live/ws.py).
@@ -293,6 +296,14 @@ def create_app(
             # since a test process starts many apps.
             gc.collect()
             gc.freeze()
+            # What arrives later (a crowd of 2,000 subscriptions, issue 17) the collector walks
+            # again and again: with the default thresholds (700, 10, 10) the crowd's objects reached
+            # the oldest generation within seconds and set off full collections of 100-200 ms every
+            # few seconds; another tenant's charge p99 went from 5-8 ms to 94-236 ms (bench/attack.py,
+            # attack a). Young collections 14x rarer let short-lived objects die first, and full
+            # ones come 100 young-generation passes apart: the worst pause seen was a 57 ms gen1.
+            # (gen1 every 50 young passes instead made each one hold the crowd: 280-300 ms.)
+            gc.set_threshold(*GC_THRESHOLDS)
         checkpointer = state.checkpointer = sqlite_checkpointer(engine, settings.sqlite_checkpoint_seconds)
         if checkpointer is not None:
             checkpointer.start()

@@ -10,7 +10,8 @@ of the key, every KEY_RECHECK_SECONDS).
 The socket is as strict as an HTTP request: a message longer than METERKIT_MAX_BODY_BYTES closes
 it with 4413 before any JSON or GraphQL parsing; a document that does not parse or validate
 answers the protocol's `error` message with the errors (never a bare `complete`, never a
-traceback in the log); past the caps per key and per tenant (app/live/caps.py) a socket is closed
+traceback in the log; an empty query is BAD_REQUEST, as over HTTP; a `complete` without a string id
+closes with 4400); past the caps per key and per tenant (app/live/caps.py) a socket is closed
 with 4429 and a subscription answers `error` with code TOO_MANY_SUBSCRIPTIONS."""
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def utf8_length_over(text: str, limit: int) -> bool:
     if n * 4 <= limit:
         return False
     return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def close_reason(text: str) -> str:
+    """A close frame's reason takes at most 123 bytes of UTF-8 (RFC 6455, 5.5): longer, the
+    client sees a protocol error in place of our close code. Cut on a character boundary."""
+    return text.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
 def _well_formed(message: Any) -> bool:
@@ -160,7 +167,7 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                     self.connection_init_timeout_task.cancel()
                 # No database connection to check the key with: 1013 "Try Again Later", not an error.
                 code = close_code(exc) if isinstance(exc, AuthError) else TRY_AGAIN_LATER
-                await self.websocket.close(code=code, reason=exc.message[:120])
+                await self.websocket.close(code=code, reason=close_reason(exc.message))
                 return
             assert ctx.live is not None
             raw = parse_authorization(authorization)
@@ -171,7 +178,7 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 self.connection_init_received = True
                 if self.connection_init_timeout_task:
                     self.connection_init_timeout_task.cancel()
-                await self.websocket.close(code=TOO_MANY_SOCKETS, reason=refused.message)
+                await self.websocket.close(code=TOO_MANY_SOCKETS, reason=close_reason(refused.message))
                 return
             ctx.principal, ctx.scope = principal, scope
             # A socket lives long and serves many events: its reads go to worker threads, never
@@ -190,6 +197,12 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         if not _well_formed(message):
             # Strawberry would raise on these (a traceback in the log): the protocol's answer instead.
             await self.handle_invalid_message("Invalid subscribe message")
+            return
+        if not message["payload"]["query"] and self.connection_acknowledged:
+            # Strawberry raises on an empty query (a traceback and "Unexpected error."): over HTTP
+            # it is a 400 BAD_REQUEST, here the same code in the protocol's `error` message.
+            error = GraphQLError("No GraphQL query found in the request", extensions={"code": "BAD_REQUEST"})
+            await self.send_message({"id": message["id"], "type": "error", "payload": [error.formatted]})
             return
         holder, live = self._holder, self.context.live
         if holder is None or live is None or not self.connection_acknowledged or message.get("id") in self.operations:
@@ -211,6 +224,19 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 live.caps.unsubscribe(*holder)  # refused by the protocol (a malformed payload)
             else:
                 operation.task.add_done_callback(lambda _: live.caps.unsubscribe(*holder))
+
+    async def handle_invalid_message(self, error_message: str) -> None:
+        # Strawberry echoes what it could not read ("Unknown message type: <the client's value>"):
+        # a long value made a close frame no client accepts.
+        await super().handle_invalid_message(close_reason(error_message))
+
+    async def handle_complete(self, message: Any) -> None:
+        if not isinstance(message.get("id"), str):
+            # An unhashable id (a list, an object) raised in Strawberry: a traceback in the log and
+            # the socket dropped without a close frame. A malformed message: the protocol's 4400.
+            await self.handle_invalid_message("Invalid complete message")
+            return
+        await super().handle_complete(message)
 
     async def _send_result_stream(self, operation: Operation[Context, None], result_source: Any) -> None:
         try:
