@@ -89,6 +89,33 @@ class Settings(BaseSettings):
     db_pgbouncer: bool = False
     db_session_url: str | None = None
 
+    # Alert delivery (issue 17, area alerts; README "Security"). Webhook endpoints on private,
+    # loopback, link-local, unique-local, multicast, reserved or metadata addresses are refused
+    # unless this is set (local development and tests with a local receiver).
+    webhook_allow_private: bool = False
+    # Wall-clock deadline of one delivery (resolve, connect, send, status line and headers).
+    webhook_deadline_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Deliveries in flight at once in one worker, and at most this many to one endpoint.
+    webhook_concurrency: Annotated[int, Field(ge=1, le=1000)] = 16
+    webhook_per_endpoint: Annotated[int, Field(ge=1, le=100)] = 2
+    # A claimed delivery is leased this long; more than the deadline, so a live worker's POST ends
+    # before another worker may claim it again.
+    webhook_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # The worker expires holds past their expiry this often (0: only the tenant's next write does).
+    hold_sweep_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    # ---- live updates and the websocket edge (issue 17, area "live"; README "Security") ----
+    # Per gateway process: websockets and subscriptions one key / one tenant may hold at once;
+    # past them a socket is closed with 4429 and a subscribe answers an `error` (TOO_MANY_SUBSCRIPTIONS).
+    max_sockets_per_key: Annotated[int, Field(ge=1)] = 32
+    max_sockets_per_tenant: Annotated[int, Field(ge=1)] = 128
+    max_subscriptions_per_socket: Annotated[int, Field(ge=1)] = 100
+    max_subscriptions_per_key: Annotated[int, Field(ge=1)] = 2000
+    max_subscriptions_per_tenant: Annotated[int, Field(ge=1)] = 4000
+    # The GraphQL parse cache keeps documents up to this many bytes in all (an estimate of the
+    # text and its syntax tree), least recently used out first (app/graphql/parse_cache.py).
+    parse_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+
     @property
     def session_database_url(self) -> str:
         """Where a session-level feature connects: db_session_url, else database_url."""
@@ -105,38 +132,11 @@ class Settings(BaseSettings):
     def graphiql_enabled(self) -> bool:
         return self.env != "production"
 
-    # Alert delivery (issue 17, area alerts; README "Security"). Webhook endpoints on private,
-    # loopback, link-local, unique-local, multicast, reserved or metadata addresses are refused
-    # unless this is set (local development and tests with a local receiver).
-    webhook_allow_private: bool = False
-    # Wall-clock deadline of one delivery (resolve, connect, send, status line and headers).
-    webhook_deadline_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
-    # Deliveries in flight at once in one worker, and at most this many to one endpoint.
-    webhook_concurrency: Annotated[int, Field(ge=1, le=1000)] = 16
-    webhook_per_endpoint: Annotated[int, Field(ge=1, le=100)] = 2
-    # A claimed delivery is leased this long; more than the deadline, so a live worker's POST ends
-    # before another worker may claim it again.
-    webhook_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    # The worker expires holds past their expiry this often (0: only the tenant's next write does).
-    hold_sweep_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
-
     @model_validator(mode="after")
     def _lease_outlives_deadline(self) -> Settings:
         if self.webhook_lease_seconds <= self.webhook_deadline_seconds:
             raise ValueError("METERKIT_WEBHOOK_LEASE_SECONDS must be more than METERKIT_WEBHOOK_DEADLINE_SECONDS")
         return self
-
-    # ---- live updates and the websocket edge (issue 17, area "live"; README "Security") ----
-    # Per gateway process: websockets and subscriptions one key / one tenant may hold at once;
-    # past them a socket is closed with 4429 and a subscribe answers an `error` (TOO_MANY_SUBSCRIPTIONS).
-    max_sockets_per_key: Annotated[int, Field(ge=1)] = 32
-    max_sockets_per_tenant: Annotated[int, Field(ge=1)] = 128
-    max_subscriptions_per_socket: Annotated[int, Field(ge=1)] = 100
-    max_subscriptions_per_key: Annotated[int, Field(ge=1)] = 2000
-    max_subscriptions_per_tenant: Annotated[int, Field(ge=1)] = 4000
-    # The GraphQL parse cache keeps documents up to this many bytes in all (an estimate of the
-    # text and its syntax tree), least recently used out first (app/graphql/parse_cache.py).
-    parse_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
 
 
 @lru_cache
