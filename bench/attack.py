@@ -415,20 +415,9 @@ class Alert:
 
 
 def victim(port: int, key: str, rate: float, seconds: float) -> Any:
-    from bench.openloop import open_loop
-    from bench.run import CHARGE_QUERY
+    from bench.subs import victim as charges
 
-    return open_loop(
-        host="127.0.0.1",
-        port=port,
-        bearer=key,
-        nonce=secrets.token_hex(4),
-        rate=rate,
-        seconds=seconds,
-        connections=8,
-        grace=30,
-        query=CHARGE_QUERY,
-    )
+    return charges(port, key, rate, seconds, grace=30)
 
 
 def summary(runs: list[Any]) -> dict[str, Any]:

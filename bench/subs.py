@@ -168,8 +168,10 @@ async def _crowd(url: str, key: str) -> None:
         t.cancel()
 
 
-def _victim(port: int, key: str, rate: float, seconds: float, query: str) -> Any:
+def victim(port: int, key: str, rate: float, seconds: float, *, grace: float = 10) -> Any:
+    """The victim tenant's charges, an open loop at `rate` per second (also bench/attack.py's)."""
     from bench.openloop import open_loop
+    from bench.run import CHARGE_QUERY
 
     return open_loop(
         host="127.0.0.1",
@@ -179,8 +181,8 @@ def _victim(port: int, key: str, rate: float, seconds: float, query: str) -> Any
         rate=rate,
         seconds=seconds,
         connections=8,
-        grace=10,
-        query=query,
+        grace=grace,
+        query=CHARGE_QUERY,
     )
 
 
@@ -210,7 +212,7 @@ def subscription_isolation(args: argparse.Namespace, tmp: Path) -> dict[str, Any
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(url, port, tmp / "server-subs.log", args.loop)
-    rate, victim, rounds = args.subs_rate, keys["victim"], max(1, args.subs_rounds)
+    rate, victim_key, rounds = args.subs_rate, keys["victim"], max(1, args.subs_rounds)
     seconds = args.subs_seconds / rounds  # per side and round
     without_runs: list[Any] = []
     with_runs: list[Any] = []
@@ -219,10 +221,10 @@ def subscription_isolation(args: argparse.Namespace, tmp: Path) -> dict[str, Any
     try:
         with Noise(base, keys["noisy"], CHARGE_QUERY) as noise:
             time.sleep(1)
-            _victim(port, victim, rate, 2, CHARGE_QUERY)  # warm-up, not counted
+            victim(port, victim_key, rate, 2)  # warm-up, not counted
             for n in range(1, rounds + 1):
                 log(f"subscription isolation, round {n}/{rounds}: victim at {rate:.0f}/s, {seconds:.0f} s without")
-                without_runs.append(_victim(port, victim, rate, seconds / 2, CHARGE_QUERY))
+                without_runs.append(victim(port, victim_key, rate, seconds / 2))
                 log(f"  opening {SOCKETS} x {PER_SOCKET} balanceChanged subscriptions on one key")
                 with Crowd(base, keys["noisy"]) as crowd:
                     # Steady state: one fan-out past the first answers. The crowd's arrival (2,000
@@ -236,11 +238,11 @@ def subscription_isolation(args: argparse.Namespace, tmp: Path) -> dict[str, Any
                     settles.append((time.monotonic() - settle_started) * 1000)
                     log(f"  {seconds:.0f} s with the subscriptions")
                     before = crowd.count()
-                    with_runs.append(_victim(port, victim, rate, seconds, CHARGE_QUERY))
+                    with_runs.append(victim(port, victim_key, rate, seconds))
                     delivered += crowd.count() - before
                 time.sleep(3)  # the server lets the crowd go
                 log(f"  {seconds / 2:.0f} s without again")
-                without_runs.append(_victim(port, victim, rate, seconds / 2, CHARGE_QUERY))
+                without_runs.append(victim(port, victim_key, rate, seconds / 2))
         without = _summary(rate, without_runs)
         with_subs = _summary(rate, with_runs)
         log(f"  without: p50 {without['p50_ms']:.2f} ms, p99 {without['p99_ms']:.2f} ms, errors {without['errors']}")
