@@ -79,11 +79,11 @@ def work() -> None:
 
     from app.alerts.worker import DeliveryConfig, DeliveryWorker
     from app.core.clock import Clock
-    from app.core.db import make_engine
+    from app.core.db import engine_for
     from app.settings import get_settings
 
     settings = get_settings()
-    engine = make_engine(settings.database_url)
+    engine = engine_for(settings)  # the pool and PgBouncer settings, as every process
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker = DeliveryWorker(
