@@ -436,7 +436,25 @@ def summary(runs: list[Any]) -> dict[str, Any]:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def start_server(url: str, port: int, logfile: Path, env: dict[str, str], gc_log: bool) -> subprocess.Popen[bytes]:
+def pin_plan(pin: bool) -> tuple[set[int], set[int]] | None:
+    """The gateway's cores and the clients' cores, when this box has two or more and pinning is on.
+
+    Why: an attacker's clients run on machines of their own, not on the gateway's. On one shared
+    box their CPU (nice 19 or not: the scheduler still hands them a share of both cores) is taken
+    from the gateway, so an unpinned run measures this box, not the gateway's isolation. Pinned,
+    the gateway runs on core 0 and everything this bench starts (the victim's load, the alert
+    receivers, the attackers' processes) on the others; PostgreSQL's backends float on all of
+    them, in both phases alike. The same pinning holds with and without each attack, so the
+    ratio compares like with like."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(cores) < 2:
+        return None
+    return {cores[0]}, set(cores[1:])
+
+
+def start_server(
+    url: str, port: int, logfile: Path, env: dict[str, str], gc_log: bool, cores: set[int] | None = None
+) -> subprocess.Popen[bytes]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("METERKIT_")}
     full.update(
         METERKIT_DATABASE_URL=url,
@@ -451,6 +469,8 @@ def start_server(url: str, port: int, logfile: Path, env: dict[str, str], gc_log
         env=full,
         stdout=subprocess.DEVNULL,
         stderr=logfile.open("wb"),
+        # Set in the child before exec, so every thread the server starts inherits it.
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -474,12 +494,21 @@ def run(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in (kv.split("=", 1) for kv in args.server_env)}
-    server = start_server(url, port, tmp / "server.log", env, args.gc_log)
+    plan = pin_plan(args.pin)
+    server = start_server(url, port, tmp / "server.log", env, args.gc_log, plan[0] if plan else None)
+    if plan:
+        os.sched_setaffinity(0, plan[1])  # this process; the attackers' processes inherit it
+        log(f"pinned: gateway on cores {sorted(plan[0])}, this bench and the attackers on {sorted(plan[1])}")
     receiver = Receiver()
     trickler = Trickler()
     alerting = iter(world["alerting"])
     attacker_key, victim_key = world["attacker"]["key"], world["victim"]["key"]
-    results: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "database": url.split("://")[0]}
+    results: dict[str, Any] = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "database": url.split("://")[0],
+        "pinned": f"gateway on {sorted(plan[0])}, clients on {sorted(plan[1])}" if plan else "no",
+    }
     baselines: list[Any] = []  # every window without an attack: a one-off spike in one weighs less
     try:
         with httpx.Client(base_url=base, timeout=30) as c:
@@ -688,7 +717,7 @@ def report(r: dict[str, Any], attacks: list[str]) -> list[str]:
     }
     lines = [
         f"victim: open loop at {r['rate']:.0f} charges/s, {r['seconds'] / 2:.0f}+{r['seconds'] / 2:.0f} s without and "
-        f"{r['seconds']:.0f} s with each attack ({r['database']}); "
+        f"{r['seconds']:.0f} s with each attack ({r['database']}, pinned: {r.get('pinned', 'no')}); "
         f"target: p99 with / without <= {TARGET}x, alerts arrive",
         "",
         "| attack | p50 without / with (ms) | p99 without / with (ms) | p99 ratio | p99 ratio to all baselines "
@@ -746,6 +775,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="which, e.g. a,d")
     ap.add_argument("--postgres", help="an admin URL: run on a throwaway PostgreSQL database instead of SQLite")
     ap.add_argument("--server-env", action="append", default=[], help="NAME=VALUE for the server, repeatable")
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the gateway to core 0 and the clients to the others (pin_plan says why)",
+    )
     ap.add_argument("--gc-log", action="store_true", help="print the server's collections of 10 ms or more")
     ap.add_argument("--profile", help="a folder: py-spy's collapsed stacks of the server during each attack")
     ap.add_argument("--keep-log", type=Path, help="copy the server's log here")
