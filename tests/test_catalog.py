@@ -219,7 +219,7 @@ def test_starter_cannot_issue_cards_pro_can(api: Api) -> None:
 
 
 def test_starter_cannot_issue_cards_over_real_http(db: Database, tmp_path: Path) -> None:
-    """The same story against uvicorn in its own process, as the README tells it."""
+    """The same story against uvicorn in its own process, as docs/catalog.md tells it."""
     url = _migrated_url(db, tmp_path)
     op_key = "mk_op_" + secrets.token_urlsafe(32)
     port = free_port()
@@ -278,10 +278,10 @@ def test_the_cli_lists_and_upserts_primitives(db: Database, monkeypatch: Any) ->
         get_settings.cache_clear()
 
 
-def test_the_readme_example_runs_as_written(api: Api) -> None:
+def test_the_docs_example_runs_as_written(api: Api) -> None:
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
     section = text[text.index("## Primitives as data") :]
     section = section[: section.index("\n## ", 10)]
     block = re.findall(r"```graphql\n(.*?)```", section, re.S)[0]

@@ -1,4 +1,4 @@
-"""The README's "Buying credits on one machine" walkthrough, run as written (issue 8, point 4):
+"""The docs' "Buying credits on one machine" walkthrough (docs/stripe.md), run as written (issue 8, point 4):
 `meterkit dev stripe` and `meterkit serve` as real processes (real uvicorn, the Stripe stand-in
 as a real server, webhooks delivered by it), on SQLite and PostgreSQL:
 402 -> purchaseCreditPack -> Pay on the stand-in's Checkout page -> webhook -> credits."""
@@ -25,12 +25,12 @@ from tests.conftest import Database
 from tests.live import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+STRIPE_PAGE = ROOT / "docs" / "stripe.md"
 
 
 def _section() -> str:
-    m = re.search(r"<!-- devloop:start -->(.*?)<!-- devloop:end -->", README.read_text(), re.S)
-    assert m, "README has no devloop section"
+    m = re.search(r"<!-- devloop:start -->(.*?)<!-- devloop:end -->", STRIPE_PAGE.read_text(), re.S)
+    assert m, "docs/stripe.md has no devloop section"
     return m.group(1)
 
 
@@ -68,7 +68,7 @@ def _wait_listening(proc: subprocess.Popen[bytes], base: str, log: Path) -> None
             time.sleep(0.05)
 
 
-def test_readme_dev_loop_runs_as_written(db: Database, tmp_path: Path) -> None:
+def test_the_dev_loop_runs_as_written(db: Database, tmp_path: Path) -> None:
     section = _section()
     blocks = re.findall(r"```graphql\n(.*?)```", section, re.S)
     curl = re.search(r"curl -s -X POST (\S+) .*?-d '(\{.*?\})'", section, re.S)
@@ -83,7 +83,7 @@ def test_readme_dev_loop_runs_as_written(db: Database, tmp_path: Path) -> None:
         METERKIT_DATABASE_URL=db.url,
         METERKIT_OPERATOR_KEY=op_key,
         METERKIT_PUBLIC_URL=app_base,
-        # What `make run STRIPE=dev` sets (the README's table):
+        # What `make run STRIPE=dev` sets (the table in docs/stripe.md):
         METERKIT_STRIPE_API_BASE=stripe_base,
         METERKIT_STRIPE_API_KEY=DEV_API_KEY,
         METERKIT_STRIPE_WEBHOOK_SECRET=DEV_WEBHOOK_SECRET,

@@ -1,5 +1,5 @@
 """Issue 12, point 5: an optional bound given as 0 is either refused with a typed error (and
-nothing is written) or accepted with the meaning README's "Security" section documents; it is
+nothing is written) or accepted with the meaning docs/security.md ("Input edges") documents; it is
 never silently replaced by the default. Omitting the argument is what gives the default."""
 
 from __future__ import annotations

@@ -208,18 +208,18 @@ def test_cors_origins_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert Settings().cors_origins == ["https://a.example", "http://localhost:5173"]
 
 
-def _readme_example(section: str) -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def _docs_example(page: str, section: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```graphql\n(.*?)```", body, re.S)
     return block
 
 
-def test_the_readme_examples_run_as_written(api: Api, tenant: dict[str, str], clock: FrozenClock) -> None:
-    made = api(_readme_example("Keys and scopes"), key=tenant["full"])["createApiKey"]
+def test_the_docs_examples_run_as_written(api: Api, tenant: dict[str, str], clock: FrozenClock) -> None:
+    made = api(_docs_example("tenants-and-keys.md", "Keys and scopes"), key=tenant["full"])["createApiKey"]
     assert made["apiKey"]["scopes"] == ["READ"] and made["apiKey"]["expiresAt"] == "2026-12-31T00:00:00+00:00"
     clock.advance(days=(datetime(2026, 11, 10, 12, tzinfo=UTC) - clock.now()).days)
     api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "nov", "quantity": 3}}, key=tenant["full"])
-    points = api(_readme_example("Dashboards"), key=made["secret"])["usageSeries"]
+    points = api(_docs_example("graphql.md", "Dashboards"), key=made["secret"])["usageSeries"]
     assert len(points) == 30 and {p["primitive"] for p in points} == {"email.send"}
     assert [(p["start"][:10], p["quantity"], p["credits"]) for p in points if p["quantity"]] == [("2026-11-10", 3, "3")]

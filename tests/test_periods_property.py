@@ -75,7 +75,7 @@ class Sub:
         # A yearly cycle anchored on Feb 29 whose both ends fell in common years (Feb 28 ->
         # Feb 28) cannot tell its anchor from the period alone: the 28th is predicted, which
         # differs from Stripe only after the next Feb 28 of a leap year (a renewal more than a
-        # year late). The README states it.
+        # year late). docs/periods.md states it.
         return self.unit == "year" and not self.trial and self.anchor.day > self.start.day == self.end.day
 
 

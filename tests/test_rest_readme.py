@@ -1,7 +1,7 @@
-"""The README's REST section stays true: every curl in it runs, in order, against a live
-server (Stripe pointed at the local fake, the demo Pro kit), and answers the status and the
-body the README shows. Ids, URLs and timestamps differ per run; every other value, every key
-and every status must match (a list in the README may be shortened to its first items)."""
+"""The REST page of the docs (docs/rest.md) stays true: every curl in it runs, in order, against a
+live server (Stripe pointed at the local fake, the demo Pro kit), and answers the status and the
+body the page shows. Ids, URLs and timestamps differ per run; every other value, every key and
+every status must match (a list on the page may be shortened to its first items)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from app.core.db import unit_of_work
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REST_PAGE = Path(__file__).resolve().parents[1] / "docs" / "rest.md"
 # Values that differ per run (ids, URLs, instants); their keys and types must still match.
 VARYING = {
     "tenant_id",
@@ -50,9 +50,9 @@ class Step:
 
 
 def steps() -> list[Step]:
-    text = README.read_text()
+    text = REST_PAGE.read_text()
     m = re.search(r"<!-- rest:start -->(.*?)<!-- rest:end -->", text, re.S)
-    assert m, "README has no REST section"
+    assert m, "docs/rest.md has no rest:start/rest:end section"
     pairs = re.findall(r"```sh\n(.*?)```\n+```json\n(.*?)```", m.group(1), re.S)
     out = []
     for sh, body in pairs:
@@ -102,7 +102,7 @@ def same(shown: Any, got: Any, where: str = "") -> None:
         assert shown == got and type(shown) is type(got), (where, shown, got)
 
 
-def test_readme_rest_section_runs_as_written(stripe_env: StripeEnv) -> None:
+def test_the_rest_page_runs_as_written(stripe_env: StripeEnv) -> None:
     env = stripe_env
     with unit_of_work(env.engine) as s:
         upsert_account_kit(s, env.clock, DEMO_KITS[1])  # what `make run` loads for Pro

@@ -1,9 +1,9 @@
 """Issue 17 (area abuse): a serving process raises the cyclic collector's thresholds after
 startup. With the defaults (700, 10, 10), 2,000 subscriptions of one tenant set off full
 collections of 100-200 ms every few seconds, and another tenant's charge p99 went from 7-12 ms to
-94-236 ms (`python -m bench.attack`, attack a; README "Tried again as an attacker"). Speed is
-measured there; here, that the serving app does set them, and that tests (many apps in one
-process) do not."""
+94-236 ms (`python -m bench.attack`, attack a; docs/benchmarks.md "One tenant under attack" and
+docs/decisions/0002-gc-freeze-and-thresholds.md). Speed is measured there; here, that the serving
+app does set them, and that tests (many apps in one process) do not."""
 
 from __future__ import annotations
 
