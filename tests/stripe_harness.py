@@ -21,7 +21,8 @@ from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
 from app.core.money import MICRO
 from app.credits.packs import PackInput, upsert_pack
-from app.devtools.stripe_fake import BackgroundServer, FakeStripe
+from app.devtools.serving import BackgroundServer
+from app.devtools.stripe_fake.fake import FakeStripe
 from app.integrations.stripe.client import StripeGateway
 from app.integrations.stripe.service import ensure_customer
 from app.main import create_app

@@ -19,7 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from stripe.params.checkout import SessionCreateParams
 
-from app.devtools.stripe_fake import BackgroundServer, FakeStripe, decode_form
+from app.devtools.serving import BackgroundServer
+from app.devtools.stripe_fake.fake import FakeStripe
+from app.devtools.stripe_fake.params import decode_form
 
 WEBHOOK_SECRET = "whsec_test_receiver"
 

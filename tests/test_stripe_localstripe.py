@@ -24,7 +24,7 @@ import stripe
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
-from app.devtools.stripe_fake import BackgroundServer
+from app.devtools.serving import BackgroundServer
 from app.integrations.stripe.client import StripeGateway
 from app.integrations.stripe.service import ensure_customer
 from app.main import create_app

@@ -436,7 +436,7 @@ def test_stripe_unreachable_while_handling_answers_503_and_writes_nothing(
     real = env.fake.url
     env.settings.stripe_api_base = "http://127.0.0.1:9"  # nothing listens there
     # The webhook route caches its gateway; a fresh app sees the broken address.
-    from app.devtools.stripe_fake import BackgroundServer
+    from app.devtools.serving import BackgroundServer
     from app.main import create_app
 
     with BackgroundServer(create_app(env.settings, engine=env.engine, clock=env.clock)) as broken:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.devtools.stripe_fake import FakeStripe
+from app.devtools.stripe_fake.fake import FakeStripe
 
 log = logging.getLogger("meterkit.dev.stripe")
 

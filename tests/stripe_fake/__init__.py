@@ -2,7 +2,6 @@
 
 In a test module, ``from tests.stripe_fake import fake_stripe, fake_stripe_server`` makes
 ``fake_stripe`` available: one server per test session, state reset for every test.
-(The classes are re-exported for older imports; new code imports app.devtools.stripe_fake.)
 """
 
 from __future__ import annotations
@@ -11,25 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.devtools.stripe_fake import (
-    BackgroundServer,
-    Delivery,
-    FakeStripe,
-    RecordedRequest,
-    StripeApiError,
-    decode_form,
-)
+from app.devtools.stripe_fake.fake import FakeStripe
 
-__all__ = [
-    "BackgroundServer",
-    "Delivery",
-    "FakeStripe",
-    "RecordedRequest",
-    "StripeApiError",
-    "decode_form",
-    "fake_stripe",
-    "fake_stripe_server",
-]
+__all__ = ["fake_stripe", "fake_stripe_server"]
 
 
 @pytest.fixture(scope="session")

@@ -1,33 +1,28 @@
 """Billing Meters in the local Stripe stand-in: meters, meter events (identifier unique, as
-Stripe enforces within its rolling window) and event summaries. The HTTP layer of the server
+Stripe enforces within its rolling window) and event summaries. The HTTP layer (http.py)
 enforces idempotency keys on these POSTs as on every other."""
 
 from __future__ import annotations
 
-from typing import Any
+from app.devtools.stripe_fake.params import JSON, StripeApiError, _check_params, _invalid, _missing
+from app.devtools.stripe_fake.store import StripeState, _new_id
 
-JSON = dict[str, Any]
 
-
-class MetersMixin:
-    """Mixed into FakeStripe; uses its object store, clock and error helpers."""
-
-    meter_events: list[JSON]
+class MetersMixin(StripeState):
+    """/v1/billing/meters and /v1/billing/meter_events."""
 
     def _meters_create(self, params: JSON) -> JSON:
-        from app.devtools.stripe_fake import server as s
-
         allowed = {"display_name", "event_name", "default_aggregation", "customer_mapping", "value_settings"}
-        s._check_params(params, {*allowed, "expand"})
+        _check_params(params, {*allowed, "expand"})
         for field in ("display_name", "event_name"):
             if not params.get(field):
-                raise s._missing(field)
+                raise _missing(field)
         if any(m["event_name"] == params["event_name"] for m in self._all_of("billing.meter")):
-            raise s._invalid("event_name", "A meter with this event_name already exists.")
+            raise _invalid("event_name", "A meter with this event_name already exists.")
         meter = {
-            "id": s._new_id("mtr"),
+            "id": _new_id("mtr"),
             "object": "billing.meter",
-            "created": self.clock,  # type: ignore[attr-defined]
+            "created": self.clock,
             "display_name": params["display_name"],
             "event_name": params["event_name"],
             "default_aggregation": params.get("default_aggregation") or {"formula": "sum"},
@@ -36,35 +31,31 @@ class MetersMixin:
             "status": "active",
             "livemode": False,
         }
-        self._store(meter)  # type: ignore[attr-defined]
-        return self._respond(meter, params)  # type: ignore[attr-defined,no-any-return]
+        self._store(meter)
+        return self._respond(meter, params)
 
     def _meters_retrieve(self, params: JSON, id: str) -> JSON:
-        from app.devtools.stripe_fake import server as s
-
-        s._check_params(params, {"expand"})
-        return self._respond(self._get("billing.meter", id, "billing.meter"), params)  # type: ignore[attr-defined,no-any-return]
+        _check_params(params, {"expand"})
+        return self._respond(self._get("billing.meter", id, "billing.meter"), params)
 
     def _meter_events_create(self, params: JSON) -> JSON:
-        from app.devtools.stripe_fake import server as s
-
-        s._check_params(params, {"event_name", "payload", "identifier", "timestamp"})
+        _check_params(params, {"event_name", "payload", "identifier", "timestamp"})
         name = params.get("event_name")
         if not name:
-            raise s._missing("event_name")
+            raise _missing("event_name")
         if not any(m["event_name"] == name and m["status"] == "active" for m in self._all_of("billing.meter")):
-            raise s._invalid("event_name", f"No active meter was found for event_name '{name}'.")
+            raise _invalid("event_name", f"No active meter was found for event_name '{name}'.")
         payload = params.get("payload") or {}
         customer = payload.get("stripe_customer_id")
         if not customer:
-            raise s._missing("payload[stripe_customer_id]")
-        self._get("customer", customer, "customer", param="payload[stripe_customer_id]", status=400)  # type: ignore[attr-defined]
+            raise _missing("payload[stripe_customer_id]")
+        self._get("customer", customer, "customer", param="payload[stripe_customer_id]", status=400)
         value = payload.get("value")
         if not isinstance(value, str) or not value.isdigit():
-            raise s._invalid("payload[value]", "payload[value] must be a whole number.")
-        identifier = params.get("identifier") or s._new_id("mev")
+            raise _invalid("payload[value]", "payload[value] must be a whole number.")
+        identifier = params.get("identifier") or _new_id("mev")
         if any(e["identifier"] == identifier for e in self.meter_events):
-            raise s.StripeApiError(
+            raise StripeApiError(
                 400,
                 f"An event already exists with identifier {identifier}.",
                 code="resource_already_exists",
@@ -72,24 +63,22 @@ class MetersMixin:
             )
         event = {
             "object": "billing.meter_event",
-            "created": self.clock,  # type: ignore[attr-defined]
+            "created": self.clock,
             "event_name": name,
             "identifier": identifier,
             "livemode": False,
             "payload": {"stripe_customer_id": customer, "value": value},
-            "timestamp": int(params.get("timestamp") or self.clock),  # type: ignore[attr-defined]
+            "timestamp": int(params.get("timestamp") or self.clock),
         }
         self.meter_events.append(event)
         return dict(event)
 
     def _meter_event_summaries(self, params: JSON, id: str) -> JSON:
-        from app.devtools.stripe_fake import server as s
-
-        s._check_params(params, {"customer", "start_time", "end_time", "limit", "starting_after", "ending_before"})
-        meter = self._get("billing.meter", id, "billing.meter")  # type: ignore[attr-defined]
+        _check_params(params, {"customer", "start_time", "end_time", "limit", "starting_after", "ending_before"})
+        meter = self._get("billing.meter", id, "billing.meter")
         for field in ("customer", "start_time", "end_time"):
             if field not in params:
-                raise s._missing(field)
+                raise _missing(field)
         start, end = int(params["start_time"]), int(params["end_time"])
         total = sum(
             int(e["payload"]["value"])
@@ -115,5 +104,4 @@ class MetersMixin:
         }
 
     def _all_of(self, kind: str) -> list[JSON]:
-        store: dict[str, JSON] = self._objects  # type: ignore[attr-defined]
-        return [store[i] for i in self._ids_by_type.get(kind, [])]  # type: ignore[attr-defined]
+        return [self._objects[i] for i in self._ids_by_type.get(kind, [])]
