@@ -1,4 +1,4 @@
-"""First start: migrate, load the demo catalog drawn from the brief, make an operator key."""
+"""First start: migrate, load the demo catalog (kits, plans, pack prices), make an operator key."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ DEMO_PLANS = [
         period="month",
         quotas={"email.send": 100, "search.web": 500},
     ),
-    # The brief's example plan: Pro, 1000 emails and 5000 searches a month, 200 credits a month.
+    # The example Pro plan: 1000 emails and 5000 searches a month, 200 credits a month.
     PlanInput(
         key="pro",
         name="Pro",

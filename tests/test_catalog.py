@@ -1,6 +1,6 @@
 """Primitives as data (issue 11, point 1): the catalog is seeded with the 21 built-ins, operators
 add and edit primitives, kits and quotas match against the catalog, an unknown primitive is a typed
-error naming it, and the brief's "Starter can't issue cards" works end to end."""
+error naming it, and a kit without cards.* ("Starter can't issue cards") is enforced end to end."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_the_catalog_is_seeded_with_the_21_builtins(api: Api) -> None:
     assert rows["llm.passthrough"]["pricingRule"] == "usd_markup"
     assert rows["image.generate"]["pricingRule"] == "media_image"
     assert rows["video.generate"]["pricingRule"] == "media_video"
-    # The brief's numbers come with them: priced as before.
+    # The default prices come with them: priced as before.
     q = api(QUOTE, {"i": {"primitive": "url.read"}})["priceQuote"]
     assert q == {"__typename": "PriceQuote", "credits": "0.5"}
 
@@ -168,7 +168,7 @@ def test_a_new_primitive_picks_a_dynamic_rule(api: Api) -> None:
     assert res["charge"]["creditsUsed"] == "6.25"
 
 
-# ---- the brief's "Starter can't issue cards" ------------------------------------------------
+# ---- "Starter can't issue cards": the kit gates the primitive -------------------------------
 
 STARTER_AND_PRO: list[tuple[str, dict[str, Any]]] = [
     (KIT, {"i": {"key": "kit_starter", "name": "Starter", "allowedPrimitives": ["email.*", "search.*"]}}),

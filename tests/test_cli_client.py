@@ -132,7 +132,7 @@ def test_tenant_and_operator_commands(stripe_env: StripeEnv) -> None:
     assert (report["plan"], report["status"], report["quotas"]) == ("team", "active", {"email.send": 5000})
     assert "email.send" in me("billing", "usage").out
 
-    # Pricing: the brief's example, and the catalog.
+    # Pricing: two flux/schnell images (0.12 credits), and the catalog.
     img = me("pricing", "images", "--model", "fal-ai/flux/schnell", "--num-images", "2", "--json")
     assert img.code == 0, img.err
     assert img.json()["model"] == "fal-ai/flux/schnell" and Decimal(img.json()["estimatedCredits"]) == Decimal("0.12")

@@ -1,4 +1,4 @@
-"""The typed Python client (app/client): the brief's SDK calls through the generated code, against
+"""The typed Python client (app/client): plans.upsert and for_user(id).billing through the generated code, against
 the app on a real uvicorn (with the fake Stripe), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fi
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 
 
-def test_the_briefs_sdk_calls(stripe_env: StripeEnv) -> None:
+def test_the_sdk_calls(stripe_env: StripeEnv) -> None:
     env = stripe_env
     with Meterkit(env.url, env.api.operator_key) as naive:
-        # naive.plans.upsert({...}): the brief's call, idempotent by key.
+        # plans.upsert: idempotent by key.
         args = dict(
             key="pro_sdk",
             name="Pro",

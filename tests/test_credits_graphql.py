@@ -214,7 +214,7 @@ def test_credit_packs(api: Api) -> None:
     packs = api("{ creditPacks { key name credits priceUsdCents priceUsd expiresAfterDays } }")["creditPacks"]
     assert [(p["key"], p["credits"], p["priceUsd"]) for p in packs] == [
         ("small", "20", "10.00"),
-        ("medium", "50", "23.00"),  # the brief's "50 credits for $23"
+        ("medium", "50", "23.00"),  # the published "50 credits for $23"
         ("large", "120", "50.00"),
     ]
     made = api(

@@ -127,7 +127,7 @@ def _drive(c: Client, op_key: str) -> None:
             }
         }
     }
-    # The operator acting for the tenant (the brief's forUser) sees the same viewer.
+    # The operator acting for the tenant (X-Tenant-Id, the SDK's for_user) sees the same viewer.
     as_op = c.gql(op_key, "{ viewer { id } }", **{"X-Tenant-Id": tid}).json()
     assert as_op == {"data": {"viewer": {"id": tid}}}
 

@@ -52,7 +52,7 @@ def test_upsert_account_kit_patterns_limits_connections(api: Api) -> None:
     }
     res = api(KIT_FULL, {"i": kit})["upsertAccountKit"]
     assert res["__typename"] == "AccountKit", res
-    # Patterns are de-duplicated and stored sorted; the key is the kit's id (the brief's accountKitId).
+    # Patterns are de-duplicated and stored sorted; the key is the kit's id (what a plan's accountKitId names).
     assert res["id"] == res["key"] == "kit_pro"
     assert res["allowedPrimitives"] == ["browser.*", "email.*", "search.web"]
     assert res["allowedConnections"] == ["gmail", "slack"]

@@ -169,7 +169,7 @@ def test_dynamic_prices_through_details(api: Api) -> None:
         """query($i: PriceQuoteInput!) { priceQuote(input: $i) { ... on PriceQuote { credits } } }""",
         {"i": {"primitive": "llm.tokens", "details": details}},
     )["priceQuote"]["credits"]
-    assert quote == "15"  # 7.5 + 0.2 x 37.5, the brief's Sonnet rates
+    assert quote == "15"  # 7.5 + 0.2 x 37.5, the default Sonnet rates
     res = charge(api, key, primitive="llm.tokens", idempotencyKey="llm1", details=details)
     assert res["__typename"] == "Charged" and res["creditsUsed"] == quote
     passthrough = charge(api, key, primitive="llm.passthrough", idempotencyKey="or1", details={"costUsd": "0.01"})
@@ -178,7 +178,7 @@ def test_dynamic_prices_through_details(api: Api) -> None:
     assert bad["__typename"] == "ValidationError"
 
 
-def test_plain_route_speaks_the_briefs_rest_shape(api: Api) -> None:
+def test_plain_route_answers_credits_used_and_remaining(api: Api) -> None:
     tid, key = setup_tenant(api, plan="free")
     post = api.client.post
     auth = {"Authorization": f"Bearer {key}"}

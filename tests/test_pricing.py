@@ -1,4 +1,4 @@
-"""The pricing catalog reproduces every price in the brief, through GraphQL and through
+"""The pricing catalog reproduces every price of the default price table, through GraphQL and through
 quote() (the function the hot path calls); bad input is a typed error that writes nothing."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ VIDEO = """query($m: String!, $d: Int!) { videoPricing(model: $m, duration: $d) 
   ... on MediaPricing { model estimatedCredits unitPriceUsd creditValueUsd } ... on UserError { code message } } }"""
 
 KLING = "fal-ai/kling-video/v3/pro/text-to-video"
-# The brief's "Fixed-Price Operations" table: (primitive, credits per unit).
-BRIEF_FIXED = [
+# The default price table's fixed prices: (primitive, credits per unit).
+PUBLISHED_FIXED = [
     ("email.send", "1"),
     ("search.web", "1"),
     ("url.read", "0.5"),
@@ -42,7 +42,7 @@ BRIEF_FIXED = [
     ("browser.login", "3"),
 ]
 # browser.session.time: 1 / 2 / 3 credits up to 5 / 15 / 30 min; beyond, 3 per started 30 min.
-BRIEF_SESSION_TIME = [
+PUBLISHED_SESSION_TIME = [
     (0, "1"),
     (1, "1"),
     (300, "1"),
@@ -54,8 +54,8 @@ BRIEF_SESSION_TIME = [
     (3600, "6"),
     (3601, "9"),
 ]
-# The brief's "LLM Calls" table: credits per 1M input / output tokens.
-BRIEF_LLM = [
+# The default price table's LLM rates: credits per 1M input / output tokens.
+PUBLISHED_LLM = [
     ("claude-opus-4.5", "12.5", "62.5"),
     ("claude-opus-4", "37.5", "187.5"),
     ("claude-sonnet-4", "7.5", "37.5"),
@@ -75,18 +75,18 @@ def _quote(api: Api, **i: Any) -> dict[str, Any]:
     return api(QUOTE, {"i": body})["priceQuote"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("primitive", "credits"), BRIEF_FIXED)
-def test_fixed_prices_of_the_brief(api: Api, primitive: str, credits: str) -> None:
+@pytest.mark.parametrize(("primitive", "credits"), PUBLISHED_FIXED)
+def test_fixed_prices_of_the_default_price_table(api: Api, primitive: str, credits: str) -> None:
     assert _quote(api, primitive=primitive) == {"__typename": "PriceQuote", "primitive": primitive, "credits": credits}
     # Per unit: three of them cost three times as much.
     tripled = _quote(api, primitive=primitive, quantity=3)["credits"]
     assert Decimal(tripled) == 3 * Decimal(credits)
 
 
-def test_fixed_price_listing_matches_the_brief(api: Api) -> None:
+def test_fixed_price_listing_matches_the_default_price_table(api: Api) -> None:
     rows = api("{ prices { primitive credits tiers { upToSeconds credits } } }")["prices"]
     listed = {p["primitive"]: p for p in rows}
-    for primitive, credits in BRIEF_FIXED:
+    for primitive, credits in PUBLISHED_FIXED:
         assert listed[primitive]["credits"] == credits
     assert listed["browser.session.time"]["tiers"] == [
         {"upToSeconds": 300, "credits": "1"},
@@ -95,7 +95,7 @@ def test_fixed_price_listing_matches_the_brief(api: Api) -> None:
     ]
 
 
-@pytest.mark.parametrize(("elapsed", "credits"), BRIEF_SESSION_TIME)
+@pytest.mark.parametrize(("elapsed", "credits"), PUBLISHED_SESSION_TIME)
 def test_browser_session_time_floor(api: Api, elapsed: int, credits: str) -> None:
     got = _quote(api, primitive="browser.session.time", elapsedSeconds=elapsed)
     assert got["credits"] == credits, got
@@ -106,8 +106,8 @@ def test_session_time_rule_without_tiers() -> None:
     assert session_time_price(3_000_000, [[60, 500_000]], 61) == 6_000_000
 
 
-@pytest.mark.parametrize(("model", "inp", "out"), BRIEF_LLM)
-def test_llm_rates_of_the_brief(api: Api, model: str, inp: str, out: str) -> None:
+@pytest.mark.parametrize(("model", "inp", "out"), PUBLISHED_LLM)
+def test_llm_rates_of_the_default_price_table(api: Api, model: str, inp: str, out: str) -> None:
     one_m = 1_000_000
     assert _quote(api, primitive="llm.tokens", model=model, inputTokens=one_m)["credits"] == inp
     assert _quote(api, primitive="llm.tokens", model=model, outputTokens=one_m)["credits"] == out
@@ -120,17 +120,17 @@ def test_llm_rates_of_the_brief(api: Api, model: str, inp: str, out: str) -> Non
     assert Decimal(create) == Decimal(inp) * Decimal("1.25")
 
 
-def test_llm_rate_listing_matches_the_brief(api: Api) -> None:
+def test_llm_rate_listing_matches_the_default_price_table(api: Api) -> None:
     rows = api("{ llmRates { model inputPerMillion outputPerMillion cacheReadPerMillion cacheRatesDerived } }")
     listed = {r["model"]: r for r in rows["llmRates"]}
-    assert len(listed) == len(BRIEF_LLM)
-    for model, inp, out in BRIEF_LLM:
+    assert len(listed) == len(PUBLISHED_LLM)
+    for model, inp, out in PUBLISHED_LLM:
         assert (listed[model]["inputPerMillion"], listed[model]["outputPerMillion"]) == (inp, out)
         assert Decimal(listed[model]["cacheReadPerMillion"]) == Decimal(inp) / 10
         assert listed[model]["cacheRatesDerived"] is True
 
 
-def test_image_pricing_example_of_the_brief(api: Api) -> None:
+def test_image_pricing_of_two_flux_schnell_images(api: Api) -> None:
     got = api(IMAGE, {"m": "fal-ai/flux/schnell", "n": 2})["imagePricing"]
     assert got == {
         "__typename": "MediaPricing",
@@ -288,7 +288,7 @@ def test_operators_edit_the_catalog(api: Api) -> None:
         "markup": "1.5",
         "unit": "image",
     }
-    # The credit value is a catalog setting: at $1.00 a credit the brief's example halves.
+    # The credit value is a catalog setting: at $1.00 a credit the same two images cost half.
     settings = api(SET_SETTING, {"k": "credit_value_usd", "v": "1.00"})["setPricingSetting"]
     assert settings["creditValueUsd"] == "1.00"
     assert api(IMAGE, {"m": "fal-ai/flux/schnell", "n": 2})["imagePricing"]["estimatedCredits"] == "0.06"

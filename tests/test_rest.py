@@ -1,5 +1,5 @@
 """REST /v1 over a real uvicorn: every route with a tenant key and with an operator key plus
-X-Tenant-Id, the wrong keys refused, the brief's example bodies field for field, and the
+X-Tenant-Id, the wrong keys refused, the response bodies field for field, and the
 metered call's refusals in the one error shape."""
 
 from __future__ import annotations
@@ -97,12 +97,12 @@ def test_writes_refuse_missing_and_bad_keys_before_reading_the_body(rest: Rest) 
     assert count_rows(rest.api.db.engine, *MONEY) == before
 
 
-# ------------------------------------------------------------------ the brief's bodies
+# ------------------------------------------------------------------ the response bodies
 
 
-def test_media_pricing_answers_the_briefs_example_body(rest: Rest) -> None:
+def test_media_pricing_answers_the_preview_body(rest: Rest) -> None:
     r = rest.get(f"/v1/images/pricing?model={FLUX}&num_images=2")
-    # The brief: {"model": "fal-ai/flux/schnell", "estimated_credits": 0.12, "unit_price_usd": 0.02,
+    # Two images: {"model": "fal-ai/flux/schnell", "estimated_credits": 0.12, "unit_price_usd": 0.02,
     # "credit_value_usd": 0.50}. Numbers, written exactly (no float on our side).
     assert r.json() == {"model": FLUX, "estimated_credits": 0.12, "unit_price_usd": 0.02, "credit_value_usd": 0.50}
     assert exact(r.text) == {
@@ -137,10 +137,10 @@ def test_media_pricing_answers_the_briefs_example_body(rest: Rest) -> None:
         assert error(r).get("field") == field, (path, r.text)
 
 
-def test_charge_answers_the_briefs_credit_response_and_takes_every_detail(rest: Rest) -> None:
+def test_charge_answers_credits_used_and_remaining_and_takes_every_detail(rest: Rest) -> None:
     r = rest.post("/v1/charge", {"primitive": "email.send", "idempotency_key": "m1", "reference": "msg-1"})
     body = exact(r.text)
-    # The brief: {"credits_used": 1, "credits_remaining": 99}, here with 220 credits to start.
+    # {"credits_used": 1, "credits_remaining": ...}, here with 220 credits to start.
     assert r.status_code == 200 and body["credits_used"] == 1 and body["credits_remaining"] == 219
     assert '"credits_used":1,' in r.text and body["replayed"] is False
     assert body["usage"] == {"primitive": "email.send", "used": 1, "quota": 1000, "remaining": 999, "overage": 0}
@@ -232,10 +232,10 @@ def test_the_402_lists_packs_with_price_and_how_to_buy_them_and_precheck_refuses
 # ------------------------------------------------------------------ holds
 
 
-def test_reserve_answers_the_briefs_async_shape_then_settle_and_release(rest: Rest) -> None:
+def test_reserve_answers_the_async_submission_then_settle_and_release(rest: Rest) -> None:
     r = rest.post("/v1/reserve", {"primitive": "research.thorough", "idempotency_key": "job-1"})
     body = r.json()
-    # The brief: {"job_id": "uuid", "estimated_credits": 2, "hint": "Credits charged on completion only."}
+    # {"job_id": "uuid", "estimated_credits": ..., "hint": "Credits charged on completion only."}
     assert r.status_code == 200 and body["job_id"] == body["hold_id"] and body["job_id"].startswith("hold_")
     assert body["estimated_credits"] == 5 and body["hint"] == "Credits charged on completion only."
     assert body["status"] == "open" and body["replayed"] is False
@@ -327,12 +327,12 @@ def test_usage_pages_through_the_transaction_history_with_a_cursor(rest: Rest) -
         assert r.status_code == 400 and error(r)["field"] == field, (query, r.text)
 
 
-def test_usage_summary_is_the_briefs_billing_usage(rest: Rest) -> None:
+def test_usage_summary_answers_the_sdks_billing_usage(rest: Rest) -> None:
     for i in range(3):
         rest.post("/v1/charge", {"primitive": "email.send", "idempotency_key": f"s{i}"})
     rest.post("/v1/charge", {"primitive": "search.web", "idempotency_key": "w"})
     body = rest.get("/v1/usage/summary").json()
-    # The brief: const { plan, status, period, quotas, usage } = await naive.forUser(id).billing.usage()
+    # The SDK's for_user(id).billing.usage() fields: plan, status, period, quotas, usage.
     assert body == {
         "plan": "pro",
         "status": "active",

@@ -9,7 +9,7 @@ from app.core.types import json_column, ts_column
 
 
 class AccountKit(SQLModel, table=True):
-    """An entitlement template. Its key is its id (the brief's accountKitId: "kit_pro")."""
+    """An entitlement template. Its key is its id (what a plan's accountKitId names, e.g. "kit_pro")."""
 
     __tablename__ = "account_kit"
 

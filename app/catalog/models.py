@@ -1,5 +1,5 @@
 """The operator's primitive catalog: what a tenant's agent can be metered for. Migration 0008
-seeds the brief's 21; operators add and edit rows (upsertPrimitive, `meterkit primitive`)."""
+seeds the 21 built-ins; operators add and edit rows (upsertPrimitive, `meterkit primitive`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The brief's tenant commands: `meterkit usage`, `status`, `billing packs|topup|upgrade|usage`,
+"""The tenant's commands: `meterkit usage`, `status`, `billing packs|topup|upgrade|usage`,
 `pricing [images|video]`. A tenant key acts for its tenant; an operator key adds --tenant."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def usage(
     tenant: TenantOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Credit history, newest first: action, amount, balance after, reference (the brief's /v1/usage)."""
+    """Credit history, newest first: action, amount, balance after, reference (as GET /v1/usage)."""
     ctx = Ctx(url, key, json, tenant)
     with ctx.scoped() as client:
         page = client.billing.history(days=days, limit=limit, after=after)
@@ -38,7 +38,7 @@ def usage(
 
 
 def status(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, tenant: TenantOpt = None, json: JsonOpt = False) -> None:
-    """Balance, plan and subscription, and resource counts (the brief's /v1/status)."""
+    """Balance, plan and subscription, and resource counts (as GET /v1/status)."""
     ctx = Ctx(url, key, json, tenant)
     with ctx.scoped() as client:
         st = client.status()
@@ -129,7 +129,7 @@ def upgrade(
 def billing_usage(
     url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, tenant: TenantOpt = None, json: JsonOpt = False
 ) -> None:
-    """This period's usage against the plan's quotas (the brief's billing.usage())."""
+    """This period's usage against the plan's quotas (as GET /v1/usage/summary)."""
     ctx = Ctx(url, key, json, tenant)
     with ctx.scoped() as client:
         report = client.billing.usage()

@@ -1,4 +1,4 @@
-"""A typed Python client for a meterkit gateway: the brief's SDK (facade.py) over code that
+"""A typed Python client for a meterkit gateway: an SDK (facade.py) over code that
 ariadne-codegen generates from schema.graphql and queries/*.graphql (generated/, `make client`).
 
     from app.client import Meterkit

@@ -1,4 +1,4 @@
-"""The brief's SDK over the generated client: `client.plans.upsert(...)`,
+"""The SDK over the generated client: `client.plans.upsert(...)`,
 `client.for_user(id).billing.set_subscription(...)`, `client.for_user(id).billing.usage()`,
 `client.charge(...)`, `client.reserve(...)`.
 
@@ -145,7 +145,7 @@ class UsagePeriod:
 
 @dataclass(frozen=True)
 class BillingUsage:
-    """The brief's `{ plan, status, period, quotas, usage }`: quotas and usage by primitive."""
+    """The period's `{ plan, status, period, quotas, usage }`: quotas and usage by primitive."""
 
     plan: str | None
     status: str | None
@@ -202,20 +202,20 @@ class Billing(_Scope):
         )
 
     def history(self, *, days: int = 30, limit: int = 50, after: str | None = None) -> gen.CreditHistoryCreditHistory:
-        """The brief's usage history: ledger entries (action, amount, reference) newest first."""
+        """Usage history: ledger entries (action, amount, reference) newest first."""
         return self._call(self._gql.credit_history, days=days, first=limit, after=after)
 
     def packs(self) -> list[gen.CreditPacksCreditPacks]:
         return self._call(self._gql.credit_packs)
 
     def topup(self, pack: str) -> gen.PurchaseCreditPackPurchaseCreditPackCheckoutSession:
-        """The brief's `billing topup --pack`: a Stripe Checkout Session; credits arrive by webhook."""
+        """Buys a credit pack: a Stripe Checkout Session; credits arrive by webhook."""
         return _ok(self._call(self._gql.purchase_credit_pack, pack=pack), "CheckoutSession")  # type: ignore[no-any-return]
 
     def upgrade(
         self, plan: str
     ) -> gen.ChangePlanChangePlanCheckoutSession | gen.ChangePlanChangePlanPlanChangeSubmitted:
-        """The brief's `billing upgrade --plan`: the subscription moved, or a Checkout URL for a first one."""
+        """Moves to another plan: the subscription moved, or a Checkout URL for a first one."""
         result = self._call(self._gql.change_plan, plan_key=plan)
         return _ok(result, "CheckoutSession", "PlanChangeSubmitted")  # type: ignore[no-any-return]
 
@@ -254,7 +254,7 @@ class TenantView(_Scope):
         details: PriceDetailsInput | Mapping[str, Any] | None = None,
         ttl_seconds: int | None = None,
     ) -> gen.ReserveReserveHold:
-        """Hold the estimate of an async job (the brief's pre-check); settle or release it later."""
+        """Hold the estimate of an async job (its pre-check at submission); settle or release it later."""
         data = _meter_input(primitive, idempotency_key, quantity, reference, details)
         result = self._call(self._gql.reserve, input=data, ttl_seconds=ttl_seconds)
         return _ok(result, "Hold")  # type: ignore[no-any-return]
@@ -282,7 +282,7 @@ class Plans(_Scope):
         overage: str = "refuse",
         included_credits: Decimal | int | str | None = None,
     ) -> gen.UpsertPlanUpsertPlanPlan:
-        """The brief's plans.upsert, idempotent by key; quotas as {"email.send": 1000}."""
+        """Creates or updates a plan, idempotent by key; quotas as {"email.send": 1000}."""
         data = PlanInput.model_validate(
             {
                 "key": key,
@@ -322,7 +322,7 @@ class Tenants(_Scope):
     def create(
         self, name: str, *, external_id: str | None = None, metadata: Mapping[str, Any] | None = None
     ) -> gen.CreateTenantCreateTenantTenant:
-        """The brief's users.create: a tenant on the default plan, with its signup credits."""
+        """Creates a tenant on the default plan with its signup credits."""
         data = CreateTenantInput.model_validate(
             {"name": name, "external_id": external_id, "metadata": dict(metadata) if metadata else None}
         )
@@ -405,7 +405,7 @@ class Meterkit(TenantView):
         self.stripe = StripeInbox(gql, None)
 
     def for_user(self, tenant_id: str) -> TenantView:
-        """The brief's forUser(id): act for one tenant with this (operator) key."""
+        """Acts for one tenant with this (operator) key (the X-Tenant-Id header)."""
         return TenantView(self._gql, tenant_id)
 
     def close(self) -> None:

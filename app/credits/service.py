@@ -308,7 +308,7 @@ class TenantStatus:
 
 
 def status(session: Session, scope: TenantScope, now: datetime) -> TenantStatus:
-    """The brief's GET /v1/status: balance, tier (plan) and resource counts."""
+    """The tenant's status (GET /v1/status): balance, tier (plan) and resource counts."""
     from app.subscriptions.models import Subscription
 
     tenant = TenantRepository(session).get(scope)

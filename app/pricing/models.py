@@ -1,4 +1,4 @@
-"""The pricing catalog. Operators edit every row; migration 0002 seeds the brief's numbers.
+"""The pricing catalog. Operators edit every row; migration 0002 seeds the default price table.
 
 Credit amounts are integer micro-credits. USD amounts and multipliers are exact decimal
 text (a Numeric column would round-trip through float on SQLite)."""

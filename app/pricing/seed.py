@@ -1,4 +1,4 @@
-"""The brief's numbers, seeded by migration 0002 (and editable by operators afterwards).
+"""The default price table, seeded by migration 0002 (and editable by operators afterwards).
 
 Kept as plain data with Core inserts so the migration does not depend on ORM behaviour."""
 
@@ -15,7 +15,7 @@ from app.core.money import to_micro
 
 D = Decimal
 
-# Fixed prices per unit, in credits (the brief's "Fixed-Price Operations" table).
+# Fixed prices per unit, in credits (the platform's published fixed-price operations).
 FIXED_PRICES: dict[str, Decimal] = {
     "email.send": D(1),
     "search.web": D(1),
@@ -39,7 +39,7 @@ FIXED_PRICES: dict[str, Decimal] = {
 # browser.session.time floors: (elapsed up to N seconds, credits).
 SESSION_TIME_TIERS: list[tuple[int, Decimal]] = [(5 * 60, D(1)), (15 * 60, D(2)), (30 * 60, D(3))]
 
-# Credits per 1M tokens: (input, output) (the brief's "LLM Calls" table).
+# Credits per 1M tokens: (input, output) (the platform's published per-model LLM rates).
 LLM_RATES: dict[str, tuple[Decimal, Decimal]] = {
     "claude-opus-4.5": (D("12.5"), D("62.5")),
     "claude-opus-4": (D("37.5"), D("187.5")),
@@ -53,7 +53,7 @@ LLM_RATES: dict[str, tuple[Decimal, Decimal]] = {
     "gemini-2.5-pro": (D("3.125"), D(25)),
 }
 
-# Upstream USD per image / per second of video. flux/schnell's $0.02 is the brief's example;
+# Upstream USD per image / per second of video. flux/schnell's $0.02 is the published price;
 # the others are illustrative list prices an operator is expected to keep current.
 MEDIA_PRICES: dict[str, tuple[str, Decimal]] = {
     "fal-ai/flux/schnell": ("image", D("0.02")),
@@ -65,7 +65,7 @@ MEDIA_PRICES: dict[str, tuple[str, Decimal]] = {
 
 SETTINGS: dict[str, Decimal] = {
     "credit_value_usd": D("0.50"),  # replaced by METERKIT_CREDIT_VALUE_USD at seed time
-    # The brief: $0.02 x 2 images = 0.12 credits at $0.50/credit, so media is marked up 1.5x.
+    # Published preview: $0.02 x 2 images = 0.12 credits at $0.50/credit, so media is marked up 1.5x.
     "media.markup": D("1.5"),
     # OpenRouter pass-through: usage.cost x markup / credit value (same margin as media).
     "llm.passthrough_markup": D("1.5"),
@@ -75,7 +75,7 @@ SETTINGS: dict[str, Decimal] = {
 }
 SETTING_KEYS = tuple(SETTINGS)
 
-# Credit packs: (key, name, credits, price in cents). `medium` is the brief's "50 credits for $23".
+# Credit packs: (key, name, credits, price in cents). `medium` is the published "50 credits for $23".
 PACKS: list[tuple[str, str, int, int]] = [
     ("small", "Small", 20, 1000),
     ("medium", "Medium", 50, 2300),

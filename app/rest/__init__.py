@@ -1,6 +1,6 @@
-"""REST /v1: the brief's routes as thin layers over the services GraphQL calls, and
-/openapi.json generated from the same models. Every route declares the key scope it needs
-(`Endpoint.needs`: read, meter or manage)."""
+"""REST /v1: status, usage, pricing, billing and metering routes as thin layers over the
+services GraphQL calls, and /openapi.json generated from the same models. Every route declares
+the key scope it needs (`Endpoint.needs`: read, meter or manage)."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ wrong type, a float for an integer, a boolean, an object for a string, an unknow
 body nested past the parser's limit is a 400 naming the field, before anything runs.
 
 Money on the wire: credits and USD are JSON numbers written exactly from integer
-micro-credits or cents (simplejson's Decimal support, never a float on our side), as in the
-brief's examples (`"estimated_credits": 0.12`). A client that needs every digit of a very
-large balance parses them as decimals (e.g. Python's `json.loads(..., parse_float=Decimal)`)."""
+micro-credits or cents (simplejson's Decimal support, never a float on our side), e.g.
+`"estimated_credits": 0.12`. A client that needs every digit of a very large balance parses
+them as decimals (e.g. Python's `json.loads(..., parse_float=Decimal)`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Buying over REST: GET /v1/billing/packs (the brief's `billing packs`), POST
+"""Buying over REST: GET /v1/billing/packs (`meterkit billing packs`), POST
 /v1/billing/topup (`billing topup --pack`: a Stripe Checkout URL) and POST
 /v1/billing/upgrade (`billing upgrade --plan`), over the same Stripe service as GraphQL's
 purchaseCreditPack and changePlan. Credits and plan changes arrive with Stripe's webhook."""

@@ -132,7 +132,7 @@ class PrimitiveUsage(Out):
 
 
 class ChargeOut(Out):
-    """The brief's credit response: credits_used and credits_remaining (the available balance)."""
+    """A recorded charge: credits_used and credits_remaining (the available balance)."""
 
     event_id: str
     credits_used: Money
@@ -160,9 +160,9 @@ class SettleOut(ChargeOut):
 
 
 class ReserveOut(Out):
-    """The brief's async submission: the estimate is held, and charged on completion only."""
+    """An async job's submission: the estimate is held, and charged on completion only."""
 
-    job_id: str = Field(description="The hold id (the brief's job_id): settle or release it by this id")
+    job_id: str = Field(description="The hold id (same as hold_id): settle or release it by this id")
     hold_id: str
     estimated_credits: Money
     hint: str
@@ -425,7 +425,7 @@ def endpoints() -> list[Endpoint]:
             "POST",
             "/v1/reserve",
             "meter",
-            "Hold the estimate of an async job (the brief's pre-check)",
+            "Hold the estimate of an async job (its pre-check at submission)",
             reserve,
             ReserveOut,
             body=ReserveBody,

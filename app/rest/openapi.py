@@ -50,7 +50,7 @@ class InsufficientDetail(Out):
 
 
 class InsufficientCredits(Out):
-    """The brief's 402 insufficient_credits, with the packs that would cover it."""
+    """402 insufficient_credits, with the packs that would cover it."""
 
     error: InsufficientDetail
 
@@ -104,9 +104,9 @@ def document(endpoints: list[Endpoint], *, title: str = "meterkit REST", version
         "info": {
             "title": title,
             "version": version,
-            "description": "The brief's REST surface. Every /v1 route needs `Authorization: Bearer <key>`: a tenant "
-            "key, or an operator key plus `X-Tenant-Id` for routes of a tenant. Each operation's "
-            "`x-meterkit-needs` names the key scope it requires (read, meter, manage).",
+            "description": "Metering, credits, pricing and billing of tenants. Every /v1 route needs "
+            "`Authorization: Bearer <key>`: a tenant key, or an operator key plus `X-Tenant-Id` for routes "
+            "of a tenant. Each operation's `x-meterkit-needs` names the key scope it requires (read, meter, manage).",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

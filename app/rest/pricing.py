@@ -1,7 +1,7 @@
 """The price catalog over REST: GET /v1/pricing (fixed prices, LLM rates, media prices and the
-catalog's values) and the brief's previews GET /v1/images/pricing and GET /v1/video/pricing,
-answering exactly the brief's body: {"model", "estimated_credits", "unit_price_usd",
-"credit_value_usd"}. Any key may read them; no tenant scope is needed."""
+catalog's values) and the cost previews GET /v1/images/pricing and GET /v1/video/pricing,
+answering exactly {"model", "estimated_credits", "unit_price_usd", "credit_value_usd"}.
+Any key may read them; no tenant scope is needed."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class VideoQuery(QueryModel):
 
 
 class MediaPricingOut(Out):
-    """The brief's preview body, field for field."""
+    """A media cost preview: estimated credits, the upstream unit price and the credit value (USD)."""
 
     model: str
     estimated_credits: Money

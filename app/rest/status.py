@@ -1,6 +1,6 @@
-"""The tenant's own numbers over REST: GET /v1/status (the brief's balance, tier and resource
-counts), GET /v1/usage (the brief's transaction history) and GET /v1/usage/summary (the
-brief's billing.usage(): plan, status, period, quotas, usage)."""
+"""The tenant's own numbers over REST: GET /v1/status (balance, tier and resource
+counts), GET /v1/usage (transaction history) and GET /v1/usage/summary (plan, status,
+period, quotas, usage)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Resources(Out):
 class StatusOut(Out):
     tenant_id: str
     name: str
-    tier: str | None = Field(description="The plan key (the brief's tier)")
+    tier: str | None = Field(description="The tenant's tier: its plan key")
     plan_name: str | None
     subscription_status: str | None
     balance: Money
@@ -78,7 +78,7 @@ class SummaryQuery(QueryModel):
 
 
 class SummaryOut(Out):
-    """The brief's `billing.usage()`: quotas and usage as maps of primitive -> units."""
+    """The period's usage (the SDK's `billing.usage()`): quotas and usage as maps of primitive -> units."""
 
     plan: str | None
     status: str | None
@@ -201,7 +201,7 @@ def endpoints() -> list[Endpoint]:
             "GET",
             "/v1/usage/summary",
             "read",
-            "The period's usage against the plan's quotas (the brief's billing.usage())",
+            "The period's usage against the plan's quotas",
             summary,
             SummaryOut,
             query=SummaryQuery,

@@ -46,7 +46,7 @@ class TenantInput:
 def create_tenant(
     session: Session, clock: Clock, data: TenantInput, *, default_plan_key: str, signup_micro: int
 ) -> Tenant:
-    """The brief's users.create: a tenant on the default plan, with its signup credits."""
+    """Creates a tenant on the default plan with its signup credits."""
     name = check_name(data.name)
     external_id = check_optional(data.external_id, field="externalId")
     meta = data.metadata or {}

@@ -1,4 +1,4 @@
-"""credits: pricing catalog, credit packs, reversals; seeds the brief's prices
+"""credits: pricing catalog, credit packs, reversals; seeds the default prices
 
 Revision ID: 0002
 Revises: 0001
@@ -80,7 +80,7 @@ def upgrade() -> None:
 
 def seed_catalog() -> None:
     # The catalog is data the service needs to answer any price, so the migration seeds it
-    # (the brief's numbers); later edits are the operator's and are never overwritten.
+    # (the default price table); later edits are the operator's and are never overwritten.
     from app.pricing.seed import seed
     from app.settings import Settings
 

@@ -208,7 +208,7 @@ def purchase_credit_pack(
 def change_plan(
     engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock, scope: TenantScope, plan_key: str
 ) -> CheckoutStarted | PlanChangeSubmitted:
-    """The brief's `billing upgrade`: through Stripe, reflected back by the webhook.
+    """`meterkit billing upgrade --plan`: through Stripe, reflected back by the webhook.
 
     With a live Stripe subscription its item moves to the plan's price (Stripe prorates);
     without one the tenant gets a Checkout Session in subscription mode."""
