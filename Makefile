@@ -50,7 +50,7 @@ lint: $(VENV)/.installed
 	$(BIN)/mypy app tests bench
 	$(BIN)/meterkit export-schema --check
 	$(MAKE) --no-print-directory client-check
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 schema: $(VENV)/.installed
 	$(BIN)/meterkit export-schema
