@@ -45,7 +45,7 @@ class Context:
 
     @loaders.setter
     def loaders(self, value: Loaders) -> None:
-        # A long-lived context (a subscription) starts over with fresh loaders (app/live/graphql.py).
+        # A long-lived context (a subscription) starts over with fresh loaders (app/graphql/live.py).
         self._loaders = value
 
     def require_scope(self) -> TenantScope:

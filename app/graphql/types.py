@@ -20,9 +20,9 @@ from app.tenants.models import ApiKey as ApiKeyRow
 from app.tenants.models import Tenant as TenantRow
 
 if TYPE_CHECKING:
-    from app.credits.graphql import CreditBalance, CreditEntryConnection
-    from app.metering.graphql import UsageReport
-    from app.metering.usage_graphql import UsageEventConnection, UsageGroupBy, UsageInterval, UsagePoint
+    from app.graphql.credits import CreditBalance, CreditEntryConnection
+    from app.graphql.metering import UsageReport
+    from app.graphql.usage import UsageEventConnection, UsageGroupBy, UsageInterval, UsagePoint
 
 
 @strawberry.enum
@@ -251,16 +251,16 @@ class Tenant:
         return BillingSubscription(row=row) if row else None
 
     @strawberry.field(description="Credit balance (exact at read time), holds and live buckets in burn order.")
-    async def credits(self, info: Info) -> Annotated[CreditBalance, strawberry.lazy("app.credits.graphql")]:
-        from app.credits.graphql import resolve_credits
+    async def credits(self, info: Info) -> Annotated[CreditBalance, strawberry.lazy("app.graphql.credits")]:
+        from app.graphql.credits import resolve_credits
 
         return await resolve_credits(info.context, self.row.id)
 
     @strawberry.field(description="Usage against quotas for the current period (or the period containing `at`).")
     async def usage(
         self, info: Info, at: datetime | None = None
-    ) -> Annotated[UsageReport, strawberry.lazy("app.metering.graphql")] | None:
-        from app.metering.graphql import resolve_usage
+    ) -> Annotated[UsageReport, strawberry.lazy("app.graphql.metering")] | None:
+        from app.graphql.metering import resolve_usage
 
         return await resolve_usage(info.context, self.row.id, at)
 
@@ -277,8 +277,8 @@ class Tenant:
         to: datetime | None = None,
         primitive: str | None = None,
         api_key_id: strawberry.ID | None = None,
-    ) -> Annotated[UsageEventConnection, strawberry.lazy("app.metering.usage_graphql")]:
-        from app.metering.usage_graphql import resolve_usage_history
+    ) -> Annotated[UsageEventConnection, strawberry.lazy("app.graphql.usage")]:
+        from app.graphql.usage import resolve_usage_history
 
         key = str(api_key_id) if api_key_id is not None else None
         return await resolve_usage_history(info.context, self.row.id, first, after, days, from_, to, primitive, key)
@@ -293,8 +293,8 @@ class Tenant:
         from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
         to: datetime | None = None,
         primitive: str | None = None,
-    ) -> Annotated[CreditEntryConnection, strawberry.lazy("app.credits.graphql")]:
-        from app.credits.graphql import resolve_credit_history
+    ) -> Annotated[CreditEntryConnection, strawberry.lazy("app.graphql.credits")]:
+        from app.graphql.credits import resolve_credit_history
 
         return await resolve_credit_history(info.context, self.row.id, first, after, days, from_, to, primitive)
 
@@ -304,11 +304,11 @@ class Tenant:
         info: Info,
         from_: Annotated[datetime, strawberry.argument(name="from")],
         to: datetime,
-        interval: Annotated[UsageInterval, strawberry.lazy("app.metering.usage_graphql")] | None = None,
+        interval: Annotated[UsageInterval, strawberry.lazy("app.graphql.usage")] | None = None,
         primitive: str | None = None,
-        group_by: Annotated[UsageGroupBy, strawberry.lazy("app.metering.usage_graphql")] | None = None,
-    ) -> list[Annotated[UsagePoint, strawberry.lazy("app.metering.usage_graphql")]]:
-        from app.metering.usage_graphql import UsageInterval, resolve_usage_series
+        group_by: Annotated[UsageGroupBy, strawberry.lazy("app.graphql.usage")] | None = None,
+    ) -> list[Annotated[UsagePoint, strawberry.lazy("app.graphql.usage")]]:
+        from app.graphql.usage import UsageInterval, resolve_usage_series
 
         return await resolve_usage_series(
             info.context, self.row.id, from_, to, interval or UsageInterval.DAY, primitive, group_by

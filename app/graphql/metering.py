@@ -11,18 +11,18 @@ import strawberry
 
 from app.alerts.refusals import record_exhausted
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
-from app.budgets.graphql import BudgetExceeded
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import parse_id
+from app.graphql.budgets import BudgetExceeded
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError, to_user_error
+from app.graphql.pricing import PriceDetailsInput, price_request
 from app.graphql.scalars import Credits, MicroCredits
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import repository, service
 from app.metering.settle_rules import SettleCut as SettleCutValue
-from app.pricing.graphql import PriceDetailsInput, price_request
 from app.pricing.service import PriceRequest
 
 

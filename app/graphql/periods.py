@@ -10,9 +10,9 @@ import strawberry
 from app.core.errors import ValidationFailed
 from app.core.paging import check_first, decode_cursor, encode_cursor
 from app.graphql.context import Info
+from app.graphql.metering import UsageLine, UsagePeriod
 from app.graphql.pagination import After, Connection, First, connection
 from app.graphql.scalars import MicroCredits
-from app.metering.graphql import UsageLine, UsagePeriod
 from app.metering.period_reads import PeriodReport, period_page
 
 _CURSOR = "period"

@@ -20,14 +20,14 @@ import strawberry
 from app.core.auth import TenantScope
 from app.core.errors import ValidationFailed
 from app.credits import service as credit_service
-from app.credits.graphql import CreditBalance, balance_view
 from app.graphql.context import Context, Info
+from app.graphql.credits import CreditBalance, balance_view
 from app.graphql.loaders import Loaders
+from app.graphql.metering import UsageReport, to_report
 from app.graphql.types import Tenant
 from app.live import notify
 from app.live.hub import ANY, LiveHub
 from app.metering import repository as usage_repository
-from app.metering.graphql import UsageReport, to_report
 from app.tenants.repository import TenantRepository
 
 # Under a burst of charges a subscriber answers at most this often (the last state wins).
