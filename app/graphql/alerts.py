@@ -9,14 +9,13 @@ import strawberry
 
 from app.alerts import service, worker
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.core.auth import Principal
 from app.core.errors import Forbidden, NotFound, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits, MicroCredits
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.type

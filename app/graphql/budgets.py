@@ -9,7 +9,6 @@ import strawberry
 from sqlmodel import Session
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.budgets import service
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
 from app.core.auth import Principal
@@ -18,7 +17,7 @@ from app.core.ids import parse_id
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits, MicroCredits
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.type

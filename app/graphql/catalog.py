@@ -9,12 +9,11 @@ from typing import Annotated, Any
 import strawberry
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.catalog import service
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
 from app.graphql.scalars import Credits
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.enum(description="How a primitive is priced (the rules of app/pricing/service.py).")

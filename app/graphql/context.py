@@ -40,7 +40,7 @@ class Context:
     def loaders(self) -> Loaders:
         """Made on first use: most requests (a charge, a check) never batch a read."""
         if self._loaders is None:
-            self._loaders = Loaders(self)
+            self._loaders = Loaders(self.engine, self.settings)
         return self._loaders
 
     @loaders.setter

@@ -7,11 +7,10 @@ import strawberry
 from app.account_kits import service
 from app.account_kits.repository import AccountKitRepository
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
 from app.graphql.types import AccountKit
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.input

@@ -5,13 +5,12 @@ from typing import Annotated
 import strawberry
 
 from app.audit.service import plan_target
-from app.audit.write import audited_write
 from app.core.errors import ValidationFailed
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits
 from app.graphql.types import OveragePolicy, Plan
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 from app.plans import service
 from app.plans.repository import PlanRepository
 

@@ -10,12 +10,11 @@ from typing import Annotated, Any
 import strawberry
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.core.money import MICRO
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits, MicroCredits
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 from app.pricing import service
 from app.pricing.repository import PricingRepository
 

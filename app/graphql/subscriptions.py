@@ -6,11 +6,11 @@ from typing import Annotated
 import strawberry
 
 from app.audit.service import subscription_target
-from app.audit.write import audited_write
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus, Tenant
-from app.graphql.util import attempt, target_scope
+from app.graphql.tenants import Tenant
+from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus
+from app.graphql.util import attempt, audited_write, target_scope
 from app.subscriptions import service
 
 

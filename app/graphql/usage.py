@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import strawberry
 
@@ -15,12 +15,10 @@ from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.graphql.context import Context, Info
 from app.graphql.pagination import After, Connection, Days, First, From, To, connection, history_args
 from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.types import ApiKey
 from app.metering import repository
 from app.metering.series import SeriesArgs, series_args, usage_series
 from app.tenants.repository import ApiKeyRepository
-
-if TYPE_CHECKING:
-    from app.graphql.types import ApiKey
 
 _CURSOR = "use"
 
@@ -37,8 +35,6 @@ async def _visible_key(ctx: Context, tenant_id: str, key_id: str | None) -> Any:
 
 
 async def _key_field(ctx: Context, tenant_id: str, key_id: str | None) -> ApiKey | None:
-    from app.graphql.types import ApiKey
-
     row = await _visible_key(ctx, tenant_id, key_id)
     return ApiKey(row=row) if row is not None else None
 
@@ -63,7 +59,7 @@ class UsageEvent:
         return strawberry.ID(row.id) if row is not None else None
 
     @strawberry.field
-    async def api_key(self, info: Info) -> Annotated[ApiKey, strawberry.lazy("app.graphql.types")] | None:
+    async def api_key(self, info: Info) -> ApiKey | None:
         return await _key_field(info.context, self.tenant_id, self.key_id)
 
     @classmethod
@@ -115,7 +111,7 @@ class UsagePoint:
         return strawberry.ID(row.id) if row is not None else None
 
     @strawberry.field(description="Grouped by key: the key that made the calls (null: no key).")
-    async def api_key(self, info: Info) -> Annotated[ApiKey, strawberry.lazy("app.graphql.types")] | None:
+    async def api_key(self, info: Info) -> ApiKey | None:
         return await _key_field(info.context, self.tenant_id, self.key_id)
 
 
