@@ -14,7 +14,7 @@ from app.core.errors import Forbidden, NotFound, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.scalars import Credits
 from app.graphql.util import attempt, audited_write
 
 
@@ -87,7 +87,7 @@ class AlertPolicy:
     plan_key: str | None
     tenant_id: str | None
     quota_percents: list[int] | None = strawberry.field(description="null: 50, 75, 90, 100 (or the plan's)")
-    low_balance_credits: Credits | None  # type: ignore[valid-type]
+    low_balance_credits: Credits | None
 
 
 AlertPolicyResult = Annotated[AlertPolicy | ValidationError | NotFoundError, strawberry.union("AlertPolicyResult")]
@@ -206,7 +206,7 @@ class AlertsMutation:
         plan_key: str | None = None,
         tenant_id: strawberry.ID | None = None,
         quota_percents: list[int] | None = None,
-        low_balance_credits: Credits | None = None,  # type: ignore[valid-type]
+        low_balance_credits: Credits | None = None,
     ) -> AlertPolicyResult:
         ctx = info.context
 
@@ -223,7 +223,7 @@ class AlertsMutation:
                     plan_key=row.plan_key,
                     tenant_id=row.tenant_id,
                     quota_percents=list(row.quota_percents) if row.quota_percents is not None else None,
-                    low_balance_credits=MicroCredits(row.low_balance) if row.low_balance is not None else None,
+                    low_balance_credits=Credits(row.low_balance) if row.low_balance is not None else None,
                 )
 
             return await audited_write(

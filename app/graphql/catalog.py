@@ -59,7 +59,7 @@ class PrimitiveInput:
     category: str
     pricing_rule: PricingRule
     active: bool = True
-    credits: Credits | None = strawberry.field(  # type: ignore[valid-type]
+    credits: Credits | None = strawberry.field(
         default=None,
         description="Price per unit (fixed) or per block (session_tiers); required when such a primitive is new",
     )

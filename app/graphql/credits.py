@@ -16,7 +16,7 @@ from app.graphql.context import Info
 from app.graphql.errors import ConflictError, NotFoundError, ValidationError
 from app.graphql.ledger import CreditBalance, CreditEntryConnection, balance_view, resolve_credit_history
 from app.graphql.pagination import After, Days, First, From, To
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.scalars import Credits
 from app.graphql.tenants import Tenant
 from app.graphql.types import Plan
 from app.graphql.util import attempt, audited_write, target_scope
@@ -42,7 +42,7 @@ class TenantStatus:
 class CreditPack:
     key: str
     name: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     price_usd_cents: int
     price_usd: str
     stripe_price_id: str | None
@@ -54,7 +54,7 @@ def _pack(p: Any) -> CreditPack:
     return CreditPack(
         key=p.key,
         name=p.name,
-        credits=MicroCredits(p.credits),
+        credits=Credits(p.credits),
         price_usd_cents=p.price_usd_cents,
         price_usd=f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}",
         stripe_price_id=p.stripe_price_id,
@@ -66,10 +66,10 @@ def _pack(p: Any) -> CreditPack:
 @strawberry.type
 class TenantDrift:
     tenant_id: strawberry.ID
-    balance: Credits  # type: ignore[valid-type]
-    ledger_sum: Credits  # type: ignore[valid-type]
-    bucket_sum: Credits  # type: ignore[valid-type]
-    drift: Credits = strawberry.field(description="balance - ledgerSum")  # type: ignore[valid-type]
+    balance: Credits
+    ledger_sum: Credits
+    bucket_sum: Credits
+    drift: Credits = strawberry.field(description="balance - ledgerSum")
     problems: list[str]
 
 
@@ -83,10 +83,10 @@ class ReconcileReport:
 def _drift(d: service.TenantDrift) -> TenantDrift:
     return TenantDrift(
         tenant_id=strawberry.ID(d.tenant_id),
-        balance=MicroCredits(d.balance),
-        ledger_sum=MicroCredits(d.ledger_sum),
-        bucket_sum=MicroCredits(d.bucket_sum),
-        drift=MicroCredits(d.drift),
+        balance=Credits(d.balance),
+        ledger_sum=Credits(d.ledger_sum),
+        bucket_sum=Credits(d.bucket_sum),
+        drift=Credits(d.drift),
         problems=list(d.problems),
     )
 
@@ -101,7 +101,7 @@ class CreditGrant:
 @strawberry.type
 class CreditReversal:
     entry_id: strawberry.ID
-    amount: Credits  # type: ignore[valid-type]
+    amount: Credits
     created: bool
     tenant: Tenant
 
@@ -110,7 +110,7 @@ class CreditReversal:
 class CreditPackInput:
     key: str
     name: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     price_usd_cents: int
     stripe_price_id: str | None = None
     expires_after_days: int | None = None
@@ -190,7 +190,7 @@ class CreditsMutation:
         self,
         info: Info,
         tenant_id: strawberry.ID,
-        amount: Credits,  # type: ignore[valid-type]
+        amount: Credits,
         idempotency_key: str,
         expires_at: datetime | None = None,
         reason: str | None = None,
@@ -247,7 +247,7 @@ class CreditsMutation:
             rev, tenant = await audited_write(ctx, "reverseCreditEntry", target, write, detail=detail)
             return CreditReversal(
                 entry_id=strawberry.ID(str(rev.entry_id)),
-                amount=MicroCredits(rev.amount),
+                amount=Credits(rev.amount),
                 created=rev.created,
                 tenant=Tenant(row=tenant),
             )

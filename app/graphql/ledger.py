@@ -13,26 +13,26 @@ from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.credits import service
 from app.graphql.context import Context
 from app.graphql.pagination import Connection, connection, history_args
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.scalars import Credits
 
 
 @strawberry.type
 class CreditBucket:
     id: strawberry.ID
     source: str = strawberry.field(description="signup | plan | purchase | adjustment | reversal")
-    granted: Credits  # type: ignore[valid-type]
-    remaining: Credits  # type: ignore[valid-type]
+    granted: Credits
+    remaining: Credits
     expires_at: datetime | None
     created_at: datetime
 
 
 @strawberry.type
 class CreditBalance:
-    balance: Credits = strawberry.field(  # type: ignore[valid-type]
+    balance: Credits = strawberry.field(
         description="Sum of the ledger, less credits expired by now (exact at read time)."
     )
-    reserved: Credits = strawberry.field(description="Held by open reservations.")  # type: ignore[valid-type]
-    available: Credits = strawberry.field(description="balance - reserved")  # type: ignore[valid-type]
+    reserved: Credits = strawberry.field(description="Held by open reservations.")
+    available: Credits = strawberry.field(description="balance - reserved")
     buckets: list[CreditBucket] = strawberry.field(description="Grants with credits left, in burn order.")
 
 
@@ -40,8 +40,8 @@ def _bucket(r: Any) -> CreditBucket:
     return CreditBucket(
         id=strawberry.ID(r.id),
         source=r.source,
-        granted=MicroCredits(r.granted),
-        remaining=MicroCredits(r.remaining),
+        granted=Credits(r.granted),
+        remaining=Credits(r.remaining),
         expires_at=r.expires_at,
         created_at=r.created_at,
     )
@@ -49,9 +49,9 @@ def _bucket(r: Any) -> CreditBucket:
 
 def balance_view(s: service.CreditSummary) -> CreditBalance:
     return CreditBalance(
-        balance=MicroCredits(s.balance),
-        reserved=MicroCredits(s.reserved),
-        available=MicroCredits(s.available),
+        balance=Credits(s.balance),
+        reserved=Credits(s.reserved),
+        available=Credits(s.available),
         buckets=[_bucket(b) for b in s.buckets],
     )
 
@@ -72,8 +72,8 @@ class CreditEntry:
     id: strawberry.ID
     kind: str = strawberry.field(description="grant | debit | reversal | expiry")
     action: str = strawberry.field(description="signup, plan, purchase, adjustment, a primitive name, expiry...")
-    amount: Credits  # type: ignore[valid-type]
-    balance_after: Credits  # type: ignore[valid-type]
+    amount: Credits
+    balance_after: Credits
     reference: str | None
     created_at: datetime
 
@@ -83,8 +83,8 @@ class CreditEntry:
             id=strawberry.ID(str(r.id)),
             kind=r.kind,
             action=r.action,
-            amount=MicroCredits(r.amount),
-            balance_after=MicroCredits(r.balance_after),
+            amount=Credits(r.amount),
+            balance_after=Credits(r.balance_after),
             reference=r.reference,
             created_at=r.created_at,
         )

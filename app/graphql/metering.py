@@ -17,7 +17,7 @@ from app.graphql.budgets import BudgetExceeded
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError, to_user_error
 from app.graphql.pricing import PriceDetailsInput, price_request
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.scalars import Credits
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
@@ -102,8 +102,8 @@ class SettleCut:
     )
     requested_quantity: int
     charged_quantity: int
-    requested_credits: Credits  # type: ignore[valid-type]
-    charged_credits: Credits  # type: ignore[valid-type]
+    requested_credits: Credits
+    charged_credits: Credits
 
     @classmethod
     def from_cut(cls, c: SettleCutValue) -> SettleCut:
@@ -113,16 +113,16 @@ class SettleCut:
             limits=list(c.limits),
             requested_quantity=c.requested_quantity,
             charged_quantity=c.charged_quantity,
-            requested_credits=MicroCredits(c.requested_credits),
-            charged_credits=MicroCredits(c.charged_credits),
+            requested_credits=Credits(c.requested_credits),
+            charged_credits=Credits(c.charged_credits),
         )
 
 
 @strawberry.type(description="The charge is recorded (the brief's credits_used / credits_remaining).")
 class Charged:
     event_id: strawberry.ID
-    credits_used: Credits  # type: ignore[valid-type]
-    credits_remaining: Credits  # type: ignore[valid-type]
+    credits_used: Credits
+    credits_remaining: Credits
     usage: PrimitiveUsage
     replayed: bool = strawberry.field(description="True when this is the stored result of an earlier call")
     cut: SettleCut | None = strawberry.field(
@@ -134,7 +134,7 @@ class Charged:
 class PackOffer:
     key: str
     name: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     price_usd: str
     purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
 
@@ -147,9 +147,9 @@ class MeterError:
 
 @strawberry.type(description="The brief's 402 insufficient_credits, with the packs that would cover it.")
 class InsufficientCredits(MeterError):
-    required: Credits  # type: ignore[valid-type]
-    available: Credits  # type: ignore[valid-type]
-    shortfall: Credits  # type: ignore[valid-type]
+    required: Credits
+    available: Credits
+    shortfall: Credits
     packs: list[PackOffer]
 
 
@@ -193,11 +193,11 @@ class Hold:
     id: strawberry.ID
     primitive: str
     quantity: int
-    amount: Credits  # type: ignore[valid-type]
+    amount: Credits
     status: str
     expires_at: datetime
-    settled_amount: Credits | None  # type: ignore[valid-type]
-    available_after: Credits | None  # type: ignore[valid-type]
+    settled_amount: Credits | None
+    available_after: Credits | None
     replayed: bool
 
 
@@ -236,7 +236,7 @@ def pack_offer(p: Any) -> PackOffer:
     return PackOffer(
         key=p.key,
         name=p.name,
-        credits=MicroCredits(int(p.credits)),
+        credits=Credits(int(p.credits)),
         price_usd=f"{cents // 100}.{cents % 100:02d}",
         purchase_path=purchase_path(p.key),
     )
@@ -248,9 +248,9 @@ def to_result(exc: DomainError) -> Any:
         return InsufficientCredits(
             code=exc.code,
             message=exc.message,
-            required=MicroCredits(exc.required),
-            available=MicroCredits(exc.available),
-            shortfall=MicroCredits(exc.shortfall),
+            required=Credits(exc.required),
+            available=Credits(exc.available),
+            shortfall=Credits(exc.shortfall),
             packs=[pack_offer(p) for p in exc.packs],
         )
     if isinstance(exc, merr.QuotaExceeded):
@@ -289,8 +289,8 @@ def to_charged(c: service.Charged) -> Charged:
     u = c.usage
     return Charged(
         event_id=strawberry.ID(str(c.event_id)),
-        credits_used=MicroCredits(c.credits_used),
-        credits_remaining=MicroCredits(c.credits_remaining),
+        credits_used=Credits(c.credits_used),
+        credits_remaining=Credits(c.credits_remaining),
         replayed=c.replayed,
         usage=PrimitiveUsage(
             primitive=u.primitive, used=u.used, quota=u.quota, remaining=u.remaining, overage=u.overage
@@ -304,12 +304,12 @@ def to_hold(h: service.HoldView) -> Hold:
         id=strawberry.ID(h.id),
         primitive=h.primitive,
         quantity=h.quantity,
-        amount=MicroCredits(h.amount),
+        amount=Credits(h.amount),
         status=h.status,
         expires_at=h.expires_at,
         replayed=h.replayed,
-        settled_amount=MicroCredits(h.settled_amount) if h.settled_amount is not None else None,
-        available_after=MicroCredits(h.available_after) if h.available_after is not None else None,
+        settled_amount=Credits(h.settled_amount) if h.settled_amount is not None else None,
+        available_after=Credits(h.available_after) if h.available_after is not None else None,
     )
 
 
@@ -333,9 +333,9 @@ class CheckResult:
     quota: int | None
     used: int
     remaining: int | None
-    available_credits: Credits  # type: ignore[valid-type]
-    price: Credits | None  # type: ignore[valid-type]
-    shortfall: Credits | None = strawberry.field(  # type: ignore[valid-type]
+    available_credits: Credits
+    price: Credits | None
+    shortfall: Credits | None = strawberry.field(
         default=None, description="INSUFFICIENT_CREDITS: the credits missing for this work"
     )
     packs: list[PackOffer] = strawberry.field(
@@ -359,7 +359,7 @@ class UsageLine:
     used: int
     remaining: int | None
     overage: int
-    credits: Credits = strawberry.field(description="Credits spent on this primitive in the period.")  # type: ignore[valid-type]
+    credits: Credits = strawberry.field(description="Credits spent on this primitive in the period.")
 
 
 @strawberry.type(description="The brief's billing.usage(): {plan, status, period, quotas, usage}.")
@@ -379,7 +379,7 @@ def to_report(r: repository.UsageReport) -> UsageReport:
             used=x.used,
             remaining=x.remaining,
             overage=x.overage,
-            credits=MicroCredits(x.credits),
+            credits=Credits(x.credits),
         )
         for x in r.lines
     ]
@@ -437,9 +437,9 @@ class MeteringQuery:
             quota=r.quota,
             used=r.used,
             remaining=r.remaining,
-            available_credits=MicroCredits(r.available),
-            price=MicroCredits(r.price) if r.price is not None else None,
-            shortfall=MicroCredits(r.shortfall) if r.shortfall is not None else None,
+            available_credits=Credits(r.available),
+            price=Credits(r.price) if r.price is not None else None,
+            shortfall=Credits(r.shortfall) if r.shortfall is not None else None,
             packs=[pack_offer(p) for p in r.packs],
         )
 

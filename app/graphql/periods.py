@@ -12,7 +12,7 @@ from app.core.paging import check_first, decode_cursor, encode_cursor
 from app.graphql.context import Info
 from app.graphql.metering import UsageLine, UsagePeriod
 from app.graphql.pagination import After, Connection, First, connection
-from app.graphql.scalars import MicroCredits
+from app.graphql.scalars import Credits
 from app.metering.period_reads import PeriodReport, period_page
 
 _CURSOR = "period"
@@ -44,7 +44,7 @@ class BillingPeriod:
                 used=x.used,
                 remaining=x.remaining,
                 overage=x.overage,
-                credits=MicroCredits(x.credits),
+                credits=Credits(x.credits),
             )
             for x in r.lines
         ]

@@ -33,7 +33,7 @@ class PlanInput:
     stripe_price_id: str | None = None
     quotas: list[QuotaInput] = strawberry.field(default_factory=list)
     overage: OveragePolicy = OveragePolicy.refuse
-    included_credits: Credits | None = strawberry.field(  # type: ignore[valid-type]
+    included_credits: Credits | None = strawberry.field(
         default=None, description="Credits granted each period (the brief's pro: 200/month)."
     )
 

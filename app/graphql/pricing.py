@@ -13,7 +13,7 @@ from app.audit.service import Target
 from app.core.money import MICRO
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.scalars import Credits
 from app.graphql.util import attempt, audited_write
 from app.pricing import service
 from app.pricing.repository import PricingRepository
@@ -26,13 +26,13 @@ def _dec(d: Decimal) -> str:
 @strawberry.type
 class SessionTimeTier:
     up_to_seconds: int
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
 
 
 @strawberry.type
 class FixedPrice:
     primitive: str
-    credits: Credits = strawberry.field(  # type: ignore[valid-type]
+    credits: Credits = strawberry.field(
         description="Per unit; for browser.session.time, per started block beyond the last tier."
     )
     tiers: list[SessionTimeTier]
@@ -42,12 +42,12 @@ class FixedPrice:
 @strawberry.type(name="LlmRate")
 class LlmRateType:
     model: str
-    input_per_million: Credits  # type: ignore[valid-type]
-    output_per_million: Credits  # type: ignore[valid-type]
-    cache_read_per_million: Credits = strawberry.field(  # type: ignore[valid-type]
+    input_per_million: Credits
+    output_per_million: Credits
+    cache_read_per_million: Credits = strawberry.field(
         description="Effective rate: the model's own, or input x llm.cache_read_multiplier."
     )
-    cache_creation_per_million: Credits = strawberry.field(  # type: ignore[valid-type]
+    cache_creation_per_million: Credits = strawberry.field(
         description="Effective rate: the model's own, or input x llm.cache_creation_multiplier."
     )
     cache_rates_derived: bool
@@ -76,7 +76,7 @@ class PricingSettings:
 @strawberry.type
 class MediaPricing:
     model: str
-    estimated_credits: Credits  # type: ignore[valid-type]
+    estimated_credits: Credits
     unit_price_usd: str
     credit_value_usd: str
 
@@ -84,7 +84,7 @@ class MediaPricing:
 @strawberry.type
 class PriceQuote:
     primitive: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
 
 
 @strawberry.input(
@@ -139,16 +139,16 @@ def price_request(primitive: str, quantity: int, details: PriceDetailsInput | No
 @strawberry.input
 class SessionTimeTierInput:
     up_to_seconds: int
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
 
 
 @strawberry.input
 class LlmRateInput:
     model: str
-    input_per_million: Credits  # type: ignore[valid-type]
-    output_per_million: Credits  # type: ignore[valid-type]
-    cache_read_per_million: Credits | None = None  # type: ignore[valid-type]
-    cache_creation_per_million: Credits | None = None  # type: ignore[valid-type]
+    input_per_million: Credits
+    output_per_million: Credits
+    cache_read_per_million: Credits | None = None
+    cache_creation_per_million: Credits | None = None
 
 
 @strawberry.input
@@ -170,8 +170,8 @@ SetPricingSettingResult = Annotated[PricingSettings | ValidationError, strawberr
 def _fixed(row: Any) -> FixedPrice:
     return FixedPrice(
         primitive=row.primitive,
-        credits=MicroCredits(row.credits),
-        tiers=[SessionTimeTier(up_to_seconds=int(t[0]), credits=MicroCredits(int(t[1]))) for t in (row.tiers or [])],
+        credits=Credits(row.credits),
+        tiers=[SessionTimeTier(up_to_seconds=int(t[0]), credits=Credits(int(t[1]))) for t in (row.tiers or [])],
         updated_at=row.updated_at,
     )
 
@@ -180,10 +180,10 @@ def _rate(row: Any, settings: dict[str, Decimal]) -> LlmRateType:
     cache_read, cache_creation = service.effective_cache_rates(row, settings)
     return LlmRateType(
         model=row.model,
-        input_per_million=MicroCredits(row.input_per_m),
-        output_per_million=MicroCredits(row.output_per_m),
-        cache_read_per_million=MicroCredits(cache_read),
-        cache_creation_per_million=MicroCredits(cache_creation),
+        input_per_million=Credits(row.input_per_m),
+        output_per_million=Credits(row.output_per_m),
+        cache_read_per_million=Credits(cache_read),
+        cache_creation_per_million=Credits(cache_creation),
         cache_rates_derived=row.cache_read_per_m is None or row.cache_creation_per_m is None,
         updated_at=row.updated_at,
     )
@@ -213,7 +213,7 @@ def _settings(values: dict[str, Decimal]) -> PricingSettings:
 def _media_pricing(q: service.MediaQuote) -> MediaPricing:
     return MediaPricing(
         model=q.model,
-        estimated_credits=MicroCredits(q.micro),
+        estimated_credits=Credits(q.micro),
         unit_price_usd=_dec(q.unit_price_usd),
         credit_value_usd=_dec(q.credit_value_usd),
     )
@@ -261,7 +261,7 @@ class PricingQuery:
         async def run() -> PriceQuote:
             req = price_request(input.primitive, input.quantity, input.details)
             micro = await info.context.read(lambda s: service.quote(s, req))
-            return PriceQuote(primitive=input.primitive, credits=MicroCredits(micro))
+            return PriceQuote(primitive=input.primitive, credits=Credits(micro))
 
         return await attempt(run)
 
@@ -273,7 +273,7 @@ class PricingMutation:
         self,
         info: Info,
         primitive: str,
-        credits: Credits,  # type: ignore[valid-type]
+        credits: Credits,
         tiers: list[SessionTimeTierInput] | None = None,
     ) -> SetPriceResult:
         ctx = info.context

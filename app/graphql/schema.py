@@ -11,6 +11,7 @@ import strawberry
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -34,8 +35,8 @@ from app.graphql.parse_cache import ParseCache
 from app.graphql.periods import PeriodsQuery
 from app.graphql.plans import PlanMutation, PlanQuery
 from app.graphql.pricing import PricingMutation, PricingQuery
+from app.graphql.scalars import CREDITS, Credits, guard_credits_inputs
 from app.graphql.scalars import DateTime as DateTimeScalar
-from app.graphql.scalars import guard_credits_inputs
 from app.graphql.stripe import StripeMutation, StripeQuery
 from app.graphql.subscriptions import SubscriptionMutation
 from app.graphql.tenants import TenantMutation, TenantQuery
@@ -190,6 +191,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
+        # Credits: integer micro-credits inside, a decimal string on the wire (app/graphql/scalars.py).
+        config=StrawberryConfig(scalar_map={Credits: CREDITS}),
         # DateTime refuses times whose billing periods cannot be computed (app/graphql/scalars.py).
         scalar_overrides={datetime: DateTimeScalar},
     )

@@ -11,7 +11,7 @@ import strawberry
 from app.account_kits.models import AccountKit as KitRow
 from app.core.auth import SCOPES, parse_scopes
 from app.graphql.context import Info
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.scalars import Credits
 from app.plans.models import Plan as PlanRow
 from app.subscriptions.models import Subscription as SubscriptionRow
 from app.tenants.models import ApiKey as ApiKeyRow
@@ -125,8 +125,8 @@ class Plan:
         return OveragePolicy(self.row.overage)
 
     @strawberry.field(description="Credits granted once per period to a subscriber.")
-    def included_credits(self) -> Credits:  # type: ignore[valid-type]
-        return MicroCredits(self.row.included_credits)
+    def included_credits(self) -> Credits:
+        return Credits(self.row.included_credits)
 
     @strawberry.field
     def archived(self) -> bool:

@@ -14,7 +14,7 @@ import strawberry
 from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.graphql.context import Context, Info
 from app.graphql.pagination import After, Connection, Days, First, From, To, connection, history_args
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.scalars import Credits
 from app.graphql.types import ApiKey
 from app.metering import repository
 from app.metering.series import SeriesArgs, series_args, usage_series
@@ -45,7 +45,7 @@ class UsageEvent:
     kind: str = strawberry.field(description="charge | settle")
     primitive: str
     quantity: int
-    credits_used: Credits  # type: ignore[valid-type]
+    credits_used: Credits
     reference: str | None
     connection: str | None = strawberry.field(description="The connection the call named, if any")
     idempotency_key: str
@@ -69,7 +69,7 @@ class UsageEvent:
             kind=r.kind,
             primitive=r.primitive,
             quantity=r.quantity,
-            credits_used=MicroCredits(r.credits),
+            credits_used=Credits(r.credits),
             reference=r.reference,
             connection=r.connection,
             idempotency_key=r.idempotency_key,
@@ -101,7 +101,7 @@ class UsagePoint:
     start: datetime
     primitive: str | None = strawberry.field(description="Set when grouped by primitive or filtered to one.")
     quantity: int
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     tenant_id: strawberry.Private[str]
     key_id: strawberry.Private[str | None]
 
@@ -172,7 +172,7 @@ async def resolve_usage_series(
             start=p.start,
             primitive=p.primitive,
             quantity=p.quantity,
-            credits=MicroCredits(p.credits),
+            credits=Credits(p.credits),
             tenant_id=tenant_id,
             key_id=p.api_key_id,
         )
