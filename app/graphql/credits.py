@@ -141,8 +141,8 @@ class CreditsQuery:
         st = await ctx.read(lambda s: service.status(s, scope, ctx.clock.now()))
         plan = await ctx.loaders.plan.load(st.tenant.plan_key) if st.tenant.plan_key else None
         return TenantStatus(
-            tenant=Tenant(row=st.tenant),
-            plan=Plan(row=plan) if plan else None,
+            tenant=Tenant.from_row(st.tenant),
+            plan=Plan.from_row(plan) if plan else None,
             subscription_status=st.subscription_status,
             credits=balance_view(st.credits),
             resources=StatusResources(
@@ -222,7 +222,7 @@ class CreditsMutation:
                 "expiresAt": expires_at,
             }
             bucket_id, created, tenant = await audited_write(ctx, "grantCredits", target, write, detail=detail)
-            return CreditGrant(created=created, bucket_id=strawberry.ID(bucket_id), tenant=Tenant(row=tenant))
+            return CreditGrant(created=created, bucket_id=strawberry.ID(bucket_id), tenant=Tenant.from_row(tenant))
 
         return await attempt(run)
 
@@ -249,7 +249,7 @@ class CreditsMutation:
                 entry_id=strawberry.ID(str(rev.entry_id)),
                 amount=Credits(rev.amount),
                 created=rev.created,
-                tenant=Tenant(row=tenant),
+                tenant=Tenant.from_row(tenant),
             )
 
         return await attempt(run)

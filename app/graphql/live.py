@@ -62,7 +62,7 @@ class TenantActivity:
     async def tenant(self, info: Info) -> Tenant | None:
         tid = str(self.tenant_id)
         row = await info.context.read(lambda s: TenantRepository(s).get(TenantScope(tid)))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
 
 def _hub(ctx: Context) -> LiveHub:

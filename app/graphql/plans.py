@@ -46,12 +46,12 @@ class PlanQuery:
     @strawberry.field
     async def plans(self, info: Info, include_archived: bool = False) -> list[Plan]:
         rows = await info.context.read(lambda s: PlanRepository(s).all(include_archived=include_archived))
-        return [Plan(row=r) for r in rows]
+        return [Plan.from_row(r) for r in rows]
 
     @strawberry.field
     async def plan(self, info: Info, key: str) -> Plan | None:
         row = await info.context.read(lambda s: PlanRepository(s).get(key))
-        return Plan(row=row) if row else None
+        return Plan.from_row(row) if row else None
 
 
 @strawberry.type
@@ -81,8 +81,8 @@ class PlanMutation:
                 included_credits=int(input.included_credits or 0),
             )
             target = plan_target(data.key)
-            return Plan(
-                row=await audited_write(ctx, "upsertPlan", target, lambda s: service.upsert_plan(s, ctx.clock, data))
+            return Plan.from_row(
+                await audited_write(ctx, "upsertPlan", target, lambda s: service.upsert_plan(s, ctx.clock, data))
             )
 
         return await attempt(run)
@@ -92,8 +92,8 @@ class PlanMutation:
         ctx = info.context
 
         async def run() -> Plan:
-            return Plan(
-                row=await audited_write(
+            return Plan.from_row(
+                await audited_write(
                     ctx, "archivePlan", plan_target(key), lambda s: service.archive_plan(s, ctx.clock, key)
                 )
             )

@@ -65,7 +65,7 @@ class SubscriptionMutation:
                 lambda s: service.set_subscription(s, ctx.clock, scope, data),
             )
             return SubscriptionChanged(
-                tenant=Tenant(row=tenant), subscription=BillingSubscription(row=sub), plan=Plan(row=plan)
+                tenant=Tenant.from_row(tenant), subscription=BillingSubscription.from_row(sub), plan=Plan.from_row(plan)
             )
 
         return await attempt(run)

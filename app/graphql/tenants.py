@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Self
 
 import strawberry
 from strawberry.scalars import JSON
@@ -14,6 +14,7 @@ from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.ledger import CreditBalance, CreditEntryConnection, resolve_credit_history, resolve_credits
 from app.graphql.metering import UsageReport, resolve_usage
 from app.graphql.pagination import After, Connection, First, connection
+from app.graphql.rows import FromRow
 from app.graphql.types import AccountKit, ApiKey, ApiKeyScope, BillingSubscription, Plan
 from app.graphql.usage import (
     UsageEventConnection,
@@ -25,72 +26,54 @@ from app.graphql.usage import (
 )
 from app.graphql.util import attempt, audited_write, target_scope
 from app.tenants import service
-from app.tenants.models import Tenant as TenantRow
 from app.tenants.repository import TenantRepository
 
 
 @strawberry.type
-class Tenant:
-    row: strawberry.Private[TenantRow]
-
-    @strawberry.field
-    def id(self) -> strawberry.ID:
-        return strawberry.ID(self.row.id)
-
-    @strawberry.field
-    def name(self) -> str:
-        return self.row.name
-
-    @strawberry.field
-    def external_id(self) -> str | None:
-        return self.row.external_id
-
-    @strawberry.field
-    def metadata(self) -> JSON:
-        return cast(JSON, self.row.meta)
-
-    @strawberry.field
-    def created_at(self) -> datetime:
-        return self.row.created_at
-
-    @strawberry.field
-    def stripe_customer_id(self) -> str | None:
-        return self.row.stripe_customer_id
+class Tenant(FromRow):
+    id: strawberry.ID
+    name: str
+    external_id: str | None
+    metadata: JSON
+    created_at: datetime
+    stripe_customer_id: str | None
+    plan_key: strawberry.Private[str | None]
+    account_kit_key: strawberry.Private[str | None]
 
     @strawberry.field
     async def plan(self, info: Info) -> Plan | None:
-        if self.row.plan_key is None:
+        if self.plan_key is None:
             return None
-        row = await info.context.loaders.plan.load(self.row.plan_key)
-        return Plan(row=row) if row else None
+        row = await info.context.loaders.plan.load(self.plan_key)
+        return Plan.from_row(row) if row else None
 
     @strawberry.field(description="The kit in force: the plan's kit, unless the tenant is pinned to another.")
     async def account_kit(self, info: Info) -> AccountKit | None:
-        key = self.row.account_kit_key
-        if key is None and self.row.plan_key is not None:
-            plan = await info.context.loaders.plan.load(self.row.plan_key)
+        key = self.account_kit_key
+        if key is None and self.plan_key is not None:
+            plan = await info.context.loaders.plan.load(self.plan_key)
             key = plan.account_kit_key if plan else None
         if key is None:
             return None
         row = await info.context.loaders.kit.load(key)
-        return AccountKit(row=row) if row else None
+        return AccountKit.from_row(row) if row else None
 
     @strawberry.field(description="True when entitlements follow the plan's kit (assignKit).")
     def kit_follows_plan(self) -> bool:
-        return self.row.account_kit_key is None
+        return self.account_kit_key is None
 
     @strawberry.field
     async def subscription(self, info: Info) -> BillingSubscription | None:
-        row = await info.context.loaders.subscription.load(self.row.id)
-        return BillingSubscription(row=row) if row else None
+        row = await info.context.loaders.subscription.load(self.id)
+        return BillingSubscription.from_row(row) if row else None
 
     @strawberry.field(description="Credit balance (exact at read time), holds and live buckets in burn order.")
     async def credits(self, info: Info) -> CreditBalance:
-        return await resolve_credits(info.context, self.row.id)
+        return await resolve_credits(info.context, self.id)
 
     @strawberry.field(description="Usage against quotas for the current period (or the period containing `at`).")
     async def usage(self, info: Info, at: datetime | None = None) -> UsageReport | None:
-        return await resolve_usage(info.context, self.row.id, at)
+        return await resolve_usage(info.context, self.id, at)
 
     # History and series of this tenant (operators read any tenant's): each goes through a
     # DataLoader, so a page of tenants costs one statement per field, whatever its size.
@@ -107,7 +90,7 @@ class Tenant:
         api_key_id: strawberry.ID | None = None,
     ) -> UsageEventConnection:
         key = str(api_key_id) if api_key_id is not None else None
-        return await resolve_usage_history(info.context, self.row.id, first, after, days, from_, to, primitive, key)
+        return await resolve_usage_history(info.context, self.id, first, after, days, from_, to, primitive, key)
 
     @strawberry.field(description="Ledger entries, newest first (as Query.creditHistory, for this tenant).")
     async def credit_history(
@@ -120,7 +103,7 @@ class Tenant:
         to: datetime | None = None,
         primitive: str | None = None,
     ) -> CreditEntryConnection:
-        return await resolve_credit_history(info.context, self.row.id, first, after, days, from_, to, primitive)
+        return await resolve_credit_history(info.context, self.id, first, after, days, from_, to, primitive)
 
     @strawberry.field(description="Usage over time (as Query.usageSeries, for this tenant).")
     async def usage_series(
@@ -133,8 +116,12 @@ class Tenant:
         group_by: UsageGroupBy | None = None,
     ) -> list[UsagePoint]:
         return await resolve_usage_series(
-            info.context, self.row.id, from_, to, interval or UsageInterval.DAY, primitive, group_by
+            info.context, self.id, from_, to, interval or UsageInterval.DAY, primitive, group_by
         )
+
+    @classmethod
+    def from_row(cls, row: Any, /, **given: Any) -> Self:
+        return super().from_row(row, metadata=row.meta, **given)
 
 
 @strawberry.input
@@ -168,14 +155,14 @@ class TenantQuery:
         self, info: Info, first: First = 50, after: After = None, search: str | None = None
     ) -> Connection[Tenant]:
         rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search))
-        return connection(Connection[Tenant], rows, first, service.encode_cursor, lambda r: Tenant(row=r))
+        return connection(Connection[Tenant], rows, first, service.encode_cursor, Tenant.from_row)
 
     @strawberry.field(description="Operator: the tenant with this external id (your platform's user id), or null.")
     async def tenant_by_external_id(self, info: Info, external_id: str) -> Tenant | None:
         if not external_id or len(external_id) > 255:
             return None  # no tenant can have it
         row = await info.context.read(lambda s: TenantRepository(s).by_external_id(external_id))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
     async def tenant(self, info: Info, id: strawberry.ID) -> Tenant | None:
@@ -184,13 +171,13 @@ class TenantQuery:
         except NotFound:
             return None  # a tenant key naming another tenant: the answer a missing tenant gets
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
     @strawberry.field(description="The tenant in scope: a tenant key's own, or X-Tenant-Id for an operator.")
     async def viewer(self, info: Info) -> Tenant | None:
         scope = info.context.require_scope()
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
 
 @strawberry.type
@@ -213,7 +200,7 @@ class TenantMutation:
                     signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
                 ),
             )
-            return Tenant(row=row)
+            return Tenant.from_row(row)
 
         return await attempt(run)
 
@@ -249,7 +236,7 @@ class TenantMutation:
                     caller=ctx.principal,
                 ),
             )
-            return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
+            return CreatedApiKey(api_key=ApiKey.from_row(row), secret=raw)
 
         return await attempt(run)
 
@@ -279,7 +266,7 @@ class TenantMutation:
                     caller=ctx.principal,
                 ),
             )
-            return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
+            return CreatedApiKey(api_key=ApiKey.from_row(row), secret=raw)
 
         return await attempt(run)
 
@@ -297,6 +284,6 @@ class TenantMutation:
                 Target("api_key", key_id),
                 lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id),
             )
-            return ApiKey(row=write)
+            return ApiKey.from_row(write)
 
         return await attempt(run)

@@ -36,7 +36,7 @@ async def _visible_key(ctx: Context, tenant_id: str, key_id: str | None) -> Any:
 
 async def _key_field(ctx: Context, tenant_id: str, key_id: str | None) -> ApiKey | None:
     row = await _visible_key(ctx, tenant_id, key_id)
-    return ApiKey(row=row) if row is not None else None
+    return ApiKey.from_row(row) if row is not None else None
 
 
 @strawberry.type(description="One metered call, as recorded.")
