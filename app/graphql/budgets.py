@@ -16,6 +16,7 @@ from app.core.errors import Forbidden, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.util import attempt, audited_write
 
@@ -27,7 +28,7 @@ class KeyQuantityLimit:
 
 
 @strawberry.type
-class KeyUsageLine:
+class KeyUsageLine(FromRow):
     primitive: str
     quantity: int
     credits: Credits
@@ -59,10 +60,7 @@ class KeyBudget:
             period_end=v.period.end,
             credits_used=Credits(v.credits_used),
             credits_held=Credits(v.credits_held),
-            usage=[
-                KeyUsageLine(primitive=u.primitive, quantity=u.quantity, credits=Credits(u.credits))
-                for u in v.usage
-            ],
+            usage=[KeyUsageLine.from_row(u) for u in v.usage],
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import strawberry
 
@@ -12,6 +12,7 @@ from app.audit.service import Target
 from app.catalog import service
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.util import attempt, audited_write
 
@@ -27,7 +28,7 @@ class PricingRule(enum.Enum):
 
 
 @strawberry.type(name="Primitive", description="A metered primitive in the operator's catalog.")
-class PrimitiveType:
+class PrimitiveType(FromRow):
     key: str
     name: str
     unit: str
@@ -36,19 +37,6 @@ class PrimitiveType:
     active: bool = strawberry.field(description="Retired primitives are refused by every metered call")
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Any) -> PrimitiveType:
-        return cls(
-            key=row.key,
-            name=row.name,
-            unit=row.unit,
-            category=row.category,
-            pricing_rule=PricingRule(row.pricing_rule),
-            active=row.active,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
 
 
 @strawberry.input

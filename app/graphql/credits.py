@@ -16,6 +16,7 @@ from app.graphql.context import Info
 from app.graphql.errors import ConflictError, NotFoundError, ValidationError
 from app.graphql.ledger import CreditBalance, CreditEntryConnection, balance_view, resolve_credit_history
 from app.graphql.pagination import After, Days, First, From, To
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.tenants import Tenant
 from app.graphql.types import Plan
@@ -39,7 +40,7 @@ class TenantStatus:
 
 
 @strawberry.type
-class CreditPack:
+class CreditPack(FromRow):
     key: str
     name: str
     credits: Credits
@@ -51,20 +52,11 @@ class CreditPack:
 
 
 def _pack(p: Any) -> CreditPack:
-    return CreditPack(
-        key=p.key,
-        name=p.name,
-        credits=Credits(p.credits),
-        price_usd_cents=p.price_usd_cents,
-        price_usd=f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}",
-        stripe_price_id=p.stripe_price_id,
-        expires_after_days=p.expires_after_days,
-        active=p.active,
-    )
+    return CreditPack.from_row(p, price_usd=f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}")
 
 
 @strawberry.type
-class TenantDrift:
+class TenantDrift(FromRow):
     tenant_id: strawberry.ID
     balance: Credits
     ledger_sum: Credits
@@ -81,14 +73,7 @@ class ReconcileReport:
 
 
 def _drift(d: service.TenantDrift) -> TenantDrift:
-    return TenantDrift(
-        tenant_id=strawberry.ID(d.tenant_id),
-        balance=Credits(d.balance),
-        ledger_sum=Credits(d.ledger_sum),
-        bucket_sum=Credits(d.bucket_sum),
-        drift=Credits(d.drift),
-        problems=list(d.problems),
-    )
+    return TenantDrift.from_row(d, problems=list(d.problems))
 
 
 @strawberry.type

@@ -13,11 +13,12 @@ from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.credits import service
 from app.graphql.context import Context
 from app.graphql.pagination import Connection, connection, history_args
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 
 
 @strawberry.type
-class CreditBucket:
+class CreditBucket(FromRow):
     id: strawberry.ID
     source: str = strawberry.field(description="signup | plan | purchase | adjustment | reversal")
     granted: Credits
@@ -36,23 +37,12 @@ class CreditBalance:
     buckets: list[CreditBucket] = strawberry.field(description="Grants with credits left, in burn order.")
 
 
-def _bucket(r: Any) -> CreditBucket:
-    return CreditBucket(
-        id=strawberry.ID(r.id),
-        source=r.source,
-        granted=Credits(r.granted),
-        remaining=Credits(r.remaining),
-        expires_at=r.expires_at,
-        created_at=r.created_at,
-    )
-
-
 def balance_view(s: service.CreditSummary) -> CreditBalance:
     return CreditBalance(
         balance=Credits(s.balance),
         reserved=Credits(s.reserved),
         available=Credits(s.available),
-        buckets=[_bucket(b) for b in s.buckets],
+        buckets=[CreditBucket.from_row(b) for b in s.buckets],
     )
 
 
@@ -68,7 +58,7 @@ async def resolve_credits(ctx: Context, tenant_id: str) -> CreditBalance:
 
 
 @strawberry.type
-class CreditEntry:
+class CreditEntry(FromRow):
     id: strawberry.ID
     kind: str = strawberry.field(description="grant | debit | reversal | expiry")
     action: str = strawberry.field(description="signup, plan, purchase, adjustment, a primitive name, expiry...")
@@ -76,18 +66,6 @@ class CreditEntry:
     balance_after: Credits
     reference: str | None
     created_at: datetime
-
-    @classmethod
-    def from_row(cls, r: Any) -> CreditEntry:
-        return cls(
-            id=strawberry.ID(str(r.id)),
-            kind=r.kind,
-            action=r.action,
-            amount=Credits(r.amount),
-            balance_after=Credits(r.balance_after),
-            reference=r.reference,
-            created_at=r.created_at,
-        )
 
 
 @strawberry.type

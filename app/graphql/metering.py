@@ -17,12 +17,12 @@ from app.graphql.budgets import BudgetExceeded
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError, to_user_error
 from app.graphql.pricing import PriceDetailsInput, price_request
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import repository, service
-from app.metering.settle_rules import SettleCut as SettleCutValue
 from app.pricing.service import PriceRequest
 
 
@@ -78,7 +78,7 @@ def _priced(p: PriceRequest) -> dict[str, Any]:
 
 
 @strawberry.type
-class PrimitiveUsage:
+class PrimitiveUsage(FromRow):
     primitive: str
     used: int
     quota: int | None
@@ -90,7 +90,7 @@ class PrimitiveUsage:
     description="A settle charged only what the limits admit (work already done is never refused): "
     "what it did not charge, and the limits that cut it. The hold is settled all the same."
 )
-class SettleCut:
+class SettleCut(FromRow):
     code: str = strawberry.field(
         description="The refusal a charge of the rest would get: LIMIT_EXCEEDED, QUOTA_EXCEEDED, "
         "BUDGET_EXCEEDED or INSUFFICIENT_CREDITS (of the first limit that cut)"
@@ -104,18 +104,6 @@ class SettleCut:
     charged_quantity: int
     requested_credits: Credits
     charged_credits: Credits
-
-    @classmethod
-    def from_cut(cls, c: SettleCutValue) -> SettleCut:
-        return cls(
-            code=c.code,
-            message=c.message,
-            limits=list(c.limits),
-            requested_quantity=c.requested_quantity,
-            charged_quantity=c.charged_quantity,
-            requested_credits=Credits(c.requested_credits),
-            charged_credits=Credits(c.charged_credits),
-        )
 
 
 @strawberry.type(description="The charge is recorded (the brief's credits_used / credits_remaining).")
@@ -189,7 +177,7 @@ class HoldClosed(MeterError):
 
 
 @strawberry.type
-class Hold:
+class Hold(FromRow):
     id: strawberry.ID
     primitive: str
     quantity: int
@@ -286,31 +274,18 @@ def to_result(exc: DomainError) -> Any:
 
 
 def to_charged(c: service.Charged) -> Charged:
-    u = c.usage
     return Charged(
         event_id=strawberry.ID(str(c.event_id)),
         credits_used=Credits(c.credits_used),
         credits_remaining=Credits(c.credits_remaining),
         replayed=c.replayed,
-        usage=PrimitiveUsage(
-            primitive=u.primitive, used=u.used, quota=u.quota, remaining=u.remaining, overage=u.overage
-        ),
-        cut=SettleCut.from_cut(c.cut) if c.cut is not None else None,
+        usage=PrimitiveUsage.from_row(c.usage),
+        cut=SettleCut.from_row(c.cut, limits=list(c.cut.limits)) if c.cut is not None else None,
     )
 
 
 def to_hold(h: service.HoldView) -> Hold:
-    return Hold(
-        id=strawberry.ID(h.id),
-        primitive=h.primitive,
-        quantity=h.quantity,
-        amount=Credits(h.amount),
-        status=h.status,
-        expires_at=h.expires_at,
-        replayed=h.replayed,
-        settled_amount=Credits(h.settled_amount) if h.settled_amount is not None else None,
-        available_after=Credits(h.available_after) if h.available_after is not None else None,
-    )
+    return Hold.from_row(h)
 
 
 def _key_id(ctx: Context | None) -> str | None:
@@ -322,7 +297,7 @@ def _buffer(ctx: Context) -> int:
 
 
 @strawberry.type
-class CheckResult:
+class CheckResult(FromRow):
     allowed: bool
     reason: str | None = strawberry.field(
         description="NOT_ENTITLED, LIMIT_EXCEEDED, QUOTA_EXCEEDED, INSUFFICIENT_CREDITS, or null when allowed"
@@ -353,7 +328,7 @@ class UsagePeriod:
 
 
 @strawberry.type
-class UsageLine:
+class UsageLine(FromRow):
     primitive: str
     quota: int | None
     used: int
@@ -372,17 +347,7 @@ class UsageReport:
 
 
 def to_report(r: repository.UsageReport) -> UsageReport:
-    lines = [
-        UsageLine(
-            primitive=x.primitive,
-            quota=x.quota,
-            used=x.used,
-            remaining=x.remaining,
-            overage=x.overage,
-            credits=Credits(x.credits),
-        )
-        for x in r.lines
-    ]
+    lines = [UsageLine.from_row(x) for x in r.lines]
     return UsageReport(
         plan=r.plan,
         status=r.status,
@@ -428,20 +393,7 @@ class MeteringQuery:
             )
         except DomainError as exc:
             return to_user_error(exc)  # type: ignore[return-value]
-        return CheckResult(
-            allowed=r.allowed,
-            reason=r.reason,
-            message=r.message,
-            primitive=r.primitive,
-            connection=r.connection,
-            quota=r.quota,
-            used=r.used,
-            remaining=r.remaining,
-            available_credits=Credits(r.available),
-            price=Credits(r.price) if r.price is not None else None,
-            shortfall=Credits(r.shortfall) if r.shortfall is not None else None,
-            packs=[pack_offer(p) for p in r.packs],
-        )
+        return CheckResult.from_row(r, available_credits=r.available, packs=[pack_offer(p) for p in r.packs])
 
 
 @strawberry.type

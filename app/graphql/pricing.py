@@ -13,6 +13,7 @@ from app.audit.service import Target
 from app.core.money import MICRO
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.util import attempt, audited_write
 from app.pricing import service
@@ -30,7 +31,7 @@ class SessionTimeTier:
 
 
 @strawberry.type
-class FixedPrice:
+class FixedPrice(FromRow):
     primitive: str
     credits: Credits = strawberry.field(
         description="Per unit; for browser.session.time, per started block beyond the last tier."
@@ -55,7 +56,7 @@ class LlmRateType:
 
 
 @strawberry.type(name="MediaPrice")
-class MediaPriceType:
+class MediaPriceType(FromRow):
     model: str
     kind: str
     unit: str = strawberry.field(description="image, or second (of video)")
@@ -168,12 +169,8 @@ SetPricingSettingResult = Annotated[PricingSettings | ValidationError, strawberr
 
 
 def _fixed(row: Any) -> FixedPrice:
-    return FixedPrice(
-        primitive=row.primitive,
-        credits=Credits(row.credits),
-        tiers=[SessionTimeTier(up_to_seconds=int(t[0]), credits=Credits(int(t[1]))) for t in (row.tiers or [])],
-        updated_at=row.updated_at,
-    )
+    tiers = [SessionTimeTier(up_to_seconds=int(t[0]), credits=Credits(int(t[1]))) for t in (row.tiers or [])]
+    return FixedPrice.from_row(row, tiers=tiers)
 
 
 def _rate(row: Any, settings: dict[str, Decimal]) -> LlmRateType:
@@ -190,14 +187,8 @@ def _rate(row: Any, settings: dict[str, Decimal]) -> LlmRateType:
 
 
 def _media(row: Any, settings: dict[str, Decimal]) -> MediaPriceType:
-    return MediaPriceType(
-        model=row.model,
-        kind=row.kind,
-        unit="image" if row.kind == "image" else "second",
-        unit_price_usd=row.unit_price_usd,
-        markup=row.markup or _dec(settings["media.markup"]),
-        updated_at=row.updated_at,
-    )
+    unit = "image" if row.kind == "image" else "second"
+    return MediaPriceType.from_row(row, unit=unit, markup=row.markup or _dec(settings["media.markup"]))
 
 
 def _settings(values: dict[str, Decimal]) -> PricingSettings:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import strawberry
 
 from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.graphql.context import Context, Info
 from app.graphql.pagination import After, Connection, Days, First, From, To, connection, history_args
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.types import ApiKey
 from app.metering import repository
@@ -40,7 +41,7 @@ async def _key_field(ctx: Context, tenant_id: str, key_id: str | None) -> ApiKey
 
 
 @strawberry.type(description="One metered call, as recorded.")
-class UsageEvent:
+class UsageEvent(FromRow):
     id: strawberry.ID
     kind: str = strawberry.field(description="charge | settle")
     primitive: str
@@ -63,20 +64,8 @@ class UsageEvent:
         return await _key_field(info.context, self.tenant_id, self.key_id)
 
     @classmethod
-    def from_row(cls, r: Any) -> UsageEvent:
-        return cls(
-            id=strawberry.ID(str(r.id)),
-            kind=r.kind,
-            primitive=r.primitive,
-            quantity=r.quantity,
-            credits_used=Credits(r.credits),
-            reference=r.reference,
-            connection=r.connection,
-            idempotency_key=r.idempotency_key,
-            created_at=r.created_at,
-            tenant_id=r.tenant_id,
-            key_id=r.api_key_id,
-        )
+    def from_row(cls, r: Any, /, **given: Any) -> Self:
+        return super().from_row(r, credits_used=r.credits, key_id=r.api_key_id, **given)
 
 
 @strawberry.type
@@ -97,7 +86,7 @@ class UsageGroupBy(Enum):
 
 
 @strawberry.type(description="Usage in one bucket (UTC hour or day) of a series; zero when nothing was used.")
-class UsagePoint:
+class UsagePoint(FromRow):
     start: datetime
     primitive: str | None = strawberry.field(description="Set when grouped by primitive or filtered to one.")
     quantity: int
@@ -167,17 +156,7 @@ async def resolve_usage_series(
         return out
 
     points = await ctx.loaders.custom("usage_series", fetch).load((tenant_id, args))
-    return [
-        UsagePoint(
-            start=p.start,
-            primitive=p.primitive,
-            quantity=p.quantity,
-            credits=Credits(p.credits),
-            tenant_id=tenant_id,
-            key_id=p.api_key_id,
-        )
-        for p in points or []
-    ]
+    return [UsagePoint.from_row(p, tenant_id=tenant_id, key_id=p.api_key_id) for p in points or []]
 
 
 SeriesFrom = Annotated[datetime, strawberry.argument(name="from", description="Start (floored to the interval).")]
