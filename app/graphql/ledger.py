@@ -1,4 +1,4 @@
-"""The ledger read over GraphQL: a tenant's balance (holds, buckets in burn order) and its entries,
+"""The ledger read over GraphQL: a tenant's balance (reserved, buckets in burn order) and its entries,
 newest first. Tenant.credits and Tenant.creditHistory, Query.status and creditHistory, and the
 balanceChanged subscription answer with these types."""
 
@@ -28,7 +28,7 @@ class CreditBucket(FromRow):
 
 
 @strawberry.type
-class CreditBalance:
+class CreditBalance(FromRow):
     balance: Credits = strawberry.field(
         description="Sum of the ledger, less credits expired by now (exact at read time)."
     )
@@ -38,12 +38,7 @@ class CreditBalance:
 
 
 def balance_view(s: service.CreditSummary) -> CreditBalance:
-    return CreditBalance(
-        balance=Credits(s.balance),
-        reserved=Credits(s.reserved),
-        available=Credits(s.available),
-        buckets=[CreditBucket.from_row(b) for b in s.buckets],
-    )
+    return CreditBalance.from_row(s, buckets=[CreditBucket.from_row(b) for b in s.buckets])
 
 
 async def resolve_credits(ctx: Context, tenant_id: str) -> CreditBalance:
