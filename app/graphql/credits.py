@@ -1,5 +1,6 @@
-"""Credits over GraphQL: balances (Tenant.credits, status), history, packs, operator grants,
-reversals and reconciliation. Tenant-scoped reads take the tenant from the scope."""
+"""Credits over GraphQL: status, history, packs, operator grants, reversals and reconciliation
+(the balance and ledger-entry types are ledger.py's, which Tenant answers with too). Tenant-scoped
+reads take the tenant from the scope."""
 
 from __future__ import annotations
 
