@@ -48,6 +48,7 @@ test: $(VENV)/.installed test-debs
 lint: $(VENV)/.installed
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy app tests bench
+	$(BIN)/lint-imports
 	$(BIN)/meterkit export-schema --check
 	$(MAKE) --no-print-directory client-check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site

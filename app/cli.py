@@ -83,7 +83,7 @@ def serve(
         # and exit (without it, one stalled client keeps the process alive for good).
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         # A websocket frame is buffered whole before the app sees it (uvicorn's default: 16 MiB).
-        # Twice the body limit: the app answers what lies between with 4413 (app/live/ws.py).
+        # Twice the body limit: the app answers what lies between with 4413 (app/graphql/ws.py).
         ws_max_size=2 * settings.max_body_bytes,
     )
 

@@ -34,9 +34,9 @@ from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
 from app.graphql.schema import build_schema
+from app.graphql.ws import LiveWSHandler
 from app.http.edge import AuthError, InFlightLimit, error_response, http_error, require_key, unavailable_response
 from app.live.hub import LiveHub
-from app.live.ws import LiveWSHandler
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key
 
@@ -47,7 +47,7 @@ GC_THRESHOLDS = (10_000, 10, 100)
 
 
 class MeterkitGraphQL(GraphQL[Context, None]):
-    # Subscriptions: graphql-transport-ws only, the key checked in connection_init (app/live/ws.py).
+    # Subscriptions: graphql-transport-ws only, the key checked in connection_init (app/graphql/ws.py).
     graphql_transport_ws_handler_class = LiveWSHandler
 
     def __init__(self, app_state: AppState, **kw: Any) -> None:

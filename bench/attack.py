@@ -65,7 +65,7 @@ def seed(url: str, alert_tenants: int) -> dict[str, Any]:
     from app.core.db import make_engine, unit_of_work
     from app.core.migrate import upgrade
     from app.plans.service import PlanInput, upsert_plan
-    from bench.run import PRIMITIVE, seed_plan, seed_tenant
+    from bench.common import PRIMITIVE, seed_plan, seed_tenant
 
     upgrade(url)
     engine = make_engine(url)
@@ -485,7 +485,7 @@ def start_server(
 
 
 def run(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
-    from bench.run import CHARGE_QUERY, free_port, stop
+    from bench.common import CHARGE_QUERY, free_port, stop
     from bench.subs import Crowd, Noise
 
     attacks = [a for a in args.attacks.split(",") if a]

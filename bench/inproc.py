@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import CHARGE_QUERY, PRIMITIVE, seed
+from bench.common import CHARGE_QUERY, PRIMITIVE, seed
 
 CHECK_QUERY = (
     '{ check(primitive: "email.send") { __typename ... on CheckResult { allowed remaining availableCredits } } }'

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from bench.run import PRIMITIVE, RESULTS, ROOT, _commit, free_port, log, seed_plan, seed_tenant, verdict, wrk
+from bench.common import PRIMITIVE, RESULTS, ROOT, free_port, git_commit, log, seed_plan, seed_tenant, verdict, wrk
 
 ADMIN_URL = os.environ.get("METERKIT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TARGET_ONE_CONN = 4.0  # the function's charges/s on one connection / the full path's, at least
@@ -449,7 +449,7 @@ def main(args: argparse.Namespace) -> int:
     results.update(
         targets=targets,
         events_match=ok_events,
-        commit=_commit(),
+        commit=git_commit(),
         machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         postgres=version,
         when=time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -34,22 +34,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from bench.common import (
+    CHARGE_QUERY,
+    PRIMITIVE,
+    RESULTS,
+    ROOT,
+    free_port,
+    git_commit,
+    log,
+    seed,
+    start_server,
+    stop,
+    target_entry,
+    verdict,
+    wrk,
+)
 from bench.subs import errors as subs_errors
 from bench.subs import report as subs_report
 from bench.subs import subscription_isolation
 from bench.subs import target as subs_target
 
-ROOT = Path(__file__).resolve().parents[1]
-LUA = Path(__file__).with_name("wrk.lua")
-RESULTS = ROOT / "bench-results"
 BATCH = 50
-PRIMITIVE = "email.send"
-CHARGE_QUERY = (
-    "mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged "
-    "{ eventId creditsUsed creditsRemaining usage { used remaining } } } }"
-)
 
 # Issue 13's targets: ratios to the bare reference measured in the same run, or within the run.
 TARGETS = {
@@ -67,10 +72,6 @@ TARGETS = {
 OPEN_LOOP_SHARE = 0.8
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 # ---- tools ---------------------------------------------------------------------------------
 
 
@@ -86,91 +87,7 @@ def ensure_wrk() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ---- data ----------------------------------------------------------------------------------
-
-
-def seed_plan(s: Any, clock: Any) -> None:
-    """The bench's kit (email.send only) and plan (huge quotas), shared by bench/pg.py."""
-    from app.account_kits.service import KitInput, upsert_account_kit
-    from app.plans.service import PlanInput, upsert_plan
-
-    upsert_account_kit(s, clock, KitInput(key="bench_kit", name="Bench", allowed_primitives=[PRIMITIVE]))
-    upsert_plan(
-        s,
-        clock,
-        PlanInput(
-            key="bench_plan",
-            name="Bench",
-            account_kit_id="bench_kit",
-            period="month",
-            quotas={PRIMITIVE: 2**31 - 1},  # GraphQL Int is 32-bit: quota and remaining must fit
-        ),
-    )
-
-
-def seed_tenant(s: Any, clock: Any, name: str) -> tuple[str, Any, str]:
-    """A tenant on the bench plan with a huge grant and a key: (tenant id, key row, raw key)."""
-    from app.core.auth import TenantScope
-    from app.credits import ledger
-    from app.subscriptions.service import SubscriptionInput, set_subscription
-    from app.tenants.service import TenantInput, create_api_key, create_tenant
-
-    tenant = create_tenant(s, clock, TenantInput(name=name), default_plan_key="bench_plan", signup_micro=0)
-    scope = TenantScope(tenant.id)
-    set_subscription(s, clock, scope, SubscriptionInput(plan_key="bench_plan"))
-    ledger.grant(s, scope, clock, amount=10**9 * 1_000_000, source="adjustment", grant_key="bench")
-    key_row, raw = create_api_key(s, clock, role="tenant", scope=scope, name="bench")
-    return tenant.id, key_row, raw
-
-
-def seed(url: str) -> dict[str, str]:
-    """A kit allowing email.send, a plan with huge quotas, two tenants (one charged by the
-    load, one whose event log the usage scenarios grow), their keys and huge credit grants."""
-    import app.models  # noqa: F401  (every table mapped before the ORM is used)
-    from app.core.auth import TenantScope
-    from app.core.clock import Clock
-    from app.core.db import make_engine, unit_of_work
-    from app.core.migrate import upgrade
-    from app.metering import service
-
-    upgrade(url)
-    engine = make_engine(url)
-    clock = Clock()
-    out: dict[str, str] = {}
-    with unit_of_work(engine) as s:
-        seed_plan(s, clock)
-        # "alerts": a tenant like "load" with alerts configured (an endpoint for every event type, its
-        # own quota thresholds and a low-balance line it never crosses): the charge's cost with alerts.
-        for role in ("load", "usage", "alerts"):
-            tenant_id, key_row, raw = seed_tenant(s, clock, f"bench-{role}")
-            out[f"{role}_tenant"] = tenant_id
-            out[f"{role}_key"] = raw
-            if role == "alerts":
-                from app.alerts.service import create_endpoint, set_policy
-                from app.core.auth import Principal
-
-                owner = Principal(role="tenant", key_id=key_row.id, tenant_id=tenant_id)
-                create_endpoint(s, clock, owner, None, "http://127.0.0.1:9/meterkit-bench", ["*"])
-                set_policy(
-                    s, clock, plan_key=None, tenant_id=tenant_id, quota_percents=[50, 75, 90, 100], low_balance=1
-                )
-    # One real charge for the usage tenant: the template the bulk events are cloned from.
-    with unit_of_work(engine) as s:
-        service.charge(
-            s,
-            clock,
-            TenantScope(out["usage_tenant"]),
-            service.MeterRequest(primitive=PRIMITIVE, idempotency_key="bulk-0"),
-            negative_buffer=0,
-        )
-    engine.dispose()
-    return out
 
 
 def grow_event_log(path: Path, tenant_id: str, target: int) -> float:
@@ -241,97 +158,7 @@ def check_books(path: Path) -> dict[str, Any]:
 # ---- server --------------------------------------------------------------------------------
 
 
-def start_server(
-    url: str,
-    port: int,
-    logfile: Path,
-    loop: str,
-    *,
-    app: str = "app.main:create_app",
-    env: dict[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """uvicorn with the same flags for meterkit and for the bare reference."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--timeout-keep-alive",
-        "120",
-    ]
-    if loop == "uvloop":
-        cmd += ["--loop", "uvloop", "--http", "httptools"]
-    full_env = {**os.environ, "METERKIT_DATABASE_URL": url, "METERKIT_ENV": "production", **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=logfile.open("wb"))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited early:\n{logfile.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"server did not become healthy:\n{logfile.read_text()}")
-
-
 # ---- wrk -----------------------------------------------------------------------------------
-
-
-def wrk(
-    base: str,
-    path: str,
-    *,
-    mode: str,
-    key: str,
-    nonce: str,
-    seconds: float,
-    threads: int,
-    connections: int,
-    expected: int = 1,
-    extra: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    cmd = [
-        "wrk",
-        f"-t{min(threads, connections)}",  # wrk refuses more threads than connections
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "10s",
-        "-H",
-        f"Authorization: Bearer {key}",
-        "-H",
-        "Content-Type: application/json",
-        "-s",
-        str(LUA),
-        base + path,
-        "--",
-        mode,
-        nonce,
-        str(expected),
-        *extra,
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    m = re.search(r"^BENCH_JSON (\{.*\})$", out.stdout, re.M)
-    if out.returncode != 0 or m is None:
-        raise SystemExit(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    r: dict[str, Any] = json.loads(m.group(1))
-    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-    r["errors"] = (
-        r["bad_status"] + r["bad_body"] + r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
-    )
-    return r
 
 
 def scenario(
@@ -516,12 +343,6 @@ def _short(frame: str) -> str:
 # ---- report --------------------------------------------------------------------------------
 
 
-def verdict(ok: bool | None) -> str:
-    if ok is None:
-        return "-"
-    return "PASS" if ok else "FAIL"
-
-
 def report(results: dict[str, Any]) -> list[str]:
     rows = results["scenarios"]
     ol = results["open_loop"]
@@ -565,10 +386,6 @@ def report(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _target(name: str, value: float, target: str, ok: bool, fmt: str = "{:.2f}x") -> dict[str, Any]:
-    return {"name": name, "measured": fmt.format(value), "target": target, "value": value, "pass": ok}
-
-
 def targets(by: dict[str, dict[str, Any]], ol: dict[str, Any], rss: dict[str, Any]) -> list[dict[str, Any]]:
     t = TARGETS
     floor = by["graphql_floor"]["rps"] / by["bare_floor"]["rps"]
@@ -584,58 +401,60 @@ def targets(by: dict[str, dict[str, Any]], ol: dict[str, Any], rss: dict[str, An
     rss_ratio = rss["after_200k_mb"] / rss["after_20k_mb"]
     alerts = by["graphql_charge_alerts"]["rps"] / by["graphql_charge"]["rps"]
     return [
-        _target(
+        target_entry(
             "GraphQL { __typename } with auth / bare", floor, f">= {t['floor_vs_bare']}x", floor >= t["floor_vs_bare"]
         ),
-        _target(
+        target_entry(
             "GraphQL charge / bare GraphQL charge", charge, f">= {t['charge_vs_bare']}x", charge >= t["charge_vs_bare"]
         ),
-        _target(
+        target_entry(
             "plain POST /v1/charge / bare plain route", plain, f">= {t['plain_vs_bare']}x", plain >= t["plain_vs_bare"]
         ),
-        _target(
+        target_entry(
             f"chargeBatch of {BATCH} / single charge (charges/s)",
             batch,
             f">= {t['batch_vs_charge']:.0f}x",
             batch >= t["batch_vs_charge"],
         ),
-        _target("check / charge, 1 connection", check1, f">= {t['check_vs_charge']}x", check1 >= t["check_vs_charge"]),
-        _target(
+        target_entry(
+            "check / charge, 1 connection", check1, f">= {t['check_vs_charge']}x", check1 >= t["check_vs_charge"]
+        ),
+        target_entry(
             "check / charge, 16 connections", check16, f">= {t['check_vs_charge']}x", check16 >= t["check_vs_charge"]
         ),
-        _target(
+        target_entry(
             "charge with alerts configured / without",
             alerts,
             f">= {t['alerts_vs_plain_charge']}x",
             alerts >= t["alerts_vs_plain_charge"],
         ),
-        _target(
+        target_entry(
             "usageSeries p50 at 1M events / at 10k events",
             series_ratio,
             f"<= {t['usage_1m_vs_10k']}x",
             series_ratio <= t["usage_1m_vs_10k"],
         ),
-        _target(
+        target_entry(
             "usage p50 at 1M events / at 10k events",
             usage_ratio,
             f"<= {t['usage_1m_vs_10k']}x",
             usage_ratio <= t["usage_1m_vs_10k"],
         ),
-        _target(
+        target_entry(
             f"charge p99 open loop at {ol['rate']:,.0f}/s (ms)",
             ol["p99_ms"],
             f"<= {t['open_loop_p99_ms']:.0f}",
             held and ol["p99_ms"] <= t["open_loop_p99_ms"],
             "{:.2f}",
         ),
-        _target(
+        target_entry(
             f"charge p99.9 open loop at {ol['rate']:,.0f}/s (ms)",
             ol["p999_ms"],
             f"<= {t['open_loop_p999_ms']:.0f}",
             held and ol["p999_ms"] <= t["open_loop_p999_ms"],
             "{:.2f}",
         ),
-        _target(
+        target_entry(
             f"RSS after {rss['charges_large'] // 1000}k / {rss['charges_small'] // 1000}k charges "
             f"({rss['after_20k_mb']:.0f} -> {rss['after_200k_mb']:.0f} MB)",
             rss_ratio,
@@ -749,14 +568,6 @@ def open_loop_run(port: int, key: str, rate: float, args: argparse.Namespace) ->
         + (f" (first: {ol['first_error']})" if ol["first_error"] else "")
     )
     return ol
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -942,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
-        "commit": _commit(),
+        "commit": git_commit(),
         "loop": args.loop,
         "threads": args.threads,
         "duration": args.duration,
@@ -990,11 +801,6 @@ def subscriptions_only(args: argparse.Namespace, tmp: Path) -> int:
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     return 1 if subs_errors(subs) else 0
-
-
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

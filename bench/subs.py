@@ -39,7 +39,7 @@ def _seed(url: str) -> dict[str, str]:
     from app.core.clock import Clock
     from app.core.db import make_engine, unit_of_work
     from app.core.migrate import upgrade
-    from bench.run import seed_plan, seed_tenant
+    from bench.common import seed_plan, seed_tenant
 
     upgrade(url)
     engine = make_engine(url)
@@ -170,8 +170,8 @@ async def _crowd(url: str, key: str) -> None:
 
 def victim(port: int, key: str, rate: float, seconds: float, *, grace: float = 10) -> Any:
     """The victim tenant's charges, an open loop at `rate` per second (also bench/attack.py's)."""
+    from bench.common import CHARGE_QUERY
     from bench.openloop import open_loop
-    from bench.run import CHARGE_QUERY
 
     return open_loop(
         host="127.0.0.1",
@@ -204,7 +204,7 @@ def subscription_isolation(args: argparse.Namespace, tmp: Path) -> dict[str, Any
     """The victim runs without subscriptions for half the time before the crowd and half after it
     (one pooled baseline, so drift of a shared machine's load weighs on both sides), and with them
     for the whole time."""
-    from bench.run import CHARGE_QUERY, free_port, log, start_server, stop
+    from bench.common import CHARGE_QUERY, free_port, log, start_server, stop
 
     url = f"sqlite:///{tmp / 'subs.db'}"
     log("subscription isolation: seeding a noisy and a victim tenant")
@@ -271,14 +271,14 @@ def subscription_isolation(args: argparse.Namespace, tmp: Path) -> dict[str, Any
 
 
 def target(r: dict[str, Any]) -> dict[str, Any]:
-    from bench.run import _target
+    from bench.common import target_entry
 
     ratio = r["ratio"]
     name = (
         f"other tenant's charge p99 without / with {r['subscriptions']:,} subscriptions on one key "
         f"({r['without']['p99_ms']:.1f} / {r['with']['p99_ms']:.1f} ms)"
     )
-    return _target(name, ratio, f">= {TARGET}x", bool(ratio >= TARGET))
+    return target_entry(name, ratio, f">= {TARGET}x", bool(ratio >= TARGET))
 
 
 def report(r: dict[str, Any]) -> list[str]:

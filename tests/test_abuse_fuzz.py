@@ -191,7 +191,7 @@ def test_a_scalar_refusing_a_value_is_a_readable_error(
 # read-only key and no key.
 
 WS_LIMITS = {"max_body_bytes": 64 * 1024, "max_sockets_per_key": 4, "max_subscriptions_per_socket": 6}
-# The close codes docs/security.md and app/live/ws.py document (4400 a malformed protocol message, also
+# The close codes docs/security.md and app/graphql/ws.py document (4400 a malformed protocol message, also
 # Strawberry's; 4401/4403/4404 the key; 4409 an id already subscribed and 4429 a second
 # connection_init, both Strawberry's protocol refusals; 4413 too large; 4429 past the socket cap;
 # 1013 no database to check the key). 1009 is `meterkit serve`'s frame cap, not in play here.

@@ -12,8 +12,8 @@ from graphql import GraphQLUnionType
 from strawberry.types.union import StrawberryUnion
 
 from app.graphql.completion import install
+from app.graphql.metering import Charged, NotEntitled
 from app.graphql.schema import build_schema
-from app.metering.graphql import Charged, NotEntitled
 from app.settings import Settings
 from tests.conftest import Api, count_rows
 from tests.test_metering_basic import charge, setup_tenant

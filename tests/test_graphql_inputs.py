@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from strawberry.types.arguments import convert_argument
 
-from app.account_kits.graphql import AccountKitInput
+from app.graphql.kits import AccountKitInput
+from app.graphql.metering import BatchItemInput, MeterInput
+from app.graphql.plans import OveragePolicy, PlanInput
 from app.graphql.schema import build_schema
-from app.metering.graphql import BatchItemInput, MeterInput
-from app.plans.graphql import OveragePolicy, PlanInput
 from app.settings import Settings
 
 DETAILS = {

@@ -21,8 +21,8 @@ from websockets.typing import Origin, Subprotocol
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work, make_engine, unit_of_work
+from app.graphql.ws import LiveWSHandler
 from app.live.hub import LiveHub
-from app.live.ws import LiveWSHandler
 from app.main import create_app
 from app.metering.service import MeterRequest, charge
 from app.settings import Settings

@@ -40,12 +40,12 @@ class Context:
     def loaders(self) -> Loaders:
         """Made on first use: most requests (a charge, a check) never batch a read."""
         if self._loaders is None:
-            self._loaders = Loaders(self)
+            self._loaders = Loaders(self.engine, self.settings)
         return self._loaders
 
     @loaders.setter
     def loaders(self, value: Loaders) -> None:
-        # A long-lived context (a subscription) starts over with fresh loaders (app/live/graphql.py).
+        # A long-lived context (a subscription) starts over with fresh loaders (app/graphql/live.py).
         self._loaders = value
 
     def require_scope(self) -> TenantScope:

@@ -4,8 +4,9 @@ whatever the page size."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from strawberry.dataloader import DataLoader
@@ -14,18 +15,18 @@ from app.account_kits.repository import AccountKitRepository
 from app.core.db import inline_sqlite, unit_of_work
 from app.plans.models import PlanQuota
 from app.plans.repository import PlanRepository
+from app.settings import Settings
 from app.subscriptions.models import Subscription
-
-if TYPE_CHECKING:
-    from app.graphql.context import Context
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class Loaders:
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        # Read once: inline SQLite runs a load on the event loop, anything else on a worker thread.
+        self._inline = inline_sqlite(engine, settings)
         self.plan = self._make(lambda s, keys: PlanRepository(s).get_many(keys))
         self.kit = self._make(lambda s, keys: AccountKitRepository(s).get_many(keys))
         self.quotas = self._make(_quotas, default=list)
@@ -35,14 +36,14 @@ class Loaders:
     def _make(
         self, fetch: Callable[[Session, list[Any]], dict[Any, Any]], default: Callable[[], Any] | None = None
     ) -> DataLoader[Any, Any]:
-        engine = self._ctx.engine
+        engine = self._engine
 
         def run(keys: list[Any]) -> list[Any]:
             with unit_of_work(engine, write=False) as s:
                 found = fetch(s, keys)
             return [found.get(k, default() if default else None) for k in keys]
 
-        inline = inline_sqlite(engine, self._ctx.settings)
+        inline = self._inline
 
         async def load(keys: Sequence[Any]) -> list[Any]:
             return run(list(keys)) if inline else await run_in_threadpool(run, list(keys))

@@ -32,7 +32,9 @@ from app.core.instants import RANGE, in_range
 from app.core.money import CreditsFormatError, format_credits, micro_from_text
 from app.graphql.errors import ValidationError
 
-MicroCredits = NewType("MicroCredits", int)
+# The value inside: integer micro-credits. A NewType that mypy sees as an int, mapped to the
+# Credits scalar below by build_schema (StrawberryConfig.scalar_map), as Strawberry recommends.
+Credits = NewType("Credits", int)
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,14 @@ class InvalidCredits:
     reason: str
 
 
-def _parse(value: Any) -> MicroCredits | InvalidCredits:
+def _parse(value: Any) -> Credits | InvalidCredits:
     try:
-        return MicroCredits(micro_from_text(value))
+        return Credits(micro_from_text(value))
     except CreditsFormatError as exc:
         return InvalidCredits(str(exc))
 
 
-Credits = strawberry.scalar(
-    MicroCredits,
+CREDITS = strawberry.scalar(
     name="Credits",
     description=(
         "An amount of credits as a decimal string (1 credit = $0.50 by default): ASCII digits, an optional "

@@ -11,36 +11,37 @@ import strawberry
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from app.account_kits.graphql import AccountKitMutation, AccountKitQuery
-from app.alerts.graphql import AlertsMutation, AlertsQuery
-from app.audit.graphql import AuditQuery
-from app.budgets.graphql import BudgetMutation, BudgetQuery
-from app.catalog.graphql import CatalogMutation, CatalogQuery
 from app.core.errors import DomainError, Unavailable
-from app.credits.graphql import CreditsMutation, CreditsQuery
+from app.graphql.alerts import AlertsMutation, AlertsQuery
+from app.graphql.audit import AuditQuery
+from app.graphql.budgets import BudgetMutation, BudgetQuery
+from app.graphql.catalog import CatalogMutation, CatalogQuery
 from app.graphql.completion import install as install_completion
 from app.graphql.cost import CostLimits
+from app.graphql.credits import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache
 from app.graphql.inputs import install as install_input_plans
+from app.graphql.kits import AccountKitMutation, AccountKitQuery
+from app.graphql.live import LiveSubscription
+from app.graphql.metering import MeteringMutation, MeteringQuery
+from app.graphql.overage import OverageQuery
 from app.graphql.parse_cache import ParseCache
+from app.graphql.periods import PeriodsQuery
+from app.graphql.plans import PlanMutation, PlanQuery
+from app.graphql.pricing import PricingMutation, PricingQuery
+from app.graphql.scalars import CREDITS, Credits, guard_credits_inputs
 from app.graphql.scalars import DateTime as DateTimeScalar
-from app.graphql.scalars import guard_credits_inputs
-from app.integrations.stripe.graphql import StripeMutation, StripeQuery
-from app.live.graphql import LiveSubscription
-from app.metering.graphql import MeteringMutation, MeteringQuery
-from app.metering.periods_graphql import PeriodsQuery
-from app.metering.usage_graphql import UsageQuery
-from app.overage.graphql import OverageQuery
-from app.plans.graphql import PlanMutation, PlanQuery
-from app.pricing.graphql import PricingMutation, PricingQuery
+from app.graphql.stripe import StripeMutation, StripeQuery
+from app.graphql.subscriptions import SubscriptionMutation
+from app.graphql.tenants import TenantMutation, TenantQuery
+from app.graphql.usage import UsageQuery
 from app.settings import Settings
-from app.subscriptions.graphql import SubscriptionMutation
-from app.tenants.graphql import TenantMutation, TenantQuery
 
 log = logging.getLogger("meterkit.graphql")
 
@@ -190,6 +191,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
+        # Credits: integer micro-credits inside, a decimal string on the wire (app/graphql/scalars.py).
+        config=StrawberryConfig(scalar_map={Credits: CREDITS}),
         # DateTime refuses times whose billing periods cannot be computed (app/graphql/scalars.py).
         scalar_overrides={datetime: DateTimeScalar},
     )

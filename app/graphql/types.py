@@ -1,28 +1,19 @@
-"""Object types shared by the slices. Fields that need other rows use the request's
-DataLoaders, so a list of N objects costs a constant number of statements."""
+"""Object types shared by the slices, each built from its row by from_row (app/graphql/rows.py).
+Fields that need other rows use the request's DataLoaders, so a list of N objects costs a
+constant number of statements."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import Any, Self
 
 import strawberry
-from strawberry.scalars import JSON
 
-from app.account_kits.models import AccountKit as KitRow
 from app.core.auth import SCOPES, parse_scopes
 from app.graphql.context import Info
-from app.graphql.scalars import Credits, MicroCredits
-from app.plans.models import Plan as PlanRow
-from app.subscriptions.models import Subscription as SubscriptionRow
-from app.tenants.models import ApiKey as ApiKeyRow
-from app.tenants.models import Tenant as TenantRow
-
-if TYPE_CHECKING:
-    from app.credits.graphql import CreditBalance, CreditEntryConnection
-    from app.metering.graphql import UsageReport
-    from app.metering.usage_graphql import UsageEventConnection, UsageGroupBy, UsageInterval, UsagePoint
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
 
 
 @strawberry.enum
@@ -69,289 +60,87 @@ class PrimitiveLimit:
 
 
 @strawberry.type
-class AccountKit:
-    row: strawberry.Private[KitRow]
+class AccountKit(FromRow):
+    id: str
+    key: str
+    name: str
+    allowed_primitives: list[str] = strawberry.field(description="Exact primitive names or `prefix.*` patterns.")
+    limits: list[PrimitiveLimit]
+    allowed_connections: list[str]
+    updated_at: datetime
 
-    @strawberry.field
-    def id(self) -> str:
-        return self.row.key
-
-    @strawberry.field
-    def key(self) -> str:
-        return self.row.key
-
-    @strawberry.field
-    def name(self) -> str:
-        return self.row.name
-
-    @strawberry.field(description="Exact primitive names or `prefix.*` patterns.")
-    def allowed_primitives(self) -> list[str]:
-        return list(self.row.allowed_primitives)
-
-    @strawberry.field
-    def limits(self) -> list[PrimitiveLimit]:
-        return [
+    @classmethod
+    def from_row(cls, row: Any, /, **given: Any) -> Self:
+        limits = [
             PrimitiveLimit(
                 primitive=p,
                 max_quantity_per_call=v.get("max_quantity_per_call"),
                 calls_per_minute=v.get("calls_per_minute"),
             )
-            for p, v in sorted(self.row.limits.items())
+            for p, v in sorted(row.limits.items())
         ]
+        return super().from_row(row, id=row.key, limits=limits, **given)
 
-    @strawberry.field
-    def allowed_connections(self) -> list[str]:
-        return list(self.row.allowed_connections)
 
-    @strawberry.field
-    def updated_at(self) -> datetime:
-        return self.row.updated_at
+async def _kit_of_plan(root: Plan, info: Info) -> AccountKit | None:
+    row = await info.context.loaders.kit.load(root.account_kit_id)
+    return AccountKit.from_row(row) if row else None
 
 
 @strawberry.type
-class Plan:
-    row: strawberry.Private[PlanRow]
-
-    @strawberry.field
-    def key(self) -> str:
-        return self.row.key
-
-    @strawberry.field
-    def name(self) -> str:
-        return self.row.name
-
-    @strawberry.field
-    def stripe_price_id(self) -> str | None:
-        return self.row.stripe_price_id
-
-    @strawberry.field
-    def period(self) -> Period:
-        return Period(self.row.period)
-
-    @strawberry.field
-    def overage(self) -> OveragePolicy:
-        return OveragePolicy(self.row.overage)
-
-    @strawberry.field(description="Credits granted once per period to a subscriber.")
-    def included_credits(self) -> Credits:  # type: ignore[valid-type]
-        return MicroCredits(self.row.included_credits)
-
-    @strawberry.field
-    def archived(self) -> bool:
-        return self.row.archived
-
-    @strawberry.field
-    async def account_kit(self, info: Info) -> AccountKit | None:
-        row = await info.context.loaders.kit.load(self.row.account_kit_key)
-        return AccountKit(row=row) if row else None
-
-    @strawberry.field
-    def account_kit_id(self) -> str:
-        return self.row.account_kit_key
+class Plan(FromRow):
+    key: str
+    name: str
+    stripe_price_id: str | None
+    period: Period
+    overage: OveragePolicy
+    included_credits: Credits = strawberry.field(description="Credits granted once per period to a subscriber.")
+    archived: bool
+    # A resolver given in place (not a method): the field keeps its place before accountKitId.
+    account_kit: AccountKit | None = strawberry.field(resolver=_kit_of_plan)
+    account_kit_id: str
 
     @strawberry.field
     async def quotas(self, info: Info) -> list[PlanQuotaType]:
-        rows = await info.context.loaders.quotas.load(self.row.key)
-        return [PlanQuotaType(primitive=r.primitive, quota=r.quota, overage_price_id=r.overage_price_id) for r in rows]
+        rows = await info.context.loaders.quotas.load(self.key)
+        return [PlanQuotaType.from_row(r) for r in rows]
+
+    @classmethod
+    def from_row(cls, row: Any, /, **given: Any) -> Self:
+        return super().from_row(row, account_kit_id=row.account_kit_key, **given)
 
 
 @strawberry.type(name="PlanQuota")
-class PlanQuotaType:
+class PlanQuotaType(FromRow):
     primitive: str
     quota: int
     overage_price_id: str | None = None
 
 
 @strawberry.type(description="A tenant's billing subscription (not a GraphQL subscription root).")
-class BillingSubscription:
-    row: strawberry.Private[SubscriptionRow]
-
-    @strawberry.field
-    def status(self) -> SubscriptionStatus:
-        return SubscriptionStatus(self.row.status)
-
-    @strawberry.field
-    def plan_key(self) -> str:
-        return self.row.plan_key
-
-    @strawberry.field
-    def stripe_customer_id(self) -> str | None:
-        return self.row.stripe_customer_id
-
-    @strawberry.field
-    def stripe_subscription_id(self) -> str | None:
-        return self.row.stripe_subscription_id
-
-    @strawberry.field
-    def current_period_start(self) -> datetime | None:
-        return self.row.current_period_start
-
-    @strawberry.field
-    def current_period_end(self) -> datetime | None:
-        return self.row.current_period_end
-
-    @strawberry.field
-    def updated_at(self) -> datetime:
-        return self.row.updated_at
+class BillingSubscription(FromRow):
+    status: SubscriptionStatus
+    plan_key: str
+    stripe_customer_id: str | None
+    stripe_subscription_id: str | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    updated_at: datetime
 
 
 @strawberry.type
-class Tenant:
-    row: strawberry.Private[TenantRow]
+class ApiKey(FromRow):
+    id: strawberry.ID
+    kind: str
+    tenant_id: str | None
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+    scopes: list[ApiKeyScope]
+    expires_at: datetime | None = strawberry.field(description="Null: the key never expires (it can still be revoked).")
 
-    @strawberry.field
-    def id(self) -> strawberry.ID:
-        return strawberry.ID(self.row.id)
-
-    @strawberry.field
-    def name(self) -> str:
-        return self.row.name
-
-    @strawberry.field
-    def external_id(self) -> str | None:
-        return self.row.external_id
-
-    @strawberry.field
-    def metadata(self) -> JSON:
-        return cast(JSON, self.row.meta)
-
-    @strawberry.field
-    def created_at(self) -> datetime:
-        return self.row.created_at
-
-    @strawberry.field
-    def stripe_customer_id(self) -> str | None:
-        return self.row.stripe_customer_id
-
-    @strawberry.field
-    async def plan(self, info: Info) -> Plan | None:
-        if self.row.plan_key is None:
-            return None
-        row = await info.context.loaders.plan.load(self.row.plan_key)
-        return Plan(row=row) if row else None
-
-    @strawberry.field(description="The kit in force: the plan's kit, unless the tenant is pinned to another.")
-    async def account_kit(self, info: Info) -> AccountKit | None:
-        key = self.row.account_kit_key
-        if key is None and self.row.plan_key is not None:
-            plan = await info.context.loaders.plan.load(self.row.plan_key)
-            key = plan.account_kit_key if plan else None
-        if key is None:
-            return None
-        row = await info.context.loaders.kit.load(key)
-        return AccountKit(row=row) if row else None
-
-    @strawberry.field(description="True when entitlements follow the plan's kit (assignKit).")
-    def kit_follows_plan(self) -> bool:
-        return self.row.account_kit_key is None
-
-    @strawberry.field
-    async def subscription(self, info: Info) -> BillingSubscription | None:
-        row = await info.context.loaders.subscription.load(self.row.id)
-        return BillingSubscription(row=row) if row else None
-
-    @strawberry.field(description="Credit balance (exact at read time), holds and live buckets in burn order.")
-    async def credits(self, info: Info) -> Annotated[CreditBalance, strawberry.lazy("app.credits.graphql")]:
-        from app.credits.graphql import resolve_credits
-
-        return await resolve_credits(info.context, self.row.id)
-
-    @strawberry.field(description="Usage against quotas for the current period (or the period containing `at`).")
-    async def usage(
-        self, info: Info, at: datetime | None = None
-    ) -> Annotated[UsageReport, strawberry.lazy("app.metering.graphql")] | None:
-        from app.metering.graphql import resolve_usage
-
-        return await resolve_usage(info.context, self.row.id, at)
-
-    # History and series of this tenant (operators read any tenant's): each goes through a
-    # DataLoader, so a page of tenants costs one statement per field, whatever its size.
-    @strawberry.field(description="Metered calls, newest first (as Query.usageHistory, for this tenant).")
-    async def usage_history(
-        self,
-        info: Info,
-        first: int = 50,
-        after: str | None = None,
-        days: int | None = None,
-        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
-        to: datetime | None = None,
-        primitive: str | None = None,
-        api_key_id: strawberry.ID | None = None,
-    ) -> Annotated[UsageEventConnection, strawberry.lazy("app.metering.usage_graphql")]:
-        from app.metering.usage_graphql import resolve_usage_history
-
-        key = str(api_key_id) if api_key_id is not None else None
-        return await resolve_usage_history(info.context, self.row.id, first, after, days, from_, to, primitive, key)
-
-    @strawberry.field(description="Ledger entries, newest first (as Query.creditHistory, for this tenant).")
-    async def credit_history(
-        self,
-        info: Info,
-        first: int = 50,
-        after: str | None = None,
-        days: int | None = None,
-        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
-        to: datetime | None = None,
-        primitive: str | None = None,
-    ) -> Annotated[CreditEntryConnection, strawberry.lazy("app.credits.graphql")]:
-        from app.credits.graphql import resolve_credit_history
-
-        return await resolve_credit_history(info.context, self.row.id, first, after, days, from_, to, primitive)
-
-    @strawberry.field(description="Usage over time (as Query.usageSeries, for this tenant).")
-    async def usage_series(
-        self,
-        info: Info,
-        from_: Annotated[datetime, strawberry.argument(name="from")],
-        to: datetime,
-        interval: Annotated[UsageInterval, strawberry.lazy("app.metering.usage_graphql")] | None = None,
-        primitive: str | None = None,
-        group_by: Annotated[UsageGroupBy, strawberry.lazy("app.metering.usage_graphql")] | None = None,
-    ) -> list[Annotated[UsagePoint, strawberry.lazy("app.metering.usage_graphql")]]:
-        from app.metering.usage_graphql import UsageInterval, resolve_usage_series
-
-        return await resolve_usage_series(
-            info.context, self.row.id, from_, to, interval or UsageInterval.DAY, primitive, group_by
-        )
-
-
-@strawberry.type
-class ApiKey:
-    row: strawberry.Private[ApiKeyRow]
-
-    @strawberry.field
-    def id(self) -> strawberry.ID:
-        return strawberry.ID(self.row.id)
-
-    @strawberry.field
-    def kind(self) -> str:
-        return self.row.kind
-
-    @strawberry.field
-    def tenant_id(self) -> str | None:
-        return self.row.tenant_id
-
-    @strawberry.field
-    def name(self) -> str:
-        return self.row.name
-
-    @strawberry.field
-    def prefix(self) -> str:
-        return self.row.prefix
-
-    @strawberry.field
-    def created_at(self) -> datetime:
-        return self.row.created_at
-
-    @strawberry.field
-    def revoked_at(self) -> datetime | None:
-        return self.row.revoked_at
-
-    @strawberry.field
-    def scopes(self) -> list[ApiKeyScope]:
-        granted = parse_scopes(self.row.scopes)
-        return [ApiKeyScope(s) for s in SCOPES if s in granted]
-
-    @strawberry.field(description="Null: the key never expires (it can still be revoked).")
-    def expires_at(self) -> datetime | None:
-        return self.row.expires_at
+    @classmethod
+    def from_row(cls, row: Any, /, **given: Any) -> Self:
+        granted = parse_scopes(row.scopes)
+        return super().from_row(row, scopes=[ApiKeyScope(s) for s in SCOPES if s in granted], **given)

@@ -1,2 +1,3 @@
 """Live updates: what changed for which tenant, from the transaction that changed it to the
-GraphQL subscriptions that watch it (notify.py publishes, hub.py delivers, graphql.py serves)."""
+GraphQL subscriptions that watch it (notify.py publishes, hub.py delivers; app/graphql/live.py
+serves them and app/graphql/ws.py carries them)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-TOO_MANY_SOCKETS = 4429  # as HTTP 429, in the 4xxx range the socket's other refusals use (app/live/ws.py)
+TOO_MANY_SOCKETS = 4429  # as HTTP 429, in the 4xxx range the socket's other refusals use (app/graphql/ws.py)
 TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
 
 

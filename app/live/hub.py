@@ -171,7 +171,7 @@ class LiveHub:
         self._everyone: set[Mailbox] = set()
         self._keys: dict[str, set[Callable[[], None]]] = {}
         self._feeds: dict[tuple[str, str], Feed[Any]] = {}
-        self.caps = Caps()  # sockets and subscriptions per key and per tenant (app/live/ws.py)
+        self.caps = Caps()  # sockets and subscriptions per key and per tenant (app/graphql/ws.py)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None

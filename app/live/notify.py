@@ -177,7 +177,7 @@ class PgBatcher:
                         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
             except Exception:
                 self._disconnect()
-                # Lost: subscribers look again on their own every RESYNC seconds (app/live/graphql.py).
+                # Lost: subscribers look again on their own every RESYNC seconds (app/graphql/live.py).
                 log.warning("live updates: could not send %d event(s)", len(batch), exc_info=True)
 
     def _connection(self) -> Any:

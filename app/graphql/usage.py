@@ -7,20 +7,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Self
 
 import strawberry
 
 from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.graphql.context import Context, Info
 from app.graphql.pagination import After, Connection, Days, First, From, To, connection, history_args
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
+from app.graphql.types import ApiKey
 from app.metering import repository
 from app.metering.series import SeriesArgs, series_args, usage_series
 from app.tenants.repository import ApiKeyRepository
-
-if TYPE_CHECKING:
-    from app.graphql.types import ApiKey
 
 _CURSOR = "use"
 
@@ -37,19 +36,17 @@ async def _visible_key(ctx: Context, tenant_id: str, key_id: str | None) -> Any:
 
 
 async def _key_field(ctx: Context, tenant_id: str, key_id: str | None) -> ApiKey | None:
-    from app.graphql.types import ApiKey
-
     row = await _visible_key(ctx, tenant_id, key_id)
-    return ApiKey(row=row) if row is not None else None
+    return ApiKey.from_row(row) if row is not None else None
 
 
 @strawberry.type(description="One metered call, as recorded.")
-class UsageEvent:
+class UsageEvent(FromRow):
     id: strawberry.ID
     kind: str = strawberry.field(description="charge | settle")
     primitive: str
     quantity: int
-    credits_used: Credits  # type: ignore[valid-type]
+    credits_used: Credits
     reference: str | None
     connection: str | None = strawberry.field(description="The connection the call named, if any")
     idempotency_key: str
@@ -63,24 +60,12 @@ class UsageEvent:
         return strawberry.ID(row.id) if row is not None else None
 
     @strawberry.field
-    async def api_key(self, info: Info) -> Annotated[ApiKey, strawberry.lazy("app.graphql.types")] | None:
+    async def api_key(self, info: Info) -> ApiKey | None:
         return await _key_field(info.context, self.tenant_id, self.key_id)
 
     @classmethod
-    def from_row(cls, r: Any) -> UsageEvent:
-        return cls(
-            id=strawberry.ID(str(r.id)),
-            kind=r.kind,
-            primitive=r.primitive,
-            quantity=r.quantity,
-            credits_used=MicroCredits(r.credits),
-            reference=r.reference,
-            connection=r.connection,
-            idempotency_key=r.idempotency_key,
-            created_at=r.created_at,
-            tenant_id=r.tenant_id,
-            key_id=r.api_key_id,
-        )
+    def from_row(cls, r: Any, /, **given: Any) -> Self:
+        return super().from_row(r, credits_used=r.credits, key_id=r.api_key_id, **given)
 
 
 @strawberry.type
@@ -101,11 +86,11 @@ class UsageGroupBy(Enum):
 
 
 @strawberry.type(description="Usage in one bucket (UTC hour or day) of a series; zero when nothing was used.")
-class UsagePoint:
+class UsagePoint(FromRow):
     start: datetime
     primitive: str | None = strawberry.field(description="Set when grouped by primitive or filtered to one.")
     quantity: int
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     tenant_id: strawberry.Private[str]
     key_id: strawberry.Private[str | None]
 
@@ -115,7 +100,7 @@ class UsagePoint:
         return strawberry.ID(row.id) if row is not None else None
 
     @strawberry.field(description="Grouped by key: the key that made the calls (null: no key).")
-    async def api_key(self, info: Info) -> Annotated[ApiKey, strawberry.lazy("app.graphql.types")] | None:
+    async def api_key(self, info: Info) -> ApiKey | None:
         return await _key_field(info.context, self.tenant_id, self.key_id)
 
 
@@ -171,17 +156,7 @@ async def resolve_usage_series(
         return out
 
     points = await ctx.loaders.custom("usage_series", fetch).load((tenant_id, args))
-    return [
-        UsagePoint(
-            start=p.start,
-            primitive=p.primitive,
-            quantity=p.quantity,
-            credits=MicroCredits(p.credits),
-            tenant_id=tenant_id,
-            key_id=p.api_key_id,
-        )
-        for p in points or []
-    ]
+    return [UsagePoint.from_row(p, tenant_id=tenant_id, key_id=p.api_key_id) for p in points or []]
 
 
 SeriesFrom = Annotated[datetime, strawberry.argument(name="from", description="Start (floored to the interval).")]

@@ -9,18 +9,18 @@ import strawberry
 
 from app.alerts import service, worker
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.core.auth import Principal
 from app.core.errors import Forbidden, NotFound, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.scalars import Credits, MicroCredits
-from app.graphql.util import attempt
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.type
-class WebhookEndpoint:
+class WebhookEndpoint(FromRow):
     id: strawberry.ID
     tenant_id: str | None = strawberry.field(description="null: an operator endpoint, told about every tenant")
     url: str
@@ -30,19 +30,6 @@ class WebhookEndpoint:
     disabled_reason: str | None
     created_at: datetime
 
-    @classmethod
-    def from_row(cls, r: Any) -> WebhookEndpoint:
-        return cls(
-            id=strawberry.ID(r.id),
-            tenant_id=r.tenant_id,
-            url=r.url,
-            event_types=list(r.event_types),
-            active=r.active,
-            consecutive_failures=r.consecutive_failures,
-            disabled_reason=r.disabled_reason,
-            created_at=r.created_at,
-        )
-
 
 @strawberry.type
 class CreatedWebhookEndpoint:
@@ -51,7 +38,7 @@ class CreatedWebhookEndpoint:
 
 
 @strawberry.type
-class WebhookAttempt:
+class WebhookAttempt(FromRow):
     at: datetime
     status_code: int | None
     error: str | None
@@ -59,7 +46,7 @@ class WebhookAttempt:
 
 
 @strawberry.type
-class WebhookDelivery:
+class WebhookDelivery(FromRow):
     id: strawberry.ID
     event_id: strawberry.ID
     status: str = strawberry.field(description="pending, delivered, or dead (given up after 24 h of retries)")
@@ -88,7 +75,7 @@ class AlertPolicy:
     plan_key: str | None
     tenant_id: str | None
     quota_percents: list[int] | None = strawberry.field(description="null: 50, 75, 90, 100 (or the plan's)")
-    low_balance_credits: Credits | None  # type: ignore[valid-type]
+    low_balance_credits: Credits | None
 
 
 AlertPolicyResult = Annotated[AlertPolicy | ValidationError | NotFoundError, strawberry.union("AlertPolicyResult")]
@@ -121,17 +108,7 @@ class AlertsQuery:
 
 
 def _delivery(r: Any, attempts: list[Any]) -> WebhookDelivery:
-    return WebhookDelivery(
-        id=strawberry.ID(str(r.id)),
-        event_id=strawberry.ID(str(r.event_id)),
-        status=r.status,
-        attempts=[
-            WebhookAttempt(at=a.at, status_code=a.status_code, error=a.error, duration_ms=a.duration_ms)
-            for a in attempts
-        ],
-        next_attempt_at=r.next_attempt_at,
-        delivered_at=r.delivered_at,
-    )
+    return WebhookDelivery.from_row(r, attempts=[WebhookAttempt.from_row(a) for a in attempts])
 
 
 @strawberry.type
@@ -207,7 +184,7 @@ class AlertsMutation:
         plan_key: str | None = None,
         tenant_id: strawberry.ID | None = None,
         quota_percents: list[int] | None = None,
-        low_balance_credits: Credits | None = None,  # type: ignore[valid-type]
+        low_balance_credits: Credits | None = None,
     ) -> AlertPolicyResult:
         ctx = info.context
 
@@ -224,7 +201,7 @@ class AlertsMutation:
                     plan_key=row.plan_key,
                     tenant_id=row.tenant_id,
                     quota_percents=list(row.quota_percents) if row.quota_percents is not None else None,
-                    low_balance_credits=MicroCredits(row.low_balance) if row.low_balance is not None else None,
+                    low_balance_credits=Credits(row.low_balance) if row.low_balance is not None else None,
                 )
 
             return await audited_write(

@@ -1,5 +1,6 @@
-"""Credits over GraphQL: balances (Tenant.credits, status), history, packs, operator grants,
-reversals and reconciliation. Tenant-scoped reads take the tenant from the scope."""
+"""Credits over GraphQL: status, history, packs, operator grants, reversals and reconciliation
+(the balance and ledger-entry types are ledger.py's, which Tenant answers with too). Tenant-scoped
+reads take the tenant from the scope."""
 
 from __future__ import annotations
 
@@ -9,128 +10,18 @@ from typing import Annotated, Any
 import strawberry
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.core.errors import ValidationFailed
-from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
 from app.credits import packs as pack_service
 from app.credits import service
-from app.graphql.context import Context, Info
+from app.graphql.context import Info
 from app.graphql.errors import ConflictError, NotFoundError, ValidationError
-from app.graphql.pagination import After, Connection, Days, First, From, To, connection, history_args
-from app.graphql.scalars import Credits, MicroCredits
-from app.graphql.types import Plan, Tenant
-from app.graphql.util import attempt, target_scope
-
-
-@strawberry.type
-class CreditBucket:
-    id: strawberry.ID
-    source: str = strawberry.field(description="signup | plan | purchase | adjustment | reversal")
-    granted: Credits  # type: ignore[valid-type]
-    remaining: Credits  # type: ignore[valid-type]
-    expires_at: datetime | None
-    created_at: datetime
-
-
-@strawberry.type
-class CreditBalance:
-    balance: Credits = strawberry.field(  # type: ignore[valid-type]
-        description="Sum of the ledger, less credits expired by now (exact at read time)."
-    )
-    reserved: Credits = strawberry.field(description="Held by open reservations.")  # type: ignore[valid-type]
-    available: Credits = strawberry.field(description="balance - reserved")  # type: ignore[valid-type]
-    buckets: list[CreditBucket] = strawberry.field(description="Grants with credits left, in burn order.")
-
-
-def _bucket(r: Any) -> CreditBucket:
-    return CreditBucket(
-        id=strawberry.ID(r.id),
-        source=r.source,
-        granted=MicroCredits(r.granted),
-        remaining=MicroCredits(r.remaining),
-        expires_at=r.expires_at,
-        created_at=r.created_at,
-    )
-
-
-def balance_view(s: service.CreditSummary) -> CreditBalance:
-    return CreditBalance(
-        balance=MicroCredits(s.balance),
-        reserved=MicroCredits(s.reserved),
-        available=MicroCredits(s.available),
-        buckets=[_bucket(b) for b in s.buckets],
-    )
-
-
-async def resolve_credits(ctx: Context, tenant_id: str) -> CreditBalance:
-    """Tenant.credits through a per-request DataLoader: a page of tenants costs two statements."""
-    now = ctx.clock.now()
-
-    def fetch(session: Any, keys: list[str]) -> dict[str, service.CreditSummary]:
-        return service.summaries(session, keys, now)
-
-    summary = await ctx.loaders.custom("credits", fetch).load(tenant_id)
-    return balance_view(summary or service.CreditSummary(0, 0))
-
-
-@strawberry.type
-class CreditEntry:
-    id: strawberry.ID
-    kind: str = strawberry.field(description="grant | debit | reversal | expiry")
-    action: str = strawberry.field(description="signup, plan, purchase, adjustment, a primitive name, expiry...")
-    amount: Credits  # type: ignore[valid-type]
-    balance_after: Credits  # type: ignore[valid-type]
-    reference: str | None
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, r: Any) -> CreditEntry:
-        return cls(
-            id=strawberry.ID(str(r.id)),
-            kind=r.kind,
-            action=r.action,
-            amount=MicroCredits(r.amount),
-            balance_after=MicroCredits(r.balance_after),
-            reference=r.reference,
-            created_at=r.created_at,
-        )
-
-
-@strawberry.type
-class CreditEntryConnection(Connection[CreditEntry]):
-    pass
-
-
-_CURSOR = "le"
-
-
-async def resolve_credit_history(
-    ctx: Context,
-    tenant_id: str,
-    first: int,
-    after: str | None,
-    days: int | None,
-    start: datetime | None,
-    end: datetime | None,
-    primitive: str | None,
-) -> CreditEntryConnection:
-    """creditHistory and Tenant.creditHistory: a DataLoader, so a page of tenants costs one statement."""
-    first, filt = history_args(first, days, start, end, primitive)
-    before = decode_id_cursor(_CURSOR, after) if after is not None else None
-
-    now = ctx.clock.now()
-
-    def fetch(s: Any, keys: list[tuple[str, HistoryFilter, int, int | None]]) -> dict[Any, list[Any]]:
-        out: dict[Any, list[Any]] = {}
-        for args in {k[1:] for k in keys}:
-            for tid, rows in service.history(s, [k[0] for k in keys if k[1:] == args], now, *args).items():
-                out[(tid, *args)] = rows
-        return out
-
-    rows = await ctx.loaders.custom("credit_history", fetch).load((tenant_id, filt, first + 1, before))
-    return connection(
-        CreditEntryConnection, rows or [], first, lambda r: encode_cursor(_CURSOR, str(r.id)), CreditEntry.from_row
-    )
+from app.graphql.ledger import CreditBalance, CreditEntryConnection, balance_view, resolve_credit_history
+from app.graphql.pagination import After, Days, First, From, To
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
+from app.graphql.tenants import Tenant
+from app.graphql.types import Plan
+from app.graphql.util import attempt, audited_write, target_scope
 
 
 @strawberry.type
@@ -150,10 +41,10 @@ class TenantStatus:
 
 
 @strawberry.type
-class CreditPack:
+class CreditPack(FromRow):
     key: str
     name: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     price_usd_cents: int
     price_usd: str
     stripe_price_id: str | None
@@ -162,25 +53,16 @@ class CreditPack:
 
 
 def _pack(p: Any) -> CreditPack:
-    return CreditPack(
-        key=p.key,
-        name=p.name,
-        credits=MicroCredits(p.credits),
-        price_usd_cents=p.price_usd_cents,
-        price_usd=f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}",
-        stripe_price_id=p.stripe_price_id,
-        expires_after_days=p.expires_after_days,
-        active=p.active,
-    )
+    return CreditPack.from_row(p, price_usd=f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}")
 
 
 @strawberry.type
-class TenantDrift:
+class TenantDrift(FromRow):
     tenant_id: strawberry.ID
-    balance: Credits  # type: ignore[valid-type]
-    ledger_sum: Credits  # type: ignore[valid-type]
-    bucket_sum: Credits  # type: ignore[valid-type]
-    drift: Credits = strawberry.field(description="balance - ledgerSum")  # type: ignore[valid-type]
+    balance: Credits
+    ledger_sum: Credits
+    bucket_sum: Credits
+    drift: Credits = strawberry.field(description="balance - ledgerSum")
     problems: list[str]
 
 
@@ -192,14 +74,7 @@ class ReconcileReport:
 
 
 def _drift(d: service.TenantDrift) -> TenantDrift:
-    return TenantDrift(
-        tenant_id=strawberry.ID(d.tenant_id),
-        balance=MicroCredits(d.balance),
-        ledger_sum=MicroCredits(d.ledger_sum),
-        bucket_sum=MicroCredits(d.bucket_sum),
-        drift=MicroCredits(d.drift),
-        problems=list(d.problems),
-    )
+    return TenantDrift.from_row(d, problems=list(d.problems))
 
 
 @strawberry.type
@@ -212,7 +87,7 @@ class CreditGrant:
 @strawberry.type
 class CreditReversal:
     entry_id: strawberry.ID
-    amount: Credits  # type: ignore[valid-type]
+    amount: Credits
     created: bool
     tenant: Tenant
 
@@ -221,7 +96,7 @@ class CreditReversal:
 class CreditPackInput:
     key: str
     name: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     price_usd_cents: int
     stripe_price_id: str | None = None
     expires_after_days: int | None = None
@@ -252,8 +127,8 @@ class CreditsQuery:
         st = await ctx.read(lambda s: service.status(s, scope, ctx.clock.now()))
         plan = await ctx.loaders.plan.load(st.tenant.plan_key) if st.tenant.plan_key else None
         return TenantStatus(
-            tenant=Tenant(row=st.tenant),
-            plan=Plan(row=plan) if plan else None,
+            tenant=Tenant.from_row(st.tenant),
+            plan=Plan.from_row(plan) if plan else None,
             subscription_status=st.subscription_status,
             credits=balance_view(st.credits),
             resources=StatusResources(
@@ -301,7 +176,7 @@ class CreditsMutation:
         self,
         info: Info,
         tenant_id: strawberry.ID,
-        amount: Credits,  # type: ignore[valid-type]
+        amount: Credits,
         idempotency_key: str,
         expires_at: datetime | None = None,
         reason: str | None = None,
@@ -333,7 +208,7 @@ class CreditsMutation:
                 "expiresAt": expires_at,
             }
             bucket_id, created, tenant = await audited_write(ctx, "grantCredits", target, write, detail=detail)
-            return CreditGrant(created=created, bucket_id=strawberry.ID(bucket_id), tenant=Tenant(row=tenant))
+            return CreditGrant(created=created, bucket_id=strawberry.ID(bucket_id), tenant=Tenant.from_row(tenant))
 
         return await attempt(run)
 
@@ -358,9 +233,9 @@ class CreditsMutation:
             rev, tenant = await audited_write(ctx, "reverseCreditEntry", target, write, detail=detail)
             return CreditReversal(
                 entry_id=strawberry.ID(str(rev.entry_id)),
-                amount=MicroCredits(rev.amount),
+                amount=Credits(rev.amount),
                 created=rev.created,
-                tenant=Tenant(row=tenant),
+                tenant=Tenant.from_row(tenant),
             )
 
         return await attempt(run)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -12,10 +11,11 @@ from app.audit import service
 from app.core.ids import parse_id
 from app.graphql.context import Info
 from app.graphql.pagination import Connection, connection
+from app.graphql.rows import FromRow
 
 
 @strawberry.type
-class AuditEntry:
+class AuditEntry(FromRow):
     id: strawberry.ID
     at: datetime
     actor_key_id: str | None = strawberry.field(description="The API key that made the change; null: the CLI")
@@ -27,22 +27,6 @@ class AuditEntry:
     before: JSON | None = strawberry.field(description="The entity before the write; null when it was created")
     after: JSON | None
     detail: JSON | None = strawberry.field(description="The request's own parameters, where the entity lacks them")
-
-    @classmethod
-    def from_row(cls, r: Any) -> AuditEntry:
-        return cls(
-            id=strawberry.ID(str(r.id)),
-            at=r.at,
-            actor_key_id=r.actor_key_id,
-            actor_role=r.actor_role,
-            action=r.action,
-            entity=r.entity,
-            entity_id=r.entity_id,
-            tenant_id=r.tenant_id,
-            before=r.before,
-            after=r.after,
-            detail=r.detail,
-        )
 
 
 @strawberry.type

@@ -20,14 +20,14 @@ import strawberry
 from app.core.auth import TenantScope
 from app.core.errors import ValidationFailed
 from app.credits import service as credit_service
-from app.credits.graphql import CreditBalance, balance_view
 from app.graphql.context import Context, Info
+from app.graphql.ledger import CreditBalance, balance_view
 from app.graphql.loaders import Loaders
-from app.graphql.types import Tenant
+from app.graphql.metering import UsageReport, to_report
+from app.graphql.tenants import Tenant
 from app.live import notify
 from app.live.hub import ANY, LiveHub
 from app.metering import repository as usage_repository
-from app.metering.graphql import UsageReport, to_report
 from app.tenants.repository import TenantRepository
 
 # Under a burst of charges a subscriber answers at most this often (the last state wins).
@@ -62,7 +62,7 @@ class TenantActivity:
     async def tenant(self, info: Info) -> Tenant | None:
         tid = str(self.tenant_id)
         row = await info.context.read(lambda s: TenantRepository(s).get(TenantScope(tid)))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
 
 def _hub(ctx: Context) -> LiveHub:
@@ -131,7 +131,7 @@ class LiveSubscription:
                 sent = await _paced(sent)
                 # The connection's context outlives one event: fresh loaders, so Tenant's fields
                 # (credits, usage) are read again instead of answered from the last event's cache.
-                ctx.loaders = Loaders(ctx)
+                ctx.loaders = Loaders(ctx.engine, ctx.settings)
                 now = ctx.clock.now()
                 for tenant_id, kinds in sorted(changed.items()):
                     if tenant_id == ANY:

@@ -6,11 +6,11 @@ from typing import Annotated
 import strawberry
 
 from app.audit.service import subscription_target
-from app.audit.write import audited_write
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus, Tenant
-from app.graphql.util import attempt, target_scope
+from app.graphql.tenants import Tenant
+from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus
+from app.graphql.util import attempt, audited_write, target_scope
 from app.subscriptions import service
 
 
@@ -65,7 +65,7 @@ class SubscriptionMutation:
                 lambda s: service.set_subscription(s, ctx.clock, scope, data),
             )
             return SubscriptionChanged(
-                tenant=Tenant(row=tenant), subscription=BillingSubscription(row=sub), plan=Plan(row=plan)
+                tenant=Tenant.from_row(tenant), subscription=BillingSubscription.from_row(sub), plan=Plan.from_row(plan)
             )
 
         return await attempt(run)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import strawberry
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.catalog import service
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
+from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.enum(description="How a primitive is priced (the rules of app/pricing/service.py).")
@@ -28,7 +28,7 @@ class PricingRule(enum.Enum):
 
 
 @strawberry.type(name="Primitive", description="A metered primitive in the operator's catalog.")
-class PrimitiveType:
+class PrimitiveType(FromRow):
     key: str
     name: str
     unit: str
@@ -37,19 +37,6 @@ class PrimitiveType:
     active: bool = strawberry.field(description="Retired primitives are refused by every metered call")
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Any) -> PrimitiveType:
-        return cls(
-            key=row.key,
-            name=row.name,
-            unit=row.unit,
-            category=row.category,
-            pricing_rule=PricingRule(row.pricing_rule),
-            active=row.active,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
 
 
 @strawberry.input
@@ -60,7 +47,7 @@ class PrimitiveInput:
     category: str
     pricing_rule: PricingRule
     active: bool = True
-    credits: Credits | None = strawberry.field(  # type: ignore[valid-type]
+    credits: Credits | None = strawberry.field(
         default=None,
         description="Price per unit (fixed) or per block (session_tiers); required when such a primitive is new",
     )

@@ -10,12 +10,12 @@ from typing import Annotated, Any
 import strawberry
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.core.money import MICRO
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.scalars import Credits, MicroCredits
-from app.graphql.util import attempt
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
+from app.graphql.util import attempt, audited_write
 from app.pricing import service
 from app.pricing.repository import PricingRepository
 
@@ -27,13 +27,13 @@ def _dec(d: Decimal) -> str:
 @strawberry.type
 class SessionTimeTier:
     up_to_seconds: int
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
 
 
 @strawberry.type
-class FixedPrice:
+class FixedPrice(FromRow):
     primitive: str
-    credits: Credits = strawberry.field(  # type: ignore[valid-type]
+    credits: Credits = strawberry.field(
         description="Per unit; for browser.session.time, per started block beyond the last tier."
     )
     tiers: list[SessionTimeTier]
@@ -43,12 +43,12 @@ class FixedPrice:
 @strawberry.type(name="LlmRate")
 class LlmRateType:
     model: str
-    input_per_million: Credits  # type: ignore[valid-type]
-    output_per_million: Credits  # type: ignore[valid-type]
-    cache_read_per_million: Credits = strawberry.field(  # type: ignore[valid-type]
+    input_per_million: Credits
+    output_per_million: Credits
+    cache_read_per_million: Credits = strawberry.field(
         description="Effective rate: the model's own, or input x llm.cache_read_multiplier."
     )
-    cache_creation_per_million: Credits = strawberry.field(  # type: ignore[valid-type]
+    cache_creation_per_million: Credits = strawberry.field(
         description="Effective rate: the model's own, or input x llm.cache_creation_multiplier."
     )
     cache_rates_derived: bool
@@ -56,7 +56,7 @@ class LlmRateType:
 
 
 @strawberry.type(name="MediaPrice")
-class MediaPriceType:
+class MediaPriceType(FromRow):
     model: str
     kind: str
     unit: str = strawberry.field(description="image, or second (of video)")
@@ -77,7 +77,7 @@ class PricingSettings:
 @strawberry.type
 class MediaPricing:
     model: str
-    estimated_credits: Credits  # type: ignore[valid-type]
+    estimated_credits: Credits
     unit_price_usd: str
     credit_value_usd: str
 
@@ -85,7 +85,7 @@ class MediaPricing:
 @strawberry.type
 class PriceQuote:
     primitive: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
 
 
 @strawberry.input(
@@ -140,16 +140,16 @@ def price_request(primitive: str, quantity: int, details: PriceDetailsInput | No
 @strawberry.input
 class SessionTimeTierInput:
     up_to_seconds: int
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
 
 
 @strawberry.input
 class LlmRateInput:
     model: str
-    input_per_million: Credits  # type: ignore[valid-type]
-    output_per_million: Credits  # type: ignore[valid-type]
-    cache_read_per_million: Credits | None = None  # type: ignore[valid-type]
-    cache_creation_per_million: Credits | None = None  # type: ignore[valid-type]
+    input_per_million: Credits
+    output_per_million: Credits
+    cache_read_per_million: Credits | None = None
+    cache_creation_per_million: Credits | None = None
 
 
 @strawberry.input
@@ -169,36 +169,26 @@ SetPricingSettingResult = Annotated[PricingSettings | ValidationError, strawberr
 
 
 def _fixed(row: Any) -> FixedPrice:
-    return FixedPrice(
-        primitive=row.primitive,
-        credits=MicroCredits(row.credits),
-        tiers=[SessionTimeTier(up_to_seconds=int(t[0]), credits=MicroCredits(int(t[1]))) for t in (row.tiers or [])],
-        updated_at=row.updated_at,
-    )
+    tiers = [SessionTimeTier(up_to_seconds=int(t[0]), credits=Credits(int(t[1]))) for t in (row.tiers or [])]
+    return FixedPrice.from_row(row, tiers=tiers)
 
 
 def _rate(row: Any, settings: dict[str, Decimal]) -> LlmRateType:
     cache_read, cache_creation = service.effective_cache_rates(row, settings)
     return LlmRateType(
         model=row.model,
-        input_per_million=MicroCredits(row.input_per_m),
-        output_per_million=MicroCredits(row.output_per_m),
-        cache_read_per_million=MicroCredits(cache_read),
-        cache_creation_per_million=MicroCredits(cache_creation),
+        input_per_million=Credits(row.input_per_m),
+        output_per_million=Credits(row.output_per_m),
+        cache_read_per_million=Credits(cache_read),
+        cache_creation_per_million=Credits(cache_creation),
         cache_rates_derived=row.cache_read_per_m is None or row.cache_creation_per_m is None,
         updated_at=row.updated_at,
     )
 
 
 def _media(row: Any, settings: dict[str, Decimal]) -> MediaPriceType:
-    return MediaPriceType(
-        model=row.model,
-        kind=row.kind,
-        unit="image" if row.kind == "image" else "second",
-        unit_price_usd=row.unit_price_usd,
-        markup=row.markup or _dec(settings["media.markup"]),
-        updated_at=row.updated_at,
-    )
+    unit = "image" if row.kind == "image" else "second"
+    return MediaPriceType.from_row(row, unit=unit, markup=row.markup or _dec(settings["media.markup"]))
 
 
 def _settings(values: dict[str, Decimal]) -> PricingSettings:
@@ -214,7 +204,7 @@ def _settings(values: dict[str, Decimal]) -> PricingSettings:
 def _media_pricing(q: service.MediaQuote) -> MediaPricing:
     return MediaPricing(
         model=q.model,
-        estimated_credits=MicroCredits(q.micro),
+        estimated_credits=Credits(q.micro),
         unit_price_usd=_dec(q.unit_price_usd),
         credit_value_usd=_dec(q.credit_value_usd),
     )
@@ -262,7 +252,7 @@ class PricingQuery:
         async def run() -> PriceQuote:
             req = price_request(input.primitive, input.quantity, input.details)
             micro = await info.context.read(lambda s: service.quote(s, req))
-            return PriceQuote(primitive=input.primitive, credits=MicroCredits(micro))
+            return PriceQuote(primitive=input.primitive, credits=Credits(micro))
 
         return await attempt(run)
 
@@ -274,7 +264,7 @@ class PricingMutation:
         self,
         info: Info,
         primitive: str,
-        credits: Credits,  # type: ignore[valid-type]
+        credits: Credits,
         tiers: list[SessionTimeTierInput] | None = None,
     ) -> SetPriceResult:
         ctx = info.context

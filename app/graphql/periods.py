@@ -10,9 +10,8 @@ import strawberry
 from app.core.errors import ValidationFailed
 from app.core.paging import check_first, decode_cursor, encode_cursor
 from app.graphql.context import Info
+from app.graphql.metering import UsageLine, UsagePeriod
 from app.graphql.pagination import After, Connection, First, connection
-from app.graphql.scalars import MicroCredits
-from app.metering.graphql import UsageLine, UsagePeriod
 from app.metering.period_reads import PeriodReport, period_page
 
 _CURSOR = "period"
@@ -37,17 +36,7 @@ class BillingPeriod:
 
     @classmethod
     def from_row(cls, r: PeriodReport) -> BillingPeriod:
-        lines = [
-            UsageLine(
-                primitive=x.primitive,
-                quota=x.quota,
-                used=x.used,
-                remaining=x.remaining,
-                overage=x.overage,
-                credits=MicroCredits(x.credits),
-            )
-            for x in r.lines
-        ]
+        lines = [UsageLine.from_row(x) for x in r.lines]
         return cls(
             period=UsagePeriod(start=r.period.start, end=r.period.end),
             plan=r.plan,

@@ -9,7 +9,6 @@ import strawberry
 from sqlmodel import Session
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.budgets import service
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
 from app.core.auth import Principal
@@ -17,8 +16,9 @@ from app.core.errors import Forbidden, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
-from app.graphql.scalars import Credits, MicroCredits
-from app.graphql.util import attempt
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.type
@@ -28,22 +28,22 @@ class KeyQuantityLimit:
 
 
 @strawberry.type
-class KeyUsageLine:
+class KeyUsageLine(FromRow):
     primitive: str
     quantity: int
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
 
 
 @strawberry.type(description="What one API key may spend per period, and what it has spent in this one.")
 class KeyBudget:
     api_key_id: strawberry.ID
     period: str = strawberry.field(description="day or month (calendar, UTC)")
-    credit_limit: Credits | None  # type: ignore[valid-type]
+    credit_limit: Credits | None
     quantity_limits: list[KeyQuantityLimit]
     period_start: datetime
     period_end: datetime
-    credits_used: Credits  # type: ignore[valid-type]
-    credits_held: Credits = strawberry.field(  # type: ignore[valid-type]
+    credits_used: Credits
+    credits_held: Credits = strawberry.field(
         description="Kept back by the key's open holds reserved this period: counts against creditLimit"
     )
     usage: list[KeyUsageLine] = strawberry.field(description="Spend of this key per primitive this period")
@@ -54,16 +54,13 @@ class KeyBudget:
         return cls(
             api_key_id=strawberry.ID(b.api_key_id),
             period=b.period,
-            credit_limit=MicroCredits(b.credit_limit) if b.credit_limit is not None else None,
+            credit_limit=Credits(b.credit_limit) if b.credit_limit is not None else None,
             quantity_limits=[KeyQuantityLimit(primitive=p, limit=int(n)) for p, n in b.quantity_limits.items()],
             period_start=v.period.start,
             period_end=v.period.end,
-            credits_used=MicroCredits(v.credits_used),
-            credits_held=MicroCredits(v.credits_held),
-            usage=[
-                KeyUsageLine(primitive=u.primitive, quantity=u.quantity, credits=MicroCredits(u.credits))
-                for u in v.usage
-            ],
+            credits_used=Credits(v.credits_used),
+            credits_held=Credits(v.credits_held),
+            usage=[KeyUsageLine.from_row(u) for u in v.usage],
         )
 
 
@@ -80,8 +77,8 @@ class BudgetExceeded:
     primitive: str = strawberry.field(description="The refused call's primitive")
     budget: str = strawberry.field(description="credits (the key's credit budget) or quantity (its limit on primitive)")
     # Named apart from Charged.creditsUsed: fields of one union must merge in a client's selection.
-    credit_limit: Credits | None  # type: ignore[valid-type]
-    credits_spent: Credits | None = strawberry.field(  # type: ignore[valid-type]
+    credit_limit: Credits | None
+    credits_spent: Credits | None = strawberry.field(
         description="Spent this period, with what the key's open holds keep back"
     )
     quantity_limit: int | None
@@ -96,8 +93,8 @@ class BudgetExceeded:
             api_key_id=strawberry.ID(e.api_key_id),
             primitive=e.primitive,
             budget="credits" if e.credits else "quantity",
-            credit_limit=MicroCredits(e.limit) if e.credits else None,
-            credits_spent=MicroCredits(e.used) if e.credits else None,
+            credit_limit=Credits(e.limit) if e.credits else None,
+            credits_spent=Credits(e.used) if e.credits else None,
             quantity_limit=None if e.credits else e.limit,
             quantity_spent=None if e.credits else e.used,
             period_end=e.period_end,
@@ -113,7 +110,7 @@ class KeyQuantityLimitInput:
 @strawberry.input
 class KeyBudgetInput:
     period: str = strawberry.field(default="month", description="day or month")
-    credit_limit: Credits | None = None  # type: ignore[valid-type]
+    credit_limit: Credits | None = None
     quantity_limits: list[KeyQuantityLimitInput] = strawberry.field(default_factory=list)
 
 

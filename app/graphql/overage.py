@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import strawberry
 from sqlalchemy import and_, select
@@ -12,6 +11,7 @@ from app.core.errors import ValidationFailed
 from app.core.paging import check_first, decode_cursor, encode_cursor
 from app.graphql.context import Info
 from app.graphql.pagination import After, Connection, First, connection
+from app.graphql.rows import FromRow
 from app.overage.service import REPORT
 
 _CURSOR = "overage"
@@ -19,7 +19,7 @@ STATUSES = ("pending", "reported")
 
 
 @strawberry.type(description="A tenant's overage of one primitive in one closed period, reported to Stripe once.")
-class OverageReport:
+class OverageReport(FromRow):
     tenant_id: strawberry.ID
     primitive: str
     period_start: datetime
@@ -31,22 +31,6 @@ class OverageReport:
     attempts: int
     last_error: str | None
     reported_at: datetime | None
-
-    @classmethod
-    def from_row(cls, r: Any) -> OverageReport:
-        return cls(
-            tenant_id=strawberry.ID(r.tenant_id),
-            primitive=r.primitive,
-            period_start=r.period_start,
-            period_end=r.period_end,
-            quantity=r.quantity,
-            price_id=r.price_id,
-            identifier=r.identifier,
-            status=r.status,
-            attempts=r.attempts,
-            last_error=r.last_error,
-            reported_at=r.reported_at,
-        )
 
 
 @strawberry.type

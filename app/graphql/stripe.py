@@ -4,7 +4,7 @@ and, for operators, the webhook inbox."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any, Self
 
 import strawberry
 from starlette.concurrency import run_in_threadpool
@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.graphql.context import Info
 from app.graphql.errors import ConflictError, NotFoundError, ValidationError
 from app.graphql.pagination import Connection, Edge, PageInfo
+from app.graphql.rows import FromRow
 from app.graphql.util import attempt
 from app.integrations.stripe import events, service
 from app.integrations.stripe.client import StripeGateway
@@ -82,7 +83,7 @@ class StripeMutation:
 
 
 @strawberry.type(description="One Stripe event the webhook recorded, and what it did.")
-class StripeEvent:
+class StripeEvent(FromRow):
     id: str = strawberry.field(description="Stripe's evt_ id.")
     type: str
     created: datetime = strawberry.field(description="When Stripe created the event.")
@@ -93,15 +94,8 @@ class StripeEvent:
     processed_at: datetime
 
     @classmethod
-    def from_row(cls, row: StripeEventRow) -> StripeEvent:
-        return cls(
-            id=row.id,
-            type=row.type,
-            created=datetime.fromtimestamp(row.created, tz=UTC),
-            tenant_id=row.tenant_id,
-            outcome=row.outcome,
-            processed_at=row.processed_at,
-        )
+    def from_row(cls, row: StripeEventRow, /, **given: Any) -> Self:
+        return super().from_row(row, created=datetime.fromtimestamp(row.created, tz=UTC), **given)
 
 
 @strawberry.type

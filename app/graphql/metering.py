@@ -11,18 +11,18 @@ import strawberry
 
 from app.alerts.refusals import record_exhausted
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
-from app.budgets.graphql import BudgetExceeded
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import parse_id
+from app.graphql.budgets import BudgetExceeded
 from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError, to_user_error
-from app.graphql.scalars import Credits, MicroCredits
+from app.graphql.pricing import PriceDetailsInput, price_request
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
 from app.metering import errors as merr
 from app.metering import repository, service
-from app.metering.settle_rules import SettleCut as SettleCutValue
-from app.pricing.graphql import PriceDetailsInput, price_request
 from app.pricing.service import PriceRequest
 
 
@@ -78,7 +78,7 @@ def _priced(p: PriceRequest) -> dict[str, Any]:
 
 
 @strawberry.type
-class PrimitiveUsage:
+class PrimitiveUsage(FromRow):
     primitive: str
     used: int
     quota: int | None
@@ -90,7 +90,7 @@ class PrimitiveUsage:
     description="A settle charged only what the limits admit (work already done is never refused): "
     "what it did not charge, and the limits that cut it. The hold is settled all the same."
 )
-class SettleCut:
+class SettleCut(FromRow):
     code: str = strawberry.field(
         description="The refusal a charge of the rest would get: LIMIT_EXCEEDED, QUOTA_EXCEEDED, "
         "BUDGET_EXCEEDED or INSUFFICIENT_CREDITS (of the first limit that cut)"
@@ -102,27 +102,15 @@ class SettleCut:
     )
     requested_quantity: int
     charged_quantity: int
-    requested_credits: Credits  # type: ignore[valid-type]
-    charged_credits: Credits  # type: ignore[valid-type]
-
-    @classmethod
-    def from_cut(cls, c: SettleCutValue) -> SettleCut:
-        return cls(
-            code=c.code,
-            message=c.message,
-            limits=list(c.limits),
-            requested_quantity=c.requested_quantity,
-            charged_quantity=c.charged_quantity,
-            requested_credits=MicroCredits(c.requested_credits),
-            charged_credits=MicroCredits(c.charged_credits),
-        )
+    requested_credits: Credits
+    charged_credits: Credits
 
 
 @strawberry.type(description="The charge is recorded (the brief's credits_used / credits_remaining).")
 class Charged:
     event_id: strawberry.ID
-    credits_used: Credits  # type: ignore[valid-type]
-    credits_remaining: Credits  # type: ignore[valid-type]
+    credits_used: Credits
+    credits_remaining: Credits
     usage: PrimitiveUsage
     replayed: bool = strawberry.field(description="True when this is the stored result of an earlier call")
     cut: SettleCut | None = strawberry.field(
@@ -134,7 +122,7 @@ class Charged:
 class PackOffer:
     key: str
     name: str
-    credits: Credits  # type: ignore[valid-type]
+    credits: Credits
     price_usd: str
     purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
 
@@ -147,9 +135,9 @@ class MeterError:
 
 @strawberry.type(description="The brief's 402 insufficient_credits, with the packs that would cover it.")
 class InsufficientCredits(MeterError):
-    required: Credits  # type: ignore[valid-type]
-    available: Credits  # type: ignore[valid-type]
-    shortfall: Credits  # type: ignore[valid-type]
+    required: Credits
+    available: Credits
+    shortfall: Credits
     packs: list[PackOffer]
 
 
@@ -189,15 +177,15 @@ class HoldClosed(MeterError):
 
 
 @strawberry.type
-class Hold:
+class Hold(FromRow):
     id: strawberry.ID
     primitive: str
     quantity: int
-    amount: Credits  # type: ignore[valid-type]
+    amount: Credits
     status: str
     expires_at: datetime
-    settled_amount: Credits | None  # type: ignore[valid-type]
-    available_after: Credits | None  # type: ignore[valid-type]
+    settled_amount: Credits | None
+    available_after: Credits | None
     replayed: bool
 
 
@@ -236,7 +224,7 @@ def pack_offer(p: Any) -> PackOffer:
     return PackOffer(
         key=p.key,
         name=p.name,
-        credits=MicroCredits(int(p.credits)),
+        credits=Credits(int(p.credits)),
         price_usd=f"{cents // 100}.{cents % 100:02d}",
         purchase_path=purchase_path(p.key),
     )
@@ -248,9 +236,9 @@ def to_result(exc: DomainError) -> Any:
         return InsufficientCredits(
             code=exc.code,
             message=exc.message,
-            required=MicroCredits(exc.required),
-            available=MicroCredits(exc.available),
-            shortfall=MicroCredits(exc.shortfall),
+            required=Credits(exc.required),
+            available=Credits(exc.available),
+            shortfall=Credits(exc.shortfall),
             packs=[pack_offer(p) for p in exc.packs],
         )
     if isinstance(exc, merr.QuotaExceeded):
@@ -286,31 +274,18 @@ def to_result(exc: DomainError) -> Any:
 
 
 def to_charged(c: service.Charged) -> Charged:
-    u = c.usage
     return Charged(
         event_id=strawberry.ID(str(c.event_id)),
-        credits_used=MicroCredits(c.credits_used),
-        credits_remaining=MicroCredits(c.credits_remaining),
+        credits_used=Credits(c.credits_used),
+        credits_remaining=Credits(c.credits_remaining),
         replayed=c.replayed,
-        usage=PrimitiveUsage(
-            primitive=u.primitive, used=u.used, quota=u.quota, remaining=u.remaining, overage=u.overage
-        ),
-        cut=SettleCut.from_cut(c.cut) if c.cut is not None else None,
+        usage=PrimitiveUsage.from_row(c.usage),
+        cut=SettleCut.from_row(c.cut, limits=list(c.cut.limits)) if c.cut is not None else None,
     )
 
 
 def to_hold(h: service.HoldView) -> Hold:
-    return Hold(
-        id=strawberry.ID(h.id),
-        primitive=h.primitive,
-        quantity=h.quantity,
-        amount=MicroCredits(h.amount),
-        status=h.status,
-        expires_at=h.expires_at,
-        replayed=h.replayed,
-        settled_amount=MicroCredits(h.settled_amount) if h.settled_amount is not None else None,
-        available_after=MicroCredits(h.available_after) if h.available_after is not None else None,
-    )
+    return Hold.from_row(h)
 
 
 def _key_id(ctx: Context | None) -> str | None:
@@ -322,7 +297,7 @@ def _buffer(ctx: Context) -> int:
 
 
 @strawberry.type
-class CheckResult:
+class CheckResult(FromRow):
     allowed: bool
     reason: str | None = strawberry.field(
         description="NOT_ENTITLED, LIMIT_EXCEEDED, QUOTA_EXCEEDED, INSUFFICIENT_CREDITS, or null when allowed"
@@ -333,9 +308,9 @@ class CheckResult:
     quota: int | None
     used: int
     remaining: int | None
-    available_credits: Credits  # type: ignore[valid-type]
-    price: Credits | None  # type: ignore[valid-type]
-    shortfall: Credits | None = strawberry.field(  # type: ignore[valid-type]
+    available_credits: Credits
+    price: Credits | None
+    shortfall: Credits | None = strawberry.field(
         default=None, description="INSUFFICIENT_CREDITS: the credits missing for this work"
     )
     packs: list[PackOffer] = strawberry.field(
@@ -353,13 +328,13 @@ class UsagePeriod:
 
 
 @strawberry.type
-class UsageLine:
+class UsageLine(FromRow):
     primitive: str
     quota: int | None
     used: int
     remaining: int | None
     overage: int
-    credits: Credits = strawberry.field(description="Credits spent on this primitive in the period.")  # type: ignore[valid-type]
+    credits: Credits = strawberry.field(description="Credits spent on this primitive in the period.")
 
 
 @strawberry.type(description="The brief's billing.usage(): {plan, status, period, quotas, usage}.")
@@ -372,17 +347,7 @@ class UsageReport:
 
 
 def to_report(r: repository.UsageReport) -> UsageReport:
-    lines = [
-        UsageLine(
-            primitive=x.primitive,
-            quota=x.quota,
-            used=x.used,
-            remaining=x.remaining,
-            overage=x.overage,
-            credits=MicroCredits(x.credits),
-        )
-        for x in r.lines
-    ]
+    lines = [UsageLine.from_row(x) for x in r.lines]
     return UsageReport(
         plan=r.plan,
         status=r.status,
@@ -428,20 +393,7 @@ class MeteringQuery:
             )
         except DomainError as exc:
             return to_user_error(exc)  # type: ignore[return-value]
-        return CheckResult(
-            allowed=r.allowed,
-            reason=r.reason,
-            message=r.message,
-            primitive=r.primitive,
-            connection=r.connection,
-            quota=r.quota,
-            used=r.used,
-            remaining=r.remaining,
-            available_credits=MicroCredits(r.available),
-            price=MicroCredits(r.price) if r.price is not None else None,
-            shortfall=MicroCredits(r.shortfall) if r.shortfall is not None else None,
-            packs=[pack_offer(p) for p in r.packs],
-        )
+        return CheckResult.from_row(r, available_credits=r.available, packs=[pack_offer(p) for p in r.packs])
 
 
 @strawberry.type

@@ -5,13 +5,12 @@ from typing import Annotated
 import strawberry
 
 from app.audit.service import plan_target
-from app.audit.write import audited_write
 from app.core.errors import ValidationFailed
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits
 from app.graphql.types import OveragePolicy, Plan
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 from app.plans import service
 from app.plans.repository import PlanRepository
 
@@ -34,7 +33,7 @@ class PlanInput:
     stripe_price_id: str | None = None
     quotas: list[QuotaInput] = strawberry.field(default_factory=list)
     overage: OveragePolicy = OveragePolicy.refuse
-    included_credits: Credits | None = strawberry.field(  # type: ignore[valid-type]
+    included_credits: Credits | None = strawberry.field(
         default=None, description="Credits granted each period (the brief's pro: 200/month)."
     )
 
@@ -47,12 +46,12 @@ class PlanQuery:
     @strawberry.field
     async def plans(self, info: Info, include_archived: bool = False) -> list[Plan]:
         rows = await info.context.read(lambda s: PlanRepository(s).all(include_archived=include_archived))
-        return [Plan(row=r) for r in rows]
+        return [Plan.from_row(r) for r in rows]
 
     @strawberry.field
     async def plan(self, info: Info, key: str) -> Plan | None:
         row = await info.context.read(lambda s: PlanRepository(s).get(key))
-        return Plan(row=row) if row else None
+        return Plan.from_row(row) if row else None
 
 
 @strawberry.type
@@ -82,8 +81,8 @@ class PlanMutation:
                 included_credits=int(input.included_credits or 0),
             )
             target = plan_target(data.key)
-            return Plan(
-                row=await audited_write(ctx, "upsertPlan", target, lambda s: service.upsert_plan(s, ctx.clock, data))
+            return Plan.from_row(
+                await audited_write(ctx, "upsertPlan", target, lambda s: service.upsert_plan(s, ctx.clock, data))
             )
 
         return await attempt(run)
@@ -93,8 +92,8 @@ class PlanMutation:
         ctx = info.context
 
         async def run() -> Plan:
-            return Plan(
-                row=await audited_write(
+            return Plan.from_row(
+                await audited_write(
                     ctx, "archivePlan", plan_target(key), lambda s: service.archive_plan(s, ctx.clock, key)
                 )
             )

@@ -1,22 +1,127 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import strawberry
 from strawberry.scalars import JSON
 
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.ledger import CreditBalance, CreditEntryConnection, resolve_credit_history, resolve_credits
+from app.graphql.metering import UsageReport, resolve_usage
 from app.graphql.pagination import After, Connection, First, connection
-from app.graphql.types import ApiKey, ApiKeyScope, Tenant
-from app.graphql.util import attempt, target_scope
+from app.graphql.rows import FromRow
+from app.graphql.types import AccountKit, ApiKey, ApiKeyScope, BillingSubscription, Plan
+from app.graphql.usage import (
+    UsageEventConnection,
+    UsageGroupBy,
+    UsageInterval,
+    UsagePoint,
+    resolve_usage_history,
+    resolve_usage_series,
+)
+from app.graphql.util import attempt, audited_write, target_scope
 from app.tenants import service
 from app.tenants.repository import TenantRepository
+
+
+@strawberry.type
+class Tenant(FromRow):
+    id: strawberry.ID
+    name: str
+    external_id: str | None
+    metadata: JSON
+    created_at: datetime
+    stripe_customer_id: str | None
+    plan_key: strawberry.Private[str | None]
+    account_kit_key: strawberry.Private[str | None]
+
+    @strawberry.field
+    async def plan(self, info: Info) -> Plan | None:
+        if self.plan_key is None:
+            return None
+        row = await info.context.loaders.plan.load(self.plan_key)
+        return Plan.from_row(row) if row else None
+
+    @strawberry.field(description="The kit in force: the plan's kit, unless the tenant is pinned to another.")
+    async def account_kit(self, info: Info) -> AccountKit | None:
+        key = self.account_kit_key
+        if key is None and self.plan_key is not None:
+            plan = await info.context.loaders.plan.load(self.plan_key)
+            key = plan.account_kit_key if plan else None
+        if key is None:
+            return None
+        row = await info.context.loaders.kit.load(key)
+        return AccountKit.from_row(row) if row else None
+
+    @strawberry.field(description="True when entitlements follow the plan's kit (assignKit).")
+    def kit_follows_plan(self) -> bool:
+        return self.account_kit_key is None
+
+    @strawberry.field
+    async def subscription(self, info: Info) -> BillingSubscription | None:
+        row = await info.context.loaders.subscription.load(self.id)
+        return BillingSubscription.from_row(row) if row else None
+
+    @strawberry.field(description="Credit balance (exact at read time), holds and live buckets in burn order.")
+    async def credits(self, info: Info) -> CreditBalance:
+        return await resolve_credits(info.context, self.id)
+
+    @strawberry.field(description="Usage against quotas for the current period (or the period containing `at`).")
+    async def usage(self, info: Info, at: datetime | None = None) -> UsageReport | None:
+        return await resolve_usage(info.context, self.id, at)
+
+    # History and series of this tenant (operators read any tenant's): each goes through a
+    # DataLoader, so a page of tenants costs one statement per field, whatever its size.
+    @strawberry.field(description="Metered calls, newest first (as Query.usageHistory, for this tenant).")
+    async def usage_history(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        days: int | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        primitive: str | None = None,
+        api_key_id: strawberry.ID | None = None,
+    ) -> UsageEventConnection:
+        key = str(api_key_id) if api_key_id is not None else None
+        return await resolve_usage_history(info.context, self.id, first, after, days, from_, to, primitive, key)
+
+    @strawberry.field(description="Ledger entries, newest first (as Query.creditHistory, for this tenant).")
+    async def credit_history(
+        self,
+        info: Info,
+        first: int = 50,
+        after: str | None = None,
+        days: int | None = None,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        primitive: str | None = None,
+    ) -> CreditEntryConnection:
+        return await resolve_credit_history(info.context, self.id, first, after, days, from_, to, primitive)
+
+    @strawberry.field(description="Usage over time (as Query.usageSeries, for this tenant).")
+    async def usage_series(
+        self,
+        info: Info,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        interval: UsageInterval | None = None,
+        primitive: str | None = None,
+        group_by: UsageGroupBy | None = None,
+    ) -> list[UsagePoint]:
+        return await resolve_usage_series(
+            info.context, self.id, from_, to, interval or UsageInterval.DAY, primitive, group_by
+        )
+
+    @classmethod
+    def from_row(cls, row: Any, /, **given: Any) -> Self:
+        return super().from_row(row, metadata=row.meta, **given)
 
 
 @strawberry.input
@@ -50,14 +155,14 @@ class TenantQuery:
         self, info: Info, first: First = 50, after: After = None, search: str | None = None
     ) -> Connection[Tenant]:
         rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search))
-        return connection(Connection[Tenant], rows, first, service.encode_cursor, lambda r: Tenant(row=r))
+        return connection(Connection[Tenant], rows, first, service.encode_cursor, Tenant.from_row)
 
     @strawberry.field(description="Operator: the tenant with this external id (your platform's user id), or null.")
     async def tenant_by_external_id(self, info: Info, external_id: str) -> Tenant | None:
         if not external_id or len(external_id) > 255:
             return None  # no tenant can have it
         row = await info.context.read(lambda s: TenantRepository(s).by_external_id(external_id))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
     async def tenant(self, info: Info, id: strawberry.ID) -> Tenant | None:
@@ -66,13 +171,13 @@ class TenantQuery:
         except NotFound:
             return None  # a tenant key naming another tenant: the answer a missing tenant gets
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
     @strawberry.field(description="The tenant in scope: a tenant key's own, or X-Tenant-Id for an operator.")
     async def viewer(self, info: Info) -> Tenant | None:
         scope = info.context.require_scope()
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
-        return Tenant(row=row) if row else None
+        return Tenant.from_row(row) if row else None
 
 
 @strawberry.type
@@ -93,9 +198,9 @@ class TenantMutation:
                     data,
                     default_plan_key=ctx.settings.default_plan_key,
                     signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
-                )
+                ),
             )
-            return Tenant(row=row)
+            return Tenant.from_row(row)
 
         return await attempt(run)
 
@@ -131,7 +236,7 @@ class TenantMutation:
                     caller=ctx.principal,
                 ),
             )
-            return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
+            return CreatedApiKey(api_key=ApiKey.from_row(row), secret=raw)
 
         return await attempt(run)
 
@@ -161,7 +266,7 @@ class TenantMutation:
                     caller=ctx.principal,
                 ),
             )
-            return CreatedApiKey(api_key=ApiKey(row=row), secret=raw)
+            return CreatedApiKey(api_key=ApiKey.from_row(row), secret=raw)
 
         return await attempt(run)
 
@@ -179,6 +284,6 @@ class TenantMutation:
                 Target("api_key", key_id),
                 lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id),
             )
-            return ApiKey(row=write)
+            return ApiKey.from_row(write)
 
         return await attempt(run)

@@ -7,11 +7,10 @@ import strawberry
 from app.account_kits import service
 from app.account_kits.repository import AccountKitRepository
 from app.audit.service import Target
-from app.audit.write import audited_write
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
 from app.graphql.types import AccountKit
-from app.graphql.util import attempt
+from app.graphql.util import attempt, audited_write
 
 
 @strawberry.input
@@ -38,12 +37,12 @@ class AccountKitQuery:
     @strawberry.field
     async def account_kits(self, info: Info) -> list[AccountKit]:
         rows = await info.context.read(lambda s: AccountKitRepository(s).all())
-        return [AccountKit(row=r) for r in rows]
+        return [AccountKit.from_row(r) for r in rows]
 
     @strawberry.field
     async def account_kit(self, info: Info, key: str) -> AccountKit | None:
         row = await info.context.read(lambda s: AccountKitRepository(s).get(key))
-        return AccountKit(row=row) if row else None
+        return AccountKit.from_row(row) if row else None
 
 
 @strawberry.type
@@ -64,6 +63,6 @@ class AccountKitMutation:
             write = await audited_write(
                 ctx, "upsertAccountKit", target, lambda s: service.upsert_account_kit(s, ctx.clock, data)
             )
-            return AccountKit(row=write)
+            return AccountKit.from_row(write)
 
         return await attempt(run)
