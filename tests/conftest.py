@@ -168,7 +168,7 @@ def clock() -> FrozenClock:
 @pytest.fixture
 def settings() -> Settings:
     # Key cache off: statement counts and revocation tests must not depend on timing
-    # (tests/test_auth_cache.py covers the cache itself).
+    # (tests/tenants/test_auth_cache.py covers the cache itself).
     return Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0)
 
 

@@ -22,7 +22,7 @@ Whenever anything is uncommon (no tenant, an expired open hold, a run-out bucket
 no recorded period, a price that is not the catalog's fixed one or out of range, a debit below
 the floor, an alert threshold crossed by the batch) the function answers 'fallback' from phase 1,
 having written nothing, and Python runs the batch. Answers and rows are those of the Python
-batch (tests/test_pg_charge_batch.py). SQLite: nothing. Downgrade: 0014's function back.
+batch (tests/metering/test_pg_charge_batch.py). SQLite: nothing. Downgrade: 0014's function back.
 
 Revision ID: 0015_pg_charge_batch_once
 Revises: 0014_pg_charge_batch

@@ -11,8 +11,8 @@ from sqlalchemy import text
 from tests.conftest import Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB
 from tests.live import serve_in_thread
-from tests.test_metering_basic import MONEY
-from tests.test_metering_concurrency import balance, fire, live_app, make_tenant
+from tests.metering.test_metering_basic import MONEY
+from tests.metering.test_metering_concurrency import balance, fire, live_app, make_tenant
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename
   ... on Charged { eventId creditsUsed }

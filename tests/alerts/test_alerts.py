@@ -28,7 +28,7 @@ from app.metering import service
 from app.settings import Settings
 from tests.conftest import Api, Database, count_rows
 from tests.live import free_port, serve_in_thread
-from tests.test_metering_concurrency import fire, live_app, make_tenant
+from tests.metering.test_metering_concurrency import fire, live_app, make_tenant
 
 CREATE = """mutation($i: WebhookEndpointInput!) { createWebhookEndpoint(input: $i) { __typename
   ... on CreatedWebhookEndpoint { secret endpoint { id tenantId url eventTypes active } }
@@ -42,7 +42,7 @@ ACTIVE = """mutation($id: ID!, $a: Boolean!) { setWebhookEndpointActive(id: $id,
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename } }"""
 BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename } }"""
 # The receivers here listen on 127.0.0.1: these tests allow private addresses, as local development
-# does (METERKIT_WEBHOOK_ALLOW_PRIVATE); tests/test_alerts_isolation.py covers the default refusal.
+# does (METERKIT_WEBHOOK_ALLOW_PRIVATE); tests/alerts/test_alerts_isolation.py covers the default refusal.
 LOCAL = DeliveryConfig(allow_private=True)
 
 
@@ -163,7 +163,7 @@ def _endpoint(api: Api, url: str, **extra: Any) -> tuple[str, str]:
 
 def _round(db: Database, clock: FrozenClock, timeout: float = 5.0) -> int:
     """Fan out, and deliver everything due (up to 20): no per-endpoint cap in these rounds (the
-    cap and the fairness it buys are tests/test_alerts_isolation.py's)."""
+    cap and the fairness it buys are tests/alerts/test_alerts_isolation.py's)."""
     worker.fan_out(db.engine, clock)
     config = DeliveryConfig(allow_private=True, deadline=timeout, per_endpoint=20)
     return worker.deliver_due(db.engine, clock, config)
@@ -355,8 +355,8 @@ def test_policies_per_plan_and_tenant_and_low_balance(api: Api, db: Database) ->
 
 
 def test_holds_subscriptions_and_grants_raise_their_events(api: Api, db: Database, clock: FrozenClock) -> None:
+    from tests.credits.test_credits_graphql import GRANT
     from tests.fixtures_catalog import SET_SUB
-    from tests.test_credits_graphql import GRANT
 
     tid, key = quota_tenant(api, quota=10)
     hold = api(

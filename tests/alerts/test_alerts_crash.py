@@ -29,8 +29,8 @@ from app.core.clock import as_utc
 from app.core.db import connection_of_work
 from app.settings import Settings
 from tests.conftest import Api, Database
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LEASE, DEADLINE, HOLD = 3, 2, 0.4  # seconds: the receiver answers after HOLD, within the deadline
 
 

@@ -27,9 +27,9 @@ from app.core.clock import FrozenClock
 from app.core.db import connection_of_work
 from app.metering.hold_expiry import expire_due_holds
 from app.settings import Settings
+from tests.alerts.test_alerts import CREATE, ENDPOINTS, _cross, quota_tenant, receiver, typed_events
 from tests.conftest import Api, Database, count_rows
 from tests.live import free_port
-from tests.test_alerts import CREATE, ENDPOINTS, _cross, quota_tenant, receiver, typed_events
 
 LOCAL = DeliveryConfig(allow_private=True, per_endpoint=20)
 

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from tests.budgets.test_key_budgets import CLEAR, NEW_KEY, SET
 from tests.conftest import Api, Database
+from tests.credits.test_credits_graphql import GRANT, HISTORY, PACK, REVERSE
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB, seed_catalog
-from tests.test_credits_graphql import GRANT, HISTORY, PACK, REVERSE
-from tests.test_key_budgets import CLEAR, NEW_KEY, SET
-from tests.test_pricing import SET_MEDIA, SET_PRICE, SET_RATE, SET_SETTING
+from tests.pricing.test_pricing import SET_MEDIA, SET_PRICE, SET_RATE, SET_SETTING
 
 LOG = """query($f: Int, $a: String, $e: String, $id: String, $act: String, $k: String, $t: String) {
   auditLog(first: $f, after: $a, entity: $e, entityKey: $id, action: $act, actorKeyId: $k, tenantId: $t) {

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from app.core.clock import FrozenClock
 from tests.conftest import Api, Database, count_rows
 from tests.live import serve_in_thread
-from tests.test_metering_basic import MONEY, setup_tenant
-from tests.test_metering_concurrency import balance, fire, live_app, make_tenant
+from tests.metering.test_metering_basic import MONEY, setup_tenant
+from tests.metering.test_metering_concurrency import balance, fire, live_app, make_tenant
 
 NEW_KEY = """mutation($t: ID!) { createApiKey(tenantId: $t) { ... on CreatedApiKey { secret apiKey { id } } } }"""
 SET = """mutation($k: ID!, $i: KeyBudgetInput!) { setKeyBudget(apiKeyId: $k, input: $i) { __typename

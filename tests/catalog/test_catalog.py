@@ -12,8 +12,9 @@ from app.core.primitives import BUILTIN
 from tests.conftest import ALL_TABLES, Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB, seed_catalog
 from tests.live import free_port
-from tests.test_e2e_http import PYTHON, Client, _env, _migrated_url, _server
-from tests.test_metering_basic import CHARGE, CREDITS, MONEY, RESERVE
+from tests.metering.test_metering_basic import CHARGE, CREDITS, MONEY, RESERVE
+from tests.paths import ROOT
+from tests.system.test_e2e_http import PYTHON, Client, _env, _migrated_url, _server
 
 UPSERT = """mutation($i: PrimitiveInput!) { upsertPrimitive(input: $i) { __typename
   ... on Primitive { key name unit category pricingRule active }
@@ -281,7 +282,7 @@ def test_the_cli_lists_and_upserts_primitives(db: Database, monkeypatch: Any) ->
 def test_the_docs_example_runs_as_written(api: Api) -> None:
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
+    text = (ROOT / "docs" / "catalog.md").read_text()
     section = text[text.index("## Primitives as data") :]
     section = section[: section.index("\n## ", 10)]
     block = re.findall(r"```graphql\n(.*?)```", section, re.S)[0]

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.live import free_port
+from tests.paths import ROOT
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import PRO_PRICE, StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
 ENTRY = Path(sys.executable).with_name("meterkit")
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.db import normalize_url
 from app.core.migrate import alembic_config, upgrade
-from tests.test_migration_scopes_rollups import T, empty_url  # noqa: F401  (fixture)
+from tests.core.test_migration_scopes_rollups import T, empty_url  # noqa: F401  (fixture)
 
 BEFORE = "0010_periods"
 AT = "'2026-07-01 00:00:00'"

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.core.db import normalize_url
 from app.core.migrate import alembic_config, upgrade
-from tests.test_migration_scopes_rollups import T, empty_url  # noqa: F401  (fixture)
+from tests.core.test_migration_scopes_rollups import T, empty_url  # noqa: F401  (fixture)
 
 BEFORE = "0015_pg_charge_batch_once"
 AT = "'2026-07-01 00:00:00'"

@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, text
 
 from app.core.db import normalize_url
 from app.core.migrate import alembic_config, upgrade
-from tests.test_migration_scopes_rollups import _TABLES, empty_url  # noqa: F401  (fixture)
+from tests.core.test_migration_scopes_rollups import _TABLES, empty_url  # noqa: F401  (fixture)
 
 BEFORE = "0009_alerts"
 

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,15 +31,15 @@ from app.core.db import engine_for, make_engine, unit_of_work
 from app.main import create_app
 from app.settings import Settings
 from app.tenants.service import create_api_key
-from tests import test_foundation_concurrency as foundation
-from tests import test_metering_concurrency as money
 from tests.conftest import PG_URL, REQUIRE_PG, Api, Database, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.live import BackgroundServer
+from tests.metering import test_metering_concurrency as money
+from tests.paths import ROOT
 from tests.pgbouncer import pgbouncer, through
+from tests.system import test_foundation_concurrency as foundation
 from tests.ws_client import GraphQLWS
 
-ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ONLY = [pytest.param("postgres", marks=pytest.mark.postgres)] if PG_URL or REQUIRE_PG else []
 pytestmark = pytest.mark.parametrize("db", POSTGRES_ONLY, indirect=True)
 

@@ -30,7 +30,7 @@ from app.settings import Settings
 from tests.conftest import PG_URL, REQUIRE_PG, Api, Database, _pg_admin, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.live import BackgroundServer, free_port, serve_in_thread
-from tests.test_metering_concurrency import make_tenant
+from tests.metering.test_metering_concurrency import make_tenant
 from tests.ws_client import GraphQLWS
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { eventId replayed } } }"""

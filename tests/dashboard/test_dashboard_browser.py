@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 
 from tests.conftest import Api
 from tests.fixtures_catalog import SET_SUB
+from tests.paths import ROOT
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 
@@ -33,7 +34,7 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "dashboard"
+ARTIFACTS = ROOT / "tests" / "artifacts" / "dashboard"
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { creditsRemaining } } }"""
 VIEWER = """{ viewer { name plan { name } credits { balance available reserved }

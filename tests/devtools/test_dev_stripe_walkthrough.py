@@ -23,8 +23,8 @@ import httpx
 from app.devtools.stripe_dev import DEV_API_KEY, DEV_WEBHOOK_SECRET
 from tests.conftest import Database
 from tests.live import free_port, wait_healthy
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 STRIPE_PAGE = ROOT / "docs" / "stripe.md"
 
 

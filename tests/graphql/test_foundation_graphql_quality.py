@@ -49,7 +49,7 @@ def _extension_instances(settings: Settings) -> list[Any]:
 def test_caches_and_guards_are_configured() -> None:
     # Every guard lives in one per-request extension, the Gateway (app/graphql/guard.py): parse
     # cache, token limit, cost verdict, cached validation, permissions, masking. The tests below
-    # and tests/test_graphql_cost.py check that each is enforced and that the caches hit.
+    # and tests/graphql/test_graphql_cost.py check that each is enforced and that the caches hit.
     (dev,) = _extension_instances(Settings(env="development"))
     (prod,) = _extension_instances(Settings(env="production"))
     assert isinstance(dev, Gateway) and isinstance(prod, Gateway)

@@ -16,7 +16,7 @@ from app.graphql.metering import Charged, NotEntitled
 from app.graphql.schema import build_schema
 from app.settings import Settings
 from tests.conftest import Api, count_rows
-from tests.test_metering_basic import charge, setup_tenant
+from tests.metering.test_metering_basic import charge, setup_tenant
 
 BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename
   ... on MeterError { code }

@@ -22,7 +22,7 @@ from tests.conftest import ALL_TABLES, Api, count_rows
 def settings() -> Settings:
     # As conftest's, with room for aliases: several shapes here reach the walk's limits through
     # aliased fields, and the alias count on the text (app/graphql/cost.py prescan, before
-    # parsing) would refuse them first. That prescan has its own tests (tests/test_edge_limits.py).
+    # parsing) would refuse them first. That prescan has its own tests (tests/http/test_edge_limits.py).
     return Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0, max_aliases=100_000)
 
 

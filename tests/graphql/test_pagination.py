@@ -17,8 +17,8 @@ from app.settings import Settings
 from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import SET_SUB, seed_catalog
-from tests.test_metering_basic import CHARGE
-from tests.test_metering_reads import counting
+from tests.metering.test_metering_basic import CHARGE
+from tests.metering.test_metering_reads import counting
 
 PAGE = """fragment Conn on UsageEventConnection { edges { cursor node { id } } nodes { id primitive }
   pageInfo { hasNextPage endCursor } }"""

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from tests.live import free_port, wait_healthy
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 METERKIT = str(Path(sys.executable).with_name("meterkit"))
 
 

@@ -43,6 +43,7 @@ from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.live import BackgroundServer, free_port, wait_healthy
+from tests.paths import ROOT
 from tests.ws_client import GraphQLWS
 
 BALANCE = "subscription { balanceChanged { balance available reserved } }"
@@ -433,7 +434,7 @@ def test_meterkit_serve_refuses_a_huge_frame_before_buffering_it(tmp_path: Path)
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--no-demo", "--port", str(port)],
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -186,7 +186,7 @@ def test_plain_route_answers_credits_used_and_remaining(api: Api) -> None:
     assert ok.status_code == 200 and ok.json()["credits_used"] == 1 and ok.json()["credits_remaining"] == 19
     again = post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "p1"}, headers=auth).json()
     assert again["replayed"] is True and again["event_id"] == ok.json()["event_id"]
-    json_type = {**auth, "Content-Type": "application/json"}  # without it: 415 (tests/test_edge_inputs.py)
+    json_type = {**auth, "Content-Type": "application/json"}  # without it: 415 (tests/http/test_edge_inputs.py)
     assert post("/v1/charge", content=b"[1]", headers=json_type).status_code == 400
     assert post("/v1/charge", json={"primitive": "nope", "idempotency_key": "x"}, headers=auth).status_code == 400
     assert (

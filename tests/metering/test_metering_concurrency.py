@@ -88,7 +88,7 @@ def balance(db: Database, tid: str) -> tuple[int, int, int]:
 
 def live_app(db: Database, clock: Any = None) -> Any:
     # These storms fire up to 100 requests at once on one key to test the database's guarantees,
-    # not the edge's per-key limit (METERKIT_MAX_IN_FLIGHT_PER_KEY, tests/test_edge_limits.py): off.
+    # not the edge's per-key limit (METERKIT_MAX_IN_FLIGHT_PER_KEY, tests/http/test_edge_limits.py): off.
     settings = Settings(env="test", database_url=db.url, max_in_flight_per_key=0)
     return create_app(settings, engine=db.engine, clock=clock)
 

@@ -13,7 +13,8 @@ from sqlalchemy import event, text
 from app.core.clock import FrozenClock
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
-from tests.test_metering_basic import CHARGE, CREDITS, RESERVE, SETTLE
+from tests.metering.test_metering_basic import CHARGE, CREDITS, RESERVE, SETTLE
+from tests.paths import ROOT
 
 
 @contextmanager
@@ -79,7 +80,7 @@ def test_usage_read_does_not_scan_events(api: Api) -> None:
 
 def test_charge_statement_count(api: Api) -> None:
     """The hot path's cost in statements: asserted so a regression is seen (counts are not noisy)."""
-    from tests.test_usage_series import _driver_statements, _transaction  # it imports this module
+    from tests.metering.test_usage_series import _driver_statements, _transaction  # it imports this module
 
     seed_catalog(api)
     tid = api.create_tenant("S")
@@ -104,9 +105,9 @@ def test_a_free_charge_writes_no_account_row_and_a_free_charge_after_an_expiry_s
     """A free call (browser.session.open costs 0) moves no credits: no bucket, no ledger entry and no
     account UPDATE (it would only touch updated_at). After a bucket expired, the same free call's
     sweep moves the balance and the account is written, so the stored balance stays exact."""
-    from tests.test_credits_graphql import CREDITS as TENANT_CREDITS
-    from tests.test_credits_graphql import GRANT
-    from tests.test_usage_series import _driver_statements, _transaction
+    from tests.credits.test_credits_graphql import CREDITS as TENANT_CREDITS
+    from tests.credits.test_credits_graphql import GRANT
+    from tests.metering.test_usage_series import _driver_statements, _transaction
 
     seed_catalog(api)
     tid = api.create_tenant("F")
@@ -418,7 +419,6 @@ def test_check_is_one_statement_and_reads_the_period_a_charge_would_count(api: A
 def test_sqlite_connections_checkpoint_as_the_bench_floor_does(api: Api) -> None:
     """Every pooled SQLite connection checkpoints at the interval the charge was measured with, and the
     bench's bare reference uses the same (its settings must stay meterkit's)."""
-    from pathlib import Path
 
     from app.core.db import WAL_AUTOCHECKPOINT_PAGES
 
@@ -428,5 +428,5 @@ def test_sqlite_connections_checkpoint_as_the_bench_floor_does(api: Api) -> None
         pages = c.connection.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]  # type: ignore[union-attr]
         mode = c.connection.driver_connection.execute("PRAGMA journal_mode").fetchone()[0]  # type: ignore[union-attr]
     assert (pages, mode) == (WAL_AUTOCHECKPOINT_PAGES, "wal")
-    floor = (Path(__file__).parents[1] / "bench" / "floor_app.py").read_text()
+    floor = (ROOT / "bench" / "floor_app.py").read_text()
     assert f"wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}" in floor

@@ -19,7 +19,7 @@ from app.core.errors import DomainError
 from app.metering import pg_charge, service
 from tests.conftest import Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB
-from tests.test_metering_basic import CHARGE, MONEY
+from tests.metering.test_metering_basic import CHARGE, MONEY
 
 UPSERT = """mutation($i: PrimitiveInput!) { upsertPrimitive(input: $i) { __typename } }"""
 GRANT = """mutation($t: ID!, $a: Credits!, $k: String!, $e: DateTime) {

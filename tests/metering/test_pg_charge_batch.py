@@ -15,7 +15,7 @@ from app.core.clock import FrozenClock
 from app.core.errors import DomainError
 from app.metering import pg_charge, service
 from tests.conftest import Api, Database, count_rows
-from tests.test_pg_charge import POLICY, UPSERT, WRITTEN, charge, fast, rows, seed, tenant, traced_work
+from tests.metering.test_pg_charge import POLICY, UPSERT, WRITTEN, charge, fast, rows, seed, tenant, traced_work
 
 Item = tuple[str, str, str, dict[str, Any]]  # tenant, key, primitive, extra
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from tests.conftest import Api, Database
 from tests.live import free_port, server_output, start_subprocess
-from tests.test_metering_concurrency import balance, fire, make_tenant
+from tests.metering.test_metering_concurrency import balance, fire, make_tenant
 
 RESERVE = """mutation($i: MeterInput!) { reserve(input: $i) { __typename ... on Hold { id amount replayed } } }"""
 SETTLE = """mutation($h: ID!, $a: MeterInput) { settle(holdId: $h, actual: $a) { __typename

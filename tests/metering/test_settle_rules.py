@@ -20,12 +20,12 @@ from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import unit_of_work
 from app.credits import ledger
+from tests.budgets.test_key_budgets import SET, agent_key
 from tests.conftest import Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB
 from tests.live import serve_in_thread
-from tests.test_key_budgets import SET, agent_key
-from tests.test_metering_basic import MONEY
-from tests.test_metering_concurrency import fire, live_app
+from tests.metering.test_metering_basic import MONEY
+from tests.metering.test_metering_concurrency import fire, live_app
 
 MODEL = "claude-haiku-3.5"  # 2 credits per 1M input tokens (the seeded rate)
 IMAGE = "fal-ai/flux/schnell"  # $0.02 x 1.5 / $0.50: 0.06 credits per image

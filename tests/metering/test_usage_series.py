@@ -14,8 +14,8 @@ from sqlalchemy import event, text
 from app.core.clock import FrozenClock
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
-from tests.test_metering_basic import CHARGE, RESERVE, SETTLE
-from tests.test_metering_reads import BATCH, counting
+from tests.metering.test_metering_basic import CHARGE, RESERVE, SETTLE
+from tests.metering.test_metering_reads import BATCH, counting
 
 GRANT = """mutation($t: ID!, $a: Credits!, $k: String!) { grantCredits(tenantId: $t, amount: $a, idempotencyKey: $k) {
   __typename } }"""

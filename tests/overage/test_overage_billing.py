@@ -15,11 +15,11 @@ from app.cli import cli
 from app.integrations.stripe.client import StripeGateway
 from app.overage.service import report_overage
 from app.settings import get_settings
+from tests.credits.test_credits_graphql import GRANT
 from tests.fixtures_catalog import PLAN, SET_SUB
+from tests.metering.test_metering_basic import CHARGE
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
-from tests.test_credits_graphql import GRANT
-from tests.test_metering_basic import CHARGE
 
 OVERAGE_PRICE = "price_email_overage"
 EVENT_NAME = "meterkit_email_overage"

@@ -11,7 +11,7 @@ from typing import Any
 from app.core.clock import FrozenClock
 from tests.conftest import Api
 from tests.fixtures_catalog import PLAN
-from tests.test_periods_of_record import Tenant, at, iso, used
+from tests.periods.test_periods_of_record import Tenant, at, iso, used
 
 
 def three_a_month(api: Api, clock: FrozenClock) -> Tenant:

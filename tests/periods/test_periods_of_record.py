@@ -10,11 +10,11 @@ from typing import Any
 from app.core.clock import FrozenClock
 from app.metering.periods import Period
 from tests.conftest import Api, count_rows
+from tests.credits.test_credits_graphql import GRANT
 from tests.fixtures_catalog import PLAN, SET_SUB, seed_catalog
-from tests.test_credits_graphql import GRANT
-from tests.test_metering_basic import CHARGE
-from tests.test_metering_reads import counting
-from tests.test_usage_series import _driver_statements, _transaction
+from tests.metering.test_metering_basic import CHARGE
+from tests.metering.test_metering_reads import counting
+from tests.metering.test_usage_series import _driver_statements, _transaction
 
 USAGE = """query($at: DateTime) { viewer { usage(at: $at) { plan period { start end }
   quotas { primitive quota used remaining } } } }"""

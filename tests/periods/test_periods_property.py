@@ -28,7 +28,7 @@ from app.metering.period_record import decide
 from app.metering.periods import Period, interval_after
 from tests.conftest import Api
 from tests.fixtures_catalog import PLAN
-from tests.test_periods_of_record import Tenant
+from tests.periods.test_periods_of_record import Tenant
 
 UNITS = ("day", "week", "month", "year")
 APPROX = {

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.subscriptions.service import period_start_before
+from tests.credits.test_credits_graphql import GRANT
 from tests.fixtures_catalog import PLAN
+from tests.metering.test_metering_basic import CHARGE
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import PRO_PRICE, StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
-from tests.test_credits_graphql import GRANT
-from tests.test_metering_basic import CHARGE
 
 USAGE = "query($at: DateTime) { viewer { usage(at: $at) { period { start end } quotas { primitive used } } } }"
 

@@ -70,7 +70,7 @@ def test_fuzz_the_rest_api_from_its_openapi_document(rest: Rest, mode: Generatio
         )
         def run(case: Any, as_: str, real_hold: bool) -> None:
             # The key kinds are ours to pick: a generated X-Tenant-Id would only ever name a tenant that
-            # does not exist (tests/test_rest.py covers that answer).
+            # does not exist (tests/rest/test_rest.py covers that answer).
             case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "x-tenant-id"}
             if real_hold and case.path_parameters and "hold_id" in case.path_parameters:
                 case.path_parameters["hold_id"] = hold["hold_id"]

@@ -10,7 +10,6 @@ import re
 import shlex
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,10 +17,11 @@ import httpx
 from app.account_kits.service import upsert_account_kit
 from app.bootstrap import DEMO_KITS
 from app.core.db import unit_of_work
+from tests.paths import ROOT
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 
-REST_PAGE = Path(__file__).resolve().parents[1] / "docs" / "rest.md"
+REST_PAGE = ROOT / "docs" / "rest.md"
 # Values that differ per run (ids, URLs, instants); their keys and types must still match.
 VARYING = {
     "tenant_id",

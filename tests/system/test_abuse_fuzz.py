@@ -31,8 +31,8 @@ from app.graphql.cost import CostExceeded, CostLimits, measure
 from app.settings import Settings
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import SET_SUB, seed_catalog
+from tests.live_updates.test_live_limits import KEY, served
 from tests.schema_walk import graphql_schema
-from tests.test_live_limits import KEY, served
 from tests.ws_client import GraphQLWS
 
 SCHEMA = graphql_schema()

@@ -24,8 +24,8 @@ from app.core.migrate import upgrade
 from app.settings import Settings
 from tests.conftest import Database, count_rows
 from tests.live import free_port, wait_healthy
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 

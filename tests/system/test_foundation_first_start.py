@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 from app.core.db import make_engine
 from tests.conftest import PG_URL, Database, _pg_admin, count_rows
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PREPARE = (
     "from app.bootstrap import prepare; from app.settings import Settings; print('KEY', prepare(Settings()) or '-')"
 )

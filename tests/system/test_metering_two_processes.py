@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from tests.conftest import Api, Database, count_rows
 from tests.live import free_port, server_output, start_subprocess
-from tests.test_metering_concurrency import CHARGE, RELEASE, RESERVE, SETTLE, balance, make_tenant
+from tests.metering.test_metering_concurrency import CHARGE, RELEASE, RESERVE, SETTLE, balance, make_tenant
 
 
 @contextmanager

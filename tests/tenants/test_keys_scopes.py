@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +22,9 @@ from app.tenants.service import create_api_key
 from tests.conftest import Api, Database, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.live import BackgroundServer
+from tests.metering.test_metering_basic import CHARGE
+from tests.paths import ROOT
 from tests.schema_walk import FieldCall, field_call, graphql_schema, root_fields
-from tests.test_metering_basic import CHARGE
 
 SCHEMA = graphql_schema()
 CALLS = [field_call(SCHEMA, op, name) for op, name in root_fields(SCHEMA)]
@@ -209,7 +209,7 @@ def test_cors_origins_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def _docs_example(page: str, section: str) -> str:
-    text = (Path(__file__).resolve().parents[1] / "docs" / page).read_text()
+    text = (ROOT / "docs" / page).read_text()
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```graphql\n(.*?)```", body, re.S)
     return block

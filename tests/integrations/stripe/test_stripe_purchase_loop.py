@@ -20,9 +20,9 @@ from app.credits.service import grant_plan_allowance
 from app.integrations.stripe.models import StripeOperation
 from tests.conftest import Api
 from tests.fixtures_catalog import SET_SUB
+from tests.integrations.stripe.test_stripe_money import buy, change
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
-from tests.test_stripe_money import buy, change
 
 SMALL = 20 * MICRO
 
