@@ -137,7 +137,7 @@ def seed(url: str) -> dict[str, str]:
     from app.core.clock import Clock
     from app.core.db import make_engine, unit_of_work
     from app.core.migrate import upgrade
-    from app.metering import service
+    from app.metering import charging, types
 
     upgrade(url)
     engine = make_engine(url)
@@ -162,11 +162,11 @@ def seed(url: str) -> dict[str, str]:
                 )
     # One real charge for the usage tenant: the template the bulk events are cloned from.
     with unit_of_work(engine) as s:
-        service.charge(
+        charging.charge(
             s,
             clock,
             TenantScope(out["usage_tenant"]),
-            service.MeterRequest(primitive=PRIMITIVE, idempotency_key="bulk-0"),
+            types.MeterRequest(primitive=PRIMITIVE, idempotency_key="bulk-0"),
             negative_buffer=0,
         )
     engine.dispose()
@@ -490,7 +490,7 @@ PHASES: dict[str, Any] = {
     "GraphQL execution (resolvers, result building)": _has(r"Schema\._execute_operation \("),
     "the charge transaction (unit of work incl. commit)": _has(r"Context\._run \(|charge\.<locals>\.run \("),
     "  waiting for the SQLite write lock (BEGIN IMMEDIATE)": _has(r"_on_begin \("),
-    "  service.charge (checks, debit, event, counter)": _has(r";charge \([^)]*app/metering/service\.py"),
+    "  charging.charge (checks, debit, event, counter)": _has(r";charge \([^)]*app/metering/charging\.py"),
     "  SQLAlchemy statement building / cache keys": _has(r"_generate_cache_key|coercions\.py|default_comparator"),
     "  sqlite3 execute (excluding BEGIN)": lambda stack, frames: "do_execute (" in stack and "_on_begin (" not in stack,
     "  COMMIT": _has(r"do_commit \("),

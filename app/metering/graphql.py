@@ -1,5 +1,5 @@
 """GraphQL for the metered call. Resolvers translate inputs and results; the rules live in
-app/metering/service.py and the whole transaction runs in one thread hop."""
+app/metering/meter.py and the whole transaction runs in one thread hop."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from app.graphql.errors import NotFoundError, ValidationError, to_user_error
 from app.graphql.scalars import Credits, MicroCredits
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
+from app.metering import charging, holds, repository, types
+from app.metering import check as metering_check
 from app.metering import errors as merr
-from app.metering import repository, service
 from app.metering.settle_rules import SettleCut as SettleCutValue
 from app.pricing.graphql import PriceDetailsInput, price_request
 from app.pricing.service import PriceRequest
@@ -47,12 +48,12 @@ class BatchItemInput:
     item: MeterInput
 
 
-def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterRequest:
+def to_request(i: MeterInput, ctx: Context | None = None) -> types.MeterRequest:
     """`ctx`: the request's principal, recorded as the key that made the call."""
     # The common case (a fixed price, no details): price_request would give every other field at
     # the default MeterRequest has too, so none is passed (per item in a chargeBatch).
     priced: dict[str, Any] = {} if i.details is None else _priced(price_request(i.primitive, i.quantity, i.details))
-    return service.MeterRequest(
+    return types.MeterRequest(
         api_key_id=_key_id(ctx),
         primitive=i.primitive,
         idempotency_key=i.idempotency_key,
@@ -285,7 +286,7 @@ def to_result(exc: DomainError) -> Any:
     return to_user_error(exc)
 
 
-def to_charged(c: service.Charged) -> Charged:
+def to_charged(c: types.Charged) -> Charged:
     u = c.usage
     return Charged(
         event_id=strawberry.ID(str(c.event_id)),
@@ -299,7 +300,7 @@ def to_charged(c: service.Charged) -> Charged:
     )
 
 
-def to_hold(h: service.HoldView) -> Hold:
+def to_hold(h: types.HoldView) -> Hold:
     return Hold(
         id=strawberry.ID(h.id),
         primitive=h.primitive,
@@ -422,7 +423,7 @@ class MeteringQuery:
             scope = ctx.require_scope()
             priced = price_request(primitive, quantity, details) if details is not None and primitive else None
             r = await ctx.read_conn(
-                lambda c: service.check(
+                lambda c: metering_check.check(
                     c, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity, details=priced
                 )
             )
@@ -453,7 +454,7 @@ class MeteringMutation:
             scope = ctx.require_scope()
             req = to_request(input, ctx)
             res = await ctx.charge(
-                lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), alone=True)
+                lambda s: charging.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), alone=True)
             )
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
@@ -476,7 +477,7 @@ class MeteringMutation:
         good = [p for p in prepared if not isinstance(p, DomainError)]
         outcomes = iter(
             await ctx.charge(
-                lambda s: service.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx), alone=True)
+                lambda s: charging.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx), alone=True)
             )
         )
         out: list[Any] = []
@@ -504,7 +505,7 @@ class MeteringMutation:
             # Omitted means the default; any value given (0 too) goes to the service's bounds check.
             ttl = ctx.settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
             res = await ctx.write(
-                lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
+                lambda s: holds.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
             )
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
@@ -522,7 +523,7 @@ class MeteringMutation:
             hid = parse_id(str(hold_id), "hold", field="holdId")
             req = to_request(actual, ctx) if actual is not None else None
             res = await ctx.write(
-                lambda s: service.settle(
+                lambda s: holds.settle(
                     s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx), api_key_id=_key_id(ctx)
                 )
             )
@@ -536,7 +537,7 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
-            res = await ctx.write(lambda s: service.release(s, ctx.clock, scope, hid))
+            res = await ctx.write(lambda s: holds.release(s, ctx.clock, scope, hid))
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)

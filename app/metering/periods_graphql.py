@@ -13,7 +13,7 @@ from app.graphql.context import Info
 from app.graphql.pagination import After, Connection, First, connection
 from app.graphql.scalars import MicroCredits
 from app.metering.graphql import UsageLine, UsagePeriod
-from app.metering.period_reads import PeriodReport, period_page
+from app.periods.reads import PeriodReport, period_page
 
 _CURSOR = "period"
 

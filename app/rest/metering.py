@@ -25,7 +25,7 @@ from app.core.db import connection_of_work
 from app.core.errors import DomainError
 from app.core.ids import parse_id
 from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal
-from app.metering import service
+from app.metering import charging, holds, types
 from app.metering.errors import InsufficientCredits
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
@@ -57,10 +57,10 @@ class Details(Strict):
     """What a dynamic price needs; fixed prices need none of it."""
 
     model: str | None = Field(None, max_length=200, description="llm.tokens, image.generate, video.generate")
-    input_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
-    output_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
-    cache_read_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
-    cache_creation_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
+    input_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
+    output_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
+    cache_read_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
+    cache_creation_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
     cost_usd: str | None = Field(
         None, pattern=_DECIMAL, description='llm.passthrough: upstream USD as a decimal string, e.g. "0.0123"'
     )
@@ -75,7 +75,7 @@ class Usage(Strict):
     """The metered call's parameters, as the GraphQL MeterInput."""
 
     primitive: str = Field(min_length=1, max_length=64, examples=["email.send"])
-    quantity: int = Field(1, ge=1, le=service.MAX_QUANTITY)
+    quantity: int = Field(1, ge=1, le=types.MAX_QUANTITY)
     reference: str | None = Field(None, max_length=255)
     connection: str | None = Field(
         None, min_length=1, max_length=64, description="The connection used (e.g. gmail); the kit must allow it"
@@ -97,7 +97,7 @@ class ChargeBody(Usage):
         }
     )
 
-    idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
+    idempotency_key: str = Field(min_length=1, max_length=types.MAX_KEY)
     precheck: bool = Field(
         False,
         description="Also refuse (402) when the available balance is already at or below zero before this "
@@ -111,7 +111,7 @@ class ReserveBody(Usage):
         json_schema_extra={"examples": [{"primitive": "research.thorough", "idempotency_key": "job-1"}]}
     )
 
-    idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
+    idempotency_key: str = Field(min_length=1, max_length=types.MAX_KEY)
     ttl_seconds: int | None = Field(None, ge=1, le=7 * 86400, description="Default: METERKIT_HOLD_TTL_SECONDS")
 
 
@@ -179,11 +179,11 @@ class ReleaseOut(Out):
     replayed: bool
 
 
-def to_request(body: Usage, key: str, api_key_id: str | None) -> service.MeterRequest:
+def to_request(body: Usage, key: str, api_key_id: str | None) -> types.MeterRequest:
     """`api_key_id`: the key that made the call, recorded with the event."""
     d = body.details
     if d is None:  # the common case: a fixed price
-        return service.MeterRequest(
+        return types.MeterRequest(
             body.primitive,
             key,
             body.quantity,
@@ -191,7 +191,7 @@ def to_request(body: Usage, key: str, api_key_id: str | None) -> service.MeterRe
             api_key_id=api_key_id,
             connection=body.connection,
         )
-    return service.MeterRequest(
+    return types.MeterRequest(
         api_key_id=api_key_id,
         primitive=body.primitive,
         idempotency_key=key,
@@ -244,7 +244,7 @@ SETTLE_FIELDS = {
 }
 
 
-def charged(res: service.Charged) -> dict[str, Any]:
+def charged(res: types.Charged) -> dict[str, Any]:
     u = res.usage
     return {
         "event_id": str(res.event_id),
@@ -261,7 +261,7 @@ def charged(res: service.Charged) -> dict[str, Any]:
     }
 
 
-def charged_bytes(res: service.Charged) -> bytes:
+def charged_bytes(res: types.Charged) -> bytes:
     """json_bytes(charged(res)), written out for the hot path: no dict, no Decimal, no encoder."""
     u = res.usage
     quota, remaining = u.quota, u.remaining
@@ -281,7 +281,7 @@ def charge_handler(rest: Rest) -> Any:
     ttl = settings.auth_cache_seconds
     inline = rest.inline  # fixed for the app's life: read once, not per request
 
-    def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> service.Charged:
+    def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> types.Charged:
         principal, scope = resolve_principal(engine, raw_key, tenant, ttl, clock)
         if principal is None:
             raise unauthenticated()
@@ -291,7 +291,7 @@ def charge_handler(rest: Rest) -> Any:
         req = to_request(body, body.idempotency_key, principal.key_id)
         try:
             with connection_of_work(engine) as conn:
-                return service.charge(
+                return charging.charge(
                     conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck, alone=True
                 )
         except InsufficientCredits as exc:
@@ -345,7 +345,7 @@ async def reserve(call: Call) -> ReserveOut:
     ttl = body.ttl_seconds or rest.settings.hold_ttl_seconds
     try:
         hold = await rest.write(
-            lambda s: service.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
+            lambda s: holds.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
         )
     except InsufficientCredits as exc:
         await rest.call(partial(record_exhausted, rest.engine, rest.clock, exc))
@@ -368,7 +368,7 @@ async def settle(call: Call) -> dict[str, Any]:
     key_id = call.principal.key_id
     actual = to_request(body.actual, f"hold:{hold_id}", key_id) if body.actual is not None else None
     res = await rest.write(
-        lambda s: service.settle(
+        lambda s: holds.settle(
             s, rest.clock, scope, hold_id, actual, negative_buffer=rest.negative_buffer, api_key_id=key_id
         )
     )
@@ -390,7 +390,7 @@ async def settle(call: Call) -> dict[str, Any]:
 async def release(call: Call) -> ReleaseOut:
     scope, rest = call.tenant(), call.rest
     hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
-    hold = await rest.write(lambda s: service.release(s, rest.clock, scope, hold_id))
+    hold = await rest.write(lambda s: holds.release(s, rest.clock, scope, hold_id))
     return ReleaseOut(
         hold_id=hold.id,
         status=hold.status,
