@@ -7,11 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlmodel import Session, col, select
-from starlette.concurrency import run_in_threadpool
 from strawberry.dataloader import DataLoader
 
 from app.account_kits.repository import AccountKitRepository
-from app.core.db import inline_sqlite, unit_of_work
 from app.plans.models import PlanQuota
 from app.plans.repository import PlanRepository
 from app.subscriptions.models import Subscription
@@ -35,17 +33,12 @@ class Loaders:
     def _make(
         self, fetch: Callable[[Session, list[Any]], dict[Any, Any]], default: Callable[[], Any] | None = None
     ) -> DataLoader[Any, Any]:
-        engine = self._ctx.engine
-
-        def run(keys: list[Any]) -> list[Any]:
-            with unit_of_work(engine, write=False) as s:
-                found = fetch(s, keys)
-            return [found.get(k, default() if default else None) for k in keys]
-
-        inline = inline_sqlite(engine, self._ctx.settings)
+        uow = self._ctx.uow
 
         async def load(keys: Sequence[Any]) -> list[Any]:
-            return run(list(keys)) if inline else await run_in_threadpool(run, list(keys))
+            wanted = list(keys)
+            found = await uow.read(lambda s: fetch(s, wanted))
+            return [found.get(k, default() if default else None) for k in wanted]
 
         return DataLoader(load_fn=load)
 

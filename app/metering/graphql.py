@@ -4,7 +4,6 @@ app/metering/meter.py and the whole transaction runs in one thread hop."""
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any
 
 import strawberry
@@ -453,12 +452,12 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             req = to_request(input, ctx)
-            res = await ctx.charge(
+            res = await ctx.uow.write_conn(
                 lambda s: charging.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), alone=True)
             )
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
-                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, exc))
+                await ctx.uow.call(record_exhausted, ctx.engine, ctx.clock, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)
 
@@ -476,7 +475,7 @@ class MeteringMutation:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
         outcomes = iter(
-            await ctx.charge(
+            await ctx.uow.write_conn(
                 lambda s: charging.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx), alone=True)
             )
         )
@@ -484,7 +483,7 @@ class MeteringMutation:
         for p in prepared:
             r = p if isinstance(p, DomainError) else next(outcomes)
             if isinstance(r, merr.InsufficientCredits):
-                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, r))
+                await ctx.uow.call(record_exhausted, ctx.engine, ctx.clock, r)
             out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
         return out
 
@@ -509,7 +508,7 @@ class MeteringMutation:
             )
         except DomainError as exc:
             if isinstance(exc, merr.InsufficientCredits):
-                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, exc))
+                await ctx.uow.call(record_exhausted, ctx.engine, ctx.clock, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from pydantic import ConfigDict, Field
 from pydantic import ValidationError as ModelError
-from sqlalchemy.exc import DataError, IntegrityError
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -279,7 +277,8 @@ def charge_handler(rest: Rest) -> Any:
     engine, settings, clock = rest.engine, rest.settings, rest.clock
     buffer = rest.negative_buffer
     ttl = settings.auth_cache_seconds
-    inline = rest.inline  # fixed for the app's life: read once, not per request
+    uow = rest.uow
+    inline = uow.inline  # fixed for the app's life: read once, not per request
 
     def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> types.Charged:
         principal, scope = resolve_principal(engine, raw_key, tenant, ttl, clock)
@@ -310,20 +309,13 @@ def charge_handler(rest: Rest) -> Any:
                 # The key first, as everywhere: a missing or bad key is a 401 whatever the body.
                 if key is None:
                     raise unauthenticated() from None
-                if inline:
-                    principal, _ = resolve_principal(engine, key, tenant, ttl, clock)
-                else:
-                    principal, _ = await run_in_threadpool(resolve_principal, engine, key, tenant, ttl, clock)
+                principal, _ = await uow.call(resolve_principal, engine, key, tenant, ttl, clock)
                 if principal is not None:
                     require_scope(principal, "meter")
                 return exc.response() if isinstance(exc, BadInput) else invalid(exc)
-            if inline:
-                res = run(key, tenant, body)
-            else:
-                try:
-                    res = await run_in_threadpool(run, key, tenant, body)
-                except IntegrityError:  # PostgreSQL: the same key raced in; run once more, answer second
-                    res = await run_in_threadpool(run, key, tenant, body)
+            # Inline SQLite: called straight, not even through the runner's coroutine. Otherwise the
+            # key check and the whole charge in one thread hop, run once more on PostgreSQL's race.
+            res = run(key, tenant, body) if inline else await uow.call(run, key, tenant, body, retry=True)
         except AuthError as exc:
             return exc.response()
         except ScopeDenied as exc:
@@ -348,7 +340,7 @@ async def reserve(call: Call) -> ReserveOut:
             lambda s: holds.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
         )
     except InsufficientCredits as exc:
-        await rest.call(partial(record_exhausted, rest.engine, rest.clock, exc))
+        await rest.uow.call(record_exhausted, rest.engine, rest.clock, exc)
         raise
     return ReserveOut(
         job_id=hold.id,
