@@ -1,5 +1,6 @@
-"""GraphQL for the metered call. Resolvers translate inputs and results; the rules live in
-app/metering/meter.py and the whole transaction runs in one thread hop."""
+"""GraphQL for the metered call. Resolvers translate inputs and results; each use case is a command
+of app/metering/commands.py (its transaction and side effects), run in one thread hop (none for
+inline SQLite) by the unit-of-work runner, as the REST routes run it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Annotated, Any
 
 import strawberry
 
-from app.alerts.refusals import record_exhausted
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
 from app.budgets.graphql import BudgetExceeded
 from app.core.errors import DomainError, ValidationFailed
@@ -18,8 +18,7 @@ from app.graphql.errors import NotFoundError, ValidationError, to_user_error
 from app.graphql.scalars import Credits, MicroCredits
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
-from app.metering import charging, holds, repository, types
-from app.metering import check as metering_check
+from app.metering import commands, repository, types
 from app.metering import errors as merr
 from app.metering.settle_rules import SettleCut as SettleCutValue
 from app.pricing.graphql import PriceDetailsInput, price_request
@@ -421,10 +420,15 @@ class MeteringQuery:
         try:
             scope = ctx.require_scope()
             priced = price_request(primitive, quantity, details) if details is not None and primitive else None
-            r = await ctx.read_conn(
-                lambda c: metering_check.check(
-                    c, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity, details=priced
-                )
+            r = await ctx.uow.call(
+                commands.check,
+                ctx.engine,
+                ctx.clock,
+                scope,
+                primitive=primitive,
+                connection=connection,
+                quantity=quantity,
+                details=priced,
             )
         except DomainError as exc:
             return to_user_error(exc)  # type: ignore[return-value]
@@ -452,12 +456,10 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             req = to_request(input, ctx)
-            res = await ctx.uow.write_conn(
-                lambda s: charging.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), alone=True)
+            res = await ctx.uow.call(
+                commands.charge, ctx.engine, ctx.clock, scope, req, negative_buffer=_buffer(ctx), retry=True
             )
         except DomainError as exc:
-            if isinstance(exc, merr.InsufficientCredits):
-                await ctx.uow.call(record_exhausted, ctx.engine, ctx.clock, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)
 
@@ -475,15 +477,13 @@ class MeteringMutation:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
         outcomes = iter(
-            await ctx.uow.write_conn(
-                lambda s: charging.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx), alone=True)
+            await ctx.uow.call(
+                commands.charge_batch, ctx.engine, ctx.clock, good, negative_buffer=_buffer(ctx), retry=True
             )
         )
         out: list[Any] = []
         for p in prepared:
             r = p if isinstance(p, DomainError) else next(outcomes)
-            if isinstance(r, merr.InsufficientCredits):
-                await ctx.uow.call(record_exhausted, ctx.engine, ctx.clock, r)
             out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
         return out
 
@@ -503,12 +503,17 @@ class MeteringMutation:
             req = to_request(input, ctx)
             # Omitted means the default; any value given (0 too) goes to the service's bounds check.
             ttl = ctx.settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
-            res = await ctx.write(
-                lambda s: holds.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
+            res = await ctx.uow.call(
+                commands.reserve,
+                ctx.engine,
+                ctx.clock,
+                scope,
+                req,
+                negative_buffer=_buffer(ctx),
+                ttl_seconds=ttl,
+                retry=True,
             )
         except DomainError as exc:
-            if isinstance(exc, merr.InsufficientCredits):
-                await ctx.uow.call(record_exhausted, ctx.engine, ctx.clock, exc)
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)
 
@@ -521,10 +526,16 @@ class MeteringMutation:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
             req = to_request(actual, ctx) if actual is not None else None
-            res = await ctx.write(
-                lambda s: holds.settle(
-                    s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx), api_key_id=_key_id(ctx)
-                )
+            res = await ctx.uow.call(
+                commands.settle,
+                ctx.engine,
+                ctx.clock,
+                scope,
+                hid,
+                req,
+                negative_buffer=_buffer(ctx),
+                api_key_id=_key_id(ctx),
+                retry=True,
             )
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
@@ -536,7 +547,7 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
-            res = await ctx.write(lambda s: holds.release(s, ctx.clock, scope, hid))
+            res = await ctx.uow.call(commands.release, ctx.engine, ctx.clock, scope, hid, retry=True)
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)

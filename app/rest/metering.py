@@ -1,9 +1,9 @@
 """The metered call over REST: POST /v1/charge, /v1/reserve, /v1/holds/{id}/settle and
-/v1/holds/{id}/release, over the same service calls as the GraphQL mutations.
+/v1/holds/{id}/release, over the same commands as the GraphQL mutations (app/metering/commands.py).
 
 POST /v1/charge is also the floor `make bench` measures GraphQL against, so its handler is
-written out: the key check and the whole charge transaction run in ONE thread hop (none on
-SQLite inline), with no statement beyond the service's own."""
+written out: the key check and the whole charge command run in ONE thread hop (none on
+SQLite inline), with no statement beyond the command's own."""
 
 from __future__ import annotations
 
@@ -17,14 +17,11 @@ from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.alerts.refusals import record_exhausted
 from app.core.auth import ScopeDenied, require_scope
-from app.core.db import connection_of_work
 from app.core.errors import DomainError
 from app.core.ids import parse_id
 from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal
-from app.metering import charging, holds, types
-from app.metering.errors import InsufficientCredits
+from app.metering import commands, types
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
     JSON,
@@ -288,14 +285,7 @@ def charge_handler(rest: Rest) -> Any:
         if scope is None:
             raise no_tenant()
         req = to_request(body, body.idempotency_key, principal.key_id)
-        try:
-            with connection_of_work(engine) as conn:
-                return charging.charge(
-                    conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck, alone=True
-                )
-        except InsufficientCredits as exc:
-            record_exhausted(engine, clock, exc)  # after the refused transaction rolled back, as GraphQL
-            raise
+        return commands.charge(engine, clock, scope, req, negative_buffer=buffer, precheck=body.precheck)
 
     async def charge(request: Request) -> Response:
         raw = await request.body()
@@ -335,13 +325,16 @@ async def reserve(call: Call) -> ReserveOut:
     scope, rest = call.tenant(), call.rest
     req = to_request(body, body.idempotency_key, call.principal.key_id)
     ttl = body.ttl_seconds or rest.settings.hold_ttl_seconds
-    try:
-        hold = await rest.write(
-            lambda s: holds.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
-        )
-    except InsufficientCredits as exc:
-        await rest.uow.call(record_exhausted, rest.engine, rest.clock, exc)
-        raise
+    hold = await rest.uow.call(
+        commands.reserve,
+        rest.engine,
+        rest.clock,
+        scope,
+        req,
+        negative_buffer=rest.negative_buffer,
+        ttl_seconds=ttl,
+        retry=True,
+    )
     return ReserveOut(
         job_id=hold.id,
         hold_id=hold.id,
@@ -359,10 +352,16 @@ async def settle(call: Call) -> dict[str, Any]:
     hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
     key_id = call.principal.key_id
     actual = to_request(body.actual, f"hold:{hold_id}", key_id) if body.actual is not None else None
-    res = await rest.write(
-        lambda s: holds.settle(
-            s, rest.clock, scope, hold_id, actual, negative_buffer=rest.negative_buffer, api_key_id=key_id
-        )
+    res = await rest.uow.call(
+        commands.settle,
+        rest.engine,
+        rest.clock,
+        scope,
+        hold_id,
+        actual,
+        negative_buffer=rest.negative_buffer,
+        api_key_id=key_id,
+        retry=True,
     )
     out = charged(res)
     c = res.cut
@@ -382,7 +381,7 @@ async def settle(call: Call) -> dict[str, Any]:
 async def release(call: Call) -> ReleaseOut:
     scope, rest = call.tenant(), call.rest
     hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
-    hold = await rest.write(lambda s: holds.release(s, rest.clock, scope, hold_id))
+    hold = await rest.uow.call(commands.release, rest.engine, rest.clock, scope, hold_id, retry=True)
     return ReleaseOut(
         hold_id=hold.id,
         status=hold.status,
