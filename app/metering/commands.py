@@ -64,9 +64,7 @@ def reserve(
     """Hold the estimate of an async job."""
     try:
         with unit_of_work(engine) as session:
-            return holds.reserve(
-                session, clock, scope, req, negative_buffer=negative_buffer, ttl_seconds=ttl_seconds
-            )
+            return holds.reserve(session, clock, scope, req, negative_buffer=negative_buffer, ttl_seconds=ttl_seconds)
     except InsufficientCredits as exc:
         record_exhausted(engine, clock, exc)
         raise

@@ -501,7 +501,7 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             req = to_request(input, ctx)
-            # Omitted means the default; any value given (0 too) goes to the service's bounds check.
+            # Omitted means the default; any value given (0 too) goes to holds.reserve's bounds check.
             ttl = ctx.settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
             res = await ctx.uow.call(
                 commands.reserve,

@@ -84,9 +84,7 @@ def release(session: Session, clock: Clock, scope: TenantScope, hold_id: str) ->
 def _reserve(m: Meter, req: MeterRequest, ttl: timedelta) -> HoldView:
     fp = req.fingerprint()
     existing = m.conn.execute(
-        select(HOLD).where(
-            and_(HOLD.c.tenant_id == m.scope.tenant_id, HOLD.c.idempotency_key == req.idempotency_key)
-        )
+        select(HOLD).where(and_(HOLD.c.tenant_id == m.scope.tenant_id, HOLD.c.idempotency_key == req.idempotency_key))
     ).first()
     if existing is not None:
         if existing.request_hash != fp:
@@ -122,9 +120,7 @@ def _reserve(m: Meter, req: MeterRequest, ttl: timedelta) -> HoldView:
     )
     m.state = ledger.AccountState(m.state.balance, m.state.reserved + d.amount)
     m.conn.execute(
-        update(ledger.ACCOUNT)
-        .where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id)
-        .values(reserved=m.state.reserved)
+        update(ledger.ACCOUNT).where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id).values(reserved=m.state.reserved)
     )
     live.publish(m.conn, live.balance_moved(m.scope.tenant_id))  # available moved
     return HoldView(
@@ -137,13 +133,13 @@ def _reserve(m: Meter, req: MeterRequest, ttl: timedelta) -> HoldView:
         available_after=m.state.available,
     )
 
+
 def _find(m: Meter, hold_id: str) -> Any:
-    row = m.conn.execute(
-        select(HOLD).where(and_(HOLD.c.id == hold_id, HOLD.c.tenant_id == m.scope.tenant_id))
-    ).first()
+    row = m.conn.execute(select(HOLD).where(and_(HOLD.c.id == hold_id, HOLD.c.tenant_id == m.scope.tenant_id))).first()
     if row is None:
         raise NotFound("Hold", hold_id)
     return row
+
 
 def _settle(m: Meter, hold_id: str, actual: MeterRequest | None, api_key_id: str | None = None) -> Charged:
     hold = _find(m, hold_id)
@@ -200,6 +196,7 @@ def _settle(m: Meter, hold_id: str, actual: MeterRequest | None, api_key_id: str
     )
     return result
 
+
 def _release(m: Meter, hold_id: str) -> HoldView:
     hold = _find(m, hold_id)
     if hold.status == "released":
@@ -210,9 +207,7 @@ def _release(m: Meter, hold_id: str) -> HoldView:
     unhold(m.conn, hold)
     m.state = ledger.AccountState(m.state.balance, m.state.reserved - hold.amount)
     m.conn.execute(
-        update(ledger.ACCOUNT)
-        .where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id)
-        .values(reserved=m.state.reserved)
+        update(ledger.ACCOUNT).where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id).values(reserved=m.state.reserved)
     )
     live.publish(m.conn, live.balance_moved(m.scope.tenant_id))  # available moved
     view = _hold_view(hold)
