@@ -5,11 +5,11 @@ from app.alerts.models import AlertEvent, AlertPolicy, WebhookAttempt, WebhookDe
 from app.audit.models import AuditEntry
 from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
-from app.credits.models import CreditAccount, CreditBucket, CreditPack, CreditReversal, LedgerEntry
+from app.credits.models import CreditAccount, CreditBucket, CreditHold, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
-from app.metering.models import CreditHold, RateWindow, UsageCounter, UsageEvent, UsageRollup
-from app.metering.period_models import BillingPeriod
+from app.metering.models import RateWindow, UsageCounter, UsageEvent, UsageRollup
 from app.overage.models import OverageReport
+from app.periods.models import BillingPeriod
 from app.plans.models import Plan, PlanQuota
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.subscriptions.models import Subscription

@@ -78,7 +78,7 @@ def seed(url: str) -> dict[str, str]:
     from app.core.clock import Clock
     from app.core.db import make_engine, unit_of_work
     from app.core.migrate import upgrade
-    from app.metering import service
+    from app.metering import charging, types
 
     upgrade(url)
     engine = make_engine(url)
@@ -103,11 +103,11 @@ def seed(url: str) -> dict[str, str]:
                 )
     # One real charge for the usage tenant: the template the bulk events are cloned from.
     with unit_of_work(engine) as s:
-        service.charge(
+        charging.charge(
             s,
             clock,
             TenantScope(out["usage_tenant"]),
-            service.MeterRequest(primitive=PRIMITIVE, idempotency_key="bulk-0"),
+            types.MeterRequest(primitive=PRIMITIVE, idempotency_key="bulk-0"),
             negative_buffer=0,
         )
     engine.dispose()

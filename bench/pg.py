@@ -45,7 +45,7 @@ def seed(url: str, n: int) -> list[tuple[str, str]]:
     from app.core.clock import Clock
     from app.core.db import connection_of_work, make_engine, unit_of_work
     from app.core.migrate import upgrade
-    from app.metering import service
+    from app.metering import charging, types
 
     upgrade(url)
     engine = make_engine(url)
@@ -58,8 +58,8 @@ def seed(url: str, n: int) -> list[tuple[str, str]]:
             out.append((tenant_id, raw))
     for tid, _ in out:
         with connection_of_work(engine) as conn:
-            req = service.MeterRequest(primitive=PRIMITIVE, idempotency_key="warm")
-            service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0, alone=True)
+            req = types.MeterRequest(primitive=PRIMITIVE, idempotency_key="warm")
+            charging.charge(conn, clock, TenantScope(tid), req, negative_buffer=0, alone=True)
     engine.dispose()
     return out
 
@@ -113,7 +113,7 @@ def books(url: str) -> dict[str, int]:
 
 
 def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durable: bool = True) -> dict[str, Any]:
-    """Charges/s through service.charge on an engine of ONE connection (connection_of_work, as the
+    """Charges/s through charging.charge on an engine of ONE connection (connection_of_work, as the
     edge runs it), the function off and on, alternated in rounds; the events written are counted.
     durable=False: the bench's own connection commits with synchronous_commit=off, which takes the
     WAL flush (one fdatasync per commit, the same for both paths) out of the figure, leaving what
@@ -121,7 +121,7 @@ def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durabl
     from app.core.auth import TenantScope
     from app.core.clock import Clock
     from app.core.db import connection_of_work, make_engine
-    from app.metering import pg_charge, service
+    from app.metering import charging, pg_charge, types
 
     kw: dict[str, Any] = {} if durable else {"connect_args": {"options": "-c synchronous_commit=off"}}
     engine = make_engine(url, pool_size=1, max_overflow=0, **kw)
@@ -139,9 +139,9 @@ def one_connection(url: str, tenant: str, rounds: int, seconds: float, *, durabl
                 n, start = 0, time.perf_counter()
                 while time.perf_counter() - start < seconds:
                     ik = f"{nonce}-{mode}-{r}-{n}"
-                    req = service.MeterRequest(primitive=PRIMITIVE, idempotency_key=ik)
+                    req = types.MeterRequest(primitive=PRIMITIVE, idempotency_key=ik)
                     with connection_of_work(engine) as conn:
-                        res = service.charge(conn, clock, scope, req, negative_buffer=0, alone=True)
+                        res = charging.charge(conn, clock, scope, req, negative_buffer=0, alone=True)
                     assert res.credits_used > 0 and not res.replayed
                     n += 1
                 spent[mode] += time.perf_counter() - start
@@ -176,12 +176,12 @@ def _analyze(engine: Any) -> None:
 
 
 def batch_one_connection(url: str, tenant: str, rounds: int, seconds: float, size: int = 50) -> dict[str, Any]:
-    """chargeBatch of `size` through service.charge_batch on ONE connection, the function
+    """chargeBatch of `size` through charging.charge_batch on ONE connection, the function
     (meterkit_charge_batch) off and on, alternated in rounds; in charges/s."""
     from app.core.auth import TenantScope
     from app.core.clock import Clock
     from app.core.db import connection_of_work, make_engine
-    from app.metering import pg_charge, service
+    from app.metering import charging, pg_charge, types
 
     engine = make_engine(url, pool_size=1, max_overflow=0)
     clock, scope = Clock(), TenantScope(tenant)
@@ -200,13 +200,13 @@ def batch_one_connection(url: str, tenant: str, rounds: int, seconds: float, siz
                     items = [
                         (
                             scope,
-                            service.MeterRequest(primitive=PRIMITIVE, idempotency_key=f"{nonce}-b{mode}-{r}-{n}-{j}"),
+                            types.MeterRequest(primitive=PRIMITIVE, idempotency_key=f"{nonce}-b{mode}-{r}-{n}-{j}"),
                         )
                         for j in range(size)
                     ]
                     with connection_of_work(engine) as conn:
-                        res = service.charge_batch(conn, clock, items, negative_buffer=0, alone=True)
-                    assert all(isinstance(x, service.Charged) and not x.replayed for x in res), res[:1]
+                        res = charging.charge_batch(conn, clock, items, negative_buffer=0, alone=True)
+                    assert all(isinstance(x, types.Charged) and not x.replayed for x in res), res[:1]
                     n += size
                 spent[mode] += time.perf_counter() - start
                 done[mode] += n

@@ -315,9 +315,11 @@ PHASES: dict[str, Any] = {
     "GraphQL parse": _has(r"parse_document \(|ParserCache\.on_parse"),
     "GraphQL validation (validate_document)": _has(r"validate_document \([^)]*strawberry"),
     "GraphQL execution (resolvers, result building)": _has(r"Schema\._execute_operation \("),
-    "the charge transaction (unit of work incl. commit)": _has(r"Context\._run \(|charge\.<locals>\.run \("),
+    "the charge transaction (unit of work incl. commit)": _has(
+        r";charge \([^)]*app/metering/commands\.py|charge\.<locals>\.run \("
+    ),
     "  waiting for the SQLite write lock (BEGIN IMMEDIATE)": _has(r"_on_begin \("),
-    "  service.charge (checks, debit, event, counter)": _has(r";charge \([^)]*app/metering/service\.py"),
+    "  charging.charge (checks, debit, event, counter)": _has(r";charge \([^)]*app/metering/charging\.py"),
     "  SQLAlchemy statement building / cache keys": _has(r"_generate_cache_key|coercions\.py|default_comparator"),
     "  sqlite3 execute (excluding BEGIN)": lambda stack, frames: "do_execute (" in stack and "_on_begin (" not in stack,
     "  COMMIT": _has(r"do_commit \("),

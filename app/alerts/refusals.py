@@ -3,9 +3,10 @@ by rule, so the alert is its own small transaction after the refusal has rolled 
 remembers what it has recorded, so a tenant hammering at zero costs one write per period, not one
 per refusal; the unique (tenant, dedupe_key) keeps it once across processes.
 
-It belongs to the refusal, not to an edge: every edge that runs a charge, a batch or a reserve
-(GraphQL, REST) calls `record_exhausted` with the refusal it got, on the thread (or the event
-loop, for inline SQLite) that ran the refused transaction."""
+It belongs to the refusal, not to an edge: the metering commands that charge, batch or reserve
+(app/metering/commands.py, which GraphQL and REST both call) call `record_exhausted` with the
+refusal they got, on the thread (or the event loop, for inline SQLite) that ran the refused
+transaction."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ Retries back off exponentially with jitter for at least 24 hours (MAX_ATTEMPTS);
 whose deliveries keep failing (DISABLE_AFTER consecutive failed attempts) is disabled with a
 reason, and its pending deliveries wait until it is enabled again; the disable is told to the other
 endpoints (a `webhook.endpoint_disabled` event) and recorded in the audit log. The worker also
-expires holds past their expiry (app/metering/hold_expiry.py) every `hold_sweep` seconds."""
+expires holds past their expiry (app/metering/holds.py) every `hold_sweep` seconds."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from app.audit.service import Target, append, row_snapshot
 from app.core.clock import Clock
 from app.core.db import connection_of_work
 from app.core.sql import is_sqlite
-from app.metering.hold_expiry import expire_due_holds
+from app.metering.holds import expire_due_holds
 
 log = logging.getLogger("meterkit.webhooks")
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from app.budgets.errors import BudgetExceeded
 from app.core.sql import Sql, read_ts, run, ts
-from app.metering.periods import Period, calendar_period
+from app.periods.rules import Period, calendar_period
 
 TOTAL = "*"  # the usage row holding the key's credit total for the period
 

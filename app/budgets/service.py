@@ -18,8 +18,8 @@ from app.core.errors import NotFound, ValidationFailed
 from app.core.money import MAX_CREDITS, MICRO
 from app.core.primitives import validate_primitive
 from app.credits import ledger
-from app.metering.models import CreditHold
-from app.metering.periods import Period, calendar_period
+from app.credits.models import CreditHold
+from app.periods.rules import Period, calendar_period
 from app.tenants.models import ApiKey
 from app.tenants.repository import ApiKeyRepository
 

@@ -25,9 +25,8 @@ from app.core.clock import Clock
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import new_id
 from app.core.sql import Sql, read_ts, run, ts
-from app.credits.models import CreditAccount, CreditBucket, LedgerEntry
+from app.credits.models import CreditAccount, CreditBucket, CreditHold, LedgerEntry
 from app.live import notify as live_events
-from app.metering.models import CreditHold
 
 ACCOUNT: Any = CreditAccount.__table__  # type: ignore[attr-defined]
 BUCKET: Any = CreditBucket.__table__  # type: ignore[attr-defined]

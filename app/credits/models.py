@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, Identity, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Identity, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.core.types import micro_column, ts_column
@@ -91,3 +92,32 @@ class CreditReversal(SQLModel, table=True):
     reason: str = Field(max_length=255)
     amount: int = Field(sa_column=micro_column(default=None))  # signed amount of the reversal entry
     created_at: datetime = Field(sa_column=ts_column())
+
+
+class CreditHold(SQLModel, table=True):
+    """A reservation for an async job: lowers available credits until settled, released or expired."""
+
+    __tablename__ = "credit_hold"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_credit_hold_key"),
+        Index("ix_credit_hold_open", "tenant_id", "status", "expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    idempotency_key: str = Field(max_length=200)
+    request_hash: str = Field(max_length=64)
+    primitive: str = Field(max_length=64)
+    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    amount: int = Field(sa_column=micro_column(default=None))
+    status: str = Field(max_length=12)  # open | settled | released | expired
+    settled_amount: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    settle_result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    reference: str | None = Field(default=None, max_length=255)
+    connection: str | None = Field(default=None, max_length=64)
+    expires_at: datetime = Field(sa_column=ts_column())
+    created_at: datetime = Field(sa_column=ts_column())
+    closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    api_key_id: str | None = Field(default=None, max_length=40)  # the key that reserved it
+    # The budget period of that key the hold is held in (key_budget_usage.held_*); NULL: counted in none.
+    budget_period_start: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))

@@ -131,7 +131,7 @@ class LiveSubscription:
                 sent = await _paced(sent)
                 # The connection's context outlives one event: fresh loaders, so Tenant's fields
                 # (credits, usage) are read again instead of answered from the last event's cache.
-                ctx.loaders = Loaders(ctx.engine, ctx.settings)
+                ctx.loaders = Loaders(ctx.uow)
                 now = ctx.clock.now()
                 for tenant_id, kinds in sorted(changed.items()):
                     if tenant_id == ANY:

@@ -6,16 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
-from starlette.concurrency import run_in_threadpool
 from strawberry.dataloader import DataLoader
 
 from app.account_kits.repository import AccountKitRepository
-from app.core.db import inline_sqlite, unit_of_work
+from app.core.uow import Runner
 from app.plans.models import PlanQuota
 from app.plans.repository import PlanRepository
-from app.settings import Settings
 from app.subscriptions.models import Subscription
 
 K = TypeVar("K")
@@ -23,10 +20,9 @@ V = TypeVar("V")
 
 
 class Loaders:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self._engine = engine
-        # Read once: inline SQLite runs a load on the event loop, anything else on a worker thread.
-        self._inline = inline_sqlite(engine, settings)
+    def __init__(self, uow: Runner) -> None:
+        # The request's runner: inline SQLite loads on the event loop, anything else on a worker thread.
+        self._uow = uow
         self.plan = self._make(lambda s, keys: PlanRepository(s).get_many(keys))
         self.kit = self._make(lambda s, keys: AccountKitRepository(s).get_many(keys))
         self.quotas = self._make(_quotas, default=list)
@@ -36,17 +32,12 @@ class Loaders:
     def _make(
         self, fetch: Callable[[Session, list[Any]], dict[Any, Any]], default: Callable[[], Any] | None = None
     ) -> DataLoader[Any, Any]:
-        engine = self._engine
-
-        def run(keys: list[Any]) -> list[Any]:
-            with unit_of_work(engine, write=False) as s:
-                found = fetch(s, keys)
-            return [found.get(k, default() if default else None) for k in keys]
-
-        inline = self._inline
+        uow = self._uow
 
         async def load(keys: Sequence[Any]) -> list[Any]:
-            return run(list(keys)) if inline else await run_in_threadpool(run, list(keys))
+            wanted = list(keys)
+            found = await uow.read(lambda s: fetch(s, wanted))
+            return [found.get(k, default() if default else None) for k in wanted]
 
         return DataLoader(load_fn=load)
 

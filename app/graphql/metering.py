@@ -1,15 +1,14 @@
-"""GraphQL for the metered call. Resolvers translate inputs and results; the rules live in
-app/metering/service.py and the whole transaction runs in one thread hop."""
+"""GraphQL for the metered call. Resolvers translate inputs and results; each use case is a command
+of app/metering/commands.py (its transaction and side effects), run in one thread hop (none for
+inline SQLite) by the unit-of-work runner, as the REST routes run it."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any
 
 import strawberry
 
-from app.alerts.refusals import record_exhausted
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import parse_id
@@ -21,8 +20,8 @@ from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
+from app.metering import commands, repository, types
 from app.metering import errors as merr
-from app.metering import repository, service
 from app.pricing.service import PriceRequest
 
 
@@ -47,12 +46,12 @@ class BatchItemInput:
     item: MeterInput
 
 
-def to_request(i: MeterInput, ctx: Context | None = None) -> service.MeterRequest:
+def to_request(i: MeterInput, ctx: Context | None = None) -> types.MeterRequest:
     """`ctx`: the request's principal, recorded as the key that made the call."""
     # The common case (a fixed price, no details): price_request would give every other field at
     # the default MeterRequest has too, so none is passed (per item in a chargeBatch).
     priced: dict[str, Any] = {} if i.details is None else _priced(price_request(i.primitive, i.quantity, i.details))
-    return service.MeterRequest(
+    return types.MeterRequest(
         api_key_id=_key_id(ctx),
         primitive=i.primitive,
         idempotency_key=i.idempotency_key,
@@ -273,7 +272,7 @@ def to_result(exc: DomainError) -> Any:
     return to_user_error(exc)
 
 
-def to_charged(c: service.Charged) -> Charged:
+def to_charged(c: types.Charged) -> Charged:
     return Charged(
         event_id=strawberry.ID(str(c.event_id)),
         credits_used=Credits(c.credits_used),
@@ -284,7 +283,7 @@ def to_charged(c: service.Charged) -> Charged:
     )
 
 
-def to_hold(h: service.HoldView) -> Hold:
+def to_hold(h: types.HoldView) -> Hold:
     return Hold.from_row(h)
 
 
@@ -386,10 +385,15 @@ class MeteringQuery:
         try:
             scope = ctx.require_scope()
             priced = price_request(primitive, quantity, details) if details is not None and primitive else None
-            r = await ctx.read_conn(
-                lambda c: service.check(
-                    c, ctx.clock, scope, primitive=primitive, connection=connection, quantity=quantity, details=priced
-                )
+            r = await ctx.uow.call(
+                commands.check,
+                ctx.engine,
+                ctx.clock,
+                scope,
+                primitive=primitive,
+                connection=connection,
+                quantity=quantity,
+                details=priced,
             )
         except DomainError as exc:
             return to_user_error(exc)  # type: ignore[return-value]
@@ -404,12 +408,10 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             req = to_request(input, ctx)
-            res = await ctx.charge(
-                lambda s: service.charge(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), alone=True)
+            res = await ctx.uow.call(
+                commands.charge, ctx.engine, ctx.clock, scope, req, negative_buffer=_buffer(ctx), retry=True
             )
         except DomainError as exc:
-            if isinstance(exc, merr.InsufficientCredits):
-                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, exc))
             return to_result(exc)  # type: ignore[no-any-return]
         return to_charged(res)
 
@@ -427,15 +429,13 @@ class MeteringMutation:
                 prepared.append(exc)
         good = [p for p in prepared if not isinstance(p, DomainError)]
         outcomes = iter(
-            await ctx.charge(
-                lambda s: service.charge_batch(s, ctx.clock, good, negative_buffer=_buffer(ctx), alone=True)
+            await ctx.uow.call(
+                commands.charge_batch, ctx.engine, ctx.clock, good, negative_buffer=_buffer(ctx), retry=True
             )
         )
         out: list[Any] = []
         for p in prepared:
             r = p if isinstance(p, DomainError) else next(outcomes)
-            if isinstance(r, merr.InsufficientCredits):
-                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, r))
             out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
         return out
 
@@ -453,14 +453,19 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             req = to_request(input, ctx)
-            # Omitted means the default; any value given (0 too) goes to the service's bounds check.
+            # Omitted means the default; any value given (0 too) goes to holds.reserve's bounds check.
             ttl = ctx.settings.hold_ttl_seconds if ttl_seconds is None else ttl_seconds
-            res = await ctx.write(
-                lambda s: service.reserve(s, ctx.clock, scope, req, negative_buffer=_buffer(ctx), ttl_seconds=ttl)
+            res = await ctx.uow.call(
+                commands.reserve,
+                ctx.engine,
+                ctx.clock,
+                scope,
+                req,
+                negative_buffer=_buffer(ctx),
+                ttl_seconds=ttl,
+                retry=True,
             )
         except DomainError as exc:
-            if isinstance(exc, merr.InsufficientCredits):
-                await ctx.call(partial(record_exhausted, ctx.engine, ctx.clock, exc))
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)
 
@@ -473,10 +478,16 @@ class MeteringMutation:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
             req = to_request(actual, ctx) if actual is not None else None
-            res = await ctx.write(
-                lambda s: service.settle(
-                    s, ctx.clock, scope, hid, req, negative_buffer=_buffer(ctx), api_key_id=_key_id(ctx)
-                )
+            res = await ctx.uow.call(
+                commands.settle,
+                ctx.engine,
+                ctx.clock,
+                scope,
+                hid,
+                req,
+                negative_buffer=_buffer(ctx),
+                api_key_id=_key_id(ctx),
+                retry=True,
             )
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
@@ -488,7 +499,7 @@ class MeteringMutation:
         try:
             scope = ctx.require_scope()
             hid = parse_id(str(hold_id), "hold", field="holdId")
-            res = await ctx.write(lambda s: service.release(s, ctx.clock, scope, hid))
+            res = await ctx.uow.call(commands.release, ctx.engine, ctx.clock, scope, hid, retry=True)
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
         return to_hold(res)

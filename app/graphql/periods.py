@@ -12,7 +12,7 @@ from app.core.paging import check_first, decode_cursor, encode_cursor
 from app.graphql.context import Info
 from app.graphql.metering import UsageLine, UsagePeriod
 from app.graphql.pagination import After, Connection, First, connection
-from app.metering.period_reads import PeriodReport, period_page
+from app.periods.reads import PeriodReport, period_page
 
 _CURSOR = "period"
 

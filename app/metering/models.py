@@ -80,32 +80,3 @@ class RateWindow(SQLModel, table=True):
     primitive: str = Field(primary_key=True, max_length=64)
     window_start: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
     calls: int = Field(sa_column=Column(BigInteger, nullable=False))
-
-
-class CreditHold(SQLModel, table=True):
-    """A reservation for an async job: lowers available credits until settled, released or expired."""
-
-    __tablename__ = "credit_hold"
-    __table_args__ = (
-        UniqueConstraint("tenant_id", "idempotency_key", name="uq_credit_hold_key"),
-        Index("ix_credit_hold_open", "tenant_id", "status", "expires_at"),
-    )
-
-    id: str = Field(primary_key=True, max_length=40)
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
-    idempotency_key: str = Field(max_length=200)
-    request_hash: str = Field(max_length=64)
-    primitive: str = Field(max_length=64)
-    quantity: int = Field(sa_column=Column(BigInteger, nullable=False))
-    amount: int = Field(sa_column=micro_column(default=None))
-    status: str = Field(max_length=12)  # open | settled | released | expired
-    settled_amount: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
-    settle_result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
-    reference: str | None = Field(default=None, max_length=255)
-    connection: str | None = Field(default=None, max_length=64)
-    expires_at: datetime = Field(sa_column=ts_column())
-    created_at: datetime = Field(sa_column=ts_column())
-    closed_at: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
-    api_key_id: str | None = Field(default=None, max_length=40)  # the key that reserved it
-    # The budget period of that key the hold is held in (key_budget_usage.held_*); NULL: counted in none.
-    budget_period_start: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))

@@ -1,6 +1,6 @@
 """PostgreSQL: the common charge in one round trip.
 
-The charge transaction in Python (app/metering/service.py) is ~11 statements plus BEGIN and
+The charge transaction in Python (app/metering/meter.py) is ~11 statements plus BEGIN and
 COMMIT, each a round trip. On PostgreSQL the common case runs instead as one call of the
 server-side function meterkit_charge (migration 0012_pg_charge), sent with the connection in
 autocommit: one statement is its own transaction in PostgreSQL, so the lock, the checks and the
@@ -19,8 +19,8 @@ per-minute limits and the quota are answered by the function. A request carrying
 video duration is not sent at all (media_units below): the function bounds the quantity by
 maxQuantityPerCall but knows neither field, which count toward it too (settle_rules.call_units).
 
-Only a caller whose whole unit of work is the charge asks for it (service.charge(alone=True): the
-GraphQL and REST edges), on a bare connection whose transaction has not started: a caller that
+Only a caller whose whole unit of work is the charge asks for it (charging.charge(alone=True): the
+commands of app/metering/commands.py), on a bare connection whose transaction has not started: a caller that
 charges inside a larger unit of work keeps its atomicity (the charge commits with its work or not).
 METERKIT_PG_FAST_CHARGE=0 turns it off.
 """
@@ -30,18 +30,18 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import TYPE_CHECKING, Any
+from importlib import resources
+from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
 from app.core.errors import DomainError, UnknownPrimitive
+from app.core.sql import read_ts
 from app.live import notify as live
 from app.metering.errors import IdempotencyConflict, LimitExceeded, NotEntitled, QuotaExceeded
-
-if TYPE_CHECKING:
-    from app.metering.service import Charged, MeterRequest
+from app.metering.types import Charged, MeterRequest, Usage
 
 log = logging.getLogger("meterkit.metering")
 
@@ -56,6 +56,17 @@ _CALL = "SELECT * FROM meterkit_charge(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %
 # Databases without the function (not migrated to 0012): the full path, without asking again.
 _MISSING: weakref.WeakSet[Engine] = weakref.WeakSet()
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
+
+# The PL/pgSQL of the two functions as this module expects them, beside it (package data). The
+# migrations that install them keep frozen copies of their own (0012, 0015): a change to a function
+# is a new migration that copies its file's text; the tests check the newest copy equals the file.
+SQL_FILES = {"meterkit_charge": "pg_charge.sql", "meterkit_charge_batch": "pg_charge_batch.sql"}
+
+
+def function_sql(name: str) -> str:
+    """The CREATE OR REPLACE FUNCTION statement of `name` (a key of SQL_FILES)."""
+    return resources.files(__package__).joinpath(SQL_FILES[name]).read_text(encoding="utf-8")
+
 
 # What the function answered, for tests and the bench: outcome -> count in this process.
 stats: dict[str, int] = {}
@@ -137,8 +148,6 @@ def _call_once(
 
 
 def _answer(engine: Engine, scope: TenantScope, req: MeterRequest, now: Any, row: Any) -> Charged:
-    from app.metering.service import Charged, Usage
-
     outcome, event_id, credits, remaining, used, quota, overage, detail = row
     p = req.primitive
     if outcome == "charged":
@@ -165,8 +174,6 @@ def _answer(engine: Engine, scope: TenantScope, req: MeterRequest, now: Any, row
     if outcome == "per_call":
         raise LimitExceeded(p, "maxQuantityPerCall", int(quota), req.quantity, None)
     if outcome == "quota":
-        from app.core.sql import read_ts
-
         end = read_ts(detail["periodEnd"])
         assert end is not None
         raise QuotaExceeded(p, int(quota), int(used), as_utc(end))
@@ -184,7 +191,7 @@ def try_charge_batch(
 ) -> list[Charged | DomainError] | None:
     """A whole chargeBatch answered by meterkit_charge_batch (migrations 0014, 0015) in one statement, or
     None: take the full path (same conditions as try_charge; any uncommon item, a key that fails
-    validation, or an empty batch). The items go in the lock order of service.charge_batch:
+    validation, or an empty batch). The items go in the lock order of charging.charge_batch:
     sorted by tenant, in request order within a tenant."""
     raw = _idle(db, _MISSING, _MISSING_BATCH) if ENABLED and BATCH_ENABLED and items else None
     if raw is None:

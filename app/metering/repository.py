@@ -14,25 +14,13 @@ from sqlalchemy.engine import Connection
 from app.catalog.repository import require_known
 from app.core.clock import as_utc
 from app.core.paging import HistoryFilter
-from app.metering import period_record
-from app.metering.period_models import BillingPeriod
-from app.metering.periods import Period
-from app.metering.service import COUNTER, EVENT, HOLD, PLAN, QUOTA, SUB, TENANT
+from app.metering.charge_repository import COUNTER, EVENT, HOLD, PLAN, QUOTA, SUB, TENANT
+from app.periods import record as period_record
+from app.periods.models import BillingPeriod
+from app.periods.reads import UsageLine
+from app.periods.rules import Period
 
 BP: Any = BillingPeriod.__table__  # type: ignore[attr-defined]
-
-
-@dataclass
-class UsageLine:
-    primitive: str
-    quota: int | None
-    used: int
-    overage: int
-    credits: int = 0  # spent on this primitive in the period
-
-    @property
-    def remaining(self) -> int | None:
-        return None if self.quota is None else max(self.quota - self.used, 0)
 
 
 @dataclass

@@ -28,9 +28,9 @@ from sqlmodel import Session
 from app.core.clock import Clock, as_utc
 from app.core.db import unit_of_work
 from app.integrations.stripe.client import StripeGateway
-from app.metering.period_models import BillingPeriod
-from app.metering.service import COUNTER, QUOTA, TENANT
+from app.metering.charge_repository import COUNTER, QUOTA, TENANT
 from app.overage.models import OverageReport
+from app.periods.models import BillingPeriod
 
 log = logging.getLogger("meterkit.overage")
 

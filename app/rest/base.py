@@ -27,18 +27,17 @@ import simplejson
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 from pydantic import ValidationError as ModelError
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from app.budgets.errors import BudgetExceeded
 from app.core.auth import Principal, Scope, ScopeDenied, TenantScope, require_scope
 from app.core.clock import Clock
-from app.core.db import inline_sqlite, unit_of_work
 from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
 from app.core.money import MICRO, format_credits
+from app.core.uow import Runner
 from app.http.edge import AuthError, BadInput, authenticate_request, check_json_body, check_url_text
 from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
 from app.metering import errors as merr
@@ -307,40 +306,20 @@ class Rest:
     settings: Settings
     clock: Clock
 
-    @property
-    def inline(self) -> bool:
-        return inline_sqlite(self.engine, self.settings)
+    uow: Runner = field(init=False)  # the unit-of-work runner every edge shares (app/core/uow.py)
+
+    def __post_init__(self) -> None:
+        self.uow = Runner.of(self.engine, self.settings)
 
     @property
     def negative_buffer(self) -> int:
         return self.settings.negative_buffer_credits * 1_000_000
 
-    def _run(self, fn: Callable[[Session], T], write: bool) -> T:
-        with unit_of_work(self.engine, write=write) as session:
-            return fn(session)
-
     async def read(self, fn: Callable[[Session], T]) -> T:
-        if self.inline:
-            return self._run(fn, False)
-        return await run_in_threadpool(self._run, fn, False)
-
-    async def call(self, fn: Callable[[], T]) -> T:
-        """A domain function that runs its own unit of work (e.g. an alert recorded after a
-        refusal rolled back): on the event loop for inline SQLite, else on a worker thread."""
-        if self.inline:
-            return fn()
-        return await run_in_threadpool(fn)
+        return await self.uow.read(fn)
 
     async def write(self, fn: Callable[[Session], T]) -> T:
-        # One unit of work in one thread hop: no await between BEGIN and COMMIT.
-        if self.inline:
-            return self._run(fn, True)
-        try:
-            return await run_in_threadpool(self._run, fn, True)
-        except IntegrityError:
-            # PostgreSQL: a concurrent writer inserted the same unique key first; everything rolled
-            # back, so run once more and answer as the second caller (as GraphQL's ctx.write does).
-            return await run_in_threadpool(self._run, fn, True)
+        return await self.uow.write(fn)
 
 
 @dataclass

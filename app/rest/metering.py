@@ -1,32 +1,27 @@
 """The metered call over REST: POST /v1/charge, /v1/reserve, /v1/holds/{id}/settle and
-/v1/holds/{id}/release, over the same service calls as the GraphQL mutations.
+/v1/holds/{id}/release, over the same commands as the GraphQL mutations (app/metering/commands.py).
 
 POST /v1/charge is also the floor `make bench` measures GraphQL against, so its handler is
-written out: the key check and the whole charge transaction run in ONE thread hop (none on
-SQLite inline), with no statement beyond the service's own."""
+written out: the key check and the whole charge command run in ONE thread hop (none on
+SQLite inline), with no statement beyond the command's own."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from functools import partial
 from typing import Any
 
 from pydantic import ConfigDict, Field
 from pydantic import ValidationError as ModelError
-from sqlalchemy.exc import DataError, IntegrityError
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.alerts.refusals import record_exhausted
 from app.core.auth import ScopeDenied, require_scope
-from app.core.db import connection_of_work
 from app.core.errors import DomainError
 from app.core.ids import parse_id
 from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal
-from app.metering import service
-from app.metering.errors import InsufficientCredits
+from app.metering import commands, types
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
     JSON,
@@ -57,10 +52,10 @@ class Details(Strict):
     """What a dynamic price needs; fixed prices need none of it."""
 
     model: str | None = Field(None, max_length=200, description="llm.tokens, image.generate, video.generate")
-    input_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
-    output_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
-    cache_read_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
-    cache_creation_tokens: int = Field(0, ge=0, le=service.MAX_TOKENS)
+    input_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
+    output_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
+    cache_read_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
+    cache_creation_tokens: int = Field(0, ge=0, le=types.MAX_TOKENS)
     cost_usd: str | None = Field(
         None, pattern=_DECIMAL, description='llm.passthrough: upstream USD as a decimal string, e.g. "0.0123"'
     )
@@ -75,7 +70,7 @@ class Usage(Strict):
     """The metered call's parameters, as the GraphQL MeterInput."""
 
     primitive: str = Field(min_length=1, max_length=64, examples=["email.send"])
-    quantity: int = Field(1, ge=1, le=service.MAX_QUANTITY)
+    quantity: int = Field(1, ge=1, le=types.MAX_QUANTITY)
     reference: str | None = Field(None, max_length=255)
     connection: str | None = Field(
         None, min_length=1, max_length=64, description="The connection used (e.g. gmail); the kit must allow it"
@@ -97,7 +92,7 @@ class ChargeBody(Usage):
         }
     )
 
-    idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
+    idempotency_key: str = Field(min_length=1, max_length=types.MAX_KEY)
     precheck: bool = Field(
         False,
         description="Also refuse (402) when the available balance is already at or below zero before this "
@@ -111,7 +106,7 @@ class ReserveBody(Usage):
         json_schema_extra={"examples": [{"primitive": "research.thorough", "idempotency_key": "job-1"}]}
     )
 
-    idempotency_key: str = Field(min_length=1, max_length=service.MAX_KEY)
+    idempotency_key: str = Field(min_length=1, max_length=types.MAX_KEY)
     ttl_seconds: int | None = Field(None, ge=1, le=7 * 86400, description="Default: METERKIT_HOLD_TTL_SECONDS")
 
 
@@ -179,11 +174,11 @@ class ReleaseOut(Out):
     replayed: bool
 
 
-def to_request(body: Usage, key: str, api_key_id: str | None) -> service.MeterRequest:
+def to_request(body: Usage, key: str, api_key_id: str | None) -> types.MeterRequest:
     """`api_key_id`: the key that made the call, recorded with the event."""
     d = body.details
     if d is None:  # the common case: a fixed price
-        return service.MeterRequest(
+        return types.MeterRequest(
             body.primitive,
             key,
             body.quantity,
@@ -191,7 +186,7 @@ def to_request(body: Usage, key: str, api_key_id: str | None) -> service.MeterRe
             api_key_id=api_key_id,
             connection=body.connection,
         )
-    return service.MeterRequest(
+    return types.MeterRequest(
         api_key_id=api_key_id,
         primitive=body.primitive,
         idempotency_key=key,
@@ -244,7 +239,7 @@ SETTLE_FIELDS = {
 }
 
 
-def charged(res: service.Charged) -> dict[str, Any]:
+def charged(res: types.Charged) -> dict[str, Any]:
     u = res.usage
     return {
         "event_id": str(res.event_id),
@@ -261,7 +256,7 @@ def charged(res: service.Charged) -> dict[str, Any]:
     }
 
 
-def charged_bytes(res: service.Charged) -> bytes:
+def charged_bytes(res: types.Charged) -> bytes:
     """json_bytes(charged(res)), written out for the hot path: no dict, no Decimal, no encoder."""
     u = res.usage
     quota, remaining = u.quota, u.remaining
@@ -279,9 +274,10 @@ def charge_handler(rest: Rest) -> Any:
     engine, settings, clock = rest.engine, rest.settings, rest.clock
     buffer = rest.negative_buffer
     ttl = settings.auth_cache_seconds
-    inline = rest.inline  # fixed for the app's life: read once, not per request
+    uow = rest.uow
+    inline = uow.inline  # fixed for the app's life: read once, not per request
 
-    def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> service.Charged:
+    def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> types.Charged:
         principal, scope = resolve_principal(engine, raw_key, tenant, ttl, clock)
         if principal is None:
             raise unauthenticated()
@@ -289,14 +285,7 @@ def charge_handler(rest: Rest) -> Any:
         if scope is None:
             raise no_tenant()
         req = to_request(body, body.idempotency_key, principal.key_id)
-        try:
-            with connection_of_work(engine) as conn:
-                return service.charge(
-                    conn, clock, scope, req, negative_buffer=buffer, precheck=body.precheck, alone=True
-                )
-        except InsufficientCredits as exc:
-            record_exhausted(engine, clock, exc)  # after the refused transaction rolled back, as GraphQL
-            raise
+        return commands.charge(engine, clock, scope, req, negative_buffer=buffer, precheck=body.precheck)
 
     async def charge(request: Request) -> Response:
         raw = await request.body()
@@ -310,20 +299,13 @@ def charge_handler(rest: Rest) -> Any:
                 # The key first, as everywhere: a missing or bad key is a 401 whatever the body.
                 if key is None:
                     raise unauthenticated() from None
-                if inline:
-                    principal, _ = resolve_principal(engine, key, tenant, ttl, clock)
-                else:
-                    principal, _ = await run_in_threadpool(resolve_principal, engine, key, tenant, ttl, clock)
+                principal, _ = await uow.call(resolve_principal, engine, key, tenant, ttl, clock)
                 if principal is not None:
                     require_scope(principal, "meter")
                 return exc.response() if isinstance(exc, BadInput) else invalid(exc)
-            if inline:
-                res = run(key, tenant, body)
-            else:
-                try:
-                    res = await run_in_threadpool(run, key, tenant, body)
-                except IntegrityError:  # PostgreSQL: the same key raced in; run once more, answer second
-                    res = await run_in_threadpool(run, key, tenant, body)
+            # Inline SQLite: called straight, not even through the runner's coroutine. Otherwise the
+            # key check and the whole charge in one thread hop, run once more on PostgreSQL's race.
+            res = run(key, tenant, body) if inline else await uow.call(run, key, tenant, body, retry=True)
         except AuthError as exc:
             return exc.response()
         except ScopeDenied as exc:
@@ -343,13 +325,16 @@ async def reserve(call: Call) -> ReserveOut:
     scope, rest = call.tenant(), call.rest
     req = to_request(body, body.idempotency_key, call.principal.key_id)
     ttl = body.ttl_seconds or rest.settings.hold_ttl_seconds
-    try:
-        hold = await rest.write(
-            lambda s: service.reserve(s, rest.clock, scope, req, negative_buffer=rest.negative_buffer, ttl_seconds=ttl)
-        )
-    except InsufficientCredits as exc:
-        await rest.call(partial(record_exhausted, rest.engine, rest.clock, exc))
-        raise
+    hold = await rest.uow.call(
+        commands.reserve,
+        rest.engine,
+        rest.clock,
+        scope,
+        req,
+        negative_buffer=rest.negative_buffer,
+        ttl_seconds=ttl,
+        retry=True,
+    )
     return ReserveOut(
         job_id=hold.id,
         hold_id=hold.id,
@@ -367,10 +352,16 @@ async def settle(call: Call) -> dict[str, Any]:
     hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
     key_id = call.principal.key_id
     actual = to_request(body.actual, f"hold:{hold_id}", key_id) if body.actual is not None else None
-    res = await rest.write(
-        lambda s: service.settle(
-            s, rest.clock, scope, hold_id, actual, negative_buffer=rest.negative_buffer, api_key_id=key_id
-        )
+    res = await rest.uow.call(
+        commands.settle,
+        rest.engine,
+        rest.clock,
+        scope,
+        hold_id,
+        actual,
+        negative_buffer=rest.negative_buffer,
+        api_key_id=key_id,
+        retry=True,
     )
     out = charged(res)
     c = res.cut
@@ -390,7 +381,7 @@ async def settle(call: Call) -> dict[str, Any]:
 async def release(call: Call) -> ReleaseOut:
     scope, rest = call.tenant(), call.rest
     hold_id = parse_id(call.param("hold_id"), "hold", field="hold_id")
-    hold = await rest.write(lambda s: service.release(s, rest.clock, scope, hold_id))
+    hold = await rest.uow.call(commands.release, rest.engine, rest.clock, scope, hold_id, retry=True)
     return ReleaseOut(
         hold_id=hold.id,
         status=hold.status,

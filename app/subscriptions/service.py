@@ -140,9 +140,9 @@ def _record_period(
     start: datetime | None,
     end: datetime | None,
 ) -> None:
-    """The period of record follows the subscription (app/metering/period_record.py). The account
+    """The period of record follows the subscription (app/periods/record.py). The account
     lock serializes this with the tenant's charges, which decide periods under the same lock."""
-    from app.metering import period_record
+    from app.periods import record as period_record
 
     conn = session.connection()
     period_record.lock(conn, scope.tenant_id)

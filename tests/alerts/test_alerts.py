@@ -24,7 +24,7 @@ from app.alerts.worker import DeliveryConfig
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work
-from app.metering import service
+from app.metering import charging, types
 from app.settings import Settings
 from tests.conftest import Api, Database, count_rows
 from tests.live import free_port, serve_in_thread
@@ -147,11 +147,11 @@ def test_100_concurrent_charges_crossing_90_percent_fire_exactly_one_alert(api: 
 def test_a_rolled_back_charge_fires_nothing(api: Api, db: Database, clock: FrozenClock) -> None:
     tid, _ = quota_tenant(api, quota=2)
     with pytest.raises(RuntimeError), connection_of_work(db.engine) as conn:
-        service.charge(conn, clock, TenantScope(tid), service.MeterRequest("email.send", "x1"), negative_buffer=0)
+        charging.charge(conn, clock, TenantScope(tid), types.MeterRequest("email.send", "x1"), negative_buffer=0)
         raise RuntimeError("the caller fails after the charge: everything rolls back")
     assert events(db, tid) == [] and count_rows(db.engine, "usage_event")["usage_event"] == 0
     with connection_of_work(db.engine) as conn:
-        service.charge(conn, clock, TenantScope(tid), service.MeterRequest("email.send", "x1"), negative_buffer=0)
+        charging.charge(conn, clock, TenantScope(tid), types.MeterRequest("email.send", "x1"), negative_buffer=0)
     assert events(db, tid) == [50]
 
 

@@ -25,7 +25,7 @@ from app.alerts.emit import emit
 from app.alerts.worker import DeliveryConfig
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work
-from app.metering.hold_expiry import expire_due_holds
+from app.metering.holds import expire_due_holds
 from app.settings import Settings
 from tests.alerts.test_alerts import CREATE, ENDPOINTS, _cross, quota_tenant, receiver, typed_events
 from tests.conftest import Api, Database, count_rows

@@ -37,7 +37,8 @@ from app.graphql.parse_cache import ParseCache, document_bytes
 from app.http.edge import resolve_principal
 from app.live.hub import Feed, LiveHub
 from app.main import MeterkitGraphQL, create_app
-from app.metering.service import MeterRequest, charge
+from app.metering.charging import charge
+from app.metering.types import MeterRequest
 from app.settings import Settings
 from app.tenants.service import create_api_key
 from tests.conftest import Api, Database

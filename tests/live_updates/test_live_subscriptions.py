@@ -24,7 +24,8 @@ from app.core.db import connection_of_work, make_engine, unit_of_work
 from app.graphql.ws import LiveWSHandler
 from app.live.hub import LiveHub
 from app.main import create_app
-from app.metering.service import MeterRequest, charge
+from app.metering.charging import charge
+from app.metering.types import MeterRequest
 from app.settings import Settings
 from app.tenants.service import create_api_key
 from tests.conftest import Api, Database

@@ -4,9 +4,11 @@ and a scripted sequence answers and writes exactly as the full Python path does.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work
 from app.core.errors import DomainError
-from app.metering import pg_charge, service
+from app.metering import charging, pg_charge, types
 from tests.conftest import Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB
 from tests.metering.test_metering_basic import CHARGE, MONEY
@@ -208,10 +210,10 @@ def service_charge(
     db: Database, clock: FrozenClock, tid: str, ik: str, *, precheck: bool = False, **extra: Any
 ) -> tuple[Any, int]:
     """One charge through the metered edge's transaction, and its round trips on PostgreSQL."""
-    req = service.MeterRequest(primitive=extra.pop("primitive", "email.send"), idempotency_key=ik, **extra)
+    req = types.MeterRequest(primitive=extra.pop("primitive", "email.send"), idempotency_key=ik, **extra)
     with traced_work(db) as (conn, trips):
         try:
-            res: Any = service.charge(
+            res: Any = charging.charge(
                 conn, clock, TenantScope(tid), req, negative_buffer=0, precheck=precheck, alone=True
             )
         except DomainError as exc:
@@ -226,8 +228,8 @@ def test_a_warm_common_charge_is_one_round_trip(api: Api, db: Database, clock: F
     with fast(True) as seen:
         res, trips = service_charge(db, clock, tid, "warm-1")
         replay, replay_trips = service_charge(db, clock, tid, "warm-1")
-    assert isinstance(res, service.Charged) and res.credits_used == 1_000_000 and res.usage.used == 2
-    assert isinstance(replay, service.Charged) and replay.replayed and replay.event_id == res.event_id
+    assert isinstance(res, types.Charged) and res.credits_used == 1_000_000 and res.usage.used == 2
+    assert isinstance(replay, types.Charged) and replay.replayed and replay.event_id == res.event_id
     if db.backend != "postgres":
         assert seen == {}
         return
@@ -302,7 +304,7 @@ def test_each_uncommon_case_falls_back_with_the_same_answer(
             with db.engine.connect() as c:
                 raw: Any = c.connection.driver_connection
                 raw.autocommit = True
-                req = service.MeterRequest(
+                req = types.MeterRequest(
                     primitive=body.get("primitive", "email.send"),
                     idempotency_key="probe",
                     quantity=body.get("quantity", 1),
@@ -358,10 +360,10 @@ def test_a_charge_inside_a_larger_unit_of_work_rolls_back_with_it(api: Api, db: 
     tid, key = tenant(api, "Atomic")
     assert charge(api, key, "first")["__typename"] == "Charged"  # warm: the function would take it
     before = count_rows(db.engine, "usage_event")["usage_event"]
-    req = service.MeterRequest(primitive="email.send", idempotency_key="inside")
+    req = types.MeterRequest(primitive="email.send", idempotency_key="inside")
     with fast(True) as seen, pytest.raises(RuntimeError), connection_of_work(db.engine) as conn:
-        res = service.charge(conn, clock, TenantScope(tid), req, negative_buffer=0)
-        assert isinstance(res, service.Charged)
+        res = charging.charge(conn, clock, TenantScope(tid), req, negative_buffer=0)
+        assert isinstance(res, types.Charged)
         raise RuntimeError("the work after the charge failed")
     assert seen == {}  # the function was not asked
     assert count_rows(db.engine, "usage_event")["usage_event"] == before
@@ -381,8 +383,34 @@ def test_a_database_without_the_function_charges_on_the_full_path(api: Api, db: 
         with fast(True) as seen:
             first, _ = service_charge(db, clock, tid, "after-drop-1")
             second, _ = service_charge(db, clock, tid, "after-drop-2")
-        assert isinstance(first, service.Charged) and isinstance(second, service.Charged)
+        assert isinstance(first, types.Charged) and isinstance(second, types.Charged)
         assert second.usage.used == 3 and seen == {}
         assert (db.engine in pg_charge._MISSING) == (db.backend == "postgres")
     finally:
         pg_charge._MISSING.discard(db.engine)
+
+
+def _frozen(migration: str, name: str) -> str:
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / f"{migration}.py"
+    spec = importlib.util.spec_from_file_location(f"meterkit_migration_{migration}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(getattr(module, name))
+
+
+@pytest.mark.parametrize(
+    ("function", "migration", "constant"),
+    [
+        ("meterkit_charge", "0012_pg_charge", "CHARGE_FUNCTION"),
+        ("meterkit_charge_batch", "0015_pg_charge_batch_once", "BATCH_FUNCTION"),
+    ],
+)
+def test_the_functions_sql_files_are_what_the_newest_migrations_install(
+    function: str, migration: str, constant: str
+) -> None:
+    """The .sql beside pg_charge.py is the function the code calls; the migration that installs it
+    keeps its own frozen copy. A change to the file without a migration copying it fails here."""
+    text_ = pg_charge.function_sql(function)
+    body = "\n".join(line for line in text_.splitlines() if not line.startswith("-- ")).strip()
+    assert body == _frozen(migration, constant).strip()

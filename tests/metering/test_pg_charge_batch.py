@@ -13,7 +13,7 @@ import pytest
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.errors import DomainError
-from app.metering import pg_charge, service
+from app.metering import charging, pg_charge, types
 from tests.conftest import Api, Database, count_rows
 from tests.metering.test_pg_charge import POLICY, UPSERT, WRITTEN, charge, fast, rows, seed, tenant, traced_work
 
@@ -22,9 +22,9 @@ Item = tuple[str, str, str, dict[str, Any]]  # tenant, key, primitive, extra
 
 def batch(db: Database, clock: FrozenClock, items: list[Item]) -> tuple[list[Any], int]:
     """One chargeBatch through the metered edge's transaction, and its round trips on PostgreSQL."""
-    reqs = [(TenantScope(t), service.MeterRequest(primitive=p, idempotency_key=k, **extra)) for t, k, p, extra in items]
+    reqs = [(TenantScope(t), types.MeterRequest(primitive=p, idempotency_key=k, **extra)) for t, k, p, extra in items]
     with traced_work(db) as (conn, trips):
-        out = service.charge_batch(conn, clock, reqs, negative_buffer=0, alone=True)
+        out = charging.charge_batch(conn, clock, reqs, negative_buffer=0, alone=True)
     return out, trips[0]
 
 
@@ -36,7 +36,7 @@ def shown(out: list[Any], ids: dict[int, int]) -> list[tuple[Any, ...]]:
             fields = sorted((k, v) for k, v in vars(r).items() if k != "tenant_id")
             shown_.append((type(r).__name__, r.code, str(r), repr(fields)))
         else:
-            assert isinstance(r, service.Charged)
+            assert isinstance(r, types.Charged)
             n = ids.setdefault(r.event_id, len(ids))
             shown_.append(("Charged", n, r.credits_used, r.credits_remaining, repr(r.usage), r.replayed))
     return shown_
@@ -120,7 +120,7 @@ def test_a_warm_common_batch_of_50_is_one_round_trip(api: Api, db: Database, clo
     items: list[Item] = [((a, b)[n % 2][0], f"w{n}", "email.bulk", {}) for n in range(50)]
     with fast(True) as seen:
         out, trips = batch(db, clock, items)
-    assert all(isinstance(r, service.Charged) and not r.replayed for r in out), out
+    assert all(isinstance(r, types.Charged) and not r.replayed for r in out), out
     assert [r.credits_used for r in out] == [100_000] * 50
     # Each tenant's items see the balance fall item by item.
     for t in (0, 1):
@@ -264,7 +264,7 @@ def test_a_fallback_batch_writes_nothing_and_python_answers_the_same(
         if on and db.backend == "postgres":
             # The function alone: it answers 'fallback' and has written nothing for either tenant.
             before = (rows(db, x), rows(db, y), count_rows(db.engine, *WRITTEN))
-            reqs = [(TenantScope(t), service.MeterRequest(primitive=p, idempotency_key=k, **e)) for t, k, p, e in items]
+            reqs = [(TenantScope(t), types.MeterRequest(primitive=p, idempotency_key=k, **e)) for t, k, p, e in items]
             order = sorted(range(len(reqs)), key=lambda i: reqs[i][0].tenant_id)
             cols = [list(col) for col in zip(*(pg_charge._item(*reqs[i]) for i in order), strict=True)]
             with db.engine.connect() as c:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core.clock import FrozenClock
-from app.metering.periods import Period
+from app.periods.rules import Period
 from tests.conftest import Api, count_rows
 from tests.credits.test_credits_graphql import GRANT
 from tests.fixtures_catalog import PLAN, SET_SUB, seed_catalog
@@ -236,7 +236,7 @@ def test_charge_statement_count_and_roll_costs_three_more(api: Api, clock: Froze
 
 
 def test_the_predicted_period_follows_stripes_anchor() -> None:
-    from app.metering.period_record import decide
+    from app.periods.record import decide
 
     start, end = at("2026-01-31T10:00:00"), at("2026-02-28T10:00:00")
     expected = [

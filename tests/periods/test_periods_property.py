@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from app.core.clock import FrozenClock
-from app.metering.period_record import decide
-from app.metering.periods import Period, interval_after
+from app.periods.record import decide
+from app.periods.rules import Period, interval_after
 from tests.conftest import Api
 from tests.fixtures_catalog import PLAN
 from tests.periods.test_periods_of_record import Tenant

@@ -608,7 +608,7 @@ def test_the_charge_answer_is_written_byte_for_byte_as_the_generic_encoder_write
     used: int, remaining: int, quota: int | None, replayed: bool, primitive: str
 ) -> None:
     """POST /v1/charge writes its answer by hand (the hot path): the same bytes as json_bytes(charged())."""
-    from app.metering.service import Charged, Usage
+    from app.metering.types import Charged, Usage
     from app.rest.base import json_bytes
     from app.rest.metering import charged, charged_bytes
 

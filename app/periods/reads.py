@@ -7,16 +7,41 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import BigInteger, String, and_, column, select, table
 from sqlalchemy.engine import Connection
 
 from app.core.clock import as_utc
-from app.metering.period_models import BillingPeriod
-from app.metering.periods import Period
-from app.metering.repository import UsageLine
-from app.metering.service import COUNTER, QUOTA
+from app.core.types import UTCDateTime
+from app.periods.models import BillingPeriod
+from app.periods.rules import Period
+from app.plans.models import PlanQuota
 
 BP: Any = BillingPeriod.__table__  # type: ignore[attr-defined]
+QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
+# The period counters metering keeps (app/metering/models.py UsageCounter), named here by their
+# columns so periods do not depend on metering (metering depends on periods).
+COUNTER: Any = table(
+    "usage_counter",
+    column("tenant_id", String),
+    column("period_start", UTCDateTime()),
+    column("primitive", String),
+    column("used", BigInteger),
+    column("overage", BigInteger),
+    column("credits", BigInteger),
+)
+
+
+@dataclass
+class UsageLine:
+    primitive: str
+    quota: int | None
+    used: int
+    overage: int
+    credits: int = 0  # spent on this primitive in the period
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.quota is None else max(self.quota - self.used, 0)
 
 
 @dataclass

@@ -29,12 +29,12 @@ from sqlalchemy.engine import Connection
 
 from app.core.clock import as_utc
 from app.core.sql import Sql, read_ts, run, ts
-from app.metering.periods import Period, calendar_period, interval_after
+from app.periods.rules import Period, calendar_period, interval_after
 
 # Statuses under which Stripe keeps renewing: a period that ended is followed by the next one.
 LIVE = ("active", "trialing", "past_due")
 
-# The tenant's account row is the lock every charge takes first (app/metering/service.py).
+# The tenant's account row is the lock every charge takes first (app/metering/meter.py).
 _LOCK = Sql("SELECT 1 FROM credit_account WHERE tenant_id = :tid", pg_suffix="FOR UPDATE")
 # The recorded neighbours of `now`: the last end before it and the next start after it.
 _BOUNDS = Sql(

@@ -1,0 +1,81 @@
+"""The charge and the batch inside the caller's transaction: PostgreSQL's one round trip first
+when the charge is the caller's whole unit of work (app/metering/pg_charge.py), else the charge
+core (app/metering/meter.py)."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
+
+from app.core.auth import TenantScope
+from app.core.clock import Clock
+from app.core.errors import DomainError
+from app.metering import pg_charge
+from app.metering.meter import Meter
+from app.metering.types import BatchOutcome, Charged, MeterRequest
+
+
+def charge(
+    session: Session | Connection,
+    clock: Clock,
+    scope: TenantScope,
+    req: MeterRequest,
+    *,
+    negative_buffer: int,
+    precheck: bool = False,
+    alone: bool = False,
+) -> Charged:
+    """precheck=True also refuses when the available balance is already at or below zero before
+    this charge (for callers that charge before they run the operation); a replay still answers.
+    alone=True: the charge is the caller's whole unit of work (the GraphQL and REST edges), so on
+    PostgreSQL it may commit by itself in one round trip; any other caller keeps its atomicity."""
+    req.validate()
+    if alone:
+        # PostgreSQL: the common case in one round trip (app/metering/pg_charge.py); None: the full path.
+        done = pg_charge.try_charge(session, clock, scope, req, negative_buffer=negative_buffer, precheck=precheck)
+        if done is not None:
+            return done
+    return Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=req.api_key_id, charge=req).charge(
+        req, precheck=precheck
+    )
+
+
+def charge_batch(
+    session: Session | Connection,
+    clock: Clock,
+    items: list[tuple[TenantScope, MeterRequest]],
+    *,
+    negative_buffer: int,
+    alone: bool = False,
+) -> list[BatchOutcome]:
+    """Many charges in one transaction, each with its own key and result. Tenants' accounts are
+    locked in sorted order, so two batches touching the same tenants cannot deadlock.
+    alone=True: the batch is the caller's whole unit of work (as for charge())."""
+    if alone:
+        # PostgreSQL: a common batch in one round trip (app/metering/pg_charge.py); None: the full path.
+        done = pg_charge.try_charge_batch(session, clock, items, negative_buffer=negative_buffer)
+        if done is not None:
+            return done
+    results: list[BatchOutcome | None] = [None] * len(items)
+    by_tenant: dict[str, list[int]] = {}
+    for i, (scope, req) in enumerate(items):
+        try:
+            req.validate()
+        except DomainError as exc:
+            results[i] = exc
+            continue
+        by_tenant.setdefault(scope.tenant_id, []).append(i)
+    for tenant_id in sorted(by_tenant):
+        scope = items[by_tenant[tenant_id][0]][0]
+        try:
+            # One request, one caller: the items of a tenant share the key that sent them.
+            key_id = items[by_tenant[tenant_id][0]][1].api_key_id
+            meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=key_id)
+        except DomainError as exc:
+            for i in by_tenant[tenant_id]:
+                results[i] = exc
+            continue
+        indexes = by_tenant[tenant_id]
+        for i, outcome in zip(indexes, meter.charge_many([items[i][1] for i in indexes]), strict=True):
+            results[i] = outcome
+    return [r for r in results if r is not None]

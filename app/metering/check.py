@@ -1,0 +1,121 @@
+"""The read-only check: may the tenant call this primitive (or use this connection) right now?"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
+
+from app.core.auth import TenantScope
+from app.core.clock import Clock
+from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
+from app.core.primitives import allowed, validate_connection
+from app.core.sql import run, ts
+from app.metering.charge_repository import CHECK, USED, terms_from
+from app.metering.errors import PackInfo
+from app.metering.settle_rules import call_units
+from app.metering.types import CheckResult, MeterRequest
+from app.periods import record as period_record
+from app.pricing.service import PriceRequest, fixed_total, quote
+
+
+def check(
+    db: Session | Connection,
+    clock: Clock,
+    scope: TenantScope,
+    *,
+    primitive: str | None,
+    connection: str | None,
+    quantity: int = 1,
+    negative_buffer: int = 0,
+    details: PriceRequest | None = None,
+) -> CheckResult:
+    """May the tenant call this primitive (or use this connection) right now? Writes nothing.
+
+    One statement in the common case (a recorded period holds now, a fixed price): the terms, the
+    balance with what expired of it, the quota, this period's count and the catalog entry. Without
+    a recorded period, two more (the predicted period, then its count); an ORM session only for a
+    dynamic price or the packs of an INSUFFICIENT_CREDITS answer. `details`: a dynamic price's
+    parameters (model, tokens, numImages, duration...): priced as charge would, and numImages and
+    video seconds count toward maxQuantityPerCall as they do for charge."""
+    if (primitive is None) == (connection is None):
+        raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
+    session = db if isinstance(db, Session) else None
+    conn = db.connection() if isinstance(db, Session) else db
+    now = clock.now()
+    row = run(conn, CHECK, {"tid": scope.tenant_id, "kid": None, "now": ts(conn, now), "p": primitive}).first()
+    if row is None:
+        raise NotFound("Tenant", scope.tenant_id)
+    balance, reserved, gone, freed, quota, used, unit_price, rule, active = row[:9]
+    terms = terms_from(row[9:])
+    # Buckets past expiry count as gone and holds past expiry as freed, before a write sweeps them.
+    available = int(balance) - int(gone) - int(reserved) + int(freed)
+    if connection is not None:
+        validate_connection(connection)
+        ok = terms.kit_key is not None and connection in terms.kit_connections
+        return CheckResult(
+            ok,
+            None if ok else "NOT_ENTITLED",
+            None if ok else f"connection {connection} is not in the tenant's Account Kit",
+            None,
+            connection,
+            None,
+            0,
+            None,
+            available,
+            None,
+        )
+    assert primitive is not None
+    priced: dict[str, Any] = {}
+    if details is not None:
+        priced = {k: v for k, v in asdict(details).items() if k not in ("primitive", "quantity")}
+    req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity, **priced).validate()
+    if terms.recorded is None:
+        # No recorded period holds now (a charge would record one): this period's count by prediction.
+        period = period_record.predict(
+            conn, scope.tenant_id, now, terms.plan_period, terms.sub_status, terms.sub_start, terms.sub_end
+        )
+        used = run(conn, USED, {"tid": scope.tenant_id, "ps": ts(conn, period.start), "p": primitive}).scalar_one()
+    if active is None:
+        raise UnknownPrimitive(primitive)
+    if not active:
+        raise UnknownPrimitive(primitive, retired=True)
+    used = used or 0
+    remaining = None if quota is None else max(quota - used, 0)
+
+    def answer(reason: str | None, message: str | None, price: int | None) -> CheckResult:
+        return CheckResult(reason is None, reason, message, primitive, None, quota, used, remaining, available, price)
+
+    if terms.kit_key is None or not allowed(terms.kit_allowed, primitive):
+        return answer("NOT_ENTITLED", f"{primitive} is not in the tenant's Account Kit", None)
+    per_call = (terms.kit_limits.get(primitive) or {}).get("max_quantity_per_call")
+    if per_call is not None and call_units(quantity, req.num_images, req.duration_seconds) > per_call:
+        return answer("LIMIT_EXCEEDED", f"at most {per_call} per call", None)
+    if quota is not None and used + quantity > quota and terms.overage != "allow":
+        return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
+    price: int | None
+    try:
+        if unit_price is not None and rule == "fixed":
+            price = fixed_total(unit_price, req.quantity)  # the catalog row came with the statement
+        else:
+            session = session or Session(bind=conn)
+            price = quote(session, req.price_request())
+    except (ValidationFailed, NotFound):
+        # Dynamic prices need parameters a plain check may not carry (or name a model without a rate):
+        # no price, as before; the charge itself answers the typed refusal.
+        price = None
+    if available <= 0 or (price is not None and available < price):
+        from app.credits.packs import packs_covering
+
+        # New work needs a positive balance that covers the price: at least one micro-credit.
+        shortfall = max(price or 0, 1) - available
+        refused = answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
+        refused.shortfall = shortfall
+        refused.packs = [
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
+            for p in packs_covering(session or Session(bind=conn), shortfall)
+        ]
+        return refused
+    return answer(None, None, price)

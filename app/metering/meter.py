@@ -1,0 +1,604 @@
+"""The metered call: authorize against the kit, the period quota and the credit balance,
+then count and charge, in ONE transaction, exactly once per idempotency key.
+
+Order inside the transaction matters:
+1. lock the tenant's credit account (FOR UPDATE / BEGIN IMMEDIATE): every later read of
+   this tenant's money, counters and keys is serialized behind it, so checks cannot race;
+2. look up the idempotency key (a replay returns the stored result and writes nothing);
+3. kit, per-call and per-minute limits, quota, price, balance floor;
+4. write: debit (ledger entry + buckets + cached balance), usage event with its stored
+   result, period counter bump.
+Refusals raise, so the unit of work rolls back and nothing is written.
+
+Balance floor: a charge is for work already done (the brief charges sync operations on
+success and LLM streams after the final event), so it may take the available balance down
+to -negative_buffer and never below. New work (reserve, the CEO pre-check) is refused once
+the available balance is at or below zero, or below the estimate. A settle is work already done
+too: it is never refused by a limit, and charges only what the limits admit (per call, quota,
+key budget, balance floor); the rest is cut and named in its answer (app/metering/settle_rules.py).
+
+Here: the charge core, Meter (decide, record, charge, charge_many). Its SQL is
+app/metering/charge_repository.py; holds (reserve, settle, release, expiry) are app/metering/holds.py;
+the read-only check is app/metering/check.py; the charge inside a caller's transaction (with
+PostgreSQL's one round trip) is app/metering/charging.py; each use case with its own transaction
+and side effects is app/metering/commands.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, update
+from sqlalchemy.engine import Connection
+from sqlmodel import Session
+
+from app.alerts.emit import HOLD_EXPIRED, balance_low, crossed, emit, quota_crossings
+from app.budgets.enforce import KeySpend, release_held
+from app.core.auth import TenantScope
+from app.core.clock import Clock
+from app.core.errors import DomainError, UnknownPrimitive
+from app.core.primitives import allowed
+from app.core.sql import read_json, run, to_json, ts
+from app.credits import ledger
+from app.live import notify as live
+from app.metering.charge_repository import (
+    BUMP_COUNTER,
+    BUMP_RATE,
+    BUMP_RATE_BY,
+    BUMP_ROLLUP,
+    EVENT_CHUNK,
+    HOLD,
+    INSERT_EVENT,
+    QUOTA_USED_PRICE,
+    STORED,
+    STORED_MANY,
+    insert_events,
+    key_list,
+    lock_for_charge,
+    lock_with_terms,
+)
+from app.metering.errors import (
+    IdempotencyConflict,
+    InsufficientCredits,
+    LimitExceeded,
+    NotEntitled,
+    PackInfo,
+    QuotaExceeded,
+)
+from app.metering.settle_rules import call_units
+from app.metering.types import Charged, ChargeFacts, Decision, MeterRequest, TenantTerms, Usage
+from app.periods import record as period_record
+from app.periods.rules import Period, current_period, minute_window
+from app.pricing.service import fixed_total, quote
+
+
+@dataclass
+class _Running:
+    """A primitive's quota state while a batch is decided."""
+
+    period: Period
+    window: datetime | None
+    per_minute: int | None
+    quota: int | None
+    used: int
+    calls: int
+    unit_price: int | None
+    rule: str  # the catalog's pricing rule
+    count: int = 0
+    quantity: int = 0
+
+
+class _Pending:
+    pass
+
+
+@dataclass
+class _Replay:
+    index: int
+
+
+class Meter:
+    """One transaction's worth of metering for one tenant. The account is locked on entry."""
+
+    def __init__(
+        self,
+        db: Session | Connection,
+        clock: Clock,
+        scope: TenantScope,
+        *,
+        negative_buffer: int,
+        api_key_id: str | None = None,
+        charge: MeterRequest | None = None,
+    ) -> None:
+        """`charge`: the one request this meter will charge; its facts are read with the lock."""
+        # The hot path needs only the connection; an ORM session is made on demand (dynamic prices,
+        # the packs of an InsufficientCredits answer), joined to the same transaction.
+        self._session = db if isinstance(db, Session) else None
+        self.conn = db.connection() if isinstance(db, Session) else db
+        self.scope = scope
+        self.now = clock.now()
+        self.clock = clock
+        self.floor = -negative_buffer
+        self._facts: ChargeFacts | None = None
+        if charge is None:
+            # One statement: lock the account row and read the tenant's plan, kit and period with it.
+            self.state, self._terms = lock_with_terms(self.conn, scope, self.now, api_key_id)
+        else:
+            self.state, self._terms, self._facts = lock_for_charge(self.conn, scope, self.now, charge)
+        # The balance the account row holds in this transaction (a sweep moves self.state first and
+        # the debit writes it): a free charge that moves nothing writes no account row (record()).
+        self._stored_balance = self.state.balance
+        self._live: list[ledger.LiveBucket] | None = None
+        self._live_partial = False  # _live is only the first live bucket (see ChargeFacts)
+        self._spend: KeySpend | None = None
+        if self.state.reserved:
+            self.expire_holds()
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(bind=self.conn)
+        return self._session
+
+    @property
+    def terms(self) -> TenantTerms:
+        return self._terms
+
+    def key_spend(self) -> KeySpend | None:
+        """The calling key's spend this period: read once, only for a key with a budget."""
+        if self._terms.budget is None:
+            return None
+        if self._spend is None:
+            self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
+            # Holds of free primitives reserve no credits, so __init__ swept none: the expired ones
+            # must stop counting before this check (a statement only while such holds are open).
+            if not self.state.reserved and any(self._spend.held_quantity.values()) and self.expire_holds():
+                self._spend = KeySpend(self.conn, self.scope.tenant_id, self._terms.budget, self.now)
+        return self._spend
+
+    def expire_holds(self) -> int:
+        """Free holds past their expiry, exactly once (the status flip is the guard); how many."""
+        rows = self.conn.execute(
+            update(HOLD)
+            .where(
+                and_(HOLD.c.tenant_id == self.scope.tenant_id, HOLD.c.status == "open", HOLD.c.expires_at <= self.now)
+            )
+            .values(status="expired", closed_at=self.now)
+            .returning(
+                HOLD.c.id, HOLD.c.amount, HOLD.c.primitive, HOLD.c.quantity, HOLD.c.api_key_id,
+                HOLD.c.budget_period_start,
+            )
+        ).all()
+        freed = sum(r.amount for r in rows)
+        for r in rows:  # exactly once: the status flip above is the guard
+            unhold(self.conn, r)
+            emit(
+                self.conn,
+                self.scope.tenant_id,
+                HOLD_EXPIRED,
+                f"hold:{r.id}",
+                {"holdId": r.id, "primitive": r.primitive, "amount": r.amount},
+                self.now,
+            )
+        if freed:
+            self.state = ledger.AccountState(self.state.balance, self.state.reserved - freed)
+            self.conn.execute(
+                update(ledger.ACCOUNT)
+                .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
+                .values(reserved=self.state.reserved)
+            )
+        return len(rows)
+
+    def _stored_event(self, key: str) -> Any:
+        return run(self.conn, STORED, {"tid": self.scope.tenant_id, "key": key}).first()
+
+    def sweep(self) -> None:
+        """Expire run-out buckets now, so the floor check below sees the balance the debit will see."""
+        facts = self._facts
+        if facts is not None:
+            head = facts.head
+            if head is None or head.expires_at is None or head.expires_at > self.now:
+                # Nothing has expired (the first bucket expires soonest): no statement.
+                self._live, self._live_partial = ([head] if head is not None else []), head is not None
+                return
+        balance, self._live = ledger.sweep(self.conn, self.scope, self.now, self.state.balance)
+        self._live_partial = False
+        self.state = ledger.AccountState(balance, self.state.reserved)
+
+    def _live_for(self, amount: int) -> list[ledger.LiveBucket] | None:
+        """The live buckets a debit of `amount` burns: all of them when it does not fit in the first."""
+        live = self._live
+        if self._live_partial and live and amount > live[0].remaining:
+            _, live = ledger.sweep(self.conn, self.scope, self.now, self.state.balance)  # expires nothing
+        return live
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def entitle(self, req: MeterRequest) -> None:
+        t = self.terms
+        if t.kit_key is None or not allowed(t.kit_allowed, req.primitive):
+            raise NotEntitled(req.primitive, t.kit_key, f"{req.primitive} is not in the tenant's Account Kit")
+        lim = t.kit_limits.get(req.primitive) or {}
+        per_call = lim.get("max_quantity_per_call")
+        if per_call is not None:
+            units = call_units(req.quantity, req.num_images, req.duration_seconds)  # images and seconds count
+            if units > per_call:
+                raise LimitExceeded(req.primitive, "maxQuantityPerCall", per_call, units, None)
+        if req.connection is not None and req.connection not in t.kit_connections:
+            raise NotEntitled(
+                req.primitive,
+                t.kit_key,
+                f"connection {req.connection} is not in the tenant's Account Kit",
+                connection=req.connection,
+            )
+
+    def decide(self, req: MeterRequest, *, count: bool = True, amount: int | None = None) -> Decision:
+        """Catalog, kit (when the call counts), quota and per-minute checks, and the price; raises a
+        refusal, writes nothing."""
+        r = self._running(req.primitive, count=count)
+        if count:
+            self.entitle(req)
+        price = self._check_and_price(req, r, count=count, price=amount is None)
+        return Decision(
+            period=r.period,
+            quota=r.quota,
+            used=r.used,
+            amount=price if amount is None else amount,
+            rate_window=r.window,
+        )
+
+    def _check_and_price(self, req: MeterRequest, r: _Running, *, count: bool, price: bool = True) -> int:
+        """The rules of one call against a primitive's current state `r`: quota (refused past it unless
+        the plan allows overage), calls per minute, then the price. Shared by charge, reserve, settle
+        and each item of a batch."""
+        if count and r.quota is not None and r.used + req.quantity > r.quota and self.terms.overage != "allow":
+            raise QuotaExceeded(req.primitive, r.quota, r.used, r.period.end)
+        if count and r.per_minute is not None and r.calls + 1 > r.per_minute:
+            raise LimitExceeded(req.primitive, "callsPerMinute", r.per_minute, r.calls + 1, 60 - self.now.second)
+        if not price:
+            return 0
+        if r.unit_price is not None and r.rule == "fixed":
+            return fixed_total(r.unit_price, req.quantity)  # the catalog row came with the checks
+        return quote(self.session, req.price_request())
+
+    def _quota_used_calls(
+        self, primitive: str, period: Period, window: datetime | None
+    ) -> tuple[Any, int, int, int | None, str]:
+        """The plan's quota, this period's count, this minute's calls, the fixed price and the catalog
+        entry: one statement (none for a charge that read them with the lock). An unknown or retired
+        primitive is refused here."""
+        facts = self._facts
+        if facts is not None and facts.quota_row is not None and facts.primitive == primitive:
+            row: tuple[Any, ...] = facts.quota_row  # read with the lock, for the minute of self.now
+        else:
+            row = run(
+                self.conn,
+                QUOTA_USED_PRICE,
+                {
+                    "plan": self.terms.plan_key,
+                    "p": primitive,
+                    "tid": self.scope.tenant_id,
+                    "ps": ts(self.conn, period.start),
+                    "win": ts(self.conn, window or period.start),
+                },
+            ).one()
+        if row[4] is None:
+            raise UnknownPrimitive(primitive)
+        if not row[5]:
+            raise UnknownPrimitive(primitive, retired=True)
+        return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3], row[4]
+
+    def insufficient(self, required: int, available: int | None = None) -> InsufficientCredits:
+        from app.credits.packs import packs_covering
+
+        available = self.state.available if available is None else available
+        shortfall = max(required - available, 0)
+        # Plain values: the transaction rolls back after this, which would expire ORM rows.
+        packs = [
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
+            for p in packs_covering(self.session, shortfall or required)
+        ]
+        exc = InsufficientCredits(required, available, packs)
+        # For the balance.exhausted alert, which the edge records after this transaction rolls back.
+        t = self._terms
+        exc.tenant_id = self.scope.tenant_id
+        # The recorded period if there is one; this transaction rolls back, so nothing is recorded here.
+        exc.period_start = (t.recorded or current_period(self.now, t.plan_period, t.sub_start, t.sub_end)).start
+        return exc
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def record(self, req: MeterRequest, d: Decision, *, kind: str, key: str, release_reserved: int = 0) -> Charged:
+        """Debit, event, counters. The caller has checked the floor."""
+        available_before = self.state.available
+        if d.amount == 0 and not release_reserved and self.state.balance == self._stored_balance:
+            # A free call with nothing swept or released: no bucket, no ledger entry (a debit of 0 has
+            # none), and the account's UPDATE would change only its updated_at, which nothing reads.
+            # One statement and one written page fewer; every balance answer is the same.
+            balance = self.state.balance
+        else:
+            balance = ledger.debit(
+                self.conn,
+                self.scope,
+                self.clock,
+                amount=d.amount,
+                action=req.primitive,
+                floor=self.floor,
+                reference=req.reference,
+                release_reserved=release_reserved,
+                state=self.state,
+                live=self._live_for(d.amount),
+                now=self.now,  # the entry's time is the charge's: one clock reading per transaction
+            )
+            self._stored_balance = balance
+        self._live = None  # spent: a second record in this transaction sweeps again
+        self._live_partial = False
+        self.state = ledger.AccountState(balance, self.state.reserved - release_reserved)
+        used = d.used + req.quantity
+        usage = Usage(
+            primitive=req.primitive,
+            used=used,
+            quota=d.quota,
+            overage=max(used - d.quota, 0) if d.quota is not None else 0,
+        )
+        result = Charged(
+            event_id=0, credits_used=d.amount, credits_remaining=self.state.available, usage=usage, cut=d.cut
+        )
+        conn, tid, ps = self.conn, self.scope.tenant_id, ts(self.conn, d.period.start)
+        live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
+        event_id = run(
+            conn,
+            INSERT_EVENT,
+            {
+                "tid": tid,
+                "key": key,
+                "hash": req.fingerprint(),
+                "kind": kind,
+                "p": req.primitive,
+                "qty": req.quantity,
+                "credits": d.amount,
+                "ps": ps,
+                "ref": req.reference,
+                "conn": req.connection,
+                "result": to_json(result.stored()),
+                "now": ts(conn, self.now),
+                "key_id": req.api_key_id,
+            },
+        ).scalar_one()
+        result.event_id = int(event_id)
+        run(
+            conn,
+            BUMP_COUNTER,
+            {
+                "tid": tid,
+                "ps": ps,
+                "p": req.primitive,
+                "pe": ts(conn, d.period.end),
+                "qty": req.quantity,
+                "overage": usage.overage,
+                "credits": d.amount,
+            },
+        )
+        run(conn, BUMP_ROLLUP, self._rollup_row(req.primitive, req.api_key_id, req.quantity, d.amount, 1))
+        if d.rate_window is not None:
+            run(conn, BUMP_RATE, {"tid": tid, "p": req.primitive, "win": ts(conn, d.rate_window)})
+        self._alerts(req.primitive, d.quota, d.used, used, d.period, available_before)
+        spend = self.key_spend()
+        if spend is not None:
+            spend.add(req.primitive, req.quantity, d.amount)
+            spend.flush()
+        return result
+
+    def _rollup_row(self, primitive: str, key_id: str | None, qty: int, credits: int, n: int) -> dict[str, Any]:
+        hour = self.now.replace(minute=0, second=0, microsecond=0)
+        return {
+            "tid": self.scope.tenant_id,
+            "hour": ts(self.conn, hour),
+            "p": primitive,
+            "key_id": key_id or "",
+            "qty": qty,
+            "credits": credits,
+            "n": n,
+        }
+
+    def charge(self, req: MeterRequest, *, precheck: bool = False) -> Charged:
+        facts = self._facts
+        if facts is not None and (facts.key, facts.primitive) != (req.idempotency_key, req.primitive):
+            facts = self._facts = None  # read for another request: not this one's
+        stored = facts.stored if facts is not None else self._stored_event(req.idempotency_key)
+        if stored is not None:
+            event_id, request_hash, result = stored
+            if request_hash != req.fingerprint():
+                raise IdempotencyConflict(req.idempotency_key)
+            return Charged.from_stored(event_id, read_json(result))
+        d = self.decide(req)
+        self.sweep()
+        # precheck: the caller charges BEFORE running the operation (the brief's "check before
+        # executing"), so like new work it is refused once nothing is available; no extra statement.
+        if self.state.available - d.amount < self.floor or (precheck and self.state.available <= 0):
+            raise self.insufficient(d.amount)
+        spend = self.key_spend()
+        if spend is not None:
+            spend.check(req.primitive, req.quantity, d.amount)
+        result = self.record(req, d, kind="charge", key=req.idempotency_key)
+        self._facts = None  # spent: the state they describe has moved
+        return result
+
+    def charge_many(self, reqs: list[MeterRequest]) -> list[Charged | DomainError]:
+        """Charges of one tenant, set-based: the same rules as charge() item by item, with one
+        key lookup, one quota read per primitive, one sweep, and each bucket, counter and the
+        account written once. A refused item writes nothing of its own."""
+        out: list[Any] = [None] * len(reqs)  # Charged, DomainError, or a placeholder while deciding
+        stored = self._stored_events([r.idempotency_key for r in reqs])
+        first_in_batch: dict[str, int] = {}
+        per_primitive: dict[str, _Running] = {}
+        self.sweep()
+        available = self.state.available
+        spend = self.key_spend()
+        accepted: list[tuple[int, MeterRequest, int, _Running, int]] = []
+        for i, req in enumerate(reqs):
+            try:
+                key, fp = req.idempotency_key, req.fingerprint()
+                if key in stored:
+                    event_id, request_hash, result = stored[key]
+                    if request_hash != fp:
+                        raise IdempotencyConflict(key)
+                    out[i] = Charged.from_stored(event_id, read_json(result))
+                    continue
+                if key in first_in_batch and isinstance(out[first_in_batch[key]], _Pending):
+                    if reqs[first_in_batch[key]].fingerprint() != fp:
+                        raise IdempotencyConflict(key)
+                    out[i] = _Replay(first_in_batch[key])
+                    continue
+                run_ = per_primitive.get(req.primitive)
+                if run_ is None:
+                    run_ = per_primitive[req.primitive] = self._running(req.primitive)
+                self.entitle(req)
+                amount = self._check_and_price(req, run_, count=True)
+                if available - amount < self.floor:
+                    raise self.insufficient(amount, available)
+                if spend is not None:
+                    spend.check(req.primitive, req.quantity, amount)
+                    spend.add(req.primitive, req.quantity, amount)  # written once, with the batch
+                available -= amount
+                run_.used += req.quantity
+                run_.calls += 1
+                run_.count += 1
+                run_.quantity += req.quantity
+                accepted.append((i, req, amount, run_, run_.used))
+                first_in_batch.setdefault(key, i)
+                out[i] = _Pending()
+            except DomainError as exc:
+                out[i] = exc
+        if accepted:
+            self._record_many(accepted, out)
+        for i, r in enumerate(out):
+            if isinstance(r, _Replay):
+                first = out[r.index]
+                assert isinstance(first, Charged)
+                out[i] = Charged(first.event_id, first.credits_used, first.credits_remaining, first.usage, True)
+        return out
+
+    def _stored_events(self, keys: list[str]) -> dict[str, tuple[int, str, Any]]:
+        rows = run(self.conn, STORED_MANY, {"tid": self.scope.tenant_id, "keys": key_list(self.conn, keys)}).all()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def period(self) -> Period:
+        """The recorded period that holds now; on the rare roll (none does yet) it is decided and
+        recorded here, under the account lock: two statements once per tenant and period."""
+        t = self.terms
+        if t.recorded is None:
+            t.recorded = period_record.roll(
+                self.conn, self.scope.tenant_id, self.now, t.plan_key, t.plan_period, t.sub_status, t.sub_start,
+                t.sub_end,
+            )
+        return t.recorded
+
+    def _running(self, primitive: str, *, count: bool = True) -> _Running:
+        t = self.terms
+        period = self.period()
+        per_minute = (t.kit_limits.get(primitive) or {}).get("calls_per_minute") if count else None
+        window = minute_window(self.now) if per_minute is not None else None
+        quota, used, calls, unit_price, rule = self._quota_used_calls(primitive, period, window)
+        return _Running(period, window, per_minute, quota, used, calls, unit_price, rule)
+
+    def _record_many(self, accepted: list[tuple[int, MeterRequest, int, _Running, int]], out: list[Any]) -> None:
+        conn, tid, now = self.conn, self.scope.tenant_id, ts(self.conn, self.now)
+        live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
+        start_available = self.state.available
+        balance = ledger.debit_many(
+            conn,
+            self.scope,
+            self.now,
+            self.state,
+            self._live or [],
+            [(amount, req.primitive, req.reference) for _, req, amount, _, _ in accepted],
+        )
+        self._live = None
+        self.state = ledger.AccountState(balance, self.state.reserved)
+        spent = 0
+        rows: list[tuple[int, MeterRequest, int, _Running, Charged]] = []
+        for i, req, amount, run_, used in accepted:
+            spent += amount
+            quota = run_.quota
+            usage = Usage(req.primitive, used, quota, max(used - quota, 0) if quota is not None else 0)
+            result = Charged(0, amount, start_available - spent, usage)
+            rows.append((i, req, amount, run_, result))
+            out[i] = result
+        # All events in one multi-row INSERT per chunk. Accepted keys are unique within a batch (a
+        # repeat is a replay), so ids are matched by key: RETURNING's row order is not promised.
+        for c in range(0, len(rows), EVENT_CHUNK):
+            chunk = rows[c : c + EVENT_CHUNK]
+            params: dict[str, Any] = {"tid": tid, "now": now, "kind": "charge"}
+            for n, (_, req, amount, run_, result) in enumerate(chunk):
+                params[f"k{n}"] = req.idempotency_key
+                params[f"h{n}"] = req.fingerprint()
+                params[f"p{n}"] = req.primitive
+                params[f"q{n}"] = req.quantity
+                params[f"c{n}"] = amount
+                params[f"ps{n}"] = ts(conn, run_.period.start)
+                params[f"r{n}"] = req.reference
+                params[f"cn{n}"] = req.connection
+                params[f"res{n}"] = to_json(result.stored())
+                params[f"ki{n}"] = req.api_key_id
+            ids = dict(run(conn, insert_events(len(chunk)), params).all())
+            for _, req, _, _, result in chunk:
+                result.event_id = int(ids[req.idempotency_key])
+        # Totals per primitive (counters) and per (primitive, key) (rollups): each row written once.
+        credits_of: dict[str, int] = {}
+        rollups: dict[tuple[str, str | None], list[int]] = {}
+        for _, req, amount, _, _ in accepted:
+            credits_of[req.primitive] = credits_of.get(req.primitive, 0) + amount
+            total = rollups.setdefault((req.primitive, req.api_key_id), [0, 0, 0])
+            total[0] += req.quantity
+            total[1] += amount
+            total[2] += 1
+        for primitive, run_ in {req.primitive: r for _, req, _, r, _ in accepted}.items():
+            overage = max(run_.used - run_.quota, 0) if run_.quota is not None else 0
+            run(
+                conn,
+                BUMP_COUNTER,  # the same upsert adds a batch's total quantity
+                {
+                    "tid": tid,
+                    "ps": ts(conn, run_.period.start),
+                    "p": primitive,
+                    "pe": ts(conn, run_.period.end),
+                    "qty": run_.quantity,
+                    "overage": overage,
+                    "credits": credits_of[primitive],
+                },
+            )
+            if run_.window is not None:
+                run(conn, BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
+            self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
+        # The tenant's account lock already serializes writers of these rows; one statement, many rows.
+        rollup_rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cur.executemany(BUMP_ROLLUP.render(conn.dialect.name), rollup_rows)
+        if accepted:
+            self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
+        if self._spend is not None:
+            self._spend.flush()
+
+    def _alerts(
+        self, primitive: str | None, quota: int | None, before: int, after: int, period: Period, available: int | None
+    ) -> None:
+        """Threshold crossings of this write: arithmetic on numbers at hand; a statement only when one
+        is crossed, and the outbox row commits or rolls back with the charge."""
+        t, conn, tid = self._terms, self.conn, self.scope.tenant_id
+        if primitive is not None and crossed(quota, before, after, t.quota_percents):
+            quota_crossings(
+                conn, tid, primitive, quota, before, after, period.start, period.end, self.now, t.quota_percents
+            )
+        if available is not None and t.low_balance is not None:
+            balance_low(conn, tid, t.low_balance, available, self.state.available, period.start, self.now)
+
+
+def unhold(conn: Connection, hold: Any) -> None:
+    """A closing hold gives back what it held against its key's budget (if it was held in one)."""
+    if hold.budget_period_start is not None:
+        release_held(conn, hold.api_key_id, hold.budget_period_start, hold.primitive, hold.quantity, hold.amount)

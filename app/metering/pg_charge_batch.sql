@@ -1,0 +1,313 @@
+-- meterkit_charge_batch: a chargeBatch in one statement (app/metering/pg_charge.py). Installed by
+-- migration 0015_pg_charge_batch_once, which keeps its own frozen copy: a change here ships as a new
+-- migration that copies this text (tests/test_pg_charge_batch.py checks the copy equals this file).
+CREATE OR REPLACE FUNCTION meterkit_charge_batch(
+    p_tids text[], p_keys text[], p_hashes text[], p_primitives text[], p_qtys bigint[], p_refs text[],
+    p_conns text[], p_api_key_ids text[], p_now timestamptz, p_floor bigint,
+    OUT o_outcome text[], OUT o_event_id bigint[], OUT o_credits bigint[], OUT o_remaining bigint[],
+    OUT o_used bigint[], OUT o_quota bigint[], OUT o_overage bigint[], OUT o_detail json[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_n int := COALESCE(array_length(p_tids, 1), 0);
+    v_s int := 1; v_e int; v_i int; v_j int; v_k int;
+    v_tid text; v_done text[] := '{}';
+    v_balance bigint; v_reserved bigint; v_plan text; v_overage text; v_kit text;
+    v_allowed json; v_limits json; v_conns json; v_budget boolean; v_percents json; v_low bigint;
+    v_ps timestamptz; v_pe timestamptz; v_stale boolean; v_end json; v_window timestamptz;
+    v_start bigint; v_available bigint; v_spent bigint; v_taken boolean; v_any boolean := false;
+    v_total numeric; v_amount bigint; v_used bigint; v_over bigint;
+    s_keys text[]; s_ids bigint[]; s_hashes text[]; s_results json[];
+    m_prims text[]; m_quota bigint[]; m_used0 bigint[]; m_used bigint[]; m_calls bigint[];
+    m_price bigint[]; m_rule text[]; m_active boolean[]; m_entitled boolean[]; m_per_call bigint[];
+    m_per_minute bigint[]; m_qty bigint[]; m_credits bigint[]; m_count bigint[];
+    a_keys text[]; a_first int[];
+    x_acc boolean[]; x_amount bigint[]; x_after bigint[]; x_ps timestamptz[]; x_result text[]; x_first int[];
+    t_tids text[] := '{}'; t_totals bigint[] := '{}'; t_balances bigint[] := '{}';
+    c_tids text[] := '{}'; c_prims text[] := '{}'; c_ps timestamptz[] := '{}'; c_pe timestamptz[] := '{}';
+    c_qty bigint[] := '{}'; c_over bigint[] := '{}'; c_credits bigint[] := '{}'; c_count bigint[] := '{}';
+    c_win timestamptz[] := '{}';
+    r_ids bigint[]; r_ords bigint[];
+BEGIN
+    o_outcome := array_fill(NULL::text, ARRAY[v_n]); o_event_id := array_fill(NULL::bigint, ARRAY[v_n]);
+    o_credits := array_fill(NULL::bigint, ARRAY[v_n]); o_remaining := array_fill(NULL::bigint, ARRAY[v_n]);
+    o_used := array_fill(NULL::bigint, ARRAY[v_n]); o_quota := array_fill(NULL::bigint, ARRAY[v_n]);
+    o_overage := array_fill(NULL::bigint, ARRAY[v_n]); o_detail := array_fill(NULL::json, ARRAY[v_n]);
+    x_acc := array_fill(false, ARRAY[v_n]); x_amount := array_fill(NULL::bigint, ARRAY[v_n]);
+    x_after := array_fill(NULL::bigint, ARRAY[v_n]); x_ps := array_fill(NULL::timestamptz, ARRAY[v_n]);
+    x_result := array_fill(NULL::text, ARRAY[v_n]); x_first := array_fill(NULL::int, ARRAY[v_n]);
+    v_window := date_trunc('minute', p_now, 'UTC');
+    -- ---- 1. Decide, tenant by tenant, writing nothing. ----
+    WHILE v_s <= v_n LOOP
+        v_tid := p_tids[v_s];
+        v_e := v_s;
+        WHILE v_e < v_n AND p_tids[v_e + 1] = v_tid LOOP
+            v_e := v_e + 1;
+        END LOOP;
+        IF v_tid = ANY(v_done) THEN  -- the caller sorts by tenant; a tenant's items must be together
+            RAISE EXCEPTION 'meterkit_charge_batch: the items of tenant % are not together', v_tid;
+        END IF;
+        v_done := v_done || v_tid;
+        -- The lock and the terms, as meterkit_charge (0012) reads them; the key is the first item's
+        -- (service.charge_batch: one request, one caller).
+        SELECT a.balance, a.reserved, t.plan_key, COALESCE(NULLIF(p.overage, ''), 'refuse'), k.key,
+               k.allowed_primitives, k.limits, k.allowed_connections, kb.api_key_id IS NOT NULL,
+               COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
+               bp.start_at, bp.end_at
+          INTO v_balance, v_reserved, v_plan, v_overage, v_kit, v_allowed, v_limits, v_conns, v_budget,
+               v_percents, v_low, v_ps, v_pe
+          FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
+          LEFT JOIN plan p ON p.key = t.plan_key
+          LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
+          LEFT JOIN key_budget kb ON kb.api_key_id = p_api_key_ids[v_s] AND kb.tenant_id = a.tenant_id
+          LEFT JOIN alert_policy pp ON pp.plan_key = t.plan_key
+          LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
+          LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= p_now AND bp.end_at > p_now
+         WHERE a.tenant_id = v_tid
+           FOR UPDATE OF a;
+        -- No tenant (NotFound), a key budget (Python reads and writes its spend), no recorded period
+        -- (the roll): Python.
+        IF NOT FOUND OR v_budget OR v_ps IS NULL THEN
+            o_outcome := ARRAY['fallback']; o_event_id := NULL; o_credits := NULL; o_remaining := NULL;
+            o_used := NULL; o_quota := NULL; o_overage := NULL; o_detail := NULL;
+            RETURN;
+        END IF;
+        -- Under the lock: an open hold past its expiry or a bucket that ran out (Python frees and
+        -- sweeps them first), and the events already stored under the batch's keys.
+        -- One probe of the unique (tenant_id, idempotency_key) index per key, planned for this
+        -- call (EXECUTE) and kept a nested loop (OFFSET 0). Written as `= ANY(keys)`, or as a plain
+        -- statement whose plan is cached while usage_event is small (a pooled backend lives on
+        -- while the table grows; its statistics lag), the planner read all the tenant's events
+        -- through the (tenant_id, id) index and filtered them by key: slower with every event.
+        EXECUTE $q$
+            SELECT ($2 <> 0 AND EXISTS (
+                        SELECT 1 FROM credit_hold h WHERE h.tenant_id = $1 AND h.status = 'open'
+                           AND h.expires_at <= $3))
+                   OR EXISTS (SELECT 1 FROM credit_bucket b WHERE b.tenant_id = $1 AND b.remaining > 0
+                                 AND b.expires_at <= $3),
+                   ev.keys, ev.ids, ev.hashes, ev.results
+              FROM (SELECT array_agg(se.ikey) AS keys, array_agg(se.id) AS ids,
+                           array_agg(se.request_hash) AS hashes, array_agg(se.result) AS results
+                      FROM (SELECT DISTINCT u.x AS ikey FROM unnest($4) AS u(x)) kk
+                      CROSS JOIN LATERAL (SELECT kk.ikey, ue.id, ue.request_hash, ue.result FROM usage_event ue
+                                           WHERE ue.tenant_id = $1 AND ue.idempotency_key = kk.ikey OFFSET 0) se) ev
+        $q$ INTO v_stale, s_keys, s_ids, s_hashes, s_results USING v_tid, v_reserved, p_now, p_keys[v_s:v_e];
+        IF v_stale THEN
+            o_outcome := ARRAY['fallback']; o_event_id := NULL; o_credits := NULL; o_remaining := NULL;
+            o_used := NULL; o_quota := NULL; o_overage := NULL; o_detail := NULL;
+            RETURN;
+        END IF;
+        -- Each distinct primitive of the tenant's items: catalog, price, the plan's quota, this
+        -- period's count, this minute's calls, the kit's word on it (service.Meter._running, entitle).
+        SELECT array_agg(mm.prim ORDER BY mm.prim), array_agg(mm.quota ORDER BY mm.prim),
+               array_agg(COALESCE(mm.used, 0) ORDER BY mm.prim), array_agg(COALESCE(mm.calls, 0) ORDER BY mm.prim),
+               array_agg(mm.price ORDER BY mm.prim), array_agg(mm.rule ORDER BY mm.prim),
+               array_agg(mm.active ORDER BY mm.prim), array_agg(mm.entitled ORDER BY mm.prim),
+               array_agg(mm.per_call ORDER BY mm.prim), array_agg(mm.per_minute ORDER BY mm.prim)
+          INTO m_prims, m_quota, m_used, m_calls, m_price, m_rule, m_active, m_entitled, m_per_call, m_per_minute
+          FROM (SELECT d.prim,
+                       (SELECT q.quota FROM plan_quota q WHERE q.plan_key = v_plan AND q.primitive = d.prim) AS quota,
+                       (SELECT uc.used FROM usage_counter uc
+                         WHERE uc.tenant_id = v_tid AND uc.period_start = v_ps AND uc.primitive = d.prim) AS used,
+                       (SELECT w.calls FROM rate_window w
+                         WHERE w.tenant_id = v_tid AND w.primitive = d.prim AND w.window_start = v_window) AS calls,
+                       (SELECT pr.credits FROM price pr WHERE pr.primitive = d.prim) AS price,
+                       pm.pricing_rule AS rule, pm.active AS active,
+                       v_kit IS NOT NULL AND EXISTS (
+                           SELECT 1 FROM json_array_elements_text(v_allowed) AS pat(x)
+                            WHERE x = '*' OR x = d.prim OR (x LIKE '%.*' AND starts_with(d.prim, left(x, -1))))
+                           AS entitled,
+                       (v_limits -> d.prim ->> 'max_quantity_per_call')::bigint AS per_call,
+                       (v_limits -> d.prim ->> 'calls_per_minute')::bigint AS per_minute
+                  FROM (SELECT DISTINCT u.x AS prim FROM unnest(p_primitives[v_s:v_e]) AS u(x)) d
+                  LEFT JOIN primitive pm ON pm.key = d.prim) mm;
+        m_used0 := m_used;
+        m_qty := array_fill(0::bigint, ARRAY[array_length(m_prims, 1)]);
+        m_credits := m_qty; m_count := m_qty;
+        v_end := json_build_object('periodEnd', v_pe);
+        v_start := v_balance - v_reserved;
+        v_available := v_start;
+        v_spent := 0;
+        v_taken := false;
+        a_keys := '{}'; a_first := '{}';
+        FOR v_i IN v_s .. v_e LOOP
+            -- The idempotency key: stored (replay or conflict), or accepted earlier in this batch.
+            v_k := array_position(s_keys, p_keys[v_i]);
+            IF v_k IS NOT NULL THEN
+                IF s_hashes[v_k] <> p_hashes[v_i] THEN
+                    o_outcome[v_i] := 'conflict';
+                ELSE
+                    o_outcome[v_i] := 'replay'; o_event_id[v_i] := s_ids[v_k]; o_detail[v_i] := s_results[v_k];
+                END IF;
+                CONTINUE;
+            END IF;
+            v_k := array_position(a_keys, p_keys[v_i]);
+            IF v_k IS NOT NULL THEN
+                v_j := a_first[v_k];
+                IF p_hashes[v_j] <> p_hashes[v_i] THEN
+                    o_outcome[v_i] := 'conflict';
+                ELSE  -- its event id once written (phase 2)
+                    o_outcome[v_i] := 'replay'; x_first[v_i] := v_j; o_detail[v_i] := x_result[v_j]::json;
+                END IF;
+                CONTINUE;
+            END IF;
+            -- The rules, in service.Meter's order.
+            v_j := array_position(m_prims, p_primitives[v_i]);
+            IF m_rule[v_j] IS NULL THEN
+                o_outcome[v_i] := 'unknown'; CONTINUE;
+            END IF;
+            IF NOT m_active[v_j] THEN
+                o_outcome[v_i] := 'retired'; CONTINUE;
+            END IF;
+            IF NOT m_entitled[v_j] THEN
+                o_outcome[v_i] := 'not_entitled'; o_detail[v_i] := json_build_object('kit', v_kit); CONTINUE;
+            END IF;
+            IF m_per_call[v_j] IS NOT NULL AND p_qtys[v_i] > m_per_call[v_j] THEN
+                o_outcome[v_i] := 'per_call'; o_quota[v_i] := m_per_call[v_j]; CONTINUE;
+            END IF;
+            IF p_conns[v_i] IS NOT NULL THEN  -- nested: the common item runs no subquery here
+                IF NOT EXISTS (SELECT 1 FROM json_array_elements_text(v_conns) AS cn(x) WHERE x = p_conns[v_i]) THEN
+                    o_outcome[v_i] := 'not_entitled_connection'; o_detail[v_i] := json_build_object('kit', v_kit);
+                    CONTINUE;
+                END IF;
+            END IF;
+            IF m_quota[v_j] IS NOT NULL AND m_used[v_j] + p_qtys[v_i] > m_quota[v_j] AND v_overage <> 'allow' THEN
+                o_outcome[v_i] := 'quota'; o_quota[v_i] := m_quota[v_j]; o_used[v_i] := m_used[v_j];
+                o_detail[v_i] := v_end; CONTINUE;
+            END IF;
+            IF m_per_minute[v_j] IS NOT NULL AND m_calls[v_j] + 1 > m_per_minute[v_j] THEN
+                o_outcome[v_i] := 'per_minute'; o_quota[v_i] := m_per_minute[v_j]; o_used[v_i] := m_calls[v_j] + 1;
+                CONTINUE;
+            END IF;
+            IF m_price[v_j] IS NULL OR m_rule[v_j] <> 'fixed' THEN
+                v_taken := NULL; EXIT;  -- a priced rule (tokens, tiers...): Python quotes it
+            END IF;
+            v_total := m_price[v_j]::numeric * p_qtys[v_i];
+            IF v_total > 1000000000000000000 THEN
+                v_taken := NULL; EXIT;  -- out of range: Python refuses it
+            END IF;
+            v_amount := v_total::bigint;
+            IF v_available - v_amount < p_floor THEN
+                v_taken := NULL; EXIT;  -- a refusal for credits lists the packs, which Python reads
+            END IF;
+            -- Accepted: the running balance and counts move; written in phase 2.
+            v_available := v_available - v_amount;
+            v_spent := v_spent + v_amount;
+            v_used := m_used[v_j] + p_qtys[v_i];
+            m_used[v_j] := v_used;
+            m_calls[v_j] := m_calls[v_j] + 1;
+            m_qty[v_j] := m_qty[v_j] + p_qtys[v_i];
+            m_credits[v_j] := m_credits[v_j] + v_amount;
+            m_count[v_j] := m_count[v_j] + 1;
+            v_over := CASE WHEN m_quota[v_j] IS NULL THEN 0 ELSE GREATEST(v_used - m_quota[v_j], 0) END;
+            x_acc[v_i] := true; x_amount[v_i] := v_amount; x_after[v_i] := v_balance - v_spent; x_ps[v_i] := v_ps;
+            o_outcome[v_i] := 'charged'; o_credits[v_i] := v_amount; o_remaining[v_i] := v_available;
+            o_used[v_i] := v_used; o_quota[v_i] := m_quota[v_j]; o_overage[v_i] := v_over;
+            -- The stored result, byte for byte as Python's to_json(Charged.stored()) writes it.
+            x_result[v_i] := format(
+                '{"creditsUsed":%s,"creditsRemaining":%s,"usage":{"primitive":%s,"used":%s,"quota":%s,"overage":%s}}',
+                v_amount, v_available, to_json(p_primitives[v_i]), v_used, COALESCE(m_quota[v_j]::text, 'null'),
+                v_over);
+            a_keys := a_keys || p_keys[v_i]; a_first := a_first || v_i;
+            v_taken := true;
+        END LOOP;
+        IF v_taken IS NULL THEN
+            o_outcome := ARRAY['fallback']; o_event_id := NULL; o_credits := NULL; o_remaining := NULL;
+            o_used := NULL; o_quota := NULL; o_overage := NULL; o_detail := NULL;
+            RETURN;
+        END IF;
+        IF v_taken THEN
+            -- An alert threshold the tenant's part crosses (app/alerts/emit.py crossed, balance_low;
+            -- the batch's whole move, as _record_many checks it): Python emits it.
+            IF (v_low IS NOT NULL AND v_start >= v_low AND v_low > v_available) OR EXISTS (
+                SELECT 1 FROM unnest(m_quota, m_used0, m_used) AS mv(quota, used_before, used_after),
+                              json_array_elements_text(COALESCE(v_percents, '[50, 75, 90, 100]'::json)) AS pc(x)
+                 WHERE mv.quota IS NOT NULL AND mv.quota <> 0 AND mv.used_before * 100 < x::numeric * mv.quota
+                   AND x::numeric * mv.quota <= mv.used_after * 100) THEN
+                o_outcome := ARRAY['fallback']; o_event_id := NULL; o_credits := NULL; o_remaining := NULL;
+                o_used := NULL; o_quota := NULL; o_overage := NULL; o_detail := NULL;
+                RETURN;
+            END IF;
+            v_any := true;
+            t_tids := t_tids || v_tid; t_totals := t_totals || v_spent;
+            t_balances := t_balances || (v_balance - v_spent);
+            FOR v_j IN 1 .. array_length(m_prims, 1) LOOP
+                CONTINUE WHEN m_count[v_j] = 0;
+                c_tids := c_tids || v_tid; c_prims := c_prims || m_prims[v_j];
+                c_ps := c_ps || v_ps; c_pe := c_pe || v_pe;
+                c_qty := c_qty || m_qty[v_j]; c_credits := c_credits || m_credits[v_j];
+                c_count := c_count || m_count[v_j];
+                c_over := c_over || CASE WHEN m_quota[v_j] IS NULL THEN 0
+                                         ELSE GREATEST(m_used[v_j] - m_quota[v_j], 0) END;
+                c_win := c_win || CASE WHEN m_per_minute[v_j] IS NULL THEN NULL ELSE v_window END;
+            END LOOP;
+        END IF;
+        v_s := v_e + 1;
+    END LOOP;
+    IF NOT v_any THEN
+        RETURN;  -- replays and refusals only: nothing to write
+    END IF;
+    -- ---- 2. Write, once for the batch (ledger.debit_many, service.Meter._record_many). ----
+    -- Events in item order; ids matched by (tenant, key), unique among accepted items.
+    WITH src AS MATERIALIZED (
+        SELECT u.* FROM unnest(p_tids, p_keys, p_hashes, p_primitives, p_qtys, x_amount, x_ps, p_refs, p_conns,
+                               x_result, p_api_key_ids, x_acc)
+                        WITH ORDINALITY AS u(tid, ikey, rhash, prim, qty, amount, ps, ref, conn, res, kid, acc, ord)
+         WHERE u.acc
+    ), ins AS (
+        INSERT INTO usage_event (tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits,
+                                 period_start, reference, connection, result, created_at, api_key_id)
+        SELECT src.tid, src.ikey, src.rhash, 'charge', src.prim, src.qty, src.amount, src.ps, src.ref, src.conn,
+               src.res::json, p_now, src.kid
+          FROM src ORDER BY src.ord
+        RETURNING id, tenant_id, idempotency_key
+    )
+    SELECT array_agg(ins.id), array_agg(src.ord) INTO r_ids, r_ords
+      FROM ins JOIN src ON src.tid = ins.tenant_id AND src.ikey = ins.idempotency_key;
+    FOR v_k IN 1 .. array_length(r_ids, 1) LOOP
+        o_event_id[r_ords[v_k]] := r_ids[v_k];
+    END LOOP;
+    FOR v_i IN 1 .. v_n LOOP
+        IF x_first[v_i] IS NOT NULL THEN
+            o_event_id[v_i] := o_event_id[x_first[v_i]];
+        END IF;
+    END LOOP;
+    -- One ledger entry per non-zero debit, in order, each with the balance after it.
+    INSERT INTO ledger_entry (tenant_id, kind, action, amount, balance_after, bucket_id, reference, created_at)
+    SELECT u.tid, 'debit', u.prim, -u.amount, u.balance_after, NULL, u.ref, p_now
+      FROM unnest(p_tids, p_primitives, x_amount, x_after, p_refs, x_acc)
+           WITH ORDINALITY AS u(tid, prim, amount, balance_after, ref, acc, ord)
+     WHERE u.acc AND u.amount <> 0
+     ORDER BY u.ord;
+    -- Each tenant's total burns its live buckets in order (ledger.sweep's order); each written once.
+    UPDATE credit_bucket cb SET remaining = cb.remaining - z.take
+      FROM (SELECT bb.id,
+                   LEAST(bb.remaining, GREATEST(tt.total - (sum(bb.remaining) OVER w - bb.remaining), 0)) AS take
+              FROM unnest(t_tids, t_totals) AS tt(tid, total)
+              JOIN credit_bucket bb ON bb.tenant_id = tt.tid AND bb.remaining > 0
+             WHERE tt.total > 0
+            WINDOW w AS (PARTITION BY bb.tenant_id
+                         ORDER BY bb.expires_at IS NULL, bb.expires_at, bb.created_at, bb.id
+                         ROWS UNBOUNDED PRECEDING)) z
+     WHERE cb.id = z.id AND z.take > 0;
+    UPDATE credit_account ca SET balance = tb.balance, updated_at = p_now
+      FROM unnest(t_tids, t_balances) AS tb(tid, balance)
+     WHERE ca.tenant_id = tb.tid;
+    INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits)
+    SELECT * FROM unnest(c_tids, c_ps, c_prims, c_pe, c_qty, c_over, c_credits)
+    ON CONFLICT (tenant_id, period_start, primitive)
+    DO UPDATE SET used = usage_counter.used + EXCLUDED.used, overage = EXCLUDED.overage,
+                  credits = usage_counter.credits + EXCLUDED.credits;
+    INSERT INTO usage_rollup (tenant_id, hour_start, primitive, api_key_id, quantity, credits, events)
+    SELECT u.tid, date_trunc('hour', p_now, 'UTC'), u.prim, COALESCE(u.kid, ''), sum(u.qty), sum(u.amount), count(*)
+      FROM unnest(p_tids, p_primitives, p_api_key_ids, p_qtys, x_amount, x_acc) AS u(tid, prim, kid, qty, amount, acc)
+     WHERE u.acc
+     GROUP BY u.tid, u.prim, COALESCE(u.kid, '')
+    ON CONFLICT (tenant_id, hour_start, primitive, api_key_id)
+    DO UPDATE SET quantity = usage_rollup.quantity + EXCLUDED.quantity,
+                  credits = usage_rollup.credits + EXCLUDED.credits, events = usage_rollup.events + EXCLUDED.events;
+    INSERT INTO rate_window (tenant_id, primitive, window_start, calls)
+    SELECT u.tid, u.prim, u.win, u.calls FROM unnest(c_tids, c_prims, c_win, c_count) AS u(tid, prim, win, calls)
+     WHERE u.win IS NOT NULL
+    ON CONFLICT (tenant_id, primitive, window_start) DO UPDATE SET calls = rate_window.calls + EXCLUDED.calls;
+END
+$fn$;
