@@ -120,7 +120,7 @@ def _entry_id(value: str) -> int:
 
 @strawberry.type
 class CreditsQuery:
-    @strawberry.field(description="The brief's GET /v1/status for the tenant in scope: balance, tier, resource counts.")
+    @strawberry.field(description="The tenant in scope (REST: GET /v1/status): balance, tier, resource counts.")
     async def status(self, info: Info) -> TenantStatus:
         ctx = info.context
         scope = ctx.require_scope()
@@ -137,7 +137,7 @@ class CreditsQuery:
         )
 
     @strawberry.field(
-        description="The brief's GET /v1/usage: ledger entries of the tenant in scope, newest first, "
+        description="Ledger entries (REST: GET /v1/usage) of the tenant in scope, newest first, "
         "filtered by time (days, or from/to) and primitive (the debits of one primitive)."
     )
     async def credit_history(

@@ -105,7 +105,7 @@ class SettleCut(FromRow):
     charged_credits: Credits
 
 
-@strawberry.type(description="The charge is recorded (the brief's credits_used / credits_remaining).")
+@strawberry.type(description="The charge is recorded (REST: credits_used / credits_remaining).")
 class Charged:
     event_id: strawberry.ID
     credits_used: Credits
@@ -132,7 +132,7 @@ class MeterError:
     message: str
 
 
-@strawberry.type(description="The brief's 402 insufficient_credits, with the packs that would cover it.")
+@strawberry.type(description="Not enough credits (REST: 402 insufficient_credits), with the packs that would cover it.")
 class InsufficientCredits(MeterError):
     required: Credits
     available: Credits
@@ -336,7 +336,7 @@ class UsageLine(FromRow):
     credits: Credits = strawberry.field(description="Credits spent on this primitive in the period.")
 
 
-@strawberry.type(description="The brief's billing.usage(): {plan, status, period, quotas, usage}.")
+@strawberry.type(description="The tenant's plan, status, period, quotas and usage in this period.")
 class UsageReport:
     plan: str | None
     status: str | None
@@ -439,7 +439,9 @@ class MeteringMutation:
             out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
         return out
 
-    @strawberry.mutation(description="Hold credits for an async job (the brief's pre-check); lowers available.")
+    @strawberry.mutation(
+        description="Hold credits for an async job (checked before it runs, charged on completion); lowers available."
+    )
     async def reserve(
         self,
         info: Info,

@@ -34,7 +34,7 @@ class PlanInput:
     quotas: list[QuotaInput] = strawberry.field(default_factory=list)
     overage: OveragePolicy = OveragePolicy.refuse
     included_credits: Credits | None = strawberry.field(
-        default=None, description="Credits granted each period (the brief's pro: 200/month)."
+        default=None, description="Credits granted each period (e.g. 200 a month)."
     )
 
 
@@ -56,7 +56,7 @@ class PlanQuery:
 
 @strawberry.type
 class PlanMutation:
-    @strawberry.mutation(description="The brief's plans.upsert: idempotent by key.")
+    @strawberry.mutation(description="Creates or updates a plan: idempotent by key.")
     async def upsert_plan(self, info: Info, input: PlanInput) -> PlanResult:
         ctx = info.context
 

@@ -1,5 +1,5 @@
 """Pricing catalog over GraphQL: reads for everyone, edits for operators, and previews
-(the brief's GET /v1/images/pricing and /v1/video/pricing) as typed results."""
+(REST: GET /v1/images/pricing and /v1/video/pricing) as typed results."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ class PricingQuery:
     async def pricing_settings(self, info: Info) -> PricingSettings:
         return _settings(await info.context.read(service.settings))
 
-    @strawberry.field(description="The brief's GET /v1/images/pricing: cost preview for numImages images.")
+    @strawberry.field(description="Cost preview (REST: GET /v1/images/pricing) for numImages images.")
     async def image_pricing(self, info: Info, model: str, num_images: int = 1) -> MediaPricingResult:
         async def run() -> MediaPricing:
             q = await info.context.read(lambda s: service.media_quote(s, "image", model, num_images))
@@ -239,7 +239,7 @@ class PricingQuery:
 
         return await attempt(run)
 
-    @strawberry.field(description="The brief's GET /v1/video/pricing: cost preview for `duration` seconds.")
+    @strawberry.field(description="Cost preview (REST: GET /v1/video/pricing) for `duration` seconds.")
     async def video_pricing(self, info: Info, model: str, duration: int) -> MediaPricingResult:
         async def run() -> MediaPricing:
             q = await info.context.read(lambda s: service.media_quote(s, "video", model, duration))

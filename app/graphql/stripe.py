@@ -48,7 +48,7 @@ def _checkout(started: service.CheckoutStarted) -> CheckoutSession:
 
 @strawberry.type
 class StripeMutation:
-    @strawberry.mutation(description="The brief's `billing topup --pack`: a Checkout URL for the pack.")
+    @strawberry.mutation(description="`meterkit billing topup --pack`: a Checkout URL for the pack.")
     async def purchase_credit_pack(self, info: Info, pack: str) -> PurchaseCreditPackResult:
         ctx = info.context
 
@@ -63,7 +63,7 @@ class StripeMutation:
         return await attempt(run)
 
     @strawberry.mutation(
-        description="The brief's `billing upgrade --plan`: moves the Stripe subscription to the plan's price, "
+        description="`meterkit billing upgrade --plan`: moves the Stripe subscription to the plan's price, "
         "or answers a Checkout URL when there is no subscription yet. The webhook reflects the change."
     )
     async def change_plan(self, info: Info, plan_key: str) -> ChangePlanResult:

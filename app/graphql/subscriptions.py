@@ -40,7 +40,8 @@ SetSubscriptionResult = Annotated[
 @strawberry.type
 class SubscriptionMutation:
     @strawberry.mutation(
-        description="The brief's forUser(id).billing.setSubscription: tenantId, or X-Tenant-Id in scope."
+        description="Reflects a tenant's subscription (plan, status, period) and assigns the plan's kit in the same "
+        "transaction: tenantId, or X-Tenant-Id in scope."
     )
     async def set_subscription(
         self, info: Info, input: SetSubscriptionInput, tenant_id: strawberry.ID | None = None

@@ -182,7 +182,7 @@ class TenantQuery:
 
 @strawberry.type
 class TenantMutation:
-    @strawberry.mutation(description="The brief's users.create: a tenant on the default plan with signup credits.")
+    @strawberry.mutation(description="Creates a tenant on the default plan with its signup credits.")
     async def create_tenant(self, info: Info, input: CreateTenantInput) -> CreateTenantResult:
         ctx = info.context
         data = service.TenantInput(name=input.name, external_id=input.external_id, metadata=input.metadata)  # type: ignore[arg-type]

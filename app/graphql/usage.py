@@ -166,7 +166,7 @@ SeriesTo = Annotated[datetime, strawberry.argument(name="to", description="End, 
 @strawberry.type
 class UsageQuery:
     @strawberry.field(
-        description="Metered calls of the tenant in scope, newest first (the brief's /v1/usage), "
+        description="Metered calls of the tenant in scope, newest first (REST: GET /v1/usage), "
         "filtered by time (days, or from/to), primitive and key."
     )
     async def usage_history(

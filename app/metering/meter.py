@@ -10,9 +10,9 @@ Order inside the transaction matters:
    result, period counter bump.
 Refusals raise, so the unit of work rolls back and nothing is written.
 
-Balance floor: a charge is for work already done (the brief charges sync operations on
-success and LLM streams after the final event), so it may take the available balance down
-to -negative_buffer and never below. New work (reserve, the CEO pre-check) is refused once
+Balance floor: a charge is for work already done (sync operations are charged on
+success, LLM streams after the final event), so it may take the available balance down
+to -negative_buffer and never below. New work (reserve, a pre-check) is refused once
 the available balance is at or below zero, or below the estimate. A settle is work already done
 too: it is never refused by a limit, and charges only what the limits admit (per call, quota,
 key budget, balance floor); the rest is cut and named in its answer (app/metering/settle_rules.py).
@@ -417,7 +417,7 @@ class Meter:
             return Charged.from_stored(event_id, read_json(result))
         d = self.decide(req)
         self.sweep()
-        # precheck: the caller charges BEFORE running the operation (the brief's "check before
+        # precheck: the caller charges BEFORE running the operation ("check before
         # executing"), so like new work it is refused once nothing is available; no extra statement.
         if self.state.available - d.amount < self.floor or (precheck and self.state.available <= 0):
             raise self.insufficient(d.amount)

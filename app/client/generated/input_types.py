@@ -103,7 +103,7 @@ class PlanInput(BaseModel):
     quotas: list["QuotaInput"] = Field(default_factory=lambda: [])
     overage: OveragePolicy = OveragePolicy.refuse
     included_credits: Optional[Decimal] = Field(alias="includedCredits", default=None)
-    "Credits granted each period (the brief's pro: 200/month)."
+    "Credits granted each period (e.g. 200 a month)."
 
 
 class PriceDetailsInput(BaseModel):
