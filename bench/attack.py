@@ -32,31 +32,28 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.attackers import CREATE_ENDPOINT, Trickler, arm_endpoints, attacker, lower_priority
+from bench.victim import Alert, Healthz, Receiver, cpu_seconds, machine_busy, summary, victim
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 2.0  # victim p99 with the attack / without, at most
 ALERT_TARGET_S = 15.0  # a victim's alert arrives within this long while an attack runs (its own deadline is 10 s)
 ATTACKS = ("a", "b", "c", "d")
-CREATE_ENDPOINT = """mutation($i: WebhookEndpointInput!) { createWebhookEndpoint(input: $i) { __typename
-  ... on CreatedWebhookEndpoint { endpoint { id } } } }"""
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-# ---- the world: tenants, keys, endpoints --------------------------------------------------------
+# ---- the world: tenants and keys ----------------------------------------------------------------
 
 
 def seed(url: str, alert_tenants: int) -> dict[str, Any]:
@@ -94,343 +91,6 @@ def seed(url: str, alert_tenants: int) -> dict[str, Any]:
         out["alerting"].append({"tenant": tid, "key": raw})
     engine.dispose()
     return out
-
-
-def queue_events(url: str, tenant_id: str, n: int) -> None:
-    """`n` alert events of the attacker's, for the worker to fan out to its endpoints."""
-    from datetime import UTC, datetime
-
-    from app.alerts.emit import QUOTA_EVENT, emit
-    from app.core.db import make_engine
-
-    engine = make_engine(url)
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        for i in range(n):
-            emit(conn, tenant_id, QUOTA_EVENT, f"attack-{uuid.uuid4().hex}-{i}", {"threshold": 50, "n": i}, now)
-    engine.dispose()
-
-
-def poison(url: str, endpoint_id: str) -> None:
-    """A URL stored before registration checked URLs (issue 17: a newline made every round fail)."""
-    from sqlalchemy import text
-
-    from app.core.db import make_engine
-
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE webhook_endpoint SET url = :u WHERE id = :e"),
-            {"u": "http://127.0.0.1:18450/poison\n", "e": endpoint_id},
-        )
-    engine.dispose()
-
-
-# ---- local receivers --------------------------------------------------------------------------
-
-
-class Receiver:
-    """The alert victims' endpoint: the time each tenant's first POST arrived."""
-
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                owner.arrived.setdefault(self.path.rsplit("/", 1)[-1], time.monotonic())
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Trickler:
-    """Reads the request, sends a status line, then one byte of a header every 5 s."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        import socket
-
-        self.every = every
-        self.stop = threading.Event()
-        self.opened = 0
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(64)
-        self.srv.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _one(self, conn: Any) -> None:
-        with conn:
-            try:
-                conn.settimeout(5)
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                while not self.stop.is_set():
-                    conn.sendall(b"x")
-                    self.stop.wait(self.every)
-            except OSError:
-                pass
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:
-                continue
-            self.opened += 1
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.srv.close()
-
-
-# ---- the attackers' processes -------------------------------------------------------------------
-
-
-def _flood(base: str, key: str, seconds: float) -> None:
-    """3 sockets, each sending one large subscribe message after another (300 KB, 1 MB, 15 MB):
-    counts the close codes the server answered with."""
-    import logging
-
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
-
-    logging.getLogger("websockets").setLevel(logging.CRITICAL)  # a refused send is what we count
-
-    url = base.replace("http://", "ws://", 1) + "/graphql"
-    sizes = [300_000, 1_000_000, 15_000_000]
-    codes: dict[str, int] = {}
-    lock = threading.Lock()
-    end = time.monotonic() + seconds
-    doc = "subscription { balanceChanged { balance } }\n# "
-    messages = {
-        size: json.dumps({"id": "1", "type": "subscribe", "payload": {"query": doc + "x" * size}}) for size in sizes
-    }
-
-    def one(n: int) -> None:
-        i = n
-        while time.monotonic() < end:
-            size = sizes[i % len(sizes)]
-            i += 1
-            message = messages[size]
-            try:
-                # No compression: the attacker's cheapest way to push bytes (compressing 15 MB per send
-                # cost this box's shared CPU more than the server's work).
-                with connect(
-                    url,
-                    subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                    max_size=None,
-                    open_timeout=10,
-                    compression=None,
-                ) as ws:
-                    ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}}))
-                    ws.recv(timeout=10)
-                    ws.send(message)
-                    ws.recv(timeout=10)
-                    what = "answered"
-            except ConnectionClosed as exc:
-                what = str(exc.rcvd.code) if exc.rcvd else "no close frame"
-            except Exception as exc:  # noqa: BLE001 (a broken pipe mid-send is the server refusing)
-                what = type(exc).__name__
-            with lock:
-                codes[f"{size // 1000} KB: {what}"] = codes.get(f"{size // 1000} KB: {what}", 0) + 1
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps(codes), flush=True)
-
-
-def _documents(base: str, key: str, seconds: float) -> None:
-    """4 clients, each posting unique 780-operation and 1,300-alias documents one after another."""
-    answers: dict[str, int] = {}
-    lock = threading.Lock()
-    end = time.monotonic() + seconds
-
-    def one(n: int) -> None:
-        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
-            i = 0
-            while time.monotonic() < end:
-                i += 1
-                nonce = f"{n}x{i}x{secrets.token_hex(4)}"
-                if i % 2:
-                    doc = " ".join(f"query Q{nonce}n{j} {{ __typename }}" for j in range(780))
-                else:
-                    doc = "{ " + " ".join(f"a{j}: __typename" for j in range(1300)) + " } # " + nonce
-                try:
-                    r = c.post("/graphql", json={"query": doc})
-                    body = r.json()
-                    code = (body.get("errors") or [{}])[0].get("extensions", {}).get("code") or str(r.status_code)
-                except Exception as exc:  # noqa: BLE001
-                    code = type(exc).__name__
-                with lock:
-                    answers[code] = answers.get(code, 0) + 1
-
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps(answers), flush=True)
-
-
-def lower_priority(pid: int) -> None:
-    """The attacker's own client work at the lowest priority: on this one shared box its CPU would
-    otherwise be taken from the server and the victim, which an attacker elsewhere does not do.
-    What the server spends on the attack still competes with the victim, as it would."""
-    with suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, pid, 19)
-
-
-@contextmanager
-def attacker(role: str, base: str, key: str, seconds: float) -> Iterator[dict[str, Any]]:
-    """One of the attackers above in a process of its own; what it counted, once it ends."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.attack", "--role", role, "--base", base, "--key", key, "--seconds", str(seconds)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    lower_priority(proc.pid)
-    out: dict[str, Any] = {"pid": proc.pid}
-    try:
-        yield out
-    finally:
-        try:
-            stdout, _ = proc.communicate(timeout=seconds + 60)
-            out.pop("pid", None)
-            out.update(json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {})
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-# ---- measuring ----------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of one process so far (Linux /proc), 0 when gone or not given."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine: every process, the other helpers' included."""
-    values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return float(sum(values) - idle), float(sum(values))
-
-
-class Healthz:
-    """GET /healthz every 0.2 s; the slowest answer (or failure) while it runs."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.worst = 0.0
-        self.failures = 0
-        self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Healthz:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.done.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=30) as c:
-            while not self.done.wait(0.2):
-                started = time.monotonic()
-                try:
-                    ok = c.get("/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.worst = max(self.worst, time.monotonic() - started)
-                self.failures += not ok
-
-
-@dataclass
-class Alert:
-    """One tenant's first charge; the time until its endpoint received the alert it set off."""
-
-    base: str
-    tenant: dict[str, str]
-    receiver: Receiver
-    after: float = 1.0
-    latency: float | None = None
-    charged: str = ""
-    _thread: threading.Thread | None = field(default=None, repr=False)
-
-    def start(self) -> Alert:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        time.sleep(self.after)
-        headers = {"Authorization": f"Bearer {self.tenant['key']}"}
-        variables = {"i": {"primitive": "email.send", "idempotencyKey": f"alert-{secrets.token_hex(4)}"}}
-        query = "mutation($i: MeterInput!) { charge(input: $i) { __typename } }"
-        r = httpx.post(
-            f"{self.base}/graphql", json={"query": query, "variables": variables}, headers=headers, timeout=30
-        )
-        charged_at = time.monotonic()
-        self.charged = r.json()["data"]["charge"]["__typename"]
-        deadline = charged_at + 90
-        while time.monotonic() < deadline:
-            arrived = self.receiver.arrived.get(self.tenant["tenant"])
-            if arrived is not None:
-                self.latency = arrived - charged_at
-                return
-            time.sleep(0.02)
-
-    def wait(self) -> float | None:
-        assert self._thread is not None
-        self._thread.join(timeout=120)
-        return self.latency
-
-
-def victim(port: int, key: str, rate: float, seconds: float) -> Any:
-    from bench.subs import victim as charges
-
-    return charges(port, key, rate, seconds, grace=30)
-
-
-def summary(runs: list[Any]) -> dict[str, Any]:
-    from bench.openloop import percentile
-
-    latencies = [x for r in runs for x in r.latencies]
-    return {
-        "completed": sum(r.completed for r in runs),
-        "errors": sum(r.errors + r.unfinished for r in runs),
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-        "max_ms": max(latencies, default=float("nan")) * 1000,
-    }
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -666,21 +326,6 @@ class ExitStackish:
         return self._stack.enter_context(cm)
 
 
-def arm_endpoints(url: str, base: str, attacker_tenant: dict[str, str], trickler: Trickler) -> dict[str, Any]:
-    """The attacker's endpoints: one poisoned, 4 trickling; 60 events queued to every one."""
-    made = []
-    with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {attacker_tenant['key']}"}) as c:
-        for n in range(5):
-            variables = {"i": {"url": f"{trickler.url}/t{n}", "eventTypes": ["*"]}}
-            r = c.post("/graphql", json={"query": CREATE_ENDPOINT, "variables": variables}).json()
-            assert r["data"]["createWebhookEndpoint"]["__typename"] == "CreatedWebhookEndpoint", r
-            made.append(r["data"]["createWebhookEndpoint"]["endpoint"]["id"])
-        # Registration now refuses this URL: it is stored the way an older version stored it.
-        poison(url, made[0])
-    queue_events(url, attacker_tenant["tenant"], 60)
-    return {"poisoned": 1, "trickling": 4, "events": 60}
-
-
 def delivery_counts(url: str, tenant_id: str) -> dict[str, int]:
     from sqlalchemy import text
 
@@ -785,14 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", help="a folder: py-spy's collapsed stacks of the server during each attack")
     ap.add_argument("--keep-log", type=Path, help="copy the server's log here")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--role", choices=["flood", "documents"], help=argparse.SUPPRESS)
-    ap.add_argument("--base", help=argparse.SUPPRESS)
-    ap.add_argument("--key", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.role:
-        roles: dict[str, Callable[[str, str, float], None]] = {"flood": _flood, "documents": _documents}
-        roles[args.role](args.base, args.key, args.seconds)
-        return 0
     with tempfile.TemporaryDirectory(prefix="meterkit-attack-") as d:
         tmp = Path(d)
         if args.postgres:

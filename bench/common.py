@@ -1,6 +1,7 @@
-"""What the bench's scenarios share (bench/run.py, pg.py, subs.py, attack.py, inproc.py): paths,
-the charge query, the seed data, the server under test, wrk, and the report's small helpers.
-A module of its own so that run.py can import the scenarios that import these."""
+"""What the bench's scenarios share (bench/run.py, scenarios.py, report.py, profile.py, pg.py,
+subs.py, attack.py, inproc.py): paths, the charge query, the seed data, the server under test, wrk,
+and the report's small helpers. A module of its own so that run.py can import the scenarios that
+import these."""
 
 from __future__ import annotations
 

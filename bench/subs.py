@@ -169,7 +169,7 @@ async def _crowd(url: str, key: str) -> None:
 
 
 def victim(port: int, key: str, rate: float, seconds: float, *, grace: float = 10) -> Any:
-    """The victim tenant's charges, an open loop at `rate` per second (also bench/attack.py's)."""
+    """The victim tenant's charges, an open loop at `rate` per second (also bench/victim.py's, for bench/attack.py)."""
     from bench.common import CHARGE_QUERY
     from bench.openloop import open_loop
 
