@@ -10,6 +10,7 @@ and conditional UPDATEs; its reads see one snapshot (REPEATABLE READ).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,13 +88,30 @@ def connect(engine: Engine) -> Iterator[Connection]:
     with conn:
         try:
             yield conn
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+        except (DBAPIError, sqlite3.OperationalError) as exc:
+            # The BEGIN IMMEDIATE of a writing unit runs in a "begin" event (_on_begin), whose
+            # errors reach us as the driver raised them, not wrapped in DBAPIError.
+            if sqlite_busy(exc):
+                # Another process (a CLI command, a second server) held SQLite's write lock past
+                # busy_timeout: nothing was written and nothing is wrong with the request.
+                log.warning("database stayed locked past busy_timeout: %s", exc)
+                raise Unavailable("the database is busy with another writer; retry shortly") from exc
+            if not isinstance(exc, DBAPIError) or not exc.connection_invalidated:
                 raise
             log.warning("database connection lost mid-transaction: %s", exc.orig)
             raise Unavailable(
                 "the database connection was lost; retry (a metered call with the same idempotency key)"
             ) from exc
+
+
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (the low byte of an extended code)
+
+
+def sqlite_busy(exc: BaseException) -> bool:
+    """SQLite answered SQLITE_BUSY or SQLITE_LOCKED ("database is locked"): its write lock stayed
+    taken for longer than busy_timeout. `exc` as the driver raised it, or wrapped in DBAPIError."""
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
 
 WAL_AUTOCHECKPOINT_PAGES = 10_000  # bench/floor_app.py uses the same, as it does every SQLite setting
