@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 import strawberry
 
-from app.alerts import service, worker
-from app.audit.service import Target
+from app.alerts import commands, service, worker
 from app.core.auth import Principal
 from app.core.errors import Forbidden, NotFound, ValidationFailed
 from app.core.ids import parse_id
@@ -16,7 +15,7 @@ from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
-from app.graphql.util import attempt, audited_write
+from app.graphql.util import attempt
 
 
 @strawberry.type
@@ -120,19 +119,16 @@ class AlertsMutation:
         async def run() -> CreatedWebhookEndpoint:
             principal = _principal(ctx)
             tid = parse_id(str(input.tenant_id), "ten", field="tenantId") if input.tenant_id is not None else None
-            row, secret = await audited_write(
-                ctx,
-                "createWebhookEndpoint",
-                lambda made: Target("webhook_endpoint", made[0].id, tenant_id=made[0].tenant_id),
-                lambda s: service.create_endpoint(
-                    s,
-                    ctx.clock,
-                    principal,
-                    tid,
-                    input.url,
-                    list(input.event_types),
-                    allow_private=ctx.settings.webhook_allow_private,
-                ),
+            row, secret = await ctx.uow.call(
+                commands.create_endpoint,
+                ctx.engine,
+                ctx.clock,
+                principal,
+                tid,
+                input.url,
+                list(input.event_types),
+                allow_private=ctx.settings.webhook_allow_private,
+                retry=True,
             )
             return CreatedWebhookEndpoint(endpoint=WebhookEndpoint.from_row(row), secret=secret)
 
@@ -145,11 +141,8 @@ class AlertsMutation:
         async def run() -> WebhookEndpoint:
             principal = _principal(ctx)
             eid = parse_id(str(id), "whe")
-            row = await audited_write(
-                ctx,
-                "setWebhookEndpointActive",
-                Target("webhook_endpoint", eid),
-                lambda s: service.set_active(s, ctx.clock, principal, eid, active),
+            row = await ctx.uow.call(
+                commands.set_endpoint_active, ctx.engine, ctx.clock, principal, eid, active, retry=True
             )
             return WebhookEndpoint.from_row(row)
 
@@ -191,32 +184,22 @@ class AlertsMutation:
         async def run() -> AlertPolicy:
             tid = parse_id(str(tenant_id), "ten", field="tenantId") if tenant_id is not None else None
             low = int(low_balance_credits) if low_balance_credits is not None else None
-            key = f"plan:{plan_key}" if plan_key is not None else f"tenant:{tid}"
-
-            def write(s: Any) -> AlertPolicy:
-                row = service.set_policy(
-                    s, ctx.clock, plan_key=plan_key, tenant_id=tid, quota_percents=quota_percents, low_balance=low
-                )
-                return AlertPolicy(
-                    plan_key=row.plan_key,
-                    tenant_id=row.tenant_id,
-                    quota_percents=list(row.quota_percents) if row.quota_percents is not None else None,
-                    low_balance_credits=Credits(row.low_balance) if row.low_balance is not None else None,
-                )
-
-            return await audited_write(
-                ctx,
-                "setAlertPolicy",
-                Target("alert_policy", key, tenant_id=tid, snap=_policy_snap(plan_key, tid)),
-                write,
+            row = await ctx.uow.call(
+                commands.set_policy,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                plan_key=plan_key,
+                tenant_id=tid,
+                quota_percents=quota_percents,
+                low_balance=low,
+                retry=True,
+            )
+            return AlertPolicy(
+                plan_key=row.plan_key,
+                tenant_id=row.tenant_id,
+                quota_percents=list(row.quota_percents) if row.quota_percents is not None else None,
+                low_balance_credits=Credits(row.low_balance) if row.low_balance is not None else None,
             )
 
         return await attempt(run)
-
-
-def _policy_snap(plan_key: str | None, tenant_id: str | None) -> Any:
-    from app.audit.service import row_snapshot
-
-    if plan_key is not None:
-        return lambda conn: row_snapshot(conn, "alert_policy", "plan_key", plan_key)
-    return lambda conn: row_snapshot(conn, "alert_policy", "tenant_id", tenant_id or "")

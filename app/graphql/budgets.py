@@ -6,10 +6,8 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
-from sqlmodel import Session
 
-from app.audit.service import Target
-from app.budgets import service
+from app.budgets import commands, service
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
 from app.core.auth import Principal
 from app.core.errors import Forbidden, ValidationFailed
@@ -18,7 +16,7 @@ from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
-from app.graphql.util import attempt, audited_write
+from app.graphql.util import attempt
 
 
 @strawberry.type
@@ -160,12 +158,8 @@ class BudgetMutation:
                 credit_limit=int(input.credit_limit) if input.credit_limit is not None else None,
                 quantity_limits=limits,
             )
-
-            def write(s: Session) -> service.BudgetView:
-                service.set_key_budget(s, ctx.clock, principal, kid, data)
-                return service.key_budget_view(s, ctx.clock, principal, kid)
-
-            return KeyBudget.from_view(await audited_write(ctx, "setKeyBudget", Target("key_budget", kid), write))
+            view = await ctx.uow.call(commands.set_key_budget, ctx.engine, ctx.clock, principal, kid, data, retry=True)
+            return KeyBudget.from_view(view)
 
         return await attempt(run)
 
@@ -176,9 +170,7 @@ class BudgetMutation:
         async def run() -> KeyBudgetCleared:
             principal = _principal(ctx)
             kid = parse_id(str(api_key_id), "key", field="apiKeyId")
-            await audited_write(
-                ctx, "clearKeyBudget", Target("key_budget", kid), lambda s: service.clear_key_budget(s, principal, kid)
-            )
+            await ctx.uow.call(commands.clear_key_budget, ctx.engine, ctx.clock, principal, kid, retry=True)
             return KeyBudgetCleared(api_key_id=strawberry.ID(kid))
 
         return await attempt(run)

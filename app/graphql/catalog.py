@@ -8,13 +8,12 @@ from typing import Annotated
 
 import strawberry
 
-from app.audit.service import Target
-from app.catalog import service
+from app.catalog import commands, service
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
-from app.graphql.util import attempt, audited_write
+from app.graphql.util import attempt
 
 
 @strawberry.enum(description="How a primitive is priced (the rules of app/pricing/service.py).")
@@ -80,13 +79,7 @@ class CatalogMutation:
                 active=input.active,
                 credits=int(input.credits) if input.credits is not None else None,
             )
-            target = Target("primitive", data.key)
-            return await audited_write(
-                ctx,
-                "upsertPrimitive",
-                target,
-                lambda s: PrimitiveType.from_row(service.upsert_primitive(s, ctx.clock, data)),
-                detail={"credits": data.credits} if data.credits is not None else None,
-            )
+            row = await ctx.uow.call(commands.upsert_primitive, ctx.engine, ctx.clock, ctx.principal, data, retry=True)
+            return PrimitiveType.from_row(row)
 
         return await attempt(run)

@@ -9,10 +9,9 @@ from typing import Annotated, Any
 
 import strawberry
 
-from app.audit.service import Target
 from app.core.errors import ValidationFailed
+from app.credits import commands, service
 from app.credits import packs as pack_service
-from app.credits import service
 from app.graphql.context import Info
 from app.graphql.errors import ConflictError, NotFoundError, ValidationError
 from app.graphql.ledger import CreditBalance, CreditEntryConnection, balance_view, resolve_credit_history
@@ -21,7 +20,7 @@ from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.tenants import Tenant
 from app.graphql.types import Plan
-from app.graphql.util import attempt, audited_write, target_scope
+from app.graphql.util import attempt, target_scope
 
 
 @strawberry.type
@@ -185,30 +184,21 @@ class CreditsMutation:
 
         async def run() -> CreditGrant:
             scope = target_scope(ctx, str(tenant_id))
-
-            def write(s: Any) -> tuple[str, bool, Any]:
-                bucket_id, created = service.grant_credits(
-                    s,
-                    scope,
-                    ctx.clock,
-                    amount=int(amount),
-                    idempotency_key=idempotency_key,
-                    expires_at=expires_at,
-                    reason=reason,
-                )
-                from app.tenants.repository import TenantRepository
-
-                return bucket_id, created, TenantRepository(s).get(scope)
-
-            target = Target("credit_account", scope.tenant_id, tenant_id=scope.tenant_id)
-            detail = {
-                "amount": int(amount),
-                "idempotencyKey": idempotency_key,
-                "reason": reason,
-                "expiresAt": expires_at,
-            }
-            bucket_id, created, tenant = await audited_write(ctx, "grantCredits", target, write, detail=detail)
-            return CreditGrant(created=created, bucket_id=strawberry.ID(bucket_id), tenant=Tenant.from_row(tenant))
+            done = await ctx.uow.call(
+                commands.grant,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                scope,
+                amount=int(amount),
+                idempotency_key=idempotency_key,
+                expires_at=expires_at,
+                reason=reason,
+                retry=True,
+            )
+            return CreditGrant(
+                created=done.created, bucket_id=strawberry.ID(done.bucket_id), tenant=Tenant.from_row(done.tenant)
+            )
 
         return await attempt(run)
 
@@ -221,21 +211,23 @@ class CreditsMutation:
         async def run() -> CreditReversal:
             scope = target_scope(ctx, str(tenant_id))
             eid = _entry_id(str(entry_id))
-
-            def write(s: Any) -> tuple[Any, Any]:
-                from app.tenants.repository import TenantRepository
-
-                rev = service.reverse(s, scope, ctx.clock, entry_id=eid, reason=reason, idempotency_key=idempotency_key)
-                return rev, TenantRepository(s).get(scope)
-
-            target = Target("credit_account", scope.tenant_id, tenant_id=scope.tenant_id)
-            detail = {"entryId": eid, "reason": reason, "idempotencyKey": idempotency_key}
-            rev, tenant = await audited_write(ctx, "reverseCreditEntry", target, write, detail=detail)
+            done = await ctx.uow.call(
+                commands.reverse_entry,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                scope,
+                entry_id=eid,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                retry=True,
+            )
+            rev = done.reversal
             return CreditReversal(
                 entry_id=strawberry.ID(str(rev.entry_id)),
                 amount=Credits(rev.amount),
                 created=rev.created,
-                tenant=Tenant.from_row(tenant),
+                tenant=Tenant.from_row(done.tenant),
             )
 
         return await attempt(run)
@@ -254,10 +246,8 @@ class CreditsMutation:
         )
 
         async def run() -> CreditPack:
-            target = Target("credit_pack", data.key)
-            row = await audited_write(
-                ctx, "upsertCreditPack", target, lambda s: pack_service.upsert_pack(s, ctx.clock, data)
+            return _pack(
+                await ctx.uow.call(commands.upsert_pack, ctx.engine, ctx.clock, ctx.principal, data, retry=True)
             )
-            return _pack(row)
 
         return await attempt(run)

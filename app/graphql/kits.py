@@ -4,13 +4,12 @@ from typing import Annotated
 
 import strawberry
 
-from app.account_kits import service
+from app.account_kits import commands, service
 from app.account_kits.repository import AccountKitRepository
-from app.audit.service import Target
 from app.graphql.context import Info
 from app.graphql.errors import ValidationError
 from app.graphql.types import AccountKit
-from app.graphql.util import attempt, audited_write
+from app.graphql.util import attempt
 
 
 @strawberry.input
@@ -59,10 +58,9 @@ class AccountKitMutation:
         )
 
         async def run() -> AccountKit:
-            target = Target("account_kit", data.key)
-            write = await audited_write(
-                ctx, "upsertAccountKit", target, lambda s: service.upsert_account_kit(s, ctx.clock, data)
+            row = await ctx.uow.call(
+                commands.upsert_account_kit, ctx.engine, ctx.clock, ctx.principal, data, retry=True
             )
-            return AccountKit.from_row(write)
+            return AccountKit.from_row(row)
 
         return await attempt(run)

@@ -4,14 +4,13 @@ from typing import Annotated
 
 import strawberry
 
-from app.audit.service import plan_target
 from app.core.errors import ValidationFailed
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits
 from app.graphql.types import OveragePolicy, Plan
-from app.graphql.util import attempt, audited_write
-from app.plans import service
+from app.graphql.util import attempt
+from app.plans import commands, service
 from app.plans.repository import PlanRepository
 
 
@@ -80,10 +79,8 @@ class PlanMutation:
                 overage=input.overage.value,
                 included_credits=int(input.included_credits or 0),
             )
-            target = plan_target(data.key)
-            return Plan.from_row(
-                await audited_write(ctx, "upsertPlan", target, lambda s: service.upsert_plan(s, ctx.clock, data))
-            )
+            row = await ctx.uow.call(commands.upsert_plan, ctx.engine, ctx.clock, ctx.principal, data, retry=True)
+            return Plan.from_row(row)
 
         return await attempt(run)
 
@@ -92,10 +89,7 @@ class PlanMutation:
         ctx = info.context
 
         async def run() -> Plan:
-            return Plan.from_row(
-                await audited_write(
-                    ctx, "archivePlan", plan_target(key), lambda s: service.archive_plan(s, ctx.clock, key)
-                )
-            )
+            row = await ctx.uow.call(commands.archive_plan, ctx.engine, ctx.clock, ctx.principal, key, retry=True)
+            return Plan.from_row(row)
 
         return await attempt(run)

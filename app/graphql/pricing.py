@@ -9,14 +9,13 @@ from typing import Annotated, Any
 
 import strawberry
 
-from app.audit.service import Target
 from app.core.money import MICRO
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
-from app.graphql.util import attempt, audited_write
-from app.pricing import service
+from app.graphql.util import attempt
+from app.pricing import commands, service
 from app.pricing.repository import PricingRepository
 
 
@@ -271,11 +270,15 @@ class PricingMutation:
 
         async def run() -> FixedPrice:
             steps = [(t.up_to_seconds, int(t.credits)) for t in tiers] if tiers else None
-            row = await audited_write(
-                ctx,
-                "setPrice",
-                Target("price", primitive),
-                lambda s: service.set_price(s, ctx.clock, primitive=primitive, credits=int(credits), tiers=steps),
+            row = await ctx.uow.call(
+                commands.set_price,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                primitive=primitive,
+                credits=int(credits),
+                tiers=steps,
+                retry=True,
             )
             return _fixed(row)
 
@@ -286,23 +289,20 @@ class PricingMutation:
         ctx = info.context
 
         async def run() -> LlmRateType:
-            def write(s: Any) -> tuple[Any, dict[str, Decimal]]:
-                row = service.set_llm_rate(
-                    s,
-                    ctx.clock,
-                    model=input.model,
-                    input_per_m=int(input.input_per_million),
-                    output_per_m=int(input.output_per_million),
-                    cache_read_per_m=None
-                    if input.cache_read_per_million is None
-                    else int(input.cache_read_per_million),
-                    cache_creation_per_m=None
-                    if input.cache_creation_per_million is None
-                    else int(input.cache_creation_per_million),
-                )
-                return row, service.settings(s)
-
-            row, values = await audited_write(ctx, "setLlmRate", Target("llm_rate", input.model), write)
+            row, values = await ctx.uow.call(
+                commands.set_llm_rate,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                model=input.model,
+                input_per_m=int(input.input_per_million),
+                output_per_m=int(input.output_per_million),
+                cache_read_per_m=None if input.cache_read_per_million is None else int(input.cache_read_per_million),
+                cache_creation_per_m=None
+                if input.cache_creation_per_million is None
+                else int(input.cache_creation_per_million),
+                retry=True,
+            )
             return _rate(row, values)
 
         return await attempt(run)
@@ -312,18 +312,17 @@ class PricingMutation:
         ctx = info.context
 
         async def run() -> MediaPriceType:
-            def write(s: Any) -> tuple[Any, dict[str, Decimal]]:
-                row = service.set_media_price(
-                    s,
-                    ctx.clock,
-                    model=input.model,
-                    kind=input.kind,
-                    unit_price_usd=input.unit_price_usd,
-                    markup=input.markup,
-                )
-                return row, service.settings(s)
-
-            row, values = await audited_write(ctx, "setMediaPrice", Target("media_price", input.model), write)
+            row, values = await ctx.uow.call(
+                commands.set_media_price,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                model=input.model,
+                kind=input.kind,
+                unit_price_usd=input.unit_price_usd,
+                markup=input.markup,
+                retry=True,
+            )
             return _media(row, values)
 
         return await attempt(run)
@@ -336,11 +335,10 @@ class PricingMutation:
         ctx = info.context
 
         async def run() -> PricingSettings:
-            def write(s: Any) -> dict[str, Decimal]:
-                service.set_setting(s, ctx.clock, key=key, value=value)
-                return service.settings(s)
-
-            return _settings(await audited_write(ctx, "setPricingSetting", Target("pricing_setting", key), write))
+            values = await ctx.uow.call(
+                commands.set_setting, ctx.engine, ctx.clock, ctx.principal, key=key, value=value, retry=True
+            )
+            return _settings(values)
 
         return await attempt(run)
 

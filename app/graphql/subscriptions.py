@@ -5,13 +5,12 @@ from typing import Annotated
 
 import strawberry
 
-from app.audit.service import subscription_target
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.tenants import Tenant
 from app.graphql.types import BillingSubscription, Plan, SubscriptionStatus
-from app.graphql.util import attempt, audited_write, target_scope
-from app.subscriptions import service
+from app.graphql.util import attempt, target_scope
+from app.subscriptions import commands, service
 
 
 @strawberry.input
@@ -59,11 +58,8 @@ class SubscriptionMutation:
 
         async def run() -> SubscriptionChanged:
             scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
-            tenant, sub, plan = await audited_write(
-                ctx,
-                "setSubscription",
-                subscription_target(scope.tenant_id),
-                lambda s: service.set_subscription(s, ctx.clock, scope, data),
+            tenant, sub, plan = await ctx.uow.call(
+                commands.set_subscription, ctx.engine, ctx.clock, ctx.principal, scope, data, retry=True
             )
             return SubscriptionChanged(
                 tenant=Tenant.from_row(tenant), subscription=BillingSubscription.from_row(sub), plan=Plan.from_row(plan)

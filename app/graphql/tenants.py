@@ -6,7 +6,6 @@ from typing import Annotated, Any, Self
 import strawberry
 from strawberry.scalars import JSON
 
-from app.audit.service import Target
 from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
@@ -24,8 +23,8 @@ from app.graphql.usage import (
     resolve_usage_history,
     resolve_usage_series,
 )
-from app.graphql.util import attempt, audited_write, target_scope
-from app.tenants import service
+from app.graphql.util import attempt, target_scope
+from app.tenants import commands, service
 from app.tenants.repository import TenantRepository
 
 
@@ -142,10 +141,6 @@ CreateApiKeyResult = Annotated[CreatedApiKey | ValidationError | NotFoundError, 
 RevokeApiKeyResult = Annotated[ApiKey | ValidationError | NotFoundError, strawberry.union("RevokeApiKeyResult")]
 
 
-def _key_target(made: tuple[Any, str]) -> Target:
-    return Target("api_key", made[0].id, tenant_id=made[0].tenant_id)  # the secret never reaches the log
-
-
 @strawberry.type
 class TenantQuery:
     @strawberry.field(
@@ -188,17 +183,15 @@ class TenantMutation:
         data = service.TenantInput(name=input.name, external_id=input.external_id, metadata=input.metadata)  # type: ignore[arg-type]
 
         async def run() -> Tenant:
-            row = await audited_write(
-                ctx,
-                "createTenant",
-                lambda t: Target("tenant", t.id, tenant_id=t.id),
-                lambda s: service.create_tenant(
-                    s,
-                    ctx.clock,
-                    data,
-                    default_plan_key=ctx.settings.default_plan_key,
-                    signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
-                ),
+            row = await ctx.uow.call(
+                commands.create_tenant,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                data,
+                default_plan_key=ctx.settings.default_plan_key,
+                signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
+                retry=True,
             )
             return Tenant.from_row(row)
 
@@ -221,20 +214,16 @@ class TenantMutation:
 
         async def run() -> CreatedApiKey:
             scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
-            row, raw = await audited_write(
-                ctx,
-                "createApiKey",
-                _key_target,
-                lambda s: service.create_api_key(
-                    s,
-                    ctx.clock,
-                    role="tenant",
-                    scope=scope,
-                    name=name,
-                    scopes=[x.value for x in scopes] if scopes is not None else None,
-                    expires_at=expires_at,
-                    caller=ctx.principal,
-                ),
+            row, raw = await ctx.uow.call(
+                commands.create_api_key,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                scope,
+                name=name,
+                scopes=[x.value for x in scopes] if scopes is not None else None,
+                expires_at=expires_at,
+                retry=True,
             )
             return CreatedApiKey(api_key=ApiKey.from_row(row), secret=raw)
 
@@ -251,20 +240,15 @@ class TenantMutation:
         ctx = info.context
 
         async def run() -> CreatedApiKey:
-            row, raw = await audited_write(
-                ctx,
-                "createOperatorKey",
-                _key_target,
-                lambda s: service.create_api_key(
-                    s,
-                    ctx.clock,
-                    role="operator",
-                    scope=None,
-                    name=name,
-                    scopes=[x.value for x in scopes] if scopes is not None else None,
-                    expires_at=expires_at,
-                    caller=ctx.principal,
-                ),
+            row, raw = await ctx.uow.call(
+                commands.create_operator_key,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                name=name,
+                scopes=[x.value for x in scopes] if scopes is not None else None,
+                expires_at=expires_at,
+                retry=True,
             )
             return CreatedApiKey(api_key=ApiKey.from_row(row), secret=raw)
 
@@ -278,12 +262,7 @@ class TenantMutation:
 
         async def run() -> ApiKey:
             key_id = parse_id(str(id), "key")
-            write = await audited_write(
-                ctx,
-                "revokeApiKey",
-                Target("api_key", key_id),
-                lambda s: service.revoke_api_key(s, ctx.clock, principal, key_id),
-            )
-            return ApiKey.from_row(write)
+            row = await ctx.uow.call(commands.revoke_api_key, ctx.engine, ctx.clock, principal, key_id, retry=True)
+            return ApiKey.from_row(row)
 
         return await attempt(run)

@@ -5,10 +5,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import DataError
-from sqlmodel import Session
 
-from app.audit.service import Target
-from app.audit.write import audited_unit
 from app.core.auth import TenantScope, scope_for
 from app.core.errors import DomainError, Forbidden, ValidationFailed
 from app.core.ids import parse_id
@@ -39,15 +36,3 @@ def target_scope(ctx: Context, tenant_id: str | None) -> TenantScope:
     if ctx.principal is None:
         raise Forbidden("authentication required")
     return scope_for(ctx.principal, parse_id(tenant_id, "ten", field="tenantId"))
-
-
-async def audited_write(
-    ctx: Context,
-    action: str,
-    target: Target | Callable[[Any], Target],
-    fn: Callable[[Session], T],
-    *,
-    detail: dict[str, Any] | None = None,
-) -> T:
-    """ctx.write(fn), plus its audit entry (who, what, before, after) in the same transaction."""
-    return await ctx.write(audited_unit(ctx.principal, ctx.clock, action, target, fn, detail=detail))

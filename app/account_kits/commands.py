@@ -1,0 +1,26 @@
+"""Upserting an account kit as a command: it opens and owns its transaction and appends its audit
+entry in it. The edges call it through the unit-of-work runner (app/core/uow.py)."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+
+from app.account_kits import service
+from app.account_kits.models import AccountKit
+from app.audit.service import Target, audited
+from app.core.auth import Principal
+from app.core.clock import Clock
+from app.core.db import unit_of_work
+
+
+def upsert_account_kit(engine: Engine, clock: Clock, actor: Principal | None, data: service.KitInput) -> AccountKit:
+    """Create or replace a kit by key; an edit applies at once to every tenant using it."""
+    with unit_of_work(engine) as s:
+        return audited(
+            s,
+            actor,
+            clock.now(),
+            "upsertAccountKit",
+            Target("account_kit", data.key),
+            lambda: service.upsert_account_kit(s, clock, data),
+        )

@@ -1,0 +1,30 @@
+"""The operator's plan use cases as commands: upsert and archive. Each opens and owns its
+transaction and appends its audit entry (the plan with its quotas, before and after) in it. The
+edges call them through the unit-of-work runner (app/core/uow.py)."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+
+from app.audit.service import audited, plan_target
+from app.core.auth import Principal
+from app.core.clock import Clock
+from app.core.db import unit_of_work
+from app.plans import service
+from app.plans.models import Plan
+
+
+def upsert_plan(engine: Engine, clock: Clock, actor: Principal | None, data: service.PlanInput) -> Plan:
+    """Create or update a plan: idempotent by key."""
+    with unit_of_work(engine) as s:
+        return audited(
+            s, actor, clock.now(), "upsertPlan", plan_target(data.key), lambda: service.upsert_plan(s, clock, data)
+        )
+
+
+def archive_plan(engine: Engine, clock: Clock, actor: Principal | None, key: str) -> Plan:
+    """An archived plan takes no new subscribers; current ones keep it."""
+    with unit_of_work(engine) as s:
+        return audited(
+            s, actor, clock.now(), "archivePlan", plan_target(key), lambda: service.archive_plan(s, clock, key)
+        )
