@@ -132,6 +132,13 @@ def release_held(
     run(conn, _UNHOLD, {**params, "credits": amount, "qty": quantity})
 
 
+def release_hold(conn: Connection, hold: Any) -> None:
+    """A closing hold (a credit_hold row) gives back what it held against its key's budget, if it
+    was held in one."""
+    if hold.budget_period_start is not None:
+        release_held(conn, hold.api_key_id, hold.budget_period_start, hold.primitive, hold.quantity, hold.amount)
+
+
 _SPENT_SINCE = Sql(
     """SELECT primitive, SUM(credits), SUM(quantity) FROM usage_rollup
        WHERE tenant_id = :tid AND api_key_id = :kid AND hour_start >= :ps AND hour_start < :pe

@@ -18,6 +18,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.budgets.enforce import release_hold
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
 from app.core.db import connection_of_work
@@ -28,7 +29,7 @@ from app.live import notify as live
 from app.metering import settle_rules
 from app.metering.charge_repository import HOLD
 from app.metering.errors import HoldClosed, IdempotencyConflict
-from app.metering.meter import Meter, unhold
+from app.metering.meter import Meter
 from app.metering.settle_rules import call_units
 from app.metering.types import Charged, HoldView, MeterRequest
 
@@ -170,7 +171,7 @@ def _settle(m: Meter, hold_id: str, actual: MeterRequest | None, api_key_id: str
     # cut and named in the answer, and the hold closes either way (app/metering/settle_rules.py).
     d = m.decide(req, count=False, amount=None if actual else hold.amount)
     m.sweep()
-    unhold(m.conn, hold)  # held no more: the key's spend below is read without this hold
+    release_hold(m.conn, hold)  # held no more: the key's spend below is read without this hold
     per_call = (m.terms.kit_limits.get(req.primitive) or {}).get("max_quantity_per_call")
     got = settle_rules.admit(
         primitive=req.primitive,
@@ -204,7 +205,7 @@ def _release(m: Meter, hold_id: str) -> HoldView:
     if hold.status != "open":
         raise HoldClosed(hold_id, hold.status)
     m.conn.execute(update(HOLD).where(HOLD.c.id == hold_id).values(status="released", closed_at=m.now))
-    unhold(m.conn, hold)
+    release_hold(m.conn, hold)
     m.state = ledger.AccountState(m.state.balance, m.state.reserved - hold.amount)
     m.conn.execute(
         update(ledger.ACCOUNT).where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id).values(reserved=m.state.reserved)

@@ -17,11 +17,8 @@ the available balance is at or below zero, or below the estimate. A settle is wo
 too: it is never refused by a limit, and charges only what the limits admit (per call, quota,
 key budget, balance floor); the rest is cut and named in its answer (app/metering/settle_rules.py).
 
-Here: the charge core, Meter (decide, record, charge, charge_many). Its SQL is
-app/metering/charge_repository.py; holds (reserve, settle, release, expiry) are app/metering/holds.py;
-the read-only check is app/metering/check.py; the charge inside a caller's transaction (with
-PostgreSQL's one round trip) is app/metering/charging.py; each use case with its own transaction
-and side effects is app/metering/commands.py.
+Here: the charge core, Meter (decide, record, charge, charge_many); its SQL is
+app/metering/charge_repository.py (the package's other modules: docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from app.alerts.emit import HOLD_EXPIRED, balance_low, crossed, emit, quota_crossings
-from app.budgets.enforce import KeySpend, release_held
+from app.budgets.enforce import KeySpend, release_hold
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import DomainError, UnknownPrimitive
@@ -175,7 +172,7 @@ class Meter:
         ).all()
         freed = sum(r.amount for r in rows)
         for r in rows:  # exactly once: the status flip above is the guard
-            unhold(self.conn, r)
+            release_hold(self.conn, r)
             emit(
                 self.conn,
                 self.scope.tenant_id,
@@ -597,8 +594,3 @@ class Meter:
         if available is not None and t.low_balance is not None:
             balance_low(conn, tid, t.low_balance, available, self.state.available, period.start, self.now)
 
-
-def unhold(conn: Connection, hold: Any) -> None:
-    """A closing hold gives back what it held against its key's budget (if it was held in one)."""
-    if hold.budget_period_start is not None:
-        release_held(conn, hold.api_key_id, hold.budget_period_start, hold.primitive, hold.quantity, hold.amount)
