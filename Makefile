@@ -47,6 +47,7 @@ test: $(VENV)/.installed test-debs
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
 	$(BIN)/mypy app tests bench
 	$(BIN)/lint-imports
 	$(BIN)/meterkit export-schema --check

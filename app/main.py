@@ -91,8 +91,9 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             response.status_code = sub_response.status_code
         return response
 
-    async def execute_operation(self, request: Any, request_adapter: Any, request_data: Any, context: Any,
-                                root_value: Any, sub_response: Any) -> Any:
+    async def execute_operation(
+        self, request: Any, request_adapter: Any, request_data: Any, context: Any, root_value: Any, sub_response: Any
+    ) -> Any:
         result = await super().execute_operation(
             request, request_adapter, request_data, context, root_value, sub_response
         )

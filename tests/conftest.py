@@ -85,37 +85,53 @@ def _assert_books_balance(request: pytest.FixtureRequest, engine: Engine) -> Non
     with unit_of_work(engine, write=False) as s:
         drifted = reconcile(s).drifted
         conn = s.connection()
-        holds = conn.execute(text(
-            "SELECT a.tenant_id, a.reserved, coalesce(sum(h.amount), 0) FROM credit_account a "
-            "LEFT JOIN credit_hold h ON h.tenant_id = a.tenant_id AND h.status = 'open' "
-            "GROUP BY a.tenant_id, a.reserved HAVING a.reserved <> coalesce(sum(h.amount), 0)"
-        )).all()
-        counters = conn.execute(text(
-            "SELECT c.tenant_id, c.primitive, c.used, coalesce(sum(e.quantity), 0) FROM usage_counter c "
-            "LEFT JOIN usage_event e ON e.tenant_id = c.tenant_id AND e.primitive = c.primitive "
-            "AND e.period_start = c.period_start "
-            "GROUP BY c.tenant_id, c.primitive, c.period_start, c.used, c.credits "
-            "HAVING c.used <> coalesce(sum(e.quantity), 0) OR c.credits <> coalesce(sum(e.credits), 0)"
-        )).all()
+        holds = conn.execute(
+            text(
+                "SELECT a.tenant_id, a.reserved, coalesce(sum(h.amount), 0) FROM credit_account a "
+                "LEFT JOIN credit_hold h ON h.tenant_id = a.tenant_id AND h.status = 'open' "
+                "GROUP BY a.tenant_id, a.reserved HAVING a.reserved <> coalesce(sum(h.amount), 0)"
+            )
+        ).all()
+        counters = conn.execute(
+            text(
+                "SELECT c.tenant_id, c.primitive, c.used, coalesce(sum(e.quantity), 0) FROM usage_counter c "
+                "LEFT JOIN usage_event e ON e.tenant_id = c.tenant_id AND e.primitive = c.primitive "
+                "AND e.period_start = c.period_start "
+                "GROUP BY c.tenant_id, c.primitive, c.period_start, c.used, c.credits "
+                "HAVING c.used <> coalesce(sum(e.quantity), 0) OR c.credits <> coalesce(sum(e.credits), 0)"
+            )
+        ).all()
         # The hourly rollups hold every event exactly once: totals per tenant, primitive and key.
-        rolled = {tuple(r[:3]): tuple(int(x) for x in r[3:]) for r in conn.execute(text(
-            "SELECT tenant_id, primitive, api_key_id, sum(quantity), sum(credits), sum(events) "
-            "FROM usage_rollup GROUP BY tenant_id, primitive, api_key_id"
-        ))}
-        recorded = {tuple(r[:3]): tuple(int(x) for x in r[3:]) for r in conn.execute(text(
-            "SELECT tenant_id, primitive, coalesce(api_key_id, ''), sum(quantity), sum(credits), count(*) "
-            "FROM usage_event GROUP BY tenant_id, primitive, coalesce(api_key_id, '')"
-        ))}
+        rolled = {
+            tuple(r[:3]): tuple(int(x) for x in r[3:])
+            for r in conn.execute(
+                text(
+                    "SELECT tenant_id, primitive, api_key_id, sum(quantity), sum(credits), sum(events) "
+                    "FROM usage_rollup GROUP BY tenant_id, primitive, api_key_id"
+                )
+            )
+        }
+        recorded = {
+            tuple(r[:3]): tuple(int(x) for x in r[3:])
+            for r in conn.execute(
+                text(
+                    "SELECT tenant_id, primitive, coalesce(api_key_id, ''), sum(quantity), sum(credits), count(*) "
+                    "FROM usage_event GROUP BY tenant_id, primitive, coalesce(api_key_id, '')"
+                )
+            )
+        }
         rollups = sorted(set(rolled.items()) ^ set(recorded.items()))
         # What a budgeted key has held in a period is exactly its open holds pointing there.
-        held = conn.execute(text(
-            "SELECT u.api_key_id, u.primitive, u.held_credits, u.held_quantity, "
-            "coalesce(sum(h.amount), 0), coalesce(sum(h.quantity), 0) FROM key_budget_usage u "
-            "LEFT JOIN credit_hold h ON h.api_key_id = u.api_key_id AND h.budget_period_start = u.period_start "
-            "AND h.status = 'open' AND (u.primitive = '*' OR h.primitive = u.primitive) "
-            "GROUP BY u.api_key_id, u.period_start, u.primitive, u.held_credits, u.held_quantity "
-            "HAVING u.held_credits <> coalesce(sum(h.amount), 0) OR u.held_quantity <> coalesce(sum(h.quantity), 0)"
-        )).all()
+        held = conn.execute(
+            text(
+                "SELECT u.api_key_id, u.primitive, u.held_credits, u.held_quantity, "
+                "coalesce(sum(h.amount), 0), coalesce(sum(h.quantity), 0) FROM key_budget_usage u "
+                "LEFT JOIN credit_hold h ON h.api_key_id = u.api_key_id AND h.budget_period_start = u.period_start "
+                "AND h.status = 'open' AND (u.primitive = '*' OR h.primitive = u.primitive) "
+                "GROUP BY u.api_key_id, u.period_start, u.primitive, u.held_credits, u.held_quantity "
+                "HAVING u.held_credits <> coalesce(sum(h.amount), 0) OR u.held_quantity <> coalesce(sum(h.quantity), 0)"
+            )
+        ).all()
     assert drifted == [], f"ledger drift after {request.node.name}: {drifted}"
     assert holds == [], f"reserved != open holds after {request.node.name}: {holds}"
     assert counters == [], f"usage counters != events after {request.node.name}: {counters}"

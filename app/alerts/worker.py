@@ -356,9 +356,7 @@ def record(engine: Engine, clock: Clock, r: Claimed, outcome: Outcome) -> bool:
             "last_error": outcome.error,
         }
     values.update(attempts=attempts, last_status=outcome.status)
-    ours = and_(
-        DELIVERY.c.id == r.id, DELIVERY.c.status == "pending", DELIVERY.c.next_attempt_at == r.leased_until
-    )
+    ours = and_(DELIVERY.c.id == r.id, DELIVERY.c.status == "pending", DELIVERY.c.next_attempt_at == r.leased_until)
     with connection_of_work(engine) as conn:
         if conn.execute(update(DELIVERY).where(ours).values(**values).returning(DELIVERY.c.id)).first() is None:
             return False

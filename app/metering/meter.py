@@ -166,7 +166,11 @@ class Meter:
             )
             .values(status="expired", closed_at=self.now)
             .returning(
-                HOLD.c.id, HOLD.c.amount, HOLD.c.primitive, HOLD.c.quantity, HOLD.c.api_key_id,
+                HOLD.c.id,
+                HOLD.c.amount,
+                HOLD.c.primitive,
+                HOLD.c.quantity,
+                HOLD.c.api_key_id,
                 HOLD.c.budget_period_start,
             )
         ).all()
@@ -490,7 +494,13 @@ class Meter:
         t = self.terms
         if t.recorded is None:
             t.recorded = period_record.roll(
-                self.conn, self.scope.tenant_id, self.now, t.plan_key, t.plan_period, t.sub_status, t.sub_start,
+                self.conn,
+                self.scope.tenant_id,
+                self.now,
+                t.plan_key,
+                t.plan_period,
+                t.sub_status,
+                t.sub_start,
                 t.sub_end,
             )
         return t.recorded
@@ -593,4 +603,3 @@ class Meter:
             )
         if available is not None and t.low_balance is not None:
             balance_low(conn, tid, t.low_balance, available, self.state.available, period.start, self.now)
-

@@ -470,7 +470,6 @@ def test_the_first_refusal_for_credits_fires_balance_exhausted_once(api: Api, db
     assert count_rows(db.engine, "usage_event")["usage_event"] == 30  # the refusals themselves wrote nothing
 
 
-
 def test_rest_and_graphql_refusals_fire_the_same_alerts(api: Api, db: Database) -> None:
     """balance.exhausted belongs to the refusal, not to an edge: the same sequence of charges and a
     reserve, refused for credits, writes the same alert events over REST as over GraphQL (REST
@@ -484,10 +483,14 @@ def test_rest_and_graphql_refusals_fire_the_same_alerts(api: Api, db: Database) 
 
     def graphql(key: str, n: int, reserved: bool) -> str:
         if reserved:
-            return str(api(reserve, {"i": {"primitive": "email.send", "idempotencyKey": f"r{n}"}}, key=key)
-                       ["reserve"]["__typename"])
-        return str(api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"c{n}"}}, key=key)
-                   ["charge"]["__typename"])
+            return str(
+                api(reserve, {"i": {"primitive": "email.send", "idempotencyKey": f"r{n}"}}, key=key)["reserve"][
+                    "__typename"
+                ]
+            )
+        return str(
+            api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": f"c{n}"}}, key=key)["charge"]["__typename"]
+        )
 
     def rest(key: str, n: int, reserved: bool) -> str:
         path, ikey = ("/v1/reserve", f"r{n}") if reserved else ("/v1/charge", f"c{n}")

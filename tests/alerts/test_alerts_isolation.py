@@ -109,9 +109,12 @@ def test_registration_refuses_poisoned_and_internal_urls_and_writes_nothing(api:
         assert audited.scalar_one() == 0
     # Internal addresses are only a local development's business (this module's settings allow them).
     assert [_make(api, url) for url in INTERNAL[:2]]
-    assert api(CREATE, {"i": {"url": "https://hooks.example.com/meterkit", "eventTypes": ["*"]}})[
-        "createWebhookEndpoint"
-    ]["__typename"] == "CreatedWebhookEndpoint"
+    assert (
+        api(CREATE, {"i": {"url": "https://hooks.example.com/meterkit", "eventTypes": ["*"]}})["createWebhookEndpoint"][
+            "__typename"
+        ]
+        == "CreatedWebhookEndpoint"
+    )
 
 
 def test_by_default_internal_addresses_are_refused_at_registration(db: Database, clock: FrozenClock) -> None:

@@ -231,8 +231,14 @@ def test_charges_under_load_with_few_server_slots_are_200_or_503_and_retries_app
     keys = [f"load-{i}" for i in range(400)]
     with role_with_connections(db, limit=4) as url:
         # The pool, not the key's in-flight limit, is what runs out here.
-        settings = Settings(env="test", database_url=url, db_pool_size=20, db_max_overflow=20,
-                            db_pool_timeout_seconds=0.5, max_in_flight_per_key=0)
+        settings = Settings(
+            env="test",
+            database_url=url,
+            db_pool_size=20,
+            db_max_overflow=20,
+            db_pool_timeout_seconds=0.5,
+            max_in_flight_per_key=0,
+        )
         engine = engine_for(settings)
         try:
             with serve_in_thread(create_app(settings, engine=engine, clock=clock)) as base:

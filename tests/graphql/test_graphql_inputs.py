@@ -83,6 +83,4 @@ def test_the_plan_covers_the_charge_inputs_and_not_maybe_types() -> None:
 
 
 def _input_definitions(schema: Any) -> list[Any]:
-    return [
-        t.definition for t in schema.schema_converter.type_map.values() if getattr(t.definition, "is_input", False)
-    ]
+    return [t.definition for t in schema.schema_converter.type_map.values() if getattr(t.definition, "is_input", False)]

@@ -266,7 +266,6 @@ def test_subscriptions_are_not_served_over_http(live: Live) -> None:
     assert r.status_code == 400 and "subscriptions are not allowed" in r.text
 
 
-
 GRANT = """mutation($t: ID!, $k: String!) { grantCredits(tenantId: $t, amount: "7", idempotencyKey: $k) {
   __typename } }"""
 RESERVE = """mutation($i: MeterInput!) { reserve(input: $i) { __typename ... on Hold { id availableAfter } } }"""

@@ -56,8 +56,11 @@ def hostile(draw: st.DrawFn) -> str:
         return " ".join(["query{...F0}", *frags, f"fragment F{n} on Query{{__typename}}"])
     if kind == "wide":
         m = n * 6
-        return "{ " + " ".join(f"...F{i}" for i in range(m)) + " } " + " ".join(
-            f"fragment F{i} on Query {{ a{i}: __typename }}" for i in range(m)
+        return (
+            "{ "
+            + " ".join(f"...F{i}" for i in range(m))
+            + " } "
+            + " ".join(f"fragment F{i} on Query {{ a{i}: __typename }}" for i in range(m))
         )
     if kind == "dups":
         return "{ " + "plans { key } " * n + "}"
@@ -197,9 +200,7 @@ WS_LIMITS = {"max_body_bytes": 64 * 1024, "max_sockets_per_key": 4, "max_subscri
 # 1013 no database to check the key). 1009 is `meterkit serve`'s frame cap, not in play here.
 CLOSE_CODES = {4400, 4401, 4403, 4404, 4409, 4413, 4429, 1013}
 SUBSCRIPTION_SCHEMA = GraphQLSchema(query=SCHEMA.subscription_type, types=list(SCHEMA.type_map.values()))
-READ_ONLY_KEY = (
-    "mutation($t: ID!) { createApiKey(tenantId: $t, scopes: [READ]) { ... on CreatedApiKey { secret } } }"
-)
+READ_ONLY_KEY = "mutation($t: ID!) { createApiKey(tenantId: $t, scopes: [READ]) { ... on CreatedApiKey { secret } } }"
 WS_BALANCE = "subscription { balanceChanged { balance available reserved } }"
 
 
