@@ -493,16 +493,8 @@ class Meter:
         recorded here, under the account lock: two statements once per tenant and period."""
         t = self.terms
         if t.recorded is None:
-            t.recorded = period_record.roll(
-                self.conn,
-                self.scope.tenant_id,
-                self.now,
-                t.plan_key,
-                t.plan_period,
-                t.sub_status,
-                t.sub_start,
-                t.sub_end,
-            )
+            sub = (t.plan_key, t.plan_period, t.sub_status, t.sub_start, t.sub_end)
+            t.recorded = period_record.roll(self.conn, self.scope.tenant_id, self.now, *sub)
         return t.recorded
 
     def _running(self, primitive: str, *, count: bool = True) -> _Running:
