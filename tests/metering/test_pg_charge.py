@@ -8,7 +8,6 @@ import importlib.util
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from app.metering import charging, pg_charge, types
 from tests.conftest import Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB
 from tests.metering.test_metering_basic import CHARGE, MONEY
+from tests.paths import ROOT
 
 UPSERT = """mutation($i: PrimitiveInput!) { upsertPrimitive(input: $i) { __typename } }"""
 GRANT = """mutation($t: ID!, $a: Credits!, $k: String!, $e: DateTime) {
@@ -391,7 +391,7 @@ def test_a_database_without_the_function_charges_on_the_full_path(api: Api, db: 
 
 
 def _frozen(migration: str, name: str) -> str:
-    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / f"{migration}.py"
+    path = ROOT / "migrations" / "versions" / f"{migration}.py"
     spec = importlib.util.spec_from_file_location(f"meterkit_migration_{migration}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
