@@ -121,7 +121,7 @@ def test_a_page_of_tenants_with_history_and_series_is_constant_statements(api: A
     with counting(api.db.engine) as large:
         twelve = api(TENANT_PAGE, {"n": 12, **v})["tenants"]["nodes"]
     assert len(two) == 2 and len(twelve) == 12
-    assert len(small) == len(large), "\n".join(large)
+    assert len(small) == len(large), "\n".join(small) + "\n=====\n" + "\n".join(large)
     by_id = {n["id"]: n for n in twelve}
     t3 = by_id[ids[3]]  # three charges
     assert [n["primitive"] for n in t3["usageHistory"]["nodes"]] == ["email.send"] * 2
@@ -239,4 +239,4 @@ def test_history_batches_with_a_real_clock_too(db: Database, settings: Settings)
             six = api(q, {"n": 6})["tenants"]["nodes"]
     assert len(two) == 2 and len(six) == 6
     assert all(n["creditHistory"]["nodes"] == [{"amount": "20"}] for n in six)  # the signup grant
-    assert len(small) == len(large), "\n".join(large)
+    assert len(small) == len(large), "\n".join(small) + "\n=====\n" + "\n".join(large)
