@@ -98,7 +98,10 @@ def seed(url: str) -> dict[str, str]:
                 from app.core.auth import Principal
 
                 owner = Principal(role="tenant", key_id=key_row.id, tenant_id=tenant_id)
-                create_endpoint(s, clock, owner, None, "http://127.0.0.1:9/meterkit-bench", ["*"])
+                # A loopback address on purpose (nothing listens on port 9): what is measured is the
+                # charge's alert bookkeeping, not a delivery; registration refuses it by default.
+                url = "http://127.0.0.1:9/meterkit-bench"
+                create_endpoint(s, clock, owner, None, url, ["*"], allow_private=True)
                 set_policy(
                     s, clock, plan_key=None, tenant_id=tenant_id, quota_percents=[50, 75, 90, 100], low_balance=1
                 )
