@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from app.budgets.enforce import KeySpend
+from app.budgets.errors import BudgetExceeded
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
@@ -31,6 +33,7 @@ def check(
     quantity: int = 1,
     negative_buffer: int = 0,
     details: PriceRequest | None = None,
+    api_key_id: str | None = None,
 ) -> CheckResult:
     """May the tenant call this primitive (or use this connection) right now? Writes nothing.
 
@@ -39,17 +42,19 @@ def check(
     a recorded period, two more (the predicted period, then its count); an ORM session only for a
     dynamic price or the packs of an INSUFFICIENT_CREDITS answer. `details`: a dynamic price's
     parameters (model, tokens, numImages, duration...): priced as charge would, and numImages and
-    video seconds count toward maxQuantityPerCall as they do for charge."""
+    video seconds count toward maxQuantityPerCall as they do for charge. `api_key_id`: the calling
+    key, whose budget (credits and quantity, open holds counted) is checked too (BUDGET_EXCEEDED):
+    the LLM proxy's pre-check before it forwards a call."""
     if (primitive is None) == (connection is None):
         raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
     session = db if isinstance(db, Session) else None
     conn = db.connection() if isinstance(db, Session) else db
     now = clock.now()
-    row = run(conn, CHECK, {"tid": scope.tenant_id, "kid": None, "now": ts(conn, now), "p": primitive}).first()
+    row = run(conn, CHECK, {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now), "p": primitive}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
     balance, reserved, gone, freed, quota, used, unit_price, rule, active = row[:9]
-    terms = terms_from(row[9:])
+    terms = terms_from(row[9:], api_key_id)
     # Buckets past expiry count as gone and holds past expiry as freed, before a write sweeps them.
     available = int(balance) - int(gone) - int(reserved) + int(freed)
     if connection is not None:
@@ -106,6 +111,12 @@ def check(
         # Dynamic prices need parameters a plain check may not carry (or name a model without a rate):
         # no price, as before; the charge itself answers the typed refusal.
         price = None
+    if terms.budget is not None:
+        try:
+            # New work must fit: at least one micro-credit of the key's credit budget left.
+            KeySpend(conn, scope.tenant_id, terms.budget, now).check(primitive, quantity, max(price or 0, 1))
+        except BudgetExceeded as exc:
+            return answer("BUDGET_EXCEEDED", exc.message, price)
     if available <= 0 or (price is not None and available < price):
         from app.credits.packs import packs_covering
 
