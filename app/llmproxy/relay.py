@@ -5,11 +5,12 @@ response's body iterator only ever waits on that queue, so a client that disconn
 cancels the body iterator) never interrupts a read of the upstream in the middle.
 
 The rules:
-- forwarded as received: chunk by chunk, unchanged, except the one usage chunk the proxy asked
-  OpenAI for (`stream_options.include_usage`) when the client did not: that event is dropped, so
-  for that stream the proxy forwards whole events (never more than one unfinished event is held);
-- billed after the stream: once the upstream has ended, the bill is written BEFORE the response's
-  end is sent, so a client that has read the whole stream finds the charge committed;
+- forwarded as received, event by event: each event's bytes unchanged and sent the moment its
+  blank line arrives (only an unfinished event is ever held), except the one usage chunk the proxy
+  asked OpenAI for (`stream_options.include_usage`) when the client did not: that event is dropped;
+- billed after the stream: the stream's closing event (`data: [DONE]`, Anthropic's
+  `message_stop`) and anything after it are held until the upstream has ended and the bill is
+  committed, then sent: a client that has seen the end of the stream finds the charge written;
 - a client gone mid-stream: the upstream is still read (and its bytes dropped) for at most
   METERKIT_LLM_DRAIN_SECONDS to learn the usage it reports, then billed for that usage; a drain cut
   short by that bound bills what the upstream had reported by then (e.g. Anthropic's message_start
@@ -50,6 +51,7 @@ class Relay:
         self.client_gone = False
         self._settled = False
         self._lock = asyncio.Lock()
+        self.tail: list[bytes] = []  # the closing event onward: sent once the call is billed
         self.queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_CHUNKS)
         self.pump = asyncio.get_running_loop().create_task(self._pump())
 
@@ -61,8 +63,8 @@ class Relay:
                 out = self._observe(chunk)
                 if out and not self.client_gone:
                     await self.queue.put(out)
-            if self.drop and self.parser.pending() and not self.client_gone:
-                await self.queue.put(self.parser.pending())
+            if self.parser.pending():
+                self.tail.append(self.parser.pending())  # an unfinished last event, as received
         except (httpx.HTTPError, OSError) as exc:
             self.errored = True
             log.warning("upstream stream failed: %s", type(exc).__name__)
@@ -72,13 +74,21 @@ class Relay:
                 await self.queue.put(_END)
 
     def _observe(self, chunk: bytes) -> bytes:
-        events = self.parser.feed(chunk)
-        if not self.drop:
-            for event in events:
-                self._read(event)
-            return chunk
-        kept = [event.raw for event in events if not self._read(event)]
-        return b"".join(kept)
+        """What to send now of the events `chunk` completes (the closing event onward goes to tail)."""
+        out = []
+        for event in self.parser.feed(chunk):
+            if self._read(event):
+                continue  # the proxy's own usage chunk
+            if self.tail or self._closing(event):
+                self.tail.append(event.raw)
+            else:
+                out.append(event.raw)
+        return b"".join(out)
+
+    def _closing(self, event: Event) -> bool:
+        if self.flavor == "anthropic":
+            return event.name == "message_stop"
+        return event.data == "[DONE]"
 
     def _read(self, event: Event) -> bool:
         """Take the usage an event carries; True when the event is the proxy's own usage chunk."""
@@ -108,7 +118,9 @@ class Relay:
                 break
             yield item
         with anyio.CancelScope(shield=True):  # a client leaving now must not cut the bill short
-            await self.settle(disconnected=False)  # before the response's end is sent
+            await self.settle(disconnected=False)
+        if self.tail:
+            yield b"".join(self.tail)  # the closing event: after the bill
 
     async def settle(self, *, disconnected: bool) -> None:
         """Bill the call once: after the upstream ended, or (client gone) after the bounded drain."""
