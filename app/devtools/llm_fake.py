@@ -5,7 +5,9 @@ and Anthropic (`/anthropic/v1/messages`, message_start ... message_delta ... mes
 
 Behaviour is the FakeLlm's fields (a test changes them between calls): token counts, cost, number
 of streamed deltas and the delay between them, an error status, an error mid-stream, a fixed
-generation id. Every request is recorded (path, headers, JSON body), and every stream written to
+generation id; a request may set its own delta count and answer latency with the headers
+`x-fake-chunks` and `x-fake-latency` (seconds; the bench's knobs, forwarded by the proxy like any
+header). Every request is recorded (path, headers, JSON body), and every stream written to
 its end is named in `finished` (a disconnect test sees whether the upstream was read to its end).
 `create_app()` reads FAKE_LLM_CHUNKS and FAKE_LLM_DELAY from the environment (for uvicorn --factory)."""
 
@@ -24,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+MAX_RECORDED = 10_000
 
 
 @dataclass
@@ -65,8 +69,14 @@ def _number(value: Any) -> Any:
 async def _record(fake: FakeLlm, request: Request) -> dict[str, Any]:
     raw = await request.body()
     body = json.loads(raw) if raw else {}
-    fake.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
+    if len(fake.requests) < MAX_RECORDED:  # a bench sends millions: the first ones are kept
+        fake.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
     return body if isinstance(body, dict) else {}
+
+
+def _knobs(fake: FakeLlm, request: Request) -> tuple[int, float]:
+    h = request.headers
+    return int(h.get("x-fake-chunks", fake.chunks)), float(h.get("x-fake-latency", 0))
 
 
 def _openai_error(status: int) -> Response:
@@ -93,6 +103,9 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
 
     async def chat(request: Request, openrouter: bool) -> Response:
         body = await _record(fake, request)
+        chunks, latency = _knobs(fake, request)
+        if latency:
+            await asyncio.sleep(latency)  # the model's time before its answer starts
         if fake.fail_status:
             return _openai_error(fake.fail_status)
         model = body.get("model") or "openrouter/auto"
@@ -127,7 +140,7 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
             if openrouter:
                 yield b": OPENROUTER PROCESSING\n\n"
             yield _sse(chunk({"role": "assistant", "content": ""}))
-            for i in range(fake.chunks):
+            for i in range(chunks):
                 if fake.chunk_delay:
                     await asyncio.sleep(fake.chunk_delay)
                 yield _sse(chunk({"content": f"tok{i} "}))
@@ -138,7 +151,8 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
             if include:
                 yield _sse({**chunk({}), "choices": [], "usage": openai_usage(openrouter)})
             yield _sse("[DONE]")
-            fake.finished.append(gid)
+            if len(fake.finished) < MAX_RECORDED:
+                fake.finished.append(gid)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

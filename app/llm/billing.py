@@ -24,27 +24,33 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import insert
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from app.alerts.refusals import record_exhausted
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.db import connection_of_work
-from app.llm.models import LlmCall
+from app.core.sql import Sql, run, ts
 from app.llm.usage import LlmUsage
 from app.metering import charging
 from app.metering.errors import InsufficientCredits
 from app.metering.types import MAX_KEY, MAX_TOKENS, Charged, MeterRequest
+from app.pricing.seed import SETTINGS as DEFAULT_SETTINGS
 from app.pricing.service import MAX_USD
-from app.pricing.service import settings as pricing_settings
 
 log = logging.getLogger("meterkit.llm")
 
 PASSTHROUGH = "llm.passthrough"
 TOKENS = "llm.tokens"
-LLM_CALL = LlmCall.__table__  # type: ignore[attr-defined]
+# Written out (app/core/sql.py): an expression built per call cost more than the insert itself.
+_INSERT_CALL = Sql(
+    """INSERT INTO llm_call (tenant_id, event_id, api_key_id, provider, primitive, requested_model, model,
+       input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, markup, credits,
+       generation_id, streamed, disconnected, created_at)
+       VALUES (:tid, :event, :key_id, :provider, :primitive, :requested, :model, :tin, :tout, :tread, :twrite,
+       :cost, :markup, :credits, :gid, :streamed, :gone, :now)"""
+)
+_MARKUP = Sql("SELECT value FROM pricing_setting WHERE key = 'llm.passthrough_markup'")
 
 
 @dataclass(frozen=True)
@@ -121,28 +127,31 @@ def bill(
                 return charged  # billed before: its details were written with it
             markup = None
             if req.primitive == PASSTHROUGH:
-                markup = str(pricing_settings(Session(bind=conn))["llm.passthrough_markup"])
-            conn.execute(
-                insert(LLM_CALL).values(
-                    tenant_id=scope.tenant_id,
-                    event_id=charged.event_id,
-                    api_key_id=facts.api_key_id,
-                    provider=facts.provider,
-                    primitive=req.primitive,
-                    requested_model=(facts.requested_model or "")[:200] or None,
-                    model=req.model,
-                    input_tokens=req.input_tokens,
-                    output_tokens=req.output_tokens,
-                    cache_read_tokens=req.cache_read_tokens,
-                    cache_write_tokens=req.cache_creation_tokens,
-                    cost_usd=None if usage.cost_usd is None else format(usage.cost_usd, "f")[:40],
-                    markup=markup,
-                    credits=charged.credits_used,
-                    generation_id=usage.generation_id,
-                    streamed=facts.streamed,
-                    disconnected=disconnected,
-                    created_at=clock.now(),
-                )
+                row = run(conn, _MARKUP, {}).first()
+                markup = str(row[0]) if row is not None else str(DEFAULT_SETTINGS["llm.passthrough_markup"])
+            run(
+                conn,
+                _INSERT_CALL,
+                {
+                    "tid": scope.tenant_id,
+                    "event": charged.event_id,
+                    "key_id": facts.api_key_id,
+                    "provider": facts.provider,
+                    "primitive": req.primitive,
+                    "requested": (facts.requested_model or "")[:200] or None,
+                    "model": req.model,
+                    "tin": req.input_tokens,
+                    "tout": req.output_tokens,
+                    "tread": req.cache_read_tokens,
+                    "twrite": req.cache_creation_tokens,
+                    "cost": None if usage.cost_usd is None else format(usage.cost_usd, "f")[:40],
+                    "markup": markup,
+                    "credits": charged.credits_used,
+                    "gid": usage.generation_id,
+                    "streamed": facts.streamed,
+                    "gone": disconnected,
+                    "now": ts(conn, clock.now()),
+                },
             )
             return charged
     except InsufficientCredits as exc:

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -234,14 +235,12 @@ class Proxy:
             raise _unreachable(provider, exc) from None
         finally:
             await resp.aclose()
-        out = answer_headers(resp.headers)
+        task = None
         if ok:  # an error answer is passed back as it is, and costs nothing
-            usage = _usage_of(provider.flavor, content)
-            charged = await self._bill(admitted.scope, facts, usage, False)
-            if charged is not None:
-                out["x-meterkit-credits-used"] = str(credits(charged.credits_used))
-                out["x-meterkit-credits-remaining"] = str(credits(charged.credits_remaining))
-        return Response(content, status_code=resp.status_code, headers=out)
+            # Billed once the answer is sent (its own task in this request's cycle, so a client that
+            # leaves cannot cancel it): the charge's transaction is not added to the caller's latency.
+            task = BackgroundTask(self._bill, admitted.scope, facts, _usage_of(provider.flavor, content), False)
+        return Response(content, status_code=resp.status_code, headers=answer_headers(resp.headers), background=task)
 
     async def _bill(self, scope: TenantScope, facts: CallFacts, usage: LlmUsage, disconnected: bool) -> Charged | None:
         if not usage.any:

@@ -4,6 +4,7 @@ and readers of the tenant's books (balance to the micro-credit, events, ledger, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -47,6 +48,15 @@ class Proxy:
     def balance(self) -> int:
         """The tenant's balance in micro-credits."""
         return int(self.sql("SELECT balance FROM credit_account WHERE tenant_id = :t")[0][0])
+
+    def settled(self, expected: int, seconds: float = 10.0) -> int:
+        """The balance once it is `expected`: a non-streamed call is billed just after its answer is
+        sent. Fails if it never gets there."""
+        deadline = time.monotonic() + seconds
+        while (balance := self.balance()) != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert balance == expected, (balance, expected)
+        return balance
 
     def events(self) -> list[Any]:
         return self.sql(
@@ -106,9 +116,7 @@ def proxy_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture(name="proxy")
-def proxy_fixture(
-    api: Api, settings: Settings, clock: FrozenClock, proxy_overrides: dict[str, Any]
-) -> Iterator[Proxy]:
+def proxy_fixture(api: Api, settings: Settings, clock: FrozenClock, proxy_overrides: dict[str, Any]) -> Iterator[Proxy]:
     llm_catalog(api)
     tid = api.create_tenant("Acme")
     api(SET_SUB, {"t": tid, "i": {"planKey": "llm"}})

@@ -23,10 +23,12 @@ def wait_for(check: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 def leave_after_first_bytes(proxy: Proxy, path: str, body: dict[str, object], headers: dict[str, str]) -> bytes:
-    with httpx.Client(base_url=proxy.url, timeout=10, trust_env=False) as client:
-        with client.stream("POST", path, json=body, headers=headers) as resp:
-            assert resp.status_code == 200
-            first = next(resp.iter_raw())
+    with (
+        httpx.Client(base_url=proxy.url, timeout=10, trust_env=False) as client,
+        client.stream("POST", path, json=body, headers=headers) as resp,
+    ):
+        assert resp.status_code == 200
+        first = next(resp.iter_raw())
     return first  # the connection is closed here, the stream unfinished
 
 
