@@ -112,11 +112,20 @@ class Relay:
     # ---- what the client reads
 
     async def body(self) -> AsyncIterator[bytes]:
-        while True:
-            item = await self.queue.get()
+        queue, done = self.queue, False
+        while not done:
+            item = await queue.get()
             if item is _END:
                 break
-            yield item
+            # What else has arrived meanwhile goes out with it: one send for a burst of events.
+            parts = [item]
+            while not queue.empty():
+                more = queue.get_nowait()
+                if more is _END:
+                    done = True
+                    break
+                parts.append(more)
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
         with anyio.CancelScope(shield=True):  # a client leaving now must not cut the bill short
             await self.settle(disconnected=False)
         if self.tail:

@@ -37,7 +37,6 @@ from app.llmproxy.relay import MeteredStream, Relay
 from app.llmproxy.upstream import Pools, Provider, answer_headers, forward_headers, providers
 from app.metering import commands
 from app.metering.types import Charged, CheckResult
-from app.pricing.service import PriceRequest
 
 log = logging.getLogger("meterkit.llmproxy")
 
@@ -165,14 +164,14 @@ class Proxy:
             return Admitted(principal, scope)
         # OpenRouter is billed by the usage.cost it returns; the others by the price table.
         priced = None if name == "openrouter" else resolve(model or "", self.known.names(), s.llm_model_aliases)
-        details = PriceRequest(TOKENS if priced else PASSTHROUGH, model=priced, cost_usd=None if priced else Decimal(0))
+        # No price details: a call's cost is unknown until it ends, so new work is refused at or below
+        # zero (the threshold), as check answers when it has no price (quoting 0 tokens cost 1 ms more).
         verdict = commands.check(
             self.engine,
             self.clock,
             scope,
-            primitive=details.primitive,
+            primitive=TOKENS if priced else PASSTHROUGH,
             connection=None,
-            details=details,
             api_key_id=principal.key_id,
         )
         return Admitted(principal, scope, priced, verdict)
