@@ -146,6 +146,7 @@ BUMP_ROLLUP = Sql(
        DO UPDATE SET quantity = usage_rollup.quantity + :qty, credits = usage_rollup.credits + :credits,
                      events = usage_rollup.events + :n"""
 )
+RATE_CALLS = Sql("SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win")
 BUMP_RATE = Sql(
     """INSERT INTO rate_window (tenant_id, primitive, window_start, calls) VALUES (:tid, :p, :win, 1)
        ON CONFLICT (tenant_id, primitive, window_start) DO UPDATE SET calls = rate_window.calls + 1"""

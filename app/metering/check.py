@@ -15,11 +15,12 @@ from app.core.clock import Clock
 from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
 from app.core.primitives import allowed, validate_connection
 from app.core.sql import run, ts
-from app.metering.charge_repository import CHECK, USED, terms_from
+from app.metering.charge_repository import CHECK, RATE_CALLS, USED, terms_from
 from app.metering.errors import PackInfo
 from app.metering.settle_rules import call_units
 from app.metering.types import CheckResult, MeterRequest
 from app.periods import record as period_record
+from app.periods.rules import minute_window
 from app.pricing.service import PriceRequest, fixed_total, quote
 
 
@@ -42,7 +43,8 @@ def check(
     a recorded period, two more (the predicted period, then its count); an ORM session only for a
     dynamic price or the packs of an INSUFFICIENT_CREDITS answer. `details`: a dynamic price's
     parameters (model, tokens, numImages, duration...): priced as charge would, and numImages and
-    video seconds count toward maxQuantityPerCall as they do for charge. `api_key_id`: the calling
+    video seconds count toward maxQuantityPerCall as they do for charge; the kit's callsPerMinute is
+    checked against this minute's calls (one more read, only for a kit that sets it). `api_key_id`: the calling
     key, whose budget (credits and quantity, open holds counted) is checked too (BUDGET_EXCEEDED):
     the LLM proxy's pre-check before it forwards a call."""
     if (primitive is None) == (connection is None):
@@ -98,6 +100,13 @@ def check(
     per_call = (terms.kit_limits.get(primitive) or {}).get("max_quantity_per_call")
     if per_call is not None and call_units(quantity, req.num_images, req.duration_seconds) > per_call:
         return answer("LIMIT_EXCEEDED", f"at most {per_call} per call", None)
+    per_minute = (terms.kit_limits.get(primitive) or {}).get("calls_per_minute")
+    if per_minute is not None:
+        # As charge counts them: this UTC minute's calls (a read only when the kit limits the rate).
+        win = ts(conn, minute_window(now))
+        calls = run(conn, RATE_CALLS, {"tid": scope.tenant_id, "p": primitive, "win": win}).first()
+        if (calls[0] if calls else 0) + 1 > per_minute:
+            return answer("LIMIT_EXCEEDED", f"at most {per_minute} calls per minute", None)
     if quota is not None and used + quantity > quota and terms.overage != "allow":
         return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
     price: int | None

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests.fixtures_catalog import KIT
 from tests.llmproxy.conftest import CREATE_KEY, OPENROUTER_KEY, SET_BUDGET, Proxy
 
 # 0.02 USD x 1.5 (llm.passthrough_markup) / 0.50 (credit value) = 0.06 credits.
@@ -204,3 +205,15 @@ def test_concurrent_streams_are_each_billed_once(proxy: Proxy) -> None:
     assert errors == []
     assert proxy.balance() == before - 6 * COST_MICRO
     assert len(proxy.llm_events()) == 6 and len({e.reference for e in proxy.llm_events()}) == 6
+
+
+def test_the_kits_calls_per_minute_refuse_before_the_upstream(proxy: Proxy) -> None:
+    limits = [{"primitive": "llm.passthrough", "callsPerMinute": 1}]
+    proxy.api(KIT, {"i": {"key": "kit_llm", "name": "LLM", "allowedPrimitives": ["llm.*"], "limits": limits}})
+    before = proxy.balance()
+    sdk(proxy).chat.completions.create(model="x/y", messages=MESSAGES)
+    proxy.settled(before - COST_MICRO)  # the clock is frozen: the same minute
+    with pytest.raises(openai.RateLimitError) as limited:
+        sdk(proxy).chat.completions.create(model="x/y", messages=MESSAGES)
+    assert limited.value.body["code"] == "limit_exceeded"  # type: ignore[index]
+    assert len(proxy.fake.requests) == 1
