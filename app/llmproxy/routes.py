@@ -265,15 +265,17 @@ class Proxy:
                 disconnected=disconnected,
                 retry=True,
             )
-        except DomainError as exc:
+        except (DomainError, Unavailable) as exc:
             # The work is done and was admitted by the pre-check; a concurrent call took what was
-            # left (quota, key budget, or past the in-flight buffer). Logged for the operator.
+            # left (quota, key budget, rate, or past the in-flight buffer), or the database was out
+            # of reach. Logged for the operator, with what it would need to bill it by hand.
             log.error(
-                "LLM call not billed (%s): tenant %s, %s generation %s",
+                "LLM call not billed (%s): tenant %s, %s generation %s, usage %s",
                 exc.code,
                 scope.tenant_id,
                 facts.provider,
                 usage.generation_id,
+                usage,
             )
             return None
 

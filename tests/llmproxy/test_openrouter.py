@@ -3,6 +3,7 @@ real uvicorn, the fake OpenRouter reporting usage.cost; billed cost x markup / c
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from decimal import Decimal
@@ -217,3 +218,18 @@ def test_the_kits_calls_per_minute_refuse_before_the_upstream(proxy: Proxy) -> N
         sdk(proxy).chat.completions.create(model="x/y", messages=MESSAGES)
     assert limited.value.body["code"] == "limit_exceeded"  # type: ignore[index]
     assert len(proxy.fake.requests) == 1
+
+
+@pytest.mark.parametrize("proxy_overrides", [{"openrouter_base_url": "http://127.0.0.1:9/api/v1"}])
+def test_an_unreachable_upstream_is_a_502_that_costs_nothing_and_logs_no_key(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = proxy.balance()
+    with caplog.at_level(logging.DEBUG), pytest.raises(openai.APIStatusError) as failed:
+        sdk(proxy).chat.completions.create(model="x/y", messages=MESSAGES)
+    assert failed.value.status_code == 502 and failed.value.body["code"] == "upstream_unavailable"  # type: ignore[index]
+    assert OPENROUTER_KEY not in str(failed.value.body) and OPENROUTER_KEY not in failed.value.response.text
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "upstream openrouter unreachable" in logged
+    assert OPENROUTER_KEY not in logged and proxy.tenant_key not in logged
+    assert proxy.balance() == before and proxy.llm_events() == []
