@@ -68,7 +68,8 @@ CHECK = Sql(
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = bp.start_at AND primitive = :p),
               (SELECT credits FROM price WHERE primitive = :p),
               (SELECT pricing_rule FROM primitive WHERE key = :p),
-              (SELECT active FROM primitive WHERE key = :p), """
+              (SELECT active FROM primitive WHERE key = :p),
+              (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win), """
     + _TERMS
 )
 USED = Sql("SELECT (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p)")
@@ -146,7 +147,6 @@ BUMP_ROLLUP = Sql(
        DO UPDATE SET quantity = usage_rollup.quantity + :qty, credits = usage_rollup.credits + :credits,
                      events = usage_rollup.events + :n"""
 )
-RATE_CALLS = Sql("SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win")
 BUMP_RATE = Sql(
     """INSERT INTO rate_window (tenant_id, primitive, window_start, calls) VALUES (:tid, :p, :win, 1)
        ON CONFLICT (tenant_id, primitive, window_start) DO UPDATE SET calls = rate_window.calls + 1"""

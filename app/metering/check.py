@@ -15,7 +15,7 @@ from app.core.clock import Clock
 from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
 from app.core.primitives import allowed, validate_connection
 from app.core.sql import run, ts
-from app.metering.charge_repository import CHECK, RATE_CALLS, USED, terms_from
+from app.metering.charge_repository import CHECK, USED, terms_from
 from app.metering.errors import PackInfo
 from app.metering.settle_rules import call_units
 from app.metering.types import CheckResult, MeterRequest
@@ -44,7 +44,7 @@ def check(
     dynamic price or the packs of an INSUFFICIENT_CREDITS answer. `details`: a dynamic price's
     parameters (model, tokens, numImages, duration...): priced as charge would, and numImages and
     video seconds count toward maxQuantityPerCall as they do for charge; the kit's callsPerMinute is
-    checked against this minute's calls (one more read, only for a kit that sets it). `api_key_id`: the calling
+    checked against this minute's calls (read with the same statement). `api_key_id`: the calling
     key, whose budget (credits and quantity, open holds counted) is checked too (BUDGET_EXCEEDED):
     the LLM proxy's pre-check before it forwards a call."""
     if (primitive is None) == (connection is None):
@@ -52,11 +52,13 @@ def check(
     session = db if isinstance(db, Session) else None
     conn = db.connection() if isinstance(db, Session) else db
     now = clock.now()
-    row = run(conn, CHECK, {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now), "p": primitive}).first()
+    params = {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now), "p": primitive}
+    params["win"] = ts(conn, minute_window(now))  # this minute's calls, for a kit's callsPerMinute
+    row = run(conn, CHECK, params).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    balance, reserved, gone, freed, quota, used, unit_price, rule, active = row[:9]
-    terms = terms_from(row[9:], api_key_id)
+    balance, reserved, gone, freed, quota, used, unit_price, rule, active, calls = row[:10]
+    terms = terms_from(row[10:], api_key_id)
     # Buckets past expiry count as gone and holds past expiry as freed, before a write sweeps them.
     available = int(balance) - int(gone) - int(reserved) + int(freed)
     if connection is not None:
@@ -101,12 +103,8 @@ def check(
     if per_call is not None and call_units(quantity, req.num_images, req.duration_seconds) > per_call:
         return answer("LIMIT_EXCEEDED", f"at most {per_call} per call", None)
     per_minute = (terms.kit_limits.get(primitive) or {}).get("calls_per_minute")
-    if per_minute is not None:
-        # As charge counts them: this UTC minute's calls (a read only when the kit limits the rate).
-        win = ts(conn, minute_window(now))
-        calls = run(conn, RATE_CALLS, {"tid": scope.tenant_id, "p": primitive, "win": win}).first()
-        if (calls[0] if calls else 0) + 1 > per_minute:
-            return answer("LIMIT_EXCEEDED", f"at most {per_minute} calls per minute", None)
+    if per_minute is not None and (calls or 0) + 1 > per_minute:  # as charge counts them, this UTC minute
+        return answer("LIMIT_EXCEEDED", f"at most {per_minute} calls per minute", None)
     if quota is not None and used + quantity > quota and terms.overage != "allow":
         return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
     price: int | None
