@@ -138,10 +138,29 @@ async def _throughput(client: httpx.AsyncClient, t: Target, seconds: float, late
     return done / (time.perf_counter() - start)
 
 
-async def _measure(direct: Target, proxied: Target, calls: int, seconds: float) -> dict[str, Any]:
+def _cpu(pid: int) -> float:
+    """A process's CPU seconds (user + system) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _cpu_per_call(client: httpx.AsyncClient, t: Target, pids: list[int], calls: int) -> float:
+    """CPU ms the servers in `pids` spend per sequential non-streaming call: what the added
+    latency would be on an idle machine, and a figure a loaded machine does not inflate much."""
+    before = sum(_cpu(p) for p in pids)
+    for _ in range(calls):
+        await _call(client, t, stream=False, extra={})
+    return (sum(_cpu(p) for p in pids) - before) / calls * 1e3
+
+
+async def _measure(direct: Target, proxied: Target, calls: int, seconds: float, pids: dict[str, int]) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=CONCURRENCY * 2, max_keepalive_connections=CONCURRENCY * 2)
     async with httpx.AsyncClient(timeout=60, limits=limits, trust_env=False) as client:
         plain = await _sequential(client, [direct, proxied], calls, stream=False)
+        cpu = {
+            "fake_per_direct_call_ms": await _cpu_per_call(client, direct, [pids["fake"]], calls),
+            "meterkit_per_proxied_call_ms": await _cpu_per_call(client, proxied, [pids["meterkit"]], calls),
+        }
         streamed = await _sequential(client, [direct, proxied], calls, stream=True)
         rate: dict[str, dict[str, float]] = {}
         for latency in (MODEL_LATENCY, 0.0):
@@ -155,7 +174,7 @@ async def _measure(direct: Target, proxied: Target, calls: int, seconds: float) 
                 (await _call(client, t, stream=True, extra={"x-fake-chunks": str(LONG_CHUNKS)}))[1] for _ in range(3)
             ]
             long[t.name] = min(runs)
-    return {"plain": plain, "streamed": streamed, "rate": rate, "long": long}
+    return {"plain": plain, "streamed": streamed, "rate": rate, "long": long, "cpu": cpu}
 
 
 def proxy_bench(
@@ -178,7 +197,7 @@ def proxy_bench(
         proxied = Target(
             "proxy", f"http://127.0.0.1:{port}/v1/llm/chat/completions", {"Authorization": f"Bearer {key}"}
         )
-        m = asyncio.run(_measure(direct, proxied, calls, seconds))
+        m = asyncio.run(_measure(direct, proxied, calls, seconds, {"fake": fake.pid, "meterkit": server.pid}))
     finally:
         stop(server)
         stop(fake)
@@ -241,6 +260,9 @@ def report(r: dict[str, Any]) -> list[str]:
         f"proxy {fast['proxy']:,.0f}/s = {r['throughput_ratio_cpu_bound']:.2f}x",
         f"  one stream of {LONG_CHUNKS} events: direct {r['long']['direct'] * 1e3:.0f} ms, "
         f"proxy {r['long']['proxy'] * 1e3:.0f} ms = {r['long_stream_ratio']:.2f}x",
+        f"  CPU per non-streaming call: meterkit {r['cpu']['meterkit_per_proxied_call_ms']:.2f} ms per proxied call, "
+        f"the fake {r['cpu']['fake_per_direct_call_ms']:.2f} ms per call",
+        f"  load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)",
     ]
     for t in r["targets"]:
         lines.append(f"  {'PASS' if t['pass'] else 'FAIL'}  {t['name']}: {t['measured']} (target {t['target']})")
