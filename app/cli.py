@@ -85,6 +85,7 @@ def serve(
         # A websocket frame is buffered whole before the app sees it (uvicorn's default: 16 MiB).
         # Twice the body limit: the app answers what lies between with 4413 (app/graphql/ws.py).
         ws_max_size=2 * settings.max_body_bytes,
+        ws_per_message_deflate=settings.ws_compression,
     )
 
 

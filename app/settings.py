@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     max_subscriptions_per_socket: Annotated[int, Field(ge=1)] = 100
     max_subscriptions_per_key: Annotated[int, Field(ge=1)] = 2000
     max_subscriptions_per_tenant: Annotated[int, Field(ge=1)] = 4000
+    # permessage-deflate on websockets (`meterkit serve`). Off: live answers are a few hundred
+    # bytes, and compressing each one for each socket cost the event loop more than sending it.
+    ws_compression: bool = False
     # The GraphQL parse cache keeps documents up to this many bytes in all (an estimate of the
     # text and its syntax tree), least recently used out first (app/graphql/parse_cache.py).
     parse_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024

@@ -37,6 +37,7 @@ from app.graphql.plans import PlanMutation, PlanQuery
 from app.graphql.pricing import PricingMutation, PricingQuery
 from app.graphql.scalars import CREDITS, Credits, guard_credits_inputs
 from app.graphql.scalars import DateTime as DateTimeScalar
+from app.graphql.sharing import SharedEventExecutor
 from app.graphql.stripe import StripeMutation, StripeQuery
 from app.graphql.subscriptions import SubscriptionMutation
 from app.graphql.tenants import TenantMutation, TenantQuery
@@ -191,6 +192,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
+        # Strawberry's executor, but a tenant's subscribers share one execution per state (app/graphql/sharing.py).
+        execution_context_class=SharedEventExecutor,
         # Credits: integer micro-credits inside, a decimal string on the wire (app/graphql/scalars.py).
         config=StrawberryConfig(scalar_map={Credits: CREDITS}),
         # DateTime refuses times whose billing periods cannot be computed (app/graphql/scalars.py).
