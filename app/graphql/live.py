@@ -81,6 +81,11 @@ async def _paced(last_sent: float) -> float:
     return time.monotonic()
 
 
+def _shared_report(report: usage_repository.UsageReport | None) -> UsageReport:
+    assert report is not None  # asked for only when the feed has a report
+    return shared(to_report(report))  # type: ignore[no-any-return]
+
+
 @strawberry.type(name="Subscription")
 class LiveSubscription:
     @strawberry.subscription(
@@ -120,7 +125,7 @@ class LiveSubscription:
                     seen = (report.plan, report.status, report.period, report.lines)
                     if seen != last:
                         last = seen
-                        yield feed.view("graphql", lambda _: shared(to_report(report)))
+                        yield feed.view("graphql", _shared_report)
 
     @strawberry.subscription(description="Operator: each tenant's charges and credit changes, as they commit.")
     async def tenant_activity(self, info: Info) -> AsyncGenerator[TenantActivity, None]:
