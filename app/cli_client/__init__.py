@@ -1,5 +1,5 @@
 """`meterkit` commands that talk to a running gateway over GraphQL through the typed client
-(app/client): the tenant's commands and the operator's. The server commands (serve,
+(meterkit_client, clients/python): the tenant's commands and the operator's. The server commands (serve,
 migrate, export-schema, reconcile, stripe reconcile) stay in app/cli.py and work on the database."""
 
 from __future__ import annotations

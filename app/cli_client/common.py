@@ -13,10 +13,9 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
+from meterkit_client import Meterkit, Refused, TenantView, Unreachable, as_json
 from rich.console import Console
 from rich.table import Table
-
-from app.client import Meterkit, Refused, TenantView, Unreachable, as_json
 
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8000"

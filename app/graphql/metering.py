@@ -17,7 +17,7 @@ from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError, to_user_error
 from app.graphql.pricing import PriceDetailsInput, price_request
 from app.graphql.rows import FromRow
-from app.graphql.scalars import Credits
+from app.graphql.scalars import Credits, Usd
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
 from app.metering import commands, repository, types
@@ -122,7 +122,7 @@ class PackOffer:
     key: str
     name: str
     credits: Credits
-    price_usd: str
+    price_usd: Usd
     purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
 
 
@@ -224,7 +224,7 @@ def pack_offer(p: Any) -> PackOffer:
         key=p.key,
         name=p.name,
         credits=Credits(int(p.credits)),
-        price_usd=f"{cents // 100}.{cents % 100:02d}",
+        price_usd=Usd(f"{cents // 100}.{cents % 100:02d}"),
         purchase_path=purchase_path(p.key),
     )
 

@@ -35,7 +35,7 @@ from app.graphql.parse_cache import ParseCache
 from app.graphql.periods import PeriodsQuery
 from app.graphql.plans import PlanMutation, PlanQuery
 from app.graphql.pricing import PricingMutation, PricingQuery
-from app.graphql.scalars import CREDITS, Credits, guard_credits_inputs
+from app.graphql.scalars import CREDITS, USD, Credits, Usd, guard_credits_inputs
 from app.graphql.scalars import DateTime as DateTimeScalar
 from app.graphql.sharing import SharedEventExecutor
 from app.graphql.stripe import StripeMutation, StripeQuery
@@ -195,7 +195,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         # Strawberry's executor, but a tenant's subscribers share one execution per state (app/graphql/sharing.py).
         execution_context_class=SharedEventExecutor,
         # Credits: integer micro-credits inside, a decimal string on the wire (app/graphql/scalars.py).
-        config=StrawberryConfig(scalar_map={Credits: CREDITS}),
+        config=StrawberryConfig(scalar_map={Credits: CREDITS, Usd: USD}),
         # DateTime refuses times whose billing periods cannot be computed (app/graphql/scalars.py).
         scalar_overrides={datetime: DateTimeScalar},
     )
