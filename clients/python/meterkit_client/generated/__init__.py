@@ -2,6 +2,12 @@
 
 from .account_kit import AccountKit, AccountKitAccountKit
 from .account_kits import AccountKits, AccountKitsAccountKits
+from .audit_log import (
+    AuditLog,
+    AuditLogAuditLog,
+    AuditLogAuditLogNodes,
+    AuditLogAuditLogPageInfo,
+)
 from .base_client import BaseClient
 from .base_model import BaseModel, Upload
 from .billing_usage import (
@@ -73,10 +79,13 @@ from .exceptions import (
     GraphQLClientInvalidResponseError,
 )
 from .fragments import (
+    DeliveryFields,
+    DeliveryFieldsAttempts,
     KitFields,
     KitFieldsLimits,
     PlanFields,
     PlanFieldsQuotas,
+    PrimitiveFields,
     TenantFields,
     TenantFieldsAccountKit,
     TenantFieldsCredits,
@@ -128,6 +137,7 @@ from .pricing import (
     PricingPricesTiers,
     PricingPricingSettings,
 )
+from .primitives import Primitives, PrimitivesPrimitives
 from .purchase_credit_pack import (
     PurchaseCreditPack,
     PurchaseCreditPackPurchaseCreditPackCheckoutSession,
@@ -141,6 +151,12 @@ from .release import (
     ReleaseReleaseHoldClosed,
     ReleaseReleaseNotFoundError,
     ReleaseReleaseValidationError,
+)
+from .replay_webhook_delivery import (
+    ReplayWebhookDelivery,
+    ReplayWebhookDeliveryReplayWebhookDeliveryNotFoundError,
+    ReplayWebhookDeliveryReplayWebhookDeliveryValidationError,
+    ReplayWebhookDeliveryReplayWebhookDeliveryWebhookDelivery,
 )
 from .reserve import (
     Reserve,
@@ -200,11 +216,21 @@ from .tenants import (
     TenantsTenantsNodes,
     TenantsTenantsPageInfo,
 )
+from .upsert_account_kit import (
+    UpsertAccountKit,
+    UpsertAccountKitUpsertAccountKitAccountKit,
+    UpsertAccountKitUpsertAccountKitValidationError,
+)
 from .upsert_plan import (
     UpsertPlan,
     UpsertPlanUpsertPlanNotFoundError,
     UpsertPlanUpsertPlanPlan,
     UpsertPlanUpsertPlanValidationError,
+)
+from .upsert_primitive import (
+    UpsertPrimitive,
+    UpsertPrimitiveUpsertPrimitivePrimitive,
+    UpsertPrimitiveUpsertPrimitiveValidationError,
 )
 from .video_pricing import (
     VideoPricing,
@@ -212,6 +238,8 @@ from .video_pricing import (
     VideoPricingVideoPricingNotFoundError,
     VideoPricingVideoPricingValidationError,
 )
+from .webhook_deliveries import WebhookDeliveries, WebhookDeliveriesWebhookDeliveries
+from .webhook_endpoints import WebhookEndpoints, WebhookEndpointsWebhookEndpoints
 
 __all__ = [
     "AccountKit",
@@ -221,6 +249,10 @@ __all__ = [
     "AccountKitsAccountKits",
     "ActivityKind",
     "ApiKeyScope",
+    "AuditLog",
+    "AuditLogAuditLog",
+    "AuditLogAuditLogNodes",
+    "AuditLogAuditLogPageInfo",
     "BaseClient",
     "BaseModel",
     "BatchItemInput",
@@ -264,6 +296,8 @@ __all__ = [
     "CreditPackInput",
     "CreditPacks",
     "CreditPacksCreditPacks",
+    "DeliveryFields",
+    "DeliveryFieldsAttempts",
     "GeneratedClient",
     "GrantCredits",
     "GrantCreditsGrantCreditsConflictError",
@@ -307,8 +341,11 @@ __all__ = [
     "PricingPricesTiers",
     "PricingPricingSettings",
     "PricingRule",
+    "PrimitiveFields",
     "PrimitiveInput",
     "PrimitiveLimitInput",
+    "Primitives",
+    "PrimitivesPrimitives",
     "PurchaseCreditPack",
     "PurchaseCreditPackPurchaseCreditPackCheckoutSession",
     "PurchaseCreditPackPurchaseCreditPackConflictError",
@@ -320,6 +357,10 @@ __all__ = [
     "ReleaseReleaseHoldClosed",
     "ReleaseReleaseNotFoundError",
     "ReleaseReleaseValidationError",
+    "ReplayWebhookDelivery",
+    "ReplayWebhookDeliveryReplayWebhookDeliveryNotFoundError",
+    "ReplayWebhookDeliveryReplayWebhookDeliveryValidationError",
+    "ReplayWebhookDeliveryReplayWebhookDeliveryWebhookDelivery",
     "Reserve",
     "ReserveReserveBudgetExceeded",
     "ReserveReserveHold",
@@ -374,15 +415,25 @@ __all__ = [
     "TenantsTenantsNodes",
     "TenantsTenantsPageInfo",
     "Upload",
+    "UpsertAccountKit",
+    "UpsertAccountKitUpsertAccountKitAccountKit",
+    "UpsertAccountKitUpsertAccountKitValidationError",
     "UpsertPlan",
     "UpsertPlanUpsertPlanNotFoundError",
     "UpsertPlanUpsertPlanPlan",
     "UpsertPlanUpsertPlanValidationError",
+    "UpsertPrimitive",
+    "UpsertPrimitiveUpsertPrimitivePrimitive",
+    "UpsertPrimitiveUpsertPrimitiveValidationError",
     "UsageGroupBy",
     "UsageInterval",
     "VideoPricing",
     "VideoPricingVideoPricingMediaPricing",
     "VideoPricingVideoPricingNotFoundError",
     "VideoPricingVideoPricingValidationError",
+    "WebhookDeliveries",
+    "WebhookDeliveriesWebhookDeliveries",
     "WebhookEndpointInput",
+    "WebhookEndpoints",
+    "WebhookEndpointsWebhookEndpoints",
 ]
