@@ -42,9 +42,7 @@ class Run:
         return json.loads(self.out)
 
 
-def meterkit(
-    *args: str, url: str | None, key: str | None, cwd: Path = ROOT, env: dict[str, str] | None = None
-) -> Run:
+def meterkit(*args: str, url: str | None, key: str | None, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Run:
     """`meterkit ARGS` with no METERKIT_* setting but METERKIT_URL / METERKIT_API_KEY and `env`."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("METERKIT_")}
     environ["PYTHONPATH"] = os.pathsep.join(p for p in (SOURCES, environ.get("PYTHONPATH")) if p)

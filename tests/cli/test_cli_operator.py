@@ -24,13 +24,30 @@ CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename
 def test_primitives_kits_and_plans_from_the_cli(gateway: Gateway) -> None:
     op = gateway.op
 
-    made = op("primitive", "upsert", "vault.read", "--name", "Vault read", "--unit", "read", "--category", "vault",
-              "--credits", "0.25", "--json")  # fmt: skip
+    made = op(
+        "primitive",
+        "upsert",
+        "vault.read",
+        "--name",
+        "Vault read",
+        "--unit",
+        "read",
+        "--category",
+        "vault",
+        "--credits",
+        "0.25",
+        "--json",
+    )
     assert made.code == 0, made.err
     p = made.json()
     assert (p["key"], p["name"], p["unit"], p["category"], p["pricingRule"], p["active"]) == (
-        "vault.read", "Vault read", "read", "vault", "fixed", True,
-    )  # fmt: skip
+        "vault.read",
+        "Vault read",
+        "read",
+        "vault",
+        "fixed",
+        True,
+    )
     assert op("primitive", "upsert", "vault.read", "--name", "Vault read", "--credits", "0.25").out.strip() == (
         "vault.read: fixed, active"
     )
@@ -54,12 +71,29 @@ def test_primitives_kits_and_plans_from_the_cli(gateway: Gateway) -> None:
     assert every["vault.read"] is False and "apps.install" not in every
     assert "vault.read" not in {r["key"] for r in op("primitive", "list", "--no-retired", "--json").json()}
     table = op("primitive", "list")
-    assert table.code == 0 and any(line.startswith("vault.read") and "retired" in line for line in table.out.splitlines())
+    lines = table.out.splitlines()
+    assert table.code == 0 and any(line.startswith("vault.read") and "retired" in line for line in lines)
     assert op("primitive", "upsert", "vault.read", "--name", "Vault read", "--json").json()["active"] is True
 
     # A kit: repeated --primitive, --connection and --limit (either number may be left out).
-    kit = op("kits", "upsert", "kit_vault", "--name", "Vault", "--primitive", "email.*", "--primitive", "vault.read",
-             "--connection", "gmail", "--limit", "email.send:50:120", "--limit", "vault.read::10", "--json")  # fmt: skip
+    kit = op(
+        "kits",
+        "upsert",
+        "kit_vault",
+        "--name",
+        "Vault",
+        "--primitive",
+        "email.*",
+        "--primitive",
+        "vault.read",
+        "--connection",
+        "gmail",
+        "--limit",
+        "email.send:50:120",
+        "--limit",
+        "vault.read::10",
+        "--json",
+    )
     assert kit.code == 0, kit.err
     k = kit.json()
     assert k["allowedPrimitives"] == ["email.*", "vault.read"] and k["allowedConnections"] == ["gmail"]
@@ -68,8 +102,9 @@ def test_primitives_kits_and_plans_from_the_cli(gateway: Gateway) -> None:
         {"primitive": "vault.read", "maxQuantityPerCall": None, "callsPerMinute": 10},
     ]
     assert "vault.read" in op("kits", "show", "kit_vault").out
-    bad_limit = op("kits", "upsert", "kit_vault", "--name", "V", "--primitive", "vault.read", "--limit", "vault.read:0",
-                   "--json")  # fmt: skip
+    bad_limit = op(
+        "kits", "upsert", "kit_vault", "--name", "V", "--primitive", "vault.read", "--limit", "vault.read:0", "--json"
+    )
     assert bad_limit.code == 1 and bad_limit.json()["error"]["field"] == "limits.maxQuantityPerCall", bad_limit.out
     for malformed in ("vault.read", "vault.read:many", ":5", "vault.read:1:2:3"):
         usage = op("kits", "upsert", "kit_vault", "--name", "V", "--primitive", "vault.read", "--limit", malformed)
@@ -77,14 +112,33 @@ def test_primitives_kits_and_plans_from_the_cli(gateway: Gateway) -> None:
     assert op("kits", "show", "kit_vault", "--json").json()["limits"] == k["limits"]  # the refusals changed nothing
 
     # A plan: --quota repeated, the Stripe price and the credits each period.
-    plan = op("plans", "upsert", "vault", "--name", "Vault", "--kit", "kit_vault", "--quota", "vault.read=10",
-              "--quota", "email.send=2000", "--stripe-price", "price_vault", "--included-credits", "100",
-              "--json")  # fmt: skip
+    plan = op(
+        "plans",
+        "upsert",
+        "vault",
+        "--name",
+        "Vault",
+        "--kit",
+        "kit_vault",
+        "--quota",
+        "vault.read=10",
+        "--quota",
+        "email.send=2000",
+        "--stripe-price",
+        "price_vault",
+        "--included-credits",
+        "100",
+        "--json",
+    )
     assert plan.code == 0, plan.err
     pl = plan.json()
     assert (pl["key"], pl["accountKitId"], pl["stripePriceId"], pl["period"], pl["overage"]) == (
-        "vault", "kit_vault", "price_vault", "month", "refuse",
-    )  # fmt: skip
+        "vault",
+        "kit_vault",
+        "price_vault",
+        "month",
+        "refuse",
+    )
     assert Decimal(pl["includedCredits"]) == 100
     assert {q["primitive"]: q["quota"] for q in pl["quotas"]} == {"vault.read": 10, "email.send": 2000}
     assert "quota vault.read" in op("plans", "show", "vault").out
@@ -115,8 +169,11 @@ def test_the_audit_log_from_the_cli(gateway: Gateway) -> None:
     assert entry.code == 0, entry.err
     [row] = entry.json()["nodes"]
     assert (row["actorKeyId"], row["actorRole"], row["action"], row["entityId"]) == (
-        gateway.operator_key_id, "operator", "upsertPrimitive", "vault.read",
-    )  # fmt: skip
+        gateway.operator_key_id,
+        "operator",
+        "upsertPrimitive",
+        "vault.read",
+    )
     assert row["before"] is None and row["after"]["key"] == "vault.read" and row["detail"] == {"credits": 1_000_000}
     assert {n["actorKeyId"] for n in op("audit", "--json").json()["nodes"]} == {gateway.operator_key_id}
 
@@ -146,8 +203,10 @@ def test_the_audit_log_from_the_cli(gateway: Gateway) -> None:
     # Refusals: exit 1 with the typed error's field; a date that is not one is a usage error.
     bad = op("audit", "--tenant", "nope", "--json")
     assert bad.code == 1 and bad.json()["error"] == {
-        "code": "VALIDATION_FAILED", "message": bad.json()["error"]["message"], "field": "tenantId",
-    }  # fmt: skip
+        "code": "VALIDATION_FAILED",
+        "message": bad.json()["error"]["message"],
+        "field": "tenantId",
+    }
     assert op("audit", "--limit", "0", "--json").json()["error"]["field"] == "first"
     assert op("audit", "--after", "not-a-cursor", "--json").json()["error"]["field"] == "after"
     not_a_date = op("audit", "--since", "yesterday")
