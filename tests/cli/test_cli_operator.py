@@ -6,16 +6,17 @@ no key exits 2, no gateway exits 3."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from datetime import timedelta
 from decimal import Decimal
-
-import pytest
 
 from tests.alerts.test_alerts import _cross, _endpoint, _round, quota_tenant, receiver
 from tests.cli.harness import Gateway, meterkit
 from tests.conftest import count_rows
 from tests.fixtures_catalog import SET_SUB
 from tests.live import free_port
+from tests.paths import ROOT
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename
   ... on Charged { creditsUsed usage { primitive used quota } } ... on NotEntitled { primitive kit } } }"""
@@ -267,14 +268,38 @@ NEW_COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("args", NEW_COMMANDS, ids=" ".join)
-def test_exit_codes_of_the_operator_commands(gateway: Gateway, args: list[str]) -> None:
-    # A tenant key on an operator command (a tenant may read the primitives and list its own endpoints).
-    if args not in (["primitive", "list"], ["webhooks", "endpoints"]):
-        tenant_key = gateway.api.tenant_key(gateway.api.create_tenant("T"))
-        forbidden = meterkit(*args, "--json", url=gateway.url, key=tenant_key)
-        assert forbidden.code == 1 and forbidden.json()["error"]["code"] == "FORBIDDEN", forbidden.out
-    no_key = meterkit(*args, url=gateway.url, key=None)
-    assert no_key.code == 2 and "METERKIT_API_KEY" in no_key.err
-    nowhere = meterkit(*args, "--json", url=f"http://127.0.0.1:{free_port()}", key=gateway.api.operator_key)
-    assert nowhere.code == 3 and nowhere.json()["error"]["code"] == "UNREACHABLE"
+def test_exit_codes_of_the_operator_commands(gateway: Gateway) -> None:
+    tenant_key = gateway.api.tenant_key(gateway.api.create_tenant("T"))
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    for args in NEW_COMMANDS:
+        # A tenant key on an operator command (a tenant may read the primitives and list its own endpoints).
+        if args not in (["primitive", "list"], ["webhooks", "endpoints"]):
+            forbidden = meterkit(*args, "--json", url=gateway.url, key=tenant_key)
+            assert forbidden.code == 1 and forbidden.json()["error"]["code"] == "FORBIDDEN", (args, forbidden.out)
+        no_key = meterkit(*args, url=gateway.url, key=None)
+        assert no_key.code == 2 and "METERKIT_API_KEY" in no_key.err, (args, no_key.err)
+        unreachable = meterkit(*args, "--json", url=nowhere, key=gateway.api.operator_key)
+        assert unreachable.code == 3 and unreachable.json()["error"]["code"] == "UNREACHABLE", (args, unreachable.out)
+
+
+def test_the_catalog_docs_command_line_example_runs_as_written(gateway: Gateway) -> None:
+    """docs/catalog.md's "From the command line", each line as a user would paste it, then the
+    story it tells: a starter tenant may not issue cards, a pro tenant may, 10 a month at 2 credits."""
+    text = (ROOT / "docs" / "catalog.md").read_text()
+    section = text[text.index("## From the command line") :]
+    block = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
+    lines = [line for line in block.splitlines() if line.strip()]
+    assert len(lines) == 6 and all(line.startswith("meterkit ") for line in lines), lines
+    for line in lines:
+        run = gateway.op(*shlex.split(line)[1:])
+        assert run.code == 0, (line, run.err)
+    assert "cards.issue" in run.out  # the last line: primitive list
+    api = gateway.api
+    starter, pro = api.create_tenant("S"), api.create_tenant("P")
+    api(SET_SUB, {"t": starter, "i": {"planKey": "starter"}})
+    api(SET_SUB, {"t": pro, "i": {"planKey": "pro"}})
+    card = {"i": {"primitive": "cards.issue", "idempotencyKey": "card-1"}}
+    refused = api(CHARGE, card, key=api.tenant_key(starter))["charge"]
+    assert refused == {"__typename": "NotEntitled", "primitive": "cards.issue", "kit": "kit_starter"}
+    charged = api(CHARGE, card, key=api.tenant_key(pro))["charge"]
+    assert charged["creditsUsed"] == "2" and charged["usage"]["used"] == 1 and charged["usage"]["quota"] == 10
