@@ -131,7 +131,8 @@ def require_existing(url: str) -> None:
         path = None  # probe() words the bad URL
     if path is not None and not path.is_file():
         raise DatabaseMissing(
-            f"the SQLite database {path} does not exist; create it {HOW}, or set METERKIT_DATABASE_URL to the right file"
+            f"the SQLite database {path} does not exist; create it {HOW}, "
+            "or set METERKIT_DATABASE_URL to the right file"
         )
     probe(url)
     engine = create_engine(make_url(normalize_url(url)), poolclass=NullPool)
