@@ -30,6 +30,7 @@ from app.graphql.inputs import install as install_input_plans
 from app.graphql.kits import AccountKitMutation, AccountKitQuery
 from app.graphql.live import LiveSubscription
 from app.graphql.metering import MeteringMutation, MeteringQuery
+from app.graphql.organizations import OrganizationMutation, OrganizationQuery
 from app.graphql.overage import OverageQuery
 from app.graphql.parse_cache import ParseCache
 from app.graphql.periods import PeriodsQuery
@@ -60,6 +61,7 @@ QUERIES: tuple[type, ...] = (
     BudgetQuery,
     AuditQuery,
     AlertsQuery,
+    OrganizationQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
@@ -73,6 +75,7 @@ MUTATIONS: tuple[type, ...] = (
     CatalogMutation,
     BudgetMutation,
     AlertsMutation,
+    OrganizationMutation,
 )
 
 Query = merge_types("Query", QUERIES)
