@@ -22,8 +22,10 @@ from app.organizations import commands, service
 from app.organizations.repository import OrganizationRepository
 
 
-@strawberry.type(description="A company on the platform: it pays the platform in credits and owns its kits, "
-                 "plans and end users (Tenant).")
+@strawberry.type(
+    description="A company on the platform: it pays the platform in credits and owns its kits, "
+    "plans and end users (Tenant)."
+)
 class Organization(FromRow):
     id: strawberry.ID
     name: str
@@ -116,7 +118,9 @@ class OrganizationMutation:
                 signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
                 retry=True,
             )
-            return CreatedOrganization(organization=Organization.from_row(org), api_key=ApiKey.from_row(key), secret=raw)
+            return CreatedOrganization(
+                organization=Organization.from_row(org), api_key=ApiKey.from_row(key), secret=raw
+            )
 
         return await attempt(run)
 

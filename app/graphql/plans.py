@@ -51,7 +51,9 @@ class PlanQuery:
     @strawberry.field
     async def plans(self, info: Info, include_archived: bool = False) -> list[Plan]:
         org = _own(info)
-        rows = await info.context.read(lambda s: PlanRepository(s).all(include_archived=include_archived, organization_id=org))
+        rows = await info.context.read(
+            lambda s: PlanRepository(s).all(include_archived=include_archived, organization_id=org)
+        )
         return [Plan.from_row(r) for r in rows]
 
     @strawberry.field

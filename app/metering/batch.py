@@ -185,4 +185,3 @@ class BatchMeter(Meter):
             self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
         if self._spend is not None:
             self._spend.flush()
-

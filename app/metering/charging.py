@@ -10,8 +10,8 @@ from sqlmodel import Session
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import DomainError
-from app.metering import pg_charge
 from app.core.sql import Sql, run
+from app.metering import pg_charge
 from app.metering.batch import BatchMeter
 from app.metering.charge_repository import key_list
 from app.metering.meter import Meter

@@ -16,7 +16,11 @@ from app.plans.models import Plan
 
 
 def upsert_plan(
-    engine: Engine, clock: Clock, actor: Principal | None, data: service.PlanInput, organization_id: str = DEFAULT_ORG_ID
+    engine: Engine,
+    clock: Clock,
+    actor: Principal | None,
+    data: service.PlanInput,
+    organization_id: str = DEFAULT_ORG_ID,
 ) -> Plan:
     """Create or update a plan of the organization: idempotent by key."""
     with unit_of_work(engine) as s:

@@ -64,7 +64,9 @@ def set_subscription(
     plans = PlanRepository(session)
     plan = plans.get(data.plan_key)
     # An end user subscribes to its own organization's plans only; another's looks missing.
-    if plan is None or (plan.organization_id or tenant.organization_id) != (tenant.organization_id or plan.organization_id):
+    if plan is None or (plan.organization_id or tenant.organization_id) != (
+        tenant.organization_id or plan.organization_id
+    ):
         raise NotFound("Plan", data.plan_key)
     if plan.archived and tenant.plan_key != plan.key:
         raise ValidationFailed(f"plan {plan.key!r} is archived", field="planKey")

@@ -38,7 +38,12 @@ def create_tenant(
             "createTenant",
             lambda t: Target("tenant", t.id, tenant_id=t.id),
             lambda: service.create_tenant(
-                s, clock, data, default_plan_key=default_plan_key, signup_micro=signup_micro, organization_id=organization_id
+                s,
+                clock,
+                data,
+                default_plan_key=default_plan_key,
+                signup_micro=signup_micro,
+                organization_id=organization_id,
             ),
         )
 

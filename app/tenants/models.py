@@ -26,9 +26,7 @@ class Tenant(SQLModel, table=True):
     organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
     # end_user: an organization's customer. organization: the organization's own (house) account,
     # whose id is the organization's id.
-    kind: str = Field(
-        default="end_user", sa_column=Column(String(16), nullable=False, server_default="end_user")
-    )
+    kind: str = Field(default="end_user", sa_column=Column(String(16), nullable=False, server_default="end_user"))
 
 
 class ApiKey(SQLModel, table=True):

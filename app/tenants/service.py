@@ -50,6 +50,8 @@ def may_act_on(principal: Principal, tenant: Tenant) -> bool:
     if principal.role == "organization":
         return tenant.organization_id == principal.organization_id and tenant.kind == END_USER
     return tenant.id == principal.tenant_id
+
+
 MAX_METADATA_DEPTH = 16
 
 

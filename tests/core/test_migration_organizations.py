@@ -55,14 +55,12 @@ def test_an_existing_database_becomes_one_default_organization(empty_url: str) -
     upgrade(empty_url, "head", lock=False)
     print(f"0017 upgrade of a small database: {time.perf_counter() - started:.3f}s")
     with engine.begin() as c:
-        org = c.execute(
-            text("SELECT id, end_user_wallets, platform_credits_exempt FROM organization")
-        ).all()
+        org = c.execute(text("SELECT id, end_user_wallets, platform_credits_exempt FROM organization")).all()
         assert [tuple(r) for r in org] == [(DEFAULT_ORG_ID, True, True)]
         for table in ("account_kit", "plan", "tenant"):
             owners = c.execute(text(f"SELECT DISTINCT organization_id FROM {table}")).scalars().all()
             assert owners == [DEFAULT_ORG_ID], table
-        keys = dict(c.execute(text("SELECT id, organization_id FROM api_key")).all())
+        keys: dict[str, str | None] = dict(c.execute(text("SELECT id, organization_id FROM api_key")).all())
         assert keys == {"key_op": None, "key_tn": DEFAULT_ORG_ID}  # platform keys belong to no organization
         assert c.execute(text("SELECT kind FROM tenant")).scalar_one() == "end_user"
         assert c.execute(text("SELECT id, tenant_id, kind, amount, balance_after FROM ledger_entry")).all() == (
@@ -76,15 +74,22 @@ def test_an_existing_database_becomes_one_default_organization(empty_url: str) -
         clock = FrozenClock(datetime(2026, 7, 2, tzinfo=UTC))
         with unit_of_work(app_engine) as s:
             s.connection().execute(
-                text("INSERT INTO price (primitive, credits, updated_at) VALUES ('email.send', 1000000, :n) "
-                     "ON CONFLICT DO NOTHING"),
+                text(
+                    "INSERT INTO price (primitive, credits, updated_at) VALUES ('email.send', 1000000, :n) "
+                    "ON CONFLICT DO NOTHING"
+                ),
                 {"n": clock.now()},
             )
         done = charge(app_engine, clock, TenantScope(T), MeterRequest("email.send", "after-upgrade"), negative_buffer=0)
         assert done.credits_used == 1_000_000 and done.credits_remaining == 15_000_000 - 1_000_000 - 2_000_000
         with app_engine.connect() as c:
             assert c.execute(text("SELECT count(*) FROM ledger_entry")).scalar_one() == 3
-            assert c.execute(text("SELECT count(*) FROM ledger_entry WHERE tenant_id = :o"), {"o": DEFAULT_ORG_ID}).scalar_one() == 0
+            assert (
+                c.execute(
+                    text("SELECT count(*) FROM ledger_entry WHERE tenant_id = :o"), {"o": DEFAULT_ORG_ID}
+                ).scalar_one()
+                == 0
+            )
     finally:
         app_engine.dispose()
 

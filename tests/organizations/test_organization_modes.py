@@ -5,6 +5,7 @@ calls, the pre-check, a batch across two organizations, and the refusal that wri
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 
@@ -27,10 +28,15 @@ def _setup(api: Api, name: str) -> tuple[str, str, str]:
     out = api(CREATE_ORG, {"i": {"name": name}})["createOrganization"]
     org_id, key = out["organization"]["id"], out["secret"]
     api(KIT, {"i": {"key": f"kit_{name}", "name": name, "allowedPrimitives": ["email.*", "search.*"]}}, key=key)
-    plan = {"key": f"plan_{name}", "name": name, "accountKitId": f"kit_{name}", "period": "month",
-            "quotas": [{"primitive": "email.send", "quota": 100}]}
+    plan = {
+        "key": f"plan_{name}",
+        "name": name,
+        "accountKitId": f"kit_{name}",
+        "period": "month",
+        "quotas": [{"primitive": "email.send", "quota": 100}],
+    }
     api(PLAN, {"i": plan}, key=key)
-    tid = api("mutation { createTenant(input: {name: \"u\"}) { ... on Tenant { id } } }", key=key)["createTenant"]["id"]
+    tid = api('mutation { createTenant(input: {name: "u"}) { ... on Tenant { id } } }', key=key)["createTenant"]["id"]
     api(SET_SUB, {"i": {"planKey": f"plan_{name}", "status": "active"}, "t": tid}, key=key)
     return org_id, key, tid
 
@@ -48,7 +54,7 @@ def test_wallets_on_charges_both_ledgers_in_one_transaction(api: Api) -> None:
     org_id, key, _ = _setup(api, "w")
     assert api(UPDATE_ORG, {"o": org_id, "i": {"endUserWallets": True}})["updateOrganization"]["endUserWallets"]
     # An end user created with wallets on gets today's signup credits.
-    tid = api("mutation { createTenant(input: {name: \"v\"}) { ... on Tenant { id } } }", key=key)["createTenant"]["id"]
+    tid = api('mutation { createTenant(input: {name: "v"}) { ... on Tenant { id } } }', key=key)["createTenant"]["id"]
     api(SET_SUB, {"i": {"planKey": "plan_w", "status": "active"}, "t": tid}, key=key)
     assert _balance(api, key, tid) == 20
     done = _charge(api, key, "a", tid, qty=3)
@@ -93,7 +99,7 @@ def test_the_precheck_and_the_floor_hold_for_the_organization_and_a_refusal_writ
 def test_a_platform_batch_across_two_organizations_charges_each_its_own(api: Api) -> None:
     a_id, a_key, a_user = _setup(api, "a")
     b_id, b_key, b_user = _setup(api, "b")
-    items = [
+    items: list[dict[str, Any]] = [
         {"tenantId": t, "item": {"primitive": "email.send", "idempotencyKey": f"{t}-{n}", "quantity": q}}
         for n, (t, q) in enumerate([(a_user, 2), (b_user, 5), (a_user, 1), (b_user, 40)])
     ]

@@ -98,8 +98,13 @@ def test_an_organization_pays_for_its_end_users_calls_and_a_second_one_sees_none
     # The organization's own catalog, with its key only.
     kit = api(KIT, {"i": {"key": "kit_pro", "name": "Pro", "allowedPrimitives": ["email.*"]}}, key=org_key)
     assert kit["upsertAccountKit"]["__typename"] == "AccountKit"
-    plan = {"key": "pro", "name": "Pro", "accountKitId": "kit_pro", "period": "month",
-            "quotas": [{"primitive": "email.send", "quota": 1000}]}
+    plan = {
+        "key": "pro",
+        "name": "Pro",
+        "accountKitId": "kit_pro",
+        "period": "month",
+        "quotas": [{"primitive": "email.send", "quota": 1000}],
+    }
     assert api(PLAN, {"i": plan}, key=org_key)["upsertPlan"]["__typename"] == "Plan"
     user = api(CREATE_TENANT, {"i": {"name": "Jane", "externalId": "jane-1"}}, key=org_key)["createTenant"]
     assert user["__typename"] == "Tenant" and user["organization"]["id"] == org_id
@@ -136,7 +141,8 @@ def test_an_organization_pays_for_its_end_users_calls_and_a_second_one_sees_none
         assert c.execute(text("SELECT count(*) FROM ledger_entry WHERE tenant_id = :t"), {"t": tid}).scalar_one() == 0
         assert c.execute(text("SELECT count(*) FROM credit_bucket WHERE tenant_id = :t"), {"t": tid}).scalar_one() == 0
         debits = c.execute(
-            text("SELECT count(*), sum(amount) FROM ledger_entry WHERE tenant_id = :o AND kind = 'debit'"), {"o": org_id}
+            text("SELECT count(*), sum(amount) FROM ledger_entry WHERE tenant_id = :o AND kind = 'debit'"),
+            {"o": org_id},
         ).one()
         price = c.execute(text("SELECT credits FROM price WHERE primitive = 'email.send'")).scalar_one()
     # The organization's balance fell by 342 x the platform's email.send price, one entry per email.
@@ -165,9 +171,7 @@ def test_an_organization_pays_for_its_end_users_calls_and_a_second_one_sees_none
     usage = api(USAGE, {"t": tid}, key=org_key)["tenant"]["usage"]
     assert usage["quotas"][0]["used"] == 342
     with api.db.engine.connect() as c:
-        alerts = c.execute(
-            text("SELECT tenant_id FROM alert_event WHERE type = 'balance.exhausted'")
-        ).scalars().all()
+        alerts = c.execute(text("SELECT tenant_id FROM alert_event WHERE type = 'balance.exhausted'")).scalars().all()
     assert alerts == [org_id]
 
     # A second organization sees none of it.
