@@ -94,6 +94,12 @@ def test_the_precheck_and_the_floor_hold_for_the_organization_and_a_refusal_writ
     assert count_rows(api.db.engine, "ledger_entry", "usage_event", "usage_counter", "credit_bucket") == before
     # The organization's own call at -10 is refused with today's answer: its packs.
     assert _charge(api, key, "d")["code"] == "INSUFFICIENT_CREDITS"
+    # REST as the organization: GET /v1/status and /v1/usage read its own account.
+    auth = {"Authorization": f"Bearer {key}"}
+    status = api.client.get("/v1/status", headers=auth)
+    assert status.status_code == 200 and "-10" in str(status.json()), status.json()
+    history = api.client.get("/v1/usage?days=30&limit=50", headers=auth)
+    assert history.status_code == 200 and "signup" in str(history.json()), history.json()
 
 
 def test_a_platform_batch_across_two_organizations_charges_each_its_own(api: Api) -> None:
