@@ -1,4 +1,4 @@
-"""An organization: a company on the platform (the brief's "operator", "company", "account").
+"""An organization: a company on the platform (in product terms its "operator", "company" or "account").
 
 It pays the platform in credits (its own credit account: the house tenant, below) and owns its
 Account Kits, plans, end users (`Tenant`, kind "end_user") and keys. Its credit account reuses the
