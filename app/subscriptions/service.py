@@ -63,7 +63,10 @@ def set_subscription(
         raise NotFound("Tenant", scope.tenant_id)
     plans = PlanRepository(session)
     plan = plans.get(data.plan_key)
-    if plan is None:
+    # An end user subscribes to its own organization's plans only; another's looks missing.
+    if plan is None or (plan.organization_id or tenant.organization_id) != (
+        tenant.organization_id or plan.organization_id
+    ):
         raise NotFound("Plan", data.plan_key)
     if plan.archived and tenant.plan_key != plan.key:
         raise ValidationFailed(f"plan {plan.key!r} is archived", field="planKey")

@@ -31,6 +31,7 @@ from .charge import (
     ChargeChargeLimitExceeded,
     ChargeChargeNotEntitled,
     ChargeChargeNotFoundError,
+    ChargeChargeOrganizationCreditsExhausted,
     ChargeChargeQuotaExceeded,
     ChargeChargeValidationError,
 )
@@ -101,6 +102,7 @@ from .image_pricing import (
 from .input_types import (
     AccountKitInput,
     BatchItemInput,
+    CreateOrganizationInput,
     CreateTenantInput,
     CreditPackInput,
     KeyBudgetInput,
@@ -116,6 +118,7 @@ from .input_types import (
     QuotaInput,
     SessionTimeTierInput,
     SetSubscriptionInput,
+    UpdateOrganizationInput,
     WebhookEndpointInput,
 )
 from .plan import Plan, PlanPlan
@@ -246,6 +249,7 @@ __all__ = [
     "ChargeChargeLimitExceeded",
     "ChargeChargeNotEntitled",
     "ChargeChargeNotFoundError",
+    "ChargeChargeOrganizationCreditsExhausted",
     "ChargeChargeQuotaExceeded",
     "ChargeChargeValidationError",
     "CreateApiKey",
@@ -253,6 +257,7 @@ __all__ = [
     "CreateApiKeyCreateApiKeyCreatedApiKeyApiKey",
     "CreateApiKeyCreateApiKeyNotFoundError",
     "CreateApiKeyCreateApiKeyValidationError",
+    "CreateOrganizationInput",
     "CreateTenant",
     "CreateTenantCreateTenantTenant",
     "CreateTenantCreateTenantValidationError",
@@ -373,6 +378,7 @@ __all__ = [
     "TenantsTenants",
     "TenantsTenantsNodes",
     "TenantsTenantsPageInfo",
+    "UpdateOrganizationInput",
     "Upload",
     "UpsertPlan",
     "UpsertPlanUpsertPlanNotFoundError",

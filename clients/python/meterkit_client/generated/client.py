@@ -27,6 +27,7 @@ from .charge import (
     ChargeChargeLimitExceeded,
     ChargeChargeNotEntitled,
     ChargeChargeNotFoundError,
+    ChargeChargeOrganizationCreditsExhausted,
     ChargeChargeQuotaExceeded,
     ChargeChargeValidationError,
 )
@@ -391,6 +392,7 @@ class GeneratedClient(BaseClient):
         ChargeChargeBudgetExceeded,
         ChargeChargeValidationError,
         ChargeChargeNotFoundError,
+        ChargeChargeOrganizationCreditsExhausted,
     ]:
         query = gql("""
             mutation Charge($input: MeterInput!) {
