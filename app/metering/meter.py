@@ -432,13 +432,15 @@ class Meter:
         spend = self.key_spend()
         if spend is not None:
             spend.check(req.primitive, req.quantity, d.amount)
-        org = self.organization_account()
-        if org is not None and d.amount:
-            # Last lock of the transaction: the organization's row (app/metering/payer.py).
-            org.check(d.amount, org.lock().available, precheck=precheck, period_start=d.period.start)
-            org.debit(self.clock, d.amount, req.primitive, self.scope.tenant_id)
         result = self.record(req, d, kind="charge", key=req.idempotency_key)
         self._facts = None  # spent: the state they describe has moved
+        org = self.organization_account()
+        if org is not None and d.amount:
+            # Last lock of the transaction, after every other write: the organization's row, which
+            # all its end users share, is held only for its own debit and the commit
+            # (app/metering/payer.py). A refusal here rolls the whole charge back.
+            org.check(d.amount, org.lock().available, precheck=precheck, period_start=d.period.start)
+            org.debit(self.clock, d.amount, req.primitive, self.scope.tenant_id)
         return result
 
     def period(self) -> Period:
