@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
