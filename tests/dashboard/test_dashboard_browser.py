@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, expect, sync_playwright
 
 from tests.conftest import Api
 from tests.fixtures_catalog import SET_SUB
@@ -109,7 +109,10 @@ def tenant_with_usage(env: StripeEnv, name: str, external_id: str | None = None)
 
 def shown(value: str) -> str:
     """A credits decimal as the page shows it: cents, thousands grouped (208.1631 -> 208.16)."""
-    return f"{Decimal(value).quantize(Decimal('0.01')):,}".rstrip("0").rstrip(".") if "." in value else f"{int(value):,}"
+    if "." not in value:
+        return f"{int(value):,}"
+    cents = Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)  # as Intl.NumberFormat rounds
+    return f"{cents:,}".rstrip("0").rstrip(".")
 
 
 def assert_tenant_view_matches_api(page: Page, api: Api, key: str | None, tenant: str | None = None) -> dict[str, Any]:
@@ -305,7 +308,7 @@ def test_the_page_and_its_assets_are_served_offline(stripe_env: StripeEnv) -> No
     assert not re.search(r'(?:src|href)="https?://', page.text)
 
 
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 def test_a_phone_sees_the_bars_wrapped_ids_and_pages_of_events(stripe_env: StripeEnv, browser: Browser) -> None:

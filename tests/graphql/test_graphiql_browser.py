@@ -28,7 +28,7 @@ def served(db: Database, settings: Settings, clock: FrozenClock) -> Iterator[tup
         yield server.url, key
 
 
-def test_graphiql_asks_for_a_key_before_it_introspects(served: tuple[str, str], watched: Watched) -> None:
+def test_graphiql_asks_for_a_key_before_it_introspects(served: tuple[str, str], watched: Watched) -> None:  # noqa: F811
     base, key = served
     page = watched.page
     posts: list[Request] = []
