@@ -286,3 +286,24 @@ def ensure_operator_key(session: Session, clock: Clock, configured: str | None) 
         return None
     _, raw = create_api_key(session, clock, role="operator", scope=None, name="bootstrap")
     return raw
+
+
+class PeriodBeforeTenant(ValidationFailed):
+    """A usage read for a period that ended before the tenant was created: there is no plan,
+    quota or counter of it to report, and today's would be an answer to another question."""
+
+    code = "PERIOD_BEFORE_TENANT"
+
+    def __init__(self, label: str, created_at: datetime) -> None:
+        super().__init__(
+            f"period {label} ended before the tenant was created ({created_at.date().isoformat()}): "
+            f"the first period with usage is {created_at.strftime('%Y-%m')}",
+            field="period",
+        )
+
+
+def check_existed_by(tenant: Tenant, period_end: datetime, label: str) -> None:
+    """Refuse a period [.., period_end) that lies wholly before the tenant's creation."""
+    created = as_utc(tenant.created_at)
+    if as_utc(period_end) <= created:
+        raise PeriodBeforeTenant(label, created)
