@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.credits import ledger
+from app.live import notify as live
 from app.metering.errors import OrganizationCreditsExhausted
 
 
@@ -77,10 +78,12 @@ class OrganizationAccount:
             now=self.now,
         )
         self.state = None  # read again (buckets too) should the transaction debit it once more
+        live.publish(self.conn, live.balance_moved(self.scope.tenant_id))  # its subscribers look again
         return balance
 
     def debit_many(self, debits: list[tuple[int, str, str | None]]) -> int:
         state = self.lock()
         balance = ledger.debit_many(self.conn, self.scope, self.now, state, self.live, debits)
         self.state = None
+        live.publish(self.conn, live.balance_moved(self.scope.tenant_id))
         return balance

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, expect, sync_playwright
 
 from tests.conftest import Api
-from tests.fixtures_catalog import SET_SUB
+from tests.fixtures_catalog import KIT, PLAN, SET_SUB
 from tests.paths import ROOT
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
@@ -366,3 +366,72 @@ def test_a_phone_sees_the_bars_wrapped_ids_and_pages_of_events(stripe_env: Strip
         assert w.errors == [], w.errors
     finally:
         context.close()
+
+
+CREATE_ORG = """mutation($i: CreateOrganizationInput!) { createOrganization(input: $i) {
+  __typename ... on CreatedOrganization { secret organization { id } } } }"""
+CREATE_END_USER = """mutation($i: CreateTenantInput!) { createTenant(input: $i) { __typename ... on Tenant { id } } }"""
+
+
+def _organization_with_end_users(api: Api, name: str, users: list[str]) -> tuple[str, str, list[str]]:
+    """An organization (its key only from here on) with its own kit and plan, and subscribed end users."""
+    out = api(CREATE_ORG, {"i": {"name": name}})["createOrganization"]
+    org_id, key = out["organization"]["id"], out["secret"]
+    slug = name.lower().replace(" ", "_")
+    kit = {"key": f"kit_{slug}", "name": name, "allowedPrimitives": ["email.*"]}
+    assert api(KIT, {"i": kit}, key=key)["upsertAccountKit"]["__typename"] == "AccountKit"
+    plan = {"key": f"plan_{slug}", "name": f"{name} Pro", "accountKitId": kit["key"], "period": "month",
+            "quotas": [{"primitive": "email.send", "quota": 100}]}  # fmt: skip
+    assert api(PLAN, {"i": plan}, key=key)["upsertPlan"]["__typename"] == "Plan"
+    ids = []
+    for user in users:
+        tid = api(CREATE_END_USER, {"i": {"name": user}}, key=key)["createTenant"]["id"]
+        sub = api(SET_SUB, {"i": {"planKey": plan["key"]}, "t": tid}, key=key)["setSubscription"]
+        assert sub["__typename"] == "SubscriptionChanged", sub
+        ids.append(tid)
+    return org_id, key, ids
+
+
+def test_an_organization_sees_its_balance_and_only_its_end_users(stripe_env: StripeEnv, watched: Watched) -> None:
+    """Issue 19: an organization key opens the organization's view, its own balance (live) over its end
+    users; an end user's row opens that end user; another organization's end users are not listed."""
+    env, page = stripe_env, watched.page
+    org_id, key, (jane, john) = _organization_with_end_users(env.api, "Acme Agents", ["Jane", "John"])
+    _, _, (stranger,) = _organization_with_end_users(env.api, "Globex", ["Stranger"])
+    charge(env.api, key, "org-1", tenant=jane)
+
+    sign_in(watched, env.url, key)
+    expect(page.locator("#org-summary")).to_be_visible()
+    expect(page.locator("#who")).to_have_text("organization: Acme Agents")
+    expect(page.locator("#org-name")).to_have_text("Acme Agents")
+    expect(page.locator("#org-id")).to_have_text(org_id)
+    expect(page.locator("#list-title")).to_have_text("End users")
+    own = env.api("{ viewer { credits { balance available } } }", key=key)["viewer"]["credits"]
+    expect(page.locator("#org-balance")).to_have_attribute("data-value", own["balance"])
+    expect(page.locator("#org-balance")).to_have_text(shown(own["balance"]))
+    rows = page.locator("#tenants tbody tr")
+    expect(rows).to_have_count(2)
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.tenant)")) == sorted([jane, john])
+    assert page.locator(f'#tenants tbody tr[data-tenant="{stranger}"]').count() == 0
+    expect(page.locator("#live-status")).to_have_text("live")
+
+    # An end user's call is paid by the organization: its balance moves on the page, live.
+    charge(env.api, key, "org-2", tenant=john)
+    after = env.api("{ viewer { credits { balance available } } }", key=key)["viewer"]["credits"]
+    assert Decimal(after["available"]) < Decimal(own["available"])
+    expect(page.locator("#org-available")).to_have_attribute("data-value", after["available"], timeout=3000)
+    watched.shot("organization-view")
+
+    page.locator(f'#tenants tbody tr[data-tenant="{john}"]').click()
+    expect(page.locator("#tenant-view")).to_be_visible()
+    expect(page.locator("#tenant-name")).to_have_text("John")
+    expect(page.locator('#quotas .quota[data-primitive="email.send"] .used')).to_have_text("1")
+    expect(page.locator("#back")).to_have_text("\u2190 The organization")
+    page.click("#back")
+    expect(page.locator("#org-summary")).to_be_visible()
+
+    page.click("#org-account")  # the organization's own account: packs, history
+    expect(page.locator("#tenant-view")).to_be_visible()
+    expect(page.locator("#tenant-name")).to_have_text("Acme Agents")
+    expect(page.locator("#available")).to_have_attribute("data-value", after["available"])
+    assert watched.errors == [], watched.errors

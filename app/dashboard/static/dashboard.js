@@ -12,7 +12,7 @@
 
   const state = {
     key: null, // the API key typed in (sessionStorage: this tab only)
-    role: null, // "tenant" | "operator"
+    role: null, // "tenant" | "organization" | "operator"
     tenantId: null, // the tenant an operator is looking at (sent as X-Tenant-Id)
     live: null, // the open Live connection
     chart: null,
@@ -81,14 +81,19 @@
 
   async function signIn(key) {
     state.key = key;
-    const { status, body } = await post("{ viewer { id name } }");
+    const { status, body } = await post("{ viewer { id name organization { id name } } }");
     if (status === 401 || (body.error && body.error.code === "UNAUTHENTICATED")) {
       state.key = null;
       throw new ApiError("This key was refused: check it, or ask for a new one.", "UNAUTHENTICATED");
     }
-    if (body.data && body.data.viewer) {
+    const viewer = body.data && body.data.viewer;
+    if (viewer && viewer.organization && viewer.organization.id === viewer.id) {
+      // An organization key: in scope is the organization's own account (its id is the organization's).
+      state.role = "organization";
+      $("#who").textContent = `organization: ${viewer.organization.name}`;
+    } else if (viewer) {
       state.role = "tenant";
-      $("#who").textContent = `tenant: ${body.data.viewer.name}`;
+      $("#who").textContent = `tenant: ${viewer.name}`;
     } else if (body.errors && body.errors.some((e) => (e.extensions || {}).code === "VALIDATION_FAILED")) {
       state.role = "operator"; // an operator key has no tenant of its own in scope
       $("#who").textContent = "operator";
@@ -137,9 +142,11 @@
       return;
     }
     const match = location.hash.match(/^#\/tenant\/(ten_[A-Za-z0-9_-]+)$/);
+    const lists = state.role === "operator" || state.role === "organization";
     try {
-      if (state.role === "operator" && !match) await showOperator();
-      else await showTenant(state.role === "operator" ? match[1] : null);
+      if (lists && location.hash === "#/account") await showTenant(null); // the organization's own account
+      else if (lists && !match) await showOperator();
+      else await showTenant(lists ? match[1] : null);
     } catch (err) {
       showError(err.message);
     }
@@ -163,7 +170,8 @@
   async function showTenant(tenantId) {
     const view = state.view;
     state.tenantId = tenantId;
-    $("#back").hidden = state.role !== "operator";
+    $("#back").hidden = state.role !== "operator" && state.role !== "organization";
+    $("#back").textContent = state.role === "organization" ? "\u2190 The organization" : "\u2190 All tenants";
     const [data, canBuy] = await Promise.all([gql(TENANT_QUERY, {}, tenantId), mayBuy(tenantId)]);
     if (view !== state.view) return;
     state.canBuy = canBuy;
@@ -486,6 +494,17 @@
     return all;
   }
 
+  const ORG_QUERY = "{ viewer { id name credits { balance available reserved } } }";
+
+  function renderOrgBalance(balance) {
+    for (const field of ["balance", "available", "reserved"]) {
+      const el = $(`#org-${field}`);
+      el.textContent = credits(balance[field]);
+      el.dataset.value = balance[field]; // the exact decimal the API sent
+      el.title = `${balance[field]} credits`;
+    }
+  }
+
   async function showOperator() {
     const view = state.view;
     state.tenantId = null;
@@ -493,12 +512,23 @@
       state.chart.destroy();
       state.chart = null;
     }
-    const tenants = await loadTenants();
+    const organization = state.role === "organization";
+    const [tenants, org] = await Promise.all([loadTenants(), organization ? gql(ORG_QUERY) : null]);
     if (view !== state.view) return;
     state.tenants = new Map(tenants.map((t) => [t.id, t]));
     $("#tenants tbody").replaceChildren(...tenants.map(tenantRow));
     applySearch();
+    $("#org-summary").hidden = !organization;
+    $("#list-title").textContent = organization ? "End users" : "Tenants";
     show("#operator-view");
+    if (organization) {
+      // The organization's balance, live; its end users' rows follow their own charges when opened.
+      $("#org-name").textContent = org.viewer.name;
+      $("#org-id").textContent = org.viewer.id;
+      renderOrgBalance(org.viewer.credits);
+      goLive(null, [[BALANCE_SUB, (d) => renderOrgBalance(d.balanceChanged)]]);
+      return;
+    }
     goLive(null, [
       [
         ACTIVITY_SUB,
