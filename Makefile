@@ -14,18 +14,23 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ./clients/python -e '.[dev]'
 	touch $@
 
-# `make run STRIPE=dev` points the gateway at `make dev-stripe` (the local Stripe stand-in).
+# `make run STRIPE=dev`: the gateway and the local Stripe stand-in in one process (meterkit serve
+# --dev-stripe), webhooks and Checkout's return pages on the gateway's own port (PORT=8123 moves it).
+# `make dev-stripe` runs the stand-in alone (another terminal), delivering to the gateway on PORT;
+# `make run STRIPE=dev-external` then points the gateway at it.
 DEV_STRIPE_PORT ?= 12111
-ifeq ($(STRIPE),dev)
+# PORT unset: METERKIT_PORT, else 8000 (what both commands read by themselves).
+SERVE := $(BIN)/meterkit serve $(if $(PORT),--port $(PORT))
+ifeq ($(STRIPE),dev-external)
 run: export METERKIT_STRIPE_API_BASE = http://127.0.0.1:$(DEV_STRIPE_PORT)
 run: export METERKIT_STRIPE_API_KEY = sk_test_meterkit_dev
 run: export METERKIT_STRIPE_WEBHOOK_SECRET = whsec_meterkit_dev
 endif
 run: $(VENV)/.installed
-	$(BIN)/meterkit serve
+	$(SERVE) $(if $(filter dev,$(STRIPE)),--dev-stripe --dev-stripe-port $(DEV_STRIPE_PORT))
 
 dev-stripe: $(VENV)/.installed
-	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT)
+	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT) $(if $(PORT),--webhook-url http://127.0.0.1:$(PORT)/webhooks/stripe)
 
 # Debian packages the tests need, as binary:package: the dashboard's browser tests drive chromium
 # through Playwright (never a downloaded browser); the PostgreSQL pooling tests start pgbouncer

@@ -77,8 +77,44 @@ def serve(
     port: int = typer.Option(None, min=1, max=65535, help="Port (default METERKIT_PORT or 8000)"),
     demo: bool = typer.Option(True, help="Load the demo catalog (kits, plans) if it is missing"),
     workers: int = typer.Option(1, help="uvicorn worker processes"),
+    dev_stripe: bool = typer.Option(
+        False,
+        "--dev-stripe",
+        help="Also run the local Stripe stand-in (meterkit dev stripe) in this process, its webhooks "
+        "delivered to this gateway, and point the gateway at it (make run STRIPE=dev). Development only.",
+    ),
+    dev_stripe_port: int = typer.Option(12111, min=1, max=65535, help="The stand-in's port (--dev-stripe)"),
+    dev_stripe_state: Path = typer.Option(
+        Path(".meterkit-dev-stripe.json"), help="The stand-in's state file (--dev-stripe)"
+    ),
 ) -> None:
     """Migrate, then serve /graphql (with GraphiQL outside production) and /healthz."""
+    import os
+
+    from app.settings import local_host
+
+    settings = get_settings()
+    h = host or settings.host
+    p = settings.port if port is None else port
+    # Checkout's return pages are on this gateway: unless METERKIT_PUBLIC_URL says otherwise, they
+    # follow the address served here. Exported, so the app (here, or in uvicorn's workers) sees it.
+    own_url = f"http://{local_host(h)}:{p}"
+    if not settings.public_url:
+        os.environ["METERKIT_PUBLIC_URL"] = own_url
+    dev = None
+    if dev_stripe:
+        from app.devtools.cli import start_beside_gateway
+
+        dev = start_beside_gateway(own_url, dev_stripe_port, dev_stripe_state)
+    get_settings.cache_clear()
+    try:
+        _serve(h, p, demo, workers)
+    finally:
+        if dev is not None:
+            dev.stop()
+
+
+def _serve(h: str, p: int, demo: bool, workers: int) -> None:
     import uvicorn
 
     from app.bootstrap import prepare
@@ -94,8 +130,6 @@ def serve(
         typer.echo(f"  {new_key}")
         typer.echo("Use it as 'Authorization: Bearer <key>' (GraphiQL: the Headers tab).")
         typer.echo("=" * 72)
-    h = host or settings.host
-    p = settings.port if port is None else port
     typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
     uvicorn.run(
         "app.main:create_app",

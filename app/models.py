@@ -8,6 +8,7 @@ from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditHold, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
 from app.metering.models import RateWindow, UsageCounter, UsageEvent, UsageRollup
+from app.organizations.models import Organization
 from app.overage.models import OverageReport
 from app.periods.models import BillingPeriod
 from app.plans.models import Plan, PlanQuota
@@ -17,6 +18,7 @@ from app.tenants.models import ApiKey, Tenant
 
 __all__ = [
     "BillingPeriod",
+    "Organization",
     "OverageReport",
     "CreditHold",
     "RateWindow",

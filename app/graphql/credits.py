@@ -183,7 +183,7 @@ class CreditsMutation:
         ctx = info.context
 
         async def run() -> CreditGrant:
-            scope = target_scope(ctx, str(tenant_id))
+            scope = await target_scope(ctx, str(tenant_id))
             done = await ctx.uow.call(
                 commands.grant,
                 ctx.engine,
@@ -209,7 +209,7 @@ class CreditsMutation:
         ctx = info.context
 
         async def run() -> CreditReversal:
-            scope = target_scope(ctx, str(tenant_id))
+            scope = await target_scope(ctx, str(tenant_id))
             eid = _entry_id(str(entry_id))
             done = await ctx.uow.call(
                 commands.reverse_entry,

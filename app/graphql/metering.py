@@ -140,6 +140,14 @@ class InsufficientCredits(MeterError):
     packs: list[PackOffer]
 
 
+@strawberry.type(
+    description="The end user's organization is out of credits (REST: 402 organization_credits_exhausted). "
+    "Neither the organization's balance nor its packs are shown; the organization is alerted."
+)
+class OrganizationCreditsExhausted(MeterError):
+    pass
+
+
 @strawberry.type
 class QuotaExceeded(MeterError):
     primitive: str
@@ -197,7 +205,8 @@ ChargeResult = Annotated[
     | IdempotencyConflict
     | BudgetExceeded
     | ValidationError
-    | NotFoundError,
+    | NotFoundError
+    | OrganizationCreditsExhausted,
     strawberry.union("ChargeResult"),
 ]
 ReserveResult = Annotated[
@@ -231,6 +240,8 @@ def pack_offer(p: Any) -> PackOffer:
 
 def to_result(exc: DomainError) -> Any:
     """Refusals of the metered call as typed results; other domain errors as the shared ones."""
+    if isinstance(exc, merr.OrganizationCreditsExhausted):
+        return OrganizationCreditsExhausted(code=exc.code, message=exc.message)
     if isinstance(exc, merr.InsufficientCredits):
         return InsufficientCredits(
             code=exc.code,
@@ -423,7 +434,7 @@ class MeteringMutation:
         prepared: list[Any] = []
         for it in items:
             try:
-                scope = target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
+                scope = await target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
                 prepared.append((scope, to_request(it.item, ctx)))
             except DomainError as exc:
                 prepared.append(exc)

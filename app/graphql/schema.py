@@ -30,6 +30,7 @@ from app.graphql.inputs import install as install_input_plans
 from app.graphql.kits import AccountKitMutation, AccountKitQuery
 from app.graphql.live import LiveSubscription
 from app.graphql.metering import MeteringMutation, MeteringQuery
+from app.graphql.organizations import OrganizationMutation, OrganizationQuery
 from app.graphql.overage import OverageQuery
 from app.graphql.parse_cache import ParseCache
 from app.graphql.periods import PeriodsQuery
@@ -61,6 +62,7 @@ QUERIES: tuple[type, ...] = (
     BudgetQuery,
     AuditQuery,
     AlertsQuery,
+    OrganizationQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
@@ -74,6 +76,7 @@ MUTATIONS: tuple[type, ...] = (
     CatalogMutation,
     BudgetMutation,
     AlertsMutation,
+    OrganizationMutation,
 )
 
 Query = merge_types("Query", QUERIES)

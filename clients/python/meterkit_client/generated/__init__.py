@@ -37,6 +37,7 @@ from .charge import (
     ChargeChargeLimitExceeded,
     ChargeChargeNotEntitled,
     ChargeChargeNotFoundError,
+    ChargeChargeOrganizationCreditsExhausted,
     ChargeChargeQuotaExceeded,
     ChargeChargeValidationError,
 )
@@ -110,6 +111,7 @@ from .image_pricing import (
 from .input_types import (
     AccountKitInput,
     BatchItemInput,
+    CreateOrganizationInput,
     CreateTenantInput,
     CreditPackInput,
     KeyBudgetInput,
@@ -125,6 +127,7 @@ from .input_types import (
     QuotaInput,
     SessionTimeTierInput,
     SetSubscriptionInput,
+    UpdateOrganizationInput,
     WebhookEndpointInput,
 )
 from .plan import Plan, PlanPlan
@@ -278,6 +281,7 @@ __all__ = [
     "ChargeChargeLimitExceeded",
     "ChargeChargeNotEntitled",
     "ChargeChargeNotFoundError",
+    "ChargeChargeOrganizationCreditsExhausted",
     "ChargeChargeQuotaExceeded",
     "ChargeChargeValidationError",
     "CreateApiKey",
@@ -285,6 +289,7 @@ __all__ = [
     "CreateApiKeyCreateApiKeyCreatedApiKeyApiKey",
     "CreateApiKeyCreateApiKeyNotFoundError",
     "CreateApiKeyCreateApiKeyValidationError",
+    "CreateOrganizationInput",
     "CreateTenant",
     "CreateTenantCreateTenantTenant",
     "CreateTenantCreateTenantValidationError",
@@ -414,6 +419,7 @@ __all__ = [
     "TenantsTenants",
     "TenantsTenantsNodes",
     "TenantsTenantsPageInfo",
+    "UpdateOrganizationInput",
     "Upload",
     "UpsertAccountKit",
     "UpsertAccountKitUpsertAccountKitAccountKit",

@@ -20,6 +20,7 @@ class Charge(BaseModel):
         "ChargeChargeBudgetExceeded",
         "ChargeChargeValidationError",
         "ChargeChargeNotFoundError",
+        "ChargeChargeOrganizationCreditsExhausted",
     ] = Field(discriminator="typename__")
 
 
@@ -94,6 +95,12 @@ class ChargeChargeValidationError(BaseModel):
 
 class ChargeChargeNotFoundError(BaseModel):
     typename__: Literal["NotFoundError"] = Field(alias="__typename")
+    code: str
+    message: str
+
+
+class ChargeChargeOrganizationCreditsExhausted(BaseModel):
+    typename__: Literal["OrganizationCreditsExhausted"] = Field(alias="__typename")
     code: str
     message: str
 

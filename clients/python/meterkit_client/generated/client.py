@@ -28,6 +28,7 @@ from .charge import (
     ChargeChargeLimitExceeded,
     ChargeChargeNotEntitled,
     ChargeChargeNotFoundError,
+    ChargeChargeOrganizationCreditsExhausted,
     ChargeChargeQuotaExceeded,
     ChargeChargeValidationError,
 )
@@ -546,6 +547,7 @@ class GeneratedClient(BaseClient):
         ChargeChargeBudgetExceeded,
         ChargeChargeValidationError,
         ChargeChargeNotFoundError,
+        ChargeChargeOrganizationCreditsExhausted,
     ]:
         query = gql("""
             mutation Charge($input: MeterInput!) {

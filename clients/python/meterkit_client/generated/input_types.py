@@ -28,6 +28,11 @@ class BatchItemInput(BaseModel):
     item: "MeterInput"
 
 
+class CreateOrganizationInput(BaseModel):
+    name: str
+    external_id: Optional[str] = Field(alias="externalId", default=None)
+
+
 class CreateTenantInput(BaseModel):
     name: str
     external_id: Optional[str] = Field(alias="externalId", default=None)
@@ -177,6 +182,19 @@ class SetSubscriptionInput(BaseModel):
     )
     assign_kit: bool = Field(alias="assignKit", default=True)
     "Assign the plan's kit in the same transaction."
+
+
+class UpdateOrganizationInput(BaseModel):
+    end_user_wallets: Optional[bool] = Field(alias="endUserWallets", default=None)
+    platform_credits_exempt: Optional[bool] = Field(
+        alias="platformCreditsExempt", default=None
+    )
+    end_user_credit_cap: Optional[Decimal] = Field(
+        alias="endUserCreditCap", default=None
+    )
+    clear_end_user_credit_cap: bool = Field(
+        alias="clearEndUserCreditCap", default=False
+    )
 
 
 class WebhookEndpointInput(BaseModel):
