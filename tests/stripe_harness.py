@@ -118,7 +118,7 @@ class StripeEnv:
         return responses
 
 
-class HttpApiClient:
+class _HttpApiClient:
     """What Api needs from a client (post with json and headers), over real HTTP."""
 
     def __init__(self, base: str) -> None:
@@ -168,7 +168,7 @@ def stripe_env_fixture(db: Database, fake_stripe: FakeStripe) -> Iterator[Stripe
     app = create_app(settings, engine=db.engine, clock=clock)
     with BackgroundServer(app) as server:
         fake_stripe.webhook_url = server.url + "/webhooks/stripe"
-        api = Api(cast(Any, HttpApiClient(server.url)), db)
+        api = Api(cast(Any, _HttpApiClient(server.url)), db)
         with unit_of_work(db.engine) as s:
             _, api.operator_key = create_api_key(s, clock, role="operator", scope=None, name="tests")
         env = StripeEnv(fake_stripe, db, clock, settings, server.url, api)

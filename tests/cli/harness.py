@@ -26,7 +26,7 @@ from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.live import BackgroundServer
 from tests.paths import ROOT
-from tests.stripe_harness import HttpApiClient
+from tests.stripe_harness import _HttpApiClient
 
 ENTRY = Path(sys.executable).with_name("meterkit")
 SOURCES = os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python")])
@@ -75,7 +75,7 @@ def gateway(db: Database) -> Iterator[Gateway]:
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
     settings = Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0, webhook_allow_private=True)
     with BackgroundServer(create_app(settings, engine=db.engine, clock=clock)) as server:
-        api = Api(cast(Any, HttpApiClient(server.url)), db)
+        api = Api(cast(Any, _HttpApiClient(server.url)), db)
         with unit_of_work(db.engine) as s:
             row, api.operator_key = create_api_key(s, clock, role="operator", scope=None, name="cli tests")
             key_id = str(row.id)

@@ -33,7 +33,7 @@ from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import seed_catalog
 from tests.live import free_port
-from tests.stripe_harness import HttpApiClient
+from tests.stripe_harness import _HttpApiClient
 
 SECRET = "whsec_localstripe"
 
@@ -83,7 +83,7 @@ def test_localstripe_subscription_lifecycle(db: Database, localstripe: str) -> N
         stripe_api_base=localstripe,
     )
     with BackgroundServer(create_app(settings, engine=db.engine, clock=clock)) as server:
-        api = Api(HttpApiClient(server.url), db)  # type: ignore[arg-type]
+        api = Api(_HttpApiClient(server.url), db)  # type: ignore[arg-type]
         with unit_of_work(db.engine) as s:
             _, api.operator_key = create_api_key(s, clock, role="operator", scope=None, name="tests")
         seed_catalog(api)  # plan "pro" has Stripe price id "price_pro"
