@@ -10,75 +10,20 @@ Scope is the key's: a tenant key acts for its tenant; an operator key acts for a
 
 from __future__ import annotations
 
-import builtins
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import httpx
 from pydantic import BaseModel
 
+from meterkit_client._scope import MeterkitError, Refused, Unreachable, _ok, _Scope
+from meterkit_client.control import Audit, Credits, Keys, Kits, Plans, Primitives, StripeInbox, Tenants, Webhooks
 from meterkit_client.generated import client as gen
-from meterkit_client.generated.exceptions import (
-    GraphQLClientError,
-    GraphQLClientGraphQLMultiError,
-    GraphQLClientHttpError,
-)
-from meterkit_client.generated.input_types import (
-    CreateTenantInput,
-    MeterInput,
-    PlanInput,
-    PriceDetailsInput,
-    QuotaInput,
-    SetSubscriptionInput,
-)
+from meterkit_client.generated.input_types import MeterInput, PriceDetailsInput, SetSubscriptionInput
 
-T = TypeVar("T")
-
-
-class MeterkitError(Exception):
-    """Anything the client could not turn into a result."""
-
-
-class Refused(MeterkitError):
-    """The gateway answered no: `code` (e.g. INSUFFICIENT_CREDITS, NOT_FOUND, FORBIDDEN,
-    UNAUTHENTICATED, VALIDATION_FAILED), `message`, `field` for a bad argument, and `result`:
-    the typed error result when there is one (InsufficientCredits carries its packs)."""
-
-    def __init__(
-        self, code: str, message: str, *, field: str | None = None, result: Any = None, status: int | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code, self.message, self.field, self.result, self.status = code, message, field, result, status
-
-
-class Unreachable(MeterkitError):
-    """No answer from the gateway (connection refused, timeout, not a meterkit)."""
-
-
-def _ok(result: T | None, *success: str, what: str = "") -> Any:
-    """The success member of a union result, or Refused with the error member's code."""
-    if result is None:
-        raise Refused("NOT_FOUND", f"{what or 'object'} not found")
-    typename = getattr(result, "typename__", None)
-    if typename is None or typename in success:
-        return result
-    raise Refused(
-        str(getattr(result, "code", typename)),
-        str(getattr(result, "message", typename)),
-        field=getattr(result, "field", None),
-        result=result,
-    )
-
-
-def _credits(amount: Decimal | int | str) -> Decimal:
-    # Money is never a float: a float has already rounded the amount the caller meant.
-    if isinstance(amount, float | bool):
-        raise TypeError("credits are a Decimal, an int or a decimal string, never a float")
-    return Decimal(str(amount))
+__all__ = ["BillingUsage", "Meterkit", "MeterkitError", "Refused", "TenantView", "Unreachable", "as_json"]
 
 
 def _meter_input(
@@ -99,42 +44,6 @@ def _meter_input(
             "details": details,
         }
     )
-
-
-class _Scope:
-    """One credential, optionally acting for a tenant (X-Tenant-Id); runs generated calls."""
-
-    def __init__(self, gql: gen.GeneratedClient, tenant_id: str | None) -> None:
-        self._gql = gql
-        self._headers = {"X-Tenant-Id": tenant_id} if tenant_id else None
-
-    def _call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        if self._headers:
-            kwargs["headers"] = self._headers
-        try:
-            return fn(**kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach {self._gql.url}: {exc}") from exc
-        except GraphQLClientHttpError as exc:
-            raise _http_refusal(exc) from exc
-        except GraphQLClientGraphQLMultiError as exc:
-            first = exc.errors[0]
-            ext = first.extensions or {}
-            field = ext.get("field")
-            code = str(ext.get("code", "GRAPHQL_ERROR"))
-            raise Refused(code, first.message, field=str(field) if field is not None else None) from exc
-        except GraphQLClientError as exc:
-            raise Unreachable(f"{self._gql.url} did not answer as a meterkit gateway: {exc}") from exc
-
-
-def _http_refusal(exc: GraphQLClientHttpError) -> MeterkitError:
-    """meterkit's one JSON error shape {"error": {code, message, field?}}; anything else is not us."""
-    try:
-        body = cast(httpx.Response, exc.response).json()
-        error = body["error"]
-        return Refused(str(error["code"]), str(error["message"]), field=error.get("field"), status=exc.status_code)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return Unreachable(f"HTTP {exc.status_code} from a server that is not a meterkit gateway")
 
 
 @dataclass(frozen=True)
@@ -269,98 +178,6 @@ class TenantView(_Scope):
         return _ok(self._call(self._gql.release, hold_id=hold_id), "Hold")  # type: ignore[no-any-return]
 
 
-class Plans(_Scope):
-    def upsert(
-        self,
-        *,
-        key: str,
-        name: str,
-        account_kit_id: str,
-        stripe_price_id: str | None = None,
-        quotas: Mapping[str, int] | None = None,
-        period: str = "month",
-        overage: str = "refuse",
-        included_credits: Decimal | int | str | None = None,
-    ) -> gen.UpsertPlanUpsertPlanPlan:
-        """Creates or updates a plan, idempotent by key; quotas as {"email.send": 1000}."""
-        data = PlanInput.model_validate(
-            {
-                "key": key,
-                "name": name,
-                "account_kit_id": account_kit_id,
-                "stripe_price_id": stripe_price_id,
-                "quotas": [QuotaInput(primitive=p, quota=q) for p, q in (quotas or {}).items()],
-                "period": period,
-                "overage": overage,
-                "included_credits": None if included_credits is None else _credits(included_credits),
-            }
-        )
-        return _ok(self._call(self._gql.upsert_plan, input=data), "Plan")  # type: ignore[no-any-return]
-
-    def list(self, *, include_archived: bool = False) -> builtins.list[gen.PlansPlans]:
-        return self._call(self._gql.plans, include_archived=include_archived)
-
-    def get(self, key: str) -> gen.PlanPlan:
-        return _ok(self._call(self._gql.plan, key=key), what=f"plan {key!r}")  # type: ignore[no-any-return]
-
-
-class Kits(_Scope):
-    def list(self) -> builtins.list[gen.AccountKitsAccountKits]:
-        return self._call(self._gql.account_kits)
-
-    def get(self, key: str) -> gen.AccountKitAccountKit:
-        return _ok(self._call(self._gql.account_kit, key=key), what=f"kit {key!r}")  # type: ignore[no-any-return]
-
-
-class Tenants(_Scope):
-    def list(self, *, first: int = 50, after: str | None = None) -> gen.TenantsTenants:
-        return self._call(self._gql.tenants, first=first, after=after)
-
-    def get(self, tenant_id: str) -> gen.TenantTenant:
-        return _ok(self._call(self._gql.tenant, id=tenant_id), what=f"tenant {tenant_id}")  # type: ignore[no-any-return]
-
-    def create(
-        self, name: str, *, external_id: str | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> gen.CreateTenantCreateTenantTenant:
-        """Creates a tenant on the default plan with its signup credits."""
-        data = CreateTenantInput.model_validate(
-            {"name": name, "external_id": external_id, "metadata": dict(metadata) if metadata else None}
-        )
-        return _ok(self._call(self._gql.create_tenant, input=data), "Tenant")  # type: ignore[no-any-return]
-
-
-class Keys(_Scope):
-    def create(self, tenant_id: str | None = None, *, name: str = "") -> gen.CreateApiKeyCreateApiKeyCreatedApiKey:
-        """A tenant key (its secret is shown once, in the result)."""
-        result = self._call(self._gql.create_api_key, tenant_id=tenant_id, name=name)
-        return _ok(result, "CreatedApiKey")  # type: ignore[no-any-return]
-
-    def revoke(self, key_id: str) -> gen.RevokeApiKeyRevokeApiKeyApiKey:
-        return _ok(self._call(self._gql.revoke_api_key, id=key_id), "ApiKey")  # type: ignore[no-any-return]
-
-
-class Credits(_Scope):
-    def grant(
-        self,
-        tenant_id: str,
-        amount: Decimal | int | str,
-        *,
-        idempotency_key: str,
-        expires_at: datetime | None = None,
-        reason: str | None = None,
-    ) -> gen.GrantCreditsGrantCreditsCreditGrant:
-        """Operator: an adjustment grant, once per idempotency key."""
-        result = self._call(
-            self._gql.grant_credits,
-            tenant_id=tenant_id,
-            amount=_credits(amount),
-            idempotency_key=idempotency_key,
-            expires_at=expires_at,
-            reason=reason,
-        )
-        return _ok(result, "CreditGrant")  # type: ignore[no-any-return]
-
-
 class PricingCatalog(_Scope):
     def catalog(self) -> gen.Pricing:
         return self._call(self._gql.pricing)
@@ -374,20 +191,12 @@ class PricingCatalog(_Scope):
         return _ok(result, "MediaPricing")  # type: ignore[no-any-return]
 
 
-class StripeInbox(_Scope):
-    def events(
-        self, *, outcome: str | None = None, first: int = 50, after: str | None = None
-    ) -> gen.StripeEventsStripeEvents:
-        """Operator: the webhook inbox, newest first (outcome="rejected" for what a rule refused)."""
-        return self._call(self._gql.stripe_events, outcome=outcome, first=first, after=after)
-
-
 class Meterkit(TenantView):
     """A meterkit gateway at `url` (e.g. http://127.0.0.1:8000) with one API key.
 
     With a tenant key, `billing`, `status()`, `charge()`... act for that tenant. With an operator
-    key, `plans`, `kits`, `tenants`, `keys`, `credits` and `stripe` run the control plane, and
-    `for_user(tenant_id)` acts for one tenant."""
+    key, `plans`, `kits`, `primitives`, `tenants`, `keys`, `credits`, `audit`, `webhooks` and `stripe`
+    run the control plane (meterkit_client/control.py), and `for_user(tenant_id)` acts for one tenant."""
 
     def __init__(
         self, url: str, api_key: str, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
@@ -403,6 +212,9 @@ class Meterkit(TenantView):
         self.credits = Credits(gql, None)
         self.pricing = PricingCatalog(gql, None)
         self.stripe = StripeInbox(gql, None)
+        self.primitives = Primitives(gql, None)
+        self.audit = Audit(gql, None)
+        self.webhooks = Webhooks(gql, None)
 
     def for_user(self, tenant_id: str) -> TenantView:
         """Acts for one tenant with this (operator) key (the X-Tenant-Id header)."""

@@ -2,6 +2,12 @@
 
 from .account_kit import AccountKit, AccountKitAccountKit
 from .account_kits import AccountKits, AccountKitsAccountKits
+from .audit_log import (
+    AuditLog,
+    AuditLogAuditLog,
+    AuditLogAuditLogNodes,
+    AuditLogAuditLogPageInfo,
+)
 from .base_client import BaseClient
 from .base_model import BaseModel, Upload
 from .billing_usage import (
@@ -74,10 +80,13 @@ from .exceptions import (
     GraphQLClientInvalidResponseError,
 )
 from .fragments import (
+    DeliveryFields,
+    DeliveryFieldsAttempts,
     KitFields,
     KitFieldsLimits,
     PlanFields,
     PlanFieldsQuotas,
+    PrimitiveFields,
     TenantFields,
     TenantFieldsAccountKit,
     TenantFieldsCredits,
@@ -131,6 +140,7 @@ from .pricing import (
     PricingPricesTiers,
     PricingPricingSettings,
 )
+from .primitives import Primitives, PrimitivesPrimitives
 from .purchase_credit_pack import (
     PurchaseCreditPack,
     PurchaseCreditPackPurchaseCreditPackCheckoutSession,
@@ -144,6 +154,12 @@ from .release import (
     ReleaseReleaseHoldClosed,
     ReleaseReleaseNotFoundError,
     ReleaseReleaseValidationError,
+)
+from .replay_webhook_delivery import (
+    ReplayWebhookDelivery,
+    ReplayWebhookDeliveryReplayWebhookDeliveryNotFoundError,
+    ReplayWebhookDeliveryReplayWebhookDeliveryValidationError,
+    ReplayWebhookDeliveryReplayWebhookDeliveryWebhookDelivery,
 )
 from .reserve import (
     Reserve,
@@ -203,11 +219,21 @@ from .tenants import (
     TenantsTenantsNodes,
     TenantsTenantsPageInfo,
 )
+from .upsert_account_kit import (
+    UpsertAccountKit,
+    UpsertAccountKitUpsertAccountKitAccountKit,
+    UpsertAccountKitUpsertAccountKitValidationError,
+)
 from .upsert_plan import (
     UpsertPlan,
     UpsertPlanUpsertPlanNotFoundError,
     UpsertPlanUpsertPlanPlan,
     UpsertPlanUpsertPlanValidationError,
+)
+from .upsert_primitive import (
+    UpsertPrimitive,
+    UpsertPrimitiveUpsertPrimitivePrimitive,
+    UpsertPrimitiveUpsertPrimitiveValidationError,
 )
 from .video_pricing import (
     VideoPricing,
@@ -215,6 +241,8 @@ from .video_pricing import (
     VideoPricingVideoPricingNotFoundError,
     VideoPricingVideoPricingValidationError,
 )
+from .webhook_deliveries import WebhookDeliveries, WebhookDeliveriesWebhookDeliveries
+from .webhook_endpoints import WebhookEndpoints, WebhookEndpointsWebhookEndpoints
 
 __all__ = [
     "AccountKit",
@@ -224,6 +252,10 @@ __all__ = [
     "AccountKitsAccountKits",
     "ActivityKind",
     "ApiKeyScope",
+    "AuditLog",
+    "AuditLogAuditLog",
+    "AuditLogAuditLogNodes",
+    "AuditLogAuditLogPageInfo",
     "BaseClient",
     "BaseModel",
     "BatchItemInput",
@@ -269,6 +301,8 @@ __all__ = [
     "CreditPackInput",
     "CreditPacks",
     "CreditPacksCreditPacks",
+    "DeliveryFields",
+    "DeliveryFieldsAttempts",
     "GeneratedClient",
     "GrantCredits",
     "GrantCreditsGrantCreditsConflictError",
@@ -312,8 +346,11 @@ __all__ = [
     "PricingPricesTiers",
     "PricingPricingSettings",
     "PricingRule",
+    "PrimitiveFields",
     "PrimitiveInput",
     "PrimitiveLimitInput",
+    "Primitives",
+    "PrimitivesPrimitives",
     "PurchaseCreditPack",
     "PurchaseCreditPackPurchaseCreditPackCheckoutSession",
     "PurchaseCreditPackPurchaseCreditPackConflictError",
@@ -325,6 +362,10 @@ __all__ = [
     "ReleaseReleaseHoldClosed",
     "ReleaseReleaseNotFoundError",
     "ReleaseReleaseValidationError",
+    "ReplayWebhookDelivery",
+    "ReplayWebhookDeliveryReplayWebhookDeliveryNotFoundError",
+    "ReplayWebhookDeliveryReplayWebhookDeliveryValidationError",
+    "ReplayWebhookDeliveryReplayWebhookDeliveryWebhookDelivery",
     "Reserve",
     "ReserveReserveBudgetExceeded",
     "ReserveReserveHold",
@@ -380,15 +421,25 @@ __all__ = [
     "TenantsTenantsPageInfo",
     "UpdateOrganizationInput",
     "Upload",
+    "UpsertAccountKit",
+    "UpsertAccountKitUpsertAccountKitAccountKit",
+    "UpsertAccountKitUpsertAccountKitValidationError",
     "UpsertPlan",
     "UpsertPlanUpsertPlanNotFoundError",
     "UpsertPlanUpsertPlanPlan",
     "UpsertPlanUpsertPlanValidationError",
+    "UpsertPrimitive",
+    "UpsertPrimitiveUpsertPrimitivePrimitive",
+    "UpsertPrimitiveUpsertPrimitiveValidationError",
     "UsageGroupBy",
     "UsageInterval",
     "VideoPricing",
     "VideoPricingVideoPricingMediaPricing",
     "VideoPricingVideoPricingNotFoundError",
     "VideoPricingVideoPricingValidationError",
+    "WebhookDeliveries",
+    "WebhookDeliveriesWebhookDeliveries",
     "WebhookEndpointInput",
+    "WebhookEndpoints",
+    "WebhookEndpointsWebhookEndpoints",
 ]

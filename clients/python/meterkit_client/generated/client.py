@@ -7,6 +7,7 @@ from typing import Any, Optional, Union
 
 from .account_kit import AccountKit, AccountKitAccountKit
 from .account_kits import AccountKits, AccountKitsAccountKits
+from .audit_log import AuditLog, AuditLogAuditLog
 from .base_client import BaseClient
 from .base_model import UNSET, UnsetType
 from .billing_usage import BillingUsage, BillingUsageViewer
@@ -57,10 +58,18 @@ from .image_pricing import (
     ImagePricingImagePricingNotFoundError,
     ImagePricingImagePricingValidationError,
 )
-from .input_types import CreateTenantInput, MeterInput, PlanInput, SetSubscriptionInput
+from .input_types import (
+    AccountKitInput,
+    CreateTenantInput,
+    MeterInput,
+    PlanInput,
+    PrimitiveInput,
+    SetSubscriptionInput,
+)
 from .plan import Plan, PlanPlan
 from .plans import Plans, PlansPlans
 from .pricing import Pricing
+from .primitives import Primitives, PrimitivesPrimitives
 from .purchase_credit_pack import (
     PurchaseCreditPack,
     PurchaseCreditPackPurchaseCreditPackCheckoutSession,
@@ -74,6 +83,12 @@ from .release import (
     ReleaseReleaseHoldClosed,
     ReleaseReleaseNotFoundError,
     ReleaseReleaseValidationError,
+)
+from .replay_webhook_delivery import (
+    ReplayWebhookDelivery,
+    ReplayWebhookDeliveryReplayWebhookDeliveryNotFoundError,
+    ReplayWebhookDeliveryReplayWebhookDeliveryValidationError,
+    ReplayWebhookDeliveryReplayWebhookDeliveryWebhookDelivery,
 )
 from .reserve import (
     Reserve,
@@ -111,11 +126,21 @@ from .status import Status, StatusStatus
 from .stripe_events import StripeEvents, StripeEventsStripeEvents
 from .tenant import Tenant, TenantTenant
 from .tenants import Tenants, TenantsTenants
+from .upsert_account_kit import (
+    UpsertAccountKit,
+    UpsertAccountKitUpsertAccountKitAccountKit,
+    UpsertAccountKitUpsertAccountKitValidationError,
+)
 from .upsert_plan import (
     UpsertPlan,
     UpsertPlanUpsertPlanNotFoundError,
     UpsertPlanUpsertPlanPlan,
     UpsertPlanUpsertPlanValidationError,
+)
+from .upsert_primitive import (
+    UpsertPrimitive,
+    UpsertPrimitiveUpsertPrimitivePrimitive,
+    UpsertPrimitiveUpsertPrimitiveValidationError,
 )
 from .video_pricing import (
     VideoPricing,
@@ -123,6 +148,8 @@ from .video_pricing import (
     VideoPricingVideoPricingNotFoundError,
     VideoPricingVideoPricingValidationError,
 )
+from .webhook_deliveries import WebhookDeliveries, WebhookDeliveriesWebhookDeliveries
+from .webhook_endpoints import WebhookEndpoints, WebhookEndpointsWebhookEndpoints
 
 
 def gql(q: str) -> str:
@@ -130,6 +157,69 @@ def gql(q: str) -> str:
 
 
 class GeneratedClient(BaseClient):
+    def audit_log(
+        self,
+        first: int,
+        after: Union[Optional[str], UnsetType] = UNSET,
+        entity: Union[Optional[str], UnsetType] = UNSET,
+        entity_key: Union[Optional[str], UnsetType] = UNSET,
+        action: Union[Optional[str], UnsetType] = UNSET,
+        actor_key_id: Union[Optional[str], UnsetType] = UNSET,
+        tenant_id: Union[Optional[str], UnsetType] = UNSET,
+        since: Union[Optional[datetime], UnsetType] = UNSET,
+        until: Union[Optional[datetime], UnsetType] = UNSET,
+        **kwargs: Any,
+    ) -> AuditLogAuditLog:
+        query = gql("""
+            query AuditLog($first: Int! = 50, $after: String = null, $entity: String = null, $entityKey: String = null, $action: String = null, $actorKeyId: String = null, $tenantId: String = null, $since: DateTime = null, $until: DateTime = null) {
+              auditLog(
+                first: $first
+                after: $after
+                entity: $entity
+                entityKey: $entityKey
+                action: $action
+                actorKeyId: $actorKeyId
+                tenantId: $tenantId
+                since: $since
+                until: $until
+              ) {
+                nodes {
+                  id
+                  at
+                  actorKeyId
+                  actorRole
+                  action
+                  entity
+                  entityId
+                  tenantId
+                  before
+                  after
+                  detail
+                }
+                pageInfo {
+                  hasNextPage
+                  endCursor
+                }
+              }
+            }
+            """)
+        variables: dict[str, object] = {
+            "first": first,
+            "after": after,
+            "entity": entity,
+            "entityKey": entity_key,
+            "action": action,
+            "actorKeyId": actor_key_id,
+            "tenantId": tenant_id,
+            "since": since,
+            "until": until,
+        }
+        response = self.execute(
+            query=query, operation_name="AuditLog", variables=variables, **kwargs
+        )
+        data = self.get_data(response)
+        return AuditLog.model_validate(data).audit_log
+
     def set_subscription(
         self,
         input: SetSubscriptionInput,
@@ -379,6 +469,71 @@ class GeneratedClient(BaseClient):
         )
         data = self.get_data(response)
         return ChangePlan.model_validate(data).change_plan
+
+    def primitives(
+        self, include_retired: bool, **kwargs: Any
+    ) -> list[PrimitivesPrimitives]:
+        query = gql("""
+            query Primitives($includeRetired: Boolean! = true) {
+              primitives(includeRetired: $includeRetired) {
+                ...PrimitiveFields
+              }
+            }
+
+            fragment PrimitiveFields on Primitive {
+              key
+              name
+              unit
+              category
+              pricingRule
+              active
+              createdAt
+              updatedAt
+            }
+            """)
+        variables: dict[str, object] = {"includeRetired": include_retired}
+        response = self.execute(
+            query=query, operation_name="Primitives", variables=variables, **kwargs
+        )
+        data = self.get_data(response)
+        return Primitives.model_validate(data).primitives
+
+    def upsert_primitive(
+        self, input: PrimitiveInput, **kwargs: Any
+    ) -> Union[
+        UpsertPrimitiveUpsertPrimitivePrimitive,
+        UpsertPrimitiveUpsertPrimitiveValidationError,
+    ]:
+        query = gql("""
+            mutation UpsertPrimitive($input: PrimitiveInput!) {
+              upsertPrimitive(input: $input) {
+                __typename
+                ...PrimitiveFields
+                ... on ValidationError {
+                  code
+                  message
+                  field
+                }
+              }
+            }
+
+            fragment PrimitiveFields on Primitive {
+              key
+              name
+              unit
+              category
+              pricingRule
+              active
+              createdAt
+              updatedAt
+            }
+            """)
+        variables: dict[str, object] = {"input": input}
+        response = self.execute(
+            query=query, operation_name="UpsertPrimitive", variables=variables, **kwargs
+        )
+        data = self.get_data(response)
+        return UpsertPrimitive.model_validate(data).upsert_primitive
 
     def charge(
         self, input: MeterInput, **kwargs: Any
@@ -753,6 +908,47 @@ class GeneratedClient(BaseClient):
         )
         data = self.get_data(response)
         return AccountKit.model_validate(data).account_kit
+
+    def upsert_account_kit(
+        self, input: AccountKitInput, **kwargs: Any
+    ) -> Union[
+        UpsertAccountKitUpsertAccountKitAccountKit,
+        UpsertAccountKitUpsertAccountKitValidationError,
+    ]:
+        query = gql("""
+            mutation UpsertAccountKit($input: AccountKitInput!) {
+              upsertAccountKit(input: $input) {
+                __typename
+                ...KitFields
+                ... on ValidationError {
+                  code
+                  message
+                  field
+                }
+              }
+            }
+
+            fragment KitFields on AccountKit {
+              key
+              name
+              allowedPrimitives
+              allowedConnections
+              limits {
+                primitive
+                maxQuantityPerCall
+                callsPerMinute
+              }
+            }
+            """)
+        variables: dict[str, object] = {"input": input}
+        response = self.execute(
+            query=query,
+            operation_name="UpsertAccountKit",
+            variables=variables,
+            **kwargs,
+        )
+        data = self.get_data(response)
+        return UpsertAccountKit.model_validate(data).upsert_account_kit
 
     def pricing(self, **kwargs: Any) -> Pricing:
         query = gql("""
@@ -1157,3 +1353,110 @@ class GeneratedClient(BaseClient):
         )
         data = self.get_data(response)
         return GrantCredits.model_validate(data).grant_credits
+
+    def webhook_endpoints(
+        self, **kwargs: Any
+    ) -> list[WebhookEndpointsWebhookEndpoints]:
+        query = gql("""
+            query WebhookEndpoints {
+              webhookEndpoints {
+                id
+                tenantId
+                url
+                eventTypes
+                active
+                consecutiveFailures
+                disabledReason
+                createdAt
+              }
+            }
+            """)
+        variables: dict[str, object] = {}
+        response = self.execute(
+            query=query,
+            operation_name="WebhookEndpoints",
+            variables=variables,
+            **kwargs,
+        )
+        data = self.get_data(response)
+        return WebhookEndpoints.model_validate(data).webhook_endpoints
+
+    def webhook_deliveries(
+        self, endpoint_id: str, first: int, **kwargs: Any
+    ) -> list[WebhookDeliveriesWebhookDeliveries]:
+        query = gql("""
+            query WebhookDeliveries($endpointId: ID!, $first: Int! = 50) {
+              webhookDeliveries(endpointId: $endpointId, first: $first) {
+                ...DeliveryFields
+              }
+            }
+
+            fragment DeliveryFields on WebhookDelivery {
+              id
+              eventId
+              status
+              nextAttemptAt
+              deliveredAt
+              attempts {
+                at
+                statusCode
+                error
+                durationMs
+              }
+            }
+            """)
+        variables: dict[str, object] = {"endpointId": endpoint_id, "first": first}
+        response = self.execute(
+            query=query,
+            operation_name="WebhookDeliveries",
+            variables=variables,
+            **kwargs,
+        )
+        data = self.get_data(response)
+        return WebhookDeliveries.model_validate(data).webhook_deliveries
+
+    def replay_webhook_delivery(
+        self, id: str, **kwargs: Any
+    ) -> Union[
+        ReplayWebhookDeliveryReplayWebhookDeliveryWebhookDelivery,
+        ReplayWebhookDeliveryReplayWebhookDeliveryValidationError,
+        ReplayWebhookDeliveryReplayWebhookDeliveryNotFoundError,
+    ]:
+        query = gql("""
+            mutation ReplayWebhookDelivery($id: ID!) {
+              replayWebhookDelivery(id: $id) {
+                __typename
+                ...DeliveryFields
+                ... on UserError {
+                  code
+                  message
+                }
+                ... on ValidationError {
+                  field
+                }
+              }
+            }
+
+            fragment DeliveryFields on WebhookDelivery {
+              id
+              eventId
+              status
+              nextAttemptAt
+              deliveredAt
+              attempts {
+                at
+                statusCode
+                error
+                durationMs
+              }
+            }
+            """)
+        variables: dict[str, object] = {"id": id}
+        response = self.execute(
+            query=query,
+            operation_name="ReplayWebhookDelivery",
+            variables=variables,
+            **kwargs,
+        )
+        data = self.get_data(response)
+        return ReplayWebhookDelivery.model_validate(data).replay_webhook_delivery

@@ -8,7 +8,23 @@ from typing import Optional
 from pydantic import Field
 
 from .base_model import BaseModel
-from .enums import OveragePolicy, Period, SubscriptionStatus
+from .enums import OveragePolicy, Period, PricingRule, SubscriptionStatus
+
+
+class DeliveryFields(BaseModel):
+    id: str
+    event_id: str = Field(alias="eventId")
+    status: str
+    next_attempt_at: datetime = Field(alias="nextAttemptAt")
+    delivered_at: Optional[datetime] = Field(alias="deliveredAt")
+    attempts: list["DeliveryFieldsAttempts"]
+
+
+class DeliveryFieldsAttempts(BaseModel):
+    at: datetime
+    status_code: Optional[int] = Field(alias="statusCode")
+    error: Optional[str]
+    duration_ms: int = Field(alias="durationMs")
 
 
 class KitFields(BaseModel):
@@ -42,6 +58,17 @@ class PlanFieldsQuotas(BaseModel):
     quota: int
 
 
+class PrimitiveFields(BaseModel):
+    key: str
+    name: str
+    unit: str
+    category: str
+    pricing_rule: PricingRule = Field(alias="pricingRule")
+    active: bool
+    created_at: datetime = Field(alias="createdAt")
+    updated_at: datetime = Field(alias="updatedAt")
+
+
 class TenantFields(BaseModel):
     id: str
     name: str
@@ -73,6 +100,8 @@ class TenantFieldsCredits(BaseModel):
     reserved: Decimal
 
 
+DeliveryFields.model_rebuild()
 KitFields.model_rebuild()
 PlanFields.model_rebuild()
+PrimitiveFields.model_rebuild()
 TenantFields.model_rebuild()
