@@ -9,22 +9,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+# The typed client (clients/python) first: the gateway's CLI depends on it and it is not on PyPI.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ./clients/python -e '.[dev]'
 	touch $@
 
-# `make run STRIPE=dev` points the gateway at `make dev-stripe` (the local Stripe stand-in).
+# `make run STRIPE=dev`: the gateway and the local Stripe stand-in in one process (meterkit serve
+# --dev-stripe), webhooks and Checkout's return pages on the gateway's own port (PORT=8123 moves it).
+# `make dev-stripe` runs the stand-in alone (another terminal), delivering to the gateway on PORT;
+# `make run STRIPE=dev-external` then points the gateway at it.
 DEV_STRIPE_PORT ?= 12111
-ifeq ($(STRIPE),dev)
+# PORT unset: METERKIT_PORT, else 8000 (what both commands read by themselves).
+SERVE := $(BIN)/meterkit serve $(if $(PORT),--port $(PORT))
+ifeq ($(STRIPE),dev-external)
 run: export METERKIT_STRIPE_API_BASE = http://127.0.0.1:$(DEV_STRIPE_PORT)
 run: export METERKIT_STRIPE_API_KEY = sk_test_meterkit_dev
 run: export METERKIT_STRIPE_WEBHOOK_SECRET = whsec_meterkit_dev
 endif
 run: $(VENV)/.installed
-	$(BIN)/meterkit serve
+	$(SERVE) $(if $(filter dev,$(STRIPE)),--dev-stripe --dev-stripe-port $(DEV_STRIPE_PORT))
 
 dev-stripe: $(VENV)/.installed
-	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT)
+	$(BIN)/meterkit dev stripe --port $(DEV_STRIPE_PORT) $(if $(PORT),--webhook-url http://127.0.0.1:$(PORT)/webhooks/stripe)
 
 # Debian packages the tests need, as binary:package: the dashboard's browser tests drive chromium
 # through Playwright (never a downloaded browser); the PostgreSQL pooling tests start pgbouncer
@@ -46,9 +52,9 @@ test: $(VENV)/.installed test-debs
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
-	$(BIN)/mypy app tests bench
+	$(BIN)/ruff check app tests bench clients/python
+	$(BIN)/ruff format --check app tests bench clients/python
+	$(BIN)/mypy app tests bench clients/python/meterkit_client
 	$(BIN)/lint-imports
 	$(BIN)/meterkit export-schema --check
 	$(MAKE) --no-print-directory client-check
@@ -57,30 +63,39 @@ lint: $(VENV)/.installed
 schema: $(VENV)/.installed
 	$(BIN)/meterkit export-schema
 
-# The typed Python client (app/client/generated) from schema.graphql + app/client/queries/*.graphql.
+# The typed Python client (clients/python/meterkit_client/generated) from schema.graphql +
+# clients/python/queries/*.graphql, and the schema's digest in meterkit_client/_schema.py.
 # ariadne-codegen runs in its own venv: it pins graphql-core < 3.3, strawberry needs >= 3.3.
 CODEGEN_VENV ?= .venv-codegen
-CODEGEN_REQS := app/client/codegen-requirements.txt
-CODEGEN_INPUTS := schema.graphql app/client/codegen.toml app/client/queries
+CLIENT := clients/python
+CODEGEN_REQS := $(CLIENT)/codegen-requirements.txt
 
 $(CODEGEN_VENV)/.installed: $(CODEGEN_REQS)
 	$(PYTHON) -m venv $(CODEGEN_VENV)
 	$(CODEGEN_VENV)/bin/pip install -q -r $(CODEGEN_REQS)
 	touch $@
 
+# Writes $(CLIENT)/meterkit_client/generated and _schema.py under the directory $(1).
+define generate_client
+	cd $(1) && $(abspath $(CODEGEN_VENV))/bin/ariadne-codegen client --config $(CLIENT)/codegen.toml >/dev/null && \
+	printf '# Written by `make client`: the digest of the schema.graphql this client was generated from.\nSCHEMA_SHA256 = "%s"\n' \
+	  "$$(sha256sum schema.graphql | cut -d' ' -f1)" > $(CLIENT)/meterkit_client/_schema.py
+endef
+
 client: $(CODEGEN_VENV)/.installed
-	rm -rf app/client/generated
-	$(CODEGEN_VENV)/bin/ariadne-codegen client --config app/client/codegen.toml
+	rm -rf $(CLIENT)/meterkit_client/generated
+	$(call generate_client,.)
 
 # Generate into a scratch copy of the inputs and diff: CI fails when the checked-in client is stale.
 client-check: $(CODEGEN_VENV)/.installed
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	mkdir -p "$$tmp/app/client" && cp schema.graphql "$$tmp/" && \
-	cp -r app/client/codegen.toml app/client/queries "$$tmp/app/client/" && \
-	(cd "$$tmp" && $(abspath $(CODEGEN_VENV))/bin/ariadne-codegen client --config app/client/codegen.toml >/dev/null) && \
-	if diff -r -x __pycache__ "$$tmp/app/client/generated" app/client/generated; then \
-	  echo "app/client/generated is up to date"; \
-	else echo "app/client/generated is stale: run 'make client' and commit it" >&2; exit 1; fi
+	mkdir -p "$$tmp/$(CLIENT)/meterkit_client" && cp schema.graphql "$$tmp/" && \
+	cp -r $(CLIENT)/codegen.toml $(CLIENT)/queries "$$tmp/$(CLIENT)/" && \
+	$(call generate_client,"$$tmp") && cd $(CURDIR) && \
+	if diff -r -x __pycache__ "$$tmp/$(CLIENT)/meterkit_client/generated" $(CLIENT)/meterkit_client/generated && \
+	   diff "$$tmp/$(CLIENT)/meterkit_client/_schema.py" $(CLIENT)/meterkit_client/_schema.py; then \
+	  echo "$(CLIENT)/meterkit_client is up to date"; \
+	else echo "$(CLIENT)/meterkit_client is stale: run 'make client' and commit it" >&2; exit 1; fi
 
 bench: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -1,8 +1,12 @@
-"""meterkit command line: serve, migrate, export-schema, and operator commands."""
+"""meterkit command line. The server and maintenance commands are here and work on the database:
+`migrate` and `serve` (which may create it), `reconcile`, `stripe reconcile` and `webhooks work`
+(which never create it: local_engine). Every other command talks to a running gateway through the
+typed client (app/cli_client)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -11,6 +15,9 @@ from app.settings import get_settings
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="meterkit: meter and monetize your tenants.")
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema.graphql"
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 def require_database(url: str) -> None:
@@ -22,6 +29,25 @@ def require_database(url: str) -> None:
     except DatabaseUnavailable as exc:
         typer.echo(f"meterkit: {exc.message}", err=True)
         raise typer.Exit(1) from None
+
+
+def local_engine(database_url: str | None = None) -> Engine:
+    """The engine of a maintenance command, on a database that exists already. A SQLite file that
+    does not exist (or a database never migrated): one line saying which and how to create it, exit
+    2, and nothing created; unreachable: as require_database, exit 1."""
+    from app.core.db import engine_for
+    from app.core.dbcheck import DatabaseMissing, DatabaseUnavailable, require_existing
+
+    settings = get_settings()
+    try:
+        require_existing(database_url or settings.database_url)
+    except DatabaseMissing as exc:
+        typer.echo(f"meterkit: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    except DatabaseUnavailable as exc:
+        typer.echo(f"meterkit: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    return engine_for(settings, database_url)
 
 
 @cli.command()
@@ -51,8 +77,44 @@ def serve(
     port: int = typer.Option(None, min=1, max=65535, help="Port (default METERKIT_PORT or 8000)"),
     demo: bool = typer.Option(True, help="Load the demo catalog (kits, plans) if it is missing"),
     workers: int = typer.Option(1, help="uvicorn worker processes"),
+    dev_stripe: bool = typer.Option(
+        False,
+        "--dev-stripe",
+        help="Also run the local Stripe stand-in (meterkit dev stripe) in this process, its webhooks "
+        "delivered to this gateway, and point the gateway at it (make run STRIPE=dev). Development only.",
+    ),
+    dev_stripe_port: int = typer.Option(12111, min=1, max=65535, help="The stand-in's port (--dev-stripe)"),
+    dev_stripe_state: Path = typer.Option(
+        Path(".meterkit-dev-stripe.json"), help="The stand-in's state file (--dev-stripe)"
+    ),
 ) -> None:
     """Migrate, then serve /graphql (with GraphiQL outside production) and /healthz."""
+    import os
+
+    from app.settings import local_host
+
+    settings = get_settings()
+    h = host or settings.host
+    p = settings.port if port is None else port
+    # Checkout's return pages are on this gateway: unless METERKIT_PUBLIC_URL says otherwise, they
+    # follow the address served here. Exported, so the app (here, or in uvicorn's workers) sees it.
+    own_url = f"http://{local_host(h)}:{p}"
+    if not settings.public_url:
+        os.environ["METERKIT_PUBLIC_URL"] = own_url
+    dev = None
+    if dev_stripe:
+        from app.devtools.cli import start_beside_gateway
+
+        dev = start_beside_gateway(own_url, dev_stripe_port, dev_stripe_state)
+    get_settings.cache_clear()
+    try:
+        _serve(h, p, demo, workers)
+    finally:
+        if dev is not None:
+            dev.stop()
+
+
+def _serve(h: str, p: int, demo: bool, workers: int) -> None:
     import uvicorn
 
     from app.bootstrap import prepare
@@ -68,8 +130,6 @@ def serve(
         typer.echo(f"  {new_key}")
         typer.echo("Use it as 'Authorization: Bearer <key>' (GraphiQL: the Headers tab).")
         typer.echo("=" * 72)
-    h = host or settings.host
-    p = settings.port if port is None else port
     typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
     uvicorn.run(
         "app.main:create_app",
@@ -85,6 +145,7 @@ def serve(
         # A websocket frame is buffered whole before the app sees it (uvicorn's default: 16 MiB).
         # Twice the body limit: the app answers what lies between with 4413 (app/graphql/ws.py).
         ws_max_size=2 * settings.max_body_bytes,
+        ws_per_message_deflate=settings.ws_compression,
     )
 
 
@@ -108,25 +169,19 @@ def export_schema(
     typer.echo(f"wrote {path}")
 
 
-from app.integrations.stripe.cli import stripe_cli  # noqa: E402
-
+stripe_cli = typer.Typer(
+    no_args_is_help=True, help="Stripe integration: reconcile local state with Stripe; read the webhook inbox."
+)
 cli.add_typer(stripe_cli, name="stripe")
 
 from app.cli_client import mount  # noqa: E402  (commands against a running gateway)
+from app.cli_client.webhooks import webhooks_cli  # noqa: E402
 
-mount(cli, stripe_cli)
+mount(cli, stripe_cli, webhooks_cli)
 
 from app.devtools.cli import dev_cli  # noqa: E402
 
 cli.add_typer(dev_cli, name="dev")
-
-from app.catalog.cli import primitive_cli  # noqa: E402
-
-cli.add_typer(primitive_cli, name="primitive")
-
-from app.alerts.cli import webhooks_cli  # noqa: E402
-
-cli.add_typer(webhooks_cli, name="webhooks")
 
 
 @cli.command()
@@ -136,11 +191,11 @@ def reconcile(
 ) -> None:
     """Recompute every credit balance from the ledger and check the buckets; exit 1 on drift."""
     from app.cli_client.progress import working
-    from app.core.db import engine_for, unit_of_work
+    from app.core.db import unit_of_work
     from app.core.money import format_credits
     from app.credits.service import reconcile as run
 
-    engine = engine_for(get_settings(), database_url)
+    engine = local_engine(database_url)
     try:
         # A spinner on a terminal: reconcile is four grouped statements, so there is no count to show.
         with working("recomputing every balance from the ledger"), unit_of_work(engine, write=False) as s:
@@ -156,6 +211,71 @@ def reconcile(
     typer.echo(f"checked {report.checked} tenant(s), {len(report.drifted)} with drift")
     if report.drifted:
         raise typer.Exit(1)
+
+
+@stripe_cli.command("reconcile")
+def stripe_reconcile() -> None:
+    """Repair subscriptions, pack credits and monthly credits after missed webhooks.
+
+    Reads every subscription (all statuses), completed Checkout Session and paid invoice
+    from Stripe. Safe to run any time and repeatedly: a second run changes nothing."""
+    from app.cli_client.progress import phases
+    from app.core.clock import Clock
+    from app.integrations.stripe.client import StripeGateway, StripeNotConfigured, StripeUnavailable
+    from app.integrations.stripe.service import reconcile as run
+
+    settings = get_settings()
+    try:
+        gateway = StripeGateway.from_settings(settings)
+    except StripeNotConfigured as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
+    engine = local_engine()
+    try:
+        with phases() as tick:  # a bar per phase on a terminal; nothing in a pipe
+            report = run(engine, gateway, settings, Clock(), progress=tick)
+    except StripeUnavailable as exc:
+        typer.echo(f"Stripe: {exc.message}; nothing more was changed, run it again", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"subscriptions seen: {report.subscriptions_seen}, repaired: {report.subscriptions_repaired}; "
+        f"pack grants: {report.packs_granted}; monthly credit grants: {report.allowances_granted}; "
+        f"expired checkouts closed: {report.checkouts_closed}; "
+        f"overage reported: {report.overage_reported}, still pending: {report.overage_pending}"
+    )
+    for reason, n in sorted(report.skipped.items()):
+        typer.echo(f"skipped ({reason}): {n}")
+
+
+@webhooks_cli.command("work")
+def webhooks_work() -> None:
+    """Deliver alerts in the foreground until SIGTERM or Ctrl-C: the worker `meterkit serve` runs
+    in its own process, as a process of its own (several may share one PostgreSQL)."""
+    import signal
+    import threading
+
+    from app.alerts.worker import DeliveryConfig, DeliveryWorker
+    from app.core.clock import Clock
+
+    settings = get_settings()
+    engine = local_engine()  # the pool and PgBouncer settings, as every process
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker = DeliveryWorker(
+        engine, Clock(), interval=settings.webhook_worker_seconds or 1.0, config=DeliveryConfig.from_settings(settings)
+    )
+    worker.start()
+    typer.echo("delivering alerts; SIGTERM or Ctrl-C stops", err=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.stop()
+        engine.dispose()
 
 
 def main() -> None:

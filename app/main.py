@@ -32,7 +32,7 @@ from app.core.clock import Clock
 from app.core.db import SqliteCheckpointer, engine_for, sqlite_checkpointer, unit_of_work
 from app.core.errors import Unavailable
 from app.graphql.context import Context
-from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
+from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, IDE_DIR, IDE_PATH, ide_html
 from app.graphql.schema import build_schema
 from app.graphql.ws import LiveWSHandler
 from app.http.edge import AuthError, InFlightLimit, error_response, http_error, require_key, unavailable_response
@@ -108,7 +108,7 @@ class MeterkitGraphQL(GraphQL[Context, None]):
 
     @property
     def graphql_ide_html(self) -> str:
-        return local_ide_html(super().graphql_ide_html)
+        return ide_html()
 
     async def get_context(self, request: Any, response: Any) -> Context:
         st = self.state
@@ -290,6 +290,8 @@ def create_app(
         WebSocketRoute("/graphql", graphql_app),
     ]
     if settings.graphiql_enabled:
+        # The page's own files first: the vendored directory's mount would answer their path with 404.
+        routes.append(Mount(IDE_PATH, StaticFiles(directory=IDE_DIR), name="graphiql-page-assets"))
         routes.append(Mount(ASSETS_PATH, StaticFiles(directory=ASSETS_DIR), name="graphiql-assets"))
     for extra in _slice_routes(state):
         routes.append(extra)

@@ -9,6 +9,7 @@ from app.credits.models import CreditAccount, CreditBucket, CreditHold, CreditPa
 from app.integrations.stripe.models import StripeEvent, StripeOperation
 from app.llm.models import LlmCall
 from app.metering.models import RateWindow, UsageCounter, UsageEvent, UsageRollup
+from app.organizations.models import Organization
 from app.overage.models import OverageReport
 from app.periods.models import BillingPeriod
 from app.plans.models import Plan, PlanQuota
@@ -18,6 +19,7 @@ from app.tenants.models import ApiKey, Tenant
 
 __all__ = [
     "BillingPeriod",
+    "Organization",
     "OverageReport",
     "CreditHold",
     "RateWindow",

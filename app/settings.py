@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
-    public_url: str = "http://127.0.0.1:8000"
+    # Where browsers reach this gateway (Stripe Checkout's return pages). Unset: the address it
+    # serves on (`meterkit serve --host/--port`, else METERKIT_HOST/METERKIT_PORT), see public_base_url.
+    public_url: str | None = None
     default_plan_key: str = "free"
 
     # Alerts: how often the in-process webhook worker looks for due deliveries (0: no worker here)
@@ -112,6 +114,9 @@ class Settings(BaseSettings):
     max_subscriptions_per_socket: Annotated[int, Field(ge=1)] = 100
     max_subscriptions_per_key: Annotated[int, Field(ge=1)] = 2000
     max_subscriptions_per_tenant: Annotated[int, Field(ge=1)] = 4000
+    # permessage-deflate on websockets (`meterkit serve`). Off: live answers are a few hundred
+    # bytes, and compressing each one for each socket cost the event loop more than sending it.
+    ws_compression: bool = False
     # The GraphQL parse cache keeps documents up to this many bytes in all (an estimate of the
     # text and its syntax tree), least recently used out first (app/graphql/parse_cache.py).
     parse_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
@@ -139,6 +144,13 @@ class Settings(BaseSettings):
     llm_max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
 
     @property
+    def public_base_url(self) -> str:
+        """METERKIT_PUBLIC_URL, else this gateway's own address (a wildcard bind as loopback)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{local_host(self.host)}:{self.port}"
+
+    @property
     def session_database_url(self) -> str:
         """Where a session-level feature connects: db_session_url, else database_url."""
         return self.db_session_url or self.database_url
@@ -159,6 +171,15 @@ class Settings(BaseSettings):
         if self.webhook_lease_seconds <= self.webhook_deadline_seconds:
             raise ValueError("METERKIT_WEBHOOK_LEASE_SECONDS must be more than METERKIT_WEBHOOK_DEADLINE_SECONDS")
         return self
+
+
+def local_host(host: str) -> str:
+    """An address a process on this machine can reach a server bound to `host` at."""
+    if host in ("0.0.0.0", "", "*"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 @lru_cache

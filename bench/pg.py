@@ -338,6 +338,8 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     ok_events = True
     try:
+        if args.pg_orgs_only:
+            return _orgs_only(url, tmp, args)
         tenants = seed(url, TENANTS + 1)
         ids = [t for t, _ in tenants]
         loop_tenant, hot_key = ids[-1], tenants[0][1]
@@ -392,6 +394,26 @@ def main(args: argparse.Namespace) -> int:
                 )
             finally:
                 stop(server)
+        from bench import pg_orgs
+
+        log(f"organizations: {pg_orgs.ONE_ORG_END_USERS} end users of one, and {pg_orgs.ORGS} organizations")
+        world = pg_orgs.seed(url)
+        ids += world["tenants"]
+        server = serve(url, port, 1, tmp / "server-orgs.log", True)
+        try:
+            n0 = events(url, world["tenants"])
+            orgs = pg_orgs.measure(base, world, args)
+            written = events(url, world["tenants"]) - n0
+            acknowledged = orgs["one_org"]["ok"] + orgs["many_orgs"]["ok"]
+            errors = orgs["one_org"]["errors"] + orgs["many_orgs"]["errors"]
+            ok_events = ok_events and written >= acknowledged and errors == 0
+            results["organizations"] = orgs
+            log(
+                f"organizations: one {orgs['one_org']['rps']:,.0f}/s vs {pg_orgs.ORGS} "
+                f"{orgs['many_orgs']['rps']:,.0f}/s = {orgs['ratio']:.2f}x"
+            )
+        finally:
+            stop(server)
         server = serve(url, port, 2, tmp / "server-2w.log", True)
         try:
             measure("hot_2w", f"GraphQL charge, hot tenant, {args.connections} conns, 2 workers, function", [hot_key])
@@ -446,6 +468,15 @@ def main(args: argparse.Namespace) -> int:
             "ok": None,
         },
     ]
+    orgs = results["organizations"]
+    targets.append(
+        {
+            "target": f"{args.connections} conns: 1 organization (100 end users) / 16 organizations",
+            "value": f"{orgs['ratio']:.2f}x ({orgs['one_org']['rps']:,.0f}/s vs {orgs['many_orgs']['rps']:,.0f}/s)",
+            "goal": ">= 0.7x",
+            "ok": orgs["ok"],
+        }
+    )
     results.update(
         targets=targets,
         events_match=ok_events,
@@ -486,3 +517,24 @@ def main(args: argparse.Namespace) -> int:
     log(f"results in {out}")
     drift = b["balance_drift_accounts"] or b["counter_drift_rows"] or b["rollup_drift_tenants"]
     return 1 if drift or not ok_events else 0
+
+
+def _orgs_only(url: str, tmp: Path, args: argparse.Namespace) -> int:
+    """--pg-orgs-only: the organizations scenario alone (bench/pg_orgs.py), printed."""
+    from app.core.migrate import upgrade
+    from bench import pg_orgs
+
+    upgrade(url)
+    world = pg_orgs.seed(url)
+    port = free_port()
+    server = serve(url, port, 1, tmp / "server-orgs.log", True)
+    try:
+        orgs = pg_orgs.measure(f"http://127.0.0.1:{port}", world, args)
+    finally:
+        stop(server)
+    one, many = orgs["one_org"], orgs["many_orgs"]
+    users = pg_orgs.ONE_ORG_END_USERS
+    print(f"1 organization, {users} end users: {one['rps']:,.0f}/s {one['rounds']}, p99 {one['p99_ms']:.1f} ms")
+    print(f"{pg_orgs.ORGS} organizations: {many['rps']:,.0f}/s {many['rounds']}, p99 {many['p99_ms']:.1f} ms")
+    print(f"{verdict(orgs['ok'])}  one / sixteen: {orgs['ratio']:.2f}x (goal >= {pg_orgs.TARGET}x)")
+    return 0 if one["errors"] + many["errors"] == 0 else 1

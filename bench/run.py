@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--postgres", action="store_true", help="run the PostgreSQL scenarios (bench/pg.py) instead")
     ap.add_argument("--pg-rounds", type=int, default=4, help="--postgres: A/B rounds on one connection")
     ap.add_argument("--pg-round-seconds", type=float, default=2, help="--postgres: seconds per round and path")
+    ap.add_argument(
+        "--pg-orgs-only", action="store_true", help="--postgres: only the organizations scenario (bench/pg_orgs.py)"
+    )
     # Subscription isolation (bench/subs.py, issue 17).
     ap.add_argument("--subs-seconds", type=float, default=20, help="subscription isolation: seconds per side")
     ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")

@@ -6,6 +6,9 @@
 local threads = {}
 local counter = 0
 local mode, nonce, expected, pattern
+-- mode charge with a key file (args[4], one API key per line): each request takes the next key,
+-- so one connection's requests spread over many tenants (bench/pg_orgs.py).
+local keyed = {}
 -- Globals on purpose: done() reads them from each thread's Lua state with thread:get(), and
 -- setup() sets `tid` there with thread:set().
 ok, bad_status, bad_body = 0, 0, 0
@@ -17,6 +20,17 @@ end
 
 function init(args)
   mode, nonce, expected = args[1], args[2], tonumber(args[3] or "1")
+  if mode == "charge" and args[4] then
+    for line in io.lines(args[4]) do
+      if #line > 0 then
+        keyed[#keyed + 1] = {
+          ["Authorization"] = "Bearer " .. line,
+          ["Content-Type"] = "application/json",
+          ["Host"] = wrk.headers["Host"],
+        }
+      end
+    end
+  end
   if mode == "floor" then
     wrk.method = "POST"
     wrk.path = "/graphql"
@@ -59,6 +73,12 @@ end
 
 function request()
   if mode == "charge" then
+    if #keyed > 0 then
+      local body = CHARGE_Q .. key() .. '"}}}'
+      local headers = keyed[(counter % #keyed) + 1]
+      headers["Content-Length"] = nil  -- wrk.format sets it from the body
+      return wrk.format("POST", "/graphql", headers, body)
+    end
     return wrk.format("POST", "/graphql", nil, CHARGE_Q .. key() .. '"}}}')
   elseif mode == "plain" then
     return wrk.format("POST", "/v1/charge", nil, '{"primitive":"email.send","idempotency_key":"' .. key() .. '","quantity":1}')

@@ -225,8 +225,14 @@ class Api:
         return str(data["createTenant"]["id"])
 
     def tenant_key(self, tenant_id: str) -> str:
+        return self.tenant_key_as(tenant_id, None)
+
+    def tenant_key_as(self, tenant_id: str, key: str | None) -> str:
+        """An end user's key, minted by `key` (default: the platform key)."""
         data = self(
-            "mutation($t: ID!) { createApiKey(tenantId: $t) { ... on CreatedApiKey { secret } } }", {"t": tenant_id}
+            "mutation($t: ID!) { createApiKey(tenantId: $t) { ... on CreatedApiKey { secret } } }",
+            {"t": tenant_id},
+            key=key,
         )
         return str(data["createApiKey"]["secret"])
 

@@ -11,9 +11,12 @@ from app.audit.service import Target, audited
 from app.core.auth import Principal
 from app.core.clock import Clock
 from app.core.db import unit_of_work
+from app.organizations.models import DEFAULT_ORG_ID
 
 
-def upsert_account_kit(engine: Engine, clock: Clock, actor: Principal | None, data: service.KitInput) -> AccountKit:
+def upsert_account_kit(
+    engine: Engine, clock: Clock, actor: Principal | None, data: service.KitInput, organization_id: str = DEFAULT_ORG_ID
+) -> AccountKit:
     """Create or replace a kit by key; an edit applies at once to every tenant using it."""
     with unit_of_work(engine) as s:
         return audited(
@@ -22,5 +25,5 @@ def upsert_account_kit(engine: Engine, clock: Clock, actor: Principal | None, da
             clock.now(),
             "upsertAccountKit",
             Target("account_kit", data.key),
-            lambda: service.upsert_account_kit(s, clock, data),
+            lambda: service.upsert_account_kit(s, clock, data, organization_id),
         )

@@ -21,4 +21,6 @@ class AccountKit(SQLModel, table=True):
     limits: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
     allowed_connections: list[str] = Field(default_factory=list, sa_column=json_column())
     created_at: datetime = Field(sa_column=ts_column())
+    # The organization that owns it (app/organizations); set on every row since migration 0017.
+    organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
     updated_at: datetime = Field(sa_column=ts_column())

@@ -18,8 +18,12 @@ class AccountKitRepository:
         rows = self.s.exec(select(AccountKit).where(col(AccountKit.key).in_(list(keys)))).all()
         return {r.key: r for r in rows}
 
-    def all(self) -> list[AccountKit]:
-        return list(self.s.exec(select(AccountKit).order_by(col(AccountKit.key))).all())
+    def all(self, organization_id: str | None = None) -> list[AccountKit]:
+        """Every kit, or one organization's."""
+        q = select(AccountKit).order_by(col(AccountKit.key))
+        if organization_id is not None:
+            q = q.where(AccountKit.organization_id == organization_id)
+        return list(self.s.exec(q).all())
 
     def save(self, kit: AccountKit) -> AccountKit:
         self.s.add(kit)

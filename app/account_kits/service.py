@@ -11,6 +11,7 @@ from app.core.clock import Clock
 from app.core.errors import ValidationFailed
 from app.core.primitives import validate_connection, validate_pattern, validate_primitive
 from app.core.validation import check_key, check_name
+from app.organizations.models import DEFAULT_ORG_ID
 
 MAX_LIST = 200
 
@@ -31,8 +32,11 @@ class KitInput:
     allowed_connections: list[str] = field(default_factory=list)
 
 
-def upsert_account_kit(session: Session, clock: Clock, data: KitInput) -> AccountKit:
-    """Create or replace a kit. Tenants reference kits, so an edit applies to all of them at once."""
+def upsert_account_kit(
+    session: Session, clock: Clock, data: KitInput, organization_id: str = DEFAULT_ORG_ID
+) -> AccountKit:
+    """Create or replace a kit of the organization. Tenants reference kits, so an edit applies to all of
+    them at once. Kit keys are still unique across organizations: another organization's key is refused."""
     check_key(data.key, field="key")
     check_name(data.name)
     if len(data.allowed_primitives) > MAX_LIST or len(data.allowed_connections) > MAX_LIST:
@@ -58,8 +62,11 @@ def upsert_account_kit(session: Session, clock: Clock, data: KitInput) -> Accoun
     repo = AccountKitRepository(session)
     now = clock.now()
     kit = repo.get(data.key)
+    if kit is not None and kit.organization_id not in (organization_id, None):
+        raise ValidationFailed("this kit key is taken; choose another", field="key")
     if kit is None:
         kit = AccountKit(key=data.key, name=data.name, created_at=now, updated_at=now)
+    kit.organization_id = organization_id
     kit.name = data.name
     kit.allowed_primitives = patterns
     kit.limits = limits

@@ -17,15 +17,16 @@ from sqlalchemy.engine import Engine
 from app.alerts.emit import BALANCE_EXHAUSTED, emit
 from app.core.clock import Clock
 from app.core.db import connection_of_work
-from app.metering.errors import InsufficientCredits
+from app.metering.errors import InsufficientCredits, OrganizationCreditsExhausted
 
 _seen: set[tuple[str, str, str]] = set()
 _lock = threading.Lock()
 MAX_SEEN = 100_000
 
 
-def record_exhausted(engine: Engine, clock: Clock, exc: InsufficientCredits) -> None:
-    """Writes the tenant's balance.exhausted for the refusal's period, once; its own transaction."""
+def record_exhausted(engine: Engine, clock: Clock, exc: InsufficientCredits | OrganizationCreditsExhausted) -> None:
+    """Writes the tenant's balance.exhausted for the refusal's period, once; its own transaction. An end
+    user refused because its organization is out of credits alerts the organization (its own account)."""
     if exc.tenant_id is None or exc.period_start is None:
         return
     tenant_id, period = exc.tenant_id, exc.period_start.isoformat()

@@ -1,7 +1,6 @@
 """Upserting a primitive as a command: it opens and owns its transaction and appends its audit entry
-in it. GraphQL calls it through the unit-of-work runner (app/core/uow.py). `meterkit primitive
-upsert` (app/catalog/cli.py) keeps its own unit: its entry is named apart ("primitive upsert", no
-detail), and the audit log's entries do not change."""
+in it. GraphQL calls it through the unit-of-work runner (app/core/uow.py); `meterkit primitive
+upsert` is a GraphQL call too (app/cli_client/catalog.py), so its entry names the key that made it."""
 
 from __future__ import annotations
 

@@ -10,13 +10,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from meterkit_client import Meterkit, Refused, TenantView, Unreachable, as_json
 from rich.console import Console
 from rich.table import Table
-
-from app.client import Meterkit, Refused, TenantView, Unreachable, as_json
 
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -76,7 +75,7 @@ class Ctx:
         with self.session() as client:
             yield client.for_user(self.tenant) if self.tenant else client
 
-    def fail(self, code: int, error: str, message: str, field: str | None = None) -> None:
+    def fail(self, code: int, error: str, message: str, field: str | None = None) -> NoReturn:
         if field == "X-Tenant-Id" and self.tenant is None:
             message += " (the CLI's --tenant TENANT_ID)"
         if self.json:

@@ -1,5 +1,6 @@
-"""Operator commands (an operator key): tenants, keys, plans, kits, credit grants, and the
-Stripe webhook inbox."""
+"""Operator commands (an operator key): tenants, keys, credit grants, and the Stripe webhook inbox.
+The catalog (plans, kits, primitives) is in catalog.py, the audit log in audit.py, alert webhooks
+in webhooks.py."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from app.cli_client.common import DEFAULT_URL, USAGE, Ctx, JsonOpt, KeyOpt, UrlO
 
 tenants_cli = typer.Typer(no_args_is_help=True, help="Operator: tenants (one per customer).")
 keys_cli = typer.Typer(no_args_is_help=True, help="API keys: create (secret shown once) and revoke.")
-plans_cli = typer.Typer(no_args_is_help=True, help="Plans: a kit, a Stripe price and quotas per period.")
-kits_cli = typer.Typer(no_args_is_help=True, help="Operator: Account Kits (what a tenant's agent may call).")
 credits_cli = typer.Typer(no_args_is_help=True, help="Operator: credit grants.")
 
 
@@ -135,122 +134,6 @@ def keys_revoke(
     with ctx.session() as client:
         revoked = client.keys.revoke(key_id)
     ctx.emit(revoked, lambda out: out.print(f"revoked {revoked.id} at {revoked.revoked_at}", markup=False))
-
-
-def _plan_pairs(p: Any) -> list[tuple[str, Any]]:
-    return [
-        ("key", p.key),
-        ("name", p.name),
-        ("kit", p.account_kit_id),
-        ("period", p.period),
-        ("stripe price", p.stripe_price_id),
-        ("included credits", p.included_credits),
-        ("overage", p.overage),
-        ("archived", p.archived),
-        *((f"quota {q.primitive}", q.quota) for q in p.quotas),
-    ]
-
-
-@plans_cli.command("list")
-def plans_list(
-    include_archived: Annotated[bool, typer.Option("--all", help="Archived plans too.")] = False,
-    url: UrlOpt = DEFAULT_URL,
-    key: KeyOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """The plans."""
-    ctx = Ctx(url, key, json)
-    with ctx.session() as client:
-        rows = client.plans.list(include_archived=include_archived)
-
-    def show(out: Console) -> None:
-        out.print(
-            table(
-                None,
-                ["plan", "name", "kit", "period", "stripe price", "credits/period", "quotas"],
-                [
-                    (
-                        p.key,
-                        p.name,
-                        p.account_kit_id,
-                        p.period,
-                        p.stripe_price_id,
-                        p.included_credits,
-                        ", ".join(f"{q.primitive} {q.quota}" for q in p.quotas),
-                    )
-                    for p in rows
-                ],
-            )
-        )
-
-    ctx.emit(rows, show)
-
-
-@plans_cli.command("show")
-def plans_show(
-    plan_key: Annotated[str, typer.Argument(metavar="PLAN_KEY")],
-    url: UrlOpt = DEFAULT_URL,
-    key: KeyOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """One plan with its quotas."""
-    ctx = Ctx(url, key, json)
-    with ctx.session() as client:
-        p = client.plans.get(plan_key)
-    ctx.emit(p, lambda out: out.print(fields(_plan_pairs(p))))
-
-
-@kits_cli.command("list")
-def kits_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, json: JsonOpt = False) -> None:
-    """The Account Kits."""
-    ctx = Ctx(url, key, json)
-    with ctx.session() as client:
-        rows = client.kits.list()
-    ctx.emit(
-        rows,
-        lambda out: out.print(
-            table(
-                None,
-                ["kit", "name", "primitives", "connections"],
-                [(k.key, k.name, ", ".join(k.allowed_primitives), ", ".join(k.allowed_connections)) for k in rows],
-            )
-        ),
-    )
-
-
-@kits_cli.command("show")
-def kits_show(
-    kit_key: Annotated[str, typer.Argument(metavar="KIT_KEY")],
-    url: UrlOpt = DEFAULT_URL,
-    key: KeyOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """One kit with its limits."""
-    ctx = Ctx(url, key, json)
-    with ctx.session() as client:
-        k = client.kits.get(kit_key)
-
-    def show(out: Console) -> None:
-        out.print(
-            fields(
-                [
-                    ("key", k.key),
-                    ("name", k.name),
-                    ("primitives", ", ".join(k.allowed_primitives)),
-                    ("connections", ", ".join(k.allowed_connections) or None),
-                ]
-            )
-        )
-        if k.limits:
-            out.print(
-                table(
-                    "Limits",
-                    ["primitive", "max per call", "calls per minute"],
-                    [(lim.primitive, lim.max_quantity_per_call, lim.calls_per_minute) for lim in k.limits],
-                )
-            )
-
-    ctx.emit(k, show)
 
 
 @credits_cli.command("grant")

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-OPERATOR_PREFIX = "mk_op_"
+OPERATOR_PREFIX = "mk_op_"  # the platform's keys (role "operator", PLATFORM in the schema and docs)
+ORGANIZATION_PREFIX = "mk_org_"
 TENANT_PREFIX = "mk_tn_"
 
-Role = Literal["operator", "tenant"]
+# operator: the platform. organization: a company on it (app/organizations). tenant: an end user.
+Role = Literal["operator", "organization", "tenant"]
 
 # What a key may do, whatever its role: `read` (queries), `meter` (charge, reserve, settle,
 # release, check), `manage` (keys, purchases, plan changes, the operator's control plane).
@@ -36,6 +38,7 @@ class Principal:
     tenant_id: str | None  # set for tenant keys
     scopes: frozenset[Scope] = ALL_SCOPES
     expires_at: datetime | None = None
+    organization_id: str | None = None  # set for organization keys and end users' keys
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -69,7 +72,8 @@ def format_scopes(scopes: Iterable[str]) -> str:
 
 
 def generate_key(role: Role) -> str:
-    return (OPERATOR_PREFIX if role == "operator" else TENANT_PREFIX) + secrets.token_urlsafe(32)
+    prefix = {"operator": OPERATOR_PREFIX, "organization": ORGANIZATION_PREFIX}.get(role, TENANT_PREFIX)
+    return prefix + secrets.token_urlsafe(32)
 
 
 def hash_key(raw: str) -> str:
@@ -78,12 +82,17 @@ def hash_key(raw: str) -> str:
 
 
 def mint_scope(principal: Principal, requested_tenant_id: str | None) -> TenantScope | None:
-    """A tenant key is always scoped to its own tenant; an operator picks one with X-Tenant-Id.
+    """A tenant key is always scoped to its own tenant; an operator picks one with X-Tenant-Id; an
+    organization picks one of its end users with X-Tenant-Id, and without it acts on its own account
+    (its house tenant, whose id is the organization's: app/organizations/models.py).
 
-    The caller must have checked that the requested tenant exists."""
+    The caller must have checked that the requested tenant exists (and, for an organization, is its own)."""
     if principal.role == "tenant":
         assert principal.tenant_id is not None
         return TenantScope(principal.tenant_id)
+    if principal.role == "organization" and not requested_tenant_id:
+        assert principal.organization_id is not None
+        return TenantScope(principal.organization_id)
     return TenantScope(requested_tenant_id) if requested_tenant_id else None
 
 

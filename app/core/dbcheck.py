@@ -1,4 +1,5 @@
-"""Before `meterkit migrate|serve` touch the database: can we reach it? If not, one line with
+"""Before a command touches the database: can we reach it (migrate, serve), does it exist already
+(the maintenance commands, which must not create it)? If not, one line with
 the cause and the fix, instead of a driver traceback several hundred lines long."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
@@ -96,3 +97,52 @@ def probe(url: str) -> None:
         raise DatabaseUnavailable(explain(exc, url) or " ".join(str(exc.orig).split())) from None
     finally:
         engine.dispose()
+
+
+class DatabaseMissing(DatabaseUnavailable):
+    """There is no meterkit database at that URL yet: a command that only reads or repairs one
+    must not create it (an empty SQLite file, then `no such table`); `meterkit migrate` does."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL, None for an in-memory database or another engine."""
+    u = make_url(normalize_url(url))
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    name = u.database
+    if u.query.get("uri") in ("true", "1") and name.startswith("file:"):
+        name = name[len("file:") :].split("?", 1)[0]
+        if name in ("", ":memory:") or u.query.get("mode") == "memory":
+            return None
+    return Path(name).resolve()
+
+
+HOW = "with `meterkit migrate` (or `meterkit serve`, which migrates first)"
+
+
+def require_existing(url: str) -> None:
+    """For the commands that work on an existing database (reconcile, stripe reconcile, webhooks
+    work): DatabaseMissing when a SQLite file does not exist (checked before anything opens it, so
+    nothing is created) or when the database has no meterkit tables; DatabaseUnavailable when it
+    cannot be reached. Opening a SQLite file that does not exist would create it."""
+    try:
+        path = sqlite_file(url)
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        path = None  # probe() words the bad URL
+    if path is not None and not path.is_file():
+        raise DatabaseMissing(
+            f"the SQLite database {path} does not exist; create it {HOW}, "
+            "or set METERKIT_DATABASE_URL to the right file"
+        )
+    probe(url)
+    engine = create_engine(make_url(normalize_url(url)), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            migrated = inspect(conn).has_table("alembic_version")
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(explain(exc, url) or " ".join(str(exc.orig).split())) from None
+    finally:
+        engine.dispose()
+    if not migrated:
+        where = str(path) if path is not None else make_url(normalize_url(url)).render_as_string(hide_password=True)
+        raise DatabaseMissing(f"the database {where} has no meterkit tables (never migrated); create them {HOW}")

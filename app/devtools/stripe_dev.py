@@ -6,15 +6,20 @@ What it adds to the fake the tests drive by hand:
   * events are delivered to the webhook URL by themselves, in order, and retried until the
     gateway answers 2xx (as Stripe retries), so the credits arrive without a test pushing them;
   * its clock follows the wall clock (tests move it by hand instead);
-  * the hosted checkout page has Pay and Cancel buttons (in the fake itself).
-State lives in memory: a restart forgets customers and sessions (meterkit keeps its own rows)."""
+  * the hosted checkout page has Pay and Cancel buttons (in the fake itself);
+  * its state (customers, sessions, subscriptions, events not yet delivered, idempotency keys)
+    is kept in a JSON file, rewritten atomically after every change, so a restart forgets
+    nothing that meterkit's rows refer to (`--state`, default ./.meterkit-dev-stripe.json)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -25,6 +30,7 @@ log = logging.getLogger("meterkit.dev.stripe")
 DEV_API_KEY = "sk_test_meterkit_dev"
 DEV_WEBHOOK_SECRET = "whsec_meterkit_dev"
 DEFAULT_PORT = 12111
+DEFAULT_STATE_FILE = ".meterkit-dev-stripe.json"  # relative to the working directory
 # The demo pro plan has no USD amount of its own in meterkit (Stripe holds it): $20 a month here.
 DEMO_PLAN_CENTS = 2000
 
@@ -67,9 +73,12 @@ class DevStripe:
         webhook_url: str | None = None,
         webhook_secret: str = DEV_WEBHOOK_SECRET,
         poll_seconds: float = 0.2,
+        state_file: Path | str | None = None,
     ) -> None:
         self.fake = FakeStripe(webhook_url=webhook_url, webhook_secret=webhook_secret, host=host, port=port)
         self.poll_seconds = poll_seconds
+        self.state_file = Path(state_file) if state_file is not None else None
+        self.restored = False  # whether start() found a state file to resume from
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,9 +87,21 @@ class DevStripe:
         return self.fake.url
 
     def start(self) -> DevStripe:
-        self.fake.start()
+        """Resume from the state file (ValueError if it is damaged), add missing demo prices, serve."""
+        if self.state_file is not None and self.state_file.exists():
+            try:
+                self.fake.load_state(self.state_file.read_text())
+            except (OSError, ValueError) as exc:  # json's decode error is a ValueError
+                raise ValueError(f"cannot resume from {self.state_file}: {exc}") from None
+            self.restored = True
+        # The prices before the server: a client that sees the port open may buy at once.
         for p in demo_prices():
-            self.fake.add_price(p.price_id, p.unit_amount, p.interval, product_name=p.name)
+            if not self._has(p.price_id):
+                self.fake.add_price(p.price_id, p.unit_amount, p.interval, product_name=p.name)
+        if self.state_file is not None:
+            self._save()
+            self.fake.on_change = self._save
+        self.fake.start()
         self._thread = threading.Thread(target=self._run, name="dev-stripe-webhooks", daemon=True)
         self._thread.start()
         return self
@@ -90,6 +111,33 @@ class DevStripe:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.fake.stop()
+        if self.state_file is not None:
+            self._save()  # the clock moved since the last change
+
+    def _has(self, object_id: str) -> bool:
+        try:
+            self.fake.get(object_id)
+        except KeyError:
+            return False
+        return True
+
+    def _save(self) -> None:
+        """Write the state to a temporary file beside the target and rename it over: a crash
+        mid-write leaves the previous state whole, never half a file."""
+        assert self.state_file is not None
+        text = self.fake.dump_state()
+        target = self.state_file.resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def __enter__(self) -> DevStripe:
         return self.start()

@@ -59,6 +59,20 @@ class Context:
         return self.principal is not None and self.principal.role == "operator"
 
     @property
+    def organization_filter(self) -> str | None:
+        """An organization key sees its own organization's rows only; a platform key (None) every row."""
+        p = self.principal
+        return p.organization_id if p is not None and p.role == "organization" else None
+
+    @property
+    def acting_organization(self) -> str:
+        """The organization a write is for: an organization key's own; a platform key's default one."""
+        from app.organizations.models import DEFAULT_ORG_ID
+
+        p = self.principal
+        return p.organization_id if p is not None and p.organization_id is not None else DEFAULT_ORG_ID
+
+    @property
     def uow(self) -> Runner:
         """The unit-of-work runner every edge shares (app/core/uow.py), made on first use."""
         if self._uow is None:

@@ -17,7 +17,7 @@ from app.graphql.errors import ConflictError, NotFoundError, ValidationError
 from app.graphql.ledger import CreditBalance, CreditEntryConnection, balance_view, resolve_credit_history
 from app.graphql.pagination import After, Days, First, From, To
 from app.graphql.rows import FromRow
-from app.graphql.scalars import Credits
+from app.graphql.scalars import Credits, Usd
 from app.graphql.tenants import Tenant
 from app.graphql.types import Plan
 from app.graphql.util import attempt, target_scope
@@ -45,14 +45,14 @@ class CreditPack(FromRow):
     name: str
     credits: Credits
     price_usd_cents: int
-    price_usd: str
+    price_usd: Usd
     stripe_price_id: str | None
     expires_after_days: int | None = strawberry.field(description="NULL: purchased credits never expire.")
     active: bool
 
 
 def _pack(p: Any) -> CreditPack:
-    return CreditPack.from_row(p, price_usd=f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}")
+    return CreditPack.from_row(p, price_usd=Usd(f"{p.price_usd_cents // 100}.{p.price_usd_cents % 100:02d}"))
 
 
 @strawberry.type
@@ -183,7 +183,7 @@ class CreditsMutation:
         ctx = info.context
 
         async def run() -> CreditGrant:
-            scope = target_scope(ctx, str(tenant_id))
+            scope = await target_scope(ctx, str(tenant_id))
             done = await ctx.uow.call(
                 commands.grant,
                 ctx.engine,
@@ -209,7 +209,7 @@ class CreditsMutation:
         ctx = info.context
 
         async def run() -> CreditReversal:
-            scope = target_scope(ctx, str(tenant_id))
+            scope = await target_scope(ctx, str(tenant_id))
             eid = _entry_id(str(entry_id))
             done = await ctx.uow.call(
                 commands.reverse_entry,

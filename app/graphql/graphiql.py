@@ -1,19 +1,18 @@
-"""GraphiQL served without a CDN: Strawberry's IDE page with its unpkg.com asset URLs pointed at
-the copies vendored in static/graphiql (same files, so the page's integrity hashes still hold).
-An asset with no local copy keeps its CDN URL, so a Strawberry upgrade degrades, not breaks."""
+"""GraphiQL served without a CDN, behind a key prompt: meterkit's own page (static/ide/) loads the
+GraphiQL, React and explorer files vendored in static/graphiql (byte for byte, so the page's
+integrity hashes hold) and asks for an API key before GraphiQL mounts, so the schema's
+introspection is never sent without one (no 401 on first open)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-ASSETS_DIR = Path(__file__).resolve().parent / "static" / "graphiql"
+STATIC = Path(__file__).resolve().parent / "static"
+ASSETS_DIR = STATIC / "graphiql"
 ASSETS_PATH = "/graphiql-assets"
-_CDN = re.compile(r"https://unpkg\.com/([^\"'\s]+)")
+IDE_DIR = STATIC / "ide"  # served as ASSETS_PATH/meterkit: the page's own script and styles
+IDE_PATH = f"{ASSETS_PATH}/meterkit"
 
 
-def local_ide_html(html: str) -> str:
-    def swap(m: re.Match[str]) -> str:
-        return f"{ASSETS_PATH}/{m.group(1)}" if (ASSETS_DIR / m.group(1)).is_file() else m.group(0)
-
-    return _CDN.sub(swap, html)
+def ide_html() -> str:
+    return (IDE_DIR / "index.html").read_text()

@@ -35,13 +35,17 @@ UpsertAccountKitResult = Annotated[AccountKit | ValidationError, strawberry.unio
 class AccountKitQuery:
     @strawberry.field
     async def account_kits(self, info: Info) -> list[AccountKit]:
-        rows = await info.context.read(lambda s: AccountKitRepository(s).all())
+        org = info.context.organization_filter
+        rows = await info.context.read(lambda s: AccountKitRepository(s).all(org))
         return [AccountKit.from_row(r) for r in rows]
 
     @strawberry.field
     async def account_kit(self, info: Info, key: str) -> AccountKit | None:
         row = await info.context.read(lambda s: AccountKitRepository(s).get(key))
-        return AccountKit.from_row(row) if row else None
+        org = info.context.organization_filter
+        if row is None or (org is not None and row.organization_id != org):
+            return None  # another organization's kit: the answer a missing one gets
+        return AccountKit.from_row(row)
 
 
 @strawberry.type
@@ -59,7 +63,13 @@ class AccountKitMutation:
 
         async def run() -> AccountKit:
             row = await ctx.uow.call(
-                commands.upsert_account_kit, ctx.engine, ctx.clock, ctx.principal, data, retry=True
+                commands.upsert_account_kit,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                data,
+                ctx.acting_organization,
+                retry=True,
             )
             return AccountKit.from_row(row)
 

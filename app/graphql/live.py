@@ -24,6 +24,7 @@ from app.graphql.context import Context, Info
 from app.graphql.ledger import CreditBalance, balance_view
 from app.graphql.loaders import Loaders
 from app.graphql.metering import UsageReport, to_report
+from app.graphql.sharing import shared
 from app.graphql.tenants import Tenant
 from app.live import notify
 from app.live.hub import ANY, LiveHub
@@ -80,6 +81,11 @@ async def _paced(last_sent: float) -> float:
     return time.monotonic()
 
 
+def _shared_report(report: usage_repository.UsageReport | None) -> UsageReport:
+    assert report is not None  # asked for only when the feed has a report
+    return shared(to_report(report))  # type: ignore[no-any-return]
+
+
 @strawberry.type(name="Subscription")
 class LiveSubscription:
     @strawberry.subscription(
@@ -99,7 +105,7 @@ class LiveSubscription:
                 seen = (summary.balance, summary.reserved, [(b.id, b.remaining) for b in summary.buckets])
                 if seen != last:
                     last = seen
-                    yield balance_view(summary)
+                    yield feed.view("graphql", lambda s: shared(balance_view(s)))
 
     @strawberry.subscription(
         description="Usage against quotas of the tenant in scope: now, then after every charge that counts."
@@ -119,7 +125,7 @@ class LiveSubscription:
                     seen = (report.plan, report.status, report.period, report.lines)
                     if seen != last:
                         last = seen
-                        yield to_report(report)
+                        yield feed.view("graphql", _shared_report)
 
     @strawberry.subscription(description="Operator: each tenant's charges and credit changes, as they commit.")
     async def tenant_activity(self, info: Info) -> AsyncGenerator[TenantActivity, None]:

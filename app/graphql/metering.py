@@ -17,7 +17,7 @@ from app.graphql.context import Context, Info
 from app.graphql.errors import NotFoundError, ValidationError, to_user_error
 from app.graphql.pricing import PriceDetailsInput, price_request
 from app.graphql.rows import FromRow
-from app.graphql.scalars import Credits
+from app.graphql.scalars import Credits, Usd
 from app.graphql.util import target_scope
 from app.integrations.stripe.service import purchase_path
 from app.metering import commands, repository, types
@@ -122,7 +122,7 @@ class PackOffer:
     key: str
     name: str
     credits: Credits
-    price_usd: str
+    price_usd: Usd
     purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
 
 
@@ -138,6 +138,14 @@ class InsufficientCredits(MeterError):
     available: Credits
     shortfall: Credits
     packs: list[PackOffer]
+
+
+@strawberry.type(
+    description="The end user's organization is out of credits (REST: 402 organization_credits_exhausted). "
+    "Neither the organization's balance nor its packs are shown; the organization is alerted."
+)
+class OrganizationCreditsExhausted(MeterError):
+    pass
 
 
 @strawberry.type
@@ -197,7 +205,8 @@ ChargeResult = Annotated[
     | IdempotencyConflict
     | BudgetExceeded
     | ValidationError
-    | NotFoundError,
+    | NotFoundError
+    | OrganizationCreditsExhausted,
     strawberry.union("ChargeResult"),
 ]
 ReserveResult = Annotated[
@@ -224,13 +233,15 @@ def pack_offer(p: Any) -> PackOffer:
         key=p.key,
         name=p.name,
         credits=Credits(int(p.credits)),
-        price_usd=f"{cents // 100}.{cents % 100:02d}",
+        price_usd=Usd(f"{cents // 100}.{cents % 100:02d}"),
         purchase_path=purchase_path(p.key),
     )
 
 
 def to_result(exc: DomainError) -> Any:
     """Refusals of the metered call as typed results; other domain errors as the shared ones."""
+    if isinstance(exc, merr.OrganizationCreditsExhausted):
+        return OrganizationCreditsExhausted(code=exc.code, message=exc.message)
     if isinstance(exc, merr.InsufficientCredits):
         return InsufficientCredits(
             code=exc.code,
@@ -423,7 +434,7 @@ class MeteringMutation:
         prepared: list[Any] = []
         for it in items:
             try:
-                scope = target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
+                scope = await target_scope(ctx, str(it.tenant_id) if it.tenant_id is not None else None)
                 prepared.append((scope, to_request(it.item, ctx)))
             except DomainError as exc:
                 prepared.append(exc)

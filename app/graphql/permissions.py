@@ -13,9 +13,15 @@ from strawberry.types.graphql import OperationType
 
 from app.core.auth import Role, Scope, ScopeDenied, require_scope
 
+# "operator" is the platform (PLATFORM in the docs); "organization" a company on it; "tenant" an end user.
 OP: frozenset[Role] = frozenset({"operator"})
 TENANT: frozenset[Role] = frozenset({"tenant"})
 BOTH: frozenset[Role] = frozenset({"operator", "tenant"})
+# The control plane of the organization's own kits, plans and end users: the platform (acting on the
+# default organization) and the organization itself.
+OWNER: frozenset[Role] = frozenset({"operator", "organization"})
+# The tenant in scope: an end user's key, X-Tenant-Id, or an organization key's own account.
+ALL: frozenset[Role] = frozenset({"operator", "organization", "tenant"})
 
 
 class Rule(NamedTuple):
@@ -29,45 +35,45 @@ MANAGE: Scope = "manage"
 
 CATALOG: dict[str, Rule] = {
     # Control plane: reads
-    "Query.accountKits": Rule(OP, READ),
-    "Query.accountKit": Rule(OP, READ),
-    "Query.plans": Rule(BOTH, READ),
-    "Query.plan": Rule(BOTH, READ),
-    "Query.tenants": Rule(OP, READ),
-    "Query.tenant": Rule(BOTH, READ),
-    "Query.tenantByExternalId": Rule(OP, READ),
-    "Query.viewer": Rule(BOTH, READ),
+    "Query.accountKits": Rule(OWNER, READ),
+    "Query.accountKit": Rule(OWNER, READ),
+    "Query.plans": Rule(ALL, READ),
+    "Query.plan": Rule(ALL, READ),
+    "Query.tenants": Rule(OWNER, READ),
+    "Query.tenant": Rule(ALL, READ),
+    "Query.tenantByExternalId": Rule(OWNER, READ),
+    "Query.viewer": Rule(ALL, READ),
     # Control plane: writes
-    "Mutation.upsertAccountKit": Rule(OP, MANAGE),
-    "Mutation.upsertPlan": Rule(OP, MANAGE),
-    "Mutation.archivePlan": Rule(OP, MANAGE),
-    "Mutation.createTenant": Rule(OP, MANAGE),
-    "Mutation.createApiKey": Rule(BOTH, MANAGE),
+    "Mutation.upsertAccountKit": Rule(OWNER, MANAGE),
+    "Mutation.upsertPlan": Rule(OWNER, MANAGE),
+    "Mutation.archivePlan": Rule(OWNER, MANAGE),
+    "Mutation.createTenant": Rule(OWNER, MANAGE),
+    "Mutation.createApiKey": Rule(ALL, MANAGE),
     "Mutation.createOperatorKey": Rule(OP, MANAGE),
-    "Mutation.revokeApiKey": Rule(BOTH, MANAGE),
-    "Mutation.setSubscription": Rule(OP, MANAGE),
+    "Mutation.revokeApiKey": Rule(ALL, MANAGE),
+    "Mutation.setSubscription": Rule(OWNER, MANAGE),
     # Metering: the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
-    "Query.check": Rule(BOTH, METER),
-    "Query.usageHistory": Rule(BOTH, READ),
-    "Query.usageSeries": Rule(BOTH, READ),
-    "Query.periods": Rule(BOTH, READ),
+    "Query.check": Rule(ALL, METER),
+    "Query.usageHistory": Rule(ALL, READ),
+    "Query.usageSeries": Rule(ALL, READ),
+    "Query.periods": Rule(ALL, READ),
     "Query.overageReports": Rule(OP, READ),
-    "Mutation.charge": Rule(BOTH, METER),
-    "Mutation.chargeBatch": Rule(BOTH, METER),
-    "Mutation.reserve": Rule(BOTH, METER),
-    "Mutation.settle": Rule(BOTH, METER),
-    "Mutation.release": Rule(BOTH, METER),
+    "Mutation.charge": Rule(ALL, METER),
+    "Mutation.chargeBatch": Rule(ALL, METER),
+    "Mutation.reserve": Rule(ALL, METER),
+    "Mutation.settle": Rule(ALL, METER),
+    "Mutation.release": Rule(ALL, METER),
     # Credits and pricing: balances and history of the tenant in scope; the catalog is public to keys
-    "Query.status": Rule(BOTH, READ),
-    "Query.creditHistory": Rule(BOTH, READ),
-    "Query.creditPacks": Rule(BOTH, READ),
-    "Query.prices": Rule(BOTH, READ),
-    "Query.llmRates": Rule(BOTH, READ),
-    "Query.mediaPrices": Rule(BOTH, READ),
-    "Query.pricingSettings": Rule(BOTH, READ),
-    "Query.imagePricing": Rule(BOTH, READ),
-    "Query.videoPricing": Rule(BOTH, READ),
-    "Query.priceQuote": Rule(BOTH, READ),
+    "Query.status": Rule(ALL, READ),
+    "Query.creditHistory": Rule(ALL, READ),
+    "Query.creditPacks": Rule(ALL, READ),
+    "Query.prices": Rule(ALL, READ),
+    "Query.llmRates": Rule(ALL, READ),
+    "Query.mediaPrices": Rule(ALL, READ),
+    "Query.pricingSettings": Rule(ALL, READ),
+    "Query.imagePricing": Rule(ALL, READ),
+    "Query.videoPricing": Rule(ALL, READ),
+    "Query.priceQuote": Rule(ALL, READ),
     "Query.reconcile": Rule(OP, READ),
     "Mutation.grantCredits": Rule(OP, MANAGE),
     "Mutation.reverseCreditEntry": Rule(OP, MANAGE),
@@ -77,7 +83,7 @@ CATALOG: dict[str, Rule] = {
     "Mutation.setMediaPrice": Rule(OP, MANAGE),
     "Mutation.setPricingSetting": Rule(OP, MANAGE),
     # The primitive catalog (issue 11): readable by every key, edited by operators
-    "Query.primitives": Rule(BOTH, READ),
+    "Query.primitives": Rule(ALL, READ),
     "Mutation.upsertPrimitive": Rule(OP, MANAGE),
     # Per-key budgets (issue 11): a tenant budgets its own keys, an operator any tenant key
     "Query.keyBudget": Rule(BOTH, READ),
@@ -93,14 +99,19 @@ CATALOG: dict[str, Rule] = {
     "Mutation.replayWebhookDelivery": Rule(OP, MANAGE),
     "Mutation.setAlertPolicy": Rule(OP, MANAGE),
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
-    "Mutation.purchaseCreditPack": Rule(BOTH, MANAGE),
+    "Mutation.purchaseCreditPack": Rule(ALL, MANAGE),
     "Mutation.changePlan": Rule(BOTH, MANAGE),
     # Stripe: the webhook inbox (what each event did), operators only
     "Query.stripeEvents": Rule(OP, READ),
     # Live updates (graphql-transport-ws): the tenant in scope; every tenant for operators
-    "Subscription.balanceChanged": Rule(BOTH, READ),
-    "Subscription.usageChanged": Rule(BOTH, READ),
+    "Subscription.balanceChanged": Rule(ALL, READ),
+    "Subscription.usageChanged": Rule(ALL, READ),
     "Subscription.tenantActivity": Rule(OP, READ),
+    # Organizations (issue 19): the platform creates and switches them; an organization reads itself
+    "Query.organizations": Rule(OP, READ),
+    "Query.organization": Rule(frozenset({"operator", "organization"}), READ),
+    "Mutation.createOrganization": Rule(OP, MANAGE),
+    "Mutation.updateOrganization": Rule(OP, MANAGE),
 }
 
 # Introspection needs no principal; everything else does.

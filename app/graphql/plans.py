@@ -40,17 +40,29 @@ class PlanInput:
 PlanResult = Annotated[Plan | ValidationError | NotFoundError, strawberry.union("PlanResult")]
 
 
+def _own(info: Info) -> str | None:
+    """Organization and end-user keys see their organization's plans; platform keys every plan."""
+    p = info.context.principal
+    return p.organization_id if p is not None and p.role != "operator" else None
+
+
 @strawberry.type
 class PlanQuery:
     @strawberry.field
     async def plans(self, info: Info, include_archived: bool = False) -> list[Plan]:
-        rows = await info.context.read(lambda s: PlanRepository(s).all(include_archived=include_archived))
+        org = _own(info)
+        rows = await info.context.read(
+            lambda s: PlanRepository(s).all(include_archived=include_archived, organization_id=org)
+        )
         return [Plan.from_row(r) for r in rows]
 
     @strawberry.field
     async def plan(self, info: Info, key: str) -> Plan | None:
         row = await info.context.read(lambda s: PlanRepository(s).get(key))
-        return Plan.from_row(row) if row else None
+        org = _own(info)
+        if row is None or (org is not None and row.organization_id != org):
+            return None  # another organization's plan: the answer a missing one gets
+        return Plan.from_row(row)
 
 
 @strawberry.type
@@ -79,7 +91,9 @@ class PlanMutation:
                 overage=input.overage.value,
                 included_credits=int(input.included_credits or 0),
             )
-            row = await ctx.uow.call(commands.upsert_plan, ctx.engine, ctx.clock, ctx.principal, data, retry=True)
+            row = await ctx.uow.call(
+                commands.upsert_plan, ctx.engine, ctx.clock, ctx.principal, data, ctx.acting_organization, retry=True
+            )
             return Plan.from_row(row)
 
         return await attempt(run)
@@ -89,7 +103,9 @@ class PlanMutation:
         ctx = info.context
 
         async def run() -> Plan:
-            row = await ctx.uow.call(commands.archive_plan, ctx.engine, ctx.clock, ctx.principal, key, retry=True)
+            row = await ctx.uow.call(
+                commands.archive_plan, ctx.engine, ctx.clock, ctx.principal, key, ctx.organization_filter, retry=True
+            )
             return Plan.from_row(row)
 
         return await attempt(run)

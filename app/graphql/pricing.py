@@ -13,7 +13,7 @@ from app.core.money import MICRO
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.rows import FromRow
-from app.graphql.scalars import Credits
+from app.graphql.scalars import Credits, Usd
 from app.graphql.util import attempt
 from app.pricing import commands, service
 from app.pricing.repository import PricingRepository
@@ -59,14 +59,14 @@ class MediaPriceType(FromRow):
     model: str
     kind: str
     unit: str = strawberry.field(description="image, or second (of video)")
-    unit_price_usd: str
+    unit_price_usd: Usd
     markup: str = strawberry.field(description="Effective markup: the model's own, or media.markup.")
     updated_at: datetime
 
 
 @strawberry.type
 class PricingSettings:
-    credit_value_usd: str
+    credit_value_usd: Usd
     media_markup: str
     passthrough_markup: str
     cache_read_multiplier: str
@@ -77,8 +77,8 @@ class PricingSettings:
 class MediaPricing:
     model: str
     estimated_credits: Credits
-    unit_price_usd: str
-    credit_value_usd: str
+    unit_price_usd: Usd
+    credit_value_usd: Usd
 
 
 @strawberry.type
@@ -192,7 +192,7 @@ def _media(row: Any, settings: dict[str, Decimal]) -> MediaPriceType:
 
 def _settings(values: dict[str, Decimal]) -> PricingSettings:
     return PricingSettings(
-        credit_value_usd=_dec(values["credit_value_usd"]),
+        credit_value_usd=Usd(_dec(values["credit_value_usd"])),
         media_markup=_dec(values["media.markup"]),
         passthrough_markup=_dec(values["llm.passthrough_markup"]),
         cache_read_multiplier=_dec(values["llm.cache_read_multiplier"]),
@@ -204,8 +204,8 @@ def _media_pricing(q: service.MediaQuote) -> MediaPricing:
     return MediaPricing(
         model=q.model,
         estimated_credits=Credits(q.micro),
-        unit_price_usd=_dec(q.unit_price_usd),
-        credit_value_usd=_dec(q.credit_value_usd),
+        unit_price_usd=Usd(_dec(q.unit_price_usd)),
+        credit_value_usd=Usd(_dec(q.credit_value_usd)),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NewType
 
 import dateutil.parser
@@ -59,6 +60,18 @@ CREDITS = strawberry.scalar(
     ),
     serialize=format_credits,
     parse_value=_parse,
+)
+
+
+# US dollars on the wire: a decimal string ("12.50"), like Credits and for the same reason (a
+# client reads it into a Decimal, never a float). Output only: inputs keep their String type.
+Usd = NewType("Usd", str)
+
+USD = strawberry.scalar(
+    name="Usd",
+    description='An amount of US dollars as a decimal string, e.g. "12.50" or "0.039".',
+    serialize=lambda v: format(v, "f") if isinstance(v, Decimal) else str(v),  # never "4E-7"
+    parse_value=str,
 )
 
 

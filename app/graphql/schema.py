@@ -30,13 +30,15 @@ from app.graphql.inputs import install as install_input_plans
 from app.graphql.kits import AccountKitMutation, AccountKitQuery
 from app.graphql.live import LiveSubscription
 from app.graphql.metering import MeteringMutation, MeteringQuery
+from app.graphql.organizations import OrganizationMutation, OrganizationQuery
 from app.graphql.overage import OverageQuery
 from app.graphql.parse_cache import ParseCache
 from app.graphql.periods import PeriodsQuery
 from app.graphql.plans import PlanMutation, PlanQuery
 from app.graphql.pricing import PricingMutation, PricingQuery
-from app.graphql.scalars import CREDITS, Credits, guard_credits_inputs
+from app.graphql.scalars import CREDITS, USD, Credits, Usd, guard_credits_inputs
 from app.graphql.scalars import DateTime as DateTimeScalar
+from app.graphql.sharing import SharedEventExecutor
 from app.graphql.stripe import StripeMutation, StripeQuery
 from app.graphql.subscriptions import SubscriptionMutation
 from app.graphql.tenants import TenantMutation, TenantQuery
@@ -60,6 +62,7 @@ QUERIES: tuple[type, ...] = (
     BudgetQuery,
     AuditQuery,
     AlertsQuery,
+    OrganizationQuery,
 )
 MUTATIONS: tuple[type, ...] = (
     TenantMutation,
@@ -73,6 +76,7 @@ MUTATIONS: tuple[type, ...] = (
     CatalogMutation,
     BudgetMutation,
     AlertsMutation,
+    OrganizationMutation,
 )
 
 Query = merge_types("Query", QUERIES)
@@ -191,8 +195,10 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
+        # Strawberry's executor, but a tenant's subscribers share one execution per state (app/graphql/sharing.py).
+        execution_context_class=SharedEventExecutor,
         # Credits: integer micro-credits inside, a decimal string on the wire (app/graphql/scalars.py).
-        config=StrawberryConfig(scalar_map={Credits: CREDITS}),
+        config=StrawberryConfig(scalar_map={Credits: CREDITS, Usd: USD}),
         # DateTime refuses times whose billing periods cannot be computed (app/graphql/scalars.py).
         scalar_overrides={datetime: DateTimeScalar},
     )

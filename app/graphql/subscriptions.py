@@ -57,7 +57,7 @@ class SubscriptionMutation:
         )
 
         async def run() -> SubscriptionChanged:
-            scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
+            scope = await target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
             tenant, sub, plan = await ctx.uow.call(
                 commands.set_subscription, ctx.engine, ctx.clock, ctx.principal, scope, data, retry=True
             )

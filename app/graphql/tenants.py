@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import strawberry
 from strawberry.scalars import JSON
@@ -25,6 +25,10 @@ from app.graphql.usage import (
 )
 from app.graphql.util import attempt, target_scope
 from app.tenants import commands, service
+
+if TYPE_CHECKING:
+    from app.graphql.organizations import Organization
+from app.organizations.models import END_USER
 from app.tenants.repository import TenantRepository
 
 
@@ -38,6 +42,20 @@ class Tenant(FromRow):
     stripe_customer_id: str | None
     plan_key: strawberry.Private[str | None]
     account_kit_key: strawberry.Private[str | None]
+    organization_id: strawberry.Private[str | None]
+
+    @strawberry.field(description="The organization this end user belongs to (or, for its own account, is).")
+    async def organization(
+        self, info: Info
+    ) -> Annotated[Organization, strawberry.lazy("app.graphql.organizations")] | None:
+        from app.graphql.organizations import Organization
+        from app.organizations.repository import OrganizationRepository
+
+        org_id = self.organization_id
+        if org_id is None:
+            return None
+        row = await info.context.read(lambda s: OrganizationRepository(s).get(org_id))
+        return Organization.from_row(row) if row else None
 
     @strawberry.field
     async def plan(self, info: Info) -> Plan | None:
@@ -141,6 +159,12 @@ CreateApiKeyResult = Annotated[CreatedApiKey | ValidationError | NotFoundError, 
 RevokeApiKeyResult = Annotated[ApiKey | ValidationError | NotFoundError, strawberry.union("RevokeApiKeyResult")]
 
 
+def _org_filter(info: Info) -> str | None:
+    """An organization key lists its own end users; a platform key every tenant."""
+    principal = info.context.principal
+    return principal.organization_id if principal is not None and principal.role == "organization" else None
+
+
 @strawberry.type
 class TenantQuery:
     @strawberry.field(
@@ -149,7 +173,8 @@ class TenantQuery:
     async def tenants(
         self, info: Info, first: First = 50, after: After = None, search: str | None = None
     ) -> Connection[Tenant]:
-        rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search))
+        org = _org_filter(info)
+        rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search, org))
         return connection(Connection[Tenant], rows, first, service.encode_cursor, Tenant.from_row)
 
     @strawberry.field(description="Operator: the tenant with this external id (your platform's user id), or null.")
@@ -157,18 +182,24 @@ class TenantQuery:
         if not external_id or len(external_id) > 255:
             return None  # no tenant can have it
         row = await info.context.read(lambda s: TenantRepository(s).by_external_id(external_id))
-        return Tenant.from_row(row) if row else None
+        org = _org_filter(info)
+        if row is None or row.kind != END_USER or (org is not None and row.organization_id != org):
+            return None  # another organization's end user: the answer a missing one gets
+        return Tenant.from_row(row)
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
     async def tenant(self, info: Info, id: strawberry.ID) -> Tenant | None:
         try:
-            scope = target_scope(info.context, str(id))
+            scope = await target_scope(info.context, str(id))
         except NotFound:
             return None  # a tenant key naming another tenant: the answer a missing tenant gets
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
-        return Tenant.from_row(row) if row else None
+        return Tenant.from_row(row) if row and row.kind == END_USER else None
 
-    @strawberry.field(description="The tenant in scope: a tenant key's own, or X-Tenant-Id for an operator.")
+    @strawberry.field(
+        description="The tenant in scope: an end user key's own, X-Tenant-Id for a platform or organization key, "
+        "or an organization key's own account (its `organization` says which)."
+    )
     async def viewer(self, info: Info) -> Tenant | None:
         scope = info.context.require_scope()
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
@@ -191,6 +222,7 @@ class TenantMutation:
                 data,
                 default_plan_key=ctx.settings.default_plan_key,
                 signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
+                organization_id=service.acting_org(ctx.principal),
                 retry=True,
             )
             return Tenant.from_row(row)
@@ -213,7 +245,7 @@ class TenantMutation:
         ctx = info.context
 
         async def run() -> CreatedApiKey:
-            scope = target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
+            scope = await target_scope(ctx, str(tenant_id) if tenant_id is not None else None)
             row, raw = await ctx.uow.call(
                 commands.create_api_key,
                 ctx.engine,

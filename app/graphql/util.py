@@ -7,10 +7,11 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DataError
 
 from app.core.auth import TenantScope, scope_for
-from app.core.errors import DomainError, Forbidden, ValidationFailed
+from app.core.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context
 from app.graphql.errors import to_user_error
+from app.tenants.repository import TenantRepository
 
 T = TypeVar("T")
 log = logging.getLogger("meterkit.graphql")
@@ -29,10 +30,17 @@ async def attempt(fn: Callable[[], Awaitable[T]]) -> T | Any:
         return to_user_error(ValidationFailed("a value does not fit its column (too long or out of range)"))
 
 
-def target_scope(ctx: Context, tenant_id: str | None) -> TenantScope:
-    """The tenant a field acts on: an explicit id (checked against the caller) or the scope."""
+async def target_scope(ctx: Context, tenant_id: str | None) -> TenantScope:
+    """The tenant a field acts on: an explicit id (checked against the caller) or the scope. An
+    organization names only its own end users: another's id raises the NotFound a missing one does."""
     if tenant_id is None:
         return ctx.require_scope()
-    if ctx.principal is None:
+    principal = ctx.principal
+    if principal is None:
         raise Forbidden("authentication required")
-    return scope_for(ctx.principal, parse_id(tenant_id, "ten", field="tenantId"))
+    scope = scope_for(principal, parse_id(tenant_id, "ten", field="tenantId"))
+    if principal.role == "organization":
+        org = principal.organization_id or ""
+        if not await ctx.read(lambda s: TenantRepository(s).owned_by(scope.tenant_id, org)):
+            raise NotFound("Tenant", scope.tenant_id)
+    return scope

@@ -17,6 +17,7 @@ with 4429 and a subscription answers `error` with code TOO_MANY_SUBSCRIPTIONS.""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, suppress
 from json import JSONDecodeError
@@ -24,7 +25,7 @@ from typing import Any, cast
 
 from graphql import GraphQLError
 from starlette.concurrency import run_in_threadpool
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler, Operation
@@ -37,6 +38,7 @@ from strawberry.types.execution import PreExecutionError
 
 from app.core.errors import Unavailable
 from app.graphql.context import Context
+from app.graphql.sharing import SharedData
 from app.http.edge import AuthError, parse_authorization, require_key, resolve_principal
 from app.live.caps import TOO_MANY_SOCKETS, TOO_MANY_SUBSCRIPTIONS, Limits
 from app.settings import Settings
@@ -224,6 +226,24 @@ class LiveWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 live.caps.unsubscribe(*holder)  # refused by the protocol (a malformed payload)
             else:
                 operation.task.add_done_callback(lambda _: live.caps.unsubscribe(*holder))
+
+    async def send_message(self, message: Message) -> None:
+        payload: Any = message.get("payload")
+        if message["type"] == "next" and isinstance(payload, dict) and len(payload) == 1:
+            data = payload.get("data")
+            if type(data) is SharedData:
+                # One state's answer, shared by the subscribers of a feed: encoded once for all.
+                if data.encoded is None:
+                    data.encoded = self.view.encode_json_string(data)
+                text = f'{{"id":{json.dumps(message["id"])},"type":"next","payload":{{"data":{data.encoded}}}}}'
+                adapter = self.websocket
+                assert isinstance(adapter, ASGIWebSocketAdapter)
+                try:
+                    await adapter.ws.send_text(text)
+                except WebSocketDisconnect as exc:
+                    raise WebSocketDisconnected from exc
+                return
+        await super().send_message(message)
 
     async def handle_invalid_message(self, error_message: str) -> None:
         # Strawberry echoes what it could not read ("Unknown message type: <the client's value>"):

@@ -65,7 +65,7 @@ def resolve_principal(
         return cached
     if raw_key is None:
         if tenant_header:
-            raise AuthError(401, "UNAUTHENTICATED", "X-Tenant-Id needs an operator key")
+            raise AuthError(401, "UNAUTHENTICATED", "X-Tenant-Id needs a platform or organization key")
         return None, None
     db = str(engine.url)
     with unit_of_work(engine, write=False) as s:
@@ -79,7 +79,18 @@ def resolve_principal(
                 if not TenantRepository(s).exists(tenant_header):
                     raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
                 PRINCIPALS.remember_tenant(db, tenant_header)
+            elif principal.role == "organization":
+                # Only the organization's own end users: another's answers as a missing tenant does.
+                assert principal.organization_id is not None
+                if not TenantRepository(s).owned_by(tenant_header, principal.organization_id):
+                    raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
+                PRINCIPALS.remember_tenant(db, _owned(principal.organization_id, tenant_header))
         return principal, mint_scope(principal, tenant_header or None)
+
+
+def _owned(organization_id: str, tenant_id: str) -> str:
+    """The cache's entry for "this end user is this organization's" (tenants never move)."""
+    return f"{organization_id}/{tenant_id}"
 
 
 def _check_tenant_header(principal: Principal, tenant_header: str) -> None:
@@ -106,6 +117,10 @@ def from_cache(
     if tenant_header:
         _check_tenant_header(principal, tenant_header)
         if principal.role == "operator" and not PRINCIPALS.tenant_exists(db, tenant_header):
+            return None
+        if principal.role == "organization" and not PRINCIPALS.tenant_exists(
+            db, _owned(principal.organization_id or "", tenant_header)
+        ):
             return None
     return principal, mint_scope(principal, tenant_header or None)
 

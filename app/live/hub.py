@@ -96,6 +96,7 @@ class Feed(Generic[T]):
         self.value: T | None = None
         self.error: Exception | None = None
         self.subscribers = 0
+        self._views: dict[str, tuple[int, Any]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -118,6 +119,14 @@ class Feed(Generic[T]):
             if self.error is not None:
                 raise self.error
             yield self.value  # type: ignore[misc]  # set with version
+
+    def view(self, name: str, make: Callable[[T], Any]) -> Any:
+        """`make` of the current state, made once per state for every subscriber: they answer
+        with the same object, so their GraphQL answers can be shared (app/graphql/sharing.py)."""
+        made = self._views.get(name)
+        if made is None or made[0] != self.version:
+            made = self._views[name] = (self.version, make(self.value))  # type: ignore[arg-type]
+        return made[1]
 
     def _read_once(self) -> T:
         with unit_of_work(self.hub.engine, write=False) as session:

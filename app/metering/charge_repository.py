@@ -44,8 +44,11 @@ PRIMITIVE: Any = Primitive.__table__  # type: ignore[attr-defined]
 _TERMS_COLUMNS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives, k.limits, k.allowed_connections,
               s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits,
               COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
-              s.status, bp.start_at, bp.end_at"""
+              s.status, bp.start_at, bp.end_at,
+              t.kind, t.organization_id, o.end_user_wallets, o.platform_credits_exempt, o.end_user_credit_cap"""
+TERMS_WIDTH = 22  # the columns above: terms_from reads them by position
 _TERMS_FROM = """FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
+       LEFT JOIN organization o ON o.id = t.organization_id
        LEFT JOIN plan p ON p.key = t.plan_key
        LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
@@ -194,9 +197,9 @@ def lock_for_charge(
     row = run(conn, _LOCK_CHARGE if sqlite else _LOCK_TERMS, params).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    terms = terms_from(row[2:19], req.api_key_id)
+    terms = terms_from(row[2 : 2 + TERMS_WIDTH], req.api_key_id)
     if sqlite:
-        facts = row[19:]
+        facts = row[2 + TERMS_WIDTH :]
     else:
         params["plan"] = terms.plan_key
         params["ps"] = ts(conn, terms.recorded.start) if terms.recorded is not None else None
@@ -241,4 +244,10 @@ def terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
         low_balance=row[13],
         sub_status=row[14],
         recorded=Period(as_utc(read_ts(row[15])), as_utc(read_ts(row[16]))) if row[15] is not None else None,  # type: ignore[arg-type]
+        # A tenant of no organization (a database not migrated to 0017) behaves as the default one's.
+        kind=row[17] or "end_user",
+        organization_id=row[18],
+        wallets=True if row[19] is None else bool(row[19]),
+        exempt=True if row[20] is None else bool(row[20]),
+        credit_cap=row[21],
     )

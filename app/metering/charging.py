@@ -10,7 +10,10 @@ from sqlmodel import Session
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import DomainError
+from app.core.sql import Sql, run
 from app.metering import pg_charge
+from app.metering.batch import BatchMeter
+from app.metering.charge_repository import key_list
 from app.metering.meter import Meter
 from app.metering.types import BatchOutcome, Charged, MeterRequest
 
@@ -65,12 +68,14 @@ def charge_batch(
             results[i] = exc
             continue
         by_tenant.setdefault(scope.tenant_id, []).append(i)
+    if len(by_tenant) > 1:
+        _lock_in_order(session, sorted(by_tenant))
     for tenant_id in sorted(by_tenant):
         scope = items[by_tenant[tenant_id][0]][0]
         try:
             # One request, one caller: the items of a tenant share the key that sent them.
             key_id = items[by_tenant[tenant_id][0]][1].api_key_id
-            meter = Meter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=key_id)
+            meter = BatchMeter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=key_id)
         except DomainError as exc:
             for i in by_tenant[tenant_id]:
                 results[i] = exc
@@ -79,3 +84,31 @@ def charge_batch(
         for i, outcome in zip(indexes, meter.charge_many([items[i][1] for i in indexes]), strict=True):
             results[i] = outcome
     return [r for r in results if r is not None]
+
+
+_PAYERS = Sql(
+    "SELECT DISTINCT t.organization_id FROM tenant t JOIN organization o ON o.id = t.organization_id "
+    "WHERE t.id IN (SELECT value FROM json_each(:ids)) AND (t.kind = 'organization' OR NOT o.platform_credits_exempt)",
+    pg="SELECT DISTINCT t.organization_id FROM tenant t JOIN organization o ON o.id = t.organization_id "
+    "WHERE t.id = ANY(:ids) AND (t.kind = 'organization' OR NOT o.platform_credits_exempt)",
+)
+_LOCK_MANY = Sql(
+    "SELECT tenant_id FROM credit_account WHERE tenant_id = ANY(:ids) ORDER BY tenant_id FOR UPDATE",
+)
+
+
+def _lock_in_order(session: Session | Connection, tenant_ids: list[str]) -> None:
+    """PostgreSQL: a batch of several tenants locks every end user's account row first (in id order),
+    then the paying organizations' rows (in id order): the lock order of app/metering/payer.py, so two
+    batches never deadlock, whatever organizations they touch. Nothing to do when no organization pays
+    (one statement), nor on SQLite, whose BEGIN IMMEDIATE holds the whole database."""
+    conn = session.connection() if isinstance(session, Session) else session
+    if conn.dialect.name != "postgresql":
+        return
+    payers = sorted(r[0] for r in run(conn, _PAYERS, {"ids": key_list(conn, tenant_ids)}).all())
+    if not payers:
+        return
+    users = [t for t in tenant_ids if t not in set(payers)]
+    for ids in (users, payers):
+        if ids:
+            run(conn, _LOCK_MANY, {"ids": ids}).all()

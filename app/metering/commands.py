@@ -20,7 +20,7 @@ from app.core.clock import Clock
 from app.core.db import connection_of_work, unit_of_work
 from app.metering import charging, holds
 from app.metering import check as checks
-from app.metering.errors import InsufficientCredits
+from app.metering.errors import InsufficientCredits, OrganizationCreditsExhausted
 from app.metering.types import BatchOutcome, Charged, CheckResult, HoldView, MeterRequest
 from app.pricing.service import PriceRequest
 
@@ -35,7 +35,7 @@ def charge(
             return charging.charge(
                 conn, clock, scope, req, negative_buffer=negative_buffer, precheck=precheck, alone=True
             )
-    except InsufficientCredits as exc:
+    except (InsufficientCredits, OrganizationCreditsExhausted) as exc:
         record_exhausted(engine, clock, exc)
         raise
 
@@ -47,7 +47,7 @@ def charge_batch(
     with connection_of_work(engine) as conn:
         outcomes = charging.charge_batch(conn, clock, items, negative_buffer=negative_buffer, alone=True)
     for outcome in outcomes:
-        if isinstance(outcome, InsufficientCredits):
+        if isinstance(outcome, InsufficientCredits | OrganizationCreditsExhausted):
             record_exhausted(engine, clock, outcome)
     return outcomes
 

@@ -70,3 +70,19 @@ class HoldClosed(DomainError):
     def __init__(self, hold_id: str, status: str) -> None:
         super().__init__(f"hold {hold_id} is {status}")
         self.hold_id, self.status = hold_id, status
+
+
+class OrganizationCreditsExhausted(DomainError):
+    """The end user's organization has no credits left for this call. The end user is told only that:
+    not the organization's balance, not its packs (REST: 402 organization_credits_exhausted). The
+    organization is alerted (balance.exhausted on its own account, app/alerts/refusals.py)."""
+
+    code = "ORGANIZATION_CREDITS_EXHAUSTED"
+
+    def __init__(self, organization_id: str) -> None:
+        super().__init__("the organization this user belongs to is out of credits; try again later")
+        # For the alert, which the command records after this transaction rolls back; never shown.
+        self.tenant_id: str | None = organization_id
+        self.period_start: datetime | None = None
+        self.required = 0
+        self.available = 0

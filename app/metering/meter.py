@@ -23,7 +23,7 @@ app/metering/charge_repository.py (the package's other modules: docs/architectur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from app.alerts.emit import HOLD_EXPIRED, balance_low, crossed, emit, quota_cros
 from app.budgets.enforce import KeySpend, release_hold
 from app.core.auth import TenantScope
 from app.core.clock import Clock
-from app.core.errors import DomainError, UnknownPrimitive
+from app.core.errors import UnknownPrimitive
 from app.core.primitives import allowed
 from app.core.sql import read_json, run, to_json, ts
 from app.credits import ledger
@@ -43,16 +43,11 @@ from app.live import notify as live
 from app.metering.charge_repository import (
     BUMP_COUNTER,
     BUMP_RATE,
-    BUMP_RATE_BY,
     BUMP_ROLLUP,
-    EVENT_CHUNK,
     HOLD,
     INSERT_EVENT,
     QUOTA_USED_PRICE,
     STORED,
-    STORED_MANY,
-    insert_events,
-    key_list,
     lock_for_charge,
     lock_with_terms,
 )
@@ -64,6 +59,7 @@ from app.metering.errors import (
     PackInfo,
     QuotaExceeded,
 )
+from app.metering.payer import OrganizationAccount
 from app.metering.settle_rules import call_units
 from app.metering.types import Charged, ChargeFacts, Decision, MeterRequest, TenantTerms, Usage
 from app.periods import record as period_record
@@ -85,15 +81,6 @@ class _Running:
     rule: str  # the catalog's pricing rule
     count: int = 0
     quantity: int = 0
-
-
-class _Pending:
-    pass
-
-
-@dataclass
-class _Replay:
-    index: int
 
 
 class Meter:
@@ -130,6 +117,7 @@ class Meter:
         self._live: list[ledger.LiveBucket] | None = None
         self._live_partial = False  # _live is only the first live bucket (see ChargeFacts)
         self._spend: KeySpend | None = None
+        self._org: OrganizationAccount | None = None
         if self.state.reserved:
             self.expire_holds()
 
@@ -221,6 +209,8 @@ class Meter:
 
     def entitle(self, req: MeterRequest) -> None:
         t = self.terms
+        if t.house:
+            return  # an organization's own calls: gated by credits, key scopes and budgets, not by a plan
         if t.kit_key is None or not allowed(t.kit_allowed, req.primitive):
             raise NotEntitled(req.primitive, t.kit_key, f"{req.primitive} is not in the tenant's Account Kit")
         lim = t.kit_limits.get(req.primitive) or {}
@@ -293,6 +283,15 @@ class Meter:
             raise UnknownPrimitive(primitive, retired=True)
         return row[0], row[1] or 0, (row[2] or 0) if window is not None else 0, row[3], row[4]
 
+    def organization_account(self) -> OrganizationAccount | None:
+        """The paying organization's account (app/metering/payer.py), when it pays for this tenant's calls."""
+        org = self._terms.org_pays
+        if org is None:
+            return None
+        if self._org is None:
+            self._org = OrganizationAccount(self.conn, org, self.now, self.floor)
+        return self._org
+
     def insufficient(self, required: int, available: int | None = None) -> InsufficientCredits:
         from app.credits.packs import packs_covering
 
@@ -314,8 +313,13 @@ class Meter:
     # ---- writes --------------------------------------------------------------------------
 
     def record(self, req: MeterRequest, d: Decision, *, kind: str, key: str, release_reserved: int = 0) -> Charged:
-        """Debit, event, counters. The caller has checked the floor."""
+        """Debit, event, counters. The caller has checked the floor (and charged the paying organization).
+        The tenant's own ledger, event and counters carry what the tenant paid: the price when it pays
+        (a wallet), else nothing; a key budget counts the price either way."""
         available_before = self.state.available
+        price = d.amount
+        if not self.terms.tenant_pays:
+            d = replace(d, amount=0)
         if d.amount == 0 and not release_reserved and self.state.balance == self._stored_balance:
             # A free call with nothing swept or released: no bucket, no ledger entry (a debit of 0 has
             # none), and the account's UPDATE would change only its updated_at, which nothing reads.
@@ -390,7 +394,7 @@ class Meter:
         self._alerts(req.primitive, d.quota, d.used, used, d.period, available_before)
         spend = self.key_spend()
         if spend is not None:
-            spend.add(req.primitive, req.quantity, d.amount)
+            spend.add(req.primitive, req.quantity, price)
             spend.flush()
         return result
 
@@ -420,73 +424,24 @@ class Meter:
         self.sweep()
         # precheck: the caller charges BEFORE running the operation ("check before
         # executing"), so like new work it is refused once nothing is available; no extra statement.
-        if self.state.available - d.amount < self.floor or (precheck and self.state.available <= 0):
-            raise self.insufficient(d.amount)
+        own = d.amount if self.terms.tenant_pays else 0
+        if self.terms.tenant_pays and (
+            self.state.available - own < self.floor or (precheck and self.state.available <= 0)
+        ):
+            raise self.insufficient(own)
         spend = self.key_spend()
         if spend is not None:
             spend.check(req.primitive, req.quantity, d.amount)
         result = self.record(req, d, kind="charge", key=req.idempotency_key)
         self._facts = None  # spent: the state they describe has moved
+        org = self.organization_account()
+        if org is not None and d.amount:
+            # Last lock of the transaction, after every other write: the organization's row, which
+            # all its end users share, is held only for its own debit and the commit
+            # (app/metering/payer.py). A refusal here rolls the whole charge back.
+            org.check(d.amount, org.lock().available, precheck=precheck, period_start=d.period.start)
+            org.debit(self.clock, d.amount, req.primitive, self.scope.tenant_id)
         return result
-
-    def charge_many(self, reqs: list[MeterRequest]) -> list[Charged | DomainError]:
-        """Charges of one tenant, set-based: the same rules as charge() item by item, with one
-        key lookup, one quota read per primitive, one sweep, and each bucket, counter and the
-        account written once. A refused item writes nothing of its own."""
-        out: list[Any] = [None] * len(reqs)  # Charged, DomainError, or a placeholder while deciding
-        stored = self._stored_events([r.idempotency_key for r in reqs])
-        first_in_batch: dict[str, int] = {}
-        per_primitive: dict[str, _Running] = {}
-        self.sweep()
-        available = self.state.available
-        spend = self.key_spend()
-        accepted: list[tuple[int, MeterRequest, int, _Running, int]] = []
-        for i, req in enumerate(reqs):
-            try:
-                key, fp = req.idempotency_key, req.fingerprint()
-                if key in stored:
-                    event_id, request_hash, result = stored[key]
-                    if request_hash != fp:
-                        raise IdempotencyConflict(key)
-                    out[i] = Charged.from_stored(event_id, read_json(result))
-                    continue
-                if key in first_in_batch and isinstance(out[first_in_batch[key]], _Pending):
-                    if reqs[first_in_batch[key]].fingerprint() != fp:
-                        raise IdempotencyConflict(key)
-                    out[i] = _Replay(first_in_batch[key])
-                    continue
-                run_ = per_primitive.get(req.primitive)
-                if run_ is None:
-                    run_ = per_primitive[req.primitive] = self._running(req.primitive)
-                self.entitle(req)
-                amount = self._check_and_price(req, run_, count=True)
-                if available - amount < self.floor:
-                    raise self.insufficient(amount, available)
-                if spend is not None:
-                    spend.check(req.primitive, req.quantity, amount)
-                    spend.add(req.primitive, req.quantity, amount)  # written once, with the batch
-                available -= amount
-                run_.used += req.quantity
-                run_.calls += 1
-                run_.count += 1
-                run_.quantity += req.quantity
-                accepted.append((i, req, amount, run_, run_.used))
-                first_in_batch.setdefault(key, i)
-                out[i] = _Pending()
-            except DomainError as exc:
-                out[i] = exc
-        if accepted:
-            self._record_many(accepted, out)
-        for i, r in enumerate(out):
-            if isinstance(r, _Replay):
-                first = out[r.index]
-                assert isinstance(first, Charged)
-                out[i] = Charged(first.event_id, first.credits_used, first.credits_remaining, first.usage, True)
-        return out
-
-    def _stored_events(self, keys: list[str]) -> dict[str, tuple[int, str, Any]]:
-        rows = run(self.conn, STORED_MANY, {"tid": self.scope.tenant_id, "keys": key_list(self.conn, keys)}).all()
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def period(self) -> Period:
         """The recorded period that holds now; on the rare roll (none does yet) it is decided and
@@ -504,84 +459,6 @@ class Meter:
         window = minute_window(self.now) if per_minute is not None else None
         quota, used, calls, unit_price, rule = self._quota_used_calls(primitive, period, window)
         return _Running(period, window, per_minute, quota, used, calls, unit_price, rule)
-
-    def _record_many(self, accepted: list[tuple[int, MeterRequest, int, _Running, int]], out: list[Any]) -> None:
-        conn, tid, now = self.conn, self.scope.tenant_id, ts(self.conn, self.now)
-        live.publish(conn, live.charged(tid))  # at commit, never on rollback (app/live)
-        start_available = self.state.available
-        balance = ledger.debit_many(
-            conn,
-            self.scope,
-            self.now,
-            self.state,
-            self._live or [],
-            [(amount, req.primitive, req.reference) for _, req, amount, _, _ in accepted],
-        )
-        self._live = None
-        self.state = ledger.AccountState(balance, self.state.reserved)
-        spent = 0
-        rows: list[tuple[int, MeterRequest, int, _Running, Charged]] = []
-        for i, req, amount, run_, used in accepted:
-            spent += amount
-            quota = run_.quota
-            usage = Usage(req.primitive, used, quota, max(used - quota, 0) if quota is not None else 0)
-            result = Charged(0, amount, start_available - spent, usage)
-            rows.append((i, req, amount, run_, result))
-            out[i] = result
-        # All events in one multi-row INSERT per chunk. Accepted keys are unique within a batch (a
-        # repeat is a replay), so ids are matched by key: RETURNING's row order is not promised.
-        for c in range(0, len(rows), EVENT_CHUNK):
-            chunk = rows[c : c + EVENT_CHUNK]
-            params: dict[str, Any] = {"tid": tid, "now": now, "kind": "charge"}
-            for n, (_, req, amount, run_, result) in enumerate(chunk):
-                params[f"k{n}"] = req.idempotency_key
-                params[f"h{n}"] = req.fingerprint()
-                params[f"p{n}"] = req.primitive
-                params[f"q{n}"] = req.quantity
-                params[f"c{n}"] = amount
-                params[f"ps{n}"] = ts(conn, run_.period.start)
-                params[f"r{n}"] = req.reference
-                params[f"cn{n}"] = req.connection
-                params[f"res{n}"] = to_json(result.stored())
-                params[f"ki{n}"] = req.api_key_id
-            ids = dict(run(conn, insert_events(len(chunk)), params).all())
-            for _, req, _, _, result in chunk:
-                result.event_id = int(ids[req.idempotency_key])
-        # Totals per primitive (counters) and per (primitive, key) (rollups): each row written once.
-        credits_of: dict[str, int] = {}
-        rollups: dict[tuple[str, str | None], list[int]] = {}
-        for _, req, amount, _, _ in accepted:
-            credits_of[req.primitive] = credits_of.get(req.primitive, 0) + amount
-            total = rollups.setdefault((req.primitive, req.api_key_id), [0, 0, 0])
-            total[0] += req.quantity
-            total[1] += amount
-            total[2] += 1
-        for primitive, run_ in {req.primitive: r for _, req, _, r, _ in accepted}.items():
-            overage = max(run_.used - run_.quota, 0) if run_.quota is not None else 0
-            run(
-                conn,
-                BUMP_COUNTER,  # the same upsert adds a batch's total quantity
-                {
-                    "tid": tid,
-                    "ps": ts(conn, run_.period.start),
-                    "p": primitive,
-                    "pe": ts(conn, run_.period.end),
-                    "qty": run_.quantity,
-                    "overage": overage,
-                    "credits": credits_of[primitive],
-                },
-            )
-            if run_.window is not None:
-                run(conn, BUMP_RATE_BY, {"tid": tid, "p": primitive, "win": ts(conn, run_.window), "n": run_.count})
-            self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
-        # The tenant's account lock already serializes writers of these rows; one statement, many rows.
-        rollup_rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cur.executemany(BUMP_ROLLUP.render(conn.dialect.name), rollup_rows)
-        if accepted:
-            self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
-        if self._spend is not None:
-            self._spend.flush()
 
     def _alerts(
         self, primitive: str | None, quota: int | None, before: int, after: int, period: Period, available: int | None

@@ -1,5 +1,5 @@
--- meterkit_charge: one charge in one statement (app/metering/pg_charge.py). Installed by migration
--- 0012_pg_charge, which keeps its own frozen copy: a change here ships as a new migration that
+-- meterkit_charge: one charge in one statement (app/metering/pg_charge.py). Installed by migration 0012_pg_charge,
+-- now by 0017_organizations, which keeps its own frozen copy: a change here ships as a new migration that
 -- copies this text (tests/test_pg_charge.py checks the newest migration's copy equals this file).
 CREATE OR REPLACE FUNCTION meterkit_charge(
     p_tid text, p_key text, p_hash text, p_primitive text, p_qty bigint, p_reference text,
@@ -10,7 +10,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     v_balance bigint; v_reserved bigint; v_plan text; v_overage text; v_kit text;
     v_allowed json; v_limits json; v_conns json; v_budget boolean; v_percents json; v_low bigint;
-    v_ps timestamptz; v_pe timestamptz;
+    v_ps timestamptz; v_pe timestamptz; v_org boolean;
     v_id bigint; v_hash text; v_result json;
     v_per_call bigint; v_per_minute bigint; v_window timestamptz;
     v_quota bigint; v_used bigint; v_calls bigint; v_price bigint; v_rule text; v_active boolean;
@@ -22,10 +22,13 @@ BEGIN
     SELECT a.balance, a.reserved, t.plan_key, COALESCE(NULLIF(p.overage, ''), 'refuse'), k.key,
            k.allowed_primitives, k.limits, k.allowed_connections, kb.api_key_id IS NOT NULL,
            COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
-           bp.start_at, bp.end_at
+           bp.start_at, bp.end_at,
+           (t.kind <> 'end_user' OR NOT COALESCE(o.end_user_wallets, true)
+               OR NOT COALESCE(o.platform_credits_exempt, true))
       INTO v_balance, v_reserved, v_plan, v_overage, v_kit, v_allowed, v_limits, v_conns, v_budget,
-           v_percents, v_low, v_ps, v_pe
+           v_percents, v_low, v_ps, v_pe, v_org
       FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
+      LEFT JOIN organization o ON o.id = t.organization_id
       LEFT JOIN plan p ON p.key = t.plan_key
       LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
       LEFT JOIN key_budget kb ON kb.api_key_id = p_api_key_id AND kb.tenant_id = a.tenant_id
@@ -54,7 +57,7 @@ BEGIN
         RETURN;
     END IF;
     -- A key budget (its spend is read and written by Python), or no recorded period yet (the roll).
-    IF v_budget OR v_ps IS NULL THEN
+    IF v_budget OR v_ps IS NULL OR v_org THEN
         RETURN;
     END IF;
     -- 3. Catalog, kit, per-call, connection, quota, per-minute, price (service.Meter.decide).

@@ -1,5 +1,5 @@
 -- meterkit_charge_batch: a chargeBatch in one statement (app/metering/pg_charge.py). Installed by
--- migration 0015_pg_charge_batch_once, which keeps its own frozen copy: a change here ships as a new
+-- migration 0015_pg_charge_batch_once, now by 0017_organizations, which keeps its own frozen copy: a change here ships as a new
 -- migration that copies this text (tests/test_pg_charge_batch.py checks the copy equals this file).
 CREATE OR REPLACE FUNCTION meterkit_charge_batch(
     p_tids text[], p_keys text[], p_hashes text[], p_primitives text[], p_qtys bigint[], p_refs text[],
@@ -13,7 +13,7 @@ DECLARE
     v_tid text; v_done text[] := '{}';
     v_balance bigint; v_reserved bigint; v_plan text; v_overage text; v_kit text;
     v_allowed json; v_limits json; v_conns json; v_budget boolean; v_percents json; v_low bigint;
-    v_ps timestamptz; v_pe timestamptz; v_stale boolean; v_end json; v_window timestamptz;
+    v_ps timestamptz; v_pe timestamptz; v_org boolean; v_stale boolean; v_end json; v_window timestamptz;
     v_start bigint; v_available bigint; v_spent bigint; v_taken boolean; v_any boolean := false;
     v_total numeric; v_amount bigint; v_used bigint; v_over bigint;
     s_keys text[]; s_ids bigint[]; s_hashes text[]; s_results json[];
@@ -52,10 +52,13 @@ BEGIN
         SELECT a.balance, a.reserved, t.plan_key, COALESCE(NULLIF(p.overage, ''), 'refuse'), k.key,
                k.allowed_primitives, k.limits, k.allowed_connections, kb.api_key_id IS NOT NULL,
                COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
-               bp.start_at, bp.end_at
+               bp.start_at, bp.end_at,
+               (t.kind <> 'end_user' OR NOT COALESCE(o.end_user_wallets, true)
+                   OR NOT COALESCE(o.platform_credits_exempt, true))
           INTO v_balance, v_reserved, v_plan, v_overage, v_kit, v_allowed, v_limits, v_conns, v_budget,
-               v_percents, v_low, v_ps, v_pe
+               v_percents, v_low, v_ps, v_pe, v_org
           FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
+          LEFT JOIN organization o ON o.id = t.organization_id
           LEFT JOIN plan p ON p.key = t.plan_key
           LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
           LEFT JOIN key_budget kb ON kb.api_key_id = p_api_key_ids[v_s] AND kb.tenant_id = a.tenant_id
@@ -66,7 +69,7 @@ BEGIN
            FOR UPDATE OF a;
         -- No tenant (NotFound), a key budget (Python reads and writes its spend), no recorded period
         -- (the roll): Python.
-        IF NOT FOUND OR v_budget OR v_ps IS NULL THEN
+        IF NOT FOUND OR v_budget OR v_ps IS NULL OR v_org THEN
             o_outcome := ARRAY['fallback']; o_event_id := NULL; o_credits := NULL; o_remaining := NULL;
             o_used := NULL; o_quota := NULL; o_overage := NULL; o_detail := NULL;
             RETURN;

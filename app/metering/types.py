@@ -184,6 +184,27 @@ class TenantTerms:
     low_balance: int | None = None  # alert when available credits go below this
     sub_status: str | None = None
     recorded: Period | None = None  # the recorded period that holds now, if any
+    # Who pays (app/metering/payer.py): the tenant's kind, its organization and that one's switches.
+    kind: str = "end_user"
+    organization_id: str | None = None
+    wallets: bool = True
+    exempt: bool = True
+    credit_cap: int | None = None
+
+    @property
+    def house(self) -> bool:
+        """The organization's own account: its calls are gated by credits and keys, not by a plan."""
+        return self.kind == "organization"
+
+    @property
+    def tenant_pays(self) -> bool:
+        """Is the price debited from this tenant's own ledger?"""
+        return (not self.exempt) if self.house else self.wallets
+
+    @property
+    def org_pays(self) -> str | None:
+        """The organization whose account is debited besides (an end user's, when not exempt), or None."""
+        return self.organization_id if not self.house and not self.exempt and self.organization_id else None
 
 
 @dataclass

@@ -10,21 +10,40 @@ from app.audit.service import audited, plan_target
 from app.core.auth import Principal
 from app.core.clock import Clock
 from app.core.db import unit_of_work
+from app.organizations.models import DEFAULT_ORG_ID
 from app.plans import service
 from app.plans.models import Plan
 
 
-def upsert_plan(engine: Engine, clock: Clock, actor: Principal | None, data: service.PlanInput) -> Plan:
-    """Create or update a plan: idempotent by key."""
+def upsert_plan(
+    engine: Engine,
+    clock: Clock,
+    actor: Principal | None,
+    data: service.PlanInput,
+    organization_id: str = DEFAULT_ORG_ID,
+) -> Plan:
+    """Create or update a plan of the organization: idempotent by key."""
     with unit_of_work(engine) as s:
         return audited(
-            s, actor, clock.now(), "upsertPlan", plan_target(data.key), lambda: service.upsert_plan(s, clock, data)
+            s,
+            actor,
+            clock.now(),
+            "upsertPlan",
+            plan_target(data.key),
+            lambda: service.upsert_plan(s, clock, data, organization_id),
         )
 
 
-def archive_plan(engine: Engine, clock: Clock, actor: Principal | None, key: str) -> Plan:
+def archive_plan(
+    engine: Engine, clock: Clock, actor: Principal | None, key: str, organization_id: str | None = None
+) -> Plan:
     """An archived plan takes no new subscribers; current ones keep it."""
     with unit_of_work(engine) as s:
         return audited(
-            s, actor, clock.now(), "archivePlan", plan_target(key), lambda: service.archive_plan(s, clock, key)
+            s,
+            actor,
+            clock.now(),
+            "archivePlan",
+            plan_target(key),
+            lambda: service.archive_plan(s, clock, key, organization_id),
         )

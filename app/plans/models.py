@@ -21,6 +21,8 @@ class Plan(SQLModel, table=True):
     # Credits granted once per period to a subscriber (micro-credits).
     included_credits: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     archived: bool = Field(default=False)
+    # The organization that owns it (app/organizations); set on every row since migration 0017.
+    organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
     created_at: datetime = Field(sa_column=ts_column())
     updated_at: datetime = Field(sa_column=ts_column())
 

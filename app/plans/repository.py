@@ -22,8 +22,11 @@ class PlanRepository:
     def by_price(self, stripe_price_id: str) -> Plan | None:
         return self.s.exec(select(Plan).where(Plan.stripe_price_id == stripe_price_id)).first()
 
-    def all(self, *, include_archived: bool) -> list[Plan]:
+    def all(self, *, include_archived: bool, organization_id: str | None = None) -> list[Plan]:
+        """Every plan, or one organization's."""
         q = select(Plan).order_by(col(Plan.key))
+        if organization_id is not None:
+            q = q.where(Plan.organization_id == organization_id)
         if not include_archived:
             q = q.where(col(Plan.archived).is_(False))
         return list(self.s.exec(q).all())

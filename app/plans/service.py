@@ -11,6 +11,7 @@ from app.core.errors import NotFound, ValidationFailed
 from app.core.money import MICRO
 from app.core.primitives import validate_primitive
 from app.core.validation import check_key, check_name, check_optional
+from app.organizations.models import DEFAULT_ORG_ID
 from app.plans.models import Plan
 from app.plans.repository import PlanRepository
 
@@ -33,8 +34,9 @@ class PlanInput:
     included_credits: int = 0  # micro-credits
 
 
-def upsert_plan(session: Session, clock: Clock, data: PlanInput) -> Plan:
-    """Idempotent by key: the same input twice leaves one identical plan."""
+def upsert_plan(session: Session, clock: Clock, data: PlanInput, organization_id: str = DEFAULT_ORG_ID) -> Plan:
+    """Idempotent by key: the same input twice leaves one identical plan. The plan and its kit are the
+    organization's; plan keys are still unique across organizations (another's key is refused)."""
     check_key(data.key)
     check_name(data.name)
     price = check_optional(data.stripe_price_id, field="stripePriceId")
@@ -53,15 +55,20 @@ def upsert_plan(session: Session, clock: Clock, data: PlanInput) -> Plan:
             raise ValidationFailed("an overage price needs overage: allow", field="quotas.overagePriceId")
     if data.included_credits < 0 or data.included_credits > 10**12 * MICRO:
         raise ValidationFailed("includedCredits must be non-negative", field="includedCredits")
-    if AccountKitRepository(session).get(data.account_kit_id) is None:
+    kit = AccountKitRepository(session).get(data.account_kit_id)
+    if kit is None or kit.organization_id not in (organization_id, None):
         raise NotFound("AccountKit", data.account_kit_id)
     repo = PlanRepository(session)
     if price is not None:
         other = repo.by_price(price)
         if other is not None and other.key != data.key:
-            raise ValidationFailed(f"stripePriceId is already used by plan {other.key!r}", field="stripePriceId")
+            # Another organization's plan is not named (no oracle of its keys).
+            which = f"plan {other.key!r}" if other.organization_id == organization_id else "another plan"
+            raise ValidationFailed(f"stripePriceId is already used by {which}", field="stripePriceId")
     now = clock.now()
     plan = repo.get(data.key)
+    if plan is not None and plan.organization_id not in (organization_id, None):
+        raise ValidationFailed("this plan key is taken; choose another", field="key")
     if plan is None:
         plan = Plan(
             key=data.key,
@@ -79,16 +86,18 @@ def upsert_plan(session: Session, clock: Clock, data: PlanInput) -> Plan:
     plan.included_credits = data.included_credits
     plan.archived = False
     plan.updated_at = now
+    plan.organization_id = organization_id
     repo.save(plan)
     repo.replace_quotas(plan.key, data.quotas, data.overage_prices)
     return plan
 
 
-def archive_plan(session: Session, clock: Clock, key: str) -> Plan:
-    """Archived plans can't be newly subscribed to; current subscribers keep them."""
+def archive_plan(session: Session, clock: Clock, key: str, organization_id: str | None = None) -> Plan:
+    """Archived plans can't be newly subscribed to; current subscribers keep them. `organization_id`:
+    an organization archives only its own plans."""
     repo = PlanRepository(session)
     plan = repo.get(key)
-    if plan is None:
+    if plan is None or (organization_id is not None and plan.organization_id != organization_id):
         raise NotFound("Plan", key)
     plan.archived = True
     plan.updated_at = clock.now()

@@ -179,6 +179,7 @@ def purchase(pack_key: str) -> dict[str, Any]:
 
 _STATUS: list[tuple[type[DomainError], int]] = [
     (merr.InsufficientCredits, 402),
+    (merr.OrganizationCreditsExhausted, 402),  # no balance, no packs: the end user cannot buy them
     (merr.QuotaExceeded, 429),
     (BudgetExceeded, 429),
     (merr.LimitExceeded, 429),

@@ -9,14 +9,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import Field
+from sqlmodel import Session
 
 from app.core.errors import NotFound, ValidationFailed
 from app.core.instants import RANGE, in_range
 from app.core.paging import MAX_DAYS, MAX_FIRST, decode_id_cursor, encode_cursor, history_filter
 from app.credits import service as credit_service
 from app.metering import repository as usage_repository
+from app.metering.repository import UsageReport
 from app.plans.repository import PlanRepository
 from app.rest.base import Call, Endpoint, Money, Out, QueryModel, credits
+from app.tenants import service as tenant_service
+from app.tenants.repository import TenantRepository
 
 
 class Period(Out):
@@ -157,12 +161,25 @@ def month_start(period: str) -> datetime | None:
     return start
 
 
+def month_end(start: datetime) -> datetime:
+    year, month = divmod(start.month, 12)
+    return start.replace(year=start.year + year, month=month + 1)
+
+
 async def summary(call: Call) -> SummaryOut:
     scope, rest = call.tenant(), call.rest
     at = month_start(call.query.period)
-    reports = await rest.read(
-        lambda s: usage_repository.usage_reports(s.connection(), [scope.tenant_id], rest.clock.now(), at)
-    )
+
+    def read(s: Session) -> dict[str, UsageReport]:
+        if at is not None:
+            tenant = TenantRepository(s).get(scope)
+            if tenant is None:
+                raise NotFound("Tenant", scope.tenant_id)
+            # A month the tenant did not live in has no plan or counters to report: say so.
+            tenant_service.check_existed_by(tenant, month_end(at), call.query.period)
+        return usage_repository.usage_reports(s.connection(), [scope.tenant_id], rest.clock.now(), at)
+
+    reports = await rest.read(read)
     r = reports.get(scope.tenant_id)
     if r is None:
         raise NotFound("Tenant", scope.tenant_id)
@@ -206,6 +223,7 @@ def endpoints() -> list[Endpoint]:
             SummaryOut,
             query=SummaryQuery,
             description="`period=current` (default) or `YYYY-MM`: the billing period in force at the first "
-            "instant of that month (for a calendar-month plan, that month). Read from the period counters.",
+            "instant of that month (for a calendar-month plan, that month). Read from the period counters. "
+            "A month that ended before the tenant was created is refused (400 PERIOD_BEFORE_TENANT).",
         ),
     ]

@@ -21,6 +21,8 @@ from app.tenants.models import Tenant
 def set_subscription(
     engine: Engine, clock: Clock, actor: Principal | None, scope: TenantScope, data: service.SubscriptionInput
 ) -> tuple[Tenant, Subscription, Plan]:
+    # Refused before the transaction opens: a bad period costs no tenant lock.
+    service.check_period_end(data, clock.now())
     with unit_of_work(engine) as s:
         return audited(
             s,

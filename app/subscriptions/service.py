@@ -17,6 +17,22 @@ from app.tenants.models import Tenant
 from app.tenants.repository import TenantRepository
 
 _PERIOD_LENGTH = {"day": timedelta(days=1), "week": timedelta(weeks=1)}
+# A subscription in these states has ended: its last period may well lie in the past.
+ENDED = ("canceled", "incomplete_expired")
+
+
+class PeriodEndInPast(ValidationFailed):
+    """A running subscription whose period is already over: the period of record, the plan's
+    included credits and the usage read all follow it, so it would be a period nobody can use."""
+
+    code = "PERIOD_END_IN_PAST"
+
+    def __init__(self, end: datetime, now: datetime) -> None:
+        super().__init__(
+            f"currentPeriodEnd {end.isoformat()} is not after now ({now.isoformat()}): give the end of the "
+            "period being paid for, or status: canceled to record a subscription that has ended",
+            field="currentPeriodEnd",
+        )
 
 
 @dataclass
@@ -43,6 +59,16 @@ def period_start_before(end: datetime, period: str) -> datetime:
     return end.replace(year=year, month=month, day=day)
 
 
+def check_period_end(data: SubscriptionInput, now: datetime) -> None:
+    """A subscription set by hand (not reflected from Stripe, whose late events may carry an
+    ended period) must not be running on a period that is already over."""
+    if data.current_period_end is None or data.status in ENDED:
+        return
+    end = as_utc(data.current_period_end)
+    if end <= now:
+        raise PeriodEndInPast(end, now)
+
+
 def set_subscription(
     session: Session,
     clock: Clock,
@@ -63,7 +89,10 @@ def set_subscription(
         raise NotFound("Tenant", scope.tenant_id)
     plans = PlanRepository(session)
     plan = plans.get(data.plan_key)
-    if plan is None:
+    # An end user subscribes to its own organization's plans only; another's looks missing.
+    if plan is None or (plan.organization_id or tenant.organization_id) != (
+        tenant.organization_id or plan.organization_id
+    ):
         raise NotFound("Plan", data.plan_key)
     if plan.archived and tenant.plan_key != plan.key:
         raise ValidationFailed(f"plan {plan.key!r} is archived", field="planKey")

@@ -14,6 +14,7 @@ from app.audit.service import Target, audited
 from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
 from app.core.db import unit_of_work
+from app.organizations.models import DEFAULT_ORG_ID
 from app.tenants import service
 from app.tenants.models import ApiKey, Tenant
 
@@ -26,8 +27,9 @@ def create_tenant(
     *,
     default_plan_key: str,
     signup_micro: int,
+    organization_id: str = DEFAULT_ORG_ID,
 ) -> Tenant:
-    """A tenant on the default plan, with its signup credits."""
+    """An end user of the organization, on the default plan, with its signup credits (wallets on)."""
     with unit_of_work(engine) as s:
         return audited(
             s,
@@ -35,7 +37,14 @@ def create_tenant(
             clock.now(),
             "createTenant",
             lambda t: Target("tenant", t.id, tenant_id=t.id),
-            lambda: service.create_tenant(s, clock, data, default_plan_key=default_plan_key, signup_micro=signup_micro),
+            lambda: service.create_tenant(
+                s,
+                clock,
+                data,
+                default_plan_key=default_plan_key,
+                signup_micro=signup_micro,
+                organization_id=organization_id,
+            ),
         )
 
 

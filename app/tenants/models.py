@@ -21,14 +21,22 @@ class Tenant(SQLModel, table=True):
     account_kit_key: str | None = Field(default=None, foreign_key="account_kit.key", max_length=64)
     stripe_customer_id: str | None = Field(default=None, max_length=255, unique=True)
     created_at: datetime = Field(sa_column=ts_column(index=True))
+    # The organization the tenant belongs to (app/organizations). NULL only in a database that has not
+    # run migration 0017 yet; every tenant made since carries it.
+    organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
+    # end_user: an organization's customer. organization: the organization's own (house) account,
+    # whose id is the organization's id.
+    kind: str = Field(default="end_user", sa_column=Column(String(16), nullable=False, server_default="end_user"))
 
 
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_key"
 
     id: str = Field(primary_key=True, max_length=40)
-    kind: str = Field(max_length=16)  # operator | tenant
+    kind: str = Field(max_length=16)  # operator (the platform) | organization | tenant (an end user)
     tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, index=True)
+    # The organization an organization key or an end user's key belongs to; NULL for platform keys.
+    organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
     name: str = Field(default="", max_length=200)
     key_hash: str = Field(max_length=64, unique=True)
     prefix: str = Field(max_length=16)

@@ -7,6 +7,7 @@ from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from app.core.auth import TenantScope
+from app.organizations.models import END_USER
 from app.tenants.models import ApiKey, Tenant
 
 
@@ -21,6 +22,11 @@ class TenantRepository:
         """Only the auth layer asks this, before it mints a scope."""
         return self.s.get(Tenant, tenant_id) is not None
 
+    def owned_by(self, tenant_id: str, organization_id: str) -> bool:
+        """Is the tenant an end user of this organization? (The auth layer, for X-Tenant-Id.)"""
+        row = self.s.get(Tenant, tenant_id)
+        return row is not None and row.kind == END_USER and row.organization_id == organization_id
+
     def lock(self, scope: TenantScope) -> Tenant | None:
         return self.s.exec(select(Tenant).where(Tenant.id == scope.tenant_id).with_for_update()).first()
 
@@ -34,8 +40,17 @@ class TenantRepository:
     def by_stripe_customer(self, customer_id: str) -> Tenant | None:
         return self.s.exec(select(Tenant).where(Tenant.stripe_customer_id == customer_id)).first()
 
-    def page(self, first: int, after: tuple[datetime, str] | None, search: str | None = None) -> list[Tenant]:
-        q = select(Tenant).order_by(col(Tenant.created_at), col(Tenant.id)).limit(first)
+    def page(
+        self,
+        first: int,
+        after: tuple[datetime, str] | None,
+        search: str | None = None,
+        organization_id: str | None = None,
+    ) -> list[Tenant]:
+        """End users only (an organization's own house account is not one); of one organization when given."""
+        q = select(Tenant).where(Tenant.kind == END_USER).order_by(col(Tenant.created_at), col(Tenant.id)).limit(first)
+        if organization_id is not None:
+            q = q.where(Tenant.organization_id == organization_id)
         if search is not None:
             q = q.where(
                 or_(

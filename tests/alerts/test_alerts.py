@@ -419,38 +419,6 @@ def test_the_worker_thread_delivers_on_its_own(api: Api, db: Database) -> None:
         assert len(r.seen) == 1
 
 
-def test_the_cli_reads_the_attempt_log_and_replays(api: Api, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
-    from app.cli import cli
-    from app.settings import get_settings
-
-    tid, key = quota_tenant(api, quota=2)
-    wclock = FrozenClock(datetime.now(UTC))
-    monkeypatch.setenv("METERKIT_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    try:
-        with receiver() as r:
-            eid, _ = _endpoint(api, r.url)
-            _cross(api, key)
-            r.fail_next = 1
-            _round(db, wclock)
-            runner = CliRunner()
-            listed = runner.invoke(cli, ["webhooks", "endpoints"])
-            assert listed.exit_code == 0 and eid in listed.output and "active" in listed.output
-            log = runner.invoke(cli, ["webhooks", "deliveries", eid])
-            assert log.exit_code == 0 and "pending" in log.output and "HTTP 503" in log.output
-            delivery_id = log.output.split()[0]
-            replayed = runner.invoke(cli, ["webhooks", "replay", delivery_id])
-            assert replayed.exit_code == 0, replayed.output
-            wclock.advance(seconds=1)  # the CLI stamps "due now" with the wall clock
-            assert _round(db, wclock) == 1  # due now, without waiting out the 5 s backoff
-            assert "delivered" in runner.invoke(cli, ["webhooks", "deliveries", eid]).output
-            assert runner.invoke(cli, ["webhooks", "replay", "999999"]).exit_code == 1
-    finally:
-        get_settings.cache_clear()
-
-
 def test_the_first_refusal_for_credits_fires_balance_exhausted_once(api: Api, db: Database) -> None:
     from tests.fixtures_catalog import SET_SUB
 

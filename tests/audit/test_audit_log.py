@@ -184,21 +184,3 @@ def test_the_database_refuses_to_change_the_audit_log(api: Api, statement: str) 
     with pytest.raises(DBAPIError), api.db.engine.begin() as c:
         c.execute(text(statement))
     assert len(log(api)) == n
-
-
-def test_the_cli_is_an_actor_too(db: Database, monkeypatch: Any) -> None:
-    from typer.testing import CliRunner
-
-    from app.cli import cli
-    from app.settings import get_settings
-
-    monkeypatch.setenv("METERKIT_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    try:
-        res = CliRunner().invoke(cli, ["primitive", "upsert", "vault.read", "--name", "Vault", "--credits", "1"])
-        assert res.exit_code == 0, res.output
-    finally:
-        get_settings.cache_clear()
-    with db.engine.connect() as c:
-        row = c.execute(text("SELECT actor_key_id, actor_role, action, entity_id FROM audit_log")).one()
-    assert tuple(row) == (None, "cli", "primitive upsert", "vault.read")

@@ -255,30 +255,6 @@ def test_starter_cannot_issue_cards_over_real_http(db: Database, tmp_path: Path)
         assert gql(keys["pro"], CHARGE, card)["charge"]["creditsUsed"] == "2"
 
 
-def test_the_cli_lists_and_upserts_primitives(db: Database, monkeypatch: Any) -> None:
-    from typer.testing import CliRunner
-
-    from app.cli import cli
-    from app.settings import get_settings
-
-    monkeypatch.setenv("METERKIT_DATABASE_URL", db.url)
-    get_settings.cache_clear()
-    try:
-        runner = CliRunner()
-        made = runner.invoke(cli, ["primitive", "upsert", "vault.read", "--name", "Vault read", "--credits", "0.25"])
-        assert made.exit_code == 0, made.output
-        assert "vault.read: fixed, active" in made.output
-        bad = runner.invoke(cli, ["primitive", "upsert", "apps.install", "--name", "Install"])  # no price
-        assert bad.exit_code == 1 and "give its credits" in bad.output
-        listed = runner.invoke(cli, ["primitive", "list"])
-        assert listed.exit_code == 0
-        lines = listed.output.splitlines()
-        assert len(lines) == 22 and any(line.startswith("vault.read") for line in lines)
-        assert not any(line.startswith("apps.install") for line in lines)
-    finally:
-        get_settings.cache_clear()
-
-
 def test_the_docs_example_runs_as_written(api: Api) -> None:
     import re
 

@@ -5,41 +5,12 @@ Human output by default, --json that parses, and the exit codes: 0 ok, 1 refused
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
 
+from tests.cli.harness import Run, meterkit
 from tests.live import free_port
-from tests.paths import ROOT
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import PRO_PRICE, StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
-
-ENTRY = Path(sys.executable).with_name("meterkit")
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-def meterkit(*args: str, url: str, key: str | None) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METERKIT_")}
-    env["METERKIT_URL"] = url
-    if key is not None:
-        env["METERKIT_API_KEY"] = key
-    cmd = [str(ENTRY)] if ENTRY.exists() else [sys.executable, "-m", "app.cli"]
-    p = subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    return Run(p.returncode, p.stdout, p.stderr)
 
 
 def test_tenant_and_operator_commands(stripe_env: StripeEnv) -> None:

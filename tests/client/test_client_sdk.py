@@ -1,15 +1,24 @@
-"""The typed Python client (app/client): plans.upsert and for_user(id).billing through the generated code, against
-the app on a real uvicorn (with the fake Stripe), on SQLite and PostgreSQL."""
+"""The typed Python client (meterkit_client, clients/python): plans.upsert and for_user(id).billing
+through the generated code, against the app on a real uvicorn (with the fake Stripe), on SQLite and
+PostgreSQL; and the package on its own."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
+import sys
+import tomllib
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
+import meterkit_client
 import pytest
+from meterkit_client import Meterkit, Refused, Unreachable
 
-from app.client import Meterkit, Refused, Unreachable
 from tests.live import free_port
+from tests.paths import ROOT
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (fixture)
 
@@ -88,6 +97,9 @@ def test_refusals_are_typed(stripe_env: StripeEnv) -> None:
             op.for_user(poor).charge("search.web", idempotency_key="big", quantity=50)
         assert refused.value.code == "INSUFFICIENT_CREDITS"
         assert refused.value.result.shortfall > 0 and {p.key for p in refused.value.result.packs} >= {"medium"}
+        # Every money field is a Decimal: credits and US dollars alike.
+        packs = refused.value.result.packs
+        assert all(isinstance(p.price_usd, Decimal) and isinstance(p.credits, Decimal) for p in packs)
         with pytest.raises(Refused) as refused:
             op.plans.upsert(key="bad", name="Bad", account_kit_id="kit_missing")
         assert refused.value.code == "NOT_FOUND"
@@ -145,3 +157,36 @@ def test_topup_and_the_webhook_inbox(stripe_env: StripeEnv) -> None:
             with pytest.raises(Refused) as refused:
                 op.stripe.events(**bad)  # type: ignore[arg-type]
             assert (refused.value.code, refused.value.field) == ("VALIDATION_FAILED", field)
+
+
+def test_the_client_is_a_package_of_its_own(tmp_path: Path) -> None:
+    """`pip install ./clients/python` in an empty venv: `import meterkit_client` works, with only
+    httpx and pydantic beside it and nothing of the gateway."""
+    source = tmp_path / "src"  # a copy: building writes build/ and *.egg-info next to the sources
+    shutil.copytree(ROOT / "clients" / "python", source, ignore=shutil.ignore_patterns("__pycache__", "build"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(source)], check=True, timeout=240)
+    probe = (
+        "import importlib.util, meterkit_client;"
+        "from meterkit_client import Meterkit, Refused;"
+        "print(meterkit_client.__version__, meterkit_client.SCHEMA_SHA256,"
+        " importlib.util.find_spec('app') is None, importlib.util.find_spec('strawberry') is None,"
+        " importlib.util.find_spec('sqlalchemy') is None)"
+    )
+    out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
+    version, digest, *absent = out.stdout.split()
+    assert (version, digest) == (meterkit_client.__version__, meterkit_client.SCHEMA_SHA256)
+    assert absent == ["True", "True", "True"]  # no gateway code, no server dependencies
+
+
+def test_the_client_matches_the_schema_and_the_gateway_version() -> None:
+    client = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text())["project"]
+    gateway = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert client["version"] == gateway["version"] == meterkit_client.__version__
+    assert set(client["dependencies"]) == {"httpx>=0.27", "pydantic>=2.6"}
+    assert f"meterkit-client=={client['version']}" in gateway["dependencies"]
+    # Generated from the schema.graphql in the repository (make client writes the digest; make lint's
+    # client-check fails when the generated code is stale).
+    assert hashlib.sha256((ROOT / "schema.graphql").read_bytes()).hexdigest() == meterkit_client.SCHEMA_SHA256

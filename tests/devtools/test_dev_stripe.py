@@ -3,9 +3,12 @@ reach the webhook by themselves, in order, retried until the endpoint answers 2x
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from pathlib import Path
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,7 +16,7 @@ from starlette.routing import Route
 
 from app.bootstrap import DEMO_PACK_PRICES, DEMO_PLANS
 from app.devtools.serving import BackgroundServer
-from app.devtools.stripe_dev import DEV_WEBHOOK_SECRET, DevStripe, demo_prices
+from app.devtools.stripe_dev import DEV_API_KEY, DEV_WEBHOOK_SECRET, DevStripe, demo_prices
 from app.pricing.seed import PACKS
 from tests.live import free_port
 
@@ -66,3 +69,46 @@ def test_webhooks_are_delivered_in_order_and_retried() -> None:
         assert received == ["customer.created", "checkout.session.completed"]
         assert dev.fake.pending_events() == []
         assert abs(dev.fake.clock - time.time()) < 5  # the stand-in's clock follows the wall clock
+
+
+def test_the_state_file_keeps_objects_keys_and_pending_events_across_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "stripe.json"
+    with DevStripe(port=free_port(), state_file=state) as dev:
+        assert not dev.restored
+        client = dev.fake.client(api_key=DEV_API_KEY)
+        customer = client.v1.customers.create({"name": "kept"}, {"idempotency_key": "cust-1"})
+        session = client.v1.checkout.sessions.create(
+            {
+                "mode": "payment",
+                "customer": customer.id,
+                "line_items": [{"price": "price_pack_small", "quantity": 1}],
+                "success_url": "http://x/ok",
+                "cancel_url": "http://x/no",
+            }
+        )
+        dev.fake.complete_checkout(session.id)  # a control, not an API call: saved on the next change
+        client.v1.customers.update(customer.id, {"name": "kept too"})
+        pending = [e["id"] for e in dev.fake.pending_events()]
+    assert len(pending) == 3 and not list(tmp_path.glob("stripe.json.*"))
+
+    with DevStripe(port=free_port(), state_file=state) as dev:
+        assert dev.restored
+        client = dev.fake.client(api_key=DEV_API_KEY)
+        assert client.v1.customers.retrieve(customer.id).name == "kept too"
+        assert client.v1.checkout.sessions.retrieve(session.id).payment_status == "paid"
+        # The same idempotency key replays the stored answer: no second customer.
+        again = client.v1.customers.create({"name": "kept"}, {"idempotency_key": "cust-1"})
+        assert again.id == customer.id and len(dev.fake.objects("customer")) == 1
+        assert [e["id"] for e in dev.fake.pending_events()] == pending  # still owed to the webhook
+        assert {p.price_id for p in demo_prices()} <= {p["id"] for p in dev.fake.objects("price")}
+        assert len(dev.fake.objects("price")) == len(demo_prices())  # the demo prices were not added twice
+
+
+def test_a_damaged_state_file_is_refused_with_its_name(tmp_path: Path) -> None:
+    for content in ("{not json", '{"version": 99}', '{"version": 1, "objects": []}'):
+        state = tmp_path / "stripe.json"
+        state.write_text(content)
+        dev = DevStripe(port=free_port(), state_file=state)
+        with pytest.raises(ValueError, match=f"cannot resume from {re.escape(str(state))}"):
+            dev.start()
+        assert state.read_text() == content  # left as it was, for a look

@@ -9,12 +9,7 @@ import json
 import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +17,7 @@ import httpx
 
 from app.devtools.stripe_dev import DEV_API_KEY, DEV_WEBHOOK_SECRET
 from tests.conftest import Database
+from tests.devtools.processes import meterkit_process, wait_listening
 from tests.live import free_port, wait_healthy
 from tests.paths import ROOT
 
@@ -32,40 +28,6 @@ def _section() -> str:
     m = re.search(r"<!-- devloop:start -->(.*?)<!-- devloop:end -->", STRIPE_PAGE.read_text(), re.S)
     assert m, "docs/stripe.md has no devloop section"
     return m.group(1)
-
-
-@contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopping it stops only what it started
-        )
-    try:
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            httpx.get(f"{base}/checkout/cs_probe", timeout=1, trust_env=False)
-            return
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
 
 
 def test_the_dev_loop_runs_as_written(db: Database, tmp_path: Path) -> None:
@@ -89,12 +51,13 @@ def test_the_dev_loop_runs_as_written(db: Database, tmp_path: Path) -> None:
         METERKIT_STRIPE_WEBHOOK_SECRET=DEV_WEBHOOK_SECRET,
     )
     stripe_args = ["dev", "stripe", "--port", str(stripe_port), "--webhook-url", f"{app_base}/webhooks/stripe"]
+    stripe_args += ["--state", str(tmp_path / "dev-stripe.json")]
     stripe_log, app_log = tmp_path / "dev-stripe.log", tmp_path / "serve.log"
     with (
-        _process(stripe_args, env, stripe_log) as stripe_proc,
-        _process(["serve", "--port", str(app_port)], env, app_log) as app_proc,
+        meterkit_process(stripe_args, env, stripe_log) as stripe_proc,
+        meterkit_process(["serve", "--port", str(app_port)], env, app_log) as app_proc,
     ):
-        _wait_listening(stripe_proc, stripe_base, stripe_log)
+        wait_listening(stripe_proc, stripe_base, stripe_log)
         wait_healthy(app_proc, app_base, 60, app_log.read_text)
         http = httpx.Client(base_url=app_base, timeout=15, trust_env=False)
 

@@ -200,11 +200,16 @@ def test_graphiql_assets_are_served_locally(api: Api) -> None:
     page = api.client.get("/graphql", headers={"Accept": "text/html"}).text
     assert "unpkg.com" not in page
     assets = re.findall(r'(?:src|href)="(/graphiql-assets/[^"]+)"\s+integrity="sha384-([^"]+)"', page)
-    assert len(assets) == 7, assets
+    assert len(assets) == 6, assets
     for path, digest in assets:
         r = api.client.get(path)
         assert r.status_code == 200, path
         assert base64.b64encode(hashlib.sha384(r.content).digest()).decode() == digest, path
+    # The page's own script and styles (the key prompt), served beside them.
+    own = re.findall(r'(?:src|href)="(/graphiql-assets/meterkit/[^"]+)"', page)
+    assert sorted(own) == ["/graphiql-assets/meterkit/ide.css", "/graphiql-assets/meterkit/ide.js"], own
+    for path in own:
+        assert api.client.get(path).status_code == 200, path
     assert api.client.get("/graphiql-assets/../settings.py").status_code == 404
 
 

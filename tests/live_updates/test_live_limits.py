@@ -32,6 +32,7 @@ from starlette.testclient import TestClient
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work, make_engine, unit_of_work
+from app.graphql import sharing
 from app.graphql.guard import Gateway
 from app.graphql.parse_cache import ParseCache, document_bytes
 from app.http.edge import resolve_principal
@@ -134,6 +135,34 @@ def test_one_read_per_change_whatever_the_number_of_subscribers(db: Database, cl
     assert many == one, (one, many)
     # ... and none of them on the server's event loop (before: on it, on SQLite).
     assert s.server_thread not in threads and threads, threads
+
+
+def test_one_execution_per_change_whatever_the_number_of_subscribers(db: Database, clock: FrozenClock) -> None:
+    """A tenant's subscribers with the same document and key share one GraphQL execution and one
+    encoding per state (app/graphql/sharing.py); another document or another key executes its own,
+    and every subscriber still gets the full, correct answer."""
+    narrow = "subscription { balanceChanged { available } }"
+    with served(db, clock) as s, ExitStack() as stack:
+        crowd = _subscribed(stack, s, sockets=4, per_socket=10, query=BALANCE)
+        second_key = stack.enter_context(GraphQLWS(s.url, s.api.tenant_key(s.tenant)))
+        second_key.ack()
+        second_key.subscribe("k", BALANCE)
+        second_key.subscribe("n", narrow)
+        second_key.next("k", timeout=10)
+        second_key.next("n", timeout=10)
+        time.sleep(0.3)  # the first answers are out and the feed is past its pace
+        executed, shared = sharing.stats.executed, sharing.stats.shared
+        with connection_of_work(db.engine) as conn:
+            charge(conn, clock, TenantScope(s.tenant), MeterRequest("email.send", "share-1"), negative_buffer=0)
+        answers = [ws.next(str(i), timeout=10)["balanceChanged"] for ws in crowd for i in range(10)]
+        other = second_key.next("k", timeout=10)["balanceChanged"]
+        narrowed = second_key.next("n", timeout=10)["balanceChanged"]
+        viewer = s.api("{ viewer { credits { balance available reserved } } }", key=s.key)["viewer"]["credits"]
+        assert answers == [viewer] * 40 and other == viewer
+        assert narrowed == {"available": viewer["available"]}
+        # One execution each for (BALANCE, the crowd's key), (BALANCE, the second key), (narrow, second key).
+        assert sharing.stats.executed - executed == 3
+        assert sharing.stats.shared - shared == 39
 
 
 def test_each_tenant_and_each_kind_is_read_on_its_own(db: Database, clock: FrozenClock) -> None:

@@ -342,14 +342,20 @@ def test_usage_summary_answers_the_sdks_billing_usage(rest: Rest) -> None:
         "usage": {"email.send": 3, "search.web": 1},
     }
     assert rest.get("/v1/usage/summary?period=2026-07").json() == body
-    june = rest.get("/v1/usage/summary?period=2026-06").json()
-    assert june["usage"] == {} and june["period"]["start"] == "2026-06-01T00:00:00+00:00"
+    # June ended before the tenant was created (July): not today's plan, a typed refusal.
+    june = rest.get("/v1/usage/summary?period=2026-06")
+    assert june.status_code == 400, june.text
+    assert error(june)["code"] == "PERIOD_BEFORE_TENANT" and error(june)["field"] == "period"
+    assert "2026-06 ended before the tenant was created" in error(june)["message"]
+    assert "first period with usage is 2026-07" in error(june)["message"]
     for bad in ("2026-13", "2026-7", "last", "0999-01"):
         r = rest.get(f"/v1/usage/summary?period={bad}")
         assert r.status_code == 400 and error(r)["field"] == "period", (bad, r.text)
     status = rest.get("/v1/status").json()
     assert status["resources"]["metered_units_this_period"] == 4 and status["tier"] == "pro"
     assert status["resources"]["credits_used_this_period"] == 4
+    rest.clock.advance(days=40)  # into the next month: July is history now, and still answered
+    assert rest.get("/v1/usage/summary?period=2026-07").json()["usage"] == body["usage"]
 
 
 def test_status_balance_tier_and_resource_counts(rest: Rest) -> None:

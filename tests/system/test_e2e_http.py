@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +104,14 @@ def _drive(c: Client, op_key: str) -> None:
         {"t": tid},
     ).json()["data"]["createApiKey"]
     tenant_key = created["secret"]
+    # The server runs on the wall clock: a period end a year out, at midnight UTC.
+    end = (datetime.now(UTC) + timedelta(days=365)).replace(hour=0, minute=0, second=0, microsecond=0)
     sub = c.gql(
         op_key,
-        """mutation($t: ID!) { setSubscription(tenantId: $t, input: {planKey: "pro", status: active,
-          stripeCustomerId: "cus_e2e", stripeSubscriptionId: "sub_e2e", currentPeriodEnd: "2026-07-13T00:00:00Z"})
+        """mutation($t: ID!, $end: DateTime!) { setSubscription(tenantId: $t, input: {planKey: "pro", status: active,
+          stripeCustomerId: "cus_e2e", stripeSubscriptionId: "sub_e2e", currentPeriodEnd: $end})
           { __typename ... on SubscriptionChanged { tenant { accountKit { key } } } } }""",
-        {"t": tid},
+        {"t": tid, "end": end.isoformat()},
     ).json()["data"]["setSubscription"]
     assert sub == {"__typename": "SubscriptionChanged", "tenant": {"accountKit": {"key": "kit_pro"}}}
 
@@ -123,7 +126,7 @@ def _drive(c: Client, op_key: str) -> None:
                 "name": "Acme",
                 "plan": {"key": "pro"},
                 "accountKit": {"key": "kit_pro"},
-                "subscription": {"status": "active", "currentPeriodEnd": "2026-07-13T00:00:00+00:00"},
+                "subscription": {"status": "active", "currentPeriodEnd": end.isoformat()},
             }
         }
     }

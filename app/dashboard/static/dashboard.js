@@ -1,7 +1,8 @@
 // meterkit dashboard: plain JavaScript over the public GraphQL API (/graphql) and its
 // subscriptions (graphql-transport-ws on the same path, live.js). No build step, no framework;
-// the one library is uPlot (vendor/), for the 30-day chart. Credits are decimal strings on the wire and
-// are shown exactly as the API sends them; only the chart turns them into numbers, to draw.
+// the one library is uPlot (vendor/), for the 30-day chart. Credits are decimal strings on the wire:
+// the page shows them rounded to cents with thousands separators (`credits()`), keeps the exact
+// string in `data-value` and the tooltip, and only the chart turns them into numbers, to draw.
 "use strict";
 
 (() => {
@@ -11,12 +12,14 @@
 
   const state = {
     key: null, // the API key typed in (sessionStorage: this tab only)
-    role: null, // "tenant" | "operator"
+    role: null, // "tenant" | "organization" | "operator"
     tenantId: null, // the tenant an operator is looking at (sent as X-Tenant-Id)
     live: null, // the open Live connection
     chart: null,
     tenants: new Map(), // operator view: id -> tenant
     refreshTimer: null,
+    canBuy: false, // whether the key may purchase (MANAGE), probed once per tenant view
+    eventCursors: [null], // "Recent events" paging: the `after` of each page seen, newest first
     view: 0, // bumped on every navigation: late answers of a left view are dropped
   };
 
@@ -78,14 +81,19 @@
 
   async function signIn(key) {
     state.key = key;
-    const { status, body } = await post("{ viewer { id name } }");
+    const { status, body } = await post("{ viewer { id name organization { id name } } }");
     if (status === 401 || (body.error && body.error.code === "UNAUTHENTICATED")) {
       state.key = null;
       throw new ApiError("This key was refused: check it, or ask for a new one.", "UNAUTHENTICATED");
     }
-    if (body.data && body.data.viewer) {
+    const viewer = body.data && body.data.viewer;
+    if (viewer && viewer.organization && viewer.organization.id === viewer.id) {
+      // An organization key: in scope is the organization's own account (its id is the organization's).
+      state.role = "organization";
+      $("#who").textContent = `organization: ${viewer.organization.name}`;
+    } else if (viewer) {
       state.role = "tenant";
-      $("#who").textContent = `tenant: ${body.data.viewer.name}`;
+      $("#who").textContent = `tenant: ${viewer.name}`;
     } else if (body.errors && body.errors.some((e) => (e.extensions || {}).code === "VALIDATION_FAILED")) {
       state.role = "operator"; // an operator key has no tenant of its own in scope
       $("#who").textContent = "operator";
@@ -134,9 +142,11 @@
       return;
     }
     const match = location.hash.match(/^#\/tenant\/(ten_[A-Za-z0-9_-]+)$/);
+    const lists = state.role === "operator" || state.role === "organization";
     try {
-      if (state.role === "operator" && !match) await showOperator();
-      else await showTenant(state.role === "operator" ? match[1] : null);
+      if (lists && location.hash === "#/account") await showTenant(null); // the organization's own account
+      else if (lists && !match) await showOperator();
+      else await showTenant(lists ? match[1] : null);
     } catch (err) {
       showError(err.message);
     }
@@ -160,9 +170,12 @@
   async function showTenant(tenantId) {
     const view = state.view;
     state.tenantId = tenantId;
-    $("#back").hidden = state.role !== "operator";
-    const data = await gql(TENANT_QUERY, {}, tenantId);
+    $("#back").hidden = state.role !== "operator" && state.role !== "organization";
+    $("#back").textContent = state.role === "organization" ? "\u2190 The organization" : "\u2190 All tenants";
+    const [data, canBuy] = await Promise.all([gql(TENANT_QUERY, {}, tenantId), mayBuy(tenantId)]);
     if (view !== state.view) return;
+    state.canBuy = canBuy;
+    state.eventCursors = [null];
     const tenant = data.viewer;
     $("#tenant-name").textContent = tenant.name;
     $("#tenant-id").textContent = tenant.externalId ? `${tenant.id} · ${tenant.externalId}` : tenant.id;
@@ -192,10 +205,21 @@
     el.classList.add("flash");
   }
 
-  function renderBalance(credits) {
-    setValue("#balance", credits.balance);
-    setValue("#available", credits.available);
-    setValue("#reserved", credits.reserved);
+  function renderBalance(balance) {
+    for (const field of ["balance", "available", "reserved"]) {
+      setValue(`#${field}`, credits(balance[field]));
+      const el = $(`#${field}`);
+      el.dataset.value = balance[field]; // the exact decimal the API sent
+      el.title = `${balance[field]} credits`;
+    }
+  }
+
+  // Whether this key may buy (MANAGE): the purchase mutation with an empty pack is refused by the
+  // permission check (FORBIDDEN) for a read-only key, and by validation for any other, before
+  // anything is written or sent to Stripe.
+  async function mayBuy(tenantId) {
+    const { body } = await post('mutation Probe { purchaseCreditPack(pack: "") { __typename } }', {}, tenantId);
+    return !(body.errors || []).some((e) => (e.extensions || {}).code === "FORBIDDEN");
   }
 
   function renderUsage(usage) {
@@ -232,14 +256,22 @@
 
   function renderPacks(packs) {
     const box = $("#packs");
-    $("#packs-note").textContent = packs.length ? "Payment opens Stripe Checkout; the credits arrive once it is paid." : "No packs for sale.";
+    $("#packs-note").textContent = !packs.length
+      ? "No packs for sale."
+      : state.canBuy
+        ? "Payment opens Stripe Checkout; the credits arrive once it is paid."
+        : "This key is read-only: sign in with a key that has the MANAGE scope to buy.";
     box.replaceChildren(
       ...packs.map((p) => {
         const row = element("div", { class: "pack", "data-pack": p.key });
         const text = element("div");
-        text.append(element("div", { class: "name" }, p.name), element("div", { class: "credits" }, `${p.credits} credits · $${p.priceUsd}`));
+        text.append(element("div", { class: "name" }, p.name), element("div", { class: "credits" }, `${credits(p.credits)} credits · $${p.priceUsd}`));
         const button = element("button", { type: "button" }, "Buy");
-        button.addEventListener("click", () => buy(p.key, button));
+        if (state.canBuy) button.addEventListener("click", () => buy(p.key, button));
+        else {
+          button.disabled = true;
+          button.title = "This key is read-only: buying needs a key with the MANAGE scope";
+        }
         row.append(text, button);
         return row;
       }),
@@ -279,38 +311,92 @@
     }, 1500);
   }
 
-  // The recent metered calls (a Relay connection: the first page is enough here).
-  async function loadRecentEvents(tenantId) {
+  // The recent metered calls, a page at a time (a Relay connection: `after` the previous page's
+  // endCursor). state.eventCursors holds the `after` of every page up to the one shown.
+  const EVENTS_PAGE = 15;
+
+  async function loadRecentEvents(tenantId, after) {
     const data = await gql(
-      "query Events { usageHistory(first: 15, days: 30) { nodes { id kind primitive quantity creditsUsed createdAt } } }",
-      {},
+      `query Events($after: String) { usageHistory(first: ${EVENTS_PAGE}, days: 30, after: $after) {
+        nodes { id kind primitive quantity creditsUsed reference createdAt apiKey { name prefix } }
+        pageInfo { hasNextPage endCursor } } }`,
+      { after },
       tenantId,
     );
-    return data.usageHistory.nodes;
+    return data.usageHistory;
   }
 
   async function refreshEvents(tenantId, view) {
-    const events = await loadRecentEvents(tenantId);
+    const cursors = state.eventCursors;
+    const page = await loadRecentEvents(tenantId, cursors[cursors.length - 1]);
     if (view !== state.view) return;
+    const events = page.nodes;
     $("#events-empty").hidden = events.length > 0;
     $("#events").hidden = events.length === 0;
     $("#events tbody").replaceChildren(
       ...events.map((e) => {
         const tr = element("tr", { "data-event": e.id });
+        const key = e.apiKey ? `${e.apiKey.name || "key"} (${e.apiKey.prefix})` : "–";
         tr.append(
-          element("td", {}, when(e.createdAt)),
+          element("td", { class: "when" }, when(e.createdAt)),
           element("td", { class: "mono" }, e.kind === "charge" ? e.primitive : `${e.primitive} (${e.kind})`),
           element("td", { class: "num" }, String(e.quantity)),
-          element("td", { class: "num" }, e.creditsUsed),
+          element("td", { class: "num", title: `${e.creditsUsed} credits` }, credits(e.creditsUsed)),
+          element("td", { class: "mono ref" }, e.reference || "–"),
+          element("td", { class: "key" }, key),
         );
         return tr;
       }),
     );
+    const pageNo = cursors.length;
+    $("#events-pager").hidden = pageNo === 1 && !page.pageInfo.hasNextPage;
+    $("#events-page").textContent = `page ${pageNo}`;
+    $("#events-newer").disabled = pageNo === 1;
+    $("#events-older").disabled = !page.pageInfo.hasNextPage;
+    state.eventsNext = page.pageInfo.endCursor;
   }
 
-  // The data of the 30-day chart, and the only place that fetches it: credits spent and calls
-  // made per UTC day, {x: [day start, seconds], credits: [...], calls: [...]}, from usageSeries
-  // (hourly rollups kept with each charge: one query whatever the number of events).
+  function pageEvents(older) {
+    if (older) state.eventCursors.push(state.eventsNext);
+    else if (state.eventCursors.length > 1) state.eventCursors.pop();
+    refreshEvents(state.tenantId, state.view).catch((err) => showError(err.message));
+  }
+
+  // Credits granted per UTC day over the same days (signup, plan allowance, packs, operator
+  // grants): the ledger's grant entries, from creditHistory. Grants are few next to charges,
+  // but the history pages through every entry: at most GRANT_PAGES pages are read, and a chart
+  // that stopped there says so in the series' label.
+  const GRANT_PAGES = 10;
+
+  async function loadGrants(tenantId, x, days) {
+    const byDay = new Map(x.map((t) => [t, 0]));
+    let after = null;
+    let complete = false;
+    for (let page = 0; page < GRANT_PAGES; page++) {
+      const data = await gql(
+        `query Grants($after: String) { creditHistory(first: 200, days: ${days}, after: $after) {
+          nodes { kind amount createdAt } pageInfo { hasNextPage endCursor } } }`,
+        { after },
+        tenantId,
+      );
+      for (const entry of data.creditHistory.nodes) {
+        if (entry.kind !== "grant") continue;
+        const dayStart = Math.floor(parseTime(entry.createdAt) / DAY_MS) * (DAY_MS / 1000);
+        if (byDay.has(dayStart)) byDay.set(dayStart, byDay.get(dayStart) + Number(entry.amount));
+      }
+      if (!data.creditHistory.pageInfo.hasNextPage) {
+        complete = true;
+        break;
+      }
+      after = data.creditHistory.pageInfo.endCursor;
+    }
+    return { granted: x.map((t) => byDay.get(t)), complete };
+  }
+
+  // The data of the 30-day chart, and the only place that fetches it: credits spent, credits
+  // granted and calls made per UTC day, {x: [day start, seconds], credits, granted, calls}, from
+  // usageSeries (hourly rollups kept with each charge: one query whatever the number of events)
+  // and the grants (loadGrants).
   async function loadUsageSeries(tenantId, days = 30) {
     const end = Math.floor(Date.now() / DAY_MS) * DAY_MS + DAY_MS;
     const from = new Date(end - days * DAY_MS).toISOString();
@@ -322,9 +408,13 @@
       tenantId,
     );
     const points = data.usageSeries;
+    const x = points.map((p) => parseTime(p.start) / 1000);
+    const { granted, complete } = await loadGrants(tenantId, x, days);
     return {
-      x: points.map((p) => parseTime(p.start) / 1000),
+      x,
       credits: points.map((p) => Number(p.credits)), // to draw only; the page shows credits as sent
+      granted,
+      grantsComplete: complete,
       calls: points.map((p) => p.quantity),
     };
   }
@@ -332,31 +422,42 @@
   async function refreshChart(tenantId, view) {
     const series = await loadUsageSeries(tenantId);
     if (view !== state.view) return;
-    const data = [series.x, series.credits, series.calls];
+    const data = [series.x, series.credits, series.granted, series.calls];
+    state.grantsComplete = series.grantsComplete;
     if (state.chart) {
       state.chart.setData(data);
       return;
     }
     const el = $("#chart");
     el.replaceChildren();
-    const half = DAY_MS / 2000; // half a day in seconds: the first and last bars fit whole
+    // A whole day of room on either side: the newest day's bars (spent and granted, side by side)
+    // stand inside the plot instead of being cut at its edge.
+    const pad = DAY_MS / 1000;
     state.chart = new uPlot(
       {
-        width: Math.max(el.clientWidth, 300),
+        width: chartWidth(),
         height: 240,
         scales: {
-          x: { time: true, range: (u, min, max) => [min - half, max + half] },
+          x: { time: true, range: (u, min, max) => [min - pad, max + pad] },
           credits: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
           calls: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
         },
         series: [
           { label: "Day", value: (u, ts) => (ts == null ? "–" : new Date(ts * 1000).toISOString().slice(0, 10)) },
           {
-            label: "Credits",
+            label: "Spent",
             scale: "credits",
             stroke: "#2f6fed",
             fill: "rgba(47, 111, 237, 0.55)",
-            paths: uPlot.paths.bars({ size: [0.6, 24] }),
+            paths: uPlot.paths.bars({ size: [0.4, 14], align: -1 }),
+            points: { show: false },
+          },
+          {
+            label: series.grantsComplete ? "Granted" : `Granted (newest ${GRANT_PAGES * 200} entries)`,
+            scale: "credits",
+            stroke: "#8a5cf6",
+            fill: "rgba(138, 92, 246, 0.5)",
+            paths: uPlot.paths.bars({ size: [0.4, 14], align: 1 }),
             points: { show: false },
           },
           { label: "Calls", scale: "calls", stroke: "#1f9d55", width: 2, points: { show: true, size: 4 } },
@@ -393,6 +494,17 @@
     return all;
   }
 
+  const ORG_QUERY = "{ viewer { id name credits { balance available reserved } } }";
+
+  function renderOrgBalance(balance) {
+    for (const field of ["balance", "available", "reserved"]) {
+      const el = $(`#org-${field}`);
+      el.textContent = credits(balance[field]);
+      el.dataset.value = balance[field]; // the exact decimal the API sent
+      el.title = `${balance[field]} credits`;
+    }
+  }
+
   async function showOperator() {
     const view = state.view;
     state.tenantId = null;
@@ -400,12 +512,23 @@
       state.chart.destroy();
       state.chart = null;
     }
-    const tenants = await loadTenants();
+    const organization = state.role === "organization";
+    const [tenants, org] = await Promise.all([loadTenants(), organization ? gql(ORG_QUERY) : null]);
     if (view !== state.view) return;
     state.tenants = new Map(tenants.map((t) => [t.id, t]));
     $("#tenants tbody").replaceChildren(...tenants.map(tenantRow));
     applySearch();
+    $("#org-summary").hidden = !organization;
+    $("#list-title").textContent = organization ? "End users" : "Tenants";
     show("#operator-view");
+    if (organization) {
+      // The organization's balance, live; its end users' rows follow their own charges when opened.
+      $("#org-name").textContent = org.viewer.name;
+      $("#org-id").textContent = org.viewer.id;
+      renderOrgBalance(org.viewer.credits);
+      goLive(null, [[BALANCE_SUB, (d) => renderOrgBalance(d.balanceChanged)]]);
+      return;
+    }
     goLive(null, [
       [
         ACTIVITY_SUB,
@@ -451,8 +574,8 @@
       element("td", { class: "name" }, t.name),
       element("td", { class: "mono" }, t.externalId || ""),
       element("td", { class: "plan" }, t.plan ? t.plan.name : "–"),
-      element("td", { class: "num balance" }, t.credits.balance),
-      element("td", { class: "num available" }, t.credits.available),
+      element("td", { class: "num balance", "data-value": t.credits.balance }, credits(t.credits.balance)),
+      element("td", { class: "num available", "data-value": t.credits.available }, credits(t.credits.available)),
       usage,
     );
     const open = () => (location.hash = `#/tenant/${t.id}`);
@@ -487,6 +610,18 @@
     return Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(iso) ? iso : `${iso}Z`);
   }
 
+  // Credits for people: rounded to cents, thousands grouped ("208.1631" -> "208.16",
+  // "12000" -> "12,000"); the exact string stays in data-value and the tooltip.
+  const CREDITS = new Intl.NumberFormat("en-US", { maximumFractionDigits: 2 });
+
+  function credits(value) {
+    return CREDITS.format(Number(value));
+  }
+
+  function chartWidth() {
+    return Math.max($("#chart").clientWidth, 260);
+  }
+
   function day(iso) {
     return new Date(parseTime(iso)).toISOString().slice(0, 10);
   }
@@ -496,7 +631,16 @@
   }
 
   // What the chart draws, for a look from the browser's console (and the browser tests).
-  window.meterkitDashboard = Object.freeze({ chartData: () => (state.chart ? state.chart.data.map((s) => [...s]) : null) });
+  window.meterkitDashboard = Object.freeze({
+    chartData: () => (state.chart ? state.chart.data.map((s) => [...s]) : null),
+    // Where the newest day's bars end and where the plot ends, in CSS pixels.
+    newestBarRoom: () => {
+      if (!state.chart) return null;
+      const u = state.chart;
+      const x = u.data[0];
+      return { barCenter: u.valToPos(x[x.length - 1], "x"), plotWidth: u.bbox.width / devicePixelRatio };
+    },
+  });
 
   // ---- start -----------------------------------------------------------------------------------
 
@@ -516,8 +660,10 @@
     $("#search").addEventListener("input", applySearch);
     window.addEventListener("hashchange", route);
     window.addEventListener("resize", () => {
-      if (state.chart) state.chart.setSize({ width: Math.max($("#chart").clientWidth, 300), height: 240 });
+      if (state.chart) state.chart.setSize({ width: chartWidth(), height: 240 });
     });
+    $("#events-older").addEventListener("click", () => pageEvents(true));
+    $("#events-newer").addEventListener("click", () => pageEvents(false));
     const saved = sessionStorage.getItem(KEY_STORE);
     if (saved) {
       try {

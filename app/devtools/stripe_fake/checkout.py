@@ -113,6 +113,7 @@ class CheckoutMixin(SubscriptionsMixin, CustomersMixin, PricesMixin):
                     self.complete_checkout(session_id)
                 except ValueError as exc:
                     return HTMLResponse(f"<h1>Cannot pay</h1><p>{html.escape(str(exc))}</p>", status_code=409)
+                self._changed()
             target = session["success_url"] if action == "pay" else session["cancel_url"]
         if not target:
             return HTMLResponse(f"<h1>Checkout {action} done</h1>")

@@ -74,8 +74,9 @@ class EventsMixin(StripeState):
         else:
             responses = [http.post(url, content=payload, headers=headers) for _ in range(times)]
         with self._lock:
-            if event_id is not None and any(r.is_success for r in responses):
-                self._undelivered.pop(event_id, None)
+            delivered = event_id is not None and any(r.is_success for r in responses)
+            if delivered and self._undelivered.pop(str(event_id), False) is None:
+                self._changed()  # it was pending: the state file must forget it too
             self.deliveries.extend(Delivery(event_id, r.status_code) for r in responses)
         return responses
 

@@ -90,6 +90,8 @@ class HttpMixin(StripeState):
             # Only successes are kept, so a request rejected by validation can be retried with its key.
             if store_key is not None and status == 200:
                 self._idempotency[store_key] = _StoredResponse(fingerprint, status, text, request_id)
+            if method != "GET" and status == 200:
+                self._changed()
             return status, text, out_headers
 
     def _finish(

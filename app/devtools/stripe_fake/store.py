@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import json
 import secrets
 import string
 import threading
@@ -69,11 +70,17 @@ _LIST_PARAMS = frozenset({"limit", "starting_after", "ending_before", "expand"})
 # --------------------------------------------------------------------------- the state
 
 
+STATE_VERSION = 1
+
+
 class StripeState:
     """The fake's state and the helpers every resource uses; FakeStripe sets `_lock` and `_server`."""
 
     _lock: threading.RLock
     _server: BackgroundServer
+    # Called under the lock after every change (an API write, a payment, a delivery): what
+    # `meterkit dev stripe --state` uses to keep its state in a file across restarts.
+    on_change: Callable[[], None] | None = None
 
     def _reset_state(
         self, webhook_url: str | None, webhook_secret: str, clock: int | None, api_version: str | None
@@ -105,6 +112,64 @@ class StripeState:
     @property
     def url(self) -> str:
         return self._server.url
+
+    # ----------------------------------------------------------------- persistence (meterkit dev stripe --state)
+
+    def dump_state(self) -> str:
+        """Everything a restart must keep, as JSON text: objects, events not yet delivered,
+        idempotency keys, the clock. Not the records tests read (requests, deliveries, errors).
+        Encoded under the lock: the API thread must not change it mid-encoding."""
+        with self._lock:
+            state = {
+                "version": STATE_VERSION,
+                "clock": self._clock,
+                "objects": self._objects,
+                "ids_by_type": self._ids_by_type,
+                "checkout_line_items": self._checkout_line_items,
+                "checkout_extra": self._checkout_extra,
+                "billing_anchor": {k: list(v) for k, v in self._billing_anchor.items()},
+                "idempotency": [
+                    [api_key, key, list(r.fingerprint), r.status, r.body, r.request_id]
+                    for (api_key, key), r in self._idempotency.items()
+                ],
+                "undelivered": list(self._undelivered),
+                "invoice_seq": self._invoice_seq,
+                "created": dict(self.created),
+                "meter_events": self.meter_events,
+            }
+            return json.dumps(state, separators=(",", ":"))
+
+    def load_state(self, text: str) -> None:
+        """Replace the state with one dump_state() wrote; ValueError if it is not one."""
+        data = json.loads(text)
+        if not isinstance(data, Mapping) or data.get("version") != STATE_VERSION:
+            raise ValueError(f"not a Stripe stand-in state of version {STATE_VERSION}")
+        try:
+            objects = dict(data["objects"])
+            ids_by_type = {k: list(v) for k, v in data["ids_by_type"].items()}
+            idempotency = {
+                (api_key, key): _StoredResponse((fp[0], fp[1], fp[2]), int(status), body, request_id)
+                for api_key, key, fp, status, body, request_id in data["idempotency"]
+            }
+            anchors = {k: (int(v[0]), int(v[1])) for k, v in data["billing_anchor"].items()}
+            undelivered = {event_id: None for event_id in data["undelivered"] if event_id in objects}
+            clock = int(data["clock"])
+            line_items = dict(data["checkout_line_items"])
+            extra = dict(data["checkout_extra"])
+            invoice_seq = int(data["invoice_seq"])
+            created: Counter[str] = Counter(data["created"])
+            meter_events = list(data["meter_events"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ValueError(f"a damaged Stripe stand-in state ({exc!r})") from None
+        with self._lock:
+            self._objects, self._ids_by_type, self._idempotency = objects, ids_by_type, idempotency
+            self._billing_anchor, self._undelivered = anchors, undelivered
+            self._clock, self._checkout_line_items, self._checkout_extra = clock, line_items, extra
+            self._invoice_seq, self.created, self.meter_events = invoice_seq, created, meter_events
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # ----------------------------------------------------------------- time
 

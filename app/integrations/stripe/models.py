@@ -38,6 +38,7 @@ class StripeOperation(SQLModel, table=True):
     kind: str = Field(max_length=24)  # pack_checkout | plan_checkout | plan_change
     target: str = Field(max_length=64)  # pack key or plan key
     # pending (Stripe not yet answered) | open | completed | expired (checkout.session.expired)
+    # | failed (Stripe no longer knew the tenant's customer: a new operation took over)
     status: str = Field(max_length=16)
     stripe_object_id: str | None = Field(default=None, max_length=255, index=True)  # cs_ or sub_ id
     url: str | None = Field(default=None, max_length=2048)

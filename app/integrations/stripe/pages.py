@@ -8,7 +8,7 @@ Each shows the outcome of that one checkout as it stands in OUR database: the cr
 itself every few seconds), or cancelled/expired (nothing was charged). The buyer's browser
 carries no API key, so the page says only what the unguessable id already implies (which pack or
 plan, how many credits), never the balance or the tenant. Small server-rendered HTML, no
-external assets, no script; reads only."""
+external assets, no script, a link back to /dashboard; reads only."""
 
 from __future__ import annotations
 
@@ -109,10 +109,13 @@ def render(o: CheckoutOutcome | None) -> HTMLResponse:
     body = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"{refresh}<title>{html.escape(title)}</title>"
+        # No favicon request (a 404 in the browser's console).
+        f'{refresh}<link rel="icon" href="data:,"><title>{html.escape(title)}</title>'
         "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}"
         "h1{font-size:1.4rem}</style></head>"
-        f'<body><main data-state="{state}"><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></main>'
+        f'<body><main data-state="{state}"><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>'
+        # A way back: the dashboard the Buy button lives on (it asks for the key again if needed).
+        '<p><a id="back" href="/dashboard">&larr; Back to the dashboard</a></p></main>'
         "</body></html>"
     )
     # Never cached: a pending page must show the credits once they arrive.

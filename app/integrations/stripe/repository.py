@@ -33,6 +33,19 @@ class StripeRepository:
         assert tenant.stripe_customer_id is not None
         return tenant.stripe_customer_id
 
+    def replace_customer(self, scope: TenantScope, gone: str, customer_id: str) -> str:
+        """Swap the tenant's customer that Stripe no longer knows for a new one, unless another
+        request swapped it first; returns the one that holds."""
+        self.s.execute(
+            update(Tenant)
+            .where(and_(col(Tenant.id) == scope.tenant_id, col(Tenant.stripe_customer_id) == gone))
+            .values(stripe_customer_id=customer_id)
+        )
+        tenant = self.s.get(Tenant, scope.tenant_id)
+        assert tenant is not None
+        self.s.refresh(tenant)
+        return tenant.stripe_customer_id or customer_id
+
     def pending_operation(self, scope: TenantScope, kind: str, target: str, since: datetime) -> StripeOperation | None:
         q = (
             select(StripeOperation)

@@ -28,7 +28,7 @@ from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.credits.packs import pack_by_key
 from app.integrations.stripe import handlers
-from app.integrations.stripe.client import JSON, StripeGateway, StripeUnavailable
+from app.integrations.stripe.client import JSON, StripeGateway, StripeUnavailable, is_missing
 from app.integrations.stripe.models import StripeOperation
 from app.integrations.stripe.repository import StripeRepository
 from app.plans.repository import PlanRepository
@@ -77,13 +77,34 @@ def _tx(engine: Engine, fn: Callable[[Session], T]) -> T:
         return fn(s)
 
 
+class _CustomerGone(Exception):
+    """Stripe no longer knows the customer we stored for the tenant (deleted in Stripe's
+    dashboard, another Stripe account or mode, a local stand-in that was reset)."""
+
+
 def _stripe(call: Callable[[], T]) -> T:
     try:
         return call()
     except stripe.StripeError as exc:
-        log.warning("stripe call failed: %s", exc)
-        message = getattr(exc, "user_message", None) or "Stripe could not complete the request; try again"
-        raise StripeUnavailable(str(message)) from None
+        if is_missing(exc) and getattr(exc, "param", None) == "customer":
+            raise _CustomerGone(str(exc)) from None
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: stripe.StripeError) -> StripeUnavailable:
+    log.warning("stripe call failed: %s", exc)
+    message = getattr(exc, "user_message", None) or "Stripe could not complete the request; try again"
+    return StripeUnavailable(str(message))
+
+
+def _subscription_or_none(gateway: StripeGateway, sub_id: str) -> JSON | None:
+    """The subscription as Stripe holds it; None when Stripe no longer knows it."""
+    try:
+        return gateway.retrieve_subscription(sub_id)
+    except stripe.StripeError as exc:
+        if is_missing(exc):
+            return None
+        raise _unavailable(exc) from None
 
 
 def _begin(s: Session, clock: Clock, scope: TenantScope, kind: str, target: str) -> StripeOperation:
@@ -142,10 +163,36 @@ def ensure_customer(engine: Engine, gateway: StripeGateway, scope: TenantScope) 
     return _tx(engine, lambda s: StripeRepository(s).store_customer(scope, customer["id"]))
 
 
+def replace_customer(engine: Engine, gateway: StripeGateway, scope: TenantScope, gone: str) -> str:
+    """A new Stripe customer for a tenant whose stored one Stripe no longer knows: its
+    subscriptions and payments went with it, so there is nothing to move, only to start afresh.
+    The idempotency key names the customer replaced: a retry after our crash gets the same new
+    customer, and the key of the first customer (which Stripe may still replay) is not reused."""
+
+    def read(s: Session) -> str:
+        tenant = s.get(Tenant, scope.tenant_id)
+        if tenant is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        return tenant.name
+
+    name = _tx(engine, read)
+    customer = _stripe(
+        lambda: gateway.create_customer(
+            name=name,
+            tenant_id=scope.tenant_id,
+            idempotency_key=f"{customer_idempotency_key(scope.tenant_id)}-after-{gone}",
+        )
+    )
+    log.warning(
+        "Stripe no longer knows customer %s of tenant %s: replaced by %s", gone, scope.tenant_id, customer["id"]
+    )
+    return _tx(engine, lambda s: StripeRepository(s).replace_customer(scope, gone, customer["id"]))
+
+
 def _urls(settings: Settings, what: str, op_id: str) -> tuple[str, str]:
     """Checkout's return pages (served by pages.py). Stripe fills {CHECKOUT_SESSION_ID} in the
     success URL only, so the cancel URL names our operation instead."""
-    base = settings.public_url.rstrip("/")
+    base = settings.public_base_url
     return (
         f"{base}/billing/{what}/success?session_id={{CHECKOUT_SESSION_ID}}",
         f"{base}/billing/{what}/canceled?op={op_id}",
@@ -164,20 +211,34 @@ def _checkout(
     mode: str,
     price_id: str,
 ) -> CheckoutStarted:
+    def session(op: StripeOperation, customer: str) -> JSON:
+        success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan", op.id)
+        return _stripe(
+            lambda: gateway.create_checkout_session(
+                mode=mode,
+                price_id=price_id,
+                customer=customer,
+                success_url=success,
+                cancel_url=cancel,
+                client_reference_id=op.id,
+                idempotency_key=idempotency_key(op.id),
+            )
+        )
+
     op = _tx(engine, lambda s: _begin(s, clock, scope, kind, target))
     customer = ensure_customer(engine, gateway, scope)
-    success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan", op.id)
-    cs = _stripe(
-        lambda: gateway.create_checkout_session(
-            mode=mode,
-            price_id=price_id,
-            customer=customer,
-            success_url=success,
-            cancel_url=cancel,
-            client_reference_id=op.id,
-            idempotency_key=idempotency_key(op.id),
-        )
-    )
+    try:
+        cs = session(op, customer)
+    except _CustomerGone:
+        # Never a dead end: the operation that named the lost customer is closed (its key is not
+        # sent again with other parameters), and the checkout starts over with a new customer.
+        _finish(engine, clock, op.id, status="failed", object_id=None, url=None)
+        customer = replace_customer(engine, gateway, scope, customer)
+        op = _tx(engine, lambda s: _begin(s, clock, scope, kind, target))
+        try:
+            cs = session(op, customer)
+        except _CustomerGone:
+            raise StripeUnavailable("Stripe refused the tenant's new customer too; try again") from None
     _finish(engine, clock, op.id, status="open", object_id=cs["id"], url=cs.get("url"))
     return CheckoutStarted(session_id=cs["id"], url=cs.get("url") or "", mode=mode, target=target)
 
@@ -249,9 +310,10 @@ def change_plan(
 
     if sub_id is None:
         return first_subscription()
-    current = _stripe(lambda: gateway.retrieve_subscription(sub_id))
-    if current.get("status") in handlers.TERMINAL:
-        # It ended on Stripe's side and the webhook has not told us yet: a new subscription it is.
+    current = _subscription_or_none(gateway, sub_id)
+    if current is None or current.get("status") in handlers.TERMINAL:
+        # It ended on Stripe's side (or Stripe no longer knows it) and no webhook has told us yet:
+        # a new subscription it is.
         return first_subscription()
     op = _tx(engine, lambda s: _begin(s, clock, scope, "plan_change", plan_key))
     items = handlers.subscription_items(current)

@@ -62,7 +62,9 @@ def test_pack_success_page_shows_pending_then_the_credits(stripe_env: StripeEnv)
     assert '<meta http-equiv="refresh"' in pending.text  # it updates itself
     assert pending.headers["cache-control"] == "no-store"
     # Small and self-contained: no scripts, no external stylesheets or images.
-    assert "<script" not in pending.text and "src=" not in pending.text and "<link" not in pending.text
+    assert "<script" not in pending.text and "src=" not in pending.text and "stylesheet" not in pending.text
+    assert '<link rel="icon" href="data:,">' in pending.text  # not even a favicon request
+    assert '<a id="back" href="/dashboard">' in pending.text  # a way back
 
     env.fake.complete_checkout(out["sessionId"])
     env.deliver_all()

@@ -1,0 +1,145 @@
+"""Organizations: the platform creates them and sets their switches; an organization reads itself
+(its balance is its house account's, app/organizations/models.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import strawberry
+
+from app.core.errors import NotFound
+from app.core.paging import check_first
+from app.graphql.context import Info
+from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.ledger import CreditBalance, resolve_credits
+from app.graphql.pagination import After, Connection, First, connection
+from app.graphql.rows import FromRow
+from app.graphql.scalars import Credits
+from app.graphql.types import ApiKey
+from app.graphql.util import attempt
+from app.organizations import commands, service
+from app.organizations.repository import OrganizationRepository
+
+
+@strawberry.type(
+    description="A company on the platform: it pays the platform in credits and owns its kits, "
+    "plans and end users (Tenant)."
+)
+class Organization(FromRow):
+    id: strawberry.ID
+    name: str
+    external_id: str | None
+    created_at: datetime
+    end_user_wallets: bool = strawberry.field(
+        description="End users hold credits of their own too (charged beside the organization)."
+    )
+    platform_credits_exempt: bool = strawberry.field(
+        description="The organization's operations are counted, not charged in platform credits."
+    )
+    end_user_credit_cap: Credits | None = strawberry.field(
+        description="Credits one end user may cost the organization per period (null: no cap)."
+    )
+
+    @strawberry.field(description="The organization's own credit balance (platform and organization keys only).")
+    async def credits(self, info: Info) -> CreditBalance:
+        return await resolve_credits(info.context, str(self.id))
+
+
+@strawberry.input
+class CreateOrganizationInput:
+    name: str
+    external_id: str | None = None
+
+
+@strawberry.input
+class UpdateOrganizationInput:
+    end_user_wallets: bool | None = None
+    platform_credits_exempt: bool | None = None
+    end_user_credit_cap: Credits | None = None
+    clear_end_user_credit_cap: bool = False
+
+
+@strawberry.type
+class CreatedOrganization:
+    organization: Organization
+    api_key: ApiKey
+    secret: str = strawberry.field(description="The organization's first key (mk_org_...). Shown once.")
+
+
+CreateOrganizationResult = Annotated[
+    CreatedOrganization | ValidationError, strawberry.union("CreateOrganizationResult")
+]
+UpdateOrganizationResult = Annotated[
+    Organization | ValidationError | NotFoundError, strawberry.union("UpdateOrganizationResult")
+]
+
+
+def _cursor(org: object) -> str:
+    return str(org.id)  # type: ignore[attr-defined]
+
+
+@strawberry.type
+class OrganizationQuery:
+    @strawberry.field(description="Platform: every organization, oldest first.")
+    async def organizations(self, info: Info, first: First = 50, after: After = None) -> Connection[Organization]:
+        check_first(first)
+        rows = await info.context.read(lambda s: OrganizationRepository(s).page(first + 1, after))
+        return connection(Connection[Organization], rows, first, _cursor, Organization.from_row)
+
+    @strawberry.field(description="An organization by id (an organization key reads only its own; null otherwise).")
+    async def organization(self, info: Info, id: strawberry.ID) -> Organization | None:
+        ctx = info.context
+        principal = ctx.principal
+        assert principal is not None
+        try:
+            row = await ctx.read(lambda s: service.get_organization(s, principal, str(id)))
+        except NotFound:
+            return None
+        return Organization.from_row(row)
+
+
+@strawberry.type
+class OrganizationMutation:
+    @strawberry.mutation(
+        description="Platform: a new organization with its signup credits and its first key (shown once)."
+    )
+    async def create_organization(self, info: Info, input: CreateOrganizationInput) -> CreateOrganizationResult:
+        ctx = info.context
+        data = service.OrganizationInput(name=input.name, external_id=input.external_id)
+
+        async def run() -> CreatedOrganization:
+            org, key, raw = await ctx.uow.call(
+                commands.create_organization,
+                ctx.engine,
+                ctx.clock,
+                ctx.principal,
+                data,
+                signup_micro=ctx.settings.signup_grant_credits * 1_000_000,
+                retry=True,
+            )
+            return CreatedOrganization(
+                organization=Organization.from_row(org), api_key=ApiKey.from_row(key), secret=raw
+            )
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Platform: an organization's switches (wallets, exemption, per-end-user cap).")
+    async def update_organization(
+        self, info: Info, id: strawberry.ID, input: UpdateOrganizationInput
+    ) -> UpdateOrganizationResult:
+        ctx = info.context
+        switches = service.OrganizationSwitches(
+            end_user_wallets=input.end_user_wallets,
+            platform_credits_exempt=input.platform_credits_exempt,
+            end_user_credit_cap=input.end_user_credit_cap,  # type: ignore[arg-type]
+            clear_end_user_credit_cap=input.clear_end_user_credit_cap,
+        )
+
+        async def run() -> Organization:
+            row = await ctx.uow.call(
+                commands.update_organization, ctx.engine, ctx.clock, ctx.principal, str(id), switches, retry=True
+            )
+            return Organization.from_row(row)
+
+        return await attempt(run)

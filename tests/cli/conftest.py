@@ -1,0 +1,1 @@
+from tests.cli.harness import gateway  # noqa: F401  (fixture)
