@@ -145,17 +145,25 @@ class AppState:
 class BodyLimit:
     """Refuse request bodies over the limit with 413 before any parsing (also for chunked bodies)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, wide: tuple[tuple[str, int], ...] = ()) -> None:
+        """`wide`: (path prefix, limit) pairs that replace the limit under that prefix (the LLM
+        proxy's prompts are larger than API calls)."""
         self.app = app
         self.max_bytes = max_bytes
+        self.wide = wide
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
+        for prefix, wide in self.wide:
+            if scope["path"].startswith(prefix):
+                limit = wide
+                break
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _too_large(self.max_bytes)(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _too_large(limit)(scope, receive, send)
                 return
         seen = 0
 
@@ -164,14 +172,14 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _BodyTooLarge
             return message
 
         try:
             await self.app(scope, limited, send)
         except _BodyTooLarge:
-            await _too_large(self.max_bytes)(scope, receive, send)
+            await _too_large(limit)(scope, receive, send)
 
 
 class HotLane:
@@ -338,6 +346,9 @@ def create_app(
             if worker is not None:
                 await run_in_threadpool(worker.stop)
             await state.live.stop()
+            proxy = getattr(state, "llm_proxy", None)  # the LLM proxy's upstream pools (app/llmproxy)
+            if proxy is not None:
+                await proxy.aclose()
             if checkpointer is not None:
                 await run_in_threadpool(checkpointer.stop)
                 state.checkpointer = None
@@ -364,7 +375,10 @@ def create_app(
         app.add_middleware(HotLane, hot=hot_routes(state))  # inside BodyLimit, added next
     # Outside the hot lane, so charges count too; inside BodyLimit (an oversized body is a 413 first).
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight_per_key)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    from app.llmproxy.routes import PREFIXES as LLM_PREFIXES
+
+    llm_wide = tuple((prefix, settings.llm_max_body_bytes) for prefix in LLM_PREFIXES)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, wide=llm_wide)
     if settings.cors_origins:
         # Added last, so outermost: a preflight is answered before auth or the body limit.
         app.add_middleware(
@@ -395,8 +409,15 @@ def _slice_routes(state: AppState) -> list[Any]:
     from app.dashboard.routes import routes as dashboard_routes
     from app.integrations.stripe import pages as checkout_pages
     from app.integrations.stripe.webhook import webhook_route
+    from app.llmproxy.routes import routes as llm_routes
 
-    return [*rest.routes(state), webhook_route(state), *checkout_pages.routes(state), *dashboard_routes()]
+    return [
+        *rest.routes(state),
+        *llm_routes(state),
+        webhook_route(state),
+        *checkout_pages.routes(state),
+        *dashboard_routes(),
+    ]
 
 
 __all__ = ["create_app"]

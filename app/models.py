@@ -7,6 +7,7 @@ from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditHold, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import StripeEvent, StripeOperation
+from app.llm.models import LlmCall
 from app.metering.models import RateWindow, UsageCounter, UsageEvent, UsageRollup
 from app.organizations.models import Organization
 from app.overage.models import OverageReport
@@ -32,6 +33,7 @@ __all__ = [
     "CreditPack",
     "CreditReversal",
     "LedgerEntry",
+    "LlmCall",
     "LlmRate",
     "MediaPrice",
     "Plan",

@@ -121,6 +121,28 @@ class Settings(BaseSettings):
     # text and its syntax tree), least recently used out first (app/graphql/parse_cache.py).
     parse_cache_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
 
+    # ---- the LLM proxy (issue 21; docs/llm-proxy.md) ----
+    # Upstreams: base URLs (the SDK's base_url for that provider) and the provider keys the proxy
+    # sends; a route whose key is unset answers 503. The keys are never returned nor logged.
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openrouter_api_key: str | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = None
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_api_key: str | None = None
+    # Operator aliases on top of the built-in ones: a JSON object, provider spelling -> price-table
+    # model, e.g. '{"my-finetune": "gpt-4o-mini"}' (app/llm/aliases.py).
+    llm_model_aliases: dict[str, str] = {}
+    # Upstream timeouts: connect, and between two reads of a response (a stream may run longer).
+    llm_connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    llm_read_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 600.0
+    # A client gone mid-stream: the upstream is still read this long to learn the usage it reports.
+    llm_drain_seconds: Annotated[float, Field(ge=0, le=3600)] = 120.0
+    # Connections kept to each upstream (one shared pool per upstream and process).
+    llm_pool_size: Annotated[int, Field(ge=1, le=10_000)] = 200
+    # Request bodies on the proxy routes (prompts are larger than API calls): this many bytes at most.
+    llm_max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+
     @property
     def public_base_url(self) -> str:
         """METERKIT_PUBLIC_URL, else this gateway's own address (a wildcard bind as loopback)."""

@@ -9,7 +9,8 @@ bare reference (bench/floor_app.py: minimal Strawberry + Starlette, a 3-statemen
 charge) under the same uvicorn flags: every speed target is a ratio to it or within the run,
 so figures compare across noisy machines. Every response is checked; error counts are printed
 and the event log is counted after each charge scenario. Last, subscription isolation
-(bench/subs.py): another tenant's charge p99 with 2,000 subscriptions on one key, as a ratio.
+(bench/subs.py): another tenant's charge p99 with 2,000 subscriptions on one key, as a ratio. And
+the LLM proxy against the same fake upstream called directly (bench/proxy.py).
 
     .venv/bin/python -m bench.run [--duration 8] [--connections 16] [--profile]
 
@@ -33,6 +34,8 @@ from typing import Any
 
 from bench.common import RESULTS, ROOT, free_port, git_commit, log, seed, start_server, stop, wrk
 from bench.profile import profile
+from bench.proxy import proxy_bench
+from bench.proxy import report as proxy_report
 from bench.report import report, targets
 from bench.scenarios import (
     BATCH,
@@ -90,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")
     ap.add_argument("--subs-rounds", type=int, default=2, help="subscription isolation: rounds (default 2)")
     ap.add_argument("--subscriptions-only", action="store_true", help="run only the subscription isolation scenario")
+    # The LLM proxy against the same fake upstream called directly (bench/proxy.py, issue 21).
+    ap.add_argument("--proxy-calls", type=int, default=300, help="LLM proxy: sequential calls per side and mode")
+    ap.add_argument("--proxy-seconds", type=float, default=5, help="LLM proxy: seconds per throughput run")
     return ap.parse_args(argv)
 
 
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     rss = {"charges_small": small[0], "after_20k_mb": small[1], "charges_large": large[0], "after_200k_mb": large[1]}
 
     subs = subscription_isolation(args, tmp)
+    llm = proxy_bench(args.proxy_calls, args.proxy_seconds, args.loop, tmp)
 
     # The bare reference, same uvicorn flags, same wrk settings, same machine, same run.
     bare_key = secrets.token_urlsafe(16)
@@ -285,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": list(by.values()),
         "open_loop": ol,
         "rss": rss,
-        "targets": [*targets(by, ol, rss), subs_target(subs)],
+        "targets": [*targets(by, ol, rss), subs_target(subs), *llm["targets"]],
         "subscription_isolation": subs,
+        "llm_proxy": llm,
         "events_match": events_ok,
         "books": books,
         "profile": prof,
     }
-    lines = report(results) + ["", *subs_report(subs)]
+    lines = report(results) + ["", *subs_report(subs), "", *proxy_report(llm)]
     print("\n" + "\n".join(lines))
     if prof:
         print(

@@ -71,7 +71,8 @@ CHECK = Sql(
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = bp.start_at AND primitive = :p),
               (SELECT credits FROM price WHERE primitive = :p),
               (SELECT pricing_rule FROM primitive WHERE key = :p),
-              (SELECT active FROM primitive WHERE key = :p), """
+              (SELECT active FROM primitive WHERE key = :p),
+              (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win), """
     + _TERMS
 )
 USED = Sql("SELECT (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p)")

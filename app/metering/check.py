@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from app.budgets.enforce import KeySpend
+from app.budgets.errors import BudgetExceeded
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
@@ -18,6 +20,7 @@ from app.metering.errors import PackInfo
 from app.metering.settle_rules import call_units
 from app.metering.types import CheckResult, MeterRequest
 from app.periods import record as period_record
+from app.periods.rules import minute_window
 from app.pricing.service import PriceRequest, fixed_total, quote
 
 
@@ -31,6 +34,7 @@ def check(
     quantity: int = 1,
     negative_buffer: int = 0,
     details: PriceRequest | None = None,
+    api_key_id: str | None = None,
 ) -> CheckResult:
     """May the tenant call this primitive (or use this connection) right now? Writes nothing.
 
@@ -39,17 +43,22 @@ def check(
     a recorded period, two more (the predicted period, then its count); an ORM session only for a
     dynamic price or the packs of an INSUFFICIENT_CREDITS answer. `details`: a dynamic price's
     parameters (model, tokens, numImages, duration...): priced as charge would, and numImages and
-    video seconds count toward maxQuantityPerCall as they do for charge."""
+    video seconds count toward maxQuantityPerCall as they do for charge; the kit's callsPerMinute is
+    checked against this minute's calls (read with the same statement). `api_key_id`: the calling
+    key, whose budget (credits and quantity, open holds counted) is checked too (BUDGET_EXCEEDED):
+    the LLM proxy's pre-check before it forwards a call."""
     if (primitive is None) == (connection is None):
         raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
     session = db if isinstance(db, Session) else None
     conn = db.connection() if isinstance(db, Session) else db
     now = clock.now()
-    row = run(conn, CHECK, {"tid": scope.tenant_id, "kid": None, "now": ts(conn, now), "p": primitive}).first()
+    params = {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now), "p": primitive}
+    params["win"] = ts(conn, minute_window(now))  # this minute's calls, for a kit's callsPerMinute
+    row = run(conn, CHECK, params).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    balance, reserved, gone, freed, quota, used, unit_price, rule, active = row[:9]
-    terms = terms_from(row[9:])
+    balance, reserved, gone, freed, quota, used, unit_price, rule, active, calls = row[:10]
+    terms = terms_from(row[10:], api_key_id)
     # Buckets past expiry count as gone and holds past expiry as freed, before a write sweeps them.
     available = int(balance) - int(gone) - int(reserved) + int(freed)
     if connection is not None:
@@ -93,6 +102,9 @@ def check(
     per_call = (terms.kit_limits.get(primitive) or {}).get("max_quantity_per_call")
     if per_call is not None and call_units(quantity, req.num_images, req.duration_seconds) > per_call:
         return answer("LIMIT_EXCEEDED", f"at most {per_call} per call", None)
+    per_minute = (terms.kit_limits.get(primitive) or {}).get("calls_per_minute")
+    if per_minute is not None and (calls or 0) + 1 > per_minute:  # as charge counts them, this UTC minute
+        return answer("LIMIT_EXCEEDED", f"at most {per_minute} calls per minute", None)
     if quota is not None and used + quantity > quota and terms.overage != "allow":
         return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
     price: int | None
@@ -106,6 +118,12 @@ def check(
         # Dynamic prices need parameters a plain check may not carry (or name a model without a rate):
         # no price, as before; the charge itself answers the typed refusal.
         price = None
+    if terms.budget is not None:
+        try:
+            # New work must fit: at least one micro-credit of the key's credit budget left.
+            KeySpend(conn, scope.tenant_id, terms.budget, now).check(primitive, quantity, max(price or 0, 1))
+        except BudgetExceeded as exc:
+            return answer("BUDGET_EXCEEDED", exc.message, price)
     if available <= 0 or (price is not None and available < price):
         from app.credits.packs import packs_covering
 

@@ -102,9 +102,18 @@ def check(
     connection: str | None,
     quantity: int = 1,
     details: PriceRequest | None = None,
+    api_key_id: str | None = None,
 ) -> CheckResult:
-    """May the tenant call this primitive (or use this connection) now? Reads only."""
+    """May the tenant call this primitive (or use this connection) now? Reads only. `api_key_id`:
+    also check that key's budget."""
     with connection_of_work(engine, write=False) as conn:
         return checks.check(
-            conn, clock, scope, primitive=primitive, connection=connection, quantity=quantity, details=details
+            conn,
+            clock,
+            scope,
+            primitive=primitive,
+            connection=connection,
+            quantity=quantity,
+            details=details,
+            api_key_id=api_key_id,
         )

@@ -1,0 +1,159 @@
+"""Billing a finished LLM call: ONE charge through the metering charge (app/metering/charging.py,
+the same rules as REST /v1/charge: kit, quota, the key's budget, the balance floor, idempotency)
+and the call's details (app/llm/models.py) in the same transaction.
+
+What is charged:
+- `llm.passthrough` when the upstream reported its USD cost (OpenRouter's `usage.cost`): priced
+  cost x llm.passthrough_markup / credit_value_usd by the catalog (app/pricing/service.py);
+- `llm.tokens` otherwise, for the price-table model the request resolved to: input, output, cache
+  read (at llm.cache_read_multiplier of the input rate, unless the model has its own) and cache
+  creation tokens (at llm.cache_creation_multiplier) by the model's rates;
+- nothing when the upstream reported no usage (an error, a stream that ended without it).
+One call is quantity 1 of its primitive (what quotas and key quantity budgets count).
+
+Exactly once per generation: the idempotency key is the upstream's generation id
+(`llm:<provider>:<id>`), so billing the same generation again (a retried bill, a replayed stream)
+answers the stored charge and writes nothing. The charge is for work already done: it is not a
+pre-check, so it may take the balance down to -negative_buffer (the in-flight buffer), not below."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy.engine import Engine
+
+from app.alerts.refusals import record_exhausted
+from app.core.auth import TenantScope
+from app.core.clock import Clock
+from app.core.db import connection_of_work
+from app.core.sql import Sql, run, ts
+from app.llm.usage import LlmUsage
+from app.metering import charging
+from app.metering.errors import InsufficientCredits
+from app.metering.types import MAX_KEY, MAX_TOKENS, Charged, MeterRequest
+from app.pricing.seed import SETTINGS as DEFAULT_SETTINGS
+from app.pricing.service import MAX_USD
+
+log = logging.getLogger("meterkit.llm")
+
+PASSTHROUGH = "llm.passthrough"
+TOKENS = "llm.tokens"
+# Written out (app/core/sql.py): an expression built per call cost more than the insert itself.
+_INSERT_CALL = Sql(
+    """INSERT INTO llm_call (tenant_id, event_id, api_key_id, provider, primitive, requested_model, model,
+       input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, markup, credits,
+       generation_id, streamed, disconnected, created_at)
+       VALUES (:tid, :event, :key_id, :provider, :primitive, :requested, :model, :tin, :tout, :tread, :twrite,
+       :cost, :markup, :credits, :gid, :streamed, :gone, :now)"""
+)
+_MARKUP = Sql("SELECT value FROM pricing_setting WHERE key = 'llm.passthrough_markup'")
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What the proxy knew before forwarding: who calls, through which provider, which model."""
+
+    provider: str  # openrouter | openai | anthropic
+    requested_model: str | None
+    priced_model: str | None  # the price-table model it resolved to (None: billed by usage.cost)
+    api_key_id: str | None
+    streamed: bool
+    request_id: str = ""  # a per-call id: the key when the upstream gives no generation id
+
+    @staticmethod
+    def new_request_id() -> str:
+        return uuid.uuid4().hex
+
+
+def idempotency_key(provider: str, generation_id: str | None, request_id: str) -> str:
+    key = f"llm:{provider}:{generation_id}" if generation_id else f"llm:{provider}:req:{request_id}"
+    if len(key) > MAX_KEY:  # an unusually long upstream id: its digest, still one per generation
+        key = f"llm:{provider}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return key
+
+
+def meter_request(facts: CallFacts, usage: LlmUsage) -> MeterRequest | None:
+    """The charge of a finished call; None when the upstream reported nothing billable."""
+    if not usage.any:
+        return None
+    key = idempotency_key(facts.provider, usage.generation_id, facts.request_id)
+    cap = MAX_TOKENS
+    reference = usage.generation_id[:255] if usage.generation_id else None
+    if usage.cost_usd is not None and facts.priced_model is None:
+        primitive, model = PASSTHROUGH, (usage.model or facts.requested_model or "")[:200] or None
+        cost: Decimal | None = min(usage.cost_usd, MAX_USD).quantize(Decimal("1e-12")).normalize()
+    elif facts.priced_model is not None:
+        primitive, model, cost = TOKENS, facts.priced_model, None
+    else:
+        return None
+    return MeterRequest(
+        primitive,
+        key,
+        1,
+        model=model,
+        input_tokens=min(usage.input_tokens, cap),
+        output_tokens=min(usage.output_tokens, cap),
+        cache_read_tokens=min(usage.cache_read_tokens, cap),
+        cache_creation_tokens=min(usage.cache_write_tokens, cap),
+        cost_usd=cost,
+        reference=reference,
+        api_key_id=facts.api_key_id,
+    )
+
+
+def bill(
+    engine: Engine,
+    clock: Clock,
+    scope: TenantScope,
+    facts: CallFacts,
+    usage: LlmUsage,
+    *,
+    negative_buffer: int,
+    disconnected: bool = False,
+) -> Charged | None:
+    """Charge a finished call and record its details, in one transaction; None: nothing to bill.
+    Refusals raise as charge's do (the edge logs them: the work is done either way)."""
+    req = meter_request(facts, usage)
+    if req is None:
+        return None
+    try:
+        with connection_of_work(engine) as conn:
+            charged = charging.charge(conn, clock, scope, req, negative_buffer=negative_buffer, alone=False)
+            if charged.replayed:
+                return charged  # billed before: its details were written with it
+            markup = None
+            if req.primitive == PASSTHROUGH:
+                row = run(conn, _MARKUP, {}).first()
+                markup = str(row[0]) if row is not None else str(DEFAULT_SETTINGS["llm.passthrough_markup"])
+            run(
+                conn,
+                _INSERT_CALL,
+                {
+                    "tid": scope.tenant_id,
+                    "event": charged.event_id,
+                    "key_id": facts.api_key_id,
+                    "provider": facts.provider,
+                    "primitive": req.primitive,
+                    "requested": (facts.requested_model or "")[:200] or None,
+                    "model": req.model,
+                    "tin": req.input_tokens,
+                    "tout": req.output_tokens,
+                    "tread": req.cache_read_tokens,
+                    "twrite": req.cache_creation_tokens,
+                    "cost": None if usage.cost_usd is None else format(usage.cost_usd, "f")[:40],
+                    "markup": markup,
+                    "credits": charged.credits_used,
+                    "gid": usage.generation_id,
+                    "streamed": facts.streamed,
+                    "gone": disconnected,
+                    "now": ts(conn, clock.now()),
+                },
+            )
+            return charged
+    except InsufficientCredits as exc:
+        record_exhausted(engine, clock, exc)
+        raise

@@ -1,0 +1,106 @@
+"""The proxy's pure parts: SSE reading across chunk boundaries, usage extraction, model aliases."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from app.llm.aliases import UnknownModel, resolve, spellings
+from app.llm.billing import CallFacts, idempotency_key, meter_request
+from app.llm.usage import LlmUsage, anthropic_event, openai_apply
+from app.llmproxy.sse import SseParser
+from app.pricing.seed import LLM_RATES
+
+KNOWN = list(LLM_RATES)
+
+
+def test_sse_events_split_anywhere_are_read_whole_and_kept_byte_for_byte() -> None:
+    stream = b': comment\n\nevent: message_start\ndata: {"a": 1}\n\ndata: one\ndata: two\r\n\r\ndata: [DONE]\n\n'
+    for size in (1, 2, 3, 7, len(stream)):
+        parser = SseParser()
+        events = []
+        for i in range(0, len(stream), size):
+            events.extend(parser.feed(stream[i : i + size]))
+        assert b"".join(e.raw for e in events) == stream
+        assert [(e.name, e.data) for e in events] == [
+            (None, None),
+            ("message_start", '{"a": 1}'),
+            (None, "one\ntwo"),
+            (None, "[DONE]"),
+        ]
+        assert parser.pending() == b""
+
+
+def test_sse_json_keeps_costs_exact() -> None:
+    [event] = SseParser().feed(b'data: {"usage": {"cost": 0.0000123456789}}\n\n')
+    assert event.json()["usage"]["cost"] == Decimal("0.0000123456789")
+    [bad] = SseParser().feed(b"data: {not json\n\n")
+    assert bad.json() is None
+
+
+def test_openai_usage_takes_cached_tokens_out_of_the_input() -> None:
+    body = {
+        "id": "gen-1",
+        "model": "m",
+        "usage": {"prompt_tokens": 100, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 30}},
+    }
+    u = openai_apply(LlmUsage(), body)
+    assert (u.input_tokens, u.cache_read_tokens, u.output_tokens, u.cost_usd, u.final) == (70, 30, 7, None, True)
+    assert openai_apply(LlmUsage(), {"usage": {"prompt_tokens": True, "cost": -1}}).input_tokens == 0
+
+
+def test_anthropic_usage_from_start_and_delta() -> None:
+    u = LlmUsage()
+    start = {"type": "message_start", "message": {"id": "msg_1", "model": "c", "usage": {"input_tokens": 10}}}
+    anthropic_event(u, start)
+    anthropic_event(u, {"type": "message_delta", "usage": {"output_tokens": 42}})
+    assert (u.generation_id, u.input_tokens, u.output_tokens, u.final) == ("msg_1", 10, 42, True)
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4.5"),
+        ("anthropic/claude-sonnet-4.5", "claude-sonnet-4.5"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("Claude Sonnet 4.5", "claude-sonnet-4.5"),
+        ("GPT-4o Mini", "gpt-4o-mini"),
+        ("claude-3-5-haiku-20241022", "claude-haiku-3.5"),
+        ("claude-3-5-haiku-latest", "claude-haiku-3.5"),
+        ("claude-opus-4-20250514", "claude-opus-4"),
+        ("claude-sonnet-4-0", "claude-sonnet-4"),
+        ("google/gemini-2.5-pro", "gemini-2.5-pro"),
+        ("gemini-2.0-flash-001", "gemini-2.0-flash"),
+        ("chatgpt-4o-latest", "gpt-4o"),
+        ("openai/gpt-4o:extended", "gpt-4o"),
+    ],
+)
+def test_provider_spellings_resolve_to_the_price_table(name: str, model: str) -> None:
+    assert resolve(name, KNOWN) == model
+
+
+def test_unknown_models_name_close_matches_and_operator_aliases_win() -> None:
+    with pytest.raises(UnknownModel) as unknown:
+        resolve("claude-sonet-4-5", KNOWN)
+    assert unknown.value.suggestions[0] == "claude-sonnet-4.5" and unknown.value.code == "UNKNOWN_MODEL"
+    assert resolve("my-model", KNOWN, {"My-Model": "gpt-4o"}) == "gpt-4o"
+    with pytest.raises(UnknownModel):
+        resolve("my-model", KNOWN, {"my-model": "not-in-the-table"})  # an alias must land in the table
+    assert spellings("a/b:c")[:3] == ["a/b:c", "b:c", "b"]
+
+
+def test_meter_requests_key_by_generation_and_bill_by_cost_or_table() -> None:
+    facts = CallFacts("openrouter", "x/y", None, "key_1", True, "req1")
+    cost = LlmUsage(input_tokens=3, cost_usd=Decimal("0.02"), generation_id="gen-9")
+    req = meter_request(facts, cost)
+    assert req is not None and (req.primitive, req.idempotency_key, req.cost_usd) == (
+        "llm.passthrough",
+        "llm:openrouter:gen-9",
+        Decimal("0.02"),
+    )
+    assert meter_request(facts, LlmUsage()) is None  # nothing reported, nothing billed
+    assert meter_request(facts, LlmUsage(input_tokens=5)) is None  # no cost and no table model
+    tokens = meter_request(CallFacts("openai", "m", "gpt-4o", None, False, "r2"), LlmUsage(output_tokens=4))
+    assert tokens is not None and (tokens.primitive, tokens.idempotency_key) == ("llm.tokens", "llm:openai:req:r2")
+    assert len(idempotency_key("openai", "x" * 300, "r")) <= 200
