@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Identity, Index, Integer, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from app.core.types import json_column, ts_column
@@ -88,9 +98,18 @@ class AlertPolicy(SQLModel, table=True):
     field by field). Without any: quota at 50/75/90/100% and no low-balance alert."""
 
     __tablename__ = "alert_policy"
+    # A plan's policy names its organization's plan (plan keys are per organization, migration 0018).
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "plan_key"], ["plan.organization_id", "plan.key"], name="fk_alert_policy_plan"
+        ),
+        UniqueConstraint("organization_id", "plan_key", name="uq_alert_policy_plan"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(_SERIAL, Identity(), primary_key=True))
-    plan_key: str | None = Field(default=None, foreign_key="plan.key", max_length=64, unique=True)
+    # Set with plan_key (the plan's organization); NULL for a tenant's own policy.
+    organization_id: str | None = Field(default=None, max_length=40)
+    plan_key: str | None = Field(default=None, max_length=64)
     tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, unique=True)
     # none_as_null: "no thresholds of its own" is SQL NULL, so COALESCE falls back to the plan's
     quota_percents: list[int] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))

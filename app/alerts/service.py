@@ -10,6 +10,7 @@ import socket
 import unicodedata
 
 import httpx
+from sqlalchemy import and_
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
@@ -20,6 +21,7 @@ from app.core.auth import Principal
 from app.core.clock import Clock
 from app.core.errors import NotFound, ValidationFailed
 from app.core.ids import new_id
+from app.organizations.models import DEFAULT_ORG_ID
 from app.plans.repository import PlanRepository
 from app.tenants.repository import TenantRepository
 
@@ -183,8 +185,10 @@ def set_policy(
     tenant_id: str | None,
     quota_percents: list[int] | None,
     low_balance: int | None,
+    organization_id: str = DEFAULT_ORG_ID,
 ) -> AlertPolicy:
-    """A plan's alert thresholds, or one tenant's (overriding its plan's, field by field)."""
+    """A plan's alert thresholds (a plan of `organization_id`, the caller's), or one tenant's
+    (overriding its plan's, field by field)."""
     if (plan_key is None) == (tenant_id is None):
         raise ValidationFailed("give exactly one of planKey or tenantId", field="planKey")
     if quota_percents is not None:
@@ -193,14 +197,19 @@ def set_policy(
         quota_percents = sorted(set(quota_percents))
     if low_balance is not None and low_balance < 0:
         raise ValidationFailed("lowBalanceCredits must not be negative", field="lowBalanceCredits")
-    if plan_key is not None and PlanRepository(session).get(plan_key) is None:
+    if plan_key is not None and PlanRepository(session).get(organization_id, plan_key) is None:
         raise NotFound("Plan", plan_key)
     if tenant_id is not None and not TenantRepository(session).exists(tenant_id):
         raise NotFound("Tenant", tenant_id)
     q = sm_select(AlertPolicy).where(
-        AlertPolicy.plan_key == plan_key if plan_key is not None else AlertPolicy.tenant_id == tenant_id
+        and_(col(AlertPolicy.organization_id) == organization_id, col(AlertPolicy.plan_key) == plan_key)
+        if plan_key is not None
+        else AlertPolicy.tenant_id == tenant_id
     )
-    row = session.exec(q).first() or AlertPolicy(plan_key=plan_key, tenant_id=tenant_id, updated_at=clock.now())
+    org = organization_id if plan_key is not None else None
+    row = session.exec(q).first() or AlertPolicy(
+        organization_id=org, plan_key=plan_key, tenant_id=tenant_id, updated_at=clock.now()
+    )
     row.quota_percents = quota_percents
     row.low_balance = low_balance
     row.updated_at = clock.now()

@@ -193,6 +193,7 @@ class AlertsMutation:
                 tenant_id=tid,
                 quota_percents=quota_percents,
                 low_balance=low,
+                organization_id=ctx.acting_organization,
                 retry=True,
             )
             return AlertPolicy(

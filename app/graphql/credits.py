@@ -124,7 +124,7 @@ class CreditsQuery:
         ctx = info.context
         scope = ctx.require_scope()
         st = await ctx.read(lambda s: service.status(s, scope, ctx.clock.now()))
-        plan = await ctx.loaders.plan.load(st.tenant.plan_key) if st.tenant.plan_key else None
+        plan = await ctx.loaders.plan.load((st.tenant.organization_id, st.tenant.plan_key)) if st.tenant.plan_key else None
         return TenantStatus(
             tenant=Tenant.from_row(st.tenant),
             plan=Plan.from_row(plan) if plan else None,

@@ -42,7 +42,7 @@ class Tenant(FromRow):
     stripe_customer_id: str | None
     plan_key: strawberry.Private[str | None]
     account_kit_key: strawberry.Private[str | None]
-    organization_id: strawberry.Private[str | None]
+    organization_id: strawberry.Private[str]
 
     @strawberry.field(description="The organization this end user belongs to (or, for its own account, is).")
     async def organization(
@@ -61,18 +61,18 @@ class Tenant(FromRow):
     async def plan(self, info: Info) -> Plan | None:
         if self.plan_key is None:
             return None
-        row = await info.context.loaders.plan.load(self.plan_key)
+        row = await info.context.loaders.plan.load((self.organization_id, self.plan_key))
         return Plan.from_row(row) if row else None
 
     @strawberry.field(description="The kit in force: the plan's kit, unless the tenant is pinned to another.")
     async def account_kit(self, info: Info) -> AccountKit | None:
         key = self.account_kit_key
         if key is None and self.plan_key is not None:
-            plan = await info.context.loaders.plan.load(self.plan_key)
+            plan = await info.context.loaders.plan.load((self.organization_id, self.plan_key))
             key = plan.account_kit_key if plan else None
         if key is None:
             return None
-        row = await info.context.loaders.kit.load(key)
+        row = await info.context.loaders.kit.load((self.organization_id, key))
         return AccountKit.from_row(row) if row else None
 
     @strawberry.field(description="True when entitlements follow the plan's kit (assignKit).")
@@ -181,10 +181,11 @@ class TenantQuery:
     async def tenant_by_external_id(self, info: Info, external_id: str) -> Tenant | None:
         if not external_id or len(external_id) > 255:
             return None  # no tenant can have it
-        row = await info.context.read(lambda s: TenantRepository(s).by_external_id(external_id))
-        org = _org_filter(info)
-        if row is None or row.kind != END_USER or (org is not None and row.organization_id != org):
-            return None  # another organization's end user: the answer a missing one gets
+        # External ids are unique per organization: the caller's (a platform key's: the default one).
+        org = info.context.acting_organization
+        row = await info.context.read(lambda s: TenantRepository(s).by_external_id(org, external_id))
+        if row is None or row.kind != END_USER:
+            return None
         return Tenant.from_row(row)
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")

@@ -63,6 +63,7 @@ class PrimitiveLimit:
 class AccountKit(FromRow):
     id: str
     key: str
+    organization_id: strawberry.ID = strawberry.field(description="The organization that owns it (keys are per organization).")
     name: str
     allowed_primitives: list[str] = strawberry.field(description="Exact primitive names or `prefix.*` patterns.")
     limits: list[PrimitiveLimit]
@@ -83,13 +84,14 @@ class AccountKit(FromRow):
 
 
 async def _kit_of_plan(root: Plan, info: Info) -> AccountKit | None:
-    row = await info.context.loaders.kit.load(root.account_kit_id)
+    row = await info.context.loaders.kit.load((str(root.organization_id), root.account_kit_id))
     return AccountKit.from_row(row) if row else None
 
 
 @strawberry.type
 class Plan(FromRow):
     key: str
+    organization_id: strawberry.ID = strawberry.field(description="The organization that owns it (keys are per organization).")
     name: str
     stripe_price_id: str | None
     period: Period
@@ -102,7 +104,7 @@ class Plan(FromRow):
 
     @strawberry.field
     async def quotas(self, info: Info) -> list[PlanQuotaType]:
-        rows = await info.context.loaders.quotas.load(self.key)
+        rows = await info.context.loaders.quotas.load((str(self.organization_id), self.key))
         return [PlanQuotaType.from_row(r) for r in rows]
 
     @classmethod
