@@ -30,6 +30,10 @@ class WebhookEndpoint(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     # NULL: an operator endpoint, told about every tenant; set: that tenant's own endpoint.
     tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, index=True)
+    # The organization whose endpoint it is (migration 0018). With tenant_id NULL: an organization's
+    # endpoint, told about every tenant of that organization (its end users and its own account);
+    # both NULL: a platform endpoint, told about every tenant.
+    organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
     url: str = Field(max_length=2048)
     secret: str = Field(max_length=80)  # whsec_...: shown once at creation, kept to sign
     event_types: list[str] = Field(default_factory=list, sa_column=json_column())

@@ -17,7 +17,7 @@ from sqlmodel import select as sm_select
 from app.alerts import egress
 from app.alerts.emit import EVENT_TYPES
 from app.alerts.models import AlertPolicy, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from app.core.auth import Principal
+from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
 from app.core.errors import NotFound, ValidationFailed
 from app.core.ids import new_id
@@ -92,17 +92,29 @@ def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """The secret is returned this once; it is kept only to sign deliveries."""
     types = _check(url, event_types, allow_private=allow_private)
+    tenants = TenantRepository(session)
+    org: str | None = None
     if principal.role == "tenant":
         if tenant_id is not None and tenant_id != principal.tenant_id:
             raise NotFound("Tenant", tenant_id)
-        tenant_id = principal.tenant_id
-    elif tenant_id is not None and not TenantRepository(session).exists(tenant_id):
-        raise NotFound("Tenant", tenant_id)
+        tenant_id, org = principal.tenant_id, principal.organization_id
+    elif principal.role == "organization":
+        # Its own endpoint (every tenant of it), or one of its end users' or its own account's.
+        org = principal.organization_id
+        assert org is not None
+        if tenant_id is not None and tenant_id != org and not tenants.owned_by(tenant_id, org):
+            raise NotFound("Tenant", tenant_id)
+    elif tenant_id is not None:
+        row = tenants.get(TenantScope(tenant_id))
+        if row is None:
+            raise NotFound("Tenant", tenant_id)
+        org = row.organization_id
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     now = clock.now()
     row = WebhookEndpoint(
         id=new_id("whe"),
         tenant_id=tenant_id,
+        organization_id=org,
         url=url,
         secret=secret,
         event_types=types,
@@ -115,8 +127,13 @@ def create_endpoint(
 
 
 def _visible(session: Session, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
+    """Another tenant's or organization's endpoint answers as a missing one does."""
     row = session.get(WebhookEndpoint, endpoint_id)
-    if row is None or (principal.role == "tenant" and row.tenant_id != principal.tenant_id):
+    if (
+        row is None
+        or (principal.role == "tenant" and row.tenant_id != principal.tenant_id)
+        or (principal.role == "organization" and row.organization_id != principal.organization_id)
+    ):
         raise NotFound("WebhookEndpoint", endpoint_id)
     return row
 
@@ -138,6 +155,8 @@ def endpoints(session: Session, principal: Principal) -> list[WebhookEndpoint]:
     q = sm_select(WebhookEndpoint).order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
     if principal.role == "tenant":
         q = q.where(WebhookEndpoint.tenant_id == principal.tenant_id)
+    elif principal.role == "organization":
+        q = q.where(WebhookEndpoint.organization_id == principal.organization_id)
     return list(session.exec(q).all())
 
 

@@ -85,17 +85,19 @@ CATALOG: dict[str, Rule] = {
     # The primitive catalog (issue 11): readable by every key, edited by operators
     "Query.primitives": Rule(ALL, READ),
     "Mutation.upsertPrimitive": Rule(OP, MANAGE),
-    # Per-key budgets (issue 11): a tenant budgets its own keys, an operator any tenant key
-    "Query.keyBudget": Rule(BOTH, READ),
-    "Mutation.setKeyBudget": Rule(BOTH, MANAGE),
-    "Mutation.clearKeyBudget": Rule(BOTH, MANAGE),
-    # The audit log of control-plane writes (issue 11): operators only
-    "Query.auditLog": Rule(OP, READ),
-    # Alerts as signed webhooks (issue 11): endpoints for operators and tenants; the log and replay for operators
-    "Query.webhookEndpoints": Rule(BOTH, READ),
+    # Per-key budgets (issue 11): an end user budgets its own keys, an organization its own and its end
+    # users' keys (app/budgets/service.py budgetable_key), the platform any of them
+    "Query.keyBudget": Rule(ALL, READ),
+    "Mutation.setKeyBudget": Rule(ALL, MANAGE),
+    "Mutation.clearKeyBudget": Rule(ALL, MANAGE),
+    # The audit log of control-plane writes (issue 11): the platform reads all, an organization its own
+    "Query.auditLog": Rule(OWNER, READ),
+    # Alerts as signed webhooks (issue 11): endpoints for every key, each seeing its own (an organization:
+    # its endpoints and its end users'); the delivery log and replay for the platform
+    "Query.webhookEndpoints": Rule(ALL, READ),
     "Query.webhookDeliveries": Rule(OP, READ),
-    "Mutation.createWebhookEndpoint": Rule(BOTH, MANAGE),
-    "Mutation.setWebhookEndpointActive": Rule(BOTH, MANAGE),
+    "Mutation.createWebhookEndpoint": Rule(ALL, MANAGE),
+    "Mutation.setWebhookEndpointActive": Rule(ALL, MANAGE),
     "Mutation.replayWebhookDelivery": Rule(OP, MANAGE),
     "Mutation.setAlertPolicy": Rule(OP, MANAGE),
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)

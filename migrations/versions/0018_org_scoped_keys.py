@@ -698,6 +698,19 @@ def upgrade() -> None:
         op.execute(BATCH_FUNCTION)
     else:
         _rebuild(_shape(per_org=True))
+    # Organizations' own webhook endpoints; a tenant's endpoint belongs to the tenant's organization.
+    with op.batch_alter_table("webhook_endpoint") as batch:
+        batch.add_column(
+            sa.Column(ORG, _s(40), sa.ForeignKey("organization.id", name="fk_webhook_endpoint_organization"), nullable=True)
+        )
+        batch.create_index("ix_webhook_endpoint_organization_id", [ORG])
+    conn.execute(
+        sa.text(
+            "UPDATE webhook_endpoint SET organization_id = "
+            "(SELECT t.organization_id FROM tenant t WHERE t.id = webhook_endpoint.tenant_id) "
+            "WHERE tenant_id IS NOT NULL"
+        )
+    )
     # The organization an audit entry concerns, so an organization key reads its own. The log is
     # append-only (its triggers refuse UPDATE): earlier entries stay NULL, read by platform keys.
     op.add_column("audit_log", sa.Column(ORG, _s(40), nullable=True))
@@ -707,6 +720,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     conn = op.get_bind()
     op.drop_index("ix_audit_log_organization", table_name="audit_log")
+    with op.batch_alter_table("webhook_endpoint") as batch:
+        batch.drop_index("ix_webhook_endpoint_organization_id")
+        batch.drop_column(ORG)
     # In place on both engines (SQLite 3.35+): a rebuild would lose the append-only triggers.
     op.execute(f"ALTER TABLE audit_log DROP COLUMN {ORG}")
     for table, column in (("account_kit", "key"), ("plan", "key"), ("plan", "stripe_price_id"),
