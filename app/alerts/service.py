@@ -105,10 +105,10 @@ def create_endpoint(
         if tenant_id is not None and tenant_id != org and not tenants.owned_by(tenant_id, org):
             raise NotFound("Tenant", tenant_id)
     elif tenant_id is not None:
-        row = tenants.get(TenantScope(tenant_id))
-        if row is None:
+        owner = tenants.get(TenantScope(tenant_id))
+        if owner is None:
             raise NotFound("Tenant", tenant_id)
-        org = row.organization_id
+        org = owner.organization_id
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     now = clock.now()
     row = WebhookEndpoint(

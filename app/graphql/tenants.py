@@ -14,7 +14,8 @@ from app.graphql.ledger import CreditBalance, CreditEntryConnection, resolve_cre
 from app.graphql.metering import UsageReport, resolve_usage
 from app.graphql.pagination import After, Connection, First, connection
 from app.graphql.rows import FromRow
-from app.graphql.types import AccountKit, ApiKey, ApiKeyScope, BillingSubscription, Plan
+from app.core.auth import SCOPES
+from app.graphql.types import AccountKit, ApiKey, ApiKeyScope, BillingSubscription, Caller, KeyRole, Plan
 from app.graphql.usage import (
     UsageEventConnection,
     UsageGroupBy,
@@ -168,7 +169,7 @@ def _org_filter(info: Info) -> str | None:
 @strawberry.type
 class TenantQuery:
     @strawberry.field(
-        description="Operator: every tenant, oldest first; `search` matches part of the name, external id or plan."
+        description="Platform: every tenant, oldest first; `search` matches part of the name, external id or plan."
     )
     async def tenants(
         self, info: Info, first: First = 50, after: After = None, search: str | None = None
@@ -177,7 +178,7 @@ class TenantQuery:
         rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search, org))
         return connection(Connection[Tenant], rows, first, service.encode_cursor, Tenant.from_row)
 
-    @strawberry.field(description="Operator: the tenant with this external id (your platform's user id), or null.")
+    @strawberry.field(description="Platform: the tenant with this external id (your platform's user id), or null.")
     async def tenant_by_external_id(self, info: Info, external_id: str) -> Tenant | None:
         if not external_id or len(external_id) > 255:
             return None  # no tenant can have it
@@ -196,6 +197,19 @@ class TenantQuery:
             return None  # a tenant key naming another tenant: the answer a missing tenant gets
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
         return Tenant.from_row(row) if row and row.kind == END_USER else None
+
+    @strawberry.field(description="The calling key: its role (PLATFORM, ORGANIZATION, END_USER) and scopes.")
+    def caller(self, info: Info) -> Caller:
+        p = info.context.principal
+        assert p is not None  # the permission catalog lets no anonymous request run a root field
+        scope = info.context.scope
+        return Caller(
+            role=KeyRole(p.role),
+            key_id=strawberry.ID(p.key_id),
+            scopes=[ApiKeyScope(s) for s in SCOPES if s in p.scopes],
+            organization_id=strawberry.ID(p.organization_id) if p.organization_id else None,
+            tenant_id=strawberry.ID(scope.tenant_id) if scope is not None else None,
+        )
 
     @strawberry.field(
         description="The tenant in scope: an end user key's own, X-Tenant-Id for a platform or organization key, "
@@ -262,7 +276,9 @@ class TenantMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: another operator key (scopes and expiresAt as for createApiKey).")
+    @strawberry.mutation(
+        description="Platform: another platform key (mk_op_) (scopes and expiresAt as for createApiKey)."
+    )
     async def create_operator_key(
         self,
         info: Info,

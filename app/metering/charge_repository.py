@@ -106,7 +106,9 @@ _LOCK_CHARGE = Sql(
     + _FACT_JOINS
     + "\n       WHERE a.tenant_id = :tid"
 )
-_CHARGE_FACTS = Sql("SELECT " + _FACT_COLUMNS.format(org=":org", plan=":plan", ps=":ps") + " FROM (SELECT 1) one " + _FACT_JOINS)
+_CHARGE_FACTS = Sql(
+    "SELECT " + _FACT_COLUMNS.format(org=":org", plan=":plan", ps=":ps") + " FROM (SELECT 1) one " + _FACT_JOINS
+)
 STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
 QUOTA_USED_PRICE = Sql(
     """SELECT (SELECT quota FROM plan_quota WHERE organization_id = :org AND plan_key = :plan AND primitive = :p),

@@ -50,9 +50,7 @@ class PlanRepository:
         self.s.flush()
         return plan
 
-    def replace_quotas(
-        self, plan: Plan, quotas: dict[str, int], overage_prices: dict[str, str] | None = None
-    ) -> None:
+    def replace_quotas(self, plan: Plan, quotas: dict[str, int], overage_prices: dict[str, str] | None = None) -> None:
         org = plan.organization_id
         self.s.execute(
             delete(PlanQuota).where(col(PlanQuota.organization_id) == org, col(PlanQuota.plan_key) == plan.key)
@@ -60,7 +58,9 @@ class PlanRepository:
         for primitive, quota in sorted(quotas.items()):
             price = (overage_prices or {}).get(primitive)
             self.s.add(
-                PlanQuota(organization_id=org, plan_key=plan.key, primitive=primitive, quota=quota, overage_price_id=price)
+                PlanQuota(
+                    organization_id=org, plan_key=plan.key, primitive=primitive, quota=quota, overage_price_id=price
+                )
             )
         self.s.flush()
 

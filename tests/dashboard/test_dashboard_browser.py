@@ -37,8 +37,8 @@ ARGS = [
 ARTIFACTS = ROOT / "tests" / "artifacts" / "dashboard"
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { creditsRemaining } } }"""
-VIEWER = """{ viewer { name plan { name } credits { balance available reserved }
-  usage { quotas { primitive used quota } } }
+VIEWER = """{ viewer { name plan { name } usage { quotas { primitive used quota } } }
+  status { credits { balance available reserved } }
   usageHistory(first: 15, days: 30) { nodes { primitive quantity creditsUsed } }
   creditPacks { key } }"""
 READ_ONLY_KEY = """mutation { createApiKey(name: "browser", scopes: [READ]) {
@@ -112,7 +112,7 @@ def assert_tenant_view_matches_api(page: Page, api: Api, key: str | None, tenant
     expect(page.locator("#tenant-name")).to_have_text(viewer["name"])
     expect(page.locator("#plan")).to_have_text(viewer["plan"]["name"])
     for field in ("balance", "available", "reserved"):
-        expect(page.locator(f"#{field}")).to_have_text(viewer["credits"][field])
+        expect(page.locator(f"#{field}")).to_have_text(data["status"]["credits"][field])
     quotas = viewer["usage"]["quotas"]
     expect(page.locator("#quotas .quota")).to_have_count(len(quotas))
     for q in quotas:
