@@ -128,7 +128,7 @@ def assert_tenant_view_matches_api(page: Page, api: Api, key: str | None, tenant
         expect(first.locator("td").nth(3)).to_have_text(events[0]["creditsUsed"])
     packs = [p["key"] for p in data["creditPacks"]]
     assert page.locator("#packs .pack").evaluate_all("els => els.map(e => e.dataset.pack)") == packs
-    return {**viewer, "events": events}
+    return {**viewer, "credits": data["status"]["credits"], "events": events}
 
 
 def test_tenant_view_shows_the_api_numbers_and_follows_a_charge_live(stripe_env: StripeEnv, watched: Watched) -> None:
