@@ -55,11 +55,8 @@ def _organization(api: Api, name: str) -> dict[str, str]:
         "quotas": [{"primitive": "email.send", "quota": 1000}],
     }
     assert api(PLAN, {"i": plan}, key=key)["upsertPlan"]["__typename"] == "Plan"
-    user = api(
-        'mutation { createTenant(input: {name: "%s User", externalId: "user-1"}) { __typename ... on Tenant { id } } }'
-        % name,
-        key=key,
-    )["createTenant"]
+    made = "mutation($i: CreateTenantInput!) { createTenant(input: $i) { __typename ... on Tenant { id } } }"
+    user = api(made, {"i": {"name": f"{name} User", "externalId": "user-1"}}, key=key)["createTenant"]
     assert user["__typename"] == "Tenant", user
     tid = user["id"]
     sub = {"planKey": "pro", "status": "active", "stripeCustomerId": "cus_same"}
