@@ -58,6 +58,7 @@ from .credit_packs import CreditPacks, CreditPacksCreditPacks
 from .enums import (
     ActivityKind,
     ApiKeyScope,
+    KeyRole,
     OveragePolicy,
     Period,
     PeriodSource,
@@ -288,6 +289,7 @@ __all__ = [
     "ImagePricingImagePricingValidationError",
     "KeyBudgetInput",
     "KeyQuantityLimitInput",
+    "KeyRole",
     "KitFields",
     "KitFieldsLimits",
     "LlmRateInput",
