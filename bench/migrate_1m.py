@@ -47,9 +47,7 @@ def _seed(engine: Engine) -> None:
             ),
             {"at": AT},
         )
-        c.execute(
-            text("INSERT INTO plan_quota (plan_key, primitive, quota) VALUES ('pro', 'email.send', 1000000)")
-        )
+        c.execute(text("INSERT INTO plan_quota (plan_key, primitive, quota) VALUES ('pro', 'email.send', 1000000)"))
         tenants = [
             {"id": _tid(i), "name": f"t{i}", "ext": f"user-{i}", "cus": f"cus_{i}", "at": AT} for i in range(TENANTS)
         ]
@@ -92,7 +90,9 @@ def _events(n: int) -> Iterator[tuple[Any, ...]]:
         )
 
 
-COLUMNS = "tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits, period_start, result, created_at"
+COLUMNS = (
+    "tenant_id, idempotency_key, request_hash, kind, primitive, quantity, credits, period_start, result, created_at"
+)
 
 
 def _fill_sqlite(engine: Engine, n: int) -> None:
