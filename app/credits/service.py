@@ -22,8 +22,7 @@ from app.credits import ledger
 from app.credits.ledger import ACCOUNT, BUCKET, ENTRY
 from app.credits.models import CreditPack
 from app.plans.repository import PlanRepository
-from app.tenants.models import ApiKey
-from app.tenants.models import Tenant
+from app.tenants.models import ApiKey, Tenant
 from app.tenants.repository import TenantRepository
 
 MAX_GRANT = int(MAX_CREDITS) * MICRO

@@ -92,7 +92,8 @@ def _principal(ctx: Context) -> Principal:
 @strawberry.type
 class AlertsQuery:
     @strawberry.field(
-        description="Webhook endpoints: a platform key sees all, an organization its own and its end users', an end user its own."
+        description="Webhook endpoints: a platform key sees all, an organization its own and its end users', "
+        "an end user its own."
     )
     async def webhook_endpoints(self, info: Info) -> list[WebhookEndpoint]:
         ctx = info.context

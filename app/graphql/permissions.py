@@ -5,11 +5,10 @@ catalog is refused at run time and fails a test; the scope check itself is app/c
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import threading
 import weakref
 from collections import OrderedDict
+from typing import Any, NamedTuple
 
 from graphql import (
     BREAK,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 import strawberry
 from strawberry.scalars import JSON
 
+from app.core.auth import SCOPES
 from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
@@ -14,7 +15,6 @@ from app.graphql.ledger import CreditBalance, CreditEntryConnection, resolve_cre
 from app.graphql.metering import UsageReport, resolve_usage
 from app.graphql.pagination import After, Connection, First, connection
 from app.graphql.rows import FromRow
-from app.core.auth import SCOPES
 from app.graphql.types import AccountKit, ApiKey, ApiKeyScope, BillingSubscription, Caller, KeyRole, Plan
 from app.graphql.usage import (
     UsageEventConnection,
