@@ -102,8 +102,8 @@ CATALOG: dict[str, Rule] = {
     # The primitive catalog (issue 11): readable by every key, edited by operators
     "Query.primitives": Rule(ALL, READ),
     "Mutation.upsertPrimitive": Rule(OP, MANAGE),
-    # Per-key budgets (issue 11): an end user budgets its own keys, an organization its own and its end
-    # users' keys (app/budgets/service.py budgetable_key), the platform any of them
+    # Per-key budgets (issue 11): an end user budgets its own keys, an organization its end users' keys
+    # (app/budgets/service.py budgetable_key), the platform any of them
     "Query.keyBudget": Rule(ALL, READ),
     "Mutation.setKeyBudget": Rule(ALL, MANAGE),
     "Mutation.clearKeyBudget": Rule(ALL, MANAGE),
