@@ -11,6 +11,7 @@ from app.core.db import engine_for, unit_of_work
 from app.core.migrate import startup_lock, upgrade
 from app.core.money import MICRO
 from app.credits.packs import pack_by_key, pack_by_price
+from app.organizations.models import DEFAULT_ORG_ID
 from app.plans.repository import PlanRepository
 from app.plans.service import PlanInput, upsert_plan
 from app.settings import Settings
@@ -74,11 +75,11 @@ def load_demo_catalog(session: Session, clock: Clock) -> None:
     """Adds what is missing; never overwrites an operator's edits."""
     kits = AccountKitRepository(session)
     for kit in DEMO_KITS:
-        if kits.get(kit.key) is None:
+        if kits.get(DEFAULT_ORG_ID, kit.key) is None:
             upsert_account_kit(session, clock, kit)
     plans = PlanRepository(session)
     for plan in DEMO_PLANS:
-        if plans.get(plan.key) is None:
+        if plans.get(DEFAULT_ORG_ID, plan.key) is None:
             upsert_plan(session, clock, plan)
     for key, price_id in DEMO_PACK_PRICES.items():
         pack = pack_by_key(session, key)

@@ -24,6 +24,6 @@ def upsert_account_kit(
             actor,
             clock.now(),
             "upsertAccountKit",
-            Target("account_kit", data.key),
+            Target("account_kit", data.key, organization_id=organization_id),
             lambda: service.upsert_account_kit(s, clock, data, organization_id),
         )

@@ -36,7 +36,7 @@ def upsert_account_kit(
     session: Session, clock: Clock, data: KitInput, organization_id: str = DEFAULT_ORG_ID
 ) -> AccountKit:
     """Create or replace a kit of the organization. Tenants reference kits, so an edit applies to all of
-    them at once. Kit keys are still unique across organizations: another organization's key is refused."""
+    them at once. Kit keys are unique per organization: another organization's `kit_pro` is its own."""
     check_key(data.key, field="key")
     check_name(data.name)
     if len(data.allowed_primitives) > MAX_LIST or len(data.allowed_connections) > MAX_LIST:
@@ -61,12 +61,9 @@ def upsert_account_kit(
         }
     repo = AccountKitRepository(session)
     now = clock.now()
-    kit = repo.get(data.key)
-    if kit is not None and kit.organization_id not in (organization_id, None):
-        raise ValidationFailed("this kit key is taken; choose another", field="key")
+    kit = repo.get(organization_id, data.key)
     if kit is None:
-        kit = AccountKit(key=data.key, name=data.name, created_at=now, updated_at=now)
-    kit.organization_id = organization_id
+        kit = AccountKit(organization_id=organization_id, key=data.key, name=data.name, created_at=now, updated_at=now)
     kit.name = data.name
     kit.allowed_primitives = patterns
     kit.limits = limits

@@ -13,6 +13,7 @@ from app.audit.service import Target, audited, row_snapshot
 from app.core.auth import Principal
 from app.core.clock import Clock
 from app.core.db import unit_of_work
+from app.organizations.models import DEFAULT_ORG_ID
 
 
 def create_endpoint(
@@ -62,6 +63,7 @@ def set_policy(
     tenant_id: str | None,
     quota_percents: list[int] | None,
     low_balance: int | None,
+    organization_id: str = DEFAULT_ORG_ID,
 ) -> AlertPolicy:
     """A plan's alert thresholds, or one tenant's (overriding its plan's, field by field)."""
     with unit_of_work(engine) as s:
@@ -70,20 +72,27 @@ def set_policy(
             actor,
             clock.now(),
             "setAlertPolicy",
-            _policy_target(plan_key, tenant_id),
+            _policy_target(organization_id, plan_key, tenant_id),
             lambda: service.set_policy(
-                s, clock, plan_key=plan_key, tenant_id=tenant_id, quota_percents=quota_percents, low_balance=low_balance
+                s,
+                clock,
+                plan_key=plan_key,
+                tenant_id=tenant_id,
+                quota_percents=quota_percents,
+                low_balance=low_balance,
+                organization_id=organization_id,
             ),
         )
 
 
-def _policy_target(plan_key: str | None, tenant_id: str | None) -> Target:
+def _policy_target(organization_id: str, plan_key: str | None, tenant_id: str | None) -> Target:
     if plan_key is not None:
         return Target(
             "alert_policy",
             f"plan:{plan_key}",
             tenant_id=tenant_id,
-            snap=lambda conn: row_snapshot(conn, "alert_policy", "plan_key", plan_key),
+            snap=lambda conn: row_snapshot(conn, "alert_policy", "plan_key", plan_key, organization_id),
+            organization_id=organization_id,
         )
     return Target(
         "alert_policy",

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Identity, Index, Integer, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from app.core.types import json_column, ts_column
@@ -20,6 +30,10 @@ class WebhookEndpoint(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     # NULL: an operator endpoint, told about every tenant; set: that tenant's own endpoint.
     tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, index=True)
+    # The organization whose endpoint it is (migration 0018). With tenant_id NULL: an organization's
+    # endpoint, told about every tenant of that organization (its end users and its own account);
+    # both NULL: a platform endpoint, told about every tenant.
+    organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
     url: str = Field(max_length=2048)
     secret: str = Field(max_length=80)  # whsec_...: shown once at creation, kept to sign
     event_types: list[str] = Field(default_factory=list, sa_column=json_column())
@@ -88,9 +102,18 @@ class AlertPolicy(SQLModel, table=True):
     field by field). Without any: quota at 50/75/90/100% and no low-balance alert."""
 
     __tablename__ = "alert_policy"
+    # A plan's policy names its organization's plan (plan keys are per organization, migration 0018).
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "plan_key"], ["plan.organization_id", "plan.key"], name="fk_alert_policy_plan"
+        ),
+        UniqueConstraint("organization_id", "plan_key", name="uq_alert_policy_plan"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(_SERIAL, Identity(), primary_key=True))
-    plan_key: str | None = Field(default=None, foreign_key="plan.key", max_length=64, unique=True)
+    # Set with plan_key (the plan's organization); NULL for a tenant's own policy.
+    organization_id: str | None = Field(default=None, max_length=40)
+    plan_key: str | None = Field(default=None, max_length=64)
     tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, unique=True)
     # none_as_null: "no thresholds of its own" is SQL NULL, so COALESCE falls back to the plan's
     quota_percents: list[int] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True), nullable=True))

@@ -10,16 +10,18 @@ import socket
 import unicodedata
 
 import httpx
+from sqlalchemy import and_
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
 from app.alerts import egress
 from app.alerts.emit import EVENT_TYPES
 from app.alerts.models import AlertPolicy, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from app.core.auth import Principal
+from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
 from app.core.errors import NotFound, ValidationFailed
 from app.core.ids import new_id
+from app.organizations.models import DEFAULT_ORG_ID
 from app.plans.repository import PlanRepository
 from app.tenants.repository import TenantRepository
 
@@ -90,17 +92,29 @@ def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """The secret is returned this once; it is kept only to sign deliveries."""
     types = _check(url, event_types, allow_private=allow_private)
+    tenants = TenantRepository(session)
+    org: str | None = None
     if principal.role == "tenant":
         if tenant_id is not None and tenant_id != principal.tenant_id:
             raise NotFound("Tenant", tenant_id)
-        tenant_id = principal.tenant_id
-    elif tenant_id is not None and not TenantRepository(session).exists(tenant_id):
-        raise NotFound("Tenant", tenant_id)
+        tenant_id, org = principal.tenant_id, principal.organization_id
+    elif principal.role == "organization":
+        # Its own endpoint (every tenant of it), or one of its end users' or its own account's.
+        org = principal.organization_id
+        assert org is not None
+        if tenant_id is not None and tenant_id != org and not tenants.owned_by(tenant_id, org):
+            raise NotFound("Tenant", tenant_id)
+    elif tenant_id is not None:
+        owner = tenants.get(TenantScope(tenant_id))
+        if owner is None:
+            raise NotFound("Tenant", tenant_id)
+        org = owner.organization_id
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     now = clock.now()
     row = WebhookEndpoint(
         id=new_id("whe"),
         tenant_id=tenant_id,
+        organization_id=org,
         url=url,
         secret=secret,
         event_types=types,
@@ -113,8 +127,13 @@ def create_endpoint(
 
 
 def _visible(session: Session, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
+    """Another tenant's or organization's endpoint answers as a missing one does."""
     row = session.get(WebhookEndpoint, endpoint_id)
-    if row is None or (principal.role == "tenant" and row.tenant_id != principal.tenant_id):
+    if (
+        row is None
+        or (principal.role == "tenant" and row.tenant_id != principal.tenant_id)
+        or (principal.role == "organization" and row.organization_id != principal.organization_id)
+    ):
         raise NotFound("WebhookEndpoint", endpoint_id)
     return row
 
@@ -136,6 +155,8 @@ def endpoints(session: Session, principal: Principal) -> list[WebhookEndpoint]:
     q = sm_select(WebhookEndpoint).order_by(col(WebhookEndpoint.created_at), col(WebhookEndpoint.id))
     if principal.role == "tenant":
         q = q.where(WebhookEndpoint.tenant_id == principal.tenant_id)
+    elif principal.role == "organization":
+        q = q.where(WebhookEndpoint.organization_id == principal.organization_id)
     return list(session.exec(q).all())
 
 
@@ -183,8 +204,10 @@ def set_policy(
     tenant_id: str | None,
     quota_percents: list[int] | None,
     low_balance: int | None,
+    organization_id: str = DEFAULT_ORG_ID,
 ) -> AlertPolicy:
-    """A plan's alert thresholds, or one tenant's (overriding its plan's, field by field)."""
+    """A plan's alert thresholds (a plan of `organization_id`, the caller's), or one tenant's
+    (overriding its plan's, field by field)."""
     if (plan_key is None) == (tenant_id is None):
         raise ValidationFailed("give exactly one of planKey or tenantId", field="planKey")
     if quota_percents is not None:
@@ -193,14 +216,19 @@ def set_policy(
         quota_percents = sorted(set(quota_percents))
     if low_balance is not None and low_balance < 0:
         raise ValidationFailed("lowBalanceCredits must not be negative", field="lowBalanceCredits")
-    if plan_key is not None and PlanRepository(session).get(plan_key) is None:
+    if plan_key is not None and PlanRepository(session).get(organization_id, plan_key) is None:
         raise NotFound("Plan", plan_key)
     if tenant_id is not None and not TenantRepository(session).exists(tenant_id):
         raise NotFound("Tenant", tenant_id)
     q = sm_select(AlertPolicy).where(
-        AlertPolicy.plan_key == plan_key if plan_key is not None else AlertPolicy.tenant_id == tenant_id
+        and_(col(AlertPolicy.organization_id) == organization_id, col(AlertPolicy.plan_key) == plan_key)
+        if plan_key is not None
+        else AlertPolicy.tenant_id == tenant_id
     )
-    row = session.exec(q).first() or AlertPolicy(plan_key=plan_key, tenant_id=tenant_id, updated_at=clock.now())
+    org = organization_id if plan_key is not None else None
+    row = session.exec(q).first() or AlertPolicy(
+        organization_id=org, plan_key=plan_key, tenant_id=tenant_id, updated_at=clock.now()
+    )
     row.quota_percents = quota_percents
     row.low_balance = low_balance
     row.updated_at = clock.now()

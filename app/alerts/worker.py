@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import String, and_, column, func, insert, select, table, update
 from sqlalchemy.engine import Connection, Engine
 from standardwebhooks import Webhook
 
@@ -60,6 +60,7 @@ EVENT: Any = AlertEvent.__table__  # type: ignore[attr-defined]
 ENDPOINT: Any = WebhookEndpoint.__table__  # type: ignore[attr-defined]
 DELIVERY: Any = WebhookDelivery.__table__  # type: ignore[attr-defined]
 ATTEMPT: Any = WebhookAttempt.__table__  # type: ignore[attr-defined]
+TENANT: Any = table("tenant", column("id", String), column("organization_id", String))
 
 BASE_DELAY = 5.0  # seconds before the first retry
 MAX_DELAY = 3600.0
@@ -126,7 +127,9 @@ def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
 def fan_out(engine: Engine, clock: Clock, limit: int = 200) -> int:
     """Turn new outbox rows into one delivery per subscribed, active endpoint."""
     with connection_of_work(engine) as conn:
-        q = select(EVENT.c.id, EVENT.c.tenant_id, EVENT.c.type).where(EVENT.c.fanned_out.is_(False))
+        # The event's tenant's organization, for organizations' endpoints (a subquery: no join to lock).
+        org = select(TENANT.c.organization_id).where(TENANT.c.id == EVENT.c.tenant_id).scalar_subquery()
+        q = select(EVENT.c.id, EVENT.c.tenant_id, EVENT.c.type, org.label("org")).where(EVENT.c.fanned_out.is_(False))
         q = q.order_by(EVENT.c.id).limit(limit)
         if not is_sqlite(conn):
             q = q.with_for_update(skip_locked=True)
@@ -134,7 +137,9 @@ def fan_out(engine: Engine, clock: Clock, limit: int = 200) -> int:
         if not events:
             return 0
         endpoints = conn.execute(
-            select(ENDPOINT.c.id, ENDPOINT.c.tenant_id, ENDPOINT.c.event_types).where(ENDPOINT.c.active.is_(True))
+            select(ENDPOINT.c.id, ENDPOINT.c.tenant_id, ENDPOINT.c.organization_id, ENDPOINT.c.event_types).where(
+                ENDPOINT.c.active.is_(True)
+            )
         ).all()
         now = clock.now()
         rows = [
@@ -149,12 +154,19 @@ def fan_out(engine: Engine, clock: Clock, limit: int = 200) -> int:
             }
             for e in events
             for ep in endpoints
-            if (ep.tenant_id is None or ep.tenant_id == e.tenant_id) and _subscribed(ep.event_types, e.type)
+            if _hears(ep, e) and _subscribed(ep.event_types, e.type)
         ]
         if rows:
             conn.execute(insert(DELIVERY), rows)
         conn.execute(update(EVENT).where(EVENT.c.id.in_([e.id for e in events])).values(fanned_out=True))
         return len(rows)
+
+
+def _hears(ep: Any, e: Any) -> bool:
+    """A tenant's endpoint hears its tenant; an organization's every tenant of it; the platform's all."""
+    if ep.tenant_id is not None:
+        return bool(ep.tenant_id == e.tenant_id)
+    return ep.organization_id is None or (e.tenant_id is not None and ep.organization_id == e.org)
 
 
 def _subscribed(types: Any, event_type: str) -> bool:
@@ -391,12 +403,14 @@ def _endpoint_failed(conn: Connection, endpoint_id: str, now: datetime) -> None:
             update(ENDPOINT)
             .where(and_(ENDPOINT.c.id == endpoint_id, ENDPOINT.c.active.is_(True)))
             .values(active=False, disabled_reason=reason)
-            .returning(ENDPOINT.c.tenant_id, ENDPOINT.c.url)
+            .returning(ENDPOINT.c.tenant_id, ENDPOINT.c.organization_id, ENDPOINT.c.url)
         ).first()
         if disabled is None:
             return  # already disabled (by another worker's attempt, or by hand): noticed then, or not due
         log.warning("webhook endpoint %s %s", endpoint_id, reason)
-        _notice_disabled(conn, endpoint_id, disabled.tenant_id, disabled.url, reason, failures, before, now)
+        # An organization's endpoint: the notice goes to its own account (whose id is the organization's).
+        told = disabled.tenant_id or disabled.organization_id
+        _notice_disabled(conn, endpoint_id, told, disabled.url, reason, failures, before, now)
 
 
 def _notice_disabled(

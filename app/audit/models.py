@@ -18,6 +18,7 @@ class AuditEntry(SQLModel, table=True):
         Index("ix_audit_log_entity", "entity", "entity_id"),
         Index("ix_audit_log_tenant_id", "tenant_id"),
         Index("ix_audit_log_actor", "actor_key_id"),
+        Index("ix_audit_log_organization", "organization_id", "id"),
     )
 
     id: int | None = Field(
@@ -31,6 +32,10 @@ class AuditEntry(SQLModel, table=True):
     entity: str = Field(max_length=32)  # the table written, e.g. plan
     entity_id: str = Field(max_length=200)
     tenant_id: str | None = Field(default=None, max_length=40)  # the tenant it concerns, if any
+    # The organization it concerns (its keys read these entries): the acting key's, or the target's for
+    # a platform key's write on an organization. NULL: the platform's own catalog, or an entry written
+    # before migration 0018 (the log is append-only, so those are not backfilled: the platform reads them).
+    organization_id: str | None = Field(default=None, max_length=40)
     before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

@@ -38,10 +38,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def row_snapshot(conn: Connection, table: str, column: str, key: str) -> dict[str, Any] | None:
-    """A row as plain JSON values, or None when it does not exist (yet, or any more)."""
+def row_snapshot(
+    conn: Connection, table: str, column: str, key: str, organization_id: str | None = None
+) -> dict[str, Any] | None:
+    """A row as plain JSON values, or None when it does not exist (yet, or any more). Rows keyed per
+    organization (kits, plans, plan policies) are found with their organization."""
     t = SQLModel.metadata.tables[table]  # typed columns: JSON and times decode alike on both engines
-    row = conn.execute(select(t).where(t.c[column] == key)).mappings().first()
+    q = select(t).where(t.c[column] == key)
+    if organization_id is not None:
+        q = q.where(t.c.organization_id == organization_id)
+    row = conn.execute(q).mappings().first()
     if row is None:
         return None
     return {k: _plain(v) for k, v in row.items() if k not in SECRET_COLUMNS}
@@ -55,11 +61,19 @@ class Target:
     entity_id: str
     tenant_id: str | None = None
     snap: Callable[[Connection], dict[str, Any] | None] | None = None
+    organization_id: str | None = None  # the organization the write concerns (its keys read the entry)
 
     def snapshot(self, conn: Connection) -> dict[str, Any] | None:
         if self.snap is not None:
             return self.snap(conn)
-        return row_snapshot(conn, self.entity, _KEY_COLUMNS.get(self.entity, "id"), self.entity_id)
+        per_org = self.entity in _PER_ORGANIZATION
+        return row_snapshot(
+            conn,
+            self.entity,
+            _KEY_COLUMNS.get(self.entity, "id"),
+            self.entity_id,
+            self.organization_id if per_org else None,
+        )
 
 
 # Primary-key columns of the audited tables that are not called `id`.
@@ -77,16 +91,22 @@ _KEY_COLUMNS = {
 }
 
 
-def plan_target(key: str) -> Target:
+# Tables whose key is unique per organization only (migration 0018): snapshots need the organization.
+_PER_ORGANIZATION = frozenset({"account_kit", "plan"})
+
+
+def plan_target(organization_id: str, key: str) -> Target:
     def snap(conn: Connection) -> dict[str, Any] | None:
-        plan = row_snapshot(conn, "plan", "key", key)
+        plan = row_snapshot(conn, "plan", "key", key, organization_id)
         if plan is None:
             return None
         q = SQLModel.metadata.tables["plan_quota"]
-        rows = conn.execute(select(q.c.primitive, q.c.quota).where(q.c.plan_key == key)).all()
+        rows = conn.execute(
+            select(q.c.primitive, q.c.quota).where(q.c.organization_id == organization_id, q.c.plan_key == key)
+        ).all()
         return {**plan, "quotas": {r[0]: r[1] for r in sorted(rows)}}
 
-    return Target("plan", key, snap=snap)
+    return Target("plan", key, snap=snap, organization_id=organization_id)
 
 
 def subscription_target(tenant_id: str) -> Target:
@@ -148,11 +168,24 @@ def append(
             entity=target.entity,
             entity_id=target.entity_id,
             tenant_id=target.tenant_id,
+            organization_id=_organization_of(conn, actor, target),
             before=before,
             after=after,
             detail=_plain(detail) if detail is not None else None,
         )
     )
+
+
+def _organization_of(conn: Connection, actor: Principal | None, target: Target) -> str | None:
+    """An organization's or end user's key acts within its organization; a platform key's write concerns
+    the organization its target names, or its tenant's (one lookup, control plane only)."""
+    if actor is not None and actor.organization_id is not None:
+        return actor.organization_id
+    if target.organization_id is not None or target.tenant_id is None:
+        return target.organization_id
+    t = SQLModel.metadata.tables["tenant"]
+    org: str | None = conn.execute(select(t.c.organization_id).where(t.c.id == target.tenant_id)).scalar()
+    return org
 
 
 @dataclass
@@ -164,6 +197,7 @@ class AuditFilter:
     tenant_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    organization_id: str | None = None  # an organization key's own entries: set from its key, never input
 
 
 def encode_cursor(entry_id: int) -> str:
@@ -192,6 +226,7 @@ def page(session: Session, f: AuditFilter, first: int, after: str | None) -> lis
         (c.action, f.action),
         (c.actor_key_id, f.actor_key_id),
         (c.tenant_id, f.tenant_id),
+        (c.organization_id, f.organization_id),
     ):
         if value is not None:
             conds.append(column == value)

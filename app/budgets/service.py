@@ -51,11 +51,14 @@ class BudgetView:
 
 
 def budgetable_key(session: Session, principal: Principal, key_id: str) -> ApiKey:
-    """A tenant key the caller may budget; anything else answers like a missing key (no oracle)."""
+    """An end user's key the caller may budget; anything else answers like a missing key (no oracle). An
+    end user budgets its own keys, an organization its end users' keys, the platform any end user's."""
     key = ApiKeyRepository(session).get(key_id)
     if key is None or key.kind != "tenant" or key.tenant_id is None:
         raise NotFound("ApiKey", key_id)
     if principal.role == "tenant" and key.tenant_id != principal.tenant_id:
+        raise NotFound("ApiKey", key_id)
+    if principal.role == "organization" and key.organization_id != principal.organization_id:
         raise NotFound("ApiKey", key_id)
     return key
 

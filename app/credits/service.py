@@ -22,7 +22,7 @@ from app.credits import ledger
 from app.credits.ledger import ACCOUNT, BUCKET, ENTRY
 from app.credits.models import CreditPack
 from app.plans.repository import PlanRepository
-from app.tenants.models import ApiKey
+from app.tenants.models import ApiKey, Tenant
 from app.tenants.repository import TenantRepository
 
 MAX_GRANT = int(MAX_CREDITS) * MICRO
@@ -129,7 +129,8 @@ def grant_plan_allowance(
     top (pro 200 -> team 500 mid-period: +300, 500 in all); a change to a smaller allowance grants
     nothing and takes nothing back. A new period starts from zero. False when nothing was granted
     (already granted, nothing left to top up, the plan includes no credits, or the period is over)."""
-    plan = PlanRepository(session).get(plan_key)
+    tenant = session.get(Tenant, scope.tenant_id)
+    plan = PlanRepository(session).get(tenant.organization_id, plan_key) if tenant is not None else None
     if plan is None:
         raise NotFound("Plan", plan_key)
     start, end = as_utc(period_start), as_utc(period_end)

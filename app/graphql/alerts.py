@@ -21,7 +21,9 @@ from app.graphql.util import attempt
 @strawberry.type
 class WebhookEndpoint(FromRow):
     id: strawberry.ID
-    tenant_id: str | None = strawberry.field(description="null: an operator endpoint, told about every tenant")
+    tenant_id: str | None = strawberry.field(
+        description="null: a platform or organization endpoint, told about every tenant (of the organization)"
+    )
     url: str
     event_types: list[str]
     active: bool
@@ -58,7 +60,7 @@ class WebhookDelivery(FromRow):
 class WebhookEndpointInput:
     url: str
     event_types: list[str] = strawberry.field(description='e.g. ["quota.threshold"], or ["*"]')
-    tenant_id: strawberry.ID | None = strawberry.field(default=None, description="Operator: one tenant's events only")
+    tenant_id: strawberry.ID | None = strawberry.field(default=None, description="Platform: one tenant's events only")
 
 
 CreateWebhookEndpointResult = Annotated[
@@ -89,14 +91,17 @@ def _principal(ctx: Context) -> Principal:
 
 @strawberry.type
 class AlertsQuery:
-    @strawberry.field(description="Webhook endpoints: an operator sees all, a tenant its own.")
+    @strawberry.field(
+        description="Webhook endpoints: a platform key sees all, an organization its own and its end users', "
+        "an end user its own."
+    )
     async def webhook_endpoints(self, info: Info) -> list[WebhookEndpoint]:
         ctx = info.context
         principal = _principal(ctx)
         rows = await ctx.read(lambda s: [WebhookEndpoint.from_row(r) for r in service.endpoints(s, principal)])
         return rows
 
-    @strawberry.field(description="Operator: an endpoint's deliveries, newest first, with every attempt.")
+    @strawberry.field(description="Platform: an endpoint's deliveries, newest first, with every attempt.")
     async def webhook_deliveries(
         self, info: Info, endpoint_id: strawberry.ID, first: int = 50
     ) -> list[WebhookDelivery]:
@@ -148,7 +153,7 @@ class AlertsMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: send a delivery again, now (its attempts stay in the log).")
+    @strawberry.mutation(description="Platform: send a delivery again, now (its attempts stay in the log).")
     async def replay_webhook_delivery(self, info: Info, id: strawberry.ID) -> ReplayResult:
         ctx = info.context
 
@@ -169,7 +174,7 @@ class AlertsMutation:
         return await attempt(run)
 
     @strawberry.mutation(
-        description="Operator: alert thresholds of a plan, or of one tenant (overrides its plan's, field by field)."
+        description="Platform: alert thresholds of a plan, or of one tenant (overrides its plan's, field by field)."
     )
     async def set_alert_policy(
         self,
@@ -193,6 +198,7 @@ class AlertsMutation:
                 tenant_id=tid,
                 quota_percents=quota_percents,
                 low_balance=low,
+                organization_id=ctx.acting_organization,
                 retry=True,
             )
             return AlertPolicy(

@@ -36,7 +36,10 @@ class AuditEntryConnection(Connection[AuditEntry]):
 
 @strawberry.type
 class AuditQuery:
-    @strawberry.field(description="Operator: control-plane writes, newest first; every filter is optional.")
+    @strawberry.field(
+        description="Control-plane writes, newest first; every filter is optional. A platform key reads every "
+        "entry, an organization key the entries that concern its organization."
+    )
     async def audit_log(
         self,
         info: Info,
@@ -53,6 +56,9 @@ class AuditQuery:
         # entityKey is free-form (a kit's key, a tenant's id...); the two ids are checked as ids.
         key_id = parse_id(actor_key_id, "key", field="actorKeyId") if actor_key_id is not None else None
         tid = parse_id(tenant_id, "ten", field="tenantId") if tenant_id is not None else None
-        f = service.AuditFilter(entity, entity_key, action, key_id, tid, since, until)
+        # An organization key reads the entries that concern its organization (from its key, never input).
+        f = service.AuditFilter(
+            entity, entity_key, action, key_id, tid, since, until, organization_id=info.context.organization_filter
+        )
         rows = await info.context.read(lambda s: service.page(s, f, first, after))
         return connection(AuditEntryConnection, rows, first, lambda r: service.encode_cursor(r.id), AuditEntry.from_row)

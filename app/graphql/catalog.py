@@ -26,7 +26,7 @@ class PricingRule(enum.Enum):
     media_video = "media_video"
 
 
-@strawberry.type(name="Primitive", description="A metered primitive in the operator's catalog.")
+@strawberry.type(name="Primitive", description="A metered primitive in the platform's catalog.")
 class PrimitiveType(FromRow):
     key: str
     name: str
@@ -65,7 +65,7 @@ class CatalogQuery:
 
 @strawberry.type
 class CatalogMutation:
-    @strawberry.mutation(description="Operator: add or edit a primitive (idempotent by key).")
+    @strawberry.mutation(description="Platform: add or edit a primitive (idempotent by key).")
     async def upsert_primitive(self, info: Info, input: PrimitiveInput) -> UpsertPrimitiveResult:
         ctx = info.context
 

@@ -124,7 +124,9 @@ class CreditsQuery:
         ctx = info.context
         scope = ctx.require_scope()
         st = await ctx.read(lambda s: service.status(s, scope, ctx.clock.now()))
-        plan = await ctx.loaders.plan.load(st.tenant.plan_key) if st.tenant.plan_key else None
+        plan = (
+            await ctx.loaders.plan.load((st.tenant.organization_id, st.tenant.plan_key)) if st.tenant.plan_key else None
+        )
         return TenantStatus(
             tenant=Tenant.from_row(st.tenant),
             plan=Plan.from_row(plan) if plan else None,
@@ -153,13 +155,13 @@ class CreditsQuery:
         scope = ctx.require_scope()
         return await resolve_credit_history(ctx, scope.tenant_id, first, after, days, from_, to, primitive)
 
-    @strawberry.field(description="Credit packs for sale, cheapest first (includeInactive: operators only).")
+    @strawberry.field(description="Credit packs for sale, cheapest first (includeInactive: platform keys only).")
     async def credit_packs(self, info: Info, include_inactive: bool = False) -> list[CreditPack]:
         everything = include_inactive and info.context.is_operator
         rows = await info.context.read(lambda s: pack_service.list_packs(s, include_inactive=everything))
         return [_pack(p) for p in rows]
 
-    @strawberry.field(description="Operator: recompute every balance from the ledger and report drift per tenant.")
+    @strawberry.field(description="Platform: recompute every balance from the ledger and report drift per tenant.")
     async def reconcile(self, info: Info, only_drift: bool = True) -> ReconcileReport:
         report = await info.context.read(service.reconcile)
         rows = report.drifted if only_drift else report.all
@@ -170,7 +172,7 @@ class CreditsQuery:
 
 @strawberry.type
 class CreditsMutation:
-    @strawberry.mutation(description="Operator: grant credits (an adjustment bucket). Idempotent by idempotencyKey.")
+    @strawberry.mutation(description="Platform: grant credits (an adjustment bucket). Idempotent by idempotencyKey.")
     async def grant_credits(
         self,
         info: Info,
@@ -202,7 +204,7 @@ class CreditsMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: correct a ledger entry by appending its reversal (at most once).")
+    @strawberry.mutation(description="Platform: correct a ledger entry by appending its reversal (at most once).")
     async def reverse_credit_entry(
         self, info: Info, tenant_id: strawberry.ID, entry_id: strawberry.ID, reason: str, idempotency_key: str
     ) -> ReverseCreditEntryResult:
@@ -232,7 +234,7 @@ class CreditsMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: create or update a credit pack (idempotent by key).")
+    @strawberry.mutation(description="Platform: create or update a credit pack (idempotent by key).")
     async def upsert_credit_pack(self, info: Info, input: CreditPackInput) -> UpsertCreditPackResult:
         ctx = info.context
         data = pack_service.PackInput(

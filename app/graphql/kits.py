@@ -41,11 +41,10 @@ class AccountKitQuery:
 
     @strawberry.field
     async def account_kit(self, info: Info, key: str) -> AccountKit | None:
-        row = await info.context.read(lambda s: AccountKitRepository(s).get(key))
-        org = info.context.organization_filter
-        if row is None or (org is not None and row.organization_id != org):
-            return None  # another organization's kit: the answer a missing one gets
-        return AccountKit.from_row(row)
+        # Keys are per organization: the caller's own (a platform key's: the default organization).
+        org = info.context.acting_organization
+        row = await info.context.read(lambda s: AccountKitRepository(s).get(org, key))
+        return AccountKit.from_row(row) if row else None
 
 
 @strawberry.type

@@ -127,7 +127,7 @@ class LiveSubscription:
                         last = seen
                         yield feed.view("graphql", _shared_report)
 
-    @strawberry.subscription(description="Operator: each tenant's charges and credit changes, as they commit.")
+    @strawberry.subscription(description="Platform: each tenant's charges and credit changes, as they commit.")
     async def tenant_activity(self, info: Info) -> AsyncGenerator[TenantActivity, None]:
         ctx = info.context
         async with _hub(ctx).listen(None) as box:

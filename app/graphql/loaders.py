@@ -23,6 +23,7 @@ class Loaders:
     def __init__(self, uow: Runner) -> None:
         # The request's runner: inline SQLite loads on the event loop, anything else on a worker thread.
         self._uow = uow
+        # Plans, kits and quotas by (organization_id, key): keys are unique per organization only.
         self.plan = self._make(lambda s, keys: PlanRepository(s).get_many(keys))
         self.kit = self._make(lambda s, keys: AccountKitRepository(s).get_many(keys))
         self.quotas = self._make(_quotas, default=list)
@@ -48,7 +49,7 @@ class Loaders:
         return self._extra[name]
 
 
-def _quotas(s: Session, keys: list[str]) -> dict[str, list[PlanQuota]]:
+def _quotas(s: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[PlanQuota]]:
     return PlanRepository(s).quotas_for(keys)
 
 

@@ -42,7 +42,7 @@ class MeterInput:
 
 @strawberry.input
 class BatchItemInput:
-    tenant_id: strawberry.ID | None = strawberry.field(default=None, description="Operator only; default: scope")
+    tenant_id: strawberry.ID | None = strawberry.field(default=None, description="Platform only; default: scope")
     item: MeterInput
 
 

@@ -41,7 +41,7 @@ PlanResult = Annotated[Plan | ValidationError | NotFoundError, strawberry.union(
 
 
 def _own(info: Info) -> str | None:
-    """Organization and end-user keys see their organization's plans; platform keys every plan."""
+    """Organization and end-user keys list their organization's plans; platform keys every plan."""
     p = info.context.principal
     return p.organization_id if p is not None and p.role != "operator" else None
 
@@ -58,11 +58,10 @@ class PlanQuery:
 
     @strawberry.field
     async def plan(self, info: Info, key: str) -> Plan | None:
-        row = await info.context.read(lambda s: PlanRepository(s).get(key))
-        org = _own(info)
-        if row is None or (org is not None and row.organization_id != org):
-            return None  # another organization's plan: the answer a missing one gets
-        return Plan.from_row(row)
+        # Keys are per organization: the caller's own (a platform key's: the default organization).
+        org = info.context.acting_organization
+        row = await info.context.read(lambda s: PlanRepository(s).get(org, key))
+        return Plan.from_row(row) if row else None
 
 
 @strawberry.type
@@ -104,7 +103,7 @@ class PlanMutation:
 
         async def run() -> Plan:
             row = await ctx.uow.call(
-                commands.archive_plan, ctx.engine, ctx.clock, ctx.principal, key, ctx.organization_filter, retry=True
+                commands.archive_plan, ctx.engine, ctx.clock, ctx.principal, key, ctx.acting_organization, retry=True
             )
             return Plan.from_row(row)
 

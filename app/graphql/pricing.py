@@ -258,7 +258,7 @@ class PricingQuery:
 
 @strawberry.type
 class PricingMutation:
-    @strawberry.mutation(description="Operator: the fixed price of a primitive (tiers: browser.session.time only).")
+    @strawberry.mutation(description="Platform: the fixed price of a primitive (tiers: browser.session.time only).")
     async def set_price(
         self,
         info: Info,
@@ -284,7 +284,7 @@ class PricingMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: per-token rates of a model (credits per 1M tokens).")
+    @strawberry.mutation(description="Platform: per-token rates of a model (credits per 1M tokens).")
     async def set_llm_rate(self, info: Info, input: LlmRateInput) -> SetLlmRateResult:
         ctx = info.context
 
@@ -307,7 +307,7 @@ class PricingMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: an image or video model's upstream USD price per unit.")
+    @strawberry.mutation(description="Platform: an image or video model's upstream USD price per unit.")
     async def set_media_price(self, info: Info, input: MediaPriceInput) -> SetMediaPriceResult:
         ctx = info.context
 
@@ -328,7 +328,7 @@ class PricingMutation:
         return await attempt(run)
 
     @strawberry.mutation(
-        description="Operator: one catalog value (credit_value_usd, media.markup, llm.passthrough_markup, "
+        description="Platform: one catalog value (credit_value_usd, media.markup, llm.passthrough_markup, "
         "llm.cache_read_multiplier, llm.cache_creation_multiplier)."
     )
     async def set_pricing_setting(self, info: Info, key: str, value: str) -> SetPricingSettingResult:

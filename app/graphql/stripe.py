@@ -106,7 +106,7 @@ class StripeEventConnection(Connection[StripeEvent]):
 @strawberry.type
 class StripeQuery:
     @strawberry.field(
-        description="Operator: the Stripe webhook inbox, newest first; `outcome` filters (e.g. rejected)."
+        description="Platform: the Stripe webhook inbox, newest first; `outcome` filters (e.g. rejected)."
     )
     async def stripe_events(
         self, info: Info, outcome: str | None = None, first: int = 50, after: str | None = None

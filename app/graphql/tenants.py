@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 import strawberry
 from strawberry.scalars import JSON
 
+from app.core.auth import SCOPES
 from app.core.errors import NotFound
 from app.core.ids import parse_id
 from app.graphql.context import Info
@@ -14,7 +15,7 @@ from app.graphql.ledger import CreditBalance, CreditEntryConnection, resolve_cre
 from app.graphql.metering import UsageReport, resolve_usage
 from app.graphql.pagination import After, Connection, First, connection
 from app.graphql.rows import FromRow
-from app.graphql.types import AccountKit, ApiKey, ApiKeyScope, BillingSubscription, Plan
+from app.graphql.types import AccountKit, ApiKey, ApiKeyScope, BillingSubscription, Caller, KeyRole, Plan
 from app.graphql.usage import (
     UsageEventConnection,
     UsageGroupBy,
@@ -42,7 +43,7 @@ class Tenant(FromRow):
     stripe_customer_id: str | None
     plan_key: strawberry.Private[str | None]
     account_kit_key: strawberry.Private[str | None]
-    organization_id: strawberry.Private[str | None]
+    organization_id: strawberry.Private[str]
 
     @strawberry.field(description="The organization this end user belongs to (or, for its own account, is).")
     async def organization(
@@ -61,18 +62,18 @@ class Tenant(FromRow):
     async def plan(self, info: Info) -> Plan | None:
         if self.plan_key is None:
             return None
-        row = await info.context.loaders.plan.load(self.plan_key)
+        row = await info.context.loaders.plan.load((self.organization_id, self.plan_key))
         return Plan.from_row(row) if row else None
 
     @strawberry.field(description="The kit in force: the plan's kit, unless the tenant is pinned to another.")
     async def account_kit(self, info: Info) -> AccountKit | None:
         key = self.account_kit_key
         if key is None and self.plan_key is not None:
-            plan = await info.context.loaders.plan.load(self.plan_key)
+            plan = await info.context.loaders.plan.load((self.organization_id, self.plan_key))
             key = plan.account_kit_key if plan else None
         if key is None:
             return None
-        row = await info.context.loaders.kit.load(key)
+        row = await info.context.loaders.kit.load((self.organization_id, key))
         return AccountKit.from_row(row) if row else None
 
     @strawberry.field(description="True when entitlements follow the plan's kit (assignKit).")
@@ -168,7 +169,7 @@ def _org_filter(info: Info) -> str | None:
 @strawberry.type
 class TenantQuery:
     @strawberry.field(
-        description="Operator: every tenant, oldest first; `search` matches part of the name, external id or plan."
+        description="Platform: every tenant, oldest first; `search` matches part of the name, external id or plan."
     )
     async def tenants(
         self, info: Info, first: First = 50, after: After = None, search: str | None = None
@@ -177,14 +178,15 @@ class TenantQuery:
         rows = await info.context.read(lambda s: service.list_tenants(s, first, after, search, org))
         return connection(Connection[Tenant], rows, first, service.encode_cursor, Tenant.from_row)
 
-    @strawberry.field(description="Operator: the tenant with this external id (your platform's user id), or null.")
+    @strawberry.field(description="Platform: the tenant with this external id (your platform's user id), or null.")
     async def tenant_by_external_id(self, info: Info, external_id: str) -> Tenant | None:
         if not external_id or len(external_id) > 255:
             return None  # no tenant can have it
-        row = await info.context.read(lambda s: TenantRepository(s).by_external_id(external_id))
-        org = _org_filter(info)
-        if row is None or row.kind != END_USER or (org is not None and row.organization_id != org):
-            return None  # another organization's end user: the answer a missing one gets
+        # External ids are unique per organization: the caller's (a platform key's: the default one).
+        org = info.context.acting_organization
+        row = await info.context.read(lambda s: TenantRepository(s).by_external_id(org, external_id))
+        if row is None or row.kind != END_USER:
+            return None
         return Tenant.from_row(row)
 
     @strawberry.field(description="A tenant by id; another tenant's id answers null, as a missing one does.")
@@ -195,6 +197,19 @@ class TenantQuery:
             return None  # a tenant key naming another tenant: the answer a missing tenant gets
         row = await info.context.read(lambda s: TenantRepository(s).get(scope))
         return Tenant.from_row(row) if row and row.kind == END_USER else None
+
+    @strawberry.field(description="The calling key: its role (PLATFORM, ORGANIZATION, END_USER) and scopes.")
+    def caller(self, info: Info) -> Caller:
+        p = info.context.principal
+        assert p is not None  # the permission catalog lets no anonymous request run a root field
+        scope = info.context.scope
+        return Caller(
+            role=KeyRole(p.role),
+            key_id=strawberry.ID(p.key_id),
+            scopes=[ApiKeyScope(s) for s in SCOPES if s in p.scopes],
+            organization_id=strawberry.ID(p.organization_id) if p.organization_id else None,
+            tenant_id=strawberry.ID(scope.tenant_id) if scope is not None else None,
+        )
 
     @strawberry.field(
         description="The tenant in scope: an end user key's own, X-Tenant-Id for a platform or organization key, "
@@ -261,7 +276,9 @@ class TenantMutation:
 
         return await attempt(run)
 
-    @strawberry.mutation(description="Operator: another operator key (scopes and expiresAt as for createApiKey).")
+    @strawberry.mutation(
+        description="Platform: another platform key (mk_op_) (scopes and expiresAt as for createApiKey)."
+    )
     async def create_operator_key(
         self,
         info: Info,

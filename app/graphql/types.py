@@ -34,6 +34,16 @@ class ApiKeyScope(Enum):
     MANAGE = "manage"
 
 
+@strawberry.enum(
+    description="Who a key speaks for: PLATFORM (mk_op_ keys: the platform that runs meterkit), ORGANIZATION "
+    "(mk_org_: a company on it), END_USER (mk_tn_: one of an organization's end users)."
+)
+class KeyRole(Enum):
+    PLATFORM = "operator"
+    ORGANIZATION = "organization"
+    END_USER = "tenant"
+
+
 @strawberry.enum
 class OveragePolicy(Enum):
     refuse = "refuse"
@@ -63,6 +73,9 @@ class PrimitiveLimit:
 class AccountKit(FromRow):
     id: str
     key: str
+    organization_id: strawberry.ID = strawberry.field(
+        description="The organization that owns it (keys are per organization)."
+    )
     name: str
     allowed_primitives: list[str] = strawberry.field(description="Exact primitive names or `prefix.*` patterns.")
     limits: list[PrimitiveLimit]
@@ -83,13 +96,16 @@ class AccountKit(FromRow):
 
 
 async def _kit_of_plan(root: Plan, info: Info) -> AccountKit | None:
-    row = await info.context.loaders.kit.load(root.account_kit_id)
+    row = await info.context.loaders.kit.load((str(root.organization_id), root.account_kit_id))
     return AccountKit.from_row(row) if row else None
 
 
 @strawberry.type
 class Plan(FromRow):
     key: str
+    organization_id: strawberry.ID = strawberry.field(
+        description="The organization that owns it (keys are per organization)."
+    )
     name: str
     stripe_price_id: str | None
     period: Period
@@ -102,7 +118,7 @@ class Plan(FromRow):
 
     @strawberry.field
     async def quotas(self, info: Info) -> list[PlanQuotaType]:
-        rows = await info.context.loaders.quotas.load(self.key)
+        rows = await info.context.loaders.quotas.load((str(self.organization_id), self.key))
         return [PlanQuotaType.from_row(r) for r in rows]
 
     @classmethod
@@ -139,8 +155,23 @@ class ApiKey(FromRow):
     revoked_at: datetime | None
     scopes: list[ApiKeyScope]
     expires_at: datetime | None = strawberry.field(description="Null: the key never expires (it can still be revoked).")
+    role: KeyRole = strawberry.field(description="`kind` as a role: PLATFORM for the platform's keys (kind operator).")
 
     @classmethod
     def from_row(cls, row: Any, /, **given: Any) -> Self:
         granted = parse_scopes(row.scopes)
-        return super().from_row(row, scopes=[ApiKeyScope(s) for s in SCOPES if s in granted], **given)
+        scopes = [ApiKeyScope(s) for s in SCOPES if s in granted]
+        return super().from_row(row, scopes=scopes, role=KeyRole(row.kind), **given)
+
+
+@strawberry.type(description="The key a request is made with, as the gateway sees it.")
+class Caller:
+    role: KeyRole
+    key_id: strawberry.ID
+    scopes: list[ApiKeyScope]
+    organization_id: strawberry.ID | None = strawberry.field(
+        description="The organization an ORGANIZATION or END_USER key belongs to; null for PLATFORM keys."
+    )
+    tenant_id: strawberry.ID | None = strawberry.field(
+        description="The tenant in scope: an END_USER key's own, X-Tenant-Id, or an organization key's own account."
+    )

@@ -49,11 +49,12 @@ _TERMS_COLUMNS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives
 TERMS_WIDTH = 22  # the columns above: terms_from reads them by position
 _TERMS_FROM = """FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN organization o ON o.id = t.organization_id
-       LEFT JOIN plan p ON p.key = t.plan_key
-       LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
+       LEFT JOIN plan p ON p.organization_id = t.organization_id AND p.key = t.plan_key
+       LEFT JOIN account_kit k ON k.organization_id = t.organization_id
+                               AND k.key = COALESCE(t.account_kit_key, p.account_kit_key)
        LEFT JOIN subscription s ON s.tenant_id = t.id
        LEFT JOIN key_budget b ON b.api_key_id = :kid AND b.tenant_id = a.tenant_id
-       LEFT JOIN alert_policy pp ON pp.plan_key = t.plan_key
+       LEFT JOIN alert_policy pp ON pp.organization_id = t.organization_id AND pp.plan_key = t.plan_key
        LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
        LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= :now AND bp.end_at > :now"""
 _TERMS = _TERMS_COLUMNS + "\n       " + _TERMS_FROM + "\n       WHERE a.tenant_id = :tid"
@@ -67,7 +68,8 @@ CHECK = Sql(
                WHERE tenant_id = :tid AND remaining > 0 AND expires_at <= :now),
               (SELECT COALESCE(SUM(amount), 0) FROM credit_hold
                WHERE tenant_id = :tid AND status = 'open' AND expires_at <= :now),
-              (SELECT quota FROM plan_quota WHERE plan_key = t.plan_key AND primitive = :p),
+              (SELECT quota FROM plan_quota
+               WHERE organization_id = t.organization_id AND plan_key = t.plan_key AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = bp.start_at AND primitive = :p),
               (SELECT credits FROM price WHERE primitive = :p),
               (SELECT pricing_rule FROM primitive WHERE key = :p),
@@ -81,7 +83,7 @@ USED = Sql("SELECT (SELECT used FROM usage_counter WHERE tenant_id = :tid AND pe
 # this period's count and this minute's calls; the fixed price and the catalog entry; and the first live
 # bucket in burn order. :plan and :ps are the terms' plan and recorded period (NULL when none is recorded).
 _FACT_COLUMNS = """e.id, e.request_hash, e.result,
-              (SELECT quota FROM plan_quota WHERE plan_key = {plan} AND primitive = :p),
+              (SELECT quota FROM plan_quota WHERE organization_id = {org} AND plan_key = {plan} AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = {ps} AND primitive = :p),
               (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
               (SELECT credits FROM price WHERE primitive = :p),
@@ -98,17 +100,19 @@ _LOCK_CHARGE = Sql(
     "SELECT a.balance, a.reserved, "
     + _TERMS_COLUMNS
     + ", "
-    + _FACT_COLUMNS.format(plan="t.plan_key", ps="bp.start_at")
+    + _FACT_COLUMNS.format(org="t.organization_id", plan="t.plan_key", ps="bp.start_at")
     + "\n       "
     + _TERMS_FROM
     + "\n       "
     + _FACT_JOINS
     + "\n       WHERE a.tenant_id = :tid"
 )
-_CHARGE_FACTS = Sql("SELECT " + _FACT_COLUMNS.format(plan=":plan", ps=":ps") + " FROM (SELECT 1) one " + _FACT_JOINS)
+_CHARGE_FACTS = Sql(
+    "SELECT " + _FACT_COLUMNS.format(org=":org", plan=":plan", ps=":ps") + " FROM (SELECT 1) one " + _FACT_JOINS
+)
 STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
 QUOTA_USED_PRICE = Sql(
-    """SELECT (SELECT quota FROM plan_quota WHERE plan_key = :plan AND primitive = :p),
+    """SELECT (SELECT quota FROM plan_quota WHERE organization_id = :org AND plan_key = :plan AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p),
               (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
               (SELECT credits FROM price WHERE primitive = :p),
@@ -202,6 +206,7 @@ def lock_for_charge(
         facts = row[2 + TERMS_WIDTH :]
     else:
         params["plan"] = terms.plan_key
+        params["org"] = terms.organization_id
         params["ps"] = ts(conn, terms.recorded.start) if terms.recorded is not None else None
         facts = run(conn, _CHARGE_FACTS, params).one()
     return ledger.AccountState(row[0], row[1]), terms, ChargeFacts(req, facts, terms.recorded is not None)

@@ -271,6 +271,7 @@ class Meter:
                 QUOTA_USED_PRICE,
                 {
                     "plan": self.terms.plan_key,
+                    "org": self.terms.organization_id,
                     "p": primitive,
                     "tid": self.scope.tenant_id,
                     "ps": ts(self.conn, period.start),

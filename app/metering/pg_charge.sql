@@ -1,5 +1,5 @@
 -- meterkit_charge: one charge in one statement (app/metering/pg_charge.py). Installed by migration 0012_pg_charge,
--- now by 0017_organizations, which keeps its own frozen copy: a change here ships as a new migration that
+-- now by 0018_org_scoped_keys, which keeps its own frozen copy: a change here ships as a new migration that
 -- copies this text (tests/test_pg_charge.py checks the newest migration's copy equals this file).
 CREATE OR REPLACE FUNCTION meterkit_charge(
     p_tid text, p_key text, p_hash text, p_primitive text, p_qty bigint, p_reference text,
@@ -10,7 +10,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     v_balance bigint; v_reserved bigint; v_plan text; v_overage text; v_kit text;
     v_allowed json; v_limits json; v_conns json; v_budget boolean; v_percents json; v_low bigint;
-    v_ps timestamptz; v_pe timestamptz; v_org boolean;
+    v_ps timestamptz; v_pe timestamptz; v_org boolean; v_org_id text;
     v_id bigint; v_hash text; v_result json;
     v_per_call bigint; v_per_minute bigint; v_window timestamptz;
     v_quota bigint; v_used bigint; v_calls bigint; v_price bigint; v_rule text; v_active boolean;
@@ -24,15 +24,17 @@ BEGIN
            COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
            bp.start_at, bp.end_at,
            (t.kind <> 'end_user' OR NOT COALESCE(o.end_user_wallets, true)
-               OR NOT COALESCE(o.platform_credits_exempt, true))
+               OR NOT COALESCE(o.platform_credits_exempt, true)),
+           t.organization_id
       INTO v_balance, v_reserved, v_plan, v_overage, v_kit, v_allowed, v_limits, v_conns, v_budget,
-           v_percents, v_low, v_ps, v_pe, v_org
+           v_percents, v_low, v_ps, v_pe, v_org, v_org_id
       FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
       LEFT JOIN organization o ON o.id = t.organization_id
-      LEFT JOIN plan p ON p.key = t.plan_key
-      LEFT JOIN account_kit k ON k.key = COALESCE(t.account_kit_key, p.account_kit_key)
+      LEFT JOIN plan p ON p.organization_id = t.organization_id AND p.key = t.plan_key
+      LEFT JOIN account_kit k ON k.organization_id = t.organization_id
+                               AND k.key = COALESCE(t.account_kit_key, p.account_kit_key)
       LEFT JOIN key_budget kb ON kb.api_key_id = p_api_key_id AND kb.tenant_id = a.tenant_id
-      LEFT JOIN alert_policy pp ON pp.plan_key = t.plan_key
+      LEFT JOIN alert_policy pp ON pp.organization_id = t.organization_id AND pp.plan_key = t.plan_key
       LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
       LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= p_now AND bp.end_at > p_now
      WHERE a.tenant_id = p_tid
@@ -66,7 +68,7 @@ BEGIN
     IF v_per_minute IS NOT NULL THEN
         v_window := date_trunc('minute', p_now, 'UTC');
     END IF;
-    SELECT (SELECT q.quota FROM plan_quota q WHERE q.plan_key = v_plan AND q.primitive = p_primitive),
+    SELECT (SELECT q.quota FROM plan_quota q WHERE q.organization_id = v_org_id AND q.plan_key = v_plan AND q.primitive = p_primitive),
            (SELECT c.used FROM usage_counter c
              WHERE c.tenant_id = p_tid AND c.period_start = v_ps AND c.primitive = p_primitive),
            (SELECT w.calls FROM rate_window w

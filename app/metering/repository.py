@@ -57,6 +57,7 @@ def usage_reports(
     terms = conn.execute(
         select(
             TENANT.c.id,
+            TENANT.c.organization_id,
             TENANT.c.plan_key,
             PLAN.c.period,
             SUB.c.status,
@@ -69,13 +70,16 @@ def usage_reports(
             next_start,
         )
         .select_from(
-            TENANT.outerjoin(PLAN, PLAN.c.key == TENANT.c.plan_key)
+            TENANT.outerjoin(
+                PLAN, and_(PLAN.c.organization_id == TENANT.c.organization_id, PLAN.c.key == TENANT.c.plan_key)
+            )
             .outerjoin(SUB, SUB.c.tenant_id == TENANT.c.id)
             .outerjoin(BP, holds)
         )
         .where(TENANT.c.id.in_(tenant_ids))
     ).all()
     periods: dict[str, tuple[Any, Period, Any]] = {}
+    orgs = {r.id: r.organization_id for r in terms}  # plan keys are per organization (migration 0018)
     for r in terms:
         if r.start_at is not None:
             periods[r.id] = (r.period_plan, Period(as_utc(r.start_at), as_utc(r.end_at)), r.status)
@@ -87,13 +91,15 @@ def usage_reports(
         periods[r.id] = (r.plan_key, period_record.decide(when, r.period, r.status, start, end, last, nxt)[0], r.status)
     if not periods:
         return {}
-    plan_keys = sorted({p for p, _, _ in periods.values() if p})
-    quotas: dict[str, dict[str, int]] = {}
+    plan_keys = sorted({(orgs[tid], p) for tid, (p, _, _) in periods.items() if p})
+    quotas: dict[tuple[str, str], dict[str, int]] = {}
     if plan_keys:
         for q in conn.execute(
-            select(QUOTA.c.plan_key, QUOTA.c.primitive, QUOTA.c.quota).where(QUOTA.c.plan_key.in_(plan_keys))
+            select(QUOTA.c.organization_id, QUOTA.c.plan_key, QUOTA.c.primitive, QUOTA.c.quota).where(
+                tuple_(QUOTA.c.organization_id, QUOTA.c.plan_key).in_(plan_keys)
+            )
         ):
-            quotas.setdefault(q.plan_key, {})[q.primitive] = q.quota
+            quotas.setdefault((q.organization_id, q.plan_key), {})[q.primitive] = q.quota
     pairs = [(tid, per.start) for tid, (_, per, _) in periods.items()]
     counters: dict[str, dict[str, tuple[int, int, int]]] = {}
     for c in conn.execute(
@@ -104,7 +110,7 @@ def usage_reports(
         counters.setdefault(c.tenant_id, {})[c.primitive] = (c.used, c.overage, c.credits)
     out = {}
     for tid, (plan_key, per, status) in periods.items():
-        plan_quotas = quotas.get(plan_key or "", {})
+        plan_quotas = quotas.get((orgs[tid], plan_key), {}) if plan_key else {}
         used = counters.get(tid, {})
         lines = [
             UsageLine(p, plan_quotas.get(p), *used.get(p, (0, 0, 0))) for p in sorted(set(plan_quotas) | set(used))

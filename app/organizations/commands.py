@@ -24,7 +24,7 @@ def create_organization(
             actor,
             clock.now(),
             "createOrganization",
-            lambda made: Target("organization", made[0].id, tenant_id=made[0].id),
+            lambda made: Target("organization", made[0].id, tenant_id=made[0].id, organization_id=made[0].id),
             lambda: service.create_organization(s, clock, data, signup_micro=signup_micro, caller=actor),
         )
 
@@ -38,6 +38,6 @@ def update_organization(
             actor,
             clock.now(),
             "updateOrganization",
-            Target("organization", organization_id),
+            Target("organization", organization_id, organization_id=organization_id),
             lambda: service.update_organization(s, organization_id, switches),
         )

@@ -69,7 +69,16 @@ def close_periods(session: Session, now: datetime, limit: int = BATCH) -> int:
         owed = conn.execute(
             select(COUNTER.c.primitive, COUNTER.c.overage, QUOTA.c.overage_price_id)
             .select_from(
-                COUNTER.join(QUOTA, and_(QUOTA.c.primitive == COUNTER.c.primitive, QUOTA.c.plan_key == p.plan_key))
+                COUNTER.join(
+                    QUOTA,
+                    and_(
+                        QUOTA.c.primitive == COUNTER.c.primitive,
+                        QUOTA.c.plan_key == p.plan_key,
+                        # the tenant's organization's plan (plan keys are per organization)
+                        QUOTA.c.organization_id
+                        == select(TENANT.c.organization_id).where(TENANT.c.id == p.tenant_id).scalar_subquery(),
+                    ),
+                )
             )
             .where(
                 and_(

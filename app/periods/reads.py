@@ -29,6 +29,7 @@ COUNTER: Any = table(
     column("overage", BigInteger),
     column("credits", BigInteger),
 )
+TENANT: Any = table("tenant", column("id", String), column("organization_id", String))
 
 
 @dataclass
@@ -66,9 +67,13 @@ def period_page(conn: Connection, tenant_id: str, limit: int, before: datetime |
     if not rows:
         return []
     plans = sorted({r.plan_key for r in rows if r.plan_key})
+    # The tenant's organization's plans (plan keys are per organization, migration 0018).
+    org = select(TENANT.c.organization_id).where(TENANT.c.id == tenant_id).scalar_subquery()
     quotas: dict[str, dict[str, int]] = {}
     for q in conn.execute(
-        select(QUOTA.c.plan_key, QUOTA.c.primitive, QUOTA.c.quota).where(QUOTA.c.plan_key.in_(plans))
+        select(QUOTA.c.plan_key, QUOTA.c.primitive, QUOTA.c.quota).where(
+            and_(QUOTA.c.organization_id == org, QUOTA.c.plan_key.in_(plans))
+        )
     ):
         quotas.setdefault(q.plan_key, {})[q.primitive] = q.quota
     used: dict[datetime, dict[str, tuple[int, int, int]]] = {}

@@ -29,13 +29,13 @@ def upsert_plan(
             actor,
             clock.now(),
             "upsertPlan",
-            plan_target(data.key),
+            plan_target(organization_id, data.key),
             lambda: service.upsert_plan(s, clock, data, organization_id),
         )
 
 
 def archive_plan(
-    engine: Engine, clock: Clock, actor: Principal | None, key: str, organization_id: str | None = None
+    engine: Engine, clock: Clock, actor: Principal | None, key: str, organization_id: str = DEFAULT_ORG_ID
 ) -> Plan:
     """An archived plan takes no new subscribers; current ones keep it."""
     with unit_of_work(engine) as s:
@@ -44,6 +44,6 @@ def archive_plan(
             actor,
             clock.now(),
             "archivePlan",
-            plan_target(key),
+            plan_target(organization_id, key),
             lambda: service.archive_plan(s, clock, key, organization_id),
         )

@@ -36,7 +36,7 @@ class PlanInput:
 
 def upsert_plan(session: Session, clock: Clock, data: PlanInput, organization_id: str = DEFAULT_ORG_ID) -> Plan:
     """Idempotent by key: the same input twice leaves one identical plan. The plan and its kit are the
-    organization's; plan keys are still unique across organizations (another's key is refused)."""
+    organization's: keys and Stripe price ids are unique per organization (another's `pro` is its own)."""
     check_key(data.key)
     check_name(data.name)
     price = check_optional(data.stripe_price_id, field="stripePriceId")
@@ -55,22 +55,19 @@ def upsert_plan(session: Session, clock: Clock, data: PlanInput, organization_id
             raise ValidationFailed("an overage price needs overage: allow", field="quotas.overagePriceId")
     if data.included_credits < 0 or data.included_credits > 10**12 * MICRO:
         raise ValidationFailed("includedCredits must be non-negative", field="includedCredits")
-    kit = AccountKitRepository(session).get(data.account_kit_id)
-    if kit is None or kit.organization_id not in (organization_id, None):
+    kit = AccountKitRepository(session).get(organization_id, data.account_kit_id)
+    if kit is None:
         raise NotFound("AccountKit", data.account_kit_id)
     repo = PlanRepository(session)
     if price is not None:
-        other = repo.by_price(price)
+        other = repo.by_price(organization_id, price)
         if other is not None and other.key != data.key:
-            # Another organization's plan is not named (no oracle of its keys).
-            which = f"plan {other.key!r}" if other.organization_id == organization_id else "another plan"
-            raise ValidationFailed(f"stripePriceId is already used by {which}", field="stripePriceId")
+            raise ValidationFailed(f"stripePriceId is already used by plan {other.key!r}", field="stripePriceId")
     now = clock.now()
-    plan = repo.get(data.key)
-    if plan is not None and plan.organization_id not in (organization_id, None):
-        raise ValidationFailed("this plan key is taken; choose another", field="key")
+    plan = repo.get(organization_id, data.key)
     if plan is None:
         plan = Plan(
+            organization_id=organization_id,
             key=data.key,
             name=data.name,
             account_kit_key=data.account_kit_id,
@@ -86,18 +83,17 @@ def upsert_plan(session: Session, clock: Clock, data: PlanInput, organization_id
     plan.included_credits = data.included_credits
     plan.archived = False
     plan.updated_at = now
-    plan.organization_id = organization_id
     repo.save(plan)
-    repo.replace_quotas(plan.key, data.quotas, data.overage_prices)
+    repo.replace_quotas(plan, data.quotas, data.overage_prices)
     return plan
 
 
-def archive_plan(session: Session, clock: Clock, key: str, organization_id: str | None = None) -> Plan:
-    """Archived plans can't be newly subscribed to; current subscribers keep them. `organization_id`:
-    an organization archives only its own plans."""
+def archive_plan(session: Session, clock: Clock, key: str, organization_id: str = DEFAULT_ORG_ID) -> Plan:
+    """Archived plans can't be newly subscribed to; current subscribers keep them. An organization
+    archives only its own plans (another's key looks missing)."""
     repo = PlanRepository(session)
-    plan = repo.get(key)
-    if plan is None or (organization_id is not None and plan.organization_id != organization_id):
+    plan = repo.get(organization_id, key)
+    if plan is None:
         raise NotFound("Plan", key)
     plan.archived = True
     plan.updated_at = clock.now()

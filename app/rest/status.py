@@ -99,7 +99,7 @@ async def status(call: Call) -> StatusOut:
         st = credit_service.status(s, scope, now)
         report = usage_repository.usage_reports(s.connection(), [scope.tenant_id], now)[scope.tenant_id]
         holds = usage_repository.open_holds(s.connection(), scope.tenant_id, now)
-        plan = PlanRepository(s).get(st.tenant.plan_key) if st.tenant.plan_key else None
+        plan = PlanRepository(s).get(st.tenant.organization_id, st.tenant.plan_key) if st.tenant.plan_key else None
         return st, report, holds, plan.name if plan else None
 
     st, report, holds, plan_name = await rest.read(read)

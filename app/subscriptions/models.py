@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import ForeignKeyConstraint
 from sqlmodel import Field, SQLModel
 
 from app.core.types import ts_column
@@ -22,9 +23,16 @@ class Subscription(SQLModel, table=True):
     """The tenant's subscription as last reflected (from Stripe or a direct call)."""
 
     __tablename__ = "subscription"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "plan_key"], ["plan.organization_id", "plan.key"], name="fk_subscription_plan"
+        ),
+    )
 
     tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
-    plan_key: str = Field(foreign_key="plan.key", max_length=64)
+    # The tenant's organization, whose plan this is (migration 0018).
+    organization_id: str = Field(max_length=40)
+    plan_key: str = Field(max_length=64)
     status: str = Field(max_length=24)
     stripe_customer_id: str | None = Field(default=None, max_length=255)
     stripe_subscription_id: str | None = Field(default=None, max_length=255, index=True)

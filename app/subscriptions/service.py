@@ -88,11 +88,9 @@ def set_subscription(
     if tenant is None:
         raise NotFound("Tenant", scope.tenant_id)
     plans = PlanRepository(session)
-    plan = plans.get(data.plan_key)
-    # An end user subscribes to its own organization's plans only; another's looks missing.
-    if plan is None or (plan.organization_id or tenant.organization_id) != (
-        tenant.organization_id or plan.organization_id
-    ):
+    # An end user subscribes to its own organization's plans only (plan keys are per organization).
+    plan = plans.get(tenant.organization_id, data.plan_key)
+    if plan is None:
         raise NotFound("Plan", data.plan_key)
     if plan.archived and tenant.plan_key != plan.key:
         raise ValidationFailed(f"plan {plan.key!r} is archived", field="planKey")
@@ -103,7 +101,7 @@ def set_subscription(
     if start is not None and end is not None and start >= end:
         raise ValidationFailed("currentPeriodStart must be before currentPeriodEnd", field="currentPeriodStart")
     if customer is not None and customer != tenant.stripe_customer_id:
-        owner = tenants.by_stripe_customer(customer)
+        owner = tenants.by_stripe_customer(customer, tenant.organization_id)
         if owner is not None and owner.id != tenant.id:
             raise ValidationFailed("stripeCustomerId belongs to another tenant", field="stripeCustomerId")
         tenant.stripe_customer_id = customer
@@ -112,7 +110,7 @@ def set_subscription(
         # Pin the kit the tenant has now, so the plan change leaves entitlements alone. A tenant
         # with no kit at all has nothing to pin, and NULL already means "follow the plan": refuse
         # rather than silently hand it the new plan's kit.
-        old = plans.get(tenant.plan_key) if tenant.plan_key is not None else None
+        old = plans.get(tenant.organization_id, tenant.plan_key) if tenant.plan_key is not None else None
         if old is None:
             raise ValidationFailed(
                 "assignKit: false keeps the tenant's current kit, but it has none; use assignKit: true",
@@ -128,7 +126,13 @@ def set_subscription(
     now = clock.now()
     was = sub.status if sub is not None else None
     if sub is None:
-        sub = Subscription(tenant_id=tenant.id, plan_key=plan.key, status=data.status, updated_at=now)
+        sub = Subscription(
+            tenant_id=tenant.id,
+            organization_id=tenant.organization_id,
+            plan_key=plan.key,
+            status=data.status,
+            updated_at=now,
+        )
     sub.plan_key = plan.key
     sub.status = data.status
     sub.stripe_customer_id = customer or sub.stripe_customer_id

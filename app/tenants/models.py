@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, String
+from sqlalchemy import JSON, Column, ForeignKeyConstraint, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.core.types import ts_column
@@ -11,19 +11,32 @@ from app.core.types import ts_column
 
 class Tenant(SQLModel, table=True):
     __tablename__ = "tenant"
+    # External ids and Stripe customers are unique per organization; the plan and a pinned kit are the
+    # tenant's organization's own (composite keys, migration 0018).
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "plan_key"], ["plan.organization_id", "plan.key"], name="fk_tenant_plan"
+        ),
+        ForeignKeyConstraint(
+            ["organization_id", "account_kit_key"],
+            ["account_kit.organization_id", "account_kit.key"],
+            name="fk_tenant_account_kit",
+        ),
+        UniqueConstraint("organization_id", "external_id", name="uq_tenant_external_id"),
+        UniqueConstraint("organization_id", "stripe_customer_id", name="uq_tenant_stripe_customer"),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     name: str = Field(max_length=200)
-    external_id: str | None = Field(default=None, max_length=255, unique=True)
+    external_id: str | None = Field(default=None, max_length=255)
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
-    plan_key: str | None = Field(default=None, foreign_key="plan.key", max_length=64, index=True)
+    plan_key: str | None = Field(default=None, max_length=64, index=True)
     # NULL: entitlements follow the plan's kit. Set: pinned to this kit (assignKit=false).
-    account_kit_key: str | None = Field(default=None, foreign_key="account_kit.key", max_length=64)
-    stripe_customer_id: str | None = Field(default=None, max_length=255, unique=True)
+    account_kit_key: str | None = Field(default=None, max_length=64)
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(sa_column=ts_column(index=True))
-    # The organization the tenant belongs to (app/organizations). NULL only in a database that has not
-    # run migration 0017 yet; every tenant made since carries it.
-    organization_id: str | None = Field(default=None, foreign_key="organization.id", max_length=40, index=True)
+    # The organization the tenant belongs to (app/organizations): the house tenant's is its own id.
+    organization_id: str = Field(foreign_key="organization.id", max_length=40, index=True)
     # end_user: an organization's customer. organization: the organization's own (house) account,
     # whose id is the organization's id.
     kind: str = Field(default="end_user", sa_column=Column(String(16), nullable=False, server_default="end_user"))

@@ -34,11 +34,22 @@ class TenantRepository:
         rows = self.s.exec(select(Tenant).where(col(Tenant.id).in_(list(ids)))).all()
         return {r.id: r for r in rows}
 
-    def by_external_id(self, external_id: str) -> Tenant | None:
-        return self.s.exec(select(Tenant).where(Tenant.external_id == external_id)).first()
+    def by_external_id(self, organization_id: str, external_id: str) -> Tenant | None:
+        """External ids are unique per organization (migration 0018)."""
+        return self.s.exec(
+            select(Tenant).where(Tenant.organization_id == organization_id, Tenant.external_id == external_id)
+        ).first()
 
-    def by_stripe_customer(self, customer_id: str) -> Tenant | None:
-        return self.s.exec(select(Tenant).where(Tenant.stripe_customer_id == customer_id)).first()
+    def by_stripe_customer(self, customer_id: str, organization_id: str | None = None) -> Tenant | None:
+        """The tenant of a Stripe customer within an organization. Without one (the platform's Stripe
+        webhook, which names no organization), the customer's only tenant: several organizations'
+        tenants carrying the same id (each organization's own Stripe account) are not this webhook's,
+        so None."""
+        q = select(Tenant).where(Tenant.stripe_customer_id == customer_id)
+        if organization_id is not None:
+            return self.s.exec(q.where(Tenant.organization_id == organization_id)).first()
+        rows = self.s.exec(q.limit(2)).all()
+        return rows[0] if len(rows) == 1 else None
 
     def page(
         self,

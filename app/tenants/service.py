@@ -84,14 +84,12 @@ def create_tenant(
     if len(json.dumps(meta, separators=(",", ":"))) > MAX_METADATA_BYTES:
         raise ValidationFailed(f"metadata is larger than {MAX_METADATA_BYTES} bytes", field="metadata")
     repo = TenantRepository(session)
-    if external_id is not None and repo.by_external_id(external_id) is not None:
+    if external_id is not None and repo.by_external_id(organization_id, external_id) is not None:
         raise ValidationFailed("externalId is already used by another tenant", field="externalId")
     org = session.get(Organization, organization_id)
     if org is None:
         raise NotFound("Organization", organization_id)
-    default = PlanRepository(session).get(default_plan_key)
-    if default is not None and default.organization_id != organization_id:
-        default = None  # another organization's plan of that key is not this one's default
+    default = PlanRepository(session).get(organization_id, default_plan_key)
     tenant = Tenant(
         id=new_id("ten"),
         name=name,

@@ -216,7 +216,7 @@ def test_starter_cannot_issue_cards_pro_can(api: Api) -> None:
     charged = api(CHARGE, {"i": {"primitive": "cards.issue", "idempotencyKey": "card-1"}}, key=pkey)["charge"]
     assert charged["__typename"] == "Charged" and charged["creditsUsed"] == "2"
     assert charged["usage"] == {"primitive": "cards.issue", "used": 1, "quota": 10, "remaining": 9, "overage": 0}
-    assert api(CREDITS, key=pkey)["viewer"]["credits"]["balance"] == "218"  # 20 free + 200 included - 2
+    assert api(CREDITS, key=pkey)["status"]["credits"]["balance"] == "218"  # 20 free + 200 included - 2
 
 
 def test_starter_cannot_issue_cards_over_real_http(db: Database, tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ def test_the_shared_types_from_their_rows() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     plan = Plan.from_row(
         PlanRow(
+            organization_id="org_" + "0" * 32,
             key="pro",
             name="Pro",
             account_kit_key="kit_pro",

@@ -115,7 +115,15 @@ def test_a_value_the_database_refuses_is_a_typed_error(api: Api, clock: FrozenCl
 
     async def run() -> str:
         def write(s: Any) -> str:
-            s.add(Tenant(id="ten_" + "f" * 60, name="x", meta={}, created_at=ctx.clock.now()))
+            s.add(
+                Tenant(
+                    id="ten_" + "f" * 60,
+                    name="x",
+                    meta={},
+                    created_at=ctx.clock.now(),
+                    organization_id="org_" + "0" * 32,
+                )
+            )
             s.flush()
             return "stored"
 

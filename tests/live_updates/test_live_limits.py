@@ -157,7 +157,7 @@ def test_one_execution_per_change_whatever_the_number_of_subscribers(db: Databas
         answers = [ws.next(str(i), timeout=10)["balanceChanged"] for ws in crowd for i in range(10)]
         other = second_key.next("k", timeout=10)["balanceChanged"]
         narrowed = second_key.next("n", timeout=10)["balanceChanged"]
-        viewer = s.api("{ viewer { credits { balance available reserved } } }", key=s.key)["viewer"]["credits"]
+        viewer = s.api("{ status { credits { balance available reserved } } }", key=s.key)["status"]["credits"]
         assert answers == [viewer] * 40 and other == viewer
         assert narrowed == {"available": viewer["available"]}
         # One execution each for (BALANCE, the crowd's key), (BALANCE, the second key), (narrow, second key).

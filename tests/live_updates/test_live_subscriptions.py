@@ -74,7 +74,7 @@ def test_a_charge_moves_balance_and_usage_within_a_second(live: Live) -> None:
         ws.subscribe("u", USAGE)
         # The state at once: the same numbers a query answers.
         first = ws.next("b")["balanceChanged"]
-        viewer = live.api("{ viewer { credits { balance available reserved } } }", key=live.key)["viewer"]
+        viewer = live.api("{ status { credits { balance available reserved } } }", key=live.key)["status"]
         assert first == viewer["credits"]
         assert {"primitive": "email.send", "used": 0, "quota": 1000} in ws.next("u")["usageChanged"]["quotas"]
 

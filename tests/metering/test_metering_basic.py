@@ -29,7 +29,8 @@ RELEASE = (
     """mutation($h: ID!) { release(holdId: $h) { __typename ... on Hold { status } ... on HoldClosed { status } } }"""
 )
 
-CREDITS = "{ viewer { credits { balance available reserved } } }"
+# An end user reads its own wallet through status (Tenant.credits is for platform and organization keys).
+CREDITS = "{ status { credits { balance available reserved } } }"
 MONEY = ("ledger_entry", "usage_event", "usage_counter", "credit_hold", "credit_bucket")
 
 
@@ -83,16 +84,16 @@ def test_reserve_settle_release(api: Api) -> None:
     tid, key = setup_tenant(api)
     hold = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "r1"}}, key=key)["reserve"]
     assert hold["__typename"] == "Hold" and hold["amount"] == "5", hold
-    assert api(CREDITS, key=key)["viewer"]["credits"]["reserved"] == "5"
+    assert api(CREDITS, key=key)["status"]["credits"]["reserved"] == "5"
     s1 = api(SETTLE, {"h": hold["id"]}, key=key)["settle"]
     s2 = api(SETTLE, {"h": hold["id"]}, key=key)["settle"]
     assert s1["__typename"] == "Charged" and s2["replayed"] is True and s1["eventId"] == s2["eventId"]
-    credits = api(CREDITS, key=key)["viewer"]["credits"]
+    credits = api(CREDITS, key=key)["status"]["credits"]
     assert credits["reserved"] == "0" and credits["balance"] == "215"  # 20 signup + 200 plan - 5
     h2 = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "r2"}}, key=key)["reserve"]
     assert api(RELEASE, {"h": h2["id"]}, key=key)["release"]["status"] == "released"
     assert api(SETTLE, {"h": h2["id"]}, key=key)["settle"] == {"__typename": "HoldClosed", "status": "released"}
-    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == "215"
+    assert api(CREDITS, key=key)["status"]["credits"]["balance"] == "215"
 
 
 def test_usage_report(api: Api) -> None:

@@ -116,7 +116,7 @@ def test_a_free_charge_writes_no_account_row_and_a_free_charge_after_an_expiry_s
     free = {"primitive": "browser.session.open", "idempotencyKey": "f0"}
     first = api(CHARGE, {"i": free}, key=key)["charge"]
     assert (first["__typename"], first["creditsUsed"]) == ("Charged", "0")
-    before = api(CREDITS, key=key)["viewer"]["credits"]
+    before = api(CREDITS, key=key)["status"]["credits"]
     entries = count_rows(api.db.engine, "ledger_entry")["ledger_entry"]
     if api.db.backend == "sqlite":
         with _driver_statements(api) as seen:
@@ -128,12 +128,12 @@ def test_a_free_charge_writes_no_account_row_and_a_free_charge_after_an_expiry_s
         assert len(charge) == 4, "\n".join(charge)
     else:
         api(CHARGE, {"i": {**free, "idempotencyKey": "f1"}}, key=key)
-    assert api(CREDITS, key=key)["viewer"]["credits"] == before
+    assert api(CREDITS, key=key)["status"]["credits"] == before
     assert count_rows(api.db.engine, "ledger_entry")["ledger_entry"] == entries
     # A bucket that expires: the next free charge sweeps it (an expiry entry) and writes the balance.
     soon = (clock.now() + timedelta(seconds=60)).isoformat()
     api(GRANT, {"t": tid, "a": "7", "k": "soon", "e": soon})
-    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == str(int(before["balance"]) + 7)
+    assert api(CREDITS, key=key)["status"]["credits"]["balance"] == str(int(before["balance"]) + 7)
     clock.advance(seconds=61)
     done = api(CHARGE, {"i": {**free, "idempotencyKey": "f2"}}, key=key)["charge"]
     assert done["creditsRemaining"] == before["available"]
@@ -149,16 +149,16 @@ def test_hold_expires_once(api: Api, clock: FrozenClock) -> None:
     api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
     key = api.tenant_key(tid)
     hold = api(RESERVE, {"i": {"primitive": "research.thorough", "idempotencyKey": "h1"}}, key=key)["reserve"]
-    assert api(CREDITS, key=key)["viewer"]["credits"]["reserved"] == "5"
+    assert api(CREDITS, key=key)["status"]["credits"]["reserved"] == "5"
     clock.advance(seconds=3600)  # the default TTL: expired exactly at the boundary
     check = api('{ check(primitive: "research.thorough") { ... on CheckResult { availableCredits } } }', key=key)
     assert check["check"]["availableCredits"] == "220"  # exact at read time, before any sweep
     api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "after"}}, key=key)  # a write sweeps it
-    credits = api(CREDITS, key=key)["viewer"]["credits"]
+    credits = api(CREDITS, key=key)["status"]["credits"]
     assert credits["reserved"] == "0" and credits["balance"] == "219"
     late = api(SETTLE, {"h": hold["id"]}, key=key)["settle"]
     assert late == {"__typename": "HoldClosed", "status": "expired"}
-    assert api(CREDITS, key=key)["viewer"]["credits"]["balance"] == "219"
+    assert api(CREDITS, key=key)["status"]["credits"]["balance"] == "219"
 
 
 BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename

@@ -191,6 +191,14 @@ def test_an_organization_pays_for_its_end_users_calls_and_a_second_one_sees_none
     taken = api(PLAN, {"i": {**plan, "name": "Mine now"}}, key=other_key)["upsertPlan"]
     assert taken["__typename"] == "NotFoundError"  # its kit is another organization's: missing to this one
     api(KIT, {"i": {"key": "kit_globex", "name": "G", "allowedPrimitives": ["email.*"]}}, key=other_key)
-    taken = api(PLAN, {"i": {**plan, "accountKitId": "kit_globex"}}, key=other_key)["upsertPlan"]
-    assert taken["__typename"] == "ValidationError"  # plan keys are still unique across organizations
-    assert api('{ plan(key: "pro") { name } }', key=org_key)["plan"]["name"] == "Pro"
+    # Plan keys and Stripe price ids are per organization: the second one has a `pro` of its own.
+    mine = api(PLAN, {"i": {**plan, "name": "Globex Pro", "accountKitId": "kit_globex"}}, key=other_key)["upsertPlan"]
+    assert mine["__typename"] == "Plan" and mine["key"] == "pro", mine
+    assert api('{ plan(key: "pro") { name accountKit { key } } }', key=other_key)["plan"] == {
+        "name": "Globex Pro",
+        "accountKit": {"key": "kit_globex"},
+    }
+    assert api('{ plan(key: "pro") { name accountKit { key } } }', key=org_key)["plan"] == {
+        "name": "Pro",
+        "accountKit": {"key": "kit_pro"},
+    }

@@ -16,6 +16,7 @@ from app.account_kits.service import KitInput, upsert_account_kit
 from app.core.clock import FrozenClock
 from app.core.errors import DomainError
 from app.graphql.context import Context
+from app.organizations.models import DEFAULT_ORG_ID
 from app.plans.repository import PlanRepository
 from app.plans.service import PlanInput, upsert_plan
 from app.settings import Settings
@@ -58,7 +59,7 @@ def test_concurrent_upserts_of_a_new_plan_both_succeed(api: Api, clock: FrozenCl
     results = _race(
         api.db,
         clock,
-        lambda s: PlanRepository(s).get("race"),
+        lambda s: PlanRepository(s).get(DEFAULT_ORG_ID, "race"),
         lambda s: upsert_plan(s, clock, data).key,
     )
     assert results == ["race", "race"]
@@ -77,7 +78,7 @@ def test_concurrent_tenants_with_one_external_id(api: Api, clock: FrozenClock) -
     results = _race(
         api.db,
         clock,
-        lambda s: TenantRepository(s).by_external_id("cus-twin"),
+        lambda s: TenantRepository(s).by_external_id(DEFAULT_ORG_ID, "cus-twin"),
         lambda s: create_tenant(s, clock, data, default_plan_key="free", signup_micro=0).id,
     )
     created = [r for r in results if isinstance(r, str)]

@@ -359,6 +359,7 @@ def test_api_key_create_revoke_and_hashing(api: Api) -> None:
         "revokedAt",
         "scopes",
         "expiresAt",
+        "role",
     }
 
     revoked = api(REVOKE, {"id": meta["id"]})["revokeApiKey"]

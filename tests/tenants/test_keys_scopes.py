@@ -90,7 +90,8 @@ def test_a_read_only_key_is_refused_every_write(
 def test_a_read_only_key_reads(api: Api, tenant: dict[str, str]) -> None:
     api(CHARGE, {"i": {"primitive": "email.send", "idempotencyKey": "c1"}}, key=tenant["full"])
     data = api(
-        "{ viewer { id credits { balance } usage { quotas { primitive used } } } plans { key } }", key=tenant["read"]
+        "{ viewer { id usage { quotas { primitive used } } } status { credits { balance } } plans { key } }",
+        key=tenant["read"],
     )
     assert data["viewer"]["id"] == tenant["id"]
     assert {"primitive": "email.send", "used": 1} in data["viewer"]["usage"]["quotas"]

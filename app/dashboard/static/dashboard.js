@@ -159,9 +159,9 @@
       id name externalId
       plan { key name period }
       subscription { status currentPeriodEnd }
-      credits { balance available reserved }
       usage { plan status period { start end } quotas { primitive used quota } }
     }
+    status { credits { balance available reserved } }
     creditPacks { key name credits priceUsd }
   }`;
   const BALANCE_SUB = "subscription { balanceChanged { balance available reserved } }";
@@ -180,7 +180,7 @@
     $("#tenant-name").textContent = tenant.name;
     $("#tenant-id").textContent = tenant.externalId ? `${tenant.id} · ${tenant.externalId}` : tenant.id;
     $("#plan").textContent = tenant.plan ? tenant.plan.name : "no plan";
-    renderBalance(tenant.credits);
+    renderBalance(data.status.credits); // Tenant.credits is for platform and organization keys
     renderUsage(tenant.usage);
     renderPacks(data.creditPacks);
     show("#tenant-view");

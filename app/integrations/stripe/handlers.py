@@ -166,7 +166,7 @@ def reflect_subscription(
         plan_key = settings.default_plan_key
     else:
         price = subscription_price(sub)
-        plan = PlanRepository(session).by_price(price) if price else None
+        plan = PlanRepository(session).by_price(tenant.organization_id, price) if price else None
         if plan is None:
             log.warning("subscription %s has price %r that no plan maps; ignored", sub.get("id"), price)
             return Outcome(tenant.id, "unknown_price")
@@ -314,7 +314,7 @@ def grant_invoice(session: Session, clock: Clock, inv: JSON, lines: list[JSON]) 
     plans = PlanRepository(session)
     for line in lines:
         price = line_price(line)
-        plan = plans.by_price(price) if price else None
+        plan = plans.by_price(tenant.organization_id, price) if price else None
         period = line.get("period") or {}
         start, end = _ts(period.get("start")), _ts(period.get("end"))
         if plan is None or start is None or end is None or start >= end:

@@ -17,8 +17,12 @@ class StripeRepository:
         self.s = session
 
     def tenant_for_customer(self, customer_id: str) -> Tenant | None:
-        """Our stored Stripe customer -> tenant mapping: the only way an event finds its tenant."""
-        return self.s.exec(select(Tenant).where(Tenant.stripe_customer_id == customer_id)).first()
+        """Our stored Stripe customer -> tenant mapping: the only way an event finds its tenant. Customer
+        ids are unique per organization (migration 0018); this webhook is the platform's Stripe account
+        and names no organization, so a customer id that several organizations' tenants carry (ids
+        of their own Stripe accounts) is not one of its customers: None, as for an unknown one."""
+        rows = self.s.exec(select(Tenant).where(Tenant.stripe_customer_id == customer_id).limit(2)).all()
+        return rows[0] if len(rows) == 1 else None
 
     def store_customer(self, scope: TenantScope, customer_id: str) -> str:
         """Record the tenant's customer unless one is already recorded; returns the one that holds."""

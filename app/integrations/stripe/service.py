@@ -277,16 +277,16 @@ def change_plan(
     def check(s: Session) -> tuple[str, str | None, str | None]:
         if not isinstance(plan_key, str) or not plan_key or len(plan_key) > 64:
             raise ValidationFailed("planKey must be 1-64 characters", field="planKey")
-        plan = PlanRepository(s).get(plan_key)
+        tenant = s.get(Tenant, scope.tenant_id)
+        if tenant is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        plan = PlanRepository(s).get(tenant.organization_id, plan_key)  # the tenant's organization's plan
         if plan is None:
             raise NotFound("Plan", plan_key)
         if plan.archived:
             raise ValidationFailed(f"plan {plan_key!r} is archived", field="planKey")
         if not plan.stripe_price_id:
             raise ValidationFailed(f"plan {plan_key!r} has no Stripe price to subscribe to", field="planKey")
-        tenant = s.get(Tenant, scope.tenant_id)
-        if tenant is None:
-            raise NotFound("Tenant", scope.tenant_id)
         sub = s.get(Subscription, tenant.id)
         live = sub is not None and sub.stripe_subscription_id is not None and sub.status not in handlers.TERMINAL
         if live and sub is not None and sub.plan_key == plan_key:

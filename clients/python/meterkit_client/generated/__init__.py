@@ -64,6 +64,7 @@ from .credit_packs import CreditPacks, CreditPacksCreditPacks
 from .enums import (
     ActivityKind,
     ApiKeyScope,
+    KeyRole,
     OveragePolicy,
     Period,
     PeriodSource,
@@ -322,6 +323,7 @@ __all__ = [
     "ImagePricingImagePricingValidationError",
     "KeyBudgetInput",
     "KeyQuantityLimitInput",
+    "KeyRole",
     "KitFields",
     "KitFieldsLimits",
     "LlmRateInput",

@@ -15,6 +15,12 @@ class ApiKeyScope(str, Enum):
     MANAGE = "MANAGE"
 
 
+class KeyRole(str, Enum):
+    PLATFORM = "PLATFORM"
+    ORGANIZATION = "ORGANIZATION"
+    END_USER = "END_USER"
+
+
 class OveragePolicy(str, Enum):
     refuse = "refuse"
     allow = "allow"

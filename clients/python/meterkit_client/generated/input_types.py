@@ -24,7 +24,7 @@ class AccountKitInput(BaseModel):
 
 class BatchItemInput(BaseModel):
     tenant_id: Optional[str] = Field(alias="tenantId", default=None)
-    "Operator only; default: scope"
+    "Platform only; default: scope"
     item: "MeterInput"
 
 
@@ -202,7 +202,7 @@ class WebhookEndpointInput(BaseModel):
     event_types: list[str] = Field(alias="eventTypes")
     'e.g. ["quota.threshold"], or ["*"]'
     tenant_id: Optional[str] = Field(alias="tenantId", default=None)
-    "Operator: one tenant's events only"
+    "Platform: one tenant's events only"
 
 
 AccountKitInput.model_rebuild()
