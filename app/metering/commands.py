@@ -65,7 +65,7 @@ def reserve(
     try:
         with unit_of_work(engine) as session:
             return holds.reserve(session, clock, scope, req, negative_buffer=negative_buffer, ttl_seconds=ttl_seconds)
-    except InsufficientCredits as exc:
+    except (InsufficientCredits, OrganizationCreditsExhausted) as exc:
         record_exhausted(engine, clock, exc)
         raise
 
@@ -102,9 +102,19 @@ def check(
     connection: str | None,
     quantity: int = 1,
     details: PriceRequest | None = None,
+    payer_visible: bool = True,
 ) -> CheckResult:
-    """May the tenant call this primitive (or use this connection) now? Reads only."""
+    """May the tenant call this primitive (or use this connection) now? Reads only. payer_visible:
+    the caller may see the paying organization's balance (organization and platform keys; never an
+    end user's own key)."""
     with connection_of_work(engine, write=False) as conn:
         return checks.check(
-            conn, clock, scope, primitive=primitive, connection=connection, quantity=quantity, details=details
+            conn,
+            clock,
+            scope,
+            primitive=primitive,
+            connection=connection,
+            quantity=quantity,
+            details=details,
+            payer_visible=payer_visible,
         )
