@@ -13,6 +13,7 @@ from app.core.errors import DomainError
 from app.core.sql import read_json, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
+from app.metering import payer
 from app.metering.charge_repository import (
     BUMP_COUNTER,
     BUMP_RATE_BY,
@@ -22,7 +23,6 @@ from app.metering.charge_repository import (
     insert_events,
     key_list,
 )
-from app.metering import payer
 from app.metering.errors import IdempotencyConflict
 from app.metering.meter import Meter, _Running
 from app.metering.types import Charged, MeterRequest, Usage

@@ -40,6 +40,7 @@ from app.core.primitives import allowed
 from app.core.sql import read_json, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
+from app.metering import payer
 from app.metering.charge_repository import (
     BUMP_COUNTER,
     BUMP_RATE,
@@ -59,7 +60,6 @@ from app.metering.errors import (
     PackInfo,
     QuotaExceeded,
 )
-from app.metering import payer
 from app.metering.payer import OrganizationAccount
 from app.metering.settle_rules import call_units
 from app.metering.types import Charged, ChargeFacts, Decision, MeterRequest, TenantTerms, Usage

@@ -44,7 +44,7 @@ def _org(api: Api, name: str) -> tuple[str, str]:
 
 
 def _user(api: Api, key: str, name: str) -> str:
-    q = 'mutation($i: CreateTenantInput!) { createTenant(input: $i) { ... on Tenant { id } } }'
+    q = "mutation($i: CreateTenantInput!) { createTenant(input: $i) { ... on Tenant { id } } }"
     tid = str(api(q, {"i": {"name": "u"}}, key=key)["createTenant"]["id"])
     api(SET_SUB, {"i": {"planKey": f"plan_{name}", "status": "active"}, "t": tid}, key=key)
     return tid
