@@ -136,7 +136,6 @@ class OrganizationQuery:
             return None
         return Organization.from_row(row)
 
-
     @strawberry.field(description="The platform's tiers, smallest allowance first (archived ones on request).")
     async def platform_tiers(self, info: Info, include_archived: bool = False) -> list[PlatformTier]:
         rows = await info.context.read(lambda s: tiers.list_tiers(s, include_archived=include_archived))

@@ -60,5 +60,10 @@ def archive_tier(engine: Engine, clock: Clock, actor: Principal | None, key: str
     """Platform: a tier is sold no more (organizations on it keep it)."""
     with unit_of_work(engine) as s:
         return audited(
-            s, actor, clock.now(), "archivePlatformTier", Target("platform_tier", key), lambda: tiers.archive_tier(s, clock, key)
+            s,
+            actor,
+            clock.now(),
+            "archivePlatformTier",
+            Target("platform_tier", key),
+            lambda: tiers.archive_tier(s, clock, key),
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -46,6 +47,12 @@ class TierInput:
 
 def get_tier(session: Session, key: str) -> PlatformTier | None:
     return session.get(PlatformTier, key)
+
+
+def tier_of(session: Session, house: Any) -> PlatformTier | None:
+    """The platform tier an organization's own account (its house tenant) is on, if any."""
+    org = session.get(Organization, house.id)
+    return get_tier(session, org.tier_key) if org is not None and org.tier_key else None
 
 
 def tier_by_price(session: Session, price_id: str) -> PlatformTier | None:

@@ -1,2 +1,2 @@
 # Written by `make client`: the digest of the schema.graphql this client was generated from.
-SCHEMA_SHA256 = "32c3f8caefa3b44f44c2c5e7cac8521d55f668151f4b28d65b4b784935dd8d9f"
+SCHEMA_SHA256 = "721780862087e49f5c13b37ffd8cb2fc2a224f9fa02c0f34e600b4426201a76f"

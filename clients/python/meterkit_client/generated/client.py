@@ -22,6 +22,7 @@ from .charge import (
     Charge,
     ChargeChargeBudgetExceeded,
     ChargeChargeCharged,
+    ChargeChargeEndUserCreditCap,
     ChargeChargeIdempotencyConflict,
     ChargeChargeInsufficientCredits,
     ChargeChargeLimitExceeded,
@@ -78,12 +79,14 @@ from .release import (
 from .reserve import (
     Reserve,
     ReserveReserveBudgetExceeded,
+    ReserveReserveEndUserCreditCap,
     ReserveReserveHold,
     ReserveReserveIdempotencyConflict,
     ReserveReserveInsufficientCredits,
     ReserveReserveLimitExceeded,
     ReserveReserveNotEntitled,
     ReserveReserveNotFoundError,
+    ReserveReserveOrganizationCreditsExhausted,
     ReserveReserveQuotaExceeded,
     ReserveReserveValidationError,
 )
@@ -231,6 +234,7 @@ class GeneratedClient(BaseClient):
                   name
                 }
                 subscriptionStatus
+                tier
                 credits {
                   balance
                   reserved
@@ -393,6 +397,7 @@ class GeneratedClient(BaseClient):
         ChargeChargeValidationError,
         ChargeChargeNotFoundError,
         ChargeChargeOrganizationCreditsExhausted,
+        ChargeChargeEndUserCreditCap,
     ]:
         query = gql("""
             mutation Charge($input: MeterInput!) {
@@ -460,6 +465,8 @@ class GeneratedClient(BaseClient):
         ReserveReserveBudgetExceeded,
         ReserveReserveValidationError,
         ReserveReserveNotFoundError,
+        ReserveReserveOrganizationCreditsExhausted,
+        ReserveReserveEndUserCreditCap,
     ]:
         query = gql("""
             mutation Reserve($input: MeterInput!, $ttlSeconds: Int = null) {
