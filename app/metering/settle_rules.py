@@ -166,9 +166,9 @@ def admit(
         if credits > left:
             credits = max(left, 0)
             limits.append(KEY_CREDITS)
-    for limit, left in ((FLOOR, room), (CAP, cap_room), (ORG_FLOOR, org_room)):
-        if left is not None and credits > left:
-            credits = max(left, 0)
+    for limit, bound in ((FLOOR, room), (CAP, cap_room), (ORG_FLOOR, org_room)):
+        if bound is not None and credits > bound:
+            credits = max(bound, 0)
             limits.append(limit)
     if not limits:
         return Admitted(quantity, price, None)
