@@ -66,7 +66,9 @@ def _check(api: Api, key: str, tenant: str | None, qty: int = 1, primitive: str 
 
 def _entries(api: Api, tenant: str) -> int:
     with api.db.engine.connect() as c:
-        return int(c.execute(text("SELECT count(*) FROM ledger_entry WHERE tenant_id = :t"), {"t": tenant}).scalar_one())
+        return int(
+            c.execute(text("SELECT count(*) FROM ledger_entry WHERE tenant_id = :t"), {"t": tenant}).scalar_one()
+        )
 
 
 def test_a_hold_of_an_end_user_without_a_wallet_is_held_and_settled_on_the_organization(api: Api) -> None:
