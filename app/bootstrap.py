@@ -1,4 +1,5 @@
-"""First start: migrate, load the demo catalog (kits, plans, pack prices), make an operator key."""
+"""First start: migrate, load the demo catalog (kits, plans, platform tiers, pack prices), make an
+operator key."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from app.core.migrate import startup_lock, upgrade
 from app.core.money import MICRO
 from app.credits.packs import pack_by_key, pack_by_price
 from app.organizations.models import DEFAULT_ORG_ID
+from app.organizations.tiers import TierInput, get_tier, upsert_tier
 from app.plans.repository import PlanRepository
 from app.plans.service import PlanInput, upsert_plan
 from app.settings import Settings
@@ -52,7 +54,8 @@ DEMO_PLANS = [
         period="month",
         quotas={"email.send": 100, "search.web": 500},
     ),
-    # The example Pro plan: 1000 emails and 5000 searches a month, 200 credits a month.
+    # The demo organization's end-user plan Pro (the /billing document's): kit_pro, 1000 emails and
+    # 5000 searches a month. Its credits are the platform tier's business (DEMO_TIERS), not an end user's.
     PlanInput(
         key="pro",
         name="Pro",
@@ -60,8 +63,14 @@ DEMO_PLANS = [
         period="month",
         stripe_price_id="price_pro_monthly",
         quotas={"email.send": 1000, "search.web": 5000},
-        included_credits=200 * MICRO,
     ),
+]
+
+# The platform's tiers (the credits document's): what an organization's own account is on. Pro
+# brings 200 credits a month (`meterkit billing upgrade --plan pro` with an organization key).
+DEMO_TIERS = [
+    TierInput(key="free", name="Free"),
+    TierInput(key="pro", name="Pro", monthly_credits=200 * MICRO, stripe_price_id="price_tier_pro_monthly"),
 ]
 
 
@@ -81,6 +90,9 @@ def load_demo_catalog(session: Session, clock: Clock) -> None:
     for plan in DEMO_PLANS:
         if plans.get(DEFAULT_ORG_ID, plan.key) is None:
             upsert_plan(session, clock, plan)
+    for tier in DEMO_TIERS:
+        if get_tier(session, tier.key) is None:
+            upsert_tier(session, clock, tier)
     for key, price_id in DEMO_PACK_PRICES.items():
         pack = pack_by_key(session, key)
         if pack is not None and pack.stripe_price_id is None and pack_by_price(session, price_id) is None:

@@ -87,8 +87,10 @@ def _assert_books_balance(request: pytest.FixtureRequest, engine: Engine) -> Non
         conn = s.connection()
         holds = conn.execute(
             text(
+                # A hold is held by its tenant's account (own_reserved), its paying organization's, or both.
                 "SELECT a.tenant_id, a.reserved, coalesce(sum(h.amount), 0) FROM credit_account a "
-                "LEFT JOIN credit_hold h ON h.tenant_id = a.tenant_id AND h.status = 'open' "
+                "LEFT JOIN credit_hold h ON h.status = 'open' "
+                "AND ((h.tenant_id = a.tenant_id AND h.own_reserved) OR h.payer_id = a.tenant_id) "
                 "GROUP BY a.tenant_id, a.reserved HAVING a.reserved <> coalesce(sum(h.amount), 0)"
             )
         ).all()

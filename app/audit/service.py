@@ -86,6 +86,7 @@ _KEY_COLUMNS = {
     "pricing_setting": "key",
     "primitive": "key",
     "credit_pack": "key",
+    "platform_tier": "key",
     "credit_account": "tenant_id",
     "key_budget": "api_key_id",
 }

@@ -1,5 +1,7 @@
 """The tenant's commands: `meterkit usage`, `status`, `billing packs|topup|upgrade|usage`,
-`pricing [images|video]`. A tenant key acts for its tenant; an operator key adds --tenant."""
+`pricing [images|video]`. A tenant key acts for its tenant; an operator key adds --tenant. An
+organization key (mk_org_) acts for the organization's own account (its balance, packs, and
+`billing upgrade --plan` to a platform tier), or for one of its end users with --tenant."""
 
 from __future__ import annotations
 
@@ -43,12 +45,16 @@ def status(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None, tenant: TenantOpt = No
     with ctx.scoped() as client:
         st = client.status()
 
+    # An organization's key without --tenant reads the organization's own account (its id is the
+    # organization's): its platform tier where an end user has a plan.
+    own = st.tenant.id.startswith("org_")
+
     def show(out: Console) -> None:
         out.print(
             fields(
                 [
-                    ("tenant", f"{st.tenant.name} ({st.tenant.id})"),
-                    ("plan", st.plan.key if st.plan else None),
+                    ("organization" if own else "tenant", f"{st.tenant.name} ({st.tenant.id})"),
+                    ("tier", st.tier) if own else ("plan", st.plan.key if st.plan else None),
                     ("subscription", st.subscription_status),
                     ("balance", st.credits.balance),
                     ("reserved", st.credits.reserved),
@@ -103,13 +109,16 @@ def topup(
 
 @billing_cli.command("upgrade")
 def upgrade(
-    plan: Annotated[str, typer.Option("--plan", help="The plan's key, e.g. pro.")],
+    plan: Annotated[
+        str, typer.Option("--plan", help="The plan's key, e.g. pro (an organization key: a platform tier's).")
+    ],
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
     tenant: TenantOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Move to another plan: the Stripe subscription changes (or a Checkout URL for a first one)."""
+    """Move to another plan (an organization key: platform tier): the Stripe subscription changes (or a
+    Checkout URL for a first one)."""
     ctx = Ctx(url, key, json, tenant)
     with ctx.scoped() as client:
         result = client.billing.upgrade(plan)

@@ -366,10 +366,17 @@ def available_now(session: Session, scopes: list[TenantScope], now: datetime) ->
         .group_by(BUCKET.c.tenant_id)
         .subquery()
     )
-    lapsed = (  # holds past expiry reserve nothing any more, swept or not (as check() counts them)
-        select(HOLD.c.tenant_id, func.coalesce(func.sum(HOLD.c.amount), 0).label("lapsed"))
-        .where(and_(HOLD.c.tenant_id.in_(ids), HOLD.c.status == "open", HOLD.c.expires_at <= now))
-        .group_by(HOLD.c.tenant_id)
+    # Holds past expiry reserve nothing any more, swept or not (as check() counts them), on the account
+    # that holds them: the tenant's own (own_reserved) and its paying organization's (payer_id).
+    due = and_(HOLD.c.status == "open", HOLD.c.expires_at <= now)
+    own = select(HOLD.c.tenant_id.label("tid"), HOLD.c.amount).where(
+        and_(HOLD.c.tenant_id.in_(ids), HOLD.c.own_reserved, due)
+    )
+    paid = select(HOLD.c.payer_id.label("tid"), HOLD.c.amount).where(and_(HOLD.c.payer_id.in_(ids), due))
+    held = own.union_all(paid).subquery()
+    lapsed = (
+        select(held.c.tid.label("tenant_id"), func.coalesce(func.sum(held.c.amount), 0).label("lapsed"))
+        .group_by(held.c.tid)
         .subquery()
     )
     rows = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Identity, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Identity, Index, Integer, UniqueConstraint, true
 from sqlmodel import Field, SQLModel
 
 from app.core.types import micro_column, ts_column
@@ -101,6 +101,7 @@ class CreditHold(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_credit_hold_key"),
         Index("ix_credit_hold_open", "tenant_id", "status", "expires_at"),
+        Index("ix_credit_hold_payer_open", "payer_id", "status", "expires_at"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -121,3 +122,8 @@ class CreditHold(SQLModel, table=True):
     api_key_id: str | None = Field(default=None, max_length=40)  # the key that reserved it
     # The budget period of that key the hold is held in (key_budget_usage.held_*); NULL: counted in none.
     budget_period_start: datetime | None = Field(default=None, sa_column=ts_column(nullable=True))
+    # Who holds `amount` (app/metering/payer.py): the tenant's own account when own_reserved, and the
+    # paying organization's account (its id, the house tenant's) when payer_id is set; either, both or,
+    # for a call nobody pays for, neither. Holds made before organizations: own account only.
+    own_reserved: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default=true()))
+    payer_id: str | None = Field(default=None, max_length=40)

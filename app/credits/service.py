@@ -133,19 +133,44 @@ def grant_plan_allowance(
     plan = PlanRepository(session).get(tenant.organization_id, plan_key) if tenant is not None else None
     if plan is None:
         raise NotFound("Plan", plan_key)
+    return grant_allowance(
+        session,
+        scope,
+        clock,
+        name=plan.key,
+        included=plan.included_credits,
+        period_start=period_start,
+        period_end=period_end,
+        label=f"plan {plan.key}",
+    )
+
+
+def grant_allowance(
+    session: Session,
+    scope: TenantScope,
+    clock: Clock,
+    *,
+    name: str,
+    included: int,
+    period_start: datetime,
+    period_end: datetime,
+    label: str,
+) -> bool:
+    """grant_plan_allowance's rule for any allowance of `included` credits per period named `name`
+    (a plan's key, or a platform tier's: app/organizations/tiers.py)."""
     start, end = as_utc(period_start), as_utc(period_end)
     if start >= end:
         raise ValidationFailed("period_start must be before period_end", field="currentPeriodStart")
-    if plan.included_credits <= 0 or end <= clock.now():
+    if included <= 0 or end <= clock.now():
         return False
-    key = plan_grant_key(plan.key, start)
+    key = plan_grant_key(name, start)
     # Lock the account before reading what the period holds: two plan changes applied at once
     # must not both top up from the same starting point.
     ledger.lock_account(session.connection(), scope)
     already = period_plan_grants(session, scope, start)
     if key in already:
         return False  # this plan's grant for this period exists: a replay
-    top_up = plan.included_credits - sum(already.values())
+    top_up = included - sum(already.values())
     if top_up <= 0:
         return False
     _, created = ledger.grant(
@@ -156,7 +181,7 @@ def grant_plan_allowance(
         source="plan",
         grant_key=key,
         expires_at=end,
-        reference=f"plan {plan.key} {start.date().isoformat()}..{end.date().isoformat()}",
+        reference=f"{label} {start.date().isoformat()}..{end.date().isoformat()}",
     )
     return created
 

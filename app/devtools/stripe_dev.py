@@ -45,13 +45,19 @@ class DemoPrice:
 
 def demo_prices() -> list[DemoPrice]:
     """The Stripe prices `make run`'s demo catalog refers to (plans by price id, packs by DEMO_PACK_PRICES)."""
-    from app.bootstrap import DEMO_PACK_PRICES, DEMO_PLANS
+    from app.bootstrap import DEMO_PACK_PRICES, DEMO_PLANS, DEMO_TIERS
     from app.pricing.seed import PACKS
 
     out = [
         DemoPrice(p.stripe_price_id, DEMO_PLAN_CENTS, p.period, f"meterkit plan {p.key}")
         for p in DEMO_PLANS
         if p.stripe_price_id
+    ]
+    # The platform's tiers are monthly too (an organization's `billing upgrade --plan pro`).
+    out += [
+        DemoPrice(t.stripe_price_id, DEMO_PLAN_CENTS, "month", f"meterkit tier {t.key}")
+        for t in DEMO_TIERS
+        if t.stripe_price_id
     ]
     cents = {key: price for key, _name, _credits, price in PACKS}
     out += [

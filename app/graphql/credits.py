@@ -21,6 +21,8 @@ from app.graphql.scalars import Credits, Usd
 from app.graphql.tenants import Tenant
 from app.graphql.types import Plan
 from app.graphql.util import attempt, target_scope
+from app.organizations import tiers
+from app.organizations.models import HOUSE
 
 
 @strawberry.type
@@ -35,6 +37,10 @@ class TenantStatus:
     tenant: Tenant
     plan: Plan | None = strawberry.field(description="The tier.")
     subscription_status: str | None
+    tier: str | None = strawberry.field(
+        default=None,
+        description="An organization's own account (its key, no X-Tenant-Id): its platform tier's key, or null.",
+    )
     credits: CreditBalance
     resources: StatusResources
 
@@ -127,7 +133,9 @@ class CreditsQuery:
         plan = (
             await ctx.loaders.plan.load((st.tenant.organization_id, st.tenant.plan_key)) if st.tenant.plan_key else None
         )
+        tier = await ctx.read(lambda s: tiers.tier_of(s, st.tenant)) if st.tenant.kind == HOUSE else None
         return TenantStatus(
+            tier=tier.key if tier is not None else None,
             tenant=Tenant.from_row(st.tenant),
             plan=Plan.from_row(plan) if plan else None,
             subscription_status=st.subscription_status,

@@ -148,6 +148,17 @@ class OrganizationCreditsExhausted(MeterError):
     pass
 
 
+@strawberry.type(
+    description="The end user has cost its organization its credit cap for this period (REST: 429 "
+    "end_user_credit_cap): refused until the period ends. The end user's own figures only."
+)
+class EndUserCreditCap(MeterError):
+    cap: Credits
+    used: Credits = strawberry.field(description="Spent and held against the cap this period")
+    requested: Credits
+    period_end: datetime
+
+
 @strawberry.type
 class QuotaExceeded(MeterError):
     primitive: str
@@ -206,7 +217,8 @@ ChargeResult = Annotated[
     | BudgetExceeded
     | ValidationError
     | NotFoundError
-    | OrganizationCreditsExhausted,
+    | OrganizationCreditsExhausted
+    | EndUserCreditCap,
     strawberry.union("ChargeResult"),
 ]
 ReserveResult = Annotated[
@@ -218,7 +230,9 @@ ReserveResult = Annotated[
     | IdempotencyConflict
     | BudgetExceeded
     | ValidationError
-    | NotFoundError,
+    | NotFoundError
+    | OrganizationCreditsExhausted
+    | EndUserCreditCap,
     strawberry.union("ReserveResult"),
 ]
 SettleResult = Annotated[
@@ -242,6 +256,15 @@ def to_result(exc: DomainError) -> Any:
     """Refusals of the metered call as typed results; other domain errors as the shared ones."""
     if isinstance(exc, merr.OrganizationCreditsExhausted):
         return OrganizationCreditsExhausted(code=exc.code, message=exc.message)
+    if isinstance(exc, merr.EndUserCreditCapExceeded):
+        return EndUserCreditCap(
+            code=exc.code,
+            message=exc.message,
+            cap=Credits(exc.cap),
+            used=Credits(exc.used),
+            requested=Credits(exc.requested),
+            period_end=exc.period_end,
+        )
     if isinstance(exc, merr.InsufficientCredits):
         return InsufficientCredits(
             code=exc.code,
@@ -310,7 +333,8 @@ def _buffer(ctx: Context) -> int:
 class CheckResult(FromRow):
     allowed: bool
     reason: str | None = strawberry.field(
-        description="NOT_ENTITLED, LIMIT_EXCEEDED, QUOTA_EXCEEDED, INSUFFICIENT_CREDITS, or null when allowed"
+        description="NOT_ENTITLED, LIMIT_EXCEEDED, QUOTA_EXCEEDED, INSUFFICIENT_CREDITS, "
+        "ORGANIZATION_CREDITS_EXHAUSTED, END_USER_CREDIT_CAP, or null when allowed"
     )
     message: str | None
     primitive: str | None
@@ -318,7 +342,10 @@ class CheckResult(FromRow):
     quota: int | None
     used: int
     remaining: int | None
-    available_credits: Credits
+    available_credits: Credits = strawberry.field(
+        description="The paying account's available credits: the end user's own, or its organization's when "
+        "the organization alone pays (shown to organization and platform keys; an end user's key sees its own)"
+    )
     price: Credits | None
     shortfall: Credits | None = strawberry.field(
         default=None, description="INSUFFICIENT_CREDITS: the credits missing for this work"
@@ -405,6 +432,8 @@ class MeteringQuery:
                 connection=connection,
                 quantity=quantity,
                 details=priced,
+                # An end user's own key never sees its organization's balance.
+                payer_visible=ctx.principal is not None and ctx.principal.role != "tenant",
             )
         except DomainError as exc:
             return to_user_error(exc)  # type: ignore[return-value]

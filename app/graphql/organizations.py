@@ -18,8 +18,22 @@ from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.types import ApiKey
 from app.graphql.util import attempt
-from app.organizations import commands, service
+from app.organizations import commands, service, tiers
 from app.organizations.repository import OrganizationRepository
+
+
+@strawberry.type(
+    description="What the platform sells organizations besides packs: monthly credits on the organization's "
+    "own account for a platform Stripe price. An organization moves to one with changePlan (its own key)."
+)
+class PlatformTier(FromRow):
+    key: str
+    name: str
+    monthly_credits: Credits
+    stripe_price_id: str | None
+    archived: bool
+    created_at: datetime
+    updated_at: datetime
 
 
 @strawberry.type(
@@ -41,6 +55,19 @@ class Organization(FromRow):
         description="Credits one end user may cost the organization per period (null: no cap)."
     )
 
+    tier_status: str | None = strawberry.field(
+        default=None, description="Its platform tier's Stripe subscription status (null: never subscribed)."
+    )
+    tier_key: strawberry.Private[str | None] = None
+
+    @strawberry.field(description="Its platform tier (null: none yet, or its subscription ended).")
+    async def tier(self, info: Info) -> PlatformTier | None:
+        key = self.tier_key
+        if key is None:
+            return None
+        row = await info.context.read(lambda s: tiers.get_tier(s, key))
+        return PlatformTier.from_row(row) if row is not None else None
+
     @strawberry.field(description="The organization's own credit balance (platform and organization keys only).")
     async def credits(self, info: Info) -> CreditBalance:
         return await resolve_credits(info.context, str(self.id))
@@ -60,6 +87,14 @@ class UpdateOrganizationInput:
     clear_end_user_credit_cap: bool = False
 
 
+@strawberry.input
+class PlatformTierInput:
+    key: str
+    name: str
+    monthly_credits: Credits = strawberry.field(description="Credits granted each paid month (0 for none)")
+    stripe_price_id: str | None = None
+
+
 @strawberry.type
 class CreatedOrganization:
     organization: Organization
@@ -73,6 +108,9 @@ CreateOrganizationResult = Annotated[
 UpdateOrganizationResult = Annotated[
     Organization | ValidationError | NotFoundError, strawberry.union("UpdateOrganizationResult")
 ]
+
+
+PlatformTierResult = Annotated[PlatformTier | ValidationError | NotFoundError, strawberry.union("PlatformTierResult")]
 
 
 def _cursor(org: object) -> str:
@@ -97,6 +135,16 @@ class OrganizationQuery:
         except NotFound:
             return None
         return Organization.from_row(row)
+
+    @strawberry.field(description="The platform's tiers, smallest allowance first (archived ones on request).")
+    async def platform_tiers(self, info: Info, include_archived: bool = False) -> list[PlatformTier]:
+        rows = await info.context.read(lambda s: tiers.list_tiers(s, include_archived=include_archived))
+        return [PlatformTier.from_row(r) for r in rows]
+
+    @strawberry.field(description="A platform tier by key, or null.")
+    async def platform_tier(self, info: Info, key: str) -> PlatformTier | None:
+        row = await info.context.read(lambda s: tiers.get_tier(s, key))
+        return PlatformTier.from_row(row) if row is not None else None
 
 
 @strawberry.type
@@ -141,5 +189,31 @@ class OrganizationMutation:
                 commands.update_organization, ctx.engine, ctx.clock, ctx.principal, str(id), switches, retry=True
             )
             return Organization.from_row(row)
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Platform: create or update a tier (idempotent by key).")
+    async def upsert_platform_tier(self, info: Info, input: PlatformTierInput) -> PlatformTierResult:
+        ctx = info.context
+        data = tiers.TierInput(
+            key=input.key,
+            name=input.name,
+            monthly_credits=int(input.monthly_credits),
+            stripe_price_id=input.stripe_price_id,
+        )
+
+        async def run() -> PlatformTier:
+            row = await ctx.uow.call(commands.upsert_tier, ctx.engine, ctx.clock, ctx.principal, data, retry=True)
+            return PlatformTier.from_row(row)
+
+        return await attempt(run)
+
+    @strawberry.mutation(description="Platform: a tier is sold no more; organizations on it keep it.")
+    async def archive_platform_tier(self, info: Info, key: str) -> PlatformTierResult:
+        ctx = info.context
+
+        async def run() -> PlatformTier:
+            row = await ctx.uow.call(commands.archive_tier, ctx.engine, ctx.clock, ctx.principal, key, retry=True)
+            return PlatformTier.from_row(row)
 
         return await attempt(run)

@@ -119,7 +119,7 @@ CATALOG: dict[str, Rule] = {
     "Mutation.setAlertPolicy": Rule(OP, MANAGE),
     # Stripe: money in for the tenant in scope (a tenant key, or an operator with X-Tenant-Id)
     "Mutation.purchaseCreditPack": Rule(ALL, MANAGE),
-    "Mutation.changePlan": Rule(BOTH, MANAGE),
+    "Mutation.changePlan": Rule(ALL, MANAGE),  # an organization's own key: a platform tier
     # Stripe: the webhook inbox (what each event did), operators only
     "Query.stripeEvents": Rule(OP, READ),
     # Live updates (graphql-transport-ws): the tenant in scope; every tenant for operators
@@ -131,6 +131,11 @@ CATALOG: dict[str, Rule] = {
     "Query.organization": Rule(frozenset({"operator", "organization"}), READ),
     "Mutation.createOrganization": Rule(OP, MANAGE),
     "Mutation.updateOrganization": Rule(OP, MANAGE),
+    # Platform tiers: the platform sells them; an organization reads them and moves with changePlan.
+    "Query.platformTiers": Rule(OWNER, READ),
+    "Query.platformTier": Rule(OWNER, READ),
+    "Mutation.upsertPlatformTier": Rule(OP, MANAGE),
+    "Mutation.archivePlatformTier": Rule(OP, MANAGE),
 }
 
 # Fields of the object types, deny by default: every type (and interface) the schema has is listed with

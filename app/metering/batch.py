@@ -13,6 +13,7 @@ from app.core.errors import DomainError
 from app.core.sql import read_json, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
+from app.metering import payer
 from app.metering.charge_repository import (
     BUMP_COUNTER,
     BUMP_RATE_BY,
@@ -42,6 +43,7 @@ class BatchMeter(Meter):
         key lookup, one quota read per primitive, one sweep, and each bucket, counter and the
         account written once. A refused item writes nothing of its own."""
         out: list[Any] = [None] * len(reqs)  # Charged, DomainError, or a placeholder while deciding
+        self._paid_by_org: dict[str, int] = {}  # primitive -> what the organization paid (the counters)
         stored = self._stored_events([r.idempotency_key for r in reqs])
         first_in_batch: dict[str, int] = {}
         per_primitive: dict[str, _Running] = {}
@@ -50,7 +52,9 @@ class BatchMeter(Meter):
         spend = self.key_spend()
         t = self.terms
         org = self.organization_account()  # locked after this tenant's row (app/metering/payer.py)
-        org_available = org.lock().available if org is not None else 0
+        # The end user's cap (its rows: read before the organization's is locked), kept running.
+        cap_used = self.cap_used(self.period()) if org is not None else None
+        org_available = org.available() if org is not None else 0
         org_debits: list[tuple[int, str, str | None]] = []
         accepted: list[tuple[int, MeterRequest, int, _Running, int]] = []
         for i, req in enumerate(reqs):
@@ -76,12 +80,16 @@ class BatchMeter(Meter):
                 if t.tenant_pays and available - amount < self.floor:
                     raise self.insufficient(amount, available)
                 if org is not None and price:
+                    if cap_used is not None and t.credit_cap is not None:
+                        payer.check_cap(t.credit_cap, cap_used, price, run_.period)
                     org.check(price, org_available, precheck=False, period_start=run_.period.start)
                 if spend is not None:
                     spend.check(req.primitive, req.quantity, price)
                     spend.add(req.primitive, req.quantity, price)  # written once, with the batch
                 if org is not None and price:
                     org_available -= price
+                    cap_used = cap_used + price if cap_used is not None else None
+                    self._paid_by_org[req.primitive] = self._paid_by_org.get(req.primitive, 0) + price
                     org_debits.append((price, req.primitive, self.scope.tenant_id))
                 available -= amount
                 run_.used += req.quantity
@@ -172,6 +180,7 @@ class BatchMeter(Meter):
                     "qty": run_.quantity,
                     "overage": overage,
                     "credits": credits_of[primitive],
+                    "payer": self._paid_by_org.get(primitive, 0),
                 },
             )
             if run_.window is not None:

@@ -67,7 +67,7 @@ CHECK = Sql(
               (SELECT COALESCE(SUM(remaining), 0) FROM credit_bucket
                WHERE tenant_id = :tid AND remaining > 0 AND expires_at <= :now),
               (SELECT COALESCE(SUM(amount), 0) FROM credit_hold
-               WHERE tenant_id = :tid AND status = 'open' AND expires_at <= :now),
+               WHERE tenant_id = :tid AND status = 'open' AND expires_at <= :now AND own_reserved),
               (SELECT quota FROM plan_quota
                WHERE organization_id = t.organization_id AND plan_key = t.plan_key AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = bp.start_at AND primitive = :p),
@@ -140,11 +140,11 @@ def insert_events(rows: int) -> Sql:
 
 
 BUMP_COUNTER = Sql(
-    """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits)
-       VALUES (:tid, :ps, :p, :pe, :qty, :overage, :credits)
+    """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits, payer_credits)
+       VALUES (:tid, :ps, :p, :pe, :qty, :overage, :credits, :payer)
        ON CONFLICT (tenant_id, period_start, primitive)
        DO UPDATE SET used = usage_counter.used + :qty, overage = :overage,
-                     credits = usage_counter.credits + :credits"""
+                     credits = usage_counter.credits + :credits, payer_credits = usage_counter.payer_credits + :payer"""
 )
 # The hourly rollup that usage series read (app/metering/series.py): one upsert per charge.
 BUMP_ROLLUP = Sql(

@@ -15,6 +15,7 @@ from app.core.clock import Clock
 from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
 from app.core.primitives import allowed, validate_connection
 from app.core.sql import run, ts
+from app.metering import payer
 from app.metering.charge_repository import CHECK, USED, terms_from
 from app.metering.errors import PackInfo
 from app.metering.settle_rules import call_units
@@ -35,6 +36,7 @@ def check(
     negative_buffer: int = 0,
     details: PriceRequest | None = None,
     api_key_id: str | None = None,
+    payer_visible: bool = True,
 ) -> CheckResult:
     """May the tenant call this primitive (or use this connection) right now? Writes nothing.
 
@@ -46,7 +48,13 @@ def check(
     video seconds count toward maxQuantityPerCall as they do for charge; the kit's callsPerMinute is
     checked against this minute's calls (read with the same statement). `api_key_id`: the calling
     key, whose budget (credits and quantity, open holds counted) is checked too (BUDGET_EXCEEDED):
-    the LLM proxy's pre-check before it forwards a call."""
+    the LLM proxy's pre-check before it forwards a call.
+
+    Who pays (app/metering/payer.py): the end user's own balance is checked when it pays (a wallet),
+    the organization's when it pays (one more statement), and the end user's credit cap when one is
+    set. `available` is the paying account's: the organization's when it alone pays, shown only when
+    `payer_visible` (an end user's own key sees its own account, never the organization's balance;
+    a refusal for the organization's credits is ORGANIZATION_CREDITS_EXHAUSTED without packs)."""
     if (primitive is None) == (connection is None):
         raise ValidationFailed("give exactly one of primitive or connection", field="primitive")
     session = db if isinstance(db, Session) else None
@@ -61,6 +69,10 @@ def check(
     terms = terms_from(row[10:], api_key_id)
     # Buckets past expiry count as gone and holds past expiry as freed, before a write sweeps them.
     available = int(balance) - int(gone) - int(reserved) + int(freed)
+    org_id = terms.org_pays
+    org_available = payer.available_now(conn, org_id, now) if org_id is not None else 0
+    if org_id is not None and not terms.tenant_pays and payer_visible:
+        available = org_available
     if connection is not None:
         validate_connection(connection)
         ok = terms.kit_key is not None and connection in terms.kit_connections
@@ -81,7 +93,8 @@ def check(
     if details is not None:
         priced = {k: v for k, v in asdict(details).items() if k not in ("primitive", "quantity")}
     req = MeterRequest(primitive=primitive, idempotency_key="check", quantity=quantity, **priced).validate()
-    if terms.recorded is None:
+    period = terms.recorded
+    if period is None:
         # No recorded period holds now (a charge would record one): this period's count by prediction.
         period = period_record.predict(
             conn, scope.tenant_id, now, terms.plan_period, terms.sub_status, terms.sub_start, terms.sub_end
@@ -124,7 +137,7 @@ def check(
             KeySpend(conn, scope.tenant_id, terms.budget, now).check(primitive, quantity, max(price or 0, 1))
         except BudgetExceeded as exc:
             return answer("BUDGET_EXCEEDED", exc.message, price)
-    if available <= 0 or (price is not None and available < price):
+    if terms.tenant_pays and (available <= 0 or (price is not None and available < price)):
         from app.credits.packs import packs_covering
 
         # New work needs a positive balance that covers the price: at least one micro-credit.
@@ -136,4 +149,12 @@ def check(
             for p in packs_covering(session or Session(bind=conn), shortfall)
         ]
         return refused
+    if org_id is not None:
+        if terms.credit_cap is not None and price:
+            cap_used = payer.cap_used(conn, scope.tenant_id, period, now)
+            if cap_used + price > terms.credit_cap:
+                return answer("END_USER_CREDIT_CAP", "this user's credit cap for the period is reached", price)
+        if org_available <= 0 or (price is not None and org_available < price):
+            # No shortfall and no packs: the end user cannot buy the organization's credits.
+            return answer("ORGANIZATION_CREDITS_EXHAUSTED", "the organization is out of credits", price)
     return answer(None, None, price)

@@ -65,7 +65,7 @@ def reserve(
     try:
         with unit_of_work(engine) as session:
             return holds.reserve(session, clock, scope, req, negative_buffer=negative_buffer, ttl_seconds=ttl_seconds)
-    except InsufficientCredits as exc:
+    except (InsufficientCredits, OrganizationCreditsExhausted) as exc:
         record_exhausted(engine, clock, exc)
         raise
 
@@ -103,9 +103,11 @@ def check(
     quantity: int = 1,
     details: PriceRequest | None = None,
     api_key_id: str | None = None,
+    payer_visible: bool = True,
 ) -> CheckResult:
     """May the tenant call this primitive (or use this connection) now? Reads only. `api_key_id`:
-    also check that key's budget."""
+    also check that key's budget. payer_visible: the caller may see the paying organization's balance
+    (organization and platform keys; never an end user's own key)."""
     with connection_of_work(engine, write=False) as conn:
         return checks.check(
             conn,
@@ -116,4 +118,5 @@ def check(
             quantity=quantity,
             details=details,
             api_key_id=api_key_id,
+            payer_visible=payer_visible,
         )

@@ -86,3 +86,16 @@ class OrganizationCreditsExhausted(DomainError):
         self.period_start: datetime | None = None
         self.required = 0
         self.available = 0
+
+
+class EndUserCreditCapExceeded(DomainError):
+    """The end user has cost its organization its credit cap for this period
+    (Organization.end_user_credit_cap): its further calls are refused until the period ends, so one
+    end user cannot spend the organization's credits for all the others (REST: 429, like a quota). Its own figures
+    only; never the organization's balance."""
+
+    code = "END_USER_CREDIT_CAP"
+
+    def __init__(self, cap: int, used: int, requested: int, period_end: datetime) -> None:
+        super().__init__("this user's credit cap for the period is reached")
+        self.cap, self.used, self.requested, self.period_end = cap, used, requested, period_end

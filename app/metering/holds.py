@@ -26,7 +26,7 @@ from app.core.errors import NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.credits import ledger
 from app.live import notify as live
-from app.metering import settle_rules
+from app.metering import payer, settle_rules
 from app.metering.charge_repository import HOLD
 from app.metering.errors import HoldClosed, IdempotencyConflict
 from app.metering.meter import Meter
@@ -92,12 +92,22 @@ def _reserve(m: Meter, req: MeterRequest, ttl: timedelta) -> HoldView:
             raise IdempotencyConflict(req.idempotency_key)
         return _hold_view(existing, replayed=True)
     d = m.decide(req, count=True)
-    # New work: refused at or below zero, or when the estimate does not fit.
-    if m.state.available <= 0 or m.state.available < d.amount:
+    t = m.terms
+    # New work: refused at or below zero, or when the estimate does not fit (on each account that pays).
+    if t.tenant_pays and (m.state.available <= 0 or m.state.available < d.amount):
         raise m.insufficient(d.amount)
     spend = m.key_spend()
     if spend is not None:  # the estimate must fit the key's budget, and is held against it while open
         spend.check(req.primitive, req.quantity, d.amount)
+    org = m.organization_account()
+    if org is not None:
+        m.check_cap(d.amount, d.period)  # the end user's rows first, the organization's row last
+        available = org.available()
+        if available <= 0 or available < d.amount:
+            exc = org.refusal(d.period.start)
+            exc.required = d.amount
+            raise exc
+    if spend is not None:
         spend.hold(req.primitive, req.quantity, d.amount)
     hold_id = new_id("hold")
     expires = m.now + ttl
@@ -117,13 +127,15 @@ def _reserve(m: Meter, req: MeterRequest, ttl: timedelta) -> HoldView:
             created_at=m.now,
             api_key_id=req.api_key_id,
             budget_period_start=spend.period.start if spend is not None else None,
+            own_reserved=t.tenant_pays,
+            payer_id=org.scope.tenant_id if org is not None else None,
         )
     )
-    m.state = ledger.AccountState(m.state.balance, m.state.reserved + d.amount)
-    m.conn.execute(
-        update(ledger.ACCOUNT).where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id).values(reserved=m.state.reserved)
-    )
-    live.publish(m.conn, live.balance_moved(m.scope.tenant_id))  # available moved
+    if t.tenant_pays:
+        _set_reserved(m, m.state.reserved + d.amount)
+    if org is not None:
+        org.hold(d.amount)
+        live.publish(m.conn, live.balance_moved(org.scope.tenant_id))
     return HoldView(
         id=hold_id,
         primitive=req.primitive,
@@ -131,15 +143,41 @@ def _reserve(m: Meter, req: MeterRequest, ttl: timedelta) -> HoldView:
         amount=d.amount,
         status="open",
         expires_at=expires,
-        available_after=m.state.available,
+        # The end user's own available: never its organization's balance.
+        available_after=m.state.available if t.tenant_pays else None,
     )
+
+
+def _set_reserved(m: Meter, reserved: int) -> None:
+    m.state = ledger.AccountState(m.state.balance, reserved)
+    m.conn.execute(
+        update(ledger.ACCOUNT).where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id).values(reserved=m.state.reserved)
+    )
+    live.publish(m.conn, live.balance_moved(m.scope.tenant_id))  # available moved
 
 
 def _find(m: Meter, hold_id: str) -> Any:
     row = m.conn.execute(select(HOLD).where(and_(HOLD.c.id == hold_id, HOLD.c.tenant_id == m.scope.tenant_id))).first()
     if row is None:
         raise NotFound("Hold", hold_id)
+    if row.status == "open" and as_utc(row.expires_at) <= m.now:
+        # Past its expiry and not closed yet (a hold its organization alone held is not closed by the
+        # lock of the end user's account): close it now, so it answers as expired.
+        m.expire_holds()
+        return _find(m, hold_id)
     return row
+
+
+def _unhold_payer(m: Meter, hold: Any) -> None:
+    """The organization that held this hold holds it no more (its row: the transaction's last lock)."""
+    if hold.payer_id is None:
+        return
+    org = m.organization_account()
+    if org is not None and org.scope.tenant_id == hold.payer_id:
+        org.unhold(hold.amount)
+    else:  # the organization's switches changed since the hold was made
+        payer.unhold(m.conn, hold.payer_id, hold.amount)
+    live.publish(m.conn, live.balance_moved(hold.payer_id))
 
 
 def _settle(m: Meter, hold_id: str, actual: MeterRequest | None, api_key_id: str | None = None) -> Charged:
@@ -173,6 +211,17 @@ def _settle(m: Meter, hold_id: str, actual: MeterRequest | None, api_key_id: str
     m.sweep()
     release_hold(m.conn, hold)  # held no more: the key's spend below is read without this hold
     per_call = (m.terms.kit_limits.get(req.primitive) or {}).get("max_quantity_per_call")
+    t = m.terms
+    own_held = hold.amount if hold.own_reserved else 0
+    spend = m.key_spend()  # the end user's rows, before the organization's
+    cap_room = org_room = None
+    org = m.organization_account()
+    if org is not None:
+        used = m.cap_used(d.period)  # counts this hold while it is open: give it back
+        if used is not None and t.credit_cap is not None:
+            cap_room = t.credit_cap - (used - (hold.amount if hold.payer_id is not None else 0))
+        _unhold_payer(m, hold)  # the organization's row: the last lock
+        org_room = org.available() - m.floor
     got = settle_rules.admit(
         primitive=req.primitive,
         quantity=req.quantity,
@@ -182,13 +231,19 @@ def _settle(m: Meter, hold_id: str, actual: MeterRequest | None, api_key_id: str
         quota=d.quota,
         used=d.used,
         overage=m.terms.overage,
-        spend=m.key_spend(),
-        room=m.state.available + hold.amount - m.floor,
+        spend=spend,
+        room=m.state.available + own_held - m.floor if t.tenant_pays else None,
+        cap_room=cap_room,
+        org_room=org_room,
     )
     d.amount, d.cut = got.credits, got.cut
     if got.quantity != req.quantity:
         req = replace(req, quantity=got.quantity)  # what is counted: event, counters, rollup, key spend
-    result = m.record(req, d, kind="settle", key=f"hold:{hold_id}", release_reserved=hold.amount)
+    if org is None:
+        _unhold_payer(m, hold)  # held by an organization that no longer pays for this end user
+    elif d.amount:
+        org.debit(m.clock, d.amount, req.primitive, m.scope.tenant_id)
+    result = m.record(req, d, kind="settle", key=f"hold:{hold_id}", release_reserved=own_held)
     stored = {**result.stored(), "eventId": result.event_id}
     m.conn.execute(
         update(HOLD)
@@ -206,14 +261,12 @@ def _release(m: Meter, hold_id: str) -> HoldView:
         raise HoldClosed(hold_id, hold.status)
     m.conn.execute(update(HOLD).where(HOLD.c.id == hold_id).values(status="released", closed_at=m.now))
     release_hold(m.conn, hold)
-    m.state = ledger.AccountState(m.state.balance, m.state.reserved - hold.amount)
-    m.conn.execute(
-        update(ledger.ACCOUNT).where(ledger.ACCOUNT.c.tenant_id == m.scope.tenant_id).values(reserved=m.state.reserved)
-    )
-    live.publish(m.conn, live.balance_moved(m.scope.tenant_id))  # available moved
+    if hold.own_reserved:
+        _set_reserved(m, m.state.reserved - hold.amount)
+    _unhold_payer(m, hold)
     view = _hold_view(hold)
     view.status = "released"
-    view.available_after = m.state.available
+    view.available_after = m.state.available if hold.own_reserved else None
     return view
 
 

@@ -40,6 +40,7 @@ from app.core.primitives import allowed
 from app.core.sql import read_json, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
+from app.metering import payer
 from app.metering.charge_repository import (
     BUMP_COUNTER,
     BUMP_RATE,
@@ -160,11 +161,16 @@ class Meter:
                 HOLD.c.quantity,
                 HOLD.c.api_key_id,
                 HOLD.c.budget_period_start,
+                HOLD.c.own_reserved,
+                HOLD.c.payer_id,
             )
         ).all()
-        freed = sum(r.amount for r in rows)
+        freed = sum(r.amount for r in rows if r.own_reserved)
+        payers: dict[str, int] = {}
         for r in rows:  # exactly once: the status flip above is the guard
             release_hold(self.conn, r)
+            if r.payer_id is not None:
+                payers[r.payer_id] = payers.get(r.payer_id, 0) + r.amount
             emit(
                 self.conn,
                 self.scope.tenant_id,
@@ -180,6 +186,13 @@ class Meter:
                 .where(ledger.ACCOUNT.c.tenant_id == self.scope.tenant_id)
                 .values(reserved=self.state.reserved)
             )
+        # The paying organizations' rows last (app/metering/payer.py), in id order.
+        for payer_id in sorted(payers):
+            org = self._org if self._org is not None and self._org.scope.tenant_id == payer_id else None
+            if org is not None:
+                org.unhold(payers[payer_id])
+            else:
+                payer.unhold(self.conn, payer_id, payers[payer_id])
         return len(rows)
 
     def _stored_event(self, key: str) -> Any:
@@ -293,6 +306,19 @@ class Meter:
             self._org = OrganizationAccount(self.conn, org, self.now, self.floor)
         return self._org
 
+    def cap_used(self, period: Period) -> int | None:
+        """What counts against the end user's credit cap this period, or None: no cap applies (none
+        set, or the organization does not pay for this end user)."""
+        t = self._terms
+        if t.credit_cap is None or t.org_pays is None:
+            return None
+        return payer.cap_used(self.conn, self.scope.tenant_id, period, self.now)
+
+    def check_cap(self, amount: int, period: Period) -> None:
+        used = self.cap_used(period) if amount else None
+        if used is not None and self._terms.credit_cap is not None:
+            payer.check_cap(self._terms.credit_cap, used, amount, period)
+
     def insufficient(self, required: int, available: int | None = None) -> InsufficientCredits:
         from app.credits.packs import packs_covering
 
@@ -319,6 +345,7 @@ class Meter:
         (a wallet), else nothing; a key budget counts the price either way."""
         available_before = self.state.available
         price = d.amount
+        paid_by_org = price if self.terms.org_pays is not None else 0  # counts against the cap
         if not self.terms.tenant_pays:
             d = replace(d, amount=0)
         if d.amount == 0 and not release_reserved and self.state.balance == self._stored_balance:
@@ -387,6 +414,7 @@ class Meter:
                 "qty": req.quantity,
                 "overage": usage.overage,
                 "credits": d.amount,
+                "payer": paid_by_org,
             },
         )
         run(conn, BUMP_ROLLUP, self._rollup_row(req.primitive, req.api_key_id, req.quantity, d.amount, 1))
@@ -433,14 +461,16 @@ class Meter:
         spend = self.key_spend()
         if spend is not None:
             spend.check(req.primitive, req.quantity, d.amount)
+        org = self.organization_account()
+        if org is not None and d.amount:
+            self.check_cap(d.amount, d.period)  # the end user's own rows, before record counts this charge
         result = self.record(req, d, kind="charge", key=req.idempotency_key)
         self._facts = None  # spent: the state they describe has moved
-        org = self.organization_account()
         if org is not None and d.amount:
             # Last lock of the transaction, after every other write: the organization's row, which
             # all its end users share, is held only for its own debit and the commit
             # (app/metering/payer.py). A refusal here rolls the whole charge back.
-            org.check(d.amount, org.lock().available, precheck=precheck, period_start=d.period.start)
+            org.check(d.amount, org.available(), precheck=precheck, period_start=d.period.start)
             org.debit(self.clock, d.amount, req.primitive, self.scope.tenant_id)
         return result
 

@@ -52,6 +52,9 @@ class UsageCounter(SQLModel, table=True):
     used: int = Field(sa_column=Column(BigInteger, nullable=False))
     overage: int = Field(sa_column=Column(BigInteger, nullable=False, server_default="0"))
     credits: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    # What the end user's calls cost its organization in the period (app/metering/payer.py): the
+    # per-end-user credit cap reads it; 0 where the organization pays nothing.
+    payer_credits: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class UsageRollup(SQLModel, table=True):

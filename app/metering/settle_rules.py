@@ -20,7 +20,9 @@ Each limit caps the dimension it measures, in the order charge() checks them:
   call_units), the plan's quota when the plan refuses overage (a plan that allows overage counts it
   as overage, as charge does), and the settling key's quantity budget for the primitive;
 - credit limits cap the credits: the settling key's credit budget, then the balance floor
-  (available + the hold's amount down to -negative_buffer, as before).
+  (available + the hold's amount down to -negative_buffer, as before) when the end user pays, then
+  the organization's per-end-user credit cap and the paying organization's balance floor when the
+  organization pays (app/metering/payer.py).
 The admitted share s of the actual is the smallest share any quantity limit leaves; the quantity
 counted is ceil(quantity x s) (never past a limit: each limit L is an integer >= quantity x s) and
 the credits floor(price x s) (never more than the share), then cut to each credit limit in turn.
@@ -46,12 +48,16 @@ QUOTA = "quota"
 KEY_QUANTITY = "keyQuantityBudget"
 KEY_CREDITS = "keyCreditBudget"
 FLOOR = "balanceFloor"
+CAP = "endUserCreditCap"  # the organization's cap on what one end user may cost it per period
+ORG_FLOOR = "organizationBalanceFloor"  # the paying organization's balance floor
 CODES = {
     PER_CALL: "LIMIT_EXCEEDED",
     QUOTA: "QUOTA_EXCEEDED",
     KEY_QUANTITY: "BUDGET_EXCEEDED",
     KEY_CREDITS: "BUDGET_EXCEEDED",
     FLOOR: "INSUFFICIENT_CREDITS",
+    CAP: "END_USER_CREDIT_CAP",
+    ORG_FLOOR: "ORGANIZATION_CREDITS_EXHAUSTED",
 }
 
 
@@ -124,11 +130,15 @@ def admit(
     used: int,
     overage: str,
     spend: KeySpend | None,
-    room: int,
+    room: int | None,
+    cap_room: int | None = None,
+    org_room: int | None = None,
 ) -> Admitted:
     """The part of a settle's actual the limits admit (see the module docstring). `used`: the
     period's count before this settle; `spend`: the settling key's spend with the settled hold
-    already given back; `room`: the credits the balance floor still admits. Pure arithmetic."""
+    already given back; `room`: the credits the balance floor still admits (None: the end user pays
+    nothing); `cap_room`, `org_room`: what the end user's cap and the paying organization's floor
+    still admit (None: no such limit). Pure arithmetic."""
     share = Fraction(1)
     limits: list[str] = []
 
@@ -156,9 +166,10 @@ def admit(
         if credits > left:
             credits = max(left, 0)
             limits.append(KEY_CREDITS)
-    if credits > room:
-        credits = max(room, 0)
-        limits.append(FLOOR)
+    for limit, bound in ((FLOOR, room), (CAP, cap_room), (ORG_FLOOR, org_room)):
+        if bound is not None and credits > bound:
+            credits = max(bound, 0)
+            limits.append(limit)
     if not limits:
         return Admitted(quantity, price, None)
     cut = SettleCut(CODES[limits[0]], tuple(limits), quantity, charged_qty, price, credits)

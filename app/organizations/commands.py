@@ -10,8 +10,8 @@ from app.audit.service import Target, audited
 from app.core.auth import Principal
 from app.core.clock import Clock
 from app.core.db import unit_of_work
-from app.organizations import service
-from app.organizations.models import Organization
+from app.organizations import service, tiers
+from app.organizations.models import Organization, PlatformTier
 from app.tenants.models import ApiKey
 
 
@@ -40,4 +40,30 @@ def update_organization(
             "updateOrganization",
             Target("organization", organization_id, organization_id=organization_id),
             lambda: service.update_organization(s, organization_id, switches),
+        )
+
+
+def upsert_tier(engine: Engine, clock: Clock, actor: Principal | None, data: tiers.TierInput) -> PlatformTier:
+    """Platform: create or update a tier (idempotent by key)."""
+    with unit_of_work(engine) as s:
+        return audited(
+            s,
+            actor,
+            clock.now(),
+            "upsertPlatformTier",
+            Target("platform_tier", data.key),
+            lambda: tiers.upsert_tier(s, clock, data),
+        )
+
+
+def archive_tier(engine: Engine, clock: Clock, actor: Principal | None, key: str) -> PlatformTier:
+    """Platform: a tier is sold no more (organizations on it keep it)."""
+    with unit_of_work(engine) as s:
+        return audited(
+            s,
+            actor,
+            clock.now(),
+            "archivePlatformTier",
+            Target("platform_tier", key),
+            lambda: tiers.archive_tier(s, clock, key),
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Column, false
+from sqlalchemy import BigInteger, Boolean, Column, Integer, false
 from sqlmodel import Field, SQLModel
 
 from app.core.types import ts_column
@@ -41,3 +41,27 @@ class Organization(SQLModel, table=True):
     # Micro-credits one end user may cost the organization per period; NULL: no cap.
     end_user_credit_cap: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     created_at: datetime = Field(sa_column=ts_column())
+    # Its platform tier (app/organizations/tiers.py) as last reflected from the platform's Stripe:
+    # NULL until it subscribes to one. The subscription's id and the newest event applied guard it
+    # against stale and out-of-order webhooks, as a tenant's subscription row does.
+    tier_key: str | None = Field(default=None, foreign_key="platform_tier.key", max_length=64)
+    tier_status: str | None = Field(default=None, max_length=24)
+    tier_subscription_id: str | None = Field(default=None, max_length=255)
+    tier_event_created: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+
+
+class PlatformTier(SQLModel, table=True):
+    """What the platform sells organizations besides packs (product terms: the credits document's
+    free and pro plans): monthly credits on the organization's own account, for a Stripe price of the
+    platform's. Not an end-user plan: no kit, no quotas; organizations' end users never see it."""
+
+    __tablename__ = "platform_tier"
+
+    key: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    # Micro-credits granted to the organization's account once per paid period (expiring at its end).
+    monthly_credits: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    stripe_price_id: str | None = Field(default=None, max_length=255, unique=True)
+    archived: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
+    created_at: datetime = Field(sa_column=ts_column())
+    updated_at: datetime = Field(sa_column=ts_column())

@@ -36,6 +36,10 @@ class PlanRepository:
             select(Plan).where(Plan.organization_id == organization_id, Plan.stripe_price_id == stripe_price_id)
         ).first()
 
+    def any_by_price(self, stripe_price_id: str) -> Plan | None:
+        """A plan of any organization sold at this Stripe price (a platform tier may not reuse it)."""
+        return self.s.exec(select(Plan).where(Plan.stripe_price_id == stripe_price_id)).first()
+
     def all(self, *, include_archived: bool, organization_id: str | None = None) -> list[Plan]:
         """Every plan (the platform's view), or one organization's."""
         q = select(Plan).order_by(col(Plan.key), col(Plan.organization_id))

@@ -181,6 +181,7 @@ _STATUS: list[tuple[type[DomainError], int]] = [
     (merr.InsufficientCredits, 402),
     (merr.OrganizationCreditsExhausted, 402),  # no balance, no packs: the end user cannot buy them
     (merr.QuotaExceeded, 429),
+    (merr.EndUserCreditCapExceeded, 429),  # until the period ends, as a quota
     (BudgetExceeded, 429),
     (merr.LimitExceeded, 429),
     (merr.NotEntitled, 403),
@@ -209,6 +210,13 @@ def domain_error(exc: DomainError, fields: dict[str, str] | None = None) -> Resp
             "available": credits(exc.available),
             "shortfall": credits(exc.shortfall),
             "packs": pack_offers(exc.packs),
+        }
+    elif isinstance(exc, merr.EndUserCreditCapExceeded):
+        extra = {
+            "cap": credits(exc.cap),
+            "used": credits(exc.used),
+            "requested": credits(exc.requested),
+            "period_end": exc.period_end,
         }
     elif isinstance(exc, merr.QuotaExceeded):
         extra = {"primitive": exc.primitive, "quota": exc.quota, "used": exc.used, "period_end": exc.period_end}

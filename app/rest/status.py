@@ -17,6 +17,8 @@ from app.core.paging import MAX_DAYS, MAX_FIRST, decode_id_cursor, encode_cursor
 from app.credits import service as credit_service
 from app.metering import repository as usage_repository
 from app.metering.repository import UsageReport
+from app.organizations import tiers
+from app.organizations.models import HOUSE
 from app.plans.repository import PlanRepository
 from app.rest.base import Call, Endpoint, Money, Out, QueryModel, credits
 from app.tenants import service as tenant_service
@@ -41,7 +43,9 @@ class Resources(Out):
 class StatusOut(Out):
     tenant_id: str
     name: str
-    tier: str | None = Field(description="The tenant's tier: its plan key")
+    tier: str | None = Field(
+        description="The tenant's tier: its plan key; for an organization's own account, its platform tier's key"
+    )
     plan_name: str | None
     subscription_status: str | None
     balance: Money
@@ -95,18 +99,21 @@ async def status(call: Call) -> StatusOut:
     scope, rest = call.tenant(), call.rest
     now = rest.clock.now()
 
-    def read(s: Any) -> tuple[Any, Any, int, Any]:
+    def read(s: Any) -> tuple[Any, Any, int, Any, Any]:
         st = credit_service.status(s, scope, now)
         report = usage_repository.usage_reports(s.connection(), [scope.tenant_id], now)[scope.tenant_id]
         holds = usage_repository.open_holds(s.connection(), scope.tenant_id, now)
+        if st.tenant.kind == HOUSE:  # an organization's own account: its platform tier
+            tier = tiers.tier_of(s, st.tenant)
+            return st, report, holds, tier.key if tier else None, tier.name if tier else None
         plan = PlanRepository(s).get(st.tenant.organization_id, st.tenant.plan_key) if st.tenant.plan_key else None
-        return st, report, holds, plan.name if plan else None
+        return st, report, holds, st.tenant.plan_key, plan.name if plan else None
 
-    st, report, holds, plan_name = await rest.read(read)
+    st, report, holds, tier_key, plan_name = await rest.read(read)
     return StatusOut(
         tenant_id=st.tenant.id,
         name=st.tenant.name,
-        tier=st.tenant.plan_key,
+        tier=tier_key,
         plan_name=plan_name,
         subscription_status=st.subscription_status,
         balance=credits(st.credits.balance),

@@ -29,6 +29,8 @@ from app.credits.packs import pack_by_price
 from app.credits.service import grant_purchase
 from app.integrations.stripe.client import JSON, StripeGateway, is_missing
 from app.integrations.stripe.repository import StripeRepository
+from app.organizations import tiers
+from app.organizations.models import HOUSE
 from app.plans.repository import PlanRepository
 from app.settings import Settings
 from app.subscriptions.models import STATUSES, Subscription
@@ -147,6 +149,11 @@ def reflect_subscription(
     if status not in STATUSES:
         log.warning("subscription %s has unknown status %r; ignored", sub.get("id"), status)
         return Outcome(tenant.id, "unknown_status")
+    if tenant.kind == HOUSE:
+        # An organization's own account: its platform tier, never an end-user plan.
+        start, end = subscription_period(sub)
+        seen = tiers.TierSubscription(sub.get("id"), status, subscription_price(sub), start, end)
+        return Outcome(tenant.id, tiers.reflect(session, clock, tenant.id, seen, event_created=event_created))
     cur = session.get(Subscription, tenant.id)
     same_sub = cur is not None and cur.stripe_subscription_id == sub.get("id")
     if cur is not None and same_sub:
@@ -314,9 +321,15 @@ def grant_invoice(session: Session, clock: Clock, inv: JSON, lines: list[JSON]) 
     plans = PlanRepository(session)
     for line in lines:
         price = line_price(line)
-        plan = plans.by_price(tenant.organization_id, price) if price else None
         period = line.get("period") or {}
         start, end = _ts(period.get("start")), _ts(period.get("end"))
+        if tenant.kind == HOUSE:  # an organization's own account: its tier's monthly credits
+            tier = tiers.tier_by_price(session, price) if price else None
+            if tier is None or start is None or end is None or start >= end:
+                continue
+            granted = tiers.grant_tier_allowance(session, clock, tenant.id, tier, start, end)
+            return Outcome(tenant.id, "applied" if granted else "unchanged")
+        plan = plans.by_price(tenant.organization_id, price) if price else None
         if plan is None or start is None or end is None or start >= end:
             continue
         granted = grant_plan_allowance(

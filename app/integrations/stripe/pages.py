@@ -30,6 +30,7 @@ from app.credits.packs import pack_by_key
 from app.integrations.stripe.handlers import checkout_grant_key
 from app.integrations.stripe.models import StripeOperation
 from app.integrations.stripe.repository import StripeRepository
+from app.organizations.models import HOUSE, Organization
 from app.tenants.models import Tenant
 
 _SESSION_ID = re.compile(r"cs_[A-Za-z0-9_]{1,250}", re.ASCII)
@@ -73,7 +74,10 @@ def checkout_outcome(s: Session, what: str, *, session_id: str | None, op_id: st
         state = "expired" if op.status == "expired" else "canceled" if canceled_page else "pending"
         return CheckoutOutcome(state, what, op.target, credits)
     tenant = s.get(Tenant, op.tenant_id)
-    if op.status == "completed" and tenant is not None and tenant.plan_key == op.target:
+    # An organization's own account is on a platform tier (app/organizations/tiers.py), not a plan.
+    org = s.get(Organization, op.tenant_id) if tenant is not None and tenant.kind == HOUSE else None
+    current = org.tier_key if org is not None else tenant.plan_key if tenant is not None else None
+    if op.status == "completed" and current == op.target:
         return CheckoutOutcome("active", what, op.target)
     state = "expired" if op.status == "expired" else "canceled" if canceled_page else "pending"
     return CheckoutOutcome(state, what, op.target)

@@ -31,6 +31,8 @@ from app.integrations.stripe import handlers
 from app.integrations.stripe.client import JSON, StripeGateway, StripeUnavailable, is_missing
 from app.integrations.stripe.models import StripeOperation
 from app.integrations.stripe.repository import StripeRepository
+from app.organizations import tiers
+from app.organizations.models import HOUSE
 from app.plans.repository import PlanRepository
 from app.settings import Settings
 from app.subscriptions.models import Subscription
@@ -272,9 +274,15 @@ def change_plan(
     """`meterkit billing upgrade --plan`: through Stripe, reflected back by the webhook.
 
     With a live Stripe subscription its item moves to the plan's price (Stripe prorates);
-    without one the tenant gets a Checkout Session in subscription mode."""
+    without one the tenant gets a Checkout Session in subscription mode. With an organization's own
+    account in scope (its key, no X-Tenant-Id) `plan_key` names a platform tier instead."""
 
     def check(s: Session) -> tuple[str, str | None, str | None]:
+        house = s.get(Tenant, scope.tenant_id)
+        if house is not None and house.kind == HOUSE:
+            # An organization's own account moves between the platform's tiers (app/organizations/tiers.py).
+            price, sub_id = tiers.upgrade_target(s, house.id, plan_key)
+            return price, sub_id, None
         if not isinstance(plan_key, str) or not plan_key or len(plan_key) > 64:
             raise ValidationFailed("planKey must be 1-64 characters", field="planKey")
         tenant = s.get(Tenant, scope.tenant_id)

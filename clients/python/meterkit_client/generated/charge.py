@@ -21,6 +21,7 @@ class Charge(BaseModel):
         "ChargeChargeValidationError",
         "ChargeChargeNotFoundError",
         "ChargeChargeOrganizationCreditsExhausted",
+        "ChargeChargeEndUserCreditCap",
     ] = Field(discriminator="typename__")
 
 
@@ -101,6 +102,12 @@ class ChargeChargeNotFoundError(BaseModel):
 
 class ChargeChargeOrganizationCreditsExhausted(BaseModel):
     typename__: Literal["OrganizationCreditsExhausted"] = Field(alias="__typename")
+    code: str
+    message: str
+
+
+class ChargeChargeEndUserCreditCap(BaseModel):
+    typename__: Literal["EndUserCreditCap"] = Field(alias="__typename")
     code: str
     message: str
 

@@ -23,6 +23,7 @@ from .charge import (
     Charge,
     ChargeChargeBudgetExceeded,
     ChargeChargeCharged,
+    ChargeChargeEndUserCreditCap,
     ChargeChargeIdempotencyConflict,
     ChargeChargeInsufficientCredits,
     ChargeChargeLimitExceeded,
@@ -93,12 +94,14 @@ from .replay_webhook_delivery import (
 from .reserve import (
     Reserve,
     ReserveReserveBudgetExceeded,
+    ReserveReserveEndUserCreditCap,
     ReserveReserveHold,
     ReserveReserveIdempotencyConflict,
     ReserveReserveInsufficientCredits,
     ReserveReserveLimitExceeded,
     ReserveReserveNotEntitled,
     ReserveReserveNotFoundError,
+    ReserveReserveOrganizationCreditsExhausted,
     ReserveReserveQuotaExceeded,
     ReserveReserveValidationError,
 )
@@ -321,6 +324,7 @@ class GeneratedClient(BaseClient):
                   name
                 }
                 subscriptionStatus
+                tier
                 credits {
                   balance
                   reserved
@@ -548,6 +552,7 @@ class GeneratedClient(BaseClient):
         ChargeChargeValidationError,
         ChargeChargeNotFoundError,
         ChargeChargeOrganizationCreditsExhausted,
+        ChargeChargeEndUserCreditCap,
     ]:
         query = gql("""
             mutation Charge($input: MeterInput!) {
@@ -615,6 +620,8 @@ class GeneratedClient(BaseClient):
         ReserveReserveBudgetExceeded,
         ReserveReserveValidationError,
         ReserveReserveNotFoundError,
+        ReserveReserveOrganizationCreditsExhausted,
+        ReserveReserveEndUserCreditCap,
     ]:
         query = gql("""
             mutation Reserve($input: MeterInput!, $ttlSeconds: Int = null) {

@@ -111,6 +111,14 @@ class PlanInput(BaseModel):
     "Credits granted each period (e.g. 200 a month)."
 
 
+class PlatformTierInput(BaseModel):
+    key: str
+    name: str
+    monthly_credits: Decimal = Field(alias="monthlyCredits")
+    "Credits granted each paid month (0 for none)"
+    stripe_price_id: Optional[str] = Field(alias="stripePriceId", default=None)
+
+
 class PriceDetailsInput(BaseModel):
     """What a dynamic price needs: tokens (llm.tokens), upstream cost (llm.passthrough), elapsed time (browser.session.time), images or video seconds. Fixed prices need none of it."""
 

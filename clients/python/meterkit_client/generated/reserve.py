@@ -21,6 +21,8 @@ class Reserve(BaseModel):
         "ReserveReserveBudgetExceeded",
         "ReserveReserveValidationError",
         "ReserveReserveNotFoundError",
+        "ReserveReserveOrganizationCreditsExhausted",
+        "ReserveReserveEndUserCreditCap",
     ] = Field(discriminator="typename__")
 
 
@@ -91,6 +93,18 @@ class ReserveReserveValidationError(BaseModel):
 
 class ReserveReserveNotFoundError(BaseModel):
     typename__: Literal["NotFoundError"] = Field(alias="__typename")
+    code: str
+    message: str
+
+
+class ReserveReserveOrganizationCreditsExhausted(BaseModel):
+    typename__: Literal["OrganizationCreditsExhausted"] = Field(alias="__typename")
+    code: str
+    message: str
+
+
+class ReserveReserveEndUserCreditCap(BaseModel):
+    typename__: Literal["EndUserCreditCap"] = Field(alias="__typename")
     code: str
     message: str
 

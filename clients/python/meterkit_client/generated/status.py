@@ -17,6 +17,7 @@ class StatusStatus(BaseModel):
     tenant: "StatusStatusTenant"
     plan: Optional["StatusStatusPlan"]
     subscription_status: Optional[str] = Field(alias="subscriptionStatus")
+    tier: Optional[str]
     credits: "StatusStatusCredits"
     resources: "StatusStatusResources"
 
