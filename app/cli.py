@@ -71,6 +71,11 @@ def serve(
     h = host or settings.host
     p = settings.port if port is None else port
     typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
+    from app.observability.logs import configure
+
+    configure(settings)  # the supervisor's own messages in the same format as the workers'
+    if workers > 1 and settings.metrics_enabled:
+        _multiprocess_metrics()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -78,7 +83,8 @@ def serve(
         port=p,
         workers=workers,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # meterkit writes its own line per request (app/observability)
+        log_config=None,  # uvicorn's records go to meterkit's handler, in its format
         # SIGTERM: stop accepting, let in-flight requests finish for this long, then drop them
         # and exit (without it, one stalled client keeps the process alive for good).
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
@@ -86,6 +92,22 @@ def serve(
         # Twice the body limit: the app answers what lies between with 4413 (app/graphql/ws.py).
         ws_max_size=2 * settings.max_body_bytes,
     )
+
+
+def _multiprocess_metrics() -> None:
+    """Several workers: prometheus-client's multiprocess mode, in a fresh directory the workers
+    inherit (PROMETHEUS_MULTIPROC_DIR; one set by the operator is used as it is, and must be
+    emptied between runs), removed when the server stops."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    path = tempfile.mkdtemp(prefix="meterkit-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, True)
 
 
 @cli.command("export-schema")
