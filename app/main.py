@@ -41,6 +41,8 @@ from app.observability import logs as obs_logs
 from app.observability import metrics as obs_metrics
 from app.observability import probes
 from app.observability.middleware import HOT_ROUTE, Observe
+from app.observability.context import CURRENT as CURRENT_REQUEST
+from app.observability.tracing import operation_span
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key
 
@@ -98,9 +100,14 @@ class MeterkitGraphQL(GraphQL[Context, None]):
     async def execute_operation(
         self, request: Any, request_adapter: Any, request_data: Any, context: Any, root_value: Any, sub_response: Any
     ) -> Any:
-        result = await super().execute_operation(
-            request, request_adapter, request_data, context, root_value, sub_response
-        )
+        with operation_span("graphql") as span:
+            result = await super().execute_operation(
+                request, request_adapter, request_data, context, root_value, sub_response
+            )
+            if span is not None:  # tracing on: named once the operation is known ("mutation charge")
+                info = CURRENT_REQUEST.get()
+                if info is not None and info.operation:
+                    span.update_name(info.operation)
         # A resolver found no database connection in time: its error (code DATABASE_UNAVAILABLE,
         # retryable) is in the answer; the status and Retry-After say the same to HTTP clients.
         errors = getattr(result, "errors", None) or ()
