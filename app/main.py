@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -40,8 +40,8 @@ from app.live.hub import LiveHub
 from app.observability import logs as obs_logs
 from app.observability import metrics as obs_metrics
 from app.observability import probes
-from app.observability.middleware import HOT_ROUTE, Observe
 from app.observability.context import CURRENT as CURRENT_REQUEST
+from app.observability.middleware import HOT_ROUTE, Observe
 from app.observability.tracing import operation_span
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key

@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, ROOT, free_port, git_commit, log, seed, start_server, stop, wrk
+from bench.observability import observability_overhead
+from bench.observability import report as obs_report
+from bench.observability import target as obs_target
 from bench.profile import profile
 from bench.report import report, targets
 from bench.scenarios import (
@@ -86,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--subs-seconds", type=float, default=20, help="subscription isolation: seconds per side")
     ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")
     ap.add_argument("--subs-rounds", type=int, default=2, help="subscription isolation: rounds (default 2)")
+    ap.add_argument("--observability-only", action="store_true", help="run only the observability overhead scenario")
     ap.add_argument("--subscriptions-only", action="store_true", help="run only the subscription isolation scenario")
     return ap.parse_args(argv)
 
@@ -100,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meterkit-bench-"))
     if args.subscriptions_only:
         return subscriptions_only(args, tmp)
+    if args.observability_only:
+        obs = observability_overhead(args, tmp)
+        print("\n" + "\n".join(obs_report(obs)))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     db_path = tmp / "bench.db"
     url = f"sqlite:///{db_path}"
     log(f"database {db_path}: migrating and seeding")
@@ -248,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     rss = {"charges_small": small[0], "after_20k_mb": small[1], "charges_large": large[0], "after_200k_mb": large[1]}
 
     subs = subscription_isolation(args, tmp)
+    obs = observability_overhead(args, tmp)
 
     # The bare reference, same uvicorn flags, same wrk settings, same machine, same run.
     bare_key = secrets.token_urlsafe(16)
@@ -282,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": list(by.values()),
         "open_loop": ol,
         "rss": rss,
-        "targets": [*targets(by, ol, rss), subs_target(subs)],
+        "targets": [*targets(by, ol, rss), subs_target(subs), obs_target(obs)],
+        "observability": obs,
         "subscription_isolation": subs,
         "events_match": events_ok,
         "books": books,
         "profile": prof,
     }
-    lines = report(results) + ["", *subs_report(subs)]
+    lines = report(results) + ["", *subs_report(subs), "", *obs_report(obs)]
     print("\n" + "\n".join(lines))
     if prof:
         print(

@@ -244,8 +244,8 @@ class Gateway(SchemaExtension):
         # takes any "Did you mean ...?" that another path adds (e.g. "Did you mean 'plans { ... }'?").
         if self.config.hide_suggestions and result is not None and result.errors:
             result.errors = [_without_suggestion(e) for e in result.errors]
-        if result is not None and getattr(result, "errors", None):
-            _quote_request(result.errors)
+        if result is not None and (errors := getattr(result, "errors", None)):
+            _quote_request(errors)
 
     def _mask(self, result: Any) -> None:
         errors = getattr(result, "errors", None)
@@ -408,7 +408,7 @@ class GatewayRunner(SchemaExtensionsRunner):
 
 
 def operation_label(doc: DocumentNode | None, name: str | None) -> str | None:
-    """"mutation charge": the operation's type and first root field, names the schema bounds (a
+    """ "mutation charge": the operation's type and first root field, names the schema bounds (a
     metric label and the access log's `operation`; the client's operation name is only logged)."""
     if doc is None:
         return None

@@ -55,7 +55,9 @@ def unavailable_response(exc: Unavailable) -> Response:
     """No database connection in time (app/core/db.py connect): 503 with Retry-After, the same
     for every HTTP route (REST, the hot charge, /graphql's key lookup, /webhooks/stripe)."""
     body = {"code": exc.code, "message": exc.message, "retryable": True, "retry_after_seconds": exc.retry_after}
-    return JSONResponse({"error": with_request_id(body)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+    return JSONResponse(
+        {"error": with_request_id(body)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+    )
 
 
 Resolved = tuple[Principal | None, TenantScope | None]

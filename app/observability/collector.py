@@ -48,7 +48,7 @@ def read_backlog(engine: Engine, now: datetime) -> dict[str, float]:
             select(func.count(), func.min(DELIVERY.c.created_at)).where(DELIVERY.c.status == "pending")
         ).one()
         holds = conn.execute(select(func.count()).select_from(HOLD).where(HOLD.c.status == "open")).scalar_one()
-        overage = dict(
+        overage: dict[str, int] = dict(
             conn.execute(
                 select(OVERAGE.c.status, func.count()).where(OVERAGE.c.status != "reported").group_by(OVERAGE.c.status)
             ).all()
@@ -119,7 +119,8 @@ class DatabaseCollector(Collector):
             return
         depth = GaugeMetricFamily(
             "meterkit_alert_outbox_depth",
-            "Alert outbox: events not yet fanned out to endpoints (stage=event) and deliveries pending (stage=delivery).",
+            "Alert outbox: events not yet fanned out to endpoints (stage=event) and deliveries pending "
+            "(stage=delivery).",
             labels=["stage"],
         )
         depth.add_metric(["event"], v["outbox_events"])
@@ -130,7 +131,9 @@ class DatabaseCollector(Collector):
             "Age of the oldest alert event not fanned out or delivery still pending (0: none).",
             value=v["outbox_oldest_seconds"],
         )
-        yield GaugeMetricFamily("meterkit_holds_open", "Credit holds open (reserved, not settled).", value=v["holds_open"])
+        yield GaugeMetricFamily(
+            "meterkit_holds_open", "Credit holds open (reserved, not settled).", value=v["holds_open"]
+        )
         overage = GaugeMetricFamily(
             "meterkit_overage_reports",
             "Overage reports not yet acknowledged by Stripe: pending (sent or retried by the loop) and "

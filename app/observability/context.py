@@ -16,7 +16,7 @@ from contextvars import ContextVar
 # a header, a log line, a URL or a JSON string. Anything else is replaced by an id of ours (the
 # client's value is not echoed, so it can carry nothing into the logs).
 MAX_REQUEST_ID = 128
-_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,%d}" % MAX_REQUEST_ID)
+_SAFE_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{MAX_REQUEST_ID}}}")
 
 
 class RequestInfo:

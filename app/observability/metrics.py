@@ -49,7 +49,7 @@ DELIVERIES = Counter(
 )
 STRIPE_WEBHOOKS = Counter(
     "meterkit_stripe_webhooks",
-    "Stripe webhook requests by event type (\"other\" for types meterkit does not handle) and outcome.",
+    'Stripe webhook requests by event type ("other" for types meterkit does not handle) and outcome.',
     ["type", "outcome"],
 )
 LEDGER_DRIFT = Gauge(

@@ -133,9 +133,8 @@ class TraceRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
         from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind, Status, StatusCode
 
         # A caller's W3C traceparent makes this request part of its trace.
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATED}

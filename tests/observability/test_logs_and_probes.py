@@ -59,7 +59,7 @@ def test_a_request_id_is_kept_or_made_and_quoted_in_errors_and_the_log_line(
 
 def test_request_ids_are_bounded_and_safe() -> None:
     assert request_id_from(b"abc-DEF_1.2:3") == "abc-DEF_1.2:3"
-    for bad in (b"a" * 129, b"has space", b"quote\"", b"\xff\xfe", b""):
+    for bad in (b"a" * 129, b"has space", b'quote"', b"\xff\xfe", b""):
         made = request_id_from(bad)
         assert made != bad.decode("latin-1") and len(made) == 32
     assert RequestInfo("x").key_id is None
@@ -72,7 +72,9 @@ def test_every_record_is_one_json_line_with_its_trace() -> None:
     except ValueError:
         import sys
 
-        record = logging.LogRecord("meterkit.worker", logging.ERROR, __file__, 1, "round %s failed", ("7",), sys.exc_info())
+        record = logging.LogRecord(
+            "meterkit.worker", logging.ERROR, __file__, 1, "round %s failed", ("7",), sys.exc_info()
+        )
     line = fmt.format(record)
     assert "\n" not in line
     data = json.loads(line)

@@ -36,6 +36,12 @@ from tests.paths import ROOT
 from tests.stripe_fake import fake_stripe, fake_stripe_server  # noqa: F401  (fixtures)
 from tests.stripe_harness import _HttpApiClient
 
+
+@pytest.fixture
+def stripe(fake_stripe: FakeStripe) -> FakeStripe:  # noqa: F811  (the fixture, imported above)
+    return fake_stripe
+
+
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename } }"""
 
 
@@ -54,11 +60,11 @@ def _settings(fake: FakeStripe, **extra: Any) -> Settings:
     )
 
 
-def test_a_scrape_counts_charges_refusals_webhooks_and_deliveries(db: Database, fake_stripe: FakeStripe) -> None:
+def test_a_scrape_counts_charges_refusals_webhooks_and_deliveries(db: Database, stripe: FakeStripe) -> None:
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
-    app = create_app(_settings(fake_stripe), engine=db.engine, clock=clock)
+    app = create_app(_settings(stripe), engine=db.engine, clock=clock)
     with BackgroundServer(app) as server, receiver() as hook:
-        fake_stripe.webhook_url = server.url + "/webhooks/stripe"
+        stripe.webhook_url = server.url + "/webhooks/stripe"
         api = Api(cast(Any, _HttpApiClient(server.url)), db)
         with unit_of_work(db.engine) as s:
             _, api.operator_key = create_api_key(s, clock, role="operator", scope=None, name="tests")
@@ -86,10 +92,10 @@ def test_a_scrape_counts_charges_refusals_webhooks_and_deliveries(db: Database, 
         assert len(hook.seen) == 1
 
         # A Stripe webhook, sent by the fake Stripe to the server (signed): the customer subscribes.
-        fake_stripe.add_price("price_obs", 1000, "month")
-        customer = fake_stripe.client().v1.customers.create({"metadata": {"tenant_id": tid}})
-        fake_stripe.client().v1.subscriptions.create({"customer": customer.id, "items": [{"price": "price_obs"}]})
-        sent = fake_stripe.deliver_pending()
+        stripe.add_price("price_obs", 1000, "month")
+        customer = stripe.client().v1.customers.create({"metadata": {"tenant_id": tid}})
+        stripe.client().v1.subscriptions.create({"customer": customer.id, "items": [{"price": "price_obs"}]})
+        sent = stripe.deliver_pending()
         assert sent and all(r.status_code == 200 for r in sent), [(r.status_code, r.text) for r in sent]
         bad = httpx.post(server.url + "/webhooks/stripe", content=b"{}", headers={"Stripe-Signature": "t=1,v1=x"})
         assert bad.status_code == 400
@@ -131,9 +137,9 @@ def test_a_scrape_counts_charges_refusals_webhooks_and_deliveries(db: Database, 
     assert tid not in str(after.keys())
 
 
-def test_tenants_cannot_read_metrics_and_it_is_off_by_default(db: Database, fake_stripe: FakeStripe) -> None:
+def test_tenants_cannot_read_metrics_and_it_is_off_by_default(db: Database, stripe: FakeStripe) -> None:
     clock = FrozenClock(datetime.now(UTC))
-    with BackgroundServer(create_app(_settings(fake_stripe), engine=db.engine, clock=clock)) as server:
+    with BackgroundServer(create_app(_settings(stripe), engine=db.engine, clock=clock)) as server:
         api = Api(cast(Any, _HttpApiClient(server.url)), db)
         with unit_of_work(db.engine) as s:
             _, api.operator_key = create_api_key(s, clock, role="operator", scope=None, name="tests")
@@ -150,9 +156,9 @@ def test_tenants_cannot_read_metrics_and_it_is_off_by_default(db: Database, fake
         assert r.status_code == 404
 
 
-def test_the_reconcile_query_sets_the_drift_gauge(db: Database, fake_stripe: FakeStripe) -> None:
+def test_the_reconcile_query_sets_the_drift_gauge(db: Database, stripe: FakeStripe) -> None:
     clock = FrozenClock(datetime.now(UTC))
-    with BackgroundServer(create_app(_settings(fake_stripe), engine=db.engine, clock=clock)) as server:
+    with BackgroundServer(create_app(_settings(stripe), engine=db.engine, clock=clock)) as server:
         api = Api(cast(Any, _HttpApiClient(server.url)), db)
         with unit_of_work(db.engine) as s:
             _, api.operator_key = create_api_key(s, clock, role="operator", scope=None, name="tests")
@@ -198,7 +204,10 @@ def test_several_workers_are_summed_in_multiprocess_mode(db: Database, tmp_path:
                 with httpx.Client(base_url=base, timeout=30, trust_env=False) as one:
                     r = one.post(
                         "/graphql",
-                        json={"query": CHARGE, "variables": {"i": {"primitive": "email.send", "idempotencyKey": f"w{i}"}}},
+                        json={
+                            "query": CHARGE,
+                            "variables": {"i": {"primitive": "email.send", "idempotencyKey": f"w{i}"}},
+                        },
                         headers={"Authorization": f"Bearer {key}"},
                     )
                     assert r.json()["data"]["charge"]["__typename"] == "Charged"

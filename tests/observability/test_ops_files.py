@@ -57,7 +57,9 @@ def test_scrape_config_and_rules_parse_and_name_real_metrics(db: Database) -> No
     assert config["rule_files"] == ["alerts.yml"]
     rules = yaml.safe_load((OPS / "alerts.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"]]
-    assert {"MeterkitAlertOutboxStuck", "MeterkitRefusalRateSpike", "MeterkitLedgerDrift"} <= {r["alert"] for r in alerts}
+    assert {"MeterkitAlertOutboxStuck", "MeterkitRefusalRateSpike", "MeterkitLedgerDrift"} <= {
+        r["alert"] for r in alerts
+    }
     for r in alerts:
         assert set(r) <= {"alert", "expr", "for", "labels", "annotations"} and r["expr"].strip()
         assert r["expr"].count("(") == r["expr"].count(")"), r["alert"]

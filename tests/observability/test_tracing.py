@@ -5,6 +5,7 @@ all in the same trace and under the request; an alert delivery's POST is a clien
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -45,7 +46,7 @@ def test_a_charge_is_one_trace_with_its_statements(db: Database) -> None:
             assert r.json()["data"]["charge"]["__typename"] == "Charged"
     finally:
         tracing.uninstall()  # other tests' apps run untraced
-    spans = exporter.get_finished_spans()
+    spans: list[Any] = list(exporter.get_finished_spans())
     assert len({s.context.trace_id for s in spans}) == 1, [(s.name, s.context.trace_id) for s in spans]
     server_spans = [s for s in spans if s.kind == SpanKind.SERVER]
     assert len(server_spans) == 1
@@ -64,8 +65,8 @@ def test_a_charge_is_one_trace_with_its_statements(db: Database) -> None:
     text = " ".join(str(s.attributes["db.statement"]).lower() for s in statements)
     assert "insert into usage_event" in text and "ledger_entry" in text, text
     by_id = {s.context.span_id: s for s in spans}
-    for s in statements:  # each statement hangs under the request (through the operation)
-        parent = s.parent
+    for st in statements:  # each statement hangs under the request (through the operation)
+        parent = st.parent
         assert parent is not None
         chain = []
         while parent is not None:
