@@ -33,6 +33,7 @@ from app.core.db import SqliteCheckpointer, engine_for, sqlite_checkpointer, uni
 from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, local_ide_html
+from app.graphql.guard import quote_request
 from app.graphql.schema import build_schema
 from app.graphql.ws import LiveWSHandler
 from app.http.edge import AuthError, InFlightLimit, error_response, http_error, require_key, unavailable_response
@@ -108,9 +109,11 @@ class MeterkitGraphQL(GraphQL[Context, None]):
                 info = CURRENT_REQUEST.get()
                 if info is not None and info.operation:
                     span.update_name(info.operation)
+        errors = getattr(result, "errors", None) or ()
+        if errors:  # the request's id in each error, those of a document refused while parsing too
+            result.errors = errors = quote_request(errors)
         # A resolver found no database connection in time: its error (code DATABASE_UNAVAILABLE,
         # retryable) is in the answer; the status and Retry-After say the same to HTTP clients.
-        errors = getattr(result, "errors", None) or ()
         unavailable = next((e.original_error for e in errors if isinstance(e.original_error, Unavailable)), None)
         if unavailable is not None:
             sub_response.status_code = 503

@@ -59,10 +59,11 @@ def observability_overhead(args: argparse.Namespace, tmp: Path, rounds: int = 3)
                 if r["errors"]:
                     raise SystemExit(f"observability scenario ({name}): {r['errors']} errors")
                 rps[name].append(r["rps"])
-        lines = (tmp / "obs-on.log").read_text(errors="replace").count('"logger":"meterkit.access"')
     finally:
         for proc in servers.values():
             stop(proc)
+    # Counted once the server has stopped: its log writer thread writes what is still queued at exit.
+    lines = (tmp / "obs-on.log").read_text(errors="replace").count('"logger":"meterkit.access"')
     off, on = statistics.median(rps["off"]), statistics.median(rps["on"])
     ratio = on / off
     log(f"observability: charge {off:,.0f} req/s off, {on:,.0f} req/s with metrics + JSON logs: {ratio:.3f}x")

@@ -90,6 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")
     ap.add_argument("--subs-rounds", type=int, default=2, help="subscription isolation: rounds (default 2)")
     ap.add_argument("--observability-only", action="store_true", help="run only the observability overhead scenario")
+    ap.add_argument("--obs-rounds", type=int, default=3, help="observability overhead: rounds per side (default 3)")
     ap.add_argument("--subscriptions-only", action="store_true", help="run only the subscription isolation scenario")
     return ap.parse_args(argv)
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subscriptions_only:
         return subscriptions_only(args, tmp)
     if args.observability_only:
-        obs = observability_overhead(args, tmp)
+        obs = observability_overhead(args, tmp, rounds=args.obs_rounds)
         print("\n" + "\n".join(obs_report(obs)))
         shutil.rmtree(tmp, ignore_errors=True)
         return 0
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     rss = {"charges_small": small[0], "after_20k_mb": small[1], "charges_large": large[0], "after_200k_mb": large[1]}
 
     subs = subscription_isolation(args, tmp)
-    obs = observability_overhead(args, tmp)
+    obs = observability_overhead(args, tmp, rounds=args.obs_rounds)
 
     # The bare reference, same uvicorn flags, same wrk settings, same machine, same run.
     bare_key = secrets.token_urlsafe(16)

@@ -77,6 +77,17 @@ def run(conn: Connection, stmt: Sql, params: dict[str, Any]) -> Result:
     return Result(cur)
 
 
+def run_many(conn: Connection, stmt: Sql, rows: list[dict[str, Any]]) -> None:
+    """One statement, many parameter sets (the driver's executemany), as `run`: one span when traced."""
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    text = stmt.render(conn.dialect.name)
+    if OBSERVER is None:
+        cur.executemany(text, rows)
+    else:
+        with OBSERVER(text, conn.dialect.name):
+            cur.executemany(text, rows)
+
+
 # Statements sent straight to the driver skip SQLAlchemy's events, so tracing
 # (app/observability/tracing.py) sets this: a context manager around each, given the SQL text
 # (placeholders, never values) and the dialect. None (the default): one global read per statement.
@@ -84,7 +95,7 @@ OBSERVER: Callable[[str, str], AbstractContextManager[Any]] | None = None
 
 
 def observe(text: str, dialect: str) -> AbstractContextManager[Any]:
-    """For the other driver-level statements (a batch's executemany, PostgreSQL's one-round-trip charge)."""
+    """For the other driver-level statements (PostgreSQL's one-round-trip charge)."""
     return nullcontext() if OBSERVER is None else OBSERVER(text, dialect)
 
 

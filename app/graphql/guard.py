@@ -245,7 +245,7 @@ class Gateway(SchemaExtension):
         if self.config.hide_suggestions and result is not None and result.errors:
             result.errors = [_without_suggestion(e) for e in result.errors]
         if result is not None and (errors := getattr(result, "errors", None)):
-            _quote_request(errors)
+            result.errors = quote_request(errors)
 
     def _mask(self, result: Any) -> None:
         errors = getattr(result, "errors", None)
@@ -420,14 +420,27 @@ def operation_label(doc: DocumentNode | None, name: str | None) -> str | None:
     return None
 
 
-def _quote_request(errors: list[GraphQLError]) -> None:
+def quote_request(errors: list[GraphQLError]) -> list[GraphQLError]:
     """Every error names the request (extensions.requestId, as the X-Request-Id header), so a
-    customer can quote it and the operator find its log line."""
+    customer can quote it and the operator find its log line. Copies: validation errors are
+    cached and shared by every request that sends the same document."""
     info = CURRENT_REQUEST.get()
     if info is None:
-        return
-    for e in errors:
-        e.extensions = {**(e.extensions or {}), "requestId": info.request_id}
+        return errors
+    rid = info.request_id
+    return [e if (e.extensions or {}).get("requestId") == rid else _quoted(e, rid) for e in errors]
+
+
+def _quoted(error: GraphQLError, request_id: str) -> GraphQLError:
+    return GraphQLError(
+        message=error.message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=error.original_error,
+        extensions={**(error.extensions or {}), "requestId": request_id},
+    )
 
 
 def _anonymised(error: GraphQLError) -> GraphQLError:

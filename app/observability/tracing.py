@@ -5,11 +5,16 @@ the GraphQL operation (named "mutation charge"), one span per SQL statement, and
 HTTP call (alert webhooks and the Stripe client: the httpx and requests instrumentations). Spans
 go to an OTLP/HTTP collector in batches (BatchSpanProcessor: the request never waits on export).
 
+The units of work run in worker threads (app/core/uow.py, anyio's to_thread): anyio runs each call
+in a copy of the caller's context, so the current span, like the request's id, crosses the hop and
+a statement's span is a child of the request's.
+
 The SQL spans come from SQLAlchemy's cursor events on this app's engine, not from the
 opentelemetry-instrumentation-sqlalchemy package: that instrumentor is a process-wide singleton
 that instruments one engine once, and a process (a test run) may build several apps. The outbound
-instrumentations are process-wide by nature: the first app to install tracing gives them its
-provider. With tracing off, `operation_span` is one global read."""
+instrumentations are process-wide by nature and instrumented once; they are given a provider that
+delegates to the one installed last (none after `uninstall`: no outbound spans), so each app's
+outbound calls land in its own exporter. With tracing off, `operation_span` is one global read."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _TRACER: Any = None
+_PROVIDER: Any = None  # the installed provider, behind the outbound instrumentations' delegate
 _OUTBOUND = False
 _PROPAGATED = (b"traceparent", b"tracestate", b"baggage")
 
@@ -29,7 +35,7 @@ _PROPAGATED = (b"traceparent", b"tracestate", b"baggage")
 def install(app: Any, engine: Engine, settings: Any, exporter: Any = None) -> Any:
     """Trace this app: spans to `exporter` (tests: an in-memory one, exported at once) or, by
     default, to METERKIT_OTEL_ENDPOINT over OTLP/HTTP. Returns the tracer provider."""
-    global _TRACER, _OUTBOUND
+    global _TRACER, _PROVIDER, _OUTBOUND
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -42,7 +48,7 @@ def install(app: Any, engine: Engine, settings: Any, exporter: Any = None) -> An
     else:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("meterkit")
-    _TRACER = tracer
+    _TRACER, _PROVIDER = tracer, provider
     _trace_statements(engine, tracer)
     from app.core import sql
 
@@ -52,8 +58,9 @@ def install(app: Any, engine: Engine, settings: Any, exporter: Any = None) -> An
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
         from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
-        HTTPXClientInstrumentor().instrument(tracer_provider=provider)
-        RequestsInstrumentor().instrument(tracer_provider=provider)
+        outbound = _current_provider()
+        HTTPXClientInstrumentor().instrument(tracer_provider=outbound)
+        RequestsInstrumentor().instrument(tracer_provider=outbound)
     app.add_middleware(TraceRequests, tracer=tracer)
     return provider
 
@@ -102,12 +109,45 @@ def _driver_span(tracer: Any) -> Any:
     return span
 
 
+def _current_provider() -> Any:
+    """A TracerProvider whose tracers start spans with the provider installed at that moment (the
+    instrumentors take their tracer once, when instrumented; the provider may change after)."""
+    from opentelemetry import trace
+
+    class Current(trace.Tracer):
+        def __init__(self, args: tuple[Any, ...]) -> None:
+            self.args = args
+            self.noop = trace.NoOpTracer()
+
+        def _tracer(self) -> Any:
+            provider = _PROVIDER
+            return self.noop if provider is None else provider.get_tracer(*self.args)
+
+        def start_span(self, *args: Any, **kwargs: Any) -> Any:
+            return self._tracer().start_span(*args, **kwargs)
+
+        def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+            return self._tracer().start_as_current_span(*args, **kwargs)
+
+    class Delegate(trace.TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+            return Current(_tracer_args(*args, **kwargs))
+
+    return Delegate()
+
+
+def _tracer_args(
+    name: str, version: str | None = None, schema_url: str | None = None, attributes: Any = None
+) -> tuple[Any, ...]:
+    return (name, version, schema_url, attributes)
+
+
 def uninstall() -> None:
-    """Tests: the next apps run untraced (the outbound instrumentations stay, as in a process)."""
-    global _TRACER
+    """Tests: the next apps run untraced, outbound calls included."""
+    global _TRACER, _PROVIDER
     from app.core import sql
 
-    _TRACER = None
+    _TRACER = _PROVIDER = None
     sql.OBSERVER = None
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import threading
+import time
 
 import pytest
 
-from app.observability.context import RequestInfo, request_id_from
-from app.observability.logs import JsonFormatter
-from tests.conftest import Api
+from app.core.uow import Runner
+from app.observability.context import CURRENT, RequestInfo, current_request_id, request_id_from
+from app.observability.logs import ACCESS, JsonFormatter, access, configure
+from app.settings import Settings
+from tests.conftest import Api, Database
 
 CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename } }"""
 
@@ -34,6 +39,14 @@ def test_a_request_id_is_kept_or_made_and_quoted_in_errors_and_the_log_line(
     assert r.headers["x-request-id"] == "cust-req-42"
     body = r.json()
     assert body["errors"] and all(e["extensions"]["requestId"] == "cust-req-42" for e in body["errors"]), body
+    # A document refused while parsing (past max_tokens) and a validation error (cached, so the same
+    # error for every request sending the document) each name their own request.
+    huge = "{ " + "__typename " * 5000 + "}"
+    for doc in (huge, huge, "{ nope }", "{ nope }"):
+        r = api.client.post("/graphql", json={"query": doc}, headers={"Authorization": f"Bearer {key}"})
+        (error,) = r.json()["errors"]
+        assert error["extensions"]["requestId"] == r.headers["x-request-id"], (doc[:20], error)
+        assert ("more than 4000 tokens" in error["message"]) is (doc is huge), error
     line = next(x for x in _lines(caplog) if x["request_id"] == "cust-req-42")
     assert line["method"] == "POST" and line["route"] == "/graphql" and line["status"] == r.status_code
     assert line["operation"] in ("mutation charge", None) or "operation" not in line
@@ -104,3 +117,79 @@ def test_readyz_refuses_a_database_behind_the_code(api: Api) -> None:
     finally:
         with api.db.engine.begin() as c:
             c.execute(text("UPDATE alembic_version SET version_num = :h"), {"h": head})
+
+
+class _Stream(io.StringIO):
+    """A log stream whose writes can be held (a stalled reader of the server's stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = threading.Event()
+        self.open.set()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.open.wait(10)
+        self.writes += 1
+        return super().write(s)
+
+
+def test_the_writer_formats_off_the_logging_thread_and_never_blocks_it() -> None:
+    stream = _Stream()
+    root, levels = logging.getLogger(), (logging.getLogger().level, ACCESS.level)
+    handler = configure(Settings(env="production", log_format="json", access_log=True), stream=stream)
+    try:
+        token = CURRENT.set(RequestInfo("req-in-context"))
+        try:
+            logging.getLogger("meterkit.worker").warning("round %s: %d late", "r1", 3)
+            access("POST", "/graphql", "mutation charge", "Spend", 200, 1.25, "req-in-context", "key1", "t1")
+        finally:
+            CURRENT.reset(token)
+        handler.flush()
+        lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+        # The request's id was read in the thread that logged, though the line was written by another.
+        assert lines[0]["msg"] == "round r1: 3 late" and lines[0]["request_id"] == "req-in-context"
+        assert lines[1]["logger"] == "meterkit.access" and lines[1]["operation_name"] == "Spend"
+        assert lines[1]["status"] == 200 and lines[1]["duration_ms"] == 1.25 and lines[1]["key_id"] == "key1"
+
+        # A stalled stream: logging returns at once; past MAX_QUEUED waiting, records are dropped
+        # and counted, and the count is written once the stream moves again.
+        stream.open.clear()
+        logging.getLogger("meterkit.worker").warning("held")  # the writer blocks on this one's write
+        time.sleep(0.2)
+        handler.MAX_QUEUED = 5
+        started = time.monotonic()
+        for n in range(50):
+            logging.getLogger("meterkit.worker").warning("flood %d", n)
+        assert time.monotonic() - started < 1
+        assert handler.dropped == 45
+        stream.open.set()
+        handler.flush()
+        tail = [json.loads(x) for x in stream.getvalue().splitlines()][2:]
+        assert [x["msg"] for x in tail] == ["held", "45 log records dropped: the log stream did not keep up"] + [
+            f"flood {n}" for n in range(5)
+        ]
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(levels[0])
+        ACCESS.setLevel(levels[1])
+
+
+def test_a_unit_of_work_in_a_worker_thread_knows_its_request(db: Database) -> None:
+    """The runner's thread hop (app/core/uow.py, anyio's to_thread) runs the unit in a copy of the
+    request's context: its log records and its SQL spans belong to the request."""
+    import anyio
+
+    runner = Runner(db.engine, inline=False)  # a thread hop on either engine
+
+    async def call() -> tuple[str | None, bool]:
+        token = CURRENT.set(RequestInfo("hop-1"))
+        try:
+            return await runner.call(
+                lambda: (current_request_id(), threading.current_thread() is threading.main_thread())
+            )
+        finally:
+            CURRENT.reset(token)
+
+    assert anyio.run(call) == ("hop-1", False)

@@ -109,7 +109,11 @@ def test_a_scrape_counts_charges_refusals_webhooks_and_deliveries(db: Database, 
     assert delta("meterkit_charges_total", operation="charge", outcome="quota_exceeded", primitive="email.send") == 1
     # A primitive that the kit did not admit is never a label value (a client could mint them).
     assert delta("meterkit_charges_total", operation="charge", outcome="not_entitled", primitive="-") == 1
-    assert not any("nope.made_up" in str(labels) or "search.web" in str(labels) for _, labels in after)
+    # (The counters are the process's: other tests' charges may have named search.web before; none
+    # of this test's refusals adds a label set naming either.)
+    added = set(after) - set(before)
+    assert not any("nope.made_up" in str(labels) or "search.web" in str(labels) for _, labels in added), added
+    assert not any("nope.made_up" in str(labels) for _, labels in after)
     assert delta("meterkit_credits_debited_total", primitive="email.send") == 2  # 1 credit each
     assert delta("meterkit_webhook_deliveries_total", result="delivered") == 1
     assert delta("meterkit_stripe_webhooks_total") == len(sent) + 1
@@ -171,7 +175,8 @@ def test_the_reconcile_query_sets_the_drift_gauge(db: Database, stripe: FakeStri
 
 
 def test_several_workers_are_summed_in_multiprocess_mode(db: Database, tmp_path: Path) -> None:
-    """`meterkit serve --workers 2`: each scrape lands on either worker and shows every charge."""
+    """`meterkit serve --workers 2`: each scrape lands on either worker and shows every charge, and
+    each charge has its access line in the server's output."""
     url = db.url
     op_key = "mk_op_" + secrets.token_urlsafe(32)
     port = free_port()
@@ -224,6 +229,9 @@ def test_several_workers_are_summed_in_multiprocess_mode(db: Database, tmp_path:
     assert {value(s, "meterkit_charges_total", **labels) for s in before} == {0}
     assert {value(s, "meterkit_charges_total", **labels) for s in after} == {n}
     assert {value(s, "meterkit_http_request_duration_seconds_count", operation="mutation charge") for s in after} == {n}
+    # Each worker's log writer (a thread of its own) wrote every charge's access line before it exited.
+    lines = log.read_text().splitlines()
+    assert sum("meterkit.access  POST /graphql mutation charge 200" in x for x in lines) == n, lines[-20:]
 
 
 pytestmark = pytest.mark.timeout(180)

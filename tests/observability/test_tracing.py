@@ -1,6 +1,6 @@
 """Traces (issue 23, point 3): with the in-memory exporter, one GraphQL charge over a real uvicorn
 is one trace: the request's server span, the operation's span, and the charge's SQL statements,
-all in the same trace and under the request; an alert delivery's POST is a client span."""
+all in the same trace and under the request; the statements a batch sends with executemany too."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tests.metering.test_metering_concurrency import make_tenant
 from tests.stripe_harness import _HttpApiClient
 
 CHARGE = """mutation Spend($i: MeterInput!) { charge(input: $i) { __typename ... on Charged { creditsUsed } } }"""
+BATCH = """mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items) { __typename } }"""
 
 
 def test_a_charge_is_one_trace_with_its_statements(db: Database) -> None:
@@ -44,10 +45,28 @@ def test_a_charge_is_one_trace_with_its_statements(db: Database) -> None:
                 headers={"Authorization": f"Bearer {key}", "X-Request-Id": "trace-me-1"},
             )
             assert r.json()["data"]["charge"]["__typename"] == "Charged"
+            items = [{"item": {"primitive": "email.send", "idempotencyKey": f"b{n}"}} for n in range(3)]
+            r = httpx.post(
+                server.url + "/graphql",
+                json={"query": BATCH, "variables": {"items": items}},
+                headers={"Authorization": f"Bearer {key}", "X-Request-Id": "trace-batch-1"},
+            )
+            assert [x["__typename"] for x in r.json()["data"]["chargeBatch"]] == ["Charged"] * 3, r.text
     finally:
         tracing.uninstall()  # other tests' apps run untraced
-    spans: list[Any] = list(exporter.get_finished_spans())
-    assert len({s.context.trace_id for s in spans}) == 1, [(s.name, s.context.trace_id) for s in spans]
+    # Read once the server has stopped: a server span ends after its response is sent.
+    traces: dict[int, list[Any]] = {}
+    for span in exporter.get_finished_spans():
+        traces.setdefault(span.context.trace_id, []).append(span)
+
+    def trace_of(request_id: str) -> list[Any]:
+        return next(t for t in traces.values() if any(s.attributes.get("meterkit.request_id") == request_id for s in t))
+
+    spans, batch = trace_of("trace-me-1"), trace_of("trace-batch-1")
+    # Nothing in a trace of its own (a statement run in a worker thread included): besides the two
+    # requests' traces, only the server spans of the setup's requests, ending after the clear.
+    others = [s for t in traces.values() if t is not spans and t is not batch for s in t]
+    assert all(s.kind == SpanKind.SERVER for s in others), [(s.name, s.context.trace_id) for s in others]
     server_spans = [s for s in spans if s.kind == SpanKind.SERVER]
     assert len(server_spans) == 1
     root = server_spans[0]
@@ -74,3 +93,14 @@ def test_a_charge_is_one_trace_with_its_statements(db: Database) -> None:
             parent = by_id[parent.span_id].parent
         assert "POST /graphql" in chain, chain
     assert all(s.attributes["db.system"] == db.backend.replace("postgres", "postgresql") for s in statements)
+
+    # A batch's statements sent with executemany (the usage rollups, the buckets it drew on) have
+    # their spans too, in the batch request's trace; PostgreSQL runs the batch as one function call.
+    batch_sql = [
+        str(s.attributes["db.statement"]).lower() for s in batch if s.attributes and "db.statement" in s.attributes
+    ]
+    if db.backend == "postgres":
+        assert any("meterkit_charge_batch(" in t for t in batch_sql), batch_sql
+    else:
+        assert any(t.startswith("insert into usage_rollup") for t in batch_sql), batch_sql
+        assert any(t.startswith("update credit_bucket set remaining") for t in batch_sql), batch_sql
