@@ -111,7 +111,8 @@ class MeterkitGraphQL(GraphQL[Context, None]):
                     span.update_name(info.operation)
         errors = getattr(result, "errors", None) or ()
         if errors:  # the request's id in each error, those of a document refused while parsing too
-            result.errors = errors = quote_request(errors)
+            errors = quote_request(errors)
+            setattr(result, "errors", errors)  # noqa: B010  (an ExecutionResult here: it has errors)
         # A resolver found no database connection in time: its error (code DATABASE_UNAVAILABLE,
         # retryable) is in the answer; the status and Retry-After say the same to HTTP clients.
         unavailable = next((e.original_error for e in errors if isinstance(e.original_error, Unavailable)), None)
