@@ -131,6 +131,11 @@ def _serve(h: str, p: int, demo: bool, workers: int) -> None:
         typer.echo("Use it as 'Authorization: Bearer <key>' (GraphiQL: the Headers tab).")
         typer.echo("=" * 72)
     typer.echo(f"meterkit on http://{h}:{p}/graphql  ({safe_url(settings.database_url)})")
+    from app.observability.logs import configure
+
+    configure(settings)  # the supervisor's own messages in the same format as the workers'
+    if workers > 1 and settings.metrics_enabled:
+        _multiprocess_metrics()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -138,7 +143,8 @@ def _serve(h: str, p: int, demo: bool, workers: int) -> None:
         port=p,
         workers=workers,
         log_level="warning",
-        access_log=False,
+        access_log=False,  # meterkit writes its own line per request (app/observability)
+        log_config=None,  # uvicorn's records go to meterkit's handler, in its format
         # SIGTERM: stop accepting, let in-flight requests finish for this long, then drop them
         # and exit (without it, one stalled client keeps the process alive for good).
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
@@ -147,6 +153,22 @@ def _serve(h: str, p: int, demo: bool, workers: int) -> None:
         ws_max_size=2 * settings.max_body_bytes,
         ws_per_message_deflate=settings.ws_compression,
     )
+
+
+def _multiprocess_metrics() -> None:
+    """Several workers: prometheus-client's multiprocess mode, in a fresh directory the workers
+    inherit (PROMETHEUS_MULTIPROC_DIR; one set by the operator is used as it is, and must be
+    emptied between runs), removed when the server stops."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    path = tempfile.mkdtemp(prefix="meterkit-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, True)
 
 
 @cli.command("export-schema")

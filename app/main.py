@@ -1,4 +1,4 @@
-"""The Starlette app: /graphql (Strawberry), /healthz, and the slices' HTTP routes."""
+"""The Starlette app: /graphql (Strawberry), the probes and /metrics, and the slices' HTTP routes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -13,14 +14,13 @@ from typing import Any
 
 import orjson
 from cross_web import HTTPException as StrawberryHTTPException
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,10 +33,17 @@ from app.core.db import SqliteCheckpointer, engine_for, sqlite_checkpointer, uni
 from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, IDE_DIR, IDE_PATH, ide_html
+from app.graphql.guard import quote_request
 from app.graphql.schema import build_schema
 from app.graphql.ws import LiveWSHandler
 from app.http.edge import AuthError, InFlightLimit, error_response, http_error, require_key, unavailable_response
 from app.live.hub import LiveHub
+from app.observability import logs as obs_logs
+from app.observability import metrics as obs_metrics
+from app.observability import probes
+from app.observability.context import CURRENT as CURRENT_REQUEST
+from app.observability.middleware import HOT_ROUTE, Observe
+from app.observability.tracing import operation_span
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key
 
@@ -94,12 +101,20 @@ class MeterkitGraphQL(GraphQL[Context, None]):
     async def execute_operation(
         self, request: Any, request_adapter: Any, request_data: Any, context: Any, root_value: Any, sub_response: Any
     ) -> Any:
-        result = await super().execute_operation(
-            request, request_adapter, request_data, context, root_value, sub_response
-        )
+        with operation_span("graphql") as span:
+            result = await super().execute_operation(
+                request, request_adapter, request_data, context, root_value, sub_response
+            )
+            if span is not None:  # tracing on: named once the operation is known ("mutation charge")
+                info = CURRENT_REQUEST.get()
+                if info is not None and info.operation:
+                    span.update_name(info.operation)
+        errors = getattr(result, "errors", None) or ()
+        if errors:  # the request's id in each error, those of a document refused while parsing too
+            errors = quote_request(errors)
+            setattr(result, "errors", errors)  # noqa: B010  (an ExecutionResult here: it has errors)
         # A resolver found no database connection in time: its error (code DATABASE_UNAVAILABLE,
         # retryable) is in the answer; the status and Retry-After say the same to HTTP clients.
-        errors = getattr(result, "errors", None) or ()
         unavailable = next((e.original_error for e in errors if isinstance(e.original_error, Unavailable)), None)
         if unavailable is not None:
             sub_response.status_code = 503
@@ -140,6 +155,20 @@ class AppState:
         self.schema = build_schema(settings)
         self.live = LiveHub(engine, session_url=settings.db_session_url, pooled=settings.db_pgbouncer)
         self.checkpointer: SqliteCheckpointer | None = None  # while serving, on SQLite
+        self.worker: Any = None  # the alert delivery worker, when this process runs one
+        self.overage: asyncio.Task[None] | None = None  # the overage loop, when Stripe is configured
+
+    def workers(self) -> dict[str, Any]:
+        """The background work this process started, each with its liveness check (/readyz)."""
+        out: dict[str, Any] = {}
+        if self.worker is not None:
+            out["alert_worker"] = self.worker.alive
+        if self.overage is not None:
+            overage = self.overage
+            out["overage_loop"] = lambda: not overage.done()
+        if self.checkpointer is not None:
+            out["sqlite_checkpointer"] = self.checkpointer.alive
+        return out
 
 
 class BodyLimit:
@@ -195,6 +224,7 @@ class HotLane:
         if scope["type"] == "http" and not scope.get("root_path"):
             handler = self.hot.get((scope["method"], scope["path"]))
             if handler is not None:
+                scope[HOT_ROUTE] = scope["path"]  # the route label of /metrics and the access log
                 try:
                     response = await handler(Request(scope, receive, send))  # the unexpected: ServerErrorMiddleware
                 except Unavailable as exc:  # as the app's exception handler answers every other route
@@ -232,6 +262,8 @@ def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, clock: Clock | None = None
 ) -> Starlette:
     settings = settings or get_settings()
+    if settings.env != "test":
+        obs_logs.configure(settings)  # tests keep pytest's logging (caplog)
     engine = engine or engine_for(settings)
     state = AppState(settings, engine, clock or Clock())
     graphql_app = MeterkitGraphQL(
@@ -272,20 +304,8 @@ def create_app(
         scope["state"]["scope"] = tenant_scope
         await graphql_app(scope, receive, send)
 
-    async def healthz(_: Request) -> Response:
-        def ping() -> None:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-
-        try:
-            await run_in_threadpool(ping)
-        except Exception:
-            log.exception("health check failed")
-            return JSONResponse({"status": "unavailable"}, status_code=503)
-        return JSONResponse({"status": "ok"})
-
     routes: list[Any] = [
-        Route("/healthz", healthz, methods=["GET"]),
+        *probes.routes(state),
         Route("/graphql", _Asgi(graphql_endpoint), methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql_app),
     ]
@@ -330,6 +350,7 @@ def create_app(
                 config=DeliveryConfig.from_settings(settings),
             )
             worker.start()
+            state.worker = worker
         overage = None
         if settings.env != "test" and settings.stripe_api_key:
             # Overage owed to Stripe is sent at period close and retried until acknowledged.
@@ -338,9 +359,20 @@ def create_app(
 
             gateway = StripeGateway.from_settings(settings)
             overage = asyncio.get_running_loop().create_task(overage_loop(engine, gateway, state.clock))
+            state.overage = overage
+        sampler = None
+        if settings.metrics_enabled and obs_metrics.MULTIPROCESS:
+            # Several workers: each writes its live sockets and pool to the shared files now and then,
+            # so a scrape answered by any one of them sums them all.
+            from app.observability.collector import sample_loop
+
+            sampler = asyncio.get_running_loop().create_task(sample_loop(state))
         try:
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
+            obs_metrics.process_exited(os.getpid())
             if overage is not None:
                 overage.cancel()
             if worker is not None:
@@ -352,6 +384,7 @@ def create_app(
             if checkpointer is not None:
                 await run_in_threadpool(checkpointer.stop)
                 state.checkpointer = None
+            state.worker = state.overage = None
 
     async def on_unavailable(_: Any, exc: Exception) -> Response:
         assert isinstance(exc, Unavailable)
@@ -385,9 +418,16 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Tenant-Id"],
+            allow_headers=["Authorization", "Content-Type", "X-Tenant-Id", "X-Request-Id"],
+            expose_headers=["X-Request-Id"],
             max_age=600,
         )
+    # Outermost: every request gets its X-Request-Id, its log line and its place in /metrics.
+    app.add_middleware(Observe, metrics_enabled=settings.metrics_enabled)
+    if settings.otel_endpoint:
+        from app.observability.tracing import install
+
+        install(app, engine, settings)
     return app
 
 

@@ -143,6 +143,25 @@ class Settings(BaseSettings):
     # Request bodies on the proxy routes (prompts are larger than API calls): this many bytes at most.
     llm_max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
 
+    # ---- observability (issue 23; docs/operations.md) ----
+    # /metrics (Prometheus text format) on the app's own port, readable with a platform (operator)
+    # key only; off by default. Counting itself is always on (counters in memory, no I/O).
+    metrics_enabled: bool = False
+    # Scrape-time database gauges (outbox, holds, overage) are read at most this often per process.
+    metrics_db_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    # The ledger reconcile behind meterkit_ledger_drift_tenants runs from a scrape at most this
+    # often (it reads the whole ledger); 0: only when an operator runs the `reconcile` query.
+    metrics_reconcile_seconds: Annotated[float, Field(ge=0)] = 900.0
+    # Log records as JSON lines (json), readable lines (text), or json in production and text
+    # elsewhere (auto). One access line per request at INFO unless access_log is off.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+    # OpenTelemetry traces (pip install 'meterkit[otel]'): exported over OTLP/HTTP to this URL
+    # (e.g. http://otel-collector:4318/v1/traces); unset: no tracing.
+    otel_endpoint: str | None = None
+    otel_service_name: str = "meterkit"
+
     @property
     def public_base_url(self) -> str:
         """METERKIT_PUBLIC_URL, else this gateway's own address (a wildcard bind as loopback)."""

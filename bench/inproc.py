@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -159,11 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     loop.run_until_complete(drive(app, key, args.scenario, args.warmup, 20_000_000))
     gc.collect()
     gc.freeze()  # as the server does after startup (app/main.py lifespan)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loop.run_until_complete(drive(app, key, args.scenario, args.n, 0))
-    took = time.perf_counter() - t0
+    for handler in logging.getLogger().handlers:
+        handler.flush()  # the log lines of these requests written (a writer thread: app/observability/logs.py)
+    took, cpu = time.perf_counter() - t0, time.process_time() - c0
     if args.time and args.n:
-        print(f"{args.scenario}: {args.n} requests in {took:.3f} s, {args.n / took:,.0f}/s", file=sys.stderr)
+        print(
+            f"{args.scenario}: {args.n} requests in {took:.3f} s, {args.n / took:,.0f}/s; "
+            f"CPU (every thread) {cpu / args.n * 1e6:,.1f} us per request",
+            file=sys.stderr,
+        )
     return 0
 
 

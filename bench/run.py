@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, ROOT, free_port, git_commit, log, seed, start_server, stop, wrk
+from bench.observability import observability_overhead
+from bench.observability import report as obs_report
+from bench.observability import target as obs_target
 from bench.profile import profile
 from bench.proxy import proxy_bench
 from bench.proxy import report as proxy_report
@@ -92,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--subs-seconds", type=float, default=20, help="subscription isolation: seconds per side")
     ap.add_argument("--subs-rate", type=float, default=100, help="subscription isolation: victim charges/s")
     ap.add_argument("--subs-rounds", type=int, default=2, help="subscription isolation: rounds (default 2)")
+    ap.add_argument("--observability-only", action="store_true", help="run only the observability overhead scenario")
+    ap.add_argument("--obs-rounds", type=int, default=3, help="observability overhead: rounds per side (default 3)")
     ap.add_argument("--subscriptions-only", action="store_true", help="run only the subscription isolation scenario")
     # The LLM proxy against the same fake upstream called directly (bench/proxy.py, issue 21).
     ap.add_argument("--proxy-calls", type=int, default=300, help="LLM proxy: sequential calls per side and mode")
@@ -109,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meterkit-bench-"))
     if args.subscriptions_only:
         return subscriptions_only(args, tmp)
+    if args.observability_only:
+        obs = observability_overhead(args, tmp, rounds=args.obs_rounds)
+        print("\n" + "\n".join(obs_report(obs)))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     db_path = tmp / "bench.db"
     url = f"sqlite:///{db_path}"
     log(f"database {db_path}: migrating and seeding")
@@ -258,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     subs = subscription_isolation(args, tmp)
     llm = proxy_bench(args.proxy_calls, args.proxy_seconds, args.loop, tmp)
+    obs = observability_overhead(args, tmp, rounds=args.obs_rounds)
 
     # The bare reference, same uvicorn flags, same wrk settings, same machine, same run.
     bare_key = secrets.token_urlsafe(16)
@@ -292,14 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": list(by.values()),
         "open_loop": ol,
         "rss": rss,
-        "targets": [*targets(by, ol, rss), subs_target(subs), *llm["targets"]],
+        "targets": [*targets(by, ol, rss), subs_target(subs), obs_target(obs), *llm["targets"]],
+        "observability": obs,
         "subscription_isolation": subs,
         "llm_proxy": llm,
         "events_match": events_ok,
         "books": books,
         "profile": prof,
     }
-    lines = report(results) + ["", *subs_report(subs), "", *proxy_report(llm)]
+    lines = report(results) + ["", *subs_report(subs), "", *obs_report(obs), "", *proxy_report(llm)]
     print("\n" + "\n".join(lines))
     if prof:
         print(

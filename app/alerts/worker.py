@@ -53,6 +53,7 @@ from app.core.clock import Clock
 from app.core.db import connection_of_work
 from app.core.sql import is_sqlite
 from app.metering.holds import expire_due_holds
+from app.observability import metrics
 
 log = logging.getLogger("meterkit.webhooks")
 
@@ -321,6 +322,7 @@ async def deliver_one(engine: Engine, clock: Clock, sender: Sender, r: Claimed) 
         outcome = await sender.send(r, send_by=time.monotonic() + spare)
         applied = await asyncio.to_thread(record, engine, clock, r, outcome)
         if not applied:
+            metrics.delivery("lost")
             log.warning("webhook delivery %s: lease lost while sending; its outcome was not recorded", r.id)
         return applied
     except Exception:  # noqa: BLE001  (the lease expires and the delivery is claimed again)
@@ -386,6 +388,7 @@ def record(engine: Engine, clock: Clock, r: Claimed, outcome: Outcome) -> bool:
             conn.execute(update(ENDPOINT).where(ENDPOINT.c.id == r.endpoint_id).values(consecutive_failures=0))
         else:
             _endpoint_failed(conn, r.endpoint_id, now)
+    metrics.delivery({"delivered": "delivered", "pending": "retry"}.get(values["status"], "dead"))
     return True
 
 
@@ -466,6 +469,10 @@ class DeliveryWorker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.config.deadline + self.interval + 5)
+
+    def alive(self) -> bool:
+        """Started and not stopped or dead (/readyz)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         asyncio.run(self._serve())

@@ -162,6 +162,7 @@ class SqliteCheckpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # runs that copied something (tests, bench)
+        self.lag_frames = 0  # WAL frames the last checkpoint could not copy yet (/metrics)
 
     def start(self) -> None:
         if self._thread is None:
@@ -173,6 +174,9 @@ class SqliteCheckpointer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         import sqlite3
@@ -194,7 +198,8 @@ class SqliteCheckpointer:
                     if version == seen:
                         continue  # nothing committed since the last look
                     seen = version
-                    _busy, _log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.lag_frames = max(0, frames - copied)
                     if copied > 0:
                         self.checkpoints += 1
                 except sqlite3.Error:

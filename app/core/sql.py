@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,8 +68,35 @@ def run(conn: Connection, stmt: Sql, params: dict[str, Any]) -> Result:
     """Execute on the DBAPI connection of the current transaction. Even exec_driver_sql costs
     ~120 us of result bookkeeping per statement; the driver itself takes ~20 us."""
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cur.execute(stmt.render(conn.dialect.name), params)
+    text = stmt.render(conn.dialect.name)
+    if OBSERVER is None:
+        cur.execute(text, params)
+    else:
+        with OBSERVER(text, conn.dialect.name):
+            cur.execute(text, params)
     return Result(cur)
+
+
+def run_many(conn: Connection, stmt: Sql, rows: list[dict[str, Any]]) -> None:
+    """One statement, many parameter sets (the driver's executemany), as `run`: one span when traced."""
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    text = stmt.render(conn.dialect.name)
+    if OBSERVER is None:
+        cur.executemany(text, rows)
+    else:
+        with OBSERVER(text, conn.dialect.name):
+            cur.executemany(text, rows)
+
+
+# Statements sent straight to the driver skip SQLAlchemy's events, so tracing
+# (app/observability/tracing.py) sets this: a context manager around each, given the SQL text
+# (placeholders, never values) and the dialect. None (the default): one global read per statement.
+OBSERVER: Callable[[str, str], AbstractContextManager[Any]] | None = None
+
+
+def observe(text: str, dialect: str) -> AbstractContextManager[Any]:
+    """For the other driver-level statements (PostgreSQL's one-round-trip charge)."""
+    return nullcontext() if OBSERVER is None else OBSERVER(text, dialect)
 
 
 def is_sqlite(conn: Connection) -> bool:

@@ -24,7 +24,7 @@ from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import new_id
-from app.core.sql import Sql, read_ts, run, ts
+from app.core.sql import Sql, read_ts, run, run_many, ts
 from app.credits.models import CreditAccount, CreditBucket, CreditHold, LedgerEntry
 from app.live import notify as live_events
 
@@ -337,12 +337,8 @@ def debit_many(
         balance -= amount
         if amount:
             entries.append((action, -amount, balance, reference))
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    dialect = conn.dialect.name
     if touched:
-        cur.executemany(
-            _SET_REMAINING.render(dialect), [{"remaining": left_in[i], "id": live[i].id} for i in sorted(touched)]
-        )
+        run_many(conn, _SET_REMAINING, [{"remaining": left_in[i], "id": live[i].id} for i in sorted(touched)])
     # Entries in order, in one multi-row INSERT per chunk (ids follow VALUES order; nothing reads them here).
     for c in range(0, len(entries), _ENTRY_CHUNK):
         chunk = entries[c : c + _ENTRY_CHUNK]
@@ -352,7 +348,7 @@ def debit_many(
             params[f"m{n}"] = amount_
             params[f"b{n}"] = after
             params[f"r{n}"] = reference
-        cur.execute(_entries(len(chunk)).render(dialect), params)
+        run(conn, _entries(len(chunk)), params)
     _set_balance(conn, scope, now, balance)
     return balance
 

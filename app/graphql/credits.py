@@ -4,6 +4,7 @@ reads take the tenant from the scope."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from app.graphql.types import Plan
 from app.graphql.util import attempt, target_scope
 from app.organizations import tiers
 from app.organizations.models import HOUSE
+from app.observability import metrics
 
 
 @strawberry.type
@@ -172,6 +174,7 @@ class CreditsQuery:
     @strawberry.field(description="Platform: recompute every balance from the ledger and report drift per tenant.")
     async def reconcile(self, info: Info, only_drift: bool = True) -> ReconcileReport:
         report = await info.context.read(service.reconcile)
+        metrics.ledger_reconciled(len(report.drifted), time.time())  # /metrics: meterkit_ledger_drift_tenants
         rows = report.drifted if only_drift else report.all
         return ReconcileReport(
             checked_tenants=report.checked, drifted_tenants=len(report.drifted), tenants=[_drift(d) for d in rows]

@@ -23,7 +23,18 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, Node, StringValueNode, parse, validate
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    GraphQLSchema,
+    Node,
+    OperationDefinitionNode,
+    StringValueNode,
+    parse,
+    validate,
+)
 from graphql import ExecutionResult as GraphQLExecutionResult
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.runner import SchemaExtensionsRunner
@@ -43,6 +54,8 @@ from app.graphql.cost import (
 )
 from app.graphql.parse_cache import ParseCache
 from app.graphql.permissions import guard_root_fields
+from app.observability.context import CURRENT as CURRENT_REQUEST
+from app.observability.context import note_operation
 
 TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 
@@ -231,6 +244,8 @@ class Gateway(SchemaExtension):
         # takes any "Did you mean ...?" that another path adds (e.g. "Did you mean 'plans { ... }'?").
         if self.config.hide_suggestions and result is not None and result.errors:
             result.errors = [_without_suggestion(e) for e in result.errors]
+        if result is not None and (errors := getattr(result, "errors", None)):
+            result.errors = quote_request(errors)
 
     def _mask(self, result: Any) -> None:
         errors = getattr(result, "errors", None)
@@ -311,7 +326,10 @@ class Gateway(SchemaExtension):
     # ---- execute: who may call which root field ------------------------------------------------
 
     def begin_execute(self) -> None:
-        guard_root_fields(self.execution_context)
+        ec = self.execution_context
+        if CURRENT_REQUEST.get() is not None:
+            note_operation(operation_label(ec.graphql_document, ec.operation_name), ec.operation_name)
+        guard_root_fields(ec)
 
     # ---- Strawberry's hooks ----------------------------------------------------------------------
 
@@ -387,6 +405,42 @@ class GatewayRunner(SchemaExtensionsRunner):
 
     async def get_extensions_results(self, ctx: Any) -> dict[str, Any]:
         return dict(ctx.extensions_results)
+
+
+def operation_label(doc: DocumentNode | None, name: str | None) -> str | None:
+    """ "mutation charge": the operation's type and first root field, names the schema bounds (a
+    metric label and the access log's `operation`; the client's operation name is only logged)."""
+    if doc is None:
+        return None
+    for d in doc.definitions:
+        if isinstance(d, OperationDefinitionNode) and (name is None or (d.name is not None and d.name.value == name)):
+            first = next((f for f in d.selection_set.selections if isinstance(f, FieldNode)), None)
+            field_name = first.name.value if first is not None else "-"
+            return f"{d.operation.value} {field_name}"
+    return None
+
+
+def quote_request(errors: list[GraphQLError]) -> list[GraphQLError]:
+    """Every error names the request (extensions.requestId, as the X-Request-Id header), so a
+    customer can quote it and the operator find its log line. Copies: validation errors are
+    cached and shared by every request that sends the same document."""
+    info = CURRENT_REQUEST.get()
+    if info is None:
+        return errors
+    rid = info.request_id
+    return [e if (e.extensions or {}).get("requestId") == rid else _quoted(e, rid) for e in errors]
+
+
+def _quoted(error: GraphQLError, request_id: str) -> GraphQLError:
+    return GraphQLError(
+        message=error.message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=error.original_error,
+        extensions={**(error.extensions or {}), "requestId": request_id},
+    )
 
 
 def _anonymised(error: GraphQLError) -> GraphQLError:

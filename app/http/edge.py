@@ -20,6 +20,7 @@ from app.core.db import unit_of_work
 from app.core.errors import Unavailable
 from app.core.ids import _ID
 from app.core.text import NUL_MESSAGE
+from app.observability.context import current_request_id, note_principal
 from app.tenants.principals import CACHE as PRINCIPALS
 from app.tenants.repository import TenantRepository
 from app.tenants.service import authenticate
@@ -38,14 +39,25 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     error: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         error["field"] = field
-    return JSONResponse({"error": error}, status_code=status)
+    return JSONResponse({"error": with_request_id(error)}, status_code=status)
+
+
+def with_request_id(error: dict[str, Any]) -> dict[str, Any]:
+    """An error body names the request (its X-Request-Id), so a customer can quote it and the
+    operator find its log line (app/observability)."""
+    rid = current_request_id()
+    if rid is not None:
+        error["request_id"] = rid
+    return error
 
 
 def unavailable_response(exc: Unavailable) -> Response:
     """No database connection in time (app/core/db.py connect): 503 with Retry-After, the same
     for every HTTP route (REST, the hot charge, /graphql's key lookup, /webhooks/stripe)."""
     body = {"code": exc.code, "message": exc.message, "retryable": True, "retry_after_seconds": exc.retry_after}
-    return JSONResponse({"error": body}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
+    return JSONResponse(
+        {"error": with_request_id(body)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+    )
 
 
 Resolved = tuple[Principal | None, TenantScope | None]
@@ -85,7 +97,9 @@ def resolve_principal(
                 if not TenantRepository(s).owned_by(tenant_header, principal.organization_id):
                     raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
                 PRINCIPALS.remember_tenant(db, _owned(principal.organization_id, tenant_header))
-        return principal, mint_scope(principal, tenant_header or None)
+        scope = mint_scope(principal, tenant_header or None)
+        note_principal(principal.key_id, scope.tenant_id if scope else principal.tenant_id)
+        return principal, scope
 
 
 def _owned(organization_id: str, tenant_id: str) -> str:
@@ -122,7 +136,9 @@ def from_cache(
             db, _owned(principal.organization_id or "", tenant_header)
         ):
             return None
-    return principal, mint_scope(principal, tenant_header or None)
+    scope = mint_scope(principal, tenant_header or None)
+    note_principal(principal.key_id, scope.tenant_id if scope else principal.tenant_id)
+    return principal, scope
 
 
 def parse_authorization(header: str | None) -> str | None:
@@ -232,9 +248,12 @@ def too_many_requests(path: str, limit: int) -> Response:
     """429 in the edge's error shape; on /graphql also as a GraphQL error (`errors[0].extensions.code`),
     so GraphQL clients branch on it the way they branch on every other GraphQL error."""
     message = f"more than {limit} requests of this API key in flight: retry after 1 s"
-    body: dict[str, Any] = {"error": {"code": TOO_MANY, "message": message, "retry_after_seconds": 1}}
+    body: dict[str, Any] = {"error": with_request_id({"code": TOO_MANY, "message": message, "retry_after_seconds": 1})}
     if path == "/graphql":
-        body["errors"] = [{"message": message, "extensions": {"code": TOO_MANY, "retryAfterSeconds": 1}}]
+        extensions: dict[str, Any] = {"code": TOO_MANY, "retryAfterSeconds": 1}
+        if "request_id" in body["error"]:
+            extensions["requestId"] = body["error"]["request_id"]
+        body["errors"] = [{"message": message, "extensions": extensions}]
     return JSONResponse(body, status_code=429, headers={"Retry-After": "1"})
 
 

@@ -83,6 +83,13 @@ class Caps:
     def subscriptions(self, key_id: str) -> int:
         return self._subscriptions[_key(key_id)]
 
+    def total_sockets(self) -> int:
+        """Every socket open in this process (each is counted once under its key): /metrics."""
+        return sum(n for name, n in self._sockets.items() if name.startswith("k:"))
+
+    def total_subscriptions(self) -> int:
+        return sum(n for name, n in self._subscriptions.items() if name.startswith("k:"))
+
 
 def _key(key_id: str) -> str:
     return "k:" + key_id

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import DomainError
-from app.core.sql import read_json, run, to_json, ts
+from app.core.sql import read_json, run, run_many, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
 from app.metering import payer
@@ -188,8 +188,7 @@ class BatchMeter(Meter):
             self._alerts(primitive, run_.quota, run_.used - run_.quantity, run_.used, run_.period, None)
         # The tenant's account lock already serializes writers of these rows; one statement, many rows.
         rollup_rows = [self._rollup_row(p, k, q, c, n) for (p, k), (q, c, n) in rollups.items()]
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cur.executemany(BUMP_ROLLUP.render(conn.dialect.name), rollup_rows)
+        run_many(conn, BUMP_ROLLUP, rollup_rows)
         if accepted:
             self._alerts(None, None, 0, 0, accepted[0][3].period, start_available)
         if self._spend is not None:

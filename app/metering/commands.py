@@ -8,7 +8,8 @@ it (app/live, app/alerts/emit.py). The edges (GraphQL resolvers, REST routes) ca
 command through the unit-of-work runner, `await uow.call(commands.charge, ..., retry=True)`
 (app/core/uow.py: on the event loop for inline SQLite, else the whole command in one worker
 thread hop, run once more on PostgreSQL's unique-key race), and only translate input and output.
-Commands are synchronous, so a script or the CLI calls them as they are."""
+Commands are synchronous, so a script or the CLI calls them as they are. Each counts its outcome
+for /metrics (app/observability/metrics.py: an in-memory counter, no I/O)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from app.alerts.refusals import record_exhausted
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.db import connection_of_work, unit_of_work
+from app.core.errors import DomainError
 from app.metering import charging, holds
 from app.metering import check as checks
 from app.metering.errors import InsufficientCredits, OrganizationCreditsExhausted
 from app.metering.types import BatchOutcome, Charged, CheckResult, HoldView, MeterRequest
+from app.observability import metrics
 from app.pricing.service import PriceRequest
 
 
@@ -32,12 +35,16 @@ def charge(
     round trip (the charge is the whole unit of work: app/metering/pg_charge.py)."""
     try:
         with connection_of_work(engine) as conn:
-            return charging.charge(
+            result = charging.charge(
                 conn, clock, scope, req, negative_buffer=negative_buffer, precheck=precheck, alone=True
             )
-    except (InsufficientCredits, OrganizationCreditsExhausted) as exc:
-        record_exhausted(engine, clock, exc)
+    except DomainError as exc:
+        metrics.refused("charge", req.primitive, exc.code)
+        if isinstance(exc, InsufficientCredits | OrganizationCreditsExhausted):
+            record_exhausted(engine, clock, exc)
         raise
+    metrics.charged("charge", req.primitive, result.credits_used, result.replayed)
+    return result
 
 
 def charge_batch(
@@ -46,7 +53,11 @@ def charge_batch(
     """Many charges in one transaction, each with its own outcome (a refusal is an outcome)."""
     with connection_of_work(engine) as conn:
         outcomes = charging.charge_batch(conn, clock, items, negative_buffer=negative_buffer, alone=True)
-    for outcome in outcomes:
+    for (_, req), outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, Charged):
+            metrics.charged("batch", req.primitive, outcome.credits_used, outcome.replayed)
+        else:
+            metrics.refused("batch", req.primitive, outcome.code)
         if isinstance(outcome, InsufficientCredits | OrganizationCreditsExhausted):
             record_exhausted(engine, clock, outcome)
     return outcomes
@@ -64,10 +75,14 @@ def reserve(
     """Hold the estimate of an async job."""
     try:
         with unit_of_work(engine) as session:
-            return holds.reserve(session, clock, scope, req, negative_buffer=negative_buffer, ttl_seconds=ttl_seconds)
-    except (InsufficientCredits, OrganizationCreditsExhausted) as exc:
-        record_exhausted(engine, clock, exc)
+            hold = holds.reserve(session, clock, scope, req, negative_buffer=negative_buffer, ttl_seconds=ttl_seconds)
+    except DomainError as exc:
+        metrics.refused("reserve", req.primitive, exc.code)
+        if isinstance(exc, InsufficientCredits | OrganizationCreditsExhausted):
+            record_exhausted(engine, clock, exc)
         raise
+    metrics.held(req.primitive)
+    return hold
 
 
 def settle(
@@ -81,10 +96,16 @@ def settle(
     api_key_id: str | None,
 ) -> Charged:
     """The job succeeded: charge what the limits admit of the actual (default: the estimate)."""
-    with unit_of_work(engine) as session:
-        return holds.settle(
-            session, clock, scope, hold_id, actual, negative_buffer=negative_buffer, api_key_id=api_key_id
-        )
+    try:
+        with unit_of_work(engine) as session:
+            result = holds.settle(
+                session, clock, scope, hold_id, actual, negative_buffer=negative_buffer, api_key_id=api_key_id
+            )
+    except DomainError as exc:
+        metrics.refused("settle", actual.primitive if actual else None, exc.code)
+        raise
+    metrics.charged("settle", result.usage.primitive, result.credits_used, result.replayed)
+    return result
 
 
 def release(engine: Engine, clock: Clock, scope: TenantScope, hold_id: str) -> HoldView:

@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
 from app.core.errors import DomainError, UnknownPrimitive
-from app.core.sql import read_ts
+from app.core.sql import observe, read_ts
 from app.live import notify as live
 from app.metering.errors import IdempotencyConflict, LimitExceeded, NotEntitled, QuotaExceeded
 from app.metering.types import Charged, MeterRequest, Usage
@@ -138,7 +138,8 @@ def _call_once(
     autocommit = raw.autocommit
     raw.autocommit = True
     try:
-        return raw.execute(sql, params).fetchone()
+        with observe(sql, "postgresql"):  # a span per statement when tracing (app/core/sql.py)
+            return raw.execute(sql, params).fetchone()
     except psycopg.errors.UndefinedFunction:
         missing.add(engine)
         log.warning("%s's function is missing (migrate to it): charges take the full path", migration)

@@ -38,7 +38,7 @@ from app.core.clock import Clock
 from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
 from app.core.money import MICRO, format_credits
 from app.core.uow import Runner
-from app.http.edge import AuthError, BadInput, authenticate_request, check_json_body, check_url_text
+from app.http.edge import AuthError, BadInput, authenticate_request, check_json_body, check_url_text, with_request_id
 from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
 from app.metering import errors as merr
 from app.settings import Settings
@@ -146,7 +146,7 @@ def error_body(code: str, message: str, field: str | None = None, **extra: Any) 
     if field is not None:
         error["field"] = field
     error.update(extra)
-    return {"error": error}
+    return {"error": with_request_id(error)}
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")

@@ -29,6 +29,7 @@ from app.metering.holds import expire_due_holds
 from app.settings import Settings
 from tests.alerts.test_alerts import CREATE, ENDPOINTS, _cross, quota_tenant, receiver, typed_events
 from tests.conftest import Api, Database, count_rows
+from tests.error_shape import without_request_id
 from tests.live import free_port
 
 LOCAL = DeliveryConfig(allow_private=True, per_endpoint=20)
@@ -99,7 +100,10 @@ def test_registration_refuses_poisoned_and_internal_urls_and_writes_nothing(api:
             # A NUL is refused for every text input at the GraphQL edge, before any resolver runs.
             body = {"query": CREATE, "variables": {"i": {"url": url, "eventTypes": ["*"]}}}
             r = api.client.post("/graphql", json=body, headers={"Authorization": f"Bearer {api.operator_key}"})
-            assert r.json()["errors"][0]["extensions"] == {"code": "VALIDATION_FAILED", "field": "i.url"}, url
+            assert without_request_id(r.json()["errors"][0]["extensions"]) == {
+                "code": "VALIDATION_FAILED",
+                "field": "i.url",
+            }, url
             continue
         res = api(CREATE, {"i": {"url": url, "eventTypes": ["*"]}})["createWebhookEndpoint"]
         assert res == {"__typename": "ValidationError", "field": "url"}, url

@@ -16,6 +16,7 @@ from app.graphql.cost import CostExceeded, CostLimits, measure
 from app.graphql.guard import validation_cache_info
 from app.settings import Settings
 from tests.conftest import ALL_TABLES, Api, count_rows
+from tests.error_shape import without_request_id
 
 
 @pytest.fixture
@@ -146,7 +147,11 @@ def test_each_limit_is_the_most_accepted(api: Api, make: Callable[[int], str], l
     ok = api(make(at_limit), expect_errors=True)
     assert all(e.get("extensions", {}).get("code") != "QUERY_TOO_COMPLEX" for e in ok.get("errors", [])), ok
     over = api(make(at_limit + 1), expect_errors=True)
-    assert over["errors"][0]["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": limit, "max": at_limit}
+    assert without_request_id(over["errors"][0]["extensions"]) == {
+        "code": "QUERY_TOO_COMPLEX",
+        "limit": limit,
+        "max": at_limit,
+    }
 
 
 def test_limits_follow_settings(db: Any, clock: Any) -> None:
@@ -203,7 +208,11 @@ def test_refused_documents_are_remembered(api: Api) -> None:
     first = api(doc, expect_errors=True)["errors"][0]
     misses = validation_cache_info().misses
     again = api(doc, expect_errors=True)["errors"][0]
-    assert again == first
+    # The same error again (each with its own request's id).
+    assert {**again, "extensions": without_request_id(again["extensions"])} == {
+        **first,
+        "extensions": without_request_id(first["extensions"]),
+    }
     assert validation_cache_info().misses == misses  # never validated at all
 
 
@@ -227,7 +236,11 @@ def test_cpu_budget_refuses_past_it(db: Any, clock: Any) -> None:
             r = client.post("/graphql", json={"query": "{ plans { key } }"}, headers={"Authorization": f"Bearer {raw}"})
             assert r.status_code == 200
             (err,) = r.json()["errors"]
-            assert err["extensions"] == {"code": "QUERY_TOO_COMPLEX", "limit": "graphql_cpu_budget_ms", "max": 0.001}
+            assert without_request_id(err["extensions"]) == {
+                "code": "QUERY_TOO_COMPLEX",
+                "limit": "graphql_cpu_budget_ms",
+                "max": 0.001,
+            }
 
 
 def test_cpu_budget_sets_garbage_collection_aside() -> None:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ALL_TABLES, count_rows
+from tests.error_shape import without_request_id
 from tests.rest_harness import MONEY, Rest
 from tests.rest_harness import rest_fixture as rest_fixture  # noqa: F401  (the `rest` fixture)
 
@@ -98,7 +99,10 @@ def test_nul_in_graphql_variables_is_refused_and_nothing_is_written(rest: Rest) 
     # A charge's idempotency key, with a tenant key.
     charge = "mutation($i: MeterInput!) { charge(input: $i) { __typename } }"
     body = gql(rest, charge, {"i": {"primitive": "email.send", "idempotencyKey": "k\x00"}})
-    assert body["errors"][0]["extensions"] == {"code": "VALIDATION_FAILED", "field": "i.idempotencyKey"}, body
+    assert without_request_id(body["errors"][0]["extensions"]) == {
+        "code": "VALIDATION_FAILED",
+        "field": "i.idempotencyKey",
+    }, body
     assert rows(rest) == before
 
 
@@ -112,7 +116,7 @@ def test_nul_in_a_graphql_literal_is_refused_and_nothing_is_written(rest: Rest) 
         r = rest.http.post("/graphql", json={"query": doc}, headers=operator)
         body = r.json()
         assert body["data"] is None, body
-        assert body["errors"][0]["extensions"] == {"code": "VALIDATION_FAILED"}, body
+        assert without_request_id(body["errors"][0]["extensions"]) == {"code": "VALIDATION_FAILED"}, body
         assert "NUL" in body["errors"][0]["message"]
     assert rows(rest) == before
     # An escaped backslash followed by "u0000" is plain text, not a NUL: accepted.

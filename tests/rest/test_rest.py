@@ -16,6 +16,7 @@ from app.llmproxy.routes import PREFIXES as LLM_PREFIXES
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import count_rows
+from tests.error_shape import without_request_id
 from tests.fixtures_catalog import KIT
 from tests.rest_harness import MONEY, Rest, rest_fixture  # noqa: F401  (fixture)
 
@@ -43,7 +44,7 @@ def error(r: Any) -> dict[str, Any]:
     body = r.json()
     assert set(body) == {"error"}, body
     assert {"code", "message"} <= set(body["error"]), body
-    return dict(body["error"])
+    return without_request_id(body["error"])
 
 
 # ------------------------------------------------------------------ keys and scope

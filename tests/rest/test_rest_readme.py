@@ -24,6 +24,7 @@ from tests.stripe_harness import StripeEnv, stripe_env_fixture  # noqa: F401  (f
 REST_PAGE = ROOT / "docs" / "rest.md"
 # Values that differ per run (ids, URLs, instants); their keys and types must still match.
 VARYING = {
+    "request_id",  # each error's own (X-Request-Id)
     "tenant_id",
     "event_id",
     "job_id",

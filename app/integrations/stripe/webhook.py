@@ -34,6 +34,7 @@ from app.core.errors import DomainError, Unavailable
 from app.integrations.stripe import inbox
 from app.integrations.stripe.client import JSON, StripeGateway, StripeNotConfigured
 from app.integrations.stripe.handlers import HANDLERS, Outcome
+from app.observability import metrics
 from app.settings import Settings
 
 log = logging.getLogger("meterkit.stripe")
@@ -149,14 +150,21 @@ def webhook_route(state: Any) -> Route:
                 payload, request.headers.get("stripe-signature"), settings.stripe_webhook_secret, state.clock.now()
             )
         except BadWebhook as exc:
+            metrics.stripe_webhook("unknown", "bad_signature")
             return JSONResponse({"error": str(exc)}, status_code=400)
+        # A label only for the types meterkit handles: the set stays bounded whatever arrives.
+        type_ = event["type"] if event["type"] in HANDLERS else "other"
         try:
             status, body = await run_in_threadpool(process, state.engine, settings, state.clock, gateway, event)
         except Unavailable:
+            metrics.stripe_webhook(type_, "unavailable")
             raise  # nothing was written: the app answers 503 + Retry-After, and Stripe redelivers
         except Exception:
+            metrics.stripe_webhook(type_, "error")
             log.exception("stripe event %s (%s) failed; nothing was written", event.get("id"), event.get("type"))
             return JSONResponse({"received": False, "error": "internal error"}, status_code=500)
+        outcome = "duplicate" if body.get("duplicate") else str(body.get("outcome") or "fetch_failed")
+        metrics.stripe_webhook(type_, outcome)
         return JSONResponse(body, status_code=status)
 
     return Route(PATH, endpoint, methods=["POST"])
