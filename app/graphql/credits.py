@@ -22,9 +22,9 @@ from app.graphql.scalars import Credits, Usd
 from app.graphql.tenants import Tenant
 from app.graphql.types import Plan
 from app.graphql.util import attempt, target_scope
+from app.observability import metrics
 from app.organizations import tiers
 from app.organizations.models import HOUSE
-from app.observability import metrics
 
 
 @strawberry.type

@@ -37,7 +37,7 @@ from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.errors import UnknownPrimitive
 from app.core.primitives import allowed
-from app.core.sql import read_json, run, run_many, to_json, ts
+from app.core.sql import read_json, run, to_json, ts
 from app.credits import ledger
 from app.live import notify as live
 from app.metering import payer
