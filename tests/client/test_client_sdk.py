@@ -5,6 +5,7 @@ PostgreSQL; and the package on its own."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -175,7 +176,10 @@ def test_the_client_is_a_package_of_its_own(tmp_path: Path) -> None:
         " importlib.util.find_spec('app') is None, importlib.util.find_spec('strawberry') is None,"
         " importlib.util.find_spec('sqlalchemy') is None)"
     )
-    out = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what the venv installed
+    out = subprocess.run(
+        [str(python), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path, env=clean
+    )
     version, digest, *absent = out.stdout.split()
     assert (version, digest) == (meterkit_client.__version__, meterkit_client.SCHEMA_SHA256)
     assert absent == ["True", "True", "True"]  # no gateway code, no server dependencies
