@@ -43,6 +43,11 @@ log = logging.getLogger("meterkit.llmproxy")
 PREFIXES = ("/v1/llm/", "/v1/proxy/")
 
 
+# Micro-credits a finished call may take the balance below zero (a billion credits: no floor). Only
+# the bill of work already done uses it; admission keeps the -10 buffer (negative_buffer_credits).
+FINISHED_CALL_BUFFER = 10**15
+
+
 @dataclass
 class Call:
     """A billable request as parsed before forwarding."""
@@ -261,7 +266,11 @@ class Proxy:
                 scope,
                 facts,
                 usage,
-                negative_buffer=self.buffer,
+                # The call is done and was admitted by the pre-check: it is billed in full, whatever
+                # the balance is by now. A call that costs more than the balance and the in-flight
+                # buffer leaves a debt (and the pre-check refuses new work until a top-up) instead of
+                # going unbilled: admitted at 1 credit, a 50-credit call was otherwise free.
+                negative_buffer=FINISHED_CALL_BUFFER,
                 disconnected=disconnected,
                 retry=True,
             )

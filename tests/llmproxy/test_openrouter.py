@@ -87,6 +87,20 @@ def test_a_call_in_flight_runs_into_the_buffer_then_new_calls_are_refused(proxy:
     assert len(proxy.fake.requests) == 1
 
 
+def test_a_call_that_costs_more_than_the_buffer_is_billed_in_full_and_leaves_a_debt(proxy: Proxy) -> None:
+    """Admitted at 0.03 credits, a call that costs 30 credits (usage.cost $10): billed in full, the
+    balance goes past the -10 buffer (a debt), and nothing new is admitted until a top-up."""
+    proxy.spend_to(30_000)
+    proxy.fake.cost = Decimal("10")
+    reply = sdk(proxy).chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert reply.choices[0].message.content == "hi there"
+    proxy.settled(30_000 - 30_000_000)  # 10 x 1.5 / 0.50 = 30 credits
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk(proxy).chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
+    assert refused.value.status_code == 402
+    assert len(proxy.fake.requests) == 1
+
+
 def test_non_streaming_through_the_drop_in_is_billed_and_visible_in_the_usage_history(proxy: Proxy) -> None:
     before = proxy.balance()
     reply = sdk(proxy, "/v1/proxy/openrouter").chat.completions.create(model="openai/gpt-4o", messages=MESSAGES)
