@@ -24,6 +24,9 @@ _KINDS: dict[str, tuple[int, str, str]] = {
     "NOT_ENTITLED": (403, "invalid_request_error", "permission_error"),
     "TENANT_NOT_FOUND": (404, "invalid_request_error", "not_found_error"),
     "INSUFFICIENT_CREDITS": (402, "insufficient_credits", "insufficient_credits"),
+    # An end user whose organization is out of credits: its own code, no balance, no packs.
+    "ORGANIZATION_CREDITS_EXHAUSTED": (402, "insufficient_credits", "insufficient_credits"),
+    "END_USER_CREDIT_CAP": (429, "rate_limit_error", "rate_limit_error"),
     "QUOTA_EXCEEDED": (429, "rate_limit_error", "rate_limit_error"),
     "LIMIT_EXCEEDED": (429, "rate_limit_error", "rate_limit_error"),
     "BUDGET_EXCEEDED": (429, "rate_limit_error", "rate_limit_error"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -9,7 +10,10 @@ import pytest
 from app.llm.aliases import UnknownModel, resolve, spellings
 from app.llm.billing import CallFacts, idempotency_key, meter_request
 from app.llm.usage import LlmUsage, anthropic_event, openai_apply
+from app.llmproxy.errors import render
+from app.llmproxy.routes import _refusal
 from app.llmproxy.sse import SseParser
+from app.metering.types import CheckResult
 from app.pricing.seed import LLM_RATES
 
 KNOWN = list(LLM_RATES)
@@ -104,3 +108,21 @@ def test_meter_requests_key_by_generation_and_bill_by_cost_or_table() -> None:
     tokens = meter_request(CallFacts("openai", "m", "gpt-4o", None, False, "r2"), LlmUsage(output_tokens=4))
     assert tokens is not None and (tokens.primitive, tokens.idempotency_key) == ("llm.tokens", "llm:openai:req:r2")
     assert len(idempotency_key("openai", "x" * 300, "r")) <= 200
+
+
+@pytest.mark.parametrize("flavor", ["openai", "anthropic"])
+def test_an_end_users_refusal_for_its_organizations_credits_is_a_402_without_balance_or_packs(flavor: str) -> None:
+    """The end-user form of the refusal (organizations, issue 19): its own code, in the provider's
+    shape, and nothing of the organization's balance or packs."""
+    verdict = CheckResult(
+        False, "ORGANIZATION_CREDITS_EXHAUSTED", "the organization is out of credits", "llm.passthrough", None,
+        None, 0, None, 123_000_000, 60_000,
+    )  # fmt: skip
+    response = render(_refusal(verdict), flavor)
+    assert response.status_code == 402
+    body = json.loads(bytes(response.body))
+    error = body["error"]
+    assert error["code"] == "organization_credits_exhausted"
+    assert "packs" not in error and "available" not in error and "123" not in bytes(response.body).decode()
+    if flavor == "anthropic":
+        assert body["type"] == "error" and error["type"] == "insufficient_credits"
