@@ -170,6 +170,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "CreditGrant": OP,
     "CreditPack": ALL,
     "CreditReversal": OP,
+    "EndUserCreditCap": ALL,  # the refusal of an end user's call at its own cap: its cap and use
     "FixedPrice": ALL,
     "ForbiddenError": ALL,
     "Hold": ALL,
@@ -199,6 +200,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "Plan": ALL,
     "PlanChangeSubmitted": ALL,
     "PlanQuota": ALL,
+    "PlatformTier": OWNER,
     "PriceQuote": ALL,
     "PricingSettings": ALL,
     "Primitive": ALL,

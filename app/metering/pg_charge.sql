@@ -1,5 +1,5 @@
 -- meterkit_charge: one charge in one statement (app/metering/pg_charge.py). Installed by migration 0012_pg_charge,
--- now by 0018_org_scoped_keys, which keeps its own frozen copy: a change here ships as a new migration that
+-- now by 0019_org_scoped_keys, which keeps its own frozen copy: a change here ships as a new migration that
 -- copies this text (tests/test_pg_charge.py checks the newest migration's copy equals this file).
 CREATE OR REPLACE FUNCTION meterkit_charge(
     p_tid text, p_key text, p_hash text, p_primitive text, p_qty bigint, p_reference text,

@@ -1,5 +1,5 @@
 -- meterkit_charge_batch: a chargeBatch in one statement (app/metering/pg_charge.py). Installed by
--- migration 0015_pg_charge_batch_once, now by 0018_org_scoped_keys, which keeps its own frozen copy: a change here ships as a new
+-- migration 0015_pg_charge_batch_once, now by 0019_org_scoped_keys, which keeps its own frozen copy: a change here ships as a new
 -- migration that copies this text (tests/test_pg_charge_batch.py checks the copy equals this file).
 CREATE OR REPLACE FUNCTION meterkit_charge_batch(
     p_tids text[], p_keys text[], p_hashes text[], p_primitives text[], p_qtys bigint[], p_refs text[],
