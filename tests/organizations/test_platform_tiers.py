@@ -54,7 +54,9 @@ def test_the_platform_manages_tiers_and_only_the_platform(api: Api) -> None:
         "platform_tier": 2
     }
     # Bad input: a typed error, nothing written.
-    taken = api(TIER, {"i": {"key": "x", "name": "X", "stripePriceId": SCALE_TIER}})["upsertPlatformTier"]
+    taken = api(TIER, {"i": {"key": "x", "name": "X", "monthlyCredits": "0", "stripePriceId": SCALE_TIER}})[
+        "upsertPlatformTier"
+    ]
     assert taken == {
         "__typename": "ValidationError",
         "code": "VALIDATION_FAILED",
@@ -70,8 +72,9 @@ def test_the_platform_manages_tiers_and_only_the_platform(api: Api) -> None:
     # An organization reads the tiers but never writes them; an end user does neither.
     org_key = api(CREATE_ORG, {"i": {"name": "o"}})["createOrganization"]["secret"]
     assert [t["key"] for t in api(TIERS, key=org_key)["platformTiers"]] == ["pro"]
-    denied = api(TIER, {"i": {"key": "z", "name": "Z"}}, key=org_key, expect_errors=True)
-    assert denied.get("errors") and not (denied.get("data") or {}).get("upsertPlatformTier")
+    denied = api(TIER, {"i": {"key": "z", "name": "Z", "monthlyCredits": "1"}}, key=org_key, expect_errors=True)
+    assert [e["extensions"]["code"] for e in denied["errors"]] == ["FORBIDDEN"]
+    assert not (denied.get("data") or {}).get("upsertPlatformTier")
     user_key = api.tenant_key(api.create_tenant())
     assert api(TIERS, key=user_key, expect_errors=True).get("errors")
 
