@@ -94,7 +94,7 @@ class Loop:
         assert "20 credits from the small pack are in your balance" in shown.text
 
     def balance(self, key: str) -> str:
-        return str(self.gql("{ viewer { credits { balance } } }", key)["credits"]["balance"])
+        return str(self.gql("{ status { credits { balance } } }", key)["credits"]["balance"])  # its own wallet
 
     def customer(self, tenant_id: str) -> str | None:
         with self.db.engine.connect() as c:
