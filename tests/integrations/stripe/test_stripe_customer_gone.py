@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from app.core.money import MICRO
 from app.integrations.stripe.models import StripeOperation
+from app.organizations.models import DEFAULT_ORG_ID
 from app.subscriptions.models import Subscription
 from app.tenants.models import Tenant
 from tests.integrations.stripe.test_stripe_money import buy, change
@@ -69,10 +70,11 @@ def test_a_plan_change_over_a_subscription_stripe_no_longer_knows_starts_a_new_o
     with env.engine.begin() as c:
         c.execute(
             text(
-                "INSERT INTO subscription (tenant_id, plan_key, status, stripe_customer_id, stripe_subscription_id, "
-                "updated_at) VALUES (:t, 'pro', 'active', :c, 'sub_GoneFromStripe', CURRENT_TIMESTAMP)"
+                "INSERT INTO subscription (tenant_id, organization_id, plan_key, status, stripe_customer_id, "
+                "stripe_subscription_id, updated_at) "
+                "VALUES (:t, :o, 'pro', 'active', :c, 'sub_GoneFromStripe', CURRENT_TIMESTAMP)"
             ),
-            {"t": t, "c": GONE},
+            {"t": t, "o": DEFAULT_ORG_ID, "c": GONE},
         )
         c.execute(text("UPDATE tenant SET plan_key = 'pro' WHERE id = :t"), {"t": t})
     out = change(env, key, "team")
