@@ -302,8 +302,9 @@ def test_a_late_renewal_never_gives_a_quota_twice(api: Api, clock: FrozenClock, 
     clock.at = s.renewal_at
     first = next_stripe_period(sub, sub.end)
     if first != renewed and s.stale_first:
-        # A stale renewal first (the interval that already ended): it must change nothing.
-        t.subscribe(plan["key"], first.start.isoformat(), first.end.isoformat())
+        # A stale renewal first (the interval that already ended): it must change nothing (it is
+        # refused outright when that interval ended before now: PERIOD_END_IN_PAST).
+        t.subscribe(plan["key"], first.start.isoformat(), first.end.isoformat(), past_ok=True)
     t.subscribe(plan["key"], renewed.start.isoformat(), renewed.end.isoformat())
     for when in s.after:
         charge(when)
