@@ -271,7 +271,8 @@ def run(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
         if args.keep_log:
             args.keep_log.write_bytes((tmp / "server.log").read_bytes())
         if args.gc_log:
-            results["gc_log"] = [x for x in (tmp / "server.log").read_text().splitlines() if x.startswith("gcprobe")]
+            lines = (tmp / "server.log").read_text().splitlines()
+            results["gc_log"] = [x for x in lines if x.startswith(("gcprobe", "lagprobe"))]
     finally:
         stop(server)
         receiver.close()
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="do not pin the gateway to core 0 and the clients to the others (pin_plan says why)",
     )
-    ap.add_argument("--gc-log", action="store_true", help="print the server's collections of 10 ms or more")
+    ap.add_argument("--gc-log", action="store_true", help="print the server's collections and loop stalls")
     ap.add_argument("--profile", help="a folder: py-spy's collapsed stacks of the server during each attack")
     ap.add_argument("--keep-log", type=Path, help="copy the server's log here")
     ap.add_argument("--json", type=Path, help="also write the results here")
