@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -178,7 +179,7 @@ async def _measure(direct: Target, proxied: Target, calls: int, seconds: float, 
 
 
 def proxy_bench(
-    calls: int = 300, seconds: float = 5.0, loop: str = "uvloop", tmp: Path | None = None
+    calls: int = 300, seconds: float = 5.0, loop: str = "uvloop", tmp: Path | None = None, profile: Path | None = None
 ) -> dict[str, Any]:
     """Start the fake and meterkit, measure, stop; the figures and the targets."""
     own = tmp is None
@@ -192,6 +193,7 @@ def proxy_bench(
     env = {"METERKIT_OPENROUTER_BASE_URL": upstream, "METERKIT_OPENROUTER_API_KEY": UPSTREAM_KEY}
     server = start_server(url, port, tmp / "proxy-server.log", loop, env=env)
     log(f"LLM proxy bench: fake upstream pid {fake.pid}, meterkit pid {server.pid}")
+    spy = _profiler(server.pid, profile) if profile else None
     try:
         direct = Target("direct", f"{upstream}/chat/completions", {"Authorization": f"Bearer {UPSTREAM_KEY}"})
         proxied = Target(
@@ -199,6 +201,9 @@ def proxy_bench(
         )
         m = asyncio.run(_measure(direct, proxied, calls, seconds, {"fake": fake.pid, "meterkit": server.pid}))
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it has
+            spy.wait(30)
         stop(server)
         stop(fake)
         if own:
@@ -244,6 +249,13 @@ def proxy_bench(
     }
 
 
+def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy on meterkit for the whole measurement (collapsed stacks): where a proxied call's time goes."""
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "-p", str(pid), "-r", "250", "-f", "raw", "--nonblocking", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def report(r: dict[str, Any]) -> list[str]:
     p, s, rate = r["plain"], r["streamed"], r["rate"]
     slow, fast = rate[str(MODEL_LATENCY)], rate["0.0"]
@@ -275,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0, help="each throughput run")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy meterkit during the run, stacks to this file")
     args = ap.parse_args(argv)
-    r = proxy_bench(args.calls, args.seconds, args.loop)
+    r = proxy_bench(args.calls, args.seconds, args.loop, profile=args.profile)
     print("\n".join(report(r)))
     if args.json:
         args.json.write_text(json.dumps(r, indent=2, default=str) + "\n")

@@ -23,14 +23,16 @@ import logging
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from app.alerts.refusals import record_exhausted
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.db import connection_of_work
-from app.core.sql import Sql, run, ts
+from app.core.errors import DomainError
+from app.core.sql import Sql, run, run_many, ts
 from app.llm.usage import LlmUsage
 from app.metering import charging
 from app.metering.errors import InsufficientCredits
@@ -105,6 +107,80 @@ def meter_request(facts: CallFacts, usage: LlmUsage) -> MeterRequest | None:
     )
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A finished call to bill: who, what was asked, what the upstream reported."""
+
+    scope: TenantScope
+    facts: CallFacts
+    usage: LlmUsage
+    disconnected: bool = False
+
+
+def bill_many(
+    engine: Engine, clock: Clock, calls: list[Finished], *, negative_buffer: int
+) -> list[Charged | DomainError | None]:
+    """Charge many finished calls and record their details in ONE transaction (the proxy's biller,
+    app/llmproxy/biller.py): the metering batch charge (app/metering/charging.py charge_batch, the
+    same rules as `bill` item by item, set-based), then one insert of the accepted calls' rows.
+    Per call, in order: its Charged, the DomainError that refused it (it writes nothing), or None
+    (nothing to bill)."""
+    out: list[Charged | DomainError | None] = [None] * len(calls)
+    billable = [(i, req) for i, c in enumerate(calls) if (req := meter_request(c.facts, c.usage)) is not None]
+    if not billable:
+        return out
+    with connection_of_work(engine) as conn:
+        outcomes = charging.charge_batch(
+            conn, clock, [(calls[i].scope, req) for i, req in billable], negative_buffer=negative_buffer
+        )
+        rows: list[dict[str, Any]] = []
+        markup: str | None = None
+        now = ts(conn, clock.now())
+        for (i, req), outcome in zip(billable, outcomes, strict=True):
+            out[i] = outcome
+            if isinstance(outcome, Charged) and not outcome.replayed:
+                if req.primitive == PASSTHROUGH and markup is None:
+                    markup = _markup(conn)
+                rows.append(_call_row(calls[i], req, outcome, markup if req.primitive == PASSTHROUGH else None, now))
+        if rows:
+            run_many(conn, _INSERT_CALL, rows)
+    for result in out:
+        if isinstance(result, InsufficientCredits):
+            record_exhausted(engine, clock, result)
+    return out
+
+
+def _markup(conn: Connection) -> str:
+    row = run(conn, _MARKUP, {}).first()
+    return str(row[0]) if row is not None else str(DEFAULT_SETTINGS["llm.passthrough_markup"])
+
+
+def _call_row(
+    call: Finished, req: MeterRequest, charged: Charged, markup: str | None, now: object
+) -> dict[str, object]:
+    facts, usage = call.facts, call.usage
+    return {
+        "tid": call.scope.tenant_id,
+        "event": charged.event_id,
+        "key_id": facts.api_key_id,
+        "provider": facts.provider,
+        "primitive": req.primitive,
+        "requested": (facts.requested_model or "")[:200] or None,
+        "model": req.model,
+        "tin": req.input_tokens,
+        "tout": req.output_tokens,
+        "tread": req.cache_read_tokens,
+        "twrite": req.cache_creation_tokens,
+        "cost": None if usage.cost_usd is None else format(usage.cost_usd, "f")[:40],
+        "markup": markup,
+        "credits": charged.credits_used,
+        "gid": usage.generation_id,
+        "streamed": facts.streamed,
+        "gone": call.disconnected,
+        "now": now,
+    }
+
+
 def bill(
     engine: Engine,
     clock: Clock,
@@ -125,34 +201,9 @@ def bill(
             charged = charging.charge(conn, clock, scope, req, negative_buffer=negative_buffer, alone=False)
             if charged.replayed:
                 return charged  # billed before: its details were written with it
-            markup = None
-            if req.primitive == PASSTHROUGH:
-                row = run(conn, _MARKUP, {}).first()
-                markup = str(row[0]) if row is not None else str(DEFAULT_SETTINGS["llm.passthrough_markup"])
-            run(
-                conn,
-                _INSERT_CALL,
-                {
-                    "tid": scope.tenant_id,
-                    "event": charged.event_id,
-                    "key_id": facts.api_key_id,
-                    "provider": facts.provider,
-                    "primitive": req.primitive,
-                    "requested": (facts.requested_model or "")[:200] or None,
-                    "model": req.model,
-                    "tin": req.input_tokens,
-                    "tout": req.output_tokens,
-                    "tread": req.cache_read_tokens,
-                    "twrite": req.cache_creation_tokens,
-                    "cost": None if usage.cost_usd is None else format(usage.cost_usd, "f")[:40],
-                    "markup": markup,
-                    "credits": charged.credits_used,
-                    "gid": usage.generation_id,
-                    "streamed": facts.streamed,
-                    "gone": disconnected,
-                    "now": ts(conn, clock.now()),
-                },
-            )
+            markup = _markup(conn) if req.primitive == PASSTHROUGH else None
+            call = Finished(scope, facts, usage, disconnected)
+            run(conn, _INSERT_CALL, _call_row(call, req, charged, markup, ts(conn, clock.now())))
             return charged
     except InsufficientCredits as exc:
         record_exhausted(engine, clock, exc)

@@ -12,6 +12,7 @@ arrives, app/llmproxy/relay.py) and the call is billed once from the usage the u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -19,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,10 +28,10 @@ from app.core.auth import Principal, ScopeDenied, TenantScope, require_scope
 from app.core.errors import DomainError, Unavailable
 from app.core.uow import Runner
 from app.http.edge import AuthError, parse_authorization, resolve_principal
-from app.llm import billing
 from app.llm.aliases import KnownModels, UnknownModel, resolve
-from app.llm.billing import PASSTHROUGH, TOKENS, CallFacts
+from app.llm.billing import PASSTHROUGH, TOKENS, CallFacts, Finished
 from app.llm.usage import LlmUsage, anthropic_message, openai_apply
+from app.llmproxy.biller import biller_for
 from app.llmproxy.errors import Refusal, credits, pack_offers, render
 from app.llmproxy.relay import MeteredStream, Relay
 from app.llmproxy.upstream import Pools, Provider, answer_headers, forward_headers, providers
@@ -74,8 +74,17 @@ class Proxy:
         self.pools = Pools(self.settings)
         self.known = KnownModels(self.engine)
         self.buffer = self.settings.negative_buffer_credits * 1_000_000
+        # The call is done and was admitted by the pre-check: it is billed in full, whatever the
+        # balance is by now. A call that costs more than the balance and the in-flight buffer leaves
+        # a debt (and the pre-check refuses new work until a top-up) instead of going unbilled:
+        # admitted at 1 credit, a 50-credit call was otherwise free.
+        self.biller = biller_for(self.uow, self.engine, self.clock, FINISHED_CALL_BUFFER)
+        self._billing: set[asyncio.Task[Charged | None]] = set()
 
     async def aclose(self) -> None:
+        if self._billing:  # bills still resolving their model, then everything queued
+            await asyncio.gather(*self._billing, return_exceptions=True)
+        await self.biller.aclose()
         await self.pools.aclose()
 
     # ---- routes
@@ -239,14 +248,12 @@ class Proxy:
             raise _unreachable(provider, exc) from None
         finally:
             await resp.aclose()
-        task = None
         if ok:  # an error answer is passed back as it is, and costs nothing
-            # Billed once the answer is sent (its own task in this request's cycle, so a client that
-            # leaves cannot cancel it): the charge's transaction is not added to the caller's latency.
-            task = BackgroundTask(self._bill, admitted.scope, facts, _usage_of(provider.flavor, content), False)
-        return Response(content, status_code=resp.status_code, headers=answer_headers(resp.headers), background=task)
+            self._bill_later(admitted.scope, facts, _usage_of(provider.flavor, content))
+        return Response(content, status_code=resp.status_code, headers=answer_headers(resp.headers))
 
     async def _bill(self, scope: TenantScope, facts: CallFacts, usage: LlmUsage, disconnected: bool) -> Charged | None:
+        """Hands the finished call to the biller (app/llmproxy/biller.py) and waits for its bill."""
         if not usage.any:
             return None
         if facts.priced_model is None and usage.cost_usd is None:
@@ -258,35 +265,14 @@ class Proxy:
                 log.error("LLM call not billed: no usage.cost and no price for model %r", usage.model)
                 return None
             facts = replace(facts, priced_model=priced)
-        try:
-            return await self.uow.call(
-                billing.bill,
-                self.engine,
-                self.clock,
-                scope,
-                facts,
-                usage,
-                # The call is done and was admitted by the pre-check: it is billed in full, whatever
-                # the balance is by now. A call that costs more than the balance and the in-flight
-                # buffer leaves a debt (and the pre-check refuses new work until a top-up) instead of
-                # going unbilled: admitted at 1 credit, a 50-credit call was otherwise free.
-                negative_buffer=FINISHED_CALL_BUFFER,
-                disconnected=disconnected,
-                retry=True,
-            )
-        except (DomainError, Unavailable) as exc:
-            # The work is done and was admitted by the pre-check; a concurrent call took what was
-            # left (quota, key budget, rate, or past the in-flight buffer), or the database was out
-            # of reach. Logged for the operator, with what it would need to bill it by hand.
-            log.error(
-                "LLM call not billed (%s): tenant %s, %s generation %s, usage %s",
-                exc.code,
-                scope.tenant_id,
-                facts.provider,
-                usage.generation_id,
-                usage,
-            )
-            return None
+        return await self.biller.submit(Finished(scope, facts, usage, disconnected))
+
+    def _bill_later(self, scope: TenantScope, facts: CallFacts, usage: LlmUsage) -> None:
+        """A non-streamed answer goes back at once; its bill follows, off this request's path (the
+        caller's keep-alive connection is free for its next call)."""
+        task = asyncio.get_running_loop().create_task(self._bill(scope, facts, usage, False))
+        self._billing.add(task)
+        task.add_done_callback(self._billing.discard)
 
 
 def _usage_of(flavor: str, content: bytes) -> LlmUsage:

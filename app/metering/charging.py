@@ -72,17 +72,21 @@ def charge_batch(
         _lock_in_order(session, sorted(by_tenant))
     for tenant_id in sorted(by_tenant):
         scope = items[by_tenant[tenant_id][0]][0]
-        try:
-            # One request, one caller: the items of a tenant share the key that sent them.
-            key_id = items[by_tenant[tenant_id][0]][1].api_key_id
-            meter = BatchMeter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=key_id)
-        except DomainError as exc:
-            for i in by_tenant[tenant_id]:
-                results[i] = exc
-            continue
-        indexes = by_tenant[tenant_id]
-        for i, outcome in zip(indexes, meter.charge_many([items[i][1] for i in indexes]), strict=True):
-            results[i] = outcome
+        # A request's items share the key that sent them; the LLM proxy's biller (app/llmproxy/biller.py)
+        # batches calls of several keys: one set-based pass per key, each under that key's budgets.
+        by_key: dict[str, list[int]] = {}
+        for i in by_tenant[tenant_id]:
+            by_key.setdefault(items[i][1].api_key_id or "", []).append(i)
+        for key_id in sorted(by_key):
+            indexes = by_key[key_id]
+            try:
+                meter = BatchMeter(session, clock, scope, negative_buffer=negative_buffer, api_key_id=key_id or None)
+            except DomainError as exc:
+                for i in indexes:
+                    results[i] = exc
+                continue
+            for i, outcome in zip(indexes, meter.charge_many([items[i][1] for i in indexes]), strict=True):
+                results[i] = outcome
     return [r for r in results if r is not None]
 
 

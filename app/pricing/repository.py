@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, bindparam, select
+from sqlalchemy import select
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
+from app.core.sql import Sql, read_json, run
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 
 PRICE: Any = Price.__table__  # type: ignore[attr-defined]
@@ -44,6 +45,20 @@ class QuoteRow:
     media: MediaRow | None  # the request's model, per image / second
 
 
+# Every charge of a dynamic price reads this: written out (app/core/sql.py), since a Core select
+# built per call spent more on its cache key than the database on the read. A NULL model joins
+# nothing.
+_QUOTE_ROW = Sql(
+    """SELECT p.pricing_rule, p.active, pr.credits, pr.tiers, r.model, r.input_per_m, r.output_per_m,
+       r.cache_read_per_m, r.cache_creation_per_m, m.kind, m.unit_price_usd, m.markup
+       FROM primitive p
+       LEFT JOIN price pr ON pr.primitive = p.key
+       LEFT JOIN llm_rate r ON r.model = :model
+       LEFT JOIN media_price m ON m.model = :model
+       WHERE p.key = :primitive"""
+)
+
+
 class PricingRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -54,42 +69,17 @@ class PricingRepository:
         return self.s.connection().execute(q).first()
 
     def quote_row(self, primitive: str, model: str | None) -> QuoteRow | None:
-        from app.catalog.repository import PRIMITIVE as P
-
-        m = bindparam("model", model, type_=String)  # NULL (no model) joins nothing
-        joined = (
-            P.outerjoin(PRICE, PRICE.c.primitive == P.c.key)
-            .outerjoin(RATE, RATE.c.model == m)
-            .outerjoin(MEDIA, MEDIA.c.model == m)
-        )
-        q = (
-            select(
-                P.c.pricing_rule,
-                P.c.active,
-                PRICE.c.credits,
-                PRICE.c.tiers,
-                RATE.c.model,
-                RATE.c.input_per_m,
-                RATE.c.output_per_m,
-                RATE.c.cache_read_per_m,
-                RATE.c.cache_creation_per_m,
-                MEDIA.c.kind,
-                MEDIA.c.unit_price_usd,
-                MEDIA.c.markup,
-            )
-            .select_from(joined)
-            .where(P.c.key == primitive)
-        )
-        r = self.s.connection().execute(q).first()
-        if r is None:
+        r = run(self.s.connection(), _QUOTE_ROW, {"primitive": primitive, "model": model})
+        row = r.first()
+        if row is None:
             return None
         return QuoteRow(
-            rule=r[0],
-            active=bool(r[1]),
-            credits=r[2],
-            tiers=r[3],
-            rate=RateRow(r[5], r[6], r[7], r[8]) if r[4] is not None else None,
-            media=MediaRow(r[9], r[10], r[11]) if r[9] is not None else None,
+            rule=row[0],
+            active=bool(row[1]),
+            credits=row[2],
+            tiers=read_json(row[3]),
+            rate=RateRow(row[5], row[6], row[7], row[8]) if row[4] is not None else None,
+            media=MediaRow(row[9], row[10], row[11]) if row[9] is not None else None,
         )
 
     def rate_row(self, model: str) -> Any:

@@ -7,7 +7,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from app.core.db import unit_of_work
 from app.core.errors import NotFound, ValidationFailed
@@ -182,19 +181,32 @@ def test_rounding_happens_once_not_per_component(db: Database) -> None:
 
 
 def test_quote_for_a_fixed_price_is_one_statement(db: Database) -> None:
+    # Counted at the driver: the quote's read is plain SQL (app/core/sql.py), which skips
+    # SQLAlchemy's events.
     statements: list[str] = []
 
-    def spy(conn: Any, cursor: Any, statement: str, *a: Any) -> None:
-        statements.append(statement)
-
     with unit_of_work(db.engine, write=False) as s:
-        s.connection()  # BEGIN happens before we count
-        event.listen(db.engine, "before_cursor_execute", spy)
+        raw = s.connection().connection.driver_connection  # BEGIN happens before we count
+        assert raw is not None
+        if db.engine.dialect.name == "sqlite":
+            raw.set_trace_callback(statements.append)
+        else:
+            import psycopg
+
+            class Counting(psycopg.Cursor):  # type: ignore[type-arg]
+                def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+                    statements.append(str(query))
+                    return super().execute(query, params, **kw)
+
+            factory, raw.cursor_factory = raw.cursor_factory, Counting
         try:
             assert quote(s, PriceRequest("email.send", quantity=3)) == 3_000_000
             assert quote(s, PriceRequest("llm.tokens", model="gpt-4o", input_tokens=10, output_tokens=10)) == 313
         finally:
-            event.remove(db.engine, "before_cursor_execute", spy)
+            if db.engine.dialect.name == "sqlite":
+                raw.set_trace_callback(None)
+            else:
+                raw.cursor_factory = factory
     assert len(statements) == 2, statements
 
 
