@@ -144,6 +144,7 @@ CATALOG: dict[str, Rule] = {
 # Root fields decide what a key may ask for; these decide what it may read in the answer.
 TYPES: dict[str, frozenset[Role]] = {
     "AccountKit": ALL,
+    "AccountKitPreview": ALL,
     "AlertPolicy": ALL,
     "ApiKey": ALL,
     "AuditEntry": OWNER,
@@ -158,6 +159,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "Charged": ALL,
     "CheckResult": ALL,
     "CheckoutSession": ALL,
+    "ConfirmationRequiredError": ALL,
     "ConflictError": ALL,
     "CreatedApiKey": ALL,
     "CreatedOrganization": OP,
@@ -172,6 +174,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "CreditReversal": OP,
     "EndUserCreditCap": ALL,  # the refusal of an end user's call at its own cap: its cap and use
     "FixedPrice": ALL,
+    "FieldChange": ALL,
     "ForbiddenError": ALL,
     "Hold": ALL,
     "HoldClosed": ALL,
@@ -199,6 +202,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "PageInfo": ALL,
     "Plan": ALL,
     "PlanChangeSubmitted": ALL,
+    "PlanPreview": ALL,
     "PlanQuota": ALL,
     "PlatformTier": OWNER,
     "PriceQuote": ALL,

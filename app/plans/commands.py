@@ -21,8 +21,10 @@ def upsert_plan(
     actor: Principal | None,
     data: service.PlanInput,
     organization_id: str = DEFAULT_ORG_ID,
+    confirm: bool = False,
 ) -> Plan:
-    """Create or update a plan of the organization: idempotent by key."""
+    """Create a plan of the organization or edit the fields given: idempotent by key. A change that
+    takes something away needs confirm (service.upsert_plan); refused, nothing is written."""
     with unit_of_work(engine) as s:
         return audited(
             s,
@@ -30,7 +32,7 @@ def upsert_plan(
             clock.now(),
             "upsertPlan",
             plan_target(organization_id, data.key),
-            lambda: service.upsert_plan(s, clock, data, organization_id),
+            lambda: service.upsert_plan(s, clock, data, organization_id, confirm=confirm),
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlmodel import Session, col, select
 
 from app.plans.models import Plan, PlanQuota
@@ -85,3 +85,32 @@ class PlanRepository:
             if (r.organization_id, r.plan_key) in out:
                 out[(r.organization_id, r.plan_key)].append(r)
         return out
+
+    def quotas_of(self, plan: Plan) -> list[PlanQuota]:
+        return self.quotas_for([(plan.organization_id, plan.key)])[(plan.organization_id, plan.key)]
+
+    def live_subscriptions(self, organization_id: str, key: str) -> int:
+        """Subscriptions on the plan that Stripe still bills (or may: past_due, unpaid, paused)."""
+        # Raw SQL: subscriptions sit above plans in the domain layers (pyproject's import contracts).
+        return int(
+            self.s.connection()
+            .execute(
+                text(
+                    "SELECT COUNT(*) FROM subscription WHERE organization_id = :o AND plan_key = :k "
+                    "AND status NOT IN ('canceled', 'incomplete_expired', 'incomplete')"
+                ),
+                {"o": organization_id, "k": key},
+            )
+            .scalar_one()
+        )
+
+    def subscribers(self, organization_id: str, key: str) -> int:
+        """Tenants on the plan (subscribed, or on it as the default plan)."""
+        return int(
+            self.s.connection()
+            .execute(
+                text("SELECT COUNT(*) FROM tenant WHERE organization_id = :o AND plan_key = :k"),
+                {"o": organization_id, "k": key},
+            )
+            .scalar_one()
+        )
