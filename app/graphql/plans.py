@@ -59,7 +59,16 @@ class PlanPreview:
     needs_confirm: bool = strawberry.field(description="Some change is destructive: the edit needs confirm: true.")
 
 
+@strawberry.type(description="Subscribers moved to the plan's newest version.")
+class PlanSubscribersMigrated:
+    plan: Plan
+    moved: int = strawberry.field(description="Tenants that were on an older version.")
+
+
 PlanResult = Annotated[Plan | ValidationError | NotFoundError, strawberry.union("PlanResult")]
+MigratePlanSubscribersResult = Annotated[
+    PlanSubscribersMigrated | NotFoundError, strawberry.union("MigratePlanSubscribersResult")
+]
 UpsertPlanResult = Annotated[
     Plan | PlanPreview | ConfirmationRequiredError | ValidationError | NotFoundError,
     strawberry.union("UpsertPlanResult"),
@@ -174,5 +183,23 @@ class PlanMutation:
                 commands.archive_plan, ctx.engine, ctx.clock, ctx.principal, key, ctx.acting_organization, retry=True
             )
             return Plan.from_row(row)
+
+        return await attempt(run)
+
+    @strawberry.mutation(
+        description="Moves every subscriber of the plan on an older version to its newest version (its quotas "
+        "and included credits from now on), as migrating Stripe subscriptions to a new price."
+    )
+    async def migrate_plan_subscribers(self, info: Info, key: str) -> MigratePlanSubscribersResult:
+        ctx = info.context
+        org = ctx.acting_organization
+
+        async def run() -> PlanSubscribersMigrated:
+            moved = await ctx.uow.call(
+                commands.migrate_subscribers, ctx.engine, ctx.clock, ctx.principal, key, org, retry=True
+            )
+            row = await ctx.read(lambda s: PlanRepository(s).get(org, key))
+            assert row is not None
+            return PlanSubscribersMigrated(plan=Plan.from_row(row), moved=moved)
 
         return await attempt(run)

@@ -112,6 +112,10 @@ class Plan(FromRow):
     overage: OveragePolicy
     included_credits: Credits = strawberry.field(description="Credits granted once per period to a subscriber.")
     archived: bool
+    version: int = strawberry.field(
+        description="The newest version: a change of price, quotas or included credits makes a new one; "
+        "subscribers keep theirs until renewal or migratePlanSubscribers."
+    )
     # A resolver given in place (not a method): the field keeps its place before accountKitId.
     account_kit: AccountKit | None = strawberry.field(resolver=_kit_of_plan)
     account_kit_id: str

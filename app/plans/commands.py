@@ -49,3 +49,19 @@ def archive_plan(
             plan_target(organization_id, key),
             lambda: service.archive_plan(s, clock, key, organization_id),
         )
+
+
+def migrate_subscribers(
+    engine: Engine, clock: Clock, actor: Principal | None, key: str, organization_id: str = DEFAULT_ORG_ID
+) -> int:
+    """Every subscriber of the plan on an older version moves to the newest, now."""
+    with unit_of_work(engine) as s:
+        return audited(
+            s,
+            actor,
+            clock.now(),
+            "migratePlanSubscribers",
+            plan_target(organization_id, key),
+            lambda: service.migrate_subscribers(s, clock, key, organization_id),
+            detail={"plan": key},
+        )

@@ -28,6 +28,8 @@ from app.plans.repository import PlanRepository
 
 PERIODS = ("day", "week", "month", "year")
 OVERAGE = ("refuse", "allow")
+# What a subscriber pays and gets: a change to any of them makes a new version of the plan.
+VERSIONED = ("stripePriceId", "includedCredits", "quotas")
 # Quotas cross the wire as GraphQL Int (32-bit signed), so that is their range too.
 MAX_QUOTA = 2**31 - 1
 
@@ -177,7 +179,24 @@ def edit_plan(session: Session, clock: Clock, data: PlanInput, organization_id: 
             raise ValidationFailed(
                 f"stripePriceId is already used by plan {other.key!r}", field="stripePriceId"
             )
+        old = repo.by_old_price(organization_id, plan.stripe_price_id)
+        if old is not None and old.plan_key != data.key:
+            raise ValidationFailed(
+                f"stripePriceId was plan {old.plan_key!r}'s (version {old.version})", field="stripePriceId"
+            )
     changes = _diff(repo, stored, plan, before_quotas, quotas) if stored is not None else []
+    plan.version = stored.version if stored is not None else 1
+    if stored is not None and any(c.field.split(".")[0] in VERSIONED for c in changes):
+        # Subscribers keep the version they are on until renewal or migratePlanSubscribers.
+        plan.version = stored.version + 1
+        changes.append(
+            Change(
+                "version",
+                str(stored.version),
+                str(plan.version),
+                why=None,
+            )
+        )
     return PlanEdit(plan, quotas, changes, created=stored is None)
 
 
@@ -275,13 +294,26 @@ def upsert_plan(
     if plan is None:
         plan = w
     else:
-        for attr in ("name", "account_kit_key", "period", "overage", "stripe_price_id", "included_credits"):
+        for attr in ("name", "account_kit_key", "period", "overage", "stripe_price_id", "included_credits", "version"):
             setattr(plan, attr, getattr(w, attr))
         plan.archived = False
         plan.updated_at = w.updated_at
     repo.save(plan)
-    repo.replace_quotas(plan, {p: q for p, (q, _) in edit.quotas.items()}, {p: pr for p, (_, pr) in edit.quotas.items() if pr})
+    repo.replace_quotas(
+        plan, {p: q for p, (q, _) in edit.quotas.items()}, {p: pr for p, (_, pr) in edit.quotas.items() if pr}
+    )
+    repo.save_version(plan)
     return plan
+
+
+def migrate_subscribers(session: Session, clock: Clock, key: str, organization_id: str = DEFAULT_ORG_ID) -> int:
+    """Move every subscriber of the plan on an older version to the newest (its quotas and included
+    credits from now on; the period's credits already granted stay); how many moved."""
+    repo = PlanRepository(session)
+    plan = repo.get(organization_id, key)
+    if plan is None:
+        raise NotFound("Plan", key)
+    return repo.migrate_subscribers(organization_id, key, plan.version)
 
 
 def archive_plan(session: Session, clock: Clock, key: str, organization_id: str = DEFAULT_ORG_ID) -> Plan:
