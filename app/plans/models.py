@@ -55,7 +55,7 @@ class PlanQuota(SQLModel, table=True):
     plan_key: str = Field(primary_key=True, max_length=64)
     # The plan version these quotas belong to: every version keeps its own (the charge reads the
     # subscriber's version's).
-    version: int = Field(default=1, primary_key=True)
+    version: int = Field(default=1, sa_column=Column(Integer, primary_key=True, server_default="1"))
     primitive: str = Field(primary_key=True, max_length=64)
     quota: int = Field(sa_column=Column(BigInteger, nullable=False))
     # A metered Stripe price billing the overage past this quota, reported at period close
