@@ -31,6 +31,9 @@ class _Keep:
     def __repr__(self) -> str:
         return "KEEP"
 
+    def __bool__(self) -> bool:
+        return False  # nothing given
+
 
 KEEP: Final = _Keep()
 
@@ -65,9 +68,7 @@ class KitEdit:
     created: bool
 
 
-def _merge(
-    current: list[str], replace: list[str] | _Keep, add: list[str], remove: list[str], name: str
-) -> list[str]:
+def _merge(current: list[str], replace: list[str] | _Keep, add: list[str], remove: list[str], name: str) -> list[str]:
     out = list(current) if isinstance(replace, _Keep) else list(replace)
     out += add
     for item in remove:
@@ -102,9 +103,7 @@ def _limit_text(v: dict[str, Any] | None) -> str | None:
     return f"maxQuantityPerCall {v.get('max_quantity_per_call')}, callsPerMinute {v.get('calls_per_minute')}"
 
 
-def edit_account_kit(
-    session: Session, clock: Clock, data: KitInput, organization_id: str = DEFAULT_ORG_ID
-) -> KitEdit:
+def edit_account_kit(session: Session, clock: Clock, data: KitInput, organization_id: str = DEFAULT_ORG_ID) -> KitEdit:
     """The kit this upsert would leave and its changes against the stored one, without writing."""
     check_key(data.key, field="key")
     if not isinstance(data.name, _Keep):

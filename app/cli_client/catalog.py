@@ -246,7 +246,12 @@ def plans_upsert(
     with ctx.session() as client:
         p = client.plans.upsert(key=plan_key, confirm=confirm, dry_run=dry_run, **given)
     if dry_run:
-        ctx.emit(p, lambda out: (out.print(fields(_plan_pairs(p.plan))), _changes(out, p.changes)))
+
+        def preview(out: Console) -> None:
+            out.print(fields(_plan_pairs(p.plan)))
+            _changes(out, p.changes)
+
+        ctx.emit(p, preview)
         return
     ctx.emit(p, lambda out: out.print(fields(_plan_pairs(p))))
 
@@ -270,14 +275,16 @@ def kits_upsert(
     kit_key: Annotated[str, typer.Argument(metavar="KIT_KEY", help="e.g. kit_team")],
     name: Annotated[str | None, typer.Option(help="Display name (a new kit needs it).")] = None,
     primitive: Annotated[
-        list[str] | None, typer.Option("--primitive", help="An allowed primitive or prefix.*, repeated: the whole list.")
+        list[str] | None,
+        typer.Option("--primitive", help="An allowed primitive or prefix.*, repeated: the whole list."),
     ] = None,
     add_primitive: Annotated[list[str] | None, typer.Option("--add-primitive", help="Add a pattern, repeated.")] = None,
     remove_primitive: Annotated[
         list[str] | None, typer.Option("--remove-primitive", help="Remove a pattern, repeated.")
     ] = None,
     connection: Annotated[
-        list[str] | None, typer.Option("--connection", help="An allowed connection (e.g. gmail), repeated: the whole list.")
+        list[str] | None,
+        typer.Option("--connection", help="An allowed connection (e.g. gmail), repeated: the whole list."),
     ] = None,
     add_connection: Annotated[list[str] | None, typer.Option("--add-connection", help="Add a connection.")] = None,
     remove_connection: Annotated[
@@ -313,7 +320,12 @@ def kits_upsert(
     with ctx.session() as client:
         k = client.kits.upsert(key=kit_key, confirm=confirm, dry_run=dry_run, **given)
     if dry_run:
-        ctx.emit(k, lambda out: (_show_kit(out, k.kit), _changes(out, k.changes)))
+
+        def preview(out: Console) -> None:
+            _show_kit(out, k.kit)
+            _changes(out, k.changes)
+
+        ctx.emit(k, preview)
         return
     ctx.emit(k, lambda out: _show_kit(out, k))
 

@@ -22,7 +22,13 @@ class FieldChange:
     @classmethod
     def of(cls, changes: list[Any]) -> list[FieldChange]:
         return [
-            cls(field=c.field, before=c.before, after=c.after, destructive=c.destructive, reason=c.why if c.destructive else None)
+            cls(
+                field=c.field,
+                before=c.before,
+                after=c.after,
+                destructive=c.destructive,
+                reason=c.why if c.destructive else None,
+            )
             for c in changes
         ]
 

@@ -49,7 +49,9 @@ class AccountKitInput:
     )
 
 
-@strawberry.type(description="A dry run's answer: the kit as the edit would leave it, and every change. Nothing written.")
+@strawberry.type(
+    description="A dry run's answer: the kit as the edit would leave it, and every change. Nothing written."
+)
 class AccountKitPreview:
     kit: AccountKit
     changes: list[FieldChange]

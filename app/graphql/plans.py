@@ -6,8 +6,8 @@ import strawberry
 from strawberry import UNSET
 
 from app.core.changes import ConfirmationRequired
-from app.graphql.changes import ConfirmationRequiredError, FieldChange
 from app.core.errors import ValidationFailed
+from app.graphql.changes import ConfirmationRequiredError, FieldChange
 from app.graphql.context import Info
 from app.graphql.errors import NotFoundError, ValidationError
 from app.graphql.scalars import Credits
@@ -51,7 +51,9 @@ class PlanInput:
     )
 
 
-@strawberry.type(description="A dry run's answer: the plan as the edit would leave it, and every change. Nothing written.")
+@strawberry.type(
+    description="A dry run's answer: the plan as the edit would leave it, and every change. Nothing written."
+)
 class PlanPreview:
     plan: Plan
     changes: list[FieldChange]
@@ -113,9 +115,7 @@ def _to_service(input: PlanInput) -> service.PlanInput:
         remove_quotas=list(input.remove_quotas or []) if _given(input.remove_quotas) else [],
         overage_prices=overage_prices,
         overage=input.overage.value if isinstance(input.overage, OveragePolicy) else service.KEEP,
-        included_credits=(
-            int(input.included_credits) if input.included_credits is not None else None
-        )
+        included_credits=(int(input.included_credits) if input.included_credits is not None else None)
         if _given(input.included_credits)
         else service.KEEP,
     )
@@ -157,7 +157,9 @@ class PlanMutation:
             data = _to_service(input)
             if dry_run:
                 edit = await ctx.read(lambda s: service.edit_plan(s, ctx.clock, data, org))
-                quotas = [PlanQuotaType(primitive=p, quota=q, overage_price_id=pr) for p, (q, pr) in edit.quotas.items()]
+                quotas = [
+                    PlanQuotaType(primitive=p, quota=q, overage_price_id=pr) for p, (q, pr) in edit.quotas.items()
+                ]
                 return PlanPreview(
                     plan=Plan.from_row(edit.plan, preview_quotas=quotas),
                     changes=FieldChange.of(edit.changes),

@@ -113,7 +113,10 @@ _LOCK_CHARGE = Sql(
     + "\n       WHERE a.tenant_id = :tid"
 )
 _CHARGE_FACTS = Sql(
-    "SELECT " + _FACT_COLUMNS.format(org=":org", plan=":plan", ver=":ver", ps=":ps") + " FROM (SELECT 1) one " + _FACT_JOINS
+    "SELECT "
+    + _FACT_COLUMNS.format(org=":org", plan=":plan", ver=":ver", ps=":ps")
+    + " FROM (SELECT 1) one "
+    + _FACT_JOINS
 )
 STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
 QUOTA_USED_PRICE = Sql(

@@ -103,11 +103,17 @@ def usage_reports(
         # Every version's quotas with the plan's newest version beside them: one statement.
         for q in conn.execute(
             select(
-                QUOTA.c.organization_id, QUOTA.c.plan_key, QUOTA.c.version, QUOTA.c.primitive, QUOTA.c.quota,
+                QUOTA.c.organization_id,
+                QUOTA.c.plan_key,
+                QUOTA.c.version,
+                QUOTA.c.primitive,
+                QUOTA.c.quota,
                 PLAN.c.version.label("newest"),
             )
             .select_from(
-                QUOTA.join(PLAN, and_(PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key))
+                QUOTA.join(
+                    PLAN, and_(PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key)
+                )
             )
             .where(tuple_(QUOTA.c.organization_id, QUOTA.c.plan_key).in_(plan_keys))
         ):

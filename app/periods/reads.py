@@ -30,7 +30,10 @@ COUNTER: Any = table(
     column("credits", BigInteger),
 )
 TENANT: Any = table(
-    "tenant", column("id", String), column("organization_id", String), column("plan_key", String),
+    "tenant",
+    column("id", String),
+    column("organization_id", String),
+    column("plan_key", String),
     column("plan_version", Integer),
 )
 PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
@@ -41,7 +44,9 @@ def version_in_force(tenant_id: str) -> Any:
     (NULL: the newest), the newest of any other plan (a past period's)."""
     return (
         select(func.coalesce(case((TENANT.c.plan_key == QUOTA.c.plan_key, TENANT.c.plan_version)), PLAN.c.version))
-        .where(TENANT.c.id == tenant_id, PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key)
+        .where(
+            TENANT.c.id == tenant_id, PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key
+        )
         .scalar_subquery()
     )
 

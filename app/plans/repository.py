@@ -89,7 +89,10 @@ class PlanRepository:
         row = self.s.get(PlanVersion, (plan.organization_id, plan.key, plan.version))
         if row is None:
             row = PlanVersion(
-                organization_id=plan.organization_id, plan_key=plan.key, version=plan.version, created_at=plan.updated_at
+                organization_id=plan.organization_id,
+                plan_key=plan.key,
+                version=plan.version,
+                created_at=plan.updated_at,
             )
         row.stripe_price_id = plan.stripe_price_id
         row.included_credits = plan.included_credits
@@ -146,7 +149,13 @@ class PlanRepository:
         # One statement: each quota row with its plan's newest version.
         rows = self.s.exec(
             select(PlanQuota, Plan.version)
-            .join(Plan, and_(Plan.organization_id == PlanQuota.organization_id, Plan.key == PlanQuota.plan_key))
+            .join(
+                Plan,
+                and_(
+                    col(Plan.organization_id) == col(PlanQuota.organization_id),
+                    col(Plan.key) == col(PlanQuota.plan_key),
+                ),
+            )
             .where(
                 col(PlanQuota.organization_id).in_({o for o, _ in wanted}),
                 col(PlanQuota.plan_key).in_({k for _, k in wanted}),

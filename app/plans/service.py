@@ -40,6 +40,9 @@ class _Keep:
     def __repr__(self) -> str:
         return "KEEP"
 
+    def __bool__(self) -> bool:
+        return False  # nothing given
+
 
 KEEP: Final = _Keep()
 
@@ -115,10 +118,8 @@ def _validate(session: Session, data: PlanInput) -> None:
 
 def _new_quotas(data: PlanInput, before: Quotas) -> Quotas:
     prices = data.overage_prices
-    if isinstance(data.quotas, _Keep):
-        after = dict(before)
-    else:
-        after = {p: (q, prices.get(p)) for p, q in data.quotas.items()}
+    given = data.quotas
+    after = dict(before) if isinstance(given, _Keep) else {p: (q, prices.get(p)) for p, q in given.items()}
     for p, q in data.set_quotas.items():
         after[p] = (q, prices.get(p))
     for p in data.remove_quotas:
@@ -170,15 +171,13 @@ def edit_plan(session: Session, clock: Clock, data: PlanInput, organization_id: 
     quotas = _new_quotas(data, before_quotas)
     if plan.overage != "allow" and any(price for _, price in quotas.values()):
         raise ValidationFailed("an overage price needs overage: allow", field="quotas.overagePriceId")
-    if not isinstance(data.account_kit_id, _Keep) or stored is None:
-        if AccountKitRepository(session).get(organization_id, plan.account_kit_key) is None:
-            raise NotFound("AccountKit", plan.account_kit_key)
+    kit_named = not isinstance(data.account_kit_id, _Keep) or stored is None
+    if kit_named and AccountKitRepository(session).get(organization_id, plan.account_kit_key) is None:
+        raise NotFound("AccountKit", plan.account_kit_key)
     if plan.stripe_price_id is not None:
         other = repo.by_price(organization_id, plan.stripe_price_id)
         if other is not None and other.key != data.key:
-            raise ValidationFailed(
-                f"stripePriceId is already used by plan {other.key!r}", field="stripePriceId"
-            )
+            raise ValidationFailed(f"stripePriceId is already used by plan {other.key!r}", field="stripePriceId")
         old = repo.by_old_price(organization_id, plan.stripe_price_id)
         if old is not None and old.plan_key != data.key:
             raise ValidationFailed(

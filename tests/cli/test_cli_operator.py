@@ -11,10 +11,10 @@ import shlex
 from datetime import timedelta
 from decimal import Decimal
 
-from tests.alerts.test_alerts import _cross, _endpoint, _round, quota_tenant, receiver
 from app.bootstrap import load_demo_catalog
 from app.core.clock import Clock
 from app.core.db import unit_of_work
+from tests.alerts.test_alerts import _cross, _endpoint, _round, quota_tenant, receiver
 from tests.cli.harness import Gateway, meterkit
 from tests.conftest import count_rows
 from tests.fixtures_catalog import SET_SUB

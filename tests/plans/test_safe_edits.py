@@ -56,7 +56,9 @@ def _catalog_example() -> str:
 def test_the_docs_catalog_examples_leave_the_demo_plans_intact(api: Api, clock: FrozenClock) -> None:
     _demo(api, clock)
     before = api(READ)
-    assert before["plan"]["stripePriceId"] == "price_pro_monthly" and len(before["accountKit"]["allowedPrimitives"]) == 10
+    assert (
+        before["plan"]["stripePriceId"] == "price_pro_monthly" and len(before["accountKit"]["allowedPrimitives"]) == 10
+    )
     # "Primitives as data", as written.
     out = api(_catalog_example())
     assert {k: v["__typename"] for k, v in out.items()} == {
@@ -96,7 +98,11 @@ def test_an_omitted_field_keeps_its_value_and_null_clears_it(api: Api, clock: Fr
     api(UPSERT_PLAN, {"i": {"key": "pro", "includedCredits": "200"}})
     before = api(READ)["plan"]
     renamed = api(UPSERT_PLAN, {"i": {"key": "pro", "name": "Pro Plus"}})["upsertPlan"]
-    assert renamed == {**before, "__typename": "Plan", "name": "Pro Plus"}  # no new version: nothing a subscriber pays or gets
+    assert renamed == {
+        **before,
+        "__typename": "Plan",
+        "name": "Pro Plus",
+    }  # no new version: nothing a subscriber pays or gets
     cleared = api(UPSERT_PLAN, {"i": {"key": "pro", "stripePriceId": None}})["upsertPlan"]
     assert cleared["stripePriceId"] is None and cleared["quotas"] == before["quotas"]
     assert cleared["includedCredits"] == "200" and cleared["version"] == before["version"] + 1
@@ -120,14 +126,18 @@ def test_a_destructive_edit_needs_confirm_and_otherwise_writes_nothing(api: Api,
         (UPSERT_PLAN, {"key": "pro", "removeQuotas": ["email.send"]}, ["quotas.email.send"]),
         (UPSERT_PLAN, {"key": "pro", "includedCredits": "50"}, ["includedCredits"]),
         (UPSERT_PLAN, {"key": "pro", "includedCredits": None}, ["includedCredits"]),
-        (UPSERT_KIT, {"key": "kit_pro", "allowedPrimitives": ["email.*"]}, [
-            f"allowedPrimitives.{p}" for p in before["accountKit"]["allowedPrimitives"] if p != "email.*"
-        ]),
+        (
+            UPSERT_KIT,
+            {"key": "kit_pro", "allowedPrimitives": ["email.*"]},
+            [f"allowedPrimitives.{p}" for p in before["accountKit"]["allowedPrimitives"] if p != "email.*"],
+        ),
         (UPSERT_KIT, {"key": "kit_pro", "removeAllowedPrimitives": ["llm.*"]}, ["allowedPrimitives.llm.*"]),
         (UPSERT_KIT, {"key": "kit_pro", "removeAllowedConnections": ["gmail"]}, ["allowedConnections.gmail"]),
-        (UPSERT_KIT, {"key": "kit_pro", "allowedConnections": []}, [
-            "allowedConnections.github", "allowedConnections.gmail", "allowedConnections.slack"
-        ]),
+        (
+            UPSERT_KIT,
+            {"key": "kit_pro", "allowedConnections": []},
+            ["allowedConnections.github", "allowedConnections.gmail", "allowedConnections.slack"],
+        ),
     ]
     for doc, edit, destructive in cases:
         res = next(iter(api(doc, {"i": edit}).values()))
@@ -144,7 +154,9 @@ def test_a_destructive_edit_needs_confirm_and_otherwise_writes_nothing(api: Api,
     assert res["upsertAccountKit"]["allowedConnections"] == ["github", "slack"]
 
 
-def test_a_price_change_needs_confirm_only_while_live_subscriptions_carry_the_price(api: Api, clock: FrozenClock) -> None:
+def test_a_price_change_needs_confirm_only_while_live_subscriptions_carry_the_price(
+    api: Api, clock: FrozenClock
+) -> None:
     _demo(api, clock)
     assert api(UPSERT_PLAN, {"i": {"key": "pro", "stripePriceId": "price_pro_2"}})["upsertPlan"]["__typename"] == "Plan"
     tid = api.create_tenant("Live")
@@ -162,14 +174,23 @@ def test_a_dry_run_answers_the_would_be_plan_and_its_changes_and_writes_nothing(
     before, rows = api(READ), count_rows(api.db.engine, *ALL_TABLES, "audit_log", "plan_version")
     res = api(
         UPSERT_PLAN,
-        {"i": {"key": "pro", "setQuotas": [{"primitive": "url.read", "quota": 9}], "removeQuotas": ["search.web"]}, "d": True},
+        {
+            "i": {"key": "pro", "setQuotas": [{"primitive": "url.read", "quota": 9}], "removeQuotas": ["search.web"]},
+            "d": True,
+        },
     )["upsertPlan"]
     assert res["__typename"] == "PlanPreview" and res["needsConfirm"] is True and res["created"] is False
     assert [q["primitive"] for q in res["plan"]["quotas"]] == ["email.send", "url.read"]
     assert res["plan"]["version"] == before["plan"]["version"] + 1
     fields = {c["field"]: c for c in res["changes"]}
     assert fields["quotas.search.web"]["destructive"] and fields["quotas.search.web"]["before"] == "5000"
-    assert fields["quotas.url.read"] == {"field": "quotas.url.read", "before": None, "after": "9", "destructive": False, "reason": None}
+    assert fields["quotas.url.read"] == {
+        "field": "quotas.url.read",
+        "before": None,
+        "after": "9",
+        "destructive": False,
+        "reason": None,
+    }
     kit = api(UPSERT_KIT, {"i": {"key": "kit_pro", "addAllowedPrimitives": ["*"]}, "d": True})["upsertAccountKit"]
     assert kit["__typename"] == "AccountKitPreview" and kit["needsConfirm"] is False
     assert kit["kit"]["allowedPrimitives"][0] == "*" and kit["changes"][0]["field"] == "allowedPrimitives.*"
@@ -190,7 +211,12 @@ def test_subscribers_keep_their_version_until_renewal_or_migration(api: Api, clo
     v = api(READ)["plan"]["version"]
     assert api(USAGE, key=okey)["viewer"]["usage"]["planVersion"] == v
     # The quota goes up to 5: a new version; the old subscriber keeps 2.
-    assert api(UPSERT_PLAN, {"i": {"key": "pro", "setQuotas": [{"primitive": "email.send", "quota": 5}]}})["upsertPlan"]["version"] == v + 1
+    assert (
+        api(UPSERT_PLAN, {"i": {"key": "pro", "setQuotas": [{"primitive": "email.send", "quota": 5}]}})["upsertPlan"][
+            "version"
+        ]
+        == v + 1
+    )
     new = api.create_tenant("New")
     api(SET_SUB, {"t": new, "i": {"planKey": "pro", "status": "active", "currentPeriodEnd": "2030-01-01T00:00:00Z"}})
     nkey = api.tenant_key(new)
@@ -213,6 +239,16 @@ def test_subscribers_keep_their_version_until_renewal_or_migration(api: Api, clo
     api(UPSERT_PLAN, {"i": {"key": "pro", "setQuotas": [{"primitive": "email.send", "quota": 7}]}})
     api(SET_SUB, {"t": new, "i": {"planKey": "pro", "status": "active", "currentPeriodEnd": "2030-01-01T00:00:00Z"}})
     assert api(USAGE, key=nkey)["viewer"]["usage"]["planVersion"] == v + 1  # same period: not a renewal
-    api(SET_SUB, {"t": new, "i": {"planKey": "pro", "status": "active", "currentPeriodStart": "2030-01-01T00:00:00Z",
-                                  "currentPeriodEnd": "2030-02-01T00:00:00Z"}})
+    api(
+        SET_SUB,
+        {
+            "t": new,
+            "i": {
+                "planKey": "pro",
+                "status": "active",
+                "currentPeriodStart": "2030-01-01T00:00:00Z",
+                "currentPeriodEnd": "2030-02-01T00:00:00Z",
+            },
+        },
+    )
     assert api(USAGE, key=nkey)["viewer"]["usage"]["planVersion"] == v + 2
