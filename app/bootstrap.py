@@ -53,6 +53,7 @@ DEMO_PLANS = [
         account_kit_id="kit_free",
         period="month",
         quotas={"email.send": 100, "search.web": 500},
+        included_credits=0,
     ),
     # The demo organization's end-user plan Pro (the /billing document's): kit_pro, 1000 emails and
     # 5000 searches a month. Its credits are the platform tier's business (DEMO_TIERS), not an end user's.
@@ -63,6 +64,7 @@ DEMO_PLANS = [
         period="month",
         stripe_price_id="price_pro_monthly",
         quotas={"email.send": 1000, "search.web": 5000},
+        included_credits=0,
     ),
 ]
 

@@ -12,7 +12,7 @@ from app.metering.models import RateWindow, UsageCounter, UsageEvent, UsageRollu
 from app.organizations.models import Organization
 from app.overage.models import OverageReport
 from app.periods.models import BillingPeriod
-from app.plans.models import Plan, PlanQuota
+from app.plans.models import Plan, PlanQuota, PlanVersion
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.subscriptions.models import Subscription
 from app.tenants.models import ApiKey, Tenant
@@ -38,6 +38,7 @@ __all__ = [
     "MediaPrice",
     "Plan",
     "PlanQuota",
+    "PlanVersion",
     "Price",
     "PricingSetting",
     "AlertEvent",

@@ -1,10 +1,11 @@
 """Shared GraphQL snippets for the tests."""
 
-KIT = """mutation($i: AccountKitInput!) { upsertAccountKit(input: $i) {
+# The tests' fixtures rewrite whole kits and plans on purpose: confirm (a removal needs it) unless told.
+KIT = """mutation($i: AccountKitInput!, $confirm: Boolean! = true) { upsertAccountKit(input: $i, confirm: $confirm) {
   __typename ... on AccountKit { key allowedPrimitives limits { primitive maxQuantityPerCall callsPerMinute } }
   ... on UserError { code message } ... on ValidationError { field } } }"""
 
-PLAN = """mutation($i: PlanInput!) { upsertPlan(input: $i) {
+PLAN = """mutation($i: PlanInput!, $confirm: Boolean! = true) { upsertPlan(input: $i, confirm: $confirm) {
   __typename ... on Plan { key period accountKitId quotas { primitive quota } includedCredits }
   ... on UserError { code message } ... on ValidationError { field } } }"""
 

@@ -15,9 +15,15 @@ from app.organizations.models import DEFAULT_ORG_ID
 
 
 def upsert_account_kit(
-    engine: Engine, clock: Clock, actor: Principal | None, data: service.KitInput, organization_id: str = DEFAULT_ORG_ID
+    engine: Engine,
+    clock: Clock,
+    actor: Principal | None,
+    data: service.KitInput,
+    organization_id: str = DEFAULT_ORG_ID,
+    confirm: bool = False,
 ) -> AccountKit:
-    """Create or replace a kit by key; an edit applies at once to every tenant using it."""
+    """Create a kit or edit the fields given; an edit applies at once to every tenant using it.
+    A removal needs confirm (service.upsert_account_kit); refused, nothing is written."""
     with unit_of_work(engine) as s:
         return audited(
             s,
@@ -25,5 +31,5 @@ def upsert_account_kit(
             clock.now(),
             "upsertAccountKit",
             Target("account_kit", data.key, organization_id=organization_id),
-            lambda: service.upsert_account_kit(s, clock, data, organization_id),
+            lambda: service.upsert_account_kit(s, clock, data, organization_id, confirm=confirm),
         )

@@ -102,8 +102,11 @@ def plan_target(organization_id: str, key: str) -> Target:
         if plan is None:
             return None
         q = SQLModel.metadata.tables["plan_quota"]
+        # The newest version's quotas: what the plan is now (older versions keep theirs).
         rows = conn.execute(
-            select(q.c.primitive, q.c.quota).where(q.c.organization_id == organization_id, q.c.plan_key == key)
+            select(q.c.primitive, q.c.quota).where(
+                q.c.organization_id == organization_id, q.c.plan_key == key, q.c.version == plan.get("version", 1)
+            )
         ).all()
         return {**plan, "quotas": {r[0]: r[1] for r in sorted(rows)}}
 

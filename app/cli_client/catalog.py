@@ -178,74 +178,155 @@ def _show_kit(out: Console, k: Any) -> None:
         )
 
 
+def _changes(out: Console, changes: Any) -> None:
+    out.print(
+        table(
+            "Changes",
+            ["field", "before", "after", "needs --confirm"],
+            [(c.field, c.before, c.after, c.reason if c.destructive else "") for c in changes],
+        )
+    )
+
+
+ConfirmOpt = Annotated[bool, typer.Option("--confirm", help="Apply a change that removes something.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the changes; write nothing.")]
+
+
 @plans_cli.command("upsert")
 def plans_upsert(
     plan_key: Annotated[str, typer.Argument(metavar="PLAN_KEY", help="e.g. team")],
-    name: Annotated[str, typer.Option(help="Display name.")],
-    kit: Annotated[str, typer.Option("--kit", help="The Account Kit's key, e.g. kit_team.")],
+    name: Annotated[str | None, typer.Option(help="Display name (a new plan needs it).")] = None,
+    kit: Annotated[str | None, typer.Option("--kit", help="The Account Kit's key (a new plan needs it).")] = None,
     quota: Annotated[
-        list[str] | None, typer.Option("--quota", help="PRIMITIVE=UNITS per period, repeated: email.send=1000.")
+        list[str] | None,
+        typer.Option("--quota", help="PRIMITIVE=UNITS, repeated: the plan's whole quota set."),
+    ] = None,
+    set_quota: Annotated[
+        list[str] | None, typer.Option("--set-quota", help="PRIMITIVE=UNITS, repeated: add or change just these.")
+    ] = None,
+    remove_quota: Annotated[
+        list[str] | None, typer.Option("--remove-quota", help="A primitive whose quota goes, repeated.")
     ] = None,
     stripe_price: Annotated[str | None, typer.Option("--stripe-price", help="The Stripe price, e.g. price_...")] = None,
-    period: Annotated[str, typer.Option(help="The billing period.")] = "month",
-    overage: Annotated[OveragePolicy, typer.Option(help="Past a quota: refuse the call, or allow and bill it.")] = (
-        OveragePolicy.refuse
-    ),
+    period: Annotated[str | None, typer.Option(help="The billing period.")] = None,
+    overage: Annotated[
+        OveragePolicy | None, typer.Option(help="Past a quota: refuse the call, or allow and bill it.")
+    ] = None,
     included_credits: Annotated[
         str | None, typer.Option("--included-credits", help="Credits granted each period, e.g. 200.")
     ] = None,
+    confirm: ConfirmOpt = False,
+    dry_run: DryRunOpt = False,
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Create or update a plan (upsertPlan), idempotent by key. The plan is written as given:
-    every quota it should keep, its Stripe price and its included credits."""
+    """Create a plan or edit what the options give (upsertPlan): what is left out stays as it is.
+    A change that removes something (a quota, included credits, a price live subscriptions carry)
+    needs --confirm; --dry-run shows the changes without writing."""
     ctx = Ctx(url, key, json)
-    quotas = parse_quotas(ctx, quota or [])
-    credits = None if included_credits is None else _decimal(ctx, included_credits, "includedCredits")
+    given: dict[str, Any] = {}
+    if quota is not None:
+        given["quotas"] = parse_quotas(ctx, quota)
+    if set_quota is not None:
+        given["set_quotas"] = parse_quotas(ctx, set_quota)
+    if remove_quota is not None:
+        given["remove_quotas"] = remove_quota
+    if included_credits is not None:
+        given["included_credits"] = _decimal(ctx, included_credits, "includedCredits")
+    for field, value in (
+        ("name", name),
+        ("account_kit_id", kit),
+        ("stripe_price_id", stripe_price),
+        ("period", period),
+        ("overage", overage.value if overage is not None else None),
+    ):
+        if value is not None:
+            given[field] = value
     with ctx.session() as client:
-        p = client.plans.upsert(
-            key=plan_key,
-            name=name,
-            account_kit_id=kit,
-            stripe_price_id=stripe_price,
-            quotas=quotas,
-            period=period,
-            overage=overage.value,
-            included_credits=credits,
-        )
+        p = client.plans.upsert(key=plan_key, confirm=confirm, dry_run=dry_run, **given)
+    if dry_run:
+
+        def preview(out: Console) -> None:
+            out.print(fields(_plan_pairs(p.plan)))
+            _changes(out, p.changes)
+
+        ctx.emit(p, preview)
+        return
     ctx.emit(p, lambda out: out.print(fields(_plan_pairs(p))))
+
+
+@plans_cli.command("migrate-subscribers")
+def plans_migrate(
+    plan_key: Annotated[str, typer.Argument(metavar="PLAN_KEY")],
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Move every subscriber on an older version of the plan to its newest (migratePlanSubscribers)."""
+    ctx = Ctx(url, key, json)
+    with ctx.session() as client:
+        r = client.plans.migrate_subscribers(plan_key)
+    ctx.emit(r, lambda out: out.print(fields([("plan", r.plan.key), ("version", r.plan.version), ("moved", r.moved)])))
 
 
 @kits_cli.command("upsert")
 def kits_upsert(
     kit_key: Annotated[str, typer.Argument(metavar="KIT_KEY", help="e.g. kit_team")],
-    name: Annotated[str, typer.Option(help="Display name.")],
+    name: Annotated[str | None, typer.Option(help="Display name (a new kit needs it).")] = None,
     primitive: Annotated[
-        list[str] | None, typer.Option("--primitive", help="An allowed primitive or prefix.*, repeated.")
+        list[str] | None,
+        typer.Option("--primitive", help="An allowed primitive or prefix.*, repeated: the whole list."),
+    ] = None,
+    add_primitive: Annotated[list[str] | None, typer.Option("--add-primitive", help="Add a pattern, repeated.")] = None,
+    remove_primitive: Annotated[
+        list[str] | None, typer.Option("--remove-primitive", help="Remove a pattern, repeated.")
     ] = None,
     connection: Annotated[
-        list[str] | None, typer.Option("--connection", help="An allowed connection (e.g. gmail), repeated.")
+        list[str] | None,
+        typer.Option("--connection", help="An allowed connection (e.g. gmail), repeated: the whole list."),
+    ] = None,
+    add_connection: Annotated[list[str] | None, typer.Option("--add-connection", help="Add a connection.")] = None,
+    remove_connection: Annotated[
+        list[str] | None, typer.Option("--remove-connection", help="Remove a connection.")
     ] = None,
     limit: Annotated[
         list[str] | None,
-        typer.Option("--limit", help="PRIMITIVE:MAX_PER_CALL:CALLS_PER_MINUTE, repeated; a number may be empty."),
+        typer.Option("--limit", help="PRIMITIVE:MAX_PER_CALL:CALLS_PER_MINUTE, repeated: the whole set."),
     ] = None,
+    confirm: ConfirmOpt = False,
+    dry_run: DryRunOpt = False,
     url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Create or replace an Account Kit (upsertAccountKit). Edits apply at once to every tenant on it."""
+    """Create a kit or edit what the options give (upsertAccountKit); edits apply at once to every
+    tenant on it, so removing a pattern or a connection needs --confirm."""
     ctx = Ctx(url, key, json)
-    limits = parse_limits(ctx, limit or [])
+    given: dict[str, Any] = {}
+    if limit is not None:
+        given["limits"] = parse_limits(ctx, limit)
+    for field, value in (
+        ("name", name),
+        ("allowed_primitives", primitive),
+        ("add_allowed_primitives", add_primitive),
+        ("remove_allowed_primitives", remove_primitive),
+        ("allowed_connections", connection),
+        ("add_allowed_connections", add_connection),
+        ("remove_allowed_connections", remove_connection),
+    ):
+        if value is not None:
+            given[field] = value
     with ctx.session() as client:
-        k = client.kits.upsert(
-            key=kit_key,
-            name=name,
-            allowed_primitives=primitive or [],
-            limits=limits,
-            allowed_connections=connection or [],
-        )
+        k = client.kits.upsert(key=kit_key, confirm=confirm, dry_run=dry_run, **given)
+    if dry_run:
+
+        def preview(out: Console) -> None:
+            _show_kit(out, k.kit)
+            _changes(out, k.changes)
+
+        ctx.emit(k, preview)
+        return
     ctx.emit(k, lambda out: _show_kit(out, k))
 
 

@@ -133,12 +133,17 @@ def grant_plan_allowance(
     plan = PlanRepository(session).get(tenant.organization_id, plan_key) if tenant is not None else None
     if plan is None:
         raise NotFound("Plan", plan_key)
+    included = plan.included_credits
+    if tenant is not None and tenant.plan_key == plan.key and tenant.plan_version not in (None, plan.version):
+        # A subscriber on an older version of the plan gets that version's credits.
+        version = PlanRepository(session).version(plan.organization_id, plan.key, tenant.plan_version)
+        included = version.included_credits if version is not None else included
     return grant_allowance(
         session,
         scope,
         clock,
         name=plan.key,
-        included=plan.included_credits,
+        included=included,
         period_start=period_start,
         period_end=period_end,
         label=f"plan {plan.key}",

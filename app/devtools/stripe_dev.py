@@ -49,9 +49,9 @@ def demo_prices() -> list[DemoPrice]:
     from app.pricing.seed import PACKS
 
     out = [
-        DemoPrice(p.stripe_price_id, DEMO_PLAN_CENTS, p.period, f"meterkit plan {p.key}")
+        DemoPrice(p.stripe_price_id, DEMO_PLAN_CENTS, str(p.period), f"meterkit plan {p.key}")
         for p in DEMO_PLANS
-        if p.stripe_price_id
+        if isinstance(p.stripe_price_id, str)
     ]
     # The platform's tiers are monthly too (an organization's `billing upgrade --plan pro`).
     out += [

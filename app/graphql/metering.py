@@ -377,6 +377,10 @@ class UsageLine(FromRow):
 @strawberry.type(description="The tenant's plan, status, period, quotas and usage in this period.")
 class UsageReport:
     plan: str | None
+    plan_version: int | None = strawberry.field(
+        description="The version of the plan whose quotas apply: a subscriber's own until renewal or "
+        "migratePlanSubscribers, the newest for a tenant without a subscription."
+    )
     status: str | None
     period: UsagePeriod
     quotas: list[UsageLine] = strawberry.field(description="Primitives with a quota in the plan")
@@ -387,6 +391,7 @@ def to_report(r: repository.UsageReport) -> UsageReport:
     lines = [UsageLine.from_row(x) for x in r.lines]
     return UsageReport(
         plan=r.plan,
+        plan_version=r.plan_version,
         status=r.status,
         period=UsagePeriod(start=r.period.start, end=r.period.end),
         quotas=[x for x in lines if x.quota is not None],

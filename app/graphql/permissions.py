@@ -64,6 +64,7 @@ CATALOG: dict[str, Rule] = {
     "Mutation.upsertAccountKit": Rule(OWNER, MANAGE),
     "Mutation.upsertPlan": Rule(OWNER, MANAGE),
     "Mutation.archivePlan": Rule(OWNER, MANAGE),
+    "Mutation.migratePlanSubscribers": Rule(OWNER, MANAGE),
     "Mutation.createTenant": Rule(OWNER, MANAGE),
     "Mutation.createApiKey": Rule(ALL, MANAGE),
     "Mutation.createOperatorKey": Rule(OP, MANAGE),
@@ -144,6 +145,7 @@ CATALOG: dict[str, Rule] = {
 # Root fields decide what a key may ask for; these decide what it may read in the answer.
 TYPES: dict[str, frozenset[Role]] = {
     "AccountKit": ALL,
+    "AccountKitPreview": ALL,
     "AlertPolicy": ALL,
     "ApiKey": ALL,
     "AuditEntry": OWNER,
@@ -158,6 +160,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "Charged": ALL,
     "CheckResult": ALL,
     "CheckoutSession": ALL,
+    "ConfirmationRequiredError": ALL,
     "ConflictError": ALL,
     "CreatedApiKey": ALL,
     "CreatedOrganization": OP,
@@ -172,6 +175,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "CreditReversal": OP,
     "EndUserCreditCap": ALL,  # the refusal of an end user's call at its own cap: its cap and use
     "FixedPrice": ALL,
+    "FieldChange": ALL,
     "ForbiddenError": ALL,
     "Hold": ALL,
     "HoldClosed": ALL,
@@ -199,6 +203,8 @@ TYPES: dict[str, frozenset[Role]] = {
     "PageInfo": ALL,
     "Plan": ALL,
     "PlanChangeSubmitted": ALL,
+    "PlanPreview": ALL,
+    "PlanSubscribersMigrated": OWNER,
     "PlanQuota": ALL,
     "PlatformTier": OWNER,
     "PriceQuote": ALL,

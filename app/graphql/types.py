@@ -112,12 +112,20 @@ class Plan(FromRow):
     overage: OveragePolicy
     included_credits: Credits = strawberry.field(description="Credits granted once per period to a subscriber.")
     archived: bool
+    version: int = strawberry.field(
+        description="The newest version: a change of price, quotas or included credits makes a new one; "
+        "subscribers keep theirs until renewal or migratePlanSubscribers."
+    )
     # A resolver given in place (not a method): the field keeps its place before accountKitId.
     account_kit: AccountKit | None = strawberry.field(resolver=_kit_of_plan)
     account_kit_id: str
+    # A dry run's plan is not stored: its quotas come with it (upsertPlan(dryRun: true)).
+    preview_quotas: strawberry.Private[list[PlanQuotaType] | None] = None
 
     @strawberry.field
     async def quotas(self, info: Info) -> list[PlanQuotaType]:
+        if self.preview_quotas is not None:
+            return self.preview_quotas
         rows = await info.context.loaders.quotas.load((str(self.organization_id), self.key))
         return [PlanQuotaType.from_row(r) for r in rows]
 

@@ -45,8 +45,9 @@ _TERMS_COLUMNS = """t.plan_key, p.period, p.overage, k.key, k.allowed_primitives
               s.current_period_start, s.current_period_end, b.period, b.credit_limit, b.quantity_limits,
               COALESCE(pt.quota_percents, pp.quota_percents), COALESCE(pt.low_balance, pp.low_balance),
               s.status, bp.start_at, bp.end_at,
-              t.kind, t.organization_id, o.end_user_wallets, o.platform_credits_exempt, o.end_user_credit_cap"""
-TERMS_WIDTH = 22  # the columns above: terms_from reads them by position
+              t.kind, t.organization_id, o.end_user_wallets, o.platform_credits_exempt, o.end_user_credit_cap,
+              COALESCE(t.plan_version, p.version)"""
+TERMS_WIDTH = 23  # the columns above: terms_from reads them by position
 _TERMS_FROM = """FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN organization o ON o.id = t.organization_id
        LEFT JOIN plan p ON p.organization_id = t.organization_id AND p.key = t.plan_key
@@ -69,7 +70,8 @@ CHECK = Sql(
               (SELECT COALESCE(SUM(amount), 0) FROM credit_hold
                WHERE tenant_id = :tid AND status = 'open' AND expires_at <= :now AND own_reserved),
               (SELECT quota FROM plan_quota
-               WHERE organization_id = t.organization_id AND plan_key = t.plan_key AND primitive = :p),
+               WHERE organization_id = t.organization_id AND plan_key = t.plan_key
+                 AND version = COALESCE(t.plan_version, p.version) AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = bp.start_at AND primitive = :p),
               (SELECT credits FROM price WHERE primitive = :p),
               (SELECT pricing_rule FROM primitive WHERE key = :p),
@@ -83,7 +85,8 @@ USED = Sql("SELECT (SELECT used FROM usage_counter WHERE tenant_id = :tid AND pe
 # this period's count and this minute's calls; the fixed price and the catalog entry; and the first live
 # bucket in burn order. :plan and :ps are the terms' plan and recorded period (NULL when none is recorded).
 _FACT_COLUMNS = """e.id, e.request_hash, e.result,
-              (SELECT quota FROM plan_quota WHERE organization_id = {org} AND plan_key = {plan} AND primitive = :p),
+              (SELECT quota FROM plan_quota
+               WHERE organization_id = {org} AND plan_key = {plan} AND version = {ver} AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = {ps} AND primitive = :p),
               (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
               (SELECT credits FROM price WHERE primitive = :p),
@@ -100,7 +103,9 @@ _LOCK_CHARGE = Sql(
     "SELECT a.balance, a.reserved, "
     + _TERMS_COLUMNS
     + ", "
-    + _FACT_COLUMNS.format(org="t.organization_id", plan="t.plan_key", ps="bp.start_at")
+    + _FACT_COLUMNS.format(
+        org="t.organization_id", plan="t.plan_key", ver="COALESCE(t.plan_version, p.version)", ps="bp.start_at"
+    )
     + "\n       "
     + _TERMS_FROM
     + "\n       "
@@ -108,11 +113,15 @@ _LOCK_CHARGE = Sql(
     + "\n       WHERE a.tenant_id = :tid"
 )
 _CHARGE_FACTS = Sql(
-    "SELECT " + _FACT_COLUMNS.format(org=":org", plan=":plan", ps=":ps") + " FROM (SELECT 1) one " + _FACT_JOINS
+    "SELECT "
+    + _FACT_COLUMNS.format(org=":org", plan=":plan", ver=":ver", ps=":ps")
+    + " FROM (SELECT 1) one "
+    + _FACT_JOINS
 )
 STORED = Sql("SELECT id, request_hash, result FROM usage_event WHERE tenant_id = :tid AND idempotency_key = :key")
 QUOTA_USED_PRICE = Sql(
-    """SELECT (SELECT quota FROM plan_quota WHERE organization_id = :org AND plan_key = :plan AND primitive = :p),
+    """SELECT (SELECT quota FROM plan_quota
+               WHERE organization_id = :org AND plan_key = :plan AND version = :ver AND primitive = :p),
               (SELECT used FROM usage_counter WHERE tenant_id = :tid AND period_start = :ps AND primitive = :p),
               (SELECT calls FROM rate_window WHERE tenant_id = :tid AND primitive = :p AND window_start = :win),
               (SELECT credits FROM price WHERE primitive = :p),
@@ -207,6 +216,7 @@ def lock_for_charge(
     else:
         params["plan"] = terms.plan_key
         params["org"] = terms.organization_id
+        params["ver"] = terms.plan_version
         params["ps"] = ts(conn, terms.recorded.start) if terms.recorded is not None else None
         facts = run(conn, _CHARGE_FACTS, params).one()
     return ledger.AccountState(row[0], row[1]), terms, ChargeFacts(req, facts, terms.recorded is not None)
@@ -255,4 +265,5 @@ def terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:
         wallets=True if row[19] is None else bool(row[19]),
         exempt=True if row[20] is None else bool(row[20]),
         credit_cap=row[21],
+        plan_version=row[22],
     )

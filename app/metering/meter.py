@@ -285,6 +285,7 @@ class Meter:
                 {
                     "plan": self.terms.plan_key,
                     "org": self.terms.organization_id,
+                    "ver": self.terms.plan_version,
                     "p": primitive,
                     "tid": self.scope.tenant_id,
                     "ps": ts(self.conn, period.start),

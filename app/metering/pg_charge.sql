@@ -1,5 +1,5 @@
 -- meterkit_charge: one charge in one statement (app/metering/pg_charge.py). Installed by migration 0012_pg_charge,
--- now by 0019_org_scoped_keys, which keeps its own frozen copy: a change here ships as a new migration that
+-- now by 0021_plan_versions, which keeps its own frozen copy: a change here ships as a new migration that
 -- copies this text (tests/test_pg_charge.py checks the newest migration's copy equals this file).
 CREATE OR REPLACE FUNCTION meterkit_charge(
     p_tid text, p_key text, p_hash text, p_primitive text, p_qty bigint, p_reference text,
@@ -10,7 +10,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     v_balance bigint; v_reserved bigint; v_plan text; v_overage text; v_kit text;
     v_allowed json; v_limits json; v_conns json; v_budget boolean; v_percents json; v_low bigint;
-    v_ps timestamptz; v_pe timestamptz; v_org boolean; v_org_id text;
+    v_ps timestamptz; v_pe timestamptz; v_org boolean; v_org_id text; v_ver int;
     v_id bigint; v_hash text; v_result json;
     v_per_call bigint; v_per_minute bigint; v_window timestamptz;
     v_quota bigint; v_used bigint; v_calls bigint; v_price bigint; v_rule text; v_active boolean;
@@ -25,9 +25,9 @@ BEGIN
            bp.start_at, bp.end_at,
            (t.kind <> 'end_user' OR NOT COALESCE(o.end_user_wallets, true)
                OR NOT COALESCE(o.platform_credits_exempt, true)),
-           t.organization_id
+           t.organization_id, COALESCE(t.plan_version, p.version)
       INTO v_balance, v_reserved, v_plan, v_overage, v_kit, v_allowed, v_limits, v_conns, v_budget,
-           v_percents, v_low, v_ps, v_pe, v_org, v_org_id
+           v_percents, v_low, v_ps, v_pe, v_org, v_org_id, v_ver
       FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
       LEFT JOIN organization o ON o.id = t.organization_id
       LEFT JOIN plan p ON p.organization_id = t.organization_id AND p.key = t.plan_key
@@ -68,7 +68,7 @@ BEGIN
     IF v_per_minute IS NOT NULL THEN
         v_window := date_trunc('minute', p_now, 'UTC');
     END IF;
-    SELECT (SELECT q.quota FROM plan_quota q WHERE q.organization_id = v_org_id AND q.plan_key = v_plan AND q.primitive = p_primitive),
+    SELECT (SELECT q.quota FROM plan_quota q WHERE q.organization_id = v_org_id AND q.plan_key = v_plan AND q.version = v_ver AND q.primitive = p_primitive),
            (SELECT c.used FROM usage_counter c
              WHERE c.tenant_id = p_tid AND c.period_start = v_ps AND c.primitive = p_primitive),
            (SELECT w.calls FROM rate_window w

@@ -1,5 +1,5 @@
 -- meterkit_charge_batch: a chargeBatch in one statement (app/metering/pg_charge.py). Installed by
--- migration 0015_pg_charge_batch_once, now by 0019_org_scoped_keys, which keeps its own frozen copy: a change here ships as a new
+-- migration 0015_pg_charge_batch_once, now by 0021_plan_versions, which keeps its own frozen copy: a change here ships as a new
 -- migration that copies this text (tests/test_pg_charge_batch.py checks the copy equals this file).
 CREATE OR REPLACE FUNCTION meterkit_charge_batch(
     p_tids text[], p_keys text[], p_hashes text[], p_primitives text[], p_qtys bigint[], p_refs text[],
@@ -13,7 +13,7 @@ DECLARE
     v_tid text; v_done text[] := '{}';
     v_balance bigint; v_reserved bigint; v_plan text; v_overage text; v_kit text;
     v_allowed json; v_limits json; v_conns json; v_budget boolean; v_percents json; v_low bigint;
-    v_ps timestamptz; v_pe timestamptz; v_org boolean; v_org_id text; v_stale boolean; v_end json; v_window timestamptz;
+    v_ps timestamptz; v_pe timestamptz; v_org boolean; v_org_id text; v_ver int; v_stale boolean; v_end json; v_window timestamptz;
     v_start bigint; v_available bigint; v_spent bigint; v_taken boolean; v_any boolean := false;
     v_total numeric; v_amount bigint; v_used bigint; v_over bigint;
     s_keys text[]; s_ids bigint[]; s_hashes text[]; s_results json[];
@@ -55,9 +55,9 @@ BEGIN
                bp.start_at, bp.end_at,
                (t.kind <> 'end_user' OR NOT COALESCE(o.end_user_wallets, true)
                    OR NOT COALESCE(o.platform_credits_exempt, true)),
-               t.organization_id
+               t.organization_id, COALESCE(t.plan_version, p.version)
           INTO v_balance, v_reserved, v_plan, v_overage, v_kit, v_allowed, v_limits, v_conns, v_budget,
-               v_percents, v_low, v_ps, v_pe, v_org, v_org_id
+               v_percents, v_low, v_ps, v_pe, v_org, v_org_id, v_ver
           FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
           LEFT JOIN organization o ON o.id = t.organization_id
           LEFT JOIN plan p ON p.organization_id = t.organization_id AND p.key = t.plan_key
@@ -110,7 +110,7 @@ BEGIN
                array_agg(mm.per_call ORDER BY mm.prim), array_agg(mm.per_minute ORDER BY mm.prim)
           INTO m_prims, m_quota, m_used, m_calls, m_price, m_rule, m_active, m_entitled, m_per_call, m_per_minute
           FROM (SELECT d.prim,
-                       (SELECT q.quota FROM plan_quota q WHERE q.organization_id = v_org_id AND q.plan_key = v_plan AND q.primitive = d.prim) AS quota,
+                       (SELECT q.quota FROM plan_quota q WHERE q.organization_id = v_org_id AND q.plan_key = v_plan AND q.version = v_ver AND q.primitive = d.prim) AS quota,
                        (SELECT uc.used FROM usage_counter uc
                          WHERE uc.tenant_id = v_tid AND uc.period_start = v_ps AND uc.primitive = d.prim) AS used,
                        (SELECT w.calls FROM rate_window w

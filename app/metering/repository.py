@@ -30,6 +30,8 @@ class UsageReport:
     status: str | None
     period: Period
     lines: list[UsageLine]
+    # The plan version whose quotas apply (the subscriber's; the newest for a tenant that has none).
+    plan_version: int | None = None
 
 
 def usage_reports(
@@ -59,6 +61,7 @@ def usage_reports(
             TENANT.c.id,
             TENANT.c.organization_id,
             TENANT.c.plan_key,
+            func.coalesce(TENANT.c.plan_version, PLAN.c.version).label("plan_version"),
             PLAN.c.period,
             SUB.c.status,
             SUB.c.current_period_start,
@@ -80,6 +83,8 @@ def usage_reports(
     ).all()
     periods: dict[str, tuple[Any, Period, Any]] = {}
     orgs = {r.id: r.organization_id for r in terms}  # plan keys are per organization (migration 0018)
+    # The subscriber's version applies to its own plan; a period of record on another plan reads that one's newest.
+    pinned = {r.id: (r.plan_key, r.plan_version) for r in terms}
     for r in terms:
         if r.start_at is not None:
             periods[r.id] = (r.period_plan, Period(as_utc(r.start_at), as_utc(r.end_at)), r.status)
@@ -92,14 +97,28 @@ def usage_reports(
     if not periods:
         return {}
     plan_keys = sorted({(orgs[tid], p) for tid, (p, _, _) in periods.items() if p})
-    quotas: dict[tuple[str, str], dict[str, int]] = {}
+    quotas: dict[tuple[str, str, int], dict[str, int]] = {}
+    newest: dict[tuple[str, str], int] = {}
     if plan_keys:
+        # Every version's quotas with the plan's newest version beside them: one statement.
         for q in conn.execute(
-            select(QUOTA.c.organization_id, QUOTA.c.plan_key, QUOTA.c.primitive, QUOTA.c.quota).where(
-                tuple_(QUOTA.c.organization_id, QUOTA.c.plan_key).in_(plan_keys)
+            select(
+                QUOTA.c.organization_id,
+                QUOTA.c.plan_key,
+                QUOTA.c.version,
+                QUOTA.c.primitive,
+                QUOTA.c.quota,
+                PLAN.c.version.label("newest"),
             )
+            .select_from(
+                QUOTA.join(
+                    PLAN, and_(PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key)
+                )
+            )
+            .where(tuple_(QUOTA.c.organization_id, QUOTA.c.plan_key).in_(plan_keys))
         ):
-            quotas.setdefault((q.organization_id, q.plan_key), {})[q.primitive] = q.quota
+            quotas.setdefault((q.organization_id, q.plan_key, q.version), {})[q.primitive] = q.quota
+            newest[(q.organization_id, q.plan_key)] = q.newest
     pairs = [(tid, per.start) for tid, (_, per, _) in periods.items()]
     counters: dict[str, dict[str, tuple[int, int, int]]] = {}
     for c in conn.execute(
@@ -110,12 +129,14 @@ def usage_reports(
         counters.setdefault(c.tenant_id, {})[c.primitive] = (c.used, c.overage, c.credits)
     out = {}
     for tid, (plan_key, per, status) in periods.items():
-        plan_quotas = quotas.get((orgs[tid], plan_key), {}) if plan_key else {}
+        own_plan, own_version = pinned[tid]
+        version = own_version if plan_key == own_plan else newest.get((orgs[tid], plan_key or ""))
+        plan_quotas = quotas.get((orgs[tid], plan_key, version), {}) if plan_key and version else {}
         used = counters.get(tid, {})
         lines = [
             UsageLine(p, plan_quotas.get(p), *used.get(p, (0, 0, 0))) for p in sorted(set(plan_quotas) | set(used))
         ]
-        out[tid] = UsageReport(tid, plan_key, status, per, lines)
+        out[tid] = UsageReport(tid, plan_key, status, per, lines, version if plan_key else None)
     return out
 
 

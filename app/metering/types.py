@@ -190,6 +190,8 @@ class TenantTerms:
     wallets: bool = True
     exempt: bool = True
     credit_cap: int | None = None
+    # The plan version whose quotas apply: the subscriber's, else the plan's newest.
+    plan_version: int | None = None
 
     @property
     def house(self) -> bool:

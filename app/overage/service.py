@@ -31,6 +31,7 @@ from app.integrations.stripe.client import StripeGateway
 from app.metering.charge_repository import COUNTER, QUOTA, TENANT
 from app.overage.models import OverageReport
 from app.periods.models import BillingPeriod
+from app.periods.reads import version_in_force
 
 log = logging.getLogger("meterkit.overage")
 
@@ -74,6 +75,8 @@ def close_periods(session: Session, now: datetime, limit: int = BATCH) -> int:
                     and_(
                         QUOTA.c.primitive == COUNTER.c.primitive,
                         QUOTA.c.plan_key == p.plan_key,
+                        # the version of the plan the tenant was billed on (its own, else the newest)
+                        QUOTA.c.version == version_in_force(p.tenant_id),
                         # the tenant's organization's plan (plan keys are per organization)
                         QUOTA.c.organization_id
                         == select(TENANT.c.organization_id).where(TENANT.c.id == p.tenant_id).scalar_subquery(),

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, String, and_, column, select, table
+from sqlalchemy import BigInteger, Integer, String, and_, case, column, func, select, table
 from sqlalchemy.engine import Connection
 
 from app.core.clock import as_utc
 from app.core.types import UTCDateTime
 from app.periods.models import BillingPeriod
 from app.periods.rules import Period
-from app.plans.models import PlanQuota
+from app.plans.models import Plan, PlanQuota
 
 BP: Any = BillingPeriod.__table__  # type: ignore[attr-defined]
 QUOTA: Any = PlanQuota.__table__  # type: ignore[attr-defined]
@@ -29,7 +29,26 @@ COUNTER: Any = table(
     column("overage", BigInteger),
     column("credits", BigInteger),
 )
-TENANT: Any = table("tenant", column("id", String), column("organization_id", String))
+TENANT: Any = table(
+    "tenant",
+    column("id", String),
+    column("organization_id", String),
+    column("plan_key", String),
+    column("plan_version", Integer),
+)
+PLAN: Any = Plan.__table__  # type: ignore[attr-defined]
+
+
+def version_in_force(tenant_id: str) -> Any:
+    """The version of QUOTA's plan whose quotas a tenant's reads use: its own version of its own plan
+    (NULL: the newest), the newest of any other plan (a past period's)."""
+    return (
+        select(func.coalesce(case((TENANT.c.plan_key == QUOTA.c.plan_key, TENANT.c.plan_version)), PLAN.c.version))
+        .where(
+            TENANT.c.id == tenant_id, PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key
+        )
+        .scalar_subquery()
+    )
 
 
 @dataclass
@@ -72,7 +91,11 @@ def period_page(conn: Connection, tenant_id: str, limit: int, before: datetime |
     quotas: dict[str, dict[str, int]] = {}
     for q in conn.execute(
         select(QUOTA.c.plan_key, QUOTA.c.primitive, QUOTA.c.quota).where(
-            and_(QUOTA.c.organization_id == org, QUOTA.c.plan_key.in_(plans))
+            and_(
+                QUOTA.c.organization_id == org,
+                QUOTA.c.plan_key.in_(plans),
+                QUOTA.c.version == version_in_force(tenant_id),
+            )
         )
     ):
         quotas.setdefault(q.plan_key, {})[q.primitive] = q.quota

@@ -21,8 +21,10 @@ def upsert_plan(
     actor: Principal | None,
     data: service.PlanInput,
     organization_id: str = DEFAULT_ORG_ID,
+    confirm: bool = False,
 ) -> Plan:
-    """Create or update a plan of the organization: idempotent by key."""
+    """Create a plan of the organization or edit the fields given: idempotent by key. A change that
+    takes something away needs confirm (service.upsert_plan); refused, nothing is written."""
     with unit_of_work(engine) as s:
         return audited(
             s,
@@ -30,7 +32,7 @@ def upsert_plan(
             clock.now(),
             "upsertPlan",
             plan_target(organization_id, data.key),
-            lambda: service.upsert_plan(s, clock, data, organization_id),
+            lambda: service.upsert_plan(s, clock, data, organization_id, confirm=confirm),
         )
 
 
@@ -46,4 +48,20 @@ def archive_plan(
             "archivePlan",
             plan_target(organization_id, key),
             lambda: service.archive_plan(s, clock, key, organization_id),
+        )
+
+
+def migrate_subscribers(
+    engine: Engine, clock: Clock, actor: Principal | None, key: str, organization_id: str = DEFAULT_ORG_ID
+) -> int:
+    """Every subscriber of the plan on an older version moves to the newest, now."""
+    with unit_of_work(engine) as s:
+        return audited(
+            s,
+            actor,
+            clock.now(),
+            "migratePlanSubscribers",
+            plan_target(organization_id, key),
+            lambda: service.migrate_subscribers(s, clock, key, organization_id),
+            detail={"plan": key},
         )

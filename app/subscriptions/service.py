@@ -119,10 +119,20 @@ def set_subscription(
         tenant.account_kit_key = old.account_kit_key
     elif data.assign_kit:
         tenant.account_kit_key = None  # follow the plan's kit
+    sub = session.get(Subscription, tenant.id)
+    # The plan version the subscriber is on: the newest on subscribing, changing plan or renewing (a
+    # new period); otherwise it keeps its own, whatever the plan became since (migratePlanSubscribers
+    # moves it by hand).
+    renewed = (
+        sub is not None
+        and start is not None
+        and (sub.current_period_start is None or as_utc(sub.current_period_start) != start)
+    )
+    if tenant.plan_key != plan.key or tenant.plan_version is None or renewed:
+        tenant.plan_version = plan.version
     tenant.plan_key = plan.key
     session.add(tenant)
 
-    sub = session.get(Subscription, tenant.id)
     now = clock.now()
     was = sub.status if sub is not None else None
     if sub is None:

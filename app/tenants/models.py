@@ -31,6 +31,10 @@ class Tenant(SQLModel, table=True):
     external_id: str | None = Field(default=None, max_length=255)
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
     plan_key: str | None = Field(default=None, max_length=64, index=True)
+    # The plan version a subscriber is on (its quotas and credits); NULL: the plan's newest (a tenant
+    # on the default plan without a subscription). Set by setSubscription, moved at renewal or by
+    # migratePlanSubscribers (migration 0021).
+    plan_version: int | None = Field(default=None)
     # NULL: entitlements follow the plan's kit. Set: pinned to this kit (assignKit=false).
     account_kit_key: str | None = Field(default=None, max_length=64)
     stripe_customer_id: str | None = Field(default=None, max_length=255)

@@ -8,6 +8,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from app.bootstrap import load_demo_catalog
+from app.core.clock import FrozenClock
+from app.core.db import unit_of_work
 from app.core.primitives import BUILTIN
 from tests.conftest import ALL_TABLES, Api, Database, count_rows
 from tests.fixtures_catalog import KIT, PLAN, SET_SUB, seed_catalog
@@ -255,9 +258,13 @@ def test_starter_cannot_issue_cards_over_real_http(db: Database, tmp_path: Path)
         assert gql(keys["pro"], CHARGE, card)["charge"]["creditsUsed"] == "2"
 
 
-def test_the_docs_example_runs_as_written(api: Api) -> None:
+def test_the_docs_example_runs_as_written(api: Api, clock: FrozenClock) -> None:
+    """On the demo catalog, as a new user runs it after `make run` (tests/plans/test_safe_edits.py
+    checks it leaves pro and kit_pro intact but for what it adds)."""
     import re
 
+    with unit_of_work(api.db.engine) as s:
+        load_demo_catalog(s, clock)
     text = (ROOT / "docs" / "catalog.md").read_text()
     section = text[text.index("## Primitives as data") :]
     section = section[: section.index("\n## ", 10)]

@@ -11,6 +11,9 @@ import shlex
 from datetime import timedelta
 from decimal import Decimal
 
+from app.bootstrap import load_demo_catalog
+from app.core.clock import Clock
+from app.core.db import unit_of_work
 from tests.alerts.test_alerts import _cross, _endpoint, _round, quota_tenant, receiver
 from tests.cli.harness import Gateway, meterkit
 from tests.conftest import count_rows
@@ -284,7 +287,10 @@ def test_exit_codes_of_the_operator_commands(gateway: Gateway) -> None:
 
 def test_the_catalog_docs_command_line_example_runs_as_written(gateway: Gateway) -> None:
     """docs/catalog.md's "From the command line", each line as a user would paste it, then the
-    story it tells: a starter tenant may not issue cards, a pro tenant may, 10 a month at 2 credits."""
+    story it tells: a starter tenant may not issue cards, a pro tenant may, 10 a month at 2 credits.
+    It runs on the demo catalog `make run` loads, whose pro plan and kit it extends, never wipes."""
+    with unit_of_work(gateway.api.db.engine) as s:
+        load_demo_catalog(s, Clock())
     text = (ROOT / "docs" / "catalog.md").read_text()
     section = text[text.index("## From the command line") :]
     block = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
@@ -303,3 +309,13 @@ def test_the_catalog_docs_command_line_example_runs_as_written(gateway: Gateway)
     assert refused == {"__typename": "NotEntitled", "primitive": "cards.issue", "kit": "kit_starter"}
     charged = api(CHARGE, card, key=api.tenant_key(pro))["charge"]
     assert charged["creditsUsed"] == "2" and charged["usage"]["used"] == 1 and charged["usage"]["quota"] == 10
+    # The demo's pro keeps its price and other quotas, kit_pro its patterns and connections.
+    shown = gateway.op("plans", "show", "pro", "--json").json()
+    assert shown["stripePriceId"] == "price_pro_monthly"
+    assert {q["primitive"]: q["quota"] for q in shown["quotas"]} == {
+        "cards.issue": 10,
+        "email.send": 1000,
+        "search.web": 5000,
+    }
+    kit = gateway.op("kits", "show", "kit_pro", "--json").json()
+    assert len(kit["allowedPrimitives"]) == 11 and kit["allowedConnections"] == ["github", "gmail", "slack"]

@@ -26,6 +26,7 @@ NOT_TENANT_OWNED = {
     "account_kit",  # catalog: entitlement templates
     "plan",  # catalog
     "plan_quota",  # catalog: a plan's quotas
+    "plan_version",  # catalog: each version's price and included credits
     # The pricing catalog: what a primitive, a model or a credit pack costs, for every tenant alike.
     "price",
     "llm_rate",

@@ -402,8 +402,8 @@ def _frozen(migration: str, name: str) -> str:
 @pytest.mark.parametrize(
     ("function", "migration", "constant"),
     [
-        ("meterkit_charge", "0019_org_scoped_keys", "CHARGE_FUNCTION"),
-        ("meterkit_charge_batch", "0019_org_scoped_keys", "BATCH_FUNCTION"),
+        ("meterkit_charge", "0021_plan_versions", "CHARGE_FUNCTION"),
+        ("meterkit_charge_batch", "0021_plan_versions", "BATCH_FUNCTION"),
     ],
 )
 def test_the_functions_sql_files_are_what_the_newest_migrations_install(

@@ -62,9 +62,14 @@ def test_upsert_account_kit_patterns_limits_connections(api: Api) -> None:
         {"primitive": "search.web", "maxQuantityPerCall": None, "callsPerMinute": 60},
     ]
 
-    # An upsert with the same key replaces the kit (no second row).
-    res = api(KIT_FULL, {"i": {"key": "kit_pro", "name": "Pro 2", "allowedPrimitives": ["*"]}})["upsertAccountKit"]
-    assert res["name"] == "Pro 2" and res["allowedPrimitives"] == ["*"] and res["limits"] == []
+    # An upsert with the same key edits the kit (no second row): the fields given, the rest kept; a
+    # list given replaces the list, which removes patterns here, so it takes confirm.
+    edit = {"key": "kit_pro", "name": "Pro 2", "allowedPrimitives": ["*"]}
+    refused = api(KIT_FULL.replace("input: $i)", "input: $i, confirm: false)"), {"i": edit})["upsertAccountKit"]
+    assert refused["__typename"] == "ConfirmationRequiredError", refused
+    res = api(KIT_FULL.replace("input: $i)", "input: $i, confirm: true)"), {"i": edit})["upsertAccountKit"]
+    assert res["name"] == "Pro 2" and res["allowedPrimitives"] == ["*"] and len(res["limits"]) == 2
+    assert res["allowedConnections"] == ["gmail", "slack"]
     assert count_rows(api.db.engine, "account_kit") == {"account_kit": 1}
 
     api(KIT, {"i": {"key": "kit_basic", "name": "Basic", "allowedPrimitives": ["email.send"]}})
@@ -124,13 +129,14 @@ def test_upsert_plan_is_idempotent_by_key(api: Api) -> None:
     ]
     assert snapshot["includedCredits"] == "12.5" and snapshot["accountKit"] == {"key": "kit_pro"}
 
-    # An edit by key replaces the quota set (a dropped primitive is gone, not left behind).
+    # An edit by key replaces the quota set (a dropped primitive is gone, not left behind): a new
+    # version of the plan, whose subscribers-to-be get it; version 1 keeps its two quota rows.
     edited = api(PLAN, {"i": _plan("team", quotas=[{"primitive": "url.read", "quota": 7}], period="week")})
     assert edited["upsertPlan"]["quotas"] == [{"primitive": "url.read", "quota": 7}]
     assert edited["upsertPlan"]["period"] == "week"
     assert count_rows(api.db.engine, "plan", "plan_quota") == {
         "plan": after["plan"],
-        "plan_quota": after["plan_quota"] - 1,
+        "plan_quota": after["plan_quota"] + 1,
     }
 
 

@@ -1,2 +1,2 @@
 # Written by `make client`: the digest of the schema.graphql this client was generated from.
-SCHEMA_SHA256 = "f356bc49ea02343e1d86b4138b3a5fc10f6c2f26bf37c058755aed3876849092"
+SCHEMA_SHA256 = "9a9842a8de7ee2511e925f305e06f832459f01d8b78ab75e9b78cc48249133aa"

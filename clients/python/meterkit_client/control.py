@@ -23,33 +23,66 @@ from meterkit_client.generated.input_types import (
 )
 
 
+class _Omitted:
+    """An argument left out: the gateway keeps the plan's or kit's value (it is not sent)."""
+
+    def __repr__(self) -> str:
+        return "OMITTED"
+
+
+OMITTED: Any = _Omitted()
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    # Only what the caller gave is sent: the input model serializes set fields only (exclude_unset).
+    return {k: v for k, v in fields.items() if v is not OMITTED}
+
+
 class Plans(_Scope):
     def upsert(
         self,
         *,
         key: str,
-        name: str,
-        account_kit_id: str,
-        stripe_price_id: str | None = None,
-        quotas: Mapping[str, int] | None = None,
-        period: str = "month",
-        overage: str = "refuse",
-        included_credits: Decimal | int | str | None = None,
-    ) -> gen.UpsertPlanUpsertPlanPlan:
-        """Creates or updates a plan, idempotent by key; quotas as {"email.send": 1000}."""
+        name: str = OMITTED,
+        account_kit_id: str = OMITTED,
+        stripe_price_id: str | None = OMITTED,
+        quotas: Mapping[str, int] = OMITTED,
+        set_quotas: Mapping[str, int] = OMITTED,
+        remove_quotas: Sequence[str] = OMITTED,
+        period: str = OMITTED,
+        overage: str = OMITTED,
+        included_credits: Decimal | int | str | None = OMITTED,
+        confirm: bool = False,
+        dry_run: bool = False,
+    ) -> Any:
+        """Creates a plan or edits the fields given, idempotent by key; quotas as {"email.send": 1000}.
+        A field left out keeps its value; `quotas` replaces the whole set, `set_quotas` adds or changes
+        some. A change that removes something raises Refused("CONFIRMATION_REQUIRED") with the changes
+        in `result.changes` unless confirm=True; dry_run=True returns the PlanPreview, writing nothing."""
         data = PlanInput.model_validate(
-            {
-                "key": key,
-                "name": name,
-                "account_kit_id": account_kit_id,
-                "stripe_price_id": stripe_price_id,
-                "quotas": [QuotaInput(primitive=p, quota=q) for p, q in (quotas or {}).items()],
-                "period": period,
-                "overage": overage,
-                "included_credits": None if included_credits is None else _credits(included_credits),
-            }
+            _given(
+                key=key,
+                name=name,
+                account_kit_id=account_kit_id,
+                stripe_price_id=stripe_price_id,
+                quotas=OMITTED if quotas is OMITTED else [QuotaInput(primitive=p, quota=q) for p, q in quotas.items()],
+                set_quotas=OMITTED
+                if set_quotas is OMITTED
+                else [QuotaInput(primitive=p, quota=q) for p, q in set_quotas.items()],
+                remove_quotas=OMITTED if remove_quotas is OMITTED else list(remove_quotas),
+                period=period,
+                overage=overage,
+                included_credits=included_credits
+                if included_credits is OMITTED or included_credits is None
+                else _credits(included_credits),
+            )
         )
-        return _ok(self._call(self._gql.upsert_plan, input=data), "Plan")  # type: ignore[no-any-return]
+        result = self._call(self._gql.upsert_plan, input=data, confirm=confirm, dry_run=dry_run)
+        return _ok(result, "PlanPreview" if dry_run else "Plan")
+
+    def migrate_subscribers(self, key: str) -> Any:
+        """Moves every subscriber on an older version of the plan to its newest version."""
+        return _ok(self._call(self._gql.migrate_plan_subscribers, key=key), "PlanSubscribersMigrated")
 
     def list(self, *, include_archived: bool = False) -> builtins.list[gen.PlansPlans]:
         return self._call(self._gql.plans, include_archived=include_archived)
@@ -66,26 +99,44 @@ class Kits(_Scope):
         self,
         *,
         key: str,
-        name: str,
-        allowed_primitives: Sequence[str],
-        limits: Sequence[PrimitiveLimitInput | Mapping[str, Any]] = (),
-        allowed_connections: Sequence[str] = (),
-    ) -> gen.UpsertAccountKitUpsertAccountKitAccountKit:
-        """Creates or replaces a kit by key; limits as {"primitive": "email.send",
-        "max_quantity_per_call": 50, "calls_per_minute": 120} (either bound may be None)."""
+        name: str = OMITTED,
+        allowed_primitives: Sequence[str] = OMITTED,
+        limits: Sequence[PrimitiveLimitInput | Mapping[str, Any]] = OMITTED,
+        allowed_connections: Sequence[str] = OMITTED,
+        add_allowed_primitives: Sequence[str] = OMITTED,
+        remove_allowed_primitives: Sequence[str] = OMITTED,
+        add_allowed_connections: Sequence[str] = OMITTED,
+        remove_allowed_connections: Sequence[str] = OMITTED,
+        confirm: bool = False,
+        dry_run: bool = False,
+    ) -> Any:
+        """Creates a kit or edits the fields given; limits as {"primitive": "email.send",
+        "max_quantity_per_call": 50, "calls_per_minute": 120} (either bound may be None). A removal
+        needs confirm=True (else Refused("CONFIRMATION_REQUIRED")); dry_run=True returns the preview."""
+
+        def listed(v: Any) -> Any:
+            return OMITTED if v is OMITTED else list(v)
+
         data = AccountKitInput.model_validate(
-            {
-                "key": key,
-                "name": name,
-                "allowed_primitives": list(allowed_primitives),
-                "limits": [
+            _given(
+                key=key,
+                name=name,
+                allowed_primitives=listed(allowed_primitives),
+                limits=OMITTED
+                if limits is OMITTED
+                else [
                     lim if isinstance(lim, PrimitiveLimitInput) else PrimitiveLimitInput.model_validate(dict(lim))
                     for lim in limits
                 ],
-                "allowed_connections": list(allowed_connections),
-            }
+                allowed_connections=listed(allowed_connections),
+                add_allowed_primitives=listed(add_allowed_primitives),
+                remove_allowed_primitives=listed(remove_allowed_primitives),
+                add_allowed_connections=listed(add_allowed_connections),
+                remove_allowed_connections=listed(remove_allowed_connections),
+            )
         )
-        return _ok(self._call(self._gql.upsert_account_kit, input=data), "AccountKit")  # type: ignore[no-any-return]
+        result = self._call(self._gql.upsert_account_kit, input=data, confirm=confirm, dry_run=dry_run)
+        return _ok(result, "AccountKitPreview" if dry_run else "AccountKit")
 
     def get(self, key: str) -> gen.AccountKitAccountKit:
         return _ok(self._call(self._gql.account_kit, key=key), what=f"kit {key!r}")  # type: ignore[no-any-return]

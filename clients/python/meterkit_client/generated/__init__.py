@@ -82,6 +82,7 @@ from .exceptions import (
     GraphQLClientInvalidResponseError,
 )
 from .fragments import (
+    ChangeFields,
     DeliveryFields,
     DeliveryFieldsAttempts,
     KitFields,
@@ -132,6 +133,12 @@ from .input_types import (
     SetSubscriptionInput,
     UpdateOrganizationInput,
     WebhookEndpointInput,
+)
+from .migrate_plan_subscribers import (
+    MigratePlanSubscribers,
+    MigratePlanSubscribersMigratePlanSubscribersNotFoundError,
+    MigratePlanSubscribersMigratePlanSubscribersPlanSubscribersMigrated,
+    MigratePlanSubscribersMigratePlanSubscribersPlanSubscribersMigratedPlan,
 )
 from .plan import Plan, PlanPlan
 from .plans import Plans, PlansPlans
@@ -227,12 +234,22 @@ from .tenants import (
 from .upsert_account_kit import (
     UpsertAccountKit,
     UpsertAccountKitUpsertAccountKitAccountKit,
+    UpsertAccountKitUpsertAccountKitAccountKitPreview,
+    UpsertAccountKitUpsertAccountKitAccountKitPreviewChanges,
+    UpsertAccountKitUpsertAccountKitAccountKitPreviewKit,
+    UpsertAccountKitUpsertAccountKitConfirmationRequiredError,
+    UpsertAccountKitUpsertAccountKitConfirmationRequiredErrorChanges,
     UpsertAccountKitUpsertAccountKitValidationError,
 )
 from .upsert_plan import (
     UpsertPlan,
+    UpsertPlanUpsertPlanConfirmationRequiredError,
+    UpsertPlanUpsertPlanConfirmationRequiredErrorChanges,
     UpsertPlanUpsertPlanNotFoundError,
     UpsertPlanUpsertPlanPlan,
+    UpsertPlanUpsertPlanPlanPreview,
+    UpsertPlanUpsertPlanPlanPreviewChanges,
+    UpsertPlanUpsertPlanPlanPreviewPlan,
     UpsertPlanUpsertPlanValidationError,
 )
 from .upsert_primitive import (
@@ -270,6 +287,7 @@ __all__ = [
     "BillingUsageViewerUsagePeriod",
     "BillingUsageViewerUsageQuotas",
     "BillingUsageViewerUsageUsage",
+    "ChangeFields",
     "ChangePlan",
     "ChangePlanChangePlanCheckoutSession",
     "ChangePlanChangePlanConflictError",
@@ -334,6 +352,10 @@ __all__ = [
     "LlmRateInput",
     "MediaPriceInput",
     "MeterInput",
+    "MigratePlanSubscribers",
+    "MigratePlanSubscribersMigratePlanSubscribersNotFoundError",
+    "MigratePlanSubscribersMigratePlanSubscribersPlanSubscribersMigrated",
+    "MigratePlanSubscribersMigratePlanSubscribersPlanSubscribersMigratedPlan",
     "OveragePolicy",
     "Period",
     "PeriodSource",
@@ -433,10 +455,20 @@ __all__ = [
     "Upload",
     "UpsertAccountKit",
     "UpsertAccountKitUpsertAccountKitAccountKit",
+    "UpsertAccountKitUpsertAccountKitAccountKitPreview",
+    "UpsertAccountKitUpsertAccountKitAccountKitPreviewChanges",
+    "UpsertAccountKitUpsertAccountKitAccountKitPreviewKit",
+    "UpsertAccountKitUpsertAccountKitConfirmationRequiredError",
+    "UpsertAccountKitUpsertAccountKitConfirmationRequiredErrorChanges",
     "UpsertAccountKitUpsertAccountKitValidationError",
     "UpsertPlan",
+    "UpsertPlanUpsertPlanConfirmationRequiredError",
+    "UpsertPlanUpsertPlanConfirmationRequiredErrorChanges",
     "UpsertPlanUpsertPlanNotFoundError",
     "UpsertPlanUpsertPlanPlan",
+    "UpsertPlanUpsertPlanPlanPreview",
+    "UpsertPlanUpsertPlanPlanPreviewChanges",
+    "UpsertPlanUpsertPlanPlanPreviewPlan",
     "UpsertPlanUpsertPlanValidationError",
     "UpsertPrimitive",
     "UpsertPrimitiveUpsertPrimitivePrimitive",

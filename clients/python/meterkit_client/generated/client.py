@@ -67,6 +67,11 @@ from .input_types import (
     PrimitiveInput,
     SetSubscriptionInput,
 )
+from .migrate_plan_subscribers import (
+    MigratePlanSubscribers,
+    MigratePlanSubscribersMigratePlanSubscribersNotFoundError,
+    MigratePlanSubscribersMigratePlanSubscribersPlanSubscribersMigrated,
+)
 from .plan import Plan, PlanPlan
 from .plans import Plans, PlansPlans
 from .pricing import Pricing
@@ -132,12 +137,16 @@ from .tenants import Tenants, TenantsTenants
 from .upsert_account_kit import (
     UpsertAccountKit,
     UpsertAccountKitUpsertAccountKitAccountKit,
+    UpsertAccountKitUpsertAccountKitAccountKitPreview,
+    UpsertAccountKitUpsertAccountKitConfirmationRequiredError,
     UpsertAccountKitUpsertAccountKitValidationError,
 )
 from .upsert_plan import (
     UpsertPlan,
+    UpsertPlanUpsertPlanConfirmationRequiredError,
     UpsertPlanUpsertPlanNotFoundError,
     UpsertPlanUpsertPlanPlan,
+    UpsertPlanUpsertPlanPlanPreview,
     UpsertPlanUpsertPlanValidationError,
 )
 from .upsert_primitive import (
@@ -775,6 +784,7 @@ class GeneratedClient(BaseClient):
               includedCredits
               archived
               accountKitId
+              version
               quotas {
                 primitive
                 quota
@@ -805,6 +815,7 @@ class GeneratedClient(BaseClient):
               includedCredits
               archived
               accountKitId
+              version
               quotas {
                 primitive
                 quota
@@ -819,23 +830,98 @@ class GeneratedClient(BaseClient):
         return Plan.model_validate(data).plan
 
     def upsert_plan(
-        self, input: PlanInput, **kwargs: Any
+        self, input: PlanInput, confirm: bool, dry_run: bool, **kwargs: Any
     ) -> Union[
         UpsertPlanUpsertPlanPlan,
+        UpsertPlanUpsertPlanPlanPreview,
+        UpsertPlanUpsertPlanConfirmationRequiredError,
         UpsertPlanUpsertPlanValidationError,
         UpsertPlanUpsertPlanNotFoundError,
     ]:
         query = gql("""
-            mutation UpsertPlan($input: PlanInput!) {
-              upsertPlan(input: $input) {
+            mutation UpsertPlan($input: PlanInput!, $confirm: Boolean! = false, $dryRun: Boolean! = false) {
+              upsertPlan(input: $input, confirm: $confirm, dryRun: $dryRun) {
                 __typename
                 ...PlanFields
+                ... on PlanPreview {
+                  plan {
+                    ...PlanFields
+                  }
+                  changes {
+                    ...ChangeFields
+                  }
+                  created
+                  needsConfirm
+                }
+                ... on ConfirmationRequiredError {
+                  changes {
+                    ...ChangeFields
+                  }
+                }
                 ... on UserError {
                   code
                   message
                 }
                 ... on ValidationError {
                   field
+                }
+              }
+            }
+
+            fragment ChangeFields on FieldChange {
+              field
+              before
+              after
+              destructive
+              reason
+            }
+
+            fragment PlanFields on Plan {
+              key
+              name
+              stripePriceId
+              period
+              overage
+              includedCredits
+              archived
+              accountKitId
+              version
+              quotas {
+                primitive
+                quota
+              }
+            }
+            """)
+        variables: dict[str, object] = {
+            "input": input,
+            "confirm": confirm,
+            "dryRun": dry_run,
+        }
+        response = self.execute(
+            query=query, operation_name="UpsertPlan", variables=variables, **kwargs
+        )
+        data = self.get_data(response)
+        return UpsertPlan.model_validate(data).upsert_plan
+
+    def migrate_plan_subscribers(
+        self, key: str, **kwargs: Any
+    ) -> Union[
+        MigratePlanSubscribersMigratePlanSubscribersPlanSubscribersMigrated,
+        MigratePlanSubscribersMigratePlanSubscribersNotFoundError,
+    ]:
+        query = gql("""
+            mutation MigratePlanSubscribers($key: String!) {
+              migratePlanSubscribers(key: $key) {
+                __typename
+                ... on PlanSubscribersMigrated {
+                  moved
+                  plan {
+                    ...PlanFields
+                  }
+                }
+                ... on UserError {
+                  code
+                  message
                 }
               }
             }
@@ -849,18 +935,22 @@ class GeneratedClient(BaseClient):
               includedCredits
               archived
               accountKitId
+              version
               quotas {
                 primitive
                 quota
               }
             }
             """)
-        variables: dict[str, object] = {"input": input}
+        variables: dict[str, object] = {"key": key}
         response = self.execute(
-            query=query, operation_name="UpsertPlan", variables=variables, **kwargs
+            query=query,
+            operation_name="MigratePlanSubscribers",
+            variables=variables,
+            **kwargs,
         )
         data = self.get_data(response)
-        return UpsertPlan.model_validate(data).upsert_plan
+        return MigratePlanSubscribers.model_validate(data).migrate_plan_subscribers
 
     def account_kits(self, **kwargs: Any) -> list[AccountKitsAccountKits]:
         query = gql("""
@@ -917,22 +1007,49 @@ class GeneratedClient(BaseClient):
         return AccountKit.model_validate(data).account_kit
 
     def upsert_account_kit(
-        self, input: AccountKitInput, **kwargs: Any
+        self, input: AccountKitInput, confirm: bool, dry_run: bool, **kwargs: Any
     ) -> Union[
         UpsertAccountKitUpsertAccountKitAccountKit,
+        UpsertAccountKitUpsertAccountKitAccountKitPreview,
+        UpsertAccountKitUpsertAccountKitConfirmationRequiredError,
         UpsertAccountKitUpsertAccountKitValidationError,
     ]:
         query = gql("""
-            mutation UpsertAccountKit($input: AccountKitInput!) {
-              upsertAccountKit(input: $input) {
+            mutation UpsertAccountKit($input: AccountKitInput!, $confirm: Boolean! = false, $dryRun: Boolean! = false) {
+              upsertAccountKit(input: $input, confirm: $confirm, dryRun: $dryRun) {
                 __typename
                 ...KitFields
-                ... on ValidationError {
+                ... on AccountKitPreview {
+                  kit {
+                    ...KitFields
+                  }
+                  changes {
+                    ...ChangeFields
+                  }
+                  created
+                  needsConfirm
+                }
+                ... on ConfirmationRequiredError {
+                  changes {
+                    ...ChangeFields
+                  }
+                }
+                ... on UserError {
                   code
                   message
+                }
+                ... on ValidationError {
                   field
                 }
               }
+            }
+
+            fragment ChangeFields on FieldChange {
+              field
+              before
+              after
+              destructive
+              reason
             }
 
             fragment KitFields on AccountKit {
@@ -947,7 +1064,11 @@ class GeneratedClient(BaseClient):
               }
             }
             """)
-        variables: dict[str, object] = {"input": input}
+        variables: dict[str, object] = {
+            "input": input,
+            "confirm": confirm,
+            "dryRun": dry_run,
+        }
         response = self.execute(
             query=query,
             operation_name="UpsertAccountKit",

@@ -11,6 +11,14 @@ from .base_model import BaseModel
 from .enums import OveragePolicy, Period, PricingRule, SubscriptionStatus
 
 
+class ChangeFields(BaseModel):
+    field: str
+    before: Optional[str]
+    after: Optional[str]
+    destructive: bool
+    reason: Optional[str]
+
+
 class DeliveryFields(BaseModel):
     id: str
     event_id: str = Field(alias="eventId")
@@ -50,6 +58,7 @@ class PlanFields(BaseModel):
     included_credits: Decimal = Field(alias="includedCredits")
     archived: bool
     account_kit_id: str = Field(alias="accountKitId")
+    version: int
     quotas: list["PlanFieldsQuotas"]
 
 
@@ -100,6 +109,7 @@ class TenantFieldsCredits(BaseModel):
     reserved: Decimal
 
 
+ChangeFields.model_rebuild()
 DeliveryFields.model_rebuild()
 KitFields.model_rebuild()
 PlanFields.model_rebuild()

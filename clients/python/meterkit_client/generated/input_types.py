@@ -12,14 +12,36 @@ from .enums import OveragePolicy, PricingRule, SubscriptionStatus
 
 
 class AccountKitInput(BaseModel):
+    """An edit of a kit by key: a field left out keeps its value (a new kit needs name and allowedPrimitives); a list is cleared only when given explicitly ([])."""
+
     key: str
-    name: str
-    allowed_primitives: list[str] = Field(alias="allowedPrimitives")
-    "Exact names or `prefix.*` patterns."
-    limits: list["PrimitiveLimitInput"] = Field(default_factory=lambda: [])
-    allowed_connections: list[str] = Field(
-        alias="allowedConnections", default_factory=lambda: []
+    name: Optional[str] = None
+    allowed_primitives: Optional[list[str]] = Field(
+        alias="allowedPrimitives", default=None
     )
+    "Exact names or `prefix.*` patterns: replaces the whole list."
+    limits: Optional[list["PrimitiveLimitInput"]] = None
+    "Every limit the kit keeps: replaces the whole set."
+    allowed_connections: Optional[list[str]] = Field(
+        alias="allowedConnections", default=None
+    )
+    "Replaces the whole list."
+    add_allowed_primitives: Optional[list[str]] = Field(
+        alias="addAllowedPrimitives", default=None
+    )
+    "Adds these patterns; the others stay."
+    remove_allowed_primitives: Optional[list[str]] = Field(
+        alias="removeAllowedPrimitives", default=None
+    )
+    "Removes these patterns (needs confirm)."
+    add_allowed_connections: Optional[list[str]] = Field(
+        alias="addAllowedConnections", default=None
+    )
+    "Adds these connections."
+    remove_allowed_connections: Optional[list[str]] = Field(
+        alias="removeAllowedConnections", default=None
+    )
+    "Removes these connections (needs confirm)."
 
 
 class BatchItemInput(BaseModel):
@@ -99,16 +121,26 @@ class MeterInput(BaseModel):
 
 
 class PlanInput(BaseModel):
+    """An edit of a plan by key: a field left out keeps its value (a new plan needs name and accountKitId); a field is cleared only when given explicitly (stripePriceId: null, quotas: [])."""
+
     key: str
-    name: str
-    account_kit_id: str = Field(alias="accountKitId")
+    name: Optional[str] = None
+    account_kit_id: Optional[str] = Field(alias="accountKitId", default=None)
     "The kit's key, e.g. kit_pro."
-    period: str = "month"
+    period: Optional[str] = None
+    "day, week, month (a new plan's default) or year."
     stripe_price_id: Optional[str] = Field(alias="stripePriceId", default=None)
-    quotas: list["QuotaInput"] = Field(default_factory=lambda: [])
-    overage: OveragePolicy = OveragePolicy.refuse
+    "null removes the plan's Stripe price."
+    quotas: Optional[list["QuotaInput"]] = None
+    "Every quota the plan keeps: replaces the whole set ([] removes them all)."
+    set_quotas: Optional[list["QuotaInput"]] = Field(alias="setQuotas", default=None)
+    "Adds or changes the quotas of just these primitives; the others stay."
+    remove_quotas: Optional[list[str]] = Field(alias="removeQuotas", default=None)
+    "Removes the quotas of these primitives (needs confirm)."
+    overage: Optional[OveragePolicy] = None
+    "A new plan's default: refuse."
     included_credits: Optional[Decimal] = Field(alias="includedCredits", default=None)
-    "Credits granted each period (e.g. 200 a month)."
+    "Credits granted each period (e.g. 200 a month); null is 0."
 
 
 class PlatformTierInput(BaseModel):

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from .base_model import BaseModel
 from .fragments import (
+    ChangeFields,
     KitFields,
     KitFieldsLimits,  # noqa: F401
 )
@@ -15,12 +16,36 @@ from .fragments import (
 class UpsertAccountKit(BaseModel):
     upsert_account_kit: Union[
         "UpsertAccountKitUpsertAccountKitAccountKit",
+        "UpsertAccountKitUpsertAccountKitAccountKitPreview",
+        "UpsertAccountKitUpsertAccountKitConfirmationRequiredError",
         "UpsertAccountKitUpsertAccountKitValidationError",
     ] = Field(alias="upsertAccountKit", discriminator="typename__")
 
 
 class UpsertAccountKitUpsertAccountKitAccountKit(KitFields):
     typename__: Literal["AccountKit"] = Field(alias="__typename")
+
+
+class UpsertAccountKitUpsertAccountKitAccountKitPreview(BaseModel):
+    typename__: Literal["AccountKitPreview"] = Field(alias="__typename")
+    kit: "UpsertAccountKitUpsertAccountKitAccountKitPreviewKit"
+    changes: list["UpsertAccountKitUpsertAccountKitAccountKitPreviewChanges"]
+    created: bool
+    needs_confirm: bool = Field(alias="needsConfirm")
+
+
+UpsertAccountKitUpsertAccountKitAccountKitPreviewKit = KitFields
+UpsertAccountKitUpsertAccountKitAccountKitPreviewChanges = ChangeFields
+
+
+class UpsertAccountKitUpsertAccountKitConfirmationRequiredError(BaseModel):
+    typename__: Literal["ConfirmationRequiredError"] = Field(alias="__typename")
+    changes: list["UpsertAccountKitUpsertAccountKitConfirmationRequiredErrorChanges"]
+    code: str
+    message: str
+
+
+UpsertAccountKitUpsertAccountKitConfirmationRequiredErrorChanges = ChangeFields
 
 
 class UpsertAccountKitUpsertAccountKitValidationError(BaseModel):
@@ -31,3 +56,5 @@ class UpsertAccountKitUpsertAccountKitValidationError(BaseModel):
 
 
 UpsertAccountKit.model_rebuild()
+UpsertAccountKitUpsertAccountKitAccountKitPreview.model_rebuild()
+UpsertAccountKitUpsertAccountKitConfirmationRequiredError.model_rebuild()

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from .base_model import BaseModel
 from .fragments import (
+    ChangeFields,
     PlanFields,
     PlanFieldsQuotas,  # noqa: F401
 )
@@ -15,6 +16,8 @@ from .fragments import (
 class UpsertPlan(BaseModel):
     upsert_plan: Union[
         "UpsertPlanUpsertPlanPlan",
+        "UpsertPlanUpsertPlanPlanPreview",
+        "UpsertPlanUpsertPlanConfirmationRequiredError",
         "UpsertPlanUpsertPlanValidationError",
         "UpsertPlanUpsertPlanNotFoundError",
     ] = Field(alias="upsertPlan", discriminator="typename__")
@@ -22,6 +25,28 @@ class UpsertPlan(BaseModel):
 
 class UpsertPlanUpsertPlanPlan(PlanFields):
     typename__: Literal["Plan"] = Field(alias="__typename")
+
+
+class UpsertPlanUpsertPlanPlanPreview(BaseModel):
+    typename__: Literal["PlanPreview"] = Field(alias="__typename")
+    plan: "UpsertPlanUpsertPlanPlanPreviewPlan"
+    changes: list["UpsertPlanUpsertPlanPlanPreviewChanges"]
+    created: bool
+    needs_confirm: bool = Field(alias="needsConfirm")
+
+
+UpsertPlanUpsertPlanPlanPreviewPlan = PlanFields
+UpsertPlanUpsertPlanPlanPreviewChanges = ChangeFields
+
+
+class UpsertPlanUpsertPlanConfirmationRequiredError(BaseModel):
+    typename__: Literal["ConfirmationRequiredError"] = Field(alias="__typename")
+    changes: list["UpsertPlanUpsertPlanConfirmationRequiredErrorChanges"]
+    code: str
+    message: str
+
+
+UpsertPlanUpsertPlanConfirmationRequiredErrorChanges = ChangeFields
 
 
 class UpsertPlanUpsertPlanValidationError(BaseModel):
@@ -38,3 +63,5 @@ class UpsertPlanUpsertPlanNotFoundError(BaseModel):
 
 
 UpsertPlan.model_rebuild()
+UpsertPlanUpsertPlanPlanPreview.model_rebuild()
+UpsertPlanUpsertPlanConfirmationRequiredError.model_rebuild()
