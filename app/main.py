@@ -448,13 +448,13 @@ def _slice_routes(state: AppState) -> list[Any]:
     from app import rest
     from app.dashboard.routes import routes as dashboard_routes
     from app.integrations.stripe import pages as checkout_pages
-    from app.integrations.stripe.webhook import webhook_route
+    from app.integrations.stripe.webhook import webhook_routes
     from app.llmproxy.routes import routes as llm_routes
 
     return [
         *rest.routes(state),
         *llm_routes(state),
-        webhook_route(state),
+        *webhook_routes(state),
         *checkout_pages.routes(state),
         *dashboard_routes(),
     ]
