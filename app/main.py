@@ -358,7 +358,7 @@ def create_app(
             from app.overage.loop import overage_loop
 
             gateway = StripeGateway.from_settings(settings)
-            overage = asyncio.get_running_loop().create_task(overage_loop(engine, gateway, state.clock))
+            overage = asyncio.get_running_loop().create_task(overage_loop(engine, gateway, state.clock, settings))
             state.overage = overage
         sampler = None
         if settings.metrics_enabled and obs_metrics.MULTIPROCESS:

@@ -423,9 +423,13 @@ def reconcile(
             )
         tick("invoices", done, len(invoices))
 
+    from app.integrations.stripe.accounts import organization_gateway
     from app.overage.service import report_overage
 
-    overage = report_overage(engine, gateway, clock)  # closes ended periods, retries what is pending
+    # Closes ended periods and retries what is pending, each on its end user's account.
+    overage = report_overage(
+        engine, gateway, clock, org_gateway=lambda org: organization_gateway(engine, settings, org)
+    )
     report.overage_reported, report.overage_pending = overage.reported, overage.failed
     return report
 
