@@ -145,6 +145,14 @@ def process(
         # A connected account's event on the platform's own endpoint: it is no event of this account.
         return refuse(engine, clock, event, key=event_id, account=None, why="a Connect event on the platform endpoint")
     handler = HANDLERS.get(type_)
+    if handler is not None:
+        # The signed payload is checked before anything is read from Stripe with this account's
+        # credentials (and again below, with what was read): a forged event is refused and recorded
+        # without a round trip, and an object of another account is never fetched.
+        with unit_of_work(engine, write=False) as s:
+            early = crossing(s, account, event, {})
+        if early is not None:
+            return refuse(engine, clock, event, key=event_id, account=org, why=early)
     fetched: JSON = {}
     if handler is not None:
         try:
