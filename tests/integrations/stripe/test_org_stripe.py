@@ -80,6 +80,8 @@ def _catalog(env: StripeEnv, org: Org, prefix: str) -> None:
         "quotas": [{"primitive": "email.send", "quota": 2, "overagePriceId": f"price_{prefix}_over"}],
     }
     assert env.api(PLAN, {"i": plan}, key=org.key)["upsertPlan"]["__typename"] == "Plan"
+    free = {"key": "free", "name": "Free", "accountKitId": "kit_mail", "period": "month", "quotas": []}
+    assert env.api(PLAN, {"i": free}, key=org.key)["upsertPlan"]["__typename"] == "Plan"  # where an ended one falls
     user = env.api(CREATE_TENANT, {"i": {"name": f"{prefix} user"}}, key=org.key)["createTenant"]
     assert user["__typename"] == "Tenant", user
     org.user = user["id"]
@@ -405,7 +407,7 @@ def test_an_event_id_one_organization_signs_cannot_shadow_another_accounts_event
     fake = _event("customer.subscription.updated", _sub("sub_b_own", b.customer, b.price, "canceled"), 0)
     assert _forge(env, b, {**fake, "id": pending["id"]}).status_code == 200
     env.fake.deliver_all_pending()
-    assert env.state(a.user)["status"] == "canceled"
+    assert env.state(a.user)["status"] == "canceled", (env.inbox(), pending["id"], env.state(a.user))
 
 
 # ----------------------------------------------------------------------------------- validation
