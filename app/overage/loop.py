@@ -21,10 +21,16 @@ EVERY_SECONDS = 60.0
 
 
 async def overage_loop(
-    engine: Engine, gateway: StripeGateway, clock: Clock, settings: Settings, every: float = EVERY_SECONDS
+    engine: Engine,
+    gateway: StripeGateway,
+    clock: Clock,
+    settings: Settings | None = None,
+    every: float = EVERY_SECONDS,
 ) -> None:
+    """`settings` reaches organizations' own Stripe accounts; without it their end users' reports wait."""
+
     def org_gateway(organization_id: str) -> StripeGateway | None:
-        return organization_gateway(engine, settings, organization_id)
+        return organization_gateway(engine, settings, organization_id) if settings is not None else None
 
     while True:
         try:

@@ -113,6 +113,7 @@ from .image_pricing import (
 from .input_types import (
     AccountKitInput,
     BatchItemInput,
+    ConnectStripeInput,
     CreateOrganizationInput,
     CreateTenantInput,
     CreditPackInput,
@@ -290,6 +291,7 @@ __all__ = [
     "ChargeChargeOrganizationCreditsExhausted",
     "ChargeChargeQuotaExceeded",
     "ChargeChargeValidationError",
+    "ConnectStripeInput",
     "CreateApiKey",
     "CreateApiKeyCreateApiKeyCreatedApiKey",
     "CreateApiKeyCreateApiKeyCreatedApiKeyApiKey",
