@@ -78,17 +78,22 @@ class StripeGateway:
         self,
         *,
         mode: str,
-        price_id: str,
+        price_id: str | None,
         customer: str,
         success_url: str,
         cancel_url: str,
         client_reference_id: str,
         idempotency_key: str,
+        price_data: JSON | None = None,
     ) -> JSON:
+        """`price_data` (an inline price: currency, unit_amount, product_data) instead of a price id."""
+        line: JSON = (
+            {"price": price_id, "quantity": 1} if price_data is None else {"price_data": price_data, "quantity": 1}
+        )
         params: Any = {
             "mode": mode,
             "customer": customer,
-            "line_items": [{"price": price_id, "quantity": 1}],
+            "line_items": [line],
             "success_url": success_url,
             "cancel_url": cancel_url,
             "client_reference_id": client_reference_id,

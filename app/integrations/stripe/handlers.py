@@ -25,9 +25,10 @@ from sqlmodel import Session
 
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
-from app.credits.packs import pack_by_price
+from app.credits.packs import pack_by_key, pack_by_price
 from app.credits.service import grant_purchase
 from app.integrations.stripe.client import JSON, StripeGateway, is_missing
+from app.integrations.stripe.models import StripeOperation
 from app.integrations.stripe.repository import PLATFORM, StripeRepository
 from app.organizations import tiers
 from app.organizations.models import HOUSE
@@ -255,6 +256,8 @@ def grant_checkout(
     if cs.get("payment_status") not in ("paid", "no_payment_required"):
         return Outcome(tenant.id, "unpaid")  # async methods: checkout.session.async_payment_succeeded follows
     scope = TenantScope(tenant.id)
+    if account != PLATFORM:
+        return _grant_own_account_pack(session, clock, cs, line_items, tenant.id, op)
     matched = created = False
     for index, item in enumerate(line_items):
         price = line_price(item)
@@ -276,6 +279,25 @@ def grant_checkout(
     if not matched:
         return Outcome(tenant.id, "unknown_price")
     return Outcome(tenant.id, "applied" if created else "unchanged")
+
+
+def _grant_own_account_pack(
+    session: Session, clock: Clock, cs: JSON, line_items: list[JSON], tenant_id: str, op: StripeOperation | None
+) -> Outcome:
+    """A wallet pack an end user bought on its organization's own account (an inline price there):
+    the pack is the one our operation names, and only a session that paid at least its price grants.
+    A session we did not open grants nothing: prices on that account are the organization's, never a pack's."""
+    if op is None or op.kind != "pack_checkout":
+        return Outcome(tenant_id, "unknown_price")
+    pack = pack_by_key(session, op.target)
+    paid = sum(int(item.get("amount_total") or 0) for item in line_items)
+    if pack is None or paid < pack.price_usd_cents:
+        log.warning("checkout %s paid %s for pack %r: not its price; nothing granted", cs["id"], paid, op.target)
+        return Outcome(tenant_id, "unknown_price")
+    _, created = grant_purchase(
+        session, TenantScope(tenant_id), clock, pack=pack, grant_key=checkout_grant_key(cs["id"]), reference=cs["id"]
+    )
+    return Outcome(tenant_id, "applied" if created else "unchanged")
 
 
 def expire_checkout(session: Session, clock: Clock, cs: JSON) -> Outcome:

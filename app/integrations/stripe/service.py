@@ -28,11 +28,12 @@ from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.credits.packs import pack_by_key
 from app.integrations.stripe import handlers
+from app.integrations.stripe.accounts import ConnectionRepository
 from app.integrations.stripe.client import JSON, StripeGateway, StripeUnavailable, is_missing
 from app.integrations.stripe.models import StripeOperation
 from app.integrations.stripe.repository import StripeRepository
 from app.organizations import tiers
-from app.organizations.models import HOUSE
+from app.organizations.models import END_USER, HOUSE, Organization
 from app.plans.repository import PlanRepository
 from app.settings import Settings
 from app.subscriptions.models import Subscription
@@ -211,7 +212,8 @@ def _checkout(
     kind: str,
     target: str,
     mode: str,
-    price_id: str,
+    price_id: str | None,
+    price_data: JSON | None = None,
 ) -> CheckoutStarted:
     def session(op: StripeOperation, customer: str) -> JSON:
         success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan", op.id)
@@ -224,6 +226,7 @@ def _checkout(
                 cancel_url=cancel,
                 client_reference_id=op.id,
                 idempotency_key=idempotency_key(op.id),
+                price_data=price_data,
             )
         )
 
@@ -250,21 +253,44 @@ def purchase_credit_pack(
 ) -> CheckoutStarted:
     """A Checkout Session (mode payment) for the pack's Stripe price; credits come with the webhook."""
 
-    def check(s: Session) -> str:
+    def check(s: Session) -> tuple[str | None, JSON | None]:
         if not isinstance(pack_key, str) or not pack_key or len(pack_key) > 64:
             raise ValidationFailed("pack must be 1-64 characters", field="pack")
         pack = pack_by_key(s, pack_key)
         if pack is None or not pack.active:
             raise NotFound("CreditPack", pack_key)
+        tenant = s.get(Tenant, scope.tenant_id)
+        if tenant is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        org = s.get(Organization, tenant.organization_id) if tenant.kind == END_USER else None
+        if org is not None and ConnectionRepository(s).get(org.id) is not None:
+            # An end user of an organization with its own Stripe buys its wallet's pack there: the
+            # platform's price ids do not exist on that account, so the pack's price goes inline, and
+            # the webhook finds the pack through our operation (handlers.grant_checkout).
+            if not org.end_user_wallets:
+                raise ValidationFailed("this organization's end users hold no credits of their own", field="pack")
+            inline: JSON = {
+                "currency": "usd",
+                "unit_amount": pack.price_usd_cents,
+                "product_data": {"name": pack.name},
+            }
+            return None, inline
         if not pack.stripe_price_id:
             raise ValidationFailed(f"pack {pack_key!r} has no Stripe price", field="pack")
-        if s.get(Tenant, scope.tenant_id) is None:
-            raise NotFound("Tenant", scope.tenant_id)
-        return pack.stripe_price_id
+        return pack.stripe_price_id, None
 
-    price = _tx(engine, check)
+    price, inline = _tx(engine, check)
     return _checkout(
-        engine, gateway, settings, clock, scope, kind="pack_checkout", target=pack_key, mode="payment", price_id=price
+        engine,
+        gateway,
+        settings,
+        clock,
+        scope,
+        kind="pack_checkout",
+        target=pack_key,
+        mode="payment",
+        price_id=price,
+        price_data=inline,
     )
 
 

@@ -577,3 +577,37 @@ def test_rotate_secrets_command(two: tuple[StripeEnv, Org, Org], monkeypatch: py
         )
     )
     assert SecretBox([fresh]).decrypt(token) == WHSEC_B
+
+
+# ----------------------------------------------------------------------------------- wallet packs
+
+
+BUY = """mutation($p: String!) { purchaseCreditPack(pack: $p) { __typename
+  ... on CheckoutSession { sessionId } ... on UserError { code message } ... on ValidationError { field } } }"""
+
+
+@pytest.mark.parametrize("which", ["connect", "restricted_key"])
+def test_an_end_users_wallet_pack_is_bought_on_its_organizations_own_account(
+    two: tuple[StripeEnv, Org, Org], which: str
+) -> None:
+    env, a, b = two
+    org = a if which == "connect" else b
+    # Wallets off (a new organization's default): its end users hold no credits to buy.
+    refused = env.api(BUY, {"p": "medium"}, key=org.key, tenant=org.user)["purchaseCreditPack"]
+    assert refused["__typename"] == "ValidationError" and refused["field"] == "pack", refused
+    wallets = """mutation($o: ID!) { updateOrganization(id: $o, input: {endUserWallets: true}) { __typename } }"""
+    assert env.api(wallets, {"o": org.id})["updateOrganization"]["__typename"] == "Organization"
+    house_before = env.state(org.id)
+    out = env.api(BUY, {"p": "medium"}, key=org.key, tenant=org.user)["purchaseCreditPack"]
+    assert out["__typename"] == "CheckoutSession", out
+    [session] = org.stripe.objects("checkout.session")  # on the organization's account, not the platform's
+    assert session["id"] == out["sessionId"] and env.fake.objects("checkout.session") == []
+    assert session["amount_total"] == 2300  # the pack's price, inline on that account
+    org.stripe.complete_checkout(out["sessionId"])
+    assert all(r.status_code == 200 for r in env.fake.deliver_all_pending())
+    wallet = env.state(org.user)
+    assert wallet["balance"] == 50_000_000 and [g[0] for g in wallet["grants"]] == ["purchase"]
+    assert env.state(org.id) == house_before  # the organization's platform credits: untouched
+    [completed] = org.stripe.events("checkout.session.completed")
+    assert org.stripe.deliver(completed["id"])[0].json()["duplicate"] is True  # Stripe's retry: nothing more
+    assert env.state(org.user)["balance"] == 50_000_000
