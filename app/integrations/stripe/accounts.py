@@ -133,6 +133,11 @@ def webhook_secret(engine: Engine, settings: Settings, organization_id: str) -> 
     return SecretBox.from_settings(settings).decrypt(row.webhook_secret_token)
 
 
+def connected_organizations(engine: Engine) -> list[str]:
+    with unit_of_work(engine, write=False) as s:
+        return [r.organization_id for r in ConnectionRepository(s).all()]
+
+
 def organization_for_account(engine: Engine, account_id: str) -> str | None:
     """The organization that connected `account_id` by Connect (the Connect endpoint's lookup)."""
     with unit_of_work(engine, write=False) as s:

@@ -24,14 +24,14 @@ from sqlmodel import Session
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.db import unit_of_work
-from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.errors import Conflict, DomainError, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.credits.packs import pack_by_key
 from app.integrations.stripe import handlers
 from app.integrations.stripe.accounts import ConnectionRepository
 from app.integrations.stripe.client import JSON, StripeGateway, StripeUnavailable, is_missing
 from app.integrations.stripe.models import StripeOperation
-from app.integrations.stripe.repository import StripeRepository
+from app.integrations.stripe.repository import PLATFORM, StripeRepository
 from app.organizations import tiers
 from app.organizations.models import END_USER, HOUSE, Organization
 from app.plans.repository import PlanRepository
@@ -399,57 +399,26 @@ Progress = Callable[[str, int, int], None]
 def reconcile(
     engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock, progress: Progress | None = None
 ) -> ReconcileReport:
-    """Repair local state from what Stripe holds now (after missed webhooks).
+    """Repair local state from what Stripe holds now (after missed webhooks): the platform's account,
+    then each organization's own (accounts.py), each object only onto objects of the account it is on.
 
     Subscriptions are written only where they differ; pack and plan credits use the same
     grant keys as the webhooks. So a second run, or a late webhook, changes nothing."""
+    from app.integrations.stripe.accounts import connected_organizations, organization_gateway
+
     tick: Progress = progress or (lambda phase, done, total: None)
     report = ReconcileReport()
-    by_customer: dict[str, list[JSON]] = {}
-    for sub in _stripe(lambda: list(gateway.all_subscriptions())):
-        report.subscriptions_seen += 1
-        customer = handlers._id(sub.get("customer"))
-        if customer:
-            by_customer.setdefault(customer, []).append(sub)
-    tick("subscriptions", 0, len(by_customer))
-    for done, subs in enumerate(by_customer.values(), 1):
-        chosen = _pick(subs)
-        _count(
-            report, "subscriptions_repaired", _tx(engine, partial(_reflect, clock=clock, settings=settings, sub=chosen))
-        )
-        tick("subscriptions", done, len(by_customer))
+    _reconcile_account(engine, gateway, settings, clock, tick, report, PLATFORM)
+    for org in connected_organizations(engine):
+        try:
+            own = organization_gateway(engine, settings, org)
+            if own is not None:
+                _reconcile_account(engine, own, settings, clock, tick, report, org)
+        except (DomainError, StripeUnavailable) as exc:
+            # One organization's revoked key or unreadable secret leaves the others to repair.
+            log.warning("reconcile: organization %s's Stripe: %s", org, getattr(exc, "message", type(exc).__name__))
+            report.skip("organization_unreachable")
 
-    sessions = _stripe(lambda: list(gateway.completed_checkout_sessions()))
-    tick("checkout sessions", 0, len(sessions))
-    for done, cs in enumerate(sessions, 1):
-        paid = cs.get("mode") == "payment" and cs.get("payment_status") in ("paid", "no_payment_required")
-        if paid and not _tx(engine, partial(_already_granted, cs=cs)):
-            items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
-            grant = partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items)
-            _count(report, "packs_granted", _tx(engine, grant))
-        tick("checkout sessions", done, len(sessions))
-
-    expired = _stripe(lambda: list(gateway.expired_checkout_sessions()))
-    tick("expired checkout sessions", 0, len(expired))
-    for done, cs in enumerate(expired, 1):
-        # Sessions we did not open answer "ignored", ours already closed "unchanged": neither counts.
-        if _tx(engine, partial(handlers.expire_checkout, clock=clock, cs=cs)).outcome == "applied":
-            report.checkouts_closed += 1
-        tick("expired checkout sessions", done, len(expired))
-
-    invoices = _stripe(lambda: list(gateway.paid_invoices()))
-    tick("invoices", 0, len(invoices))
-    for done, inv in enumerate(invoices, 1):
-        if inv.get("billing_reason") in handlers.ALLOWANCE_REASONS:
-            lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
-            _count(
-                report,
-                "allowances_granted",
-                _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
-            )
-        tick("invoices", done, len(invoices))
-
-    from app.integrations.stripe.accounts import organization_gateway
     from app.overage.service import report_overage
 
     # Closes ended periods and retries what is pending, each on its end user's account.
@@ -460,8 +429,77 @@ def reconcile(
     return report
 
 
-def _reflect(s: Session, *, clock: Clock, settings: Settings, sub: JSON) -> handlers.Outcome:
-    return handlers.reflect_subscription(s, clock, settings, sub, event_created=None)
+def _foreign(engine: Engine, account: str, obj: JSON) -> bool:
+    """The object names an object we know on another account (handlers.crossing): never applied."""
+    with unit_of_work(engine, write=False) as s:
+        return handlers.crossing(s, account, {"data": {"object": obj}}, {}) is not None
+
+
+def _reconcile_account(
+    engine: Engine,
+    gateway: StripeGateway,
+    settings: Settings,
+    clock: Clock,
+    tick: Progress,
+    report: ReconcileReport,
+    account: str,
+) -> None:
+    by_customer: dict[str, list[JSON]] = {}
+    for sub in _stripe(lambda: list(gateway.all_subscriptions())):
+        report.subscriptions_seen += 1
+        if _foreign(engine, account, sub):
+            report.skip("refused")
+            continue
+        customer = handlers._id(sub.get("customer"))
+        if customer:
+            by_customer.setdefault(customer, []).append(sub)
+    tick("subscriptions", 0, len(by_customer))
+    for done, subs in enumerate(by_customer.values(), 1):
+        chosen = _pick(subs)
+        reflect = partial(_reflect, clock=clock, settings=settings, sub=chosen, account=account)
+        _count(report, "subscriptions_repaired", _tx(engine, reflect))
+        tick("subscriptions", done, len(by_customer))
+
+    sessions = _stripe(lambda: list(gateway.completed_checkout_sessions()))
+    tick("checkout sessions", 0, len(sessions))
+    for done, cs in enumerate(sessions, 1):
+        paid = cs.get("mode") == "payment" and cs.get("payment_status") in ("paid", "no_payment_required")
+        if paid and _foreign(engine, account, cs):
+            report.skip("refused")
+        elif paid and not _tx(engine, partial(_already_granted, cs=cs)):
+            items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
+            if _foreign(engine, account, {**cs, "lines": {"data": items}}):
+                report.skip("refused")
+            else:
+                grant = partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items, account=account)
+                _count(report, "packs_granted", _tx(engine, grant))
+        tick("checkout sessions", done, len(sessions))
+
+    expired = _stripe(lambda: list(gateway.expired_checkout_sessions()))
+    tick("expired checkout sessions", 0, len(expired))
+    for done, cs in enumerate(expired, 1):
+        # Sessions we did not open answer "ignored", ours already closed "unchanged": neither counts.
+        if _foreign(engine, account, cs):
+            report.skip("refused")
+        elif _tx(engine, partial(handlers.expire_checkout, clock=clock, cs=cs)).outcome == "applied":
+            report.checkouts_closed += 1
+        tick("expired checkout sessions", done, len(expired))
+
+    invoices = _stripe(lambda: list(gateway.paid_invoices()))
+    tick("invoices", 0, len(invoices))
+    for done, inv in enumerate(invoices, 1):
+        if inv.get("billing_reason") in handlers.ALLOWANCE_REASONS:
+            lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
+            if _foreign(engine, account, {**inv, "lines": {"data": lines}}):
+                report.skip("refused")
+            else:
+                grant_inv = partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines, account=account)
+                _count(report, "allowances_granted", _tx(engine, grant_inv))
+        tick("invoices", done, len(invoices))
+
+
+def _reflect(s: Session, *, clock: Clock, settings: Settings, sub: JSON, account: str) -> handlers.Outcome:
+    return handlers.reflect_subscription(s, clock, settings, sub, event_created=None, account=account)
 
 
 def _count(report: ReconcileReport, counter: str, out: handlers.Outcome) -> None:

@@ -611,3 +611,48 @@ def test_an_end_users_wallet_pack_is_bought_on_its_organizations_own_account(
     [completed] = org.stripe.events("checkout.session.completed")
     assert org.stripe.deliver(completed["id"])[0].json()["duplicate"] is True  # Stripe's retry: nothing more
     assert env.state(org.user)["balance"] == 50_000_000
+
+
+# ----------------------------------------------------------------------------------- reconcile
+
+
+def test_reconcile_repairs_each_organization_from_its_own_account_and_refuses_crossings(
+    two: tuple[StripeEnv, Org, Org],
+) -> None:
+    """Missed webhooks: `meterkit stripe reconcile` reads the platform's account and each
+    organization's own, and applies what it reads only to objects of that account."""
+    from app.integrations.stripe.service import reconcile
+
+    env, a, b = two
+    _subscribe(env, a)
+    _subscribe(env, b)  # no event delivered
+    assert _plan_of(env, a.user)[0] != "pro" and _plan_of(env, b.user)[0] != "pro"
+    # B, on its own account, opens and expires a session naming A's pending plan Checkout (our operation id).
+    victim_op = _operation_of(env, a.checkout)
+    forged = b.stripe.client().v1.checkout.sessions.create(
+        {
+            "mode": "payment",
+            "customer": b.customer,
+            "client_reference_id": victim_op,
+            "line_items": [
+                {"price_data": {"currency": "usd", "unit_amount": 1, "product_data": {"name": "x"}}, "quantity": 1}
+            ],
+            "success_url": "http://x/s",
+            "cancel_url": "http://x/c",
+        }
+    )
+    b.stripe.expire_checkout(forged.id)
+    ops_before = env.read(
+        lambda s: s.connection().execute(text("SELECT id, status FROM stripe_operation ORDER BY id")).all()
+    )
+
+    report = reconcile(env.engine, env.gateway(), env.settings, env.clock)
+    assert _plan_of(env, a.user) == ("pro", "active", a.subscription)
+    assert _plan_of(env, b.user) == ("pro", "active", b.subscription)
+    assert report.subscriptions_repaired == 2 and report.skipped.get("refused") == 1, report
+    ops_after = env.read(
+        lambda s: s.connection().execute(text("SELECT id, status FROM stripe_operation ORDER BY id")).all()
+    )
+    assert [tuple(r) for r in ops_after if r[0] == victim_op] == [tuple(r) for r in ops_before if r[0] == victim_op]
+    again = reconcile(env.engine, env.gateway(), env.settings, env.clock)
+    assert again.changes == 0
