@@ -277,7 +277,11 @@ def webhook_routes(state: Any) -> list[Route]:
             parse_id(org, "org")
         except DomainError:
             return JSONResponse({"error": "no such endpoint"}, status_code=404)
-        secret = await run_in_threadpool(accounts.webhook_secret, state.engine, state.settings, org)
+        try:
+            secret = await run_in_threadpool(accounts.webhook_secret, state.engine, state.settings, org)
+        except DomainError as exc:  # no server key opens the stored secret: Stripe retries later
+            log.error("stripe webhook for %s: %s", org, exc.message)
+            return JSONResponse({"error": "the endpoint's secret cannot be read"}, status_code=503)
         if secret is None:
             # No organization, or none with a restricted-key connection: the same answer for both.
             return JSONResponse({"error": "no such endpoint"}, status_code=404)
