@@ -89,8 +89,12 @@ class StripeEvent(FromRow):
     type: str
     created: datetime = strawberry.field(description="When Stripe created the event.")
     tenant_id: str | None
+    organization_id: str | None = strawberry.field(
+        description="The organization whose own Stripe account it came through (null: the platform's)."
+    )
     outcome: str = strawberry.field(
-        description="applied, unchanged, stale, ignored, unpaid, rejected, unknown_customer, unknown_price..."
+        description="applied, unchanged, stale, ignored, unpaid, rejected, refused (it named another account's "
+        "object), unknown_customer, unknown_price..."
     )
     processed_at: datetime
 

@@ -390,6 +390,12 @@ def test_the_endpoints_refuse_what_is_not_theirs(two: tuple[StripeEnv, Org, Org]
             trust_env=False,
         )
         assert r.status_code == 200 and r.json()["outcome"] == "refused", r.text
+    # A connected account's event on the platform's own endpoint (signed with its secret): refused.
+    body = json.dumps({**event, "id": "evt_forged_acct_on_platform", "account": a.stripe.account_id})
+    r = httpx.post(
+        f"{env.url}/webhooks/stripe", content=body, headers={"Stripe-Signature": env.fake.sign(body)}, trust_env=False
+    )
+    assert r.status_code == 200 and r.json()["outcome"] == "refused", r.text
     # A Connect event on B's own endpoint: refused.
     r = _forge(env, b, {**event, "id": "evt_forged_acct_on_b", "account": a.stripe.account_id})
     assert r.json()["outcome"] == "refused"
@@ -500,6 +506,7 @@ def test_secrets_never_appear_in_answers_logs_errors_or_the_database(
         ]
     )
     logs = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "stripe connection refused by Stripe" in logs  # the capture hears the app (the revoked key)
     for secret in (RK_B, WHSEC_B, RK_B[8:], WHSEC_B[6:]):
         for where, blob in (("answers", "\n".join(answers)), ("logs", logs), ("database", "\n".join(rows))):
             assert secret not in blob, f"{where} holds a secret"
