@@ -445,6 +445,12 @@ def test_connecting_is_validated_and_refusals_write_nothing(two: tuple[StripeEnv
     # Only the organization itself connects: the platform may not, nor an end user.
     denied = env.api(CONNECT, {"i": {"accountId": "acct_x0000001"}}, expect_errors=True)
     assert denied["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    # Once B's end users have customers on its account, it may not move to another one.
+    _reflected(env, a, b)
+    env.fake.add_account("acct_orgBsecond000001", restricted_key="rk_test_" + "Sx2" * 10)
+    moved = env.api(CONNECT, {"i": {"restrictedKey": "rk_test_" + "Sx2" * 10, "webhookSecret": WHSEC_B}}, key=b.key)
+    assert moved["connectStripe"]["__typename"] == "ValidationError", moved
+    assert "already have Stripe customers" in moved["connectStripe"]["message"]
     # The platform reads what each connected, never a secret.
     seen = env.api(ORG_STRIPE, {"id": b.id})["organization"]["stripe"]
     assert seen["mode"] == "restricted_key" and seen["accountId"] == b.stripe.account_id
