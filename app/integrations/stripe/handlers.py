@@ -50,6 +50,8 @@ SUBSCRIPTION_EVENTS = (
 )
 CHECKOUT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 ALLOWANCE_REASONS = ("subscription_create", "subscription_cycle")
+# Objects one event may name before it is refused unread (crossing): Stripe's pages hold 100 lines.
+MAX_NAMED = 400
 
 
 @dataclass
@@ -448,7 +450,10 @@ def crossing(session: Session, account: str, event: JSON, fetched: JSON) -> str 
         "checkout session": repo.operation_accounts,
         "price": repo.price_accounts,
     }
-    for kind, ident in dict.fromkeys(named_objects(event, fetched)):
+    named = list(dict.fromkeys(named_objects(event, fetched)))
+    if len(named) > MAX_NAMED:
+        return "it names more objects than any event meterkit handles"  # a lookup each: bounded
+    for kind, ident in named:
         where = owners[kind](ident)
         if where and account not in where:
             return f"it names a {kind} of another account"
