@@ -66,7 +66,7 @@ def stripe(
     state: Path = typer.Option(Path(".meterkit-dev-stripe.json"), help=STATE_HELP),
     memory: bool = typer.Option(False, "--memory", help="Keep no state file: a restart forgets everything"),
     connect_account: list[str] = typer.Option(
-        [], "--connect-account", help="A Stripe Connect account of the platform (acct_...), repeatable"
+        [], "--connect-account", help="An organization id (org_...) to onboard a Connect account for, repeatable"
     ),
     key_account: list[str] = typer.Option(
         [], "--key-account", help="An organization id (org_...) whose own account is reached by a restricted key"
@@ -81,8 +81,8 @@ def stripe(
     target = webhook_url or f"{get_settings().public_base_url}/webhooks/stripe"
     dev = _start(host, port, target, None if memory else state)
     gateway = target.removesuffix("/webhooks/stripe")
-    for acct in connect_account:
-        dev.add_connect_account(acct)
+    for org in connect_account:
+        acct = dev.add_connect_account(org).account_id
         typer.echo(
             f'Connect account {acct}: connectStripe(input: {{accountId: "{acct}"}}) with the organization\'s key'
         )

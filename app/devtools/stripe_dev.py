@@ -159,9 +159,13 @@ class DevStripe:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def add_connect_account(self, account_id: str) -> FakeStripe:
-        """A Connect account of the platform: connectStripe(input: {accountId}) names it."""
-        return self.fake.add_account(account_id, connected=True)
+    def add_connect_account(self, organization_id: str) -> FakeStripe:
+        """A Connect account of the platform onboarded for the organization (its metadata names it):
+        connectStripe(input: {accountId}) with the organization's key names it."""
+        suffix = organization_id.removeprefix("org_")[:24]
+        return self.fake.add_account(
+            f"acct_devc{suffix}", connected=True, metadata={"meterkit_organization_id": organization_id}
+        )
 
     def add_key_account(self, organization_id: str, gateway_url: str) -> tuple[FakeStripe, str, str]:
         """An account reached by a restricted key, its events signed for the organization's own

@@ -43,7 +43,8 @@ def test_each_accounts_events_reach_its_own_endpoint_signed_with_its_secret() ->
         BackgroundServer(app, port=port),
         DevStripe(port=free_port(), webhook_url=f"{gateway}/webhooks/stripe", poll_seconds=0.05) as dev,
     ):
-        connected = dev.add_connect_account("acct_devconnect0001")
+        connected = dev.add_connect_account("org_" + "cd" * 16)
+        assert connected.account_metadata == {"meterkit_organization_id": "org_" + "cd" * 16}
         own, key, secret = dev.add_key_account(ORG, gateway)
         secrets[ORG] = secret
         assert key.startswith("rk_test_") and secret.startswith("whsec_")

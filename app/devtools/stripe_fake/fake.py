@@ -87,6 +87,7 @@ class FakeStripe(CheckoutMixin, MetersMixin, EventsMixin, HttpMixin):
         restricted_key: str | None = None,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> FakeStripe:
         """Another Stripe account this server speaks for, with objects, events and meters of its own.
 
@@ -94,7 +95,8 @@ class FakeStripe(CheckoutMixin, MetersMixin, EventsMixin, HttpMixin):
         platform's key and `Stripe-Account: <id>` act on it, and its events (naming `account`) go to
         `connect_webhook_url` signed with `connect_webhook_secret`. A `restricted_key` (rk_test_...)
         acts on it too; its events then go to `webhook_url` signed with `webhook_secret` (the
-        organization's own endpoint). Returns the account's fake: add its prices and drive its
+        organization's own endpoint). `metadata` is the account's (for a Connect account: what the
+        platform set on it at onboarding). Returns the account's fake: add its prices and drive its
         customers there, as on the platform's."""
         with self._lock:
             ident = account_id or _new_id("acct")
@@ -109,6 +111,7 @@ class FakeStripe(CheckoutMixin, MetersMixin, EventsMixin, HttpMixin):
             child._parent = self
             child.account_id = ident
             child.connected = connected
+            child.account_metadata = dict(metadata or {})
             child.on_change = self.on_change
             self._accounts[ident] = child
             if restricted_key is not None:
@@ -146,6 +149,7 @@ class FakeStripe(CheckoutMixin, MetersMixin, EventsMixin, HttpMixin):
             "default_currency": "usd",
             "charges_enabled": True,
             "details_submitted": True,
+            "metadata": dict(self.account_metadata),
         }
 
     async def _hosted_checkout_page(self, request: Request) -> Response:

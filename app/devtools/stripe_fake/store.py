@@ -120,6 +120,7 @@ class StripeState:
     # On a Connect account: its events name it (`account`) and go to the parent's Connect endpoint.
     account_id: str = "acct_fakeplatform00000001"
     connected: bool = False
+    account_metadata: dict[str, str] = {}  # replaced per account by add_account, never mutated
 
     @property
     def url(self) -> str:

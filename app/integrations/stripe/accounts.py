@@ -39,6 +39,9 @@ from app.tenants.models import Tenant
 
 log = logging.getLogger("meterkit.stripe")
 
+# The metadata key the platform sets on a Connect account it onboarded for an organization: the
+# proof that the account is that organization's (account ids are no secret; anyone can name one).
+ORGANIZATION_METADATA = "meterkit_organization_id"
 CONNECT = "connect"
 RESTRICTED_KEY = "restricted_key"
 _ACCOUNT = re.compile(r"^acct_[A-Za-z0-9]{1,64}$")
@@ -225,6 +228,16 @@ def connect_stripe(
         account = validate(gateway, "accountId")
         if account["id"] != data.account_id:
             raise ValidationFailed("Stripe answered for another account than accountId", field="accountId")
+        metadata = account.get("metadata")
+        bound = metadata.get(ORGANIZATION_METADATA) if isinstance(metadata, dict) else None
+        if bound != organization_id:
+            # Being connected to the platform is not enough: the platform binds the account to the
+            # organization it onboarded it for, or another organization could claim it first.
+            raise ValidationFailed(
+                f"the platform has not onboarded this account for this organization "
+                f"(its metadata {ORGANIZATION_METADATA} must name it)",
+                field="accountId",
+            )
     else:
         assert data.restricted_key is not None
         account = validate(StripeGateway.for_restricted_key(settings, data.restricted_key), "restrictedKey")

@@ -112,7 +112,8 @@ def two_fixture(stripe_env: StripeEnv) -> tuple[StripeEnv, Org, Org]:
     env = stripe_env
     a_id, a_key = _org(env, "Acme (Connect)")
     b_id, b_key = _org(env, "Globex (restricted key)")
-    acct_a = env.fake.add_account("acct_orgAconnect0001", connected=True)
+    # The platform onboarded A's Connect account for A: its metadata names the organization.
+    acct_a = env.fake.add_account("acct_orgAconnect0001", connected=True, metadata={"meterkit_organization_id": a_id})
     acct_b = env.fake.add_account(
         "acct_orgBkey00000001",
         restricted_key=RK_B,
@@ -422,6 +423,7 @@ def test_an_event_id_one_organization_signs_cannot_shadow_another_accounts_event
 def test_connecting_is_validated_and_refusals_write_nothing(two: tuple[StripeEnv, Org, Org]) -> None:
     env, a, b = two
     c_id, c_key = _org(env, "Initech")
+    env.fake.add_account("acct_unbound00000001", connected=True)
 
     def connect(i: dict[str, Any]) -> dict[str, Any]:
         return env.api(CONNECT, {"i": i}, key=c_key)["connectStripe"]  # type: ignore[no-any-return]
@@ -431,7 +433,8 @@ def test_connecting_is_validated_and_refusals_write_nothing(two: tuple[StripeEnv
         ({"restrictedKey": "rk_test_unknownkey0000000000", "webhookSecret": WHSEC_B}, "restrictedKey"),
         ({"restrictedKey": RK_B, "webhookSecret": "nope"}, "webhookSecret"),
         ({"restrictedKey": RK_B, "webhookSecret": WHSEC_B}, "restrictedKey"),  # B's account: taken
-        ({"accountId": a.stripe.account_id}, "accountId"),  # A's account: taken
+        ({"accountId": a.stripe.account_id}, "accountId"),  # A's account: onboarded for A, not C
+        ({"accountId": "acct_unbound00000001"}, "accountId"),  # connected, but onboarded for no one
         ({"accountId": "acct_notconnected0001"}, "accountId"),  # not connected to the platform
         ({"accountId": "bogus"}, "accountId"),
         ({}, "restrictedKey"),
