@@ -271,6 +271,36 @@ def stripe_reconcile() -> None:
         typer.echo(f"skipped ({reason}): {n}")
 
 
+@stripe_cli.command("rotate-secrets")
+def stripe_rotate_secrets() -> None:
+    """Re-encrypt every organization's stored Stripe key and signing secret under the first server key.
+
+    Put the new key first in METERKIT_SECRETS_KEYS (keep the old one after it), run this, then drop
+    the old key. Safe to run again: a token already under the first key is simply re-encrypted."""
+    from app.core.clock import Clock
+    from app.integrations.stripe.accounts import rotate_secrets
+    from app.integrations.stripe.secretbox import SecretsKeyMissing, SecretUnreadable
+
+    settings = get_settings()
+    engine = local_engine()
+    try:
+        done = rotate_secrets(engine, settings, Clock())
+    except (SecretsKeyMissing, SecretUnreadable) as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"re-encrypted the Stripe secrets of {done} organization(s) under the first server key")
+
+
+@stripe_cli.command("new-secrets-key")
+def stripe_new_secrets_key() -> None:
+    """Print a new server key for METERKIT_SECRETS_KEYS (a Fernet key)."""
+    from app.integrations.stripe.secretbox import new_key
+
+    typer.echo(new_key())
+
+
 @webhooks_cli.command("work")
 def webhooks_work() -> None:
     """Deliver alerts in the foreground until SIGTERM or Ctrl-C: the worker `meterkit serve` runs

@@ -358,7 +358,7 @@ def create_app(
             from app.overage.loop import overage_loop
 
             gateway = StripeGateway.from_settings(settings)
-            overage = asyncio.get_running_loop().create_task(overage_loop(engine, gateway, state.clock))
+            overage = asyncio.get_running_loop().create_task(overage_loop(engine, gateway, state.clock, settings))
             state.overage = overage
         sampler = None
         if settings.metrics_enabled and obs_metrics.MULTIPROCESS:
@@ -448,13 +448,13 @@ def _slice_routes(state: AppState) -> list[Any]:
     from app import rest
     from app.dashboard.routes import routes as dashboard_routes
     from app.integrations.stripe import pages as checkout_pages
-    from app.integrations.stripe.webhook import webhook_route
+    from app.integrations.stripe.webhook import webhook_routes
     from app.llmproxy.routes import routes as llm_routes
 
     return [
         *rest.routes(state),
         *llm_routes(state),
-        webhook_route(state),
+        *webhook_routes(state),
         *checkout_pages.routes(state),
         *dashboard_routes(),
     ]

@@ -6,7 +6,7 @@ from app.audit.models import AuditEntry
 from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
 from app.credits.models import CreditAccount, CreditBucket, CreditHold, CreditPack, CreditReversal, LedgerEntry
-from app.integrations.stripe.models import StripeEvent, StripeOperation
+from app.integrations.stripe.models import OrganizationStripe, StripeEvent, StripeOperation
 from app.llm.models import LlmCall
 from app.metering.models import RateWindow, UsageCounter, UsageEvent, UsageRollup
 from app.organizations.models import Organization
@@ -21,6 +21,7 @@ __all__ = [
     "BillingPeriod",
     "Organization",
     "OverageReport",
+    "OrganizationStripe",
     "CreditHold",
     "RateWindow",
     "UsageCounter",

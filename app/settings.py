@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     stripe_api_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
+    # The platform's Stripe Connect webhook endpoint (/webhooks/stripe/connect): its own signing
+    # secret, since Stripe signs Connect events with the Connect endpoint's secret.
+    stripe_connect_webhook_secret: str | None = None
+    # Server keys (Fernet, urlsafe base64 of 32 bytes; comma-separated, newest first) that encrypt the
+    # organizations' Stripe secrets at rest (docs/organization-stripe.md). The first encrypts, all
+    # decrypt; `meterkit stripe rotate-secrets` re-encrypts under the first. Required in production.
+    secrets_keys: Annotated[list[str], NoDecode, Field(repr=False)] = []
     # Where browsers reach this gateway (Stripe Checkout's return pages). Unset: the address it
     # serves on (`meterkit serve --host/--port`, else METERKIT_HOST/METERKIT_PORT), see public_base_url.
     public_url: str | None = None
@@ -179,6 +186,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("secrets_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
     @property

@@ -33,6 +33,8 @@ from app.tenants.service import create_api_key
 from tests.conftest import Api, Database
 from tests.fixtures_catalog import PLAN, seed_catalog
 
+# The server key that encrypts organizations' Stripe secrets in these tests (a Fernet key).
+TEST_SECRETS_KEY = "x9Pc2VfZbqM0tWm3Xo7YbN4K8d1sA6eRgHjLkQwErTs="
 PRO_PRICE, TEAM_PRICE, MEDIUM_PRICE, SMALL_PRICE = "price_pro", "price_team", "price_pack_medium", "price_pack_small"
 
 
@@ -161,6 +163,8 @@ def stripe_env_fixture(db: Database, fake_stripe: FakeStripe) -> Iterator[Stripe
         database_url="sqlite://unused",
         stripe_api_key="sk_test_meterkit",
         stripe_webhook_secret=fake_stripe.webhook_secret,
+        stripe_connect_webhook_secret=fake_stripe.connect_webhook_secret,
+        secrets_keys=[TEST_SECRETS_KEY],
         stripe_api_base=fake_stripe.url,
         public_url="http://127.0.0.1:1",
         default_plan_key="free",
@@ -168,6 +172,7 @@ def stripe_env_fixture(db: Database, fake_stripe: FakeStripe) -> Iterator[Stripe
     app = create_app(settings, engine=db.engine, clock=clock)
     with BackgroundServer(app) as server:
         fake_stripe.webhook_url = server.url + "/webhooks/stripe"
+        fake_stripe.connect_webhook_url = server.url + "/webhooks/stripe/connect"
         api = Api(cast(Any, _HttpApiClient(server.url)), db)
         with unit_of_work(db.engine) as s:
             _, api.operator_key = create_api_key(s, clock, role="operator", scope=None, name="tests")

@@ -42,13 +42,14 @@ def _start(host: str, port: int, webhook_url: str, state: Path | None) -> DevStr
 def start_beside_gateway(gateway_url: str, port: int, state: Path | None) -> DevStripe:
     """`meterkit serve --dev-stripe`: the stand-in in this process, delivering to this gateway,
     and the gateway's Stripe settings pointed at it (exported, so uvicorn's workers see them too)."""
-    from app.devtools.stripe_dev import DEV_API_KEY, DEV_WEBHOOK_SECRET
+    from app.devtools.stripe_dev import DEV_API_KEY, DEV_CONNECT_WEBHOOK_SECRET, DEV_WEBHOOK_SECRET
 
     dev = _start("127.0.0.1", port, f"{gateway_url}/webhooks/stripe", state)
     os.environ.update(
         METERKIT_STRIPE_API_BASE=dev.url,
         METERKIT_STRIPE_API_KEY=DEV_API_KEY,
         METERKIT_STRIPE_WEBHOOK_SECRET=DEV_WEBHOOK_SECRET,
+        METERKIT_STRIPE_CONNECT_WEBHOOK_SECRET=DEV_CONNECT_WEBHOOK_SECRET,
     )
     return dev
 
@@ -64,21 +65,40 @@ def stripe(
     ),
     state: Path = typer.Option(Path(".meterkit-dev-stripe.json"), help=STATE_HELP),
     memory: bool = typer.Option(False, "--memory", help="Keep no state file: a restart forgets everything"),
+    connect_account: list[str] = typer.Option(
+        [], "--connect-account", help="An organization id (org_...) to onboard a Connect account for, repeatable"
+    ),
+    key_account: list[str] = typer.Option(
+        [], "--key-account", help="An organization id (org_...) whose own account is reached by a restricted key"
+    ),
 ) -> None:
     """Run a local Stripe stand-in (the test suite's fake) for `make run STRIPE=dev`: the demo
     prices exist, Checkout pages have Pay/Cancel buttons, webhooks are delivered by themselves.
     `meterkit serve --dev-stripe` runs it inside the gateway instead (one command)."""
-    from app.devtools.stripe_dev import DEV_API_KEY, DEV_WEBHOOK_SECRET, demo_prices
+    from app.devtools.stripe_dev import DEV_API_KEY, DEV_CONNECT_WEBHOOK_SECRET, DEV_WEBHOOK_SECRET, demo_prices
     from app.settings import get_settings
 
     target = webhook_url or f"{get_settings().public_base_url}/webhooks/stripe"
     dev = _start(host, port, target, None if memory else state)
+    gateway = target.removesuffix("/webhooks/stripe")
+    for org in connect_account:
+        acct = dev.add_connect_account(org).account_id
+        typer.echo(
+            f'Connect account {acct}: connectStripe(input: {{accountId: "{acct}"}}) with the organization\'s key'
+        )
+    for org in key_account:
+        account, key, secret = dev.add_key_account(org, gateway)
+        typer.echo(
+            f'Account {account.account_id} for {org}: connectStripe(input: {{restrictedKey: "{key}", '
+            f'webhookSecret: "{secret}"}}) with its key (development values, not secrets)'
+        )
     typer.echo("Ctrl-C stops it.")
     typer.echo("Prices: " + ", ".join(f"{p.price_id} ${p.unit_amount / 100:.2f}" for p in demo_prices()))
     typer.echo("Point the gateway at it (make run STRIPE=dev sets exactly these):")
     typer.echo(
         f"  METERKIT_STRIPE_API_BASE={dev.url} METERKIT_STRIPE_API_KEY={DEV_API_KEY} "
-        f"METERKIT_STRIPE_WEBHOOK_SECRET={DEV_WEBHOOK_SECRET} meterkit serve"
+        f"METERKIT_STRIPE_WEBHOOK_SECRET={DEV_WEBHOOK_SECRET} "
+        f"METERKIT_STRIPE_CONNECT_WEBHOOK_SECRET={DEV_CONNECT_WEBHOOK_SECRET} meterkit serve"
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

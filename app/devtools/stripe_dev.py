@@ -9,7 +9,10 @@ What it adds to the fake the tests drive by hand:
   * the hosted checkout page has Pay and Cancel buttons (in the fake itself);
   * its state (customers, sessions, subscriptions, events not yet delivered, idempotency keys)
     is kept in a JSON file, rewritten atomically after every change, so a restart forgets
-    nothing that meterkit's rows refer to (`--state`, default ./.meterkit-dev-stripe.json)."""
+    nothing that meterkit's rows refer to (`--state`, default ./.meterkit-dev-stripe.json);
+  * organizations' own accounts (docs/organization-stripe.md): `--connect-account` and
+    `--key-account` add accounts it speaks for, delivered to the Connect endpoint or to the
+    organization's own; those accounts live in memory only (a restart forgets them)."""
 
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ log = logging.getLogger("meterkit.dev.stripe")
 
 DEV_API_KEY = "sk_test_meterkit_dev"
 DEV_WEBHOOK_SECRET = "whsec_meterkit_dev"
+# The platform's Connect endpoint (/webhooks/stripe/connect) in development.
+DEV_CONNECT_WEBHOOK_SECRET = "whsec_meterkit_dev_connect"
 DEFAULT_PORT = 12111
 DEFAULT_STATE_FILE = ".meterkit-dev-stripe.json"  # relative to the working directory
 # The demo pro plan has no USD amount of its own in meterkit (Stripe holds it): $20 a month here.
@@ -82,6 +87,9 @@ class DevStripe:
         state_file: Path | str | None = None,
     ) -> None:
         self.fake = FakeStripe(webhook_url=webhook_url, webhook_secret=webhook_secret, host=host, port=port)
+        self.fake.connect_webhook_secret = DEV_CONNECT_WEBHOOK_SECRET
+        if webhook_url is not None:
+            self.fake.connect_webhook_url = webhook_url.rstrip("/") + "/connect"
         self.poll_seconds = poll_seconds
         self.state_file = Path(state_file) if state_file is not None else None
         self.restored = False  # whether start() found a state file to resume from
@@ -151,21 +159,48 @@ class DevStripe:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def add_connect_account(self, organization_id: str) -> FakeStripe:
+        """A Connect account of the platform onboarded for the organization (its metadata names it):
+        connectStripe(input: {accountId}) with the organization's key names it."""
+        suffix = organization_id.removeprefix("org_")[:24]
+        return self.fake.add_account(
+            f"acct_devc{suffix}", connected=True, metadata={"meterkit_organization_id": organization_id}
+        )
+
+    def add_key_account(self, organization_id: str, gateway_url: str) -> tuple[FakeStripe, str, str]:
+        """An account reached by a restricted key, its events signed for the organization's own
+        endpoint; returns it with the key and the signing secret to give connectStripe."""
+        suffix = organization_id.removeprefix("org_")[:24]
+        key, secret = f"rk_test_dev{suffix}", f"whsec_dev{suffix}"
+        account = self.fake.add_account(
+            f"acct_dev{suffix}",
+            restricted_key=key,
+            webhook_url=f"{gateway_url.rstrip('/')}/webhooks/stripe/{organization_id}",
+            webhook_secret=secret,
+        )
+        return account, key, secret
+
     def _run(self) -> None:
         backoff = self.poll_seconds
         while not self._stop.wait(backoff):
-            self.fake.clock = max(self.fake.clock, int(time.time()))
             backoff = self.poll_seconds
-            if self.fake.webhook_url is None or not self.fake.pending_events():
-                continue
-            try:
-                for event in self.fake.pending_events():
-                    (response,) = self.fake.deliver(event["id"])
-                    if not response.is_success:
-                        # Stripe retries later; so do we, keeping the order.
-                        log.warning("webhook %s answered %s; retrying", event["type"], response.status_code)
-                        backoff = 2.0
-                        break
-            except httpx.HTTPError as exc:
-                log.warning("webhook endpoint %s unreachable (%s); retrying", self.fake.webhook_url, exc)
-                backoff = 2.0
+            for account in [self.fake, *self.fake._accounts.values()]:
+                account.clock = max(account.clock, int(time.time()))
+                if not self._deliver(account):
+                    backoff = 2.0
+
+    def _deliver(self, account: FakeStripe) -> bool:
+        """Deliver the account's pending events in order; False when its endpoint should be retried later."""
+        if account._delivery_target()[0] is None or not account.pending_events():
+            return True
+        try:
+            for event in account.pending_events():
+                (response,) = account.deliver(event["id"])
+                if not response.is_success:
+                    # Stripe retries later; so do we, keeping the order.
+                    log.warning("webhook %s answered %s; retrying", event["type"], response.status_code)
+                    return False
+        except httpx.HTTPError as exc:
+            log.warning("webhook endpoint %s unreachable (%s); retrying", account._delivery_target()[0], exc)
+            return False
+        return True

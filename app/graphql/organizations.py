@@ -7,17 +7,19 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
+from starlette.concurrency import run_in_threadpool
 
 from app.core.errors import NotFound
 from app.core.paging import check_first
 from app.graphql.context import Info
-from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.errors import ConflictError, NotFoundError, ValidationError
 from app.graphql.ledger import CreditBalance, resolve_credits
 from app.graphql.pagination import After, Connection, First, connection
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.types import ApiKey
 from app.graphql.util import attempt
+from app.integrations.stripe import accounts
 from app.organizations import commands, service, tiers
 from app.organizations.repository import OrganizationRepository
 
@@ -34,6 +36,28 @@ class PlatformTier(FromRow):
     archived: bool
     created_at: datetime
     updated_at: datetime
+
+
+@strawberry.type(
+    description="The organization's own Stripe account. Its restricted key and signing secret are "
+    "write-only: stored encrypted, never answered."
+)
+class StripeConnection(FromRow):
+    mode: str = strawberry.field(description="connect (a Stripe Connect account) or restricted_key.")
+    account_id: str = strawberry.field(description="The account Stripe answered for when it was validated.")
+    livemode: bool
+    connected_at: datetime
+    updated_at: datetime
+    organization_id: strawberry.Private[str]
+
+    @strawberry.field(
+        description="Where the account's events go: the platform's Connect endpoint, or the organization's own."
+    )
+    def webhook_url(self, info: Info) -> str:
+        base = info.context.settings.public_base_url
+        if self.mode == accounts.CONNECT:
+            return f"{base}/webhooks/stripe/connect"
+        return f"{base}/webhooks/stripe/{self.organization_id}"
 
 
 @strawberry.type(
@@ -68,6 +92,14 @@ class Organization(FromRow):
         row = await info.context.read(lambda s: tiers.get_tier(s, key))
         return PlatformTier.from_row(row) if row is not None else None
 
+    @strawberry.field(description="Its own Stripe account (null: none connected; the platform's is used).")
+    async def stripe(self, info: Info) -> StripeConnection | None:
+        ctx = info.context
+        principal = ctx.principal
+        assert principal is not None
+        row = await ctx.read(lambda s: accounts.stripe_connection(s, principal, str(self.id)))
+        return StripeConnection.from_row(row) if row is not None else None
+
     @strawberry.field(description="The organization's own credit balance (platform and organization keys only).")
     async def credits(self, info: Info) -> CreditBalance:
         return await resolve_credits(info.context, str(self.id))
@@ -95,6 +127,16 @@ class PlatformTierInput:
     stripe_price_id: str | None = None
 
 
+@strawberry.input(
+    description="Either accountId (Stripe Connect), or restrictedKey and webhookSecret (the organization's "
+    "own endpoint). Both are validated with a read call; neither the key nor the secret is ever answered."
+)
+class ConnectStripeInput:
+    account_id: str | None = None
+    restricted_key: str | None = None
+    webhook_secret: str | None = None
+
+
 @strawberry.type
 class CreatedOrganization:
     organization: Organization
@@ -110,6 +152,9 @@ UpdateOrganizationResult = Annotated[
 ]
 
 
+ConnectStripeResult = Annotated[
+    StripeConnection | ValidationError | NotFoundError | ConflictError, strawberry.union("ConnectStripeResult")
+]
 PlatformTierResult = Annotated[PlatformTier | ValidationError | NotFoundError, strawberry.union("PlatformTierResult")]
 
 
@@ -189,6 +234,32 @@ class OrganizationMutation:
                 commands.update_organization, ctx.engine, ctx.clock, ctx.principal, str(id), switches, retry=True
             )
             return Organization.from_row(row)
+
+        return await attempt(run)
+
+    @strawberry.mutation(
+        description="Organization: connect its own Stripe (a Connect account id, or a restricted key and its "
+        "endpoint's signing secret). Connecting again replaces the credentials."
+    )
+    async def connect_stripe(self, info: Info, input: ConnectStripeInput) -> ConnectStripeResult:
+        ctx = info.context
+        principal = ctx.principal
+        assert principal is not None
+        data = accounts.ConnectInput(
+            account_id=input.account_id, restricted_key=input.restricted_key, webhook_secret=input.webhook_secret
+        )
+
+        async def run() -> StripeConnection:
+            row = await run_in_threadpool(
+                accounts.connect_stripe,
+                ctx.engine,
+                ctx.settings,
+                ctx.clock,
+                principal,
+                principal.organization_id or "",
+                data,
+            )
+            return StripeConnection.from_row(row)
 
         return await attempt(run)
 

@@ -132,6 +132,8 @@ CATALOG: dict[str, Rule] = {
     "Query.organization": Rule(frozenset({"operator", "organization"}), READ),
     "Mutation.createOrganization": Rule(OP, MANAGE),
     "Mutation.updateOrganization": Rule(OP, MANAGE),
+    # Its own Stripe (issue 20): only the organization connects it; the platform reads what it connected.
+    "Mutation.connectStripe": Rule(frozenset({"organization"}), MANAGE),
     # Platform tiers: the platform sells them; an organization reads them and moves with changePlan.
     "Query.platformTiers": Rule(OWNER, READ),
     "Query.platformTier": Rule(OWNER, READ),
@@ -217,6 +219,7 @@ TYPES: dict[str, frozenset[Role]] = {
     "SessionTimeTier": ALL,
     "SettleCut": ALL,
     "StatusResources": ALL,
+    "StripeConnection": OWNER,
     "StripeEvent": OP,
     "StripeEventConnection": OP,
     "StripeEventEdge": OP,
@@ -249,6 +252,7 @@ FIELDS: dict[str, frozenset[Role]] = {
     # An end user reaches its organization through Tenant.organization: its name, nothing of its money.
     "Organization.id": ALL,
     "Organization.name": ALL,
+    "Organization.stripe": OWNER,
 }
 
 # Introspection needs no principal; everything else does.

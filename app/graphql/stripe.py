@@ -14,8 +14,7 @@ from app.graphql.errors import ConflictError, NotFoundError, ValidationError
 from app.graphql.pagination import Connection, Edge, PageInfo
 from app.graphql.rows import FromRow
 from app.graphql.util import attempt
-from app.integrations.stripe import events, service
-from app.integrations.stripe.client import StripeGateway
+from app.integrations.stripe import accounts, events, service
 from app.integrations.stripe.models import StripeEvent as StripeEventRow
 
 
@@ -54,7 +53,8 @@ class StripeMutation:
 
         async def run() -> CheckoutSession:
             scope = ctx.require_scope()
-            gateway = StripeGateway.from_settings(ctx.settings)
+            # An end user of an organization with its own Stripe buys on that account (accounts.py).
+            gateway = await run_in_threadpool(accounts.gateway_for_tenant, ctx.engine, ctx.settings, scope.tenant_id)
             started = await run_in_threadpool(
                 service.purchase_credit_pack, ctx.engine, gateway, ctx.settings, ctx.clock, scope, pack
             )
@@ -71,7 +71,8 @@ class StripeMutation:
 
         async def run() -> CheckoutSession | PlanChangeSubmitted:
             scope = ctx.require_scope()
-            gateway = StripeGateway.from_settings(ctx.settings)
+            # An end user of an organization with its own Stripe buys on that account (accounts.py).
+            gateway = await run_in_threadpool(accounts.gateway_for_tenant, ctx.engine, ctx.settings, scope.tenant_id)
             result = await run_in_threadpool(
                 service.change_plan, ctx.engine, gateway, ctx.settings, ctx.clock, scope, plan_key
             )
@@ -88,8 +89,12 @@ class StripeEvent(FromRow):
     type: str
     created: datetime = strawberry.field(description="When Stripe created the event.")
     tenant_id: str | None
+    organization_id: str | None = strawberry.field(
+        description="The organization whose own Stripe account it came through (null: the platform's)."
+    )
     outcome: str = strawberry.field(
-        description="applied, unchanged, stale, ignored, unpaid, rejected, unknown_customer, unknown_price..."
+        description="applied, unchanged, stale, ignored, unpaid, rejected, refused (it named another account's "
+        "object), unknown_customer, unknown_price..."
     )
     processed_at: datetime
 

@@ -9,6 +9,8 @@ Two steps, each safe to run any time, from any process, any number of times:
    stored response (same idempotency key) or refuses the duplicate identifier, and either is an
    acknowledgement. A refusal (Stripe down, no customer, no meter) keeps the row pending with its
    error and attempt count for the next run.
+Each report goes to the Stripe account its end user's customer lives on: its organization's own
+(`org_gateway`) once the organization connected one, the platform's otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from sqlmodel import Session
 
 from app.core.clock import Clock, as_utc
 from app.core.db import unit_of_work
+from app.core.errors import DomainError
 from app.integrations.stripe.client import StripeGateway
+from app.integrations.stripe.models import OrganizationStripe
 from app.metering.charge_repository import COUNTER, QUOTA, TENANT
 from app.overage.models import OverageReport
 from app.periods.models import BillingPeriod
@@ -37,6 +41,7 @@ log = logging.getLogger("meterkit.overage")
 
 BP: Any = BillingPeriod.__table__  # type: ignore[attr-defined]
 REPORT: Any = OverageReport.__table__  # type: ignore[attr-defined]
+CONNECTED: Any = OrganizationStripe.__table__  # type: ignore[attr-defined]
 BATCH = 200
 
 
@@ -147,9 +152,12 @@ def report_overage(
     *,
     limit: int = BATCH,
     after_send: Callable[[Any], None] | None = None,
+    org_gateway: Callable[[str], StripeGateway | None] | None = None,
 ) -> ReportRun:
     """Close ended periods, then send every pending report. `after_send` runs between Stripe's
-    acknowledgement and our commit (tests put a crash there)."""
+    acknowledgement and our commit (tests put a crash there). `org_gateway(organization_id)` is the
+    gateway of an organization's own Stripe (accounts.organization_gateway); an end user of an
+    organization that connected one is reported there, never on the platform's account."""
     run = ReportRun()
     with unit_of_work(engine) as s:
         run.closed = close_periods(s, clock.now(), limit)
@@ -157,17 +165,39 @@ def report_overage(
         pending = (
             s.connection()
             .execute(
-                select(REPORT, TENANT.c.stripe_customer_id)
-                .select_from(REPORT.join(TENANT, TENANT.c.id == REPORT.c.tenant_id))
+                select(
+                    REPORT,
+                    TENANT.c.stripe_customer_id,
+                    TENANT.c.organization_id.label("tenant_org"),
+                    CONNECTED.c.organization_id.label("connected_org"),
+                )
+                .select_from(
+                    REPORT.join(TENANT, TENANT.c.id == REPORT.c.tenant_id).outerjoin(
+                        CONNECTED,
+                        and_(CONNECTED.c.organization_id == TENANT.c.organization_id, TENANT.c.kind == "end_user"),
+                    )
+                )
                 .where(REPORT.c.status == "pending")
                 .order_by(REPORT.c.created_at, REPORT.c.identifier)
                 .limit(limit)
             )
             .all()
         )
-    meters = _Meters(gateway)
+    meters: dict[str | None, _Meters] = {None: _Meters(gateway)}
     for row in pending:
-        error = _send(gateway, meters, row)
+        account = row.connected_org
+        if account not in meters:
+            try:
+                own = org_gateway(account) if org_gateway is not None else None
+            except DomainError as exc:  # a secret no configured key opens, no platform key: named, never shown
+                log.warning("overage: organization %s's Stripe: %s", account, exc.message)
+                own = None
+            if own is None:
+                run.failed += 1
+                run.errors.append(f"{row.tenant_id} {row.primitive}: the organization's own Stripe is not reachable")
+                continue  # never the platform's account for an organization's end user
+            meters[account] = _Meters(own)
+        error = _send(meters[account].gateway, meters[account], row)
         if error is not None:
             run.failed += 1
             run.errors.append(f"{row.tenant_id} {row.primitive}: {error}")

@@ -11,8 +11,8 @@ from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.credits import packs as pack_service
+from app.integrations.stripe import accounts
 from app.integrations.stripe import service as stripe_service
-from app.integrations.stripe.client import StripeGateway
 from app.rest.base import Call, Endpoint, Money, Out, Strict, credits, purchase, usd_cents
 
 
@@ -83,7 +83,8 @@ async def packs(call: Call) -> PacksOut:
 
 async def topup(call: Call) -> TopupOut:
     scope, rest = call.tenant(), call.rest
-    gateway = StripeGateway.from_settings(rest.settings)
+    # An end user of an organization with its own Stripe buys on that account (accounts.py).
+    gateway = await run_in_threadpool(accounts.gateway_for_tenant, rest.engine, rest.settings, scope.tenant_id)
     # Spans Stripe calls: the service runs its own short transactions, never one across the network.
     started = await run_in_threadpool(
         stripe_service.purchase_credit_pack, rest.engine, gateway, rest.settings, rest.clock, scope, call.body.pack
@@ -93,7 +94,8 @@ async def topup(call: Call) -> TopupOut:
 
 async def upgrade(call: Call) -> UpgradeOut:
     scope, rest = call.tenant(), call.rest
-    gateway = StripeGateway.from_settings(rest.settings)
+    # An end user of an organization with its own Stripe buys on that account (accounts.py).
+    gateway = await run_in_threadpool(accounts.gateway_for_tenant, rest.engine, rest.settings, scope.tenant_id)
     result: Any = await run_in_threadpool(
         stripe_service.change_plan, rest.engine, gateway, rest.settings, rest.clock, scope, call.body.plan
     )

@@ -34,6 +34,7 @@ NOT_TENANT_OWNED = {
     "pricing_setting",
     "credit_pack",
     "primitive",  # the operator's primitive catalog
+    "organization_stripe",  # an organization's own Stripe account: keyed by organization_id (it owns no tenant)
     "platform_tier",  # the platform's catalog: what it sells organizations (an organization's tier is on organization)
     "audit_log",  # operator-wide history; tenant_id is a filter, not ownership (and outlives nothing)
 }

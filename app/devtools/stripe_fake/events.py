@@ -30,8 +30,15 @@ class EventsMixin(StripeState):
         # Real wall-clock time by default: receivers check tolerance against time.time(), not fake.clock.
         stamp = int(time.time()) if timestamp is None else timestamp
         return stripe.WebhookSignature.generate_signature_header(
-            text, secret if secret is not None else self.webhook_secret, timestamp=stamp
+            text, secret if secret is not None else self._delivery_target()[1], timestamp=stamp
         )
+
+    def _delivery_target(self) -> tuple[str | None, str]:
+        """Where this account's events go: a connected account's to the platform's Connect endpoint,
+        signed with its secret; every other account's to its own endpoint."""
+        if self.connected and self._parent is not None:
+            return self._parent.connect_webhook_url, self._parent.connect_webhook_secret
+        return self.webhook_url, self.webhook_secret
 
     def deliver(
         self,
@@ -50,9 +57,10 @@ class EventsMixin(StripeState):
         Like Stripe, an event counts as delivered only once some copy got a 2xx; until then it stays
         pending, so `deliver_pending()` plays the role of Stripe's retries.
         """
-        if self.webhook_url is None:
-            raise RuntimeError("set fake.webhook_url before delivering events")
-        url = self.webhook_url
+        target, _ = self._delivery_target()
+        if target is None:
+            raise RuntimeError("set fake.webhook_url (or, for a connected account, fake.connect_webhook_url) first")
+        url = target
         with self._lock:
             body = self._objects[event] if isinstance(event, str) else event
             # Real Stripe sends pretty-printed JSON; signatures cover the exact bytes.

@@ -31,8 +31,43 @@ class HttpMixin(StripeState):
 
     async def _endpoint(self, request: Request) -> Response:
         body = (await request.body()).decode("utf-8", "replace")
-        status, text, headers = self._handle(request.method, request.url.path, request.url.query, body, request.headers)
+        try:
+            target = self._account_for(request.headers)
+        except StripeApiError as exc:
+            return Response(json.dumps(exc.body), status_code=exc.status, media_type="application/json")
+        status, text, headers = target._handle(
+            request.method, request.url.path, request.url.query, body, request.headers
+        )
         return Response(text, status_code=status, headers=headers, media_type="application/json")
+
+    def _account_for(self, headers: Mapping[str, str]) -> HttpMixin:
+        """Which account a request acts on: a connected account named by `Stripe-Account` (the
+        platform's secret key acting for it), the account a restricted key belongs to, else the
+        platform's own. A restricted key the fake does not know is refused, as a revoked one is."""
+        accounts: dict[str, HttpMixin] = getattr(self, "_accounts", {})
+        keys: dict[str, str] = getattr(self, "_restricted_keys", {})
+        header = headers.get("authorization") or ""
+        key = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+        acting = headers.get("stripe-account")
+        with self._lock:
+            if key.startswith("rk_"):
+                owner = keys.get(key)
+                if owner is None:
+                    raise StripeApiError(401, f"Invalid API Key provided: {key[:8]}****")
+                if acting is not None and acting != owner:
+                    raise StripeApiError(403, "The provided key does not have access to account '" + acting + "'.")
+                return accounts[owner]
+            if acting is None:
+                return self
+            child = accounts.get(acting)
+            if child is None or not child.connected:
+                raise StripeApiError(
+                    403,
+                    f"The provided key does not have access to account '{acting}' (or that account does not "
+                    "exist). Application access may have been revoked.",
+                    type_="invalid_request_error",
+                )
+            return child
 
     def _handle(
         self, method: str, path: str, query: str, body: str, headers: Mapping[str, str]

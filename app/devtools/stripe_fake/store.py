@@ -108,10 +108,23 @@ class StripeState:
         self.deliveries: list[Delivery] = []
         self.errors: list[str] = []
         self.meter_events: list[JSON] = []
+        # Other accounts this fake speaks for (FakeStripe.add_account), and restricted key -> account.
+        self._accounts: dict[str, Any] = {}
+        self._restricted_keys: dict[str, str] = {}
+        # The platform's Connect endpoint: connected accounts' events go there, signed with its secret.
+        self.connect_webhook_url: str | None = None
+        self.connect_webhook_secret: str = "whsec_fake_connect_secret"
+
+    # Set on an account the platform's fake speaks for (FakeStripe.add_account): its parent serves it.
+    _parent: Any = None
+    # On a Connect account: its events name it (`account`) and go to the parent's Connect endpoint.
+    account_id: str = "acct_fakeplatform00000001"
+    connected: bool = False
+    account_metadata: dict[str, str] = {}  # replaced per account by add_account, never mutated
 
     @property
     def url(self) -> str:
-        return self._server.url
+        return self._parent.url if self._parent is not None else self._server.url
 
     # ----------------------------------------------------------------- persistence (meterkit dev stripe --state)
 
@@ -321,6 +334,8 @@ class StripeState:
             "type": type_,
             "data": data,
             "pending_webhooks": 1,
+            # Connect: an event of a connected account names it, as Stripe's do on Connect endpoints.
+            **({"account": self.account_id} if self.connected else {}),
             "request": {
                 "id": context.request_id if context else None,
                 "idempotency_key": context.idempotency_key if context else None,

@@ -32,21 +32,37 @@ def is_missing(exc: stripe.StripeError) -> bool:
     return isinstance(exc, stripe.InvalidRequestError) and getattr(exc, "code", None) == "resource_missing"
 
 
+def _client(settings: Settings, api_key: str, stripe_account: str | None) -> stripe.StripeClient:
+    base: Any = {}
+    if settings.stripe_api_base:
+        url = settings.stripe_api_base.rstrip("/")
+        base = {"api": url, "connect": url, "files": url, "meter_events": url}
+    # Retries are safe: every write we make carries an explicit idempotency key.
+    return stripe.StripeClient(api_key, stripe_account=stripe_account, base_addresses=base, max_network_retries=2)
+
+
 class StripeGateway:
     def __init__(self, client: stripe.StripeClient) -> None:
         self.client = client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StripeGateway:
+        """The platform's own account."""
         if not settings.stripe_api_key:
             raise StripeNotConfigured("Stripe is not configured: set METERKIT_STRIPE_API_KEY")
-        base: Any = {}
-        if settings.stripe_api_base:
-            url = settings.stripe_api_base.rstrip("/")
-            base = {"api": url, "connect": url, "files": url, "meter_events": url}
-        # Retries are safe: every write we make carries an explicit idempotency key.
-        client = stripe.StripeClient(settings.stripe_api_key, base_addresses=base, max_network_retries=2)
-        return cls(client)
+        return cls(_client(settings, settings.stripe_api_key, None))
+
+    @classmethod
+    def for_connected_account(cls, settings: Settings, account_id: str) -> StripeGateway:
+        """A Connect account: the platform's key acting with `Stripe-Account: acct_...`."""
+        if not settings.stripe_api_key:
+            raise StripeNotConfigured("Stripe is not configured: set METERKIT_STRIPE_API_KEY")
+        return cls(_client(settings, settings.stripe_api_key, account_id))
+
+    @classmethod
+    def for_restricted_key(cls, settings: Settings, api_key: str) -> StripeGateway:
+        """An organization's own account through its restricted key (decrypted by the caller)."""
+        return cls(_client(settings, api_key, None))
 
     # ---------------------------------------------------------------- writes (caller-supplied keys)
 
@@ -62,17 +78,22 @@ class StripeGateway:
         self,
         *,
         mode: str,
-        price_id: str,
+        price_id: str | None,
         customer: str,
         success_url: str,
         cancel_url: str,
         client_reference_id: str,
         idempotency_key: str,
+        price_data: JSON | None = None,
     ) -> JSON:
+        """`price_data` (an inline price: currency, unit_amount, product_data) instead of a price id."""
+        line: JSON = (
+            {"price": price_id, "quantity": 1} if price_data is None else {"price_data": price_data, "quantity": 1}
+        )
         params: Any = {
             "mode": mode,
             "customer": customer,
-            "line_items": [{"price": price_id, "quantity": 1}],
+            "line_items": [line],
             "success_url": success_url,
             "cancel_url": cancel_url,
             "client_reference_id": client_reference_id,
@@ -88,6 +109,10 @@ class StripeGateway:
         ).to_dict()
 
     # ---------------------------------------------------------------- reads
+
+    def retrieve_account(self) -> JSON:
+        """GET /v1/account: the account this gateway acts on (a connection's validating read)."""
+        return self.client.v1.accounts.retrieve_current().to_dict()
 
     def retrieve_subscription(self, subscription_id: str) -> JSON:
         return self.client.v1.subscriptions.retrieve(subscription_id).to_dict()

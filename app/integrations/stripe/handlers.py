@@ -25,10 +25,11 @@ from sqlmodel import Session
 
 from app.core.auth import TenantScope
 from app.core.clock import Clock, as_utc
-from app.credits.packs import pack_by_price
+from app.credits.packs import pack_by_key, pack_by_price
 from app.credits.service import grant_purchase
 from app.integrations.stripe.client import JSON, StripeGateway, is_missing
-from app.integrations.stripe.repository import StripeRepository
+from app.integrations.stripe.models import StripeOperation
+from app.integrations.stripe.repository import PLATFORM, StripeRepository
 from app.organizations import tiers
 from app.organizations.models import HOUSE
 from app.plans.repository import PlanRepository
@@ -49,6 +50,8 @@ SUBSCRIPTION_EVENTS = (
 )
 CHECKOUT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 ALLOWANCE_REASONS = ("subscription_create", "subscription_cycle")
+# Objects one event may name before it is refused unread (crossing): Stripe's pages hold 100 lines.
+MAX_NAMED = 400
 
 
 @dataclass
@@ -132,7 +135,13 @@ def _differs(tenant_plan: str | None, kit_pinned: bool, cur: Subscription | None
 
 
 def reflect_subscription(
-    session: Session, clock: Clock, settings: Settings, sub: JSON, *, event_created: int | None
+    session: Session,
+    clock: Clock,
+    settings: Settings,
+    sub: JSON,
+    *,
+    event_created: int | None,
+    account: str = PLATFORM,
 ) -> Outcome:
     """Make the tenant's subscription match `sub` (the state Stripe holds now).
 
@@ -142,7 +151,7 @@ def reflect_subscription(
       * the end of some other, older subscription leaves the tenant's current one alone.
     event_created=None (reconcile) writes only when something differs, so a second run is a no-op."""
     customer = _id(sub.get("customer"))
-    tenant = StripeRepository(session).tenant_for_customer(customer) if customer else None
+    tenant = StripeRepository(session).tenant_for_customer(customer, account) if customer else None
     if tenant is None:
         return Outcome(None, "unknown_customer")
     status = sub.get("status")
@@ -209,8 +218,12 @@ def _fetch_subscription(gateway: StripeGateway, event: JSON) -> JSON:
         raise
 
 
-def _apply_subscription(session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON) -> Outcome:
-    return reflect_subscription(session, clock, settings, fetched["subscription"], event_created=event["created"])
+def _apply_subscription(
+    session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON, account: str
+) -> Outcome:
+    return reflect_subscription(
+        session, clock, settings, fetched["subscription"], event_created=event["created"], account=account
+    )
 
 
 # ------------------------------------------------------------------------- checkout (packs)
@@ -220,11 +233,13 @@ def checkout_grant_key(session_id: str, index: int = 0) -> str:
     return f"stripe:checkout:{session_id}" if index == 0 else f"stripe:checkout:{session_id}:{index}"
 
 
-def grant_checkout(session: Session, clock: Clock, cs: JSON, line_items: list[JSON]) -> Outcome:
+def grant_checkout(
+    session: Session, clock: Clock, cs: JSON, line_items: list[JSON], account: str = PLATFORM
+) -> Outcome:
     """A paid pack Checkout grants our pack's credits, once (grant key per session)."""
     repo = StripeRepository(session)
     customer = _id(cs.get("customer"))
-    tenant = repo.tenant_for_customer(customer) if customer else None
+    tenant = repo.tenant_for_customer(customer, account) if customer else None
     op = repo.operation_for_object(cs["id"])
     if op is None and isinstance(cs.get("client_reference_id"), str):
         # We set client_reference_id to our operation id; it also covers a crash before we stored cs_...
@@ -243,6 +258,8 @@ def grant_checkout(session: Session, clock: Clock, cs: JSON, line_items: list[JS
     if cs.get("payment_status") not in ("paid", "no_payment_required"):
         return Outcome(tenant.id, "unpaid")  # async methods: checkout.session.async_payment_succeeded follows
     scope = TenantScope(tenant.id)
+    if account != PLATFORM:
+        return _grant_own_account_pack(session, clock, cs, line_items, tenant.id, op)
     matched = created = False
     for index, item in enumerate(line_items):
         price = line_price(item)
@@ -264,6 +281,25 @@ def grant_checkout(session: Session, clock: Clock, cs: JSON, line_items: list[JS
     if not matched:
         return Outcome(tenant.id, "unknown_price")
     return Outcome(tenant.id, "applied" if created else "unchanged")
+
+
+def _grant_own_account_pack(
+    session: Session, clock: Clock, cs: JSON, line_items: list[JSON], tenant_id: str, op: StripeOperation | None
+) -> Outcome:
+    """A wallet pack an end user bought on its organization's own account (an inline price there):
+    the pack is the one our operation names, and only a session that paid at least its price grants.
+    A session we did not open grants nothing: prices on that account are the organization's, never a pack's."""
+    if op is None or op.kind != "pack_checkout":
+        return Outcome(tenant_id, "unknown_price")
+    pack = pack_by_key(session, op.target)
+    paid = sum(int(item.get("amount_total") or 0) for item in line_items)
+    if pack is None or paid < pack.price_usd_cents:
+        log.warning("checkout %s paid %s for pack %r: not its price; nothing granted", cs["id"], paid, op.target)
+        return Outcome(tenant_id, "unknown_price")
+    _, created = grant_purchase(
+        session, TenantScope(tenant_id), clock, pack=pack, grant_key=checkout_grant_key(cs["id"]), reference=cs["id"]
+    )
+    return Outcome(tenant_id, "applied" if created else "unchanged")
 
 
 def expire_checkout(session: Session, clock: Clock, cs: JSON) -> Outcome:
@@ -289,7 +325,9 @@ def _fetch_nothing(gateway: StripeGateway, event: JSON) -> JSON:
     return {}  # an expired session is final on Stripe's side: the signed payload is authoritative
 
 
-def _apply_expired(session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON) -> Outcome:
+def _apply_expired(
+    session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON, account: str
+) -> Outcome:
     return expire_checkout(session, clock, event["data"]["object"])
 
 
@@ -301,21 +339,23 @@ def _fetch_checkout(gateway: StripeGateway, event: JSON) -> JSON:
     }
 
 
-def _apply_checkout(session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON) -> Outcome:
-    return grant_checkout(session, clock, fetched["session"], fetched["line_items"])
+def _apply_checkout(
+    session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON, account: str
+) -> Outcome:
+    return grant_checkout(session, clock, fetched["session"], fetched["line_items"], account)
 
 
 # ------------------------------------------------------------------------- invoices (monthly credits)
 
 
-def grant_invoice(session: Session, clock: Clock, inv: JSON, lines: list[JSON]) -> Outcome:
+def grant_invoice(session: Session, clock: Clock, inv: JSON, lines: list[JSON], account: str = PLATFORM) -> Outcome:
     """A paid subscription invoice (first or renewal) grants the plan's credits once per period."""
     from app.credits.service import grant_plan_allowance
 
     if inv.get("billing_reason") not in ALLOWANCE_REASONS or inv.get("status") not in (None, "paid"):
         return Outcome(None, "ignored")
     customer = _id(inv.get("customer"))
-    tenant = StripeRepository(session).tenant_for_customer(customer) if customer else None
+    tenant = StripeRepository(session).tenant_for_customer(customer, account) if customer else None
     if tenant is None:
         return Outcome(None, "unknown_customer")
     plans = PlanRepository(session)
@@ -354,9 +394,70 @@ def _fetch_invoice(gateway: StripeGateway, event: JSON) -> JSON:
     return {"lines": invoice_lines(gateway, inv)}
 
 
-def _apply_invoice(session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON) -> Outcome:
+def _apply_invoice(
+    session: Session, clock: Clock, settings: Settings, event: JSON, fetched: JSON, account: str
+) -> Outcome:
     # A paid invoice is final on Stripe's side, so the signed payload is authoritative.
-    return grant_invoice(session, clock, event["data"]["object"], fetched["lines"])
+    return grant_invoice(session, clock, event["data"]["object"], fetched["lines"], account)
+
+
+# ------------------------------------------------------------------------- no event crosses accounts
+
+
+def _prices_of(obj: JSON) -> list[str]:
+    out = [p for item in subscription_items(obj) if (p := _id(item.get("price")) or _id(item.get("plan")))]
+    lines = obj.get("lines") or {}
+    if isinstance(lines, dict):
+        out += [p for line in lines.get("data") or [] if isinstance(line, dict) and (p := line_price(line))]
+    return out
+
+
+def named_objects(event: JSON, fetched: JSON) -> list[tuple[str, str]]:
+    """Every object of ours an event (its signed payload and what we fetched for it) names, as
+    (kind, id): customers, subscriptions, Checkout Sessions (and our operation ids), prices."""
+    obj: JSON = event["data"]["object"]
+    views: list[JSON] = [obj] + [
+        v for v in (fetched.get("subscription"), fetched.get("session")) if isinstance(v, dict)
+    ]
+    named: list[tuple[str, str]] = []
+    for view in views:
+        oid = view.get("id") if isinstance(view.get("id"), str) else None
+        if c := _id(view.get("customer")):
+            named.append(("customer", c))
+        if oid and (view.get("object") == "subscription" or oid.startswith("sub_")):
+            named.append(("subscription", oid))
+        if oid and (view.get("object") == "checkout.session" or oid.startswith("cs_")):
+            named.append(("checkout session", oid))
+        if isinstance(view.get("client_reference_id"), str):
+            named.append(("checkout session", view["client_reference_id"]))
+        if sub := invoice_subscription(view):  # an invoice's or a Checkout Session's subscription
+            named.append(("subscription", sub))
+        named += [("price", p) for p in _prices_of(view)]
+    for line in list(fetched.get("line_items") or []) + list(fetched.get("lines") or []):
+        if isinstance(line, dict) and (p := line_price(line)):
+            named.append(("price", p))
+    return named
+
+
+def crossing(session: Session, account: str, event: JSON, fetched: JSON) -> str | None:
+    """Why the event may not apply, when it names an object we know on another Stripe account than the
+    one it came through (another organization's customer, subscription, Checkout, invoice's customer or
+    subscription, price; or, through an organization's account, the platform's own). None: it may."""
+    repo = StripeRepository(session)
+    owners = {
+        "customer": repo.customer_accounts,
+        "subscription": repo.subscription_accounts,
+        "checkout session": repo.operation_accounts,
+        "price": repo.price_accounts,
+    }
+    named = list(dict.fromkeys(named_objects(event, fetched)))
+    if len(named) > MAX_NAMED:
+        return "it names more objects than any event meterkit handles"  # a lookup each: bounded
+    for kind, ident in named:
+        where = owners[kind](ident)
+        if where and account not in where:
+            return f"it names a {kind} of another account"
+    return None
 
 
 # ------------------------------------------------------------------------- registry
@@ -365,7 +466,8 @@ def _apply_invoice(session: Session, clock: Clock, settings: Settings, event: JS
 @dataclass(frozen=True)
 class Handler:
     fetch: Callable[[StripeGateway, JSON], JSON]
-    apply: Callable[[Session, Clock, Settings, JSON, JSON], Outcome]
+    # (session, clock, settings, event, fetched, account the event came through)
+    apply: Callable[[Session, Clock, Settings, JSON, JSON, str], Outcome]
 
 
 def _wrap_subscription_fetch(gateway: StripeGateway, event: JSON) -> JSON:

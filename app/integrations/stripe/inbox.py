@@ -24,13 +24,22 @@ def seen(session: Session, event_id: str) -> bool:
     return session.execute(select(EVENT.c.id).where(EVENT.c.id == event_id)).first() is not None
 
 
-def claim(session: Session, clock: Clock, *, event_id: str, type_: str, created: int) -> bool:
+def claim(
+    session: Session, clock: Clock, *, event_id: str, type_: str, created: int, organization_id: str | None = None
+) -> bool:
     """True if this transaction now owns the event; False if it was already recorded."""
     conn = session.connection()
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = (
         dialect.insert(EVENT)
-        .values(id=event_id, type=type_, created=created, outcome="processing", processed_at=clock.now())
+        .values(
+            id=event_id,
+            type=type_,
+            created=created,
+            organization_id=organization_id,
+            outcome="processing",
+            processed_at=clock.now(),
+        )
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(EVENT.c.id)
     )

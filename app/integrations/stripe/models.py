@@ -22,7 +22,12 @@ class StripeEvent(SQLModel, table=True):
     type: str = Field(max_length=100)
     created: int = Field(sa_column=Column(BigInteger, nullable=False))  # Stripe's `created` (unix seconds)
     tenant_id: str | None = Field(default=None, foreign_key="tenant.id", max_length=40, index=True)
-    # applied | ignored | stale | unknown_customer | unknown_price: what the event did, for operators.
+    # The organization whose Stripe account (Connect) or endpoint secret the event came through; NULL:
+    # the platform's own account. Its events are stored as "<organization id>:<evt id>", so an event id
+    # one organization signs can never take the place of another account's event (the dedupe key).
+    organization_id: str | None = Field(default=None, max_length=40, index=True)
+    # applied | ignored | stale | unknown_customer | unknown_price | refused (it named another
+    # organization's object, or came for an account no organization connected): what it did, for operators.
     outcome: str = Field(max_length=32)
     processed_at: datetime = Field(sa_column=ts_column())
 
@@ -43,4 +48,23 @@ class StripeOperation(SQLModel, table=True):
     stripe_object_id: str | None = Field(default=None, max_length=255, index=True)  # cs_ or sub_ id
     url: str | None = Field(default=None, max_length=2048)
     created_at: datetime = Field(sa_column=ts_column())
+    updated_at: datetime = Field(sa_column=ts_column())
+
+
+class OrganizationStripe(SQLModel, table=True):
+    """An organization's own Stripe account: by Connect (the platform's key acts for `account_id`) or by
+    a restricted key of the account plus the signing secret of its endpoint /webhooks/stripe/{org}.
+    The key and the secret are stored only as Fernet tokens (secretbox.py) and are never read back
+    out of the API; `account_id` is what the validating read call answered."""
+
+    __tablename__ = "organization_stripe"
+
+    organization_id: str = Field(primary_key=True, foreign_key="organization.id", max_length=40)
+    mode: str = Field(max_length=16)  # connect | restricted_key
+    # One account per organization and one organization per account: events of an account name one owner.
+    account_id: str = Field(max_length=255, unique=True)
+    api_key_token: str | None = Field(default=None, max_length=1024)  # restricted_key only
+    webhook_secret_token: str | None = Field(default=None, max_length=1024)  # restricted_key only
+    livemode: bool = Field(default=False)
+    connected_at: datetime = Field(sa_column=ts_column())
     updated_at: datetime = Field(sa_column=ts_column())

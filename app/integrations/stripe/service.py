@@ -24,15 +24,16 @@ from sqlmodel import Session
 from app.core.auth import TenantScope
 from app.core.clock import Clock
 from app.core.db import unit_of_work
-from app.core.errors import Conflict, NotFound, ValidationFailed
+from app.core.errors import Conflict, DomainError, NotFound, ValidationFailed
 from app.core.ids import new_id
 from app.credits.packs import pack_by_key
 from app.integrations.stripe import handlers
+from app.integrations.stripe.accounts import ConnectionRepository
 from app.integrations.stripe.client import JSON, StripeGateway, StripeUnavailable, is_missing
 from app.integrations.stripe.models import StripeOperation
-from app.integrations.stripe.repository import StripeRepository
+from app.integrations.stripe.repository import PLATFORM, StripeRepository
 from app.organizations import tiers
-from app.organizations.models import HOUSE
+from app.organizations.models import END_USER, HOUSE, Organization
 from app.plans.repository import PlanRepository
 from app.settings import Settings
 from app.subscriptions.models import Subscription
@@ -211,7 +212,8 @@ def _checkout(
     kind: str,
     target: str,
     mode: str,
-    price_id: str,
+    price_id: str | None,
+    price_data: JSON | None = None,
 ) -> CheckoutStarted:
     def session(op: StripeOperation, customer: str) -> JSON:
         success, cancel = _urls(settings, "pack" if kind == "pack_checkout" else "plan", op.id)
@@ -224,6 +226,7 @@ def _checkout(
                 cancel_url=cancel,
                 client_reference_id=op.id,
                 idempotency_key=idempotency_key(op.id),
+                price_data=price_data,
             )
         )
 
@@ -250,21 +253,44 @@ def purchase_credit_pack(
 ) -> CheckoutStarted:
     """A Checkout Session (mode payment) for the pack's Stripe price; credits come with the webhook."""
 
-    def check(s: Session) -> str:
+    def check(s: Session) -> tuple[str | None, JSON | None]:
         if not isinstance(pack_key, str) or not pack_key or len(pack_key) > 64:
             raise ValidationFailed("pack must be 1-64 characters", field="pack")
         pack = pack_by_key(s, pack_key)
         if pack is None or not pack.active:
             raise NotFound("CreditPack", pack_key)
+        tenant = s.get(Tenant, scope.tenant_id)
+        if tenant is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        org = s.get(Organization, tenant.organization_id) if tenant.kind == END_USER else None
+        if org is not None and ConnectionRepository(s).get(org.id) is not None:
+            # An end user of an organization with its own Stripe buys its wallet's pack there: the
+            # platform's price ids do not exist on that account, so the pack's price goes inline, and
+            # the webhook finds the pack through our operation (handlers.grant_checkout).
+            if not org.end_user_wallets:
+                raise ValidationFailed("this organization's end users hold no credits of their own", field="pack")
+            inline: JSON = {
+                "currency": "usd",
+                "unit_amount": pack.price_usd_cents,
+                "product_data": {"name": pack.name},
+            }
+            return None, inline
         if not pack.stripe_price_id:
             raise ValidationFailed(f"pack {pack_key!r} has no Stripe price", field="pack")
-        if s.get(Tenant, scope.tenant_id) is None:
-            raise NotFound("Tenant", scope.tenant_id)
-        return pack.stripe_price_id
+        return pack.stripe_price_id, None
 
-    price = _tx(engine, check)
+    price, inline = _tx(engine, check)
     return _checkout(
-        engine, gateway, settings, clock, scope, kind="pack_checkout", target=pack_key, mode="payment", price_id=price
+        engine,
+        gateway,
+        settings,
+        clock,
+        scope,
+        kind="pack_checkout",
+        target=pack_key,
+        mode="payment",
+        price_id=price,
+        price_data=inline,
     )
 
 
@@ -373,41 +399,89 @@ Progress = Callable[[str, int, int], None]
 def reconcile(
     engine: Engine, gateway: StripeGateway, settings: Settings, clock: Clock, progress: Progress | None = None
 ) -> ReconcileReport:
-    """Repair local state from what Stripe holds now (after missed webhooks).
+    """Repair local state from what Stripe holds now (after missed webhooks): the platform's account,
+    then each organization's own (accounts.py), each object only onto objects of the account it is on.
 
     Subscriptions are written only where they differ; pack and plan credits use the same
     grant keys as the webhooks. So a second run, or a late webhook, changes nothing."""
+    from app.integrations.stripe.accounts import connected_organizations, organization_gateway
+
     tick: Progress = progress or (lambda phase, done, total: None)
     report = ReconcileReport()
+    _reconcile_account(engine, gateway, settings, clock, tick, report, PLATFORM)
+    for org in connected_organizations(engine):
+        try:
+            own = organization_gateway(engine, settings, org)
+            if own is not None:
+                _reconcile_account(engine, own, settings, clock, tick, report, org)
+        except (DomainError, StripeUnavailable) as exc:
+            # One organization's revoked key or unreadable secret leaves the others to repair.
+            log.warning("reconcile: organization %s's Stripe: %s", org, getattr(exc, "message", type(exc).__name__))
+            report.skip("organization_unreachable")
+
+    from app.overage.service import report_overage
+
+    # Closes ended periods and retries what is pending, each on its end user's account.
+    overage = report_overage(
+        engine, gateway, clock, org_gateway=lambda org: organization_gateway(engine, settings, org)
+    )
+    report.overage_reported, report.overage_pending = overage.reported, overage.failed
+    return report
+
+
+def _foreign(engine: Engine, account: str, obj: JSON) -> bool:
+    """The object names an object we know on another account (handlers.crossing): never applied."""
+    with unit_of_work(engine, write=False) as s:
+        return handlers.crossing(s, account, {"data": {"object": obj}}, {}) is not None
+
+
+def _reconcile_account(
+    engine: Engine,
+    gateway: StripeGateway,
+    settings: Settings,
+    clock: Clock,
+    tick: Progress,
+    report: ReconcileReport,
+    account: str,
+) -> None:
     by_customer: dict[str, list[JSON]] = {}
     for sub in _stripe(lambda: list(gateway.all_subscriptions())):
         report.subscriptions_seen += 1
+        if _foreign(engine, account, sub):
+            report.skip("refused")
+            continue
         customer = handlers._id(sub.get("customer"))
         if customer:
             by_customer.setdefault(customer, []).append(sub)
     tick("subscriptions", 0, len(by_customer))
     for done, subs in enumerate(by_customer.values(), 1):
         chosen = _pick(subs)
-        _count(
-            report, "subscriptions_repaired", _tx(engine, partial(_reflect, clock=clock, settings=settings, sub=chosen))
-        )
+        reflect = partial(_reflect, clock=clock, settings=settings, sub=chosen, account=account)
+        _count(report, "subscriptions_repaired", _tx(engine, reflect))
         tick("subscriptions", done, len(by_customer))
 
     sessions = _stripe(lambda: list(gateway.completed_checkout_sessions()))
     tick("checkout sessions", 0, len(sessions))
     for done, cs in enumerate(sessions, 1):
         paid = cs.get("mode") == "payment" and cs.get("payment_status") in ("paid", "no_payment_required")
-        if paid and not _tx(engine, partial(_already_granted, cs=cs)):
+        if paid and _foreign(engine, account, cs):
+            report.skip("refused")
+        elif paid and not _tx(engine, partial(_already_granted, cs=cs)):
             items = _stripe(partial(gateway.checkout_line_items, cs["id"]))
-            grant = partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items)
-            _count(report, "packs_granted", _tx(engine, grant))
+            if _foreign(engine, account, {**cs, "lines": {"data": items}}):
+                report.skip("refused")
+            else:
+                grant = partial(handlers.grant_checkout, clock=clock, cs=cs, line_items=items, account=account)
+                _count(report, "packs_granted", _tx(engine, grant))
         tick("checkout sessions", done, len(sessions))
 
     expired = _stripe(lambda: list(gateway.expired_checkout_sessions()))
     tick("expired checkout sessions", 0, len(expired))
     for done, cs in enumerate(expired, 1):
         # Sessions we did not open answer "ignored", ours already closed "unchanged": neither counts.
-        if _tx(engine, partial(handlers.expire_checkout, clock=clock, cs=cs)).outcome == "applied":
+        if _foreign(engine, account, cs):
+            report.skip("refused")
+        elif _tx(engine, partial(handlers.expire_checkout, clock=clock, cs=cs)).outcome == "applied":
             report.checkouts_closed += 1
         tick("expired checkout sessions", done, len(expired))
 
@@ -416,22 +490,16 @@ def reconcile(
     for done, inv in enumerate(invoices, 1):
         if inv.get("billing_reason") in handlers.ALLOWANCE_REASONS:
             lines = _stripe(partial(handlers.invoice_lines, gateway, inv))
-            _count(
-                report,
-                "allowances_granted",
-                _tx(engine, partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines)),
-            )
+            if _foreign(engine, account, {**inv, "lines": {"data": lines}}):
+                report.skip("refused")
+            else:
+                grant_inv = partial(handlers.grant_invoice, clock=clock, inv=inv, lines=lines, account=account)
+                _count(report, "allowances_granted", _tx(engine, grant_inv))
         tick("invoices", done, len(invoices))
 
-    from app.overage.service import report_overage
 
-    overage = report_overage(engine, gateway, clock)  # closes ended periods, retries what is pending
-    report.overage_reported, report.overage_pending = overage.reported, overage.failed
-    return report
-
-
-def _reflect(s: Session, *, clock: Clock, settings: Settings, sub: JSON) -> handlers.Outcome:
-    return handlers.reflect_subscription(s, clock, settings, sub, event_created=None)
+def _reflect(s: Session, *, clock: Clock, settings: Settings, sub: JSON, account: str) -> handlers.Outcome:
+    return handlers.reflect_subscription(s, clock, settings, sub, event_created=None, account=account)
 
 
 def _count(report: ReconcileReport, counter: str, out: handlers.Outcome) -> None:

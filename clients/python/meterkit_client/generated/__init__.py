@@ -114,6 +114,7 @@ from .image_pricing import (
 from .input_types import (
     AccountKitInput,
     BatchItemInput,
+    ConnectStripeInput,
     CreateOrganizationInput,
     CreateTenantInput,
     CreditPackInput,
@@ -308,6 +309,7 @@ __all__ = [
     "ChargeChargeOrganizationCreditsExhausted",
     "ChargeChargeQuotaExceeded",
     "ChargeChargeValidationError",
+    "ConnectStripeInput",
     "CreateApiKey",
     "CreateApiKeyCreateApiKeyCreatedApiKey",
     "CreateApiKeyCreateApiKeyCreatedApiKeyApiKey",

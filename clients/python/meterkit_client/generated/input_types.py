@@ -50,6 +50,14 @@ class BatchItemInput(BaseModel):
     item: "MeterInput"
 
 
+class ConnectStripeInput(BaseModel):
+    """Either accountId (Stripe Connect), or restrictedKey and webhookSecret (the organization's own endpoint). Both are validated with a read call; neither the key nor the secret is ever answered."""
+
+    account_id: Optional[str] = Field(alias="accountId", default=None)
+    restricted_key: Optional[str] = Field(alias="restrictedKey", default=None)
+    webhook_secret: Optional[str] = Field(alias="webhookSecret", default=None)
+
+
 class CreateOrganizationInput(BaseModel):
     name: str
     external_id: Optional[str] = Field(alias="externalId", default=None)
