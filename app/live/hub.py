@@ -74,8 +74,8 @@ class Feed(Generic[T]):
     (0.1-0.4 ms, a socket write each), so one tenant's crowd is bounded in time too: subscribers
     are woken CHUNK at a time with the loop free in between (other tenants' requests are served
     during a fan-out, not after it), and the next read waits until the last fan-out is at most
-    `fanout_share` of the time since it began (2,000 subscribers whose fan-out takes 0.4 s, at
-    0.1: one state every 4 s; a dashboard's few: every `min_interval`). Measured by `make bench`
+    `fanout_share` of the time since it began (2,000 subscribers whose fan-out takes 90 ms, at
+    0.02: one state every 4.5 s; a dashboard's few: every `min_interval`). Measured by `make bench`
     (subscription isolation)."""
 
     CHUNK = 20
