@@ -14,7 +14,7 @@ from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.budgets import BudgetExceeded
 from app.graphql.context import Context, Info
-from app.graphql.errors import NotFoundError, ValidationError, to_user_error
+from app.graphql.errors import MeterError, NotFoundError, ValidationError, to_user_error
 from app.graphql.pricing import PriceDetailsInput, price_request
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits, Usd
@@ -124,12 +124,6 @@ class PackOffer:
     credits: Credits
     price_usd: Usd
     purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
-
-
-@strawberry.interface
-class MeterError:
-    code: str
-    message: str
 
 
 @strawberry.type(description="Not enough credits (REST: 402 insufficient_credits), with the packs that would cover it.")

@@ -38,7 +38,15 @@ from app.core.clock import Clock
 from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
 from app.core.money import MICRO, format_credits
 from app.core.uow import Runner
-from app.http.edge import AuthError, BadInput, authenticate_request, check_json_body, check_url_text, with_request_id
+from app.http.edge import (
+    AuthError,
+    BadInput,
+    authenticate_request,
+    check_json_body,
+    check_url_text,
+    rest_code,
+    with_request_id,
+)
 from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
 from app.metering import errors as merr
 from app.settings import Settings
@@ -141,8 +149,9 @@ class JSON(Response):
 
 
 def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The one error shape of the HTTP edge, `{"error": {"code", "message", "field"?, ...}}`."""
-    error: dict[str, Any] = {"code": code, "message": message}
+    """The one error shape of the HTTP edge, `{"error": {"code", "message", "field"?, ...}}`; `code`
+    as services name it (QUOTA_EXCEEDED), written in lower case (quota_exceeded)."""
+    error: dict[str, Any] = {"code": rest_code(code), "message": message}
     if field is not None:
         error["field"] = field
     error.update(extra)

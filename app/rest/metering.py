@@ -20,7 +20,7 @@ from starlette.responses import Response
 from app.core.auth import ScopeDenied, require_scope
 from app.core.errors import DomainError
 from app.core.ids import parse_id
-from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal
+from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal, rest_code
 from app.metering import commands, types
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
@@ -139,7 +139,7 @@ class ChargeOut(Out):
 class SettleCutOut(Out):
     """A settle charged only what the limits admit; the hold is settled all the same."""
 
-    code: str = Field(description="LIMIT_EXCEEDED, QUOTA_EXCEEDED, BUDGET_EXCEEDED or INSUFFICIENT_CREDITS")
+    code: str = Field(description="limit_exceeded, quota_exceeded, budget_exceeded or insufficient_credits")
     message: str
     limits: list[str] = Field(
         description="maxQuantityPerCall, quota, keyQuantityBudget, keyCreditBudget, balanceFloor (those that cut)"
@@ -367,7 +367,7 @@ async def settle(call: Call) -> dict[str, Any]:
     c = res.cut
     if c is not None:  # only then: an uncut settle answers exactly as a charge does
         out["cut"] = {
-            "code": c.code,
+            "code": rest_code(c.code),
             "message": c.message,
             "limits": list(c.limits),
             "requested_quantity": c.requested_quantity,
