@@ -124,9 +124,17 @@ class PackOffer:
     credits: Credits
     price_usd: Usd
     purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
+    quantity: int = strawberry.field(
+        default=1,
+        description="How many of this pack: 1 for a pack that covers the shortfall alone; in a combination "
+        "(no pack covers it alone) how many times to buy it",
+    )
 
 
-@strawberry.type(description="Not enough credits (REST: 402 insufficient_credits), with the packs that would cover it.")
+@strawberry.type(
+    description="Not enough credits (REST: 402 insufficient_credits), with the packs that would cover it: each pack "
+    "that covers the shortfall alone, cheapest first, or if none does the cheapest combination (see PackOffer.quantity)."
+)
 class InsufficientCredits(MeterError):
     required: Credits
     available: Credits
@@ -243,6 +251,7 @@ def pack_offer(p: Any) -> PackOffer:
         credits=Credits(int(p.credits)),
         price_usd=Usd(f"{cents // 100}.{cents % 100:02d}"),
         purchase_path=purchase_path(p.key),
+        quantity=p.quantity,
     )
 
 

@@ -176,6 +176,7 @@ def pack_offers(packs: list[merr.PackInfo]) -> list[dict[str, Any]]:
             "credits": credits(p.credits),
             "price_usd": usd_cents(p.price_usd_cents),
             "purchase": purchase(p.key),
+            "quantity": p.quantity,
         }
         for p in packs
     ]
