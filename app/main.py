@@ -44,6 +44,7 @@ from app.observability import probes
 from app.observability.context import CURRENT as CURRENT_REQUEST
 from app.observability.middleware import HOT_ROUTE, Observe
 from app.observability.tracing import operation_span
+from app.pricing.model_aliases import register_operator_aliases
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key
 
@@ -265,6 +266,8 @@ def create_app(
     if settings.env != "test":
         obs_logs.configure(settings)  # tests keep pytest's logging (caplog)
     engine = engine or engine_for(settings)
+    # The operator's model aliases price charges of LLM primitives as the proxy resolves its calls.
+    register_operator_aliases(engine, settings.llm_model_aliases)
     state = AppState(settings, engine, clock or Clock())
     graphql_app = MeterkitGraphQL(
         state,

@@ -49,6 +49,7 @@ from app.http.edge import (
 )
 from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
 from app.metering import errors as merr
+from app.pricing.model_aliases import UnknownModel
 from app.settings import Settings
 
 log = logging.getLogger("meterkit.rest")
@@ -258,6 +259,8 @@ def domain_error(exc: DomainError, fields: dict[str, str] | None = None) -> Resp
         extra = {"hold_id": exc.hold_id, "status": exc.status}
     elif isinstance(exc, NotFound):
         extra = {"entity": exc.entity, "id": exc.ident}
+        if isinstance(exc, UnknownModel):
+            extra["suggestions"] = exc.suggestions
     return JSON(error_body(exc.code, exc.message, field, **extra), status_code=status, headers=headers)
 
 
