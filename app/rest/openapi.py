@@ -73,7 +73,8 @@ ERRORS = {
     404: "Not found (also a tenant or hold of another tenant)",
     409: "Conflict: idempotency key reused with other parameters, hold already closed, ...",
     413: "The request body is larger than METERKIT_MAX_BODY_BYTES",
-    429: "The call does not fit the quota left for the period, or a per-call or per-minute limit (Retry-After when known)",
+    429: "The call does not fit the quota left for the period, or a per-call or per-minute limit "
+    "(Retry-After when known)",
     502: "Stripe refused or failed",
     503: "No database connection in time (database_unavailable, with Retry-After: nothing was written, "
     "send it again), or Stripe is not configured",

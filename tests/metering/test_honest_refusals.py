@@ -119,7 +119,8 @@ def test_quota_refusal_says_what_is_used_and_left(api: Api) -> None:
     assert refusal["message"] == expected and "spent" not in refusal["message"]
     # check answers the same words; REST the same message under the lower-case code.
     check = api(
-        "query($p: String!, $q: Int!) { check(primitive: $p, quantity: $q) { ... on CheckResult { allowed reason message } } }",
+        "query($p: String!, $q: Int!) { check(primitive: $p, quantity: $q) {"
+        " ... on CheckResult { allowed reason message } } }",
         {"p": "email.send", "q": 100},
         key=key,
     )["check"]

@@ -38,7 +38,7 @@ def settings() -> Settings:
         env="test",
         database_url="sqlite://unused",
         auth_cache_seconds=0,
-        llm_model_aliases={"My-Sonnet": "claude-sonnet-4.5"},
+        llm_model_aliases={"My-Sonnet": "claude-sonnet-4.5", "gpt-9-ultra": "gpt-9"},
     )
 
 
@@ -89,7 +89,7 @@ def test_an_unknown_model_is_refused_with_close_matches_and_writes_nothing(api: 
 
 
 def test_an_alias_to_a_model_the_table_lacks_is_no_match(api: Api) -> None:
-    key = _tenant(api)
+    _tenant(api)
     quote = api(QUOTE, {"i": {"primitive": "llm.tokens", "details": {"model": "gpt-9-ultra", "inputTokens": 1}}})
     assert quote["priceQuote"]["__typename"] == "NotFoundError"
     assert quote["priceQuote"]["code"] == "UNKNOWN_MODEL"

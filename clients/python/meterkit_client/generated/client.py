@@ -578,11 +578,11 @@ class GeneratedClient(BaseClient):
                     key
                     name
                     credits
+                    quantity
                     priceUsd
                     purchasePath
                   }
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -591,11 +591,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"input": input}
@@ -645,11 +640,11 @@ class GeneratedClient(BaseClient):
                     key
                     name
                     credits
+                    quantity
                     priceUsd
                     purchasePath
                   }
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -658,11 +653,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"input": input, "ttlSeconds": ttl_seconds}
@@ -694,7 +684,6 @@ class GeneratedClient(BaseClient):
                   creditsRemaining
                   replayed
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -703,11 +692,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"holdId": hold_id, "actual": actual}
@@ -735,7 +719,6 @@ class GeneratedClient(BaseClient):
                   amount
                   availableAfter
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -744,11 +727,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"holdId": hold_id}
