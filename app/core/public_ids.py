@@ -9,8 +9,9 @@ the install's secret. Why a permutation rather than a random public id column: n
 backfill on the two largest tables, no second unique index to maintain on every charge, and a
 lookup by public id is a decode (microseconds) and then the primary key, as before.
 
-The secret is made once per database (a random 256-bit value in `server_secret`, written on first
-use, so every process of an install agrees), and read once per engine."""
+The secret is made once per database (a random 256-bit value in `server_secret`, written by the
+migration, or on first use if missing, so every process of an install agrees), read once per
+engine."""
 
 from __future__ import annotations
 

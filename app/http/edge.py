@@ -36,7 +36,7 @@ class AuthError(Exception):
 
 
 def rest_code(code: str) -> str:
-    """A code as the HTTP error shape writes it: the brief's lower case (`insufficient_credits`).
+    """A code as the HTTP error shape writes it: lower case (`insufficient_credits`).
     Services and GraphQL spell it in UPPER_CASE (INSUFFICIENT_CREDITS); the mapping is only this."""
     return code.lower()
 

@@ -1,13 +1,15 @@
 """opaque public ids: the table of the install's own secrets, whose `public_ids` row keys the
 permutation that writes usage event and ledger entry ids as evt_/led_ + 16 hex digits
-(app/core/public_ids.py). No existing table changes: the ids stay integers in the database; the row
-itself is written on first use (a random 256-bit value), so a migrated copy of a database keeps
-its ids as they were.
+(app/core/public_ids.py). No existing table changes: the ids stay integers in the database. The
+secret, a random 256-bit value, is written here (the app writes one on first use if it is
+missing); a copy of the database keeps it, and so its public ids.
 
 Revision ID: 0021_public_ids
 Revises: 0020_organization_holds
 Create Date: 2026-12-07
 """
+
+import secrets
 
 from alembic import op
 import sqlalchemy as sa
@@ -24,6 +26,11 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=40), nullable=False),
         sa.Column("value", sa.String(length=128), nullable=False),
         sa.PrimaryKeyConstraint("name"),
+    )
+    op.execute(
+        sa.text("INSERT INTO server_secret (name, value) VALUES ('public_ids', :v)").bindparams(
+            v=secrets.token_hex(32)
+        )
     )
 
 

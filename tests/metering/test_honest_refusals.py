@@ -69,7 +69,7 @@ def test_a_refusal_answers_on_user_error_and_suggests_packs_that_cover_the_short
     assert sum(int(p["credits"]) * p["quantity"] for p in res["packs"]) >= 291.84
     assert count_rows(api.db.engine, *MONEY) == before
 
-    # REST: the same refusal, the brief's lower-case code, the same packs with their quantities.
+    # REST: the same refusal, the lower-case code, the same packs with their quantities.
     r = api.client.post(
         "/v1/charge",
         json={"primitive": "research.mega", "idempotency_key": "m2"},
