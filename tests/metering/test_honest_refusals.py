@@ -96,9 +96,10 @@ def test_cheapest_cover_combines_packs(db: Database, clock: FrozenClock) -> None
         assert [(p.key, n) for p, n in packs_covering(s, 291_840_000)] == [("large", 2), ("small", 3)]
         assert [(p.key, n) for p, n in packs_covering(s, 240 * MICRO)] == [("large", 2)]
         assert [(p.key, n) for p, n in packs_covering(s, 121 * MICRO)] == [("large", 1), ("small", 1)]
+    now = clock.now()
     packs = [
-        CreditPack(key="a", name="A", credits=3 * MICRO, price_usd_cents=300),
-        CreditPack(key="b", name="B", credits=5 * MICRO, price_usd_cents=400),
+        CreditPack(key="a", name="A", credits=3 * MICRO, price_usd_cents=300, created_at=now, updated_at=now),
+        CreditPack(key="b", name="B", credits=5 * MICRO, price_usd_cents=400, created_at=now, updated_at=now),
     ]
     assert [(p.key, n) for p, n in cheapest_cover(packs, 7 * MICRO)] == [("b", 1), ("a", 1)]  # $7 < 2 x b $8
     # Far past the packs' sizes: the best rate only, enough of it.
