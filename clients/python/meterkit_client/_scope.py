@@ -95,6 +95,8 @@ def _http_refusal(exc: GraphQLClientHttpError) -> MeterkitError:
     try:
         body = cast(httpx.Response, exc.response).json()
         error = body["error"]
-        return Refused(str(error["code"]).upper(), str(error["message"]), field=error.get("field"), status=exc.status_code)
+        return Refused(
+            str(error["code"]).upper(), str(error["message"]), field=error.get("field"), status=exc.status_code
+        )
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):
         return Unreachable(f"HTTP {exc.status_code} from a server that is not a meterkit gateway")
