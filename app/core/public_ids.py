@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 
+from app.core.db import connect
 from app.core.errors import ValidationFailed
 
 EVENT = "evt"  # usage_event.id
@@ -99,18 +100,26 @@ def codec(engine: Engine) -> IdCodec:
 
 
 def _secret(engine: Engine) -> str:
+    """Through app.core.db.connect, so a database out of connections is Unavailable (503, retryable)
+    as for any request; each connection is closed after, not kept in the pool (a read at start must
+    not hold one of a small pool's slots)."""
     read = text("SELECT value FROM server_secret WHERE name = :n")
-    with engine.connect() as conn:
+    with connect(engine) as conn:
         value = conn.execute(read, {"n": SECRET_NAME}).scalar()
+        conn.invalidate()
     if value is not None:
         return str(value)
     try:
-        with engine.begin() as conn:
-            conn.execute(
-                text("INSERT INTO server_secret (name, value) VALUES (:n, :v)"),
-                {"n": SECRET_NAME, "v": secrets.token_hex(32)},
-            )
+        with connect(engine) as conn:
+            with conn.begin():
+                conn.execute(
+                    text("INSERT INTO server_secret (name, value) VALUES (:n, :v)"),
+                    {"n": SECRET_NAME, "v": secrets.token_hex(32)},
+                )
+            conn.invalidate()
     except IntegrityError:
         pass  # another process made it first: theirs is the install's
-    with engine.connect() as conn:
-        return str(conn.execute(read, {"n": SECRET_NAME}).scalar_one())
+    with connect(engine) as conn:
+        value = conn.execute(read, {"n": SECRET_NAME}).scalar_one()
+        conn.invalidate()
+    return str(value)

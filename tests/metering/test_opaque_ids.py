@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import re
 
+from sqlalchemy import create_engine, text
+
 from app.core import public_ids
 from app.core.public_ids import IdCodec
-from tests.conftest import Api, count_rows
+from tests.conftest import Api, Database, count_rows
 from tests.metering.test_metering_basic import charge, setup_tenant
 
 EVT = re.compile(r"^evt_[0-9a-f]{16}$")
@@ -89,3 +91,19 @@ def test_ledger_entry_ids_are_opaque_and_reversal_takes_them(api: Api) -> None:
     assert count_rows(api.db.engine, "ledger_entry") == before
     done = api(REVERSE, {"t": tid, "e": debit["id"], "k": "r1"})["reverseCreditEntry"]
     assert done == {"__typename": "CreditReversal", "entryId": debit["id"], "amount": "1"}, done
+
+
+def test_the_secret_is_the_databases_and_is_made_if_missing(db: Database) -> None:
+    with db.engine.connect() as c:
+        (made,) = c.execute(text("SELECT value FROM server_secret WHERE name = 'public_ids'")).one()
+    assert re.fullmatch(r"[0-9a-f]{64}", made)  # written by migration 0021
+    with db.engine.begin() as c:
+        c.execute(text("DELETE FROM server_secret"))
+    other = create_engine(db.engine.url)  # a new engine reads (here: makes) it afresh
+    try:
+        codec = public_ids.codec(other)
+        with other.connect() as c:
+            (remade,) = c.execute(text("SELECT value FROM server_secret WHERE name = 'public_ids'")).one()
+        assert remade != made and codec.encode("evt", 1) == IdCodec(bytes.fromhex(remade)).encode("evt", 1)
+    finally:
+        other.dispose()
