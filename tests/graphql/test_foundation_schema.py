@@ -35,6 +35,7 @@ NOT_TENANT_OWNED = {
     "primitive",  # the operator's primitive catalog
     "platform_tier",  # the platform's catalog: what it sells organizations (an organization's tier is on organization)
     "audit_log",  # operator-wide history; tenant_id is a filter, not ownership (and outlives nothing)
+    "server_secret",  # the install's own secrets (the public ids' key), no tenant's
 }
 FOUNDATION_CATALOG = {"tenant", "account_kit", "plan", "plan_quota"}
 
