@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from cross_web import HTTPException as StrawberryHTTPException
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from app.core import public_ids
 from app.core.auth import Principal, TenantScope
 from app.core.clock import Clock
 from app.core.db import SqliteCheckpointer, engine_for, sqlite_checkpointer, unit_of_work
@@ -44,6 +46,7 @@ from app.observability import probes
 from app.observability.context import CURRENT as CURRENT_REQUEST
 from app.observability.middleware import HOT_ROUTE, Observe
 from app.observability.tracing import operation_span
+from app.pricing.model_aliases import register_operator_aliases
 from app.settings import Settings, get_settings
 from app.tenants.service import ensure_operator_key
 
@@ -265,6 +268,13 @@ def create_app(
     if settings.env != "test":
         obs_logs.configure(settings)  # tests keep pytest's logging (caplog)
     engine = engine or engine_for(settings)
+    # The operator's model aliases price charges of LLM primitives as the proxy resolves its calls.
+    register_operator_aliases(engine, settings.llm_model_aliases)
+    # The public ids' secret, read now: no request waits for (or fails on) a connection to read it.
+    try:
+        public_ids.codec(engine)
+    except (SQLAlchemyError, Unavailable) as exc:  # not migrated, or no database yet: read on first use
+        log.warning("public ids' secret not read at start (%s): read on first use", type(exc).__name__)
     state = AppState(settings, engine, clock or Clock())
     graphql_app = MeterkitGraphQL(
         state,

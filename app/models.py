@@ -5,6 +5,7 @@ from app.alerts.models import AlertEvent, AlertPolicy, WebhookAttempt, WebhookDe
 from app.audit.models import AuditEntry
 from app.budgets.models import KeyBudget, KeyBudgetUsage
 from app.catalog.models import Primitive
+from app.core.public_ids import ServerSecret
 from app.credits.models import CreditAccount, CreditBucket, CreditHold, CreditPack, CreditReversal, LedgerEntry
 from app.integrations.stripe.models import OrganizationStripe, StripeEvent, StripeOperation
 from app.llm.models import LlmCall
@@ -51,6 +52,7 @@ __all__ = [
     "KeyBudget",
     "KeyBudgetUsage",
     "Primitive",
+    "ServerSecret",
     "StripeEvent",
     "StripeOperation",
     "Subscription",

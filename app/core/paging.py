@@ -13,6 +13,7 @@ from app.core.clock import as_utc
 from app.core.errors import ValidationFailed
 from app.core.ids import parse_id
 from app.core.primitives import check_key
+from app.core.public_ids import IdCodec
 
 DEFAULT_FIRST = 50
 MAX_FIRST = 200
@@ -42,11 +43,18 @@ def decode_cursor(kind: str, cursor: str) -> str:
     return value
 
 
-def decode_id_cursor(kind: str, cursor: str) -> int:
+def encode_id_cursor(kind: str, ids: IdCodec, id_kind: str, row_id: int) -> str:
+    """A cursor after the row `row_id` of an id-ordered list: its public id inside (the integer is
+    never shown, app/core/public_ids.py)."""
+    return encode_cursor(kind, ids.encode(id_kind, row_id))
+
+
+def decode_id_cursor(kind: str, cursor: str, ids: IdCodec, id_kind: str) -> int:
     value = decode_cursor(kind, cursor)
-    if not value.isdigit() or len(value) > 19 or not 1 <= int(value) <= 2**63 - 1:
-        raise ValidationFailed("after is not a valid cursor", field="after")
-    return int(value)
+    try:
+        return ids.decode(id_kind, value, field="after")
+    except ValidationFailed:
+        raise ValidationFailed("after is not a valid cursor", field="after") from None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
@@ -32,15 +33,56 @@ def pack_by_price(session: Session, stripe_price_id: str) -> CreditPack | None:
     return session.exec(select(CreditPack).where(CreditPack.stripe_price_id == stripe_price_id)).first()
 
 
-def packs_covering(session: Session, shortfall_micro: int) -> list[CreditPack]:
-    """Active packs whose credits cover the shortfall, cheapest first; if none does, the largest."""
+def packs_covering(session: Session, shortfall_micro: int) -> list[tuple[CreditPack, int]]:
+    """What a refusal suggests for a shortfall, as (pack, how many): every active pack that covers it
+    alone, cheapest first (each once); if none does, the cheapest combination that covers it together
+    (e.g. 2 x 120 + 3 x 20 credits for a 291.84 shortfall, never the 120 pack alone). A client tells
+    the two apart: in a combination no pack covers the shortfall by itself."""
     active = list_packs(session)
-    covering = [p for p in active if p.credits >= shortfall_micro]
-    if covering:
+    covering = [(p, 1) for p in active if p.credits >= shortfall_micro]
+    if covering or not active:
         return covering
-    if not active:
-        return []
-    return [max(active, key=lambda p: (p.credits, -p.price_usd_cents))]
+    return cheapest_cover(active, shortfall_micro)
+
+
+MAX_COVER_STEPS = 20_000  # table size of the exact search; past it, the pack with the best rate only
+
+
+def cheapest_cover(packs: list[CreditPack], shortfall_micro: int) -> list[tuple[CreditPack, int]]:
+    """The cheapest multiset of `packs` whose credits add up to at least the shortfall (ties: fewer
+    credits, then fewer packs), by dynamic programming over the shortfall in steps of the packs'
+    greatest common divisor of credits (whole-credit packs make steps of a credit or more)."""
+    step = 0
+    for p in packs:
+        step = math.gcd(step, int(p.credits))
+    units = -(-shortfall_micro // step)
+    sizes = [int(p.credits) // step for p in packs]
+    if units > MAX_COVER_STEPS:
+        # A shortfall far past the packs' sizes: as many of the cheapest per credit as cover it.
+        i = min(range(len(packs)), key=lambda j: (packs[j].price_usd_cents / sizes[j], -sizes[j]))
+        return [(packs[i], -(-units // sizes[i]))]
+    # best[u]: (cents, units bought, packs bought, last pack) of the cheapest cover of u units.
+    best: list[tuple[int, int, int, int]] = [(0, 0, 0, -1)]
+    for u in range(1, units + 1):
+        best.append(
+            min(
+                (
+                    best[max(u - size, 0)][0] + packs[i].price_usd_cents,
+                    best[max(u - size, 0)][1] + size,
+                    best[max(u - size, 0)][2] + 1,
+                    i,
+                )
+                for i, size in enumerate(sizes)
+            )
+        )
+    counts: dict[int, int] = {}
+    u = units
+    while u > 0:
+        i = best[u][3]
+        counts[i] = counts.get(i, 0) + 1
+        u = max(u - sizes[i], 0)
+    # Largest first: how a buyer reads "2 x Large, 3 x Small".
+    return [(packs[i], n) for i, n in sorted(counts.items(), key=lambda kv: -sizes[kv[0]])]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from app.core.auth import Principal
 from app.core.errors import Forbidden, ValidationFailed
 from app.core.ids import parse_id
 from app.graphql.context import Context, Info
-from app.graphql.errors import NotFoundError, ValidationError
+from app.graphql.errors import MeterError, NotFoundError, ValidationError
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits
 from app.graphql.util import attempt
@@ -68,9 +68,7 @@ class KeyBudgetCleared:
 
 
 @strawberry.type(description="The calling key's own budget for this period is used up (the tenant's may not be).")
-class BudgetExceeded:
-    code: str
-    message: str
+class BudgetExceeded(MeterError):
     api_key_id: strawberry.ID
     primitive: str = strawberry.field(description="The refused call's primitive")
     budget: str = strawberry.field(description="credits (the key's credit budget) or quantity (its limit on primitive)")

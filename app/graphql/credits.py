@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import strawberry
 
-from app.core.errors import ValidationFailed
+from app.core import public_ids
 from app.credits import commands, service
 from app.credits import packs as pack_service
 from app.graphql.context import Info
@@ -119,12 +119,6 @@ ReverseCreditEntryResult = Annotated[
 UpsertCreditPackResult = Annotated[CreditPack | ValidationError, strawberry.union("UpsertCreditPackResult")]
 
 
-def _entry_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 19 or int(value) < 1 or int(value) > 2**63 - 1:
-        raise ValidationFailed("entryId is not a ledger entry id", field="entryId")
-    return int(value)
-
-
 @strawberry.type
 class CreditsQuery:
     @strawberry.field(description="The tenant in scope (REST: GET /v1/status): balance, tier, resource counts.")
@@ -223,7 +217,8 @@ class CreditsMutation:
 
         async def run() -> CreditReversal:
             scope = await target_scope(ctx, str(tenant_id))
-            eid = _entry_id(str(entry_id))
+            ids = public_ids.codec(ctx.engine)
+            eid = ids.decode(public_ids.ENTRY, str(entry_id), field="entryId")
             done = await ctx.uow.call(
                 commands.reverse_entry,
                 ctx.engine,
@@ -237,7 +232,7 @@ class CreditsMutation:
             )
             rev = done.reversal
             return CreditReversal(
-                entry_id=strawberry.ID(str(rev.entry_id)),
+                entry_id=strawberry.ID(ids.encode(public_ids.ENTRY, rev.entry_id)),
                 amount=Credits(rev.amount),
                 created=rev.created,
                 tenant=Tenant.from_row(done.tenant),

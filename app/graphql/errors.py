@@ -1,4 +1,5 @@
-"""Expected failures are typed results: each a type implementing UserError with a `code`."""
+"""Expected failures are typed results: each a type implementing UserError with a `code` (UPPER_CASE
+here; REST writes the same code in lower case: INSUFFICIENT_CREDITS is REST's insufficient_credits)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from app.core import errors as domain
 class UserError:
     code: str
     message: str
+
+
+@strawberry.interface(
+    description="A refusal of a metered call. Every MeterError is a UserError too (`... on UserError { code "
+    "message }` reaches it); MeterError stays for clients that select refusals apart from other errors."
+)
+class MeterError(UserError):
+    pass
 
 
 @strawberry.type

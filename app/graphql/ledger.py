@@ -9,7 +9,8 @@ from typing import Any
 
 import strawberry
 
-from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
+from app.core import public_ids
+from app.core.paging import HistoryFilter, decode_id_cursor, encode_id_cursor
 from app.credits import service
 from app.graphql.context import Context
 from app.graphql.pagination import Connection, connection, history_args
@@ -83,7 +84,8 @@ async def resolve_credit_history(
 ) -> CreditEntryConnection:
     """creditHistory and Tenant.creditHistory: a DataLoader, so a page of tenants costs one statement."""
     first, filt = history_args(first, days, start, end, primitive)
-    before = decode_id_cursor(_CURSOR, after) if after is not None else None
+    ids = public_ids.codec(ctx.engine)
+    before = decode_id_cursor(_CURSOR, after, ids, public_ids.ENTRY) if after is not None else None
 
     now = ctx.clock.now()
 
@@ -96,5 +98,9 @@ async def resolve_credit_history(
 
     rows = await ctx.loaders.custom("credit_history", fetch).load((tenant_id, filt, first + 1, before))
     return connection(
-        CreditEntryConnection, rows or [], first, lambda r: encode_cursor(_CURSOR, str(r.id)), CreditEntry.from_row
+        CreditEntryConnection,
+        rows or [],
+        first,
+        lambda r: encode_id_cursor(_CURSOR, ids, public_ids.ENTRY, r.id),
+        lambda r: CreditEntry.from_row(r, id=strawberry.ID(ids.encode(public_ids.ENTRY, r.id))),
     )

@@ -10,11 +10,13 @@ from typing import Annotated, Any
 import strawberry
 
 from app.budgets.errors import BudgetExceeded as BudgetExceededError
+from app.core import public_ids
 from app.core.errors import DomainError, ValidationFailed
 from app.core.ids import parse_id
+from app.core.public_ids import IdCodec
 from app.graphql.budgets import BudgetExceeded
 from app.graphql.context import Context, Info
-from app.graphql.errors import NotFoundError, ValidationError, to_user_error
+from app.graphql.errors import MeterError, NotFoundError, ValidationError, to_user_error
 from app.graphql.pricing import PriceDetailsInput, price_request
 from app.graphql.rows import FromRow
 from app.graphql.scalars import Credits, Usd
@@ -124,15 +126,18 @@ class PackOffer:
     credits: Credits
     price_usd: Usd
     purchase_path: str = strawberry.field(description="How to buy it: the mutation to call")
+    quantity: int = strawberry.field(
+        default=1,
+        description="How many of this pack: 1 for a pack that covers the shortfall alone; in a combination "
+        "(no pack covers it alone) how many times to buy it",
+    )
 
 
-@strawberry.interface
-class MeterError:
-    code: str
-    message: str
-
-
-@strawberry.type(description="Not enough credits (REST: 402 insufficient_credits), with the packs that would cover it.")
+@strawberry.type(
+    description="Not enough credits (REST: 402 insufficient_credits), with the packs that would cover it: each "
+    "pack that covers the shortfall alone, cheapest first, or if none does the cheapest combination (see "
+    "PackOffer.quantity)."
+)
 class InsufficientCredits(MeterError):
     required: Credits
     available: Credits
@@ -249,6 +254,7 @@ def pack_offer(p: Any) -> PackOffer:
         credits=Credits(int(p.credits)),
         price_usd=Usd(f"{cents // 100}.{cents % 100:02d}"),
         purchase_path=purchase_path(p.key),
+        quantity=p.quantity,
     )
 
 
@@ -306,9 +312,9 @@ def to_result(exc: DomainError) -> Any:
     return to_user_error(exc)
 
 
-def to_charged(c: types.Charged) -> Charged:
+def to_charged(c: types.Charged, ids: IdCodec) -> Charged:
     return Charged(
-        event_id=strawberry.ID(str(c.event_id)),
+        event_id=strawberry.ID(ids.encode(public_ids.EVENT, c.event_id)),
         credits_used=Credits(c.credits_used),
         credits_remaining=Credits(c.credits_remaining),
         replayed=c.replayed,
@@ -458,7 +464,7 @@ class MeteringMutation:
             )
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
-        return to_charged(res)
+        return to_charged(res, public_ids.codec(ctx.engine))
 
     @strawberry.mutation(description="Many charges in one transaction; each item has its own key and result.")
     async def charge_batch(self, info: Info, items: list[BatchItemInput]) -> list[ChargeResult]:
@@ -479,9 +485,10 @@ class MeteringMutation:
             )
         )
         out: list[Any] = []
+        ids = public_ids.codec(ctx.engine)
         for p in prepared:
             r = p if isinstance(p, DomainError) else next(outcomes)
-            out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r))
+            out.append(to_result(r) if isinstance(r, DomainError) else to_charged(r, ids))
         return out
 
     @strawberry.mutation(
@@ -538,7 +545,7 @@ class MeteringMutation:
             )
         except DomainError as exc:
             return to_result(exc)  # type: ignore[no-any-return]
-        return to_charged(res)
+        return to_charged(res, public_ids.codec(ctx.engine))
 
     @strawberry.mutation(description="The job failed: free the hold, charge nothing.")
     async def release(self, info: Info, hold_id: strawberry.ID) -> ReleaseResult:

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Self
 
 import strawberry
 
-from app.core.paging import HistoryFilter, decode_id_cursor, encode_cursor
+from app.core import public_ids
+from app.core.paging import HistoryFilter, decode_id_cursor, encode_id_cursor
 from app.graphql.context import Context, Info
 from app.graphql.pagination import After, Connection, Days, First, From, To, connection, history_args
 from app.graphql.rows import FromRow
@@ -126,7 +127,8 @@ async def resolve_usage_history(
     api_key_id: str | None,
 ) -> UsageEventConnection:
     first, filt = history_args(first, days, start, end, primitive, api_key_id)
-    before = decode_id_cursor(_CURSOR, after) if after is not None else None
+    ids = public_ids.codec(ctx.engine)
+    before = decode_id_cursor(_CURSOR, after, ids, public_ids.EVENT) if after is not None else None
 
     now = ctx.clock.now()
 
@@ -140,7 +142,11 @@ async def resolve_usage_history(
 
     rows = await ctx.loaders.custom("usage_history", fetch).load((tenant_id, filt, first + 1, before))
     return connection(
-        UsageEventConnection, rows or [], first, lambda r: encode_cursor(_CURSOR, str(r.id)), UsageEvent.from_row
+        UsageEventConnection,
+        rows or [],
+        first,
+        lambda r: encode_id_cursor(_CURSOR, ids, public_ids.EVENT, r.id),
+        lambda r: UsageEvent.from_row(r, id=strawberry.ID(ids.encode(public_ids.EVENT, r.id))),
     )
 
 

@@ -1,6 +1,6 @@
 """One HTTP edge for every route: the bearer key, the principal behind it, the tenant scope of
 the request (tenant key, or operator key + X-Tenant-Id), and one JSON error shape:
-`{"error": {"code", "message", "field"?}}`."""
+`{"error": {"code", "message", "field"?}}`, its code in lower case (`insufficient_credits`)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,14 @@ class AuthError(Exception):
         return error_response(self.status, self.code, self.message, self.field)
 
 
+def rest_code(code: str) -> str:
+    """A code as the HTTP error shape writes it: lower case (`insufficient_credits`).
+    Services and GraphQL spell it in UPPER_CASE (INSUFFICIENT_CREDITS); the mapping is only this."""
+    return code.lower()
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": rest_code(code), "message": message}
     if field is not None:
         error["field"] = field
     return JSONResponse({"error": with_request_id(error)}, status_code=status)
@@ -54,7 +60,12 @@ def with_request_id(error: dict[str, Any]) -> dict[str, Any]:
 def unavailable_response(exc: Unavailable) -> Response:
     """No database connection in time (app/core/db.py connect): 503 with Retry-After, the same
     for every HTTP route (REST, the hot charge, /graphql's key lookup, /webhooks/stripe)."""
-    body = {"code": exc.code, "message": exc.message, "retryable": True, "retry_after_seconds": exc.retry_after}
+    body = {
+        "code": rest_code(exc.code),
+        "message": exc.message,
+        "retryable": True,
+        "retry_after_seconds": exc.retry_after,
+    }
     return JSONResponse(
         {"error": with_request_id(body)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
     )
@@ -248,7 +259,9 @@ def too_many_requests(path: str, limit: int) -> Response:
     """429 in the edge's error shape; on /graphql also as a GraphQL error (`errors[0].extensions.code`),
     so GraphQL clients branch on it the way they branch on every other GraphQL error."""
     message = f"more than {limit} requests of this API key in flight: retry after 1 s"
-    body: dict[str, Any] = {"error": with_request_id({"code": TOO_MANY, "message": message, "retry_after_seconds": 1})}
+    body: dict[str, Any] = {
+        "error": with_request_id({"code": rest_code(TOO_MANY), "message": message, "retry_after_seconds": 1})
+    }
     if path == "/graphql":
         extensions: dict[str, Any] = {"code": TOO_MANY, "retryAfterSeconds": 1}
         if "request_id" in body["error"]:

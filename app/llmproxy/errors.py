@@ -71,6 +71,7 @@ def pack_offers(packs: list[PackInfo]) -> list[dict[str, Any]]:
             "credits": credits(p.credits),
             "price_usd": Decimal(p.price_usd_cents) / 100,
             "purchase": {"method": "POST", "path": TOPUP_PATH, "body": {"pack": p.key}},
+            "quantity": p.quantity,
         }
         for p in packs
     ]

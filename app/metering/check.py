@@ -17,7 +17,7 @@ from app.core.primitives import allowed, validate_connection
 from app.core.sql import run, ts
 from app.metering import payer
 from app.metering.charge_repository import CHECK, USED, terms_from
-from app.metering.errors import PackInfo
+from app.metering.errors import PackInfo, quota_message
 from app.metering.settle_rules import call_units
 from app.metering.types import CheckResult, MeterRequest
 from app.periods import record as period_record
@@ -119,7 +119,7 @@ def check(
     if per_minute is not None and (calls or 0) + 1 > per_minute:  # as charge counts them, this UTC minute
         return answer("LIMIT_EXCEEDED", f"at most {per_minute} calls per minute", None)
     if quota is not None and used + quantity > quota and terms.overage != "allow":
-        return answer("QUOTA_EXCEEDED", f"quota of {quota} for this period is spent", None)
+        return answer("QUOTA_EXCEEDED", quota_message(primitive, quota, used, quantity), None)
     price: int | None
     try:
         if unit_price is not None and rule == "fixed":
@@ -145,8 +145,8 @@ def check(
         refused = answer("INSUFFICIENT_CREDITS", "not enough credits for new work", price)
         refused.shortfall = shortfall
         refused.packs = [
-            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
-            for p in packs_covering(session or Session(bind=conn), shortfall)
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents), n)
+            for p, n in packs_covering(session or Session(bind=conn), shortfall)
         ]
         return refused
     if org_id is not None:

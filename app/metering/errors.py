@@ -26,12 +26,22 @@ class LimitExceeded(DomainError):
         self.retry_after = retry_after
 
 
+def quota_message(primitive: str, quota: int, used: int, requested: int) -> str:
+    """What is used and what is left, never "spent" while some is left: e.g. "quota of 1000
+    email.send this period: 950 used, 50 left, this call needs 100"."""
+    return (
+        f"quota of {quota} {primitive} this period: {used} used, {max(quota - used, 0)} left, "
+        f"this call needs {requested}"
+    )
+
+
 class QuotaExceeded(DomainError):
     code = "QUOTA_EXCEEDED"
 
-    def __init__(self, primitive: str, quota: int, used: int, period_end: datetime) -> None:
-        super().__init__(f"{primitive}: quota of {quota} for this period is spent")
+    def __init__(self, primitive: str, quota: int, used: int, period_end: datetime, requested: int) -> None:
+        super().__init__(quota_message(primitive, quota, used, requested))
         self.primitive, self.quota, self.used, self.period_end = primitive, quota, used, period_end
+        self.requested = requested
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class PackInfo:
     name: str
     credits: int
     price_usd_cents: int
+    quantity: int = 1  # how many of this pack: more than 1 only in a combination (app/credits/packs.py)
 
 
 class InsufficientCredits(DomainError):

@@ -260,7 +260,7 @@ class Meter:
         the plan allows overage), calls per minute, then the price. Shared by charge, reserve, settle
         and each item of a batch."""
         if count and r.quota is not None and r.used + req.quantity > r.quota and self.terms.overage != "allow":
-            raise QuotaExceeded(req.primitive, r.quota, r.used, r.period.end)
+            raise QuotaExceeded(req.primitive, r.quota, r.used, r.period.end, req.quantity)
         if count and r.per_minute is not None and r.calls + 1 > r.per_minute:
             raise LimitExceeded(req.primitive, "callsPerMinute", r.per_minute, r.calls + 1, 60 - self.now.second)
         if not price:
@@ -327,8 +327,8 @@ class Meter:
         shortfall = max(required - available, 0)
         # Plain values: the transaction rolls back after this, which would expire ORM rows.
         packs = [
-            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents))
-            for p in packs_covering(self.session, shortfall or required)
+            PackInfo(p.key, p.name, int(p.credits), int(p.price_usd_cents), n)
+            for p, n in packs_covering(self.session, shortfall or required)
         ]
         exc = InsufficientCredits(required, available, packs)
         # For the balance.exhausted alert, which the edge records after this transaction rolls back.

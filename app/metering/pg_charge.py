@@ -177,7 +177,7 @@ def _answer(engine: Engine, scope: TenantScope, req: MeterRequest, now: Any, row
     if outcome == "quota":
         end = read_ts(detail["periodEnd"])
         assert end is not None
-        raise QuotaExceeded(p, int(quota), int(used), as_utc(end))
+        raise QuotaExceeded(p, int(quota), int(used), as_utc(end), req.quantity)
     if outcome == "per_minute":
         raise LimitExceeded(p, "callsPerMinute", int(quota), int(used), 60 - now.second)
     raise RuntimeError(f"meterkit_charge answered {outcome!r}")

@@ -28,6 +28,8 @@ from app.core.clock import Clock
 from app.core.errors import NotFound, UnknownPrimitive, ValidationFailed
 from app.core.money import MAX_CREDITS, MICRO
 from app.core.primitives import PRICE_TABLE_RULES, check_key
+from app.pricing.model_aliases import UnknownModel, operator_aliases
+from app.pricing.model_aliases import resolve as resolve_model
 from app.pricing.models import LlmRate, MediaPrice, Price, PricingSetting
 from app.pricing.repository import PricingRepository, QuoteRow
 from app.pricing.seed import SETTINGS as DEFAULT_SETTINGS
@@ -108,6 +110,17 @@ def check_model(model: Any, field: str = "model") -> str:
     return model
 
 
+# A model name a price is asked for may be a provider's display name ("Claude Sonnet 4.5"): spaces
+# too, inside the name; the table's own names stay as check_model has them.
+_ASKED_MODEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/:@+ -]{0,198}[A-Za-z0-9._/:@+-])?$")
+
+
+def check_asked_model(model: Any, field: str = "model") -> str:
+    if not isinstance(model, str) or not _ASKED_MODEL.match(model):
+        raise ValidationFailed(f"{field} must be 1-200 characters of letters, digits, spaces and ._/:@+-", field=field)
+    return model
+
+
 def _round(credits: Decimal) -> int:
     """The one rounding of a price: to a whole micro-credit, half up."""
     micro = int((credits * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -181,16 +194,16 @@ def session_time_price(block_micro: int, tiers: Any, elapsed: int) -> int:
 
 
 def _llm_tokens(repo: PricingRepository, row: QuoteRow, req: PriceRequest) -> int:
-    model = check_model(req.model) if req.model is not None else None
+    model = check_asked_model(req.model) if req.model is not None else None
     if model is None:
         raise ValidationFailed(f"model is required for {req.primitive}", field="model")
     tin = _int(req.input_tokens, "inputTokens", 0, MAX_TOKENS)
     tout = _int(req.output_tokens, "outputTokens", 0, MAX_TOKENS)
     tread = _int(req.cache_read_tokens, "cacheReadTokens", 0, MAX_TOKENS)
     tcreate = _int(req.cache_creation_tokens, "cacheCreationTokens", 0, MAX_TOKENS)
-    rate = row.rate  # read with the catalog row
+    rate: Any = row.rate  # read with the catalog row
     if rate is None:
-        raise NotFound("LlmRate", model)
+        rate = _rate_by_alias(repo, model)
     read_rate: Decimal = Decimal(rate.cache_read_per_m) if rate.cache_read_per_m is not None else Decimal(0)
     create_rate: Decimal = Decimal(rate.cache_creation_per_m) if rate.cache_creation_per_m is not None else Decimal(0)
     if (tread and rate.cache_read_per_m is None) or (tcreate and rate.cache_creation_per_m is None):
@@ -202,6 +215,18 @@ def _llm_tokens(repo: PricingRepository, row: QuoteRow, req: PriceRequest) -> in
     # Rates are micro-credits per 1M tokens: the sum is micro-credits x 1M.
     total = Decimal(tin * rate.input_per_m + tout * rate.output_per_m) + tread * read_rate + tcreate * create_rate
     return _round(total / MICRO / MICRO)
+
+
+def _rate_by_alias(repo: PricingRepository, model: str) -> Any:
+    """The rate of the table model `model` stands for (a dated id, `vendor/model`, a display name,
+    an operator's alias: app/pricing/model_aliases.py); UnknownModel, with the closest table models,
+    when none. Only a name the table lacks as written comes here: the common case stays one read."""
+    known = [r.model for r in repo.rates()]
+    resolved = resolve_model(model, known, operator_aliases(repo.s.get_bind()))
+    rate = repo.get_rate(resolved)
+    if rate is None:  # removed between the two reads
+        raise UnknownModel(model, [])
+    return rate
 
 
 def _passthrough(repo: PricingRepository, req: PriceRequest) -> int:

@@ -38,9 +38,18 @@ from app.core.clock import Clock
 from app.core.errors import Conflict, DomainError, Forbidden, NotFound, ValidationFailed
 from app.core.money import MICRO, format_credits
 from app.core.uow import Runner
-from app.http.edge import AuthError, BadInput, authenticate_request, check_json_body, check_url_text, with_request_id
+from app.http.edge import (
+    AuthError,
+    BadInput,
+    authenticate_request,
+    check_json_body,
+    check_url_text,
+    rest_code,
+    with_request_id,
+)
 from app.integrations.stripe.client import StripeNotConfigured, StripeUnavailable
 from app.metering import errors as merr
+from app.pricing.model_aliases import UnknownModel
 from app.settings import Settings
 
 log = logging.getLogger("meterkit.rest")
@@ -141,8 +150,9 @@ class JSON(Response):
 
 
 def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The one error shape of the HTTP edge, `{"error": {"code", "message", "field"?, ...}}`."""
-    error: dict[str, Any] = {"code": code, "message": message}
+    """The one error shape of the HTTP edge, `{"error": {"code", "message", "field"?, ...}}`; `code`
+    as services name it (QUOTA_EXCEEDED), written in lower case (quota_exceeded)."""
+    error: dict[str, Any] = {"code": rest_code(code), "message": message}
     if field is not None:
         error["field"] = field
     error.update(extra)
@@ -167,6 +177,7 @@ def pack_offers(packs: list[merr.PackInfo]) -> list[dict[str, Any]]:
             "credits": credits(p.credits),
             "price_usd": usd_cents(p.price_usd_cents),
             "purchase": purchase(p.key),
+            "quantity": p.quantity,
         }
         for p in packs
     ]
@@ -248,6 +259,8 @@ def domain_error(exc: DomainError, fields: dict[str, str] | None = None) -> Resp
         extra = {"hold_id": exc.hold_id, "status": exc.status}
     elif isinstance(exc, NotFound):
         extra = {"entity": exc.entity, "id": exc.ident}
+        if isinstance(exc, UnknownModel):
+            extra["suggestions"] = exc.suggestions
     return JSON(error_body(exc.code, exc.message, field, **extra), status_code=status, headers=headers)
 
 

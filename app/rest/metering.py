@@ -17,10 +17,12 @@ from sqlalchemy.exc import DataError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.core import public_ids
 from app.core.auth import ScopeDenied, require_scope
 from app.core.errors import DomainError
 from app.core.ids import parse_id
-from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal
+from app.core.public_ids import IdCodec
+from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal, rest_code
 from app.metering import commands, types
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
@@ -139,7 +141,7 @@ class ChargeOut(Out):
 class SettleCutOut(Out):
     """A settle charged only what the limits admit; the hold is settled all the same."""
 
-    code: str = Field(description="LIMIT_EXCEEDED, QUOTA_EXCEEDED, BUDGET_EXCEEDED or INSUFFICIENT_CREDITS")
+    code: str = Field(description="limit_exceeded, quota_exceeded, budget_exceeded or insufficient_credits")
     message: str
     limits: list[str] = Field(
         description="maxQuantityPerCall, quota, keyQuantityBudget, keyCreditBudget, balanceFloor (those that cut)"
@@ -239,10 +241,10 @@ SETTLE_FIELDS = {
 }
 
 
-def charged(res: types.Charged) -> dict[str, Any]:
+def charged(res: types.Charged, ids: IdCodec) -> dict[str, Any]:
     u = res.usage
     return {
-        "event_id": str(res.event_id),
+        "event_id": ids.encode(public_ids.EVENT, res.event_id),
         "credits_used": credits(res.credits_used),
         "credits_remaining": credits(res.credits_remaining),
         "replayed": res.replayed,
@@ -256,12 +258,12 @@ def charged(res: types.Charged) -> dict[str, Any]:
     }
 
 
-def charged_bytes(res: types.Charged) -> bytes:
-    """json_bytes(charged(res)), written out for the hot path: no dict, no Decimal, no encoder."""
+def charged_bytes(res: types.Charged, ids: IdCodec) -> bytes:
+    """json_bytes(charged(res, ids)), written out for the hot path: no dict, no Decimal, no encoder."""
     u = res.usage
     quota, remaining = u.quota, u.remaining
     return (
-        f'{{"event_id":"{res.event_id}","credits_used":{credits_text(res.credits_used)},'
+        f'{{"event_id":"{ids.encode(public_ids.EVENT, res.event_id)}","credits_used":{credits_text(res.credits_used)},'
         f'"credits_remaining":{credits_text(res.credits_remaining)},"replayed":{"true" if res.replayed else "false"},'
         f'"usage":{{"primitive":{json_string(u.primitive)},"used":{u.used},'
         f'"quota":{"null" if quota is None else quota},"remaining":{"null" if remaining is None else remaining},'
@@ -315,7 +317,7 @@ def charge_handler(rest: Rest) -> Any:
         except DataError as exc:
             log.warning("database refused a value: %s", exc.orig)
             return JSON(error_body("VALIDATION_FAILED", "a value does not fit its column"), status_code=400)
-        return RawJSON(charged_bytes(res))
+        return RawJSON(charged_bytes(res, public_ids.codec(engine)))
 
     return charge
 
@@ -363,11 +365,11 @@ async def settle(call: Call) -> dict[str, Any]:
         api_key_id=key_id,
         retry=True,
     )
-    out = charged(res)
+    out = charged(res, public_ids.codec(rest.engine))
     c = res.cut
     if c is not None:  # only then: an uncut settle answers exactly as a charge does
         out["cut"] = {
-            "code": c.code,
+            "code": rest_code(c.code),
             "message": c.message,
             "limits": list(c.limits),
             "requested_quantity": c.requested_quantity,

@@ -21,7 +21,10 @@ ID_PATTERNS = {"hold_id": "^hold_[0-9a-f]{32}$"}
 class ErrorDetail(Out):
     model_config = ConfigDict(extra="allow")
 
-    code: str = Field(description="Machine-readable: VALIDATION_FAILED, UNAUTHENTICATED, NOT_FOUND, ...")
+    code: str = Field(
+        description="Machine-readable, lower case: validation_failed, unauthenticated, not_found, ... "
+        "(GraphQL spells the same codes in UPPER_CASE)"
+    )
     message: str
     field: str | None = Field(None, description="The request field at fault (dotted path), when there is one")
 
@@ -38,15 +41,22 @@ class PackOffer(Out):
     credits: Money
     price_usd: Money
     purchase: Purchase
+    quantity: int = Field(
+        description="1 for a pack that covers the shortfall alone; in a combination (no pack covers it alone) "
+        "how many times to buy it"
+    )
 
 
 class InsufficientDetail(Out):
-    code: Literal["INSUFFICIENT_CREDITS"]
+    code: Literal["insufficient_credits"]
     message: str
     required: Money
     available: Money
     shortfall: Money
-    packs: list[PackOffer] = Field(description="Packs that cover the shortfall, cheapest first")
+    packs: list[PackOffer] = Field(
+        description="Each pack that covers the shortfall alone, cheapest first; if none does, the cheapest "
+        "combination that covers it together (quantity: how many of each)"
+    )
 
 
 class InsufficientCredits(Out):
@@ -63,9 +73,10 @@ ERRORS = {
     404: "Not found (also a tenant or hold of another tenant)",
     409: "Conflict: idempotency key reused with other parameters, hold already closed, ...",
     413: "The request body is larger than METERKIT_MAX_BODY_BYTES",
-    429: "Quota for the period spent, or a per-call or per-minute limit (Retry-After when known)",
+    429: "The call does not fit the quota left for the period, or a per-call or per-minute limit "
+    "(Retry-After when known)",
     502: "Stripe refused or failed",
-    503: "No database connection in time (DATABASE_UNAVAILABLE, with Retry-After: nothing was written, "
+    503: "No database connection in time (database_unavailable, with Retry-After: nothing was written, "
     "send it again), or Stripe is not configured",
 }
 

@@ -11,9 +11,10 @@ from typing import Any
 from pydantic import Field
 from sqlmodel import Session
 
+from app.core import public_ids
 from app.core.errors import NotFound, ValidationFailed
 from app.core.instants import RANGE, in_range
-from app.core.paging import MAX_DAYS, MAX_FIRST, decode_id_cursor, encode_cursor, history_filter
+from app.core.paging import MAX_DAYS, MAX_FIRST, decode_id_cursor, encode_id_cursor, history_filter
 from app.credits import service as credit_service
 from app.metering import repository as usage_repository
 from app.metering.repository import UsageReport
@@ -133,14 +134,15 @@ async def status(call: Call) -> StatusOut:
 async def usage(call: Call) -> UsageOut:
     scope, rest, q = call.tenant(), call.rest, call.query
     filt = history_filter(days=q.days, start=None, end=None)
-    before = decode_id_cursor(CURSOR, q.cursor) if q.cursor is not None else None
+    ids = public_ids.codec(rest.engine)
+    before = decode_id_cursor(CURSOR, q.cursor, ids, public_ids.ENTRY) if q.cursor is not None else None
     tid = scope.tenant_id
     pages = await rest.read(lambda s: credit_service.history(s, [tid], rest.clock.now(), filt, q.limit + 1, before))
     rows, more = pages[tid][: q.limit], len(pages[tid]) > q.limit
     return UsageOut(
         transactions=[
             Transaction(
-                id=str(r.id),
+                id=ids.encode(public_ids.ENTRY, r.id),
                 kind=r.kind,
                 action=r.action,
                 amount=credits(r.amount),
@@ -150,7 +152,7 @@ async def usage(call: Call) -> UsageOut:
             )
             for r in rows
         ],
-        next_cursor=encode_cursor(CURSOR, str(rows[-1].id)) if rows and more else None,
+        next_cursor=encode_id_cursor(CURSOR, ids, public_ids.ENTRY, rows[-1].id) if rows and more else None,
         has_more=more,
     )
 

@@ -93,7 +93,7 @@ def test_rest_charge_refuses_a_connection_with_403(api: Api) -> None:
         "/v1/charge", json={"primitive": "email.send", "idempotency_key": "h1", "connection": "slack"}, headers=headers
     )
     err = r.json()["error"]
-    assert r.status_code == 403 and err["code"] == "NOT_ENTITLED" and err["connection"] == "slack", err
+    assert r.status_code == 403 and err["code"] == "not_entitled" and err["connection"] == "slack", err
     assert "slack" in err["message"]
     assert count_rows(api.db.engine, *MONEY) == before
     ok = api.client.post(

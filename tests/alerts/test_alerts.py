@@ -479,7 +479,7 @@ def test_rest_and_graphql_refusals_fire_the_same_alerts(api: Api, db: Database) 
     gql_answers, gql_events = seen["graphql"]
     rest_answers, rest_events = seen["rest"]
     assert gql_answers[30:] == ["InsufficientCredits"] * 4
-    assert rest_answers[30:] == ["INSUFFICIENT_CREDITS"] * 4
+    assert rest_answers[30:] == ["insufficient_credits"] * 4
     assert [e["type"] for e in rest_events].count("balance.exhausted") == 1
     assert rest_events == gql_events
 

@@ -158,7 +158,7 @@ def test_rest_charge_answers_429_budget_exceeded(api: Api) -> None:
     )
     r = api.client.post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "x2"}, headers=h)
     err = r.json()["error"]
-    assert r.status_code == 429 and err["code"] == "BUDGET_EXCEEDED" and err["api_key_id"] == kid, err
+    assert r.status_code == 429 and err["code"] == "budget_exceeded" and err["api_key_id"] == kid, err
 
 
 def test_thousand_concurrent_charges_against_a_key_budget_of_100(api: Api, db: Database) -> None:

@@ -238,7 +238,7 @@ def test_pgbouncers_pool_full_answers_503(api: Api, db: Database, clock: FrozenC
                     holder.execute("SELECT 1")  # a transaction left open: pgbouncer's one server connection
                     r = client.post("/v1/charge", json=body, headers=auth)
                     assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-                    assert r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+                    assert r.json()["error"]["code"] == "database_unavailable"
                     holder.rollback()
                 assert count_rows(db.engine, "usage_event", "ledger_entry") == before
                 r = client.post("/v1/charge", json=body, headers=auth)

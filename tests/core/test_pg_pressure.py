@@ -67,7 +67,7 @@ def assert_503(r: Any) -> dict[str, Any]:
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
     error = r.json()["error"]
-    assert error["code"] == "DATABASE_UNAVAILABLE" and error["retryable"] is True, error
+    assert error["code"] == "database_unavailable" and error["retryable"] is True, error
     return dict(error)
 
 
@@ -101,7 +101,7 @@ def test_a_full_pool_answers_503_with_retry_after_writes_nothing(api: Api, db: D
         with TestClient(warm_app) as warm, TestClient(cold_app) as cold, TestClient(hooks_app) as stripe_hooks:
             assert warm.get("/v1/status", headers=auth).status_code == 200
             responses = warm.get("/openapi.json").json()["paths"]["/v1/charge"]["post"]["responses"]
-            assert "DATABASE_UNAVAILABLE" in responses["503"]["description"]  # documented for every route
+            assert "database_unavailable" in responses["503"]["description"]  # documented for every route
             before = count_rows(db.engine, *WRITTEN)
             held = engine.connect()  # the pool's only connection: every request now waits 0.2 s and gives up
             try:

@@ -100,7 +100,7 @@ def test_rest_and_graphql_answer_503_while_another_process_holds_the_lock(busy_a
     try:
         r = api.client.post("/v1/charge", json=charge, headers=auth)
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
-        assert r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+        assert r.json()["error"]["code"] == "database_unavailable"
         r = api.client.post("/graphql", json=gql, headers=auth)
         assert r.status_code == 503, r.text
         (error,) = r.json()["errors"]

@@ -390,9 +390,10 @@ def test_packs(db: Database, clock: FrozenClock) -> None:
         ]
         assert pack_by_key(s, "medium") is not None and pack_by_key(s, "nope") is None
         assert pack_by_price(s, "price_nope") is None
-        assert [p.key for p in packs_covering(s, 1)] == ["small", "medium", "large"]
-        assert [p.key for p in packs_covering(s, 30 * MICRO)] == ["medium", "large"]
-        assert [p.key for p in packs_covering(s, 500 * MICRO)] == ["large"]
+        assert [(p.key, n) for p, n in packs_covering(s, 1)] == [("small", 1), ("medium", 1), ("large", 1)]
+        assert [(p.key, n) for p, n in packs_covering(s, 30 * MICRO)] == [("medium", 1), ("large", 1)]
+        # No pack covers 500 alone: the cheapest combination that does (4 x 120 + 1 x 20, $210).
+        assert [(p.key, n) for p, n in packs_covering(s, 500 * MICRO)] == [("large", 4), ("small", 1)]
 
 
 def test_purchase_grant_never_expires_unless_the_pack_says_so(db: Database, clock: FrozenClock) -> None:

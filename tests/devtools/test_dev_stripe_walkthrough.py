@@ -80,7 +80,7 @@ def test_the_dev_loop_runs_as_written(db: Database, tmp_path: Path) -> None:
         url, payload = curl.group(1), json.loads(curl.group(2))
         assert url == "http://127.0.0.1:8000/v1/charge"
         r = http.post("/v1/charge", json=payload, headers={"Authorization": f"Bearer {tenant_key}"})
-        assert r.status_code == 402 and r.json()["error"]["code"] == "INSUFFICIENT_CREDITS", r.text
+        assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_credits", r.text
         packs = {p["key"]: p for p in r.json()["error"]["packs"]}
         assert packs["small"]["purchase"] == {"method": "POST", "path": "/v1/billing/topup", "body": {"pack": "small"}}
         # 4. Buy the small pack: a Checkout Session on the stand-in.

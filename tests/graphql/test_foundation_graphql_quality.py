@@ -152,7 +152,7 @@ def test_body_over_limit_is_413_and_writes_nothing(tight: tuple[TestClient, dict
     }
     r = client.post("/graphql", json=payload, headers=h)
     assert r.status_code == 413
-    assert r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert r.json()["error"]["code"] == "payload_too_large"
     # Without a Content-Length (chunked): still refused while reading.
     raw = json.dumps(payload).encode()
     chunks = (raw[i : i + 500] for i in range(0, len(raw), 500))

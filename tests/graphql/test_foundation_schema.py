@@ -37,6 +37,7 @@ NOT_TENANT_OWNED = {
     "organization_stripe",  # an organization's own Stripe account: keyed by organization_id (it owns no tenant)
     "platform_tier",  # the platform's catalog: what it sells organizations (an organization's tier is on organization)
     "audit_log",  # operator-wide history; tenant_id is a filter, not ownership (and outlives nothing)
+    "server_secret",  # the install's own secrets (the public ids' key), no tenant's
 }
 FOUNDATION_CATALOG = {"tenant", "account_kit", "plan", "plan_quota"}
 

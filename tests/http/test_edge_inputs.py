@@ -29,7 +29,8 @@ def error_shape(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json"), r.headers
     body = r.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    # The HTTP edge writes codes in lower case (GraphQL's, in UPPER_CASE, are `code` here).
+    assert set(body) == {"error"} and body["error"]["code"] == code.lower(), body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]  # type: ignore[no-any-return]
 

@@ -155,7 +155,7 @@ def assert_too_many(r: httpx.Response) -> dict[str, Any]:
     assert r.status_code == 429, r.text
     assert r.headers["retry-after"] == "1"
     err = r.json()["error"]
-    assert err["code"] == "TOO_MANY_REQUESTS" and err["retry_after_seconds"] == 1, err
+    assert err["code"] == "too_many_requests" and err["retry_after_seconds"] == 1, err
     assert f"more than {IN_FLIGHT} requests" in err["message"]
     return r.json()  # type: ignore[no-any-return]
 

@@ -102,7 +102,7 @@ def test_hostile_documents_do_not_stall_healthz(tmp_path: Path) -> None:
         assert elapsed < 1.0, (label, elapsed)
         if "no key" in label:
             # Refused before any parsing, in the edge's JSON shape.
-            assert status == 401 and body["error"]["code"] == "UNAUTHENTICATED", (label, body)
+            assert status == 401 and body["error"]["code"] == "unauthenticated", (label, body)
         else:
             assert status == 200, (label, body)
             (err,) = body["errors"]

@@ -203,7 +203,7 @@ def test_plain_route_answers_credits_used_and_remaining(api: Api) -> None:
     broke = post("/v1/charge", json={"primitive": "email.send", "idempotency_key": "last"}, headers=auth)
     assert broke.status_code == 402
     error = broke.json()["error"]
-    assert error["code"] == "INSUFFICIENT_CREDITS" and error["available"] == -10
+    assert error["code"] == "insufficient_credits" and error["available"] == -10
     assert error["packs"] and error["packs"][0]["purchase"]["path"] == "/v1/billing/topup"
 
 

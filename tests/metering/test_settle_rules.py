@@ -279,7 +279,7 @@ def test_rest_settle_names_the_cut(api: Api) -> None:
     body = r.json()
     assert body["credits_used"] == 1 and body["usage"]["used"] == 2
     assert body["cut"] == {
-        "code": "LIMIT_EXCEEDED",
+        "code": "limit_exceeded",
         "message": "settle cut to what the limits admit (maxQuantityPerCall)",
         "limits": ["maxQuantityPerCall"],
         "requested_quantity": 4,

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 
+from app.core import public_ids
 from app.core.clock import FrozenClock
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
@@ -232,8 +233,9 @@ def test_a_batch_of_50_is_a_constant_number_of_statements(api: Api) -> None:
     assert [r["__typename"] for r in res] == ["Charged"] * 50
     batch = _transaction(seen)
     assert sum(s.startswith("INSERT INTO usage_event") for s in batch) == 1, "\n".join(batch)
-    ids = [int(r["eventId"]) for r in res]
-    assert len(set(ids)) == 50
+    codec = public_ids.codec(api.db.engine)
+    ids = [codec.decode(public_ids.EVENT, r["eventId"]) for r in res]
+    assert len(set(ids)) == 50 and ids == list(range(ids[0], ids[0] + 50))  # one insert, in order
     # Lock and facts, stored keys, sweep, quota; bucket, the 50 ledger entries (one INSERT), account,
     # the 50 events (one INSERT), counter, rate window, rollup: 11, as for a batch of 5 (was 60).
     assert len(batch) == 11, "\n".join(s[:120] for s in batch)

@@ -150,9 +150,9 @@ def test_tenants_cannot_read_metrics_and_it_is_off_by_default(db: Database, stri
         tid = api.create_tenant("Peeker")
         tenant_key = api.tenant_key(tid)
         r = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {tenant_key}"})
-        assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN"
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         r = httpx.get(server.url + "/metrics")
-        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED"
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
     off = Settings(env="test", database_url="sqlite://unused")
     assert off.metrics_enabled is False
     with BackgroundServer(create_app(off, engine=db.engine, clock=clock)) as server:

@@ -51,7 +51,7 @@ def test_one_end_user_is_stopped_at_the_cap_and_the_others_go_on(api: Api) -> No
         json={"primitive": "email.send", "idempotency_key": "a3"},
         headers={"Authorization": f"Bearer {api.tenant_key_as(a, key)}"},
     )
-    assert r.status_code == 429 and r.json()["error"]["code"] == "END_USER_CREDIT_CAP", r.json()
+    assert r.status_code == 429 and r.json()["error"]["code"] == "end_user_credit_cap", r.json()
     assert set(r.json()["error"]) >= {"cap", "used", "requested", "period_end"}
 
 

@@ -126,7 +126,7 @@ def test_new_work_is_pre_checked_against_the_organization_and_an_end_user_never_
         json={"primitive": "ceo.run", "idempotency_key": "run-1", "precheck": True},
         headers={"Authorization": f"Bearer {user_key}"},
     )
-    assert pre.status_code == 402 and pre.json()["error"]["code"] == "ORGANIZATION_CREDITS_EXHAUSTED"
+    assert pre.status_code == 402 and pre.json()["error"]["code"] == "organization_credits_exhausted"
     assert "available" not in pre.json()["error"] and "packs" not in pre.json()["error"]
     assert _reserve(api, user_key, None, "more")["__typename"] == "OrganizationCreditsExhausted"
     assert count_rows(api.db.engine, "ledger_entry", "usage_event", "credit_hold") == before

@@ -89,7 +89,7 @@ def test_the_precheck_and_the_floor_hold_for_the_organization_and_a_refusal_writ
         json={"primitive": "email.send", "idempotency_key": "c", "precheck": True},
         headers={"Authorization": f"Bearer {key}", "X-Tenant-Id": tid},
     )
-    assert r.status_code == 402 and r.json()["error"]["code"] == "ORGANIZATION_CREDITS_EXHAUSTED"
+    assert r.status_code == 402 and r.json()["error"]["code"] == "organization_credits_exhausted"
     assert "packs" not in r.json()["error"]
     assert count_rows(api.db.engine, "ledger_entry", "usage_event", "usage_counter", "credit_bucket") == before
     # The organization's own call at -10 is refused with today's answer: its packs.

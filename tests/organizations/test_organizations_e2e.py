@@ -165,7 +165,7 @@ def test_an_organization_pays_for_its_end_users_calls_and_a_second_one_sees_none
         timeout=30,
     )
     assert rest_refusal.status_code == 402
-    assert rest_refusal.json()["error"]["code"] == "ORGANIZATION_CREDITS_EXHAUSTED"
+    assert rest_refusal.json()["error"]["code"] == "organization_credits_exhausted"
     assert "packs" not in rest_refusal.json()["error"]
     # The refused call wrote nothing; the organization was alerted on its own account.
     usage = api(USAGE, {"t": tid}, key=org_key)["tenant"]["usage"]
@@ -184,7 +184,7 @@ def test_an_organization_pays_for_its_end_users_calls_and_a_second_one_sees_none
     }
     assert api("query($o: ID!) { organization(id: $o) { id } }", {"o": org_id}, key=other_key)["organization"] is None
     denied = api(STATUS, key=other_key, tenant=tid, expect_errors=True)
-    assert denied["error"]["code"] == "TENANT_NOT_FOUND"
+    assert denied["error"]["code"] == "tenant_not_found"
     assert _balance(api, other_key) == 20
     theirs = api(SET_SUB, {"i": {"planKey": "pro", "status": "active"}, "t": tid}, key=other_key)["setSubscription"]
     assert theirs["__typename"] == "NotFoundError"

@@ -66,11 +66,11 @@ def test_reads_answer_tenant_and_operator_keys_alike_and_refuse_wrong_keys(rest:
         {"X-Tenant-Id": rest.tenant_id},
     ):
         r = rest.http.get(path, headers=headers)
-        assert r.status_code == 401 and error(r)["code"] == "UNAUTHENTICATED", (headers, r.text)
+        assert r.status_code == 401 and error(r)["code"] == "unauthenticated", (headers, r.text)
     # A tenant key naming another tenant answers as a tenant that does not exist.
     other, _ = rest.new_tenant()
     r = rest.http.get(path, headers={**rest.headers("tenant"), "X-Tenant-Id": other})
-    assert r.status_code == 404 and error(r)["code"] == "TENANT_NOT_FOUND"
+    assert r.status_code == 404 and error(r)["code"] == "tenant_not_found"
     r = rest.http.get(path, headers={**rest.headers("tenant"), "X-Tenant-Id": "ten_nothex"})
     assert r.status_code == 400 and error(r)["field"] == "X-Tenant-Id"
     # An operator key alone has no tenant: the tenant's routes say so, the catalog answers.
@@ -95,7 +95,7 @@ def test_writes_refuse_missing_and_bad_keys_before_reading_the_body(rest: Rest) 
         for body in ({"primitive": "email.send", "idempotency_key": "k"}, {"quantity": 1.5}, None):
             for headers in ({}, {"Authorization": "Bearer mk_tn_nope"}):
                 r = rest.http.post(path, json=body, headers=headers)
-                assert r.status_code == 401 and error(r)["code"] == "UNAUTHENTICATED", (path, body, r.text)
+                assert r.status_code == 401 and error(r)["code"] == "unauthenticated", (path, body, r.text)
     assert count_rows(rest.api.db.engine, *MONEY) == before
 
 
@@ -150,7 +150,7 @@ def test_charge_answers_credits_used_and_remaining_and_takes_every_detail(rest: 
     assert again.json() == {**body, "replayed": True, "credits_used": 1, "credits_remaining": 219}
     conflict = rest.post("/v1/charge", {"primitive": "email.send", "idempotency_key": "m1", "quantity": 2})
     assert conflict.status_code == 409 and error(conflict) == {
-        "code": "IDEMPOTENCY_CONFLICT",
+        "code": "idempotency_conflict",
         "message": "idempotency key 'm1' was used with different parameters",
         "idempotency_key": "m1",
     }
@@ -208,7 +208,7 @@ def test_the_402_lists_packs_with_price_and_how_to_buy_them_and_precheck_refuses
     refused = charge("pre", precheck=True)
     assert refused.status_code == 402
     err = exact(refused.text)["error"]
-    assert err["code"] == "INSUFFICIENT_CREDITS" and err["message"] == "insufficient credits"
+    assert err["code"] == "insufficient_credits" and err["message"] == "insufficient credits"
     assert (err["required"], err["available"], err["shortfall"]) == (1, 0, 1)
     assert err["packs"][0] == {
         "key": "small",
@@ -216,6 +216,7 @@ def test_the_402_lists_packs_with_price_and_how_to_buy_them_and_precheck_refuses
         "credits": 20,
         "price_usd": Decimal("10.00"),
         "purchase": {"method": "POST", "path": "/v1/billing/topup", "body": {"pack": "small"}},
+        "quantity": 1,
     }
     assert [p["key"] for p in err["packs"]] == ["small", "medium", "large"]
     assert charge("after-0").status_code == 200  # no precheck: allowed into the buffer
@@ -249,7 +250,7 @@ def test_reserve_answers_the_async_submission_then_settle_and_release(rest: Rest
     hid = body["hold_id"]
     other_tid, other_key = rest.new_tenant()
     foreign = rest.http.post(f"/v1/holds/{hid}/settle", headers={"Authorization": f"Bearer {other_key}"})
-    assert foreign.status_code == 404 and error(foreign)["code"] == "NOT_FOUND"
+    assert foreign.status_code == 404 and error(foreign)["code"] == "not_found"
     settled = rest.post(f"/v1/holds/{hid}/settle", as_="operator")
     assert settled.status_code == 200 and settled.json()["credits_used"] == 5
     assert settled.json()["credits_remaining"] == 215
@@ -266,7 +267,7 @@ def test_reserve_answers_the_async_submission_then_settle_and_release(rest: Rest
             "details": {"model": FLUX, "num_images": 10},
         },
     )
-    assert second.status_code == 403 and error(second)["code"] == "NOT_ENTITLED"  # kit_pro has no image.*
+    assert second.status_code == 403 and error(second)["code"] == "not_entitled"  # kit_pro has no image.*
     third = rest.post("/v1/reserve", {"primitive": "research.exhaustive", "idempotency_key": "job-3"}).json()
     released = rest.post(f"/v1/holds/{third['hold_id']}/release", {}, as_="operator")
     assert released.status_code == 200 and released.json() == {
@@ -346,7 +347,7 @@ def test_usage_summary_answers_the_sdks_billing_usage(rest: Rest) -> None:
     # June ended before the tenant was created (July): not today's plan, a typed refusal.
     june = rest.get("/v1/usage/summary?period=2026-06")
     assert june.status_code == 400, june.text
-    assert error(june)["code"] == "PERIOD_BEFORE_TENANT" and error(june)["field"] == "period"
+    assert error(june)["code"] == "period_before_tenant" and error(june)["field"] == "period"
     assert "2026-06 ended before the tenant was created" in error(june)["message"]
     assert "first period with usage is 2026-07" in error(june)["message"]
     for bad in ("2026-13", "2026-7", "last", "0999-01"):
@@ -466,7 +467,7 @@ def test_bodies_are_strict_never_a_500_and_nothing_is_written(rest: Rest, path: 
         assert r.status_code == 400, (name, r.status_code, r.text[:300])
         err = error(r)
         # An unknown primitive is the catalog's own typed refusal (UNKNOWN_PRIMITIVE), still a 400 naming it.
-        code = "UNKNOWN_PRIMITIVE" if name == "unknown primitive" else "VALIDATION_FAILED"
+        code = "unknown_primitive" if name == "unknown primitive" else "validation_failed"
         assert err["code"] == code and err.get("field") == field, (name, err)
         assert len(r.content) < 1000, name  # the input is never echoed back
     for as_ in ("tenant", "operator"):
@@ -478,7 +479,7 @@ def test_bodies_are_strict_never_a_500_and_nothing_is_written(rest: Rest, path: 
 def test_a_body_over_the_limit_is_a_413_in_the_error_shape(rest: Rest) -> None:
     big = {"primitive": "email.send", "idempotency_key": "big", "reference": "r" * 300_000}
     r = rest.post("/v1/charge", big)
-    assert r.status_code == 413 and error(r)["code"] == "PAYLOAD_TOO_LARGE"
+    assert r.status_code == 413 and error(r)["code"] == "payload_too_large"
     assert "413" in rest.http.get("/openapi.json").json()["paths"]["/v1/charge"]["post"]["responses"]
 
 
@@ -547,7 +548,7 @@ def test_buying_without_stripe_configured_is_a_503_that_writes_nothing(rest: Res
     before = count_rows(rest.api.db.engine, *MONEY, "stripe_operation")
     for path, body in (("/v1/billing/topup", {"pack": "medium"}), ("/v1/billing/upgrade", {"plan": "pro"})):
         r = rest.post(path, body)
-        assert r.status_code == 503 and error(r)["code"] == "STRIPE_NOT_CONFIGURED"
+        assert r.status_code == 503 and error(r)["code"] == "stripe_not_configured"
     assert count_rows(rest.api.db.engine, *MONEY, "stripe_operation") == before
 
 
@@ -599,9 +600,9 @@ def test_each_route_takes_only_keys_with_the_scope_it_declares(rest: Rest) -> No
             r = rest.http.request(method, url, json=body, headers={"Authorization": f"Bearer {key}"})
             needs = doc["paths"][path][method.lower()]["x-meterkit-needs"]
             if needs == scope.lower():
-                assert r.status_code != 403 or error(r)["code"] != "FORBIDDEN", (scope, path, r.text)
+                assert r.status_code != 403 or error(r)["code"] != "forbidden", (scope, path, r.text)
             else:
-                assert r.status_code == 403 and error(r)["code"] == "FORBIDDEN", (scope, path, r.text)
+                assert r.status_code == 403 and error(r)["code"] == "forbidden", (scope, path, r.text)
                 assert error(r)["needed"] == needs and repr(needs) in error(r)["message"]
     # A body the route would refuse is still a 403 first for a key without the scope (nothing parsed).
     reader = rest.api(SCOPED_KEY, {"t": rest.tenant_id, "s": ["READ"]})["createApiKey"]["secret"]
@@ -623,14 +624,18 @@ def test_the_charge_answer_is_written_byte_for_byte_as_the_generic_encoder_write
     used: int, remaining: int, quota: int | None, replayed: bool, primitive: str
 ) -> None:
     """POST /v1/charge writes its answer by hand (the hot path): the same bytes as json_bytes(charged())."""
+    from app.core.public_ids import IdCodec
     from app.metering.types import Charged, Usage
     from app.rest.base import json_bytes
     from app.rest.metering import charged, charged_bytes
 
     u = Usage(primitive, 7, quota, 0 if quota is None else max(7 - quota, 0))
     res = Charged(event_id=42, credits_used=used, credits_remaining=remaining, usage=u, replayed=replayed)
-    assert charged_bytes(res) == json_bytes(charged(res))
-    assert json.loads(charged_bytes(res), parse_float=Decimal)["credits_used"] == Decimal(used) / 1_000_000
+    ids = IdCodec(b"k" * 32)
+    assert charged_bytes(res, ids) == json_bytes(charged(res, ids))
+    answer = json.loads(charged_bytes(res, ids), parse_float=Decimal)
+    assert answer["credits_used"] == Decimal(used) / 1_000_000
+    assert answer["event_id"] == ids.encode("evt", 42) and ids.decode("evt", answer["event_id"]) == 42
 
 
 def test_the_charge_takes_the_hot_lane_unless_cors_is_configured(rest: Rest) -> None:

@@ -50,15 +50,15 @@ def test_topup_answers_a_checkout_url_and_the_webhook_grants_the_pack(stripe_env
 
     rows = count_rows(env.engine, *MONEY)
     refusals = [
-        ({"pack": "giant"}, tenant, 404, "NOT_FOUND", None),
-        ({"pack": "large"}, tenant, 400, "VALIDATION_FAILED", "pack"),  # the seeded pack has no Stripe price
-        ({"pack": 50}, tenant, 400, "VALIDATION_FAILED", "pack"),
-        ({"pack": "medium"}, {}, 401, "UNAUTHENTICATED", None),
+        ({"pack": "giant"}, tenant, 404, "not_found", None),
+        ({"pack": "large"}, tenant, 400, "validation_failed", "pack"),  # the seeded pack has no Stripe price
+        ({"pack": 50}, tenant, 400, "validation_failed", "pack"),
+        ({"pack": "medium"}, {}, 401, "unauthenticated", None),
         (
             {"pack": "medium"},
             {"Authorization": f"Bearer {env.api.operator_key}"},
             400,
-            "VALIDATION_FAILED",
+            "validation_failed",
             "X-Tenant-Id",
         ),
     ]
@@ -84,7 +84,7 @@ def test_upgrade_checks_out_a_first_plan_then_moves_the_live_subscription(stripe
     assert (now["tier"], now["subscription_status"]) == ("pro", "active")
 
     same = call(env, "/v1/billing/upgrade", {"plan": "pro"}, tenant)
-    assert same.status_code == 409 and same.json()["error"]["code"] == "CONFLICT"
+    assert same.status_code == 409 and same.json()["error"]["code"] == "conflict"
     sub_id = env.state(t)["sub_id"]
     moved = call(
         env,

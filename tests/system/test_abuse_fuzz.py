@@ -121,7 +121,7 @@ def test_abuse_suite(api: Api) -> None:
             assert r.status_code < 500, (who, doc, r.text)
             assert "Unexpected error." not in r.text, (who, doc, r.text)
             if who == "no key":
-                assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED", r.text
+                assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated", r.text
                 seen["401"] += 1
                 continue
             body = r.json()

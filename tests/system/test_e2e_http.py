@@ -144,7 +144,7 @@ def _drive(c: Client, op_key: str) -> None:
 
     # No key, a wrong key, a revoked key.
     no_key = c.gql(None, "{ viewer { id } }")
-    assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "UNAUTHENTICATED"
+    assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "unauthenticated"
     assert c.gql("mk_tn_wrong", "{ viewer { id } }").status_code == 401
     revoked = c.gql(
         op_key, "mutation($id: ID!) { revokeApiKey(id: $id) { __typename } }", {"id": created["apiKey"]["id"]}

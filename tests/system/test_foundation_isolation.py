@@ -189,7 +189,7 @@ def test_x_tenant_id_header_hides_other_tenants(api: Api, two_tenants: dict[str,
     assert _post(api, viewer, {}, api.operator_key, tenant=b).json()["data"]["viewer"]["id"] == b
     r_op_missing = _post(api, viewer, {}, api.operator_key, tenant=missing)
     assert r_op_missing.status_code == 404
-    assert r_op_missing.json()["error"]["code"] == "TENANT_NOT_FOUND"
+    assert r_op_missing.json()["error"]["code"] == "tenant_not_found"
 
 
 @pytest.mark.parametrize(
@@ -214,7 +214,7 @@ def test_malformed_ids_are_validation_errors(api: Api, two_tenants: dict[str, st
             r = _post(api, viewer, {}, key, tenant=bad)
             assert r.status_code == 400, (bad, r.text)
             assert without_request_id(r.json()["error"]) == {
-                "code": "VALIDATION_FAILED",
+                "code": "validation_failed",
                 "message": "X-Tenant-Id is not a valid ten_ id",
                 "field": "X-Tenant-Id",
             }
@@ -289,17 +289,17 @@ def test_missing_or_bad_credentials_are_refused(api: Api, two_tenants: dict[str,
         r = api.client.post("/graphql", json={"query": call.document, "variables": call.variables})
         assert r.status_code == 401, (call.coordinate, r.text)
         assert without_request_id(r.json()["error"]) == {
-            "code": "UNAUTHENTICATED",
+            "code": "unauthenticated",
             "message": NO_KEY,
         }, call.coordinate
     assert _table_counts(api) == before
     # Introspection too: GraphiQL loads the schema once a key is in its Headers tab.
     r = api.client.post("/graphql", json={"query": "{ __schema { queryType { name } } }"})
-    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED"
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
     for header in ("Bearer mk_op_wrong", "Basic abc", "Bearer ", "mk_op_x"):
         r = api.client.post("/graphql", json={"query": "{ viewer { id } }"}, headers={"Authorization": header})
         assert r.status_code == 401, header
-        assert r.json()["error"]["code"] == "UNAUTHENTICATED"
+        assert r.json()["error"]["code"] == "unauthenticated"
     # X-Tenant-Id without any key.
     r = api.client.post("/graphql", json={"query": "{ viewer { id } }"}, headers={"X-Tenant-Id": two_tenants["a"]})
     assert r.status_code == 401

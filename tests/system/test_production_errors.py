@@ -85,7 +85,7 @@ def test_production_errors_suggest_nothing(
     # No key: refused before the document is even parsed.
     r = _post(production, doc, variables, None)
     assert r.status_code == 401 and without_request_id(r.json()["error"]) == {
-        "code": "UNAUTHENTICATED",
+        "code": "unauthenticated",
         "message": NO_KEY,
     }
 

@@ -374,7 +374,7 @@ def test_api_key_create_revoke_and_hashing(api: Api) -> None:
     # Refused at once, with HTTP 401.
     r = api.client.post("/graphql", json={"query": viewer}, headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 401
-    assert r.json()["error"]["code"] == "UNAUTHENTICATED"
+    assert r.json()["error"]["code"] == "unauthenticated"
     # Revoking twice keeps the first revocation time.
     assert api(REVOKE, {"id": meta["id"]})["revokeApiKey"]["revokedAt"] == revoked["revokedAt"]
 

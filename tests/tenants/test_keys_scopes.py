@@ -126,7 +126,7 @@ def test_expiring_keys(api: Api, tenant: dict[str, str], clock: FrozenClock) -> 
         r = api.client.post(
             "/graphql", json={"query": "{ viewer { id } }"}, headers={"Authorization": f"Bearer {secret}"}
         )
-        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHENTICATED"
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
     assert api("{ viewer { id } }", key=tenant["full"])["viewer"]["id"] == tenant["id"]
 
 
@@ -151,7 +151,7 @@ def test_rest_charge_needs_the_meter_scope(api: Api, tenant: dict[str, str]) -> 
     body = {"primitive": "email.send", "idempotency_key": "r1"}
     before = count_rows(api.db.engine, "usage_event", "ledger_entry")
     r = api.client.post("/v1/charge", json=body, headers={"Authorization": f"Bearer {tenant['read']}"})
-    assert r.status_code == 403 and r.json()["error"]["code"] == "FORBIDDEN" and r.json()["error"]["needed"] == "meter"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden" and r.json()["error"]["needed"] == "meter"
     assert count_rows(api.db.engine, "usage_event", "ledger_entry") == before
     ok = api.client.post("/v1/charge", json=body, headers={"Authorization": f"Bearer {tenant['full']}"})
     assert ok.status_code == 200, ok.text

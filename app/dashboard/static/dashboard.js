@@ -51,7 +51,8 @@
 
   async function gql(query, variables, tenantId) {
     const { body } = await post(query, variables, tenantId);
-    if (body.error) throw new ApiError(body.error.message, body.error.code); // the edge's error shape
+    // The edge's error shape writes codes in lower case; GraphQL's are UPPER_CASE: one spelling here.
+    if (body.error) throw new ApiError(body.error.message, String(body.error.code).toUpperCase());
     if (body.errors && body.errors.length) {
       const first = body.errors[0];
       throw new ApiError(first.message, (first.extensions || {}).code);
@@ -82,7 +83,7 @@
   async function signIn(key) {
     state.key = key;
     const { status, body } = await post("{ viewer { id name organization { id name } } }");
-    if (status === 401 || (body.error && body.error.code === "UNAUTHENTICATED")) {
+    if (status === 401 || (body.error && body.error.code === "unauthenticated")) {
       state.key = null;
       throw new ApiError("This key was refused: check it, or ask for a new one.", "UNAUTHENTICATED");
     }

@@ -90,10 +90,13 @@ class _Scope:
 
 
 def _http_refusal(exc: GraphQLClientHttpError) -> MeterkitError:
-    """meterkit's one JSON error shape {"error": {code, message, field?}}; anything else is not us."""
+    """meterkit's one JSON error shape {"error": {code, message, field?}}; anything else is not us.
+    The edge writes codes in lower case; Refused.code is GraphQL's UPPER_CASE spelling either way."""
     try:
         body = cast(httpx.Response, exc.response).json()
         error = body["error"]
-        return Refused(str(error["code"]), str(error["message"]), field=error.get("field"), status=exc.status_code)
+        return Refused(
+            str(error["code"]).upper(), str(error["message"]), field=error.get("field"), status=exc.status_code
+        )
     except (ValueError, KeyError, TypeError, json.JSONDecodeError):
         return Unreachable(f"HTTP {exc.status_code} from a server that is not a meterkit gateway")

@@ -55,6 +55,7 @@ class ChargeChargeInsufficientCreditsPacks(BaseModel):
     key: str
     name: str
     credits: Decimal
+    quantity: int
     price_usd: Decimal = Field(alias="priceUsd")
     purchase_path: str = Field(alias="purchasePath")
 
@@ -85,6 +86,8 @@ class ChargeChargeIdempotencyConflict(BaseModel):
 
 class ChargeChargeBudgetExceeded(BaseModel):
     typename__: Literal["BudgetExceeded"] = Field(alias="__typename")
+    code: str
+    message: str
 
 
 class ChargeChargeValidationError(BaseModel):

@@ -587,11 +587,11 @@ class GeneratedClient(BaseClient):
                     key
                     name
                     credits
+                    quantity
                     priceUsd
                     purchasePath
                   }
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -600,11 +600,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"input": input}
@@ -654,11 +649,11 @@ class GeneratedClient(BaseClient):
                     key
                     name
                     credits
+                    quantity
                     priceUsd
                     purchasePath
                   }
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -667,11 +662,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"input": input, "ttlSeconds": ttl_seconds}
@@ -703,7 +693,6 @@ class GeneratedClient(BaseClient):
                   creditsRemaining
                   replayed
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -712,11 +701,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"holdId": hold_id, "actual": actual}
@@ -744,7 +728,6 @@ class GeneratedClient(BaseClient):
                   amount
                   availableAfter
                 }
-                ...MeterRefusal
                 ... on UserError {
                   code
                   message
@@ -753,11 +736,6 @@ class GeneratedClient(BaseClient):
                   field
                 }
               }
-            }
-
-            fragment MeterRefusal on MeterError {
-              code
-              message
             }
             """)
         variables: dict[str, object] = {"holdId": hold_id}

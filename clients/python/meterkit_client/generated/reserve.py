@@ -52,6 +52,7 @@ class ReserveReserveInsufficientCreditsPacks(BaseModel):
     key: str
     name: str
     credits: Decimal
+    quantity: int
     price_usd: Decimal = Field(alias="priceUsd")
     purchase_path: str = Field(alias="purchasePath")
 
@@ -82,6 +83,8 @@ class ReserveReserveIdempotencyConflict(BaseModel):
 
 class ReserveReserveBudgetExceeded(BaseModel):
     typename__: Literal["BudgetExceeded"] = Field(alias="__typename")
+    code: str
+    message: str
 
 
 class ReserveReserveValidationError(BaseModel):
