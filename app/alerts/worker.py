@@ -49,8 +49,10 @@ from app.alerts import egress
 from app.alerts.emit import ENDPOINT_DISABLED, emit
 from app.alerts.models import AlertEvent, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.audit.service import Target, append, row_snapshot
+from app.core import public_ids
 from app.core.clock import Clock
 from app.core.db import connection_of_work
+from app.core.public_ids import ALERT, IdCodec
 from app.core.sql import is_sqlite
 from app.metering.holds import expire_due_holds
 from app.observability import metrics
@@ -267,8 +269,12 @@ def _printable(text: str) -> str:
 class Sender:
     """POSTs one delivery with the guarded client; never raises: every failure is an Outcome."""
 
-    def __init__(self, config: DeliveryConfig) -> None:
+    def __init__(self, config: DeliveryConfig, ids: IdCodec | None = None) -> None:
+        """`ids`: the install's public-id codec (app/core/public_ids.py): an alert's webhook id is
+        opaque, not alert_event's counter, which told a tenant's receiver the whole system's alert
+        volume. None: a fixed codec (tests that send without a database)."""
         self.config = config
+        self.ids = ids or IdCodec(b"\0" * 32)
         self.client = egress.client(
             allow_private=config.allow_private, deadline=config.deadline, max_connections=config.concurrency
         )
@@ -284,10 +290,11 @@ class Sender:
         guard = egress.SEND_BY.set(send_by)
         try:
             payload = json.loads(r.payload) if isinstance(r.payload, str) else r.payload
-            body = json.dumps({"id": f"evt_{r.event_id}", **payload}, separators=(",", ":"))
+            msg_id = self.ids.encode(ALERT, r.event_id)
+            body = json.dumps({"id": msg_id, **payload}, separators=(",", ":"))
             # Signed with the wall clock at send time, not the injectable one: the receiver checks the
             # timestamp against its own clock (Standard Webhooks: within 5 minutes).
-            headers = sign(r.secret, f"evt_{r.event_id}", datetime.now(UTC), body)
+            headers = sign(r.secret, msg_id, datetime.now(UTC), body)
             async with asyncio.timeout(self.config.deadline):
                 # Streamed and closed unread: only the status counts, and a huge or endless body
                 # costs nothing.
@@ -340,7 +347,7 @@ async def _deliver_round(engine: Engine, clock: Clock, config: DeliveryConfig, l
     rows = await asyncio.to_thread(claim, engine, clock, config, limit)
     if not rows:
         return 0
-    sender = Sender(config)
+    sender = Sender(config, public_ids.codec(engine))
     slots = asyncio.Semaphore(config.concurrency)
 
     async def one(r: Claimed) -> None:
@@ -479,7 +486,7 @@ class DeliveryWorker:
 
     async def _serve(self) -> None:
         config = self.config
-        sender = Sender(config)
+        sender = Sender(config, public_ids.codec(self.engine))
         tasks: set[asyncio.Task[bool]] = set()
         busy: dict[str, int] = {}  # endpoint -> deliveries in flight here
         next_sweep = time.monotonic()

@@ -31,7 +31,8 @@ from app.core.errors import ValidationFailed
 
 EVENT = "evt"  # usage_event.id
 ENTRY = "led"  # ledger_entry.id
-KINDS = (EVENT, ENTRY)
+ALERT = "alr"  # alert_event.id: an alert webhook's id (a tenant's receiver sees it)
+KINDS = (EVENT, ENTRY, ALERT)
 SECRET_NAME = "public_ids"
 _ROUNDS = 4
 _MASK = 0xFFFFFFFF

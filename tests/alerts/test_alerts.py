@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from standardwebhooks import Webhook
 from app.alerts import worker
 from app.alerts.emit import crossed
 from app.alerts.worker import DeliveryConfig
+from app.core import public_ids
 from app.core.auth import TenantScope
 from app.core.clock import FrozenClock
 from app.core.db import connection_of_work
@@ -190,6 +192,13 @@ def test_delivered_once_signed_and_only_to_endpoints_that_may_see_it(api: Api, d
         payload = Webhook(op_secret).verify(body, headers)  # the package's own verifier
         assert payload["type"] == "quota.threshold" and payload["threshold"] == 50 and payload["tenantId"] == tid
         assert Webhook(my_secret).verify(mine.seen[0][1], mine.seen[0][0])["id"] == headers["webhook-id"]
+        # The webhook id is opaque: the alert event's counter put through the install's permutation
+        # (a receiver learns nothing of the system's alert volume), the same for every endpoint.
+        with db.engine.connect() as c:
+            event_id = c.execute(text("SELECT id FROM alert_event ORDER BY id DESC LIMIT 1")).scalar_one()
+        assert re.fullmatch(r"alr_[0-9a-f]{16}", headers["webhook-id"]), headers["webhook-id"]
+        assert headers["webhook-id"] == public_ids.codec(db.engine).encode(public_ids.ALERT, int(event_id))
+        assert mine.seen[0][0]["webhook-id"] == headers["webhook-id"]
         with pytest.raises(Exception, match="signature"):
             Webhook(my_secret).verify(body, headers)  # another endpoint's secret does not verify it
     log = api(DELIVERIES, {"e": op_id})["webhookDeliveries"]

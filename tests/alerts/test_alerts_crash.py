@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import text
 
 from app.alerts.emit import emit
+from app.core import public_ids
 from app.core.clock import as_utc
 from app.core.db import connection_of_work
 from app.settings import Settings
@@ -139,7 +140,9 @@ def _stamp(at: Any) -> float | None:
 
 def _event_ids(db: Database) -> dict[int, str]:
     with db.engine.connect() as c:
-        return {int(d): f"evt_{e}" for d, e in c.execute(text("SELECT id, event_id FROM webhook_delivery"))}
+        rows = c.execute(text("SELECT id, event_id FROM webhook_delivery")).all()
+    ids = public_ids.codec(db.engine)
+    return {int(d): ids.encode(public_ids.ALERT, int(e)) for d, e in rows}
 
 
 def _all_delivered(db: Database, n: int) -> bool:

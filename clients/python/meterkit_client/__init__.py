@@ -11,7 +11,7 @@ from meterkit_client._schema import SCHEMA_SHA256
 from meterkit_client.facade import BillingUsage, Meterkit, MeterkitError, Refused, TenantView, Unreachable, as_json
 
 # The gateway version this client was released with (clients/python/pyproject.toml, checked by tests/client).
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "SCHEMA_SHA256",
