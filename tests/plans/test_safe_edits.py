@@ -68,7 +68,7 @@ def test_the_docs_catalog_examples_leave_the_demo_plans_intact(api: Api, clock: 
         "starter": "Plan",
         "pro": "Plan",
     }
-    # The brief's plans.upsert (no includedCredits): what it names, nothing else.
+    # The product's documented plans.upsert call (no includedCredits): what it names, nothing else.
     brief = {
         "key": "pro",
         "name": "Pro",
@@ -86,9 +86,9 @@ def test_the_docs_catalog_examples_leave_the_demo_plans_intact(api: Api, clock: 
 
     after = api(READ)
     plan, kit = dict(before["plan"]), dict(before["accountKit"])
-    plan["stripePriceId"] = "price_1Pxyz"  # the brief set it
+    plan["stripePriceId"] = "price_1Pxyz"  # that call set it
     assert {**after["plan"], "version": None} == {**plan, "version": None}
-    assert after["plan"]["version"] == 3  # the docs' quota, then the brief's price and quotas
+    assert after["plan"]["version"] == 3  # the docs' quota, then that call's price and quotas
     kit["allowedPrimitives"] = sorted([*kit["allowedPrimitives"], "cards.*"])  # the docs' proKit added it
     assert after["accountKit"] == kit
 
