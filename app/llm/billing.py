@@ -1,4 +1,5 @@
-"""Billing a finished LLM call: ONE charge through the metering charge (app/metering/charging.py,
+"""Billing finished LLM calls (bill_many, for the proxy's biller): one charge each through the metering
+batch charge (app/metering/charging.py,
 the same rules as REST /v1/charge: kit, quota, the key's budget, the balance floor, idempotency)
 and the call's details (app/llm/models.py) in the same transaction.
 
@@ -179,32 +180,3 @@ def _call_row(
         "gone": call.disconnected,
         "now": now,
     }
-
-
-def bill(
-    engine: Engine,
-    clock: Clock,
-    scope: TenantScope,
-    facts: CallFacts,
-    usage: LlmUsage,
-    *,
-    negative_buffer: int,
-    disconnected: bool = False,
-) -> Charged | None:
-    """Charge a finished call and record its details, in one transaction; None: nothing to bill.
-    Refusals raise as charge's do (the edge logs them: the work is done either way)."""
-    req = meter_request(facts, usage)
-    if req is None:
-        return None
-    try:
-        with connection_of_work(engine) as conn:
-            charged = charging.charge(conn, clock, scope, req, negative_buffer=negative_buffer, alone=False)
-            if charged.replayed:
-                return charged  # billed before: its details were written with it
-            markup = _markup(conn) if req.primitive == PASSTHROUGH else None
-            call = Finished(scope, facts, usage, disconnected)
-            run(conn, _INSERT_CALL, _call_row(call, req, charged, markup, ts(conn, clock.now())))
-            return charged
-    except InsufficientCredits as exc:
-        record_exhausted(engine, clock, exc)
-        raise
