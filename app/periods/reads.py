@@ -44,9 +44,9 @@ def version_in_force(tenant_id: str) -> Any:
     (NULL: the newest), the newest of any other plan (a past period's)."""
     return (
         select(func.coalesce(case((TENANT.c.plan_key == QUOTA.c.plan_key, TENANT.c.plan_version)), PLAN.c.version))
-        .where(
-            TENANT.c.id == tenant_id, PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key
-        )
+        # one plan row joined to one tenant row: said as a join, so it does not read as a stray cartesian product
+        .select_from(PLAN.join(TENANT, TENANT.c.id == tenant_id))
+        .where(PLAN.c.organization_id == QUOTA.c.organization_id, PLAN.c.key == QUOTA.c.plan_key)
         .scalar_subquery()
     )
 

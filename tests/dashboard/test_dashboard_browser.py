@@ -333,9 +333,13 @@ def test_a_phone_sees_the_bars_wrapped_ids_and_pages_of_events(stripe_env: Strip
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         tid_box = page.locator("#tenant-id").bounding_box()
         assert tid_box is not None and tid_box["x"] + tid_box["width"] <= PHONE["width"], tid_box
-        for bar in page.locator("#quotas .quota .bar").all():
-            box = bar.bounding_box()
-            assert box is not None and box["width"] > 250, box  # visible, the screen's width
+        # One snapshot of every bar: a live usage update re-renders #quotas, so measuring the bars one
+        # locator at a time can meet a bar that was just replaced (and has no box).
+        expect(page.locator("#quotas .quota .bar").first).to_be_visible()
+        widths = page.evaluate(
+            "[...document.querySelectorAll('#quotas .quota .bar')].map((b) => b.getBoundingClientRect().width)"
+        )
+        assert widths and all(width > 250 for width in widths), widths  # visible, the screen's width
         # Reference and key columns, newest first; then the next page and back.
         rows = page.locator("#events tbody tr")
         expect(rows).to_have_count(15)
