@@ -11,7 +11,9 @@ requests/s are not.
     .venv/bin/python -m bench.inproc charge 2000 --time   # wall clock, for a rough figure
 
 Scenarios: floor (`{ __typename }` with auth), charge (GraphQL charge), check (GraphQL check),
-all on a SQLite file seeded like `make bench` (bench/run.py seed()).
+plain (REST `POST /v1/charge`, the same key and primitive as charge), batch (GraphQL chargeBatch
+of 50: divide its per-request count by 50 for a batch item), all on a SQLite file seeded like
+`make bench` (bench/run.py seed()).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def body_for(scenario: str, i: int) -> bytes:
     if scenario == "charge":
         variables = {"i": {"primitive": PRIMITIVE, "idempotencyKey": f"inproc-{os.getpid()}-{i}"}}
         return json.dumps({"query": CHARGE_QUERY, "variables": variables}).encode()
+    if scenario == "plain":
+        return json.dumps({"primitive": PRIMITIVE, "idempotency_key": f"plain-{os.getpid()}-{i}"}).encode()
     if scenario == "batch":  # chargeBatch of 50, as bench/wrk.lua's batch mode
         items = [{"item": {"primitive": PRIMITIVE, "idempotencyKey": f"b{i}-{j}"}} for j in range(50)]
         return json.dumps({"query": BATCH_QUERY, "variables": {"items": items}}).encode()
@@ -66,19 +70,21 @@ def expect(scenario: str, status: int, body: bytes) -> None:
             raise SystemExit(f"batch: unexpected answer {status}: {body[:400]!r}")
     elif scenario == "charge":
         ok = ok and b'"__typename":"Charged"' in body.replace(b" ", b"")
+    elif scenario == "plain":
+        ok = ok and b'"replayed":false' in body
     if not ok:
         raise SystemExit(f"{scenario}: unexpected answer {status}: {body[:400]!r}")
 
 
-async def request(app: Any, key: str, body: bytes) -> tuple[int, bytes]:
+async def request(app: Any, key: str, body: bytes, path: str = "/graphql") -> tuple[int, bytes]:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/graphql",
-        "raw_path": b"/graphql",
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
         "headers": [
@@ -114,14 +120,15 @@ async def request(app: Any, key: str, body: bytes) -> tuple[int, bytes]:
 
 
 async def drive(app: Any, key: str, scenario: str, n: int, start: int) -> None:
+    path = "/v1/charge" if scenario == "plain" else "/graphql"
     for i in range(start, start + n):
-        status, body = await request(app, key, body_for(scenario, i))
+        status, body = await request(app, key, body_for(scenario, i), path)
         expect(scenario, status, body)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
-    ap.add_argument("scenario", choices=["floor", "charge", "check", "batch"])
+    ap.add_argument("scenario", choices=["floor", "charge", "check", "batch", "plain"])
     ap.add_argument("n", type=int, help="measured requests (after the warmup)")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--time", action="store_true", help="print wall-clock requests/s of the measured part")

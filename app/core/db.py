@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import quote
 
@@ -78,30 +78,39 @@ def connect(engine: Engine) -> Iterator[Connection]:
     pool timeout, the server refused a new one (too many clients, a role's CONNECTION LIMIT,
     connection refused, starting up), or it dropped mid-transaction. This is the one place the
     units of work learn that, so every edge maps one exception to 503 (app/http/edge.py)."""
+    conn = _checkout(engine)
+    with conn, _unavailable_on_loss():
+        yield conn
+
+
+def _checkout(engine: Engine) -> Connection:
     try:
-        conn = engine.connect()
+        return engine.connect()
     except PoolTimeout as exc:
         raise Unavailable("no database connection was free in time; retry shortly") from exc
     except OperationalError as exc:
         log.warning("database refused a connection: %s", exc.orig)
         raise Unavailable("the database refused a new connection; retry shortly") from exc
-    with conn:
-        try:
-            yield conn
-        except (DBAPIError, sqlite3.OperationalError) as exc:
-            # The BEGIN IMMEDIATE of a writing unit runs in a "begin" event (_on_begin), whose
-            # errors reach us as the driver raised them, not wrapped in DBAPIError.
-            if sqlite_busy(exc):
-                # Another process (a CLI command, a second server) held SQLite's write lock past
-                # busy_timeout: nothing was written and nothing is wrong with the request.
-                log.warning("database stayed locked past busy_timeout: %s", exc)
-                raise Unavailable("the database is busy with another writer; retry shortly") from exc
-            if not isinstance(exc, DBAPIError) or not exc.connection_invalidated:
-                raise
-            log.warning("database connection lost mid-transaction: %s", exc.orig)
-            raise Unavailable(
-                "the database connection was lost; retry (a metered call with the same idempotency key)"
-            ) from exc
+
+
+@contextmanager
+def _unavailable_on_loss() -> Iterator[None]:
+    try:
+        yield
+    except (DBAPIError, sqlite3.OperationalError) as exc:
+        # The BEGIN IMMEDIATE of a writing unit runs in a "begin" event (_on_begin), whose
+        # errors reach us as the driver raised them, not wrapped in DBAPIError.
+        if sqlite_busy(exc):
+            # Another process (a CLI command, a second server) held SQLite's write lock past
+            # busy_timeout: nothing was written and nothing is wrong with the request.
+            log.warning("database stayed locked past busy_timeout: %s", exc)
+            raise Unavailable("the database is busy with another writer; retry shortly") from exc
+        if not isinstance(exc, DBAPIError) or not exc.connection_invalidated:
+            raise
+        log.warning("database connection lost mid-transaction: %s", exc.orig)
+        raise Unavailable(
+            "the database connection was lost; retry (a metered call with the same idempotency key)"
+        ) from exc
 
 
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6  # primary result codes (the low byte of an extended code)
@@ -136,9 +145,12 @@ def _setup_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        driver = conn.connection.driver_connection
+        if driver.in_transaction:
+            return  # a writers' unit began it on the driver (connection_of_work): SQLAlchemy joins it
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         # Straight to the driver: exec_driver_sql's result bookkeeping cost more than SQLite's BEGIN.
-        conn.connection.driver_connection.execute(_BEGIN[mode])
+        driver.execute(_BEGIN[mode])
 
 
 _BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")}
@@ -233,6 +245,68 @@ def _writer_lock(engine: Engine) -> threading.Lock:
     return lock
 
 
+# A file SQLite engine's writers (connection_of_work) share one connection, kept checked out, and
+# begin and commit on the driver itself: they run one at a time under _writer_lock anyway, and a
+# checkout and checkin (the pool's bookkeeping, its reset-on-return ROLLBACK, a new Connection
+# object) and SQLAlchemy's transaction bookkeeping and events cost more than the charge's own BEGIN
+# and COMMIT. A statement through SQLAlchemy inside the unit (a Core UPDATE, an ORM session on the
+# connection) autobegins SQLAlchemy's transaction, which joins the driver's (_on_begin), and the unit
+# then ends through SQLAlchemy. Closed with the engine's dispose(); replaced after a lost connection.
+_HELD = "meterkit_held_writer"
+
+
+def _held_writer(engine: Engine) -> tuple[Connection, sqlite3.Connection] | None:
+    """The engine's writers' connection and its driver connection; None for an in-memory database
+    (one database per connection: each unit checks one out, as before)."""
+    held: tuple[Connection, sqlite3.Connection] | None = engine.__dict__.get(_HELD)
+    if held is None:
+        database = engine.url.database
+        if not database or database == ":memory:" or engine.url.query.get("mode") == "memory":
+            return None
+        conn = _checkout(engine).execution_options(sqlite_begin="IMMEDIATE")
+        held = engine.__dict__[_HELD] = (conn, conn.connection.driver_connection)  # type: ignore[assignment]
+        if not event.contains(engine, "engine_disposed", _drop_writer):
+            event.listen(engine, "engine_disposed", _drop_writer)
+    return held
+
+
+def _drop_writer(engine: Engine) -> None:
+    held = engine.__dict__.pop(_HELD, None)
+    if held is not None:
+        held[0].close()
+
+
+@contextmanager
+def _held_unit(engine: Engine, conn: Connection, driver: sqlite3.Connection) -> Iterator[Connection]:
+    """One writing transaction on the held connection (see _HELD)."""
+    try:
+        with _unavailable_on_loss():
+            driver.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction():
+                    conn.rollback()
+                elif driver.in_transaction:
+                    driver.rollback()
+                raise
+            try:
+                if conn.in_transaction():
+                    conn.commit()
+                else:
+                    driver.commit()
+            except BaseException:
+                if driver.in_transaction:
+                    driver.rollback()  # a COMMIT that failed leaves the transaction open
+                raise
+    except BaseException:
+        conn.info.pop(_AFTER_COMMIT, None)
+        if conn.invalidated or conn.closed:
+            _drop_writer(engine)
+        raise
+    _run_after_commit(conn)
+
+
 @contextmanager
 def unit_of_work(engine: Engine, *, write: bool = True) -> Iterator[Session]:
     """One transaction. Commits on normal exit, rolls back on any exception."""
@@ -313,14 +387,20 @@ def connection_of_work(engine: Engine, *, write: bool = True) -> Iterator[Connec
     """One transaction on a bare connection, for the metered hot path: the same BEGIN, lock and
     commit-or-rollback as unit_of_work, without the ORM session's bookkeeping (~0.2 ms a charge)."""
     if write and is_sqlite(engine):
-        with _writer_lock(engine), connect(engine) as conn:
-            try:
-                with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+        with _writer_lock(engine):
+            held = _held_writer(engine)
+            if held is not None:
+                with _held_unit(engine, *held) as conn:
                     yield conn
-            except BaseException:
-                conn.info.pop(_AFTER_COMMIT, None)
-                raise
-            _run_after_commit(conn)
+                return
+            with connect(engine) as conn:
+                try:
+                    with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
+                        yield conn
+                except BaseException:
+                    conn.info.pop(_AFTER_COMMIT, None)
+                    raise
+                _run_after_commit(conn)
         return
     with connect(engine) as conn:
         if not write:
