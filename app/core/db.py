@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, create_engine
 
 from app.core.errors import Unavailable
+from app.core.sql import DRIVER
 
 log = logging.getLogger("meterkit.db")
 
@@ -264,10 +265,18 @@ def _held_writer(engine: Engine) -> tuple[Connection, sqlite3.Connection] | None
         if not database or database == ":memory:" or engine.url.query.get("mode") == "memory":
             return None
         conn = _checkout(engine).execution_options(sqlite_begin="IMMEDIATE")
-        held = engine.__dict__[_HELD] = (conn, conn.connection.driver_connection)  # type: ignore[assignment]
+        driver = conn.connection.driver_connection
+        conn.__dict__[DRIVER] = driver  # for app.core.sql.run: this connection's driver never changes
+        held = engine.__dict__[_HELD] = (conn, driver)  # type: ignore[assignment]
         if not event.contains(engine, "engine_disposed", _drop_writer):
             event.listen(engine, "engine_disposed", _drop_writer)
     return held
+
+
+def held_driver(engine: Engine) -> sqlite3.Connection | None:
+    """The driver connection of the engine's held writer, if one is held (tests trace its statements)."""
+    held = engine.__dict__.get(_HELD)
+    return held[1] if held is not None else None
 
 
 def _drop_writer(engine: Engine) -> None:

@@ -56,18 +56,21 @@ class IdCodec:
             kind: hashlib.blake2b(kind.encode(), key=secret[:64], digest_size=32, person=b"meterkit-ids").digest()
             for kind in KINDS
         }
-
-    def _round(self, key: bytes, i: int, half: int) -> int:
-        digest = hashlib.blake2b(half.to_bytes(4, "big"), key=key, digest_size=4, salt=bytes([i]) * 16).digest()
-        return int.from_bytes(digest, "big")
+        # Each round's keyed, salted hash state before any data, made once: a round copies it and
+        # hashes its half (the same digest as a new keyed hash per round, without the key block's work).
+        self._rounds = {
+            kind: tuple(hashlib.blake2b(key=key, digest_size=4, salt=bytes([i]) * 16) for i in range(_ROUNDS))
+            for kind, key in self._keys.items()
+        }
 
     def encode(self, kind: str, n: int) -> str:
         if not 0 <= n < 2**64:
             raise ValueError(f"{kind} id out of range: {n}")
-        key = self._keys[kind]
         left, right = n >> 32, n & _MASK
-        for i in range(_ROUNDS):
-            left, right = right, left ^ self._round(key, i, right)
+        for state in self._rounds[kind]:
+            h = state.copy()
+            h.update(right.to_bytes(4, "big"))
+            left, right = right, left ^ int.from_bytes(h.digest(), "big")
         return f"{kind}_{(left << 32 | right):016x}"
 
     def decode(self, kind: str, public: str, *, field: str = "id") -> int:
@@ -76,11 +79,12 @@ class IdCodec:
         m = _PUBLIC.match(public or "")
         if m is None or m.group("kind") != kind:
             raise ValidationFailed(f"{field} is not a valid {kind}_ id", field=field)
-        key = self._keys[kind]
         value = int(m.group("hex"), 16)
         left, right = value >> 32, value & _MASK
-        for i in reversed(range(_ROUNDS)):
-            left, right = right ^ self._round(key, i, left), left
+        for state in reversed(self._rounds[kind]):
+            h = state.copy()
+            h.update(left.to_bytes(4, "big"))
+            left, right = right ^ int.from_bytes(h.digest(), "big"), left
         return left << 32 | right
 
 

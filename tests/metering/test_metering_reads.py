@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import event, text
 
 from app.core.clock import FrozenClock
+from app.core.db import held_driver
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.metering.test_metering_basic import CHARGE, CREDITS, RESERVE, SETTLE
@@ -347,11 +348,17 @@ def every_statement(engine: Any) -> Iterator[list[str]]:
 
     event.listen(engine, "checkout", on_checkout)
     event.listen(engine, "checkin", on_checkin)
+    held = held_driver(engine)  # SQLite's writers' connection, checked out once (app/core/db.py)
+    if held is not None:
+        on_checkout(held)
     try:
         yield seen
     finally:
         event.remove(engine, "checkout", on_checkout)
         event.remove(engine, "checkin", on_checkin)
+        held = held_driver(engine)
+        if held is not None:
+            on_checkin(held)
 
 
 CHECK_USED = """query($p: String!) { check(primitive: $p) { __typename ... on CheckResult {

@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 
 from app.core import public_ids
 from app.core.clock import FrozenClock
+from app.core.db import held_driver
 from tests.conftest import Api, count_rows
 from tests.fixtures_catalog import SET_SUB, seed_catalog
 from tests.metering.test_metering_basic import CHARGE, RESERVE, SETTLE
@@ -190,10 +191,16 @@ def _driver_statements(api: Api) -> Iterator[list[str]]:
         dbapi_conn.set_trace_callback(seen.append)
 
     event.listen(api.db.engine, "checkout", on_checkout)
+    held = held_driver(api.db.engine)  # SQLite's writers' connection, checked out once (app/core/db.py)
+    if held is not None:
+        held.set_trace_callback(seen.append)
     try:
         yield seen
     finally:
         event.remove(api.db.engine, "checkout", on_checkout)
+        held = held_driver(api.db.engine)
+        if held is not None:
+            held.set_trace_callback(None)
 
 
 def _transaction(seen: list[str]) -> list[str]:
