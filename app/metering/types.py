@@ -84,7 +84,11 @@ class MeterRequest:
 
     def fingerprint(self) -> str:
         """What "the same parameters" means for an idempotency key: every field but the key (and
-        the API key that sent it: a retry from another of the tenant's keys is the same call)."""
+        the API key that sent it: a retry from another of the tenant's keys is the same call).
+        Computed once per request (the batch asks twice; the request is frozen, so it cannot change)."""
+        known: str | None = self.__dict__.get("_fingerprint")
+        if known is not None:
+            return known
         fields = (
             self.primitive,
             self.quantity,
@@ -99,7 +103,8 @@ class MeterRequest:
             _text(self.duration_seconds),
             self.reference,
         ) + ((self.connection,) if self.connection is not None else ())  # keys stored before keep their hash
-        return hashlib.sha256(repr(fields).encode()).hexdigest()
+        known = self.__dict__["_fingerprint"] = hashlib.sha256(repr(fields).encode()).hexdigest()
+        return known
 
 
 def _text(value: Decimal | None) -> str | None:
