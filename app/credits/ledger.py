@@ -79,6 +79,12 @@ _ENTRY_CHUNK = 800  # 5 parameters a row: well under SQLite's and PostgreSQL's p
 
 
 @functools.cache
+def _entry_params(rows: int) -> tuple[tuple[str, str, str, str], ...]:
+    """_entries(rows)'s parameter names, row by row: made once per size."""
+    return tuple((f"a{n}", f"m{n}", f"b{n}", f"r{n}") for n in range(rows))
+
+
+@functools.cache
 def _entries(rows: int) -> Sql:
     """A batch's debit entries in one statement of `rows` VALUES rows (built once per size)."""
     values = ", ".join(f"(:tid, 'debit', :a{n}, :m{n}, :b{n}, NULL, :r{n}, :now)" for n in range(rows))
@@ -343,11 +349,11 @@ def debit_many(
     for c in range(0, len(entries), _ENTRY_CHUNK):
         chunk = entries[c : c + _ENTRY_CHUNK]
         params: dict[str, Any] = {"tid": scope.tenant_id, "now": ts(conn, now)}
-        for n, (action, amount_, after, reference) in enumerate(chunk):
-            params[f"a{n}"] = action
-            params[f"m{n}"] = amount_
-            params[f"b{n}"] = after
-            params[f"r{n}"] = reference
+        for (a, m, b, r), (action, amount_, after, reference) in zip(_entry_params(len(chunk)), chunk):
+            params[a] = action
+            params[m] = amount_
+            params[b] = after
+            params[r] = reference
         run(conn, _entries(len(chunk)), params)
     _set_balance(conn, scope, now, balance)
     return balance

@@ -20,6 +20,7 @@ from app.metering.charge_repository import (
     BUMP_ROLLUP,
     EVENT_CHUNK,
     STORED_MANY,
+    event_params,
     insert_events,
     key_list,
 )
@@ -57,6 +58,9 @@ class BatchMeter(Meter):
         org_available = org.available() if org is not None else 0
         org_debits: list[tuple[int, str, str | None]] = []
         accepted: list[tuple[int, MeterRequest, int, _Running, int]] = []
+        # (primitive, connection) pairs the kit admits whatever the quantity (no per-call limit):
+        # decided once per batch, not once per item.
+        entitled: set[tuple[str, str | None]] = set()
         for i, req in enumerate(reqs):
             try:
                 key, fp = req.idempotency_key, req.fingerprint()
@@ -74,7 +78,10 @@ class BatchMeter(Meter):
                 run_ = per_primitive.get(req.primitive)
                 if run_ is None:
                     run_ = per_primitive[req.primitive] = self._running(req.primitive)
-                self.entitle(req)
+                if (req.primitive, req.connection) not in entitled:
+                    self.entitle(req)
+                    if "max_quantity_per_call" not in (t.kit_limits.get(req.primitive) or {}):
+                        entitled.add((req.primitive, req.connection))
                 price = self._check_and_price(req, run_, count=True)
                 amount = price if t.tenant_pays else 0  # what this tenant's own ledger pays
                 if t.tenant_pays and available - amount < self.floor:
@@ -141,20 +148,22 @@ class BatchMeter(Meter):
             out[i] = result
         # All events in one multi-row INSERT per chunk. Accepted keys are unique within a batch (a
         # repeat is a replay), so ids are matched by key: RETURNING's row order is not promised.
+        starts = {id(r): ts(conn, r.period.start) for r in {id(r): r for _, _, _, r, _ in rows}.values()}
         for c in range(0, len(rows), EVENT_CHUNK):
             chunk = rows[c : c + EVENT_CHUNK]
             params: dict[str, Any] = {"tid": tid, "now": now, "kind": "charge"}
-            for n, (_, req, amount, run_, result) in enumerate(chunk):
-                params[f"k{n}"] = req.idempotency_key
-                params[f"h{n}"] = req.fingerprint()
-                params[f"p{n}"] = req.primitive
-                params[f"q{n}"] = req.quantity
-                params[f"c{n}"] = amount
-                params[f"ps{n}"] = ts(conn, run_.period.start)
-                params[f"r{n}"] = req.reference
-                params[f"cn{n}"] = req.connection
-                params[f"res{n}"] = to_json(result.stored())
-                params[f"ki{n}"] = req.api_key_id
+            for names, (_, req, amount, run_, result) in zip(event_params(len(chunk)), chunk):
+                k, h, p, q, c_, ps, r, cn, res, ki = names
+                params[k] = req.idempotency_key
+                params[h] = req.fingerprint()
+                params[p] = req.primitive
+                params[q] = req.quantity
+                params[c_] = amount
+                params[ps] = starts[id(run_)]
+                params[r] = req.reference
+                params[cn] = req.connection
+                params[res] = to_json(result.stored())
+                params[ki] = req.api_key_id
             ids = dict(run(conn, insert_events(len(chunk)), params).all())
             for _, req, _, _, result in chunk:
                 result.event_id = int(ids[req.idempotency_key])

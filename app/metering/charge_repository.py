@@ -148,6 +148,14 @@ def insert_events(rows: int) -> Sql:
     return Sql(_INSERT_EVENTS_HEAD + values + " RETURNING idempotency_key, id")
 
 
+@functools.cache
+def event_params(rows: int) -> tuple[tuple[str, ...], ...]:
+    """insert_events(rows)'s parameter names, row by row (k, h, p, q, c, ps, r, cn, res, ki): made once."""
+    return tuple(
+        (f"k{n}", f"h{n}", f"p{n}", f"q{n}", f"c{n}", f"ps{n}", f"r{n}", f"cn{n}", f"res{n}", f"ki{n}") for n in range(rows)
+    )
+
+
 BUMP_COUNTER = Sql(
     """INSERT INTO usage_counter (tenant_id, period_start, primitive, period_end, used, overage, credits, payer_credits)
        VALUES (:tid, :ps, :p, :pe, :qty, :overage, :credits, :payer)
@@ -191,7 +199,7 @@ def lock_with_terms(
     row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now)}).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    return ledger.AccountState(row[0], row[1]), terms_from(row[2:], api_key_id)
+    return ledger.AccountState(row[0], row[1]), terms_of(row[2 : 2 + TERMS_WIDTH], api_key_id)
 
 
 def lock_for_charge(
@@ -210,7 +218,7 @@ def lock_for_charge(
     row = run(conn, _LOCK_CHARGE if sqlite else _LOCK_TERMS, params).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    terms = terms_from(row[2 : 2 + TERMS_WIDTH], req.api_key_id)
+    terms = terms_of(row[2 : 2 + TERMS_WIDTH], req.api_key_id)
     if sqlite:
         facts = row[2 + TERMS_WIDTH :]
     else:
@@ -236,6 +244,28 @@ def _terms_json(value: Any) -> Any:
             _TERMS_JSON.clear()
         parsed = _TERMS_JSON[value] = read_json(value)
     return parsed
+
+
+_TERMS_SEEN: dict[tuple[Any, ...], TenantTerms] = {}
+
+
+def terms_of(columns: tuple[Any, ...], api_key_id: str | None) -> TenantTerms:
+    """terms_from, remembered by the very columns this transaction read: the same columns are the
+    same terms, so nothing stale can be answered, whichever process changed them, and a tenant's
+    charges skip rebuilding them (SQLite, whose row is all text and numbers). Only terms with a recorded period are kept: the roll sets
+    `recorded` on the object (Meter.period); nothing else changes one."""
+    key = (api_key_id, *columns)
+    try:
+        terms = _TERMS_SEEN.get(key)
+    except TypeError:  # PostgreSQL's driver hands JSON columns back parsed (lists, dicts): not kept
+        return terms_from(columns, api_key_id)
+    if terms is None:
+        terms = terms_from(columns, api_key_id)
+        if terms.recorded is not None:
+            if len(_TERMS_SEEN) >= 1024:
+                _TERMS_SEEN.clear()
+            _TERMS_SEEN[key] = terms
+    return terms
 
 
 def terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:

@@ -53,13 +53,21 @@ def charge_batch(
     """Many charges in one transaction, each with its own outcome (a refusal is an outcome)."""
     with connection_of_work(engine) as conn:
         outcomes = charging.charge_batch(conn, clock, items, negative_buffer=negative_buffer, alone=True)
+    # Counted per (primitive, replayed) once for the batch, not once per item.
+    charged: dict[tuple[str, bool], list[int]] = {}
     for (_, req), outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, Charged):
-            metrics.charged("batch", req.primitive, outcome.credits_used, outcome.replayed)
-        else:
-            metrics.refused("batch", req.primitive, outcome.code)
+            total = charged.get((req.primitive, outcome.replayed))
+            if total is None:
+                total = charged[req.primitive, outcome.replayed] = [0, 0]
+            total[0] += 1
+            total[1] += outcome.credits_used
+            continue
+        metrics.refused("batch", req.primitive, outcome.code)
         if isinstance(outcome, InsufficientCredits | OrganizationCreditsExhausted):
             record_exhausted(engine, clock, outcome)
+    for (primitive, replayed), (count, credits_used) in charged.items():
+        metrics.charged("batch", primitive, credits_used, replayed, count=count)
     return outcomes
 
 

@@ -94,9 +94,10 @@ def _charge_child(operation: str, outcome: str, primitive: str) -> Any:
 _ADMITTED = frozenset({"INSUFFICIENT_CREDITS", "QUOTA_EXCEEDED", "LIMIT_EXCEEDED", "BUDGET_EXCEEDED"})
 
 
-def charged(operation: str, primitive: str, credits_used: int, replayed: bool) -> None:
-    """A charge or settle recorded (or replayed): credits_used in micro-credits."""
-    _charge_child(operation, "replayed" if replayed else "charged", primitive).inc()
+def charged(operation: str, primitive: str, credits_used: int, replayed: bool, *, count: int = 1) -> None:
+    """A charge or settle recorded (or replayed): credits_used in micro-credits. `count`: that many
+    charges of the primitive at once, credits_used their total (a batch's)."""
+    _charge_child(operation, "replayed" if replayed else "charged", primitive).inc(count)
     if not replayed and credits_used:
         child = _debits.get(primitive)
         if child is None:
