@@ -90,7 +90,7 @@ def resolve_principal(
         if tenant_header:
             raise AuthError(401, "UNAUTHENTICATED", "X-Tenant-Id needs a platform or organization key")
         return None, None
-    db = str(engine.url)
+    db = cache_name(engine)
     with unit_of_work(engine, write=False) as s:
         principal = authenticate(s, raw_key, clock.now())
         if principal is None:
@@ -127,13 +127,22 @@ def _check_tenant_header(principal: Principal, tenant_header: str) -> None:
         raise AuthError(404, "TENANT_NOT_FOUND", "tenant not found")
 
 
+def cache_name(engine: Engine) -> str:
+    """The key cache's name for the engine's database (its URL, password masked): rendered once per
+    engine, not once per request."""
+    name: str | None = engine.__dict__.get("_meterkit_cache_name")
+    if name is None:
+        name = engine.__dict__["_meterkit_cache_name"] = str(engine.url)
+    return name
+
+
 def from_cache(
     engine: Engine, raw_key: str | None, tenant_header: str | None, ttl: float, clock: Clock = _CLOCK
 ) -> Resolved | None:
     """Answer without the database when the key (and the operator's tenant) are known; None if not."""
     if raw_key is None or ttl <= 0:
         return None
-    db = str(engine.url)
+    db = cache_name(engine)
     principal = PRINCIPALS.principal(db, hash_key(raw_key), ttl)
     if principal is None:
         return None

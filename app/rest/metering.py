@@ -278,6 +278,7 @@ def charge_handler(rest: Rest) -> Any:
     ttl = settings.auth_cache_seconds
     uow = rest.uow
     inline = uow.inline  # fixed for the app's life: read once, not per request
+    codec: list[IdCodec] = []  # the engine's id codec, looked up on the first answer (it reads the database)
 
     def run(raw_key: str | None, tenant: str | None, body: ChargeBody) -> types.Charged:
         principal, scope = resolve_principal(engine, raw_key, tenant, ttl, clock)
@@ -317,7 +318,9 @@ def charge_handler(rest: Rest) -> Any:
         except DataError as exc:
             log.warning("database refused a value: %s", exc.orig)
             return JSON(error_body("VALIDATION_FAILED", "a value does not fit its column"), status_code=400)
-        return RawJSON(charged_bytes(res, public_ids.codec(engine)))
+        if not codec:
+            codec.append(public_ids.codec(engine))
+        return RawJSON(charged_bytes(res, codec[0]))
 
     return charge
 
