@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 from pydantic import ValidationError as ModelError
 from sqlalchemy.exc import DataError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.core import public_ids
@@ -22,7 +22,7 @@ from app.core.auth import ScopeDenied, require_scope
 from app.core.errors import DomainError
 from app.core.ids import parse_id
 from app.core.public_ids import IdCodec
-from app.http.edge import AuthError, BadInput, bearer, check_json_body, resolve_principal, rest_code
+from app.http.edge import AuthError, BadInput, check_json_body, parse_authorization, resolve_principal, rest_code
 from app.metering import commands, types
 from app.pricing.service import MAX_DURATION, MAX_USD, parse_decimal
 from app.rest.base import (
@@ -291,12 +291,21 @@ def charge_handler(rest: Rest) -> Any:
         return commands.charge(engine, clock, scope, req, negative_buffer=buffer, precheck=body.precheck)
 
     async def charge(request: Request) -> Response:
-        raw = await request.body()
-        tenant = request.headers.get("x-tenant-id")
+        # The three headers in one pass over the scope's list and the body straight from receive: what
+        # Starlette's Headers and body stream answer (the first of a repeated header), without their layers.
+        auth = tenant = content_type = None
+        for name, value in request.scope["headers"]:
+            if name == b"authorization":
+                auth = value.decode("latin-1") if auth is None else auth
+            elif name == b"x-tenant-id":
+                tenant = value.decode("latin-1") if tenant is None else tenant
+            elif name == b"content-type":
+                content_type = value.decode("latin-1") if content_type is None else content_type
+        raw = await _body(request.receive)
         try:
-            key = bearer(request)
+            key = parse_authorization(auth)
             try:
-                check_json_body(request.headers.get("content-type"), raw)
+                check_json_body(content_type, raw)
                 body = ChargeBody.model_validate_json(raw)
             except (ModelError, BadInput) as exc:
                 # The key first, as everywhere: a missing or bad key is a 401 whatever the body.
@@ -323,6 +332,19 @@ def charge_handler(rest: Rest) -> Any:
         return RawJSON(charged_bytes(res, codec[0]))
 
     return charge
+
+
+async def _body(receive: Any) -> bytes:
+    """The request body, as Request.body() reads it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 async def reserve(call: Call) -> ReserveOut:
