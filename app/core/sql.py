@@ -10,6 +10,7 @@ naive-UTC text on SQLite and timestamptz on PostgreSQL, JSON as text.
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -22,13 +23,21 @@ _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
 class Sql:
-    """A statement with :named parameters, rendered once per driver's parameter style."""
+    """A statement with :named parameters, rendered once per driver's parameter style. SQLite gets it
+    with positional `?` and the names in their order: the driver binds a tuple for a fraction of what
+    it costs to look each name up in a dict (~1.6K instructions a parameter, measured with callgrind)."""
 
     def __init__(self, text: str, *, pg_suffix: str = "", pg: str | None = None) -> None:
         self.text = " ".join(text.split())
         self.pg_text = " ".join(pg.split()) if pg else self.text  # where the two dialects differ
         self.pg_suffix = pg_suffix  # e.g. FOR UPDATE OF a: PostgreSQL row locks (SQLite has BEGIN IMMEDIATE)
         self._pg: str | None = None
+        names = _PARAM.findall(self.text)
+        self.sqlite_text = _PARAM.sub("?", self.text)
+        # The values in the order of their `?`s (a name used twice is bound twice).
+        self.sqlite_values: Callable[[dict[str, Any]], tuple[Any, ...]] = (
+            _no_values if not names else _one_value(names[0]) if len(names) == 1 else operator.itemgetter(*names)
+        )
 
     def render(self, dialect: str) -> str:
         if dialect == "sqlite":
@@ -37,6 +46,14 @@ class Sql:
             body = self.pg_text.replace("%", "%%") + (" " + self.pg_suffix if self.pg_suffix else "")
             self._pg = _PARAM.sub(r"%(\1)s", body)
         return self._pg
+
+
+def _no_values(params: dict[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
+def _one_value(name: str) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    return lambda params: (params[name],)
 
 
 class Result:
@@ -79,24 +96,32 @@ def run(conn: Connection, stmt: Sql, params: dict[str, Any]) -> Result:
     ~120 us of result bookkeeping per statement; the driver itself takes ~20 us."""
     driver = conn.__dict__.get(DRIVER)
     cur = (driver if driver is not None else conn.connection.driver_connection).cursor()  # type: ignore[union-attr]
-    text = stmt.render(conn.dialect.name)
-    if OBSERVER is None:
-        cur.execute(text, params)
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        text, values = stmt.sqlite_text, stmt.sqlite_values(params)
     else:
-        with OBSERVER(text, conn.dialect.name):
-            cur.execute(text, params)
+        text, values = stmt.render(dialect), params
+    if OBSERVER is None:
+        cur.execute(text, values)
+    else:
+        with OBSERVER(text, dialect):
+            cur.execute(text, values)
     return Result(cur)
 
 
 def run_many(conn: Connection, stmt: Sql, rows: list[dict[str, Any]]) -> None:
     """One statement, many parameter sets (the driver's executemany), as `run`: one span when traced."""
     cur = _driver(conn).cursor()
-    text = stmt.render(conn.dialect.name)
-    if OBSERVER is None:
-        cur.executemany(text, rows)
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        text, values = stmt.sqlite_text, [stmt.sqlite_values(row) for row in rows]
     else:
-        with OBSERVER(text, conn.dialect.name):
-            cur.executemany(text, rows)
+        text, values = stmt.render(dialect), rows
+    if OBSERVER is None:
+        cur.executemany(text, values)
+    else:
+        with OBSERVER(text, dialect):
+            cur.executemany(text, values)
 
 
 # Statements sent straight to the driver skip SQLAlchemy's events, so tracing
