@@ -97,6 +97,7 @@ def run(conn: Connection, stmt: Sql, params: dict[str, Any]) -> Result:
     driver = conn.__dict__.get(DRIVER)
     cur = (driver if driver is not None else conn.connection.driver_connection).cursor()  # type: ignore[union-attr]
     dialect = conn.dialect.name
+    values: tuple[Any, ...] | dict[str, Any]
     if dialect == "sqlite":
         text, values = stmt.sqlite_text, stmt.sqlite_values(params)
     else:
@@ -113,6 +114,7 @@ def run_many(conn: Connection, stmt: Sql, rows: list[dict[str, Any]]) -> None:
     """One statement, many parameter sets (the driver's executemany), as `run`: one span when traced."""
     cur = _driver(conn).cursor()
     dialect = conn.dialect.name
+    values: list[tuple[Any, ...]] | list[dict[str, Any]]
     if dialect == "sqlite":
         text, values = stmt.sqlite_text, [stmt.sqlite_values(row) for row in rows]
     else:

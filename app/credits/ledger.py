@@ -349,7 +349,7 @@ def debit_many(
     for c in range(0, len(entries), _ENTRY_CHUNK):
         chunk = entries[c : c + _ENTRY_CHUNK]
         params: dict[str, Any] = {"tid": scope.tenant_id, "now": ts(conn, now)}
-        for (a, m, b, r), (action, amount_, after, reference) in zip(_entry_params(len(chunk)), chunk):
+        for (a, m, b, r), (action, amount_, after, reference) in zip(_entry_params(len(chunk)), chunk, strict=True):
             params[a] = action
             params[m] = amount_
             params[b] = after

@@ -152,7 +152,7 @@ class BatchMeter(Meter):
         for c in range(0, len(rows), EVENT_CHUNK):
             chunk = rows[c : c + EVENT_CHUNK]
             params: dict[str, Any] = {"tid": tid, "now": now, "kind": "charge"}
-            for names, (_, req, amount, run_, result) in zip(event_params(len(chunk)), chunk):
+            for names, (_, req, amount, run_, result) in zip(event_params(len(chunk)), chunk, strict=True):
                 k, h, p, q, c_, ps, r, cn, res, ki = names
                 params[k] = req.idempotency_key
                 params[h] = req.fingerprint()

@@ -105,9 +105,10 @@ _FACT_JOINS = (
 # created_at, id) as one text whose parts are separated by char(1), which sorts below every character
 # they hold, so min() over it picks the row ORDER BY ... LIMIT 1 picks; the bucket's id, remaining and
 # expires_at ride behind the key (ids are unique: nothing after them decides). A materialized, sorted
-# subquery cost ~60K instructions a charge, this ~15K (callgrind, bench/HISTORY.md). first_bucket() reads it.
-_FIRST_BUCKET = """(SELECT min((expires_at IS NULL) || COALESCE(expires_at, '') || char(1) || created_at || char(1) || id
-                   || char(1) || remaining || char(1) || COALESCE(expires_at, ''))
+# subquery cost ~60K instructions a charge, this ~15K (callgrind, bench/HISTORY.md).
+# first_bucket() reads it.
+_FIRST_BUCKET = """(SELECT min((expires_at IS NULL) || COALESCE(expires_at, '') || char(1) || created_at
+                   || char(1) || id || char(1) || remaining || char(1) || COALESCE(expires_at, ''))
                FROM credit_bucket WHERE tenant_id = :tid AND remaining > 0)"""
 # SQLite: BEGIN IMMEDIATE already holds the database's write lock, so everything a single charge reads is
 # one statement with the terms. PostgreSQL: the facts are a second statement after the row lock, because a
@@ -177,7 +178,7 @@ def insert_events(rows: int) -> Sql:
 def event_params(rows: int) -> tuple[tuple[str, ...], ...]:
     """insert_events(rows)'s parameter names, row by row (k, h, p, q, c, ps, r, cn, res, ki): made once."""
     return tuple(
-        (f"k{n}", f"h{n}", f"p{n}", f"q{n}", f"c{n}", f"ps{n}", f"r{n}", f"cn{n}", f"res{n}", f"ki{n}") for n in range(rows)
+        tuple(f"{name}{n}" for name in ("k", "h", "p", "q", "c", "ps", "r", "cn", "res", "ki")) for n in range(rows)
     )
 
 
@@ -277,8 +278,9 @@ _TERMS_SEEN: dict[tuple[Any, ...], TenantTerms] = {}
 def terms_of(columns: tuple[Any, ...], api_key_id: str | None) -> TenantTerms:
     """terms_from, remembered by the very columns this transaction read: the same columns are the
     same terms, so nothing stale can be answered, whichever process changed them, and a tenant's
-    charges skip rebuilding them (SQLite, whose row is all text and numbers). Only terms with a recorded period are kept: the roll sets
-    `recorded` on the object (Meter.period); nothing else changes one."""
+    charges skip rebuilding them (SQLite, whose row is all text and numbers). Only terms with a
+    recorded period are kept: the roll sets `recorded` on the object (Meter.period); nothing else
+    changes one."""
     key = (api_key_id, *columns)
     try:
         terms = _TERMS_SEEN.get(key)

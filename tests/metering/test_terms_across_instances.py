@@ -39,9 +39,7 @@ def _charge(client: TestClient, key: str, idem: str) -> Any:
     return r.status_code, r.json()
 
 
-def test_a_terms_change_through_one_instance_is_the_next_charge_rule_in_the_other(
-    api: Api, other: TestClient
-) -> None:
+def test_a_terms_change_through_one_instance_is_the_next_charge_rule_in_the_other(api: Api, other: TestClient) -> None:
     seed_catalog(api)
     tid = api.create_tenant("Acme")
     api(SET_SUB, {"t": tid, "i": {"planKey": "pro"}})
