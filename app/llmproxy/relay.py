@@ -24,13 +24,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anyio
-import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from app.llm.usage import LlmUsage, anthropic_event, openai_apply
 from app.llmproxy.sse import Event, SseParser
+from app.llmproxy.upstream import UpstreamError
 
 log = logging.getLogger("meterkit.llmproxy")
 
@@ -41,7 +42,7 @@ QUEUE_CHUNKS = 256
 
 class Relay:
     def __init__(
-        self, resp: httpx.Response, flavor: str, *, drop_usage_chunk: bool, bill: Bill, drain_seconds: float
+        self, resp: aiohttp.ClientResponse, flavor: str, *, drop_usage_chunk: bool, bill: Bill, drain_seconds: float
     ) -> None:
         self.resp, self.flavor, self.drop = resp, flavor, drop_usage_chunk
         self._bill, self.drain_seconds = bill, drain_seconds
@@ -58,18 +59,23 @@ class Relay:
     # ---- reading the upstream
 
     async def _pump(self) -> None:
+        complete = False
         try:
-            async for chunk in self.resp.aiter_raw():
+            async for chunk in self.resp.content.iter_any():
                 out = self._observe(chunk)
                 if out and not self.client_gone:
                     await self.queue.put(out)
+            complete = True
             if self.parser.pending():
                 self.tail.append(self.parser.pending())  # an unfinished last event, as received
-        except (httpx.HTTPError, OSError) as exc:
+        except UpstreamError as exc:
             self.errored = True
             log.warning("upstream stream failed: %s", type(exc).__name__)
         finally:
-            await self.resp.aclose()
+            if complete:
+                self.resp.release()  # the connection goes back to the pool
+            else:
+                self.resp.close()  # cut short (an error, the drain bound): never reused half-read
             if not self.client_gone:
                 await self.queue.put(_END)
 

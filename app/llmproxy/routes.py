@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -34,7 +33,7 @@ from app.llm.usage import LlmUsage, anthropic_message, openai_apply
 from app.llmproxy.biller import biller_for
 from app.llmproxy.errors import Refusal, credits, pack_offers, render
 from app.llmproxy.relay import MeteredStream, Relay
-from app.llmproxy.upstream import Pools, Provider, answer_headers, forward_headers, providers
+from app.llmproxy.upstream import Pools, Provider, UpstreamError, answer_headers, forward_headers, providers
 from app.metering import commands
 from app.metering.types import Charged, CheckResult
 
@@ -201,12 +200,13 @@ class Proxy:
         client = self.pools.client(provider.name)
         headers = forward_headers(request.headers.items(), provider)
         try:
-            resp = await client.request(
-                request.method, self._target(provider, request, path), content=body, headers=headers
-            )
-        except httpx.HTTPError as exc:
+            async with client.request(
+                request.method, self._target(provider, request, path), data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                content = await resp.read()
+        except UpstreamError as exc:
             raise _unreachable(provider, exc) from None
-        return Response(resp.content, status_code=resp.status_code, headers=answer_headers(resp.headers))
+        return Response(content, status_code=resp.status, headers=answer_headers(resp.headers))
 
     async def _forward(
         self, provider: Provider, request: Request, path: str, call: Call, admitted: Admitted
@@ -221,14 +221,17 @@ class Proxy:
             streamed=call.stream,
             request_id=CallFacts.new_request_id(),
         )
-        upstream = client.build_request(
-            request.method, self._target(provider, request, path), content=call.content, headers=headers
-        )
         try:
-            resp = await client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
+            resp = await client.request(
+                request.method,
+                self._target(provider, request, path),
+                data=call.content,
+                headers=headers,
+                allow_redirects=False,
+            )
+        except UpstreamError as exc:
             raise _unreachable(provider, exc) from None
-        ok = 200 <= resp.status_code < 300
+        ok = 200 <= resp.status < 300
         if ok and call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
 
             async def bill(usage: LlmUsage, disconnected: bool) -> None:
@@ -241,16 +244,16 @@ class Proxy:
                 bill=bill,
                 drain_seconds=self.settings.llm_drain_seconds,
             )
-            return MeteredStream(relay, resp.status_code, answer_headers(resp.headers))
+            return MeteredStream(relay, resp.status, answer_headers(resp.headers))
         try:
-            content = await resp.aread()
-        except httpx.HTTPError as exc:
+            content = await resp.read()
+        except UpstreamError as exc:
+            resp.close()
             raise _unreachable(provider, exc) from None
-        finally:
-            await resp.aclose()
+        resp.release()
         if ok:  # an error answer is passed back as it is, and costs nothing
             self._bill_later(admitted.scope, facts, _usage_of(provider.flavor, content))
-        return Response(content, status_code=resp.status_code, headers=answer_headers(resp.headers))
+        return Response(content, status_code=resp.status, headers=answer_headers(resp.headers))
 
     async def _bill(self, scope: TenantScope, facts: CallFacts, usage: LlmUsage, disconnected: bool) -> Charged | None:
         """Hands the finished call to the biller (app/llmproxy/biller.py) and waits for its bill."""

@@ -36,6 +36,21 @@ def test_sse_events_split_anywhere_are_read_whole_and_kept_byte_for_byte() -> No
         assert parser.pending() == b""
 
 
+def test_sse_many_events_in_one_chunk_each_line_end_style_and_split_anywhere() -> None:
+    """A chunk carries many events (a fast upstream's burst); every blank-line style ends one, and a
+    blank line split across chunks (its 4 bytes over two feeds) is still found."""
+    events_in = [b"data: %d" % i + sep for i in range(300) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r")]
+    stream = b"".join(events_in)
+    for size in (1, 2, 3, 4, 5, 1000, len(stream)):
+        parser = SseParser()
+        got = []
+        for i in range(0, len(stream), size):
+            got.extend(parser.feed(stream[i : i + size]))
+        assert [e.raw for e in got] == events_in, size
+        assert [e.data for e in got] == [str(i) for i in range(300) for _ in range(3)]
+        assert parser.pending() == b""
+
+
 def test_sse_json_keeps_costs_exact() -> None:
     [event] = SseParser().feed(b'data: {"usage": {"cost": 0.0000123456789}}\n\n')
     assert event.json()["usage"]["cost"] == Decimal("0.0000123456789")
