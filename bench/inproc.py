@@ -119,6 +119,21 @@ async def drive(app: Any, key: str, scenario: str, n: int, start: int) -> None:
         expect(scenario, status, body)
 
 
+def garbage(n: int) -> None:
+    """Objects only the cyclic collector can free (reference cycles), per request, by type: the
+    work of every full collection, and so of the longest pauses under load."""
+    from collections import Counter
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    found = gc.collect()
+    kinds = Counter(type(o).__qualname__ for o in gc.garbage)
+    print(f"cyclic garbage: {found} objects, {found / max(n, 1):.1f} per request", file=sys.stderr)
+    for name, count in kinds.most_common(25):
+        print(f"  {count / max(n, 1):8.1f}  {name}", file=sys.stderr)
+    gc.set_debug(0)
+    gc.garbage.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
     ap.add_argument("scenario", choices=["floor", "charge", "check", "batch"])
@@ -130,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a directory with a seeded bench.db and ids.json, copied before use (made on first use), so "
         "runs under callgrind skip the migrations and start from the same data",
+    )
+    ap.add_argument(
+        "--garbage",
+        action="store_true",
+        help="count the cyclic garbage the measured requests leave (what the collector must find), by type",
     )
     args = ap.parse_args(argv)
 
@@ -160,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     loop.run_until_complete(drive(app, key, args.scenario, args.warmup, 20_000_000))
     gc.collect()
     gc.freeze()  # as the server does after startup (app/main.py lifespan)
+    if args.garbage:
+        gc.disable()
     t0, c0 = time.perf_counter(), time.process_time()
     loop.run_until_complete(drive(app, key, args.scenario, args.n, 0))
+    if args.garbage:
+        garbage(args.n)
     for handler in logging.getLogger().handlers:
         handler.flush()  # the log lines of these requests written (a writer thread: app/observability/logs.py)
     took, cpu = time.perf_counter() - t0, time.process_time() - c0
