@@ -29,7 +29,7 @@ from app.core.uow import Runner
 from app.http.edge import AuthError, parse_authorization, resolve_principal
 from app.llm.aliases import KnownModels, UnknownModel, resolve
 from app.llm.billing import PASSTHROUGH, TOKENS, CallFacts, Finished
-from app.llm.usage import LlmUsage, anthropic_message, openai_apply
+from app.llm.usage import LlmUsage, anthropic_message, openai_apply, responses_apply
 from app.llmproxy.biller import biller_for
 from app.llmproxy.errors import Refusal, credits, pack_offers, render
 from app.llmproxy.relay import MeteredStream, Relay
@@ -55,6 +55,7 @@ class Call:
     model: str | None
     stream: bool
     drop_usage_chunk: bool  # the proxy asked for OpenAI's usage chunk: the client does not see it
+    wire: str  # how the answer carries usage (Provider.wire)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Proxy:
             raw_key = parse_authorization(request.headers.get("authorization")) or request.headers.get("x-api-key")
             tenant = request.headers.get("x-tenant-id")
             body = await request.body()
-            call = self._parse(provider, body) if kind == "billable" else None
+            call = self._parse(provider, provider.wire(path), body) if kind == "billable" else None
             admitted = await self.uow.call(
                 self._admit, raw_key, tenant, call.model if call else None, billable=call is not None, name=name
             )
@@ -135,7 +136,7 @@ class Proxy:
 
     # ---- before forwarding
 
-    def _parse(self, provider: Provider, body: bytes) -> Call:
+    def _parse(self, provider: Provider, wire: str, body: bytes) -> Call:
         try:
             payload = json.loads(body)
         except ValueError:
@@ -149,7 +150,7 @@ class Proxy:
             raise Refusal("VALIDATION_FAILED", "model is required")
         stream = payload.get("stream") is True
         drop = modified = False
-        if provider.name == "openai" and stream:
+        if provider.name == "openai" and wire == "openai" and stream:  # a Responses stream always ends with usage
             options = payload.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -158,7 +159,7 @@ class Proxy:
             payload["usage"] = {"include": True}  # usage.cost in the answer (the last chunk of a stream)
             modified = True
         content = json.dumps(payload, separators=(",", ":")).encode() if modified else body
-        return Call(content, model, stream, drop)
+        return Call(content, model, stream, drop, wire)
 
     def _admit(
         self, raw_key: str | None, tenant: str | None, model: str | None, *, billable: bool, name: str
@@ -239,7 +240,7 @@ class Proxy:
 
             relay = Relay(
                 resp,
-                provider.flavor,
+                call.wire,
                 drop_usage_chunk=call.drop_usage_chunk,
                 bill=bill,
                 drain_seconds=self.settings.llm_drain_seconds,
@@ -252,7 +253,7 @@ class Proxy:
             raise _unreachable(provider, exc) from None
         resp.release()
         if ok:  # an error answer is passed back as it is, and costs nothing
-            self._bill_later(admitted.scope, facts, _usage_of(provider.flavor, content))
+            self._bill_later(admitted.scope, facts, _usage_of(call.wire, content))
         return Response(content, status_code=resp.status, headers=answer_headers(resp.headers))
 
     async def _bill(self, scope: TenantScope, facts: CallFacts, usage: LlmUsage, disconnected: bool) -> Charged | None:
@@ -285,6 +286,8 @@ def _usage_of(flavor: str, content: bytes) -> LlmUsage:
         return LlmUsage()
     if flavor == "anthropic":
         return anthropic_message(LlmUsage(), body)
+    if flavor == "responses":
+        return responses_apply(LlmUsage(), body)
     return openai_apply(LlmUsage(), body)
 
 

@@ -82,6 +82,10 @@ class Provider:
             return "free"
         return "refused"
 
+    def wire(self, path: str) -> str:
+        """How a path's answers carry usage: anthropic, openai (chat completions) or responses."""
+        return "responses" if self.flavor == "openai" and path.strip("/") == "responses" else self.flavor
+
     def url(self, path: str) -> str:
         return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
 
@@ -108,7 +112,7 @@ def providers(settings: Settings) -> dict[str, Provider]:
             "openai",
             settings.openai_base_url,
             settings.openai_api_key,
-            billable=(("POST", "chat/completions"),),
+            billable=(("POST", "chat/completions"), ("POST", "responses")),
             free=(("GET", models),),
         ),
         "anthropic": Provider(

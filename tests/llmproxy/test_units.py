@@ -9,7 +9,7 @@ import pytest
 
 from app.llm.aliases import UnknownModel, resolve, spellings
 from app.llm.billing import CallFacts, idempotency_key, meter_request
-from app.llm.usage import LlmUsage, anthropic_event, openai_apply
+from app.llm.usage import LlmUsage, anthropic_event, openai_apply, responses_apply
 from app.llmproxy.errors import render
 from app.llmproxy.routes import _refusal
 from app.llmproxy.sse import SseParser
@@ -141,3 +141,25 @@ def test_an_end_users_refusal_for_its_organizations_credits_is_a_402_without_bal
     assert "packs" not in error and "available" not in error and "123" not in bytes(response.body).decode()
     if flavor == "anthropic":
         assert body["type"] == "error" and error["type"] == "insufficient_credits"
+
+
+def test_responses_usage_from_the_object_and_from_the_stream_events() -> None:
+
+    usage = {"input_tokens": 120, "input_tokens_details": {"cached_tokens": 20}, "output_tokens": 7}
+    whole = responses_apply(LlmUsage(), {"id": "resp_1", "object": "response", "model": "gpt-4o", "usage": usage})
+    assert (whole.generation_id, whole.input_tokens, whole.cache_read_tokens, whole.output_tokens) == (
+        "resp_1",
+        100,
+        20,
+        7,
+    )
+    assert whole.final
+    streamed = LlmUsage()
+    responses_apply(streamed, {"type": "response.created", "response": {"id": "resp_2", "usage": None}})
+    assert streamed.generation_id == "resp_2" and not streamed.final and not streamed.any
+    responses_apply(streamed, {"type": "response.output_text.delta", "delta": "x"})
+    responses_apply(streamed, {"type": "response.incomplete", "response": {"id": "resp_2", "usage": usage}})
+    assert streamed.final and streamed.output_tokens == 7  # cut short by max_output_tokens: billed as reported
+    failed = LlmUsage()
+    responses_apply(failed, {"type": "response.failed", "response": {"id": "resp_3", "usage": usage}})
+    assert not failed.final and not failed.any  # an upstream failure costs nothing
