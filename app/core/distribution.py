@@ -118,7 +118,6 @@ GAPS: dict[tuple[str, str, str], str] = {
         "the outbox is read in id order by the delivery worker across tenants, and webhook_delivery "
         "refers to it by id"
     ),
-    ("alert_event", "unique", "tenant_id,dedupe_key"): "tenant_id is nullable (above), so this key is too",
     ("alert_policy", "foreign_key", "tenant_id -> tenant(id)"): (
         "a reference table may not refer to a distributed one: a tenant's own policy would move into a "
         "table distributed by tenant_id"
