@@ -107,16 +107,14 @@ GAPS: dict[tuple[str, str, str], str] = {
         "primitive), so (tenant_id, identifier) would do once the reporter's conflict target names it"
     ),
     ("stripe_operation", "primary_key", "id"): (
-        "found by its id alone when Stripe answers (app/integrations/stripe/repository.py get): not on "
-        "the metered path"
+        "found by its id alone when Stripe answers (app/integrations/stripe/repository.py get): not on the metered path"
     ),
     ("alert_event", "column", "tenant_id"): (
         "NULL for an alert that concerns no tenant (an operator endpoint disabled): such rows belong on "
         "the coordinator, in a table of their own"
     ),
     ("alert_event", "primary_key", "id"): (
-        "the outbox is read in id order by the delivery worker across tenants, and webhook_delivery "
-        "refers to it by id"
+        "the outbox is read in id order by the delivery worker across tenants, and webhook_delivery refers to it by id"
     ),
     ("alert_policy", "foreign_key", "tenant_id -> tenant(id)"): (
         "a reference table may not refer to a distributed one: a tenant's own policy would move into a "

@@ -211,13 +211,14 @@ def _routing_values(flat: str, dist: list[tuple[str, str]]) -> tuple[set[str], l
         qualifier = alias if alias and alias not in _KEYWORDS else table
         names = rf"(?:{re.escape(qualifier)}\.)?{col}" if col != "id" else rf"{re.escape(qualifier)}\.id"
         eq = re.findall(rf"(?<![\w.]){names}\s*=\s*'([^']*)'", flat)
-        many = re.findall(rf"(?<![\w.]){names}\s*(?:=\s*ANY\(ARRAY\[|IN \(SELECT value FROM json_each\(')([^\]\)]*)", flat)
+        listed = r"(?:=\s*ANY\(ARRAY\[|IN \(SELECT value FROM json_each\(')([^\]\)]*)"
+        many = re.findall(rf"(?<![\w.]){names}\s*{listed}", flat)
         joined = re.search(rf"(?<![\w.]){names}\s*=\s*\w+\.(?:tenant_id|id)\b", flat) or re.search(
             rf"\w+\.(?:tenant_id|id)\s*=\s*{names}\b", flat
         )
         values |= set(eq)
-        for listed in many:
-            values |= set(re.findall(r'[\'"]([^\'"]+)[\'"]', listed))
+        for items in many:
+            values |= set(re.findall(r'[\'"]([^\'"]+)[\'"]', items))
         if not (eq or many or joined):
             missing.append(table)
     return values, missing
