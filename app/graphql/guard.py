@@ -32,7 +32,6 @@ from graphql import (
     Node,
     OperationDefinitionNode,
     StringValueNode,
-    get_operation_ast,
     parse,
     validate,
 )
@@ -325,12 +324,11 @@ class Gateway(SchemaExtension):
         # Accepted (cost, validation) and not refused for this caller: the next request with this
         # text skips what depends on the document alone (hot.py). A \u escape in the text could hide a
         # NUL in a literal (_nul_in_text walks such documents): those stay here.
-        if hot is not None and ec.result is None and ec.query is not None and "\\u" not in ec.query:
+        doc = ec.graphql_document
+        if hot is not None and doc is not None and ec.result is None and ec.query is not None and "\\u" not in ec.query:
             operation = ec.operation_type
             if operation is not OperationType.SUBSCRIPTION:
-                op = get_operation_ast(ec.graphql_document, ec.operation_name)
-                if op is not None:
-                    hot.put(ec.query, ec.operation_name, HotDocument(weakref.ref(ec.graphql_document), op, operation, label))
+                hot.put(ec.query, ec.operation_name, HotDocument(weakref.ref(doc), operation, label))
 
     # ---- Strawberry's hooks ----------------------------------------------------------------------
 

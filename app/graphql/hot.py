@@ -41,7 +41,6 @@ from graphql import (
     GraphQLSchema,
     GraphQLUnionType,
     InlineFragmentNode,
-    OperationDefinitionNode,
     SelectionSetNode,
     is_leaf_type,
 )
@@ -58,7 +57,6 @@ MAX_HOT_TEXT = 32 * 1024
 @dataclass(frozen=True)
 class HotDocument:
     doc: weakref.ref[DocumentNode]  # the parse cache decides how long a document lives
-    operation: OperationDefinitionNode
     operation_type: Any  # strawberry.types.graphql.OperationType
     label: str | None  # "mutation charge" (guard.operation_label)
 
@@ -244,15 +242,10 @@ def _origin(gql_type: GraphQLObjectType) -> type | None:
     return definition.origin  # type: ignore[no-any-return]
 
 
-class _RootPlan:
-    __slots__ = ("node", "by_class")
-
-    def __init__(self, node: FieldNode, by_class: dict[type, Callable[[Any], dict[str, Any]]]) -> None:
-        self.node = node  # kept: plans are found by the node's identity
-        self.by_class = by_class
-
-
-def _root_plan(schema: GraphQLSchema, union: GraphQLUnionType, nodes: list[FieldNode]) -> _RootPlan | None:
+def _root_plan(
+    schema: GraphQLSchema, union: GraphQLUnionType, nodes: list[FieldNode]
+) -> dict[type, Callable[[Any], dict[str, Any]]] | None:
+    """Python class -> its completion, for each member of `union`; None unless every member has one."""
     if any(n.directives for n in nodes):
         return None
     selections = [n.selection_set for n in nodes if n.selection_set is not None]
@@ -263,25 +256,31 @@ def _root_plan(schema: GraphQLSchema, union: GraphQLUnionType, nodes: list[Field
         if origin is None or plan is None or origin in by_class:
             return None
         by_class[origin] = plan
-    return _RootPlan(nodes[0], by_class)
+    return by_class
 
 
 class _Plans:
-    """Root field node (by identity) -> its plan, or None where there is none."""
+    """Root field node -> its plan (None where there is none), by the node's identity, held weakly:
+    the parse cache decides how long a document lives. Bounded; a field longer than MAX_HOT_TEXT
+    in the text gets no plan."""
 
     def __init__(self, maxsize: int = 512) -> None:
         self.maxsize = maxsize
-        self.items: dict[int, tuple[FieldNode, _RootPlan | None]] = {}
+        self.items: dict[int, tuple[weakref.ref[FieldNode], dict[type, Any] | None]] = {}
+        self._lock = threading.Lock()
         self.completed = 0  # answers completed by a plan (tests)
 
-    def get(self, schema: GraphQLSchema, union: GraphQLUnionType, nodes: list[FieldNode]) -> _RootPlan | None:
-        entry = self.items.get(id(nodes[0]))
-        if entry is not None and entry[0] is nodes[0]:
+    def get(self, schema: GraphQLSchema, union: GraphQLUnionType, nodes: list[FieldNode]) -> dict[type, Any] | None:
+        node = nodes[0]
+        entry = self.items.get(id(node))
+        if entry is not None and entry[0]() is node:
             return entry[1]
-        plan = _root_plan(schema, union, nodes) if len(nodes) == 1 else None
-        if len(self.items) >= self.maxsize:
-            self.items.clear()  # rare (512 hot fields); rebuilt on use
-        self.items[id(nodes[0])] = (nodes[0], plan)
+        small = node.loc is not None and node.loc.end - node.loc.start <= MAX_HOT_TEXT
+        plan = _root_plan(schema, union, nodes) if len(nodes) == 1 and small else None
+        with self._lock:
+            if len(self.items) >= self.maxsize:
+                self.items.clear()  # rare (512 hot fields): rebuilt on use
+            self.items[id(node)] = (weakref.ref(node), plan)
         return plan
 
 
@@ -312,7 +311,7 @@ class HotExecutor(SharedEventExecutor):
             if isinstance(union, GraphQLUnionType) and not isinstance(result, Exception):
                 plan = PLANS.get(self.schema, union, [d.node for d in field_details_list])
                 if plan is not None:
-                    complete = plan.by_class.get(type(result))
+                    complete = plan.get(type(result))
                     if complete is not None:
                         try:
                             out = complete(result)

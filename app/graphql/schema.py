@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from inspect import isawaitable
 from typing import Any
 
 import strawberry
-from inspect import isawaitable
-
 from graphql import DocumentNode, GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.execution import optimized_is_awaitable
@@ -20,12 +19,12 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app.core.errors import DomainError, Unavailable
+from app.core.text import find_nul
 from app.graphql.alerts import AlertsMutation, AlertsQuery
 from app.graphql.audit import AuditQuery
 from app.graphql.budgets import BudgetMutation, BudgetQuery
 from app.graphql.catalog import CatalogMutation, CatalogQuery
 from app.graphql.completion import install as install_completion
-from app.core.text import find_nul
 from app.graphql.cost import CostExceeded, CostLimits, check_variables
 from app.graphql.credits import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
@@ -37,9 +36,9 @@ from app.graphql.live import LiveSubscription
 from app.graphql.metering import MeteringMutation, MeteringQuery
 from app.graphql.organizations import OrganizationMutation, OrganizationQuery
 from app.graphql.overage import OverageQuery
-from app.graphql.permissions import guard_root_fields
 from app.graphql.parse_cache import ParseCache
 from app.graphql.periods import PeriodsQuery
+from app.graphql.permissions import guard_root_fields
 from app.graphql.plans import PlanMutation, PlanQuery
 from app.graphql.pricing import PricingMutation, PricingQuery
 from app.graphql.scalars import CREDITS, USD, Credits, Usd, guard_credits_inputs

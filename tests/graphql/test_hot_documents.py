@@ -124,7 +124,7 @@ CHARGE_VALUES: dict[str, Any] = {
         requested=6,
         retry_after_seconds=None,
     ),
-    "conflict": IdempotencyConflict(code="IDEMPOTENCY_CONFLICT", message="other", idempotency_key="k\u00e9\"y"),
+    "conflict": IdempotencyConflict(code="IDEMPOTENCY_CONFLICT", message="other", idempotency_key='k\u00e9"y'),
     "budget, credits": BudgetExceeded(
         code="BUDGET_EXCEEDED",
         message="budget",
@@ -189,7 +189,8 @@ ALL_CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename
       cut { __typename code message limits requestedQuantity chargedQuantity requestedCredits chargedCredits } }
   ... on MeterError { code }
   ... on UserError { message code }
-  ... on InsufficientCredits { required available shortfall packs { __typename key name credits priceUsd purchasePath quantity } }
+  ... on InsufficientCredits { required available shortfall
+      packs { __typename key name credits priceUsd purchasePath quantity } }
   ... on OrganizationCreditsExhausted { code }
   ... on EndUserCreditCap { cap used requested periodEnd }
   ... on QuotaExceeded { primitive quota used periodEnd }
@@ -203,7 +204,8 @@ ALL_CHARGE = """mutation($i: MeterInput!) { charge(input: $i) { __typename
 } }"""
 
 ALIASED = """mutation M($i: MeterInput!) { answer: charge(input: $i) {
-  kind: __typename ... on Charged { id: eventId spent: creditsUsed u: usage { n: used left: remaining } usage { primitive } }
+  kind: __typename
+  ... on Charged { id: eventId spent: creditsUsed u: usage { n: used left: remaining } usage { primitive } }
   ... on UserError { why: message } } }"""
 
 CLIENT_CHARGE = open("clients/python/queries/metering.graphql").read()  # noqa: SIM115, PTH123
@@ -399,7 +401,9 @@ def test_hot_path_still_checks_each_request(api: Api) -> None:
     assert len(_hot(api)) >= 1
     # A NUL in the variables: refused as the generic path refuses it, nothing charged.
     before = count_rows(api.db.engine, *MONEY)
-    status, content = post(api, {"query": doc, "variables": {"i": {"primitive": "email.send", "idempotencyKey": "x\u0000"}}}, key)
+    status, content = post(
+        api, {"query": doc, "variables": {"i": {"primitive": "email.send", "idempotencyKey": "x\u0000"}}}, key
+    )
     body = orjson.loads(content)
     assert status == 200 and body["data"] is None and body["errors"][0]["extensions"]["code"] == "VALIDATION_FAILED"
     assert count_rows(api.db.engine, *MONEY) == before
@@ -442,9 +446,12 @@ def test_persisted_query_flow(api: Api) -> None:
     status, content = post(api, {"query": CHARGE_QUERY, "extensions": apq(wrong), "variables": item}, key)
     assert orjson.loads(content)["errors"][0]["extensions"]["code"] == HASH_MISMATCH
     for h2 in (wrong, h):
-        assert orjson.loads(post(api, {"extensions": apq(h2), "variables": item}, key)[1])["errors"][0]["extensions"][
-            "code"
-        ] == NOT_FOUND
+        assert (
+            orjson.loads(post(api, {"extensions": apq(h2), "variables": item}, key)[1])["errors"][0]["extensions"][
+                "code"
+            ]
+            == NOT_FOUND
+        )
     assert count_rows(api.db.engine, *MONEY) == before
 
     # Text and hash: registered and answered; then the hash alone is the same document.
@@ -462,7 +469,9 @@ def test_document_id_and_invalid_forms(api: Api) -> None:
     tid, key = setup_tenant(api)
     doc = "query { __typename }"
     h = sha(doc)
-    assert orjson.loads(post(api, {"documentId": f"sha256:{h}"}, key)[1])["errors"][0]["extensions"]["code"] == NOT_FOUND
+    assert (
+        orjson.loads(post(api, {"documentId": f"sha256:{h}"}, key)[1])["errors"][0]["extensions"]["code"] == NOT_FOUND
+    )
     ok = orjson.loads(post(api, {"documentId": f"sha256:{h}", "query": doc}, key)[1])
     assert ok == {"data": {"__typename": "Query"}}
     assert orjson.loads(post(api, {"documentId": h.upper()}, key)[1]) == ok  # the bare hex, any case
