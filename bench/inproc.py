@@ -10,8 +10,10 @@ requests/s are not.
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p .venv/bin/python -m bench.inproc floor 2000
     .venv/bin/python -m bench.inproc charge 2000 --time   # wall clock, for a rough figure
 
-Scenarios: floor (`{ __typename }` with auth), charge (GraphQL charge), check (GraphQL check),
-all on a SQLite file seeded like `make bench` (bench/run.py seed()).
+Scenarios: floor (`{ __typename }` with auth), charge (GraphQL charge), charge-persisted (the same
+charge sent by its SHA-256, registered once in the warmup: app/graphql/persisted.py), check
+(GraphQL check), batch (chargeBatch of 50), all on a SQLite file seeded like `make bench`
+(bench/run.py seed()).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +44,9 @@ BATCH_QUERY = (
 )
 
 
+CHARGE_HASH = hashlib.sha256(CHARGE_QUERY.encode()).hexdigest()
+
+
 def body_for(scenario: str, i: int) -> bytes:
     if scenario == "floor":
         return b'{"query":"{ __typename }"}'
@@ -49,6 +55,13 @@ def body_for(scenario: str, i: int) -> bytes:
     if scenario == "charge":
         variables = {"i": {"primitive": PRIMITIVE, "idempotencyKey": f"inproc-{os.getpid()}-{i}"}}
         return json.dumps({"query": CHARGE_QUERY, "variables": variables}).encode()
+    if scenario in ("charge-persisted", "charge-register"):  # the hash alone; the text too to register it
+        variables = {"i": {"primitive": PRIMITIVE, "idempotencyKey": f"inproc-{os.getpid()}-{i}"}}
+        data: dict[str, Any] = {"variables": variables}
+        data["extensions"] = {"persistedQuery": {"version": 1, "sha256Hash": CHARGE_HASH}}
+        if scenario == "charge-register":
+            data["query"] = CHARGE_QUERY
+        return json.dumps(data).encode()
     if scenario == "batch":  # chargeBatch of 50, as bench/wrk.lua's batch mode
         items = [{"item": {"primitive": PRIMITIVE, "idempotencyKey": f"b{i}-{j}"}} for j in range(50)]
         return json.dumps({"query": BATCH_QUERY, "variables": {"items": items}}).encode()
@@ -64,7 +77,7 @@ def expect(scenario: str, status: int, body: bytes) -> None:
     elif scenario == "batch":
         if status != 200 or body.count(b'"Charged"') != 50:
             raise SystemExit(f"batch: unexpected answer {status}: {body[:400]!r}")
-    elif scenario == "charge":
+    elif scenario in ("charge", "charge-persisted", "charge-register"):
         ok = ok and b'"__typename":"Charged"' in body.replace(b" ", b"")
     if not ok:
         raise SystemExit(f"{scenario}: unexpected answer {status}: {body[:400]!r}")
@@ -136,7 +149,7 @@ def garbage(n: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
-    ap.add_argument("scenario", choices=["floor", "charge", "check", "batch"])
+    ap.add_argument("scenario", choices=["floor", "charge", "charge-persisted", "check", "batch"])
     ap.add_argument("n", type=int, help="measured requests (after the warmup)")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--time", action="store_true", help="print wall-clock requests/s of the measured part")
@@ -177,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     # Charges in the warmup too, so a check sees a tenant with a recorded period and a counter.
     loop.run_until_complete(drive(app, key, "charge", 20, 10_000_000))
+    if args.scenario == "charge-persisted":
+        loop.run_until_complete(drive(app, key, "charge-register", 1, 30_000_000))
     loop.run_until_complete(drive(app, key, args.scenario, args.warmup, 20_000_000))
     gc.collect()
     gc.freeze()  # as the server does after startup (app/main.py lifespan)
