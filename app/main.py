@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +27,9 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLRequestData, process_result
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 
 from app.core import public_ids
 from app.core.auth import Principal, TenantScope
@@ -36,6 +39,7 @@ from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, IDE_DIR, IDE_PATH, ide_html
 from app.graphql.guard import quote_request
+from app.graphql.persisted import DOCUMENT_ID, PersistedDocuments, PersistedQueryError
 from app.graphql.schema import build_schema
 from app.graphql.ws import LiveWSHandler
 from app.http.edge import AuthError, InFlightLimit, error_response, http_error, require_key, unavailable_response
@@ -69,6 +73,8 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             **kw,
         )
         self.state = app_state
+        # Documents registered by their hash (app/graphql/persisted.py), one registry per app.
+        self.persisted = PersistedDocuments()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,7 +87,27 @@ class MeterkitGraphQL(GraphQL[Context, None]):
         except StrawberryHTTPException as exc:
             status = 415 if exc.reason == "Unsupported content type" else exc.status_code
             response = http_error(status, exc.reason)
+        except PersistedQueryError as exc:
+            # A GraphQL answer (status 200, as Apollo's clients expect): the client sends the text next.
+            result = ExecutionResult(data=None, errors=quote_request([exc.error]))
+            response = self.create_response(process_result(result), Response())
         await response(scope, receive, send)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        parsed = super().parse_json(data)
+        # A top-level documentId rides in the extensions to persisted.resolve (parse_http_body).
+        if isinstance(parsed, dict) and DOCUMENT_ID in parsed:
+            extensions = parsed.get("extensions")
+            if extensions is None or isinstance(extensions, dict):
+                parsed["extensions"] = {**(extensions or {}), DOCUMENT_ID: parsed.pop(DOCUMENT_ID)}
+        return parsed
+
+    async def parse_http_body(self, request: Any) -> Any:
+        data = await super().parse_http_body(request)
+        if isinstance(data, GraphQLRequestData) and data.extensions:
+            query, extensions = self.persisted.resolve(data.query, data.extensions)
+            data = replace(data, query=query, extensions=extensions)
+        return data
 
     def decode_json(self, data: str | bytes) -> object:
         try:

@@ -10,10 +10,11 @@ requests/s are not.
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p .venv/bin/python -m bench.inproc floor 2000
     .venv/bin/python -m bench.inproc charge 2000 --time   # wall clock, for a rough figure
 
-Scenarios: floor (`{ __typename }` with auth), charge (GraphQL charge), check (GraphQL check),
-plain (REST `POST /v1/charge`, the same key and primitive as charge), batch (GraphQL chargeBatch
-of 50: divide its per-request count by 50 for a batch item), all on a SQLite file seeded like
-`make bench` (bench/run.py seed()).
+Scenarios: floor (`{ __typename }` with auth), charge (GraphQL charge), charge-persisted (the same
+charge sent by its SHA-256, registered once in the warmup: app/graphql/persisted.py), check
+(GraphQL check), plain (REST `POST /v1/charge`, the same key and primitive as charge), batch
+(chargeBatch of 50: divide its per-request count by 50 for a batch item), all on a SQLite file
+seeded like `make bench` (bench/run.py seed()).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +45,9 @@ BATCH_QUERY = (
 )
 
 
+CHARGE_HASH = hashlib.sha256(CHARGE_QUERY.encode()).hexdigest()
+
+
 def body_for(scenario: str, i: int) -> bytes:
     if scenario == "floor":
         return b'{"query":"{ __typename }"}'
@@ -53,6 +58,13 @@ def body_for(scenario: str, i: int) -> bytes:
         return json.dumps({"query": CHARGE_QUERY, "variables": variables}).encode()
     if scenario == "plain":
         return json.dumps({"primitive": PRIMITIVE, "idempotency_key": f"plain-{os.getpid()}-{i}"}).encode()
+    if scenario in ("charge-persisted", "charge-register"):  # the hash alone; the text too to register it
+        variables = {"i": {"primitive": PRIMITIVE, "idempotencyKey": f"inproc-{os.getpid()}-{i}"}}
+        data: dict[str, Any] = {"variables": variables}
+        data["extensions"] = {"persistedQuery": {"version": 1, "sha256Hash": CHARGE_HASH}}
+        if scenario == "charge-register":
+            data["query"] = CHARGE_QUERY
+        return json.dumps(data).encode()
     if scenario == "batch":  # chargeBatch of 50, as bench/wrk.lua's batch mode
         items = [{"item": {"primitive": PRIMITIVE, "idempotencyKey": f"b{i}-{j}"}} for j in range(50)]
         return json.dumps({"query": BATCH_QUERY, "variables": {"items": items}}).encode()
@@ -68,7 +80,7 @@ def expect(scenario: str, status: int, body: bytes) -> None:
     elif scenario == "batch":
         if status != 200 or body.count(b'"Charged"') != 50:
             raise SystemExit(f"batch: unexpected answer {status}: {body[:400]!r}")
-    elif scenario == "charge":
+    elif scenario in ("charge", "charge-persisted", "charge-register"):
         ok = ok and b'"__typename":"Charged"' in body.replace(b" ", b"")
     elif scenario == "plain":
         ok = ok and b'"replayed":false' in body
@@ -126,9 +138,24 @@ async def drive(app: Any, key: str, scenario: str, n: int, start: int) -> None:
         expect(scenario, status, body)
 
 
+def garbage(n: int) -> None:
+    """Objects only the cyclic collector can free (reference cycles), per request, by type: the
+    work of every full collection, and so of the longest pauses under load."""
+    from collections import Counter
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    found = gc.collect()
+    kinds = Counter(type(o).__qualname__ for o in gc.garbage)
+    print(f"cyclic garbage: {found} objects, {found / max(n, 1):.1f} per request", file=sys.stderr)
+    for name, count in kinds.most_common(25):
+        print(f"  {count / max(n, 1):8.1f}  {name}", file=sys.stderr)
+    gc.set_debug(0)
+    gc.garbage.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
-    ap.add_argument("scenario", choices=["floor", "charge", "check", "batch", "plain"])
+    ap.add_argument("scenario", choices=["floor", "charge", "charge-persisted", "check", "batch", "plain"])
     ap.add_argument("n", type=int, help="measured requests (after the warmup)")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--time", action="store_true", help="print wall-clock requests/s of the measured part")
@@ -137,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a directory with a seeded bench.db and ids.json, copied before use (made on first use), so "
         "runs under callgrind skip the migrations and start from the same data",
+    )
+    ap.add_argument(
+        "--garbage",
+        action="store_true",
+        help="count the cyclic garbage the measured requests leave (what the collector must find), by type",
     )
     args = ap.parse_args(argv)
 
@@ -164,11 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     # Charges in the warmup too, so a check sees a tenant with a recorded period and a counter.
     loop.run_until_complete(drive(app, key, "charge", 20, 10_000_000))
+    if args.scenario == "charge-persisted":
+        loop.run_until_complete(drive(app, key, "charge-register", 1, 30_000_000))
     loop.run_until_complete(drive(app, key, args.scenario, args.warmup, 20_000_000))
     gc.collect()
     gc.freeze()  # as the server does after startup (app/main.py lifespan)
+    if args.garbage:
+        gc.disable()
     t0, c0 = time.perf_counter(), time.process_time()
     loop.run_until_complete(drive(app, key, args.scenario, args.n, 0))
+    if args.garbage:
+        garbage(args.n)
     for handler in logging.getLogger().handlers:
         handler.flush()  # the log lines of these requests written (a writer thread: app/observability/logs.py)
     took, cpu = time.perf_counter() - t0, time.process_time() - c0

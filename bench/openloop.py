@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+SLOW_S = 0.010  # the p99 target
+
 
 @dataclass
 class OpenLoopResult:
@@ -31,6 +33,9 @@ class OpenLoopResult:
     elapsed: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds, from the scheduled send time
     lags: list[float] = field(default_factory=list)  # seconds, the generator's own lateness in issuing a send
+    # (wall-clock time it was scheduled, latency) of every request over SLOW_S: lined up with the
+    # server's stall log (bench/gcprobe.py), they show which stall a tail came from.
+    slow: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def achieved(self) -> float:
@@ -112,7 +117,10 @@ async def run_open_loop(
                     writer.close()
                     reader, writer = await _open(host, port)
                     continue
-                res.latencies.append(time.perf_counter() - scheduled)
+                took = time.perf_counter() - scheduled
+                res.latencies.append(took)
+                if took >= SLOW_S:
+                    res.slow.append((time.time() - took, took))
                 del inflight[w]
                 if status == 200 and marker in body and b'"errors"' not in body:
                     res.completed += 1

@@ -47,6 +47,11 @@ def report(results: dict[str, Any]) -> list[str]:
         f"({ol['unfinished']:,} unanswered after the grace period); "
         f"p99.9 {ol['p999_ms']:.2f} ms, max {ol['max_ms']:.2f} ms; scheduler lateness p99 {ol['lag_p99_ms']:.2f} ms"
     )
+    for n, r in enumerate(ol.get("runs", []), 1):
+        lines.append(
+            f"  open loop run {n}: {r['achieved']:,.0f}/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+            f"p99.9 {r['p999_ms']:.2f} ms, max {r['max_ms']:.2f} ms, errors {r['errors']}"
+        )
     st = ol["generator_selftest"]
     lines.append(
         f"  generator self-test against a do-nothing HTTP stub: {st['achieved']:,.0f}/s of {st['rate']:,.0f}/s, "
@@ -120,14 +125,14 @@ def targets(by: dict[str, dict[str, Any]], ol: dict[str, Any], rss: dict[str, An
             usage_ratio <= t["usage_1m_vs_10k"],
         ),
         target_entry(
-            f"charge p99 open loop at {ol['rate']:,.0f}/s (ms)",
+            f"charge p99 open loop at {ol['rate']:,.0f}/s, median run (ms)",
             ol["p99_ms"],
             f"<= {t['open_loop_p99_ms']:.0f}",
             held and ol["p99_ms"] <= t["open_loop_p99_ms"],
             "{:.2f}",
         ),
         target_entry(
-            f"charge p99.9 open loop at {ol['rate']:,.0f}/s (ms)",
+            f"charge p99.9 open loop at {ol['rate']:,.0f}/s, median (ms)",
             ol["p999_ms"],
             f"<= {t['open_loop_p999_ms']:.0f}",
             held and ol["p999_ms"] <= t["open_loop_p999_ms"],

@@ -47,7 +47,7 @@ from bench.scenarios import (
     drive_charges,
     ensure_wrk,
     grow_event_log,
-    open_loop_run,
+    open_loop_runs,
     rss_mb,
     scenario,
 )
@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--rss-small", type=int, default=20_000, help="charges before the first RSS reading")
     ap.add_argument("--rss-large", type=int, default=200_000, help="charges before the second RSS reading")
-    ap.add_argument("--open-seconds", type=float, default=10, help="open-loop duration (default 10)")
+    ap.add_argument("--open-seconds", type=float, default=30, help="each open-loop run's duration (default 30)")
+    ap.add_argument("--open-runs", type=int, default=3, help="open-loop runs; the target reads the median (default 3)")
     ap.add_argument("--open-connections", type=int, default=32)
     ap.add_argument("--open-grace", type=float, default=5, help="seconds to drain the open-loop backlog (default 5)")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         run("check_1", "GraphQL check (read-only)", mode="check", connections=1)
 
         rate = args.rate or round(OPEN_LOOP_SHARE * by["graphql_charge"]["rps"])
-        ol = open_loop_run(port, load_key, rate, args)
+        ol = open_loop_runs(port, load_key, rate, args)
 
         log(f"growing the usage tenant's event log to {args.large_events:,} events")
         took = grow_event_log(db_path, ids["usage_tenant"], args.large_events)

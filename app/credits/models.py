@@ -6,7 +6,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Identity, Index, Integer, UniqueConstraint, true
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Identity,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    UniqueConstraint,
+    true,
+)
 from sqlmodel import Field, SQLModel
 
 from app.core.types import micro_column, ts_column
@@ -25,12 +36,16 @@ class CreditBucket(SQLModel, table=True):
     """One grant. Debits draw down buckets: soonest expiry first, then oldest."""
 
     __tablename__ = "credit_bucket"
-    __table_args__ = (UniqueConstraint("tenant_id", "grant_key", name="uq_credit_bucket_grant_key"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "id", name="credit_bucket_pkey"),
+        UniqueConstraint("tenant_id", "grant_key", name="uq_credit_bucket_grant_key"),
+    )
 
+    # Primary key (tenant_id, id): keys include the distribution column (app/core/distribution.py).
     id: str = Field(primary_key=True, max_length=40)
     # No index of its own: uq_credit_bucket_grant_key (tenant_id, grant_key) serves every read by
     # tenant (migration 0016_hot_indexes dropped the duplicate).
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
     source: str = Field(max_length=16)  # signup | plan | purchase | adjustment | reversal
     granted: int = Field(sa_column=micro_column(default=None))
     remaining: int = Field(sa_column=micro_column(default=None))
@@ -42,14 +57,18 @@ class CreditBucket(SQLModel, table=True):
 
 class LedgerEntry(SQLModel, table=True):
     __tablename__ = "ledger_entry"
-    __table_args__ = (Index("ix_ledger_entry_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "id", name="ledger_entry_pkey"),
+        Index("ix_ledger_entry_tenant_id_id", "tenant_id", "id"),
+    )
 
-    # An integer identity keeps inserts append-only in index order and gives a total order.
+    # An integer identity keeps inserts append-only in index order and gives a total order. Primary
+    # key (tenant_id, id) on PostgreSQL; `id` alone on SQLite, its rowid (migration 0024).
     id: int | None = Field(
         default=None,
         sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
     )
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
     kind: str = Field(max_length=16)  # grant | debit | reversal | expiry
     action: str = Field(max_length=64)  # signup, purchase, email.send, ...
     amount: int = Field(sa_column=micro_column(default=None))  # signed micro-credits
@@ -81,12 +100,13 @@ class CreditReversal(SQLModel, table=True):
 
     __tablename__ = "credit_reversal"
     __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "id", name="credit_reversal_pkey"),
         UniqueConstraint("tenant_id", "entry_id", name="uq_credit_reversal_entry"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_credit_reversal_key"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)  # key (tenant_id, id)
     entry_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     idempotency_key: str = Field(max_length=200)
     reason: str = Field(max_length=255)
@@ -99,13 +119,14 @@ class CreditHold(SQLModel, table=True):
 
     __tablename__ = "credit_hold"
     __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "id", name="credit_hold_pkey"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_credit_hold_key"),
         Index("ix_credit_hold_open", "tenant_id", "status", "expires_at"),
         Index("ix_credit_hold_payer_open", "payer_id", "status", "expires_at"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)  # key (tenant_id, id)
     idempotency_key: str = Field(max_length=200)
     request_hash: str = Field(max_length=64)
     primitive: str = Field(max_length=64)

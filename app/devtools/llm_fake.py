@@ -1,7 +1,8 @@
 """A local stand-in for the LLM upstreams the proxy forwards to (tests and `python -m bench.proxy`),
 speaking their wire formats: OpenRouter (`/openrouter/api/v1`, usage with `cost` in the answer and
-the last chunk), OpenAI (`/openai/v1`, the usage chunk only with `stream_options.include_usage`)
-and Anthropic (`/anthropic/v1/messages`, message_start ... message_delta ... message_stop).
+the last chunk), OpenAI (`/openai/v1`: chat completions, the usage chunk only with
+`stream_options.include_usage`; the Responses API, usage in `response.completed`) and Anthropic
+(`/anthropic/v1/messages`, message_start ... message_delta ... message_stop).
 
 Behaviour is the FakeLlm's fields (a test changes them between calls): token counts, cost, number
 of streamed deltas and the delay between them, an error status, an error mid-stream, a fixed
@@ -162,6 +163,81 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
     async def openai_chat(request: Request) -> Response:
         return await chat(request, False)
 
+    async def responses(request: Request) -> Response:
+        """OpenAI's Responses API: the response object, or its stream of typed events ending with
+        response.completed (usage inside the response; no [DONE])."""
+        body = await _record(fake, request)
+        chunks, latency = _knobs(fake, request)
+        if latency:
+            await asyncio.sleep(latency)
+        if fake.fail_status:
+            return _openai_error(fake.fail_status)
+        model = body.get("model") or "gpt-4o-mini"
+        gid = fake.gid("resp_")
+        text = "".join(f"tok{i} " for i in range(chunks)) if body.get("stream") else "hi there"
+        usage = {
+            "input_tokens": fake.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": fake.cached_tokens},
+            "output_tokens": fake.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": fake.prompt_tokens + fake.completion_tokens,
+        }
+
+        def response(status: str, done: bool) -> dict[str, Any]:
+            item = {
+                "type": "message",
+                "id": "msg_" + gid[5:],
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+            return {
+                "id": gid,
+                "object": "response",
+                "created_at": 1_700_000_000,
+                "status": status,
+                "model": model,
+                "output": [item] if done else [],
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": usage if done else None,
+            }
+
+        if not body.get("stream"):
+            return _json(response("completed", True))
+        item_id = "msg_" + gid[5:]
+
+        async def events() -> AsyncIterator[bytes]:
+            seq = iter(range(1_000_000))
+
+            def ev(kind: str, **fields: Any) -> bytes:
+                return _sse({"type": kind, "sequence_number": next(seq), **fields}, kind)
+
+            yield ev("response.created", response=response("in_progress", False))
+            yield ev("response.in_progress", response=response("in_progress", False))
+            message = {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []}
+            yield ev("response.output_item.added", output_index=0, item=message)
+            part = {"type": "output_text", "text": "", "annotations": []}
+            yield ev("response.content_part.added", item_id=item_id, output_index=0, content_index=0, part=part)
+            for i in range(chunks):
+                if fake.chunk_delay:
+                    await asyncio.sleep(fake.chunk_delay)
+                delta = f"tok{i} "
+                yield ev("response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=delta)
+                if fake.error_mid_stream:
+                    yield ev("error", code="server_error", message="provider overloaded", param=None)
+                    return
+            yield ev("response.output_text.done", item_id=item_id, output_index=0, content_index=0, text=text)
+            part = {**part, "text": text}
+            yield ev("response.content_part.done", item_id=item_id, output_index=0, content_index=0, part=part)
+            yield ev("response.output_item.done", output_index=0, item=response("completed", True)["output"][0])
+            yield ev("response.completed", response=response("completed", True))
+            if len(fake.finished) < MAX_RECORDED:
+                fake.finished.append(gid)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def models(request: Request) -> Response:
         fake.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": None})
         return _json({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
@@ -231,6 +307,7 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
             Route("/openrouter/api/v1/chat/completions", openrouter_chat, methods=["POST"]),
             Route("/openrouter/api/v1/models", models, methods=["GET"]),
             Route("/openai/v1/chat/completions", openai_chat, methods=["POST"]),
+            Route("/openai/v1/responses", responses, methods=["POST"]),
             Route("/openai/v1/models", models, methods=["GET"]),
             Route("/anthropic/v1/messages", messages, methods=["POST"]),
             Route("/anthropic/v1/models", models, methods=["GET"]),

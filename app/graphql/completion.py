@@ -101,4 +101,5 @@ def _attribute(name: str) -> Callable[..., Any]:
         return getattr(source, name)
 
     resolve._is_default = True  # type: ignore[attr-defined]  # as Strawberry marks its own
+    resolve._meterkit_attribute = name  # type: ignore[attr-defined]  # read by the hot path's plans (hot.py)
     return resolve

@@ -41,6 +41,7 @@ from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types import ExecutionResult as StrawberryExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app.core.text import NUL, NUL_MESSAGE, find_nul
 from app.graphql.cost import (
@@ -52,6 +53,7 @@ from app.graphql.cost import (
     measure,
     prescan,
 )
+from app.graphql.hot import HotDocument, HotDocuments
 from app.graphql.parse_cache import ParseCache
 from app.graphql.permissions import guard_root_fields
 from app.observability.context import CURRENT as CURRENT_REQUEST
@@ -203,6 +205,8 @@ class GatewayConfig:
     # node, so the verdict and validation caches key on the node's identity. Only documents parsed
     # within the CPU budget are kept, up to METERKIT_PARSE_CACHE_BYTES in all (parse_cache.py).
     parsed: ParseCache = field(default_factory=lambda: ParseCache(16 * 1024 * 1024))
+    # Accepted documents, for the hot path (app/graphql/hot.py); None: every request is generic.
+    hot: HotDocuments | None = None
 
 
 class Gateway(SchemaExtension):
@@ -233,25 +237,10 @@ class Gateway(SchemaExtension):
         self._stream_result_processed = False
 
     def end_operation(self) -> None:
-        result = self.execution_context.result
-        if not self._stream_result_processed:
-            # Streamed results were masked one by one (on_stream_result).
-            if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult):
-                self._mask(result)
-            elif (initial := getattr(result, "initial_result", None)) is not None:
-                self._mask(initial)
-        # Production: graphql-core's hide_suggestions covers validation and coercion; this net
-        # takes any "Did you mean ...?" that another path adds (e.g. "Did you mean 'plans { ... }'?").
-        if self.config.hide_suggestions and result is not None and result.errors:
-            result.errors = [_without_suggestion(e) for e in result.errors]
-        if result is not None and (errors := getattr(result, "errors", None)):
-            result.errors = quote_request(errors)
+        finish(self.execution_context.result, self.config, masked=self._stream_result_processed)
 
     def _mask(self, result: Any) -> None:
-        errors = getattr(result, "errors", None)
-        if errors:
-            should_mask = self.config.should_mask
-            result.errors = [_anonymised(e) if should_mask(e) else e for e in errors]
+        _mask(result, self.config)
 
     # ---- parse ---------------------------------------------------------------------------------
 
@@ -327,9 +316,19 @@ class Gateway(SchemaExtension):
 
     def begin_execute(self) -> None:
         ec = self.execution_context
+        label = operation_label(ec.graphql_document, ec.operation_name)
         if CURRENT_REQUEST.get() is not None:
-            note_operation(operation_label(ec.graphql_document, ec.operation_name), ec.operation_name)
+            note_operation(label, ec.operation_name)
         guard_root_fields(ec)
+        hot = self.config.hot
+        # Accepted (cost, validation) and not refused for this caller: the next request with this
+        # text skips what depends on the document alone (hot.py). A \u escape in the text could hide a
+        # NUL in a literal (_nul_in_text walks such documents): those stay here.
+        doc = ec.graphql_document
+        if hot is not None and doc is not None and ec.result is None and ec.query is not None and "\\u" not in ec.query:
+            operation = ec.operation_type
+            if operation is not OperationType.SUBSCRIPTION:
+                hot.put(ec.query, ec.operation_name, HotDocument(weakref.ref(doc), operation, label))
 
     # ---- Strawberry's hooks ----------------------------------------------------------------------
 
@@ -358,6 +357,30 @@ class Gateway(SchemaExtension):
         for part in chain(getattr(result, "incremental", None) or (), getattr(result, "completed", None) or ()):
             self._mask(part)
         yield None
+
+
+def finish(result: Any, config: GatewayConfig, *, masked: bool = False) -> None:
+    """An operation's errors as the client sees them: unexpected ones masked (unless `masked`:
+    streamed results were masked one by one, on_stream_result), no suggestions in production,
+    each naming the request. The generic path (end_operation) and hot documents (hot.py) alike."""
+    if not masked:
+        if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult):
+            _mask(result, config)
+        elif (initial := getattr(result, "initial_result", None)) is not None:
+            _mask(initial, config)
+    # Production: graphql-core's hide_suggestions covers validation and coercion; this net
+    # takes any "Did you mean ...?" that another path adds (e.g. "Did you mean 'plans { ... }'?").
+    if config.hide_suggestions and result is not None and result.errors:
+        result.errors = [_without_suggestion(e) for e in result.errors]
+    if result is not None and (errors := getattr(result, "errors", None)):
+        result.errors = quote_request(errors)
+
+
+def _mask(result: Any, config: GatewayConfig) -> None:
+    errors = getattr(result, "errors", None)
+    if errors:
+        should_mask = config.should_mask
+        result.errors = [_anonymised(e) if should_mask(e) else e for e in errors]
 
 
 class _Phase:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from inspect import isawaitable
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import DocumentNode, GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.execution import optimized_is_awaitable
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
@@ -17,15 +19,17 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app.core.errors import DomainError, Unavailable
+from app.core.text import find_nul
 from app.graphql.alerts import AlertsMutation, AlertsQuery
 from app.graphql.audit import AuditQuery
 from app.graphql.budgets import BudgetMutation, BudgetQuery
 from app.graphql.catalog import CatalogMutation, CatalogQuery
 from app.graphql.completion import install as install_completion
-from app.graphql.cost import CostLimits
+from app.graphql.cost import CostExceeded, CostLimits, check_variables
 from app.graphql.credits import CreditsMutation, CreditsQuery
 from app.graphql.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache
+from app.graphql.guard import Gateway, GatewayConfig, GatewayRunner, VerdictCache, finish
+from app.graphql.hot import HotDocument, HotDocuments, HotExecutor
 from app.graphql.inputs import install as install_input_plans
 from app.graphql.kits import AccountKitMutation, AccountKitQuery
 from app.graphql.live import LiveSubscription
@@ -34,15 +38,17 @@ from app.graphql.organizations import OrganizationMutation, OrganizationQuery
 from app.graphql.overage import OverageQuery
 from app.graphql.parse_cache import ParseCache
 from app.graphql.periods import PeriodsQuery
+from app.graphql.permissions import guard_root_fields
 from app.graphql.plans import PlanMutation, PlanQuery
 from app.graphql.pricing import PricingMutation, PricingQuery
 from app.graphql.scalars import CREDITS, USD, Credits, Usd, guard_credits_inputs
 from app.graphql.scalars import DateTime as DateTimeScalar
-from app.graphql.sharing import SharedEventExecutor
 from app.graphql.stripe import StripeMutation, StripeQuery
 from app.graphql.subscriptions import SubscriptionMutation
 from app.graphql.tenants import TenantMutation, TenantQuery
 from app.graphql.usage import UsageQuery
+from app.observability.context import CURRENT as CURRENT_REQUEST
+from app.observability.context import note_operation
 from app.settings import Settings
 
 log = logging.getLogger("meterkit.graphql")
@@ -108,15 +114,79 @@ class MeterkitSchema(strawberry.Schema):
         # One answer per request (HTTP): a subscription would resolve once as a plain field and
         # fail. Subscriptions are served over graphql-transport-ws (Schema.stream), never here.
         allowed = set(allowed_operation_types or (OperationType.QUERY, OperationType.MUTATION))
+        allowed.discard(OperationType.SUBSCRIPTION)
+        if query is not None and self.hot is not None:
+            hit = self.hot.get(query, operation_name)
+            if hit is not None and hit[1].operation_type in allowed:
+                result = await self._execute_hot(
+                    hit[0], hit[1], variable_values, context_value, root_value, operation_name, operation_extensions
+                )
+                if result is not None:
+                    return result
         return await super().execute(
             query,
             variable_values,
             context_value,
             root_value,
             operation_name,
-            allowed - {OperationType.SUBSCRIPTION},
+            allowed,
             operation_extensions,
         )
+
+    # Hot documents (app/graphql/hot.py): set by build_schema, with the Gateway's config.
+    hot: HotDocuments | None = None
+    gateway: GatewayConfig | None = None
+
+    async def _execute_hot(
+        self,
+        doc: DocumentNode,
+        entry: HotDocument,
+        variable_values: dict[str, Any] | None,
+        context_value: Any,
+        root_value: Any,
+        operation_name: str | None,
+        operation_extensions: dict[str, Any] | None,
+    ) -> ExecutionResult | None:
+        """A document the generic path accepted, executed without re-deciding what depends on it
+        alone. None: this request is refused by a check that depends on it (the variables' limits,
+        a NUL, the caller's permissions); the generic path answers it, nothing has run."""
+        cfg = self.gateway
+        assert cfg is not None
+        if variable_values:
+            try:
+                check_variables(variable_values, cfg.limits)
+            except CostExceeded:
+                return None
+            if find_nul(variable_values) is not None:
+                return None
+        probe = _RootFieldsProbe(self, doc, context_value, operation_name, entry.operation_type)
+        guard_root_fields(probe)
+        if probe.result is not None:
+            return None
+        if CURRENT_REQUEST.get() is not None:
+            note_operation(entry.label, operation_name)
+        try:
+            result = self._get_execute_function()(
+                self._schema,
+                doc,
+                root_value=root_value,
+                variable_values=variable_values,
+                operation_name=operation_name,
+                context_value=context_value,
+                is_awaitable=optimized_is_awaitable,
+                executor_class=self.execution_context_class,
+                **self._get_custom_context_kwargs(operation_extensions),
+            )
+            if isawaitable(result):
+                result = await result
+        except Exception as exc:  # noqa: BLE001  (as Strawberry's execute: an error answer, unmasked)
+            errors = [exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)]
+            self._process_errors(errors)
+            return ExecutionResult(data=None, errors=errors, extensions={})
+        if result.errors:
+            self._process_errors(result.errors)  # before masking, as Strawberry's _execute_operation
+        finish(result, cfg)
+        return ExecutionResult(data=result.data, errors=result.errors, extensions={})
 
     # Production: graphql-core leaves "Did you mean ...?" out of validation and coercion errors.
     hide_suggestions = False
@@ -141,6 +211,17 @@ class MeterkitSchema(strawberry.Schema):
         # when masking; this catches any path that skips masking).
         unexpected = [e for e in errors if e.original_error is not None and _is_unexpected(e)]
         super().process_errors(unexpected, execution_context)
+
+
+class _RootFieldsProbe:
+    """What guard_root_fields reads of Strawberry's execution context, for the hot path."""
+
+    __slots__ = ("schema", "graphql_document", "context", "operation_name", "operation_type", "result")
+
+    def __init__(self, schema: Any, doc: DocumentNode, context: Any, name: str | None, op: OperationType) -> None:
+        self.schema, self.graphql_document, self.context = schema, doc, context
+        self.operation_name, self.operation_type = name, op
+        self.result: Any = None
 
 
 def _is_unexpected(error: GraphQLError) -> bool:
@@ -185,6 +266,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         max_tokens=settings.max_tokens,
         rules=tuple(limit_rules),
         should_mask=should_mask,
+        hot=HotDocuments(),
     )
     # A factory, not an instance: an extension instance shared by concurrent requests shares its
     # state. One extension for every guard (app/graphql/guard.py, Gateway).
@@ -195,14 +277,18 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         subscription=LiveSubscription,
         extensions=extensions,
         types=[NotFoundError, ValidationError, ForbiddenError, ConflictError],
-        # Strawberry's executor, but a tenant's subscribers share one execution per state (app/graphql/sharing.py).
-        execution_context_class=SharedEventExecutor,
+        # Strawberry's executor, but a tenant's subscribers share one execution per state (app/graphql/sharing.py)
+        # and a hot root field's result is completed from a plan (app/graphql/hot.py).
+        execution_context_class=HotExecutor,
         # Credits: integer micro-credits inside, a decimal string on the wire (app/graphql/scalars.py).
         config=StrawberryConfig(scalar_map={Credits: CREDITS, Usd: USD}),
         # DateTime refuses times whose billing periods cannot be computed (app/graphql/scalars.py).
         scalar_overrides={datetime: DateTimeScalar},
     )
     schema.hide_suggestions = hide
+    # The hot path skips Strawberry's extension runner: only while the Gateway is the one extension.
+    if len(schema.get_extensions()) == 1 and not schema.directives:
+        schema.hot, schema.gateway = config.hot, config
     # Input objects from a plan made once per type (app/graphql/inputs.py).
     install_input_plans(t.definition for t in schema.schema_converter.type_map.values())
     # Union type resolution by class and one-call attribute fields (app/graphql/completion.py).

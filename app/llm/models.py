@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Identity, Integer, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Identity, Integer, PrimaryKeyConstraint, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.core.types import micro_column, ts_column
@@ -15,15 +15,17 @@ from app.core.types import micro_column, ts_column
 class LlmCall(SQLModel, table=True):
     __tablename__ = "llm_call"
     __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "id", name="llm_call_pkey"),
         # The only index: the row is written with its charge and read by its event.
         UniqueConstraint("tenant_id", "event_id", name="uq_llm_call_event"),
     )
 
+    # Primary key (tenant_id, id) on PostgreSQL; `id` alone on SQLite, its rowid (migration 0024).
     id: int | None = Field(
         default=None,
         sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
     )
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
     event_id: int = Field(sa_column=Column(BigInteger, nullable=False))  # usage_event.id of its charge
     api_key_id: str | None = Field(default=None, max_length=40)
     provider: str = Field(max_length=16)  # openrouter | openai | anthropic

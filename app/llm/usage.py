@@ -8,6 +8,10 @@ OpenRouter's `usage.cost` is exact): no I/O.
   `prompt_tokens_details.cache_write_tokens` (cache write) and `usage.cost` (USD); in a stream,
   the chunk that carries `usage` (OpenRouter's last chunk, OpenAI's include_usage chunk). The
   generation id is the completion's (every chunk's) `id`.
+- OpenAI (Responses, `/v1/responses`): the response object's `usage.input_tokens` (cached ones
+  included), `output_tokens`, `input_tokens_details.cached_tokens` (cache read); in a stream, the
+  `response` of `response.created` (its id and model) and of the closing `response.completed` or
+  `response.incomplete` (its usage). A `response.failed` or an `error` event ends it unbilled.
 - Anthropic (Messages): `usage.input_tokens` (cache excluded), `output_tokens`,
   `cache_read_input_tokens`, `cache_creation_input_tokens`; in a stream, `message_start`'s message
   usage, then `message_delta`'s usage (output tokens so far, cumulative; newer versions repeat the
@@ -120,4 +124,33 @@ def anthropic_event(usage: LlmUsage, event: Any) -> LlmUsage:
     elif kind == "message_delta":
         _anthropic_tokens(usage, event.get("usage"))
         usage.final = True
+    return usage
+
+
+# The Responses stream's events that carry the response object; the last three end the stream.
+RESPONSE_EVENTS = frozenset(
+    {"response.created", "response.in_progress", "response.completed", "response.incomplete", "response.failed"}
+)
+RESPONSE_CLOSING = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def responses_apply(usage: LlmUsage, body: Any) -> LlmUsage:
+    """A Responses API answer (`object: response`) or one of its stream's events."""
+    if not isinstance(body, dict):
+        return usage
+    kind = body.get("type")
+    response = body.get("response") if kind in RESPONSE_EVENTS else body
+    if not isinstance(response, dict) or kind == "response.failed":
+        return usage  # a failed response is an upstream error: it costs nothing
+    usage.generation_id = usage.generation_id or _text(response.get("id"))
+    usage.model = usage.model or _text(response.get("model"))
+    u = response.get("usage")
+    if not isinstance(u, dict):
+        return usage
+    details = u.get("input_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    usage.cache_read_tokens = cached
+    usage.input_tokens = max(_int(u.get("input_tokens")) - cached, 0)
+    usage.output_tokens = _int(u.get("output_tokens"))
+    usage.final = True
     return usage

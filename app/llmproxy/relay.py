@@ -9,8 +9,9 @@ The rules:
   blank line arrives (only an unfinished event is ever held), except the one usage chunk the proxy
   asked OpenAI for (`stream_options.include_usage`) when the client did not: that event is dropped;
 - billed after the stream: the stream's closing event (`data: [DONE]`, Anthropic's
-  `message_stop`) and anything after it are held until the upstream has ended and the bill is
-  committed, then sent: a client that has seen the end of the stream finds the charge written;
+  `message_stop`, the Responses API's `response.completed`) and anything after it are held until
+  the upstream has ended and the bill is committed, then sent: a client that has seen the end of
+  the stream finds the charge written;
 - a client gone mid-stream: the upstream is still read (and its bytes dropped) for at most
   METERKIT_LLM_DRAIN_SECONDS to learn the usage it reports, then billed for that usage; a drain cut
   short by that bound bills what the upstream had reported by then (e.g. Anthropic's message_start
@@ -24,13 +25,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anyio
-import httpx
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.llm.usage import LlmUsage, anthropic_event, openai_apply
+from app.llm.usage import RESPONSE_CLOSING, LlmUsage, anthropic_event, openai_apply, responses_apply
 from app.llmproxy.sse import Event, SseParser
+from app.llmproxy.upstream import UpstreamError
 
 log = logging.getLogger("meterkit.llmproxy")
 
@@ -41,7 +43,7 @@ QUEUE_CHUNKS = 256
 
 class Relay:
     def __init__(
-        self, resp: httpx.Response, flavor: str, *, drop_usage_chunk: bool, bill: Bill, drain_seconds: float
+        self, resp: aiohttp.ClientResponse, flavor: str, *, drop_usage_chunk: bool, bill: Bill, drain_seconds: float
     ) -> None:
         self.resp, self.flavor, self.drop = resp, flavor, drop_usage_chunk
         self._bill, self.drain_seconds = bill, drain_seconds
@@ -49,6 +51,7 @@ class Relay:
         self.parser = SseParser()
         self.errored = False  # the upstream reported an error, or its connection failed
         self.client_gone = False
+        self._ended = False  # a Responses stream's closing event was read
         self._settled = False
         self._lock = asyncio.Lock()
         self.tail: list[bytes] = []  # the closing event onward: sent once the call is billed
@@ -58,18 +61,23 @@ class Relay:
     # ---- reading the upstream
 
     async def _pump(self) -> None:
+        complete = False
         try:
-            async for chunk in self.resp.aiter_raw():
+            async for chunk in self.resp.content.iter_any():
                 out = self._observe(chunk)
                 if out and not self.client_gone:
                     await self.queue.put(out)
+            complete = True
             if self.parser.pending():
                 self.tail.append(self.parser.pending())  # an unfinished last event, as received
-        except (httpx.HTTPError, OSError) as exc:
+        except UpstreamError as exc:
             self.errored = True
             log.warning("upstream stream failed: %s", type(exc).__name__)
         finally:
-            await self.resp.aclose()
+            if complete:
+                self.resp.release()  # the connection goes back to the pool
+            else:
+                self.resp.close()  # cut short (an error, the drain bound): never reused half-read
             if not self.client_gone:
                 await self.queue.put(_END)
 
@@ -88,6 +96,8 @@ class Relay:
     def _closing(self, event: Event) -> bool:
         if self.flavor == "anthropic":
             return event.name == "message_stop"
+        if self.flavor == "responses":  # no [DONE]: the response's last state ends the stream
+            return self._ended or event.name in RESPONSE_CLOSING
         return event.data == "[DONE]"
 
     def _read(self, event: Event) -> bool:
@@ -103,6 +113,13 @@ class Relay:
             if event.name == "error" or body.get("type") == "error":
                 self.errored = True
             anthropic_event(self.usage, body)
+            return False
+        if self.flavor == "responses":
+            kind = body.get("type")
+            if kind in ("error", "response.failed"):
+                self.errored = True
+            self._ended = self._ended or kind in RESPONSE_CLOSING
+            responses_apply(self.usage, body)
             return False
         if body.get("error") is not None:
             self.errored = True

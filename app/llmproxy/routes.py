@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,11 +29,11 @@ from app.core.uow import Runner
 from app.http.edge import AuthError, parse_authorization, resolve_principal
 from app.llm.aliases import KnownModels, UnknownModel, resolve
 from app.llm.billing import PASSTHROUGH, TOKENS, CallFacts, Finished
-from app.llm.usage import LlmUsage, anthropic_message, openai_apply
+from app.llm.usage import LlmUsage, anthropic_message, openai_apply, responses_apply
 from app.llmproxy.biller import biller_for
 from app.llmproxy.errors import Refusal, credits, pack_offers, render
 from app.llmproxy.relay import MeteredStream, Relay
-from app.llmproxy.upstream import Pools, Provider, answer_headers, forward_headers, providers
+from app.llmproxy.upstream import Pools, Provider, UpstreamError, answer_headers, forward_headers, providers
 from app.metering import commands
 from app.metering.types import Charged, CheckResult
 
@@ -56,6 +55,7 @@ class Call:
     model: str | None
     stream: bool
     drop_usage_chunk: bool  # the proxy asked for OpenAI's usage chunk: the client does not see it
+    wire: str  # how the answer carries usage (Provider.wire)
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Proxy:
             raw_key = parse_authorization(request.headers.get("authorization")) or request.headers.get("x-api-key")
             tenant = request.headers.get("x-tenant-id")
             body = await request.body()
-            call = self._parse(provider, body) if kind == "billable" else None
+            call = self._parse(provider, provider.wire(path), body) if kind == "billable" else None
             admitted = await self.uow.call(
                 self._admit, raw_key, tenant, call.model if call else None, billable=call is not None, name=name
             )
@@ -136,7 +136,7 @@ class Proxy:
 
     # ---- before forwarding
 
-    def _parse(self, provider: Provider, body: bytes) -> Call:
+    def _parse(self, provider: Provider, wire: str, body: bytes) -> Call:
         try:
             payload = json.loads(body)
         except ValueError:
@@ -150,7 +150,7 @@ class Proxy:
             raise Refusal("VALIDATION_FAILED", "model is required")
         stream = payload.get("stream") is True
         drop = modified = False
-        if provider.name == "openai" and stream:
+        if provider.name == "openai" and wire == "openai" and stream:  # a Responses stream always ends with usage
             options = payload.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -159,7 +159,7 @@ class Proxy:
             payload["usage"] = {"include": True}  # usage.cost in the answer (the last chunk of a stream)
             modified = True
         content = json.dumps(payload, separators=(",", ":")).encode() if modified else body
-        return Call(content, model, stream, drop)
+        return Call(content, model, stream, drop, wire)
 
     def _admit(
         self, raw_key: str | None, tenant: str | None, model: str | None, *, billable: bool, name: str
@@ -201,12 +201,13 @@ class Proxy:
         client = self.pools.client(provider.name)
         headers = forward_headers(request.headers.items(), provider)
         try:
-            resp = await client.request(
-                request.method, self._target(provider, request, path), content=body, headers=headers
-            )
-        except httpx.HTTPError as exc:
+            async with client.request(
+                request.method, self._target(provider, request, path), data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                content = await resp.read()
+        except UpstreamError as exc:
             raise _unreachable(provider, exc) from None
-        return Response(resp.content, status_code=resp.status_code, headers=answer_headers(resp.headers))
+        return Response(content, status_code=resp.status, headers=answer_headers(resp.headers))
 
     async def _forward(
         self, provider: Provider, request: Request, path: str, call: Call, admitted: Admitted
@@ -221,14 +222,17 @@ class Proxy:
             streamed=call.stream,
             request_id=CallFacts.new_request_id(),
         )
-        upstream = client.build_request(
-            request.method, self._target(provider, request, path), content=call.content, headers=headers
-        )
         try:
-            resp = await client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
+            resp = await client.request(
+                request.method,
+                self._target(provider, request, path),
+                data=call.content,
+                headers=headers,
+                allow_redirects=False,
+            )
+        except UpstreamError as exc:
             raise _unreachable(provider, exc) from None
-        ok = 200 <= resp.status_code < 300
+        ok = 200 <= resp.status < 300
         if ok and call.stream and resp.headers.get("content-type", "").startswith("text/event-stream"):
 
             async def bill(usage: LlmUsage, disconnected: bool) -> None:
@@ -236,21 +240,21 @@ class Proxy:
 
             relay = Relay(
                 resp,
-                provider.flavor,
+                call.wire,
                 drop_usage_chunk=call.drop_usage_chunk,
                 bill=bill,
                 drain_seconds=self.settings.llm_drain_seconds,
             )
-            return MeteredStream(relay, resp.status_code, answer_headers(resp.headers))
+            return MeteredStream(relay, resp.status, answer_headers(resp.headers))
         try:
-            content = await resp.aread()
-        except httpx.HTTPError as exc:
+            content = await resp.read()
+        except UpstreamError as exc:
+            resp.close()
             raise _unreachable(provider, exc) from None
-        finally:
-            await resp.aclose()
+        resp.release()
         if ok:  # an error answer is passed back as it is, and costs nothing
-            self._bill_later(admitted.scope, facts, _usage_of(provider.flavor, content))
-        return Response(content, status_code=resp.status_code, headers=answer_headers(resp.headers))
+            self._bill_later(admitted.scope, facts, _usage_of(call.wire, content))
+        return Response(content, status_code=resp.status, headers=answer_headers(resp.headers))
 
     async def _bill(self, scope: TenantScope, facts: CallFacts, usage: LlmUsage, disconnected: bool) -> Charged | None:
         """Hands the finished call to the biller (app/llmproxy/biller.py) and waits for its bill."""
@@ -282,6 +286,8 @@ def _usage_of(flavor: str, content: bytes) -> LlmUsage:
         return LlmUsage()
     if flavor == "anthropic":
         return anthropic_message(LlmUsage(), body)
+    if flavor == "responses":
+        return responses_apply(LlmUsage(), body)
     return openai_apply(LlmUsage(), body)
 
 

@@ -6,6 +6,7 @@ are kept in the raw bytes and otherwise ignored. Nothing is buffered beyond one 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -39,13 +40,16 @@ class SseParser:
         buf = self._buf + chunk if self._buf else chunk
         events: list[Event] = []
         start = 0
+        # An unfinished event's bytes were searched already: look again only where the chunk can
+        # complete a blank line (its last 3 bytes before the chunk, and the chunk).
+        at = max(len(self._buf) - 3, 0)
         while True:
-            end, sep = _boundary(buf, start)
+            end, sep = _boundary(buf, at)
             if end < 0:
                 break
             raw = buf[start : end + sep]
             events.append(_parse(raw))
-            start = end + sep
+            start = at = end + sep
         rest = buf[start:]
         self._buf = rest if len(rest) <= MAX_EVENT_BYTES else b""
         return events
@@ -55,14 +59,17 @@ class SseParser:
         return self._buf
 
 
+# The leftmost blank line, in one pass: three finds per event (one per line-end style) each scanned
+# the rest of a chunk, so a chunk of many events cost its length times their number.
+_BLANK_LINE = re.compile(rb"\n\n|\r\n\r\n|\r\r")
+
+
 def _boundary(buf: bytes, start: int) -> tuple[int, int]:
     """Where the next blank line begins (after the event's last line end) and its length; -1: none."""
-    best, size = -1, 0
-    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        i = buf.find(sep, start)
-        if i >= 0 and (best < 0 or i < best):
-            best, size = i, len(sep)
-    return best, size
+    m = _BLANK_LINE.search(buf, start)
+    if m is None:
+        return -1, 0
+    return m.start(), m.end() - m.start()
 
 
 def _parse(raw: bytes) -> Event:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Identity, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Identity, Index, Integer, PrimaryKeyConstraint, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.core.types import UTCDateTime, micro_column, ts_column
@@ -15,15 +15,17 @@ from app.core.types import UTCDateTime, micro_column, ts_column
 class UsageEvent(SQLModel, table=True):
     __tablename__ = "usage_event"
     __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "id", name="usage_event_pkey"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_usage_event_key"),
         Index("ix_usage_event_tenant_id_id", "tenant_id", "id"),
     )
 
+    # Primary key (tenant_id, id) on PostgreSQL; `id` alone on SQLite, its rowid (migration 0024).
     id: int | None = Field(
         default=None,
         sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True),
     )
-    tenant_id: str = Field(foreign_key="tenant.id", max_length=40)
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40)
     idempotency_key: str = Field(max_length=200)
     request_hash: str = Field(max_length=64)
     kind: str = Field(max_length=8)  # charge | settle

@@ -2,8 +2,9 @@
 
 One trace per HTTP request: a server span for the request (named by its route), a child span for
 the GraphQL operation (named "mutation charge"), one span per SQL statement, and one per outbound
-HTTP call (alert webhooks and the Stripe client: the httpx and requests instrumentations). Spans
-go to an OTLP/HTTP collector in batches (BatchSpanProcessor: the request never waits on export).
+HTTP call (alert webhooks and the Stripe client: the httpx and requests instrumentations; the LLM
+proxy's upstream calls: the aiohttp client's). Spans go to an OTLP/HTTP collector in batches
+(BatchSpanProcessor: the request never waits on export).
 
 The units of work run in worker threads (app/core/uow.py, anyio's to_thread): anyio runs each call
 in a copy of the caller's context, so the current span, like the request's id, crosses the hop and
@@ -55,12 +56,14 @@ def install(app: Any, engine: Engine, settings: Any, exporter: Any = None) -> An
     sql.OBSERVER = _driver_span(tracer)
     if not _OUTBOUND:
         _OUTBOUND = True
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
         from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
         outbound = _current_provider()
         HTTPXClientInstrumentor().instrument(tracer_provider=outbound)
         RequestsInstrumentor().instrument(tracer_provider=outbound)
+        AioHttpClientInstrumentor().instrument(tracer_provider=outbound)  # the LLM proxy's upstream calls
     app.add_middleware(TraceRequests, tracer=tracer)
     return provider
 

@@ -20,6 +20,7 @@ from sqlalchemy import Identity, Integer
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  (registers every table on SQLModel.metadata, as migrations/env.py does)
+from app.core.distribution import SQLITE_ROWID_KEYS
 from app.core.migrate import alembic_config
 from tests.conftest import Database
 
@@ -27,7 +28,9 @@ from tests.conftest import Database
 def _sqlite_rowid_identity(change: tuple[Any, ...], dialect: str) -> bool:
     """An engine artefact, not drift: SQLite has no identity columns. The models' Identity() on a
     single integer primary key is not rendered there; the column is the rowid alias, which numbers
-    itself, and reflects with no default. Exactly that change on SQLite, nothing wider."""
+    itself, and reflects with no default. The tables of distribution.SQLITE_ROWID_KEYS declare
+    (tenant_id, id), PostgreSQL's key, and keep that rowid on SQLite (migration 0024). Exactly that
+    change on SQLite, nothing wider."""
     if dialect != "sqlite" or change[0] != "modify_default":
         return False
     _, _, table_name, column_name, existing, reflected, declared = change
@@ -36,7 +39,7 @@ def _sqlite_rowid_identity(change: tuple[Any, ...], dialect: str) -> bool:
         reflected is None
         and isinstance(declared, Identity)
         and isinstance(existing["existing_type"], Integer)
-        and list(table.primary_key.columns) == [table.c[column_name]]
+        and (list(table.primary_key.columns) == [table.c[column_name]] or table_name in SQLITE_ROWID_KEYS)
     )
 
 

@@ -173,10 +173,12 @@ def test_limits_follow_settings(db: Any, clock: Any) -> None:
         assert over["errors"][0]["extensions"]["max"] == 2
 
 
-def test_a_repeated_document_hits_both_caches(api: Api) -> None:
-    """The charge hot path: the second identical query costs a parse cache hit, a verdict lookup
-    and a validation cache hit, not a parse, a walk and a validation."""
+def test_a_repeated_document_hits_both_caches(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the generic path the second identical query costs a parse cache hit, a verdict lookup
+    and a validation cache hit, not a parse, a walk and a validation; on the hot path (a document
+    accepted before, app/graphql/hot.py) none of the three."""
     from app.graphql.guard import Gateway
+    from app.graphql.hot import HotDocuments
 
     query = "{ plans { key } __typename }"
     api(query)
@@ -186,21 +188,26 @@ def test_a_repeated_document_hits_both_caches(api: Api) -> None:
         if isinstance(instance, Gateway):
             configs.append(instance.config)
     (config,) = configs
-    verdicts, parsed_cache = config.verdicts, config.parsed
+    verdicts, parsed_cache, hot = config.verdicts, config.parsed, config.hot
+    assert hot is not None
 
     def counts() -> tuple[int, int, int, int, int]:
         v = validation_cache_info()
         return verdicts.hits, parsed_cache.hits, parsed_cache.misses, v.hits, v.misses
 
-    before = counts()
+    before, hot_hits = counts(), hot.hits
     api(query)
-    assert counts() == (before[0] + 1, before[1] + 1, before[2], before[3] + 1, before[4])
-    # Another document text (new: the validation cache outlives a test) is parsed and validated
-    # once, then hits too.
-    other = "{ __typename plans { key } } # " + uuid.uuid4().hex
-    api(other)
-    api(other)
-    assert counts() == (before[0] + 2, before[1] + 2, before[2] + 1, before[3] + 2, before[4] + 1)
+    assert counts() == before and hot.hits == hot_hits + 1
+    with monkeypatch.context() as m:
+        m.setattr(HotDocuments, "get", lambda *_: None)  # the generic path
+        api(query)
+        assert counts() == (before[0] + 1, before[1] + 1, before[2], before[3] + 1, before[4])
+        # Another document text (new: the validation cache outlives a test) is parsed and validated
+        # once, then hits too.
+        other = "{ __typename plans { key } } # " + uuid.uuid4().hex
+        api(other)
+        api(other)
+        assert counts() == (before[0] + 2, before[1] + 2, before[2] + 1, before[3] + 2, before[4] + 1)
 
 
 def test_refused_documents_are_remembered(api: Api) -> None:

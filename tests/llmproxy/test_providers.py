@@ -3,6 +3,7 @@ from the price table (cache read at the discount, cache creation at the premium)
 
 from __future__ import annotations
 
+import time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -122,6 +123,57 @@ def test_openai_non_streaming(proxy: Proxy) -> None:
     reply = oai(proxy).chat.completions.create(model="openai/gpt-4o-mini", messages=MESSAGES)
     assert reply.choices[0].message.content == "hi there"
     proxy.settled(before - table_price("gpt-4o-mini", 12, 5))
+
+
+def test_openai_responses_api_is_billed_per_the_table_cached_input_at_the_discount(proxy: Proxy) -> None:
+    """The Responses API (`client.responses.create`): input_tokens include the cached ones, as in
+    chat completions; nothing is added to the request."""
+    fake = proxy.fake
+    fake.prompt_tokens, fake.completion_tokens, fake.cached_tokens = 1500, 60, 500
+    expected = table_price("gpt-4o-mini", 1000, 60, 500)
+    before = proxy.balance()
+    reply = oai(proxy).responses.create(model="gpt-4o-mini-2024-07-18", input="hi")
+    assert reply.output_text == "hi there" and reply.usage is not None and reply.usage.input_tokens == 1500
+    proxy.settled(before - expected)
+    [call] = proxy.calls()
+    assert (call.model, call.input_tokens, call.cache_read_tokens, call.output_tokens) == ("gpt-4o-mini", 1000, 500, 60)
+    assert call.generation_id == reply.id and call.credits == expected
+    [seen] = fake.requests
+    assert seen["path"] == "/openai/v1/responses" and "stream_options" not in seen["body"]
+    assert seen["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+
+
+def test_openai_responses_stream_is_billed_after_response_completed(proxy: Proxy) -> None:
+    """A Responses stream has no [DONE]: its response.completed carries the usage and is the event
+    the proxy holds until the call is billed; the client sees every event, unchanged."""
+    fake = proxy.fake
+    fake.prompt_tokens, fake.completion_tokens, fake.chunks, fake.chunk_delay = 40, 9, 3, 0.03
+    expected = table_price("gpt-4o", 40, 9)
+    before = proxy.balance()
+    kinds: list[str] = []
+    with oai(proxy).responses.stream(model="gpt-4o", input="hi") as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta" and not kinds.count(event.type):
+                assert proxy.balance() == before  # nothing deducted while the stream runs
+            kinds.append(event.type)
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_text.delta") == 3 and final.output_text == "tok0 tok1 tok2 "
+    assert proxy.balance() == before - expected  # billed by the time the client saw the end
+    assert "stream_options" not in fake.requests[0]["body"]
+    [event] = proxy.llm_events()
+    assert (event.primitive, event.reference) == ("llm.tokens", final.id)
+
+
+def test_openai_responses_stream_error_costs_nothing(proxy: Proxy) -> None:
+    """An `error` event mid-stream (the SDK hands it over as an event): the call ends unbilled."""
+    proxy.fake.error_mid_stream = True
+    before = proxy.balance()
+    with oai(proxy).responses.stream(model="gpt-4o", input="hi") as stream:
+        kinds = [event.type for event in stream]
+    assert kinds[-1] == "error" and "response.completed" not in kinds
+    time.sleep(0.2)  # a bill would be committed before the stream's end reached the client
+    assert proxy.balance() == before and proxy.calls() == []
 
 
 def test_an_unknown_model_is_refused_before_forwarding_with_close_matches(proxy: Proxy) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from app.llm.aliases import UnknownModel, resolve, spellings
 from app.llm.billing import CallFacts, idempotency_key, meter_request
-from app.llm.usage import LlmUsage, anthropic_event, openai_apply
+from app.llm.usage import LlmUsage, anthropic_event, openai_apply, responses_apply
 from app.llmproxy.errors import render
 from app.llmproxy.routes import _refusal
 from app.llmproxy.sse import SseParser
@@ -33,6 +33,21 @@ def test_sse_events_split_anywhere_are_read_whole_and_kept_byte_for_byte() -> No
             (None, "one\ntwo"),
             (None, "[DONE]"),
         ]
+        assert parser.pending() == b""
+
+
+def test_sse_many_events_in_one_chunk_each_line_end_style_and_split_anywhere() -> None:
+    """A chunk carries many events (a fast upstream's burst); every blank-line style ends one, and a
+    blank line split across chunks (its 4 bytes over two feeds) is still found."""
+    events_in = [b"data: %d" % i + sep for i in range(300) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r")]
+    stream = b"".join(events_in)
+    for size in (1, 2, 3, 4, 5, 1000, len(stream)):
+        parser = SseParser()
+        got = []
+        for i in range(0, len(stream), size):
+            got.extend(parser.feed(stream[i : i + size]))
+        assert [e.raw for e in got] == events_in, size
+        assert [e.data for e in got] == [str(i) for i in range(300) for _ in range(3)]
         assert parser.pending() == b""
 
 
@@ -126,3 +141,25 @@ def test_an_end_users_refusal_for_its_organizations_credits_is_a_402_without_bal
     assert "packs" not in error and "available" not in error and "123" not in bytes(response.body).decode()
     if flavor == "anthropic":
         assert body["type"] == "error" and error["type"] == "insufficient_credits"
+
+
+def test_responses_usage_from_the_object_and_from_the_stream_events() -> None:
+
+    usage = {"input_tokens": 120, "input_tokens_details": {"cached_tokens": 20}, "output_tokens": 7}
+    whole = responses_apply(LlmUsage(), {"id": "resp_1", "object": "response", "model": "gpt-4o", "usage": usage})
+    assert (whole.generation_id, whole.input_tokens, whole.cache_read_tokens, whole.output_tokens) == (
+        "resp_1",
+        100,
+        20,
+        7,
+    )
+    assert whole.final
+    streamed = LlmUsage()
+    responses_apply(streamed, {"type": "response.created", "response": {"id": "resp_2", "usage": None}})
+    assert streamed.generation_id == "resp_2" and not streamed.final and not streamed.any
+    responses_apply(streamed, {"type": "response.output_text.delta", "delta": "x"})
+    responses_apply(streamed, {"type": "response.incomplete", "response": {"id": "resp_2", "usage": usage}})
+    assert streamed.final and streamed.output_tokens == 7  # cut short by max_output_tokens: billed as reported
+    failed = LlmUsage()
+    responses_apply(failed, {"type": "response.failed", "response": {"id": "resp_3", "usage": usage}})
+    assert not failed.final and not failed.any  # an upstream failure costs nothing
