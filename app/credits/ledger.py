@@ -70,7 +70,8 @@ _LIVE_BUCKETS = Sql(
     "SELECT id, remaining, expires_at FROM credit_bucket WHERE tenant_id = :tid AND remaining > 0 "
     "ORDER BY expires_at IS NULL, expires_at, created_at, id"
 )
-_SET_REMAINING = Sql("UPDATE credit_bucket SET remaining = :remaining WHERE id = :id")
+# The tenant too, not just the bucket id: a distributed engine routes the statement by it (app/core/distribution.py).
+_SET_REMAINING = Sql("UPDATE credit_bucket SET remaining = :remaining WHERE tenant_id = :tid AND id = :id")
 _ENTRY = Sql(
     "INSERT INTO ledger_entry (tenant_id, kind, action, amount, balance_after, bucket_id, reference, created_at) "
     "VALUES (:tid, :kind, :action, :amount, :balance_after, :bucket_id, :reference, :now)"
@@ -121,7 +122,7 @@ def sweep(conn: Connection, scope: TenantScope, now: datetime, balance: int) -> 
         exp = read_ts(expires)
         if exp is not None and exp <= now:
             balance -= remaining
-            run(conn, _SET_REMAINING, {"remaining": 0, "id": bid})
+            run(conn, _SET_REMAINING, {"remaining": 0, "tid": scope.tenant_id, "id": bid})
             _entry(
                 conn,
                 scope,
@@ -304,7 +305,7 @@ def debit(
         if left == 0:
             break
         take = min(left, r.remaining)
-        run(conn, _SET_REMAINING, {"remaining": r.remaining - take, "id": r.id})
+        run(conn, _SET_REMAINING, {"remaining": r.remaining - take, "tid": scope.tenant_id, "id": r.id})
         left -= take
     balance -= amount
     if amount:
@@ -344,7 +345,11 @@ def debit_many(
         if amount:
             entries.append((action, -amount, balance, reference))
     if touched:
-        run_many(conn, _SET_REMAINING, [{"remaining": left_in[i], "id": live[i].id} for i in sorted(touched)])
+        run_many(
+            conn,
+            _SET_REMAINING,
+            [{"remaining": left_in[i], "tid": scope.tenant_id, "id": live[i].id} for i in sorted(touched)],
+        )
     # Entries in order, in one multi-row INSERT per chunk (ids follow VALUES order; nothing reads them here).
     for c in range(0, len(entries), _ENTRY_CHUNK):
         chunk = entries[c : c + _ENTRY_CHUNK]

@@ -247,7 +247,7 @@ def _settle(m: Meter, hold_id: str, actual: MeterRequest | None, api_key_id: str
     stored = {**result.stored(), "eventId": result.event_id}
     m.conn.execute(
         update(HOLD)
-        .where(HOLD.c.id == hold_id)
+        .where(and_(HOLD.c.tenant_id == m.scope.tenant_id, HOLD.c.id == hold_id))  # routed by the tenant
         .values(status="settled", settled_amount=d.amount, settle_result=stored, closed_at=m.now)
     )
     return result
@@ -259,7 +259,11 @@ def _release(m: Meter, hold_id: str) -> HoldView:
         return _hold_view(hold, replayed=True)
     if hold.status != "open":
         raise HoldClosed(hold_id, hold.status)
-    m.conn.execute(update(HOLD).where(HOLD.c.id == hold_id).values(status="released", closed_at=m.now))
+    m.conn.execute(
+        update(HOLD)
+        .where(and_(HOLD.c.tenant_id == m.scope.tenant_id, HOLD.c.id == hold_id))
+        .values(status="released", closed_at=m.now)
+    )
     release_hold(m.conn, hold)
     if hold.own_reserved:
         _set_reserved(m, m.state.reserved - hold.amount)

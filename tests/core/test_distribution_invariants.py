@@ -89,13 +89,6 @@ def test_the_models_declare_the_primary_keys_the_database_has(db: Database) -> N
 # Statements of the hot path that do not route to one tenant's shard today, by a fragment of their
 # text, with why (each would change with its module; see docs/operations/scaling-out.md).
 KNOWN_UNROUTED: dict[str, str] = {
-    "UPDATE credit_bucket SET remaining": (
-        "app/credits/ledger.py _SET_REMAINING (and meterkit_charge's bucket update) filter on the bucket "
-        "id alone: add AND tenant_id = :tid"
-    ),
-    "UPDATE credit_hold SET": (
-        "app/metering/holds.py settle and release update the hold WHERE id = :id: add the tenant_id"
-    ),
     "FROM credit_hold WHERE payer_id": (
         "app/metering/payer.py _FREED (and _AVAILABLE): the organization sums its end users' open holds "
         "past expiry by payer_id, across its end users' shards; a per-payer sum kept on the organization's "
