@@ -264,6 +264,10 @@ def _held_writer(engine: Engine) -> tuple[Connection, sqlite3.Connection] | None
         database = engine.url.database
         if not database or database == ":memory:" or engine.url.query.get("mode") == "memory":
             return None
+        if _pool_capacity(engine) < 2:
+            # The held connection never goes back: a pool of one would leave the ORM's units,
+            # the reads and the webhooks nothing (503 on every one). Each unit checks one out.
+            return None
         conn = _checkout(engine).execution_options(sqlite_begin="IMMEDIATE")
         driver = conn.connection.driver_connection
         conn.__dict__[DRIVER] = driver  # for app.core.sql.run: this connection's driver never changes
@@ -271,6 +275,15 @@ def _held_writer(engine: Engine) -> tuple[Connection, sqlite3.Connection] | None
         if not event.contains(engine, "engine_disposed", _drop_writer):
             event.listen(engine, "engine_disposed", _drop_writer)
     return held
+
+
+def _pool_capacity(engine: Engine) -> int:
+    """How many connections the engine's pool may open at once (a pool without a bound: many)."""
+    pool = engine.pool
+    size, overflow = getattr(pool, "size", None), getattr(pool, "_max_overflow", None)
+    if not callable(size) or not isinstance(overflow, int):
+        return 1 << 30
+    return int(size()) + max(overflow, 0) if overflow >= 0 else 1 << 30
 
 
 def held_driver(engine: Engine) -> sqlite3.Connection | None:
