@@ -20,6 +20,7 @@ from app.core.errors import NotFound
 from app.core.sql import Sql, read_json, read_ts, run, to_json, ts
 from app.credits import ledger
 from app.credits.models import CreditHold
+from app.metering import terms_cache
 from app.metering.models import UsageCounter, UsageEvent
 from app.metering.types import ChargeFacts, MeterRequest, TenantTerms
 from app.periods.rules import Period, minute_window
@@ -59,7 +60,16 @@ _TERMS_FROM = """FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
        LEFT JOIN alert_policy pt ON pt.tenant_id = t.id
        LEFT JOIN billing_period bp ON bp.tenant_id = a.tenant_id AND bp.start_at <= :now AND bp.end_at > :now"""
 _TERMS = _TERMS_COLUMNS + "\n       " + _TERMS_FROM + "\n       WHERE a.tenant_id = :tid"
-_LOCK_TERMS = Sql("SELECT a.balance, a.reserved, " + _TERMS, pg_suffix="FOR UPDATE OF a")
+# The lock reads the terms' two versions (migration 0025) beside the balance: with a copy of the terms
+# read under the same versions (app/metering/terms_cache.py) the terms' joins are skipped (_LOCK_KNOWN).
+_LOCK_HEAD = "SELECT a.balance, a.reserved, t.terms_version, o.terms_version, "
+_LOCK_TERMS = Sql(_LOCK_HEAD + _TERMS, pg_suffix="FOR UPDATE OF a")
+_VERSIONS_FROM = """FROM credit_account a JOIN tenant t ON t.id = a.tenant_id
+       LEFT JOIN organization o ON o.id = t.organization_id"""
+_LOCK_KNOWN = Sql(
+    "SELECT a.balance, a.reserved, t.terms_version, o.terms_version " + _VERSIONS_FROM + " WHERE a.tenant_id = :tid",
+    pg_suffix="FOR UPDATE OF a",
+)
 # The read-only check (check() below): the terms with the balance, what expired of it (buckets
 # and holds past expiry, before a write sweeps them), and the primitive's quota, count in the
 # recorded period, fixed price and catalog entry. No lock.
@@ -114,7 +124,7 @@ _FIRST_BUCKET = """(SELECT min((expires_at IS NULL) || COALESCE(expires_at, '') 
 # one statement with the terms. PostgreSQL: the facts are a second statement after the row lock, because a
 # statement that waits for FOR UPDATE reads the other tables as they were before it waited.
 _LOCK_CHARGE = Sql(
-    "SELECT a.balance, a.reserved, "
+    _LOCK_HEAD
     + _TERMS_COLUMNS
     + ", "
     + _FACT_HEAD.format(
@@ -124,6 +134,20 @@ _LOCK_CHARGE = Sql(
     + _FIRST_BUCKET
     + "\n       "
     + _TERMS_FROM
+    + "\n       "
+    + _EVENT_JOINS
+    + "\n       WHERE a.tenant_id = :tid"
+)
+# SQLite with a copy of the terms: the lock, the versions and the facts, the terms' columns given (the
+# copy is checked against the versions after; when they differ, _LOCK_CHARGE runs and decides).
+_LOCK_CHARGE_KNOWN = Sql(
+    _LOCK_HEAD.rstrip(", ")
+    + ", "
+    + _FACT_HEAD.format(org=":org", plan=":plan", ver=":ver", ps=":ps")
+    + ",\n              "
+    + _FIRST_BUCKET
+    + "\n       "
+    + _VERSIONS_FROM
     + "\n       "
     + _EVENT_JOINS
     + "\n       WHERE a.tenant_id = :tid"
@@ -219,20 +243,36 @@ def key_list(conn: Connection, keys: list[str]) -> Any:
     return to_json(keys) if conn.dialect.name == "sqlite" else keys
 
 
+def _full_terms(scope: TenantScope, api_key_id: str | None, row: Any) -> tuple[ledger.AccountState, TenantTerms]:
+    """A row of _LOCK_TERMS or _LOCK_CHARGE: the account and the terms, kept for the next charge."""
+    terms = terms_from(row[4 : 4 + TERMS_WIDTH], api_key_id)
+    terms_cache.keep(scope.tenant_id, api_key_id, (row[2], row[3]), terms)
+    return ledger.AccountState(row[0], row[1]), terms
+
+
 def lock_with_terms(
     conn: Connection, scope: TenantScope, now: datetime, api_key_id: str | None = None
 ) -> tuple[ledger.AccountState, TenantTerms]:
-    row = run(conn, _LOCK_TERMS, {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now)}).first()
+    params = {"tid": scope.tenant_id, "kid": api_key_id, "now": ts(conn, now)}
+    known = terms_cache.known(scope.tenant_id, api_key_id, now)
+    if known is not None:
+        row = run(conn, _LOCK_KNOWN, params).first()
+        if row is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        if row[2] == known[0] and row[3] == known[1]:
+            return ledger.AccountState(row[0], row[1]), known[2]
+    row = run(conn, _LOCK_TERMS, params).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    return ledger.AccountState(row[0], row[1]), terms_of(row[2 : 2 + TERMS_WIDTH], api_key_id)
+    return _full_terms(scope, api_key_id, row)
 
 
 def lock_for_charge(
     conn: Connection, scope: TenantScope, now: datetime, req: MeterRequest
 ) -> tuple[ledger.AccountState, TenantTerms, ChargeFacts]:
-    """lock_with_terms and the facts of one charge: one statement on SQLite, two on PostgreSQL."""
-    params = {
+    """lock_with_terms and the facts of one charge: one statement on SQLite, two on PostgreSQL (and
+    one more when this process's copy of the terms is out of date: the terms are read again)."""
+    params: dict[str, Any] = {
         "tid": scope.tenant_id,
         "kid": req.api_key_id,
         "now": ts(conn, now),
@@ -241,19 +281,35 @@ def lock_for_charge(
         "win": ts(conn, minute_window(now)),
     }
     sqlite = conn.dialect.name == "sqlite"
+    known = terms_cache.known(scope.tenant_id, req.api_key_id, now)
+    row = None
+    if known is not None:
+        terms = known[2]
+        _fact_params(conn, params, terms)
+        row = run(conn, _LOCK_CHARGE_KNOWN if sqlite else _LOCK_KNOWN, params).first()
+        if row is None:
+            raise NotFound("Tenant", scope.tenant_id)
+        if row[2] == known[0] and row[3] == known[1]:
+            facts = (*row[4:-1], *first_bucket(row[-1])) if sqlite else run(conn, _CHARGE_FACTS, params).one()
+            return ledger.AccountState(row[0], row[1]), terms, ChargeFacts(req, facts, True)
     row = run(conn, _LOCK_CHARGE if sqlite else _LOCK_TERMS, params).first()
     if row is None:
         raise NotFound("Tenant", scope.tenant_id)
-    terms = terms_of(row[2 : 2 + TERMS_WIDTH], req.api_key_id)
+    state, terms = _full_terms(scope, req.api_key_id, row)
     if sqlite:
-        facts = (*row[2 + TERMS_WIDTH : -1], *first_bucket(row[-1]))
+        facts = (*row[4 + TERMS_WIDTH : -1], *first_bucket(row[-1]))
     else:
-        params["plan"] = terms.plan_key
-        params["org"] = terms.organization_id
-        params["ver"] = terms.plan_version
-        params["ps"] = ts(conn, terms.recorded.start) if terms.recorded is not None else None
+        _fact_params(conn, params, terms)
         facts = run(conn, _CHARGE_FACTS, params).one()
-    return ledger.AccountState(row[0], row[1]), terms, ChargeFacts(req, facts, terms.recorded is not None)
+    return state, terms, ChargeFacts(req, facts, terms.recorded is not None)
+
+
+def _fact_params(conn: Connection, params: dict[str, Any], terms: TenantTerms) -> None:
+    """The terms' columns the facts statement is given (:org, :plan, :ver, :ps)."""
+    params["plan"] = terms.plan_key
+    params["org"] = terms.organization_id
+    params["ver"] = terms.plan_version
+    params["ps"] = ts(conn, terms.recorded.start) if terms.recorded is not None else None
 
 
 _TERMS_JSON: dict[str, Any] = {}
@@ -270,29 +326,6 @@ def _terms_json(value: Any) -> Any:
             _TERMS_JSON.clear()
         parsed = _TERMS_JSON[value] = read_json(value)
     return parsed
-
-
-_TERMS_SEEN: dict[tuple[Any, ...], TenantTerms] = {}
-
-
-def terms_of(columns: tuple[Any, ...], api_key_id: str | None) -> TenantTerms:
-    """terms_from, remembered by the very columns this transaction read: the same columns are the
-    same terms, so nothing stale can be answered, whichever process changed them, and a tenant's
-    charges skip rebuilding them (SQLite, whose row is all text and numbers). Only terms with a
-    recorded period are kept: the roll sets `recorded` on the object (Meter.period); nothing else
-    changes one."""
-    key = (api_key_id, *columns)
-    try:
-        terms = _TERMS_SEEN.get(key)
-    except TypeError:  # PostgreSQL's driver hands JSON columns back parsed (lists, dicts): not kept
-        return terms_from(columns, api_key_id)
-    if terms is None:
-        terms = terms_from(columns, api_key_id)
-        if terms.recorded is not None:
-            if len(_TERMS_SEEN) >= 1024:
-                _TERMS_SEEN.clear()
-            _TERMS_SEEN[key] = terms
-    return terms
 
 
 def terms_from(row: Any, api_key_id: str | None = None) -> TenantTerms:

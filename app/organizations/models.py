@@ -48,6 +48,8 @@ class Organization(SQLModel, table=True):
     tier_status: str | None = Field(default=None, max_length=24)
     tier_subscription_id: str | None = Field(default=None, max_length=255)
     tier_event_created: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # Changes with its plans, kits and policies (migration 0025's triggers): see Tenant.terms_version.
+    terms_version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class PlatformTier(SQLModel, table=True):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKeyConstraint, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, ForeignKeyConstraint, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.core.types import ts_column
@@ -44,6 +44,9 @@ class Tenant(SQLModel, table=True):
     # end_user: an organization's customer. organization: the organization's own (house) account,
     # whose id is the organization's id.
     kind: str = Field(default="end_user", sa_column=Column(String(16), nullable=False, server_default="end_user"))
+    # Changes with any of the tenant's terms (migration 0025's triggers keep it): a process's cached
+    # terms are good while the charge's first statement reads the version they were read under.
+    terms_version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class ApiKey(SQLModel, table=True):

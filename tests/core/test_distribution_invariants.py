@@ -17,20 +17,17 @@ PostgreSQL (app/core/distribution.py holds the classification and the rules).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import psycopg
-from sqlalchemy import event, inspect
+from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  (registers every table)
 from app.core import distribution
-from app.core.db import held_driver
 from app.core.distribution import DISTRIBUTED, REFERENCE, violations
 from tests.conftest import Api, Database
 from tests.organizations.test_organization_holds import CHARGE, RESERVE, SETTLE, _org, _user
+from tests.sql_capture import captured_statements
 
 
 def _shapes(db: Database) -> list[distribution.TableShape]:
@@ -99,52 +96,6 @@ KNOWN_UNROUTED: dict[str, str] = {
 _TABLE_REF = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+\"?(\w+)\"?(?:\s+(?:AS\s+)?(\w+))?", re.IGNORECASE)
 _WRITE = re.compile(r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?(\w+)", re.IGNORECASE)
 _KEYWORDS = {"on", "where", "join", "left", "set", "values", "order", "limit", "group", "using", "inner", "for"}
-
-
-@contextmanager
-def _captured(db: Database) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement sent to the driver, with its parameters. The hot path's hand-written SQL goes
-    straight to the driver cursor (app/core/sql.py), past SQLAlchemy's events, so this listens at the
-    driver: SQLite's trace callback (the statement with its values expanded) and, on PostgreSQL, a
-    psycopg cursor class that records what it executes."""
-    seen: list[tuple[str, Any]] = []
-    sqlite = db.backend == "sqlite"
-
-    class Recording(psycopg.Cursor):  # type: ignore[type-arg]
-        def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
-            seen.append((str(query), params))
-            return super().execute(query, params, **kw)
-
-        def executemany(self, query: Any, params_seq: Any, **kw: Any) -> Any:
-            params_seq = list(params_seq)
-            seen.append((str(query), params_seq))
-            return super().executemany(query, params_seq, **kw)
-
-    def checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        if sqlite:
-            dbapi_conn.set_trace_callback(lambda statement: seen.append((statement, None)))
-        else:
-            dbapi_conn.cursor_factory = Recording
-
-    def checkin(dbapi_conn: Any, record: Any) -> None:
-        if sqlite:
-            dbapi_conn.set_trace_callback(None)
-        else:
-            dbapi_conn.cursor_factory = psycopg.Cursor
-
-    event.listen(db.engine, "checkout", checkout)
-    event.listen(db.engine, "checkin", checkin)
-    held = held_driver(db.engine)  # SQLite's writers' connection, checked out once (app/core/db.py)
-    if held is not None:
-        checkout(held, None, None)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "checkout", checkout)
-        event.remove(db.engine, "checkin", checkin)
-        held = held_driver(db.engine)
-        if held is not None:
-            checkin(held, None)
 
 
 def _literal(value: Any) -> str:
@@ -267,16 +218,16 @@ def test_the_hot_path_routes_each_statement_to_one_tenant(api: Api) -> None:
         used_fragments.update(f for s, _ in seen for f in KNOWN_UNROUTED if f in " ".join(s.split()))
 
     # An end user's charge, paid by its organization (wallets off: the default of a new organization).
-    with _captured(api.db) as seen:
+    with captured_statements(api.db) as seen:
         _meter(api, key, users[0], 1)
     check(seen, {users[0], org})
     assert org in _problems(seen, tenants)[1], "the organization's account was not charged"
     # The organization's own agents: its house account only.
-    with _captured(api.db) as seen:
+    with captured_statements(api.db) as seen:
         _meter(api, key, None, 2)
     check(seen, {org})
     # A reserve and its settle.
-    with _captured(api.db) as seen:
+    with captured_statements(api.db) as seen:
         i = {"primitive": "research.thorough", "idempotencyKey": "dist-hold", "quantity": 1}
         hold = api(RESERVE, {"i": i, "ttl": 600}, key=key, tenant=users[0])["reserve"]
         assert hold["__typename"] == "Hold", hold
@@ -285,7 +236,7 @@ def test_the_hot_path_routes_each_statement_to_one_tenant(api: Api) -> None:
     check(seen, {users[0], org})
     # A batch of one end user: one tenant and its payer.
     items = [{"item": {"primitive": "email.send", "idempotencyKey": f"dist-b-{n}"}} for n in range(3)]
-    with _captured(api.db) as seen:
+    with captured_statements(api.db) as seen:
         out = api(BATCH, {"items": items}, key=key, tenant=users[1])["chargeBatch"]
         assert [r["__typename"] for r in out] == ["Charged"] * 3, out
     check(seen, {users[1], org})
