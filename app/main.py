@@ -27,9 +27,13 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import MissingQueryError
 from strawberry.http import GraphQLRequestData, process_result
+from strawberry.http.parse_content_type import parse_content_type
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app.core import public_ids
 from app.core.auth import Principal, TenantScope
@@ -39,6 +43,7 @@ from app.core.errors import Unavailable
 from app.graphql.context import Context
 from app.graphql.graphiql import ASSETS_DIR, ASSETS_PATH, IDE_DIR, IDE_PATH, ide_html
 from app.graphql.guard import quote_request
+from app.graphql.hot import HotDocuments
 from app.graphql.persisted import DOCUMENT_ID, PersistedDocuments, PersistedQueryError
 from app.graphql.schema import build_schema
 from app.graphql.ws import LiveWSHandler
@@ -75,15 +80,19 @@ class MeterkitGraphQL(GraphQL[Context, None]):
         self.state = app_state
         # Documents registered by their hash (app/graphql/persisted.py), one registry per app.
         self.persisted = PersistedDocuments()
+        self.lane_hits = 0  # requests answered by _hot_lane (tests assert it is taken)
+        # An incremental (@defer) answer is a stream, which only `run` writes.
+        self.lane_on = not self.schema.config.enable_experimental_incremental_execution
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        request = Request(scope=scope, receive=receive)
         # As Strawberry's, with its transport refusals (a body that is not JSON, a batch, a body
         # without a query, a form) in the edge's error shape instead of plain text.
         try:
-            response = await self.run(Request(scope=scope, receive=receive))
+            response = await self._hot_lane(request) or await self.run(request)
         except StrawberryHTTPException as exc:
             status = 415 if exc.reason == "Unsupported content type" else exc.status_code
             response = http_error(status, exc.reason)
@@ -92,6 +101,47 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             result = ExecutionResult(data=None, errors=quote_request([exc.error]))
             response = self.create_response(process_result(result), Response())
         await response(scope, receive, send)
+
+    async def _hot_lane(self, request: Request) -> Response | None:
+        """A hot document (app/graphql/hot.py: seen and accepted before) in a plain JSON POST,
+        answered without the view's per-request layers (request adapter, body parsing into
+        GraphQLRequestData, the IDE and method checks, execute_operation's dispatch): ~10% of a
+        GraphQL charge. The same steps in the same order as `run` for exactly this kind of request;
+        anything else (another content type or Accept, a batch, extensions or a persisted id,
+        fields of the wrong type, a document not hot yet) returns None and `run` answers it, from
+        the same cached body. tests/graphql/test_hot_documents.py compares both answers."""
+        hot: HotDocuments | None = getattr(self.schema, "hot", None)
+        if hot is None or not self.lane_on or request.method != "POST":
+            return None
+        content_type, _ = parse_content_type(request.headers.get("content-type") or "")
+        if "application/json" not in content_type or self._get_stream_transport_from_headers(request.headers):
+            return None
+        try:
+            data = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or not data.keys() <= _LANE_KEYS:
+            return None
+        query, variables, operation_name = data.get("query"), data.get("variables"), data.get("operationName")
+        if not isinstance(query, str) or not isinstance(variables, dict | None):
+            return None
+        if not isinstance(operation_name, str | None) or (query, operation_name) not in hot:
+            return None
+        sub_response = await self.get_sub_response(request)
+        context = await self.get_context(request, response=sub_response)
+        with operation_span("graphql") as span:
+            try:
+                # Root value None: this view's get_root_value (Strawberry's) answers None.
+                result = await self.schema.execute(query, variables, context, None, operation_name, _POST_OPERATIONS)
+            except (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError):
+                return None  # raised before anything ran: `run` raises it again, as its 400
+            self._name_span(span)
+        self._finish_result(result, sub_response)
+        self.lane_hits += 1
+        response_data = await self.process_result(request, result)
+        if result.errors:
+            self._handle_errors(result.errors, response_data)
+        return self.create_response(response_data, sub_response)
 
     def parse_json(self, data: str | bytes) -> Any:
         parsed = super().parse_json(data)
@@ -134,10 +184,19 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             result = await super().execute_operation(
                 request, request_adapter, request_data, context, root_value, sub_response
             )
-            if span is not None:  # tracing on: named once the operation is known ("mutation charge")
-                info = CURRENT_REQUEST.get()
-                if info is not None and info.operation:
-                    span.update_name(info.operation)
+            self._name_span(span)
+        self._finish_result(result, sub_response)
+        return result
+
+    @staticmethod
+    def _name_span(span: Any) -> None:
+        if span is not None:  # tracing on: named once the operation is known ("mutation charge")
+            info = CURRENT_REQUEST.get()
+            if info is not None and info.operation:
+                span.update_name(info.operation)
+
+    @staticmethod
+    def _finish_result(result: Any, sub_response: Response) -> None:
         errors = getattr(result, "errors", None) or ()
         if errors:  # the request's id in each error, those of a document refused while parsing too
             errors = quote_request(errors)
@@ -148,7 +207,6 @@ class MeterkitGraphQL(GraphQL[Context, None]):
         if unavailable is not None:
             sub_response.status_code = 503
             sub_response.headers["Retry-After"] = str(unavailable.retry_after)
-        return result
 
     @property
     def graphql_ide_html(self) -> str:
@@ -165,6 +223,11 @@ class MeterkitGraphQL(GraphQL[Context, None]):
             scope=None if websocket else request.state.scope,
             live=st.live,
         )
+
+
+# What _hot_lane takes: a body of these fields only, answered as a POST (queries and mutations).
+_LANE_KEYS = frozenset(("query", "variables", "operationName"))
+_POST_OPERATIONS = frozenset((OperationType.QUERY, OperationType.MUTATION))
 
 
 def _encode(data: Any) -> bytes | str:

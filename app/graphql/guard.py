@@ -328,7 +328,12 @@ class Gateway(SchemaExtension):
         if hot is not None and doc is not None and ec.result is None and ec.query is not None and "\\u" not in ec.query:
             operation = ec.operation_type
             if operation is not OperationType.SUBSCRIPTION:
-                hot.put(ec.query, ec.operation_name, HotDocument(weakref.ref(doc), operation, label))
+                entry = HotDocument(weakref.ref(doc), operation, label)
+                hot.put(ec.query, ec.operation_name, entry)
+                # Strawberry names the operation of a one-operation document sent without a name:
+                # requests that leave it out (most clients) find it under None too.
+                if ec.operation_name is not None and _operations(doc) == 1:
+                    hot.put(ec.query, None, entry)
 
     # ---- Strawberry's hooks ----------------------------------------------------------------------
 
@@ -533,3 +538,7 @@ def _nul_in_text(query: str | None, doc: DocumentNode, variables: dict[str, Any]
 
 def _budget_refusal(exc: BudgetExceeded) -> Refusal:
     return Refusal("graphql_cpu_budget_ms", exc.budget_ms, str(exc))
+
+
+def _operations(doc: DocumentNode) -> int:
+    return sum(isinstance(d, OperationDefinitionNode) for d in doc.definitions)

@@ -339,6 +339,27 @@ def post(api: Api, body: dict[str, Any], key: str) -> tuple[int, bytes]:
     return r.status_code, r.content
 
 
+def _view(api: Api) -> Any:
+    from app.main import MeterkitGraphQL
+
+    for route in api.client.app.routes:  # type: ignore[attr-defined]
+        app = getattr(route, "app", None)
+        if isinstance(app, MeterkitGraphQL):
+            return app
+    raise AssertionError("no GraphQL app")
+
+
+def _exchange(api: Api, key: str, content: bytes, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (without the length, which the request id's text moves) and body."""
+    r = api.client.post(
+        "/graphql",
+        content=content,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", **headers},
+    )
+    kept = {k: v for k, v in r.headers.items() if k not in ("content-length", "x-request-id")}
+    return r.status_code, kept, r.content
+
+
 def _without_ids(content: bytes) -> dict[str, Any]:
     body = orjson.loads(content)
     for e in body.get("errors") or ():
@@ -346,16 +367,19 @@ def _without_ids(content: bytes) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
-def _hot(api: Api) -> HotDocuments:
-    from app.main import MeterkitGraphQL
+def _no_request_ids(value: Any) -> Any:
+    """A JSON answer without its request ids (each request has its own), wherever they are."""
+    if isinstance(value, dict):
+        return {k: _no_request_ids(v) for k, v in value.items() if k not in ("request_id", "requestId")}
+    if isinstance(value, list):
+        return [_no_request_ids(v) for v in value]
+    return value
 
-    for route in api.client.app.routes:  # type: ignore[attr-defined]
-        app = getattr(route, "app", None)
-        if isinstance(app, MeterkitGraphQL):
-            hot_docs = app.schema.hot  # type: ignore[attr-defined]
-            assert isinstance(hot_docs, HotDocuments)
-            return hot_docs
-    raise AssertionError("no GraphQL app")
+
+def _hot(api: Api) -> HotDocuments:
+    hot_docs = _view(api).schema.hot
+    assert isinstance(hot_docs, HotDocuments)
+    return hot_docs
 
 
 def test_hot_path_answers_as_the_generic_path(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,17 +396,19 @@ def test_hot_path_answers_as_the_generic_path(api: Api, monkeypatch: pytest.Monk
         "validation": {"primitive": "email.send", "idempotencyKey": "c", "quantity": 0},
         "coercion error": {"primitive": "email.send"},  # no key: graphql-core's variable error
     }
-    hot_docs = _hot(api)
+    hot_docs, view = _hot(api), _view(api)
     seen = set()
     before = count_rows(api.db.engine, *MONEY)
     for name, item in requests.items():
         body = {"query": CHARGE, "variables": {"i": item}}
         with monkeypatch.context() as m:
             m.setattr(HotDocuments, "get", lambda *_: None)
+            m.setattr(HotDocuments, "__contains__", lambda *_: False)
             generic = post(api, body, key)
-        hits = hot_docs.hits
+        hits, lane = hot_docs.hits, view.lane_hits
         fast = post(api, body, key)
         assert hot_docs.hits == hits + 1, name  # this one took the hot path
+        assert view.lane_hits == lane + 1, name  # and the view's lane (app/main.py _hot_lane)
         assert fast[0] == generic[0] == 200
         if b'"errors"' in generic[1]:
             assert _without_ids(fast[1]) == _without_ids(generic[1]), name
@@ -391,6 +417,92 @@ def test_hot_path_answers_as_the_generic_path(api: Api, monkeypatch: pytest.Monk
         seen.add(orjson.loads(fast[1])["data"]["charge"]["__typename"] if b'"data":{' in fast[1] else "error")
     assert seen == {"Charged", "InsufficientCredits", "NotEntitled", "IdempotencyConflict", "ValidationError", "error"}
     assert count_rows(api.db.engine, *MONEY) == before  # refusals and replays write nothing, on either path
+
+
+def test_the_views_lane_answers_as_the_view_and_leaves_it_the_rest(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """app/main.py's _hot_lane: a hot document in a plain JSON POST skips the view's layers and
+    answers with the status, headers and body the view gives; every other shape of request is the
+    view's, answered as before (the lane off gives the same answer)."""
+    tid, key = setup_tenant(api, plan="free")
+    view = _view(api)
+    doc = CHARGE
+    for i in range(2):  # the second request finds the document hot
+        api(doc, {"i": {"primitive": "email.send", "idempotencyKey": f"w{i}"}}, key=key)
+
+    def both(name: str, content: bytes, taken: bool, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        with monkeypatch.context() as m:
+            m.setattr(view, "lane_on", False)
+            before = view.lane_hits
+            off = _exchange(api, key, content, **headers)
+            assert view.lane_hits == before, name
+        before = view.lane_hits
+        on = _exchange(api, key, content, **headers)
+        assert view.lane_hits == before + (1 if taken else 0), name
+        assert on[:2] == off[:2], name
+        assert _no_request_ids(orjson.loads(on[2])) == _no_request_ids(orjson.loads(off[2])), name
+        return on
+
+    def body(**fields: Any) -> bytes:
+        return orjson.dumps(fields)
+
+    item = {"primitive": "email.send", "idempotencyKey": "w0"}  # charged above: a replay, nothing written
+    before = count_rows(api.db.engine, *MONEY)
+    # Taken: the plain POST, with a charset, with an operation name of null.
+    assert both("plain", body(query=doc, variables={"i": item}), True)[0] == 200
+    both("charset", body(query=doc, variables={"i": item}), True, **{"Content-Type": "application/json; charset=utf-8"})
+    both("null name", body(query=doc, variables={"i": item}, operationName=None), True)
+    both("refused variables", body(query=doc, variables={"i": {"primitive": "email.send"}}), True)
+    # Left to the view: extensions, a batch, a document not hot yet, fields of the wrong type, a body
+    # that is not JSON, another content type, an operation name of no operation.
+    # Streams: this view serves subscriptions over websockets only, so no Accept asks one of it
+    # (the lane asks Strawberry's transports, as `run` does): each is a plain answer on both.
+    both("multipart", body(query=doc, variables={"i": item}), True, Accept="multipart/mixed")
+    both("event stream", body(query=doc, variables={"i": item}), True, Accept="text/event-stream")
+    both("subscription stream", body(query=doc), True, Accept='multipart/mixed;subscriptionSpec="1.0"')
+    both("extensions", body(query=doc, variables={"i": item}, extensions={}), False)
+    both("batch", orjson.dumps([{"query": doc, "variables": {"i": item}}]), False)
+    lane = view.lane_hits
+    fresh = 'query Fresh { check(primitive: "email.send") { __typename ... on CheckResult { allowed } } }'
+    assert _exchange(api, key, body(query=fresh))[0] == 200  # not hot yet: the view's
+    assert view.lane_hits == lane
+    both("hot now", body(query=fresh), True)  # named in the document, not in the request
+    both("hot by its name", body(query=fresh, operationName="Fresh"), True)
+    both("variables list", body(query=doc, variables=[1]), False)
+    both("query number", body(query=1), False)
+    both("not json", b'{"query": ', False)
+    assert both("form", body(query=doc), False, **{"Content-Type": "text/plain"})[0] == 415
+    both("unknown name", body(query=doc, variables={"i": item}, operationName="Nope"), False)
+    assert count_rows(api.db.engine, *MONEY) == before
+
+
+BATCH = CHARGE.replace(
+    "mutation($i: MeterInput!) { charge(input: $i)", "mutation($items: [BatchItemInput!]!) { chargeBatch(items: $items)"
+)
+
+
+def test_batch_lists_are_completed_as_graphql_core_completes_them(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chargeBatch's [ChargeResult!]!: completed item by item from the union's plan (hot.py), the
+    same bytes as graphql-core's, over a batch whose items answer different members."""
+    assert "chargeBatch(items: $items)" in BATCH
+    tid, key = setup_tenant(api, plan="free")
+    ok = {"primitive": "email.send", "idempotencyKey": "bb-1"}
+    api(BATCH, {"items": [{"item": ok}]}, key=key)  # charged once: replayed below
+    items = [
+        {"item": ok},
+        {"item": {"primitive": "browser.act", "idempotencyKey": "bb-2"}},  # not entitled
+        {"item": {"primitive": "email.send", "idempotencyKey": "bb-1", "quantity": 3}},  # conflict
+        {"item": {"primitive": "email.send", "idempotencyKey": "bb-3", "quantity": 0}},  # validation
+    ]
+    with monkeypatch.context() as m:
+        m.setattr(HotDocuments, "get", lambda *_: None)
+        m.setattr(HotDocuments, "__contains__", lambda *_: False)
+        generic = post(api, {"query": BATCH, "variables": {"items": items}}, key)
+    completed = hot.PLANS.completed
+    fast = post(api, {"query": BATCH, "variables": {"items": items}}, key)
+    assert hot.PLANS.completed == completed + 1  # the list was completed by the plan
+    assert fast == generic
+    names = [r["__typename"] for r in orjson.loads(fast[1])["data"]["chargeBatch"]]
+    assert names == ["Charged", "NotEntitled", "IdempotencyConflict", "ValidationError"], names
 
 
 def test_hot_path_still_checks_each_request(api: Api) -> None:
