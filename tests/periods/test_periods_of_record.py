@@ -227,16 +227,24 @@ def test_charge_statement_count_and_roll_costs_three_more(api: Api, clock: Froze
         return
     with _driver_statements(api) as seen:
         t.charge(1)
-    rolled = _transaction(seen)
+    rolled_seen = list(seen)
+    rolled = _transaction(rolled_seen)
     with _driver_statements(api) as seen:
         t.charge(1)
-    steady = _transaction(seen)
+    steady_seen = list(seen)
+    steady = _transaction(steady_seen)
     # The subscription's period and the provisional one after it.
     assert count_rows(api.db.engine, "billing_period")["billing_period"] == 2
     assert len(steady) == 7, "\n".join(steady)  # this kit has no per-minute limit: no rate window
     # The roll: the last recorded end and the new period (two statements), then the quota row of the
     # new period, which the locking statement could not know (once per tenant and period).
     assert len(rolled) == len(steady) + 3, "\n".join(rolled)
+    # Recording the period fires the trigger that moves the tenant's terms version (migration 0025):
+    # SQLite's trace echoes the INSERT for its program. The steady charge fires none.
+    raw = _transaction(rolled_seen, triggers=True)
+    echoes = [s for i, s in enumerate(raw) if i > 0 and s == raw[i - 1]]
+    assert echoes and all(s.startswith("INSERT INTO billing_period") for s in echoes), echoes
+    assert _transaction(steady_seen, triggers=True) == steady
     assert [s for s in steady if "billing_period" in s and "JOIN billing_period" not in s] == []
 
 
