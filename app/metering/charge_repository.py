@@ -282,7 +282,6 @@ def lock_for_charge(
     }
     sqlite = conn.dialect.name == "sqlite"
     known = terms_cache.known(scope.tenant_id, req.api_key_id, now)
-    row = None
     if known is not None:
         terms = known[2]
         _fact_params(conn, params, terms)

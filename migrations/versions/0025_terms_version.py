@@ -61,6 +61,21 @@ def _sqlite_triggers() -> list[str]:
     return out
 
 
+# One function per owner table: a changed row moves its owner's version (the row's old owner too).
+_PG_OF_OWNER = """
+CREATE FUNCTION meterkit_terms_of_{owner}() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP <> 'INSERT' THEN
+    UPDATE {owner} SET terms_version = meterkit_terms_stamp() WHERE id = OLD.{column};
+  END IF;
+  IF TG_OP <> 'DELETE' THEN
+    UPDATE {owner} SET terms_version = meterkit_terms_stamp() WHERE id = NEW.{column};
+  END IF;
+  RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
 PG_FUNCTIONS = """
 CREATE FUNCTION meterkit_terms_stamp() RETURNS bigint AS
   $$ SELECT floor((random() - 0.5) * 1.8e19)::bigint $$ LANGUAGE sql VOLATILE;
@@ -68,28 +83,6 @@ CREATE FUNCTION meterkit_terms_self() RETURNS trigger AS $$
 BEGIN
   NEW.terms_version := meterkit_terms_stamp();
   RETURN NEW;
-END;
-$$ LANGUAGE plpgsql;
-CREATE FUNCTION meterkit_terms_of_organization() RETURNS trigger AS $$
-BEGIN
-  IF TG_OP <> 'INSERT' THEN
-    UPDATE organization SET terms_version = meterkit_terms_stamp() WHERE id = OLD.organization_id;
-  END IF;
-  IF TG_OP <> 'DELETE' THEN
-    UPDATE organization SET terms_version = meterkit_terms_stamp() WHERE id = NEW.organization_id;
-  END IF;
-  RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-CREATE FUNCTION meterkit_terms_of_tenant() RETURNS trigger AS $$
-BEGIN
-  IF TG_OP <> 'INSERT' THEN
-    UPDATE tenant SET terms_version = meterkit_terms_stamp() WHERE id = OLD.tenant_id;
-  END IF;
-  IF TG_OP <> 'DELETE' THEN
-    UPDATE tenant SET terms_version = meterkit_terms_stamp() WHERE id = NEW.tenant_id;
-  END IF;
-  RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;
 """
@@ -123,6 +116,8 @@ def upgrade() -> None:
         op.execute(f"UPDATE organization SET terms_version = {SQLITE_STAMP}")
     else:
         op.execute(PG_FUNCTIONS)
+        for owner in ("organization", "tenant"):
+            op.execute(_PG_OF_OWNER.format(owner=owner, column=f"{owner}_id"))
         for statement in _pg_triggers():
             op.execute(statement)
         op.execute("UPDATE tenant SET terms_version = meterkit_terms_stamp()")
