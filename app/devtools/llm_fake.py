@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,12 +44,22 @@ class FakeLlm:
     chunk_delay: float = 0.0  # seconds before each delta
     fail_status: int | None = None  # answer this status with the provider's error body
     error_mid_stream: bool = False  # an error event after the first delta, then the end
+    # When set, a stream waits after its first delta until a test sets the event: a test can look
+    # at the gateway mid-stream without racing the rest of the stream (on a slow machine the
+    # remaining deltas and the bill can all land before the test's own request does).
+    release: threading.Event | None = None
     generation_id: str | None = None  # None: a new id per call
     requests: list[dict[str, Any]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
 
     def gid(self, prefix: str) -> str:
         return self.generation_id or f"{prefix}{uuid.uuid4().hex[:16]}"
+
+
+async def _held(fake: FakeLlm, delta_index: int) -> None:
+    """After the first delta, wait for the test's release (at most 30 s, so a failed test frees it)."""
+    if delta_index == 0 and fake.release is not None:
+        await asyncio.to_thread(fake.release.wait, 30)
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -145,6 +156,7 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
                 if fake.chunk_delay:
                     await asyncio.sleep(fake.chunk_delay)
                 yield _sse(chunk({"content": f"tok{i} "}))
+                await _held(fake, i)
                 if fake.error_mid_stream:
                     yield _sse({"error": {"message": "provider overloaded", "code": 502}})
                     return
@@ -225,6 +237,7 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
                     await asyncio.sleep(fake.chunk_delay)
                 delta = f"tok{i} "
                 yield ev("response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=delta)
+                await _held(fake, i)
                 if fake.error_mid_stream:
                     yield ev("error", code="server_error", message="provider overloaded", param=None)
                     return
@@ -289,6 +302,7 @@ def create_app(fake: FakeLlm | None = None) -> Starlette:
                     await asyncio.sleep(fake.chunk_delay)
                 delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"tok{i} "}}
                 yield _sse(delta, "content_block_delta")
+                await _held(fake, i)
                 if fake.error_mid_stream:
                     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
                     yield _sse(error, "error")

@@ -3,6 +3,7 @@ learn the usage it reports, and the call is billed for that, once."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -33,13 +34,14 @@ def leave_after_first_bytes(proxy: Proxy, path: str, body: dict[str, object], he
 
 
 def test_openrouter_client_gone_mid_stream_is_billed_what_the_upstream_reports(proxy: Proxy) -> None:
-    proxy.fake.chunks, proxy.fake.chunk_delay = 8, 0.1
+    proxy.fake.chunks, proxy.fake.chunk_delay, proxy.fake.release = 8, 0.1, threading.Event()
     before = proxy.balance()
     auth = {"Authorization": f"Bearer {proxy.tenant_key}"}
     body = {"model": "x/y", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     first = leave_after_first_bytes(proxy, "/v1/llm/chat/completions", body, auth)
     assert first.startswith(b": OPENROUTER PROCESSING") or first.startswith(b"data:")
-    assert proxy.balance() == before  # not yet: the upstream is still being read
+    assert proxy.balance() == before  # not yet: the upstream is still being read (held after its first delta)
+    proxy.fake.release.set()
     wait_for(lambda: len(proxy.fake.finished) == 1)  # read to its end after the client left
     wait_for(lambda: proxy.balance() == before - COST_MICRO)
     [call] = proxy.calls()

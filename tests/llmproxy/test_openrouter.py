@@ -28,13 +28,14 @@ def test_openai_sdk_streams_through_and_is_billed_once_after_the_last_event(prox
     """The issue's Done-when: the client sees the stream unchanged, the balance falls by
     0.02 x markup / 0.50 credits once, after the last event."""
     assert COST_MICRO == 60_000
-    proxy.fake.chunk_delay = 0.05
+    proxy.fake.chunk_delay, proxy.fake.release = 0.05, threading.Event()  # the stream waits after its first delta
     before = proxy.balance()
     stream = sdk(proxy).chat.completions.create(model="anthropic/claude-sonnet-4.5", messages=MESSAGES, stream=True)
     chunks: list[Any] = []
     for chunk in stream:
         if not chunks:
             assert proxy.balance() == before  # nothing deducted while the stream runs
+            proxy.fake.release.set()
         chunks.append(chunk)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "tok0 tok1 tok2 "

@@ -3,6 +3,7 @@ from the price table (cache read at the discount, cache creation at the premium)
 
 from __future__ import annotations
 
+import threading
 import time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -64,7 +65,7 @@ def test_anthropic_sdk_with_cache_tokens_is_billed_per_the_table(proxy: Proxy) -
 def test_anthropic_sdk_stream_is_billed_after_message_stop(proxy: Proxy) -> None:
     fake = proxy.fake
     fake.prompt_tokens, fake.completion_tokens, fake.cache_read, fake.chunks = 300, 40, 100, 4
-    fake.chunk_delay = 0.03
+    fake.chunk_delay, fake.release = 0.03, threading.Event()  # the stream waits after its first delta
     expected = table_price("claude-haiku-4.5", 300, 40, 100)
     before = proxy.balance()
     with claude(proxy).messages.stream(model="anthropic/claude-haiku-4.5", max_tokens=64, messages=MESSAGES) as stream:
@@ -72,6 +73,7 @@ def test_anthropic_sdk_stream_is_billed_after_message_stop(proxy: Proxy) -> None
         for _ in stream.text_stream:
             if first:
                 assert proxy.balance() == before
+                fake.release.set()
                 first = False
         final = stream.get_final_message()
     assert final.usage.output_tokens == 40 and final.usage.input_tokens == 300
@@ -148,6 +150,7 @@ def test_openai_responses_stream_is_billed_after_response_completed(proxy: Proxy
     the proxy holds until the call is billed; the client sees every event, unchanged."""
     fake = proxy.fake
     fake.prompt_tokens, fake.completion_tokens, fake.chunks, fake.chunk_delay = 40, 9, 3, 0.03
+    fake.release = threading.Event()  # the stream waits after its first delta until the check below
     expected = table_price("gpt-4o", 40, 9)
     before = proxy.balance()
     kinds: list[str] = []
@@ -155,6 +158,7 @@ def test_openai_responses_stream_is_billed_after_response_completed(proxy: Proxy
         for event in stream:
             if event.type == "response.output_text.delta" and not kinds.count(event.type):
                 assert proxy.balance() == before  # nothing deducted while the stream runs
+                fake.release.set()
             kinds.append(event.type)
         final = stream.get_final_response()
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
