@@ -41,7 +41,8 @@ from typing import Any
 import httpx
 
 from bench.attackers import CREATE_ENDPOINT, Trickler, arm_endpoints, attacker, lower_priority
-from bench.victim import Alert, Healthz, Receiver, cpu_seconds, machine_busy, summary, victim
+from bench.common import cpu_seconds
+from bench.victim import Alert, Healthz, Receiver, machine_busy, summary, victim
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 2.0  # victim p99 with the attack / without, at most

@@ -27,6 +27,18 @@ CHARGE_QUERY = (
 )
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far, every thread of it (Linux /proc); 0 when it
+    is gone or not given."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 

@@ -13,27 +13,17 @@ machine the server has to itself, CPU-bound."""
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, log, seed, start_server, stop, target_entry, wrk
+from bench.common import cpu_seconds, free_port, log, seed, start_server, stop, target_entry, wrk
 
 OFF = {"METERKIT_METRICS_ENABLED": "false", "METERKIT_ACCESS_LOG": "false"}
 ON = {"METERKIT_METRICS_ENABLED": "true", "METERKIT_ACCESS_LOG": "true", "METERKIT_LOG_FORMAT": "json"}
 TARGET = 0.95
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process, every thread of it (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def observability_overhead(args: argparse.Namespace, tmp: Path, rounds: int = 3) -> dict[str, Any]:
@@ -77,7 +67,7 @@ def observability_overhead(args: argparse.Namespace, tmp: Path, rounds: int = 3)
                     raise SystemExit(f"observability scenario ({name}): {r['errors']} errors")
                 rps[name].append(r["rps"])
                 cpu_after = cpu_seconds(servers[name].pid)
-                if cpu_before is not None and cpu_after is not None and r["requests"]:
+                if r["requests"]:
                     cpu_us[name].append((cpu_after - cpu_before) / r["requests"] * 1e6)
     finally:
         for proc in servers.values():

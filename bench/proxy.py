@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, free_port, log, start_server, stop
+from bench.common import ROOT, cpu_seconds, free_port, log, start_server, stop
 
 CONCURRENCY = 16
 MODEL_LATENCY = 0.05
@@ -139,19 +139,13 @@ async def _throughput(client: httpx.AsyncClient, t: Target, seconds: float, late
     return done / (time.perf_counter() - start)
 
 
-def _cpu(pid: int) -> float:
-    """A process's CPU seconds (user + system) so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _cpu_per_call(client: httpx.AsyncClient, t: Target, pids: list[int], calls: int) -> float:
     """CPU ms the servers in `pids` spend per sequential non-streaming call: what the added
     latency would be on an idle machine, and a figure a loaded machine does not inflate much."""
-    before = sum(_cpu(p) for p in pids)
+    before = sum(cpu_seconds(p) for p in pids)
     for _ in range(calls):
         await _call(client, t, stream=False, extra={})
-    return (sum(_cpu(p) for p in pids) - before) / calls * 1e3
+    return (sum(cpu_seconds(p) for p in pids) - before) / calls * 1e3
 
 
 async def _measure(direct: Target, proxied: Target, calls: int, seconds: float, pids: dict[str, int]) -> dict[str, Any]:

@@ -25,11 +25,13 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import CHARGE_QUERY, free_port, log, seed, start_server, stop
+from bench.common import CHARGE_QUERY, cpu_seconds, free_port, log, seed, start_server, stop
+from bench.gcprobe import gc_probe, lag_probe
 
 GC_MS = float(os.environ.get("STALLPROBE_GC_MS", "2"))
 LAG_MS = float(os.environ.get("STALLPROBE_LAG_MS", "2"))
@@ -38,43 +40,16 @@ LAG_MS = float(os.environ.get("STALLPROBE_LAG_MS", "2"))
 # --------------------------------------------------------------------------- in the server
 
 
-def _stamp() -> float:
-    return time.time()
+def _report(what: str, at: float, ms: float, generation: int | None) -> None:
+    """bench/gcprobe.py's probes' records, one JSON object per line on stderr."""
+    record: dict[str, Any] = {"probe": what, "at": at, "ms": ms}
+    if generation is not None:
+        record["gen"] = generation
+    print(json.dumps(record), file=sys.stderr, flush=True)
 
 
-_gc_started: list[float] = []
-
-
-def _on_gc(phase: str, info: dict[str, Any]) -> None:
-    if phase == "start":
-        _gc_started[:] = [time.perf_counter(), _stamp()]
-    elif _gc_started:
-        ms = (time.perf_counter() - _gc_started[0]) * 1000
-        if ms >= GC_MS:
-            print(
-                json.dumps({"probe": "gc", "at": _gc_started[1], "ms": ms, "gen": info["generation"]}),
-                file=sys.stderr,
-                flush=True,
-            )
-
-
-async def _lag_probe() -> None:
-    while True:
-        started, wall = time.perf_counter(), _stamp()
-        await asyncio.sleep(0.001)
-        late = (time.perf_counter() - started) * 1000 - 1
-        if late >= LAG_MS:
-            print(json.dumps({"probe": "lag", "at": wall, "ms": late}), file=sys.stderr, flush=True)
-
-
-_beat = [0.0]  # perf_counter() of the loop's last heartbeat
+_beat = [0.0]  # perf_counter() of the loop's last tick (set by the lag probe)
 STUCK_MS = float(os.environ.get("STALLPROBE_STUCK_MS", "8"))
-
-
-async def _heartbeat() -> None:
-    while True:
-        _beat[0] = time.perf_counter()
-        await asyncio.sleep(0.001)
 
 
 def _schedstat(native_id: int) -> tuple[int, int]:
@@ -109,7 +84,7 @@ def _watchdog(loop_thread: int, loop_native: int) -> None:
             cpu_ms, wait_ms = (on_cpu - base[1]) / 1e6, (waiting - base[2]) / 1e6
             record = {
                 "probe": "stack",
-                "at": _stamp(),
+                "at": time.time(),
                 "ms": stuck,
                 "span_ms": span,
                 "cpu_ms": cpu_ms,
@@ -123,14 +98,13 @@ def create_app() -> Any:
     """uvicorn's factory: meterkit's app, with the probes."""
     from app.main import create_app as meterkit_app
 
-    gc.callbacks.append(_on_gc)
+    gc.callbacks.append(gc_probe(_report, GC_MS))
     inner = meterkit_app()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             loop = asyncio.get_running_loop()
-            loop.create_task(_lag_probe())
-            loop.create_task(_heartbeat())
+            loop.create_task(lag_probe(_report, LAG_MS, _beat))
             ids = (threading.get_ident(), threading.get_native_id())
             threading.Thread(target=_watchdog, args=ids, daemon=True).start()
         await inner(scope, receive, send)
@@ -159,12 +133,6 @@ def _server_log(path: Path) -> tuple[list[dict[str, Any]], list[tuple[float, flo
     return probes, sorted(access)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main(argv: list[str] | None = None) -> int:
     from bench.openloop import open_loop, percentile
 
@@ -189,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         common = dict(host="127.0.0.1", port=port, bearer=keys["load_key"], query=CHARGE_QUERY)
         open_loop(**common, nonce="warm", rate=args.rate / 2, seconds=3, connections=args.connections)
         started = time.time()
-        cpu_before, wall_before = _cpu_seconds(proc.pid), time.perf_counter()
+        cpu_before, wall_before = cpu_seconds(proc.pid), time.perf_counter()
         res = open_loop(
             **common, nonce=secrets.token_hex(4), rate=args.rate, seconds=args.seconds, connections=args.connections
         )
-        busy = (_cpu_seconds(proc.pid) - cpu_before) / (time.perf_counter() - wall_before)
+        busy = (cpu_seconds(proc.pid) - cpu_before) / (time.perf_counter() - wall_before)
     finally:
         stop(proc)
     probes, access = _server_log(server_log)
@@ -224,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         j = bisect.bisect_right(ends, end + 0.005)
         return max((access[k][1] for k in range(i, j)), default=None)
 
-    tally: dict[str, int] = {}
+    tally: Counter[str] = Counter()
     detail = []
     for sched, took in res.slow:
         end = sched + took
@@ -232,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         kinds = sorted({r["probe"] for r in near})
         inside = app_time(sched, end)
         cause = "+".join(kinds) if kinds else ("in the app" if inside and inside >= 0.008 else "queued, no stall seen")
-        tally[cause] = tally.get(cause, 0) + 1
+        tally[cause] += 1
         detail.append((took, sched, cause, inside, near))
     print("slow requests by what overlapped them:")
-    for cause, n in sorted(tally.items(), key=lambda x: -x[1]):
+    for cause, n in tally.most_common():
         print(f"  {n:6,}  {cause}")
     print(f"\nthe worst {args.show}:")
     for took, sched, cause, inside, near in sorted(detail, key=lambda d: -d[0])[: args.show]:
@@ -246,17 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     stacks = [r for r in probes if r["probe"] == "stack"]
     if stacks:
         print(f"\nthe loop thread's stack in {len(stacks)} stalls of {STUCK_MS:g} ms or more, by its innermost frames:")
-        by: dict[tuple[str, ...], int] = {}
-        for r in stacks:
-            key = tuple(r["stack"][-4:])
-            by[key] = by.get(key, 0) + 1
+        by = Counter(tuple(r["stack"][-4:]) for r in stacks)
         span = sum(r["span_ms"] for r in stacks)
         cpu, runq = sum(r["cpu_ms"] for r in stacks), sum(r["runq_ms"] for r in stacks)
         print(
             f"  the loop thread over those stalls ({span:.0f} ms): {cpu / span:.0%} on a CPU, "
             f"{runq / span:.0%} runnable without one, {1 - (cpu + runq) / span:.0%} blocked (GIL, lock, I/O)"
         )
-        for key, n in sorted(by.items(), key=lambda x: -x[1])[:8]:
+        for key, n in by.most_common(8):
             print(f"  {n:5,}  " + "\n         ".join(reversed(key)))
     print(f"\nserver log: {server_log}")
     return 0

@@ -4,7 +4,6 @@ answer time, and the CPU the server, the attacker and the machine spend meanwhil
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -45,17 +44,6 @@ class Receiver:
 
 
 # ---- measuring ----------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of one process so far (Linux /proc), 0 when gone or not given."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy() -> tuple[float, float]:

@@ -7,6 +7,7 @@ receiver counts webhook-ids with the wall time each one arrived."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -40,6 +41,17 @@ def settings() -> Settings:
     return Settings(env="test", database_url="sqlite://unused", auth_cache_seconds=0, webhook_allow_private=True)
 
 
+def _open_files(pid: int) -> set[str]:
+    """What a process's descriptors point at ("socket:[inode]" for a socket); a descriptor closed
+    while read is skipped, a process gone gives nothing."""
+    out: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                out.add(os.readlink(fd))
+    return out
+
+
 def _sender_pid(client_port: int, candidates: list[int]) -> int | None:
     """Which of the worker processes owns the client end of a loopback connection (Linux /proc):
     the socket whose local port is the client's, then the candidate holding that socket."""
@@ -48,18 +60,7 @@ def _sender_pid(client_port: int, candidates: list[int]) -> int | None:
         fields = line.split()
         if int(fields[1].rsplit(":", 1)[1], 16) == client_port:
             inodes.add(f"socket:[{fields[9]}]")
-    for pid in candidates:
-        fds = Path(f"/proc/{pid}/fd")
-        try:
-            for fd in fds.iterdir():
-                try:
-                    if os.readlink(fd) in inodes:
-                        return pid
-                except OSError:
-                    continue
-        except OSError:
-            continue
-    return None
+    return next((pid for pid in candidates if inodes & _open_files(pid)), None)
 
 
 class Counting:

@@ -1,15 +1,20 @@
-"""bench/stallprobe.py's own parts (the tool behind docs/benchmarks.md "Where the open loop's tail
-comes from"): the server log it reads back and the per-thread CPU accounting it reports."""
+"""The parts of bench/stallprobe.py and bench/gcprobe.py (the tools behind docs/benchmarks.md
+"Where the open loop's tail comes from"): the probes, the server log read back and the per-thread
+CPU accounting."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import os
 import threading
 import time
 from pathlib import Path
 
-from bench.stallprobe import _cpu_seconds, _schedstat, _server_log
+from bench.common import cpu_seconds
+from bench.gcprobe import gc_probe, lag_probe
+from bench.stallprobe import _schedstat, _server_log
 
 
 def test_the_server_log_gives_probes_and_access_lines_and_skips_the_rest(tmp_path: Path) -> None:
@@ -49,4 +54,34 @@ def test_a_threads_cpu_is_counted_and_its_sleep_is_not() -> None:
     cpu2, _ = _schedstat(me)
     assert 45e6 <= cpu1 - cpu0 < 200e6
     assert cpu2 - cpu1 < 20e6
-    assert _cpu_seconds(os.getpid()) >= 0.05
+    assert cpu_seconds(os.getpid()) >= 0.05
+
+
+def test_the_gc_probe_reports_a_collection_with_its_generation() -> None:
+    seen: list[tuple[str, float, float, int | None]] = []
+    probe = gc_probe(lambda *r: seen.append(r), 0)
+    gc.callbacks.append(probe)
+    try:
+        before = time.time()
+        gc.collect()
+    finally:
+        gc.callbacks.remove(probe)
+    # Another thread's allocations may set off a young collection meanwhile: the full one is ours.
+    [(what, at, ms, _)] = [r for r in seen if r[3] == 2]
+    assert what == "gc" and before <= at <= time.time() and ms >= 0
+
+
+def test_the_lag_probe_reports_a_blocked_loop_and_keeps_the_beat() -> None:
+    seen: list[tuple[str, float, float, int | None]] = []
+    beat = [0.0]
+
+    async def run() -> None:
+        probe = asyncio.get_running_loop().create_task(lag_probe(lambda *r: seen.append(r), 15, beat))
+        await asyncio.sleep(0.01)
+        time.sleep(0.05)  # the loop blocked for 50 ms
+        await asyncio.sleep(0.01)
+        probe.cancel()
+
+    asyncio.run(run())
+    assert {(what, generation) for what, _, _, generation in seen} == {("lag", None)}
+    assert max(ms for _, _, ms, _ in seen) >= 40 and beat[0] > 0
